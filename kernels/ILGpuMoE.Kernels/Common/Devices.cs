@@ -1,0 +1,91 @@
+// Device choice for every entry point (CLI, tests, perf, tools).
+//
+// One ILGPU Context knows CUDA, OpenCL and our CPU accelerator; `auto` picks CUDA, then OpenCL, then
+// the CPU accelerator. The environment variable ILGPUMOE_DEVICE supplies the default for --device.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using ILGPU.Runtime.OpenCL;
+
+namespace ILGpuMoE.Kernels;
+
+public enum DeviceChoice
+{
+    Auto,
+    Cuda,
+    OpenCL,
+    Cpu,
+}
+
+public static class Devices
+{
+    public const string EnvironmentVariable = "ILGPUMOE_DEVICE";
+
+    // The CPU accelerator's shape: warp 32, 8 warps per group, 1 multiprocessor.
+    // Why: kernels here are written for the GPU: one warp of 32 lanes per row in the GEMV and
+    // reduction kernels (lane masks, shuffles over 32 lanes), groups of up to 256 threads for tiles.
+    // ILGPU's default CPU device has warp 4 and groups of at most 16, so those launch configurations
+    // would not run at all. Warp 32 makes warp-collective code slower to emulate (FACTS.md: a radix
+    // sort is ~20x slower), which is why kernels avoid warp collectives in hot loops where a shared
+    // memory reduction does as well. One multiprocessor: CI has 2 cores, and each emulated group
+    // already runs 256 OS threads; more multiprocessors only add contention.
+    public const int CpuWarpSize = 32;
+    public const int CpuWarpsPerGroup = 8;
+    public const int CpuMultiprocessors = 1;
+
+    /// <summary>The largest group any kernel of ours launches (fits the CPU shape and every GPU).</summary>
+    public const int MaxGroupSize = CpuWarpSize * CpuWarpsPerGroup;
+
+    public static CPUDevice CreateCpuDevice() => new(CpuWarpSize, CpuWarpsPerGroup, CpuMultiprocessors);
+
+    /// <summary>Parses auto|cuda|opencl|cpu (case-insensitive); throws ArgumentException otherwise.</summary>
+    public static DeviceChoice Parse(string? text) => (text ?? "auto").Trim().ToLowerInvariant() switch
+    {
+        "" or "auto" => DeviceChoice.Auto,
+        "cuda" or "gpu" => DeviceChoice.Cuda,
+        "opencl" or "cl" => DeviceChoice.OpenCL,
+        "cpu" => DeviceChoice.Cpu,
+        _ => throw new ArgumentException($"unknown device '{text}' (expected auto, cuda, opencl or cpu)"),
+    };
+
+    /// <summary>The choice from the environment variable, or Auto when it is unset.</summary>
+    public static DeviceChoice FromEnvironment() => Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
+
+    /// <summary>A context that can see every backend we use, with ILGPU.Algorithms enabled.</summary>
+    public static Context CreateContext(bool profiling = false, bool cpuOnly = false)
+    {
+        return Context.Create(b =>
+        {
+            b.CPU(CreateCpuDevice());
+            if (!cpuOnly)
+            {
+                b.Cuda();
+                b.OpenCL();
+            }
+
+            b.EnableAlgorithms();
+            b.Optimize(OptimizationLevel.O2);
+            if (profiling)
+                b.Profiling();
+        });
+    }
+
+    /// <summary>Picks a device for the choice; throws InvalidOperationException with a one-line reason if absent.</summary>
+    public static Device Select(Context context, DeviceChoice choice)
+    {
+        Device? Find(AcceleratorType type) => context.Devices.FirstOrDefault(d => d.AcceleratorType == type);
+        return choice switch
+        {
+            DeviceChoice.Cuda => Find(AcceleratorType.Cuda) ?? throw new InvalidOperationException("no CUDA device is visible to ILGPU"),
+            DeviceChoice.OpenCL => Find(AcceleratorType.OpenCL) ?? throw new InvalidOperationException("no usable OpenCL device is visible to ILGPU"),
+            DeviceChoice.Cpu => Find(AcceleratorType.CPU) ?? throw new InvalidOperationException("ILGPU's CPU accelerator is missing"),
+            _ => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)
+                 ?? throw new InvalidOperationException("ILGPU sees no device"),
+        };
+    }
+
+    /// <summary>One line describing a device: kind, name, memory, warp and group limits.</summary>
+    public static string Describe(Device d) =>
+        $"{d.AcceleratorType,-6} {d.Name} | memory {d.MemorySize / (1024.0 * 1024 * 1024):F1} GiB | warp {d.WarpSize} | max group {d.MaxNumThreadsPerGroup} | SMs {d.NumMultiprocessors}";
+}

@@ -1,0 +1,63 @@
+// CONTRACT (temporary file, replaced by the oracle's owner): router modes, permutation and the MoE block.
+namespace ILGpuMoE.Reference;
+
+public enum RefRouterKind
+{
+    /// <summary>Mixtral: softmax over E (F32), top-k, renormalise the k weights to sum 1.</summary>
+    Mixtral,
+    /// <summary>Qwen-MoE: softmax over E, top-k, no renormalisation.</summary>
+    SoftmaxTopK,
+    /// <summary>Switch: softmax, top-1 with weight = its probability; capacity = ceil(T * CapacityFactor / E); tokens
+    /// taken in token order, those past an expert's capacity are dropped (expert id -1, weight 0).</summary>
+    Switch,
+    /// <summary>Shazeer noisy top-k: h = logits + n * softplus(noiseLogits), n ~ N(0,1) from RefNoise.Normal(seed, t, e);
+    /// top-k of h, weights = softmax over the k chosen h values.</summary>
+    NoisyTopK,
+    /// <summary>DeepSeek-V3: s = sigmoid(logits); choice = s + bias[e]; experts in Groups equal groups; a group's score is
+    /// the sum of its top-2 choice values; keep the TopKGroups best groups; top-k of choice among their experts;
+    /// weights = s of the chosen (unbiased), divided by their sum if NormTopK, times ScalingFactor.</summary>
+    DeepSeekV3,
+}
+
+/// <summary>A router mode with its parameters; unused fields are ignored by the other modes.</summary>
+public sealed record RefRouterSpec(
+    RefRouterKind Kind,
+    int Experts,
+    int TopK,
+    double CapacityFactor = 1.0,
+    ulong NoiseSeed = 0,
+    int Groups = 1,
+    int TopKGroups = 1,
+    bool NormTopK = true,
+    double ScalingFactor = 1.0);
+
+/// <summary>Router output: ids [T, K] (-1 = dropped) and weights [T, K] (0 for dropped), in selection order
+/// (descending selection score, ties toward the lower expert id). Dropped counts tokens dropped by capacity.</summary>
+public sealed record RefRouting(int[] ExpertIds, float[] Weights, int Tokens, int TopK, int Dropped);
+
+/// <summary>Expert-sorted order of the T*K (token, slot) pairs: Counts [E], Offsets [E+1] (exclusive scan),
+/// SortedPairs [sum counts]: pair index p = t*K + k, stable (ascending p within an expert), dropped pairs excluded.</summary>
+public sealed record RefPermutation(int[] Counts, int[] Offsets, int[] SortedPairs);
+
+public static partial class RefMoe
+{
+    /// <summary>logits [T, E]; noiseLogits [T, E] only for NoisyTopK; bias [E] only for DeepSeekV3.</summary>
+    public static partial RefRouting Route(RefRouterSpec spec, ReadOnlySpan<float> logits, int tokens,
+        ReadOnlySpan<float> noiseLogits = default, ReadOnlySpan<float> bias = default);
+
+    public static partial RefPermutation Permute(RefRouting routing, int experts);
+
+    /// <summary>
+    /// The MoE block as a loop over experts (mistral-inference style): for each expert e, the tokens routed to it,
+    /// y_e = w2_e (silu(w1_e x) * w3_e x), out[t] += weight * y_e. x [T, D]; w1, w3 [E][F, D]; w2 [E][D, F] -> [T, D].
+    /// </summary>
+    public static partial float[] MoeBlock(ReadOnlySpan<float> x, RefRouting routing, IReadOnlyList<float[]> w1,
+        IReadOnlyList<float[]> w3, IReadOnlyList<float[]> w2, int tokens, int dim, int hidden);
+}
+
+/// <summary>The counter-based normal generator that NoisyTopK uses, shared in definition with the kernel:
+/// see the owner's implementation for the exact bit recipe (it must be documented there as math, not code).</summary>
+public static partial class RefNoise
+{
+    public static partial double Normal(ulong seed, int token, int expert);
+}
