@@ -217,3 +217,54 @@ public class SafeTensorsValidationTests
         Assert.That(ex.Message, Does.Contain("bad\\u000aname"));
     }
 }
+
+/// <summary>Opening costs O(header): the data section is never read on open, however large, and big headers stay fast.</summary>
+public class SafeTensorsScaleTests
+{
+    [Test]
+    public void HugeSparseDataSectionOpensLazilyAndSlicesBeyondTwoGiB()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("sparse.safetensors");
+        const long n = 3L << 30; // 3 GiB of U8, on paper only (a sparse file)
+        string header = $"{{\"big\":{{\"dtype\":\"U8\",\"shape\":[{n}],\"data_offsets\":[0,{n}]}}}}";
+        byte[] head = Crafted.Bytes(header, []);
+        using (var fs = new FileStream(path, FileMode.CreateNew))
+        {
+            fs.Write(head);
+            fs.SetLength(head.Length + n);
+            fs.Position = head.Length + n - 1;
+            fs.WriteByte(0x5A);
+        }
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        using var file = SafeTensorsFile.Open(path);
+        watch.Stop();
+        Assert.That(GC.GetAllocatedBytesForCurrentThread() - before, Is.LessThan(1 << 20), "open allocates O(header), not O(data)");
+        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(2000));
+
+        var info = file.Get("big");
+        Crafted.Fails<SafeTensorsEntryException>(() => file.GetBytes("big"), SafeTensorsError.TooLarge, path, "big");
+        var tail = file.GetBytes(info, n - 4, 4);
+        Assert.That(tail.ToArray(), Is.EqualTo(new byte[] { 0, 0, 0, 0x5A }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => file.GetBytes(info, n - 3, 4));
+    }
+
+    [Test]
+    public void TwentyThousandTensorHeaderValidatesQuickly()
+    {
+        using var dir = new TempDir();
+        string path = dir.File("many.safetensors");
+        var entries = Enumerable.Range(0, 20_000)
+            .Select(i => new SafeTensorsWriter.Entry($"model.layers.{i}.weight", DType.U8, [1], new[] { (byte)(i | 1) }))
+            .ToList();
+        SafeTensorsWriter.Write(path, entries);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        using var file = SafeTensorsFile.Open(path);
+        watch.Stop();
+        Assert.That(file.Tensors, Has.Count.EqualTo(20_000));
+        Assert.That(file.GetBytes("model.layers.12345.weight")[0], Is.EqualTo((byte)((12345 | 1) & 0xFF)));
+        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(2000), "a 1.5 MB header parses in well under a second");
+    }
+}
