@@ -4,16 +4,8 @@ using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.IO;
 
-public class CheckpointTests
+public class CheckpointTests : TempDirTest
 {
-    private TempDir _dir = null!;
-
-    [SetUp]
-    public void SetUp() => _dir = new TempDir();
-
-    [TearDown]
-    public void TearDown() => _dir.Dispose();
-
     /// <summary>Tensors of uneven sizes and several dtypes, so the split has real work to do.</summary>
     private static List<SafeTensorsWriter.Entry> Entries()
     {
@@ -27,26 +19,26 @@ public class CheckpointTests
 
     private string WriteIndex(string weightMapJson)
     {
-        string path = _dir.File(Checkpoint.IndexFileName);
+        string path = Dir.File(Checkpoint.IndexFileName);
         File.WriteAllText(path, "{\"metadata\":{\"total_size\":4},\"weight_map\":" + weightMapJson + "}");
         return path;
     }
 
     private void WriteShard(string file, params string[] tensors)
-        => SafeTensorsWriter.Write(_dir.File(file), tensors.Select(t => SafeTensorsWriter.FromFloats(t, [1], [1.5f])));
+        => SafeTensorsWriter.Write(Dir.File(file), tensors.Select(t => SafeTensorsWriter.FromFloats(t, [1], [1.5f])));
 
     [Test]
     public void ThreeShardRoundTrip()
     {
         var entries = Entries();
-        SafeTensorsWriter.WriteSharded(_dir.Path, entries, 3);
+        SafeTensorsWriter.WriteSharded(Dir.Path, entries, 3);
 
         string[] expectedFiles = ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"];
-        Assert.That(Directory.GetFiles(_dir.Path).Select(Path.GetFileName).Order(),
+        Assert.That(Directory.GetFiles(Dir.Path).Select(Path.GetFileName).Order(),
             Is.EqualTo(expectedFiles.Append(Checkpoint.IndexFileName).Order()), "no temporaries, no extra files");
 
-        using var ckpt = Checkpoint.Open(_dir.Path);
-        Assert.That(ckpt.IndexPath, Is.EqualTo(_dir.File(Checkpoint.IndexFileName)));
+        using var ckpt = Checkpoint.Open(Dir.Path);
+        Assert.That(ckpt.IndexPath, Is.EqualTo(Dir.File(Checkpoint.IndexFileName)));
         Assert.That(ckpt.Shards.Select(s => Path.GetFileName(s.Path)), Is.EqualTo(expectedFiles));
         Assert.That(ckpt.Tensors.Select(t => t.Name), Is.EqualTo(entries.Select(e => e.Name)));
         long total = entries.Sum(e => (long)e.Data.Length);
@@ -75,22 +67,25 @@ public class CheckpointTests
     [Test]
     public void ShardCountOutOfRangeIsRefused()
     {
-        Assert.Throws<ArgumentOutOfRangeException>(() => SafeTensorsWriter.WriteSharded(_dir.Path, Entries().Take(2), 3));
-        Assert.Throws<ArgumentOutOfRangeException>(() => SafeTensorsWriter.WriteSharded(_dir.Path, Entries(), 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SafeTensorsWriter.WriteSharded(Dir.Path, Entries().Take(2), 3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SafeTensorsWriter.WriteSharded(Dir.Path, Entries(), 0));
     }
 
     [Test]
     public void SingleFileCheckpoint()
     {
         var entries = Entries();
-        SafeTensorsWriter.Write(_dir.File(Checkpoint.SingleFileName), entries, new Dictionary<string, string> { ["format"] = "pt" });
-        using var ckpt = Checkpoint.Open(_dir.Path);
+        SafeTensorsWriter.Write(Dir.File(Checkpoint.SingleFileName), entries, new Dictionary<string, string> { ["format"] = "pt" });
+        using var ckpt = Checkpoint.Open(Dir.Path);
         Assert.That(ckpt.IndexPath, Is.Null);
         Assert.That(ckpt.Shards, Has.Count.EqualTo(1));
         Assert.That(ckpt.Metadata["format"], Is.EqualTo("pt"));
         Assert.That(ckpt.Tensors.Select(t => t.Name), Is.EqualTo(entries.Select(e => e.Name)));
         Assert.That(ckpt.GetSpan<ushort>("layers.1.w").Length, Is.EqualTo(7));
-        Crafted.Fails<SafeTensorsNotFoundException>(() => ckpt.Get("absent"), SafeTensorsError.MissingTensor, _dir.File(Checkpoint.SingleFileName), "absent");
+        Crafted.Fails<SafeTensorsNotFoundException>(() => ckpt.Get("absent"), SafeTensorsError.MissingTensor, Dir.File(Checkpoint.SingleFileName), "absent");
+
+        using var direct = Checkpoint.Open(Dir.File(Checkpoint.SingleFileName)); // a file path is a one-file checkpoint
+        Assert.That(direct.Tensors, Has.Count.EqualTo(entries.Count));
     }
 
     [Test]
@@ -100,7 +95,7 @@ public class CheckpointTests
         WriteShard("b.safetensors", "z");
         WriteShard(Checkpoint.SingleFileName, "decoy");
         WriteIndex("{\"x\":\"a.safetensors\",\"z\":\"b.safetensors\",\"y\":\"a.safetensors\"}");
-        using var ckpt = Checkpoint.Open(_dir.Path);
+        using var ckpt = Checkpoint.Open(Dir.Path);
         Assert.That(ckpt.Shards, Has.Count.EqualTo(2));
         Assert.That(ckpt.Tensors.Select(t => t.Name), Is.EqualTo(new[] { "x", "z", "y" }));
         Assert.That(ckpt.Contains("unlisted"), Is.False, "a shard tensor the index does not list is ignored, not an error");
@@ -114,7 +109,7 @@ public class CheckpointTests
     {
         WriteShard("a.safetensors", "x");
         string index = WriteIndex("{\"x\":\"a.safetensors\",\"y\":\"gone.safetensors\"}");
-        var ex = Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(_dir.Path), SafeTensorsError.MissingShard, index, "y");
+        var ex = Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(Dir.Path), SafeTensorsError.MissingShard, index, "y");
         Assert.That(ex.Message, Does.Contain("gone.safetensors"));
     }
 
@@ -123,7 +118,7 @@ public class CheckpointTests
     {
         WriteShard("a.safetensors", "x");
         WriteIndex("{\"x\":\"a.safetensors\",\"y\":\"a.safetensors\"}");
-        Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(_dir.Path), SafeTensorsError.MissingTensor, _dir.File("a.safetensors"), "y");
+        Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(Dir.Path), SafeTensorsError.MissingTensor, Dir.File("a.safetensors"), "y");
     }
 
     [TestCase("../outside.safetensors")]
@@ -136,9 +131,9 @@ public class CheckpointTests
     public void PathTraversalRefused(string file)
     {
         // Valid files really exist at ../outside.safetensors and sub/a.safetensors: refusal must not depend on absence.
-        string ckptDir = _dir.File("ckpt");
+        string ckptDir = Dir.File("ckpt");
         Directory.CreateDirectory(Path.Combine(ckptDir, "sub"));
-        SafeTensorsWriter.Write(_dir.File("outside.safetensors"), [SafeTensorsWriter.FromFloats("x", [1], [1f])]);
+        SafeTensorsWriter.Write(Dir.File("outside.safetensors"), [SafeTensorsWriter.FromFloats("x", [1], [1f])]);
         SafeTensorsWriter.Write(Path.Combine(ckptDir, "sub", "a.safetensors"), [SafeTensorsWriter.FromFloats("x", [1], [1f])]);
         string index = Path.Combine(ckptDir, Checkpoint.IndexFileName);
         File.WriteAllText(index, "{\"weight_map\":{\"x\":\"" + file + "\"}}");
@@ -156,9 +151,9 @@ public class CheckpointTests
     [TestCase("{\"weight_map\":{}} trailing")]
     public void MalformedIndex(string json)
     {
-        string index = _dir.File(Checkpoint.IndexFileName);
+        string index = Dir.File(Checkpoint.IndexFileName);
         File.WriteAllText(index, json);
-        Crafted.Fails<SafeTensorsIndexException>(() => Checkpoint.Open(_dir.Path), SafeTensorsError.InvalidIndex, index);
+        Crafted.Fails<SafeTensorsIndexException>(() => Checkpoint.Open(Dir.Path), SafeTensorsError.InvalidIndex, index);
     }
 
     [Test]
@@ -166,22 +161,22 @@ public class CheckpointTests
     {
         WriteShard("a.safetensors", "x");
         string index = WriteIndex("{\"x\":\"a.safetensors\",\"x\":\"a.safetensors\"}");
-        Crafted.Fails<SafeTensorsHeaderException>(() => Checkpoint.Open(_dir.Path), SafeTensorsError.DuplicateName, index, "x");
+        Crafted.Fails<SafeTensorsHeaderException>(() => Checkpoint.Open(Dir.Path), SafeTensorsError.DuplicateName, index, "x");
     }
 
     [Test]
     public void BadShardIsReportedByItsOwnPath()
     {
-        File.WriteAllBytes(_dir.File("a.safetensors"), [1, 2, 3]);
+        File.WriteAllBytes(Dir.File("a.safetensors"), [1, 2, 3]);
         WriteIndex("{\"x\":\"a.safetensors\"}");
-        Crafted.Fails<SafeTensorsHeaderException>(() => Checkpoint.Open(_dir.Path), SafeTensorsError.Truncated, _dir.File("a.safetensors"));
+        Crafted.Fails<SafeTensorsHeaderException>(() => Checkpoint.Open(Dir.Path), SafeTensorsError.Truncated, Dir.File("a.safetensors"));
     }
 
     [Test]
     public void EmptyOrMissingDirectory()
     {
-        Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(_dir.Path), SafeTensorsError.NotFound, _dir.Path);
-        string missing = _dir.File("nowhere");
+        Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(Dir.Path), SafeTensorsError.NotFound, Dir.Path);
+        string missing = Dir.File("nowhere");
         Crafted.Fails<SafeTensorsNotFoundException>(() => Checkpoint.Open(missing), SafeTensorsError.NotFound, missing);
     }
 }

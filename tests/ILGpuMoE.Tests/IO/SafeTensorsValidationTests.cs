@@ -3,36 +3,28 @@ using ILGpuMoE.IO;
 namespace ILGpuMoE.Tests.IO;
 
 /// <summary>Malformed files crafted byte by byte: each must fail with the right type, kind and a message naming file and tensor.</summary>
-public class SafeTensorsValidationTests
+public class SafeTensorsValidationTests : TempDirTest
 {
-    private TempDir _dir = null!;
-
-    [SetUp]
-    public void SetUp() => _dir = new TempDir();
-
-    [TearDown]
-    public void TearDown() => _dir.Dispose();
-
     private const string A4 = "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}";
 
     private TEx Fails<TEx>(string header, int dataBytes, SafeTensorsError kind, string? tensor = null)
         where TEx : SafeTensorsException
-        => Crafted.OpenFails<TEx>(_dir, Crafted.Bytes(header, Crafted.Counting(dataBytes)), kind, tensor);
+        => Crafted.OpenFails<TEx>(Dir, Crafted.Bytes(header, Crafted.Counting(dataBytes)), kind, tensor);
 
     [TestCase(0)]
     [TestCase(7)]
     public void FileShorterThanPrefix(int length)
-        => Crafted.OpenFails<SafeTensorsHeaderException>(_dir, Crafted.Counting(length), SafeTensorsError.Truncated);
+        => Crafted.OpenFails<SafeTensorsHeaderException>(Dir, Crafted.Counting(length), SafeTensorsError.Truncated);
 
     [Test]
     public void HeaderLengthBeyondFile()
-        => Crafted.OpenFails<SafeTensorsHeaderException>(_dir, Crafted.Bytes("{}", [], headerLength: 3), SafeTensorsError.HeaderTooLarge);
+        => Crafted.OpenFails<SafeTensorsHeaderException>(Dir, Crafted.Bytes("{}", [], headerLength: 3), SafeTensorsError.HeaderTooLarge);
 
     [TestCase(1UL << 62)]
     [TestCase(ulong.MaxValue)]
     public void HugeHeaderLengthFailsFastWithoutAllocating(ulong headerLength)
     {
-        string path = _dir.File("huge.safetensors");
+        string path = Dir.File("huge.safetensors");
         File.WriteAllBytes(path, Crafted.Bytes("{\"a\":{}}", Crafted.Counting(16), headerLength));
         Crafted.Fails<SafeTensorsHeaderException>(() => SafeTensorsFile.Open(path), SafeTensorsError.HeaderTooLarge, path); // warm up (JIT)
 
@@ -49,7 +41,7 @@ public class SafeTensorsValidationTests
     public void HeaderOver100MiBIsRefusedEvenWhenTheFileIsThatLarge()
     {
         // A sparse file: 101 MiB long on paper, a few bytes on disk.
-        string path = _dir.File("big.safetensors");
+        string path = Dir.File("big.safetensors");
         using (var fs = new FileStream(path, FileMode.CreateNew))
         {
             fs.Write(Crafted.Bytes("{}", [], headerLength: (100UL << 20) + 8));
@@ -61,7 +53,7 @@ public class SafeTensorsValidationTests
 
     [Test]
     public void HeaderNotUtf8()
-        => Crafted.OpenFails<SafeTensorsHeaderException>(_dir, Crafted.Bytes([(byte)'{', (byte)'"', 0xFF, 0xFE, (byte)'"', (byte)':', (byte)'1', (byte)'}'], []),
+        => Crafted.OpenFails<SafeTensorsHeaderException>(Dir, Crafted.Bytes([(byte)'{', (byte)'"', 0xFF, 0xFE, (byte)'"', (byte)':', (byte)'1', (byte)'}'], []),
             SafeTensorsError.InvalidHeader);
 
     [TestCase("{\"a\":")]
@@ -181,7 +173,7 @@ public class SafeTensorsValidationTests
             + "\"z0\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
             + "\"s\":{\"dtype\":\"I16\",\"shape\":[],\"data_offsets\":[0,2],\"extra\":{\"ignored\":[1,2]}},"
             + "\"z1\":{\"dtype\":\"BF16\",\"shape\":[3,0],\"data_offsets\":[2,2]}}";
-        string path = _dir.File("ok.safetensors");
+        string path = Dir.File("ok.safetensors");
         File.WriteAllBytes(path, Crafted.Bytes(header, [0x34, 0x12]));
         using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Tensors, Has.Count.EqualTo(3));
@@ -194,7 +186,7 @@ public class SafeTensorsValidationTests
     [Test]
     public void EmptyHeaderObjectWithNoDataOpens()
     {
-        string path = _dir.File("empty.safetensors");
+        string path = Dir.File("empty.safetensors");
         File.WriteAllBytes(path, Crafted.Bytes("{}      ", []));
         using var file = SafeTensorsFile.Open(path);
         Assert.That(file.Tensors, Is.Empty);
@@ -203,9 +195,9 @@ public class SafeTensorsValidationTests
     [Test]
     public void MissingPathAndDirectoryAreNamed()
     {
-        string missing = _dir.File("nope.safetensors");
+        string missing = Dir.File("nope.safetensors");
         Crafted.Fails<SafeTensorsNotFoundException>(() => SafeTensorsFile.Open(missing), SafeTensorsError.NotFound, missing);
-        Crafted.Fails<SafeTensorsNotFoundException>(() => SafeTensorsFile.Open(_dir.Path), SafeTensorsError.NotFound, _dir.Path);
+        Crafted.Fails<SafeTensorsNotFoundException>(() => SafeTensorsFile.Open(Dir.Path), SafeTensorsError.NotFound, Dir.Path);
     }
 
     [Test]
