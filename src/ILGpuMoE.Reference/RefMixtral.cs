@@ -29,17 +29,11 @@ public sealed record RefMixtralConfig(
     /// <summary>Throws ArgumentException naming the first inconsistent field.</summary>
     public void Validate()
     {
-        Require.Positive(Hidden, nameof(Hidden));
-        Require.Positive(Intermediate, nameof(Intermediate));
-        Require.Positive(Layers, nameof(Layers));
-        Require.Positive(Heads, nameof(Heads));
-        Require.Positive(KvHeads, nameof(KvHeads));
-        Require.Positive(HeadDim, nameof(HeadDim));
-        Require.Positive(Experts, nameof(Experts));
-        Require.Positive(Vocab, nameof(Vocab));
+        Require.Positive((Hidden, nameof(Hidden)), (Intermediate, nameof(Intermediate)), (Layers, nameof(Layers)),
+            (Heads, nameof(Heads)), (KvHeads, nameof(KvHeads)), (HeadDim, nameof(HeadDim)), (Experts, nameof(Experts)),
+            (Vocab, nameof(Vocab)));
         Require.NonNegative(SlidingWindow, nameof(SlidingWindow));
-        if (Heads % KvHeads != 0)
-            throw new ArgumentException($"Mixtral config: Heads = {Heads} is not a multiple of KvHeads = {KvHeads}.", nameof(KvHeads));
+        Require.MultipleOf(Heads, KvHeads, "Mixtral config", nameof(Heads), nameof(KvHeads));
         if (HeadDim % 2 != 0)
             throw new ArgumentException($"Mixtral config: HeadDim = {HeadDim} must be even for RoPE.", nameof(HeadDim));
         if (TopK < 1 || TopK > Experts)

@@ -132,12 +132,8 @@ public static partial class RefOps
         ReadOnlySpan<int> queryPos, int tokens, int keys, int heads, int kvHeads, int headDim, int window)
     {
         Require.NonNegative(tokens, nameof(tokens));
-        Require.Positive(keys, nameof(keys));
-        Require.Positive(heads, nameof(heads));
-        Require.Positive(kvHeads, nameof(kvHeads));
-        Require.Positive(headDim, nameof(headDim));
-        if (heads % kvHeads != 0)
-            throw new ArgumentException($"Attention: heads = {heads} is not a multiple of kvHeads = {kvHeads}.", nameof(kvHeads));
+        Require.Positive((keys, nameof(keys)), (heads, nameof(heads)), (kvHeads, nameof(kvHeads)), (headDim, nameof(headDim)));
+        Require.MultipleOf(heads, kvHeads, "Attention", nameof(heads), nameof(kvHeads));
         Require.Length(q, (long)tokens * heads * headDim, nameof(q), "[T, H, Dh]");
         Require.Length(k, (long)keys * kvHeads * headDim, nameof(k), "[S, Hkv, Dh]");
         Require.Length(v, (long)keys * kvHeads * headDim, nameof(v), "[S, Hkv, Dh]");
