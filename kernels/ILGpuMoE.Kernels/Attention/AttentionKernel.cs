@@ -66,7 +66,8 @@ public sealed class KvCacheAppendKernel
 /// <summary>
 /// Causal grouped-query attention of T queries (positions pos0..pos0+T-1) over a layer's KV cache, whose rows
 /// 0..pos0+T-1 must already hold the keys/values (append the current tokens first). T = 1 is decode; T &gt; 1 with
-/// pos0 &gt; 0 is chunked prefill. Owns a small split-K scratch buffer (grown on demand): dispose it.
+/// pos0 &gt; 0 is chunked prefill. Owns a small split-K scratch buffer (grown on demand, reused by every launch): use
+/// one instance per stream, and dispose it.
 /// </summary>
 public sealed class AttentionKernel : IDisposable
 {
@@ -184,7 +185,7 @@ public sealed class AttentionKernel : IDisposable
             long parts = (long)tokens * heads * p.Splits;
             EnsureScratch(stream, parts * headDim, parts * 2);
             int group = heads / kvHeads;
-            int warps = Math.Min(group, Devices.MaxGroupSize / 32);
+            int warps = Math.Min(group, AttentionKernels.MaxDecodeWarps);
             decode!(stream, new KernelConfig(tokens * kvHeads * p.Splits, 32 * warps), q, kCache, vCache,
                 partO!.View.SubView(0, parts * headDim), partML!.View.SubView(0, parts * 2), p);
             combine!(stream, new KernelConfig(tokens * heads, 32 * ((headDim + 31) / 32)),

@@ -20,9 +20,10 @@
 //                     sized by BQ, BK and Dh <= 128), never by S.
 //   AttentionV2Decode split-K for small T (decode, T = 1): one group per (token, kv head, key split); one warp per
 //                     query head of that kv head (GQA: the G heads read the same K/V rows at the same time, so the
-//                     row is fetched from DRAM once and served from L1/L2 to the other warps). Lanes split Dh (each
-//                     key row is one coalesced 512-byte read at Dh=128), the dot is a warp xor-butterfly (every lane
-//                     ends with the bit-identical sum), online softmax in registers. Writes (m, l, acc) partials.
+//                     row is fetched from DRAM once and served from L1/L2 to the other warps). Steps of 32 keys:
+//                     QK with a lane per key (32 independent rows in flight, no per-key reduction), a warp max, the
+//                     32 probabilities through shared memory, PV with lanes over Dh (each V row one coalesced
+//                     512-byte read at Dh=128); online softmax in registers. Writes (m, l, acc) partials per split.
 //   AttentionV2Combine deterministic second pass over the splits of one (token, head): fixed split order, no atomics.
 //
 // Semantics (RefOps.Attention): query t sits at position pos0 + t; key j is visible iff j <= pos and
@@ -77,6 +78,9 @@ public static class AttentionKernels
     public const int PrefillKeys = 16;
 
     public const int PrefillThreads = 128;
+
+    /// <summary>V2 decode: at most this many warps (query heads of one kv head at a time) per group.</summary>
+    public const int MaxDecodeWarps = 8;
 
     private const int ThreadsPerRow = PrefillThreads / PrefillQueries;
 
@@ -255,7 +259,7 @@ public static class AttentionKernels
 
     // ---------------------------------------------------------------------------------------------------------
     [KernelInfo("attention/decode", "v2", "grid T*Hkv*splits, group 32*min(H/Hkv, 8)",
-        Summary = "split-K decode: warp per query head of a kv head, lanes over Dh, partials per key split")]
+        Summary = "split-K decode: warp per query head of a kv head, 32 keys per step (lane per key), partials per split")]
     public static void AttentionV2Decode(
         ArrayView<float> q,        // [T, H, Dh]
         ArrayView<float> kCache,   // [Hkv, maxSeq, Dh]
@@ -264,6 +268,9 @@ public static class AttentionKernels
         ArrayView<float> partML,   // [T, H, splits, 2] running max, running sum
         AttentionParams p)
     {
+        var qs = SharedMemory.Allocate<float>(MaxDecodeWarps * MaxHeadDim); // [warp, Dh] this warp's query
+        var ps = SharedMemory.Allocate<float>(MaxDecodeWarps * 32);         // [warp, 32] probabilities of a step
+
         int g = Grid.IdxX;
         int split = g % p.Splits;
         int rest = g / p.Splits;
@@ -275,45 +282,71 @@ public static class AttentionKernels
         int lo = IntrinsicMath.Max(FirstKey(pos, p.Window), split * p.KeysPerSplit);
         int hi = IntrinsicMath.Min(pos + 1, (split + 1) * p.KeysPerSplit);
         int lane = Warp.LaneIdx;
+        int warp = Warp.WarpIdx;
         int warps = Group.DimX / Warp.WarpSize;
         int kvBase = kvh * p.MaxSeq * dh;
-        // Lane owns dims lane, lane+32, lane+64, lane+96 (Dh <= 128); the flags keep every load inside the row.
+        int qw = warp * MaxHeadDim;
+        int pw = warp * 32;
+        // PV: lane owns dims lane, lane+32, lane+64, lane+96 (Dh <= 128), so each V row is one coalesced read.
         bool has0 = lane < dh, has1 = lane + 32 < dh, has2 = lane + 64 < dh, has3 = lane + 96 < dh;
 
-        for (int hh = Warp.WarpIdx; hh < group; hh += warps)
+        // Warps never meet at a group barrier, so each may loop over its heads independently.
+        for (int hh = warp; hh < group; hh += warps)
         {
             int h = kvh * group + hh;
-            int qBase = (t * p.Heads + h) * dh + lane;
-            float q0 = 0f, q1 = 0f, q2 = 0f, q3 = 0f;
-            if (has0) q0 = q[qBase];
-            if (has1) q1 = q[qBase + 32];
-            if (has2) q2 = q[qBase + 64];
-            if (has3) q3 = q[qBase + 96];
+            int qBase = (t * p.Heads + h) * dh;
+            for (int d = lane; d < dh; d += 32)
+                qs[qw + d] = q[qBase + d];
+            Warp.Barrier();
+
             float m = float.NegativeInfinity, l = 0f, a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
-            for (int j = lo; j < hi; j++)
+            for (int j0 = lo; j0 < hi; j0 += 32)
             {
-                int row = kvBase + j * dh + lane;
-                float part = 0f;
-                if (has0) part += q0 * kCache[row];
-                if (has1) part += q1 * kCache[row + 32];
-                if (has2) part += q2 * kCache[row + 64];
-                if (has3) part += q3 * kCache[row + 96];
-                // Xor butterfly: lane i and lane i^m add the same two values, so all lanes hold the same sum.
-                part += Warp.ShuffleXor(part, 16);
-                part += Warp.ShuffleXor(part, 8);
-                part += Warp.ShuffleXor(part, 4);
-                part += Warp.ShuffleXor(part, 2);
-                part += Warp.ShuffleXor(part, 1);
-                float s = part * p.Scale;
-                float mNew = XMath.Max(m, s);
-                float alpha = XMath.Exp(m - mNew);
-                float pj = XMath.Exp(s - mNew);
-                l = l * alpha + pj;
-                if (has0) a0 = a0 * alpha + pj * vCache[row];
-                if (has1) a1 = a1 * alpha + pj * vCache[row + 32];
-                if (has2) a2 = a2 * alpha + pj * vCache[row + 64];
-                if (has3) a3 = a3 * alpha + pj * vCache[row + 96];
+                // QK: lane per key, 32 keys in flight per warp; each lane walks its own row (the G warps of the
+                // group read the same rows, so DRAM serves each row once and L1 the rest).
+                int j = j0 + lane;
+                float s = float.NegativeInfinity;
+                if (j < hi)
+                {
+                    int row = kvBase + j * dh;
+                    float dot = 0f;
+                    for (int d = 0; d < dh; d++)
+                        dot += qs[qw + d] * kCache[row + d];
+                    s = dot * p.Scale;
+                }
+
+                // Max is exact in any order: every lane gets the same step max (lane 0 always has a key).
+                float stepMax = s;
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 16));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 8));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 4));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 2));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 1));
+                float mNew = XMath.Max(m, stepMax);
+                float alpha = XMath.Exp(m - mNew); // 0 on the first step (m = -inf, mNew finite)
+                ps[pw + lane] = j < hi ? XMath.Exp(s - mNew) : 0f;
+                Warp.Barrier();
+
+                // PV: every lane sums the step's probabilities in the same order (identical l on all lanes).
+                l *= alpha;
+                a0 *= alpha;
+                a1 *= alpha;
+                a2 *= alpha;
+                a3 *= alpha;
+                int n = IntrinsicMath.Min(32, hi - j0);
+                for (int jj = 0; jj < n; jj++)
+                {
+                    float pj = ps[pw + jj];
+                    int row = kvBase + (j0 + jj) * dh + lane;
+                    l += pj;
+                    if (has0) a0 += pj * vCache[row];
+                    if (has1) a1 += pj * vCache[row + 32];
+                    if (has2) a2 += pj * vCache[row + 64];
+                    if (has3) a3 += pj * vCache[row + 96];
+                }
+
                 m = mNew;
+                Warp.Barrier(); // the next step overwrites ps
             }
 
             // An empty split (all its keys hidden) writes m = -inf, l = 0, acc = 0: the combine gives it weight 0.
@@ -328,6 +361,8 @@ public static class AttentionKernels
                 partML[2 * idx] = m;
                 partML[2 * idx + 1] = l;
             }
+
+            Warp.Barrier(); // the next head overwrites qs
         }
     }
 

@@ -171,6 +171,14 @@ public class AttentionKernelTests
     }
 
     [Test]
+    public void LongCacheManyTilesAndSplits([Values(AttentionVersion.V1, AttentionVersion.V2Prefill, AttentionVersion.V2Decode)] AttentionVersion version)
+    {
+        // 300 cached keys: 19 key tiles for the prefill kernel, 10 automatic splits of 32 keys for the decode kernel.
+        var p = Problem.Random(300, tokens: version == AttentionVersion.V2Decode ? 1 : 3, heads: 4, kvHeads: 2, headDim: 16, pos0: 300, window: 0);
+        Check.Close(p.Expected(), Run(version, p), Rtol, Atol, $"{version} S={p.Keys}");
+    }
+
+    [Test]
     public void DecodeAtSeveralPositions([Values(AttentionVersion.V1, AttentionVersion.V2)] AttentionVersion version)
     {
         // One 24-token history; decode the token at each position against the cache of the ones before it.
