@@ -183,6 +183,8 @@ public sealed class AttentionKernel : IDisposable
         {
             (p.Splits, p.KeysPerSplit) = DecodeSplits(tokens, kvHeads, pos0 + tokens, KeysPerSplitOverride);
             long parts = (long)tokens * heads * p.Splits;
+            if (parts * (headDim + 2) > int.MaxValue)
+                throw new ArgumentException($"{who}: {parts} split-K partials of Dh {headDim} exceed 32-bit indexing (use the prefill kernel)");
             EnsureScratch(stream, parts * headDim, parts * 2);
             int group = heads / kvHeads;
             int warps = Math.Min(group, AttentionKernels.MaxDecodeWarps);
@@ -222,7 +224,7 @@ public sealed class AttentionKernel : IDisposable
             throw new ArgumentException($"{who}: headDim must be in 1..{AttentionKernels.MaxHeadDim} (got {headDim})");
         if (pos0 < 0 || maxSeq < 1 || (long)pos0 + tokens > maxSeq)
             throw new ArgumentException($"{who}: positions {pos0}..{(long)pos0 + tokens - 1} do not fit a cache of maxSeq {maxSeq}");
-        if (KvCacheLayout.Elements(kvHeads, maxSeq, headDim) > int.MaxValue || (long)tokens * heads * headDim * Math.Max(1, maxSeq / MinKeysPerSplit + 1) > int.MaxValue)
+        if (KvCacheLayout.Elements(kvHeads, maxSeq, headDim) > int.MaxValue || (long)tokens * heads * headDim > int.MaxValue)
             throw new ArgumentException($"{who}: shape too large for 32-bit indexing (Hkv {kvHeads}, maxSeq {maxSeq}, T {tokens}, H {heads}, Dh {headDim})");
     }
 
