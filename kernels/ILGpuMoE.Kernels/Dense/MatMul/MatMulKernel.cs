@@ -10,9 +10,14 @@
 //   GEMV  for T = 1 (decode): one warp per output row, lanes stride In (a warp reads 32 consecutive weights:
 //         coalesced), warp-shuffle butterfly reduction, lane 0 writes. Why: with one token there is nothing to
 //         tile; the kernel is a pass over W and must keep every byte of it in flight.
+//   GEMV-V2  the same warp-per-row shape, but each lane loads W as 16-byte words (8 bf16/f16 or 4 f32, see
+//         WideWeights.cs): one ld.v4 per lane per step instead of 8 scalar loads. One non-generic entry per dtype
+//         (the word decoding differs). Needs In to be a multiple of 8 (f16/bf16) or 4 (f32) and W's view to start
+//         on a 16-byte boundary; Launch uses it for T = 1 when that holds and GEMV-V1 otherwise.
 //
 // accumulate = true gives the fused residual form y += x W^T (h = h + o_proj(attn)); with false y is only
-// written, never read (a NaN-poisoned y is fine). Launch picks GEMV for T = 1 and V2 otherwise.
+// written, never read (a NaN-poisoned y is fine). Launch picks GEMV(-V2 when eligible) for T = 1 and V2 otherwise.
+using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -101,24 +106,64 @@ public static class MatMulKernel
         int groupsPerToken = (outDim + GemvRowsPerGroup - 1) / GemvRowsPerGroup;
         int t = Grid.IdxX / groupsPerToken;
         int o = (Grid.IdxX - t * groupsPerToken) * GemvRowsPerGroup + Warp.WarpIdx;
-        int lane = Warp.LaneIdx;
         float acc = 0f;
         if (o < outDim)
         {
             long xRow = (long)t * inDim;
             long wRow = (long)o * inDim;
-            for (int k = lane; k < inDim; k += Warp.WarpSize)
+            for (int k = Warp.LaneIdx; k < inDim; k += Warp.WarpSize)
                 acc += x[xRow + k] * w.Get(wRow + k);
         }
 
-        // Every lane takes part in the shuffles (no early return above), lane 0's sum is written.
+        WarpSumAndStore(acc, y, t, o, outDim, accumulate);
+    }
+
+    // Every lane takes part in the shuffles (callers never return early), lane 0's sum is written.
+    private static void WarpSumAndStore(float acc, ArrayView<float> y, int t, int o, int outDim, int accumulate)
+    {
         for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
             acc += Warp.ShuffleXor(acc, offset);
-        if (lane == 0 && o < outDim)
+        if (Warp.IsFirstLane && o < outDim)
         {
             long i = (long)t * outDim + o;
             y[i] = accumulate != 0 ? y[i] + acc : acc;
         }
+    }
+
+    [KernelInfo("dense/matmul", "gemv-v2-f32", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "GEMV with 16-byte weight loads (4 f32 per lane per step)")]
+    public static void GemvV2F32(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
+        GemvWide<F32Wide>(x, w, y, outDim, inDim, accumulate);
+
+    [KernelInfo("dense/matmul", "gemv-v2-f16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "GEMV with 16-byte weight loads (8 f16 per lane per step)")]
+    public static void GemvV2F16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
+        GemvWide<F16Wide>(x, w, y, outDim, inDim, accumulate);
+
+    [KernelInfo("dense/matmul", "gemv-v2-bf16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "GEMV with 16-byte weight loads (8 bf16 per lane per step)")]
+    public static void GemvV2BF16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
+        GemvWide<BF16Wide>(x, w, y, outDim, inDim, accumulate);
+
+    private static void GemvWide<TDec>(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int outDim, int inDim, int accumulate)
+        where TDec : struct, IWideDecoder
+    {
+        var decoder = default(TDec);
+        int elements = decoder.Elements;
+        int groupsPerToken = (outDim + GemvRowsPerGroup - 1) / GemvRowsPerGroup;
+        int t = Grid.IdxX / groupsPerToken;
+        int o = (Grid.IdxX - t * groupsPerToken) * GemvRowsPerGroup + Warp.WarpIdx;
+        float acc = 0f;
+        if (o < outDim)
+        {
+            int words = inDim / elements;
+            long xRow = (long)t * inDim;
+            long wRow = (long)o * words;
+            for (int j = Warp.LaneIdx; j < words; j += Warp.WarpSize)
+                acc += decoder.Dot(w[wRow + j], x, xRow + (long)j * elements);
+        }
+
+        WarpSumAndStore(acc, y, t, o, outDim, accumulate);
     }
 }
 
@@ -131,12 +176,45 @@ public sealed class MatMulKernel<TW>
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _v1;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _v2;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _gemv;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, int, int, int, int>? _gemvWide;
 
     internal MatMulKernel(Accelerator accelerator)
     {
         _v1 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV1);
         _v2 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV2);
         _gemv = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.GemvV1);
+        Action<ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, int, int, int, int>? wide =
+            typeof(TW) == typeof(F32Weights) ? MatMulKernel.GemvV2F32
+            : typeof(TW) == typeof(F16Weights) ? MatMulKernel.GemvV2F16
+            : typeof(TW) == typeof(BF16Weights) ? MatMulKernel.GemvV2BF16
+            : null;
+        if (wide is not null)
+            _gemvWide = accelerator.LoadKernel(wide);
+    }
+
+    /// <summary>W as 16-byte words when GEMV-V2 can read it: In a multiple of 16 bytes and W 16-byte aligned.</summary>
+    public static bool TryGetWide(TW w, int inDim, out ArrayView<Wide16> words)
+    {
+        words = default;
+        if (typeof(TW) == typeof(F32Weights))
+            return TryCast(Unsafe.As<TW, F32Weights>(ref w).Data, inDim, out words);
+        if (typeof(TW) == typeof(F16Weights))
+            return TryCast(Unsafe.As<TW, F16Weights>(ref w).Data, inDim, out words);
+        if (typeof(TW) == typeof(BF16Weights))
+            return TryCast(Unsafe.As<TW, BF16Weights>(ref w).Data, inDim, out words);
+        return false;
+    }
+
+    private static bool TryCast<T>(ArrayView<T> data, int inDim, out ArrayView<Wide16> words)
+        where T : unmanaged
+    {
+        int size = Unsafe.SizeOf<T>();
+        words = default;
+        // The effective address is the buffer's (device) address plus the view's offset; computed, never dereferenced.
+        if ((long)inDim * size % 16 != 0 || data.LoadEffectiveAddressAsPtr().ToInt64() % 16 != 0 || data.Length * size % 16 != 0)
+            return false;
+        words = data.Cast<Wide16>();
+        return true;
     }
 
     /// <summary>y [T, Out] = x [T, In] W^T (W [Out, In]); accumulate adds to y instead. GEMV for T = 1, V2 otherwise.</summary>
@@ -160,8 +238,26 @@ public sealed class MatMulKernel<TW>
         _v2(stream, MatMulKernel.V2Config(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
     }
 
-    /// <summary>The warp-per-row form; correct for any T (it rereads W per token), meant for T = 1.</summary>
+    /// <summary>GEMV-V2 (16-byte weight loads) when W allows it (see TryGetWide), else GEMV-V1.</summary>
     public void LaunchGemv(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        if (_gemvWide is not null && TryGetWide(w, inDim, out _))
+            LaunchGemvV2(stream, x, w, y, tokens, outDim, inDim, accumulate);
+        else
+            LaunchGemvV1(stream, x, w, y, tokens, outDim, inDim, accumulate);
+    }
+
+    /// <summary>GEMV-V2; throws ArgumentException when In or W's alignment does not allow 16-byte words.</summary>
+    public void LaunchGemvV2(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        Validate(stream, x, w, y, tokens, outDim, inDim);
+        if (_gemvWide is null || !TryGetWide(w, inDim, out var words))
+            throw new ArgumentException($"{Name}: GEMV-V2 needs In*sizeof(weight) and W's offset to be multiples of 16 bytes (In={inDim}, {typeof(TW).Name})", nameof(w));
+        _gemvWide(stream, MatMulKernel.GemvConfig(tokens, outDim), x, words, y, tokens, outDim, inDim, accumulate ? 1 : 0);
+    }
+
+    /// <summary>The warp-per-row form; correct for any T (it rereads W per token), meant for T = 1.</summary>
+    public void LaunchGemvV1(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
     {
         Validate(stream, x, w, y, tokens, outDim, inDim);
         _gemv(stream, MatMulKernel.GemvConfig(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);

@@ -13,6 +13,7 @@ public class MatMulTests
         V1,
         V2,
         Gemv,
+        GemvV2,
         Auto,
     }
 
@@ -41,7 +42,8 @@ public class MatMulTests
             {
                 case Version.V1: kernel.LaunchV1(s, x, w, y, tokens, outDim, inDim, accumulate); break;
                 case Version.V2: kernel.LaunchV2(s, x, w, y, tokens, outDim, inDim, accumulate); break;
-                case Version.Gemv: kernel.LaunchGemv(s, x, w, y, tokens, outDim, inDim, accumulate); break;
+                case Version.Gemv: kernel.LaunchGemvV1(s, x, w, y, tokens, outDim, inDim, accumulate); break;
+                case Version.GemvV2: kernel.LaunchGemvV2(s, x, w, y, tokens, outDim, inDim, accumulate); break;
                 default: kernel.Launch(s, x, w, y, tokens, outDim, inDim, accumulate); break;
             }
         }
@@ -65,6 +67,29 @@ public class MatMulTests
     public void MatchesReferenceF32(Version version, int tokens, int outDim, int inDim) =>
         Run(version, WeightType.F32, tokens, outDim, inDim);
 
+    // GEMV-V2 reads W as 16-byte words: In * sizeof(weight) must be a multiple of 16 (F32: In % 4, F16/BF16: In % 8).
+    [TestCase(WeightType.F32, 1, 67, 100)]
+    [TestCase(WeightType.F16, 1, 67, 104)]
+    [TestCase(WeightType.BF16, 1, 40, 1000)]
+    [TestCase(WeightType.BF16, 3, 9, 64)]
+    public void WideGemvMatchesReference(WeightType type, int tokens, int outDim, int inDim) =>
+        Run(Version.GemvV2, type, tokens, outDim, inDim);
+
+    [Test]
+    public void WideGemvNeedsAlignedWholeWords()
+    {
+        var kernel = MatMulKernel.Create<BF16Weights>(TestDevice.Accelerator);
+        using var raw = TestDevice.Upload(Data.Uniform(85, 8 * 65).Select(BF16.FromFloat).ToArray());
+        Assert.That(MatMulKernel<BF16Weights>.TryGetWide(new BF16Weights(raw.View.SubView(0, 8 * 64)), 64, out _), Is.True);
+        Assert.That(MatMulKernel<BF16Weights>.TryGetWide(new BF16Weights(raw.View.SubView(1, 8 * 64)), 64, out _), Is.False, "offset of 2 bytes");
+        Assert.That(MatMulKernel<BF16Weights>.TryGetWide(new BF16Weights(raw.View.SubView(0, 5 * 100)), 100, out _), Is.False, "row of 200 bytes");
+        using var x = TestDevice.Upload(Data.Uniform(86, 100));
+        using var y = TestDevice.PoisonedFloats(5);
+        var e = Assert.Throws<ArgumentException>(() =>
+            kernel.LaunchGemvV2(TestDevice.Accelerator.DefaultStream, x.View, new BF16Weights(raw.View.SubView(0, 5 * 100)), y.View, 1, 5, 100))!;
+        Assert.That(e.Message, Does.Contain("GEMV-V2 needs"));
+    }
+
     [TestCase(Version.V1, WeightType.F16)]
     [TestCase(Version.V2, WeightType.F16)]
     [TestCase(Version.V2, WeightType.BF16)]
@@ -73,15 +98,16 @@ public class MatMulTests
     public void MatchesReferenceHalfWeights(Version version, WeightType type) =>
         Run(version, type, version == Version.Gemv ? 1 : 17, 40, 67);
 
-    [TestCase(Version.Auto, 1)]
-    [TestCase(Version.Auto, 3)]
-    public void AccumulateAddsToOutput(Version version, int tokens) =>
-        Run(version, WeightType.BF16, tokens, 40, 67, accumulate: true);
+    [TestCase(Version.Auto, 1, 67)]
+    [TestCase(Version.Auto, 1, 64)]
+    [TestCase(Version.Auto, 3, 67)]
+    public void AccumulateAddsToOutput(Version version, int tokens, int inDim) =>
+        Run(version, WeightType.BF16, tokens, 40, inDim, accumulate: true);
 
     [Test]
     public void TwoLaunchesAreBitIdentical()
     {
-        const int tokens = 3, outDim = 40, inDim = 67;
+        const int tokens = 3, outDim = 40, inDim = 72;
         var kernel = MatMulKernel.Create<F32Weights>(TestDevice.Accelerator);
         using var x = TestDevice.Upload(Data.Uniform(71, tokens * inDim));
         using var w = TestDevice.Upload(Data.Uniform(72, outDim * inDim));
@@ -90,7 +116,8 @@ public class MatMulTests
         foreach (var launch in new Action<AcceleratorStream>[]
                  {
                      s => kernel.LaunchV2(s, x.View, weights, y.View, tokens, outDim, inDim),
-                     s => kernel.LaunchGemv(s, x.View, weights, y.View, tokens, outDim, inDim),
+                     s => kernel.LaunchGemvV1(s, x.View, weights, y.View, tokens, outDim, inDim),
+                     s => kernel.LaunchGemvV2(s, x.View, weights, y.View, tokens, outDim, inDim),
                  })
         {
             var first = DenseTestWeights.Run(launch, y);
