@@ -20,6 +20,17 @@ internal static class DenseShapes
             throw new ArgumentException($"{kernel}: {name} has {view.Length} elements, expected {expected} ({shape})", name);
     }
 
+    /// <summary>An elementwise launch: a stream, a non-empty first input, and b and y of the same length.</summary>
+    public static void Elementwise(string kernel, AcceleratorStream? stream, ArrayView<float> a, ArrayView<float> b, ArrayView<float> y,
+        string aName, string bName)
+    {
+        Stream(kernel, stream);
+        if (a.Length == 0)
+            throw new ArgumentException($"{kernel}: {aName} is empty", aName);
+        Length(kernel, bName, b, a.Length, $"same as {aName}");
+        Length(kernel, "y", y, a.Length, $"same as {aName}");
+    }
+
     /// <summary>Same check for a weight reader.</summary>
     public static void Weights<TW>(string kernel, string name, TW weights, long expected, string shape)
         where TW : struct, IWeights

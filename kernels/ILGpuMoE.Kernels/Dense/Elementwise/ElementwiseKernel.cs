@@ -23,11 +23,7 @@ public sealed class ElementwiseKernel
     /// <summary>y = a + b elementwise; y may be the same view as a or b (in-place residual add).</summary>
     public void Add(AcceleratorStream stream, ArrayView<float> a, ArrayView<float> b, ArrayView<float> y)
     {
-        DenseShapes.Stream(Name, stream);
-        if (a.Length == 0)
-            throw new ArgumentException($"{Name}: a is empty", nameof(a));
-        DenseShapes.Length(Name, nameof(b), b, a.Length, "same as a");
-        DenseShapes.Length(Name, nameof(y), y, a.Length, "same as a");
+        DenseShapes.Elementwise(Name, stream, a, b, y, nameof(a), nameof(b));
         _add(stream, DenseShapes.Elementwise(a.Length), a, b, y);
     }
 

@@ -29,11 +29,7 @@ public sealed class SwiGluKernel
     /// <summary>y = silu(gate) * up elementwise; y may alias gate or up.</summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> gate, ArrayView<float> up, ArrayView<float> y)
     {
-        DenseShapes.Stream(Name, stream);
-        if (gate.Length == 0)
-            throw new ArgumentException($"{Name}: gate is empty", nameof(gate));
-        DenseShapes.Length(Name, nameof(up), up, gate.Length, "same as gate");
-        DenseShapes.Length(Name, nameof(y), y, gate.Length, "same as gate");
+        DenseShapes.Elementwise(Name, stream, gate, up, y, nameof(gate), nameof(up));
         _v1(stream, DenseShapes.Elementwise(gate.Length), gate, up, y);
     }
 
