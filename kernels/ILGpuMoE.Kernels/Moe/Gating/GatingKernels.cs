@@ -3,16 +3,16 @@
 // Versions:
 //   V1  one thread per token. The E selection scores live in a per-thread local array; K passes of a serial arg-max.
 //       Simplest correct form; on a GPU it wastes 31/32 of every warp's loads and keeps 1 KB of local memory per thread.
-//   V2  one warp per token (8 tokens per 256-thread group). Lane l holds experts l, l+32, ... (E/32 values, at most
+//   V2  one warp per token (up to 8 tokens per group). Lane l holds experts l, l+32, ... (E/32 values, at most
 //       8 for E = 256) in the warp's slice of shared memory; each of the K passes is a lane-local arg-max over those
 //       values plus a 5-step xor-shuffle arg-max across the warp. Loads of a logits row are coalesced. This is the
 //       version the launcher uses by default.
 //   Switch capacity V1  a second, tiny kernel after V1/V2 for RouterKind.Switch: one thread per expert walks the T
 //       top-1 ids in token order and drops what exceeds the capacity; the drop count is summed in expert order.
 //
-// Selection order (both versions, every mode): descending score, ties toward the lower expert id. Pass k takes the
-// best element that comes strictly after pass k-1's pick in that total order, so no "already taken" set is kept and
-// the result does not depend on reduction order (the order is total, so the warp arg-max is exact on every lane).
+// Selection order (both versions, every mode): descending score, ties toward the lower expert id, packed into one
+// 64-bit key per (score, id) (OrderKey). Pass k takes the largest key below pass k-1's pick, so no "already taken"
+// set is kept and the result does not depend on reduction order (max of keys is exact on every lane).
 // The score selected on is the logit for the softmax modes (softmax is monotone, and equal logits give equal
 // probabilities, so this is the same order without rounding noise), h for NoisyTopK, sigmoid(l) + bias for DeepSeekV3.
 //
@@ -35,7 +35,7 @@ public static class GatingKernels
     /// <summary>Tokens per thread group in V1.</summary>
     public const int V1GroupSize = 64;
 
-    /// <summary>Warps (tokens) per thread group in V2.</summary>
+    /// <summary>Warps (tokens) per thread group in V2 on a GPU (the launcher may use fewer, see GatingKernel.Create).</summary>
     public const int V2WarpsPerGroup = 8;
 
     /// <summary>Threads of the Switch capacity kernel's single group.</summary>
@@ -45,6 +45,29 @@ public static class GatingKernels
 
     /// <summary>True when (va, ia) comes before (vb, ib): higher score first, then lower expert id.</summary>
     internal static bool Before(float va, int ia, float vb, int ib) => va > vb || (va == vb && ia < ib);
+
+    /// <summary>
+    /// The selection order as one integer: key(a) &gt; key(b) iff a comes first (higher score, then lower id).
+    /// High word: the float's bits mapped so unsigned order is numeric order (negatives flipped, positives with the sign
+    /// bit set; -0 is folded into +0 first so they tie as floats do). Low word: ~id, so a lower id is a larger key.
+    /// Key 0 is below every real (score, id) and means "none". One 64-bit max per step then replaces a
+    /// compare of (score, id) pairs, and the warp arg-max is one 64-bit shuffle per step instead of two.
+    /// </summary>
+    internal static ulong OrderKey(float score, int id)
+    {
+        uint bits = (uint)Interop.FloatAsInt(score == 0f ? 0f : score);
+        uint ordered = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+        return ((ulong)ordered << 32) | ~(uint)id;
+    }
+
+    internal static int KeyId(ulong key) => (int)~(uint)key;
+
+    internal static float KeyScore(ulong key)
+    {
+        uint ordered = (uint)(key >> 32);
+        uint bits = (ordered & 0x80000000u) != 0 ? ordered & 0x7FFFFFFFu : ~ordered;
+        return Interop.IntAsFloat(bits);
+    }
 
     /// <summary>splitmix64 finaliser, one step from state z (uint64 wraparound).</summary>
     internal static ulong SplitMix64(ulong z)
@@ -178,30 +201,27 @@ public static class GatingKernels
         }
 
         long row = (long)t * k;
-        float prevScore = float.PositiveInfinity, firstScore = 0f, sum = 0f;
-        int prevId = -1;
+        ulong prevKey = ulong.MaxValue;
+        float firstScore = 0f, sum = 0f;
         for (int pass = 0; pass < k; pass++)
         {
-            float best = float.NegativeInfinity;
-            int bestId = int.MaxValue;
+            ulong bestKey = 0;
             for (int e = 0; e < experts; e++)
             {
-                float v = scores[e];
-                if (Before(prevScore, prevId, v, e) && Before(v, e, best, bestId))
-                {
-                    best = v;
-                    bestId = e;
-                }
+                ulong key = OrderKey(scores[e], e);
+                if (key < prevKey && key > bestKey)
+                    bestKey = key;
             }
 
+            int bestId = KeyId(bestKey);
+            float best = KeyScore(bestKey);
             if (pass == 0)
                 firstScore = best;
             float raw = RawWeight(spec, logits, t, bestId, best, firstScore);
             ids[row + pass] = bestId;
             weights[row + pass] = raw;
             sum += raw;
-            prevScore = best;
-            prevId = bestId;
+            prevKey = bestKey;
         }
 
         float denom = 1f;
@@ -233,7 +253,7 @@ public static class GatingKernels
     }
 
     /// <summary>Same as <see cref="GatingV1"/>; dynamic shared memory of warpsPerGroup * (E + Groups) floats.</summary>
-    [KernelInfo("moe/gating", "v2", "grid ceil(T/W), group 32*W (W = min(8, T)): one warp per token, dynamic shared W*(E+Groups) floats")]
+    [KernelInfo("moe/gating", "v2", "grid ceil(T/W), group 32*W (W = min(8, T) on GPU): one warp per token, dynamic shared W*(E+Groups) floats")]
     public static void GatingV2(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int tokens)
     {
@@ -281,53 +301,49 @@ public static class GatingKernels
             return;
 
         long row = (long)t * k;
-        float prevScore = float.PositiveInfinity, firstScore = 0f, laneSum = 0f;
-        int prevId = -1;
+        ulong prevKey = ulong.MaxValue;
+        float firstScore = 0f, sum = 0f;
         for (int pass = 0; pass < k; pass++)
         {
-            float best = float.NegativeInfinity;
-            int bestId = int.MaxValue;
+            ulong bestKey = 0;
             for (int e = lane; e < experts; e += warpSize)
             {
-                float v = scores[e];
-                if (Before(prevScore, prevId, v, e) && Before(v, e, best, bestId))
-                {
-                    best = v;
-                    bestId = e;
-                }
+                ulong key = OrderKey(scores[e], e);
+                if (key < prevKey && key > bestKey)
+                    bestKey = key;
             }
 
+            // Max is exact, associative and commutative: every lane ends with the same key.
             for (int offset = warpSize / 2; offset > 0; offset >>= 1)
             {
-                float otherScore = Warp.ShuffleXor(best, offset);
-                int otherId = Warp.ShuffleXor(bestId, offset);
-                if (Before(otherScore, otherId, best, bestId))
-                {
-                    best = otherScore;
-                    bestId = otherId;
-                }
+                ulong other = Warp.ShuffleXor(bestKey, offset);
+                if (other > bestKey)
+                    bestKey = other;
             }
 
+            int bestId = KeyId(bestKey);
+            float best = KeyScore(bestKey);
             if (pass == 0)
                 firstScore = best;
 
-            // Slot k belongs to lane k % 32: it writes the raw weight now and rescales it below (reading its own write).
+            // Every lane knows the pick, so every lane adds the same raw in the same order: the sum of the K raws needs
+            // no shuffles and equals V1's. Slot k belongs to lane k % 32: it writes the raw weight now and rescales it
+            // below (reading back its own write).
+            float raw = RawWeight(spec, logits, t, bestId, best, firstScore);
+            sum += raw;
             if (lane == pass % warpSize)
             {
-                float raw = RawWeight(spec, logits, t, bestId, best, firstScore);
                 ids[row + pass] = bestId;
                 weights[row + pass] = raw;
-                laneSum += raw;
             }
 
-            prevScore = best;
-            prevId = bestId;
+            prevKey = bestKey;
         }
 
         float denom = 1f;
         if (NormalisesByPicks(spec))
         {
-            denom = WarpSum(laneSum);
+            denom = sum;
         }
         else if (NormalisesBySoftmax(spec))
         {
