@@ -2,10 +2,11 @@
 //
 // Versions:
 //   V1  one thread per token. The E selection scores live in a per-thread local array; K passes of a serial arg-max.
-//       Simplest correct form; on a GPU it wastes 31/32 of every warp's loads and keeps 1 KB of local memory per thread.
+//       Simplest correct form; on a GPU its loads are uncoalesced (lanes read rows E floats apart), it keeps 2 KB of
+//       local memory per thread (scores and DeepSeek group scores) and one thread serialises K x E compares.
 //   V2  one warp per token (up to 8 tokens per group). Lane l holds experts l, l+32, ... (E/32 values, at most
 //       8 for E = 256) in the warp's slice of shared memory; each of the K passes is a lane-local arg-max over those
-//       values plus a 5-step xor-shuffle arg-max across the warp. Loads of a logits row are coalesced. This is the
+//       values plus a 5-step xor-shuffle arg-max (one 64-bit shuffle per step) across the warp. Loads of a logits row are coalesced. This is the
 //       version the launcher uses by default.
 //   Switch capacity V1  a second, tiny kernel after V1/V2 for RouterKind.Switch: one thread per expert walks the T
 //       top-1 ids in token order and drops what exceeds the capacity; the drop count is summed in expert order.
@@ -21,9 +22,8 @@
 //                        is the same number: the full softmax's denominator cancels);
 //   SoftmaxTopK, Switch: raw_k = exp(l_k - max l), denom = sum over all E of exp(l_e - max l);
 //   DeepSeekV3         : raw_k = sigmoid(l_k) (unbiased), denom = sum of the K raws if NormTopK else 1, scale = ScalingFactor.
-// NaN logits are not checked on the device: they make the order partial and the result undefined.
+// NaN logits are not checked on the device (the oracle rejects them): a NaN score sorts above +inf here.
 using ILGPU;
-using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Moe.Gating;
 
@@ -170,7 +170,8 @@ public static class GatingKernels
     // ---- V1: one thread per token ------------------------------------------------------------------------------
 
     /// <summary>logits [T, E], noiseLogits [T, E] (NoisyTopK), bias [E] (DeepSeekV3) -> ids [T, K], weights [T, K].</summary>
-    [KernelInfo("moe/gating", "v1", "grid ceil(T/64), group 64: one thread per token")]
+    [KernelInfo("moe/gating", "v1", "grid ceil(T/64), group 64: one thread per token",
+        Summary = "Simplest correct form: scores in a per-thread local array, K serial arg-max passes over E.")]
     public static void GatingV1(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int tokens)
     {
@@ -253,7 +254,8 @@ public static class GatingKernels
     }
 
     /// <summary>Same as <see cref="GatingV1"/>; dynamic shared memory of warpsPerGroup * (E + Groups) floats.</summary>
-    [KernelInfo("moe/gating", "v2", "grid ceil(T/W), group 32*W (W = min(8, T) on GPU): one warp per token, dynamic shared W*(E+Groups) floats")]
+    [KernelInfo("moe/gating", "v2", "grid ceil(T/W), group 32*W (W = min(8, T) on GPU): one warp per token, dynamic shared W*(E+Groups) floats",
+        Summary = "One warp per token: coalesced row loads, E/32 scores per lane in shared memory, K passes of a 64-bit shuffle arg-max.")]
     public static void GatingV2(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int tokens)
     {
@@ -366,7 +368,8 @@ public static class GatingKernels
     /// dropped [1] receives the number of dropped tokens, summed in expert order (no atomics: bit-stable).
     /// Another thread may read ids[t] while its owner writes -1 there; it reads e or -1, neither its own id.
     /// </summary>
-    [KernelInfo("moe/gating-capacity", "v1", "grid 1, group 256: one thread per expert, in-order scan over T")]
+    [KernelInfo("moe/gating-capacity", "v1", "grid 1, group 256: one thread per expert, in-order scan over T",
+        Summary = "Switch capacity: per expert, keep the first capacity tokens in token order, drop the rest, count drops without atomics.")]
     public static void SwitchCapacityV1(ArrayView<int> ids, ArrayView<float> weights, int tokens, int experts,
         int capacity, ArrayView<int> dropped)
     {
