@@ -17,7 +17,7 @@ public static class Program
         var root = BuildRoot(io);
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
-            throw new CliUsageException($"{parse.Errors[0].Message} (see ilgpumoe --help)");
+            throw new CliUsageException($"{string.Join(" ", parse.Errors.Select(e => e.Message).Distinct())} (see ilgpumoe --help)");
         return parse.Invoke(new InvocationConfiguration
         {
             Output = io.Out,
