@@ -45,6 +45,18 @@ internal readonly struct ConfigReader
         return value > 0 ? value : throw Error(key, $"must be positive, got {value}");
     }
 
+    public int? OptionalNonNegativeInt(string key)
+    {
+        var value = OptionalInt(key);
+        return value is < 0 ? throw Error(key, $"must be non-negative, got {value}") : value;
+    }
+
+    public double? OptionalNonNegativeDouble(string key)
+    {
+        var value = OptionalDouble(key);
+        return value is < 0 ? throw Error(key, $"must be non-negative, got {value}") : value;
+    }
+
     public double RequiredDouble(string key) =>
         TryGet(key, out var v) ? AsDouble(key, v) : throw Error(key, "is missing");
 

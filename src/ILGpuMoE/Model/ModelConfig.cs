@@ -265,32 +265,20 @@ public sealed record ModelConfig
 
     private static GenerationConfig ReadGeneration(ConfigReader g)
     {
-        var topK = g.OptionalInt("top_k");
-        if (topK is < 0)
-            throw g.Error("top_k", $"must be non-negative, got {topK}");
-        var temperature = g.OptionalDouble("temperature");
-        if (temperature is < 0)
-            throw g.Error("temperature", $"must be non-negative, got {temperature}");
         var topP = g.OptionalDouble("top_p");
         if (topP is not null and (<= 0 or > 1))
             throw g.Error("top_p", $"must be in (0, 1], got {topP}");
-        var maxNew = g.OptionalInt("max_new_tokens");
-        if (maxNew is < 0)
-            throw g.Error("max_new_tokens", $"must be non-negative, got {maxNew}");
-        var maxLength = g.OptionalInt("max_length");
-        if (maxLength is < 0)
-            throw g.Error("max_length", $"must be non-negative, got {maxLength}");
         return new GenerationConfig
         {
             BosTokenId = g.OptionalInt("bos_token_id"),
             EosTokenIds = g.IntOrIntList("eos_token_id"),
             PadTokenId = g.OptionalInt("pad_token_id"),
             DoSample = g.OptionalBool("do_sample"),
-            Temperature = temperature,
+            Temperature = g.OptionalNonNegativeDouble("temperature"),
             TopP = topP,
-            TopK = topK,
-            MaxNewTokens = maxNew,
-            MaxLength = maxLength,
+            TopK = g.OptionalNonNegativeInt("top_k"),
+            MaxNewTokens = g.OptionalNonNegativeInt("max_new_tokens"),
+            MaxLength = g.OptionalNonNegativeInt("max_length"),
         };
     }
 
