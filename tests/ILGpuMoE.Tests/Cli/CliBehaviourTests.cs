@@ -1,4 +1,5 @@
 using ILGpuMoE.Cli;
+using ILGpuMoE.Kernels;
 
 namespace ILGpuMoE.Tests.Cli;
 
@@ -34,6 +35,23 @@ public class CliBehaviourTests
         Assert.That(run.Out, Does.Contain("CPU").And.Contain("warp 32"));
         Assert.That(run.Out, Does.Contain("auto picks: "));
         Assert.That(run.Out, Does.Contain("--device cpu picks: CPU"));
+    }
+
+    [Test]
+    public void AutoSaysWhichDeviceItPickedOnStderr()
+    {
+        var err = new StringWriter();
+        using (var session = DeviceSession.Open(DeviceChoice.Auto, err))
+            Assert.That(err.ToString(), Does.StartWith("device (auto): " + session.Device.AcceleratorType));
+
+        var quiet = new StringWriter();
+        using (var cpu = DeviceSession.Open(DeviceChoice.Cpu, quiet))
+        {
+            Assert.That(cpu.Accelerator.AcceleratorType, Is.EqualTo(ILGPU.Runtime.AcceleratorType.CPU));
+            Assert.That(cpu.Accelerator.WarpSize, Is.EqualTo(32));
+        }
+
+        Assert.That(quiet.ToString(), Is.Empty, "an explicit device is not announced");
     }
 
     [Test]
