@@ -15,7 +15,7 @@ public static class ModelValidator
     public static void Validate(ModelConfig config, Checkpoint checkpoint)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
-        Validate(config, checkpoint.Tensors, Path.GetDirectoryName(Path.GetFullPath(config.Source)) ?? config.Source);
+        Validate(config, checkpoint.Tensors, checkpoint.Directory);
     }
 
     /// <summary>The same check over a tensor list; <paramref name="source"/> names the checkpoint in messages.</summary>

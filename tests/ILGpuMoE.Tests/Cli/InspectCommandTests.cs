@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
+using ILGpuMoE.IO;
 using ILGpuMoE.Tests.Model;
 
 namespace ILGpuMoE.Tests.Cli;
@@ -32,6 +33,31 @@ public class InspectCommandTests
         Assert.That(run.Out, Does.Contain("MixtralForCausalLM"));
         // 41 F32 tensors, 4 bytes per parameter.
         Assert.That(run.Out, Does.Match(@"F32\s*│\s*41\s*│\s*" + Regex.Escape((total * 4).ToString("N0", CultureInfo.InvariantCulture))));
+    }
+
+    [Test]
+    public void InspectsAShardedBf16Copy()
+    {
+        // The fixture's weights rewritten as BF16 in 3 shards + index: same counts, half the bytes, all BF16.
+        using var files = new TinyModelFiles();
+        var shardDir = Path.Combine(files.Dir, "sharded");
+        Directory.CreateDirectory(shardDir);
+        File.Copy(files.ConfigPath, Path.Combine(shardDir, "config.json"));
+        using (var checkpoint = Checkpoint.Open(files.Dir))
+        {
+            var entries = checkpoint.Tensors
+                .Select(t => SafeTensorsWriter.FromFloats(t.Name, t.Shape, checkpoint.ReadFloat32(t.Name), DType.BF16))
+                .ToList();
+            SafeTensorsWriter.WriteSharded(shardDir, entries, 3);
+        }
+
+        var run = CliRun.Of("inspect", shardDir);
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        var (total, active, _) = TinyModelArithmetic.Counts();
+        Assert.That(RowCount(run.Out, "total parameters"), Is.EqualTo(total));
+        Assert.That(RowCount(run.Out, "active parameters per token (with embeddings, top-2 of 4 experts)"), Is.EqualTo(active));
+        Assert.That(run.Out, Does.Match(@"BF16\s*│\s*41\s*│\s*" + Regex.Escape((total * 2).ToString("N0", CultureInfo.InvariantCulture))));
+        Assert.That(run.Out, Does.Not.Contain("F32 "));
     }
 
     [Test]
