@@ -16,7 +16,7 @@ public static class Program
         {
             return verb switch
             {
-                "bench" => BenchCommand.Run(rest.ToArray(), AnsiConsole.Console, Console.Error),
+                "bench" => BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error),
                 _ => Usage($"unknown command '{verb}'"),
             };
         }
@@ -27,6 +27,15 @@ public static class Program
                 Console.Error.WriteLine(e);
             return 1;
         }
+    }
+
+    /// <summary>Stdout console; when redirected (CI, the GPU runner's log) it is 200 columns wide instead of 80.</summary>
+    public static IAnsiConsole CreateConsole()
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
+        if (Console.IsOutputRedirected)
+            console.Profile.Width = 200;
+        return console;
     }
 
     private static int Usage(string why)

@@ -28,7 +28,7 @@ public static class Reports
         console.MarkupLine($"[bold]ilgpumoe bench[/] preset [bold]{Markup.Escape(r.Preset)}[/] on {Markup.Escape(r.Machine.Device)}");
         console.MarkupLine($"commit {Markup.Escape(r.Machine.Commit)} | {Markup.Escape(r.Machine.Host)} | {r.Machine.Cores} cores | {Markup.Escape(r.Machine.Runtime)}");
         if (r.Ceilings is { } c)
-            console.MarkupLine($"ceilings: copy [bold]{c.CopyGBPerSecond:F1} GB/s[/], matmul [bold]{c.MatmulTFlopPerSecond:F4} TFLOP/s[/] ({Markup.Escape(c.MatmulSource)})");
+            console.MarkupLine($"ceilings: copy [bold]{c.CopyGBPerSecond:F1} GB/s[/], matmul [bold]{c.MatmulTFlopPerSecond:G4} TFLOP/s[/] ({Markup.Escape(c.MatmulSource)})");
 
         var table = new Table().Border(TableBorder.Simple);
         foreach (var h in new[] { "kernel", "ver", "type", "T", "shape", "GFLOP", "MB", "check", "median ms", "GB/s", "TFLOP/s", "%bw", "%mm" })
@@ -45,7 +45,7 @@ public static class Reports
             table.AddRow(
                 Markup.Escape(x.Family), Markup.Escape(x.Version), x.DType, x.Tokens.ToString(CultureInfo.InvariantCulture), Markup.Escape(x.Shape),
                 F(x.Flops / 1e9, "F3"), F(x.MinBytes / 1e6, "F2"), check,
-                t is null ? "" : F(t.MedianSeconds * 1e3, "F4"), t is null ? "" : F(t.GBPerSecond, "F2"), t is null ? "" : F(t.TFlopPerSecond, "F4"),
+                t is null ? "" : F(t.MedianSeconds * 1e3, "F4"), t is null ? "" : F(t.GBPerSecond, "G4"), t is null ? "" : F(t.TFlopPerSecond, "G4"),
                 t is null ? "" : F(t.PercentOfBandwidth, "F1"), t is null ? "" : F(t.PercentOfCompute, "F1"));
         }
 
@@ -95,7 +95,7 @@ public static class Reports
         s.AppendLine();
         s.AppendLine(CultureInfo.InvariantCulture, $"- started {r.StartedUtc:yyyy-MM-dd HH:mm} UTC, {r.WallSeconds:F1} s; commit `{r.Machine.Commit}`; {r.Machine.Host}, {r.Machine.Cores} cores, {r.Machine.Os}, {r.Machine.Runtime}");
         if (r.Ceilings is { } c)
-            s.AppendLine(CultureInfo.InvariantCulture, $"- ceilings measured in this run: device-to-device copy **{c.CopyGBPerSecond:F1} GB/s**; best matmul **{c.MatmulTFlopPerSecond:F4} TFLOP/s** ({c.MatmulSource})");
+            s.AppendLine(CultureInfo.InvariantCulture, $"- ceilings measured in this run: device-to-device copy **{c.CopyGBPerSecond:F1} GB/s**; best matmul **{c.MatmulTFlopPerSecond:G4} TFLOP/s** ({c.MatmulSource})");
         s.AppendLine(CultureInfo.InvariantCulture, $"- {r.Cases.Count} cases, {r.Wrong} wrong or failed; median times; GB/s and TFLOP/s from minimum bytes and FLOPs computed from the shapes");
         s.AppendLine();
         s.AppendLine("| kernel | version | type | T | shape | GFLOP | min MB | check | median ms | GB/s | TFLOP/s | % copy bw | % best matmul |");
@@ -105,7 +105,7 @@ public static class Reports
             var t = x.Timing;
             string check = x.Status is "wrong" or "error" ? $"**{x.Status.ToUpperInvariant()}**" : x.Check is { } k ? $"ok ({k.MaxAbsError:0.0e0})" : "";
             s.AppendLine(CultureInfo.InvariantCulture,
-                $"| {x.Family} | {x.Version} | {x.DType} | {x.Tokens} | {x.Shape} | {F(x.Flops / 1e9, "F3")} | {F(x.MinBytes / 1e6, "F2")} | {check} | {(t is null ? "" : F(t.MedianSeconds * 1e3, "F4"))} | {(t is null ? "" : F(t.GBPerSecond, "F2"))} | {(t is null ? "" : F(t.TFlopPerSecond, "F4"))} | {(t is null ? "" : F(t.PercentOfBandwidth, "F1"))} | {(t is null ? "" : F(t.PercentOfCompute, "F1"))} |");
+                $"| {x.Family} | {x.Version} | {x.DType} | {x.Tokens} | {x.Shape} | {F(x.Flops / 1e9, "F3")} | {F(x.MinBytes / 1e6, "F2")} | {check} | {(t is null ? "" : F(t.MedianSeconds * 1e3, "F4"))} | {(t is null ? "" : F(t.GBPerSecond, "G4"))} | {(t is null ? "" : F(t.TFlopPerSecond, "G4"))} | {(t is null ? "" : F(t.PercentOfBandwidth, "F1"))} | {(t is null ? "" : F(t.PercentOfCompute, "F1"))} |");
         }
 
         foreach (var x in r.Cases.Where(x => x.Status is "wrong" or "error"))

@@ -16,7 +16,8 @@ public sealed record TimingPlan(int Warmup, int MinReps, int MaxReps, double Bud
 {
     public static TimingPlan Gpu { get; } = new(5, 20, 500, 0.5);
 
-    public static TimingPlan Cpu { get; } = new(1, 3, 20, 0.3);
+    // The check run has already compiled and run the kernel once: no warm-up on the emulating CPU accelerator.
+    public static TimingPlan Cpu { get; } = new(0, 2, 10, 0.2);
 
     /// <summary>Check-only runs: nothing timed.</summary>
     public static TimingPlan None { get; } = new(0, 0, 0, 0);
@@ -79,16 +80,31 @@ public sealed class BenchDevice : IDisposable
     /// <summary>Warm-up then timed runs of <paramref name="run"/> (argument: the input set), rotating sets; seconds per run.</summary>
     public double[] Time(Action<AcceleratorStream, int> run, int sets, TimingPlan plan)
     {
-        for (int w = 0; w < plan.Warmup; w++)
-            run(Stream, w % sets);
-        Stream.Synchronize();
         if (plan.MaxReps <= 0)
             return [];
+
+        // The first warm-up run also estimates the cost: a run of a large shape that takes ~1 s on its own gets
+        // fewer warm-ups and repetitions (never fewer than 3), so a whole preset stays within minutes.
+        int warmup = plan.Warmup, minReps = plan.MinReps;
+        if (warmup > 0)
+        {
+            var sw = Stopwatch.StartNew();
+            run(Stream, 0);
+            Stream.Synchronize();
+            double estimate = sw.Elapsed.TotalSeconds;
+            warmup = estimate > 0.05 ? 0 : warmup - 1;
+            if (estimate * minReps > 4 * plan.BudgetSeconds)
+                minReps = Math.Max(3, (int)(4 * plan.BudgetSeconds / estimate));
+        }
+
+        for (int w = 0; w < warmup; w++)
+            run(Stream, (w + 1) % sets);
+        Stream.Synchronize();
 
         var times = new List<double>();
         var total = Stopwatch.StartNew();
         int rep = 0;
-        while (rep < plan.MinReps || (rep < plan.MaxReps && total.Elapsed.TotalSeconds < plan.BudgetSeconds))
+        while (rep < minReps || (rep < plan.MaxReps && total.Elapsed.TotalSeconds < plan.BudgetSeconds))
         {
             if (IsGpu)
             {

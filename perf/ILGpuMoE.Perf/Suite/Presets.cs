@@ -41,6 +41,9 @@ public sealed record ShapePreset(
 
     /// <summary>True for the preset meant for ILGPU's CPU accelerator (small, checked in full).</summary>
     public bool IsTiny => Name == "tiny";
+
+    /// <summary>Small presets check every output (no token sampling).</summary>
+    public bool IsSmall => IsTiny || Name == "smoke";
 }
 
 public static class Presets
@@ -65,10 +68,15 @@ public static class Presets
 
     /// <summary>For ILGPU's CPU accelerator: odd sizes (no multiple of any tile), seconds per kernel.</summary>
     public static readonly ShapePreset Tiny = new(
-        "tiny", Dim: 72, Hidden: 88, Experts: 4, TopK: 2, Heads: 4, KvHeads: 2, HeadDim: 16, Vocab: 260,
-        Tokens: [1, 8, 33], KvLength: 40, Layers: 2, Router: PresetRouter.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
+        "tiny", Dim: 40, Hidden: 56, Experts: 4, TopK: 2, Heads: 4, KvHeads: 2, HeadDim: 8, Vocab: 100,
+        Tokens: [1, 5, 19], KvLength: 24, Layers: 2, Router: PresetRouter.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
 
-    public static IReadOnlyList<ShapePreset> All { get; } = [Mixtral8x7B, QwenMoeA27B, DeepSeekV3Moe, Tiny];
+    /// <summary>Moderate shapes for the GPU correctness smoke test (every kernel and version, checked in full).</summary>
+    public static readonly ShapePreset Smoke = new(
+        "smoke", Dim: 520, Hidden: 1000, Experts: 8, TopK: 2, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 1000,
+        Tokens: [1, 7, 65], KvLength: 300, Layers: 2, Router: PresetRouter.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
+
+    public static IReadOnlyList<ShapePreset> All { get; } = [Mixtral8x7B, QwenMoeA27B, DeepSeekV3Moe, Tiny, Smoke];
 
     /// <summary>The preset of that name; ArgumentException listing the names otherwise.</summary>
     public static ShapePreset Get(string name) =>

@@ -27,7 +27,9 @@ public static class SuiteRunner
     /// <summary>Every registered kernel family; a family joins by being listed here.</summary>
     public static IReadOnlyList<IBenchFamily> Families { get; } =
     [
+        new DenseFamily(),
         new AttentionFamily(),
+        new GatingFamily(),
     ];
 
     public static (IReadOnlyList<CaseResult> Cases, Ceilings? Ceilings) Run(BenchDevice device, SuiteOptions options, Action<string> log)
@@ -134,7 +136,7 @@ public static class SuiteRunner
             double median = Stats.Median(times);
             var timing = new TimingInfo(median, times.Min(), times.Max(), times.Length, sets,
                 c.MinBytes / median / 1e9, c.Flops / median / 1e12, double.NaN, double.NaN);
-            log($"ok     {label}: {median * 1e3:F3} ms, {timing.GBPerSecond:F2} GB/s, {timing.TFlopPerSecond:F4} TFLOP/s");
+            log($"ok     {label}: {median * 1e3:F3} ms, {timing.GBPerSecond:G4} GB/s, {timing.TFlopPerSecond:G4} TFLOP/s");
             return result with { Status = "ok", Timing = timing };
         }
         catch (Exception e)
