@@ -10,15 +10,13 @@ public static class Program
     {
         var rest = args.AsSpan();
         string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
+        if (verb is not ("bench" or "host"))
+            return Cli.Program.Main(args); // devices, inspect, ...: this file is also the whole CLI (the GPU publish)
         if (rest.Length > 0 && !rest[0].StartsWith('-'))
             rest = rest[1..];
         try
         {
-            return verb switch
-            {
-                "bench" => BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error),
-                _ => Usage($"unknown command '{verb}'"),
-            };
+            return verb == "host" ? HostBenchmarks.Run(rest.ToArray()) : BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error);
         }
         catch (Exception e)
         {
@@ -36,11 +34,5 @@ public static class Program
         if (Console.IsOutputRedirected)
             console.Profile.Width = 200;
         return console;
-    }
-
-    private static int Usage(string why)
-    {
-        Console.Error.WriteLine($"error: {why} (commands: bench, host; {BenchArgs.Usage})");
-        return 2;
     }
 }
