@@ -124,7 +124,17 @@ public static class BenchCommand
             return 2;
         }
 
-        var report = Execute(options, line => err.WriteLine(line));
+        BenchReport report;
+        try
+        {
+            report = Execute(options, line => err.WriteLine(line));
+        }
+        catch (BenchUsageException e)
+        {
+            err.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+
         Directory.CreateDirectory(options.OutDir);
         File.WriteAllText(Path.Combine(options.OutDir, "bench.json"), Reports.ToJson(report));
         File.WriteAllText(Path.Combine(options.OutDir, "bench.md"), Reports.Markdown(report));
@@ -147,7 +157,18 @@ public static class BenchCommand
     {
         var started = DateTimeOffset.UtcNow;
         var wall = Stopwatch.StartNew();
-        using var device = BenchDevice.Open(options.Device);
+        BenchDevice device;
+        try
+        {
+            device = BenchDevice.Open(options.Device);
+        }
+        catch (InvalidOperationException e)
+        {
+            // Devices.Select: the asked-for device is not there (no CUDA device visible: libcuda missing, no GPU).
+            throw new BenchUsageException($"--device {options.Device.ToString().ToLowerInvariant()}: {e.Message}");
+        }
+
+        using var owned = device;
         log($"device: {device.Description}");
         var (cases, ceilings) = SuiteRunner.Run(device, new SuiteOptions
         {
@@ -162,7 +183,7 @@ public static class BenchCommand
             notes.Add("CPU accelerator: ILGPU emulates GPU threads on the host; its times say nothing about a GPU, only that the suite runs.");
         notes.Add("End to end (prefill/decode tokens/s, TTFT per weight scheme) is not run yet: it needs the runtime (MixtralModel, InferenceSession), not landed.");
 
-        return new BenchReport("ilgpumoe bench", options.Preset.Name, started, wall.Elapsed.TotalSeconds, Machine(device), ceilings,
+        return new BenchReport("ilgpumoe bench", options.Preset.Name, options.Preset, started, wall.Elapsed.TotalSeconds, Machine(device), ceilings,
             cases, [], [], notes);
     }
 

@@ -16,6 +16,7 @@ public static class Reports
         PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
         // NaN (an unmeasured figure) must survive the trip: JSON has no NaN, so it is written as the string "NaN".
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        Converters = { new JsonStringEnumConverter() },
     };
 
     public static string ToJson(BenchReport report) => JsonSerializer.Serialize(report, JsonOptions);

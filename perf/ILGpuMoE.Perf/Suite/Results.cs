@@ -19,7 +19,7 @@ public sealed record PeerResult(string Peer, string Kernel, string Shape, double
 public sealed record EndToEndResult(string Engine, string Scheme, int Layers, int PromptTokens, int DecodeTokens,
     double PrefillTokensPerSecond, double DecodeTokensPerSecond, double TimeToFirstTokenSeconds, string Note);
 
-public sealed record BenchReport(string Tool, string Preset, DateTimeOffset StartedUtc, double WallSeconds, MachineInfo Machine,
+public sealed record BenchReport(string Tool, string Preset, ShapePreset? Shapes, DateTimeOffset StartedUtc, double WallSeconds, MachineInfo Machine,
     Ceilings? Ceilings, IReadOnlyList<CaseResult> Cases, IReadOnlyList<EndToEndResult> EndToEnd, IReadOnlyList<PeerResult> Peers,
     IReadOnlyList<string> Notes)
 {
