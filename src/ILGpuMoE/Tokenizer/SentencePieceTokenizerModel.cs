@@ -65,7 +65,11 @@ public sealed class SentencePieceTokenizerModel : ITextTokenizer
     public IReadOnlyList<int> Encode(string text, bool addBos)
     {
         ArgumentNullException.ThrowIfNull(text);
-        return _sp.EncodeToIds(text, addBeginningOfSentence: addBos, addEndOfSentence: false);
+        var ids = new List<int>();
+        if (addBos)
+            ids.Add(BosId); // by hand: the library adds nothing at all for ""
+        ids.AddRange(_sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false));
+        return ids;
     }
 
     public string Decode(IReadOnlyList<int> ids)
