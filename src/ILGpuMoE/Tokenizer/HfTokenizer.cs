@@ -42,7 +42,11 @@ public sealed class HfTokenizer : ITextTokenizer
     }
 
     /// <summary>Opens tokenizer.json at <paramref name="path"/> (tokenizer_config.json beside it names BOS/EOS).</summary>
-    public static HfTokenizer Load(string path)
+    public static HfTokenizer Load(string path) => Load(path, path, null);
+
+    // displayPath names the user's file in errors (a converted tokenizer.model is loaded from a temporary json);
+    // bosEos overrides tokenizer_config.json.
+    internal static HfTokenizer Load(string path, string displayPath, (int Bos, int Eos)? bosEos)
     {
         if (!File.Exists(path))
             throw new TokenizerException($"{path}: tokenizer.json not found");
@@ -99,14 +103,22 @@ public sealed class HfTokenizer : ITextTokenizer
             throw new TokenizerException($"{path}: malformed tokenizer.json ({e.Message})", e);
         }
 
-        var index = new Dictionary<string, int>(pieces.Length);
-        for (int i = 0; i < pieces.Length; i++)
-            index.TryAdd(pieces[i], i);
-        var (bosPiece, eosPiece) = ReadBosEos(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "tokenizer_config.json"));
-        if (!index.TryGetValue(bosPiece, out int bos))
-            throw new TokenizerException($"{path}: BOS token \"{bosPiece}\" is not in the vocabulary");
-        if (!index.TryGetValue(eosPiece, out int eos))
-            throw new TokenizerException($"{path}: EOS token \"{eosPiece}\" is not in the vocabulary");
+        int bos, eos;
+        if (bosEos is { } given)
+        {
+            (bos, eos) = given;
+        }
+        else
+        {
+            var index = new Dictionary<string, int>(pieces.Length);
+            for (int i = 0; i < pieces.Length; i++)
+                index.TryAdd(pieces[i], i);
+            var (bosPiece, eosPiece) = ReadBosEos(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "tokenizer_config.json"));
+            if (!index.TryGetValue(bosPiece, out bos))
+                throw new TokenizerException($"{path}: BOS token \"{bosPiece}\" is not in the vocabulary");
+            if (!index.TryGetValue(eosPiece, out eos))
+                throw new TokenizerException($"{path}: EOS token \"{eosPiece}\" is not in the vocabulary");
+        }
 
         Tokenizers.DotNet.Tokenizer native;
         try
@@ -115,10 +127,10 @@ public sealed class HfTokenizer : ITextTokenizer
         }
         catch (Exception e)
         {
-            throw new TokenizerException($"{path}: Hugging Face tokenizers refused the file ({e.Message})", e);
+            throw new TokenizerException($"{displayPath}: Hugging Face tokenizers refused the file ({e.Message})", e);
         }
 
-        return new HfTokenizer(path, native, pieces, special, bos, eos, dummyPrefix);
+        return new HfTokenizer(displayPath, native, pieces, special, bos, eos, dummyPrefix);
     }
 
     public IReadOnlyList<int> Encode(string text, bool addBos)

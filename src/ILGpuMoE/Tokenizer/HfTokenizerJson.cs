@@ -24,17 +24,25 @@ public static class HfTokenizerJson
         if (pieces.Count < 3 || pieces[0] != "<unk>" || pieces[1] != "<s>" || pieces[2] != "</s>")
             throw new ArgumentException("tokenizer.json: ids 0, 1, 2 must be <unk>, <s>, </s>", nameof(pieces));
         Directory.CreateDirectory(dir);
-        var opts = new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
         using (var stream = File.Create(Path.Combine(dir, "tokenizer.json")))
+            WriteJson(stream, pieces, merges, [(0, true), (1, true), (2, true)], unkId: 0, bosId: 1, dummyPrefix: true);
+        WriteConfig(dir);
+    }
+
+    /// <summary>tokenizer.json alone. <paramref name="added"/>: ids written as added tokens (special or not).</summary>
+    internal static void WriteJson(Stream stream, IReadOnlyList<string> pieces, IReadOnlyList<(string Left, string Right)> merges,
+        IReadOnlyList<(int Id, bool Special)> added, int unkId, int bosId, bool dummyPrefix)
+    {
+        var opts = new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
         using (var w = new Utf8JsonWriter(stream, opts))
         {
+            string bos = pieces[bosId];
             w.WriteStartObject();
             w.WriteString("version", "1.0");
             w.WriteNull("truncation");
             w.WriteNull("padding");
             w.WriteStartArray("added_tokens");
-            for (int id = 0; id < 3; id++)
+            foreach (var (id, special) in added)
             {
                 w.WriteStartObject();
                 w.WriteNumber("id", id);
@@ -43,7 +51,7 @@ public static class HfTokenizerJson
                 w.WriteBoolean("lstrip", false);
                 w.WriteBoolean("rstrip", false);
                 w.WriteBoolean("normalized", false);
-                w.WriteBoolean("special", true);
+                w.WriteBoolean("special", special);
                 w.WriteEndObject();
             }
 
@@ -52,10 +60,14 @@ public static class HfTokenizerJson
             w.WriteStartObject("normalizer");
             w.WriteString("type", "Sequence");
             w.WriteStartArray("normalizers");
-            w.WriteStartObject();
-            w.WriteString("type", "Prepend");
-            w.WriteString("prepend", "\u2581");
-            w.WriteEndObject();
+            if (dummyPrefix)
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "Prepend");
+                w.WriteString("prepend", "\u2581");
+                w.WriteEndObject();
+            }
+
             WriteReplace(w, " ", "\u2581");
             w.WriteEndArray();
             w.WriteEndObject();
@@ -65,23 +77,23 @@ public static class HfTokenizerJson
             w.WriteStartObject("post_processor");
             w.WriteString("type", "TemplateProcessing");
             w.WriteStartArray("single");
-            WriteSpecial(w, "<s>", 0);
+            WriteSpecial(w, bos, 0);
             WriteSequence(w, "A", 0);
             w.WriteEndArray();
             w.WriteStartArray("pair");
-            WriteSpecial(w, "<s>", 0);
+            WriteSpecial(w, bos, 0);
             WriteSequence(w, "A", 0);
-            WriteSpecial(w, "<s>", 1);
+            WriteSpecial(w, bos, 1);
             WriteSequence(w, "B", 1);
             w.WriteEndArray();
             w.WriteStartObject("special_tokens");
-            w.WriteStartObject("<s>");
-            w.WriteString("id", "<s>");
+            w.WriteStartObject(bos);
+            w.WriteString("id", bos);
             w.WriteStartArray("ids");
-            w.WriteNumberValue(1);
+            w.WriteNumberValue(bosId);
             w.WriteEndArray();
             w.WriteStartArray("tokens");
-            w.WriteStringValue("<s>");
+            w.WriteStringValue(bos);
             w.WriteEndArray();
             w.WriteEndObject();
             w.WriteEndObject();
@@ -97,19 +109,23 @@ public static class HfTokenizerJson
             w.WriteStartObject();
             w.WriteString("type", "Fuse");
             w.WriteEndObject();
-            w.WriteStartObject();
-            w.WriteString("type", "Strip");
-            w.WriteString("content", " ");
-            w.WriteNumber("start", 1);
-            w.WriteNumber("stop", 0);
-            w.WriteEndObject();
+            if (dummyPrefix)
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "Strip");
+                w.WriteString("content", " ");
+                w.WriteNumber("start", 1);
+                w.WriteNumber("stop", 0);
+                w.WriteEndObject();
+            }
+
             w.WriteEndArray();
             w.WriteEndObject();
 
             w.WriteStartObject("model");
             w.WriteString("type", "BPE");
             w.WriteNull("dropout");
-            w.WriteString("unk_token", "<unk>");
+            w.WriteString("unk_token", pieces[unkId]);
             w.WriteNull("continuing_subword_prefix");
             w.WriteNull("end_of_word_suffix");
             w.WriteBoolean("fuse_unk", true);
@@ -137,7 +153,10 @@ public static class HfTokenizerJson
             w.WriteEndObject();
             w.WriteEndObject();
         }
+    }
 
+    private static void WriteConfig(string dir)
+    {
         var config = new StringBuilder();
         config.Append("{\n");
         config.Append("  \"add_bos_token\": true,\n  \"add_eos_token\": false,\n");

@@ -37,7 +37,7 @@ public static class TextTokenizer
 {
     /// <summary>
     /// <paramref name="path"/> is a model directory, a tokenizer.json or a tokenizer.model. In a directory
-    /// tokenizer.json (Hugging Face's tokenizers library, exact) wins over tokenizer.model (SentencePiece).
+    /// tokenizer.json (Hugging Face's tokenizers library, exact) wins over tokenizer.model (SentencePiece, converted as Hugging Face converts it).
     /// </summary>
     public static ITextTokenizer Load(string path)
     {
@@ -48,14 +48,14 @@ public static class TextTokenizer
                 return HfTokenizer.Load(json);
             string model = Path.Combine(path, "tokenizer.model");
             if (File.Exists(model))
-                return SentencePieceTokenizerModel.Load(model);
+                return SentencePieceModel.Load(model);
             throw new TokenizerException($"{path}: no tokenizer.json or tokenizer.model in this directory");
         }
 
         if (!File.Exists(path))
             throw new TokenizerException($"{path}: tokenizer file not found");
         return path.EndsWith(".model", StringComparison.OrdinalIgnoreCase)
-            ? SentencePieceTokenizerModel.Load(path)
+            ? SentencePieceModel.Load(path)
             : HfTokenizer.Load(path);
     }
 

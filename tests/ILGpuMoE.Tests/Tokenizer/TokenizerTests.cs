@@ -6,7 +6,7 @@ namespace ILGpuMoE.Tests.Tokenizer;
 /// A tiny SentencePiece-BPE vocabulary built here by hand; expected ids are derived by hand from the BPE rules
 /// (merge the adjacent pair of lowest rank, leftmost first; a character outside the vocabulary becomes its
 /// UTF-8 byte pieces) and checked against both loaders: tokenizer.json (Hugging Face's tokenizers) and
-/// tokenizer.model (SentencePiece through Microsoft.ML.Tokenizers).
+/// tokenizer.model (SentencePiece, converted to Hugging Face's form).
 /// </summary>
 public class TokenizerTests
 {
@@ -47,6 +47,8 @@ public class TokenizerTests
         ("hello\nworld", [271, B(0x0A), 277, 281, 283]),
         // trailing space: ▁hello▁.
         ("hello ", [271, 259]),
+        // equal merges at two positions: the leftmost goes first, (l,l) l, not l (l,l).
+        ("lll", [259, 268, 263]),
     ];
 
     private string _dir = "";
