@@ -51,22 +51,17 @@ public static class DTypes
     /// <summary>Parses a header spelling (exact, case-sensitive, as the format requires).</summary>
     public static bool TryParse(string name, out DType dtype)
     {
-        switch (name)
+        foreach (var candidate in All)
         {
-            case "F64": dtype = DType.F64; return true;
-            case "F32": dtype = DType.F32; return true;
-            case "F16": dtype = DType.F16; return true;
-            case "BF16": dtype = DType.BF16; return true;
-            case "I64": dtype = DType.I64; return true;
-            case "I32": dtype = DType.I32; return true;
-            case "I16": dtype = DType.I16; return true;
-            case "I8": dtype = DType.I8; return true;
-            case "U8": dtype = DType.U8; return true;
-            case "BOOL": dtype = DType.BOOL; return true;
-            case "F8_E4M3": dtype = DType.F8_E4M3; return true;
-            case "F8_E5M2": dtype = DType.F8_E5M2; return true;
-            default: dtype = default; return false;
+            if (ToName(candidate) == name)
+            {
+                dtype = candidate;
+                return true;
+            }
         }
+
+        dtype = default;
+        return false;
     }
 
     /// <summary>Every dtype, in declaration order.</summary>

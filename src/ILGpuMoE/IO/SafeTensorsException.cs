@@ -5,6 +5,8 @@ namespace ILGpuMoE.IO;
 /// <summary>What exactly is wrong; every <see cref="SafeTensorsException"/> carries one.</summary>
 public enum SafeTensorsError
 {
+    /// <summary>Raised through the plain message constructors (e.g. by model loading code on top of this layer).</summary>
+    Other,
     /// <summary>The path does not exist, is a directory, or a directory holds no checkpoint.</summary>
     NotFound,
     /// <summary>The file could not be opened or mapped (permissions, I/O error).</summary>

@@ -24,6 +24,18 @@ public sealed class TempDir : IDisposable
     }
 }
 
+/// <summary>Base for test classes that want a fresh temp directory per test.</summary>
+public abstract class TempDirTest
+{
+    protected TempDir Dir { get; private set; } = null!;
+
+    [SetUp]
+    public void CreateTempDir() => Dir = new TempDir();
+
+    [TearDown]
+    public void DeleteTempDir() => Dir.Dispose();
+}
+
 /// <summary>Hand-crafted safetensors bytes and the assertions every malformed-input test shares.</summary>
 public static class Crafted
 {
