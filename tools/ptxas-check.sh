@@ -44,6 +44,7 @@ files=("$ptx_dir"/*.ptx)
 if [ ${#files[@]} -eq 0 ]; then echo "ptxas-check: no .ptx files in $ptx_dir" >&2; exit 3; fi
 
 bad=0
+stacked=0
 printf '%-44s %5s %8s %6s %7s %7s\n' kernel regs smem stack spill_st spill_ld
 for f in "${files[@]}"; do
     name="$(basename "$f" .ptx)"
@@ -51,13 +52,13 @@ for f in "${files[@]}"; do
     if ! out="$("$ptxas" -arch=sm_90 -v -o /dev/null "$f" 2>&1)"; then
         echo "$name: ptxas FAILED"; echo "$out" | head -n5; bad=1; continue
     fi
-    regs=$(echo "$out" | grep -Eo 'Used [0-9]+ registers' | grep -Eo '[0-9]+' | sort -n | tail -n1)
-    smem=$(echo "$out" | grep -Eo '[0-9]+ bytes smem' | grep -Eo '^[0-9]+' | sort -n | tail -n1)
-    stack=$(echo "$out" | grep -Eo '[0-9]+ bytes stack frame' | grep -Eo '^[0-9]+' | sort -n | tail -n1)
-    sst=$(echo "$out" | grep -Eo '[0-9]+ bytes spill stores' | grep -Eo '^[0-9]+' | sort -n | tail -n1)
-    sld=$(echo "$out" | grep -Eo '[0-9]+ bytes spill loads' | grep -Eo '^[0-9]+' | sort -n | tail -n1)
+    # Largest figure over the file's entry points (grep finds nothing for a figure ptxas leaves out: 0).
+    num() { echo "$out" | grep -Eo "$1" | grep -Eo '[0-9]+' | sort -n | tail -n1 || true; }
+    regs=$(num 'Used [0-9]+ registers'); smem=$(num '[0-9]+ bytes smem'); stack=$(num '[0-9]+ bytes stack frame')
+    sst=$(num '[0-9]+ bytes spill stores'); sld=$(num '[0-9]+ bytes spill loads')
     printf '%-44s %5s %8s %6s %7s %7s\n' "$name" "${regs:-0}" "${smem:-0}" "${stack:-0}" "${sst:-0}" "${sld:-0}"
     if [ "${sst:-0}" -ne 0 ] || [ "${sld:-0}" -ne 0 ]; then echo "  ^ spills: a hot kernel must not spill"; bad=1; fi
+    if [ "${stack:-0}" -ne 0 ]; then stacked=$((stacked + 1)); fi
 done
 if [ $bad -ne 0 ]; then echo "ptxas-check: FAILED"; exit 1; fi
-echo "ptxas-check: ${#files[@]} kernels, no spills"
+echo "ptxas-check: ${#files[@]} kernels, no spills ($stacked with a local-memory stack frame: listed above, not yet a failure)"
