@@ -31,7 +31,7 @@ fetch_ptxas() {
     find "$cache/root" -path '*bin/ptxas' -type f | head -n1
 }
 
-ptxas="$(fetch_ptxas)"
+ptxas="$(fetch_ptxas)" || { echo "ptxas-check: could not fetch nvidia-cuda-toolkit" >&2; exit 3; }
 if [ -z "$ptxas" ] || [ ! -x "$ptxas" ]; then echo "ptxas-check: ptxas not found in the package" >&2; exit 3; fi
 
 if [ $# -eq 0 ]; then
@@ -41,7 +41,7 @@ fi
 
 shopt -s nullglob
 files=("$ptx_dir"/*.ptx)
-if [ ${#files[@]} -eq 0 ]; then echo "ptxas-check: no .ptx files in $ptx_dir" >&2; exit 3; fi
+if [ ${#files[@]} -eq 0 ]; then echo "ptxas-check: no .ptx files in $ptx_dir" >&2; exit 1; fi
 
 bad=0
 stacked=0
