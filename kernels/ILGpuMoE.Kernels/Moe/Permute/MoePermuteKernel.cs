@@ -21,8 +21,8 @@ public sealed class MoePermutation : IDisposable
         Experts = experts;
         TileRows = tileRows;
         MaxTiles = MoePermuteKernel.MaxTiles(maxPairs, experts, tileRows);
-        int maxChunks = MoePermuteKernel.NumChunks(maxPairs, experts);
-        ChunkBase = accelerator.Allocate1D<int>((long)experts * maxChunks);
+        // Fewer pairs can pick a smaller chunk (more chunks) than maxPairs does; E * ceil(maxPairs / 32) bounds both.
+        ChunkBase = accelerator.Allocate1D<int>((long)experts * ((maxPairs + MoePermuteKernel.MinChunk - 1) / MoePermuteKernel.MinChunk));
         Counts = accelerator.Allocate1D<int>(experts);
         Offsets = accelerator.Allocate1D<int>(experts + 1);
         TileOffsets = accelerator.Allocate1D<int>(experts + 1);
@@ -90,10 +90,12 @@ public sealed class MoePermuteKernel
 
     public static MoePermuteKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 
+    public const int MinChunk = 32;
+
     /// <summary>Pairs per chunk: 32, doubled until the [E, chunks] scan of the single scan group stays <= 16384 entries.</summary>
     public static int ChunkSize(int pairs, int experts)
     {
-        int chunk = 32;
+        int chunk = MinChunk;
         while ((long)experts * ((pairs + chunk - 1) / chunk) > 16384)
             chunk *= 2;
         return chunk;
@@ -130,6 +132,8 @@ public sealed class MoePermuteKernel
         int numChunks = NumChunks(pairs, experts);
         int threads = experts * numChunks;
         int groups = (threads + MoePermuteKernels.GroupSize - 1) / MoePermuteKernels.GroupSize;
+        if (threads > permutation.ChunkBase.Length)
+            throw new InvalidOperationException($"MoePermute: {threads} chunk slots exceed the scratch of {permutation.ChunkBase.Length}");
         var grid = new KernelConfig(groups, MoePermuteKernels.GroupSize);
         var chunkBase = permutation.ChunkBase.View.SubView(0, threads);
         histogram(stream, grid, expertIds, pairs, experts, chunk, numChunks, chunkBase);

@@ -101,6 +101,10 @@ public class MoePermuteTests
         // 40000 pairs over 16 experts: chunks grow to 64 pairs and the single scan group runs many rounds.
         Assert.That(MoePermuteKernel.ChunkSize(40000, 16), Is.EqualTo(64));
         CheckAgainstReference(MoeTestData.Routing(77, 20000, 2, 16, RoutingShape.Random), 16, 32);
+
+        // 24000 pairs in a 40000-pair permutation: the smaller launch picks 32-pair chunks, more than the capacity's.
+        Assert.That(MoePermuteKernel.ChunkSize(24000, 16), Is.EqualTo(32));
+        CheckAgainstReference(MoeTestData.Routing(78, 12000, 2, 16, RoutingShape.Random), 16, 32, capacityTokens: 20000);
     }
 
     [Test]
