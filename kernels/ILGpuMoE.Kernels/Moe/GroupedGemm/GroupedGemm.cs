@@ -54,6 +54,23 @@ public static class GroupedGemmKernels
         return lo;
     }
 
+    /// <summary>The (expert, first sorted row, rows) of this group's tile (grid x); Expert -1 for an unused slot.</summary>
+    private readonly struct GroupTile(int expert, int rowStart, int rows)
+    {
+        public readonly int Expert = expert;
+        public readonly int RowStart = rowStart;
+        public readonly int Rows = rows;
+
+        public static GroupTile Read(ArrayView<int> tiles, ArrayView<int> offsets, int tileRows)
+        {
+            int e = tiles[2 * Grid.IdxX];
+            if (e < 0)
+                return new GroupTile(-1, 0, 0);
+            int rowStart = tiles[2 * Grid.IdxX + 1];
+            return new GroupTile(e, rowStart, Math.Min(tileRows, offsets[e + 1] - rowStart));
+        }
+    }
+
     // ---------------------------------------------------------------- V1
 
     [KernelInfo("moe/grouped-gemm", "v1", "grid (P, ceil(F/256)), group 256", Summary = "up/gate: one thread per h element, rows through sorted pairs, SiLU(gate)*up fused")]
@@ -103,11 +120,10 @@ public static class GroupedGemmKernels
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
         where TW : struct, IWeights
     {
-        int e = tiles[2 * Grid.IdxX];
-        if (e < 0)
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
             return; // unused schedule slot: the whole group leaves before any barrier
-        int rowStart = tiles[2 * Grid.IdxX + 1];
-        int rows = Math.Min(tileRows, offsets[e + 1] - rowStart);
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
         int n0 = Grid.IdxY * TileN;
         int tid = Group.IdxX;
         int tx = tid & 31, ty = tid >> 5;
@@ -173,11 +189,10 @@ public static class GroupedGemmKernels
         int dim, int hidden, int tileRows)
         where TW : struct, IWeights
     {
-        int e = tiles[2 * Grid.IdxX];
-        if (e < 0)
-            return;
-        int rowStart = tiles[2 * Grid.IdxX + 1];
-        int rows = Math.Min(tileRows, offsets[e + 1] - rowStart);
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
         int n0 = Grid.IdxY * TileN;
         int tid = Group.IdxX;
         int tx = tid & 31, ty = tid >> 5;
@@ -234,11 +249,10 @@ public static class GroupedGemmKernels
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
         where TW : struct, IWeights
     {
-        int e = tiles[2 * Grid.IdxX];
-        if (e < 0)
-            return;
-        int rowStart = tiles[2 * Grid.IdxX + 1];
-        int rows = Math.Min(tileRows, offsets[e + 1] - rowStart);
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
         int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
         int n = Grid.IdxY * GemvWarps + warp;
 
@@ -307,11 +321,10 @@ public static class GroupedGemmKernels
         int dim, int hidden, int tileRows)
         where TW : struct, IWeights
     {
-        int e = tiles[2 * Grid.IdxX];
-        if (e < 0)
-            return;
-        int rowStart = tiles[2 * Grid.IdxX + 1];
-        int rows = Math.Min(tileRows, offsets[e + 1] - rowStart);
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
         int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
         int n = Grid.IdxY * GemvWarps + warp;
 

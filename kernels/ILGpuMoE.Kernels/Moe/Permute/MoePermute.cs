@@ -26,16 +26,32 @@ public static class MoePermuteKernels
 {
     public const int GroupSize = 256;
 
+    /// <summary>This thread's (expert, chunk) and the chunk's pair range; Expert -1 past the last one. Experts vary
+    /// fastest so the E threads of one chunk share a warp and read each id together.</summary>
+    private readonly struct ExpertChunk(int expert, int chunk, int start, int end)
+    {
+        public readonly int Expert = expert;
+        public readonly int Chunk = chunk;
+        public readonly int Start = start;
+        public readonly int End = end;
+
+        public static ExpertChunk Of(int pairs, int experts, int chunk, int numChunks)
+        {
+            long i = (long)Grid.IdxX * Group.DimX + Group.IdxX;
+            if (i >= (long)experts * numChunks)
+                return new ExpertChunk(-1, 0, 0, 0);
+            int c = (int)(i / experts);
+            return new ExpertChunk((int)(i % experts), c, c * chunk, Math.Min(c * chunk + chunk, pairs));
+        }
+    }
+
     [KernelInfo("moe/permute", "v1", "grid ceil(E*chunks/256), group 256", Summary = "histogram: one thread per (expert, chunk) counts its expert's pairs in the chunk")]
     public static void HistogramV1(ArrayView<int> ids, int pairs, int experts, int chunk, int numChunks, ArrayView<int> chunkCounts)
     {
-        long i = (long)Grid.IdxX * Group.DimX + Group.IdxX;
-        if (i >= (long)experts * numChunks)
+        var my = ExpertChunk.Of(pairs, experts, chunk, numChunks);
+        if (my.Expert < 0)
             return;
-        int e = (int)(i % experts);
-        int c = (int)(i / experts);
-        int start = c * chunk;
-        int end = Math.Min(start + chunk, pairs);
+        int e = my.Expert, c = my.Chunk, start = my.Start, end = my.End;
         int n = 0;
         for (int p = start; p < end; p++)
         {
@@ -122,13 +138,10 @@ public static class MoePermuteKernels
     public static void ScatterV1(ArrayView<int> ids, int pairs, int experts, int chunk, int numChunks, ArrayView<int> chunkBase,
         ArrayView<int> sorted, ArrayView<int> pos)
     {
-        long i = (long)Grid.IdxX * Group.DimX + Group.IdxX;
-        if (i >= (long)experts * numChunks)
+        var my = ExpertChunk.Of(pairs, experts, chunk, numChunks);
+        if (my.Expert < 0)
             return;
-        int e = (int)(i % experts);
-        int c = (int)(i / experts);
-        int start = c * chunk;
-        int end = Math.Min(start + chunk, pairs);
+        int e = my.Expert, c = my.Chunk, start = my.Start, end = my.End;
         int slot = chunkBase[(long)e * numChunks + c];
         for (int p = start; p < end; p++)
         {

@@ -60,43 +60,39 @@ public class MoeBlockTests
         using var residual = p.Residual is null ? null : TestDevice.Upload(p.Residual);
         var res = residual?.View ?? default;
         float[] s1 = MoeTestData.Stack(p.W1), s3 = MoeTestData.Stack(p.W3), s2 = MoeTestData.Stack(p.W2);
+        var run = new Launch(acc.DefaultStream, ws, x.View, ids.View, weights.View, p.Tokens, output.View, res, version);
         switch (kind)
         {
             case WeightKind.F32:
-            {
-                using var b1 = TestDevice.Upload(s1);
-                using var b3 = TestDevice.Upload(s3);
-                using var b2 = TestDevice.Upload(s2);
-                MoeTestData.BlockF32.Launch(acc.DefaultStream, ws, x.View, ids.View, weights.View, p.Tokens,
-                    new F32Weights(b1.View), new F32Weights(b3.View), new F32Weights(b2.View), output.View, res, version);
-                acc.Synchronize();
+                run.With(MoeTestData.BlockF32, s1, s3, s2, a => a, v => new F32Weights(v));
                 break;
-            }
-
             case WeightKind.F16:
-            {
-                using var b1 = TestDevice.Upload(MoeTestData.HalfBits(s1));
-                using var b3 = TestDevice.Upload(MoeTestData.HalfBits(s3));
-                using var b2 = TestDevice.Upload(MoeTestData.HalfBits(s2));
-                MoeTestData.BlockF16.Launch(acc.DefaultStream, ws, x.View, ids.View, weights.View, p.Tokens,
-                    new F16Weights(b1.View), new F16Weights(b3.View), new F16Weights(b2.View), output.View, res, version);
-                acc.Synchronize();
+                run.With(MoeTestData.BlockF16, s1, s3, s2, MoeTestData.HalfBits, v => new F16Weights(v));
                 break;
-            }
-
             default:
-            {
-                using var b1 = TestDevice.Upload(MoeTestData.Bf16Bits(s1));
-                using var b3 = TestDevice.Upload(MoeTestData.Bf16Bits(s3));
-                using var b2 = TestDevice.Upload(MoeTestData.Bf16Bits(s2));
-                MoeTestData.BlockBF16.Launch(acc.DefaultStream, ws, x.View, ids.View, weights.View, p.Tokens,
-                    new BF16Weights(b1.View), new BF16Weights(b3.View), new BF16Weights(b2.View), output.View, res, version);
-                acc.Synchronize();
+                run.With(MoeTestData.BlockBF16, s1, s3, s2, MoeTestData.Bf16Bits, v => new BF16Weights(v));
                 break;
-            }
         }
 
+        acc.Synchronize();
         return output.GetAsArray1D();
+    }
+
+    /// <summary>One facade launch; With uploads the stacked weights in the element type of TW.</summary>
+    private sealed record Launch(AcceleratorStream Stream, MoeWorkspace Ws, ArrayView<float> X, ArrayView<int> Ids, ArrayView<float> Weights,
+        int Tokens, ArrayView<float> Output, ArrayView<float> Residual, GroupedGemmVersion? Version)
+    {
+        public void With<TW, TE>(MoeBlockKernels<TW> kernels, float[] w1, float[] w3, float[] w2, Func<float[], TE[]> convert,
+            Func<ArrayView<TE>, TW> wrap)
+            where TW : struct, IWeights
+            where TE : unmanaged
+        {
+            using var b1 = TestDevice.Upload(convert(w1));
+            using var b3 = TestDevice.Upload(convert(w3));
+            using var b2 = TestDevice.Upload(convert(w2));
+            kernels.Launch(Stream, Ws, X, Ids, Weights, Tokens, wrap(b1.View), wrap(b3.View), wrap(b2.View), Output, Residual, Version);
+            Stream.Synchronize();
+        }
     }
 
     private static readonly GroupedGemmVersion[] AllVersions = [GroupedGemmVersion.V1Simple, GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V3Gemv];
