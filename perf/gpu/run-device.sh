@@ -72,8 +72,8 @@ if [ $smoke -ne 0 ]; then say "SMOKE TEST FAILED: the timings below include only
 
 # 2. Kernel suites (each case is checked at its own shape before it is timed; a wrong kernel is reported, not timed).
 step mixtral-8x7b 200 "$bin" bench --preset mixtral-8x7b --device cuda --out "$OUT/mixtral-8x7b"
-step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating --out "$OUT/qwen-moe-a2.7b"
-step deepseek-v3-moe 60 "$bin" bench --preset deepseek-v3-moe --device cuda --tokens 1,64,512 --family gating --out "$OUT/deepseek-v3-moe"
+step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating,moe --out "$OUT/qwen-moe-a2.7b"
+step deepseek-v3-moe 60 "$bin" bench --preset deepseek-v3-moe --device cuda --tokens 1,64,512 --family gating,moe --out "$OUT/deepseek-v3-moe"
 
 # 3. PyTorch baseline on the same shapes, our/their ratio per kernel.
 if [ -f "$OUT/mixtral-8x7b/bench.json" ]; then

@@ -33,6 +33,7 @@ public static class Program
         var root = new RootCommand("ILGpuMoE: Mixture-of-Experts inference on hand-written ILGPU kernels") { device };
         root.Add(DevicesCommand.Create(io, device));
         root.Add(InspectCommand.Create(io));
+        root.Add(PtxCommand.Create(io));
         root.Add(BenchCommand.Create(io));
         return root;
     }

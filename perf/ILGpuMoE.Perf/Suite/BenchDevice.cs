@@ -17,7 +17,7 @@ public sealed record TimingPlan(int Warmup, int MinReps, int MaxReps, double Bud
     public static TimingPlan Gpu { get; } = new(5, 20, 500, 0.5);
 
     // The check run has already compiled and run the kernel once: no warm-up on the emulating CPU accelerator.
-    public static TimingPlan Cpu { get; } = new(0, 2, 10, 0.2);
+    public static TimingPlan Cpu { get; } = new(0, 1, 5, 0.2);
 
     /// <summary>Check-only runs: nothing timed.</summary>
     public static TimingPlan None { get; } = new(0, 0, 0, 0);

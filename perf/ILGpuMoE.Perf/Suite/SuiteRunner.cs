@@ -30,6 +30,7 @@ public static class SuiteRunner
         new DenseFamily(),
         new AttentionFamily(),
         new GatingFamily(),
+        new MoeFamily(),
     ];
 
     public static (IReadOnlyList<CaseResult> Cases, Ceilings? Ceilings) Run(BenchDevice device, SuiteOptions options, Action<string> log)
