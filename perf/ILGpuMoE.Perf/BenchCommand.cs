@@ -17,18 +17,18 @@ namespace ILGpuMoE.Perf;
 /// <summary>Bad command-line input: one line on stderr, exit code 2.</summary>
 public sealed class BenchUsageException(string message) : Exception(message);
 
-public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer)
+public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd)
 {
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer] [--no-e2e]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
         string? preset = null, outDir = null, device = null;
         int[]? tokens = null;
         string[]? families = null;
-        bool checkOnly = false, peer = true;
+        bool checkOnly = false, peer = true, endToEnd = true;
         for (int i = 0; i < args.Count; i++)
         {
             string a = args[i];
@@ -55,6 +55,9 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     break;
                 case "--no-peer":
                     peer = false;
+                    break;
+                case "--no-e2e":
+                    endToEnd = false;
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -91,7 +94,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                 throw new BenchUsageException($"--family: unknown family '{f}' (registered: {string.Join(", ", known)})");
         }
 
-        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer);
+        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd);
     }
 
     private static int[] ParseInts(string option, string text)
@@ -181,10 +184,27 @@ public static class BenchCommand
         var notes = new List<string>();
         if (!device.IsGpu)
             notes.Add("CPU accelerator: ILGPU emulates GPU threads on the host; its times say nothing about a GPU, only that the suite runs.");
-        notes.Add("End to end (prefill/decode tokens/s, TTFT per weight scheme) is not run yet: it needs the runtime (MixtralModel, InferenceSession), not landed.");
+        var e2e = new List<EndToEndResult>();
+        var peers = new List<PeerResult>();
+        if (!options.CheckOnly && options.EndToEnd)
+        {
+            try
+            {
+                var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(device, options.Preset, options.Peer, log);
+                e2e.AddRange(rows);
+                peers.AddRange(peerRows);
+                notes.AddRange(e2eNotes);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // The kernel figures above stand on their own: an end-to-end failure is reported, not fatal.
+                log($"ERROR  end to end: {SuiteRunner.OneLine(e)}");
+                notes.Add($"end to end FAILED: {SuiteRunner.OneLine(e)}");
+            }
+        }
 
         return new BenchReport("ilgpumoe bench", options.Preset.Name, options.Preset, started, wall.Elapsed.TotalSeconds, Machine(device), ceilings,
-            cases, [], [], notes);
+            cases, e2e, peers, notes);
     }
 
     public static MachineInfo Machine(BenchDevice device) => new(

@@ -16,7 +16,17 @@ public static class Program
             rest = rest[1..];
         try
         {
+#if GPU_PUBLISH
+            if (verb == "host")
+            {
+                Console.Error.WriteLine("error: host benchmarks are not in the GPU publish (run them on the CPU machine)");
+                return 2;
+            }
+
+            return BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error);
+#else
             return verb == "host" ? HostBenchmarks.Run(rest.ToArray()) : BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error);
+#endif
         }
         catch (Exception e)
         {

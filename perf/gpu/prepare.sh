@@ -12,7 +12,7 @@ mkdir -p "$out"
 commit="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
 dotnet publish perf/ILGpuMoE.Perf/ILGpuMoE.Perf.csproj -c Release -r linux-x64 --self-contained true \
   -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true \
-  -p:PublishTrimmed=false -p:InvariantGlobalization=true -p:DebugType=none -p:GenerateDocumentationFile=false \
+  -p:PublishTrimmed=false -p:InvariantGlobalization=true -p:GpuPublish=true -p:DebugType=none -p:GenerateDocumentationFile=false \
   -o "$out/bin" -nologo -v:q
 # Only the executable travels; pdbs and stray native files the bundle already holds stay behind.
 find "$out/bin" -mindepth 1 ! -name ilgpumoe-bench -exec rm -rf {} +

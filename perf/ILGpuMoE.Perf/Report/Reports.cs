@@ -71,12 +71,12 @@ public static class Reports
         if (r.Peers.Count > 0)
         {
             var peers = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "peer", "what", "shape", "ours", "theirs", "ours/theirs", "note" })
+            foreach (var h in new[] { "peer", "what", "shape", "ours", "theirs", "unit", "ours/theirs", "note" })
                 peers.AddColumn(h);
             foreach (var p in r.Peers)
             {
-                peers.AddRow(Markup.Escape(p.Peer), Markup.Escape(p.Kernel), Markup.Escape(p.Shape), F(p.OursSeconds, "G4"), F(p.TheirsSeconds, "G4"),
-                    F(p.Ratio, "F3"), Markup.Escape(p.Note));
+                peers.AddRow(Markup.Escape(p.Peer), Markup.Escape(p.What), Markup.Escape(p.Shape), F(p.Ours, "G4"), F(p.Theirs, "G4"),
+                    Markup.Escape(p.Unit), F(p.Ratio, "F3"), Markup.Escape(p.Note));
             }
 
             console.Write(peers);
@@ -131,10 +131,10 @@ public static class Reports
             s.AppendLine();
             s.AppendLine("## Peers");
             s.AppendLine();
-            s.AppendLine("| peer | what | shape | ours | theirs | ours/theirs | note |");
-            s.AppendLine("|---|---|---|---:|---:|---:|---|");
+            s.AppendLine("| peer | what | shape | ours | theirs | unit | ours/theirs | note |");
+            s.AppendLine("|---|---|---|---:|---:|---|---:|---|");
             foreach (var p in r.Peers)
-                s.AppendLine(CultureInfo.InvariantCulture, $"| {p.Peer} | {p.Kernel} | {p.Shape} | {F(p.OursSeconds, "G4")} | {F(p.TheirsSeconds, "G4")} | {F(p.Ratio, "F3")} | {p.Note} |");
+                s.AppendLine(CultureInfo.InvariantCulture, $"| {p.Peer} | {p.What} | {p.Shape} | {F(p.Ours, "G4")} | {F(p.Theirs, "G4")} | {p.Unit} | {F(p.Ratio, "F3")} | {p.Note} |");
         }
 
         if (r.Notes.Count > 0)

@@ -14,7 +14,8 @@ public sealed record Ceilings(double CopyGBPerSecond, double MatmulTFlopPerSecon
 
 public sealed record MachineInfo(string Host, string Os, int Cores, string Runtime, string Commit, string Device, string DeviceKind);
 
-public sealed record PeerResult(string Peer, string Kernel, string Shape, double OursSeconds, double TheirsSeconds, double Ratio, string Note);
+/// <summary>One figure on both sides: Ratio = Ours / Theirs of that figure (tokens/s: > 1 means we are faster).</summary>
+public sealed record PeerResult(string Peer, string What, string Shape, double Ours, double Theirs, string Unit, double Ratio, string Note);
 
 public sealed record EndToEndResult(string Engine, string Scheme, int Layers, int PromptTokens, int DecodeTokens,
     double PrefillTokensPerSecond, double DecodeTokensPerSecond, double TimeToFirstTokenSeconds, string Note);

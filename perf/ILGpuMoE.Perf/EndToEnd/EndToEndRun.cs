@@ -1,0 +1,96 @@
+// End to end on a random model, and the CPU peer on the same model.
+// Ours: the runtime (MixtralModel + InferenceSession) on the bench's device: time to first token = prefill of the
+// prompt (logits of the last token copied back), then single-token decode steps. Theirs (CPU only): llama.cpp on the
+// same weights as GGUF, F32 and its own Q8_0/Q4_0. Rows: one EndToEndResult per engine and scheme, and PeerResults
+// with ours/theirs for prefill and decode tokens/s per matching scheme (F32 vs F32; int8 vs Q8_0 and int4 vs Q4_0
+// once the quantized kernels exist).
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+using ILGpuMoE.Perf.Suite;
+
+namespace ILGpuMoE.Perf.EndToEnd;
+
+public static class EndToEndRun
+{
+    /// <summary>The model both sides run: a small random Mixtral whose dims suit llama.cpp's 32-wide quant blocks.</summary>
+    public static RandomMixtralOptions ModelFor(ShapePreset p) => new()
+    {
+        Hidden = 64, Layers = 2, Experts = 4, TopK = 2, Ffn = 128, Heads = 4, KvHeads = 2, Vocab = 512, DType = DType.F32, Seed = 11,
+    };
+
+    public const int PromptTokens = 16;
+    public const int DecodeTokens = 8;
+
+    public static (List<EndToEndResult> Rows, List<PeerResult> Peers, List<string> Notes) Run(BenchDevice device, ShapePreset p, bool peer, Action<string> log)
+    {
+        var rows = new List<EndToEndResult>();
+        var peers = new List<PeerResult>();
+        var notes = new List<string>();
+        var o = ModelFor(p);
+        string shape = $"random Mixtral D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.Ffn} H={o.Heads}/{o.KvHeads} V={o.Vocab}";
+        var rng = new Random(5);
+        var prompt = Enumerable.Range(0, PromptTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
+        var decode = Enumerable.Range(0, DecodeTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
+        string dir = Path.Combine(Path.GetTempPath(), $"ilgpumoe-e2e-{Environment.ProcessId}");
+        try
+        {
+            string hf = Path.Combine(dir, "hf");
+            RandomMixtral.Write(hf, o);
+            log($"end to end: {shape}, prompt {PromptTokens}, decode {DecodeTokens}");
+
+            EndToEndResult? ours = null;
+#if HAS_RUNTIME
+            ours = OurEngine.Time(device, hf, "f32", o.Layers, prompt, decode);
+            rows.Add(ours);
+            log($"ours f32: prefill {ours.PrefillTokensPerSecond:F1} tok/s, decode {ours.DecodeTokensPerSecond:F1} tok/s, TTFT {ours.TimeToFirstTokenSeconds * 1e3:F1} ms");
+#else
+            notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build; only the peer's side is measured.");
+#endif
+            notes.Add("end to end, ours int8/int4/fp8: the quantized kernels have not landed; only f32 (and bf16 on the GPU) can run.");
+
+#if !GPU_PUBLISH
+            if (peer && !device.IsGpu)
+            {
+                string f32 = Path.Combine(dir, "model-f32.gguf");
+                ILGpuMoE.IO.Gguf.MixtralGguf.Convert(hf, f32);
+                int threads = Environment.ProcessorCount;
+                foreach (var (scheme, ourScheme) in new[] { ("f32", "f32"), ("q8_0", "int8"), ("q4_0", "int4") })
+                {
+                    string gguf = f32;
+                    if (scheme != "f32")
+                    {
+                        gguf = Path.Combine(dir, $"model-{scheme}.gguf");
+                        Peer.LlamaCppPeer.Quantize(f32, gguf, scheme);
+                    }
+
+                    var t = Peer.LlamaCppPeer.Time(gguf, scheme, prompt, decode, threads);
+                    var theirs = new EndToEndResult("llama.cpp (LLamaSharp 0.30.0, CPU)", scheme, o.Layers, PromptTokens, DecodeTokens,
+                        t.PrefillTokensPerSecond, t.DecodeTokensPerSecond, t.PrefillSeconds, $"{threads} threads, F32 KV cache");
+                    rows.Add(theirs);
+                    log($"llama.cpp {scheme}: prefill {theirs.PrefillTokensPerSecond:F1} tok/s, decode {theirs.DecodeTokensPerSecond:F1} tok/s");
+                    var mine = ourScheme == "f32" ? ours : null;
+                    string note = mine is null
+                        ? (ourScheme == "f32" ? "ours: runtime not in this build" : $"ours: no {ourScheme} kernels yet")
+                        : $"ours on {device.Accelerator.AcceleratorType}: ILGPU's CPU accelerator emulates GPU threads";
+                    peers.Add(new PeerResult("llama.cpp", $"prefill {ourScheme} vs {scheme}", shape, mine?.PrefillTokensPerSecond ?? double.NaN,
+                        theirs.PrefillTokensPerSecond, "tok/s", (mine?.PrefillTokensPerSecond ?? double.NaN) / theirs.PrefillTokensPerSecond, note));
+                    peers.Add(new PeerResult("llama.cpp", $"decode {ourScheme} vs {scheme}", shape, mine?.DecodeTokensPerSecond ?? double.NaN,
+                        theirs.DecodeTokensPerSecond, "tok/s", (mine?.DecodeTokensPerSecond ?? double.NaN) / theirs.DecodeTokensPerSecond, note));
+                }
+            }
+#endif
+        }
+        finally
+        {
+            try
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return (rows, peers, notes);
+    }
+}
