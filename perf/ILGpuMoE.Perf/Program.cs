@@ -10,12 +10,14 @@ public static class Program
     {
         var rest = args.AsSpan();
         string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
-        if (verb is not ("bench" or "host"))
+        if (verb is not ("bench" or "host" or "plot"))
             return Cli.Program.Main(args); // devices, inspect, ...: this file is also the whole CLI (the GPU publish)
         if (rest.Length > 0 && !rest[0].StartsWith('-'))
             rest = rest[1..];
         try
         {
+            if (verb == "plot")
+                return Plot(rest.ToArray());
 #if GPU_PUBLISH
             if (verb == "host")
             {
@@ -35,6 +37,19 @@ public static class Program
                 Console.Error.WriteLine(e);
             return 1;
         }
+    }
+
+    /// <summary>`plot bench.json roofline.png`: redraws the roofline from a saved report (e.g. one filed from the GPU machine).</summary>
+    private static int Plot(string[] args)
+    {
+        if (args.Length != 2 || !File.Exists(args[0]))
+        {
+            Console.Error.WriteLine("error: usage: ilgpumoe-bench plot <bench.json> <roofline.png> (the json must exist)");
+            return 2;
+        }
+
+        Report.RooflinePlot.Save(Report.Reports.FromJson(File.ReadAllText(args[0])), args[1]);
+        return 0;
     }
 
     /// <summary>Stdout console; when redirected (CI, the GPU runner's log) it is 200 columns wide instead of 80.</summary>

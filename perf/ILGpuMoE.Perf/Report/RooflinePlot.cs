@@ -41,25 +41,28 @@ public static class RooflinePlot
             roof.MarkerSize = 0;
             roof.LineWidth = 2;
             roof.Color = Colors.Black;
-            roof.LegendText = $"ceilings: copy {c.CopyGBPerSecond:F0} GB/s, matmul {c.MatmulTFlopPerSecond * 1e3:F1} GFLOP/s";
+            roof.LegendText = $"ceilings: copy {c.CopyGBPerSecond:G3} GB/s, best matmul {c.MatmulTFlopPerSecond * 1e3:G3} GFLOP/s";
         }
 
-        var palette = new ScottPlot.Palettes.Category10();
+        var palette = new ScottPlot.Palettes.Category20();
+        MarkerShape[] shapes = [MarkerShape.FilledCircle, MarkerShape.FilledSquare, MarkerShape.FilledTriangleUp, MarkerShape.FilledDiamond];
         int i = 0;
         foreach (var group in points.GroupBy(p => $"{p.Family} {p.Version}"))
         {
             var xs = group.Select(p => Math.Log10(p.ArithmeticIntensity)).ToArray();
             var ys = group.Select(p => Math.Log10(p.Timing!.TFlopPerSecond * 1e3)).ToArray();
             var s = plot.Add.ScatterPoints(xs, ys);
-            s.Color = palette.GetColor(i++);
+            s.Color = palette.GetColor(i);
+            s.MarkerShape = shapes[i / 20 % shapes.Length];
+            i++;
             s.MarkerSize = 8;
             s.LegendText = group.Key;
         }
 
         plot.Axes.Bottom.TickGenerator = LogTicks();
         plot.Axes.Left.TickGenerator = LogTicks();
-        plot.ShowLegend(Alignment.LowerRight);
-        plot.SavePng(path, 1200, 800);
+        plot.ShowLegend(Edge.Right);
+        plot.SavePng(path, 1500, 850);
     }
 
     private static ScottPlot.TickGenerators.NumericAutomatic LogTicks() => new()
