@@ -17,18 +17,18 @@ namespace ILGpuMoE.Perf;
 /// <summary>Bad command-line input: one line on stderr, exit code 2.</summary>
 public sealed class BenchUsageException(string message) : Exception(message);
 
-public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd)
+public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false)
 {
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer] [--no-e2e]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer] [--no-e2e] [--e2e-only]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
         string? preset = null, outDir = null, device = null;
         int[]? tokens = null;
         string[]? families = null;
-        bool checkOnly = false, peer = true, endToEnd = true;
+        bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false;
         for (int i = 0; i < args.Count; i++)
         {
             string a = args[i];
@@ -58,6 +58,9 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     break;
                 case "--no-e2e":
                     endToEnd = false;
+                    break;
+                case "--e2e-only":
+                    endToEndOnly = true;
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -94,7 +97,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                 throw new BenchUsageException($"--family: unknown family '{f}' (registered: {string.Join(", ", known)})");
         }
 
-        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd);
+        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly);
     }
 
     private static int[] ParseInts(string option, string text)
@@ -173,7 +176,7 @@ public static class BenchCommand
 
         using var owned = device;
         log($"device: {device.Description}");
-        var (cases, ceilings) = SuiteRunner.Run(device, new SuiteOptions
+        var (cases, ceilings) = options.EndToEndOnly ? ([], null) : SuiteRunner.Run(device, new SuiteOptions
         {
             Preset = options.Preset,
             Tokens = options.Tokens,

@@ -24,9 +24,10 @@ for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=Tr
     name = re.sub(r"[^A-Za-z0-9]+", "-", dev.split("|")[0].strip()).strip("-").lower() or "device"
     date = r["startedUtc"][:10]
     preset = r["preset"]
+    run = os.path.basename(os.path.dirname(path))  # mixtral-8x7b, e2e-mixtral-8x7b, qwen-moe-a2.7b, smoke, ...
     if preset == "smoke":
         continue
-    dst = os.path.join(res, f"{date}-{name}-{preset}.json")
+    dst = os.path.join(res, f"{date}-{name}-{run}.json")
     shutil.copyfile(path, dst)
     torch = os.path.join(src, f"torch-{preset}.json")
     if os.path.exists(torch):
@@ -36,19 +37,22 @@ for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=Tr
     c = r.get("ceilings") or {}
     cases = r["cases"]
     wrong = sum(1 for x in cases if x["status"] in ("wrong", "error"))
+    def e2e(r):
+        rows = [e for e in r.get("endToEnd", []) if e["engine"].startswith("ilgpumoe")]
+        return "; ".join(f'{e["scheme"]} {e["prefillTokensPerSecond"]:.0f}/{e["decodeTokensPerSecond"]:.1f} tok/s' for e in rows) or "-"
     def best(fam, t):
         ts = [x for x in cases if x["family"] == fam and x["tokens"] == t and x.get("timing")]
         if not ts: return "-"
         x = min(ts, key=lambda x: x["timing"]["medianSeconds"])
         return f'{x["version"]} {x["dType"]} {x["timing"]["medianSeconds"]*1e3:.3f} ms ({x["timing"]["percentOfBandwidth"]:.0f}% bw)'
-    rows.append(f'| {date} | {dev.split("|")[0].strip()} | `{r["machine"]["commit"][:12]}` | {preset} | {len(cases)} | {wrong} | {smoke} | '
+    rows.append(f'| {date} | {dev.split("|")[0].strip()} | `{r["machine"]["commit"][:12]}` | {run} | {len(cases)} | {wrong} | {smoke} | '
                 f'{c.get("copyGBPerSecond", float("nan")):.0f} | {c.get("matmulTFlopPerSecond", float("nan")):.2f} | '
-                f'{best("dense/matmul", 1)} | [json](results/{os.path.basename(dst)}) |')
+                f'{best("dense/matmul", 1)} | {e2e(r)} | [json](results/{os.path.basename(dst)}) |')
     print("filed", dst)
 if not os.path.exists(md):
     open(md, "w").write("# GPU results\n\nOne row per preset per device run (perf/gpu/collect.sh). Ceilings are measured in the same run.\n\n"
-                        "| date | device | commit | preset | cases | wrong | smoke | copy GB/s | best matmul TFLOP/s | fastest T=1 matmul | data |\n"
-                        "|---|---|---|---|---:|---:|---|---:|---:|---|---|\n")
+                        "| date | device | commit | run | cases | wrong | smoke | copy GB/s | best matmul TFLOP/s | fastest T=1 matmul | ours end to end prefill/decode | data |\n"
+                        "|---|---|---|---|---:|---:|---|---:|---:|---|---|---|\n")
 with open(md, "a") as f:
     for row in rows:
         f.write(row + "\n")

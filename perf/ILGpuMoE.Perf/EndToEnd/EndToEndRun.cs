@@ -12,31 +12,36 @@ namespace ILGpuMoE.Perf.EndToEnd;
 
 public static class EndToEndRun
 {
-    /// <summary>The model both sides run: a small random Mixtral whose dims suit llama.cpp's 32-wide quant blocks.</summary>
-    public static RandomMixtralOptions ModelFor(ShapePreset p) => new()
-    {
-        Hidden = 64, Layers = 2, Experts = 4, TopK = 2, Ffn = 128, Heads = 4, KvHeads = 2, Vocab = 512, DType = DType.F32, Seed = 11,
-    };
-
-    public const int PromptTokens = 16;
-    public const int DecodeTokens = 8;
+    /// <summary>
+    /// The model of the run. On the CPU (and for the tiny preset) a small random Mixtral whose dims suit llama.cpp's
+    /// 32-wide quant blocks, which both sides run. On a GPU the preset's own shapes in BF16 with as many layers as
+    /// the GPU runner's time allows (2: writing and loading 2.8 GB of random experts per Mixtral layer takes seconds).
+    /// </summary>
+    public static RandomMixtralOptions ModelFor(ShapePreset p, bool gpu) => !gpu || p.IsTiny
+        ? new() { Hidden = 64, Layers = 2, Experts = 4, TopK = 2, Ffn = 128, Heads = 4, KvHeads = 2, Vocab = 512, DType = DType.F32, Seed = 11 }
+        : new()
+        {
+            Hidden = p.Dim, Layers = Math.Min(p.Layers, 2), Experts = p.Experts, TopK = p.TopK, Ffn = p.Hidden, Heads = p.Heads,
+            KvHeads = p.KvHeads, HeadDim = p.HeadDim, Vocab = p.Vocab, DType = DType.BF16, Seed = 11, RopeTheta = p.RopeTheta,
+        };
 
     public static (List<EndToEndResult> Rows, List<PeerResult> Peers, List<string> Notes) Run(BenchDevice device, ShapePreset p, bool peer, Action<string> log)
     {
         var rows = new List<EndToEndResult>();
         var peers = new List<PeerResult>();
         var notes = new List<string>();
-        var o = ModelFor(p);
+        var o = ModelFor(p, device.IsGpu);
+        int promptTokens = device.IsGpu ? 128 : 16, decodeTokens = device.IsGpu ? 32 : 8;
         string shape = $"random Mixtral D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.Ffn} H={o.Heads}/{o.KvHeads} V={o.Vocab}";
         var rng = new Random(5);
-        var prompt = Enumerable.Range(0, PromptTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
-        var decode = Enumerable.Range(0, DecodeTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
+        var prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
+        var decode = Enumerable.Range(0, decodeTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
         string dir = Path.Combine(Path.GetTempPath(), $"ilgpumoe-e2e-{Environment.ProcessId}");
         try
         {
             string hf = Path.Combine(dir, "hf");
             RandomMixtral.Write(hf, o);
-            log($"end to end: {shape}, prompt {PromptTokens}, decode {DecodeTokens}");
+            log($"end to end: {shape}, prompt {promptTokens}, decode {decodeTokens}");
 
             // llama.cpp first, with the machine quiet: right after our run the CPU accelerator's worker threads still
             // compete for the same cores (measured: llama.cpp's F32 prefill 34 tok/s after ours vs 1785 tok/s before).
@@ -57,7 +62,7 @@ public static class EndToEndRun
                     }
 
                     var t = Peer.LlamaCppPeer.Time(gguf, scheme, prompt, decode, threads);
-                    var theirs = new EndToEndResult("llama.cpp (LLamaSharp 0.30.0, CPU)", scheme, o.Layers, PromptTokens, DecodeTokens,
+                    var theirs = new EndToEndResult("llama.cpp (LLamaSharp 0.30.0, CPU)", scheme, o.Layers, promptTokens, decodeTokens,
                         t.PrefillTokensPerSecond, t.DecodeTokensPerSecond, t.PrefillSeconds, $"{threads} threads, F32 KV cache");
                     rows.Add(theirs);
                     log($"llama.cpp {scheme}: prefill {theirs.PrefillTokensPerSecond:F1} tok/s, decode {theirs.DecodeTokensPerSecond:F1} tok/s");
@@ -67,11 +72,11 @@ public static class EndToEndRun
 #endif
             EndToEndResult? ours = null;
 #if HAS_RUNTIME
-            ours = OurEngine.Time(device, hf, "f32", o.Layers, prompt, decode);
+            ours = OurEngine.Time(device, hf, o.DType == DType.BF16 ? "bf16" : "f32", o.Layers, prompt, decode);
             rows.Add(ours);
             log($"ours f32: prefill {ours.PrefillTokensPerSecond:F1} tok/s, decode {ours.DecodeTokensPerSecond:F1} tok/s, TTFT {ours.TimeToFirstTokenSeconds * 1e3:F1} ms");
 #else
-            notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build; only the peer's side is measured.");
+            notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build.");
 #endif
             notes.Add("end to end, ours int8/int4/fp8: the quantized kernels have not landed; only f32 (and bf16 on the GPU) can run.");
 
