@@ -17,11 +17,11 @@ namespace ILGpuMoE.Perf;
 /// <summary>Bad command-line input: one line on stderr, exit code 2.</summary>
 public sealed class BenchUsageException(string message) : Exception(message);
 
-public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false)
+public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false, double? BudgetSeconds = null)
 {
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer] [--no-e2e] [--e2e-only]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
@@ -29,6 +29,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         int[]? tokens = null;
         string[]? families = null;
         bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false;
+        double? budget = null;
         for (int i = 0; i < args.Count; i++)
         {
             string a = args[i];
@@ -61,6 +62,12 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     break;
                 case "--e2e-only":
                     endToEndOnly = true;
+                    break;
+                case "--budget":
+                    var text = Value();
+                    budget = double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var b) && b > 0
+                        ? b
+                        : throw new BenchUsageException($"--budget: '{text}' is not a positive number of seconds");
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -97,7 +104,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                 throw new BenchUsageException($"--family: unknown family '{f}' (registered: {string.Join(", ", known)})");
         }
 
-        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly);
+        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly, budget);
     }
 
     private static int[] ParseInts(string option, string text)
@@ -182,9 +189,12 @@ public static class BenchCommand
             Tokens = options.Tokens,
             Families = options.Families,
             CheckOnly = options.CheckOnly,
+            BudgetSeconds = options.BudgetSeconds,
         }, log);
 
         var notes = new List<string>();
+        if (!options.EndToEndOnly && SuiteRunner.Skipped > 0)
+            notes.Add($"time budget of {options.BudgetSeconds} s reached: {SuiteRunner.Skipped} cases were not run");
         if (!device.IsGpu)
             notes.Add("CPU accelerator: ILGPU emulates GPU threads on the host; its times say nothing about a GPU, only that the suite runs.");
         var e2e = new List<EndToEndResult>();

@@ -71,7 +71,7 @@ smoke=$?
 if [ $smoke -ne 0 ]; then say "SMOKE TEST FAILED: the timings below include only kernels that passed their own checks"; fi
 
 # 2. Kernel suites (each case is checked at its own shape before it is timed; a wrong kernel is reported, not timed).
-step mixtral-8x7b 180 "$bin" bench --preset mixtral-8x7b --device cuda --no-e2e --out "$OUT/mixtral-8x7b"
+step mixtral-8x7b 180 "$bin" bench --preset mixtral-8x7b --device cuda --no-e2e --budget 150 --out "$OUT/mixtral-8x7b"
 # 3. PyTorch baseline on the same shapes, our/their ratio per kernel.
 if [ -f "$OUT/mixtral-8x7b/bench.json" ]; then
   step torch 90 python3 "$here/torch_baseline.py" --bench "$OUT/mixtral-8x7b/bench.json" --out "$OUT/torch-mixtral-8x7b.json"
@@ -84,8 +84,8 @@ fi
 step e2e-mixtral-8x7b 60 "$bin" bench --preset mixtral-8x7b --device cuda --e2e-only --out "$OUT/e2e-mixtral-8x7b"
 
 # 4. The other presets' MoE shapes, with what time is left.
-step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating,moe --no-e2e --out "$OUT/qwen-moe-a2.7b"
-step deepseek-v3-moe 60 "$bin" bench --preset deepseek-v3-moe --device cuda --tokens 1,64,512 --family gating,moe --no-e2e --out "$OUT/deepseek-v3-moe"
+step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating,moe --no-e2e --budget 45 --out "$OUT/qwen-moe-a2.7b"
+step deepseek-v3-moe 60 "$bin" bench --preset deepseek-v3-moe --device cuda --tokens 1,64,512 --family gating,moe --no-e2e --budget 45 --out "$OUT/deepseek-v3-moe"
 
 
 for d in mixtral-8x7b qwen-moe-a2.7b deepseek-v3-moe; do

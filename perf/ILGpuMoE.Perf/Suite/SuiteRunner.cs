@@ -20,6 +20,10 @@ public sealed class SuiteOptions
     public bool CheckOnly { get; init; }
 
     public TimingPlan? Plan { get; init; }
+
+    /// <summary>Wall-clock budget in seconds: no new case starts after it (the GPU runner's steps have hard limits,
+    /// and a run killed by `timeout` would leave no report). Null: no budget.</summary>
+    public double? BudgetSeconds { get; init; }
 }
 
 public static class SuiteRunner
@@ -33,11 +37,16 @@ public static class SuiteRunner
         new MoeFamily(),
     ];
 
+    /// <summary>Cases the last Run left out because of the time budget.</summary>
+    public static int Skipped { get; private set; }
+
     public static (IReadOnlyList<CaseResult> Cases, Ceilings? Ceilings) Run(BenchDevice device, SuiteOptions options, Action<string> log)
     {
         var plan = options.CheckOnly ? TimingPlan.None : options.Plan ?? (device.IsGpu ? TimingPlan.Gpu : TimingPlan.Cpu);
         var families = Families.Where(f => options.Families is null || options.Families.Contains(f.Name, StringComparer.OrdinalIgnoreCase)).ToList();
         var results = new List<CaseResult>();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int skipped = 0;
 
         double copy = double.NaN, copyBytes = 0;
         double ceilingFlops = 0;
@@ -74,9 +83,22 @@ public static class SuiteRunner
                 }
 
                 foreach (var c in cases)
+                {
+                    if (options.BudgetSeconds is double budget && clock.Elapsed.TotalSeconds > budget)
+                    {
+                        skipped++;
+                        c.Dispose();
+                        continue;
+                    }
+
                     results.Add(RunCase(device, c, plan, log));
+                }
             }
         }
+
+        if (skipped > 0)
+            log($"time budget of {options.BudgetSeconds} s reached: {skipped} cases not run");
+        Skipped = skipped;
 
         Ceilings? ceilings = null;
         if (!options.CheckOnly)
