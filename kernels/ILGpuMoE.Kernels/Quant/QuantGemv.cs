@@ -3,7 +3,9 @@
 // Versions:
 //   V1  one warp per output row n, 8 warps per group; lanes take the row's 16-byte units in turn (lane l loads unit
 //       l, l+32, ...: a warp reads 512 contiguous bytes per step), dequantize them in registers (one scale lookup
-//       per unit) and dot them with up to 8 token rows of x, so every weight byte is read once for all T tokens.
+//       per unit; integer codes become floats by the 2^23 mantissa trick, q - z is summed against x and the scale
+//       multiplies each unit's sum once) and dot them with up to 8 token rows of x: every weight byte is read once for
+//       all T tokens.
 //       Split-K: grid y = S splits cut the row's units into S contiguous ranges, so a small N still fills the
 //       GPU; with S > 1 each split writes partial sums [S, T, N] and ReduceV1 adds them in split order (no atomics:
 //       bit-identical run to run). Lane partials are reduced through shared memory in lane order (one barrier,
@@ -45,28 +47,49 @@ public static class QuantGemvKernels
         y[i] = accumulate != 0 ? y[i] + acc : acc;
     }
 
-    private static float Dot4<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, long k, int kEnd)
+    // Sum of Code * x over one word; the unit's scale is applied once per unit by the caller.
+    private static float DotWord<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, int k)
         where TQ : struct, IQuantWeights
     {
-        // k .. k + ValuesPerWord - 1; values past kEnd are row padding (zero bytes) and x is not read there.
         float acc = 0f;
-        int n = w.ValuesPerWord;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < w.ValuesPerWord; i++)
+            acc += w.Code(word, i, sc) * x[k + i];
+        return acc;
+    }
+
+    // The same for the last, partly padded unit of a Q8/FP8 row: values past the row end are skipped (x is not read).
+    private static float DotWordTail<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, int k, int cols)
+        where TQ : struct, IQuantWeights
+    {
+        float acc = 0f;
+        for (int i = 0; i < w.ValuesPerWord; i++)
         {
-            if (k + i < kEnd)
-                acc += w.Decode(word, i, sc) * x[k + i];
+            if (k + i < cols)
+                acc += w.Code(word, i, sc) * x[k + i];
         }
 
         return acc;
     }
 
+    /// <summary>Scale * sum over the unit's 16 or 32 values of Code * x[row, k0 ..].</summary>
     private static float DotUnit<TQ>(TQ w, Packed16 u, UnitScale sc, ArrayView<float> x, long xRow, int k0, int cols)
         where TQ : struct, IQuantWeights
     {
         int vw = w.ValuesPerWord;
         ArrayView<float> xr = x.SubView(xRow, cols);
-        return Dot4(w, u.A, sc, xr, k0, cols) + Dot4(w, u.B, sc, xr, k0 + vw, cols)
-            + Dot4(w, u.C, sc, xr, k0 + 2 * vw, cols) + Dot4(w, u.D, sc, xr, k0 + 3 * vw, cols);
+        float sum;
+        if (k0 + 4 * vw <= cols)
+        {
+            sum = DotWord(w, u.A, sc, xr, k0) + DotWord(w, u.B, sc, xr, k0 + vw)
+                + DotWord(w, u.C, sc, xr, k0 + 2 * vw) + DotWord(w, u.D, sc, xr, k0 + 3 * vw);
+        }
+        else
+        {
+            sum = DotWordTail(w, u.A, sc, xr, k0, cols) + DotWordTail(w, u.B, sc, xr, k0 + vw, cols)
+                + DotWordTail(w, u.C, sc, xr, k0 + 2 * vw, cols) + DotWordTail(w, u.D, sc, xr, k0 + 3 * vw, cols);
+        }
+
+        return sum * sc.Scale;
     }
 
     private static void Gemv<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate)

@@ -55,11 +55,15 @@ public struct Packed16
     public uint D;
 }
 
-/// <summary>Scale and zero of one 16-byte unit: value = (q - Zero) * Scale for the int schemes, e4m3(b) * Scale for FP8.</summary>
+/// <summary>
+/// Scale and zero of one 16-byte unit: value = (q - Zero) * Scale for the int schemes, e4m3(b) * Scale for FP8.
+/// Bias = 2^23 + Zero (+ 128 for Q8's offset-binary trick): see <see cref="IQuantWeights.Code"/>.
+/// </summary>
 public readonly struct UnitScale(float scale, float zero)
 {
     public readonly float Scale = scale;
     public readonly float Zero = zero;
+    public readonly float Bias = QuantLayout.Magic + zero;
 }
 
 /// <summary>
@@ -84,13 +88,26 @@ public interface IQuantWeights : IWeights
     /// <summary>Scale (and zero) of 16-byte unit u of row n.</summary>
     UnitScale ScaleOf(long row, int unit);
 
-    /// <summary>Value i of a word, dequantized with its unit's scale.</summary>
+    /// <summary>
+    /// Value i of a word before scaling: q - z (int schemes) or e4m3 (FP8), exact in f32. The int schemes convert
+    /// without an int-to-float instruction: OR-ing an integer q &lt; 2^23 into the mantissa of 2^23 gives the float
+    /// 2^23 + q, and subtracting Bias = 2^23 + z leaves q - z exactly (one LOP3 + one FADD per value).
+    /// </summary>
+    float Code(uint word, int i, UnitScale s);
+
+    /// <summary>Value i of a word, dequantized with its unit's scale (= Code * Scale, rounded once).</summary>
     float Decode(uint word, int i, UnitScale s);
 }
 
 public static class QuantLayout
 {
     public const int UnitBytes = 16;
+
+    /// <summary>2^23: the float whose mantissa holds an integer OR-ed into its low bits.</summary>
+    public const float Magic = 8388608f;
+
+    /// <summary>Float bits of 2^23.</summary>
+    public const uint MagicBits = 0x4B000000u;
 
     /// <summary>Words per row of Q8 / FP8 (one byte per value, rows padded to 16 bytes).</summary>
     public static int ByteRowWords(int cols) => (cols + UnitBytes - 1) / UnitBytes * 4;
@@ -125,9 +142,12 @@ public readonly struct Q8Weights(ArrayView<uint> words, ArrayView<float> scales,
 
     public long Length => (long)NRows * NCols;
 
-    public UnitScale ScaleOf(long row, int unit) => new(Scales[row], 0f);
+    // Offset binary: (b ^ 0x80) = q + 128, so Bias carries 2^23 + 128.
+    public UnitScale ScaleOf(long row, int unit) => new(Scales[row], 128f);
 
-    public float Decode(uint word, int i, UnitScale s) => QuantLayout.SByteOf(word, i) * s.Scale;
+    public float Code(uint word, int i, UnitScale s) => Interop.IntAsFloat(QuantLayout.MagicBits | (((word >> (8 * i)) & 0xFFu) ^ 0x80u)) - s.Bias;
+
+    public float Decode(uint word, int i, UnitScale s) => Code(word, i, s) * s.Scale;
 
     public float Get(long index)
     {
@@ -168,7 +188,9 @@ public readonly struct Q4Weights(ArrayView<uint> words, ArrayView<ILGPU.Half> sc
         return new((float)Scales[g], HasZeros != 0 ? Zeros[g] : 8f);
     }
 
-    public float Decode(uint word, int i, UnitScale s) => (QuantLayout.NibbleOf(word, i) - s.Zero) * s.Scale;
+    public float Code(uint word, int i, UnitScale s) => Interop.IntAsFloat(QuantLayout.MagicBits | ((word >> (4 * i)) & 0xFu)) - s.Bias;
+
+    public float Decode(uint word, int i, UnitScale s) => Code(word, i, s) * s.Scale;
 
     public float Get(long index)
     {
@@ -218,7 +240,9 @@ public readonly struct Fp8Weights(ArrayView<uint> words, ArrayView<float> scales
 
     public UnitScale ScaleOf(long row, int unit) => new(Scales[ScaleIndex(row, unit * 16)], 0f);
 
-    public float Decode(uint word, int i, UnitScale s) => Fp8.DecodeE4M3((word >> (8 * i)) & 0xFFu) * s.Scale;
+    public float Code(uint word, int i, UnitScale s) => Fp8.DecodeE4M3((word >> (8 * i)) & 0xFFu);
+
+    public float Decode(uint word, int i, UnitScale s) => Code(word, i, s) * s.Scale;
 
     public float Get(long index)
     {
