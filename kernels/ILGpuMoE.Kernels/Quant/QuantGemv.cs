@@ -48,7 +48,7 @@ public static class QuantGemvKernels
     }
 
     // Sum of Code * x over one word; the unit's scale is applied once per unit by the caller.
-    private static float DotWord<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, int k)
+    internal static float DotWord<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, int k)
         where TQ : struct, IQuantWeights
     {
         float acc = 0f;
@@ -58,7 +58,7 @@ public static class QuantGemvKernels
     }
 
     // The same for the last, partly padded unit of a Q8/FP8 row: values past the row end are skipped (x is not read).
-    private static float DotWordTail<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, int k, int cols)
+    internal static float DotWordTail<TQ>(TQ w, uint word, UnitScale sc, ArrayView<float> x, int k, int cols)
         where TQ : struct, IQuantWeights
     {
         float acc = 0f;
@@ -72,7 +72,7 @@ public static class QuantGemvKernels
     }
 
     /// <summary>Scale * sum over the unit's 16 or 32 values of Code * x[row, k0 ..].</summary>
-    private static float DotUnit<TQ>(TQ w, Packed16 u, UnitScale sc, ArrayView<float> x, long xRow, int k0, int cols)
+    internal static float DotUnit<TQ>(TQ w, Packed16 u, UnitScale sc, ArrayView<float> x, long xRow, int k0, int cols)
         where TQ : struct, IQuantWeights
     {
         int vw = w.ValuesPerWord;

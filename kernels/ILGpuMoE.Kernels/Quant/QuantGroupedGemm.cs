@@ -7,8 +7,9 @@
 //   V2  tiled (prefill): the generic loader calls Get for each element of the 32x32 weight tile, i.e. the tile is
 //       dequantized into shared memory on the way in; 4- and 8-bit words are re-read by their 8 / 4 neighbours
 //       from L1, so DRAM traffic is still one read per weight byte per tile.
-//   V3  decode: one warp per expert weight row, lanes stride K (lane l reads value l: a warp reads 32 consecutive
-//       values = 16 bytes of Q4 or 32 bytes of Q8/FP8 per step), up to 8 rows per expert tile.
+//   V4  decode (QuantGroupedGemv.cs): not the generic V3, whose per-element Get costs a 64-bit division and a
+//       scale load per weight, but the MoE V3 shape reading 16-byte units with one scale lookup per unit.
+// The launcher runs V2 for GroupedGemmVersion.V2Tiled and V4 for GroupedGemmVersion.V3Gemv (the decode slot).
 // Stacked expert layout: w1, w3 [E*F, D] and w2 [E*D, F] packed per QuantLayout.cs (Q4 needs D % G == 0 for w1/w3
 // and F % G == 0 for w2). Rows come from the MoE permutation's schedule (MoePermuteKernel): sorted pairs, offsets,
 // tiles; an expert with no rows owns no tile and costs nothing.
@@ -22,8 +23,6 @@ public static class QuantGroupedGemmKernels
 {
     private const string V2UpLaunch = "grid (tiles, ceil(F/32)), group 256";
     private const string V2DownLaunch = "grid (tiles, ceil(D/32)), group 256";
-    private const string V3UpLaunch = "grid (tiles, ceil(F/8)), group 256 = 8 warps";
-    private const string V3DownLaunch = "grid (tiles, ceil(D/8)), group 256 = 8 warps";
 
     [KernelInfo("quant/grouped-gemm", "v2-q8", V2UpLaunch, Summary = "MoE up/gate, int8 experts: generic tiled grouped GEMM with the Q8 reader")]
     public static void UpGateV2Q8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w1, Q8Weights w3,
@@ -51,33 +50,6 @@ public static class QuantGroupedGemmKernels
     [KernelInfo("quant/grouped-gemm", "v2-fp8-down", V2DownLaunch, Summary = "MoE down, fp8 experts: generic tiled grouped GEMM with the FP8 reader")]
     public static void DownV2Fp8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
         GroupedGemmKernels.DownV2(h, offsets, tiles, w2, y, dim, hidden, tileRows);
-
-    [KernelInfo("quant/grouped-gemm", "v3-q8", V3UpLaunch, Summary = "MoE up/gate decode form, int8 experts: warp per weight row")]
-    public static void UpGateV3Q8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w1, Q8Weights w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.UpGateV3(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
-
-    [KernelInfo("quant/grouped-gemm", "v3-q4", V3UpLaunch, Summary = "MoE up/gate decode form, int4 experts: warp per weight row")]
-    public static void UpGateV3Q4(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q4Weights w1, Q4Weights w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.UpGateV3(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
-
-    [KernelInfo("quant/grouped-gemm", "v3-fp8", V3UpLaunch, Summary = "MoE up/gate decode form, fp8 experts: warp per weight row")]
-    public static void UpGateV3Fp8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w1, Fp8Weights w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.UpGateV3(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
-
-    [KernelInfo("quant/grouped-gemm", "v3-q8-down", V3DownLaunch, Summary = "MoE down decode form, int8 experts: warp per weight row")]
-    public static void DownV3Q8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.DownV3(h, offsets, tiles, w2, y, dim, hidden, tileRows);
-
-    [KernelInfo("quant/grouped-gemm", "v3-q4-down", V3DownLaunch, Summary = "MoE down decode form, int4 experts: warp per weight row")]
-    public static void DownV3Q4(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Q4Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.DownV3(h, offsets, tiles, w2, y, dim, hidden, tileRows);
-
-    [KernelInfo("quant/grouped-gemm", "v3-fp8-down", V3DownLaunch, Summary = "MoE down decode form, fp8 experts: warp per weight row")]
-    public static void DownV3Fp8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.DownV3(h, offsets, tiles, w2, y, dim, hidden, tileRows);
 }
 
 /// <summary>
@@ -93,12 +65,12 @@ public sealed class QuantGroupedGemmKernel<TQ>
     private delegate void Down(AcceleratorStream s, KernelConfig c, ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TQ w2,
         ArrayView<float> y, int dim, int hidden, int tileRows);
 
-    private readonly UpGate upGateV2, upGateV3;
-    private readonly Down downV2, downV3;
+    private readonly UpGate upGateV2, upGateV4;
+    private readonly Down downV2, downV4;
 
     private QuantGroupedGemmKernel(Accelerator a)
     {
-        (upGateV2, upGateV3, downV2, downV3) = Load(a);
+        (upGateV2, upGateV4, downV2, downV4) = Load(a);
     }
 
     public static QuantGroupedGemmKernel<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
@@ -108,20 +80,20 @@ public sealed class QuantGroupedGemmKernel<TQ>
         // Each scheme's entries take their concrete reader type; the casts only re-type the delegates.
         if (typeof(TQ) == typeof(Q8Weights))
         {
-            return ((UpGate)(object)Up<Q8Weights>(a, QuantGroupedGemmKernels.UpGateV2Q8), (UpGate)(object)Up<Q8Weights>(a, QuantGroupedGemmKernels.UpGateV3Q8),
-                (Down)(object)Dn<Q8Weights>(a, QuantGroupedGemmKernels.DownV2Q8), (Down)(object)Dn<Q8Weights>(a, QuantGroupedGemmKernels.DownV3Q8));
+            return ((UpGate)(object)Up<Q8Weights>(a, QuantGroupedGemmKernels.UpGateV2Q8), (UpGate)(object)Up<Q8Weights>(a, QuantGroupedGemvKernels.UpGateQ8),
+                (Down)(object)Dn<Q8Weights>(a, QuantGroupedGemmKernels.DownV2Q8), (Down)(object)Dn<Q8Weights>(a, QuantGroupedGemvKernels.DownQ8));
         }
 
         if (typeof(TQ) == typeof(Q4Weights))
         {
-            return ((UpGate)(object)Up<Q4Weights>(a, QuantGroupedGemmKernels.UpGateV2Q4), (UpGate)(object)Up<Q4Weights>(a, QuantGroupedGemmKernels.UpGateV3Q4),
-                (Down)(object)Dn<Q4Weights>(a, QuantGroupedGemmKernels.DownV2Q4), (Down)(object)Dn<Q4Weights>(a, QuantGroupedGemmKernels.DownV3Q4));
+            return ((UpGate)(object)Up<Q4Weights>(a, QuantGroupedGemmKernels.UpGateV2Q4), (UpGate)(object)Up<Q4Weights>(a, QuantGroupedGemvKernels.UpGateQ4),
+                (Down)(object)Dn<Q4Weights>(a, QuantGroupedGemmKernels.DownV2Q4), (Down)(object)Dn<Q4Weights>(a, QuantGroupedGemvKernels.DownQ4));
         }
 
         if (typeof(TQ) == typeof(Fp8Weights))
         {
-            return ((UpGate)(object)Up<Fp8Weights>(a, QuantGroupedGemmKernels.UpGateV2Fp8), (UpGate)(object)Up<Fp8Weights>(a, QuantGroupedGemmKernels.UpGateV3Fp8),
-                (Down)(object)Dn<Fp8Weights>(a, QuantGroupedGemmKernels.DownV2Fp8), (Down)(object)Dn<Fp8Weights>(a, QuantGroupedGemmKernels.DownV3Fp8));
+            return ((UpGate)(object)Up<Fp8Weights>(a, QuantGroupedGemmKernels.UpGateV2Fp8), (UpGate)(object)Up<Fp8Weights>(a, QuantGroupedGemvKernels.UpGateFp8),
+                (Down)(object)Dn<Fp8Weights>(a, QuantGroupedGemmKernels.DownV2Fp8), (Down)(object)Dn<Fp8Weights>(a, QuantGroupedGemvKernels.DownFp8));
         }
 
         throw new ArgumentException($"QuantGroupedGemm: no kernels for weight type {typeof(TQ).Name}");
@@ -153,7 +125,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
         Need("x", x.Length, (long)tokens * dim);
         Need("h", h.Length, (long)pairs * hidden);
         var p = permutation;
-        var (kernel, blocks) = version == GroupedGemmVersion.V2Tiled ? (upGateV2, GroupedGemmKernels.TileN) : (upGateV3, GroupedGemmKernels.GemvWarps);
+        var (kernel, blocks) = version == GroupedGemmVersion.V2Tiled ? (upGateV2, GroupedGemmKernels.TileN) : (upGateV4, QuantGroupedGemvKernels.Warps);
         kernel(stream, Config(MoePermuteKernel.MaxTiles(pairs, p.Experts, p.TileRows), (hidden + blocks - 1) / blocks),
             x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
     }
@@ -167,7 +139,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
         Need("h", h.Length, (long)pairs * hidden);
         Need("y", y.Length, (long)pairs * dim);
         var p = permutation;
-        var (kernel, blocks) = version == GroupedGemmVersion.V2Tiled ? (downV2, GroupedGemmKernels.TileN) : (downV3, GroupedGemmKernels.GemvWarps);
+        var (kernel, blocks) = version == GroupedGemmVersion.V2Tiled ? (downV2, GroupedGemmKernels.TileN) : (downV4, QuantGroupedGemvKernels.Warps);
         kernel(stream, Config(MoePermuteKernel.MaxTiles(pairs, p.Experts, p.TileRows), (dim + blocks - 1) / blocks),
             h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
     }
@@ -202,7 +174,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
         int maxRows = version switch
         {
             GroupedGemmVersion.V2Tiled => GroupedGemmKernels.TileM,
-            GroupedGemmVersion.V3Gemv => GroupedGemmKernels.GemvRows,
+            GroupedGemmVersion.V3Gemv => QuantGroupedGemvKernels.Rows,
             _ => throw new ArgumentException($"QuantGroupedGemm.{where}: version {version} is not available for quantized weights (V2Tiled or V3Gemv)"),
         };
         if (permutation.TileRows > maxRows)

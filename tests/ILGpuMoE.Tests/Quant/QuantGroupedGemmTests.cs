@@ -30,7 +30,11 @@ public class QuantGroupedGemmTests
         {
             new TestCaseData(s, GroupedGemmVersion.V3Gemv, 3),
             new TestCaseData(s, GroupedGemmVersion.V2Tiled, 17),
-        });
+        }).Concat(
+        [
+            new TestCaseData("q4-zero-g64", GroupedGemmVersion.V3Gemv, 17), // full 8-row decode tiles plus a remainder
+            new TestCaseData("fp8-block", GroupedGemmVersion.V3Gemv, 1),    // one token: two experts of one row each
+        ]);
 
     /// <summary>Each expert quantized on its own, then stacked (per-expert scales, as a checkpoint stores them).</summary>
     private static (QuantizedMatrix Packed, float[][] Dequant) Experts_(string scheme, int seed, int outDim, int inDim)
