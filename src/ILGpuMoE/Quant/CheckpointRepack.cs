@@ -8,6 +8,7 @@
 //   FP8         weight e4m3 [out, in] + weight_scale_inv f32 [ceil(out/128), ceil(in/128)] (it multiplies), or a
 //               per-tensor scale.
 // Our Q4 keeps zero points as bytes, so GPTQ's z = stored + 1 = 16 still fits.
+using ILGpuMoE.IO;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Quant;
@@ -145,6 +146,71 @@ public static class CheckpointRepack
             throw new ArgumentException($"FromFp8PerTensor: shape [{rows}, {cols}] must be positive");
         Need("FromFp8PerTensor", "weight", weight.Length, (long)rows * cols, $"[{rows}, {cols}]");
         return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, PackBytes(weight, rows, cols), scales32: [scale], blockN: rows, blockK: cols);
+    }
+
+    /// <summary>AWQ tensors PREFIX.qweight (I32 [in, out/8]), .qzeros (I32), .scales (F16) of a checkpoint.</summary>
+    public static QuantizedMatrix ReadAwq(Checkpoint checkpoint, string prefix, int groupSize)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var qw = Tensor(checkpoint, prefix + ".qweight", DType.I32, 2);
+        Tensor(checkpoint, prefix + ".qzeros", DType.I32, 2);
+        Tensor(checkpoint, prefix + ".scales", DType.F16, 2);
+        return FromAwq(checkpoint.GetSpan<int>(prefix + ".qweight"), checkpoint.GetSpan<int>(prefix + ".qzeros"),
+            checkpoint.GetSpan<ushort>(prefix + ".scales"), (int)qw.Shape[0], (int)qw.Shape[1] * 8, groupSize);
+    }
+
+    /// <summary>GPTQ tensors PREFIX.qweight (I32 [in/8, out]), .qzeros (I32), .scales (F16), optional .g_idx (I32 [in]).</summary>
+    public static QuantizedMatrix ReadGptq(Checkpoint checkpoint, string prefix, int groupSize)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var qw = Tensor(checkpoint, prefix + ".qweight", DType.I32, 2);
+        Tensor(checkpoint, prefix + ".qzeros", DType.I32, 2);
+        Tensor(checkpoint, prefix + ".scales", DType.F16, 2);
+        ReadOnlySpan<int> gIdx = default;
+        if (checkpoint.Contains(prefix + ".g_idx"))
+        {
+            Tensor(checkpoint, prefix + ".g_idx", DType.I32, 1);
+            gIdx = checkpoint.GetSpan<int>(prefix + ".g_idx");
+        }
+
+        return FromGptq(checkpoint.GetSpan<int>(prefix + ".qweight"), checkpoint.GetSpan<int>(prefix + ".qzeros"),
+            checkpoint.GetSpan<ushort>(prefix + ".scales"), gIdx, (int)qw.Shape[0] * 8, (int)qw.Shape[1], groupSize);
+    }
+
+    /// <summary>
+    /// FP8 tensors PREFIX.weight (F8_E4M3 [out, in]) with PREFIX.weight_scale_inv (F32, 128 x 128 blocks) or
+    /// PREFIX.weight_scale (F32, one element: per tensor).
+    /// </summary>
+    public static QuantizedMatrix ReadFp8(Checkpoint checkpoint, string prefix)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var w = Tensor(checkpoint, prefix + ".weight", DType.F8_E4M3, 2);
+        int rows = (int)w.Shape[0], cols = (int)w.Shape[1];
+        if (checkpoint.Contains(prefix + ".weight_scale_inv"))
+        {
+            Tensor(checkpoint, prefix + ".weight_scale_inv", DType.F32, 2);
+            return FromFp8(checkpoint.GetBytes(prefix + ".weight"), checkpoint.GetSpan<float>(prefix + ".weight_scale_inv"), rows, cols);
+        }
+
+        if (checkpoint.Contains(prefix + ".weight_scale"))
+        {
+            var info = checkpoint.Get(prefix + ".weight_scale");
+            if (info.DType != DType.F32 || info.ElementCount != 1)
+                throw new InvalidDataException($"ReadFp8: {prefix}.weight_scale is {info.DType} with {info.ElementCount} elements, expected one F32");
+            return FromFp8PerTensor(checkpoint.GetBytes(prefix + ".weight"), checkpoint.GetSpan<float>(prefix + ".weight_scale")[0], rows, cols);
+        }
+
+        throw new InvalidDataException($"ReadFp8: {prefix}.weight has neither weight_scale_inv nor weight_scale in {checkpoint.Directory}");
+    }
+
+    private static TensorInfo Tensor(Checkpoint checkpoint, string name, DType dtype, int rank)
+    {
+        if (!checkpoint.Contains(name))
+            throw new InvalidDataException($"checkpoint {checkpoint.Directory} has no tensor {name}");
+        var info = checkpoint.Get(name);
+        if (info.DType != dtype || info.Shape.Length != rank)
+            throw new InvalidDataException($"tensor {name} is {info.DType} rank {info.Shape.Length}, expected {dtype} rank {rank}");
+        return info;
     }
 
     private static uint[] PackBytes(ReadOnlySpan<byte> bytes, int rows, int cols)

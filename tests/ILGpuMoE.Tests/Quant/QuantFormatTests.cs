@@ -1,5 +1,6 @@
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.IO;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
@@ -183,6 +184,28 @@ public class QuantFormatTests
         var m = CheckpointRepack.FromAwq(qweight, qzeros, scales, inDim, outDim, g);
         Check.BitEqual(want, QuantTestData.RefDequant(m), "repacked, reference");
         Check.BitEqual(want, QuantTestData.DeviceDequant(m), "repacked, device");
+        var read = ThroughCheckpoint(c => CheckpointRepack.ReadAwq(c, "mlp.up", g),
+            SafeTensorsWriter.FromSpan<int>("mlp.up.qweight", DType.I32, [inDim, cw], qweight),
+            SafeTensorsWriter.FromSpan<int>("mlp.up.qzeros", DType.I32, [groups, cw], qzeros),
+            SafeTensorsWriter.FromSpan<ushort>("mlp.up.scales", DType.F16, [groups, outDim], scales));
+        Check.BitEqual(want, QuantTestData.RefDequant(read), "read from a checkpoint");
+    }
+
+    /// <summary>Writes the tensors as a one-file checkpoint and reads a matrix back through the IO layer.</summary>
+    private static QuantizedMatrix ThroughCheckpoint(Func<Checkpoint, QuantizedMatrix> read, params SafeTensorsWriter.Entry[] entries)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "ilgpumoe-quant-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(dir);
+        try
+        {
+            SafeTensorsWriter.Write(Path.Combine(dir, Checkpoint.SingleFileName), entries);
+            using var c = Checkpoint.Open(dir);
+            return read(c);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     [TestCase(false)]
@@ -236,6 +259,15 @@ public class QuantFormatTests
 
         Check.BitEqual(wantPacked, QuantTestData.RefDequant(m), "repacked, reference");
         Check.BitEqual(wantPacked, QuantTestData.DeviceDequant(m), "repacked, device");
+        var entries = new List<SafeTensorsWriter.Entry>
+        {
+            SafeTensorsWriter.FromSpan<int>("q.qweight", DType.I32, [inDim / 8, outDim], qweight),
+            SafeTensorsWriter.FromSpan<int>("q.qzeros", DType.I32, [groups, cw], qzeros),
+            SafeTensorsWriter.FromSpan<ushort>("q.scales", DType.F16, [groups, outDim], scales),
+        };
+        if (actOrder)
+            entries.Add(SafeTensorsWriter.FromSpan<int>("q.g_idx", DType.I32, [inDim], gIdx));
+        Check.BitEqual(wantPacked, QuantTestData.RefDequant(ThroughCheckpoint(c => CheckpointRepack.ReadGptq(c, "q", g), [.. entries])), "read from a checkpoint");
         if (actOrder)
         {
             // y = x W^T = x[:, perm] Wp^T: the GEMV on the gathered input reproduces the unpermuted product.
@@ -281,5 +313,12 @@ public class QuantFormatTests
         var t = CheckpointRepack.FromFp8PerTensor(weight, 0.75f, rows, cols);
         Check.BitEqual(weight.Select(b => (float)(IndependentE4M3(b) * 0.75)).ToArray(), QuantTestData.DeviceDequant(t), "per-tensor, device");
         Assert.Throws<ArgumentException>(() => CheckpointRepack.FromFp8(weight, [1f], rows, cols));
+        var read = ThroughCheckpoint(c => CheckpointRepack.ReadFp8(c, "w1"),
+            SafeTensorsWriter.FromSpan<byte>("w1.weight", DType.F8_E4M3, [rows, cols], weight),
+            SafeTensorsWriter.FromSpan<float>("w1.weight_scale_inv", DType.F32, [2, 1], scaleInv));
+        Check.BitEqual(want, QuantTestData.RefDequant(read), "read from a checkpoint");
+        var e = Assert.Throws<InvalidDataException>(() => ThroughCheckpoint(c => CheckpointRepack.ReadFp8(c, "w1"),
+            SafeTensorsWriter.FromSpan<byte>("w1.weight", DType.F8_E4M3, [rows, cols], weight)))!;
+        Assert.That(e.Message, Does.Contain("weight_scale_inv"));
     }
 }
