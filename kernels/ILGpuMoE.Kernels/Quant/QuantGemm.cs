@@ -116,14 +116,23 @@ public sealed class QuantGemmKernel
 
     public static QuantGemmKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 
-    public void Launch(AcceleratorStream stream, ArrayView<float> x, Q8Weights w, ArrayView<float> y, int tokens, bool accumulate = false) =>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, Q8Weights w, ArrayView<float> y, int tokens, bool accumulate = false)
+    {
+        QuantLayout.Check("QuantGemm", w);
         q8(stream, Config(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens), x, w, y, tokens, accumulate ? 1 : 0);
+    }
 
-    public void Launch(AcceleratorStream stream, ArrayView<float> x, Q4Weights w, ArrayView<float> y, int tokens, bool accumulate = false) =>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, Q4Weights w, ArrayView<float> y, int tokens, bool accumulate = false)
+    {
+        QuantLayout.Check("QuantGemm", w);
         q4(stream, Config(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens), x, w, y, tokens, accumulate ? 1 : 0);
+    }
 
-    public void Launch(AcceleratorStream stream, ArrayView<float> x, Fp8Weights w, ArrayView<float> y, int tokens, bool accumulate = false) =>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, Fp8Weights w, ArrayView<float> y, int tokens, bool accumulate = false)
+    {
+        QuantLayout.Check("QuantGemm", w);
         fp8(stream, Config(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens), x, w, y, tokens, accumulate ? 1 : 0);
+    }
 
     private static KernelConfig Config(AcceleratorStream stream, ArrayView<float> x, int rows, int cols, int rowWords, long words,
         ArrayView<float> y, int tokens)

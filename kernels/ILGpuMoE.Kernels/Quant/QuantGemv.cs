@@ -199,6 +199,7 @@ public sealed class QuantGemvKernel
     public void Launch(AcceleratorStream stream, ArrayView<float> x, Q8Weights w, ArrayView<float> y, int tokens,
         int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
     {
+        QuantLayout.Check("QuantGemv", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         q8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
@@ -207,6 +208,7 @@ public sealed class QuantGemvKernel
     public void Launch(AcceleratorStream stream, ArrayView<float> x, Q4Weights w, ArrayView<float> y, int tokens,
         int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
     {
+        QuantLayout.Check("QuantGemv", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         q4(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
@@ -215,6 +217,7 @@ public sealed class QuantGemvKernel
     public void Launch(AcceleratorStream stream, ArrayView<float> x, Fp8Weights w, ArrayView<float> y, int tokens,
         int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
     {
+        QuantLayout.Check("QuantGemv", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         fp8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);

@@ -149,6 +149,14 @@ public sealed class QuantGroupedGemmKernel<TQ>
 
     private static void Shape(string what, TQ w, long rows, int cols)
     {
+        // One layout check per scheme (the generic TQ is one of the three readers; boxing here is host-side only).
+        switch (w)
+        {
+            case Q8Weights q8: QuantLayout.Check("QuantGroupedGemm " + what, q8); break;
+            case Q4Weights q4: QuantLayout.Check("QuantGroupedGemm " + what, q4); break;
+            case Fp8Weights f8: QuantLayout.Check("QuantGroupedGemm " + what, f8); break;
+        }
+
         if (w.Rows != rows || w.Cols != cols)
             throw new ArgumentException($"QuantGroupedGemm: {what} is packed as [{w.Rows}, {w.Cols}], expected [{rows}, {cols}] (experts stacked)");
         if (w.Words.Length < (long)w.Rows * w.RowWords)

@@ -115,6 +115,42 @@ public static class QuantLayout
     /// <summary>Words per row of Q4 (cols must be a multiple of the group size).</summary>
     public static int NibbleRowWords(int cols) => cols / 8;
 
+    /// <summary>
+    /// Throws ArgumentException when a device matrix breaks its layout's rules (the host packers never build one;
+    /// this guards structs built by hand): Q4 needs G in {32, 64, 128} dividing K; FP8 blocks need BlockK % 16 == 0
+    /// (or BlockK &gt;= K) and whole matrices.
+    /// </summary>
+    public static void Check(string where, Q8Weights w) => CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, w.Rows);
+
+    public static void Check(string where, Q4Weights w)
+    {
+        if (w.GroupSize is not (32 or 64 or 128) || w.Cols % w.GroupSize != 0)
+            throw new ArgumentException($"{where}: Q4 group size {w.GroupSize} must be 32, 64 or 128 and divide K = {w.Cols}");
+        long groups = (long)w.Rows * (w.Cols / w.GroupSize);
+        CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, groups);
+        if (w.Zeros.Length != 0 && w.Zeros.Length < groups)
+            throw new ArgumentException($"{where}: Q4 zeros has {w.Zeros.Length} entries, needs {groups}");
+    }
+
+    public static void Check(string where, Fp8Weights w)
+    {
+        if (w.BlockN < 1 || w.BlockK < 1 || (w.BlockK % UnitBytes != 0 && w.BlockK < w.Cols))
+            throw new ArgumentException($"{where}: FP8 scale block [{w.BlockN}, {w.BlockK}] must be positive with a width that is a multiple of 16 (or >= K = {w.Cols})");
+        if (w.MatrixRows < 1 || w.Rows % w.MatrixRows != 0)
+            throw new ArgumentException($"{where}: FP8 rows {w.Rows} are not whole matrices of {w.MatrixRows} rows");
+        CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, (long)(w.Rows / w.MatrixRows) * w.ScaleRows * w.ScaleCols);
+    }
+
+    private static void CheckWords(string where, int rows, int cols, int rowWords, long words, long scales, long needScales)
+    {
+        if (rows < 1 || cols < 1)
+            throw new ArgumentException($"{where}: weight shape [{rows}, {cols}] is empty");
+        if (words < (long)rows * rowWords)
+            throw new ArgumentException($"{where}: weight words has {words} elements, needs {(long)rows * rowWords} for [{rows}, {cols}]");
+        if (scales < needScales)
+            throw new ArgumentException($"{where}: scales has {scales} elements, needs {needScales}");
+    }
+
     /// <summary>Sign-extends byte i of a word.</summary>
     public static int SByteOf(uint word, int i) => (int)(word << (24 - 8 * i)) >> 24;
 

@@ -127,5 +127,14 @@ public class QuantMatMulTests
         Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, d.Q8, y.View, 2, splits: 2)); // no scratch
         Assert.Throws<ArgumentException>(() => QuantTestData.Gemm.Launch(s, x.View, d.Q8, y.View.SubView(0, 44), 1));
         Assert.Throws<InvalidOperationException>(() => _ = d.Q4);
+
+        // Hand-built device structs that break the layout are refused before launch.
+        var m4 = QuantTestData.Quantize("q4-sym-g32", Data.Uniform(4, 45L * 96), 45, 96);
+        using var d4 = m4.Upload(acc);
+        var bad = new Q4Weights(d4.Q4.Words, d4.Q4.Scales, default, 45, 96, 48);
+        var e4 = Assert.Throws<ArgumentException>(() => QuantTestData.Gemm.Launch(s, x.View, bad, y.View, 1))!;
+        Assert.That(e4.Message, Does.Contain("group size 48"));
+        var short4 = new Q4Weights(d4.Q4.Words, d4.Q4.Scales.SubView(0, 10), default, 45, 96, 32);
+        Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, short4, y.View, 1));
     }
 }
