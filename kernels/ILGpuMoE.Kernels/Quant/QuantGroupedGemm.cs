@@ -190,3 +190,48 @@ public sealed class QuantGroupedGemmKernel<TQ>
         return (int)pairs;
     }
 }
+
+/// <summary>
+/// The MoE data path after gating over quantized experts, as one call: permute -> grouped up/gate -> grouped down ->
+/// combine. Same contract as <see cref="MoeBlockKernels{TW}"/> (and the same <see cref="MoeWorkspace"/>), with
+/// w1, w3 packed [E*F, D] and w2 packed [E*D, F].
+/// </summary>
+public sealed class QuantMoeBlockKernels<TQ>
+    where TQ : struct, IQuantWeights
+{
+    private readonly MoePermuteKernel permute;
+    private readonly QuantGroupedGemmKernel<TQ> gemm;
+    private readonly MoeCombineKernel combine;
+
+    private QuantMoeBlockKernels(Accelerator accelerator)
+    {
+        permute = MoePermuteKernel.Create(accelerator);
+        gemm = QuantGroupedGemmKernel<TQ>.Create(accelerator);
+        combine = MoeCombineKernel.Create(accelerator);
+    }
+
+    public static QuantMoeBlockKernels<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
+
+    /// <summary>
+    /// output [T, D] = (residual +) MoE(x). x [T, D]; expertIds [T, K] (-1 = dropped); weights [T, K].
+    /// version: null = <see cref="MoeBlockKernels{TW}.ChooseVersion"/> (V3Gemv runs the quantized V4 decode kernels).
+    /// </summary>
+    public void Launch(AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> expertIds,
+        ArrayView<float> weights, int tokens, TQ w1, TQ w3, TQ w2, ArrayView<float> output,
+        ArrayView<float> residual = default, GroupedGemmVersion? version = null)
+    {
+        ArgumentNullException.ThrowIfNull(workspace);
+        if (tokens < 1 || tokens > workspace.MaxTokens)
+            throw new ArgumentException($"QuantMoeBlock: tokens ({tokens}) must be in 1..{workspace.MaxTokens} (the workspace's size)");
+        int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
+        var v = version ?? MoeBlockKernels<F32Weights>.ChooseVersion(tokens, k, workspace.Experts);
+        if (v == GroupedGemmVersion.V1Simple)
+            throw new ArgumentException("QuantMoeBlock: V1Simple is not available for quantized experts (V2Tiled or V3Gemv)");
+        var perm = v == GroupedGemmVersion.V2Tiled ? workspace.Tiled : workspace.Gemv;
+        permute.Launch(stream, expertIds, tokens, k, perm);
+        gemm.LaunchUpGate(stream, v, perm, x, tokens, k, d, f, w1, w3, workspace.H.View);
+        gemm.LaunchDown(stream, v, perm, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
+        combine.Launch(stream, perm, workspace.Y.View, weights, tokens, k, d, output, residual);
+        workspace.Last = perm;
+    }
+}

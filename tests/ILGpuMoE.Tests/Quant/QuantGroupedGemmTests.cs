@@ -114,6 +114,34 @@ public class QuantGroupedGemmTests
         Check.Close(yWant, yGot, 1e-5, 1e-5, $"{scheme} {version} y");
     }
 
+    [TestCase("q4-zero-g64", 3)]
+    [TestCase("fp8-block", 17)]
+    public void MoeBlockMatchesReferenceMoeBlock(string scheme, int tokens)
+    {
+        var acc = TestDevice.Accelerator;
+        var (d, f) = Dims(scheme);
+        var routing = MoeTestData.Routing(tokens * 7 + 1, tokens, TopK, Experts, RoutingShape.SkipExperts);
+        var x = Data.Uniform(tokens + 9, (long)tokens * d);
+        var (w1, w1q) = Experts_(scheme, 4000, f, d);
+        var (w3, w3q) = Experts_(scheme, 5000, f, d);
+        var (w2, w2q) = Experts_(scheme, 6000, d, f);
+        var want = RefMoe.MoeBlock(x, routing, w1q, w3q, w2q, tokens, d, f);
+        using var ws = new MoeWorkspace(acc, tokens, TopK, Experts, d, f);
+        using var xb = TestDevice.Upload(x);
+        using var ids = TestDevice.Upload(routing.ExpertIds);
+        using var wts = TestDevice.Upload(routing.Weights);
+        using var d1 = w1.Upload(acc);
+        using var d3 = w3.Upload(acc);
+        using var d2 = w2.Upload(acc);
+        using var output = TestDevice.PoisonedFloats((long)tokens * d);
+        if (w1.Scheme == QuantScheme.Q4)
+            QuantMoeBlockKernels<Q4Weights>.Create(acc).Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View);
+        else
+            QuantMoeBlockKernels<Fp8Weights>.Create(acc).Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Fp8, d3.Fp8, d2.Fp8, output.View);
+        acc.Synchronize();
+        Check.Close(want, output.GetAsArray1D(), 1e-5, 1e-5, $"{scheme} MoE block T={tokens}");
+    }
+
     [Test]
     public void RefusesWrongStackedShapes()
     {
