@@ -10,6 +10,7 @@
 //       GPU; with S > 1 each split writes partial sums [S, T, N] and ReduceV1 adds them in split order (no atomics:
 //       bit-identical run to run). Lane partials are reduced through shared memory in lane order (one barrier,
 //       no shuffles; cheap to emulate on the CPU accelerator too).
+// GatherColumnsV1: xp = x[:, perm], the input side of a GPTQ act-order matrix (columns repacked in group order).
 // Entries are non-generic per scheme (the generic core is over IQuantWeights, which the PTX gate does not know).
 using ILGPU;
 using ILGPU.Runtime;
@@ -45,6 +46,16 @@ public static class QuantGemvKernels
         for (int s = 0; s < splits; s++)
             acc += partial[(long)s * count + i];
         y[i] = accumulate != 0 ? y[i] + acc : acc;
+    }
+
+    [KernelInfo("quant/gather-columns", "v1", "grid ceil(T*K/256), group 256", Summary = "xp[t, j] = x[t, perm[j]]: input gather for GPTQ act-order matrices")]
+    public static void GatherColumnsV1(ArrayView<float> x, ArrayView<int> perm, ArrayView<float> xp, int tokens, int cols)
+    {
+        long i = Grid.GlobalLinearIndex;
+        if (i >= (long)tokens * cols)
+            return;
+        long t = i / cols;
+        xp[i] = x[t * cols + perm[i - t * cols]];
     }
 
     // Sum of Code * x over one word; the unit's scale is applied once per unit by the caller.
@@ -169,6 +180,7 @@ public sealed class QuantGemvKernel
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int> q4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int> fp8;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> reduce;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> gather;
 
     private QuantGemvKernel(Accelerator a)
     {
@@ -176,6 +188,7 @@ public sealed class QuantGemvKernel
         q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvQ4);
         fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvFp8);
         reduce = a.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.ReduceV1);
+        gather = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(QuantGemvKernels.GatherColumnsV1);
     }
 
     public static QuantGemvKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
@@ -221,6 +234,21 @@ public sealed class QuantGemvKernel
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         fp8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
+    }
+
+    /// <summary>
+    /// xp [T, K] = x [T, K] with columns gathered through perm [K] (QuantizedMatrix.InputPermutation of a GPTQ
+    /// act-order matrix: y = x W^T = xp Wp^T). perm must be a permutation of 0..K-1 (not checked on the device).
+    /// </summary>
+    public void LaunchGather(AcceleratorStream stream, ArrayView<float> x, ArrayView<int> perm, ArrayView<float> xp, int tokens, int cols)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        if (tokens < 1 || cols < 1)
+            throw new ArgumentException($"QuantGemv.LaunchGather: tokens ({tokens}) and cols ({cols}) must be >= 1");
+        long n = (long)tokens * cols;
+        if (x.Length < n || xp.Length < n || perm.Length < cols)
+            throw new ArgumentException($"QuantGemv.LaunchGather: x ({x.Length}) and xp ({xp.Length}) need T*K = {n} elements, perm ({perm.Length}) needs K = {cols}");
+        gather(stream, new KernelConfig((int)((n + 255) / 256), 256), x, perm, xp, tokens, cols);
     }
 
     // With one split the kernel writes y directly and never touches the partial view; y stands in for it.

@@ -272,11 +272,13 @@ public class QuantFormatTests
         {
             // y = x W^T = x[:, perm] Wp^T: the GEMV on the gathered input reproduces the unpermuted product.
             var x = Data.Uniform(77, inDim);
-            var xp = perm.Select(k => x[k]).ToArray();
             using var d = m.Upload(TestDevice.Accelerator);
-            using var xb = TestDevice.Upload(xp);
+            using var xb = TestDevice.Upload(x);
+            using var pb = TestDevice.Upload(perm);
+            using var xp = TestDevice.PoisonedFloats(inDim);
             using var y = TestDevice.PoisonedFloats(outDim);
-            QuantTestData.Gemv.Launch(TestDevice.Accelerator.DefaultStream, xb.View, d.Q4, y.View, 1);
+            QuantTestData.Gemv.LaunchGather(TestDevice.Accelerator.DefaultStream, xb.View, pb.View, xp.View, 1, inDim);
+            QuantTestData.Gemv.Launch(TestDevice.Accelerator.DefaultStream, xp.View, d.Q4, y.View, 1);
             TestDevice.Accelerator.Synchronize();
             Check.Close(RefOps.MatMulT(x, want, 1, outDim, inDim), y.GetAsArray1D(), 1e-5, 1e-5, "act-order GEMV");
         }
