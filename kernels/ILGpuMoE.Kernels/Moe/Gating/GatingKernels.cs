@@ -106,7 +106,8 @@ public static class GatingKernels
     }
 
     /// <summary>The counter-based standard normal of NoisyTopK for (seed, token, expert), Box-Muller in double
-    /// (the definition in BRIEF.md / RefNoise).</summary>
+    /// (the definition in BRIEF.md / RefNoise). DeviceMath, not Math.Log / Math.Cos: ILGPU's f64 versions are CORDIC
+    /// routines with ref parameters that put a stack frame in .local memory.</summary>
     internal static double Normal(ulong seed, int token, int expert)
     {
         ulong c = ((ulong)(uint)token << 32) | (uint)expert;
@@ -115,7 +116,7 @@ public static class GatingKernels
         const double twoPowMinus53 = 1.0 / 9007199254740992.0;
         double u1 = ((a >> 11) + 1) * twoPowMinus53;
         double u2 = (b >> 11) * twoPowMinus53;
-        return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2);
+        return Math.Sqrt(-2.0 * DeviceMath.Log(u1)) * DeviceMath.CosTwoPi(u2);
     }
 
     internal static float Sigmoid(float x) => 1f / (1f + MathF.Exp(-x));
@@ -130,7 +131,7 @@ public static class GatingKernels
         {
             // softplus(x) = max(x, 0) + log(1 + exp(-|x|)): no overflow for large |x|.
             double x = noiseLogits[i];
-            double softplus = Math.Max(x, 0.0) + Math.Log(1.0 + Math.Exp(-Math.Abs(x)));
+            double softplus = Math.Max(x, 0.0) + DeviceMath.Log(1.0 + DeviceMath.ExpNonPositive(-Math.Abs(x)));
             return (float)(l + Normal(spec.NoiseSeed, t, e) * softplus);
         }
 
