@@ -7,7 +7,8 @@
 //   V2  one warp per token (up to 8 tokens per group). Lane l holds experts l, l+32, ... (E/32 values, at most
 //       8 for E = 256) in the warp's slice of shared memory; each of the K passes is a lane-local arg-max over those
 //       values plus a 5-step xor-shuffle arg-max (one 64-bit shuffle per step) across the warp. Loads of a logits row are coalesced. This is the
-//       version the launcher uses by default.
+//       version the launcher uses by default. No local memory (ptxas: 0 B stack, 38 registers at sm_90): the NoisyTopK noise
+//       uses DeviceMath's register-only f64 log/exp/cos, not ILGPU's CORDIC Math.Log/Cos (80 B of .local).
 //   Switch capacity V1  a second, tiny kernel after V1/V2 for RouterKind.Switch: one thread per expert walks the T
 //       top-1 ids in token order and drops what exceeds the capacity; the drop count is summed in expert order.
 //
