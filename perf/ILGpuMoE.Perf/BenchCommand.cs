@@ -1,6 +1,7 @@
 // ilgpumoe bench: the kernel suite (and, where they exist, the end-to-end and peer parts) at a named preset.
 //   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR
-//       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer]
+//       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
+//       [--no-e2e] [--e2e-only] [--budget SECONDS]
 //   ilgpumoe-bench host [BenchmarkDotNet arguments]     host-side paths (safetensors open/map, ...)
 // Writes DIR/bench.json (every figure), DIR/bench.md (summary) and DIR/roofline.png; prints the table.
 // Exit codes as the CLI: 0 ok, 1 a kernel failed its check or something unexpected, 2 bad arguments.
@@ -21,7 +22,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
 {
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {

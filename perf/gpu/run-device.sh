@@ -84,7 +84,7 @@ fi
 step e2e-mixtral-8x7b 60 "$bin" bench --preset mixtral-8x7b --device cuda --e2e-only --out "$OUT/e2e-mixtral-8x7b"
 
 # 4. The other presets' MoE shapes, with what time is left.
-step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating,moe --no-e2e --budget 45 --out "$OUT/qwen-moe-a2.7b"
+step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating,moe,quant --no-e2e --budget 45 --out "$OUT/qwen-moe-a2.7b"
 step deepseek-v3-moe 60 "$bin" bench --preset deepseek-v3-moe --device cuda --tokens 1,64,512 --family gating,moe --no-e2e --budget 45 --out "$OUT/deepseek-v3-moe"
 
 

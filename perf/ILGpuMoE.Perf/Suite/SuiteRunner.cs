@@ -35,6 +35,7 @@ public static class SuiteRunner
         new AttentionFamily(),
         new GatingFamily(),
         new MoeFamily(),
+        new QuantFamily(),
     ];
 
     /// <summary>Cases the last Run left out because of the time budget.</summary>

@@ -20,7 +20,7 @@ public class BenchCheckTests
         var report = BenchCommand.Execute(args, log.Add);
 
         var families = report.Cases.Select(c => c.Family.Split('/')[0]).Distinct().ToList();
-        Assert.That(families, Is.SupersetOf(new[] { "dense", "attention", "moe" }), "families registered in the suite");
+        Assert.That(families, Is.SupersetOf(new[] { "dense", "attention", "moe", "quant" }), "families registered in the suite");
         Assert.That(report.Cases, Has.Count.GreaterThan(20));
         foreach (var c in report.Cases)
         {
