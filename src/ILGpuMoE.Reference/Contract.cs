@@ -1,7 +1,8 @@
-// CONTRACT (temporary file, replaced by the oracle's owner): the signatures and semantics of the reference
-// oracle that kernel tests code against. Row-major float arrays, double accumulation inside, one rounding
-// to float at the end. Glossary: T tokens, S keys in cache, E experts, K experts per token, D model dim,
-// F expert hidden dim, V vocab, H query heads, Hkv key/value heads, Dh head dim.
+// The reference oracle's dense ops: the signatures and semantics kernel tests code against.
+// Row-major float arrays, double accumulation inside, one rounding to float at the end of each op.
+// Glossary: T tokens, S keys in cache, E experts, K experts per token, D model dim, F expert hidden dim,
+// V vocab, H query heads, Hkv key/value heads, Dh head dim.
+// Every op validates its arguments and throws ArgumentException naming the argument on a bad shape or id.
 namespace ILGpuMoE.Reference;
 
 public static partial class RefOps
@@ -18,7 +19,7 @@ public static partial class RefOps
     /// <summary>
     /// Hugging Face rotate-half RoPE on x [T, heads, Dh] at absolute positions[t]: for i in [0, Dh/2):
     /// inv = theta^(-2i/Dh), a = pos*inv, (x_i, x_{i+Dh/2}) -> (x_i cos a - x_{i+Dh/2} sin a, x_{i+Dh/2} cos a + x_i sin a).
-    /// Returns a new array.
+    /// Angles and the rotation are computed in double. Dh must be even. Returns a new array.
     /// </summary>
     public static partial float[] Rope(ReadOnlySpan<float> x, ReadOnlySpan<int> positions, int tokens, int heads, int headDim, float theta);
 
@@ -30,9 +31,9 @@ public static partial class RefOps
 
     /// <summary>
     /// Grouped-query attention. q [T, H, Dh]; k, v [S, Hkv, Dh] hold key/value of positions 0..S-1 (cache plus the
-    /// current tokens); query t is at absolute position queryPos[t]. Key j is visible to query t iff j &lt;= queryPos[t]
-    /// and (window &lt;= 0 or queryPos[t] - j &lt; window). Query head h reads kv head h / (H / Hkv). Scale 1/sqrt(Dh).
-    /// Returns [T, H, Dh].
+    /// current tokens); query t is at absolute position queryPos[t] (0 &lt;= queryPos[t] &lt; S). Key j is visible to
+    /// query t iff j &lt;= queryPos[t] and (window &lt;= 0 or queryPos[t] - j &lt; window). Query head h reads kv head
+    /// h / (H / Hkv). Scale 1/sqrt(Dh). Returns [T, H, Dh].
     /// </summary>
     public static partial float[] Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v,
         ReadOnlySpan<int> queryPos, int tokens, int keys, int heads, int kvHeads, int headDim, int window);

@@ -1,4 +1,4 @@
-// CONTRACT (temporary file, replaced by the oracle's owner): router modes, permutation and the MoE block.
+// The oracle's router modes, permutation and MoE block: the signatures and semantics kernel tests code against.
 namespace ILGpuMoE.Reference;
 
 public enum RefRouterKind
@@ -7,15 +7,17 @@ public enum RefRouterKind
     Mixtral,
     /// <summary>Qwen-MoE: softmax over E, top-k, no renormalisation.</summary>
     SoftmaxTopK,
-    /// <summary>Switch: softmax, top-1 with weight = its probability; capacity = ceil(T * CapacityFactor / E); tokens
-    /// taken in token order, those past an expert's capacity are dropped (expert id -1, weight 0).</summary>
+    /// <summary>Switch: softmax, top-1 (TopK must be 1) with weight = its probability; capacity =
+    /// ceil(T * CapacityFactor / E) (RefMoe.SwitchCapacity); tokens taken in token order, those past an expert's
+    /// capacity are dropped (expert id -1, weight 0).</summary>
     Switch,
     /// <summary>Shazeer noisy top-k: h = logits + n * softplus(noiseLogits), n ~ N(0,1) from RefNoise.Normal(seed, t, e);
     /// top-k of h, weights = softmax over the k chosen h values.</summary>
     NoisyTopK,
     /// <summary>DeepSeek-V3: s = sigmoid(logits); choice = s + bias[e]; experts in Groups equal groups; a group's score is
-    /// the sum of its top-2 choice values; keep the TopKGroups best groups; top-k of choice among their experts;
-    /// weights = s of the chosen (unbiased), divided by their sum if NormTopK, times ScalingFactor.</summary>
+    /// the sum of its top-2 choice values (its top-1 when a group has one expert); keep the TopKGroups best groups;
+    /// top-k of choice among their experts only; weights = s of the chosen (unbiased), divided by their sum if
+    /// NormTopK, times ScalingFactor.</summary>
     DeepSeekV3,
 }
 
@@ -39,24 +41,37 @@ public sealed record RefRouting(int[] ExpertIds, float[] Weights, int Tokens, in
 /// SortedPairs [sum counts]: pair index p = t*K + k, stable (ascending p within an expert), dropped pairs excluded.</summary>
 public sealed record RefPermutation(int[] Counts, int[] Offsets, int[] SortedPairs);
 
+/// <summary>One tile of a grouped expert matmul: rows [RowStart, RowStart + tileRows) of Expert's segment of the
+/// sorted pairs (RowStart is relative to Offsets[Expert]; the last tile of an expert may be partial).</summary>
+public readonly record struct RefTile(int Expert, int RowStart);
+
 public static partial class RefMoe
 {
-    /// <summary>logits [T, E]; noiseLogits [T, E] only for NoisyTopK; bias [E] only for DeepSeekV3.</summary>
+    /// <summary>logits [T, E]; noiseLogits [T, E] only for NoisyTopK; bias [E] only for DeepSeekV3.
+    /// Selection scores are computed in double; NaN logits are rejected.</summary>
     public static partial RefRouting Route(RefRouterSpec spec, ReadOnlySpan<float> logits, int tokens,
         ReadOnlySpan<float> noiseLogits = default, ReadOnlySpan<float> bias = default);
 
+    /// <summary>Counting sort of the routing's (token, slot) pairs by expert; throws on an id outside [-1, experts).</summary>
     public static partial RefPermutation Permute(RefRouting routing, int experts);
 
     /// <summary>
     /// The MoE block as a loop over experts (mistral-inference style): for each expert e, the tokens routed to it,
     /// y_e = w2_e (silu(w1_e x) * w3_e x), out[t] += weight * y_e. x [T, D]; w1, w3 [E][F, D]; w2 [E][D, F] -> [T, D].
+    /// E is w1.Count. The hidden activation and the sum over experts stay in double; one rounding at the end.
     /// </summary>
     public static partial float[] MoeBlock(ReadOnlySpan<float> x, RefRouting routing, IReadOnlyList<float[]> w1,
         IReadOnlyList<float[]> w3, IReadOnlyList<float[]> w2, int tokens, int dim, int hidden);
 }
 
-/// <summary>The counter-based normal generator that NoisyTopK uses, shared in definition with the kernel:
-/// see the owner's implementation for the exact bit recipe (it must be documented there as math, not code).</summary>
+/// <summary>
+/// The counter-based standard normal that NoisyTopK uses; the kernel implements the same math:
+///   splitmix64(z): z += 0x9E3779B97F4A7C15; z = (z ^ (z &gt;&gt; 30)) * 0xBF58476D1CE4E5B9;
+///                  z = (z ^ (z &gt;&gt; 27)) * 0x94D049BB133111EB; return z ^ (z &gt;&gt; 31)   (uint64 wraparound)
+///   c = ((ulong)(uint)token &lt;&lt; 32) | (uint)expert;  a = splitmix64(seed ^ splitmix64(c));  b = splitmix64(a)
+///   u1 = ((a &gt;&gt; 11) + 1) * 2^-53  (in (0, 1]);  u2 = (b &gt;&gt; 11) * 2^-53  (in [0, 1))
+///   n = sqrt(-2 ln u1) * cos(2 pi u2)   (Box-Muller, one of the pair)
+/// </summary>
 public static partial class RefNoise
 {
     public static partial double Normal(ulong seed, int token, int expert);
