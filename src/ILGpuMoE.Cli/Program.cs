@@ -1,6 +1,38 @@
+// ilgpumoe: the command line. This file only assembles the commands (one file each under Commands/) and applies
+// the error policy (CliErrors) around parsing and running them.
+using System.CommandLine;
+using ILGpuMoE.Cli.Commands;
+
 namespace ILGpuMoE.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static int Main(string[] args) => Run(args, CliIo.Standard());
+
+    /// <summary>The whole CLI, in-process: tests call this with StringWriters.</summary>
+    public static int Run(string[] args, TextWriter output, TextWriter error) => Run(args, new CliIo(output, error));
+
+    public static int Run(string[] args, CliIo io) => CliErrors.Run(() =>
+    {
+        var root = BuildRoot(io);
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+            throw new CliUsageException($"{string.Join(" ", parse.Errors.Select(e => e.Message).Distinct())} (see ilgpumoe --help)");
+        return parse.Invoke(new InvocationConfiguration
+        {
+            Output = io.Out,
+            Error = io.Err,
+            // Exceptions reach CliErrors, which owns the exit codes and the one-line messages.
+            EnableDefaultExceptionHandler = false,
+        });
+    }, io.Err);
+
+    public static RootCommand BuildRoot(CliIo io)
+    {
+        var device = DeviceOption.Create();
+        var root = new RootCommand("ILGpuMoE: Mixture-of-Experts inference on hand-written ILGPU kernels") { device };
+        root.Add(DevicesCommand.Create(io, device));
+        root.Add(InspectCommand.Create(io));
+        return root;
+    }
 }

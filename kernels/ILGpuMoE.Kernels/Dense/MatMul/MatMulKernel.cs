@@ -1,0 +1,278 @@
+// MatMul y = x W^T for Hugging Face [out, in] weights: x [T, In] f32, W [Out, In] (TW), y [T, Out] f32.
+// Used for the q/k/v/o projections, the router logits and lm_head. F32 accumulation in k order.
+//
+// Versions:
+//   V1    one thread per output (t, o); each thread walks a whole row of W. Simplest correct.
+//   V2    shared-memory tiled for T > 1: a 16x16 output tile per group of 256, K in steps of 16. Why: each
+//         weight element loaded into shared memory serves 16 tokens instead of 1. Tiles padded to 17 columns so
+//         the column-wise reads of the W tile hit 16 different banks. Bounds-checked loads (zero fill) for shapes
+//         that are not multiples of 16.
+//   GEMV  for T = 1 (decode): one warp per output row, lanes stride In (a warp reads 32 consecutive weights:
+//         coalesced), warp-shuffle butterfly reduction, lane 0 writes. Why: with one token there is nothing to
+//         tile; the kernel is a pass over W and must keep every byte of it in flight.
+//   GEMV-V2  the same warp-per-row shape, but each lane loads W as 16-byte words (8 bf16/f16 or 4 f32, see
+//         WideWeights.cs): one ld.v4 per lane per step instead of 8 scalar loads. One non-generic entry per dtype
+//         (the word decoding differs). Needs In to be a multiple of 8 (f16/bf16) or 4 (f32) and W's view to start
+//         on a 16-byte boundary; Launch uses it for T = 1 when that holds and GEMV-V1 otherwise.
+//
+// accumulate = true gives the fused residual form y += x W^T (h = h + o_proj(attn)); with false y is only
+// written, never read (a NaN-poisoned y is fine). Launch picks GEMV(-V2 when eligible) for T = 1 and V2 otherwise.
+using System.Runtime.CompilerServices;
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace ILGpuMoE.Kernels.Dense;
+
+public static class MatMulKernel
+{
+    public const int Tile = 16;
+    private const int TileStride = Tile + 1;
+    private const int GemvRowsPerGroup = Devices.MaxGroupSize / 32;
+
+    public static MatMulKernel<TW> Create<TW>(Accelerator accelerator)
+        where TW : struct, IWeights => new(accelerator);
+
+    internal static KernelConfig V1Config(int tokens, int outDim) => DenseShapes.Elementwise((long)tokens * outDim);
+
+    internal static KernelConfig V2Config(int tokens, int outDim) =>
+        new(((outDim + Tile - 1) / Tile) * ((tokens + Tile - 1) / Tile), Tile * Tile);
+
+    internal static KernelConfig GemvConfig(int tokens, int outDim) =>
+        new(tokens * ((outDim + GemvRowsPerGroup - 1) / GemvRowsPerGroup), GemvRowsPerGroup * 32);
+
+    [KernelInfo("dense/matmul", "v1", "grid ceil(T*Out/256), group 256",
+        Summary = "one thread per output, f32 dot over In")]
+    public static void MatMulV1<TW>(ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate)
+        where TW : struct, IWeights
+    {
+        long index = Grid.GlobalLinearIndex;
+        if (index >= (long)tokens * outDim)
+            return;
+        int t = (int)(index / outDim);
+        int o = (int)(index - (long)t * outDim);
+        long xRow = (long)t * inDim;
+        long wRow = (long)o * inDim;
+        float acc = 0f;
+        for (int k = 0; k < inDim; k++)
+            acc += x[xRow + k] * w.Get(wRow + k);
+        y[index] = accumulate != 0 ? y[index] + acc : acc;
+    }
+
+    [KernelInfo("dense/matmul", "v2", "grid ceil(Out/16)*ceil(T/16), group 256",
+        Summary = "16x16 shared-memory tiles of x and W, padded against bank conflicts, bounds-checked")]
+    public static void MatMulV2<TW>(ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate)
+        where TW : struct, IWeights
+    {
+        var xs = SharedMemory.Allocate<float>(Tile * TileStride);
+        var ws = SharedMemory.Allocate<float>(Tile * TileStride);
+        int tilesO = (outDim + Tile - 1) / Tile;
+        int o0 = (Grid.IdxX % tilesO) * Tile;
+        int t0 = (Grid.IdxX / tilesO) * Tile;
+        int tx = Group.IdxX % Tile;
+        int ty = Group.IdxX / Tile;
+
+        // Loads: thread (ty, tx) fetches row ty, column k0 + tx of both tiles: consecutive tx read consecutive k.
+        int tLoad = t0 + ty;
+        int oLoad = o0 + ty;
+        long xRow = (long)tLoad * inDim;
+        long wRow = (long)oLoad * inDim;
+        float acc = 0f;
+        for (int k0 = 0; k0 < inDim; k0 += Tile)
+        {
+            int k = k0 + tx;
+            xs[ty * TileStride + tx] = tLoad < tokens && k < inDim ? x[xRow + k] : 0f;
+            ws[ty * TileStride + tx] = oLoad < outDim && k < inDim ? w.Get(wRow + k) : 0f;
+            Group.Barrier();
+            for (int kk = 0; kk < Tile; kk++)
+                acc += xs[ty * TileStride + kk] * ws[tx * TileStride + kk];
+            Group.Barrier();
+        }
+
+        // Output (t0 + ty, o0 + tx): consecutive tx write consecutive columns of y.
+        int t = t0 + ty;
+        int o = o0 + tx;
+        if (t < tokens && o < outDim)
+        {
+            long i = (long)t * outDim + o;
+            y[i] = accumulate != 0 ? y[i] + acc : acc;
+        }
+    }
+
+    [KernelInfo("dense/matmul", "gemv-v1", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "warp per output row, lanes stride In (coalesced), shuffle butterfly reduction")]
+    public static void GemvV1<TW>(ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate)
+        where TW : struct, IWeights
+    {
+        int groupsPerToken = (outDim + GemvRowsPerGroup - 1) / GemvRowsPerGroup;
+        int t = Grid.IdxX / groupsPerToken;
+        int o = (Grid.IdxX - t * groupsPerToken) * GemvRowsPerGroup + Warp.WarpIdx;
+        float acc = 0f;
+        if (o < outDim)
+        {
+            long xRow = (long)t * inDim;
+            long wRow = (long)o * inDim;
+            for (int k = Warp.LaneIdx; k < inDim; k += Warp.WarpSize)
+                acc += x[xRow + k] * w.Get(wRow + k);
+        }
+
+        WarpSumAndStore(acc, y, t, o, outDim, accumulate);
+    }
+
+    // Every lane takes part in the shuffles (callers never return early), lane 0's sum is written.
+    private static void WarpSumAndStore(float acc, ArrayView<float> y, int t, int o, int outDim, int accumulate)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
+            acc += Warp.ShuffleXor(acc, offset);
+        if (Warp.IsFirstLane && o < outDim)
+        {
+            long i = (long)t * outDim + o;
+            y[i] = accumulate != 0 ? y[i] + acc : acc;
+        }
+    }
+
+    [KernelInfo("dense/matmul", "gemv-v2-f32", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "GEMV with 16-byte weight loads (4 f32 per lane per step)")]
+    public static void GemvV2F32(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
+        GemvWide<F32Wide>(x, w, y, outDim, inDim, accumulate);
+
+    [KernelInfo("dense/matmul", "gemv-v2-f16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "GEMV with 16-byte weight loads (8 f16 per lane per step)")]
+    public static void GemvV2F16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
+        GemvWide<F16Wide>(x, w, y, outDim, inDim, accumulate);
+
+    [KernelInfo("dense/matmul", "gemv-v2-bf16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        Summary = "GEMV with 16-byte weight loads (8 bf16 per lane per step)")]
+    public static void GemvV2BF16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
+        GemvWide<BF16Wide>(x, w, y, outDim, inDim, accumulate);
+
+    private static void GemvWide<TDec>(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int outDim, int inDim, int accumulate)
+        where TDec : struct, IWideDecoder
+    {
+        var decoder = default(TDec);
+        int elements = decoder.Elements;
+        int groupsPerToken = (outDim + GemvRowsPerGroup - 1) / GemvRowsPerGroup;
+        int t = Grid.IdxX / groupsPerToken;
+        int o = (Grid.IdxX - t * groupsPerToken) * GemvRowsPerGroup + Warp.WarpIdx;
+        float acc = 0f;
+        if (o < outDim)
+        {
+            int words = inDim / elements;
+            long xRow = (long)t * inDim;
+            long wRow = (long)o * words;
+            for (int j = Warp.LaneIdx; j < words; j += Warp.WarpSize)
+                acc += decoder.Dot(w[wRow + j], x, xRow + (long)j * elements);
+        }
+
+        WarpSumAndStore(acc, y, t, o, outDim, accumulate);
+    }
+}
+
+/// <summary>Launcher for one weight type: <c>MatMulKernel.Create&lt;BF16Weights&gt;(accelerator)</c>.</summary>
+public sealed class MatMulKernel<TW>
+    where TW : struct, IWeights
+{
+    private const string Name = "MatMul";
+
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _v1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _v2;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _gemv;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, int, int, int, int>? _gemvWide;
+
+    internal MatMulKernel(Accelerator accelerator)
+    {
+        _v1 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV1);
+        _v2 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV2);
+        _gemv = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.GemvV1);
+        Action<ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, int, int, int, int>? wide =
+            typeof(TW) == typeof(F32Weights) ? MatMulKernel.GemvV2F32
+            : typeof(TW) == typeof(F16Weights) ? MatMulKernel.GemvV2F16
+            : typeof(TW) == typeof(BF16Weights) ? MatMulKernel.GemvV2BF16
+            : null;
+        if (wide is not null)
+            _gemvWide = accelerator.LoadKernel(wide);
+    }
+
+    /// <summary>W as 16-byte words when GEMV-V2 can read it: In a multiple of 16 bytes and W 16-byte aligned.</summary>
+    public static bool TryGetWide(TW w, int inDim, out ArrayView<Wide16> words)
+    {
+        words = default;
+        if (typeof(TW) == typeof(F32Weights))
+            return TryCast(Unsafe.As<TW, F32Weights>(ref w).Data, inDim, out words);
+        if (typeof(TW) == typeof(F16Weights))
+            return TryCast(Unsafe.As<TW, F16Weights>(ref w).Data, inDim, out words);
+        if (typeof(TW) == typeof(BF16Weights))
+            return TryCast(Unsafe.As<TW, BF16Weights>(ref w).Data, inDim, out words);
+        return false;
+    }
+
+    private static bool TryCast<T>(ArrayView<T> data, int inDim, out ArrayView<Wide16> words)
+        where T : unmanaged
+    {
+        int size = Unsafe.SizeOf<T>();
+        words = default;
+        // The effective address is the buffer's (device) address plus the view's offset; computed, never dereferenced.
+        if ((long)inDim * size % 16 != 0 || data.LoadEffectiveAddressAsPtr().ToInt64() % 16 != 0 || data.Length * size % 16 != 0)
+            return false;
+        words = data.Cast<Wide16>();
+        return true;
+    }
+
+    /// <summary>y [T, Out] = x [T, In] W^T (W [Out, In]); accumulate adds to y instead. GEMV for T = 1, V2 otherwise.</summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        if (tokens == 1)
+            LaunchGemv(stream, x, w, y, tokens, outDim, inDim, accumulate);
+        else
+            LaunchV2(stream, x, w, y, tokens, outDim, inDim, accumulate);
+    }
+
+    public void LaunchV1(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        Validate(stream, x, w, y, tokens, outDim, inDim);
+        _v1(stream, MatMulKernel.V1Config(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
+    }
+
+    public void LaunchV2(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        Validate(stream, x, w, y, tokens, outDim, inDim);
+        _v2(stream, MatMulKernel.V2Config(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
+    }
+
+    /// <summary>GEMV-V2 (16-byte weight loads) when W allows it (see TryGetWide), else GEMV-V1.</summary>
+    public void LaunchGemv(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        if (_gemvWide is not null && TryGetWide(w, inDim, out _))
+            LaunchGemvV2(stream, x, w, y, tokens, outDim, inDim, accumulate);
+        else
+            LaunchGemvV1(stream, x, w, y, tokens, outDim, inDim, accumulate);
+    }
+
+    /// <summary>GEMV-V2; throws ArgumentException when In or W's alignment does not allow 16-byte words.</summary>
+    public void LaunchGemvV2(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        Validate(stream, x, w, y, tokens, outDim, inDim);
+        if (_gemvWide is null || !TryGetWide(w, inDim, out var words))
+            throw new ArgumentException($"{Name}: GEMV-V2 needs In*sizeof(weight) and W's offset to be multiples of 16 bytes (In={inDim}, {typeof(TW).Name})", nameof(w));
+        _gemvWide(stream, MatMulKernel.GemvConfig(tokens, outDim), x, words, y, tokens, outDim, inDim, accumulate ? 1 : 0);
+    }
+
+    /// <summary>The warp-per-row form; correct for any T (it rereads W per token), meant for T = 1.</summary>
+    public void LaunchGemvV1(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    {
+        Validate(stream, x, w, y, tokens, outDim, inDim);
+        _gemv(stream, MatMulKernel.GemvConfig(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
+    }
+
+    private static void Validate(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim)
+    {
+        DenseShapes.Stream(Name, stream);
+        DenseShapes.Positive(Name, nameof(tokens), tokens);
+        DenseShapes.Positive(Name, nameof(outDim), outDim);
+        DenseShapes.Positive(Name, nameof(inDim), inDim);
+        DenseShapes.Length(Name, nameof(x), x, (long)tokens * inDim, "[T, In]");
+        DenseShapes.Weights(Name, nameof(w), w, (long)outDim * inDim, "[Out, In]");
+        DenseShapes.Length(Name, nameof(y), y, (long)tokens * outDim, "[T, Out]");
+        if ((long)tokens * ((outDim + 7) / 8) > int.MaxValue)
+            throw new ArgumentException($"{Name}: T={tokens} x Out={outDim} is too large for one launch", nameof(tokens));
+    }
+}

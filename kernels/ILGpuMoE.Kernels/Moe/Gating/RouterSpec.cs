@@ -1,0 +1,99 @@
+// The router mode a gating launch runs, as a small value passed to the kernel by value.
+//
+// The kernels assembly cannot see the reference project, so this mirrors RefRouterSpec field for field; the runtime
+// maps one to the other. It is a readonly struct of plain numbers (no bool: NormTopK travels as an int) so that
+// every backend can take it as a kernel parameter.
+namespace ILGpuMoE.Kernels.Moe.Gating;
+
+/// <summary>The router modes (same order and meaning as RefRouterKind).</summary>
+public enum RouterKind
+{
+    /// <summary>Mixtral: softmax over E (F32), top-k, renormalise the k weights to sum 1.</summary>
+    Mixtral = 0,
+
+    /// <summary>Qwen-MoE: softmax over E, top-k, no renormalisation.</summary>
+    SoftmaxTopK = 1,
+
+    /// <summary>Switch: top-1 with weight = its probability, capacity ceil(T * CapacityFactor / E) per expert,
+    /// tokens taken in token order, the rest dropped (id -1, weight 0).</summary>
+    Switch = 2,
+
+    /// <summary>Shazeer noisy top-k: h = logits + n * softplus(noiseLogits); top-k of h; softmax over the chosen h.</summary>
+    NoisyTopK = 3,
+
+    /// <summary>DeepSeek-V3: sigmoid scores, biased choice, group-limited top-k, unbiased (optionally normalised) weights.</summary>
+    DeepSeekV3 = 4,
+}
+
+/// <summary>A router mode with its parameters; fields a mode does not use are ignored.</summary>
+public readonly struct RouterSpec
+{
+    public readonly RouterKind Kind;
+
+    /// <summary>E: experts (router logits per token).</summary>
+    public readonly int Experts;
+
+    /// <summary>K: experts chosen per token.</summary>
+    public readonly int TopK;
+
+    /// <summary>Switch only: capacity = ceil(T * CapacityFactor / E).</summary>
+    public readonly double CapacityFactor;
+
+    /// <summary>NoisyTopK only: the seed of the counter-based normal generator.</summary>
+    public readonly ulong NoiseSeed;
+
+    /// <summary>DeepSeekV3 only: number of equal expert groups (E % Groups == 0).</summary>
+    public readonly int Groups;
+
+    /// <summary>DeepSeekV3 only: groups kept per token.</summary>
+    public readonly int TopKGroups;
+
+    /// <summary>DeepSeekV3 only: 1 divides the chosen weights by their sum, 0 does not.</summary>
+    public readonly int NormTopKFlag;
+
+    /// <summary>DeepSeekV3 only: factor applied to the final weights.</summary>
+    public readonly double ScalingFactor;
+
+    public RouterSpec(RouterKind kind, int experts, int topK, double capacityFactor = 1.0, ulong noiseSeed = 0,
+        int groups = 1, int topKGroups = 1, bool normTopK = true, double scalingFactor = 1.0)
+    {
+        Kind = kind;
+        Experts = experts;
+        TopK = topK;
+        CapacityFactor = capacityFactor;
+        NoiseSeed = noiseSeed;
+        Groups = groups;
+        TopKGroups = topKGroups;
+        NormTopKFlag = normTopK ? 1 : 0;
+        ScalingFactor = scalingFactor;
+    }
+
+    public bool NormTopK => NormTopKFlag != 0;
+
+    public static RouterSpec Mixtral(int experts, int topK) => new(RouterKind.Mixtral, experts, topK);
+
+    public static RouterSpec SoftmaxTopK(int experts, int topK) => new(RouterKind.SoftmaxTopK, experts, topK);
+
+    public static RouterSpec Switch(int experts, double capacityFactor) =>
+        new(RouterKind.Switch, experts, 1, capacityFactor: capacityFactor);
+
+    public static RouterSpec NoisyTopK(int experts, int topK, ulong seed) =>
+        new(RouterKind.NoisyTopK, experts, topK, noiseSeed: seed);
+
+    public static RouterSpec DeepSeekV3(int experts, int topK, int groups, int topKGroups, bool normTopK = true,
+        double scalingFactor = 1.0) =>
+        new(RouterKind.DeepSeekV3, experts, topK, groups: groups, topKGroups: topKGroups, normTopK: normTopK,
+            scalingFactor: scalingFactor);
+
+    /// <summary>Switch: the per-expert token capacity for T tokens, ceil(T * CapacityFactor / E) in double.</summary>
+    public int SwitchCapacity(int tokens) => (int)Math.Ceiling(tokens * CapacityFactor / Experts);
+
+    public override string ToString() => Kind switch
+    {
+        RouterKind.Switch => $"Switch(E={Experts}, cf={CapacityFactor})",
+        RouterKind.NoisyTopK => $"NoisyTopK(E={Experts}, K={TopK}, seed={NoiseSeed})",
+        RouterKind.DeepSeekV3 =>
+            $"DeepSeekV3(E={Experts}, K={TopK}, groups={Groups}, topKGroups={TopKGroups}, norm={NormTopK}, scale={ScalingFactor})",
+        _ => $"{Kind}(E={Experts}, K={TopK})",
+    };
+}

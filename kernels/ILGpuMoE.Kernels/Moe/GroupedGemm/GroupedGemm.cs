@@ -1,0 +1,371 @@
+// Grouped expert GEMM: one launch covers every expert and its own number of rows (sorted pairs).
+//
+// Pass 1 (up/gate): h[r, f] = silu(x[tok(r)] . w1[e, f]) * (x[tok(r)] . w3[e, f]), tok(r) = sorted[r] / K,
+//   e = the expert owning sorted row r. w1, w3 [E, F, D] (HF [out, in] per expert, stacked); h [P, F], sorted order.
+// Pass 2 (down): y[r, d] = h[r] . w2[e, d], w2 [E, D, F]; y [P, D], sorted order.
+// Activations are never copied or padded: rows are read through the sorted pair indices, and tiles that run past
+// an expert's rows are masked.
+//
+// Versions:
+//   V1  one thread per output element, expert found by binary search in offsets; no tiles, no shared memory.
+//   V2  shared-memory tiles of 32 rows x 32 outputs per group of 256 (each thread 4 rows of one output; pass 1 keeps
+//       gate and up accumulators), K-loop over the input dim in steps of 32, bounds-checked for any shape. Groups
+//       walk the tile schedule (grid x = tile, so concurrent groups share a weight block and hit L2).
+//   V3  decode form (few rows per expert, tile schedule with M <= 8): one warp per weight row (output), lanes
+//       stride the input dim (coalesced weight reads: the weights are the traffic), up to 8 rows per pass so each
+//       weight row is read once per tile; partial sums reduced through shared memory in fixed order (one barrier,
+//       no shuffles, deterministic).
+// Index arithmetic is 64-bit wherever it scales with E*F*D, P*F or T*D.
+using ILGPU;
+using ILGPU.Algorithms;
+
+namespace ILGpuMoE.Kernels.Moe;
+
+public static class GroupedGemmKernels
+{
+    public const int GroupSize = 256;
+
+    /// <summary>V2 tile: rows, outputs, input-dim step; shared rows padded to 33 floats (no bank conflicts).</summary>
+    public const int TileM = 32;
+    public const int TileN = 32;
+    public const int TileK = 32;
+    private const int Ld = TileK + 1;
+
+    /// <summary>V3: rows per tile (accumulators per lane) and outputs (warps) per group.</summary>
+    public const int GemvRows = 8;
+    public const int GemvWarps = 8;
+    private const int RedLd = 33;
+
+    private static float Silu(float g) => g / (1f + XMath.Exp(-g));
+
+    /// <summary>Largest e with offsets[e] &lt;= r: the expert owning sorted row r (empty experts are skipped).</summary>
+    private static int FindExpert(ArrayView<int> offsets, int experts, int r)
+    {
+        int lo = 0, hi = experts - 1;
+        while (lo < hi)
+        {
+            int mid = (lo + hi + 1) >> 1;
+            if (offsets[mid] <= r)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+
+        return lo;
+    }
+
+    /// <summary>The (expert, first sorted row, rows) of this group's tile (grid x); Expert -1 for an unused slot.</summary>
+    private readonly struct GroupTile(int expert, int rowStart, int rows)
+    {
+        public readonly int Expert = expert;
+        public readonly int RowStart = rowStart;
+        public readonly int Rows = rows;
+
+        public static GroupTile Read(ArrayView<int> tiles, ArrayView<int> offsets, int tileRows)
+        {
+            int e = tiles[2 * Grid.IdxX];
+            if (e < 0)
+                return new GroupTile(-1, 0, 0);
+            int rowStart = tiles[2 * Grid.IdxX + 1];
+            return new GroupTile(e, rowStart, Math.Min(tileRows, offsets[e + 1] - rowStart));
+        }
+    }
+
+    // ---------------------------------------------------------------- V1
+
+    [KernelInfo("moe/grouped-gemm", "v1", "grid (P, ceil(F/256)), group 256", Summary = "up/gate: one thread per h element, rows through sorted pairs, SiLU(gate)*up fused")]
+    public static void UpGateV1<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, TW w1, TW w3, ArrayView<float> h,
+        int experts, int topK, int dim, int hidden)
+        where TW : struct, IWeights
+    {
+        int r = Grid.IdxX;
+        int f = Grid.IdxY * Group.DimX + Group.IdxX;
+        if (r >= offsets[experts] || f >= hidden)
+            return;
+        int e = FindExpert(offsets, experts, r);
+        long xb = (long)(sorted[r] / topK) * dim;
+        long wb = ((long)e * hidden + f) * dim;
+        float g = 0f, u = 0f;
+        for (int k = 0; k < dim; k++)
+        {
+            float xv = x[xb + k];
+            g += xv * w1.Get(wb + k);
+            u += xv * w3.Get(wb + k);
+        }
+
+        h[(long)r * hidden + f] = Silu(g) * u;
+    }
+
+    [KernelInfo("moe/grouped-gemm", "v1", "grid (P, ceil(D/256)), group 256", Summary = "down: one thread per y element")]
+    public static void DownV1<TW>(ArrayView<float> h, ArrayView<int> offsets, TW w2, ArrayView<float> y, int experts, int dim, int hidden)
+        where TW : struct, IWeights
+    {
+        int r = Grid.IdxX;
+        int d = Grid.IdxY * Group.DimX + Group.IdxX;
+        if (r >= offsets[experts] || d >= dim)
+            return;
+        int e = FindExpert(offsets, experts, r);
+        long hb = (long)r * hidden;
+        long wb = ((long)e * dim + d) * hidden;
+        float acc = 0f;
+        for (int f = 0; f < hidden; f++)
+            acc += h[hb + f] * w2.Get(wb + f);
+        y[(long)r * dim + d] = acc;
+    }
+
+    // ---------------------------------------------------------------- V2
+
+    [KernelInfo("moe/grouped-gemm", "v2", "grid (tiles, ceil(F/32)), group 256", Summary = "up/gate: 32x32 shared-memory tiles over the tile schedule, 4 rows x (gate, up) per thread")]
+    public static void UpGateV2<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TW w1, TW w3,
+        ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
+        where TW : struct, IWeights
+    {
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
+        int n0 = Grid.IdxY * TileN;
+        int tid = Group.IdxX;
+        int tx = tid & 31, ty = tid >> 5;
+
+        var xs = SharedMemory.Allocate<float>(TileM * Ld);
+        var s1 = SharedMemory.Allocate<float>(TileN * Ld);
+        var s3 = SharedMemory.Allocate<float>(TileN * Ld);
+        var rowBase = SharedMemory.Allocate<long>(TileM);
+        if (tid < TileM)
+            rowBase[tid] = tid < rows ? (long)(sorted[rowStart + tid] / topK) * dim : -1;
+        Group.Barrier();
+
+        long wExpert = (long)e * hidden * dim;
+        float g0 = 0f, g1 = 0f, g2 = 0f, g3 = 0f, u0 = 0f, u1 = 0f, u2 = 0f, u3 = 0f;
+        for (int k0 = 0; k0 < dim; k0 += TileK)
+        {
+            for (int i = tid; i < TileM * TileK; i += GroupSize)
+            {
+                int rr = i >> 5, kk = i & 31, k = k0 + kk;
+                long b = rowBase[rr];
+                // Loads go through a clamped index so no speculated load can leave the buffer.
+                bool okX = b >= 0 && k < dim;
+                float xv = x[okX ? b + k : 0];
+                xs[rr * Ld + kk] = okX ? xv : 0f;
+                int n = n0 + rr;
+                bool okW = n < hidden && k < dim;
+                long wi = okW ? wExpert + (long)n * dim + k : 0;
+                float a1 = w1.Get(wi), a3 = w3.Get(wi);
+                s1[rr * Ld + kk] = okW ? a1 : 0f;
+                s3[rr * Ld + kk] = okW ? a3 : 0f;
+            }
+
+            Group.Barrier();
+            for (int kk = 0; kk < TileK; kk++)
+            {
+                float b1 = s1[tx * Ld + kk], b3 = s3[tx * Ld + kk];
+                float x0 = xs[ty * Ld + kk], x1 = xs[(ty + 8) * Ld + kk], x2 = xs[(ty + 16) * Ld + kk], x3 = xs[(ty + 24) * Ld + kk];
+                g0 += x0 * b1; u0 += x0 * b3;
+                g1 += x1 * b1; u1 += x1 * b3;
+                g2 += x2 * b1; u2 += x2 * b3;
+                g3 += x3 * b1; u3 += x3 * b3;
+            }
+
+            Group.Barrier();
+        }
+
+        int nOut = n0 + tx;
+        if (nOut >= hidden)
+            return;
+        long hb = (long)rowStart * hidden + nOut;
+        if (ty < rows)
+            h[hb + (long)ty * hidden] = Silu(g0) * u0;
+        if (ty + 8 < rows)
+            h[hb + (long)(ty + 8) * hidden] = Silu(g1) * u1;
+        if (ty + 16 < rows)
+            h[hb + (long)(ty + 16) * hidden] = Silu(g2) * u2;
+        if (ty + 24 < rows)
+            h[hb + (long)(ty + 24) * hidden] = Silu(g3) * u3;
+    }
+
+    [KernelInfo("moe/grouped-gemm", "v2", "grid (tiles, ceil(D/32)), group 256", Summary = "down: 32x32 shared-memory tiles over the tile schedule, 4 rows per thread")]
+    public static void DownV2<TW>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TW w2, ArrayView<float> y,
+        int dim, int hidden, int tileRows)
+        where TW : struct, IWeights
+    {
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
+        int n0 = Grid.IdxY * TileN;
+        int tid = Group.IdxX;
+        int tx = tid & 31, ty = tid >> 5;
+
+        var hs = SharedMemory.Allocate<float>(TileM * Ld);
+        var s2 = SharedMemory.Allocate<float>(TileN * Ld);
+        long wExpert = (long)e * dim * hidden;
+        float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
+        for (int k0 = 0; k0 < hidden; k0 += TileK)
+        {
+            for (int i = tid; i < TileM * TileK; i += GroupSize)
+            {
+                int rr = i >> 5, kk = i & 31, k = k0 + kk;
+                bool okH = rr < rows && k < hidden;
+                float hv = h[okH ? (long)(rowStart + rr) * hidden + k : 0];
+                hs[rr * Ld + kk] = okH ? hv : 0f;
+                int n = n0 + rr;
+                bool okW = n < dim && k < hidden;
+                float wv = w2.Get(okW ? wExpert + (long)n * hidden + k : 0);
+                s2[rr * Ld + kk] = okW ? wv : 0f;
+            }
+
+            Group.Barrier();
+            for (int kk = 0; kk < TileK; kk++)
+            {
+                float b = s2[tx * Ld + kk];
+                a0 += hs[ty * Ld + kk] * b;
+                a1 += hs[(ty + 8) * Ld + kk] * b;
+                a2 += hs[(ty + 16) * Ld + kk] * b;
+                a3 += hs[(ty + 24) * Ld + kk] * b;
+            }
+
+            Group.Barrier();
+        }
+
+        int nOut = n0 + tx;
+        if (nOut >= dim)
+            return;
+        long yb = (long)rowStart * dim + nOut;
+        if (ty < rows)
+            y[yb + (long)ty * dim] = a0;
+        if (ty + 8 < rows)
+            y[yb + (long)(ty + 8) * dim] = a1;
+        if (ty + 16 < rows)
+            y[yb + (long)(ty + 16) * dim] = a2;
+        if (ty + 24 < rows)
+            y[yb + (long)(ty + 24) * dim] = a3;
+    }
+
+    // ---------------------------------------------------------------- V3
+
+    [KernelInfo("moe/grouped-gemm", "v3", "grid (tiles, ceil(F/8)), group 256 = 8 warps", Summary = "up/gate decode form: one warp per (w1, w3) row over up to 8 rows, shared-memory reduction")]
+    public static void UpGateV3<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TW w1, TW w3,
+        ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
+        where TW : struct, IWeights
+    {
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
+        int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
+        int n = Grid.IdxY * GemvWarps + warp;
+
+        // Row bases; missing rows repeat row 0 (cached, results discarded) so the inner loop has no branches.
+        long b0 = (long)(sorted[rowStart] / topK) * dim;
+        long b1 = rows > 1 ? (long)(sorted[rowStart + 1] / topK) * dim : b0;
+        long b2 = rows > 2 ? (long)(sorted[rowStart + 2] / topK) * dim : b0;
+        long b3 = rows > 3 ? (long)(sorted[rowStart + 3] / topK) * dim : b0;
+        long b4 = rows > 4 ? (long)(sorted[rowStart + 4] / topK) * dim : b0;
+        long b5 = rows > 5 ? (long)(sorted[rowStart + 5] / topK) * dim : b0;
+        long b6 = rows > 6 ? (long)(sorted[rowStart + 6] / topK) * dim : b0;
+        long b7 = rows > 7 ? (long)(sorted[rowStart + 7] / topK) * dim : b0;
+
+        float g0 = 0f, g1 = 0f, g2 = 0f, g3 = 0f, g4 = 0f, g5 = 0f, g6 = 0f, g7 = 0f;
+        float u0 = 0f, u1 = 0f, u2 = 0f, u3 = 0f, u4 = 0f, u5 = 0f, u6 = 0f, u7 = 0f;
+        int kEnd = n < hidden ? dim : 0; // a warp past F still reaches the barrier
+        long wb = ((long)e * hidden + n) * dim;
+        if (rows == 1)
+        {
+            // Decode: one row per expert; skip the seven idle accumulator pairs.
+            for (int k = lane; k < kEnd; k += 32)
+            {
+                float xv = x[b0 + k];
+                g0 += xv * w1.Get(wb + k);
+                u0 += xv * w3.Get(wb + k);
+            }
+        }
+        else
+        {
+            for (int k = lane; k < kEnd; k += 32)
+            {
+                float a = w1.Get(wb + k), c = w3.Get(wb + k);
+                float x0 = x[b0 + k], x1 = x[b1 + k], x2 = x[b2 + k], x3 = x[b3 + k];
+                float x4 = x[b4 + k], x5 = x[b5 + k], x6 = x[b6 + k], x7 = x[b7 + k];
+                g0 += x0 * a; u0 += x0 * c; g1 += x1 * a; u1 += x1 * c;
+                g2 += x2 * a; u2 += x2 * c; g3 += x3 * a; u3 += x3 * c;
+                g4 += x4 * a; u4 += x4 * c; g5 += x5 * a; u5 += x5 * c;
+                g6 += x6 * a; u6 += x6 * c; g7 += x7 * a; u7 += x7 * c;
+            }
+        }
+
+        // red[warp][j][lane], j < 8 gate rows, 8..15 up rows.
+        var red = SharedMemory.Allocate<float>(GemvWarps * 2 * GemvRows * RedLd);
+        int s = warp * 2 * GemvRows * RedLd + lane;
+        red[s + 0 * RedLd] = g0; red[s + 1 * RedLd] = g1; red[s + 2 * RedLd] = g2; red[s + 3 * RedLd] = g3;
+        red[s + 4 * RedLd] = g4; red[s + 5 * RedLd] = g5; red[s + 6 * RedLd] = g6; red[s + 7 * RedLd] = g7;
+        red[s + 8 * RedLd] = u0; red[s + 9 * RedLd] = u1; red[s + 10 * RedLd] = u2; red[s + 11 * RedLd] = u3;
+        red[s + 12 * RedLd] = u4; red[s + 13 * RedLd] = u5; red[s + 14 * RedLd] = u6; red[s + 15 * RedLd] = u7;
+        Group.Barrier();
+        if (lane >= rows || n >= hidden)
+            return;
+        int gBase = warp * 2 * GemvRows * RedLd + lane * RedLd;
+        int uBase = gBase + GemvRows * RedLd;
+        float g = 0f, u = 0f;
+        for (int j = 0; j < 32; j++)
+        {
+            g += red[gBase + j];
+            u += red[uBase + j];
+        }
+
+        h[(long)(rowStart + lane) * hidden + n] = Silu(g) * u;
+    }
+
+    [KernelInfo("moe/grouped-gemm", "v3", "grid (tiles, ceil(D/8)), group 256 = 8 warps", Summary = "down decode form: one warp per w2 row over up to 8 rows, shared-memory reduction")]
+    public static void DownV3<TW>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TW w2, ArrayView<float> y,
+        int dim, int hidden, int tileRows)
+        where TW : struct, IWeights
+    {
+        var tile = GroupTile.Read(tiles, offsets, tileRows);
+        if (tile.Expert < 0)
+            return; // unused schedule slot: the whole group leaves before any barrier
+        int e = tile.Expert, rowStart = tile.RowStart, rows = tile.Rows;
+        int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
+        int n = Grid.IdxY * GemvWarps + warp;
+
+        long b0 = (long)rowStart * hidden;
+        long b1 = rows > 1 ? b0 + hidden : b0;
+        long b2 = rows > 2 ? b0 + 2L * hidden : b0;
+        long b3 = rows > 3 ? b0 + 3L * hidden : b0;
+        long b4 = rows > 4 ? b0 + 4L * hidden : b0;
+        long b5 = rows > 5 ? b0 + 5L * hidden : b0;
+        long b6 = rows > 6 ? b0 + 6L * hidden : b0;
+        long b7 = rows > 7 ? b0 + 7L * hidden : b0;
+
+        float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, a4 = 0f, a5 = 0f, a6 = 0f, a7 = 0f;
+        int kEnd = n < dim ? hidden : 0;
+        long wb = ((long)e * dim + n) * hidden;
+        if (rows == 1)
+        {
+            for (int k = lane; k < kEnd; k += 32)
+                a0 += h[b0 + k] * w2.Get(wb + k);
+        }
+        else
+        {
+            for (int k = lane; k < kEnd; k += 32)
+            {
+                float w = w2.Get(wb + k);
+                a0 += h[b0 + k] * w; a1 += h[b1 + k] * w; a2 += h[b2 + k] * w; a3 += h[b3 + k] * w;
+                a4 += h[b4 + k] * w; a5 += h[b5 + k] * w; a6 += h[b6 + k] * w; a7 += h[b7 + k] * w;
+            }
+        }
+
+        var red = SharedMemory.Allocate<float>(GemvWarps * GemvRows * RedLd);
+        int s = warp * GemvRows * RedLd + lane;
+        red[s + 0 * RedLd] = a0; red[s + 1 * RedLd] = a1; red[s + 2 * RedLd] = a2; red[s + 3 * RedLd] = a3;
+        red[s + 4 * RedLd] = a4; red[s + 5 * RedLd] = a5; red[s + 6 * RedLd] = a6; red[s + 7 * RedLd] = a7;
+        Group.Barrier();
+        if (lane >= rows || n >= dim)
+            return;
+        int rBase = warp * GemvRows * RedLd + lane * RedLd;
+        float acc = 0f;
+        for (int j = 0; j < 32; j++)
+            acc += red[rBase + j];
+        y[(long)(rowStart + lane) * dim + n] = acc;
+    }
+}

@@ -1,0 +1,99 @@
+// The global --device option and the one place that turns it into an accelerator.
+// Default: the ILGPUMOE_DEVICE environment variable, else auto (CUDA, then OpenCL, then the CPU accelerator).
+using System.CommandLine;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+
+namespace ILGpuMoE.Cli;
+
+public static class DeviceOption
+{
+    /// <summary>--device auto|cuda|opencl|cpu, recursive so every subcommand accepts it.</summary>
+    public static Option<DeviceChoice> Create() => new("--device", "-d")
+    {
+        Description = $"Device: auto|cuda|opencl|cpu (default: ${Devices.EnvironmentVariable}, else auto)",
+        HelpName = "auto|cuda|opencl|cpu",
+        Recursive = true,
+        CustomParser = result =>
+        {
+            var text = result.Tokens.Count > 0 ? result.Tokens[0].Value : null;
+            try
+            {
+                return Devices.Parse(text);
+            }
+            catch (ArgumentException e)
+            {
+                result.AddError($"--device: {e.Message}");
+                return DeviceChoice.Auto;
+            }
+        },
+        DefaultValueFactory = _ => FromEnvironment(),
+    };
+
+    /// <summary>The environment's default; a bad value is a usage error naming the variable.</summary>
+    public static DeviceChoice FromEnvironment()
+    {
+        try
+        {
+            return Devices.FromEnvironment();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliUsageException($"{Devices.EnvironmentVariable}: {e.Message}");
+        }
+    }
+}
+
+/// <summary>A context and an accelerator for one command run. `auto` reports its pick on stderr.</summary>
+public sealed class DeviceSession : IDisposable
+{
+    private DeviceSession(Context context, Device device, Accelerator accelerator)
+    {
+        Context = context;
+        Device = device;
+        Accelerator = accelerator;
+    }
+
+    public Context Context { get; }
+
+    public Device Device { get; }
+
+    public Accelerator Accelerator { get; }
+
+    public static DeviceSession Open(DeviceChoice choice, TextWriter err, bool profiling = false)
+    {
+        var context = Devices.CreateContext(profiling, cpuOnly: choice == DeviceChoice.Cpu);
+        try
+        {
+            var device = Select(context, choice);
+            if (choice == DeviceChoice.Auto)
+                err.WriteLine($"device (auto): {Devices.Describe(device)}");
+            return new DeviceSession(context, device, device.CreateAccelerator(context));
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Devices.Select with its "not there" failure turned into a usage error (exit 2).</summary>
+    public static Device Select(Context context, DeviceChoice choice)
+    {
+        try
+        {
+            return Devices.Select(context, choice);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliUsageException($"--device {choice.ToString().ToLowerInvariant()}: {e.Message}");
+        }
+    }
+
+    public void Dispose()
+    {
+        Accelerator.Dispose();
+        Context.Dispose();
+    }
+}

@@ -1,0 +1,302 @@
+// A model's shape and constants, read from a Hugging Face checkout's config.json (+ generation_config.json).
+//
+// Glossary: V vocab, D model dim (hidden_size), F expert hidden dim (intermediate_size), L layers, H heads,
+// Hkv kv heads, Dh head dim, E experts, K experts per token.
+//
+// Only Mixtral is supported today. The router lives in its own record (RouterConfig) so that other MoE families
+// (Switch, Qwen-MoE, DeepSeek-V3) can later add a parser that fills it differently without touching Mixtral's.
+namespace ILGpuMoE.Model;
+
+/// <summary>Decoding defaults from generation_config.json; every field is null when the file does not set it.</summary>
+public sealed record GenerationConfig
+{
+    public int? BosTokenId { get; init; }
+    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+    public int? PadTokenId { get; init; }
+    public bool? DoSample { get; init; }
+    public double? Temperature { get; init; }
+    public double? TopP { get; init; }
+    public int? TopK { get; init; }
+    public int? MaxNewTokens { get; init; }
+    public int? MaxLength { get; init; }
+}
+
+/// <summary>A validated model description. Build it with <see cref="Load"/> or <see cref="Parse"/>.</summary>
+public sealed record ModelConfig
+{
+    public const string ConfigFileName = "config.json";
+    public const string GenerationConfigFileName = "generation_config.json";
+
+    /// <summary>model_type values we can run.</summary>
+    public static readonly IReadOnlyList<string> SupportedModelTypes = ["mixtral"];
+
+    /// <summary>architectures[] entries we can run.</summary>
+    public static readonly IReadOnlyList<string> SupportedArchitectures = ["MixtralForCausalLM"];
+
+    /// <summary>The config.json this came from (for messages).</summary>
+    public required string Source { get; init; }
+
+    public required string ModelType { get; init; }
+
+    /// <summary>architectures[0], or the one we matched; "MixtralForCausalLM" when the file lists none.</summary>
+    public required string Architecture { get; init; }
+
+    /// <summary>V.</summary>
+    public required int VocabSize { get; init; }
+
+    /// <summary>D (hidden_size).</summary>
+    public required int HiddenSize { get; init; }
+
+    /// <summary>F, each expert's hidden size (intermediate_size).</summary>
+    public required int IntermediateSize { get; init; }
+
+    /// <summary>L.</summary>
+    public required int Layers { get; init; }
+
+    /// <summary>H.</summary>
+    public required int Heads { get; init; }
+
+    /// <summary>Hkv; H is a multiple of it (grouped-query attention).</summary>
+    public required int KvHeads { get; init; }
+
+    /// <summary>Dh: head_dim when the file gives it, else D / H.</summary>
+    public required int HeadDim { get; init; }
+
+    /// <summary>Whether head_dim came from the file (then H * Dh may differ from D).</summary>
+    public required bool HeadDimExplicit { get; init; }
+
+    public required double RmsNormEps { get; init; }
+
+    /// <summary>RoPE base (rope_theta, or rope_parameters.rope_theta in newer writers).</summary>
+    public required double RopeTheta { get; init; }
+
+    public required int MaxPositionEmbeddings { get; init; }
+
+    /// <summary>Attention window in tokens, or null for full causal attention.</summary>
+    public required int? SlidingWindow { get; init; }
+
+    public required RouterConfig Router { get; init; }
+
+    /// <summary>lm_head shares embed_tokens' weight (then the checkpoint has no lm_head.weight).</summary>
+    public required bool TieWordEmbeddings { get; init; }
+
+    /// <summary>bos_token_id (generation_config.json wins when it sets one).</summary>
+    public int? BosTokenId { get; init; }
+
+    /// <summary>eos_token_id as a list (the file may give an int or a list; generation_config.json wins).</summary>
+    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+
+    /// <summary>torch_dtype (or dtype): the precision the weights were saved in, e.g. "bfloat16"; informational.</summary>
+    public string? TorchDtype { get; init; }
+
+    /// <summary>generation_config.json, when present.</summary>
+    public GenerationConfig? Generation { get; init; }
+
+    /// <summary>E.</summary>
+    public int Experts => Router.Experts;
+
+    /// <summary>K.</summary>
+    public int TopK => Router.TopK;
+
+    /// <summary>H * Dh: q_proj's output rows and o_proj's input columns.</summary>
+    public int QueryDim => Heads * HeadDim;
+
+    /// <summary>Hkv * Dh: k_proj's and v_proj's output rows.</summary>
+    public int KvDim => KvHeads * HeadDim;
+
+    /// <summary>Reads dir/config.json and, when present, dir/generation_config.json.</summary>
+    public static ModelConfig Load(string directory)
+    {
+        if (!Directory.Exists(directory))
+            throw new ModelConfigException(directory, null, "is not a directory");
+        var configPath = Path.Combine(directory, ConfigFileName);
+        if (!File.Exists(configPath))
+            throw new ModelConfigException(configPath, null, "is missing (a Hugging Face model folder has config.json next to its *.safetensors)");
+        string? generationPath = Path.Combine(directory, GenerationConfigFileName);
+        if (!File.Exists(generationPath))
+            generationPath = null;
+
+        using var config = ConfigReader.ParseFile(configPath);
+        if (generationPath is null)
+            return FromJson(new ConfigReader(configPath, config.RootElement), null);
+        using var generation = ConfigReader.ParseFile(generationPath);
+        return FromJson(new ConfigReader(configPath, config.RootElement), new ConfigReader(generationPath, generation.RootElement));
+    }
+
+    /// <summary>Parses config.json text (and optionally generation_config.json text); names are used in messages.</summary>
+    public static ModelConfig Parse(string configJson, string configName = ConfigFileName,
+        string? generationJson = null, string generationName = GenerationConfigFileName)
+    {
+        using var config = ConfigReader.ParseText(configJson, configName);
+        if (generationJson is null)
+            return FromJson(new ConfigReader(configName, config.RootElement), null);
+        using var generation = ConfigReader.ParseText(generationJson, generationName);
+        return FromJson(new ConfigReader(configName, config.RootElement), new ConfigReader(generationName, generation.RootElement));
+    }
+
+    private static ModelConfig FromJson(ConfigReader c, ConfigReader? g)
+    {
+        var (modelType, architecture) = ReadFamily(c);
+
+        // Sizes first: everything else is checked against them.
+        var vocab = c.PositiveInt("vocab_size");
+        var hidden = c.PositiveInt("hidden_size");
+        var intermediate = c.PositiveInt("intermediate_size");
+        var layers = c.PositiveInt("num_hidden_layers");
+        var heads = c.PositiveInt("num_attention_heads");
+        // Hugging Face's own default when the key is absent: one kv head per head (plain multi-head attention).
+        var kvHeads = c.Has("num_key_value_heads") ? c.PositiveInt("num_key_value_heads") : heads;
+        if (heads % kvHeads != 0)
+            throw c.Error("num_key_value_heads", $"({kvHeads}) does not divide 'num_attention_heads' ({heads})");
+
+        var headDimExplicit = c.Has("head_dim");
+        int headDim;
+        if (headDimExplicit)
+        {
+            headDim = c.PositiveInt("head_dim");
+        }
+        else
+        {
+            if (hidden % heads != 0)
+                throw c.Error("hidden_size", $"({hidden}) is not a multiple of 'num_attention_heads' ({heads}); give 'head_dim' explicitly if that is intended");
+            headDim = hidden / heads;
+        }
+
+        // RoPE rotates pairs (i, i + Dh/2): an odd head dim has no such pairing.
+        if (headDim % 2 != 0)
+            throw c.Error(headDimExplicit ? "head_dim" : "hidden_size", $"gives an odd head dim ({headDim}); RoPE needs an even one");
+
+        var eps = c.RequiredDouble("rms_norm_eps");
+        if (!(eps > 0))
+            throw c.Error("rms_norm_eps", $"must be positive, got {eps}");
+
+        var ropeTheta = ReadRopeTheta(c);
+        var maxPositions = c.PositiveInt("max_position_embeddings");
+
+        var window = c.OptionalInt("sliding_window");
+        if (window is <= 0)
+            throw c.Error("sliding_window", $"must be null or positive, got {window}");
+
+        var router = ReadMixtralRouter(c);
+
+        var act = c.OptionalString("hidden_act");
+        if (act is not null && act != "silu")
+            throw c.Error("hidden_act", $"is '{act}'; Mixtral experts use 'silu'");
+
+        var bos = c.OptionalInt("bos_token_id");
+        var eos = c.IntOrIntList("eos_token_id");
+        var generation = g is { } gr ? ReadGeneration(gr) : null;
+        if (generation?.BosTokenId is { } gBos)
+            bos = gBos;
+        if (generation is { EosTokenIds.Count: > 0 })
+            eos = generation.EosTokenIds;
+        CheckTokenIds(bos is null ? [] : [bos.Value], vocab, c, g, "bos_token_id");
+        CheckTokenIds(eos, vocab, c, g, "eos_token_id");
+
+        return new ModelConfig
+        {
+            Source = c.File,
+            ModelType = modelType,
+            Architecture = architecture,
+            VocabSize = vocab,
+            HiddenSize = hidden,
+            IntermediateSize = intermediate,
+            Layers = layers,
+            Heads = heads,
+            KvHeads = kvHeads,
+            HeadDim = headDim,
+            HeadDimExplicit = headDimExplicit,
+            RmsNormEps = eps,
+            RopeTheta = ropeTheta,
+            MaxPositionEmbeddings = maxPositions,
+            SlidingWindow = window,
+            Router = router,
+            TieWordEmbeddings = c.OptionalBool("tie_word_embeddings") ?? false,
+            BosTokenId = bos,
+            EosTokenIds = eos,
+            TorchDtype = c.OptionalString("torch_dtype") ?? c.OptionalString("dtype"),
+            Generation = generation,
+        };
+    }
+
+    private static (string ModelType, string Architecture) ReadFamily(ConfigReader c)
+    {
+        var modelType = c.OptionalString("model_type");
+        var architectures = c.OptionalStringList("architectures");
+        if (modelType is null && architectures.Count == 0)
+            throw c.Error("model_type", $"is missing (and so is 'architectures'); supported: {string.Join(", ", SupportedModelTypes)}");
+        if (modelType is not null && !SupportedModelTypes.Contains(modelType))
+            throw c.Error("model_type", $"'{modelType}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})");
+        if (architectures.Count == 0)
+            return (modelType!, SupportedArchitectures[0]);
+        var known = architectures.FirstOrDefault(a => SupportedArchitectures.Contains(a));
+        if (known is null)
+            throw c.Error("architectures", $"[{string.Join(", ", architectures)}] is not supported (supported: {string.Join(", ", SupportedArchitectures)})");
+        return (modelType ?? "mixtral", known);
+    }
+
+    private static double ReadRopeTheta(ConfigReader c)
+    {
+        // Older writers: top-level rope_theta. Newer transformers: rope_parameters { rope_type, rope_theta }.
+        var key = c.Has("rope_theta") ? "rope_theta" : c.Has("rope_parameters.rope_theta") ? "rope_parameters.rope_theta" : null;
+        if (key is null)
+            throw c.Error("rope_theta", "is missing (looked for 'rope_theta' and 'rope_parameters.rope_theta')");
+        var theta = c.RequiredDouble(key);
+        if (!(theta > 0))
+            throw c.Error(key, $"must be positive, got {theta}");
+
+        // Scaled RoPE (linear, dynamic, yarn, llama3) changes the frequencies: refuse rather than run it wrong.
+        var ropeType = c.OptionalString("rope_parameters.rope_type") ?? c.OptionalString("rope_scaling.rope_type") ?? c.OptionalString("rope_scaling.type");
+        if (ropeType is not null && ropeType != "default")
+            throw c.Error(c.Has("rope_parameters.rope_type") ? "rope_parameters.rope_type" : "rope_scaling", $"'{ropeType}' is not supported (only plain RoPE, 'default')");
+        if (ropeType is null && c.Has("rope_scaling"))
+            throw c.Error("rope_scaling", "is set; scaled RoPE is not supported (only plain RoPE)");
+        return theta;
+    }
+
+    private static RouterConfig ReadMixtralRouter(ConfigReader c)
+    {
+        var experts = c.PositiveInt("num_local_experts");
+        var topK = c.RequiredInt("num_experts_per_tok");
+        if (topK < 1 || topK > experts)
+            throw c.Error("num_experts_per_tok", $"({topK}) must be between 1 and 'num_local_experts' ({experts})");
+        return RouterConfig.Mixtral(experts, topK);
+    }
+
+    private static GenerationConfig ReadGeneration(ConfigReader g)
+    {
+        var topP = g.OptionalDouble("top_p");
+        if (topP is not null and (<= 0 or > 1))
+            throw g.Error("top_p", $"must be in (0, 1], got {topP}");
+        return new GenerationConfig
+        {
+            BosTokenId = g.OptionalInt("bos_token_id"),
+            EosTokenIds = g.IntOrIntList("eos_token_id"),
+            PadTokenId = g.OptionalInt("pad_token_id"),
+            DoSample = g.OptionalBool("do_sample"),
+            Temperature = g.OptionalNonNegativeDouble("temperature"),
+            TopP = topP,
+            TopK = g.OptionalNonNegativeInt("top_k"),
+            MaxNewTokens = g.OptionalNonNegativeInt("max_new_tokens"),
+            MaxLength = g.OptionalNonNegativeInt("max_length"),
+        };
+    }
+
+    private static void CheckTokenIds(IReadOnlyList<int> ids, int vocab, ConfigReader c, ConfigReader? g, string key)
+    {
+        foreach (var id in ids)
+        {
+            if (id < 0 || id >= vocab)
+            {
+                // Name the file the id came from: generation_config.json wins when it sets the key.
+                var from = g is { } gr && gr.Has(key) ? gr : c;
+                throw from.Error(key, $"({id}) is outside the vocabulary [0, {vocab})");
+            }
+        }
+    }
+
+    /// <summary>A one-line summary for logs (not parsed by anything).</summary>
+    public override string ToString() =>
+        $"{Architecture}: V={VocabSize} D={HiddenSize} F={IntermediateSize} L={Layers} H={Heads} Hkv={KvHeads} Dh={HeadDim} " +
+        $"E={Experts} K={TopK} eps={RmsNormEps} theta={RopeTheta} window={(SlidingWindow?.ToString() ?? "none")}";
+}
