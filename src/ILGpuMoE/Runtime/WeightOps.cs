@@ -1,0 +1,110 @@
+// The kernels the forward pass launches, with the weight type dispatched per tensor: a checkpoint may mix dtypes
+// (e.g. F32 norms next to BF16 matrices), so each call picks the launcher specialised for that tensor's dtype. The
+// per-dtype launchers are loaded on first use only (a BF16 model never compiles the F16 kernels).
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Attention;
+using ILGpuMoE.Kernels.Dense;
+using ILGpuMoE.Kernels.Moe;
+using ILGpuMoE.Kernels.Moe.Gating;
+
+namespace ILGpuMoE.Runtime;
+
+internal sealed class WeightOps : IDisposable
+{
+    private readonly Accelerator _accelerator;
+    private Typed<F32Weights>? _f32;
+    private Typed<F16Weights>? _f16;
+    private Typed<BF16Weights>? _bf16;
+
+    public WeightOps(Accelerator accelerator)
+    {
+        _accelerator = accelerator;
+        Rope = RopeKernel.Create(accelerator);
+        Append = KvCacheAppendKernel.Create(accelerator);
+        Attention = AttentionKernel.Create(accelerator);
+        Gating = GatingKernel.Create(accelerator);
+    }
+
+    public RopeKernel Rope { get; }
+
+    public KvCacheAppendKernel Append { get; }
+
+    public AttentionKernel Attention { get; }
+
+    public GatingKernel Gating { get; }
+
+    private sealed class Typed<TW>(Accelerator a)
+        where TW : struct, IWeights
+    {
+        public readonly EmbeddingKernel<TW> Embedding = EmbeddingKernel.Create<TW>(a);
+        public readonly RmsNormKernel<TW> RmsNorm = RmsNormKernel.Create<TW>(a);
+        public readonly MatMulKernel<TW> MatMul = MatMulKernel.Create<TW>(a);
+        public readonly MoeBlockKernels<TW> Moe = MoeBlockKernels<TW>.Create(a);
+    }
+
+    private Typed<F32Weights> F32 => _f32 ??= new(_accelerator);
+
+    private Typed<F16Weights> F16 => _f16 ??= new(_accelerator);
+
+    private Typed<BF16Weights> BF16 => _bf16 ??= new(_accelerator);
+
+    /// <summary>x [T, D] = table[tokens] (ids outside [0, V) give NaN rows: the caller checks ids first).</summary>
+    public void Embedding(AcceleratorStream s, ArrayView<int> tokens, DeviceTensor table, ArrayView<float> x, int t, int v, int d)
+    {
+        switch (table.Type)
+        {
+            case WeightType.F32: F32.Embedding.Launch(s, tokens, new F32Weights(table.F32), x, t, v, d); break;
+            case WeightType.F16: F16.Embedding.Launch(s, tokens, new F16Weights(table.F16), x, t, v, d); break;
+            default: BF16.Embedding.Launch(s, tokens, new BF16Weights(table.BF16), x, t, v, d); break;
+        }
+    }
+
+    /// <summary>y [T, D] = rmsnorm(x) * w.</summary>
+    public void RmsNorm(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int d, float eps)
+    {
+        switch (w.Type)
+        {
+            case WeightType.F32: F32.RmsNorm.Launch(s, x, new F32Weights(w.F32), y, t, d, eps); break;
+            case WeightType.F16: F16.RmsNorm.Launch(s, x, new F16Weights(w.F16), y, t, d, eps); break;
+            default: BF16.RmsNorm.Launch(s, x, new BF16Weights(w.BF16), y, t, d, eps); break;
+        }
+    }
+
+    /// <summary>y [T, Out] (+)= x [T, In] W^T for W [Out, In] (GEMV at T = 1, tiled otherwise).</summary>
+    public void MatMul(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false)
+    {
+        switch (w.Type)
+        {
+            case WeightType.F32: F32.MatMul.Launch(s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate); break;
+            case WeightType.F16: F16.MatMul.Launch(s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate); break;
+            default: BF16.MatMul.Launch(s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
+        }
+    }
+
+    /// <summary>output [T, D] = residual + MoE(x) for stacked experts w1, w3 [E, F, D], w2 [E, D, F] of one dtype.</summary>
+    public void Moe(AcceleratorStream s, MoeWorkspace ws, ArrayView<float> x, ArrayView<int> ids, ArrayView<float> weights, int t,
+        DeviceTensor w1, DeviceTensor w3, DeviceTensor w2, ArrayView<float> output, ArrayView<float> residual)
+    {
+        switch (w1.Type)
+        {
+            case WeightType.F32:
+                F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual);
+                break;
+            case WeightType.F16:
+                F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual);
+                break;
+            default:
+                BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual);
+                break;
+        }
+    }
+
+    public void Dispose()
+    {
+        Rope.Dispose();
+        Attention.Dispose();
+        Gating.Dispose();
+    }
+}
