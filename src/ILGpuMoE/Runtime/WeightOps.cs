@@ -1,6 +1,11 @@
 // The kernels the forward pass launches, with the weight type dispatched per tensor: a checkpoint may mix dtypes
 // (e.g. F32 norms next to BF16 matrices), so each call picks the launcher specialised for that tensor's dtype. The
 // per-dtype launchers are loaded on first use only (a BF16 model never compiles the F16 kernels).
+//
+// Kernel versions: on a GPU the launchers pick (tiled matmul for T > 1, GEMV for T = 1, flash/split-K attention,
+// tiled or GEMV grouped GEMMs). On ILGPU's CPU accelerator every emulated group of 256 threads, barrier and warp
+// shuffle costs real time (a decode step took ~5 s on a 64-dim model through GEMV/V2), so there the runtime uses
+// the V1 kernels (one thread per output, no barriers, no shuffles): same math, a few times faster to emulate.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
@@ -18,12 +23,17 @@ internal sealed class WeightOps : IDisposable
     private Typed<F16Weights>? _f16;
     private Typed<BF16Weights>? _bf16;
 
+    private readonly bool _simple;
+    private readonly GroupedGemmVersion? _moeVersion;
+
     public WeightOps(Accelerator accelerator)
     {
         _accelerator = accelerator;
+        _simple = accelerator.AcceleratorType == AcceleratorType.CPU;
+        _moeVersion = _simple ? GroupedGemmVersion.V1Simple : null;
         Rope = RopeKernel.Create(accelerator);
         Append = KvCacheAppendKernel.Create(accelerator);
-        Attention = AttentionKernel.Create(accelerator);
+        Attention = AttentionKernel.Create(accelerator, _simple ? AttentionVersion.V1 : AttentionVersion.V2);
         Gating = GatingKernel.Create(accelerator);
     }
 
@@ -77,10 +87,19 @@ internal sealed class WeightOps : IDisposable
     {
         switch (w.Type)
         {
-            case WeightType.F32: F32.MatMul.Launch(s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate); break;
-            case WeightType.F16: F16.MatMul.Launch(s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate); break;
-            default: BF16.MatMul.Launch(s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
+            case WeightType.F32: MatMul(F32.MatMul, s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate); break;
+            case WeightType.F16: MatMul(F16.MatMul, s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate); break;
+            default: MatMul(BF16.MatMul, s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
         }
+    }
+
+    private void MatMul<TW>(MatMulKernel<TW> k, AcceleratorStream s, ArrayView<float> x, TW w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate)
+        where TW : struct, IWeights
+    {
+        if (_simple)
+            k.LaunchV1(s, x, w, y, t, outDim, inDim, accumulate);
+        else
+            k.Launch(s, x, w, y, t, outDim, inDim, accumulate);
     }
 
     /// <summary>output [T, D] = residual + MoE(x) for stacked experts w1, w3 [E, F, D], w2 [E, D, F] of one dtype.</summary>
@@ -90,13 +109,13 @@ internal sealed class WeightOps : IDisposable
         switch (w1.Type)
         {
             case WeightType.F32:
-                F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual);
+                F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual, _moeVersion);
                 break;
             case WeightType.F16:
-                F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual);
+                F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual, _moeVersion);
                 break;
             default:
-                BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual);
+                BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual, _moeVersion);
                 break;
         }
     }
