@@ -36,8 +36,13 @@ public static class InspectCommand
 
         io.Out.WriteLine($"model: {Path.GetFullPath(modelDir)}");
         io.Ansi.Write(ConfigTable(config));
-        io.Ansi.Write(StorageTable(checkpoint.Tensors, config));
+        io.Ansi.Write(StorageTable(checkpoint.Tensors));
+        var used = MixtralTensors.Expected(config).Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
+        var extra = checkpoint.Tensors.Count(t => !used.Contains(t.Name));
+        if (extra > 0)
+            io.Out.WriteLine($"{extra} tensor(s) not used by the model (ignored)");
         io.Ansi.Write(ParameterTable(counts, config));
+        io.Out.WriteLine("\"with embeddings\" counts embed_tokens and lm_head in full (the convention behind Mixtral-8x7B's 12.9B active of 46.7B)");
         return CliErrors.Ok;
     }
 
@@ -71,7 +76,7 @@ public static class InspectCommand
         _ => $"{r.Kind}, top-{r.TopK} of {r.Experts}",
     };
 
-    private static Table StorageTable(IReadOnlyList<TensorInfo> tensors, ModelConfig config)
+    private static Table StorageTable(IReadOnlyList<TensorInfo> tensors)
     {
         var table = new Table().AddColumn("dtype").AddColumn(new TableColumn("tensors").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
         foreach (var group in tensors.GroupBy(t => t.DType).OrderBy(g => g.Key))
@@ -82,10 +87,6 @@ public static class InspectCommand
 
         var total = tensors.Sum(t => t.ByteLength);
         table.AddRow("all", N(tensors.Count), $"{N(total)} ({Bytes(total)})");
-        var used = MixtralTensors.Expected(config).Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
-        var extra = tensors.Count(t => !used.Contains(t.Name));
-        if (extra > 0)
-            table.Caption($"{extra} tensor(s) not used by the model (ignored)");
         return table;
     }
 
@@ -98,7 +99,6 @@ public static class InspectCommand
         Row("active parameters per token (without embeddings)", p.ActiveWithoutEmbeddings);
         Row("total parameters (without embeddings)", p.TotalWithoutEmbeddings);
         Row("per expert (w1 + w2 + w3)", p.PerExpert);
-        table.Caption("\"with embeddings\" counts embed_tokens and lm_head in full (the convention of Mixtral-8x7B's 12.9B of 46.7B)");
         return table;
     }
 

@@ -136,8 +136,11 @@ public class InspectCommandTests
     public void ExtraTensorsAreReportedButAccepted()
     {
         using var files = new TinyModelFiles();
-        files.RewriteWeights(_ => true);
+        files.RewriteWeights(_ => true, "model.layers.0.self_attn.rotary_emb.inv_freq", 8);
         var run = CliRun.Of("inspect", files.Dir);
         Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Match(@"F32\s*│\s*42\s*│"));
+        Assert.That(run.Out, Does.Contain("1 tensor(s) not used by the model (ignored)"));
+        Assert.That(RowCount(run.Out, "total parameters"), Is.EqualTo(TinyModelArithmetic.Counts().Total));
     }
 }

@@ -34,7 +34,8 @@ public class SafeTensorsValidationTests : TempDirTest
         watch.Stop();
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.That(allocated, Is.LessThan(64 * 1024), "bytes allocated while refusing the header");
-        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(1000));
+        // A hang guard, not a speed test: generous so a loaded 2-core CI machine never flakes.
+        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(10_000));
     }
 
     [Test]
@@ -234,7 +235,7 @@ public class SafeTensorsScaleTests
         using var file = SafeTensorsFile.Open(path);
         watch.Stop();
         Assert.That(GC.GetAllocatedBytesForCurrentThread() - before, Is.LessThan(1 << 20), "open allocates O(header), not O(data)");
-        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(2000));
+        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(10_000), "hang guard");
 
         var info = file.Get("big");
         Crafted.Fails<SafeTensorsEntryException>(() => file.GetBytes("big"), SafeTensorsError.TooLarge, path, "big");
@@ -257,6 +258,6 @@ public class SafeTensorsScaleTests
         watch.Stop();
         Assert.That(file.Tensors, Has.Count.EqualTo(20_000));
         Assert.That(file.GetBytes("model.layers.12345.weight")[0], Is.EqualTo((byte)((12345 | 1) & 0xFF)));
-        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(2000), "a 1.5 MB header parses in well under a second");
+        Assert.That(watch.ElapsedMilliseconds, Is.LessThan(10_000), "hang guard: a quadratic parse of 20,000 entries would take far longer");
     }
 }

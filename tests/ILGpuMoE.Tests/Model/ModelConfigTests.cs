@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using ILGpuMoE.Model;
+using ILGpuMoE.Tests.IO;
 
 namespace ILGpuMoE.Tests.Model;
 
@@ -190,16 +191,8 @@ public class ModelConfigTests
     [Test]
     public void LoadOfAFolderWithoutConfigNamesConfigJson()
     {
-        var dir = Path.Combine(Path.GetTempPath(), "ilgpumoe-tests", Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dir);
-        try
-        {
-            var e = Assert.Throws<ModelConfigException>(() => ModelConfig.Load(dir))!;
-            Assert.That(e.Message, Does.StartWith(Path.Combine(dir, "config.json")));
-        }
-        finally
-        {
-            Directory.Delete(dir, true);
-        }
+        using var dir = new TempDir();
+        var e = Assert.Throws<ModelConfigException>(() => ModelConfig.Load(dir.Path))!;
+        Assert.That(e.Message, Does.StartWith(dir.File("config.json")));
     }
 }

@@ -1,9 +1,10 @@
-// The tiny Mixtral fixture and broken copies of it, written to a temp folder by hand (no project code involved,
+// The tiny Mixtral fixture and broken copies of it, written to a temp folder by hand (no runtime code involved,
 // so a bug in the reader cannot hide a bug in the broken file).
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using ILGpuMoE.Tests.IO;
 
 namespace ILGpuMoE.Tests.Model;
 
@@ -11,16 +12,16 @@ public sealed class TinyModelFiles : IDisposable
 {
     public static string FixtureDir => Path.Combine(TestContext.CurrentContext.TestDirectory, "TestData", "mixtral-tiny-f32");
 
+    private readonly TempDir _temp = new();
+
     /// <summary>A fresh copy of config.json and model.safetensors in a temp folder.</summary>
     public TinyModelFiles()
     {
-        Dir = Path.Combine(Path.GetTempPath(), "ilgpumoe-tests", Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(Dir);
         File.Copy(Path.Combine(FixtureDir, "config.json"), ConfigPath);
         File.Copy(Path.Combine(FixtureDir, "model.safetensors"), WeightsPath);
     }
 
-    public string Dir { get; }
+    public string Dir => _temp.Path;
 
     public string ConfigPath => Path.Combine(Dir, "config.json");
 
@@ -43,8 +44,11 @@ public sealed class TinyModelFiles : IDisposable
         f.SetLength(length);
     }
 
-    /// <summary>Rewrites model.safetensors keeping only the tensors <paramref name="keep"/> accepts, data repacked.</summary>
-    public void RewriteWeights(Func<string, bool> keep, Action<string, JsonObject>? editEntry = null)
+    /// <summary>
+    /// Rewrites model.safetensors keeping only the tensors <paramref name="keep"/> accepts (data repacked), then
+    /// appending an F32 tensor <paramref name="extraName"/> of <paramref name="extraLength"/> elements when given.
+    /// </summary>
+    public void RewriteWeights(Func<string, bool> keep, string? extraName = null, int extraLength = 0)
     {
         var bytes = File.ReadAllBytes(WeightsPath);
         var headerLength = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
@@ -69,33 +73,26 @@ public sealed class TinyModelFiles : IDisposable
             var copy = entry.DeepClone().AsObject();
             copy["data_offsets"] = new JsonArray(newData.Length, newData.Length + (end - begin));
             newData.Write(data[(int)begin..(int)end]);
-            editEntry?.Invoke(name, copy);
             newHeader[name] = copy;
+        }
+
+        if (extraName is not null)
+        {
+            newHeader[extraName] = new JsonObject
+            {
+                ["dtype"] = "F32",
+                ["shape"] = new JsonArray(extraLength),
+                ["data_offsets"] = new JsonArray(newData.Length, newData.Length + 4L * extraLength),
+            };
+            newData.Write(Crafted.Counting(4 * extraLength));
         }
 
         var json = newHeader.ToJsonString();
         json += new string(' ', (8 - Encoding.UTF8.GetByteCount(json) % 8) % 8);
-        var headerBytes = Encoding.UTF8.GetBytes(json);
-        using var output = File.Create(WeightsPath);
-        Span<byte> length = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)headerBytes.Length);
-        output.Write(length);
-        output.Write(headerBytes);
-        newData.Position = 0;
-        newData.CopyTo(output);
+        File.WriteAllBytes(WeightsPath, Crafted.Bytes(json, newData.ToArray()));
     }
 
-    public void Dispose()
-    {
-        try
-        {
-            Directory.Delete(Dir, recursive: true);
-        }
-        catch (IOException)
-        {
-            // A memory map still open on Windows; the temp folder is cleaned by the OS later.
-        }
-    }
+    public void Dispose() => _temp.Dispose();
 }
 
 /// <summary>Parameter counts of the fixture, from config.json's numbers by hand (not through ModelConfig).</summary>

@@ -34,6 +34,7 @@ public class LlamaCppPeerTests
         float[] got = LlamaCppPeer.Logits(gguf, tokens, out int vocab);
         Assert.That(vocab, Is.EqualTo(512));
         Assert.That(got, Has.Length.EqualTo(want.Length));
+        TestContext.Out.WriteLine($"max |diff| = {want.Zip(got, (x, y) => Math.Abs(x - y)).Max():E2}");
         Check.Close(want, got, rtol: 0, atol: 1e-4, what: "llama.cpp logits, our GGUF vs fixture");
     }
 

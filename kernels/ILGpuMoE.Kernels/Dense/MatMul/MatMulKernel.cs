@@ -210,7 +210,8 @@ public sealed class MatMulKernel<TW>
     {
         int size = Unsafe.SizeOf<T>();
         words = default;
-        // The effective address is the buffer's (device) address plus the view's offset; computed, never dereferenced.
+        // The effective address is the buffer's device address plus the view's byte offset (what ILGPU itself hands
+        // to cuMemset and cuBLAS); computed on the host, never dereferenced. Any failed check means GEMV-V1.
         if ((long)inDim * size % 16 != 0 || data.LoadEffectiveAddressAsPtr().ToInt64() % 16 != 0 || data.Length * size % 16 != 0)
             return false;
         words = data.Cast<Wide16>();
@@ -241,6 +242,7 @@ public sealed class MatMulKernel<TW>
     /// <summary>GEMV-V2 (16-byte weight loads) when W allows it (see TryGetWide), else GEMV-V1.</summary>
     public void LaunchGemv(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
     {
+        Validate(stream, x, w, y, tokens, outDim, inDim);
         if (_gemvWide is not null && TryGetWide(w, inDim, out _))
             LaunchGemvV2(stream, x, w, y, tokens, outDim, inDim, accumulate);
         else

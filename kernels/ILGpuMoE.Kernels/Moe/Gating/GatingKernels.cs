@@ -69,6 +69,30 @@ public static class GatingKernels
         return Interop.IntAsFloat(bits);
     }
 
+    /// <summary>The largest key below <paramref name="below"/> among scores[e] for e = start, start + stride, ... &lt; count
+    /// (0 when there is none): one selection pass over the elements a thread (V1) or lane (V2) holds.</summary>
+    internal static ulong BestKeyBelow(ArrayView<float> scores, int start, int stride, int count, ulong below)
+    {
+        ulong bestKey = 0;
+        for (int e = start; e < count; e += stride)
+        {
+            ulong key = OrderKey(scores[e], e);
+            if (key < below && key > bestKey)
+                bestKey = key;
+        }
+
+        return bestKey;
+    }
+
+    /// <summary>Sum of exp(scores[e] - max) over e = start, start + stride, ... &lt; count (a softmax denominator part).</summary>
+    internal static float ExpSum(ArrayView<float> scores, int start, int stride, int count, float max)
+    {
+        float sum = 0f;
+        for (int e = start; e < count; e += stride)
+            sum += MathF.Exp(scores[e] - max);
+        return sum;
+    }
+
     /// <summary>splitmix64 finaliser, one step from state z (uint64 wraparound).</summary>
     internal static ulong SplitMix64(ulong z)
     {
@@ -206,13 +230,7 @@ public static class GatingKernels
         float firstScore = 0f, sum = 0f;
         for (int pass = 0; pass < k; pass++)
         {
-            ulong bestKey = 0;
-            for (int e = 0; e < experts; e++)
-            {
-                ulong key = OrderKey(scores[e], e);
-                if (key < prevKey && key > bestKey)
-                    bestKey = key;
-            }
+            ulong bestKey = BestKeyBelow(scores, 0, 1, experts, prevKey);
 
             int bestId = KeyId(bestKey);
             float best = KeyScore(bestKey);
@@ -233,9 +251,7 @@ public static class GatingKernels
         else if (NormalisesBySoftmax(spec))
         {
             // firstScore is the max logit here: the softmax denominator over all E.
-            denom = 0f;
-            for (int e = 0; e < experts; e++)
-                denom += MathF.Exp(scores[e] - firstScore);
+            denom = ExpSum(scores, 0, 1, experts, firstScore);
         }
 
         float scale = Scale(spec);
@@ -307,13 +323,7 @@ public static class GatingKernels
         float firstScore = 0f, sum = 0f;
         for (int pass = 0; pass < k; pass++)
         {
-            ulong bestKey = 0;
-            for (int e = lane; e < experts; e += warpSize)
-            {
-                ulong key = OrderKey(scores[e], e);
-                if (key < prevKey && key > bestKey)
-                    bestKey = key;
-            }
+            ulong bestKey = BestKeyBelow(scores, lane, warpSize, experts, prevKey);
 
             // Max is exact, associative and commutative: every lane ends with the same key.
             for (int offset = warpSize / 2; offset > 0; offset >>= 1)
@@ -349,10 +359,7 @@ public static class GatingKernels
         }
         else if (NormalisesBySoftmax(spec))
         {
-            float partial = 0f;
-            for (int e = lane; e < experts; e += warpSize)
-                partial += MathF.Exp(scores[e] - firstScore);
-            denom = WarpSum(partial);
+            denom = WarpSum(ExpSum(scores, lane, warpSize, experts, firstScore));
         }
 
         float scale = Scale(spec);

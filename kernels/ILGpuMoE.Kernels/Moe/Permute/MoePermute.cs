@@ -12,7 +12,8 @@
 //       accelerator too), and the E-fold re-read of ids is tiny next to the expert GEMMs (ids are L1/L2 resident;
 //       the E threads of one chunk sit in one warp and read the same id: a broadcast).
 //
-// Shapes: ids [T*K] (-1 or any id outside [0, E) = dropped); counts [E]; offsets [E+1]; sorted [P = T*K]
+// Shapes: ids [T*K] (-1 = dropped; any other id outside [0, E) is bad input: treated as dropped and counted in
+// status[0], which MoePermutation.ThrowIfInvalidIds reads); counts [E]; offsets [E+1]; sorted [P = T*K]
 // (first offsets[E] valid); pos [P]; tiles [maxTiles, 2] = (expert, rowStart into sorted), expert -1 = unused
 // slot (the GEMM groups of unused slots exit at once, so the grid can be sized on the host without a sync);
 // tileOffsets [E+1] (tileOffsets[E] = number of tiles).
@@ -46,29 +47,43 @@ public static class MoePermuteKernels
     }
 
     [KernelInfo("moe/permute", "v1", "grid ceil(E*chunks/256), group 256", Summary = "histogram: one thread per (expert, chunk) counts its expert's pairs in the chunk")]
-    public static void HistogramV1(ArrayView<int> ids, int pairs, int experts, int chunk, int numChunks, ArrayView<int> chunkCounts)
+    public static void HistogramV1(ArrayView<int> ids, int pairs, int experts, int chunk, int numChunks, ArrayView<int> chunkCounts,
+        ArrayView<int> badCounts)
     {
         var my = ExpertChunk.Of(pairs, experts, chunk, numChunks);
         if (my.Expert < 0)
             return;
         int e = my.Expert, c = my.Chunk, start = my.Start, end = my.End;
-        int n = 0;
+        int n = 0, bad = 0;
         for (int p = start; p < end; p++)
         {
-            if (ids[p] == e)
+            int id = ids[p];
+            if (id == e)
                 n++;
+            bad += id < -1 || id >= experts ? 1 : 0;
         }
 
         chunkCounts[(long)e * numChunks + c] = n;
+        if (e == 0)
+            badCounts[c] = bad; // ids outside [-1, E): treated as dropped, reported through status[0]
     }
 
     [KernelInfo("moe/permute", "v1", "grid 1, group 256", Summary = "in-place exclusive scan of [E, chunks] counts; counts, offsets and the row-tile schedule")]
     public static void ScanScheduleV1(ArrayView<int> chunkCounts, int experts, int numChunks, int tileRows, int maxTiles,
-        ArrayView<int> counts, ArrayView<int> offsets, ArrayView<int> tileOffsets, ArrayView<int> tiles)
+        ArrayView<int> counts, ArrayView<int> offsets, ArrayView<int> tileOffsets, ArrayView<int> tiles, ArrayView<int> badCounts,
+        ArrayView<int> status)
     {
         int tid = Group.IdxX;
         int last = Group.DimX - 1;
         int n = experts * numChunks;
+
+        // 0. status[0] = ids outside [-1, E) over all chunks (an integer sum: any order gives the same result).
+        int bad = 0;
+        for (int c = tid; c < numChunks; c += Group.DimX)
+            bad += badCounts[c];
+        bad = GroupExtensions.Reduce<int, AddInt32>(bad);
+        if (tid == 0)
+            status[0] = bad;
 
         // 1. chunkCounts[e, c] -> first sorted slot of (e, c). Expert-major order makes offsets[e] = slot of (e, 0).
         int carry = 0;

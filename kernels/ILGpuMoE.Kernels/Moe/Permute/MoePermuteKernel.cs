@@ -29,6 +29,8 @@ public sealed class MoePermutation : IDisposable
         Tiles = accelerator.Allocate1D<int>(2L * MaxTiles);
         SortedPairs = accelerator.Allocate1D<int>(maxPairs);
         PairPositions = accelerator.Allocate1D<int>(maxPairs);
+        BadCounts = accelerator.Allocate1D<int>((maxPairs + MoePermuteKernel.MinChunk - 1) / MoePermuteKernel.MinChunk);
+        Status = accelerator.Allocate1D<int>(1);
     }
 
     public int MaxPairs { get; }
@@ -62,6 +64,25 @@ public sealed class MoePermutation : IDisposable
     /// <summary>[MaxPairs] inverse map: sorted row of pair p, or -1 when the pair was dropped.</summary>
     public MemoryBuffer1D<int, Stride1D.Dense> PairPositions { get; }
 
+    /// <summary>[chunks] scratch: ids outside [-1, E) per chunk.</summary>
+    public MemoryBuffer1D<int, Stride1D.Dense> BadCounts { get; }
+
+    /// <summary>[1]: ids outside [-1, E) in the last launch (those pairs were treated as dropped).</summary>
+    public MemoryBuffer1D<int, Stride1D.Dense> Status { get; }
+
+    /// <summary>
+    /// Debug check (synchronises: copies Status to the host): throws when the last launch saw expert ids outside
+    /// [-1, E). The kernels cannot throw, so they drop such pairs and count them; call this where the ids are not trusted.
+    /// </summary>
+    public void ThrowIfInvalidIds(AcceleratorStream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        stream.Synchronize();
+        int bad = Status.GetAsArray1D()[0];
+        if (bad != 0)
+            throw new InvalidOperationException($"MoePermute: {bad} expert id(s) outside [-1, {Experts}) in the routing (treated as dropped)");
+    }
+
     public void Dispose()
     {
         ChunkBase.Dispose();
@@ -71,20 +92,23 @@ public sealed class MoePermutation : IDisposable
         Tiles.Dispose();
         SortedPairs.Dispose();
         PairPositions.Dispose();
+        BadCounts.Dispose();
+        Status.Dispose();
     }
 }
 
 /// <summary>Launcher of the MoE permutation (see MoePermute.cs): histogram, scan + tile schedule, stable scatter.</summary>
 public sealed class MoePermuteKernel
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<int>, int, int, int, int, ArrayView<int>> histogram;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>> scan;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>> histogram;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>> scan;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>> scatter;
 
     private MoePermuteKernel(Accelerator accelerator)
     {
-        histogram = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>>(MoePermuteKernels.HistogramV1);
-        scan = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.ScanScheduleV1);
+        histogram = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.HistogramV1);
+        scan = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>>(
+            MoePermuteKernels.ScanScheduleV1);
         scatter = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.ScatterV1);
     }
 
@@ -114,6 +138,7 @@ public sealed class MoePermuteKernel
     /// <summary>
     /// Sorts the tokens * topK pairs of <paramref name="expertIds"/> ([T, K], -1 = dropped) by expert into
     /// <paramref name="permutation"/> (counts, offsets, sorted pairs, positions, tile schedule). Asynchronous on the stream.
+    /// Ids outside [-1, E) are dropped and counted (see <see cref="MoePermutation.ThrowIfInvalidIds"/>).
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<int> expertIds, int tokens, int topK, MoePermutation permutation)
     {
@@ -136,9 +161,10 @@ public sealed class MoePermuteKernel
             throw new InvalidOperationException($"MoePermute: {threads} chunk slots exceed the scratch of {permutation.ChunkBase.Length}");
         var grid = new KernelConfig(groups, MoePermuteKernels.GroupSize);
         var chunkBase = permutation.ChunkBase.View.SubView(0, threads);
-        histogram(stream, grid, expertIds, pairs, experts, chunk, numChunks, chunkBase);
+        histogram(stream, grid, expertIds, pairs, experts, chunk, numChunks, chunkBase, permutation.BadCounts.View);
         scan(stream, new KernelConfig(1, MoePermuteKernels.GroupSize), chunkBase, experts, numChunks, permutation.TileRows, permutation.MaxTiles,
-            permutation.Counts.View, permutation.Offsets.View, permutation.TileOffsets.View, permutation.Tiles.View);
+            permutation.Counts.View, permutation.Offsets.View, permutation.TileOffsets.View, permutation.Tiles.View, permutation.BadCounts.View,
+            permutation.Status.View);
         scatter(stream, grid, expertIds, pairs, experts, chunk, numChunks, chunkBase, permutation.SortedPairs.View, permutation.PairPositions.View);
     }
 }

@@ -23,31 +23,21 @@ public sealed class GgufWriter
     public void AddBool(string key, bool value) => AddMeta(key, w => { w.Write((uint)ValueType.Bool); w.Write((byte)(value ? 1 : 0)); });
     public void AddString(string key, string value) => AddMeta(key, w => { w.Write((uint)ValueType.String); WriteString(w, value); });
 
-    public void AddStringArray(string key, IReadOnlyList<string> values) => AddMeta(key, w =>
-    {
-        w.Write((uint)ValueType.Array);
-        w.Write((uint)ValueType.String);
-        w.Write((ulong)values.Count);
-        foreach (string s in values)
-            WriteString(w, s);
-    });
+    public void AddStringArray(string key, IReadOnlyList<string> values) =>
+        AddArray(key, ValueType.String, values.Count, w => { foreach (string v in values) WriteString(w, v); });
 
-    public void AddFloat32Array(string key, IReadOnlyList<float> values) => AddMeta(key, w =>
-    {
-        w.Write((uint)ValueType.Array);
-        w.Write((uint)ValueType.Float32);
-        w.Write((ulong)values.Count);
-        foreach (float v in values)
-            w.Write(v);
-    });
+    public void AddFloat32Array(string key, IReadOnlyList<float> values) =>
+        AddArray(key, ValueType.Float32, values.Count, w => { foreach (float v in values) w.Write(v); });
 
-    public void AddInt32Array(string key, IReadOnlyList<int> values) => AddMeta(key, w =>
+    public void AddInt32Array(string key, IReadOnlyList<int> values) =>
+        AddArray(key, ValueType.Int32, values.Count, w => { foreach (int v in values) w.Write(v); });
+
+    private void AddArray(string key, ValueType element, int count, Action<BinaryWriter> writeItems) => AddMeta(key, w =>
     {
         w.Write((uint)ValueType.Array);
-        w.Write((uint)ValueType.Int32);
-        w.Write((ulong)values.Count);
-        foreach (int v in values)
-            w.Write(v);
+        w.Write((uint)element);
+        w.Write((ulong)count);
+        writeItems(w);
     });
 
     /// <summary>An F32 tensor; <paramref name="ne"/> is GGML order (fastest-varying first); data is produced at write time.</summary>

@@ -17,7 +17,7 @@ public class MoePermuteTests
         MoeTestData.Poison(perm);
         using var ids = TestDevice.Upload(routing.ExpertIds);
         MoeTestData.Permute.Launch(acc.DefaultStream, ids.View, routing.Tokens, routing.TopK, perm);
-        acc.Synchronize();
+        perm.ThrowIfInvalidIds(acc.DefaultStream);
         var offsets = perm.Offsets.GetAsArray1D();
         int valid = offsets[experts];
         Assert.That(valid, Is.InRange(0, pairs), "offsets[E]");
@@ -105,6 +105,24 @@ public class MoePermuteTests
         // 24000 pairs in a 40000-pair permutation: the smaller launch picks 32-pair chunks, more than the capacity's.
         Assert.That(MoePermuteKernel.ChunkSize(24000, 16), Is.EqualTo(32));
         CheckAgainstReference(MoeTestData.Routing(78, 12000, 2, 16, RoutingShape.Random), 16, 32, capacityTokens: 20000);
+    }
+
+    [Test]
+    public void ReportsIdsOutsideTheExpertRange()
+    {
+        var acc = TestDevice.Accelerator;
+        using var perm = new MoePermutation(acc, 70, 4, 8);
+        MoeTestData.Poison(perm);
+        var ids = MoeTestData.Routing(91, 35, 2, 4, RoutingShape.Random).ExpertIds;
+        ids[3] = 4;
+        ids[68] = -2;
+        using var buffer = TestDevice.Upload(ids);
+        MoeTestData.Permute.Launch(acc.DefaultStream, buffer.View, 35, 2, perm);
+        var e = Assert.Throws<InvalidOperationException>(() => perm.ThrowIfInvalidIds(acc.DefaultStream));
+        Assert.That(e!.Message, Does.Contain("2 expert id(s) outside [-1, 4)"));
+        var pos = perm.PairPositions.GetAsArray1D();
+        Assert.That((pos[3], pos[68]), Is.EqualTo((-1, -1)), "bad ids are dropped");
+        Assert.That(perm.Offsets.GetAsArray1D()[4], Is.EqualTo(68), "valid pairs");
     }
 
     [Test]

@@ -111,6 +111,8 @@ public static class MoeTestData
         Poison(p.Tiles);
         Poison(p.SortedPairs);
         Poison(p.PairPositions);
+        Poison(p.BadCounts);
+        Poison(p.Status);
     }
 
     public static void Poison(MoeWorkspace ws)

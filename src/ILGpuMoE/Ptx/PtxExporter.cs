@@ -1,0 +1,167 @@
+// PTX export: compiles every kernel marked [KernelInfo] for sm_90 through ILGPU's PTX backend, with no GPU present.
+//
+// Kernel researchers read the PTX; tools/ptxas-check.sh feeds it to `ptxas -arch=sm_90 -v` for registers, shared
+// memory and spills. ILGPU 1.5.3 writes `.target sm_80` even when SM_90 is asked (FACTS.md); the ISA we ask for
+// (7.8 by default) is the newest that the ptxas of Debian's CUDA 11.8 reads.
+using System.Reflection;
+using System.Text.Json;
+using ILGPU;
+using ILGPU.Backends.EntryPoints;
+using ILGPU.Backends.PTX;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using ILGpuMoE.Kernels;
+
+namespace ILGpuMoE.Ptx;
+
+/// <summary>One compiled kernel: where its PTX went and what the manifest says of it.</summary>
+public sealed record PtxKernel(string Name, string Family, string Version, string WeightType, string Method,
+    string Launch, string Summary, IReadOnlyList<string> Parameters, string File, int PtxBytes, string? Error);
+
+public static class PtxExporter
+{
+    /// <summary>The weight readers a generic kernel is instantiated with, in manifest order.</summary>
+    private static readonly (string Name, Type Type)[] WeightTypes =
+    [
+        ("f32", typeof(F32Weights)),
+        ("f16", typeof(F16Weights)),
+        ("bf16", typeof(BF16Weights)),
+    ];
+
+    /// <summary>Every static method of the kernels assembly that carries [KernelInfo], in a stable order.</summary>
+    public static IReadOnlyList<(MethodInfo Method, KernelInfoAttribute Info)> FindKernels(Assembly? assembly = null)
+    {
+        assembly ??= typeof(KernelInfoAttribute).Assembly;
+        return assembly.GetTypes()
+            .SelectMany(t => t.GetMethods(BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
+            .Select(m => (Method: m, Info: m.GetCustomAttribute<KernelInfoAttribute>()))
+            .Where(p => p.Info is not null)
+            .Select(p => (p.Method, p.Info!))
+            .OrderBy(p => p.Item2.Family, StringComparer.Ordinal)
+            .ThenBy(p => p.Item2.Version, StringComparer.Ordinal)
+            .ThenBy(p => p.Method.DeclaringType!.FullName + "." + p.Method.Name, StringComparer.Ordinal)
+            .ToList();
+    }
+
+    /// <summary>
+    /// Compiles every kernel and writes DIR/&lt;family&gt;-&lt;version&gt;[-&lt;wt&gt;].ptx plus DIR/manifest.json.
+    /// A kernel that fails to compile is listed with its error (and no file) rather than stopping the export.
+    /// </summary>
+    public static IReadOnlyList<PtxKernel> Export(string outDir, CudaInstructionSet? isa = null, Action<string>? log = null)
+    {
+        Directory.CreateDirectory(outDir);
+        var results = new List<PtxKernel>();
+        var used = new HashSet<string>(StringComparer.Ordinal);
+        var arch = CudaArchitecture.SM_90;
+        var set = isa ?? CudaInstructionSet.ISA_78;
+        Context? context = null;
+        PTXBackend? backend = null;
+        try
+        {
+            foreach (var (method, info) in FindKernels())
+            {
+                foreach (var (wt, concrete) in Instantiate(method))
+                {
+                    // After an internal compiler error ILGPU fails every later compile in the same context (FACTS.md):
+                    // a fresh context after each failure keeps one bad kernel from hiding the others.
+                    if (context is null)
+                    {
+                        context = Context.Create(b => b.Default().EnableAlgorithms().Optimize(OptimizationLevel.O2));
+                        backend = new PTXBackend(context, new CudaCapabilityContext(arch), arch, set, null!);
+                    }
+
+                    string baseName = FileName(info, wt);
+                    if (!used.Add(baseName))
+                    {
+                        // Two entry points share family and version (e.g. a prefill and a decode kernel): keep both.
+                        baseName = FileName(info, wt) + "-" + concrete.Name.ToLowerInvariant();
+                        used.Add(baseName);
+                    }
+
+                    string file = baseName + ".ptx";
+                    var parameters = concrete.GetParameters().Select(p => $"{TypeName(p.ParameterType)} {p.Name}").ToList();
+                    string methodName = $"{concrete.DeclaringType!.FullName}.{concrete.Name}";
+                    try
+                    {
+                        var entry = IsImplicitlyGrouped(concrete)
+                            ? EntryPointDescription.FromImplicitlyGroupedKernel(concrete)
+                            : EntryPointDescription.FromExplicitlyGroupedKernel(concrete);
+                        var compiled = (PTXCompiledKernel)backend!.Compile(entry, KernelSpecialization.Empty);
+                        File.WriteAllText(Path.Combine(outDir, file), compiled.PTXAssembly);
+                        results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, methodName, info.Launch, info.Summary,
+                            parameters, file, compiled.PTXAssembly.Length, null));
+                        log?.Invoke($"ok    {file} ({compiled.PTXAssembly.Length / 1024.0:F1} KiB)");
+                    }
+#pragma warning disable CA1031 // one failing kernel is reported in the manifest, the export goes on
+                    catch (Exception e)
+#pragma warning restore CA1031
+                    {
+                        string error = $"{e.GetType().Name}: {e.Message}".ReplaceLineEndings(" ");
+                        results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, methodName, info.Launch, info.Summary,
+                            parameters, "", 0, error));
+                        log?.Invoke($"FAIL  {baseName}: {error}");
+                        context.Dispose();
+                        context = null;
+                        backend = null;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            context?.Dispose();
+        }
+
+        var manifest = new
+        {
+            arch = "sm_90",
+            isa = set.ToString(),
+            ilgpu = typeof(Context).Assembly.GetName().Version?.ToString(),
+            kernels = results,
+        };
+        File.WriteAllText(Path.Combine(outDir, "manifest.json"),
+            JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }));
+        return results;
+    }
+
+    /// <summary>The concrete methods to compile: the method itself, or one instance per weight type.</summary>
+    private static IEnumerable<(string WeightType, MethodInfo Method)> Instantiate(MethodInfo method)
+    {
+        if (!method.IsGenericMethodDefinition)
+        {
+            yield return ("", method);
+            yield break;
+        }
+
+        var args = method.GetGenericArguments();
+        foreach (var arg in args)
+        {
+            if (!arg.GetGenericParameterConstraints().Contains(typeof(IWeights)))
+                throw new InvalidOperationException($"{method.DeclaringType?.Name}.{method.Name}: generic parameter {arg.Name} is not constrained to IWeights");
+        }
+
+        foreach (var (name, type) in WeightTypes)
+            yield return (name, method.MakeGenericMethod(Enumerable.Repeat(type, args.Length).ToArray()));
+    }
+
+    private static bool IsImplicitlyGrouped(MethodInfo m)
+    {
+        var ps = m.GetParameters();
+        if (ps.Length == 0)
+            return false;
+        var t = ps[0].ParameterType;
+        return t == typeof(Index1D) || t == typeof(Index2D) || t == typeof(Index3D)
+            || t == typeof(LongIndex1D) || t == typeof(LongIndex2D) || t == typeof(LongIndex3D);
+    }
+
+    /// <summary>"dense/matmul" v2 bf16 -> "dense-matmul-v2-bf16".</summary>
+    public static string FileName(KernelInfoAttribute info, string weightType)
+    {
+        string name = $"{info.Family}-{info.Version}" + (weightType.Length > 0 ? "-" + weightType : "");
+        var chars = name.Select(c => char.IsAsciiLetterOrDigit(c) || c == '-' || c == '_' || c == '.' ? char.ToLowerInvariant(c) : '-');
+        return new string(chars.ToArray());
+    }
+
+    private static string TypeName(Type t) =>
+        t.IsGenericType ? $"{t.Name[..t.Name.IndexOf('`', StringComparison.Ordinal)]}<{string.Join(",", t.GetGenericArguments().Select(TypeName))}>" : t.Name;
+}
