@@ -31,6 +31,9 @@ public sealed record ModelLoadOptions
     public long? AvailableBytes { get; init; }
 
     public IProgress<LoadProgress>? Progress { get; init; }
+
+    /// <summary>Kernel versions (Auto: V1 on the CPU accelerator, tuned on GPUs).</summary>
+    public KernelPolicy Kernels { get; init; }
 }
 
 /// <summary>One decoder layer's weights on the device.</summary>
@@ -44,13 +47,13 @@ public sealed class MixtralModel : IDisposable
 {
     private readonly List<DeviceTensor> _owned = [];
 
-    private MixtralModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan)
+    private MixtralModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
     {
         Accelerator = accelerator;
         Config = config;
         Directory = directory;
         Plan = plan;
-        Ops = new WeightOps(accelerator);
+        Ops = new WeightOps(accelerator, kernels);
     }
 
     public Accelerator Accelerator { get; }
@@ -97,7 +100,7 @@ public sealed class MixtralModel : IDisposable
         using (checkpoint)
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
-            var model = new MixtralModel(accelerator, config, directory, plan);
+            var model = new MixtralModel(accelerator, config, directory, plan, options.Kernels);
             try
             {
                 model.Upload(checkpoint!, options.Progress);

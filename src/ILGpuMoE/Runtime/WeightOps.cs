@@ -16,6 +16,19 @@ using ILGpuMoE.Kernels.Moe.Gating;
 
 namespace ILGpuMoE.Runtime;
 
+/// <summary>Which kernel versions the forward pass launches.</summary>
+public enum KernelPolicy
+{
+    /// <summary>Simple (V1) kernels on the CPU accelerator, the launchers' tuned picks on a GPU.</summary>
+    Auto,
+
+    /// <summary>Always the V1 kernels.</summary>
+    Simple,
+
+    /// <summary>Always the GPU picks (tiled / GEMV / flash / split-K / grouped V2-V3), also on the CPU accelerator (tests).</summary>
+    Tuned,
+}
+
 internal sealed class WeightOps : IDisposable
 {
     private readonly Accelerator _accelerator;
@@ -26,10 +39,10 @@ internal sealed class WeightOps : IDisposable
     private readonly bool _simple;
     private readonly GroupedGemmVersion? _moeVersion;
 
-    public WeightOps(Accelerator accelerator)
+    public WeightOps(Accelerator accelerator, KernelPolicy policy)
     {
         _accelerator = accelerator;
-        _simple = accelerator.AcceleratorType == AcceleratorType.CPU;
+        _simple = policy == KernelPolicy.Simple || (policy == KernelPolicy.Auto && accelerator.AcceleratorType == AcceleratorType.CPU);
         _moeVersion = _simple ? GroupedGemmVersion.V1Simple : null;
         Rope = RopeKernel.Create(accelerator);
         Append = KvCacheAppendKernel.Create(accelerator);
