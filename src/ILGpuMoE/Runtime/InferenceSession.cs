@@ -92,7 +92,12 @@ public sealed class InferenceSession : IDisposable
     public IReadOnlyList<IReadOnlyList<long>> ExpertCounts => _expertCounts;
 
     /// <summary>Expert ids [T, K] of <paramref name="layer"/> in the last step (needs <see cref="CollectRoutingStats"/>).</summary>
-    public ReadOnlySpan<int> LastRoutingIds(int layer) => _lastIds.AsSpan(layer * _b * _k, _lastT * _k);
+    public ReadOnlySpan<int> LastRoutingIds(int layer)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(layer);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layer, _model.Config.Layers);
+        return _lastT == 0 ? [] : _lastIds.AsSpan(layer * _b * _k, _lastT * _k);
+    }
 
     public void ResetRoutingStats()
     {

@@ -74,6 +74,9 @@ public sealed class MixtralModel : IDisposable
     /// <summary>dtype of the expert weights (the bulk of the model), e.g. "BF16".</summary>
     public string WeightDType => Layers.Count > 0 ? Layers[0].W1.Type.ToString() : Embedding.Type.ToString();
 
+    /// <summary>Bytes of weights on the device (equal to the checkpoint's tensor bytes: no widening on upload).</summary>
+    public long DeviceWeightBytes => _owned.Sum(t => t.Bytes);
+
     internal WeightOps Ops { get; }
 
     internal DeviceTensor Embedding { get; private set; } = null!;

@@ -137,6 +137,8 @@ public class RuntimeTests
 
         using var model = MixtralModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 64 });
         Assert.That(model.WeightDType, Is.EqualTo(o.DType.ToString()));
+        using (var ck = Checkpoint.Open(dir))
+            Assert.That(model.DeviceWeightBytes, Is.EqualTo(ck.Tensors.Sum(t => t.ByteLength)), "weights keep their dtype on the device");
         using var session = model.NewSession();
         session.CollectRoutingStats = true;
         float[] got = session.Prefill(tokens, allLogits: true);
