@@ -1,0 +1,182 @@
+// F32 -> our packed layouts (round to nearest even; scales chosen from each row / group / block's max |w|).
+using ILGpuMoE.Kernels.Quant;
+
+namespace ILGpuMoE.Quant;
+
+public static class Quantizer
+{
+    /// <summary>Group sizes the Q4 kernels and packers accept.</summary>
+    public static readonly int[] Q4GroupSizes = [32, 64, 128];
+
+    /// <summary>FP8 checkpoints' scale block.</summary>
+    public const int Fp8Block = 128;
+
+    /// <summary>int8 symmetric per output row: scale = max|w| / 127, q = round(w / scale).</summary>
+    public static QuantizedMatrix QuantizeQ8(ReadOnlySpan<float> w, int rows, int cols)
+    {
+        CheckShape("QuantizeQ8", w, rows, cols);
+        int rowWords = QuantLayout.ByteRowWords(cols);
+        var words = new uint[(long)rows * rowWords];
+        var scales = new float[rows];
+        for (int n = 0; n < rows; n++)
+        {
+            var row = w.Slice(n * cols, cols);
+            float amax = MaxAbs(row);
+            float scale = amax / 127f;
+            scales[n] = scale;
+            for (int k = 0; k < cols; k++)
+            {
+                int q = scale == 0f ? 0 : (int)Math.Clamp(Math.Round(row[k] / (double)scale, MidpointRounding.ToEven), -127, 127);
+                words[n * rowWords + k / 4] |= (uint)(byte)(sbyte)q << (8 * (k % 4));
+            }
+        }
+
+        return new QuantizedMatrix(QuantScheme.Q8, rows, cols, words, scales32: scales);
+    }
+
+    /// <summary>
+    /// int4 per group of G along K with F16 scales. Symmetric: scale = max|w| / 7, q in [-8, 7] stored as q + 8.
+    /// Asymmetric: the group's [min, max] (widened to include 0) maps onto [0, 15], z = round(-min / scale).
+    /// The scale is rounded to f16 before q is computed, so the rounding of q sees the scale the kernel uses.
+    /// </summary>
+    public static QuantizedMatrix QuantizeQ4(ReadOnlySpan<float> w, int rows, int cols, int groupSize, bool symmetric)
+    {
+        CheckShape("QuantizeQ4", w, rows, cols);
+        CheckGroup("QuantizeQ4", cols, groupSize);
+        int groups = cols / groupSize, rowWords = QuantLayout.NibbleRowWords(cols);
+        var words = new uint[(long)rows * rowWords];
+        var scales = new ushort[(long)rows * groups];
+        var zeros = symmetric ? [] : new byte[(long)rows * groups];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int g = 0; g < groups; g++)
+            {
+                var grp = w.Slice(n * cols + g * groupSize, groupSize);
+                float lo = 0f, hi = 0f;
+                foreach (float v in grp)
+                {
+                    lo = Math.Min(lo, v);
+                    hi = Math.Max(hi, v);
+                }
+
+                float scale = symmetric ? Math.Max(-lo, hi) / 7f : (hi - lo) / 15f;
+                Half h = (Half)scale;
+                if (Half.IsInfinity(h))
+                    throw new ArgumentException($"QuantizeQ4: row {n} group {g} needs scale {scale}, beyond f16");
+                float s = (float)h;
+                int z = symmetric ? 8 : (s == 0f ? 0 : (int)Math.Clamp(Math.Round(-lo / (double)s, MidpointRounding.ToEven), 0, 15));
+                int gi = n * groups + g;
+                scales[gi] = BitConverter.HalfToUInt16Bits(h);
+                if (!symmetric)
+                    zeros[gi] = (byte)z;
+                for (int i = 0; i < groupSize; i++)
+                {
+                    int k = g * groupSize + i;
+                    int q = s == 0f ? z : (int)Math.Clamp(Math.Round(grp[i] / (double)s, MidpointRounding.ToEven) + z, 0, 15);
+                    words[n * rowWords + k / 8] |= (uint)q << (4 * (k % 8));
+                }
+            }
+        }
+
+        return new QuantizedMatrix(QuantScheme.Q4, rows, cols, words, scales16: scales, zeros: zeros, groupSize: groupSize);
+    }
+
+    /// <summary>FP8 E4M3 with one F32 scale per blockN x blockK block (scale = max|w| / 448; saturating RNE encode).</summary>
+    public static QuantizedMatrix QuantizeFp8(ReadOnlySpan<float> w, int rows, int cols, int blockN = Fp8Block, int blockK = Fp8Block)
+    {
+        CheckShape("QuantizeFp8", w, rows, cols);
+        CheckFp8Block("QuantizeFp8", rows, cols, blockN, blockK);
+        int sr = (rows + blockN - 1) / blockN, sc = (cols + blockK - 1) / blockK;
+        var scales = new float[sr * sc];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int k = 0; k < cols; k++)
+            {
+                int b = (n / blockN) * sc + k / blockK;
+                scales[b] = Math.Max(scales[b], Math.Abs(w[n * cols + k]));
+            }
+        }
+
+        for (int b = 0; b < scales.Length; b++)
+            scales[b] /= Fp8.MaxE4M3;
+        int rowWords = QuantLayout.ByteRowWords(cols);
+        var words = new uint[(long)rows * rowWords];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int k = 0; k < cols; k++)
+            {
+                float s = scales[(n / blockN) * sc + k / blockK];
+                byte code = s == 0f ? (byte)0 : EncodeE4M3(w[n * cols + k] / s);
+                words[n * rowWords + k / 4] |= (uint)code << (8 * (k % 4));
+            }
+        }
+
+        return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, words, scales32: scales, blockN: blockN, blockK: blockK);
+    }
+
+    /// <summary>FP8 E4M3 with one scale for the whole matrix.</summary>
+    public static QuantizedMatrix QuantizeFp8PerTensor(ReadOnlySpan<float> w, int rows, int cols) => QuantizeFp8(w, rows, cols, rows, cols);
+
+    /// <summary>Nearest E4M3FN code (ties to even), saturating at +-448; NaN -> 0x7F.</summary>
+    public static byte EncodeE4M3(float v)
+    {
+        if (float.IsNaN(v))
+            return 0x7F;
+        byte sign = v < 0 || (v == 0 && float.IsNegative(v)) ? (byte)0x80 : (byte)0;
+        double a = Math.Abs((double)v);
+        // Codes 0..126 are the non-negative finite values in increasing order: binary search the first >= a.
+        int lo = 0, hi = 126;
+        if (a >= Fp8.MaxE4M3)
+            return (byte)(sign | 126);
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >> 1;
+            if (Fp8.DecodeE4M3((uint)mid) < a)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+
+        int code = lo;
+        if (code > 0)
+        {
+            double up = Fp8.DecodeE4M3((uint)code) - a, down = a - Fp8.DecodeE4M3((uint)(code - 1));
+            if (down < up || (down == up && (code & 1) == 1))
+                code--;
+        }
+
+        return (byte)(sign | code);
+    }
+
+    internal static void CheckShape(string where, ReadOnlySpan<float> w, int rows, int cols)
+    {
+        if (rows < 1 || cols < 1)
+            throw new ArgumentException($"{where}: shape [{rows}, {cols}] must be positive");
+        if (w.Length != (long)rows * cols)
+            throw new ArgumentException($"{where}: {w.Length} weights for shape [{rows}, {cols}]");
+    }
+
+    internal static void CheckGroup(string where, int cols, int groupSize)
+    {
+        if (Array.IndexOf(Q4GroupSizes, groupSize) < 0)
+            throw new ArgumentException($"{where}: group size {groupSize} is not supported (32, 64 or 128)");
+        if (cols % groupSize != 0)
+            throw new ArgumentException($"{where}: input dim K = {cols} is not a multiple of the group size G = {groupSize}");
+    }
+
+    internal static void CheckFp8Block(string where, int rows, int cols, int blockN, int blockK)
+    {
+        if (blockN < 1 || blockK < 1)
+            throw new ArgumentException($"{where}: scale block [{blockN}, {blockK}] must be positive");
+        if (blockK % QuantLayout.UnitBytes != 0 && blockK < cols)
+            throw new ArgumentException($"{where}: scale block width {blockK} must be a multiple of 16 (or cover all {cols} columns)");
+    }
+
+    private static float MaxAbs(ReadOnlySpan<float> a)
+    {
+        float m = 0f;
+        foreach (float v in a)
+            m = Math.Max(m, Math.Abs(v));
+        return m;
+    }
+}

@@ -1,0 +1,98 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Quant;
+using ILGpuMoE.Reference;
+using ILGpuMoE.Tests.Common;
+
+namespace ILGpuMoE.Tests.Quant;
+
+/// <summary>The schemes the kernel tests run: name -> how to quantize an F32 matrix.</summary>
+public static class QuantTestData
+{
+    public static readonly string[] Schemes = ["q8", "q4-sym-g32", "q4-zero-g64", "fp8-block", "fp8-tensor"];
+
+    private static readonly Lazy<QuantGemvKernel> GemvKernel = new(() => QuantGemvKernel.Create(TestDevice.Accelerator));
+    private static readonly Lazy<QuantGemmKernel> GemmKernel = new(() => QuantGemmKernel.Create(TestDevice.Accelerator));
+    private static readonly Lazy<Action<KernelConfig, ArrayView<float>, Q8Weights, int>> GetQ8 = new(() => Load<Q8Weights>());
+    private static readonly Lazy<Action<KernelConfig, ArrayView<float>, Q4Weights, int>> GetQ4 = new(() => Load<Q4Weights>());
+    private static readonly Lazy<Action<KernelConfig, ArrayView<float>, Fp8Weights, int>> GetFp8 = new(() => Load<Fp8Weights>());
+
+    public static QuantGemvKernel Gemv => GemvKernel.Value;
+
+    public static QuantGemmKernel Gemm => GemmKernel.Value;
+
+    /// <summary>Input dim used with a scheme: a multiple of G for Q4, deliberately not a multiple of 16 otherwise.</summary>
+    public static int InDim(string scheme) => scheme switch
+    {
+        "q4-sym-g32" => 96,
+        "q4-zero-g64" => 128,
+        _ => 72,
+    };
+
+    /// <summary>Quantizes W [rows, cols]; fp8-block uses 16 x 32 blocks so small test matrices span several blocks.</summary>
+    public static QuantizedMatrix Quantize(string scheme, float[] w, int rows, int cols) => scheme switch
+    {
+        "q8" => Quantizer.QuantizeQ8(w, rows, cols),
+        "q4-sym-g32" => Quantizer.QuantizeQ4(w, rows, cols, 32, symmetric: true),
+        "q4-zero-g64" => Quantizer.QuantizeQ4(w, rows, cols, 64, symmetric: false),
+        "q4-zero-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: false),
+        "q4-sym-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: true),
+        "fp8-block" => Quantizer.QuantizeFp8(w, rows, cols, 16, 32),
+        "fp8-block128" => Quantizer.QuantizeFp8(w, rows, cols),
+        "fp8-tensor" => Quantizer.QuantizeFp8PerTensor(w, rows, cols),
+        _ => throw new ArgumentException(scheme),
+    };
+
+    /// <summary>The reference's dequantization of a packed matrix (from the layout's definition, not the kernels' code).</summary>
+    public static float[] RefDequant(QuantizedMatrix m) => m.Scheme switch
+    {
+        QuantScheme.Q8 => RefQuant.DequantQ8(m.Words, m.Scales32, m.Rows, m.Cols),
+        QuantScheme.Q4 => RefQuant.DequantQ4(m.Words, m.Scales16, m.Zeros, m.Rows, m.Cols, m.GroupSize),
+        _ => RefQuant.DequantFp8(m.Words, m.Scales32, m.Rows, m.Cols, m.MatrixRows, m.BlockN, m.BlockK),
+    };
+
+    /// <summary>Runs the device's element reader (IWeights.Get) over every element: the kernels' dequantized W.</summary>
+    public static float[] DeviceDequant(QuantizedMatrix m)
+    {
+        var acc = TestDevice.Accelerator;
+        using var d = m.Upload(acc);
+        long n = (long)m.Rows * m.Cols;
+        using var y = TestDevice.PoisonedFloats(n);
+        var cfg = new KernelConfig((int)((n + 255) / 256), 256);
+        switch (m.Scheme)
+        {
+            case QuantScheme.Q8: GetQ8.Value(cfg, y.View, d.Q8, (int)n); break;
+            case QuantScheme.Q4: GetQ4.Value(cfg, y.View, d.Q4, (int)n); break;
+            default: GetFp8.Value(cfg, y.View, d.Fp8, (int)n); break;
+        }
+
+        acc.Synchronize();
+        return y.GetAsArray1D();
+    }
+
+    private static void ReadAll<TW>(ArrayView<float> y, TW w, int n)
+        where TW : struct, IQuantWeights
+    {
+        int i = Grid.GlobalIndex.X;
+        if (i < n)
+            y[i] = w.Get(i);
+    }
+
+    private static Action<KernelConfig, ArrayView<float>, TW, int> Load<TW>()
+        where TW : struct, IQuantWeights
+    {
+        var k = TestDevice.Accelerator.LoadKernel<ArrayView<float>, TW, int>(ReadAll);
+        return (c, y, w, n) => k(TestDevice.Accelerator.DefaultStream, c, y, w, n);
+    }
+
+    public static void Run(DeviceQuantMatrix d, Action<Q8Weights> q8, Action<Q4Weights> q4, Action<Fp8Weights> fp8)
+    {
+        switch (d.Host.Scheme)
+        {
+            case QuantScheme.Q8: q8(d.Q8); break;
+            case QuantScheme.Q4: q4(d.Q4); break;
+            default: fp8(d.Fp8); break;
+        }
+    }
+}
