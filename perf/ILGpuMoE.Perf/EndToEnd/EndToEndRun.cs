@@ -43,8 +43,8 @@ public static class EndToEndRun
             RandomMixtral.Write(hf, o);
             log($"end to end: {shape}, prompt {promptTokens}, decode {decodeTokens}");
 
-            // llama.cpp first, with the machine quiet: right after our run the CPU accelerator's worker threads still
-            // compete for the same cores (measured: llama.cpp's F32 prefill 34 tok/s after ours vs 1785 tok/s before).
+            // llama.cpp first, before our run loads the CPU accelerator with a model's worth of work (on a shared 2-core
+            // machine its figures already vary a lot with other load: F32 prefill 34 to 1785 tok/s across runs here).
             var theirsByScheme = new List<(string Ours, string Scheme, EndToEndResult Theirs)>();
 #if !GPU_PUBLISH
             if (peer && !device.IsGpu)
@@ -78,13 +78,13 @@ public static class EndToEndRun
 #else
             notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build.");
 #endif
-            notes.Add("end to end, ours int8/int4/fp8: the quantized kernels have not landed; only f32 (and bf16 on the GPU) can run.");
+            notes.Add("end to end, ours int8/int4/fp8: the runtime does not load quantized weights yet (the quant kernels exist); only f32 (bf16 on the GPU) runs.");
 
             foreach (var (ourScheme, scheme, theirs) in theirsByScheme)
             {
                 var mine = ourScheme == "f32" ? ours : null;
                 string note = mine is null
-                    ? (ourScheme == "f32" ? "ours: runtime not in this build" : $"ours: no {ourScheme} kernels yet")
+                    ? (ourScheme == "f32" ? "ours: runtime not in this build" : $"ours: the runtime has no {ourScheme} path yet")
                     : $"ours on {device.Accelerator.AcceleratorType}" + (device.IsGpu ? "" : ": ILGPU's CPU accelerator emulates GPU threads");
                 peers.Add(new PeerResult("llama.cpp", $"prefill {ourScheme} vs {scheme}", shape, mine?.PrefillTokensPerSecond ?? double.NaN,
                     theirs.PrefillTokensPerSecond, "tok/s", (mine?.PrefillTokensPerSecond ?? double.NaN) / theirs.PrefillTokensPerSecond, note));
