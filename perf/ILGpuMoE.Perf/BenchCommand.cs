@@ -21,7 +21,7 @@ public sealed class BenchUsageException(string message) : Exception(message);
 public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false, double? BudgetSeconds = null)
 {
     public const string Usage =
-        "usage: ilgpumoe bench --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
+        "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
         "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
@@ -127,6 +127,13 @@ public static class BenchCommand
     /// <summary>Runs the suite; returns the exit code. Everything goes to <paramref name="console"/> and <paramref name="err"/>.</summary>
     public static int Run(IReadOnlyList<string> args, IAnsiConsole console, TextWriter err)
     {
+        if (args.Any(a => a is "--help" or "-h" or "-?"))
+        {
+            console.WriteLine(BenchArgs.Usage);
+            console.WriteLine("presets: " + string.Join(", ", Presets.All.Select(p => p.Name)) + "; details: perf/NOTES.md");
+            return 0;
+        }
+
         BenchArgs options;
         try
         {
