@@ -51,6 +51,8 @@ public static class CliErrors
         CliUsageException or
         ModelConfigException or
         ModelValidationException or
+        ILGpuMoE.Runtime.RuntimeInputException or
+        ILGpuMoE.Tokenizer.TokenizerException or
         SafeTensorsException or
         InvalidDataException or
         FileNotFoundException or

@@ -33,6 +33,8 @@ public static class Program
         var root = new RootCommand("ILGpuMoE: Mixture-of-Experts inference on hand-written ILGPU kernels") { device };
         root.Add(DevicesCommand.Create(io, device));
         root.Add(InspectCommand.Create(io));
+        root.Add(LogitsCommand.Create(io, device));
+        root.Add(GenerateCommand.Create(io, device));
         root.Add(PtxCommand.Create(io));
         return root;
     }

@@ -1,0 +1,149 @@
+// ilgpumoe generate --model DIR --prompt TEXT [-n 128] [--temperature 0.7] [--top-k 50] [--top-p 0.9] [--seed 1] [--chat]
+//                   [--max-seq S] [--routing-stats]
+// Streams the generated text to stdout as it comes, then prints prefill tokens/s, decode tokens/s and time to first
+// token (and, with --routing-stats, how many tokens each expert of each layer received). Ctrl+C stops after the
+// current step and still prints the statistics.
+using System.CommandLine;
+using System.Globalization;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Runtime;
+using ILGpuMoE.Sampling;
+using ILGpuMoE.Tokenizer;
+using Spectre.Console;
+
+namespace ILGpuMoE.Cli.Commands;
+
+public static class GenerateCommand
+{
+    public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
+        bool Chat, bool RoutingStats, int? MaxSeq);
+
+    public static Command Create(CliIo io, Option<DeviceChoice> device)
+    {
+        var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (config.json, safetensors, tokenizer.json or tokenizer.model)", Required = true };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt text", Required = true };
+        var n = new Option<int>("-n", "--max-new-tokens") { Description = "Most new tokens (EOS stops earlier)", DefaultValueFactory = _ => 128 };
+        var temperature = new Option<float>("--temperature") { Description = "Sampling temperature; 0 = greedy", DefaultValueFactory = _ => 0.7f };
+        var topK = new Option<int>("--top-k") { Description = "Keep the k most likely tokens; 0 = off", DefaultValueFactory = _ => 50 };
+        var topP = new Option<float>("--top-p") { Description = "Nucleus: keep the smallest set with this much probability; 1 = off", DefaultValueFactory = _ => 0.9f };
+        var seed = new Option<ulong>("--seed") { Description = "Sampling seed (same seed, same text)", DefaultValueFactory = _ => 1UL };
+        var chat = new Option<bool>("--chat") { Description = "Wrap the prompt in Mistral's [INST] ... [/INST] template" };
+        var stats = new Option<bool>("--routing-stats") { Description = "Print how many tokens each expert of each layer received" };
+        var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
+        var command = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
+        {
+            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq,
+        };
+        command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
+            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq))));
+        return command;
+    }
+
+    public static int Run(CliIo io, DeviceChoice choice, Args a, CancellationToken cancel = default)
+    {
+        if (a.MaxNewTokens < 0)
+            throw new CliUsageException($"-n must be >= 0, got {a.MaxNewTokens}");
+        var sampling = new SamplingOptions(a.Temperature, a.TopK, a.TopP, a.Seed);
+        try
+        {
+            sampling.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliUsageException(e.Message);
+        }
+
+        ITextTokenizer tokenizer;
+        try
+        {
+            tokenizer = Directory.Exists(a.Model)
+                ? TextTokenizer.Load(a.Model)
+                : throw new CliUsageException($"--model {a.Model}: no such model folder");
+        }
+        catch (TokenizerException e)
+        {
+            throw new CliUsageException(e.Message);
+        }
+
+        using (tokenizer)
+        {
+            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq);
+            using var session = loaded.Model.NewSession();
+            session.CollectRoutingStats = a.RoutingStats;
+
+            // Ctrl+C: finish the step in flight, stop, still print the statistics.
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            ConsoleCancelEventHandler onCancel = (_, e) =>
+            {
+                e.Cancel = true;
+                cts.Cancel();
+            };
+            Console.CancelKeyPress += onCancel;
+            GenerationResult result;
+            try
+            {
+                result = Generator.Run(session, tokenizer, a.Prompt, new GenerationOptions
+                {
+                    MaxNewTokens = a.MaxNewTokens,
+                    Sampling = sampling,
+                    Chat = a.Chat,
+                }, text =>
+                {
+                    io.Out.Write(text);
+                    io.Out.Flush();
+                }, cts.Token);
+            }
+            finally
+            {
+                Console.CancelKeyPress -= onCancel;
+            }
+
+            io.Out.WriteLine();
+            PrintStats(io, loaded.Model, result);
+            if (a.RoutingStats)
+                PrintRouting(io, session);
+            return CliErrors.Ok;
+        }
+    }
+
+    private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);
+
+    private static void PrintStats(CliIo io, MixtralModel model, GenerationResult r)
+    {
+        string stop = r.Stop switch
+        {
+            StopReason.Eos => "end of sequence",
+            StopReason.MaxTokens => "-n reached",
+            StopReason.CacheFull => $"KV cache full (--max-seq {model.MaxSeq})",
+            _ => "cancelled",
+        };
+        io.Out.WriteLine($"--- {r.Tokens.Count} tokens generated ({stop}); prompt {r.PromptTokens.Count} tokens");
+        io.Out.WriteLine($"prefill: {F(r.PrefillTokensPerSecond)} tokens/s | decode: {F(r.DecodeTokensPerSecond)} tokens/s ({r.DecodeSteps} steps) | " +
+                         $"time to first token: {F(r.TimeToFirstToken.TotalMilliseconds, "F0")} ms");
+    }
+
+    private static void PrintRouting(CliIo io, InferenceSession session)
+    {
+        var counts = session.ExpertCounts;
+        int experts = counts.Count > 0 ? counts[0].Count : 0;
+        var table = new Table().AddColumn("layer");
+        for (int e = 0; e < experts; e++)
+            table.AddColumn(new TableColumn($"e{e}").RightAligned());
+        table.AddColumn("histogram (share of the layer's tokens)");
+        for (int l = 0; l < counts.Count; l++)
+        {
+            var row = counts[l];
+            long total = Math.Max(1, row.Sum());
+            var cells = new List<string> { l.ToString(CultureInfo.InvariantCulture) };
+            cells.AddRange(row.Select(c => c.ToString(CultureInfo.InvariantCulture)));
+            // One block character per expert, its height the expert's share (uniform = the middle).
+            const string blocks = " ▁▂▃▄▅▆▇█";
+            var bars = new string(row.Select(c => blocks[(int)Math.Min(blocks.Length - 1, Math.Round(c * (double)experts / total * 4))]).ToArray());
+            cells.Add(Markup.Escape(bars));
+            table.AddRow(cells.ToArray());
+        }
+
+        io.Out.WriteLine("routing: tokens per expert and layer (prefill + decode)");
+        io.Ansi.Write(table);
+    }
+}

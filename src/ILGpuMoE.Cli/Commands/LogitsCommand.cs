@@ -1,0 +1,77 @@
+// ilgpumoe logits --model DIR --tokens 1,2,3 --out FILE: the logits of every position of one prompt processed from an
+// empty cache, written as a safetensors file with `logits` F32 [T, V] (and the `tokens` I32 [T] it was given).
+// This is a contract other tools rely on (fixture checks, peers): keep its options and output exactly.
+using System.CommandLine;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using ILGpuMoE.IO;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Model;
+
+namespace ILGpuMoE.Cli.Commands;
+
+public static class LogitsCommand
+{
+    public static Command Create(CliIo io, Option<DeviceChoice> device)
+    {
+        var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (config.json + safetensors)", Required = true };
+        var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
+        var output = new Option<string>("--out", "-o") { Description = "Output safetensors file (tensor 'logits' F32 [T, V])", Required = true };
+        var command = new Command("logits", "Write the logits of every position of a token sequence (one prompt, empty cache) to a safetensors file")
+        {
+            model, tokens, output,
+        };
+        command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!));
+        return command;
+    }
+
+    /// <summary>"1, 2,3" -> [1, 2, 3]; anything else is a usage error naming the bad item.</summary>
+    public static int[] ParseTokens(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length == 0 || (parts.Length == 1 && parts[0].Length == 0))
+            throw new CliUsageException("--tokens is empty (expected comma-separated token ids like 1,2,3)");
+        var ids = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+        {
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out ids[i]))
+                throw new CliUsageException($"--tokens: item {i + 1} '{parts[i]}' is not a token id (expected comma-separated non-negative integers like 1,2,3)");
+        }
+
+        return ids;
+    }
+
+    public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath)
+    {
+        var ids = ParseTokens(tokenText);
+        if (Directory.Exists(modelDir))
+        {
+            // Cheap checks before any upload: the ids against the config's vocabulary, the output folder.
+            var config = ModelConfig.Load(modelDir);
+            for (int i = 0; i < ids.Length; i++)
+            {
+                if (ids[i] >= config.VocabSize)
+                    throw new CliUsageException($"--tokens: token id {ids[i]} (item {i + 1}) is outside the vocabulary [0, {config.VocabSize}) of {modelDir}");
+            }
+
+            if (ids.Length > config.MaxPositionEmbeddings)
+                throw new CliUsageException($"--tokens: {ids.Length} tokens exceed max_position_embeddings ({config.MaxPositionEmbeddings})");
+        }
+
+        var outDir = Path.GetDirectoryName(Path.GetFullPath(outPath));
+        if (outDir is not null && !Directory.Exists(outDir))
+            throw new CliUsageException($"--out {outPath}: folder {outDir} does not exist");
+
+        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length);
+        using var session = loaded.Model.NewSession();
+        var logits = session.Prefill(ids, allLogits: true);
+        int v = loaded.Model.Config.VocabSize;
+        SafeTensorsWriter.Write(outPath,
+        [
+            SafeTensorsWriter.FromFloats("logits", [ids.Length, v], logits),
+            new SafeTensorsWriter.Entry("tokens", DType.I32, [ids.Length], MemoryMarshal.AsBytes(ids.AsSpan()).ToArray()),
+        ]);
+        io.Out.WriteLine($"wrote logits [{ids.Length}, {v}] to {outPath}");
+        return CliErrors.Ok;
+    }
+}

@@ -1,0 +1,112 @@
+// Weights on the device, kept in the checkpoint's dtype (BF16 stays 2 bytes: the kernels widen on load).
+//
+// Upload goes straight from the memory-mapped safetensors span to the device buffer (one host copy at most, done by
+// ILGPU's CopyFromCPU), so a checkpoint is never materialised in managed memory as a whole.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.IO;
+using ILGpuMoE.Kernels;
+
+namespace ILGpuMoE.Runtime;
+
+/// <summary>A 1-D device buffer of weights in F32, F16 or BF16, with its logical shape.</summary>
+public sealed class DeviceTensor : IDisposable
+{
+    private readonly MemoryBuffer _buffer;
+
+    private DeviceTensor(MemoryBuffer buffer, WeightType type, long[] shape)
+    {
+        _buffer = buffer;
+        Type = type;
+        Shape = shape;
+        Length = shape.Aggregate(1L, (a, b) => a * b);
+    }
+
+    public WeightType Type { get; }
+
+    public long[] Shape { get; }
+
+    public long Length { get; }
+
+    public long Bytes => _buffer.LengthInBytes;
+
+    public static int ElementSize(WeightType t) => t == WeightType.F32 ? 4 : 2;
+
+    public static WeightType FromDType(DType d, string tensor) => d switch
+    {
+        DType.F32 => WeightType.F32,
+        DType.F16 => WeightType.F16,
+        DType.BF16 => WeightType.BF16,
+        _ => throw new NotSupportedException($"tensor {tensor}: dtype {DTypes.ToName(d)} is not a supported weight type (F32, F16, BF16)"),
+    };
+
+    /// <summary>Allocates an uninitialised tensor of the given type and shape.</summary>
+    public static DeviceTensor Allocate(Accelerator accelerator, WeightType type, params long[] shape)
+    {
+        long n = shape.Aggregate(1L, (a, b) => checked(a * b));
+        MemoryBuffer buffer = type switch
+        {
+            WeightType.F32 => accelerator.Allocate1D<float>(n),
+            WeightType.F16 => accelerator.Allocate1D<ILGPU.Half>(n),
+            _ => accelerator.Allocate1D<ushort>(n),
+        };
+        return new DeviceTensor(buffer, type, shape);
+    }
+
+    /// <summary>Uploads one checkpoint tensor as it is.</summary>
+    public static DeviceTensor Upload(Accelerator accelerator, Checkpoint checkpoint, string name)
+    {
+        var info = checkpoint.Get(name);
+        var t = Allocate(accelerator, FromDType(info.DType, name), info.Shape);
+        t.CopyFrom(checkpoint.GetBytes(name), 0);
+        return t;
+    }
+
+    /// <summary>Uploads several same-shaped checkpoint tensors stacked along a new leading axis (experts: [E, out, in]).</summary>
+    public static DeviceTensor UploadStacked(Accelerator accelerator, Checkpoint checkpoint, IReadOnlyList<string> names)
+    {
+        var first = checkpoint.Get(names[0]);
+        var type = FromDType(first.DType, names[0]);
+        var t = Allocate(accelerator, type, [names.Count, .. first.Shape]);
+        long each = first.ElementCount;
+        for (int i = 0; i < names.Count; i++)
+        {
+            var info = checkpoint.Get(names[i]);
+            if (info.DType != first.DType || !info.Shape.SequenceEqual(first.Shape))
+                throw new InvalidDataException($"tensor {names[i]}: {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}] differs from {names[0]}'s {DTypes.ToName(first.DType)} [{string.Join(", ", first.Shape)}]");
+            t.CopyFrom(checkpoint.GetBytes(names[i]), i * each);
+        }
+
+        return t;
+    }
+
+    /// <summary>Copies raw little-endian bytes of this tensor's element type to element offset elementOffset.</summary>
+    public void CopyFrom(ReadOnlySpan<byte> bytes, long elementOffset)
+    {
+        int size = ElementSize(Type);
+        if (bytes.Length % size != 0 || elementOffset < 0 || elementOffset + bytes.Length / size > Length)
+            throw new ArgumentException($"copy of {bytes.Length} bytes at element {elementOffset} does not fit a tensor of {Length} elements");
+        switch (Type)
+        {
+            case WeightType.F32:
+                F32.SubView(elementOffset, bytes.Length / 4).CopyFromCPU(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes));
+                break;
+            case WeightType.F16:
+                F16.SubView(elementOffset, bytes.Length / 2).CopyFromCPU(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ILGPU.Half>(bytes));
+                break;
+            default:
+                BF16.SubView(elementOffset, bytes.Length / 2).CopyFromCPU(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes));
+                break;
+        }
+    }
+
+    public ArrayView<float> F32 => Type == WeightType.F32 ? ((MemoryBuffer1D<float, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.F32);
+
+    public ArrayView<ILGPU.Half> F16 => Type == WeightType.F16 ? ((MemoryBuffer1D<ILGPU.Half, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.F16);
+
+    public ArrayView<ushort> BF16 => Type == WeightType.BF16 ? ((MemoryBuffer1D<ushort, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.BF16);
+
+    private InvalidOperationException Wrong(WeightType asked) => new($"tensor is {Type}, not {asked}");
+
+    public void Dispose() => _buffer.Dispose();
+}

@@ -1,0 +1,73 @@
+// Device memory a model needs before anything is allocated: weights (in the checkpoint's dtype), the KV cache and
+// the per-step workspaces sized for the largest step (MaxBatch tokens). Compared against the accelerator's memory so a
+// model that does not fit is refused with one line instead of failing half-way through the upload.
+//
+// Glossary: T tokens per step (MaxBatch), D model dim, F expert hidden, E experts, K experts per token, H heads,
+// Hkv kv heads, Dh head dim, V vocab, L layers, S cache length (MaxSeq).
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+
+namespace ILGpuMoE.Runtime;
+
+/// <summary>Bad input to the runtime (a token id outside the vocabulary, a prompt longer than the cache, a bad
+/// --max-seq): the CLI turns it into exit 2 with the one-line message.</summary>
+public class RuntimeInputException(string message) : Exception(message);
+
+/// <summary>The model does not fit the device; the message says how much it needs against how much there is.</summary>
+public sealed class InsufficientDeviceMemoryException(string message) : RuntimeInputException(message);
+
+/// <summary>Bytes per part. Build with <see cref="Of"/>.</summary>
+public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long WorkspaceBytes, int MaxSeq, int MaxBatch)
+{
+    private const double GiB = 1024.0 * 1024 * 1024;
+
+    public long TotalBytes => WeightBytes + KvCacheBytes + WorkspaceBytes;
+
+    /// <summary>Weights: the byte lengths of the tensors the config implies, as stored (BF16 stays 2 bytes).</summary>
+    public static MemoryPlan Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, int maxSeq, int maxBatch)
+    {
+        var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        long weights = 0;
+        foreach (var e in MixtralTensors.Expected(c))
+            weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;
+
+        // KV cache: K and V, [Hkv, S, Dh] f32 per layer.
+        long kv = 2L * c.Layers * c.KvHeads * maxSeq * c.HeadDim * sizeof(float);
+        return new MemoryPlan(weights, kv, Workspace(c, maxSeq, maxBatch), maxSeq, maxBatch);
+    }
+
+    /// <summary>Activations of one step of T = maxBatch tokens, the MoE scratch, logits and the attention decode partials.</summary>
+    public static long Workspace(ModelConfig c, int maxSeq, int maxBatch)
+    {
+        long t = maxBatch, d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts, k = c.TopK, f = c.IntermediateSize, v = c.VocabSize;
+        long floats = 2 * t * d           // x (residual stream), h (normed)
+                      + 2 * t * q         // q, attention output
+                      + 2 * t * kv        // k, v of this step
+                      + t * e             // router logits
+                      + t * k             // routing weights
+                      + 2 * t * k * f     // MoE h rows... (H [T*K, F]) and one spare for the tiled path's padding
+                      + t * k * d         // MoE Y [T*K, D]
+                      + t * v;            // logits
+        long ints = 2 * t                 // tokens, positions
+                    + t * k               // expert ids
+                    + 2 * (4 * t * k + 8 * e + 64);  // two permutations (sorted pairs, positions, offsets, tiles, chunk bases)
+        // Split-K decode partials: at most ~1024 groups of Dh + 2 floats per (token, head) split; bounded generously.
+        long partials = 2 * (1024L + (long)c.Heads * ((maxSeq + 31) / 32)) * (c.HeadDim + 2);
+        return (floats + partials) * sizeof(float) + ints * sizeof(int);
+    }
+
+    /// <summary>Throws <see cref="InsufficientDeviceMemoryException"/> when the plan exceeds <paramref name="availableBytes"/>.</summary>
+    public void EnsureFits(long availableBytes, string deviceName)
+    {
+        if (TotalBytes <= availableBytes)
+            return;
+        throw new InsufficientDeviceMemoryException(
+            $"model needs {G(TotalBytes)} GiB (weights {G(WeightBytes)}, KV cache {G(KvCacheBytes)} for --max-seq {MaxSeq}, workspace {G(WorkspaceBytes)}) " +
+            $"but the device ({deviceName}) has {G(availableBytes)} GiB; try a smaller --max-seq or a larger device");
+    }
+
+    public override string ToString() =>
+        $"{G(TotalBytes)} GiB (weights {G(WeightBytes)}, KV cache {G(KvCacheBytes)}, workspace {G(WorkspaceBytes)})";
+
+    private static string G(long bytes) => (bytes / GiB).ToString(bytes < GiB / 10 ? "F3" : "F1", System.Globalization.CultureInfo.InvariantCulture);
+}

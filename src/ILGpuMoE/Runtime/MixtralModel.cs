@@ -1,0 +1,213 @@
+// A Mixtral checkpoint on one accelerator: config + validation + memory plan + weight upload.
+//
+// Load order: read config.json (ModelConfig), open the safetensors (memory-mapped, nothing read yet), check every
+// tensor's name, shape and dtype (ModelValidator), plan the device memory (MemoryPlan) and refuse early if it does
+// not fit, then stream the tensors to the device one by one, in their own dtype. Experts of a layer are stacked into
+// [E, F, D] / [E, D, F] tensors as they are uploaded (the grouped GEMM indexes experts by offset).
+using ILGPU.Runtime;
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+
+namespace ILGpuMoE.Runtime;
+
+/// <summary>How far the upload is: bytes copied of the total, and the tensor being copied.</summary>
+public readonly record struct LoadProgress(long BytesDone, long BytesTotal, string Tensor);
+
+public sealed record ModelLoadOptions
+{
+    /// <summary>Default cap on the KV cache length when --max-seq is not given (max_position_embeddings may be 32K+).</summary>
+    public const int DefaultMaxSeqCap = 4096;
+
+    /// <summary>Default tokens per forward step (a longer prompt is prefilled in chunks of this size).</summary>
+    public const int DefaultMaxBatch = 512;
+
+    /// <summary>KV cache length S; null: min(max_position_embeddings, DefaultMaxSeqCap).</summary>
+    public int? MaxSeq { get; init; }
+
+    /// <summary>Largest T of one forward step (workspace size); null: min(S, DefaultMaxBatch).</summary>
+    public int? MaxBatch { get; init; }
+
+    /// <summary>Device memory to plan against; null: the accelerator's MemorySize (tests fake a small device).</summary>
+    public long? AvailableBytes { get; init; }
+
+    public IProgress<LoadProgress>? Progress { get; init; }
+
+    /// <summary>Kernel versions (Auto: V1 on the CPU accelerator, tuned on GPUs).</summary>
+    public KernelPolicy Kernels { get; init; }
+}
+
+/// <summary>One decoder layer's weights on the device.</summary>
+internal sealed record LayerWeights(DeviceTensor InputNorm, DeviceTensor Wq, DeviceTensor Wk, DeviceTensor Wv, DeviceTensor Wo,
+    DeviceTensor PostNorm, DeviceTensor Gate, DeviceTensor W1, DeviceTensor W3, DeviceTensor W2)
+{
+    public IEnumerable<DeviceTensor> All => [InputNorm, Wq, Wk, Wv, Wo, PostNorm, Gate, W1, W3, W2];
+}
+
+public sealed class MixtralModel : IDisposable
+{
+    private readonly List<DeviceTensor> _owned = [];
+
+    private MixtralModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
+    {
+        Accelerator = accelerator;
+        Config = config;
+        Directory = directory;
+        Plan = plan;
+        Ops = new WeightOps(accelerator, kernels);
+    }
+
+    public Accelerator Accelerator { get; }
+
+    public ModelConfig Config { get; }
+
+    /// <summary>The model folder it was loaded from.</summary>
+    public string Directory { get; }
+
+    public MemoryPlan Plan { get; }
+
+    /// <summary>KV cache length S of sessions.</summary>
+    public int MaxSeq => Plan.MaxSeq;
+
+    /// <summary>Largest T of one forward step.</summary>
+    public int MaxBatch => Plan.MaxBatch;
+
+    /// <summary>dtype of the expert weights (the bulk of the model), e.g. "BF16".</summary>
+    public string WeightDType => Layers.Count > 0 ? Layers[0].W1.Type.ToString() : Embedding.Type.ToString();
+
+    /// <summary>Bytes of weights on the device (equal to the checkpoint's tensor bytes: no widening on upload).</summary>
+    public long DeviceWeightBytes => _owned.Sum(t => t.Bytes);
+
+    internal WeightOps Ops { get; }
+
+    internal DeviceTensor Embedding { get; private set; } = null!;
+
+    internal DeviceTensor FinalNorm { get; private set; } = null!;
+
+    internal DeviceTensor LmHead { get; private set; } = null!;
+
+    internal IReadOnlyList<LayerWeights> Layers { get; private set; } = [];
+
+    /// <summary>The memory plan for a folder without touching a device (config, checkpoint headers, sizes).</summary>
+    public static MemoryPlan PlanFor(string directory, ModelLoadOptions? options = null)
+    {
+        var (config, _, plan) = Open(directory, options ?? new(), keep: false);
+        return plan;
+    }
+
+    /// <summary>Loads a Hugging Face Mixtral folder onto <paramref name="accelerator"/>.</summary>
+    public static MixtralModel Load(Accelerator accelerator, string directory, ModelLoadOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        options ??= new();
+        var (config, checkpoint, plan) = Open(directory, options, keep: true);
+        using (checkpoint)
+        {
+            plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
+            var model = new MixtralModel(accelerator, config, directory, plan, options.Kernels);
+            try
+            {
+                model.Upload(checkpoint!, options.Progress);
+                return model;
+            }
+            catch
+            {
+                model.Dispose();
+                throw;
+            }
+        }
+    }
+
+    private static (ModelConfig Config, Checkpoint? Checkpoint, MemoryPlan Plan) Open(string directory, ModelLoadOptions options, bool keep)
+    {
+        if (!System.IO.Directory.Exists(directory))
+        {
+            throw new DirectoryNotFoundException(File.Exists(directory)
+                ? $"{directory}: is a file; --model takes the model folder (the one holding config.json)"
+                : $"{directory}: no such model folder");
+        }
+
+        var config = ModelConfig.Load(directory);
+        var checkpoint = Checkpoint.Open(directory);
+        try
+        {
+            ModelValidator.Validate(config, checkpoint);
+            int maxSeq = options.MaxSeq ?? Math.Min(config.MaxPositionEmbeddings, ModelLoadOptions.DefaultMaxSeqCap);
+            if (maxSeq < 1 || maxSeq > config.MaxPositionEmbeddings)
+                throw new RuntimeInputException($"--max-seq must be in [1, {config.MaxPositionEmbeddings}] (max_position_embeddings), got {maxSeq}");
+            int maxBatch = Math.Min(options.MaxBatch ?? ModelLoadOptions.DefaultMaxBatch, maxSeq);
+            if (maxBatch < 1)
+                throw new RuntimeInputException($"max batch must be >= 1, got {maxBatch}");
+            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch);
+            if (!keep)
+            {
+                checkpoint.Dispose();
+                return (config, null, plan);
+            }
+
+            return (config, checkpoint, plan);
+        }
+        catch
+        {
+            checkpoint.Dispose();
+            throw;
+        }
+    }
+
+    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress)
+    {
+        var c = Config;
+        long done = 0, total = Plan.WeightBytes;
+
+        DeviceTensor One(string name)
+        {
+            progress?.Report(new LoadProgress(done, total, name));
+            var t = DeviceTensor.Upload(Accelerator, checkpoint, name);
+            _owned.Add(t);
+            done += t.Bytes;
+            return t;
+        }
+
+        DeviceTensor Stacked(int layer, int w)
+        {
+            var names = Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
+            progress?.Report(new LoadProgress(done, total, $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight"));
+            var t = DeviceTensor.UploadStacked(Accelerator, checkpoint, names);
+            _owned.Add(t);
+            done += t.Bytes;
+            return t;
+        }
+
+        Embedding = One(MixtralTensors.Embedding);
+        var layers = new List<LayerWeights>(c.Layers);
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var layer = new LayerWeights(One(MixtralTensors.InputNorm(l)), One(MixtralTensors.QProj(l)), One(MixtralTensors.KProj(l)),
+                One(MixtralTensors.VProj(l)), One(MixtralTensors.OProj(l)), One(MixtralTensors.PostAttentionNorm(l)),
+                One(MixtralTensors.Gate(l)), Stacked(l, 1), Stacked(l, 3), Stacked(l, 2));
+            if (layer.W1.Type != layer.W3.Type || layer.W1.Type != layer.W2.Type)
+            {
+                throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.Type}, w3 {layer.W3.Type}, w2 {layer.W2.Type}); " +
+                                               "the grouped GEMM needs one dtype for w1, w2 and w3");
+            }
+
+            layers.Add(layer);
+        }
+
+        Layers = layers;
+        FinalNorm = One(MixtralTensors.FinalNorm);
+        LmHead = c.TieWordEmbeddings ? Embedding : One(MixtralTensors.LmHead);
+        Accelerator.Synchronize();
+        progress?.Report(new LoadProgress(total, total, ""));
+    }
+
+    /// <summary>A fresh session (empty KV cache of <see cref="MaxSeq"/> positions).</summary>
+    public InferenceSession NewSession() => new(this);
+
+    public void Dispose()
+    {
+        Ops.Dispose();
+        foreach (var t in _owned)
+            t.Dispose();
+        _owned.Clear();
+    }
+}

@@ -1,0 +1,142 @@
+// The kernels the forward pass launches, with the weight type dispatched per tensor: a checkpoint may mix dtypes
+// (e.g. F32 norms next to BF16 matrices), so each call picks the launcher specialised for that tensor's dtype. The
+// per-dtype launchers are loaded on first use only (a BF16 model never compiles the F16 kernels).
+//
+// Kernel versions: on a GPU the launchers pick (tiled matmul for T > 1, GEMV for T = 1, flash/split-K attention,
+// tiled or GEMV grouped GEMMs). On ILGPU's CPU accelerator every emulated group of 256 threads, barrier and warp
+// shuffle costs real time (a decode step took ~5 s on a 64-dim model through GEMV/V2), so there the runtime uses
+// the V1 kernels (one thread per output, no barriers, no shuffles): same math, a few times faster to emulate.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Attention;
+using ILGpuMoE.Kernels.Dense;
+using ILGpuMoE.Kernels.Moe;
+using ILGpuMoE.Kernels.Moe.Gating;
+
+namespace ILGpuMoE.Runtime;
+
+/// <summary>Which kernel versions the forward pass launches.</summary>
+public enum KernelPolicy
+{
+    /// <summary>Simple (V1) kernels on the CPU accelerator, the launchers' tuned picks on a GPU.</summary>
+    Auto,
+
+    /// <summary>Always the V1 kernels.</summary>
+    Simple,
+
+    /// <summary>Always the GPU picks (tiled / GEMV / flash / split-K / grouped V2-V3), also on the CPU accelerator (tests).</summary>
+    Tuned,
+}
+
+internal sealed class WeightOps : IDisposable
+{
+    private readonly Accelerator _accelerator;
+    private Typed<F32Weights>? _f32;
+    private Typed<F16Weights>? _f16;
+    private Typed<BF16Weights>? _bf16;
+
+    private readonly bool _simple;
+    private readonly GroupedGemmVersion? _moeVersion;
+
+    public WeightOps(Accelerator accelerator, KernelPolicy policy)
+    {
+        _accelerator = accelerator;
+        _simple = policy == KernelPolicy.Simple || (policy == KernelPolicy.Auto && accelerator.AcceleratorType == AcceleratorType.CPU);
+        _moeVersion = _simple ? GroupedGemmVersion.V1Simple : null;
+        Rope = RopeKernel.Create(accelerator);
+        Append = KvCacheAppendKernel.Create(accelerator);
+        Attention = AttentionKernel.Create(accelerator, _simple ? AttentionVersion.V1 : AttentionVersion.V2);
+        Gating = GatingKernel.Create(accelerator);
+    }
+
+    public RopeKernel Rope { get; }
+
+    public KvCacheAppendKernel Append { get; }
+
+    public AttentionKernel Attention { get; }
+
+    public GatingKernel Gating { get; }
+
+    private sealed class Typed<TW>(Accelerator a)
+        where TW : struct, IWeights
+    {
+        public readonly EmbeddingKernel<TW> Embedding = EmbeddingKernel.Create<TW>(a);
+        public readonly RmsNormKernel<TW> RmsNorm = RmsNormKernel.Create<TW>(a);
+        public readonly MatMulKernel<TW> MatMul = MatMulKernel.Create<TW>(a);
+        public readonly MoeBlockKernels<TW> Moe = MoeBlockKernels<TW>.Create(a);
+    }
+
+    private Typed<F32Weights> F32 => _f32 ??= new(_accelerator);
+
+    private Typed<F16Weights> F16 => _f16 ??= new(_accelerator);
+
+    private Typed<BF16Weights> BF16 => _bf16 ??= new(_accelerator);
+
+    /// <summary>x [T, D] = table[tokens] (ids outside [0, V) give NaN rows: the caller checks ids first).</summary>
+    public void Embedding(AcceleratorStream s, ArrayView<int> tokens, DeviceTensor table, ArrayView<float> x, int t, int v, int d)
+    {
+        switch (table.Type)
+        {
+            case WeightType.F32: F32.Embedding.Launch(s, tokens, new F32Weights(table.F32), x, t, v, d); break;
+            case WeightType.F16: F16.Embedding.Launch(s, tokens, new F16Weights(table.F16), x, t, v, d); break;
+            default: BF16.Embedding.Launch(s, tokens, new BF16Weights(table.BF16), x, t, v, d); break;
+        }
+    }
+
+    /// <summary>y [T, D] = rmsnorm(x) * w.</summary>
+    public void RmsNorm(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int d, float eps)
+    {
+        switch (w.Type)
+        {
+            case WeightType.F32: F32.RmsNorm.Launch(s, x, new F32Weights(w.F32), y, t, d, eps); break;
+            case WeightType.F16: F16.RmsNorm.Launch(s, x, new F16Weights(w.F16), y, t, d, eps); break;
+            default: BF16.RmsNorm.Launch(s, x, new BF16Weights(w.BF16), y, t, d, eps); break;
+        }
+    }
+
+    /// <summary>y [T, Out] (+)= x [T, In] W^T for W [Out, In] (GEMV at T = 1, tiled otherwise).</summary>
+    public void MatMul(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false)
+    {
+        switch (w.Type)
+        {
+            case WeightType.F32: MatMul(F32.MatMul, s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate); break;
+            case WeightType.F16: MatMul(F16.MatMul, s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate); break;
+            default: MatMul(BF16.MatMul, s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
+        }
+    }
+
+    private void MatMul<TW>(MatMulKernel<TW> k, AcceleratorStream s, ArrayView<float> x, TW w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate)
+        where TW : struct, IWeights
+    {
+        if (_simple)
+            k.LaunchV1(s, x, w, y, t, outDim, inDim, accumulate);
+        else
+            k.Launch(s, x, w, y, t, outDim, inDim, accumulate);
+    }
+
+    /// <summary>output [T, D] = residual + MoE(x) for stacked experts w1, w3 [E, F, D], w2 [E, D, F] of one dtype.</summary>
+    public void Moe(AcceleratorStream s, MoeWorkspace ws, ArrayView<float> x, ArrayView<int> ids, ArrayView<float> weights, int t,
+        DeviceTensor w1, DeviceTensor w3, DeviceTensor w2, ArrayView<float> output, ArrayView<float> residual)
+    {
+        switch (w1.Type)
+        {
+            case WeightType.F32:
+                F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual, _moeVersion);
+                break;
+            case WeightType.F16:
+                F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual, _moeVersion);
+                break;
+            default:
+                BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual, _moeVersion);
+                break;
+        }
+    }
+
+    public void Dispose()
+    {
+        Rope.Dispose();
+        Attention.Dispose();
+        Gating.Dispose();
+    }
+}
