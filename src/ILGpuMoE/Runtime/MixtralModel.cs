@@ -7,6 +7,7 @@
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
+using ILGpuMoE.Quant;
 
 namespace ILGpuMoE.Runtime;
 
@@ -34,18 +35,22 @@ public sealed record ModelLoadOptions
 
     /// <summary>Kernel versions (Auto: V1 on the CPU accelerator, tuned on GPUs).</summary>
     public KernelPolicy Kernels { get; init; }
+
+    /// <summary>
+    /// --quant: pack the linear weights (attention q/k/v/o, experts w1/w2/w3) at load time, tensor by tensor; null
+    /// keeps every tensor in its checkpoint dtype. Embeddings, norms, router and lm_head always keep their dtype.
+    /// </summary>
+    public QuantSpec? Quant { get; init; }
 }
 
 /// <summary>One decoder layer's weights on the device.</summary>
-internal sealed record LayerWeights(DeviceTensor InputNorm, DeviceTensor Wq, DeviceTensor Wk, DeviceTensor Wv, DeviceTensor Wo,
-    DeviceTensor PostNorm, DeviceTensor Gate, DeviceTensor W1, DeviceTensor W3, DeviceTensor W2)
-{
-    public IEnumerable<DeviceTensor> All => [InputNorm, Wq, Wk, Wv, Wo, PostNorm, Gate, W1, W3, W2];
-}
+internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, LinearWeight Wk, LinearWeight Wv, LinearWeight Wo,
+    DeviceTensor PostNorm, DeviceTensor Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2);
 
 public sealed class MixtralModel : IDisposable
 {
     private readonly List<DeviceTensor> _owned = [];
+    private readonly List<LinearWeight> _linear = [];
 
     private MixtralModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
     {
@@ -72,10 +77,11 @@ public sealed class MixtralModel : IDisposable
     public int MaxBatch => Plan.MaxBatch;
 
     /// <summary>dtype of the expert weights (the bulk of the model), e.g. "BF16".</summary>
-    public string WeightDType => Layers.Count > 0 ? Layers[0].W1.Type.ToString() : Embedding.Type.ToString();
+    public string WeightDType => Layers.Count > 0 ? Layers[0].W1.TypeName : Embedding.Type.ToString();
 
-    /// <summary>Bytes of weights on the device (equal to the checkpoint's tensor bytes: no widening on upload).</summary>
-    public long DeviceWeightBytes => _owned.Sum(t => t.Bytes);
+    /// <summary>Bytes of weights on the device (the checkpoint's tensor bytes: no widening on upload; packed bytes
+    /// for quantized linear weights).</summary>
+    public long DeviceWeightBytes => _owned.Sum(t => t.Bytes) + _linear.Sum(t => t.Bytes);
 
     internal WeightOps Ops { get; }
 
@@ -106,7 +112,7 @@ public sealed class MixtralModel : IDisposable
             var model = new MixtralModel(accelerator, config, directory, plan, options.Kernels);
             try
             {
-                model.Upload(checkpoint!, options.Progress);
+                model.Upload(checkpoint!, options.Progress, options.Quant);
                 return model;
             }
             catch
@@ -137,7 +143,16 @@ public sealed class MixtralModel : IDisposable
             int maxBatch = Math.Min(options.MaxBatch ?? ModelLoadOptions.DefaultMaxBatch, maxSeq);
             if (maxBatch < 1)
                 throw new RuntimeInputException($"max batch must be >= 1, got {maxBatch}");
-            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch);
+            if (options.Quant is { } quant)
+            {
+                foreach (var e in MixtralTensors.Expected(config))
+                {
+                    if (e.Role is TensorRole.Attention or TensorRole.Expert)
+                        Check(quant, e.Name, e.Shape[0], e.Shape[1]);
+                }
+            }
+
+            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant);
             if (!keep)
             {
                 checkpoint.Dispose();
@@ -153,7 +168,19 @@ public sealed class MixtralModel : IDisposable
         }
     }
 
-    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress)
+    private static void Check(QuantSpec quant, string tensor, long rows, long cols)
+    {
+        try
+        {
+            quant.Check(tensor, rows, cols);
+        }
+        catch (ArgumentException e)
+        {
+            throw new RuntimeInputException(e.Message);
+        }
+    }
+
+    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant)
     {
         var c = Config;
         long done = 0, total = Plan.WeightBytes;
@@ -167,26 +194,47 @@ public sealed class MixtralModel : IDisposable
             return t;
         }
 
-        DeviceTensor Stacked(int layer, int w)
+        LinearWeight Add(LinearWeight w)
+        {
+            _linear.Add(w);
+            done += w.Bytes;
+            return w;
+        }
+
+        // One host matrix at a time: read (widened to f32), pack, upload, drop.
+        QuantizedMatrix Pack(string name)
+        {
+            var info = checkpoint.Get(name);
+            return quant!.Quantize(checkpoint.ReadFloat32(name), (int)info.Shape[0], (int)info.Shape[1]);
+        }
+
+        LinearWeight Linear(string name)
+        {
+            progress?.Report(new LoadProgress(done, total, name));
+            return Add(quant is null ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
+        }
+
+        LinearWeight Stacked(int layer, int w)
         {
             var names = Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
             progress?.Report(new LoadProgress(done, total, $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight"));
-            var t = DeviceTensor.UploadStacked(Accelerator, checkpoint, names);
-            _owned.Add(t);
-            done += t.Bytes;
-            return t;
+            if (quant is null)
+                return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
+
+            // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
+            return Add(new LinearWeight(QuantizedMatrix.Stack(names.Select(Pack).ToArray()).Upload(Accelerator)));
         }
 
         Embedding = One(MixtralTensors.Embedding);
         var layers = new List<LayerWeights>(c.Layers);
         for (int l = 0; l < c.Layers; l++)
         {
-            var layer = new LayerWeights(One(MixtralTensors.InputNorm(l)), One(MixtralTensors.QProj(l)), One(MixtralTensors.KProj(l)),
-                One(MixtralTensors.VProj(l)), One(MixtralTensors.OProj(l)), One(MixtralTensors.PostAttentionNorm(l)),
+            var layer = new LayerWeights(One(MixtralTensors.InputNorm(l)), Linear(MixtralTensors.QProj(l)), Linear(MixtralTensors.KProj(l)),
+                Linear(MixtralTensors.VProj(l)), Linear(MixtralTensors.OProj(l)), One(MixtralTensors.PostAttentionNorm(l)),
                 One(MixtralTensors.Gate(l)), Stacked(l, 1), Stacked(l, 3), Stacked(l, 2));
-            if (layer.W1.Type != layer.W3.Type || layer.W1.Type != layer.W2.Type)
+            if (layer.W1.TypeName != layer.W3.TypeName || layer.W1.TypeName != layer.W2.TypeName)
             {
-                throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.Type}, w3 {layer.W3.Type}, w2 {layer.W2.Type}); " +
+                throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.TypeName}, w3 {layer.W3.TypeName}, w2 {layer.W2.TypeName}); " +
                                                "the grouped GEMM needs one dtype for w1, w2 and w3");
             }
 
@@ -209,5 +257,8 @@ public sealed class MixtralModel : IDisposable
         foreach (var t in _owned)
             t.Dispose();
         _owned.Clear();
+        foreach (var t in _linear)
+            t.Dispose();
+        _linear.Clear();
     }
 }
