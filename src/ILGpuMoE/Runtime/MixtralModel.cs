@@ -96,7 +96,7 @@ public sealed class MixtralModel : IDisposable
     /// <summary>The memory plan for a folder without touching a device (config, checkpoint headers, sizes).</summary>
     public static MemoryPlan PlanFor(string directory, ModelLoadOptions? options = null)
     {
-        var (config, _, plan) = Open(directory, options ?? new(), keep: false);
+        var (config, _, plan, _) = Open(directory, options ?? new(), keep: false);
         return plan;
     }
 
@@ -105,14 +105,14 @@ public sealed class MixtralModel : IDisposable
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         options ??= new();
-        var (config, checkpoint, plan) = Open(directory, options, keep: true);
+        var (config, checkpoint, plan, source) = Open(directory, options, keep: true);
         using (checkpoint)
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
             var model = new MixtralModel(accelerator, config, directory, plan, options.Kernels);
             try
             {
-                model.Upload(checkpoint!, options.Progress, options.Quant);
+                model.Upload(checkpoint!, options.Progress, options.Quant, source);
                 return model;
             }
             catch
@@ -123,7 +123,7 @@ public sealed class MixtralModel : IDisposable
         }
     }
 
-    private static (ModelConfig Config, Checkpoint? Checkpoint, MemoryPlan Plan) Open(string directory, ModelLoadOptions options, bool keep)
+    private static (ModelConfig Config, Checkpoint? Checkpoint, MemoryPlan Plan, QuantSource? Source) Open(string directory, ModelLoadOptions options, bool keep)
     {
         if (!System.IO.Directory.Exists(directory))
         {
@@ -133,10 +133,25 @@ public sealed class MixtralModel : IDisposable
         }
 
         var config = ModelConfig.Load(directory);
+        var source = QuantSource.Load(directory);
+        if (source is not null && options.Quant is not null)
+            throw new RuntimeInputException($"--quant {options.Quant.Name}: {directory} is already quantized (quantization_config.quant_method '{source.Method}'); drop --quant");
         var checkpoint = Checkpoint.Open(directory);
         try
         {
-            ModelValidator.Validate(config, checkpoint);
+            if (source is null)
+            {
+                ModelValidator.Validate(config, checkpoint);
+            }
+            else
+            {
+                // Linear weights are packed tensors (checked by their reader at upload); the rest must be as usual.
+                // (Stand-ins first: the validator keeps the first tensor of a name, and FP8 keeps E4M3 BASE.weight.)
+                var tensors = MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
+                    .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList();
+                ModelValidator.Validate(config, tensors, checkpoint.Directory);
+            }
+
             int maxSeq = options.MaxSeq ?? Math.Min(config.MaxPositionEmbeddings, ModelLoadOptions.DefaultMaxSeqCap);
             if (maxSeq < 1 || maxSeq > config.MaxPositionEmbeddings)
                 throw new RuntimeInputException($"--max-seq must be in [1, {config.MaxPositionEmbeddings}] (max_position_embeddings), got {maxSeq}");
@@ -152,14 +167,14 @@ public sealed class MixtralModel : IDisposable
                 }
             }
 
-            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant);
+            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec);
             if (!keep)
             {
                 checkpoint.Dispose();
-                return (config, null, plan);
+                return (config, null, plan, source);
             }
 
-            return (config, checkpoint, plan);
+            return (config, checkpoint, plan, source);
         }
         catch
         {
@@ -180,9 +195,10 @@ public sealed class MixtralModel : IDisposable
         }
     }
 
-    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant)
+    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source)
     {
         var c = Config;
+        var shapes = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal);
         long done = 0, total = Plan.WeightBytes;
 
         DeviceTensor One(string name)
@@ -201,24 +217,34 @@ public sealed class MixtralModel : IDisposable
             return w;
         }
 
-        // One host matrix at a time: read (widened to f32), pack, upload, drop.
+        // One host matrix at a time: read (widened to f32) and pack, or read a quantized checkpoint's packed tensors;
+        // upload, drop.
         QuantizedMatrix Pack(string name)
         {
-            var info = checkpoint.Get(name);
-            return quant!.Quantize(checkpoint.ReadFloat32(name), (int)info.Shape[0], (int)info.Shape[1]);
+            int rows = (int)shapes[name][0], cols = (int)shapes[name][1];
+            var m = source is not null ? source.Read(checkpoint, name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(name), rows, cols);
+            if (m.InputPermutation is not null)
+            {
+                throw new InvalidDataException($"{checkpoint.Directory}: {QuantSource.BaseOf(name)}: GPTQ act-order (g_idx not k / group_size) is not supported " +
+                                               "by the runtime yet; re-quantize without desc_act");
+            }
+
+            return m;
         }
+
+        bool packed = quant is not null || source is not null;
 
         LinearWeight Linear(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            return Add(quant is null ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
+            return Add(packed ? new LinearWeight(Pack(name).Upload(Accelerator)) : new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)));
         }
 
         LinearWeight Stacked(int layer, int w)
         {
             var names = Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
             progress?.Report(new LoadProgress(done, total, $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight"));
-            if (quant is null)
+            if (!packed)
                 return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
 
             // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
