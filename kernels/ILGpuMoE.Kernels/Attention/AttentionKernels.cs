@@ -310,7 +310,20 @@ public static class AttentionKernels
                 {
                     int row = kvBase + j * dh;
                     float dot = 0f;
-                    for (int d = 0; d < dh; d++)
+                    // Unrolled by 4 by hand (ptxas does not unroll this loop): the 4 loads of a step share one
+                    // address computation. Same single accumulator, same order: the same dot bit for bit.
+                    // The K index is 64-bit so ptxas folds +1..+3 into the load's immediate offset (a 32-bit index
+                    // is widened per element, since it might wrap).
+                    int d = 0;
+                    for (long kd = row; d + 4 <= dh; d += 4, kd += 4)
+                    {
+                        dot += qs[qw + d] * kCache[kd];
+                        dot += qs[qw + d + 1] * kCache[kd + 1];
+                        dot += qs[qw + d + 2] * kCache[kd + 2];
+                        dot += qs[qw + d + 3] * kCache[kd + 3];
+                    }
+
+                    for (; d < dh; d++)
                         dot += qs[qw + d] * kCache[row + d];
                     s = dot * p.Scale;
                 }

@@ -85,7 +85,21 @@ public static class Devices
         };
     }
 
-    /// <summary>One line describing a device: kind, name, memory, warp and group limits.</summary>
+    /// <summary>One line describing a device: kind, name, memory, warp and group limits. The CPU accelerator reports a
+    /// sentinel MemorySize (2^63 bytes), so for it the line shows the host memory the runtime may use instead.</summary>
     public static string Describe(Device d) =>
-        $"{d.AcceleratorType,-6} {d.Name} | memory {d.MemorySize / (1024.0 * 1024 * 1024):F1} GiB | warp {d.WarpSize} | max group {d.MaxNumThreadsPerGroup} | SMs {d.NumMultiprocessors}";
+        $"{d.AcceleratorType,-6} {d.Name} | {MemoryLabel(d)} {AvailableMemory(d) / (1024.0 * 1024 * 1024):F1} GiB | warp {d.WarpSize} | max group {d.MaxNumThreadsPerGroup} | SMs {d.NumMultiprocessors}";
+
+    /// <summary>Bytes the runtime's memory plan may allocate on this accelerator: the device memory for a GPU, the
+    /// host's available memory for the CPU accelerator (its buffers are host memory; its MemorySize is a sentinel).</summary>
+    public static long AvailableMemory(Accelerator accelerator) => AvailableMemory(accelerator.Device);
+
+    /// <inheritdoc cref="AvailableMemory(Accelerator)"/>
+    public static long AvailableMemory(Device device) =>
+        device.AcceleratorType == AcceleratorType.CPU ? HostMemory() : device.MemorySize;
+
+    /// <summary>The memory the GC may use on this host (honours container limits): the CPU accelerator's budget.</summary>
+    public static long HostMemory() => GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+
+    private static string MemoryLabel(Device d) => d.AcceleratorType == AcceleratorType.CPU ? "host memory" : "memory";
 }

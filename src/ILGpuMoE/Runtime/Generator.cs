@@ -124,7 +124,9 @@ public static class Generator
                 }
 
                 generated.Add(next);
-                Emit(decoder.Push(next));
+                // A model vocabulary padded past the tokenizer's (ids with no piece) gives no text, not a crash.
+                if (next < tokenizer.VocabSize)
+                    Emit(decoder.Push(next));
                 if (generated.Count >= options.MaxNewTokens)
                 {
                     stop = StopReason.MaxTokens;

@@ -158,13 +158,14 @@ public class RuntimeCliTests
     }
 
     [Test]
-    public void RoutingStatsSumToTokensTimesK()
+    public void ChatRoutingStatsSumToTokensTimesK()
     {
         using var tokenizer = TextTokenizer.Load(DemoDir);
         using var model = MixtralModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
         using var session = model.NewSession();
         session.CollectRoutingStats = true;
-        var r = Generator.Run(session, tokenizer, "a b c d", new GenerationOptions { MaxNewTokens = 4, Sampling = new SamplingOptions(Temperature: 0) });
+        var r = Generator.Run(session, tokenizer, "a b c d", new GenerationOptions { MaxNewTokens = 4, Chat = true, Sampling = new SamplingOptions(Temperature: 0) });
+        Assert.That(r.PromptTokens, Is.EqualTo(MistralChat.Wrap(tokenizer, "a b c d")), "--chat wraps the prompt in [INST] ... [/INST]");
         long processed = r.PromptTokens.Count + r.DecodeSteps;
         for (int l = 0; l < model.Config.Layers; l++)
             Assert.That(session.ExpertCounts[l].Sum(), Is.EqualTo(processed * model.Config.TopK), $"layer {l}");

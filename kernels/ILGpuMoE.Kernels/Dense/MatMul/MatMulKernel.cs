@@ -157,10 +157,13 @@ public static class MatMulKernel
         if (o < outDim)
         {
             int words = inDim / elements;
-            long xRow = (long)t * inDim;
-            long wRow = (long)o * words;
+            // Row views made once: the loop then indexes from a fixed base (ILGPU does not hoist the 64-bit
+            // row * width products out of the loop by itself; ptxas recomputed them every iteration, see
+            // perf/notes/ptx-review.md). Same loads, same arithmetic order: bit-identical results.
+            var wRow = w.SubView((long)o * words, words);
+            var xRow = x.SubView((long)t * inDim, inDim);
             for (int j = Warp.LaneIdx; j < words; j += Warp.WarpSize)
-                acc += decoder.Dot(w[wRow + j], x, xRow + (long)j * elements);
+                acc += decoder.Dot(wRow[j], xRow, (long)j * elements);
         }
 
         WarpSumAndStore(acc, y, t, o, outDim, accumulate);
