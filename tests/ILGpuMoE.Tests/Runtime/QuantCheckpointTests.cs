@@ -87,6 +87,27 @@ public class QuantCheckpointTests
         Assert.That(line, Does.Contain("quantization_config").And.Contain(mentions));
     }
 
+    [Test]
+    public void InspectShowsBytesPerSchemeAndPerDecodeToken()
+    {
+        // Tiny, BF16, counted by hand: embed 300*128*2 = 76800; layer: norms 2*128*2 = 512, attention
+        // (128*128 + 64*128)*2*2 = 98304, router 4*128*2 = 1024, experts 4*3*128*128*2 = 393216; final norm 256;
+        // lm_head 76800. Per token: one embedding row (256) and K/E = 1/2 of the experts instead of all.
+        var config = ModelConfig.Load(Src);
+        using var ck = Checkpoint.Open(Src);
+        var stored = WeightBytes.Of(config, ck.Tensors, null);
+        Assert.That(stored, Is.EqualTo(new WeightBytes(646912, 256 + 512 + 98304 + 1024 + 196608 + 256 + 76800)));
+        var int8 = WeightBytes.Of(config, ck.Tensors, QuantSpec.Parse("int8"));
+        Assert.That(int8.Total, Is.EqualTo(MixtralModel.PlanFor(Src, new ModelLoadOptions { MaxSeq = 16, Quant = QuantSpec.Parse("int8") }).WeightBytes),
+            "inspect and the memory plan agree");
+        // int8 rows of 128 values: 128 bytes + a 4-byte scale per row, for attention (128 + 64 + 64 + 128 rows) and experts (4*3*128 rows).
+        Assert.That(int8.Total, Is.EqualTo(646912 - 98304 - 393216 + (384 + 1536) * 132));
+
+        var run = CliRun.Of("inspect", Src);
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("646,912").And.Contain("--quant int8").And.Contain("--quant fp8-tensor").And.Contain(int8.Total.ToString("N0", System.Globalization.CultureInfo.InvariantCulture)));
+    }
+
     // ---- AWQ / GPTQ / FP8 checkpoints written by hand ----
 
     private delegate IEnumerable<SafeTensorsWriter.Entry> Packer(string b, float[] w, int rows, int cols);
