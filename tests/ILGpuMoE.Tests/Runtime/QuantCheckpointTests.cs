@@ -239,8 +239,36 @@ public class QuantCheckpointTests
     [TestCase("fp8", "{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"activation_scheme\": \"dynamic\", \"weight_block_size\": [128, 128]}")]
     public void ExternalQuantizedCheckpointEqualsOracle(string method, string quantConfig)
     {
-        Packer pack = method switch { "awq" => Awq, "gptq" => Gptq, _ => Fp8 };
-        string dir = Path.Combine(_dir, method);
+        string dir = Build(method, quantConfig, method switch { "awq" => Awq, "gptq" => Gptq, _ => Fp8 });
+        var config = ModelConfig.Load(dir);
+        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
+        {
+            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            return Dequant(method, ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
+        });
+        var session = oracle.NewSession();
+        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
+        float[] got = RunModel(dir, null);
+        Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
+        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: $"{method} checkpoint vs RefMixtral on its dequantized weights");
+        RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, method);
+    }
+
+    [Test]
+    public void GptqActOrderIsRefusedWithOneLine()
+    {
+        // g_idx = k % groups: every group keeps G columns but out of input order (desc_act): needs an input gather.
+        string dir = Build("gptq-actorder", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true}",
+            (b, w, rows, cols) => Gptq(b, w, rows, cols).Select(e => e.Name.EndsWith(".g_idx", StringComparison.Ordinal)
+                ? Ints(e.Name, [cols], Enumerable.Range(0, cols).Select(k => k % (cols / 32)).ToArray())
+                : e));
+        var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("act-order").And.Contain("model.layers.0.self_attn.q_proj"));
+    }
+
+    private string Build(string name, string quantConfig, Packer pack)
+    {
+        string dir = Path.Combine(_dir, name);
         Directory.CreateDirectory(dir);
         var config = ModelConfig.Load(Src);
         var entries = new List<SafeTensorsWriter.Entry>();
@@ -259,17 +287,6 @@ public class QuantCheckpointTests
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(Src, "config.json")))!.AsObject();
         json["quantization_config"] = JsonNode.Parse(quantConfig);
         File.WriteAllText(Path.Combine(dir, "config.json"), json.ToJsonString());
-
-        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
-        {
-            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
-            return Dequant(method, ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
-        });
-        var session = oracle.NewSession();
-        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
-        float[] got = RunModel(dir, null);
-        Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
-        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: $"{method} checkpoint vs RefMixtral on its dequantized weights");
-        RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, method);
+        return dir;
     }
 }

@@ -111,6 +111,14 @@ public class QuantRuntimeTests
     }
 
     [Test]
+    public void GenerateWithQuantRuns()
+    {
+        var run = CliRun.Of("generate", "--model", ModelDir, "--prompt", "hello", "-n", "3", "--temperature", "0", "--device", "cpu", "--quant", "int4-g64");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("tokens generated"));
+    }
+
+    [Test]
     public void UnknownSchemeIsOneLineUsageError()
     {
         var line = CliRun.Of("logits", "--model", ModelDir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu",
