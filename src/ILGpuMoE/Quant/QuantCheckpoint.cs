@@ -10,8 +10,12 @@
 //                 BASE.zeros    U8 [N, K/G]   (int4-g128-asym only; values 0..15)
 //               Every other tensor (embeddings, norms, router, lm_head) is copied as it was.
 //   "awq"       GEMM version, 4 bits, zero points: BASE.qweight / .qzeros / .scales (CheckpointRepack.ReadAwq).
-//   "gptq"      4 bits, BASE.qweight / .qzeros / .scales (+ .g_idx, desc_act) (CheckpointRepack.ReadGptq).
+//   "gptq"      4 bits, v1 zeros (stored z - 1), BASE.qweight / .qzeros / .scales (+ .g_idx) (CheckpointRepack.ReadGptq).
+//               desc_act with g_idx in input order (k / G) loads; a true act-order g_idx is refused at load (the grouped
+//               MoE kernels would need a per-expert input gather).
 //   "fp8"       E4M3 BASE.weight + BASE.weight_scale_inv (128 x 128 blocks) or BASE.weight_scale (per tensor).
+//               Activations stay F32 (any static input_scale is not used).
+// Every linear weight must be packed (modules_to_not_convert may only name tensors we keep anyway, e.g. the router).
 // Anything else (other methods, bits != 4, group sizes outside {32, 64, 128}) is refused with one line.
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
@@ -81,6 +85,9 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
                 string? version = Str(q, "version");
                 if (method == "awq" && version is not null && !version.Equals("gemm", StringComparison.OrdinalIgnoreCase))
                     throw new ModelConfigException(file, "quantization_config.version", $"AWQ version '{version}' is not supported (GEMM only)");
+                string? format = Str(q, "checkpoint_format");
+                if (method == "gptq" && format is not null && !format.Equals("gptq", StringComparison.OrdinalIgnoreCase))
+                    throw new ModelConfigException(file, "quantization_config.checkpoint_format", $"GPTQ format '{format}' is not supported (gptq v1 zeros only)");
                 if (method == "awq" && q.TryGetProperty("zero_point", out var zp) && zp.ValueKind == JsonValueKind.False)
                     throw new ModelConfigException(file, "quantization_config.zero_point", "AWQ without zero points is not supported");
                 return new QuantSource(method, new QuantSpec($"{method}-g{g}", QuantScheme.Q4, g, Symmetric: false), g);

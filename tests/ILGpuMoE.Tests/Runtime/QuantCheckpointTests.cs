@@ -74,6 +74,7 @@ public class QuantCheckpointTests
     [TestCase("{\"quant_method\": \"awq\", \"bits\": 3, \"group_size\": 128}", "bits")]
     [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": -1}", "group")]
     [TestCase("{\"quant_method\": \"fp8\", \"weight_block_size\": [64, 64]}", "weight_block_size")]
+    [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 128, \"checkpoint_format\": \"gptq_v2\"}", "gptq_v2")]
     public void UnsupportedQuantizationConfigIsOneLine(string config, string mentions)
     {
         string dir = Path.Combine(_dir, "bad" + Math.Abs(config.GetHashCode()));
