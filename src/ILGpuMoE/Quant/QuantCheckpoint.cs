@@ -15,7 +15,8 @@
 //               MoE kernels would need a per-expert input gather).
 //   "fp8"       E4M3 BASE.weight + BASE.weight_scale_inv (128 x 128 blocks) or BASE.weight_scale (per tensor).
 //               Activations stay F32 (any static input_scale is not used).
-// Every linear weight must be packed (modules_to_not_convert may only name tensors we keep anyway, e.g. the router).
+// A linear weight a quantized checkpoint left in F32/F16/BF16 (modules_to_not_convert) is loaded dense; the experts of
+// one kind in a layer must then all be dense or all packed.
 // Anything else (other methods, bits != 4, group sizes outside {32, 64, 128}) is refused with one line.
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
@@ -34,6 +35,10 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
 
     /// <summary>True for the tensors the quantizers pack: attention q/k/v/o and experts w1/w2/w3.</summary>
     public static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Attention or TensorRole.Expert;
+
+    /// <summary>True when the checkpoint holds <paramref name="name"/> in F32, F16 or BF16 (a linear weight left unquantized).</summary>
+    public static bool IsFloat(Checkpoint checkpoint, string name) =>
+        checkpoint.Contains(name) && checkpoint.Get(name).DType is DType.F32 or DType.F16 or DType.BF16;
 
     /// <summary>BASE of BASE.weight.</summary>
     public static string BaseOf(string weightName) =>

@@ -167,7 +167,7 @@ public sealed class MixtralModel : IDisposable
                 }
             }
 
-            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec);
+            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null);
             if (!keep)
             {
                 checkpoint.Dispose();
@@ -234,17 +234,20 @@ public sealed class MixtralModel : IDisposable
 
         bool packed = quant is not null || source is not null;
 
+        // A quantized checkpoint may leave a linear weight unquantized (modules_to_not_convert): it stays dense.
+        bool Dense(string name) => !packed || (source is not null && QuantSource.IsFloat(checkpoint, name));
+
         LinearWeight Linear(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            return Add(packed ? new LinearWeight(Pack(name).Upload(Accelerator)) : new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)));
+            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
         }
 
         LinearWeight Stacked(int layer, int w)
         {
             var names = Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
             progress?.Report(new LoadProgress(done, total, $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight"));
-            if (!packed)
+            if (names.All(Dense))
                 return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
 
             // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].

@@ -256,6 +256,27 @@ public class QuantCheckpointTests
     }
 
     [Test]
+    public void AwqWithAnUnquantizedProjectionLoadsItDense()
+    {
+        // modules_to_not_convert: the checkpoint keeps o_proj in BF16; the runtime uploads it dense, the rest packed.
+        string dir = Build("awq-partial", "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"version\": \"gemm\", \"modules_to_not_convert\": [\"o_proj\"]}",
+            (b, w, rows, cols) => b.EndsWith(".o_proj", StringComparison.Ordinal)
+                ? [SafeTensorsWriter.FromFloats(b + ".weight", [rows, cols], w, DType.BF16)]
+                : Awq(b, w, rows, cols));
+        var config = ModelConfig.Load(dir);
+        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
+        {
+            if (name.Contains(".o_proj.", StringComparison.Ordinal))
+                return ck.ReadFloat32(name);
+            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            return Dequant("awq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
+        });
+        var session = oracle.NewSession();
+        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
+        Check.Close(want, RunModel(dir, null), rtol: 1e-4, atol: 1e-4, what: "partially quantized AWQ vs RefMixtral");
+    }
+
+    [Test]
     public void GptqActOrderIsRefusedWithOneLine()
     {
         // g_idx = k % groups: every group keeps G columns but out of input order (desc_act): needs an input gather.
