@@ -5,8 +5,8 @@
 //   Bench        ilgpumoe bench <--args>       (kernel benchmarks; the command lands with the perf work)
 //   Ptx          ilgpumoe ptx <--args>         (PTX of every kernel for the sm_90 gate; lands with the PTX work)
 //   Pack         NuGet packages of the kernels, the runtime and the CLI into artifacts/packages/
-//   Publish-Gpu  self-contained single-file linux-x64 ilgpumoe into perf/gpu/publish/ (for the GPU machine,
-//                which has no .NET). Not trimmed: trimming breaks ILGPU at run time.
+//   Publish-Gpu  perf/gpu/prepare.sh: self-contained single-file linux-x64 ilgpumoe-bench (bench + whole CLI) into
+//                perf/gpu/publish/ for the GPU machine (no .NET there); prints the device call. Not trimmed.
 // Options: --configuration=Release|Debug, --filter=<dotnet test filter>, --args="<arguments for bench/ptx>".
 
 var target = Argument("target", "Build");
@@ -91,23 +91,10 @@ Task("Pack")
 Task("Publish-Gpu")
     .Does(() =>
 {
-    if (DirectoryExists(gpuPublish))
-        DeleteDirectory(gpuPublish, new DeleteDirectorySettings { Recursive = true, Force = true });
-    DotNetPublish(cli, new DotNetPublishSettings
-    {
-        Configuration = "Release",
-        Runtime = "linux-x64",
-        SelfContained = true,
-        PublishSingleFile = true,
-        PublishTrimmed = false,
-        EnableCompressionInSingleFile = true,
-        IncludeNativeLibrariesForSelfExtract = true,
-        OutputDirectory = gpuPublish,
-        NoLogo = true,
-        MSBuildSettings = new DotNetMSBuildSettings().WithProperty("InvariantGlobalization", "true"),
-    });
-    var exe = gpuPublish + File("ilgpumoe");
-    Information("published {0} ({1:F1} MiB)", exe, new System.IO.FileInfo(exe.ToString()).Length / (1024.0 * 1024.0));
+    // perf/gpu/prepare.sh owns the publish (ilgpumoe-bench, which carries the CLI) and prints the device call.
+    var exit = StartProcess("bash", new ProcessSettings { Arguments = "perf/gpu/prepare.sh" });
+    if (exit != 0)
+        throw new Exception($"perf/gpu/prepare.sh failed ({exit})");
 });
 
 Task("Default").IsDependentOn("Build");

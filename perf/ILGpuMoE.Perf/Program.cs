@@ -1,6 +1,63 @@
+// ilgpumoe-bench: the benchmark executable. `ilgpumoe bench ...` forwards here (perf/NOTES.md says why it is a
+// separate executable). The first argument may be the verb: bench (default) or host (BenchmarkDotNet host paths).
+using Spectre.Console;
+
 namespace ILGpuMoE.Perf;
 
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static int Main(string[] args)
+    {
+        var rest = args.AsSpan();
+        string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
+        if (verb is not ("bench" or "host" or "plot"))
+            return Cli.Program.Main(args); // devices, inspect, ...: this file is also the whole CLI (the GPU publish)
+        if (rest.Length > 0 && !rest[0].StartsWith('-'))
+            rest = rest[1..];
+        try
+        {
+            if (verb == "plot")
+                return Plot(rest.ToArray());
+#if GPU_PUBLISH
+            if (verb == "host")
+            {
+                Console.Error.WriteLine("error: host benchmarks are not in the GPU publish (run them on the CPU machine)");
+                return 2;
+            }
+
+            return BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error);
+#else
+            return verb == "host" ? HostBenchmarks.Run(rest.ToArray()) : BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error);
+#endif
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"error: unexpected {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+            if (Environment.GetEnvironmentVariable("ILGPUMOE_DEBUG") is "1" or "true")
+                Console.Error.WriteLine(e);
+            return 1;
+        }
+    }
+
+    /// <summary>`plot bench.json roofline.png`: redraws the roofline from a saved report (e.g. one filed from the GPU machine).</summary>
+    private static int Plot(string[] args)
+    {
+        if (args.Length != 2 || !File.Exists(args[0]))
+        {
+            Console.Error.WriteLine("error: usage: ilgpumoe-bench plot <bench.json> <roofline.png> (the json must exist)");
+            return 2;
+        }
+
+        Report.RooflinePlot.Save(Report.Reports.FromJson(File.ReadAllText(args[0])), args[1]);
+        return 0;
+    }
+
+    /// <summary>Stdout console; when redirected (CI, the GPU runner's log) it is 200 columns wide instead of 80.</summary>
+    public static IAnsiConsole CreateConsole()
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
+        if (Console.IsOutputRedirected)
+            console.Profile.Width = 200;
+        return console;
+    }
 }

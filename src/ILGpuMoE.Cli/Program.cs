@@ -37,6 +37,7 @@ public static class Program
         root.Add(GenerateCommand.Create(io, device));
         root.Add(QuantizeCommand.Create(io));
         root.Add(PtxCommand.Create(io));
+        root.Add(BenchCommand.Create(io));
         return root;
     }
 }

@@ -1,0 +1,441 @@
+// Dense cases (kernels/ILGpuMoE.Kernels/Dense): matmul V1/V2 (T > 1), GEMV V1/V2 (T = 1) at the q_proj shape
+// [H*Dh, D] and the lm_head shape [V, D]; rmsnorm, rope, swiglu (V1 split, V2 fused), softmax over V, embedding, add.
+// FLOPs count a multiply-add as 2; elementwise kernels count their arithmetic (an exp as 1). Minimum bytes: inputs read
+// once, outputs written once (perf/notes/dense.md has the same counts at Mixtral shapes).
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Dense;
+using ILGpuMoE.Perf.Suite;
+using ILGpuMoE.Reference;
+
+namespace ILGpuMoE.Perf.Cases;
+
+public sealed class DenseFamily : IBenchFamily
+{
+    public string Name => "dense";
+
+    /// <summary>Weight types timed for the matmuls: f32 and bf16 (the checkpoint type of real models).</summary>
+    public static readonly WeightType[] MatMulTypes = [WeightType.F32, WeightType.BF16];
+
+    public IEnumerable<IBenchCase> Cases(ShapePreset p, int tokens, BenchDevice device)
+    {
+        foreach (var type in MatMulTypes)
+        {
+            foreach (var v in tokens == 1 ? new[] { "v1", "gemv", "gemv-v2" } : ["v1", "v2"])
+            {
+                yield return new MatMulCase(p, tokens, type, v, "q_proj", p.QDim, p.Dim);
+                // lm_head runs on the last token of a step (sampling); at T > 1 only the tiled kernel is worth timing.
+                if (tokens == 1 || v == "v2")
+                    yield return new MatMulCase(p, tokens, type, v, "lm_head", p.Vocab, p.Dim);
+            }
+        }
+
+        yield return new RmsNormCase(p, tokens, WeightType.BF16);
+        yield return new RopeCase(p, tokens);
+        yield return new SwiGluCase(p, tokens, fused: false);
+        yield return new SwiGluCase(p, tokens, fused: true);
+        // Softmax over the vocabulary is for sampling: a few rows per step, never thousands.
+        if (tokens <= 64 || p.IsSmall)
+            yield return new SoftmaxCase(p, tokens);
+        yield return new EmbeddingCase(p, tokens, WeightType.BF16);
+        yield return new AddCase(p, tokens);
+    }
+
+    /// <summary>GPU only: a square f32 V2 matmul large enough to reach the kernel's best throughput (the compute ceiling).</summary>
+    public IBenchCase? CeilingCase(ShapePreset p, BenchDevice device) =>
+        device.IsGpu ? new MatMulCase(p, 4096, WeightType.F32, "v2", "square", 4096, 4096) : null;
+}
+
+public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, string version, string what, int outDim, int inDim) : CaseBase
+{
+    private MatMulKernel<F32Weights>? k32;
+    private MatMulKernel<F16Weights>? k16;
+    private MatMulKernel<BF16Weights>? kbf;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, WeightBuffer W)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? y;
+
+    public override string Family => "dense/matmul";
+
+    public override string Version => version;
+
+    public override string DType => WeightTypes.Label(type);
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"{what} [{tokens}, {inDim}] x [{outDim}, {inDim}]^T";
+
+    public override double Flops => 2.0 * tokens * outDim * inDim;
+
+    public override double MinBytes => (double)outDim * inDim * WeightTypes.Bytes(type) + 4.0 * tokens * (inDim + outDim);
+
+    public override bool IsMatmul => true;
+
+    public override long SetBytes => (long)outDim * inDim * WeightTypes.Bytes(type) + 4L * tokens * inDim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        switch (type)
+        {
+            case WeightType.F32: k32 = MatMulKernel.Create<F32Weights>(d.Accelerator); break;
+            case WeightType.F16: k16 = MatMulKernel.Create<F16Weights>(d.Accelerator); break;
+            default: kbf = MatMulKernel.Create<BF16Weights>(d.Accelerator); break;
+        }
+
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, (long)tokens * inDim), Weights(d, type, (long)outDim * inDim, 1f / MathF.Sqrt(inDim))));
+        y = Floats(d, (long)tokens * outDim);
+    }
+
+    public override void Run(AcceleratorStream stream, int set)
+    {
+        var (x, w) = sets[set];
+        switch (type)
+        {
+            case WeightType.F32: Launch(k32!, w.F32, stream, x.View); break;
+            case WeightType.F16: Launch(k16!, w.F16, stream, x.View); break;
+            default: Launch(kbf!, w.BF16, stream, x.View); break;
+        }
+    }
+
+    private void Launch<TW>(MatMulKernel<TW> k, TW w, AcceleratorStream s, ArrayView<float> x)
+        where TW : struct, IWeights
+    {
+        switch (version)
+        {
+            case "v1": k.LaunchV1(s, x, w, y!.View, tokens, outDim, inDim); break;
+            case "v2": k.LaunchV2(s, x, w, y!.View, tokens, outDim, inDim); break;
+            case "gemv": k.LaunchGemvV1(s, x, w, y!.View, tokens, outDim, inDim); break;
+            default: k.LaunchGemvV2(s, x, w, y!.View, tokens, outDim, inDim); break;
+        }
+    }
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var sample = Compare.SampleTokens(tokens, p.CheckTokens);
+        var x = Compare.Rows(sets[0].X.GetAsArray1D(), inDim, sample);
+        // Large weights (lm_head at V = 129K): the reference recomputes a spread of output rows, not all of them.
+        var outs = (long)outDim * inDim > (16L << 20) ? Compare.SampleTokens(outDim, 256) : Enumerable.Range(0, outDim).ToArray();
+        var w = new float[(long)outs.Length * inDim];
+        for (int i = 0; i < outs.Length; i++)
+            sets[0].W.Download((long)outs[i] * inDim, inDim).CopyTo(w.AsSpan(i * inDim, inDim));
+        var want = RefOps.MatMulT(x, w, sample.Length, outs.Length, inDim);
+        var all = y!.GetAsArray1D();
+        var got = new float[sample.Length * outs.Length];
+        for (int t = 0; t < sample.Length; t++)
+        {
+            for (int i = 0; i < outs.Length; i++)
+                got[t * outs.Length + i] = all[(long)sample[t] * outDim + outs[i]];
+        }
+
+        string scope = Compare.Scope(sample, tokens) + (outs.Length == outDim ? "" : $", {outs.Length} of {outDim} outputs");
+        return Compare.Close(got, want, 1e-4, 2e-6 * Math.Sqrt(inDim), scope);
+    }
+}
+
+public sealed class RmsNormCase(ShapePreset p, int tokens, WeightType type) : CaseBase
+{
+    private const float Eps = 1e-5f;
+    private RmsNormKernel<BF16Weights>? kbf;
+    private RmsNormKernel<F32Weights>? k32;
+    private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> xs = [];
+    private WeightBuffer? w;
+    private MemoryBuffer1D<float, Stride1D.Dense>? y;
+
+    public override string Family => "dense/rmsnorm";
+
+    public override string Version => "v1";
+
+    public override string DType => WeightTypes.Label(type);
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"[{tokens}, {p.Dim}]";
+
+    public override double Flops => 4.0 * tokens * p.Dim;
+
+    public override double MinBytes => 8.0 * tokens * p.Dim + (double)p.Dim * WeightTypes.Bytes(type);
+
+    public override long SetBytes => 4L * tokens * p.Dim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        if (type == WeightType.F32)
+            k32 = RmsNormKernel.Create<F32Weights>(d.Accelerator);
+        else
+            kbf = RmsNormKernel.Create<BF16Weights>(d.Accelerator);
+        for (int i = 0; i < setCount; i++)
+            xs.Add(Floats(d, (long)tokens * p.Dim));
+        w = Weights(d, type, p.Dim, 1f);
+        y = Floats(d, (long)tokens * p.Dim);
+    }
+
+    public override void Run(AcceleratorStream stream, int set)
+    {
+        if (type == WeightType.F32)
+            k32!.Launch(stream, xs[set].View, w!.F32, y!.View, tokens, p.Dim, Eps);
+        else
+            kbf!.Launch(stream, xs[set].View, w!.BF16, y!.View, tokens, p.Dim, Eps);
+    }
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var want = RefOps.RmsNorm(xs[0].GetAsArray1D(), w!.Download(), tokens, p.Dim, Eps);
+        return Compare.Close(y!.GetAsArray1D(), want, 1e-5, 1e-6, $"all {tokens} tokens");
+    }
+}
+
+/// <summary>RoPE in place on q and k: each timed run rotates the set again (same work, data stays random).</summary>
+public sealed class RopeCase(ShapePreset p, int tokens) : CaseBase
+{
+    private RopeKernel? kernel;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<int, Stride1D.Dense> Pos)> sets = [];
+
+    public override string Family => "dense/rope";
+
+    public override string Version => "v1";
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"q [{tokens}, {p.Heads}, {p.HeadDim}] k [{tokens}, {p.KvHeads}, {p.HeadDim}]";
+
+    private long Elements => (long)tokens * (p.Heads + p.KvHeads) * p.HeadDim;
+
+    public override double Flops => 3.0 * Elements;
+
+    public override double MinBytes => 8.0 * Elements + 4.0 * tokens;
+
+    public override long SetBytes => 4 * Elements + 4L * tokens;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        kernel = Own(RopeKernel.Create(d.Accelerator));
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, (long)tokens * p.QDim), Floats(d, (long)tokens * p.KvDim), Ints(d, tokens, Math.Max(p.KvLength, 2))));
+    }
+
+    public override void Run(AcceleratorStream stream, int set) =>
+        kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].Pos.View, tokens, p.Heads, p.KvHeads, p.HeadDim, p.RopeTheta);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        d.Stream.Synchronize();
+        var q = sets[0].Q.GetAsArray1D();
+        var k = sets[0].K.GetAsArray1D();
+        var pos = sets[0].Pos.GetAsArray1D();
+        RunOnce(d);
+        var rq = Compare.Close(sets[0].Q.GetAsArray1D(), RefOps.Rope(q, pos, tokens, p.Heads, p.HeadDim, p.RopeTheta), 1e-5, 3e-7, $"q, all {tokens} tokens");
+        if (!rq.Passed)
+            return rq;
+        return Compare.Close(sets[0].K.GetAsArray1D(), RefOps.Rope(k, pos, tokens, p.KvHeads, p.HeadDim, p.RopeTheta), 1e-5, 3e-7, $"q and k, all {tokens} tokens");
+    }
+}
+
+/// <summary>SwiGLU on the expert hidden dim: V1 gate [T*F], up [T*F]; V2 fused gu [T, 2F] (the stacked w1|w3 matmul's output).</summary>
+public sealed class SwiGluCase(ShapePreset p, int tokens, bool fused) : CaseBase
+{
+    private SwiGluKernel? kernel;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> A, MemoryBuffer1D<float, Stride1D.Dense>? B)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? y;
+
+    public override string Family => "dense/swiglu";
+
+    public override string Version => fused ? "v2-fused" : "v1";
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"[{tokens}, {p.Hidden}]";
+
+    private long N => (long)tokens * p.Hidden;
+
+    public override double Flops => 4.0 * N;
+
+    public override double MinBytes => 12.0 * N;
+
+    public override long SetBytes => 8 * N;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        kernel = SwiGluKernel.Create(d.Accelerator);
+        for (int i = 0; i < setCount; i++)
+            sets.Add(fused ? (Floats(d, 2 * N, 4f), null) : (Floats(d, N, 4f), Floats(d, N, 4f)));
+        y = Floats(d, N);
+    }
+
+    public override void Run(AcceleratorStream stream, int set)
+    {
+        if (fused)
+            kernel!.LaunchFused(stream, sets[set].A.View, y!.View, tokens, p.Hidden);
+        else
+            kernel!.Launch(stream, sets[set].A.View, sets[set].B!.View, y!.View);
+    }
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        float[] gate, up;
+        if (fused)
+        {
+            var gu = sets[0].A.GetAsArray1D();
+            gate = new float[N];
+            up = new float[N];
+            for (int t = 0; t < tokens; t++)
+            {
+                gu.AsSpan(2 * t * p.Hidden, p.Hidden).CopyTo(gate.AsSpan(t * p.Hidden));
+                gu.AsSpan((2 * t + 1) * p.Hidden, p.Hidden).CopyTo(up.AsSpan(t * p.Hidden));
+            }
+        }
+        else
+        {
+            gate = sets[0].A.GetAsArray1D();
+            up = sets[0].B!.GetAsArray1D();
+        }
+
+        return Compare.Close(y!.GetAsArray1D(), RefOps.SwiGlu(gate, up), 1e-5, 1e-7, $"all {tokens} tokens");
+    }
+}
+
+/// <summary>Row softmax over the vocabulary (sampling's probabilities).</summary>
+public sealed class SoftmaxCase(ShapePreset p, int tokens) : CaseBase
+{
+    private SoftmaxKernel? kernel;
+    private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> xs = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? y;
+
+    public override string Family => "dense/softmax";
+
+    public override string Version => "v1";
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"[{tokens}, {p.Vocab}]";
+
+    private long N => (long)tokens * p.Vocab;
+
+    public override double Flops => 4.0 * N;
+
+    public override double MinBytes => 8.0 * N;
+
+    public override long SetBytes => 4 * N;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        kernel = SoftmaxKernel.Create(d.Accelerator);
+        for (int i = 0; i < setCount; i++)
+            xs.Add(Floats(d, N, 8f));
+        y = Floats(d, N);
+    }
+
+    public override void Run(AcceleratorStream stream, int set) => kernel!.Launch(stream, xs[set].View, y!.View, tokens, p.Vocab);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        return Compare.Close(y!.GetAsArray1D(), RefOps.Softmax(xs[0].GetAsArray1D(), tokens, p.Vocab), 1e-5, 1e-7, $"all {tokens} tokens");
+    }
+}
+
+public sealed class EmbeddingCase(ShapePreset p, int tokens, WeightType type) : CaseBase
+{
+    private EmbeddingKernel<BF16Weights>? kbf;
+    private EmbeddingKernel<F32Weights>? k32;
+    private readonly List<MemoryBuffer1D<int, Stride1D.Dense>> ids = [];
+    private WeightBuffer? table;
+    private MemoryBuffer1D<float, Stride1D.Dense>? x;
+
+    public override string Family => "dense/embedding";
+
+    public override string Version => "v1";
+
+    public override string DType => WeightTypes.Label(type);
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"[{p.Vocab}, {p.Dim}] gather {tokens}";
+
+    public override double Flops => 0;
+
+    public override double MinBytes => (double)tokens * p.Dim * (WeightTypes.Bytes(type) + 4) + 4.0 * tokens;
+
+    public override long SetBytes => 4L * tokens;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        if (type == WeightType.F32)
+            k32 = EmbeddingKernel.Create<F32Weights>(d.Accelerator);
+        else
+            kbf = EmbeddingKernel.Create<BF16Weights>(d.Accelerator);
+        for (int i = 0; i < setCount; i++)
+            ids.Add(Ints(d, tokens, p.Vocab));
+        table = Weights(d, type, (long)p.Vocab * p.Dim, 1f);
+        x = Floats(d, (long)tokens * p.Dim);
+    }
+
+    public override void Run(AcceleratorStream stream, int set)
+    {
+        if (type == WeightType.F32)
+            k32!.Launch(stream, ids[set].View, table!.F32, x!.View, tokens, p.Vocab, p.Dim);
+        else
+            kbf!.Launch(stream, ids[set].View, table!.BF16, x!.View, tokens, p.Vocab, p.Dim);
+    }
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        // Only the gathered rows come back from the device (the table can be GBs); the reference sees them as a
+        // table of T rows indexed 0..T-1, which is the same gather.
+        var idList = ids[0].GetAsArray1D();
+        var rows = new float[(long)tokens * p.Dim];
+        for (int t = 0; t < tokens; t++)
+            table!.Download((long)idList[t] * p.Dim, p.Dim).CopyTo(rows.AsSpan(t * p.Dim, p.Dim));
+        var want = RefOps.Embedding(rows, Enumerable.Range(0, tokens).ToArray(), tokens, p.Dim);
+        return Compare.Close(x!.GetAsArray1D(), want, 0, 0, $"all {tokens} tokens");
+    }
+}
+
+/// <summary>The residual add h = h + f(h) on [T, D].</summary>
+public sealed class AddCase(ShapePreset p, int tokens) : CaseBase
+{
+    private ElementwiseKernel? kernel;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> A, MemoryBuffer1D<float, Stride1D.Dense> B)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? y;
+
+    public override string Family => "dense/add";
+
+    public override string Version => "v1";
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"[{tokens}, {p.Dim}]";
+
+    private long N => (long)tokens * p.Dim;
+
+    public override double Flops => N;
+
+    public override double MinBytes => 12.0 * N;
+
+    public override long SetBytes => 8 * N;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        kernel = ElementwiseKernel.Create(d.Accelerator);
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, N), Floats(d, N)));
+        y = Floats(d, N);
+    }
+
+    public override void Run(AcceleratorStream stream, int set) => kernel!.Add(stream, sets[set].A.View, sets[set].B.View, y!.View);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var a = sets[0].A.GetAsArray1D();
+        var b = sets[0].B.GetAsArray1D();
+        var want = new float[N];
+        for (long i = 0; i < N; i++)
+            want[i] = a[i] + b[i];
+        return Compare.Close(y!.GetAsArray1D(), want, 0, 0, $"all {tokens} tokens");
+    }
+}

@@ -1,0 +1,108 @@
+// End to end on a random model, and the CPU peer on the same model.
+// Ours: the runtime (MixtralModel + InferenceSession) on the bench's device: time to first token = prefill of the
+// prompt (logits of the last token copied back), then single-token decode steps. Theirs (CPU only): llama.cpp on the
+// same weights as GGUF, F32 and its own Q8_0/Q4_0. Rows: one EndToEndResult per engine and scheme, and PeerResults
+// with ours/theirs for prefill and decode tokens/s per matching scheme (F32 vs F32; int8 vs Q8_0 and int4 vs Q4_0
+// once the quantized kernels exist).
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+using ILGpuMoE.Perf.Suite;
+
+namespace ILGpuMoE.Perf.EndToEnd;
+
+public static class EndToEndRun
+{
+    /// <summary>
+    /// The model of the run. On the CPU (and for the tiny preset) a small random Mixtral whose dims suit llama.cpp's
+    /// 32-wide quant blocks, which both sides run. On a GPU the preset's own shapes in BF16 with one layer: that is
+    /// what the GPU runner's one-minute step allows (writing and loading 2.8 GB of random experts per Mixtral layer).
+    /// </summary>
+    public static RandomMixtralOptions ModelFor(ShapePreset p, bool gpu) => !gpu || p.IsTiny
+        ? new() { Hidden = 64, Layers = 2, Experts = 4, TopK = 2, Ffn = 128, Heads = 4, KvHeads = 2, Vocab = 512, DType = DType.F32, Seed = 11 }
+        : new()
+        {
+            Hidden = p.Dim, Layers = 1, Experts = p.Experts, TopK = p.TopK, Ffn = p.Hidden, Heads = p.Heads,
+            KvHeads = p.KvHeads, HeadDim = p.HeadDim, Vocab = p.Vocab, DType = DType.BF16, Seed = 11, RopeTheta = p.RopeTheta,
+        };
+
+    public static (List<EndToEndResult> Rows, List<PeerResult> Peers, List<string> Notes) Run(BenchDevice device, ShapePreset p, bool peer, Action<string> log)
+    {
+        var rows = new List<EndToEndResult>();
+        var peers = new List<PeerResult>();
+        var notes = new List<string>();
+        var o = ModelFor(p, device.IsGpu);
+        int promptTokens = device.IsGpu ? 128 : 16, decodeTokens = device.IsGpu ? 32 : 8;
+        string shape = $"random Mixtral D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.Ffn} H={o.Heads}/{o.KvHeads} V={o.Vocab}";
+        var rng = new Random(5);
+        var prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
+        var decode = Enumerable.Range(0, decodeTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
+        string dir = Path.Combine(Path.GetTempPath(), $"ilgpumoe-e2e-{Environment.ProcessId}");
+        try
+        {
+            string hf = Path.Combine(dir, "hf");
+            RandomMixtral.Write(hf, o);
+            log($"end to end: {shape}, prompt {promptTokens}, decode {decodeTokens}");
+
+            // llama.cpp first, before our run loads the CPU accelerator with a model's worth of work (on a shared 2-core
+            // machine its figures already vary a lot with other load: F32 prefill 34 to 1785 tok/s across runs here).
+            var theirsByScheme = new List<(string Ours, string Scheme, EndToEndResult Theirs)>();
+#if !GPU_PUBLISH
+            if (peer && !device.IsGpu)
+            {
+                string f32 = Path.Combine(dir, "model-f32.gguf");
+                ILGpuMoE.IO.Gguf.MixtralGguf.Convert(hf, f32);
+                int threads = Environment.ProcessorCount;
+                foreach (var (scheme, ourScheme) in new[] { ("f32", "f32"), ("q8_0", "int8"), ("q4_0", "int4") })
+                {
+                    string gguf = f32;
+                    if (scheme != "f32")
+                    {
+                        gguf = Path.Combine(dir, $"model-{scheme}.gguf");
+                        Peer.LlamaCppPeer.Quantize(f32, gguf, scheme);
+                    }
+
+                    var t = Peer.LlamaCppPeer.Time(gguf, scheme, prompt, decode, threads);
+                    var theirs = new EndToEndResult("llama.cpp (LLamaSharp 0.30.0, CPU)", scheme, o.Layers, promptTokens, decodeTokens,
+                        t.PrefillTokensPerSecond, t.DecodeTokensPerSecond, t.PrefillSeconds, $"{threads} threads, F32 KV cache");
+                    rows.Add(theirs);
+                    log($"llama.cpp {scheme}: prefill {theirs.PrefillTokensPerSecond:F1} tok/s, decode {theirs.DecodeTokensPerSecond:F1} tok/s");
+                    theirsByScheme.Add((ourScheme, scheme, theirs));
+                }
+            }
+#endif
+            EndToEndResult? ours = null;
+#if HAS_RUNTIME
+            ours = OurEngine.Time(device, hf, o.DType == DType.BF16 ? "bf16" : "f32", o.Layers, prompt, decode);
+            rows.Add(ours);
+            log($"ours f32: prefill {ours.PrefillTokensPerSecond:F1} tok/s, decode {ours.DecodeTokensPerSecond:F1} tok/s, TTFT {ours.TimeToFirstTokenSeconds * 1e3:F1} ms");
+#else
+            notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build.");
+#endif
+            notes.Add("end to end, ours int8/int4/fp8: the runtime does not load quantized weights yet (the quant kernels exist); only f32 (bf16 on the GPU) runs.");
+
+            foreach (var (ourScheme, scheme, theirs) in theirsByScheme)
+            {
+                var mine = ourScheme == "f32" ? ours : null;
+                string note = mine is null
+                    ? (ourScheme == "f32" ? "ours: runtime not in this build" : $"ours: the runtime has no {ourScheme} path yet")
+                    : $"ours on {device.Accelerator.AcceleratorType}" + (device.IsGpu ? "" : ": ILGPU's CPU accelerator emulates GPU threads");
+                peers.Add(new PeerResult("llama.cpp", $"prefill {ourScheme} vs {scheme}", shape, mine?.PrefillTokensPerSecond ?? double.NaN,
+                    theirs.PrefillTokensPerSecond, "tok/s", (mine?.PrefillTokensPerSecond ?? double.NaN) / theirs.PrefillTokensPerSecond, note));
+                peers.Add(new PeerResult("llama.cpp", $"decode {ourScheme} vs {scheme}", shape, mine?.DecodeTokensPerSecond ?? double.NaN,
+                    theirs.DecodeTokensPerSecond, "tok/s", (mine?.DecodeTokensPerSecond ?? double.NaN) / theirs.DecodeTokensPerSecond, note));
+            }
+        }
+        finally
+        {
+            try
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        return (rows, peers, notes);
+    }
+}
