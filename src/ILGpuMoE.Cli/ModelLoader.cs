@@ -1,6 +1,7 @@
 // Loads a model folder onto the chosen device for a command, with a progress bar on stderr while the weights stream
 // to the device (only on a terminal: redirected stderr, logs and tests get no bar).
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Quant;
 using ILGpuMoE.Runtime;
 using Spectre.Console;
 
@@ -20,7 +21,7 @@ public sealed class LoadedModel : IDisposable
     public MixtralModel Model { get; }
 
     /// <summary>Checks the folder, opens the device, plans memory and uploads the weights.</summary>
-    public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq)
+    public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq, QuantSpec? quant = null)
     {
         if (!Directory.Exists(modelDir))
         {
@@ -33,11 +34,11 @@ public sealed class LoadedModel : IDisposable
             throw new CliUsageException($"--max-seq must be >= 1, got {maxSeq}");
 
         // Plan before touching the device: a wrong folder fails fast, without a context.
-        MixtralModel.PlanFor(modelDir, new ModelLoadOptions { MaxSeq = maxSeq });
+        MixtralModel.PlanFor(modelDir, new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant });
         var device = DeviceSession.Open(choice, io.Err);
         try
         {
-            var options = new ModelLoadOptions { MaxSeq = maxSeq };
+            var options = new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant };
             MixtralModel model;
             bool terminal = ReferenceEquals(io.Err, Console.Error) && !Console.IsErrorRedirected;
             if (terminal)

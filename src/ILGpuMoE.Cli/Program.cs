@@ -35,6 +35,7 @@ public static class Program
         root.Add(InspectCommand.Create(io));
         root.Add(LogitsCommand.Create(io, device));
         root.Add(GenerateCommand.Create(io, device));
+        root.Add(QuantizeCommand.Create(io));
         root.Add(PtxCommand.Create(io));
         root.Add(BenchCommand.Create(io));
         return root;

@@ -16,7 +16,7 @@ namespace ILGpuMoE.Cli.Commands;
 public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
-        bool Chat, bool RoutingStats, int? MaxSeq);
+        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null);
 
     public static Command Create(CliIo io, Option<DeviceChoice> device)
     {
@@ -30,12 +30,13 @@ public static class GenerateCommand
         var chat = new Option<bool>("--chat") { Description = "Wrap the prompt in Mistral's [INST] ... [/INST] template" };
         var stats = new Option<bool>("--routing-stats") { Description = "Print how many tokens each expert of each layer received" };
         var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
+        var quant = QuantOption.Create();
         var command = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
         {
-            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq,
+            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant,
         };
         command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
-            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq))));
+            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant))));
         return command;
     }
 
@@ -53,6 +54,7 @@ public static class GenerateCommand
             throw new CliUsageException(e.Message);
         }
 
+        var quant = QuantOption.Parse(a.Quant);
         ITextTokenizer tokenizer;
         try
         {
@@ -67,7 +69,7 @@ public static class GenerateCommand
 
         using (tokenizer)
         {
-            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq);
+            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant);
             using var session = loaded.Model.NewSession();
             session.CollectRoutingStats = a.RoutingStats;
 

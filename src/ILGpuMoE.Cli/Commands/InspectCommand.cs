@@ -5,6 +5,7 @@ using System.CommandLine;
 using System.Globalization;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
+using ILGpuMoE.Quant;
 using Spectre.Console;
 
 namespace ILGpuMoE.Cli.Commands;
@@ -30,15 +31,29 @@ public static class InspectCommand
                 : $"{modelDir}: no such model folder");
 
         var config = ModelConfig.Load(modelDir);
+        var source = QuantSource.Load(modelDir);
         using var checkpoint = Checkpoint.Open(modelDir);
-        ModelValidator.Validate(config, checkpoint);
+        if (source is null)
+        {
+            ModelValidator.Validate(config, checkpoint);
+        }
+        else
+        {
+            // Packed linear weights are checked when loaded; the other tensors as usual.
+            ModelValidator.Validate(config, MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
+                .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
+        }
+
         var counts = ParameterCounts.Of(config);
 
         io.Out.WriteLine($"model: {Path.GetFullPath(modelDir)}");
         io.Ansi.Write(ConfigTable(config));
         io.Ansi.Write(StorageTable(checkpoint.Tensors));
-        var used = MixtralTensors.Expected(config).Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
-        var extra = checkpoint.Tensors.Count(t => !used.Contains(t.Name));
+        io.Ansi.Write(SchemeTable(config, checkpoint.Tensors, source));
+        io.Out.WriteLine("per decode token: attention q/k/v/o, router and norms of every layer, K of E experts, lm_head and one embedding row; " +
+                         "--quant packs attention and experts only");
+        var used = MixtralTensors.Expected(config).Select(t => QuantSource.BaseOf(t.Name) + ".").ToList();
+        var extra = checkpoint.Tensors.Count(t => !used.Any(u => t.Name.StartsWith(u, StringComparison.Ordinal)));
         if (extra > 0)
             io.Out.WriteLine($"{extra} tensor(s) not used by the model (ignored)");
         io.Ansi.Write(ParameterTable(counts, config));
@@ -87,6 +102,27 @@ public static class InspectCommand
 
         var total = tensors.Sum(t => t.ByteLength);
         table.AddRow("all", N(tensors.Count), $"{N(total)} ({Bytes(total)})");
+        return table;
+    }
+
+    private static Table SchemeTable(ModelConfig c, IReadOnlyList<TensorInfo> tensors, QuantSource? source)
+    {
+        var table = new Table().AddColumn("weights as").AddColumn(new TableColumn("bytes").RightAligned())
+            .AddColumn(new TableColumn("read per decode token").RightAligned());
+        void Row(string name, WeightBytes b) => table.AddRow(Markup.Escape(name), $"{N(b.Total)} ({Bytes(b.Total)})", $"{N(b.PerToken)} ({Bytes(b.PerToken)})");
+        Row(source is null ? "checkpoint (as stored)" : $"checkpoint (as stored, {source.Method} {source.PlanSpec.Name})", WeightBytes.Of(c, tensors, null));
+        if (source is null)
+        {
+            foreach (var spec in QuantSpec.All)
+            {
+                bool fits = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).All(e => spec.Scheme != Kernels.Quant.QuantScheme.Q4 || e.Shape[1] % spec.GroupSize == 0);
+                if (fits)
+                    Row($"--quant {spec.Name}", WeightBytes.Of(c, tensors, spec));
+                else
+                    table.AddRow(Markup.Escape($"--quant {spec.Name}"), "n/a (G does not divide an input dim)", "-");
+            }
+        }
+
         return table;
     }
 

@@ -17,11 +17,12 @@ public static class LogitsCommand
         var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (config.json + safetensors)", Required = true };
         var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
         var output = new Option<string>("--out", "-o") { Description = "Output safetensors file (tensor 'logits' F32 [T, V])", Required = true };
+        var quant = QuantOption.Create();
         var command = new Command("logits", "Write the logits of every position of a token sequence (one prompt, empty cache) to a safetensors file")
         {
-            model, tokens, output,
+            model, tokens, output, quant,
         };
-        command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!));
+        command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant)));
         return command;
     }
 
@@ -41,9 +42,10 @@ public static class LogitsCommand
         return ids;
     }
 
-    public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath)
+    public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null)
     {
         var ids = ParseTokens(tokenText);
+        var quant = QuantOption.Parse(quantName);
         if (Directory.Exists(modelDir))
         {
             // Cheap checks before any upload: the ids against the config's vocabulary, the output folder.
@@ -62,7 +64,7 @@ public static class LogitsCommand
         if (outDir is not null && !Directory.Exists(outDir))
             throw new CliUsageException($"--out {outPath}: folder {outDir} does not exist");
 
-        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length);
+        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant);
         using var session = loaded.Model.NewSession();
         var logits = session.Prefill(ids, allLogits: true);
         int v = loaded.Model.Config.VocabSize;

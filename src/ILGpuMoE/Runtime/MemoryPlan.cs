@@ -6,6 +6,7 @@
 // Hkv kv heads, Dh head dim, V vocab, L layers, S cache length (MaxSeq).
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
+using ILGpuMoE.Quant;
 
 namespace ILGpuMoE.Runtime;
 
@@ -23,13 +24,21 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
 
     public long TotalBytes => WeightBytes + KvCacheBytes + WorkspaceBytes;
 
-    /// <summary>Weights: the byte lengths of the tensors the config implies, as stored (BF16 stays 2 bytes).</summary>
-    public static MemoryPlan Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, int maxSeq, int maxBatch)
+    /// <summary>Weights: the byte lengths of the tensors the config implies, as stored (BF16 stays 2 bytes); with
+    /// <paramref name="quant"/>, the packed bytes (words + scales + zeros) of the linear weights instead (with
+    /// <paramref name="keepFloatLinear"/>, a quantized checkpoint's linear weights stored in a float dtype stay as stored).</summary>
+    public static MemoryPlan Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, int maxSeq, int maxBatch, QuantSpec? quant = null, bool keepFloatLinear = false)
     {
         var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         long weights = 0;
         foreach (var e in MixtralTensors.Expected(c))
-            weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;
+        {
+            bool storedFloat = keepFloatLinear && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
+            if (quant is not null && !storedFloat && e.Role is TensorRole.Attention or TensorRole.Expert)
+                weights += quant.Bytes(e.Shape[0], e.Shape[1]);
+            else
+                weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;
+        }
 
         // KV cache: K and V, [Hkv, S, Dh] f32 per layer.
         long kv = 2L * c.Layers * c.KvHeads * maxSeq * c.HeadDim * sizeof(float);

@@ -7,6 +7,7 @@
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
+using ILGpuMoE.Quant;
 
 namespace ILGpuMoE.Runtime;
 
@@ -34,18 +35,22 @@ public sealed record ModelLoadOptions
 
     /// <summary>Kernel versions (Auto: V1 on the CPU accelerator, tuned on GPUs).</summary>
     public KernelPolicy Kernels { get; init; }
+
+    /// <summary>
+    /// --quant: pack the linear weights (attention q/k/v/o, experts w1/w2/w3) at load time, tensor by tensor; null
+    /// keeps every tensor in its checkpoint dtype. Embeddings, norms, router and lm_head always keep their dtype.
+    /// </summary>
+    public QuantSpec? Quant { get; init; }
 }
 
 /// <summary>One decoder layer's weights on the device.</summary>
-internal sealed record LayerWeights(DeviceTensor InputNorm, DeviceTensor Wq, DeviceTensor Wk, DeviceTensor Wv, DeviceTensor Wo,
-    DeviceTensor PostNorm, DeviceTensor Gate, DeviceTensor W1, DeviceTensor W3, DeviceTensor W2)
-{
-    public IEnumerable<DeviceTensor> All => [InputNorm, Wq, Wk, Wv, Wo, PostNorm, Gate, W1, W3, W2];
-}
+internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, LinearWeight Wk, LinearWeight Wv, LinearWeight Wo,
+    DeviceTensor PostNorm, DeviceTensor Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2);
 
 public sealed class MixtralModel : IDisposable
 {
     private readonly List<DeviceTensor> _owned = [];
+    private readonly List<LinearWeight> _linear = [];
 
     private MixtralModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
     {
@@ -72,10 +77,11 @@ public sealed class MixtralModel : IDisposable
     public int MaxBatch => Plan.MaxBatch;
 
     /// <summary>dtype of the expert weights (the bulk of the model), e.g. "BF16".</summary>
-    public string WeightDType => Layers.Count > 0 ? Layers[0].W1.Type.ToString() : Embedding.Type.ToString();
+    public string WeightDType => Layers.Count > 0 ? Layers[0].W1.TypeName : Embedding.Type.ToString();
 
-    /// <summary>Bytes of weights on the device (equal to the checkpoint's tensor bytes: no widening on upload).</summary>
-    public long DeviceWeightBytes => _owned.Sum(t => t.Bytes);
+    /// <summary>Bytes of weights on the device (the checkpoint's tensor bytes: no widening on upload; packed bytes
+    /// for quantized linear weights).</summary>
+    public long DeviceWeightBytes => _owned.Sum(t => t.Bytes) + _linear.Sum(t => t.Bytes);
 
     internal WeightOps Ops { get; }
 
@@ -90,7 +96,7 @@ public sealed class MixtralModel : IDisposable
     /// <summary>The memory plan for a folder without touching a device (config, checkpoint headers, sizes).</summary>
     public static MemoryPlan PlanFor(string directory, ModelLoadOptions? options = null)
     {
-        var (config, _, plan) = Open(directory, options ?? new(), keep: false);
+        var (config, _, plan, _) = Open(directory, options ?? new(), keep: false);
         return plan;
     }
 
@@ -99,14 +105,14 @@ public sealed class MixtralModel : IDisposable
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         options ??= new();
-        var (config, checkpoint, plan) = Open(directory, options, keep: true);
+        var (config, checkpoint, plan, source) = Open(directory, options, keep: true);
         using (checkpoint)
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
             var model = new MixtralModel(accelerator, config, directory, plan, options.Kernels);
             try
             {
-                model.Upload(checkpoint!, options.Progress);
+                model.Upload(checkpoint!, options.Progress, options.Quant, source);
                 return model;
             }
             catch
@@ -117,7 +123,7 @@ public sealed class MixtralModel : IDisposable
         }
     }
 
-    private static (ModelConfig Config, Checkpoint? Checkpoint, MemoryPlan Plan) Open(string directory, ModelLoadOptions options, bool keep)
+    private static (ModelConfig Config, Checkpoint? Checkpoint, MemoryPlan Plan, QuantSource? Source) Open(string directory, ModelLoadOptions options, bool keep)
     {
         if (!System.IO.Directory.Exists(directory))
         {
@@ -127,24 +133,48 @@ public sealed class MixtralModel : IDisposable
         }
 
         var config = ModelConfig.Load(directory);
+        var source = QuantSource.Load(directory);
+        if (source is not null && options.Quant is not null)
+            throw new RuntimeInputException($"--quant {options.Quant.Name}: {directory} is already quantized (quantization_config.quant_method '{source.Method}'); drop --quant");
         var checkpoint = Checkpoint.Open(directory);
         try
         {
-            ModelValidator.Validate(config, checkpoint);
+            if (source is null)
+            {
+                ModelValidator.Validate(config, checkpoint);
+            }
+            else
+            {
+                // Linear weights are packed tensors (checked by their reader at upload); the rest must be as usual.
+                // (Stand-ins first: the validator keeps the first tensor of a name, and FP8 keeps E4M3 BASE.weight.)
+                var tensors = MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
+                    .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList();
+                ModelValidator.Validate(config, tensors, checkpoint.Directory);
+            }
+
             int maxSeq = options.MaxSeq ?? Math.Min(config.MaxPositionEmbeddings, ModelLoadOptions.DefaultMaxSeqCap);
             if (maxSeq < 1 || maxSeq > config.MaxPositionEmbeddings)
                 throw new RuntimeInputException($"--max-seq must be in [1, {config.MaxPositionEmbeddings}] (max_position_embeddings), got {maxSeq}");
             int maxBatch = Math.Min(options.MaxBatch ?? ModelLoadOptions.DefaultMaxBatch, maxSeq);
             if (maxBatch < 1)
                 throw new RuntimeInputException($"max batch must be >= 1, got {maxBatch}");
-            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch);
+            if (options.Quant is { } quant)
+            {
+                foreach (var e in MixtralTensors.Expected(config))
+                {
+                    if (e.Role is TensorRole.Attention or TensorRole.Expert)
+                        Check(quant, e.Name, e.Shape[0], e.Shape[1]);
+                }
+            }
+
+            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null);
             if (!keep)
             {
                 checkpoint.Dispose();
-                return (config, null, plan);
+                return (config, null, plan, source);
             }
 
-            return (config, checkpoint, plan);
+            return (config, checkpoint, plan, source);
         }
         catch
         {
@@ -153,9 +183,22 @@ public sealed class MixtralModel : IDisposable
         }
     }
 
-    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress)
+    private static void Check(QuantSpec quant, string tensor, long rows, long cols)
+    {
+        try
+        {
+            quant.Check(tensor, rows, cols);
+        }
+        catch (ArgumentException e)
+        {
+            throw new RuntimeInputException(e.Message);
+        }
+    }
+
+    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source)
     {
         var c = Config;
+        var shapes = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal);
         long done = 0, total = Plan.WeightBytes;
 
         DeviceTensor One(string name)
@@ -167,26 +210,60 @@ public sealed class MixtralModel : IDisposable
             return t;
         }
 
-        DeviceTensor Stacked(int layer, int w)
+        LinearWeight Add(LinearWeight w)
+        {
+            _linear.Add(w);
+            done += w.Bytes;
+            return w;
+        }
+
+        // One host matrix at a time: read (widened to f32) and pack, or read a quantized checkpoint's packed tensors;
+        // upload, drop.
+        QuantizedMatrix Pack(string name)
+        {
+            int rows = (int)shapes[name][0], cols = (int)shapes[name][1];
+            var m = source is not null ? source.Read(checkpoint, name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(name), rows, cols);
+            if (m.InputPermutation is not null)
+            {
+                throw new InvalidDataException($"{checkpoint.Directory}: {QuantSource.BaseOf(name)}: GPTQ act-order (g_idx not k / group_size) is not supported " +
+                                               "by the runtime yet; re-quantize without desc_act");
+            }
+
+            return m;
+        }
+
+        bool packed = quant is not null || source is not null;
+
+        // A quantized checkpoint may leave a linear weight unquantized (modules_to_not_convert): it stays dense.
+        bool Dense(string name) => !packed || (source is not null && QuantSource.IsFloat(checkpoint, name));
+
+        LinearWeight Linear(string name)
+        {
+            progress?.Report(new LoadProgress(done, total, name));
+            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
+        }
+
+        LinearWeight Stacked(int layer, int w)
         {
             var names = Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
             progress?.Report(new LoadProgress(done, total, $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight"));
-            var t = DeviceTensor.UploadStacked(Accelerator, checkpoint, names);
-            _owned.Add(t);
-            done += t.Bytes;
-            return t;
+            if (names.All(Dense))
+                return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
+
+            // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
+            return Add(new LinearWeight(QuantizedMatrix.Stack(names.Select(Pack).ToArray()).Upload(Accelerator)));
         }
 
         Embedding = One(MixtralTensors.Embedding);
         var layers = new List<LayerWeights>(c.Layers);
         for (int l = 0; l < c.Layers; l++)
         {
-            var layer = new LayerWeights(One(MixtralTensors.InputNorm(l)), One(MixtralTensors.QProj(l)), One(MixtralTensors.KProj(l)),
-                One(MixtralTensors.VProj(l)), One(MixtralTensors.OProj(l)), One(MixtralTensors.PostAttentionNorm(l)),
+            var layer = new LayerWeights(One(MixtralTensors.InputNorm(l)), Linear(MixtralTensors.QProj(l)), Linear(MixtralTensors.KProj(l)),
+                Linear(MixtralTensors.VProj(l)), Linear(MixtralTensors.OProj(l)), One(MixtralTensors.PostAttentionNorm(l)),
                 One(MixtralTensors.Gate(l)), Stacked(l, 1), Stacked(l, 3), Stacked(l, 2));
-            if (layer.W1.Type != layer.W3.Type || layer.W1.Type != layer.W2.Type)
+            if (layer.W1.TypeName != layer.W3.TypeName || layer.W1.TypeName != layer.W2.TypeName)
             {
-                throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.Type}, w3 {layer.W3.Type}, w2 {layer.W2.Type}); " +
+                throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.TypeName}, w3 {layer.W3.TypeName}, w2 {layer.W2.TypeName}); " +
                                                "the grouped GEMM needs one dtype for w1, w2 and w3");
             }
 
@@ -209,5 +286,8 @@ public sealed class MixtralModel : IDisposable
         foreach (var t in _owned)
             t.Dispose();
         _owned.Clear();
+        foreach (var t in _linear)
+            t.Dispose();
+        _linear.Clear();
     }
 }

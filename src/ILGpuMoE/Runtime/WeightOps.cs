@@ -13,6 +13,8 @@ using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
+using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Quant;
 
 namespace ILGpuMoE.Runtime;
 
@@ -72,6 +74,81 @@ internal sealed class WeightOps : IDisposable
     private Typed<F16Weights> F16 => _f16 ??= new(_accelerator);
 
     private Typed<BF16Weights> BF16 => _bf16 ??= new(_accelerator);
+
+    // Quantized linear weights (--quant or a quantized checkpoint): loaded on first use only.
+    private QuantGemvKernel? _qgemv;
+    private QuantGemmKernel? _qgemm;
+    private QuantMoeBlockKernels<Q8Weights>? _qmoe8;
+    private QuantMoeBlockKernels<Q4Weights>? _qmoe4;
+    private QuantMoeBlockKernels<Fp8Weights>? _qmoeFp8;
+
+    /// <summary>y [T, Out] (+)= x [T, In] W^T for a dense or quantized W [Out, In].</summary>
+    public void MatMul(AcceleratorStream s, ArrayView<float> x, LinearWeight w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false)
+    {
+        if (w.Dense is not null)
+        {
+            MatMul(s, x, w.Dense, y, t, outDim, inDim, accumulate);
+            return;
+        }
+
+        var q = w.Quant!;
+        if (q.Host.Rows != outDim || q.Host.Cols != inDim)
+            throw new ArgumentException($"quantized weight is [{q.Host.Rows}, {q.Host.Cols}], the step needs [{outDim}, {inDim}]");
+
+        // Decode (T <= 8): the GEMV streams each packed row once for all tokens; prefill: the tiled GEMM. One split:
+        // the runtime's output rows (>= 1024 at Mixtral shapes) already fill the device without split-K scratch.
+        if (t <= QuantGemvKernels.MaxTokens)
+        {
+            var k = _qgemv ??= QuantGemvKernel.Create(_accelerator);
+            switch (q.Host.Scheme)
+            {
+                case QuantScheme.Q8: k.Launch(s, x, q.Q8, y, t, accumulate: accumulate); break;
+                case QuantScheme.Q4: k.Launch(s, x, q.Q4, y, t, accumulate: accumulate); break;
+                default: k.Launch(s, x, q.Fp8, y, t, accumulate: accumulate); break;
+            }
+        }
+        else
+        {
+            var k = _qgemm ??= QuantGemmKernel.Create(_accelerator);
+            switch (q.Host.Scheme)
+            {
+                case QuantScheme.Q8: k.Launch(s, x, q.Q8, y, t, accumulate); break;
+                case QuantScheme.Q4: k.Launch(s, x, q.Q4, y, t, accumulate); break;
+                default: k.Launch(s, x, q.Fp8, y, t, accumulate); break;
+            }
+        }
+    }
+
+    /// <summary>output [T, D] = residual + MoE(x) for dense or quantized stacked experts (w1, w3 [E*F, D], w2 [E*D, F]).</summary>
+    public void Moe(AcceleratorStream s, MoeWorkspace ws, ArrayView<float> x, ArrayView<int> ids, ArrayView<float> weights, int t,
+        LinearWeight w1, LinearWeight w3, LinearWeight w2, ArrayView<float> output, ArrayView<float> residual)
+    {
+        if (w1.Dense is not null && w3.Dense is not null && w2.Dense is not null)
+        {
+            Moe(s, ws, x, ids, weights, t, w1.Dense, w3.Dense, w2.Dense, output, residual);
+            return;
+        }
+
+        DeviceQuantMatrix q1 = w1.Quant ?? throw Mixed(), q3 = w3.Quant ?? throw Mixed(), q2 = w2.Quant ?? throw Mixed();
+        if (q3.Host.Scheme != q1.Host.Scheme || q2.Host.Scheme != q1.Host.Scheme)
+            throw Mixed();
+
+        // The quantized block has no V1 form: its launcher picks the tiled (prefill) or GEMV (decode) grouped passes.
+        switch (q1.Host.Scheme)
+        {
+            case QuantScheme.Q8:
+                (_qmoe8 ??= QuantMoeBlockKernels<Q8Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q8, q3.Q8, q2.Q8, output, residual);
+                break;
+            case QuantScheme.Q4:
+                (_qmoe4 ??= QuantMoeBlockKernels<Q4Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q4, q3.Q4, q2.Q4, output, residual);
+                break;
+            default:
+                (_qmoeFp8 ??= QuantMoeBlockKernels<Fp8Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Fp8, q3.Fp8, q2.Fp8, output, residual);
+                break;
+        }
+
+        static InvalidOperationException Mixed() => new("experts w1, w3 and w2 of a layer must share one packed scheme");
+    }
 
     /// <summary>x [T, D] = table[tokens] (ids outside [0, V) give NaN rows: the caller checks ids first).</summary>
     public void Embedding(AcceleratorStream s, ArrayView<int> tokens, DeviceTensor table, ArrayView<float> x, int t, int v, int d)

@@ -1,0 +1,44 @@
+// Weight bytes of a model under a storage scheme: all of it (what the device holds) and what one decode step must read
+// (every layer's attention q/k/v/o, router and norms, K of the E experts, lm_head, one embedding row). Decode is
+// bandwidth-bound, so the second number over the device's bandwidth is the roofline of one token.
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+
+namespace ILGpuMoE.Quant;
+
+public readonly record struct WeightBytes(long Total, long PerToken)
+{
+    /// <summary>
+    /// Bytes as stored in <paramref name="tensors"/> (spec null) or with the linear weights packed by <paramref name="spec"/>.
+    /// A linear weight stored quantized (BASE.qweight, ...) counts every tensor under BASE.
+    /// </summary>
+    public static WeightBytes Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, QuantSpec? spec)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
+        long Bytes(ExpectedTensor e)
+        {
+            if (spec is not null && QuantSource.IsLinear(e))
+                return spec.Bytes(e.Shape[0], e.Shape[1]);
+            string b = QuantSource.BaseOf(e.Name) + ".";
+            long stored = tensors.Where(t => t.Name.StartsWith(b, StringComparison.Ordinal)).Sum(t => t.ByteLength);
+            return stored > 0 ? stored : e.ElementCount * 4;
+        }
+
+        long total = 0, perToken = 0;
+        foreach (var e in MixtralTensors.Expected(c))
+        {
+            long b = Bytes(e);
+            total += b;
+            perToken += e.Role switch
+            {
+                TensorRole.Expert => b * c.TopK / c.Experts,               // K of E experts (equal sizes)
+                TensorRole.Embedding => b / Math.Max(1, c.VocabSize)       // one row gathered
+                                        + (c.TieWordEmbeddings ? b : 0),   // tied: it is also lm_head
+                _ => b,                                                    // attention, router, norms, lm_head
+            };
+        }
+
+        return new WeightBytes(total, perToken);
+    }
+}

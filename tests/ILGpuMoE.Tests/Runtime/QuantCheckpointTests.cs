@@ -1,0 +1,314 @@
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+using ILGpuMoE.Quant;
+using ILGpuMoE.Reference;
+using ILGpuMoE.Runtime;
+using ILGpuMoE.Tests.Cli;
+using ILGpuMoE.Tests.Common;
+
+namespace ILGpuMoE.Tests.Runtime;
+
+/// <summary>
+/// Quantized checkpoints: ilgpumoe quantize round trip (== --quant on the original), and AWQ / GPTQ / FP8 checkpoints
+/// built here by hand from the formats' definitions, loaded through config.json's quantization_config and compared with
+/// RefMixtral on the dequantized weights.
+/// </summary>
+public class QuantCheckpointTests
+{
+    private static readonly int[] AwqOrder = [0, 2, 4, 6, 1, 3, 5, 7];
+    private string _dir = "";
+
+    [OneTimeSetUp]
+    public void Setup()
+    {
+        _dir = Directory.CreateTempSubdirectory("ilgpumoe-qck-").FullName;
+        RandomMixtral.Write(Src, QuantRuntimeTests.Tiny with { Seed = 81 });
+    }
+
+    [OneTimeTearDown]
+    public void Clean() => Directory.Delete(_dir, recursive: true);
+
+    private string Src => Path.Combine(_dir, "src");
+
+    private static readonly int[] Tokens = Data.Ints(9, 12, 0, QuantRuntimeTests.Tiny.Vocab);
+
+    private static float[] RunModel(string dir, QuantSpec? quant)
+    {
+        using var model = MixtralModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 16, Quant = quant });
+        Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), "memory plan counts the packed bytes");
+        using var session = model.NewSession();
+        return [.. session.Prefill(Tokens.AsSpan(0, 11), allLogits: true), .. session.Decode(Tokens[11])];
+    }
+
+    [TestCase("int8")]
+    [TestCase("int4-g128-asym")]
+    [TestCase("fp8-tensor")]
+    public void QuantizeThenLogitsEqualsQuantFlagOnOriginal(string scheme)
+    {
+        string outDir = Path.Combine(_dir, "q-" + scheme);
+        var run = CliRun.Of("quantize", "--model", Src, "--out", outDir, "--scheme", scheme);
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(File.Exists(Path.Combine(outDir, "tokenizer.json")) || !File.Exists(Path.Combine(Src, "tokenizer.json")), "tokenizer copied");
+        var qc = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")))!["quantization_config"]!;
+        Assert.That((string?)qc["quant_method"], Is.EqualTo("ilgpumoe"));
+        Assert.That((string?)qc["scheme"], Is.EqualTo(scheme));
+        using (var ck = Checkpoint.Open(outDir))
+        {
+            Assert.That(ck.Contains("model.layers.0.self_attn.q_proj.qweight") && ck.Contains("model.layers.0.self_attn.q_proj.scales"));
+            Assert.That(ck.Contains("model.layers.0.self_attn.q_proj.weight"), Is.False);
+            Assert.That(ck.Contains("model.layers.0.block_sparse_moe.gate.weight") && ck.Contains("model.embed_tokens.weight"));
+        }
+
+        float[] want = RunModel(Src, QuantSpec.Parse(scheme));
+        float[] got = RunModel(outDir, null);
+        Check.BitEqual(want, got, $"quantize {scheme} then logits vs --quant {scheme}");
+
+        var again = CliRun.Of("logits", "--model", outDir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu",
+            "--quant", "int8").AssertBadInput();
+        Assert.That(again, Does.Contain("already quantized"));
+    }
+
+    [TestCase("{\"quant_method\": \"bitsandbytes\"}", "bitsandbytes")]
+    [TestCase("{\"quant_method\": \"awq\", \"bits\": 3, \"group_size\": 128}", "bits")]
+    [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": -1}", "group")]
+    [TestCase("{\"quant_method\": \"fp8\", \"weight_block_size\": [64, 64]}", "weight_block_size")]
+    [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 128, \"checkpoint_format\": \"gptq_v2\"}", "gptq_v2")]
+    public void UnsupportedQuantizationConfigIsOneLine(string config, string mentions)
+    {
+        string dir = Path.Combine(_dir, "bad" + Math.Abs(config.GetHashCode()));
+        Directory.CreateDirectory(dir);
+        foreach (var f in Directory.EnumerateFiles(Src))
+            File.Copy(f, Path.Combine(dir, Path.GetFileName(f)), overwrite: true);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(Src, "config.json")))!.AsObject();
+        json["quantization_config"] = JsonNode.Parse(config);
+        File.WriteAllText(Path.Combine(dir, "config.json"), json.ToJsonString());
+        var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("quantization_config").And.Contain(mentions));
+    }
+
+    [Test]
+    public void InspectShowsBytesPerSchemeAndPerDecodeToken()
+    {
+        // Tiny, BF16, counted by hand: embed 300*128*2 = 76800; layer: norms 2*128*2 = 512, attention
+        // (128*128 + 64*128)*2*2 = 98304, router 4*128*2 = 1024, experts 4*3*128*128*2 = 393216; final norm 256;
+        // lm_head 76800. Per token: one embedding row (256) and K/E = 1/2 of the experts instead of all.
+        var config = ModelConfig.Load(Src);
+        using var ck = Checkpoint.Open(Src);
+        var stored = WeightBytes.Of(config, ck.Tensors, null);
+        Assert.That(stored, Is.EqualTo(new WeightBytes(646912, 256 + 512 + 98304 + 1024 + 196608 + 256 + 76800)));
+        var int8 = WeightBytes.Of(config, ck.Tensors, QuantSpec.Parse("int8"));
+        Assert.That(int8.Total, Is.EqualTo(MixtralModel.PlanFor(Src, new ModelLoadOptions { MaxSeq = 16, Quant = QuantSpec.Parse("int8") }).WeightBytes),
+            "inspect and the memory plan agree");
+        // int8 rows of 128 values: 128 bytes + a 4-byte scale per row, for attention (128 + 64 + 64 + 128 rows) and experts (4*3*128 rows).
+        Assert.That(int8.Total, Is.EqualTo(646912 - 98304 - 393216 + (384 + 1536) * 132));
+
+        var run = CliRun.Of("inspect", Src);
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("646,912").And.Contain("--quant int8").And.Contain("--quant fp8-tensor").And.Contain(int8.Total.ToString("N0", System.Globalization.CultureInfo.InvariantCulture)));
+    }
+
+    // ---- AWQ / GPTQ / FP8 checkpoints written by hand ----
+
+    private delegate IEnumerable<SafeTensorsWriter.Entry> Packer(string b, float[] w, int rows, int cols);
+
+    /// <summary>Asymmetric 4-bit codes of W [rows, cols] per group of G along cols: (q, z, f16 scale bits).</summary>
+    private static (int[] Q, int[] Z, ushort[] S) Int4(float[] w, int rows, int cols, int g, int zMin)
+    {
+        int groups = cols / g;
+        var q = new int[rows * cols];
+        var z = new int[rows * groups];
+        var s = new ushort[rows * groups];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int j = 0; j < groups; j++)
+            {
+                float lo = 0, hi = 0;
+                for (int i = 0; i < g; i++)
+                {
+                    lo = Math.Min(lo, w[n * cols + j * g + i]);
+                    hi = Math.Max(hi, w[n * cols + j * g + i]);
+                }
+
+                var h = (Half)((hi - lo) / 15f);
+                float sc = (float)h;
+                int zz = Math.Clamp((int)Math.Round(-lo / sc), zMin, 15);
+                z[n * groups + j] = zz;
+                s[n * groups + j] = BitConverter.HalfToUInt16Bits(h);
+                for (int i = 0; i < g; i++)
+                    q[n * cols + j * g + i] = Math.Clamp((int)Math.Round(w[n * cols + j * g + i] / sc) + zz, 0, 15);
+            }
+        }
+
+        return (q, z, s);
+    }
+
+    private static SafeTensorsWriter.Entry Ints(string name, long[] shape, int[] a) => SafeTensorsWriter.FromSpan<int>(name, DType.I32, shape, a);
+
+    // AWQ GEMM: qweight I32 [in, out/8], nibble i of word (k, c) = output column 8c + order[i]; qzeros I32 [in/G, out/8]
+    // the same way; scales F16 [in/G, out].
+    private static IEnumerable<SafeTensorsWriter.Entry> Awq(string b, float[] w, int rows, int cols)
+    {
+        const int g = 64;
+        var (q, z, s) = Int4(w, rows, cols, g, 0);
+        int cw = rows / 8, groups = cols / g;
+        var qw = new int[cols * cw];
+        var qz = new int[groups * cw];
+        var sc = new ushort[groups * rows];
+        for (int k = 0; k < cols; k++)
+        {
+            for (int c = 0; c < cw; c++)
+            {
+                for (int i = 0; i < 8; i++)
+                {
+                    int n = 8 * c + AwqOrder[i];
+                    qw[k * cw + c] |= q[n * cols + k] << (4 * i);
+                    if (k % g == 0)
+                        qz[k / g * cw + c] |= z[n * groups + k / g] << (4 * i);
+                }
+            }
+        }
+
+        for (int j = 0; j < groups; j++)
+        {
+            for (int n = 0; n < rows; n++)
+                sc[j * rows + n] = s[n * groups + j];
+        }
+
+        yield return Ints(b + ".qweight", [cols, cw], qw);
+        yield return Ints(b + ".qzeros", [groups, cw], qz);
+        yield return SafeTensorsWriter.FromSpan<ushort>(b + ".scales", DType.F16, [groups, rows], sc);
+    }
+
+    // GPTQ v1: qweight I32 [in/8, out], nibble j of word (r, n) = input row 8r + j; qzeros I32 [groups, out/8] holding
+    // z - 1, nibble j = output 8c + j; scales F16 [groups, out]; g_idx I32 [in] = k / G (desc_act written, trivial order).
+    private static IEnumerable<SafeTensorsWriter.Entry> Gptq(string b, float[] w, int rows, int cols)
+    {
+        const int g = 32;
+        var (q, z, s) = Int4(w, rows, cols, g, 1);
+        int groups = cols / g;
+        var qw = new int[cols / 8 * rows];
+        var qz = new int[groups * (rows / 8)];
+        var sc = new ushort[groups * rows];
+        for (int k = 0; k < cols; k++)
+        {
+            for (int n = 0; n < rows; n++)
+                qw[k / 8 * rows + n] |= q[n * cols + k] << (4 * (k % 8));
+        }
+
+        for (int j = 0; j < groups; j++)
+        {
+            for (int n = 0; n < rows; n++)
+            {
+                qz[j * (rows / 8) + n / 8] |= (z[n * groups + j] - 1) << (4 * (n % 8));
+                sc[j * rows + n] = s[n * groups + j];
+            }
+        }
+
+        yield return Ints(b + ".qweight", [cols / 8, rows], qw);
+        yield return Ints(b + ".qzeros", [groups, rows / 8], qz);
+        yield return SafeTensorsWriter.FromSpan<ushort>(b + ".scales", DType.F16, [groups, rows], sc);
+        yield return Ints(b + ".g_idx", [cols], Enumerable.Range(0, cols).Select(k => k / g).ToArray());
+    }
+
+    // FP8: weight F8_E4M3 [out, in] and weight_scale_inv F32 [ceil(out/128), ceil(in/128)], w = e4m3 * scale_inv.
+    private static IEnumerable<SafeTensorsWriter.Entry> Fp8(string b, float[] w, int rows, int cols)
+    {
+        const int blk = 128;
+        int sr = (rows + blk - 1) / blk, sc = (cols + blk - 1) / blk;
+        var scale = new float[sr * sc];
+        for (int i = 0; i < w.Length; i++)
+            scale[i / cols / blk * sc + i % cols / blk] = Math.Max(scale[i / cols / blk * sc + i % cols / blk], Math.Abs(w[i]) / 448f);
+        var codes = new byte[w.Length];
+        for (int i = 0; i < w.Length; i++)
+            codes[i] = Quantizer.EncodeE4M3(w[i] / scale[i / cols / blk * sc + i % cols / blk]);
+        yield return new SafeTensorsWriter.Entry(b + ".weight", DType.F8_E4M3, [rows, cols], codes);
+        yield return SafeTensorsWriter.FromSpan<float>(b + ".weight_scale_inv", DType.F32, [sr, sc], scale);
+    }
+
+    private static float[] Dequant(string method, Checkpoint ck, string b, int rows, int cols) => method switch
+    {
+        "awq" => RefQuant.DequantAwq(ck.GetSpan<int>(b + ".qweight"), ck.GetSpan<int>(b + ".qzeros"), ck.GetSpan<ushort>(b + ".scales"), cols, rows, 64),
+        "gptq" => RefQuant.DequantGptq(ck.GetSpan<int>(b + ".qweight"), ck.GetSpan<int>(b + ".qzeros"), ck.GetSpan<ushort>(b + ".scales"),
+            ck.GetSpan<int>(b + ".g_idx"), cols, rows, 32),
+        _ => RefQuant.DequantFp8Checkpoint(ck.GetBytes(b + ".weight"), ck.GetSpan<float>(b + ".weight_scale_inv"), rows, cols),
+    };
+
+    [TestCase("awq", "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"zero_point\": true, \"version\": \"gemm\"}")]
+    [TestCase("gptq", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}")]
+    [TestCase("fp8", "{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"activation_scheme\": \"dynamic\", \"weight_block_size\": [128, 128]}")]
+    public void ExternalQuantizedCheckpointEqualsOracle(string method, string quantConfig)
+    {
+        string dir = Build(method, quantConfig, method switch { "awq" => Awq, "gptq" => Gptq, _ => Fp8 });
+        var config = ModelConfig.Load(dir);
+        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
+        {
+            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            return Dequant(method, ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
+        });
+        var session = oracle.NewSession();
+        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
+        float[] got = RunModel(dir, null);
+        Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
+        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: $"{method} checkpoint vs RefMixtral on its dequantized weights");
+        RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, method);
+    }
+
+    [Test]
+    public void AwqWithAnUnquantizedProjectionLoadsItDense()
+    {
+        // modules_to_not_convert: the checkpoint keeps o_proj in BF16; the runtime uploads it dense, the rest packed.
+        string dir = Build("awq-partial", "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"version\": \"gemm\", \"modules_to_not_convert\": [\"o_proj\"]}",
+            (b, w, rows, cols) => b.EndsWith(".o_proj", StringComparison.Ordinal)
+                ? [SafeTensorsWriter.FromFloats(b + ".weight", [rows, cols], w, DType.BF16)]
+                : Awq(b, w, rows, cols));
+        var config = ModelConfig.Load(dir);
+        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
+        {
+            if (name.Contains(".o_proj.", StringComparison.Ordinal))
+                return ck.ReadFloat32(name);
+            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            return Dequant("awq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
+        });
+        var session = oracle.NewSession();
+        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
+        Check.Close(want, RunModel(dir, null), rtol: 1e-4, atol: 1e-4, what: "partially quantized AWQ vs RefMixtral");
+    }
+
+    [Test]
+    public void GptqActOrderIsRefusedWithOneLine()
+    {
+        // g_idx = k % groups: every group keeps G columns but out of input order (desc_act): needs an input gather.
+        string dir = Build("gptq-actorder", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true}",
+            (b, w, rows, cols) => Gptq(b, w, rows, cols).Select(e => e.Name.EndsWith(".g_idx", StringComparison.Ordinal)
+                ? Ints(e.Name, [cols], Enumerable.Range(0, cols).Select(k => k % (cols / 32)).ToArray())
+                : e));
+        var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("act-order").And.Contain("model.layers.0.self_attn.q_proj"));
+    }
+
+    private string Build(string name, string quantConfig, Packer pack)
+    {
+        string dir = Path.Combine(_dir, name);
+        Directory.CreateDirectory(dir);
+        var config = ModelConfig.Load(Src);
+        var entries = new List<SafeTensorsWriter.Entry>();
+        using (var ck = Checkpoint.Open(Src))
+        {
+            foreach (var e in MixtralTensors.Expected(config))
+            {
+                if (QuantSource.IsLinear(e))
+                    entries.AddRange(pack(QuantSource.BaseOf(e.Name), ck.ReadFloat32(e.Name), (int)e.Shape[0], (int)e.Shape[1]));
+                else
+                    entries.Add(new SafeTensorsWriter.Entry(e.Name, ck.Get(e.Name).DType, e.Shape, ck.GetBytes(e.Name).ToArray()));
+            }
+        }
+
+        SafeTensorsWriter.Write(Path.Combine(dir, Checkpoint.SingleFileName), entries);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(Src, "config.json")))!.AsObject();
+        json["quantization_config"] = JsonNode.Parse(quantConfig);
+        File.WriteAllText(Path.Combine(dir, "config.json"), json.ToJsonString());
+        return dir;
+    }
+}
