@@ -2,8 +2,8 @@
 // Ours: the runtime (MixtralModel + InferenceSession) on the bench's device: time to first token = prefill of the
 // prompt (logits of the last token copied back), then single-token decode steps. Theirs (CPU only): llama.cpp on the
 // same weights as GGUF, F32 and its own Q8_0/Q4_0. Rows: one EndToEndResult per engine and scheme, and PeerResults
-// with ours/theirs for prefill and decode tokens/s per matching scheme (F32 vs F32; int8 vs Q8_0 and int4 vs Q4_0
-// once the quantized kernels exist).
+// with ours/theirs for prefill and decode tokens/s per matching scheme (F32 vs F32; int8 vs Q8_0; int4 with groups
+// of 32 vs Q4_0). Ours also runs fp8 (block 128), which llama.cpp's CPU path has no counterpart for.
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 using ILGpuMoE.Perf.Suite;
@@ -70,21 +70,28 @@ public static class EndToEndRun
                 }
             }
 #endif
-            EndToEndResult? ours = null;
+            // Ours: the checkpoint's dtype, then every weight scheme the runtime packs at load (--quant): int8 against
+            // llama.cpp's Q8_0, int4 with groups of 32 (Q4_0's group) against Q4_0, and fp8 on its own.
+            var oursByScheme = new Dictionary<string, EndToEndResult>();
 #if HAS_RUNTIME
-            ours = OurEngine.Time(device, hf, o.DType == DType.BF16 ? "bf16" : "f32", o.Layers, prompt, decode);
-            rows.Add(ours);
-            log($"ours f32: prefill {ours.PrefillTokensPerSecond:F1} tok/s, decode {ours.DecodeTokensPerSecond:F1} tok/s, TTFT {ours.TimeToFirstTokenSeconds * 1e3:F1} ms");
+            string baseScheme = o.DType == DType.BF16 ? "bf16" : "f32";
+            foreach (var (name, quant) in new[] { (baseScheme, (ILGpuMoE.Quant.QuantSpec?)null), ("int8", ILGpuMoE.Quant.QuantSpec.Parse("int8")),
+                         ("int4", ILGpuMoE.Quant.QuantSpec.Parse("int4-g32")), ("fp8", ILGpuMoE.Quant.QuantSpec.Parse("fp8-block128")) })
+            {
+                var ours = OurEngine.Time(device, hf, quant?.Name ?? name, o.Layers, prompt, decode, quant);
+                rows.Add(ours);
+                oursByScheme[name == baseScheme ? "f32" : name] = ours;
+                log($"ours {ours.Scheme}: prefill {ours.PrefillTokensPerSecond:F1} tok/s, decode {ours.DecodeTokensPerSecond:F1} tok/s, TTFT {ours.TimeToFirstTokenSeconds * 1e3:F1} ms");
+            }
 #else
             notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build.");
 #endif
-            notes.Add("end to end, ours int8/int4/fp8: the runtime does not load quantized weights yet (the quant kernels exist); only f32 (bf16 on the GPU) runs.");
 
             foreach (var (ourScheme, scheme, theirs) in theirsByScheme)
             {
-                var mine = ourScheme == "f32" ? ours : null;
+                var mine = oursByScheme.GetValueOrDefault(ourScheme);
                 string note = mine is null
-                    ? (ourScheme == "f32" ? "ours: runtime not in this build" : $"ours: the runtime has no {ourScheme} path yet")
+                    ? "ours: runtime not in this build"
                     : $"ours on {device.Accelerator.AcceleratorType}" + (device.IsGpu ? "" : ": ILGPU's CPU accelerator emulates GPU threads");
                 peers.Add(new PeerResult("llama.cpp", $"prefill {ourScheme} vs {scheme}", shape, mine?.PrefillTokensPerSecond ?? double.NaN,
                     theirs.PrefillTokensPerSecond, "tok/s", (mine?.PrefillTokensPerSecond ?? double.NaN) / theirs.PrefillTokensPerSecond, note));

@@ -2,18 +2,22 @@
 // Compiled only when the runtime exists in src/ILGpuMoE/Runtime (HAS_RUNTIME, set by the project file).
 using System.Diagnostics;
 using ILGpuMoE.Perf.Suite;
+using ILGpuMoE.Quant;
 using ILGpuMoE.Runtime;
 
 namespace ILGpuMoE.Perf.EndToEnd;
 
 public static class OurEngine
 {
-    public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode)
+    /// <summary>Times prefill + decode; <paramref name="quant"/> packs the linear weights at load (as --quant does).</summary>
+    public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
+        QuantSpec? quant = null)
     {
         using var model = MixtralModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
         {
             MaxSeq = prompt.Length + decode.Length + 8,
             MaxBatch = prompt.Length,
+            Quant = quant,
         });
         using var session = model.NewSession();
 
