@@ -23,6 +23,8 @@ public sealed class QuantFamily : IBenchFamily
     {
         foreach (var s in Schemes)
             yield return new QuantMatMulCase(p, tokens, s);
+        foreach (var s in QuantMoeBlockCase.Schemes)
+            yield return new QuantMoeBlockCase(p, tokens, s);
     }
 }
 

@@ -1,0 +1,179 @@
+// Quantized MoE block case (kernels/ILGpuMoE.Kernels/Quant, QuantMoeBlockKernels<TQ>): permute + grouped up/gate +
+// grouped down over int8 (per channel), int4 (G = 128, f16 scales, symmetric) or FP8 E4M3 (128x128 blocks) experts +
+// weighted combine, f32 activations; V3 (quantized decode GEMV) at T = 1, V2 tiled at T > 1 (V1 does not exist for
+// quantized experts). Routing as in moe/block (MoeFamily.Routing).
+// FLOPs: 6 * T * K * F * D. Minimum bytes: the packed bytes (weights + scales) of the experts the routing hits, read
+// once, plus x, out, ids and weights. Reference: RefMoe.MoeBlock on RefQuant's dequantization of the same packed experts.
+// int4 needs D and F to be multiples of G = 128: where a preset's are not (tiny, smoke), the case pads both up to the
+// next multiple of 128 and says so in its shape, rather than silently changing the group size.
+// Experts are made and quantized on the host once per (preset, scheme), in parallel over experts (Mixtral: 1.4 G
+// weights per scheme; FP8 quantizes at ~120 ns per weight on one core), and kept for the next token counts.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels.Moe;
+using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Perf.Suite;
+using ILGpuMoE.Quant;
+using ILGpuMoE.Reference;
+
+namespace ILGpuMoE.Perf.Cases;
+
+public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) : CaseBase
+{
+    public static readonly string[] Schemes = ["int8", "int4-g128", "fp8-block"];
+
+    private const int Q4Group = 128;
+
+    /// <summary>
+    /// Per-expert packed matrices per scheme of the current preset: w1/w3 [F, D], w2 [D, F]. All three schemes are kept
+    /// (the sweep alternates them per token count; Mixtral: 3.5 GB of host memory together); another preset clears them.
+    /// </summary>
+    private static readonly Dictionary<string, (QuantizedMatrix[] W1, QuantizedMatrix[] W3, QuantizedMatrix[] W2)> Cache = [];
+
+    private readonly (int[] Ids, float[] Weights) routing = MoeFamily.Routing(tokens, p.Experts, p.TopK, 4321 + tokens);
+    private readonly int dim = Pad(p.Dim, scheme), hidden = Pad(p.Hidden, scheme);
+    private QuantizedMatrix[] w1 = [], w3 = [], w2 = [];
+    private DeviceQuantMatrix? d1, d3, d2;
+    private MoeWorkspace? workspace;
+    private QuantMoeBlockKernels<Q8Weights>? k8;
+    private QuantMoeBlockKernels<Q4Weights>? k4;
+    private QuantMoeBlockKernels<Fp8Weights>? kf;
+    private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> xs = [];
+    private MemoryBuffer1D<int, Stride1D.Dense>? ids;
+    private MemoryBuffer1D<float, Stride1D.Dense>? weights, output;
+
+    private static int Pad(int n, string scheme) => scheme.StartsWith("int4", StringComparison.Ordinal) ? (n + Q4Group - 1) / Q4Group * Q4Group : n;
+
+    private GroupedGemmVersion GemmVersion => tokens == 1 ? GroupedGemmVersion.V3Gemv : GroupedGemmVersion.V2Tiled;
+
+    public override string Family => "quant/moe-block";
+
+    public override string Version => tokens == 1 ? "v3-gemv" : "v2-tiled";
+
+    public override string DType => scheme;
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"E={p.Experts} K={p.TopK} D={dim} F={hidden}" + (dim != p.Dim || hidden != p.Hidden ? " (padded to G)" : "")
+        + $" ({HitExperts} experts hit)";
+
+    private int HitExperts => routing.Ids.Distinct().Count();
+
+    public override double Flops => 6.0 * tokens * p.TopK * hidden * dim;
+
+    // Every expert packs to the same size, so the hit experts' bytes are HitExperts times one expert's three matrices.
+    // Before Setup (the runner sizes sets from SetBytes), the scheme's nominal bytes per weight stand in.
+    private double ExpertBytes => w1.Length > 0
+        ? w1[0].ByteSize + w3[0].ByteSize + w2[0].ByteSize
+        : 3.0 * hidden * dim * (scheme.StartsWith("int4", StringComparison.Ordinal) ? 0.5 : 1.0);
+
+    public override double MinBytes => HitExperts * ExpertBytes + 8.0 * tokens * dim + 8.0 * tokens * p.TopK;
+
+    public override bool IsMatmul => tokens > 1;
+
+    public override long SetBytes => (long)(p.Experts * ExpertBytes) + 4L * tokens * dim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        (w1, w3, w2) = HostExperts();
+        var acc = d.Accelerator;
+        d1 = Own(QuantizedMatrix.Stack(w1).Upload(acc));
+        d3 = Own(QuantizedMatrix.Stack(w3).Upload(acc));
+        d2 = Own(QuantizedMatrix.Stack(w2).Upload(acc));
+        switch (w1[0].Scheme)
+        {
+            case QuantScheme.Q8: k8 = QuantMoeBlockKernels<Q8Weights>.Create(acc); break;
+            case QuantScheme.Q4: k4 = QuantMoeBlockKernels<Q4Weights>.Create(acc); break;
+            default: kf = QuantMoeBlockKernels<Fp8Weights>.Create(acc); break;
+        }
+
+        workspace = Own(new MoeWorkspace(acc, tokens, p.TopK, p.Experts, dim, hidden));
+        // The packed experts are one set (they dominate); only x rotates.
+        for (int i = 0; i < setCount; i++)
+            xs.Add(Floats(d, (long)tokens * dim));
+        ids = Own(acc.Allocate1D(routing.Ids));
+        weights = Own(acc.Allocate1D(routing.Weights));
+        output = Floats(d, (long)tokens * dim);
+    }
+
+    private (QuantizedMatrix[], QuantizedMatrix[], QuantizedMatrix[]) HostExperts()
+    {
+        string key = $"{p.Name}/{scheme}";
+        if (Cache.TryGetValue(key, out var c))
+            return (c.W1, c.W3, c.W2);
+        foreach (var stale in Cache.Keys.Where(k => !k.StartsWith(p.Name + "/", StringComparison.Ordinal)).ToList())
+            Cache.Remove(stale); // another preset's experts: let them go before making these
+        var m1 = Make(1, hidden, dim);
+        var m3 = Make(2, hidden, dim);
+        var m2 = Make(3, dim, hidden);
+        Cache[key] = (m1, m3, m2);
+        return (m1, m3, m2);
+    }
+
+    /// <summary>E random matrices [rows, cols] scaled 1/sqrt(cols), quantized with the case's scheme, in parallel.</summary>
+    private QuantizedMatrix[] Make(int which, int rows, int cols)
+    {
+        var result = new QuantizedMatrix[p.Experts];
+        float scale = 1f / MathF.Sqrt(cols);
+        Parallel.For(0, p.Experts, e =>
+        {
+            var rng = new Random(which * 100003 + e);
+            var w = new float[(long)rows * cols];
+            for (long i = 0; i < w.Length; i++)
+                w[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+            result[e] = scheme switch
+            {
+                "int8" => Quantizer.QuantizeQ8(w, rows, cols),
+                "int4-g128" => Quantizer.QuantizeQ4(w, rows, cols, Q4Group, symmetric: true),
+                _ => Quantizer.QuantizeFp8(w, rows, cols),
+            };
+        });
+        return result;
+    }
+
+    public override void Run(AcceleratorStream stream, int set)
+    {
+        var x = xs[set].View;
+        if (k8 is not null)
+            k8.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Q8, d3!.Q8, d2!.Q8, output!.View, version: GemmVersion);
+        else if (k4 is not null)
+            k4.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Q4, d3!.Q4, d2!.Q4, output!.View, version: GemmVersion);
+        else
+            kf!.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Fp8, d3!.Fp8, d2!.Fp8, output!.View, version: GemmVersion);
+    }
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var sample = Compare.SampleTokens(tokens, p.CheckTokens);
+        int k = p.TopK;
+        // As in moe/block: only the experts the sampled tokens use are dequantized, renumbered 0..m-1.
+        var used = sample.SelectMany(t => routing.Ids.AsSpan(t * k, k).ToArray()).Distinct().Order().ToArray();
+        var index = used.Select((e, i) => (e, i)).ToDictionary(x => x.e, x => x.i);
+        var ids2 = new int[sample.Length * k];
+        var w2s = new float[sample.Length * k];
+        for (int i = 0; i < sample.Length; i++)
+        {
+            for (int j = 0; j < k; j++)
+            {
+                ids2[i * k + j] = index[routing.Ids[sample[i] * k + j]];
+                w2s[i * k + j] = routing.Weights[sample[i] * k + j];
+            }
+        }
+
+        var q1 = used.Select(e => Dequant(w1[e])).ToList();
+        var q3 = used.Select(e => Dequant(w3[e])).ToList();
+        var q2 = used.Select(e => Dequant(w2[e])).ToList();
+        var x = Compare.Rows(xs[0].GetAsArray1D(), dim, sample);
+        var want = RefMoe.MoeBlock(x, new RefRouting(ids2, w2s, sample.Length, k, 0), q1, q3, q2, sample.Length, dim, hidden);
+        var got = Compare.Rows(output!.GetAsArray1D(), dim, sample);
+        return Compare.Close(got, want, 1e-4, 1e-5 + 2e-7 * Math.Sqrt((double)dim * hidden), Compare.Scope(sample, tokens));
+    }
+
+    private static float[] Dequant(QuantizedMatrix m) => m.Scheme switch
+    {
+        QuantScheme.Q8 => RefQuant.DequantQ8(m.Words, m.Scales32, m.Rows, m.Cols),
+        QuantScheme.Q4 => RefQuant.DequantQ4(m.Words, m.Scales16, m.Zeros, m.Rows, m.Cols, m.GroupSize),
+        _ => RefQuant.DequantFp8(m.Words, m.Scales32, m.Rows, m.Cols, m.MatrixRows, m.BlockN, m.BlockK),
+    };
+}
