@@ -220,14 +220,10 @@ public sealed class QuantMoeBlockKernels<TQ>
         ArrayView<float> weights, int tokens, TQ w1, TQ w3, TQ w2, ArrayView<float> output,
         ArrayView<float> residual = default, GroupedGemmVersion? version = null)
     {
-        ArgumentNullException.ThrowIfNull(workspace);
-        if (tokens < 1 || tokens > workspace.MaxTokens)
-            throw new ArgumentException($"QuantMoeBlock: tokens ({tokens}) must be in 1..{workspace.MaxTokens} (the workspace's size)");
-        int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
-        var v = version ?? MoeBlockKernels<F32Weights>.ChooseVersion(tokens, k, workspace.Experts);
+        var (v, perm) = MoeBlockKernels<F32Weights>.Plan("QuantMoeBlock", workspace, tokens, version);
         if (v == GroupedGemmVersion.V1Simple)
             throw new ArgumentException("QuantMoeBlock: V1Simple is not available for quantized experts (V2Tiled or V3Gemv)");
-        var perm = v == GroupedGemmVersion.V2Tiled ? workspace.Tiled : workspace.Gemv;
+        int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
         permute.Launch(stream, expertIds, tokens, k, perm);
         gemm.LaunchUpGate(stream, v, perm, x, tokens, k, d, f, w1, w3, workspace.H.View);
         gemm.LaunchDown(stream, v, perm, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);

@@ -84,6 +84,20 @@ public sealed class MoeBlockKernels<TW>
         (long)tokens * topK <= 4L * experts ? GroupedGemmVersion.V3Gemv : GroupedGemmVersion.V2Tiled;
 
     /// <summary>
+    /// The checks and choices every MoE block facade (float or quantized experts) makes before launching: tokens fit the
+    /// workspace, the version (null = ChooseVersion), and the permutation whose tile rows that version needs.
+    /// </summary>
+    internal static (GroupedGemmVersion Version, MoePermutation Permutation) Plan(string where, MoeWorkspace workspace, int tokens,
+        GroupedGemmVersion? version)
+    {
+        ArgumentNullException.ThrowIfNull(workspace);
+        if (tokens < 1 || tokens > workspace.MaxTokens)
+            throw new ArgumentException($"{where}: tokens ({tokens}) must be in 1..{workspace.MaxTokens} (the workspace's size)");
+        var v = version ?? ChooseVersion(tokens, workspace.TopK, workspace.Experts);
+        return (v, v == GroupedGemmVersion.V2Tiled ? workspace.Tiled : workspace.Gemv);
+    }
+
+    /// <summary>
     /// output [T, D] = (residual +) MoE(x). x [T, D]; expertIds [T, K] (-1 = dropped); weights [T, K];
     /// w1, w3 [E, F, D]; w2 [E, D, F]. residual: empty for none, may alias output. version: null = ChooseVersion.
     /// </summary>
@@ -91,12 +105,8 @@ public sealed class MoeBlockKernels<TW>
         ArrayView<float> weights, int tokens, TW w1, TW w3, TW w2, ArrayView<float> output,
         ArrayView<float> residual = default, GroupedGemmVersion? version = null)
     {
-        ArgumentNullException.ThrowIfNull(workspace);
-        if (tokens < 1 || tokens > workspace.MaxTokens)
-            throw new ArgumentException($"MoeBlock: tokens ({tokens}) must be in 1..{workspace.MaxTokens} (the workspace's size)");
+        var (v, perm) = Plan("MoeBlock", workspace, tokens, version);
         int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
-        var v = version ?? ChooseVersion(tokens, k, workspace.Experts);
-        var perm = v == GroupedGemmVersion.V2Tiled ? workspace.Tiled : workspace.Gemv;
         permute.Launch(stream, expertIds, tokens, k, perm);
         gemm.LaunchUpGate(stream, v, perm, x, tokens, k, d, f, w1, w3, workspace.H.View);
         gemm.LaunchDown(stream, v, perm, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
