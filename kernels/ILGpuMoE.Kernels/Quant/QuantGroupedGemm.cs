@@ -10,6 +10,11 @@
 //   V4  decode (QuantGroupedGemv.cs): not the generic V3, whose per-element Get costs a 64-bit division and a
 //       scale load per weight, but the MoE V3 shape reading 16-byte units with one scale lookup per unit.
 // The launcher runs V2 for GroupedGemmVersion.V2Tiled and V4 for GroupedGemmVersion.V3Gemv (the decode slot).
+//   Act-order gather V1 (GPTQ desc_act experts): xs[p, j] = x[p / K, perm[e(p), j]], one row per (token, expert) pair,
+//       so that up/gate reads each expert's input columns in its packed (group) order. The up/gate pass then runs on
+//       xs as T*K "tokens" with K = 1: sorted[r] / 1 = p picks pair p's gathered row, no kernel change. w2's own
+//       act-order permutation needs no gather: the loader folds it into the rows of w1 and w3 (ActOrder.cs in src),
+//       so h already comes out in w2's packed column order.
 // Stacked expert layout: w1, w3 [E*F, D] and w2 [E*D, F] packed per QuantLayout.cs (Q4 needs D % G == 0 for w1/w3
 // and F % G == 0 for w2). Rows come from the MoE permutation's schedule (MoePermuteKernel): sorted pairs, offsets,
 // tiles; an expert with no rows owns no tile and costs nothing.
@@ -50,6 +55,24 @@ public static class QuantGroupedGemmKernels
     [KernelInfo("quant/grouped-gemm", "v2-fp8-down", V2DownLaunch, Summary = "MoE down, fp8 experts: generic tiled grouped GEMM with the FP8 reader")]
     public static void DownV2Fp8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
         GroupedGemmKernels.DownV2(h, offsets, tiles, w2, y, dim, hidden, tileRows);
+
+    [KernelInfo("quant/act-order-gather", "v1", "grid (T*K, ceil(D/256)), group 256",
+        Summary = "xs[p, j] = x[p / K, perm[e(p), j]]: per-expert input gather for GPTQ act-order experts")]
+    public static void GatherExpertInputsV1(ArrayView<float> x, ArrayView<int> expertIds, ArrayView<int> perm, ArrayView<float> xs,
+        int pairs, int topK, int dim, int experts)
+    {
+        // x [T, D]; expertIds [T*K]; perm [E, D]; xs [T*K, D]. Block (p, c) writes columns c*256.. of pair p's row:
+        // consecutive threads write consecutive xs columns (coalesced) and read one token's row of x through perm
+        // (scattered within a row that L1 holds); the 2-D grid keeps 64-bit divisions out of the index math.
+        // A dropped pair (id -1, or an id the permutation counted as bad) gets a zero row that no pass reads.
+        int p = Grid.IdxX;
+        int j = Grid.IdxY * Group.DimX + Group.IdxX;
+        if (p >= pairs || j >= dim)
+            return;
+        int e = expertIds[p];
+        long i = (long)p * dim + j;
+        xs[i] = e >= 0 && e < experts ? x[(long)(p / topK) * dim + perm[(long)e * dim + j]] : 0f;
+    }
 }
 
 /// <summary>
@@ -202,12 +225,15 @@ public sealed class QuantMoeBlockKernels<TQ>
     private readonly MoePermuteKernel permute;
     private readonly QuantGroupedGemmKernel<TQ> gemm;
     private readonly MoeCombineKernel combine;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int> gather;
 
     private QuantMoeBlockKernels(Accelerator accelerator)
     {
         permute = MoePermuteKernel.Create(accelerator);
         gemm = QuantGroupedGemmKernel<TQ>.Create(accelerator);
         combine = MoeCombineKernel.Create(accelerator);
+        gather = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(
+            QuantGroupedGemmKernels.GatherExpertInputsV1);
     }
 
     public static QuantMoeBlockKernels<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
@@ -215,17 +241,38 @@ public sealed class QuantMoeBlockKernels<TQ>
     /// <summary>
     /// output [T, D] = (residual +) MoE(x). x [T, D]; expertIds [T, K] (-1 = dropped); weights [T, K].
     /// version: null = <see cref="MoeBlockKernels{TW}.ChooseVersion"/> (V3Gemv runs the quantized V4 decode kernels).
+    /// inputPermutation: empty, or [E, D] for GPTQ act-order w1/w3 (expert e's packed column j is input column
+    /// perm[e, j]; w1 and w3 of an expert share it); it needs a workspace made with permutedInput.
     /// </summary>
     public void Launch(AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> expertIds,
         ArrayView<float> weights, int tokens, TQ w1, TQ w3, TQ w2, ArrayView<float> output,
-        ArrayView<float> residual = default, GroupedGemmVersion? version = null)
+        ArrayView<float> residual = default, GroupedGemmVersion? version = null, ArrayView<int> inputPermutation = default)
     {
         var (v, perm) = MoeBlockKernels<F32Weights>.Plan("QuantMoeBlock", workspace, tokens, version);
         if (v == GroupedGemmVersion.V1Simple)
             throw new ArgumentException("QuantMoeBlock: V1Simple is not available for quantized experts (V2Tiled or V3Gemv)");
         int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
         permute.Launch(stream, expertIds, tokens, k, perm);
-        gemm.LaunchUpGate(stream, v, perm, x, tokens, k, d, f, w1, w3, workspace.H.View);
+        if (inputPermutation.Length == 0)
+        {
+            gemm.LaunchUpGate(stream, v, perm, x, tokens, k, d, f, w1, w3, workspace.H.View);
+        }
+        else
+        {
+            // Act-order: gather each pair's input row in its expert's column order, then run up/gate over the T*K
+            // gathered rows as tokens with K = 1 (sorted pair p reads row p).
+            long pairs = (long)tokens * k;
+            if (inputPermutation.Length < (long)workspace.Experts * d)
+                throw new ArgumentException($"QuantMoeBlock: inputPermutation has {inputPermutation.Length} elements, needs E*D = {(long)workspace.Experts * d}");
+            var xs = workspace.PermutedInput
+                     ?? throw new ArgumentException("QuantMoeBlock: an input permutation needs a MoeWorkspace made with permutedInput: true");
+            if (x.Length < (long)tokens * d || expertIds.Length < pairs)
+                throw new ArgumentException($"QuantMoeBlock: x ({x.Length}) needs T*D = {(long)tokens * d}, expertIds ({expertIds.Length}) needs T*K = {pairs}");
+            gather(stream, new KernelConfig(new Index2D((int)pairs, (d + 255) / 256), new Index2D(256, 1)), x, expertIds, inputPermutation, xs.View,
+                (int)pairs, k, d, workspace.Experts);
+            gemm.LaunchUpGate(stream, v, perm, xs.View, (int)pairs, 1, d, f, w1, w3, workspace.H.View);
+        }
+
         gemm.LaunchDown(stream, v, perm, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
         combine.Launch(stream, perm, workspace.Y.View, weights, tokens, k, d, output, residual);
         workspace.Last = perm;

@@ -2,6 +2,9 @@
 // grouped down over int8 (per channel), int4 (G = 128, f16 scales, symmetric) or FP8 E4M3 (128x128 blocks) experts +
 // weighted combine, f32 activations; V3 (quantized decode GEMV) at T = 1, V2 tiled at T > 1 (V1 does not exist for
 // quantized experts). Routing as in moe/block (MoeFamily.Routing).
+// int4-g128-act: the same int4 experts as GPTQ act-order leaves them (w1/w3 columns in a per-expert random order,
+// [E, D] permutation), so the block runs its per-pair input gather first: side by side with int4-g128 it measures
+// what act-order costs (w2's order is folded into w1/w3's rows at load and costs nothing, so it is not modelled).
 // FLOPs: 6 * T * K * F * D. Minimum bytes: the packed bytes (weights + scales) of the experts the routing hits, read
 // once, plus x, out, ids and weights. Reference: RefMoe.MoeBlock on RefQuant's dequantization of the same packed experts.
 // int4 needs D and F to be multiples of G = 128: where a preset's are not (tiny, smoke), the case pads both up to the
@@ -20,7 +23,7 @@ namespace ILGpuMoE.Perf.Cases;
 
 public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) : CaseBase
 {
-    public static readonly string[] Schemes = ["int8", "int4-g128", "fp8-block"];
+    public static readonly string[] Schemes = ["int8", "int4-g128", "int4-g128-act", "fp8-block"];
 
     private const int Q4Group = 128;
 
@@ -39,7 +42,8 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
     private QuantMoeBlockKernels<Q4Weights>? k4;
     private QuantMoeBlockKernels<Fp8Weights>? kf;
     private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> xs = [];
-    private MemoryBuffer1D<int, Stride1D.Dense>? ids;
+    private MemoryBuffer1D<int, Stride1D.Dense>? ids, perm;
+    private int[] perms = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? weights, output;
 
     private static int Pad(int n, string scheme) => scheme.StartsWith("int4", StringComparison.Ordinal) ? (n + Q4Group - 1) / Q4Group * Q4Group : n;
@@ -67,7 +71,10 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         ? w1[0].ByteSize + w3[0].ByteSize + w2[0].ByteSize
         : 3.0 * hidden * dim * (scheme.StartsWith("int4", StringComparison.Ordinal) ? 0.5 : 1.0);
 
-    public override double MinBytes => HitExperts * ExpertBytes + 8.0 * tokens * dim + 8.0 * tokens * p.TopK;
+    // Act-order adds each hit expert's D permutation entries (the gathered rows could be fused away; they are not counted).
+    public override double MinBytes => HitExperts * (ExpertBytes + (ActOrder ? 4.0 * dim : 0)) + 8.0 * tokens * dim + 8.0 * tokens * p.TopK;
+
+    private bool ActOrder => scheme.EndsWith("-act", StringComparison.Ordinal);
 
     public override bool IsMatmul => tokens > 1;
 
@@ -87,7 +94,19 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
             default: kf = QuantMoeBlockKernels<Fp8Weights>.Create(acc); break;
         }
 
-        workspace = Own(new MoeWorkspace(acc, tokens, p.TopK, p.Experts, dim, hidden));
+        workspace = Own(new MoeWorkspace(acc, tokens, p.TopK, p.Experts, dim, hidden, permutedInput: ActOrder));
+        if (ActOrder)
+        {
+            perms = new int[p.Experts * dim];
+            for (int e = 0; e < p.Experts; e++)
+            {
+                var rng = new Random(77 + e);
+                Enumerable.Range(0, dim).OrderBy(_ => rng.Next()).ToArray().CopyTo(perms, e * dim);
+            }
+
+            perm = Own(acc.Allocate1D(perms));
+        }
+
         // The packed experts are one set (they dominate); only x rotates.
         for (int i = 0; i < setCount; i++)
             xs.Add(Floats(d, (long)tokens * dim));
@@ -98,7 +117,7 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
 
     private (QuantizedMatrix[], QuantizedMatrix[], QuantizedMatrix[]) HostExperts()
     {
-        string key = $"{p.Name}/{scheme}";
+        string key = $"{p.Name}/{(ActOrder ? scheme[..^"-act".Length] : scheme)}"; // act-order reuses the int4 experts
         if (Cache.TryGetValue(key, out var c))
             return (c.W1, c.W3, c.W2);
         foreach (var stale in Cache.Keys.Where(k => !k.StartsWith(p.Name + "/", StringComparison.Ordinal)).ToList())
@@ -124,7 +143,7 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
             result[e] = scheme switch
             {
                 "int8" => Quantizer.QuantizeQ8(w, rows, cols),
-                "int4-g128" => Quantizer.QuantizeQ4(w, rows, cols, Q4Group, symmetric: true),
+                "int4-g128" or "int4-g128-act" => Quantizer.QuantizeQ4(w, rows, cols, Q4Group, symmetric: true),
                 _ => Quantizer.QuantizeFp8(w, rows, cols),
             };
         });
@@ -137,7 +156,8 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         if (k8 is not null)
             k8.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Q8, d3!.Q8, d2!.Q8, output!.View, version: GemmVersion);
         else if (k4 is not null)
-            k4.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Q4, d3!.Q4, d2!.Q4, output!.View, version: GemmVersion);
+            k4.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Q4, d3!.Q4, d2!.Q4, output!.View, version: GemmVersion,
+                inputPermutation: perm is null ? default : perm.View);
         else
             kf!.Launch(stream, workspace!, x, ids!.View, weights!.View, tokens, d1!.Fp8, d3!.Fp8, d2!.Fp8, output!.View, version: GemmVersion);
     }
@@ -161,13 +181,28 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
             }
         }
 
-        var q1 = used.Select(e => Dequant(w1[e])).ToList();
-        var q3 = used.Select(e => Dequant(w3[e])).ToList();
+        var q1 = used.Select(e => InputOrder(Dequant(w1[e]), e)).ToList();
+        var q3 = used.Select(e => InputOrder(Dequant(w3[e]), e)).ToList();
         var q2 = used.Select(e => Dequant(w2[e])).ToList();
         var x = Compare.Rows(xs[0].GetAsArray1D(), dim, sample);
         var want = RefMoe.MoeBlock(x, new RefRouting(ids2, w2s, sample.Length, k, 0), q1, q3, q2, sample.Length, dim, hidden);
         var got = Compare.Rows(output!.GetAsArray1D(), dim, sample);
         return Compare.Close(got, want, 1e-4, 1e-5 + 2e-7 * Math.Sqrt((double)dim * hidden), Compare.Scope(sample, tokens));
+    }
+
+    // Act-order: packed column j of expert e is input column perms[e, j]; the reference wants W in input order.
+    private float[] InputOrder(float[] packed, int e)
+    {
+        if (!ActOrder)
+            return packed;
+        var w = new float[packed.Length];
+        for (int n = 0; n < hidden; n++)
+        {
+            for (int j = 0; j < dim; j++)
+                w[(long)n * dim + perms[e * dim + j]] = packed[(long)n * dim + j];
+        }
+
+        return w;
     }
 
     private static float[] Dequant(QuantizedMatrix m) => m.Scheme switch

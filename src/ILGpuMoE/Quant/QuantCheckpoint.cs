@@ -11,8 +11,9 @@
 //               Every other tensor (embeddings, norms, router, lm_head) is copied as it was.
 //   "awq"       GEMM version, 4 bits, zero points: BASE.qweight / .qzeros / .scales (CheckpointRepack.ReadAwq).
 //   "gptq"      4 bits, v1 zeros (stored z - 1), BASE.qweight / .qzeros / .scales (+ .g_idx) (CheckpointRepack.ReadGptq).
-//               desc_act with g_idx in input order (k / G) loads; a true act-order g_idx is refused at load (the grouped
-//               MoE kernels would need a per-expert input gather).
+//               A g_idx in input order (k / G) loads as is; an act-order g_idx (desc_act) is repacked in group order with
+//               an input permutation, which the runtime applies as ActOrder.cs describes (attention: gather x; experts:
+//               per-pair gather for w1/w3, w2's folded into w1/w3's rows). w1 and w3 of an expert must share g_idx.
 //   "fp8"       E4M3 BASE.weight + BASE.weight_scale_inv (128 x 128 blocks) or BASE.weight_scale (per tensor).
 //               Activations stay F32 (any static input_scale is not used).
 // A linear weight a quantized checkpoint left in F32/F16/BF16 (modules_to_not_convert) is loaded dense; the experts of

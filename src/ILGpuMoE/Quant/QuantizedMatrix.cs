@@ -61,14 +61,56 @@ public sealed class QuantizedMatrix
 
     /// <summary>
     /// GPTQ act-order only: packed column j is input column InputPermutation[j], so y = x[:, perm] Wp^T; the caller
-    /// gathers x through it before the matmul. Null when columns are in input order.
+    /// gathers x through it before the matmul. Null when columns are in input order. Stacked experts: [E, Cols], one
+    /// permutation per expert (the identity for an expert without act-order).
     /// </summary>
     public int[]? InputPermutation { get; }
 
-    /// <summary>Bytes of the packed weights plus scales and zeros (what a kernel reads once per pass).</summary>
-    public long ByteSize => Words.LongLength * 4 + Scales32.LongLength * 4 + Scales16.LongLength * 2 + Zeros.LongLength;
+    /// <summary>Bytes of the packed weights plus scales, zeros and the input permutation (what a pass reads once).</summary>
+    public long ByteSize => Words.LongLength * 4 + Scales32.LongLength * 4 + Scales16.LongLength * 2 + Zeros.LongLength
+                            + (InputPermutation?.LongLength ?? 0) * 4;
 
-    /// <summary>Stacks expert matrices (same scheme, columns and parameters) into [sum rows, Cols].</summary>
+    /// <summary>The same packed values without the input permutation: for a matrix whose input already arrives in
+    /// packed column order (w2 after its permutation was folded into w1/w3's rows; w3 sharing w1's gather).</summary>
+    public QuantizedMatrix WithoutInputPermutation() =>
+        InputPermutation is null ? this : new(Scheme, Rows, Cols, Words, Scales32, Scales16, Zeros, GroupSize, MatrixRows, BlockN, BlockK);
+
+    /// <summary>
+    /// Rows reordered: row i of the result is row order[i] of this matrix, moved with its scales and zero points, so it
+    /// dequantizes to exactly those rows. Q8 and Q4, one (unstacked) matrix; order must be a permutation of 0..Rows-1.
+    /// Used to fold a following act-order matrix's input permutation into this one's outputs (ActOrder.cs).
+    /// </summary>
+    public QuantizedMatrix PermuteRows(ReadOnlySpan<int> order)
+    {
+        if (Scheme == QuantScheme.Fp8)
+            throw new ArgumentException("QuantizedMatrix.PermuteRows: FP8 scale blocks span several rows; rows cannot be moved one by one");
+        if (MatrixRows != Rows)
+            throw new ArgumentException("QuantizedMatrix.PermuteRows: the matrix is stacked; permute the experts before stacking");
+        ActOrder.CheckPermutation("QuantizedMatrix.PermuteRows", order, Rows);
+        int rw = RowWords, groups = Scheme == QuantScheme.Q4 ? Cols / GroupSize : 0;
+        var words = new uint[Words.Length];
+        var s32 = new float[Scales32.Length];
+        var s16 = new ushort[Scales16.Length];
+        var zeros = new byte[Zeros.Length];
+        for (int i = 0; i < Rows; i++)
+        {
+            int r = order[i];
+            Array.Copy(Words, (long)r * rw, words, (long)i * rw, rw);
+            if (Scheme == QuantScheme.Q8)
+                s32[i] = Scales32[r];
+            else
+                Array.Copy(Scales16, (long)r * groups, s16, (long)i * groups, groups);
+            if (zeros.Length > 0)
+                Array.Copy(Zeros, (long)r * groups, zeros, (long)i * groups, groups);
+        }
+
+        return new QuantizedMatrix(Scheme, Rows, Cols, words, s32, s16, zeros, GroupSize, 0, BlockN, BlockK, InputPermutation);
+    }
+
+    /// <summary>
+    /// Stacks expert matrices (same scheme, columns and parameters) into [sum rows, Cols]. If any expert carries an input
+    /// permutation, the result carries [E, Cols] of them (the identity for the others).
+    /// </summary>
     public static QuantizedMatrix Stack(IReadOnlyList<QuantizedMatrix> parts)
     {
         ArgumentNullException.ThrowIfNull(parts);
@@ -80,13 +122,26 @@ public sealed class QuantizedMatrix
             if (p.Scheme != a.Scheme || p.Cols != a.Cols || p.GroupSize != a.GroupSize || p.BlockN != a.BlockN || p.BlockK != a.BlockK
                 || p.Zeros.Length > 0 != a.Zeros.Length > 0 || p.Rows != a.Rows || p.MatrixRows != p.Rows)
                 throw new ArgumentException($"QuantizedMatrix.Stack: matrices differ ({p.Scheme} [{p.Rows}, {p.Cols}] vs {a.Scheme} [{a.Rows}, {a.Cols}]) or are already stacked");
-            if (p.InputPermutation is not null)
-                throw new ArgumentException("QuantizedMatrix.Stack: act-order (permuted) matrices cannot be stacked");
+        }
+
+        int[]? perm = null;
+        if (parts.Any(p => p.InputPermutation is not null))
+        {
+            perm = new int[(long)parts.Count * a.Cols];
+            for (int e = 0; e < parts.Count; e++)
+            {
+                var dst = perm.AsSpan(e * a.Cols, a.Cols);
+                if (parts[e].InputPermutation is { } pe)
+                    pe.CopyTo(dst);
+                else
+                    for (int j = 0; j < a.Cols; j++)
+                        dst[j] = j;
+            }
         }
 
         return new QuantizedMatrix(a.Scheme, a.Rows * parts.Count, a.Cols, parts.SelectMany(p => p.Words).ToArray(),
             parts.SelectMany(p => p.Scales32).ToArray(), parts.SelectMany(p => p.Scales16).ToArray(), parts.SelectMany(p => p.Zeros).ToArray(),
-            a.GroupSize, a.Rows, a.BlockN, a.BlockK);
+            a.GroupSize, a.Rows, a.BlockN, a.BlockK, perm);
     }
 
     /// <summary>Copies the matrix to the device.</summary>
@@ -100,6 +155,7 @@ public sealed class DeviceQuantMatrix : IDisposable
     private readonly MemoryBuffer1D<float, Stride1D.Dense>? scales32;
     private readonly MemoryBuffer1D<ILGPU.Half, Stride1D.Dense>? scales16;
     private readonly MemoryBuffer1D<byte, Stride1D.Dense>? zeros;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense>? permutation;
 
     internal DeviceQuantMatrix(Accelerator accelerator, QuantizedMatrix m)
     {
@@ -112,9 +168,14 @@ public sealed class DeviceQuantMatrix : IDisposable
             scales16 = accelerator.Allocate1D(MemoryMarshal.Cast<ushort, ILGPU.Half>(m.Scales16).ToArray());
         if (m.Zeros.Length > 0)
             zeros = accelerator.Allocate1D(m.Zeros);
+        if (m.InputPermutation is not null)
+            permutation = accelerator.Allocate1D(m.InputPermutation);
     }
 
     public QuantizedMatrix Host { get; }
+
+    /// <summary>The input permutation ([Cols], or [E, Cols] stacked); an empty view when columns are in input order.</summary>
+    public ArrayView<int> InputPermutation => permutation is null ? default : permutation.View;
 
     public Q8Weights Q8 => Host.Scheme == QuantScheme.Q8
         ? new Q8Weights(words.View, scales32!.View, Host.Rows, Host.Cols)
@@ -134,5 +195,6 @@ public sealed class DeviceQuantMatrix : IDisposable
         scales32?.Dispose();
         scales16?.Dispose();
         zeros?.Dispose();
+        permutation?.Dispose();
     }
 }

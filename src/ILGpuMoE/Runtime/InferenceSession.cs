@@ -32,6 +32,7 @@ public sealed class InferenceSession : IDisposable
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _h, _q, _kk, _vv, _attn, _routerLogits, _weights, _logits;
     private readonly MemoryBuffer1D<float, Stride1D.Dense>[] _kCache, _vCache;
     private readonly MoeWorkspace _moe;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _gather; // act-order attention inputs [T, In]
     private readonly long[][] _expertCounts;
     private int[] _lastIds = [];
     private int _lastT;
@@ -76,7 +77,9 @@ public sealed class InferenceSession : IDisposable
             _vCache[l] = a.Allocate1D<float>(cache);
         }
 
-        _moe = new MoeWorkspace(a, _b, _k, _e, _d, c.IntermediateSize);
+        _moe = new MoeWorkspace(a, _b, _k, _e, _d, c.IntermediateSize, permutedInput: model.PermutedExperts);
+        if (model.GatherColumns > 0)
+            _gather = a.Allocate1D<float>((long)_b * model.GatherColumns);
         _expertCounts = Enumerable.Range(0, c.Layers).Select(_ => new long[_e]).ToArray();
     }
 
@@ -175,6 +178,7 @@ public sealed class InferenceSession : IDisposable
         var a = _attn.View.SubView(0, (long)t * _qd);
         var rl = _routerLogits.View.SubView(0, (long)t * _e);
         var w = _weights.View.SubView(0, (long)t * _k);
+        var g = _gather is null ? default : _gather.View;
 
         T0();
         ops.Embedding(s, tok, m.Embedding, x, t, _v, _d);
@@ -184,9 +188,9 @@ public sealed class InferenceSession : IDisposable
             var lw = m.Layers[l];
             ops.RmsNorm(s, x, lw.InputNorm, h, t, _d, eps);
             Mark("rmsnorm");
-            ops.MatMul(s, h, lw.Wq, q, t, _qd, _d);
-            ops.MatMul(s, h, lw.Wk, k, t, _kvd, _d);
-            ops.MatMul(s, h, lw.Wv, v, t, _kvd, _d);
+            ops.MatMul(s, h, lw.Wq, q, t, _qd, _d, gather: g);
+            ops.MatMul(s, h, lw.Wk, k, t, _kvd, _d, gather: g);
+            ops.MatMul(s, h, lw.Wv, v, t, _kvd, _d, gather: g);
             Mark("qkv");
             ops.Rope.Launch(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta);
             Mark("rope");
@@ -194,7 +198,7 @@ public sealed class InferenceSession : IDisposable
             Mark("kv append");
             ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, window);
             Mark("attention");
-            ops.MatMul(s, a, lw.Wo, x, t, _d, _qd, accumulate: true);
+            ops.MatMul(s, a, lw.Wo, x, t, _d, _qd, accumulate: true, gather: g);
             Mark("o_proj");
 
             ops.RmsNorm(s, x, lw.PostNorm, h, t, _d, eps);
@@ -279,5 +283,6 @@ public sealed class InferenceSession : IDisposable
         foreach (var b in _kCache.Concat(_vCache))
             b.Dispose();
         _moe.Dispose();
+        _gather?.Dispose();
     }
 }

@@ -26,9 +26,12 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
 
     /// <summary>Weights: the byte lengths of the tensors the config implies, as stored (BF16 stays 2 bytes); with
     /// <paramref name="quant"/>, the packed bytes (words + scales + zeros) of the linear weights instead (with
-    /// <paramref name="keepFloatLinear"/>, a quantized checkpoint's linear weights stored in a float dtype stay as stored).</summary>
-    public static MemoryPlan Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, int maxSeq, int maxBatch, QuantSpec? quant = null, bool keepFloatLinear = false)
+    /// <paramref name="keepFloatLinear"/>, a quantized checkpoint's linear weights stored in a float dtype stay as stored).
+    /// <paramref name="actOrder"/>: a GPTQ act-order checkpoint's device permutations and gather scratch.</summary>
+    public static MemoryPlan Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, int maxSeq, int maxBatch, QuantSpec? quant = null, bool keepFloatLinear = false,
+        ActOrderLayout? actOrder = null)
     {
+        actOrder ??= ActOrderLayout.None;
         var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         long weights = 0;
         foreach (var e in MixtralTensors.Expected(c))
@@ -42,7 +45,8 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
 
         // KV cache: K and V, [Hkv, S, Dh] f32 per layer.
         long kv = 2L * c.Layers * c.KvHeads * maxSeq * c.HeadDim * sizeof(float);
-        return new MemoryPlan(weights, kv, Workspace(c, maxSeq, maxBatch), maxSeq, maxBatch);
+        weights += actOrder.WeightBytes(c);
+        return new MemoryPlan(weights, kv, Workspace(c, maxSeq, maxBatch) + actOrder.WorkspaceBytes(c, maxBatch), maxSeq, maxBatch);
     }
 
     /// <summary>Activations of one step of T = maxBatch tokens, the MoE scratch, logits and the attention decode partials.</summary>

@@ -93,6 +93,13 @@ public sealed class MixtralModel : IDisposable
 
     internal IReadOnlyList<LayerWeights> Layers { get; private set; } = [];
 
+    /// <summary>Widest input of an act-order (GPTQ desc_act) attention matrix; 0 when none: the session's gather scratch
+    /// holds MaxBatch rows of this many floats.</summary>
+    internal int GatherColumns { get; private set; }
+
+    /// <summary>True when some layer's experts are act-order: the MoE workspace gathers each pair's input row.</summary>
+    internal bool PermutedExperts { get; private set; }
+
     /// <summary>The memory plan for a folder without touching a device (config, checkpoint headers, sizes).</summary>
     public static MemoryPlan PlanFor(string directory, ModelLoadOptions? options = null)
     {
@@ -167,7 +174,9 @@ public sealed class MixtralModel : IDisposable
                 }
             }
 
-            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null);
+            var actOrder = source is { Method: "gptq" } ? ActOrderLayout.Of(config, checkpoint, source.GroupSize) : null;
+            var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null,
+                actOrder: actOrder);
             if (!keep)
             {
                 checkpoint.Dispose();
@@ -222,14 +231,7 @@ public sealed class MixtralModel : IDisposable
         QuantizedMatrix Pack(string name)
         {
             int rows = (int)shapes[name][0], cols = (int)shapes[name][1];
-            var m = source is not null ? source.Read(checkpoint, name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(name), rows, cols);
-            if (m.InputPermutation is not null)
-            {
-                throw new InvalidDataException($"{checkpoint.Directory}: {QuantSource.BaseOf(name)}: GPTQ act-order (g_idx not k / group_size) is not supported " +
-                                               "by the runtime yet; re-quantize without desc_act");
-            }
-
-            return m;
+            return source is not null ? source.Read(checkpoint, name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(name), rows, cols);
         }
 
         bool packed = quant is not null || source is not null;
@@ -240,27 +242,79 @@ public sealed class MixtralModel : IDisposable
         LinearWeight Linear(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
+            if (Dense(name))
+                return Add(new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)));
+            var m = Pack(name);
+            if (m.InputPermutation is not null)
+                GatherColumns = Math.Max(GatherColumns, m.Cols); // act-order: the session gathers x through the permutation
+            return Add(new LinearWeight(m.Upload(Accelerator)));
         }
 
-        LinearWeight Stacked(int layer, int w)
+        // The experts of a layer, w2 first: a GPTQ act-order w2's input permutation is folded into the rows of w1 and w3
+        // (ActOrder.cs), so w2 must be read before them; one kind of weight is on the host at a time.
+        (LinearWeight W1, LinearWeight W3, LinearWeight W2) Experts(int layer)
         {
-            var names = Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
-            progress?.Report(new LoadProgress(done, total, $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight"));
-            if (names.All(Dense))
-                return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
+            string[] Names(int w) => Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
+            string Label(int w) => $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight";
+            int[]?[] foldRows = new int[]?[c.Experts];
+            int[]?[] inputOrder = new int[]?[c.Experts];
 
-            // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
-            return Add(new LinearWeight(QuantizedMatrix.Stack(names.Select(Pack).ToArray()).Upload(Accelerator)));
+            LinearWeight Stacked(int w)
+            {
+                var names = Names(w);
+                progress?.Report(new LoadProgress(done, total, Label(w)));
+                if (names.All(Dense))
+                    return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
+
+                // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
+                var parts = new QuantizedMatrix[c.Experts];
+                for (int e = 0; e < c.Experts; e++)
+                {
+                    var m = Pack(names[e]);
+                    try
+                    {
+                        if (w == 2)
+                        {
+                            foldRows[e] = m.InputPermutation;
+                            m = m.WithoutInputPermutation();
+                        }
+                        else
+                        {
+                            if (foldRows[e] is { } rowsOrder)
+                                m = m.PermuteRows(rowsOrder);
+                            if (w == 1)
+                                inputOrder[e] = m.InputPermutation;
+                            else
+                                ActOrder.CheckSameInputOrder(inputOrder[e], m.InputPermutation);
+                        }
+                    }
+                    catch (ArgumentException ex)
+                    {
+                        throw new InvalidDataException($"{checkpoint.Directory}: {MixtralTensors.Layer(layer)} expert {e}: {ex.Message}");
+                    }
+
+                    // w3 shares w1's input permutation: only w1 keeps a copy on the device.
+                    parts[e] = w == 3 ? m.WithoutInputPermutation() : m;
+                }
+
+                var stacked = QuantizedMatrix.Stack(parts);
+                PermutedExperts |= stacked.InputPermutation is not null;
+                return Add(new LinearWeight(stacked.Upload(Accelerator)));
+            }
+
+            var w2 = Stacked(2);
+            return (Stacked(1), Stacked(3), w2);
         }
 
         Embedding = One(MixtralTensors.Embedding);
         var layers = new List<LayerWeights>(c.Layers);
         for (int l = 0; l < c.Layers; l++)
         {
-            var layer = new LayerWeights(One(MixtralTensors.InputNorm(l)), Linear(MixtralTensors.QProj(l)), Linear(MixtralTensors.KProj(l)),
-                Linear(MixtralTensors.VProj(l)), Linear(MixtralTensors.OProj(l)), One(MixtralTensors.PostAttentionNorm(l)),
-                One(MixtralTensors.Gate(l)), Stacked(l, 1), Stacked(l, 3), Stacked(l, 2));
+            var attention = (Q: Linear(MixtralTensors.QProj(l)), K: Linear(MixtralTensors.KProj(l)), V: Linear(MixtralTensors.VProj(l)),
+                O: Linear(MixtralTensors.OProj(l)));
+            var (inputNorm, postNorm, gate) = (One(MixtralTensors.InputNorm(l)), One(MixtralTensors.PostAttentionNorm(l)), One(MixtralTensors.Gate(l)));
+            var experts = Experts(l);
+            var layer = new LayerWeights(inputNorm, attention.Q, attention.K, attention.V, attention.O, postNorm, gate, experts.W1, experts.W3, experts.W2);
             if (layer.W1.TypeName != layer.W3.TypeName || layer.W1.TypeName != layer.W2.TypeName)
             {
                 throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.TypeName}, w3 {layer.W3.TypeName}, w2 {layer.W2.TypeName}); " +

@@ -82,8 +82,12 @@ internal sealed class WeightOps : IDisposable
     private QuantMoeBlockKernels<Q4Weights>? _qmoe4;
     private QuantMoeBlockKernels<Fp8Weights>? _qmoeFp8;
 
-    /// <summary>y [T, Out] (+)= x [T, In] W^T for a dense or quantized W [Out, In].</summary>
-    public void MatMul(AcceleratorStream s, ArrayView<float> x, LinearWeight w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false)
+    /// <summary>
+    /// y [T, Out] (+)= x [T, In] W^T for a dense or quantized W [Out, In]. gather: scratch of at least T * In floats,
+    /// needed only by a GPTQ act-order W (x is read through its input permutation into it first).
+    /// </summary>
+    public void MatMul(AcceleratorStream s, ArrayView<float> x, LinearWeight w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false,
+        ArrayView<float> gather = default)
     {
         if (w.Dense is not null)
         {
@@ -94,6 +98,14 @@ internal sealed class WeightOps : IDisposable
         var q = w.Quant!;
         if (q.Host.Rows != outDim || q.Host.Cols != inDim)
             throw new ArgumentException($"quantized weight is [{q.Host.Rows}, {q.Host.Cols}], the step needs [{outDim}, {inDim}]");
+        if (q.InputPermutation.Length > 0)
+        {
+            if (gather.Length < (long)t * inDim)
+                throw new ArgumentException($"an act-order weight needs a gather scratch of T*In = {(long)t * inDim} floats, got {gather.Length}");
+            var xp = gather.SubView(0, (long)t * inDim);
+            (_qgemv ??= QuantGemvKernel.Create(_accelerator)).LaunchGather(s, x, q.InputPermutation, xp, t, inDim);
+            x = xp;
+        }
 
         // Decode (T <= 8): the GEMV streams each packed row once for all tokens; prefill: the tiled GEMM. One split:
         // the runtime's output rows (>= 1024 at Mixtral shapes) already fill the device without split-K scratch.
@@ -140,7 +152,9 @@ internal sealed class WeightOps : IDisposable
                 (_qmoe8 ??= QuantMoeBlockKernels<Q8Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q8, q3.Q8, q2.Q8, output, residual);
                 break;
             case QuantScheme.Q4:
-                (_qmoe4 ??= QuantMoeBlockKernels<Q4Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q4, q3.Q4, q2.Q4, output, residual);
+                // GPTQ act-order experts: w1 carries the [E, D] input permutation w1 and w3 share (w2's is folded at load).
+                (_qmoe4 ??= QuantMoeBlockKernels<Q4Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q4, q3.Q4, q2.Q4, output, residual,
+                    inputPermutation: q1.InputPermutation);
                 break;
             default:
                 (_qmoeFp8 ??= QuantMoeBlockKernels<Fp8Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Fp8, q3.Fp8, q2.Fp8, output, residual);

@@ -142,6 +142,78 @@ public class QuantGroupedGemmTests
         Check.Close(want, output.GetAsArray1D(), 1e-5, 1e-5, $"{scheme} MoE block T={tokens}");
     }
 
+    // GPTQ act-order experts: expert e's packed column j is input column perm[e, j] of w1 and w3 (shared). The block
+    // gathers each pair's input row in that order; the reference runs on the dequantized weights put back in input order.
+    [TestCase(1, RoutingShape.Random)]       // one token: decode form (V3/V4)
+    [TestCase(3, RoutingShape.SkipExperts)]  // an expert with no token
+    [TestCase(5, RoutingShape.Dropped)]      // dropped pairs: zero gathered rows that no pass reads
+    [TestCase(17, RoutingShape.AllToOne)]    // tiled V2, every token to the same experts
+    public void ActOrderExpertsMatchReferenceOnUnpermutedWeights(int tokens, RoutingShape shape)
+    {
+        const int d = 96, f = 64; // three int4 groups of 32 along D; 96 is no multiple of the 64-wide tiles
+        var acc = TestDevice.Accelerator;
+        var routing = MoeTestData.Routing(tokens * 31 + (int)shape, tokens, TopK, Experts, shape);
+        var x = Data.Uniform(tokens + 40, (long)tokens * d);
+        var (w1, w1p) = Experts_("q4-sym-g32", 7000, f, d);
+        var (w3, w3p) = Experts_("q4-sym-g32", 8000, f, d);
+        var (w2, w2q) = Experts_("q4-sym-g32", 9000, d, f);
+        // Expert 0 keeps input order (identity), the others get their own random order.
+        var perms = Enumerable.Range(0, Experts)
+            .Select(e => e == 0 ? Enumerable.Range(0, d).ToArray() : Shuffled(d, e * 977 + 3))
+            .ToArray();
+        for (int e = 1; e < Experts; e++)
+            Assert.That(perms[e], Is.Not.EqualTo(perms[0]), "the test permutations must not be the identity");
+
+        float[] InputOrder(float[] packed, int[] perm)
+        {
+            var w = new float[packed.Length];
+            for (int n = 0; n < f; n++)
+            {
+                for (int j = 0; j < d; j++)
+                    w[n * d + perm[j]] = packed[n * d + j];
+            }
+
+            return w;
+        }
+
+        var w1q = Enumerable.Range(0, Experts).Select(e => InputOrder(w1p[e], perms[e])).ToArray();
+        var w3q = Enumerable.Range(0, Experts).Select(e => InputOrder(w3p[e], perms[e])).ToArray();
+        var want = RefMoe.MoeBlock(x, routing, w1q, w3q, w2q, tokens, d, f);
+
+        using var ws = new MoeWorkspace(acc, tokens, TopK, Experts, d, f, permutedInput: true);
+        using var xb = TestDevice.Upload(x);
+        using var ids = TestDevice.Upload(routing.ExpertIds);
+        using var wts = TestDevice.Upload(routing.Weights);
+        using var pb = TestDevice.Upload(perms.SelectMany(p => p).ToArray());
+        using var d1 = w1.Upload(acc);
+        using var d3 = w3.Upload(acc);
+        using var d2 = w2.Upload(acc);
+        using var output = TestDevice.PoisonedFloats((long)tokens * d);
+        var block = QuantMoeBlockKernels<Q4Weights>.Create(acc);
+        block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View, inputPermutation: pb.View);
+        acc.Synchronize();
+        Check.Close(want, output.GetAsArray1D(), 1e-5, 1e-5, $"act-order MoE block T={tokens} {shape}");
+
+        // The same weights read in packed order without the gather are a different function: the permutation matters.
+        using var plain = TestDevice.PoisonedFloats((long)tokens * d);
+        block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, plain.View);
+        acc.Synchronize();
+        Assert.That(plain.GetAsArray1D().Zip(want).Max(p => Math.Abs(p.First - p.Second)), Is.GreaterThan(1e-3), "without the gather the output differs");
+
+        // A permutation needs a workspace with room for the gathered rows, and E*D entries.
+        using var small = new MoeWorkspace(acc, tokens, TopK, Experts, d, f);
+        Assert.That(() => block.Launch(acc.DefaultStream, small, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View, inputPermutation: pb.View),
+            Throws.ArgumentException.With.Message.Contains("permutedInput"));
+        Assert.That(() => block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View,
+            inputPermutation: pb.View.SubView(0, d)), Throws.ArgumentException.With.Message.Contains("E*D"));
+    }
+
+    private static int[] Shuffled(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).OrderBy(_ => rng.Next()).ToArray();
+    }
+
     [Test]
     public void RefusesWrongStackedShapes()
     {

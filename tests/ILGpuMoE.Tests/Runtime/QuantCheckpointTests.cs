@@ -183,10 +183,33 @@ public class QuantCheckpointTests
 
     // GPTQ v1: qweight I32 [in/8, out], nibble j of word (r, n) = input row 8r + j; qzeros I32 [groups, out/8] holding
     // z - 1, nibble j = output 8c + j; scales F16 [groups, out]; g_idx I32 [in] = k / G (desc_act written, trivial order).
-    private static IEnumerable<SafeTensorsWriter.Entry> Gptq(string b, float[] w, int rows, int cols)
+    private static IEnumerable<SafeTensorsWriter.Entry> Gptq(string b, float[] w, int rows, int cols) => GptqOrdered(b, w, rows, cols, null);
+
+    // The same with act-order: GPTQ visits input columns in the order perm (perm[j] = the j-th column quantized) and
+    // closes a group every G columns, so column perm[j] belongs to group j / G: g_idx[perm[j]] = j / G. qweight and
+    // qzeros stay in input order.
+    private static IEnumerable<SafeTensorsWriter.Entry> GptqOrdered(string b, float[] w, int rows, int cols, int[]? perm)
     {
         const int g = 32;
-        var (q, z, s) = Int4(w, rows, cols, g, 1);
+        perm ??= Enumerable.Range(0, cols).ToArray();
+        var wv = new float[w.Length];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int j = 0; j < cols; j++)
+                wv[n * cols + j] = w[n * cols + perm[j]];
+        }
+
+        var (qv, z, s) = Int4(wv, rows, cols, g, 1);
+        var q = new int[qv.Length];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int j = 0; j < cols; j++)
+                q[n * cols + perm[j]] = qv[n * cols + j];
+        }
+
+        var gIdx = new int[cols];
+        for (int j = 0; j < cols; j++)
+            gIdx[perm[j]] = j / g;
         int groups = cols / g;
         var qw = new int[cols / 8 * rows];
         var qz = new int[groups * (rows / 8)];
@@ -209,7 +232,21 @@ public class QuantCheckpointTests
         yield return Ints(b + ".qweight", [cols / 8, rows], qw);
         yield return Ints(b + ".qzeros", [groups, rows / 8], qz);
         yield return SafeTensorsWriter.FromSpan<ushort>(b + ".scales", DType.F16, [groups, rows], sc);
-        yield return Ints(b + ".g_idx", [cols], Enumerable.Range(0, cols).Select(k => k / g).ToArray());
+        yield return Ints(b + ".g_idx", [cols], gIdx);
+    }
+
+    // Act-order orders as GPTQ makes them: w1 and w3 of an expert share one (same inputs, same Hessian), every other
+    // matrix has its own. Some stay in input order (layer 0's k_proj, expert 0's w1/w3, expert 1's w2) so the runtime
+    // also meets identity rows among permuted experts. splitUpGate gives expert 2's w3 an order of its own.
+    private static int[]? ActOrderOf(string b, int cols, bool splitUpGate)
+    {
+        if (b.EndsWith(".k_proj", StringComparison.Ordinal) || b.Contains(".experts.0.w1", StringComparison.Ordinal)
+            || b.Contains(".experts.0.w3", StringComparison.Ordinal) || b.Contains(".experts.1.w2", StringComparison.Ordinal))
+            return null;
+        string key = splitUpGate && b.Contains(".experts.2.w3", StringComparison.Ordinal) ? b : b.Replace(".w3", ".w1", StringComparison.Ordinal);
+        int seed = key.Aggregate(17, (h, ch) => unchecked(h * 31 + ch)); // stable across runs (string.GetHashCode is not)
+        var rng = new Random(seed);
+        return Enumerable.Range(0, cols).OrderBy(_ => rng.Next()).ToArray();
     }
 
     // FP8: weight F8_E4M3 [out, in] and weight_scale_inv F32 [ceil(out/128), ceil(in/128)], w = e4m3 * scale_inv.
@@ -277,15 +314,47 @@ public class QuantCheckpointTests
     }
 
     [Test]
-    public void GptqActOrderIsRefusedWithOneLine()
+    public void GptqActOrderCheckpointEqualsOracle()
     {
-        // g_idx = k % groups: every group keeps G columns but out of input order (desc_act): needs an input gather.
-        string dir = Build("gptq-actorder", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true}",
-            (b, w, rows, cols) => Gptq(b, w, rows, cols).Select(e => e.Name.EndsWith(".g_idx", StringComparison.Ordinal)
-                ? Ints(e.Name, [cols], Enumerable.Range(0, cols).Select(k => k % (cols / 32)).ToArray())
-                : e));
+        // desc_act with real orders: attention gathers x per matrix, experts gather per (token, expert) pair for w1/w3,
+        // and w2's order is folded into w1/w3's rows at load. Prefill (11 tokens: tiled GEMM, tiled grouped GEMM) and
+        // decode (GEMV, grouped GEMV) both run; RunModel also checks the memory plan counted the permutations.
+        const string config = "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}";
+        string dir = Build("gptq-actorder", config, (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false)));
+        using (var ck = Checkpoint.Open(dir))
+        {
+            var gIdx = ck.GetSpan<int>("model.layers.0.block_sparse_moe.experts.3.w2.g_idx");
+            Assert.That(ActOrder.IsActOrder(gIdx, 32), "the test checkpoint must be act-order");
+        }
+
+        var modelConfig = ModelConfig.Load(dir);
+        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
+        {
+            var e = MixtralTensors.Expected(modelConfig).First(t => t.Name == name);
+            return Dequant("gptq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
+        });
+        var session = oracle.NewSession();
+        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
+        float[] got = RunModel(dir, null);
+        Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
+        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: "GPTQ act-order checkpoint vs RefMixtral on its dequantized weights");
+        RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, "gptq act-order");
+
+        var plan = MixtralModel.PlanFor(dir, new ModelLoadOptions { MaxSeq = 16 });
+        var inOrder = MixtralModel.PlanFor(Build("gptq-inorder", config, Gptq), new ModelLoadOptions { MaxSeq = 16 });
+        // Permutations: q, v, o (128 columns each; k_proj is in order) and one [E, D] per layer for w1/w3 (w2's fold away).
+        Assert.That(plan.WeightBytes - inOrder.WeightBytes, Is.EqualTo(3 * 128 * 4 + 4 * 128 * 4));
+        // Gather scratch: T rows of the widest act-order attention input, and T*K rows of D for the experts.
+        Assert.That(plan.WorkspaceBytes - inOrder.WorkspaceBytes, Is.EqualTo(16L * (128 + 2 * 128) * 4));
+    }
+
+    [Test]
+    public void GptqActOrderWithDifferentW1AndW3OrdersIsRefusedWithOneLine()
+    {
+        string dir = Build("gptq-actorder-split", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true}",
+            (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: true)));
         var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
-        Assert.That(line, Does.Contain("act-order").And.Contain("model.layers.0.self_attn.q_proj"));
+        Assert.That(line, Does.Contain("model.layers.0 expert 2").And.Contain("w1 and w3"));
     }
 
     private string Build(string name, string quantConfig, Packer pack)

@@ -7,7 +7,8 @@ namespace ILGpuMoE.Kernels.Moe;
 /// <summary>Device scratch of the MoE block for up to MaxTokens tokens: the permutations and h, y in sorted order.</summary>
 public sealed class MoeWorkspace : IDisposable
 {
-    public MoeWorkspace(Accelerator accelerator, int maxTokens, int topK, int experts, int dim, int hidden)
+    /// <param name="permutedInput">Also allocate <see cref="PermutedInput"/> (quantized GPTQ act-order experts).</param>
+    public MoeWorkspace(Accelerator accelerator, int maxTokens, int topK, int experts, int dim, int hidden, bool permutedInput = false)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         if (maxTokens < 1 || topK < 1 || experts < 1 || dim < 1 || hidden < 1)
@@ -26,6 +27,8 @@ public sealed class MoeWorkspace : IDisposable
         Tiled = new MoePermutation(accelerator, (int)pairs, experts, GroupedGemmKernel<F32Weights>.TileRowsFor(GroupedGemmVersion.V2Tiled));
         H = accelerator.Allocate1D<float>(pairs * hidden);
         Y = accelerator.Allocate1D<float>(pairs * dim);
+        if (permutedInput)
+            PermutedInput = accelerator.Allocate1D<float>(pairs * dim);
     }
 
     public int MaxTokens { get; }
@@ -50,6 +53,9 @@ public sealed class MoeWorkspace : IDisposable
     /// <summary>[MaxTokens*K, D] expert outputs in sorted order.</summary>
     public MemoryBuffer1D<float, Stride1D.Dense> Y { get; }
 
+    /// <summary>[MaxTokens*K, D] each pair's input row in its expert's column order (act-order experts); null unless asked for.</summary>
+    public MemoryBuffer1D<float, Stride1D.Dense>? PermutedInput { get; }
+
     /// <summary>The permutation the last <see cref="MoeBlockKernels{TW}.Launch"/> wrote (for inspection).</summary>
     public MoePermutation? Last { get; internal set; }
 
@@ -59,6 +65,7 @@ public sealed class MoeWorkspace : IDisposable
         Tiled.Dispose();
         H.Dispose();
         Y.Dispose();
+        PermutedInput?.Dispose();
     }
 }
 
