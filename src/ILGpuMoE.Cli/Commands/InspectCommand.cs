@@ -50,6 +50,13 @@ public static class InspectCommand
         io.Ansi.Write(ConfigTable(config));
         io.Ansi.Write(StorageTable(checkpoint.Tensors));
         io.Ansi.Write(SchemeTable(config, checkpoint.Tensors, source));
+        if (source is { Method: "gptq" } && ActOrderLayout.Of(config, checkpoint, source.GroupSize) is { } act && act.WeightBytes(config) > 0)
+        {
+            io.Out.WriteLine($"GPTQ act-order (desc_act): {act.AttentionMatrices} of {4 * config.Layers} attention matrices and {act.ExpertLayers} of {config.Layers} " +
+                             $"layers' experts read their input permuted: {N(act.WeightBytes(config))} bytes of permutations on the device, inputs gathered " +
+                             "each step (w2's order is folded into w1/w3's rows at load)");
+        }
+
         io.Out.WriteLine("per decode token: attention q/k/v/o, router and norms of every layer, K of E experts, lm_head and one embedding row; " +
                          "--quant packs attention and experts only");
         var used = MixtralTensors.Expected(config).Select(t => QuantSource.BaseOf(t.Name) + ".").ToList();

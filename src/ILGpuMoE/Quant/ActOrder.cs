@@ -25,9 +25,9 @@ namespace ILGpuMoE.Quant;
 /// w2's fold away) and the gather scratch of one step of T tokens (T * the widest act-order attention input, plus
 /// T*K*D for the experts' gathered rows).
 /// </summary>
-public sealed record ActOrderLayout(long AttentionPermutationBytes, int MaxAttentionCols, int ExpertLayers)
+public sealed record ActOrderLayout(int AttentionMatrices, long AttentionPermutationBytes, int MaxAttentionCols, int ExpertLayers)
 {
-    public static readonly ActOrderLayout None = new(0, 0, 0);
+    public static readonly ActOrderLayout None = new(0, 0, 0, 0);
 
     public long WeightBytes(ModelConfig c) => AttentionPermutationBytes + (long)ExpertLayers * c.Experts * c.HiddenSize * sizeof(int);
 
@@ -38,7 +38,7 @@ public sealed record ActOrderLayout(long AttentionPermutationBytes, int MaxAtten
     public static ActOrderLayout Of(ModelConfig c, Checkpoint checkpoint, int groupSize)
     {
         long bytes = 0;
-        int maxCols = 0;
+        int maxCols = 0, matrices = 0;
         var expertLayers = new HashSet<int>();
         foreach (var e in MixtralTensors.Expected(c).Where(QuantSource.IsLinear))
         {
@@ -51,6 +51,7 @@ public sealed record ActOrderLayout(long AttentionPermutationBytes, int MaxAtten
                 continue;
             if (e.Role == TensorRole.Attention)
             {
+                matrices++;
                 bytes += e.Shape[1] * sizeof(int);
                 maxCols = Math.Max(maxCols, (int)e.Shape[1]);
             }
@@ -60,7 +61,7 @@ public sealed record ActOrderLayout(long AttentionPermutationBytes, int MaxAtten
             }
         }
 
-        return new ActOrderLayout(bytes, maxCols, expertLayers.Count);
+        return new ActOrderLayout(matrices, bytes, maxCols, expertLayers.Count);
     }
 }
 

@@ -188,9 +188,12 @@ public sealed class InferenceSession : IDisposable
             var lw = m.Layers[l];
             ops.RmsNorm(s, x, lw.InputNorm, h, t, _d, eps);
             Mark("rmsnorm");
-            ops.MatMul(s, h, lw.Wq, q, t, _qd, _d, gather: g);
-            ops.MatMul(s, h, lw.Wk, k, t, _kvd, _d, gather: g);
-            ops.MatMul(s, h, lw.Wv, v, t, _kvd, _d, gather: g);
+            // Act-order q/k/v of one input order: gather the normed rows once for all three.
+            bool shared = lw.QkvShareInputOrder;
+            ArrayView<float> hq = shared ? ops.GatherInput(s, h, lw.Wq, g, t, _d) : (ArrayView<float>)h;
+            ops.MatMul(s, hq, lw.Wq, q, t, _qd, _d, gather: g, inputGathered: shared);
+            ops.MatMul(s, hq, lw.Wk, k, t, _kvd, _d, gather: g, inputGathered: shared);
+            ops.MatMul(s, hq, lw.Wv, v, t, _kvd, _d, gather: g, inputGathered: shared);
             Mark("qkv");
             ops.Rope.Launch(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta);
             Mark("rope");

@@ -45,7 +45,16 @@ public sealed record ModelLoadOptions
 
 /// <summary>One decoder layer's weights on the device.</summary>
 internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, LinearWeight Wk, LinearWeight Wv, LinearWeight Wo,
-    DeviceTensor PostNorm, DeviceTensor Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2);
+    DeviceTensor PostNorm, DeviceTensor Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2)
+{
+    /// <summary>
+    /// GPTQ act-order q, k and v with one input order (GPTQ quantizes them on the same inputs, so they get the same
+    /// one): the step gathers the normed row once for all three instead of once each.
+    /// </summary>
+    public bool QkvShareInputOrder { get; } = Wq.Quant?.Host.InputPermutation is { } pq
+                                             && Wk.Quant?.Host.InputPermutation is { } pk && Wv.Quant?.Host.InputPermutation is { } pv
+                                             && pq.AsSpan().SequenceEqual(pk) && pq.AsSpan().SequenceEqual(pv);
+}
 
 public sealed class MixtralModel : IDisposable
 {

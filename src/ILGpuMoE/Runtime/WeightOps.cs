@@ -84,10 +84,11 @@ internal sealed class WeightOps : IDisposable
 
     /// <summary>
     /// y [T, Out] (+)= x [T, In] W^T for a dense or quantized W [Out, In]. gather: scratch of at least T * In floats,
-    /// needed only by a GPTQ act-order W (x is read through its input permutation into it first).
+    /// needed only by a GPTQ act-order W (x is read through its input permutation into it first). inputGathered: x
+    /// already is in W's packed column order (<see cref="GatherInput"/> with a weight of the same order); no gather.
     /// </summary>
     public void MatMul(AcceleratorStream s, ArrayView<float> x, LinearWeight w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false,
-        ArrayView<float> gather = default)
+        ArrayView<float> gather = default, bool inputGathered = false)
     {
         if (w.Dense is not null)
         {
@@ -98,14 +99,8 @@ internal sealed class WeightOps : IDisposable
         var q = w.Quant!;
         if (q.Host.Rows != outDim || q.Host.Cols != inDim)
             throw new ArgumentException($"quantized weight is [{q.Host.Rows}, {q.Host.Cols}], the step needs [{outDim}, {inDim}]");
-        if (q.InputPermutation.Length > 0)
-        {
-            if (gather.Length < (long)t * inDim)
-                throw new ArgumentException($"an act-order weight needs a gather scratch of T*In = {(long)t * inDim} floats, got {gather.Length}");
-            var xp = gather.SubView(0, (long)t * inDim);
-            (_qgemv ??= QuantGemvKernel.Create(_accelerator)).LaunchGather(s, x, q.InputPermutation, xp, t, inDim);
-            x = xp;
-        }
+        if (q.InputPermutation.Length > 0 && !inputGathered)
+            x = GatherInput(s, x, w, gather, t, inDim);
 
         // Decode (T <= 8): the GEMV streams each packed row once for all tokens; prefill: the tiled GEMM. One split:
         // the runtime's output rows (>= 1024 at Mixtral shapes) already fill the device without split-K scratch.
@@ -129,6 +124,19 @@ internal sealed class WeightOps : IDisposable
                 default: k.Launch(s, x, q.Fp8, y, t, accumulate); break;
             }
         }
+    }
+
+    /// <summary>xp [T, In] = x [T, In] read through act-order weight W's input permutation, into gather (>= T * In floats).</summary>
+    public ArrayView<float> GatherInput(AcceleratorStream s, ArrayView<float> x, LinearWeight w, ArrayView<float> gather, int t, int inDim)
+    {
+        var perm = w.Quant?.InputPermutation ?? default;
+        if (perm.Length == 0)
+            throw new ArgumentException("GatherInput: the weight has no input permutation (not act-order)");
+        if (gather.Length < (long)t * inDim)
+            throw new ArgumentException($"an act-order weight needs a gather scratch of T*In = {(long)t * inDim} floats, got {gather.Length}");
+        var xp = gather.SubView(0, (long)t * inDim);
+        (_qgemv ??= QuantGemvKernel.Create(_accelerator)).LaunchGather(s, x, perm, xp, t, inDim);
+        return xp;
     }
 
     /// <summary>output [T, D] = residual + MoE(x) for dense or quantized stacked experts (w1, w3 [E*F, D], w2 [E*D, F]).</summary>

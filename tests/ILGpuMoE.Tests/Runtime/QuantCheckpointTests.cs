@@ -235,15 +235,18 @@ public class QuantCheckpointTests
         yield return Ints(b + ".g_idx", [cols], gIdx);
     }
 
-    // Act-order orders as GPTQ makes them: w1 and w3 of an expert share one (same inputs, same Hessian), every other
-    // matrix has its own. Some stay in input order (layer 0's k_proj, expert 0's w1/w3, expert 1's w2) so the runtime
-    // also meets identity rows among permuted experts. splitUpGate gives expert 2's w3 an order of its own.
-    private static int[]? ActOrderOf(string b, int cols, bool splitUpGate)
+    // Act-order orders as GPTQ makes them: w1 and w3 of an expert share one (same inputs, same Hessian), and with
+    // shareQkv so do q, k and v; every other matrix has its own. Some stay in input order (k_proj unless shareQkv,
+    // expert 0's w1/w3, expert 1's w2) so the runtime also meets identity rows among permuted experts and a mix of
+    // permuted and plain attention. splitUpGate gives expert 2's w3 an order of its own.
+    private static int[]? ActOrderOf(string b, int cols, bool splitUpGate, bool shareQkv = false)
     {
-        if (b.EndsWith(".k_proj", StringComparison.Ordinal) || b.Contains(".experts.0.w1", StringComparison.Ordinal)
+        if ((!shareQkv && b.EndsWith(".k_proj", StringComparison.Ordinal)) || b.Contains(".experts.0.w1", StringComparison.Ordinal)
             || b.Contains(".experts.0.w3", StringComparison.Ordinal) || b.Contains(".experts.1.w2", StringComparison.Ordinal))
             return null;
         string key = splitUpGate && b.Contains(".experts.2.w3", StringComparison.Ordinal) ? b : b.Replace(".w3", ".w1", StringComparison.Ordinal);
+        if (shareQkv)
+            key = key.Replace(".k_proj", ".q_proj", StringComparison.Ordinal).Replace(".v_proj", ".q_proj", StringComparison.Ordinal);
         int seed = key.Aggregate(17, (h, ch) => unchecked(h * 31 + ch)); // stable across runs (string.GetHashCode is not)
         var rng = new Random(seed);
         return Enumerable.Range(0, cols).OrderBy(_ => rng.Next()).ToArray();
@@ -313,14 +316,17 @@ public class QuantCheckpointTests
         Check.Close(want, RunModel(dir, null), rtol: 1e-4, atol: 1e-4, what: "partially quantized AWQ vs RefMixtral");
     }
 
-    [Test]
-    public void GptqActOrderCheckpointEqualsOracle()
+    [TestCase(false)]
+    [TestCase(true)]
+    public void GptqActOrderCheckpointEqualsOracle(bool shareQkv)
     {
-        // desc_act with real orders: attention gathers x per matrix, experts gather per (token, expert) pair for w1/w3,
-        // and w2's order is folded into w1/w3's rows at load. Prefill (11 tokens: tiled GEMM, tiled grouped GEMM) and
-        // decode (GEMV, grouped GEMV) both run; RunModel also checks the memory plan counted the permutations.
+        // desc_act with real orders: attention gathers x per matrix (once for q/k/v when they share an order), experts
+        // gather per (token, expert) pair for w1/w3, and w2's order is folded into w1/w3's rows at load. Prefill
+        // (11 tokens: tiled GEMM, tiled grouped GEMM) and decode (GEMV, grouped GEMV) both run; RunModel also checks
+        // the memory plan counted the permutations.
         const string config = "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}";
-        string dir = Build("gptq-actorder", config, (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false)));
+        string dir = Build("gptq-actorder" + (shareQkv ? "-qkv" : ""), config,
+            (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false, shareQkv)));
         using (var ck = Checkpoint.Open(dir))
         {
             var gIdx = ck.GetSpan<int>("model.layers.0.block_sparse_moe.experts.3.w2.g_idx");
@@ -342,10 +348,17 @@ public class QuantCheckpointTests
 
         var plan = MixtralModel.PlanFor(dir, new ModelLoadOptions { MaxSeq = 16 });
         var inOrder = MixtralModel.PlanFor(Build("gptq-inorder", config, Gptq), new ModelLoadOptions { MaxSeq = 16 });
-        // Permutations: q, v, o (128 columns each; k_proj is in order) and one [E, D] per layer for w1/w3 (w2's fold away).
-        Assert.That(plan.WeightBytes - inOrder.WeightBytes, Is.EqualTo(3 * 128 * 4 + 4 * 128 * 4));
+        // Permutations: q, (k,) v, o (128 columns each; k_proj is in order unless shared) and one [E, D] per layer for
+        // w1/w3 (w2's fold away).
+        int attention = shareQkv ? 4 : 3;
+        Assert.That(plan.WeightBytes - inOrder.WeightBytes, Is.EqualTo(attention * 128 * 4 + 4 * 128 * 4));
         // Gather scratch: T rows of the widest act-order attention input, and T*K rows of D for the experts.
         Assert.That(plan.WorkspaceBytes - inOrder.WorkspaceBytes, Is.EqualTo(16L * (128 + 2 * 128) * 4));
+
+        var inspect = CliRun.Of("inspect", dir);
+        Assert.That(inspect.ExitCode, Is.EqualTo(0), inspect.Err);
+        Assert.That(inspect.Out, Does.Contain("act-order").And.Contain($"{attention} of 4 attention matrices and 1 of 1 layers' experts")
+            .And.Contain((attention * 512 + 2048).ToString("N0", System.Globalization.CultureInfo.InvariantCulture) + " bytes"));
     }
 
     [Test]
