@@ -5,8 +5,9 @@
 // again (our Q4 layout), and records InputPermutation: packed column j is input column perm[j], y = x[:, perm] Wp^T.
 // Someone has to read x through perm; where that costs least depends on what produced x:
 //
-//   attention q/k/v/o   x is shared (q, k, v read one normed row) or head-shaped (o): gather x per matrix into a
-//                       scratch row before the matmul (QuantGemvKernel.LaunchGather, T * In floats).
+//   attention q/k/v/o   x is shared (q, k, v read one normed row) or head-shaped (o): gather x into a scratch row
+//                       before the matmul (QuantGemvKernel.LaunchGather, T * In floats); once for q, k and v when
+//                       they share an order, as GPTQ gives them (LayerWeights.QkvShareInputOrder).
 //   experts w1, w3      x is the token's normed row, a different column order per expert: the MoE block gathers one
 //                       row per (token, expert) pair (QuantGroupedGemmKernels.GatherExpertInputsV1, T*K*D floats).
 //                       w1 and w3 of one expert must share the permutation (one gathered row feeds both); GPTQ gives
