@@ -361,6 +361,33 @@ public class QuantCheckpointTests
             .And.Contain((attention * 512 + 2048).ToString("N0", System.Globalization.CultureInfo.InvariantCulture) + " bytes"));
     }
 
+    // Malformed act-order g_idx on one expert's w2: a group with G + 1 columns, a group index past the last group, and
+    // a g_idx one entry short. Each is one line naming the tensor, never a wrong answer.
+    [TestCase("uneven", "act-order group")]
+    [TestCase("range", "outside 0..")]
+    [TestCase("short", "g_idx")]
+    public void MalformedGptqGIdxIsRefusedWithOneLine(string how, string mentions)
+    {
+        string dir = Build("gptq-bad-gidx-" + how, "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true}",
+            (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false)).Select(e =>
+            {
+                if (!e.Name.EndsWith(".experts.3.w2.g_idx", StringComparison.Ordinal))
+                    return e;
+                var g = MemoryMarshal.Cast<byte, int>(e.Data.Span).ToArray();
+                switch (how)
+                {
+                    case "uneven": g[g.ToList().IndexOf(1)] = 0; break;
+                    case "range": g[7] = cols / 32; break;
+                    default: return Ints(e.Name, [cols - 1], g[..^1]);
+                }
+
+                return Ints(e.Name, [cols], g);
+            }));
+        var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
+        TestContext.Out.WriteLine(line);
+        Assert.That(line, Does.Contain("model.layers.0.block_sparse_moe.experts.3.w2").And.Contain(mentions));
+    }
+
     [Test]
     public void GptqActOrderWithDifferentW1AndW3OrdersIsRefusedWithOneLine()
     {
