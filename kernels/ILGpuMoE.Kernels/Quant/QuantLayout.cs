@@ -11,7 +11,8 @@
 //               [ k=4j+3  ][ k=4j+2  ][ k=4j+1  ][ k=4j+0  ]   two's-complement bytes
 //        RowWords = ceil(K / 16) * 4: the tail of the last unit is zero bytes (q = 0 contributes 0).
 //
-//   Q4   int4, G values per group along K (G in {32, 64, 128}, K % G == 0), F16 scale per (row, group), optional
+//   Q4   int4, G values per group along K (G a multiple of 32 dividing K: 32, 64, 128 usually; G = K is one group per
+//        row, GPTQ's group_size -1), F16 scale per (row, group), optional
 //        zero point per (row, group) (one byte each):      w[n, k] = (q - z) * scale[n, k / G],  q in [0, 15];
 //        symmetric: no zero buffer, z = 8 (q = s + 8 for s in [-8, 7]).
 //        word j of row n, 8 values per 32-bit word, straight order (nibble i is k = 8j + i):
@@ -117,15 +118,16 @@ public static class QuantLayout
 
     /// <summary>
     /// Throws ArgumentException when a device matrix breaks its layout's rules (the host packers never build one;
-    /// this guards structs built by hand): Q4 needs G in {32, 64, 128} dividing K; FP8 blocks need BlockK % 16 == 0
+    /// this guards structs built by hand): Q4 needs G a multiple of 32 dividing K; FP8 blocks need BlockK % 16 == 0
     /// (or BlockK &gt;= K) and whole matrices.
     /// </summary>
     public static void Check(string where, Q8Weights w) => CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, w.Rows);
 
     public static void Check(string where, Q4Weights w)
     {
-        if (w.GroupSize is not (32 or 64 or 128) || w.Cols % w.GroupSize != 0)
-            throw new ArgumentException($"{where}: Q4 group size {w.GroupSize} must be 32, 64 or 128 and divide K = {w.Cols}");
+        // A 16-byte unit (32 values) must never straddle a group: one (scale, zero) per unit (ScaleOf).
+        if (w.GroupSize < 32 || w.GroupSize % 32 != 0 || w.Cols % w.GroupSize != 0)
+            throw new ArgumentException($"{where}: Q4 group size {w.GroupSize} must be a multiple of 32 dividing K = {w.Cols}");
         long groups = (long)w.Rows * (w.Cols / w.GroupSize);
         CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, groups);
         if (w.Zeros.Length != 0 && w.Zeros.Length < groups)

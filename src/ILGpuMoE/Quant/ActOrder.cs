@@ -35,7 +35,8 @@ public sealed record ActOrderLayout(int AttentionMatrices, long AttentionPermuta
     public long WorkspaceBytes(ModelConfig c, int maxBatch) =>
         (long)maxBatch * (MaxAttentionCols + (ExpertLayers > 0 ? (long)c.TopK * c.HiddenSize : 0)) * sizeof(float);
 
-    /// <summary>Reads each linear weight's GPTQ g_idx (when there is one) from a memory-mapped checkpoint.</summary>
+    /// <summary>Reads each linear weight's GPTQ g_idx (when there is one) from a memory-mapped checkpoint. groupSize 0:
+    /// one group per row (no column can leave its group, so nothing is act-order).</summary>
     public static ActOrderLayout Of(ModelConfig c, Checkpoint checkpoint, int groupSize)
     {
         long bytes = 0;
@@ -48,7 +49,8 @@ public sealed record ActOrderLayout(int AttentionMatrices, long AttentionPermuta
                 continue;
             var info = checkpoint.Get(g);
             // A malformed g_idx is not act-order here: the loader's reader refuses it with the reason.
-            if (info.DType != DType.I32 || info.Shape.Length != 1 || !ActOrder.IsActOrder(checkpoint.GetSpan<int>(g), groupSize))
+            int gs = groupSize > 0 ? groupSize : (int)e.Shape[1];
+            if (info.DType != DType.I32 || info.Shape.Length != 1 || !ActOrder.IsActOrder(checkpoint.GetSpan<int>(g), gs))
                 continue;
             if (e.Role == TensorRole.Attention)
             {

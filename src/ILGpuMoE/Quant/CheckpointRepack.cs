@@ -148,18 +148,20 @@ public static class CheckpointRepack
         return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, PackBytes(weight, rows, cols), scales32: [scale], blockN: rows, blockK: cols);
     }
 
-    /// <summary>AWQ tensors PREFIX.qweight (I32 [in, out/8]), .qzeros (I32), .scales (F16) of a checkpoint.</summary>
+    /// <summary>AWQ tensors PREFIX.qweight (I32 [in, out/8]), .qzeros (I32), .scales (F16) of a checkpoint. groupSize 0: one group per row.</summary>
     public static QuantizedMatrix ReadAwq(Checkpoint checkpoint, string prefix, int groupSize)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         var qw = Tensor(checkpoint, prefix + ".qweight", DType.I32, 2);
         Tensor(checkpoint, prefix + ".qzeros", DType.I32, 2);
         Tensor(checkpoint, prefix + ".scales", DType.F16, 2);
+        int inDim = (int)qw.Shape[0];
         return FromAwq(checkpoint.GetSpan<int>(prefix + ".qweight"), checkpoint.GetSpan<int>(prefix + ".qzeros"),
-            checkpoint.GetSpan<ushort>(prefix + ".scales"), (int)qw.Shape[0], (int)qw.Shape[1] * 8, groupSize);
+            checkpoint.GetSpan<ushort>(prefix + ".scales"), inDim, (int)qw.Shape[1] * 8, groupSize > 0 ? groupSize : inDim);
     }
 
-    /// <summary>GPTQ tensors PREFIX.qweight (I32 [in/8, out]), .qzeros (I32), .scales (F16), optional .g_idx (I32 [in]).</summary>
+    /// <summary>GPTQ tensors PREFIX.qweight (I32 [in/8, out]), .qzeros (I32), .scales (F16), optional .g_idx (I32 [in]).
+    /// groupSize 0: one group per row (group_size -1).</summary>
     public static QuantizedMatrix ReadGptq(Checkpoint checkpoint, string prefix, int groupSize)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
@@ -173,8 +175,9 @@ public static class CheckpointRepack
             gIdx = checkpoint.GetSpan<int>(prefix + ".g_idx");
         }
 
+        int inDim = (int)qw.Shape[0] * 8;
         return FromGptq(checkpoint.GetSpan<int>(prefix + ".qweight"), checkpoint.GetSpan<int>(prefix + ".qzeros"),
-            checkpoint.GetSpan<ushort>(prefix + ".scales"), gIdx, (int)qw.Shape[0] * 8, (int)qw.Shape[1], groupSize);
+            checkpoint.GetSpan<ushort>(prefix + ".scales"), gIdx, inDim, (int)qw.Shape[1], groupSize > 0 ? groupSize : inDim);
     }
 
     /// <summary>

@@ -10,6 +10,7 @@
 //                 BASE.zeros    U8 [N, K/G]   (int4-g128-asym only; values 0..15)
 //               Every other tensor (embeddings, norms, router, lm_head) is copied as it was.
 //   "awq"       GEMM version, 4 bits, zero points: BASE.qweight / .qzeros / .scales (CheckpointRepack.ReadAwq).
+//               AWQ and GPTQ: group_size a multiple of 32 dividing each input dim, or -1 (one group per row).
 //   "gptq"      4 bits, v1 zeros (stored z - 1), BASE.qweight / .qzeros / .scales (+ .g_idx) (CheckpointRepack.ReadGptq).
 //               A g_idx in input order (k / G) loads as is; an act-order g_idx (desc_act) is repacked in group order with
 //               an input permutation, which the runtime applies as ActOrder.cs describes (attention: gather x; experts:
@@ -85,9 +86,10 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
                 int bits = Int(q, "bits") ?? Int(q, "w_bit") ?? 4;
                 if (bits != 4)
                     throw new ModelConfigException(file, "quantization_config.bits", $"{method} with {bits} bits is not supported (4 only)");
+                // -1: one group per row (per output channel); otherwise G must keep a 16-byte unit inside one group.
                 int g = Int(q, "group_size") ?? Int(q, "q_group_size") ?? 128;
-                if (g is not (32 or 64 or 128))
-                    throw new ModelConfigException(file, "quantization_config.group_size", $"{method} group size {g} is not supported (32, 64 or 128)");
+                if (g != -1 && (g < 32 || g % 32 != 0))
+                    throw new ModelConfigException(file, "quantization_config.group_size", $"{method} group size {g} is not supported (a multiple of 32, or -1)");
                 string? version = Str(q, "version");
                 if (method == "awq" && version is not null && !version.Equals("gemm", StringComparison.OrdinalIgnoreCase))
                     throw new ModelConfigException(file, "quantization_config.version", $"AWQ version '{version}' is not supported (GEMM only)");
@@ -96,7 +98,8 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
                     throw new ModelConfigException(file, "quantization_config.checkpoint_format", $"GPTQ format '{format}' is not supported (gptq v1 zeros only)");
                 if (method == "awq" && q.TryGetProperty("zero_point", out var zp) && zp.ValueKind == JsonValueKind.False)
                     throw new ModelConfigException(file, "quantization_config.zero_point", "AWQ without zero points is not supported");
-                return new QuantSource(method, new QuantSpec($"{method}-g{g}", QuantScheme.Q4, g, Symmetric: false), g);
+                int spec = Math.Max(g, 0); // QuantSpec / readers: 0 = the matrix's whole input dim
+                return new QuantSource(method, new QuantSpec(g > 0 ? $"{method}-g{g}" : $"{method}-per-row", QuantScheme.Q4, spec, Symmetric: false), spec);
             }
 
             case "fp8":

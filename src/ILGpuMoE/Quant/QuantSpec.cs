@@ -9,8 +9,12 @@ using ILGpuMoE.Kernels.Quant;
 namespace ILGpuMoE.Quant;
 
 /// <summary>One --quant scheme. Build with <see cref="Parse"/>; <see cref="None"/> keeps the checkpoint's dtype.</summary>
+/// <param name="GroupSize">Q4: G; 0 means one group per row (G = the matrix's input dim, GPTQ's group_size -1).</param>
 public sealed record QuantSpec(string Name, QuantScheme Scheme, int GroupSize = 0, bool Symmetric = true, bool PerTensor = false)
 {
+    /// <summary>Q4's G for a matrix with <paramref name="cols"/> input columns.</summary>
+    public int GroupFor(long cols) => GroupSize > 0 ? GroupSize : (int)cols;
+
     /// <summary>The scheme names --quant accepts, "none" first.</summary>
     public static readonly string[] Names = ["none", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g128-asym", "fp8-block128", "fp8-tensor"];
 
@@ -34,8 +38,8 @@ public sealed record QuantSpec(string Name, QuantScheme Scheme, int GroupSize = 
     /// <summary>Throws ArgumentException naming <paramref name="tensor"/> when the scheme cannot pack a [rows, cols] matrix.</summary>
     public void Check(string tensor, long rows, long cols)
     {
-        if (Scheme == QuantScheme.Q4 && cols % GroupSize != 0)
-            throw new ArgumentException($"--quant {Name}: tensor {tensor} has input dim {cols}, not a multiple of the group size {GroupSize}");
+        if (Scheme == QuantScheme.Q4 && (cols % GroupFor(cols) != 0 || GroupFor(cols) % 32 != 0))
+            throw new ArgumentException($"--quant {Name}: tensor {tensor} has input dim {cols}, not a multiple of the group size {GroupFor(cols)} (and of 32)");
         if (rows > int.MaxValue || cols > int.MaxValue)
             throw new ArgumentException($"--quant {Name}: tensor {tensor} [{rows}, {cols}] is too large");
     }
@@ -44,7 +48,7 @@ public sealed record QuantSpec(string Name, QuantScheme Scheme, int GroupSize = 
     public QuantizedMatrix Quantize(ReadOnlySpan<float> w, int rows, int cols) => Scheme switch
     {
         QuantScheme.Q8 => Quantizer.QuantizeQ8(w, rows, cols),
-        QuantScheme.Q4 => Quantizer.QuantizeQ4(w, rows, cols, GroupSize, Symmetric),
+        QuantScheme.Q4 => Quantizer.QuantizeQ4(w, rows, cols, GroupFor(cols), Symmetric),
         _ => PerTensor ? Quantizer.QuantizeFp8PerTensor(w, rows, cols) : Quantizer.QuantizeFp8(w, rows, cols),
     };
 
@@ -54,7 +58,7 @@ public sealed record QuantSpec(string Name, QuantScheme Scheme, int GroupSize = 
         long one = Scheme switch
         {
             QuantScheme.Q8 => rows * QuantLayout.ByteRowWords((int)cols) * 4L + rows * 4L,
-            QuantScheme.Q4 => rows * (cols / 8) * 4L + rows * (cols / GroupSize) * (Symmetric ? 2L : 3L),
+            QuantScheme.Q4 => rows * (cols / 8) * 4L + rows * (cols / GroupFor(cols)) * (Symmetric ? 2L : 3L),
             _ => rows * QuantLayout.ByteRowWords((int)cols) * 4L
                  + (PerTensor ? 4L : (rows + Quantizer.Fp8Block - 1) / Quantizer.Fp8Block * ((cols + Quantizer.Fp8Block - 1) / Quantizer.Fp8Block) * 4L),
         };

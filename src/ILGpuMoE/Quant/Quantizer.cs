@@ -5,7 +5,8 @@ namespace ILGpuMoE.Quant;
 
 public static class Quantizer
 {
-    /// <summary>Group sizes the Q4 kernels and packers accept.</summary>
+    /// <summary>The usual Q4 group sizes (the --quant schemes). The kernels take any multiple of 32 dividing K
+    /// (G = K: one group per row, GPTQ's group_size -1).</summary>
     public static readonly int[] Q4GroupSizes = [32, 64, 128];
 
     /// <summary>FP8 checkpoints' scale block.</summary>
@@ -158,8 +159,8 @@ public static class Quantizer
 
     internal static void CheckGroup(string where, int cols, int groupSize)
     {
-        if (Array.IndexOf(Q4GroupSizes, groupSize) < 0)
-            throw new ArgumentException($"{where}: group size {groupSize} is not supported (32, 64 or 128)");
+        if (groupSize < 32 || groupSize % 32 != 0)
+            throw new ArgumentException($"{where}: group size {groupSize} is not supported (a multiple of 32: 32, 64, 128, ..., or the whole input dim)");
         if (cols % groupSize != 0)
             throw new ArgumentException($"{where}: input dim K = {cols} is not a multiple of the group size G = {groupSize}");
     }

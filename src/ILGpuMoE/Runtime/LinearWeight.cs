@@ -19,7 +19,11 @@ public sealed class LinearWeight : IDisposable
     /// <summary>Device bytes (packed words + scales + zeros for a quantized weight).</summary>
     public long Bytes => Dense?.Bytes ?? Quant!.Host.ByteSize;
 
-    /// <summary>"BF16", "F32", ... or the packed scheme ("Q8", "Q4 g128", "Q4 g128 asym", "Fp8 128x128").</summary>
+    /// <summary>"BF16", "F32", ... or the packed scheme: what one grouped GEMM launch needs w1, w2 and w3 to share
+    /// (the group size may differ between them: each is its own Q4Weights).</summary>
+    public string Kind => Dense?.Type.ToString() ?? Quant!.Host.Scheme.ToString();
+
+    /// <summary>"BF16", "F32", ... or the packed scheme ("Q8", "Q4 g128", "Q4 g128 asym", "Q4 g4096" for one group per row of 4096, "Fp8 128x128").</summary>
     public string TypeName
     {
         get

@@ -324,7 +324,7 @@ public sealed class MixtralModel : IDisposable
             var (inputNorm, postNorm, gate) = (One(MixtralTensors.InputNorm(l)), One(MixtralTensors.PostAttentionNorm(l)), One(MixtralTensors.Gate(l)));
             var experts = Experts(l);
             var layer = new LayerWeights(inputNorm, attention.Q, attention.K, attention.V, attention.O, postNorm, gate, experts.W1, experts.W3, experts.W2);
-            if (layer.W1.TypeName != layer.W3.TypeName || layer.W1.TypeName != layer.W2.TypeName)
+            if (layer.W1.Kind != layer.W3.Kind || layer.W1.Kind != layer.W2.Kind)
             {
                 throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.TypeName}, w3 {layer.W3.TypeName}, w2 {layer.W2.TypeName}); " +
                                                "the grouped GEMM needs one dtype for w1, w2 and w3");

@@ -78,6 +78,7 @@ public class QuantFormatTests
     [TestCase("q4-sym-g32")]
     [TestCase("q4-zero-g64")]
     [TestCase("q4-zero-g128")]
+    [TestCase("q4-row")]
     [TestCase("fp8-block")]
     [TestCase("fp8-tensor")]
     public void DeviceReaderDequantizesBitIdenticallyToTheReference(string scheme)

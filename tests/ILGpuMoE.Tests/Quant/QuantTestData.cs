@@ -10,7 +10,8 @@ namespace ILGpuMoE.Tests.Quant;
 /// <summary>The schemes the kernel tests run: name -> how to quantize an F32 matrix.</summary>
 public static class QuantTestData
 {
-    public static readonly string[] Schemes = ["q8", "q4-sym-g32", "q4-zero-g64", "fp8-block", "fp8-tensor"];
+    // q4-row: one group per row (G = K, GPTQ's group_size -1), at K = 96: a G that is no power of two.
+    public static readonly string[] Schemes = ["q8", "q4-sym-g32", "q4-zero-g64", "q4-row", "fp8-block", "fp8-tensor"];
 
     private static readonly Lazy<QuantGemvKernel> GemvKernel = new(() => QuantGemvKernel.Create(TestDevice.Accelerator));
     private static readonly Lazy<QuantGemmKernel> GemmKernel = new(() => QuantGemmKernel.Create(TestDevice.Accelerator));
@@ -27,6 +28,7 @@ public static class QuantTestData
     {
         "q4-sym-g32" => 96,
         "q4-zero-g64" => 128,
+        "q4-row" => 96,
         _ => 72,
     };
 
@@ -36,6 +38,7 @@ public static class QuantTestData
         "q8" => Quantizer.QuantizeQ8(w, rows, cols),
         "q4-sym-g32" => Quantizer.QuantizeQ4(w, rows, cols, 32, symmetric: true),
         "q4-zero-g64" => Quantizer.QuantizeQ4(w, rows, cols, 64, symmetric: false),
+        "q4-row" => Quantizer.QuantizeQ4(w, rows, cols, cols, symmetric: false),
         "q4-zero-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: false),
         "q4-sym-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: true),
         "fp8-block" => Quantizer.QuantizeFp8(w, rows, cols, 16, 32),

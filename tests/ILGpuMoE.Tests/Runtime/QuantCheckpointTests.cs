@@ -72,7 +72,7 @@ public class QuantCheckpointTests
 
     [TestCase("{\"quant_method\": \"bitsandbytes\"}", "bitsandbytes")]
     [TestCase("{\"quant_method\": \"awq\", \"bits\": 3, \"group_size\": 128}", "bits")]
-    [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": -1}", "group")]
+    [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 48}", "group")]
     [TestCase("{\"quant_method\": \"fp8\", \"weight_block_size\": [64, 64]}", "weight_block_size")]
     [TestCase("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 128, \"checkpoint_format\": \"gptq_v2\"}", "gptq_v2")]
     public void UnsupportedQuantizationConfigIsOneLine(string config, string mentions)
@@ -188,9 +188,8 @@ public class QuantCheckpointTests
     // The same with act-order: GPTQ visits input columns in the order perm (perm[j] = the j-th column quantized) and
     // closes a group every G columns, so column perm[j] belongs to group j / G: g_idx[perm[j]] = j / G. qweight and
     // qzeros stay in input order.
-    private static IEnumerable<SafeTensorsWriter.Entry> GptqOrdered(string b, float[] w, int rows, int cols, int[]? perm)
+    private static IEnumerable<SafeTensorsWriter.Entry> GptqOrdered(string b, float[] w, int rows, int cols, int[]? perm, int g = 32)
     {
-        const int g = 32;
         perm ??= Enumerable.Range(0, cols).ToArray();
         var wv = new float[w.Length];
         for (int n = 0; n < rows; n++)
@@ -267,11 +266,11 @@ public class QuantCheckpointTests
         yield return SafeTensorsWriter.FromSpan<float>(b + ".weight_scale_inv", DType.F32, [sr, sc], scale);
     }
 
-    private static float[] Dequant(string method, Checkpoint ck, string b, int rows, int cols) => method switch
+    private static float[] Dequant(string method, Checkpoint ck, string b, int rows, int cols, int gptqGroup = 32) => method switch
     {
         "awq" => RefQuant.DequantAwq(ck.GetSpan<int>(b + ".qweight"), ck.GetSpan<int>(b + ".qzeros"), ck.GetSpan<ushort>(b + ".scales"), cols, rows, 64),
         "gptq" => RefQuant.DequantGptq(ck.GetSpan<int>(b + ".qweight"), ck.GetSpan<int>(b + ".qzeros"), ck.GetSpan<ushort>(b + ".scales"),
-            ck.GetSpan<int>(b + ".g_idx"), cols, rows, 32),
+            ck.GetSpan<int>(b + ".g_idx"), cols, rows, gptqGroup),
         _ => RefQuant.DequantFp8Checkpoint(ck.GetBytes(b + ".weight"), ck.GetSpan<float>(b + ".weight_scale_inv"), rows, cols),
     };
 
@@ -293,6 +292,27 @@ public class QuantCheckpointTests
         Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
         Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: $"{method} checkpoint vs RefMixtral on its dequantized weights");
         RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, method);
+    }
+
+    [Test]
+    public void GptqWithOneGroupPerRowEqualsOracle()
+    {
+        // group_size -1 (e.g. act-order "no group size" GPTQ releases): one scale and zero per output row, G = the
+        // matrix's input dim; g_idx is all zeros, so act-order needs no permutation. Input dims differ per matrix here
+        // (q/k/v and w1/w3: 128, o_proj: 192, w2: 160), so the runtime meets three G's, none of them 32/64/128-only.
+        string src = Path.Combine(_dir, "src-per-row");
+        RandomMixtral.Write(src, QuantRuntimeTests.Tiny with { Ffn = 160, HeadDim = 48, Seed = 83 });
+        string dir = Build("gptq-per-row", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": -1, \"desc_act\": true, \"sym\": false}",
+            (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, null, g: cols), src);
+        var config = ModelConfig.Load(dir);
+        var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
+        {
+            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            return Dequant("gptq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1], gptqGroup: (int)e.Shape[1]);
+        });
+        var session = oracle.NewSession();
+        float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
+        Check.Close(want, RunModel(dir, null), rtol: 1e-4, atol: 1e-4, what: "GPTQ group_size -1 vs RefMixtral on its dequantized weights");
     }
 
     [Test]
@@ -397,13 +417,14 @@ public class QuantCheckpointTests
         Assert.That(line, Does.Contain("model.layers.0 expert 2").And.Contain("w1 and w3"));
     }
 
-    private string Build(string name, string quantConfig, Packer pack)
+    private string Build(string name, string quantConfig, Packer pack, string? src = null)
     {
+        src ??= Src;
         string dir = Path.Combine(_dir, name);
         Directory.CreateDirectory(dir);
-        var config = ModelConfig.Load(Src);
+        var config = ModelConfig.Load(src);
         var entries = new List<SafeTensorsWriter.Entry>();
-        using (var ck = Checkpoint.Open(Src))
+        using (var ck = Checkpoint.Open(src))
         {
             foreach (var e in MixtralTensors.Expected(config))
             {
@@ -415,7 +436,7 @@ public class QuantCheckpointTests
         }
 
         SafeTensorsWriter.Write(Path.Combine(dir, Checkpoint.SingleFileName), entries);
-        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(Src, "config.json")))!.AsObject();
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(src, "config.json")))!.AsObject();
         json["quantization_config"] = JsonNode.Parse(quantConfig);
         File.WriteAllText(Path.Combine(dir, "config.json"), json.ToJsonString());
         return dir;
