@@ -50,7 +50,7 @@ public static class InspectCommand
         io.Ansi.Write(ConfigTable(config));
         io.Ansi.Write(StorageTable(checkpoint.Tensors));
         io.Ansi.Write(SchemeTable(config, checkpoint.Tensors, source));
-        if (source is { Method: "gptq" } && ActOrderLayout.Of(config, checkpoint, source.GroupSize) is { } act && act.WeightBytes(config) > 0)
+        if (source is not null && ActOrderLayout.Of(config, checkpoint, source) is { } act && act.WeightBytes(config) > 0)
         {
             io.Out.WriteLine($"GPTQ act-order (desc_act): {act.AttentionMatrices} of {4 * config.Layers} attention matrices and {act.ExpertLayers} of {config.Layers} " +
                              $"layers' experts read their input permuted: {N(act.WeightBytes(config))} bytes of permutations on the device, inputs gathered " +

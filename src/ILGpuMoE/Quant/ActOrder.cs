@@ -35,22 +35,17 @@ public sealed record ActOrderLayout(int AttentionMatrices, long AttentionPermuta
     public long WorkspaceBytes(ModelConfig c, int maxBatch) =>
         (long)maxBatch * (MaxAttentionCols + (ExpertLayers > 0 ? (long)c.TopK * c.HiddenSize : 0)) * sizeof(float);
 
-    /// <summary>Reads each linear weight's GPTQ g_idx (when there is one) from a memory-mapped checkpoint. groupSize 0:
-    /// one group per row (no column can leave its group, so nothing is act-order).</summary>
-    public static ActOrderLayout Of(ModelConfig c, Checkpoint checkpoint, int groupSize)
+    /// <summary>Asks <paramref name="source"/> which linear weights are act-order (a GPTQ g_idx read from the
+    /// memory-mapped checkpoint, or our BASE.perm).</summary>
+    public static ActOrderLayout Of(ModelConfig c, Checkpoint checkpoint, QuantSource source)
     {
+        ArgumentNullException.ThrowIfNull(source);
         long bytes = 0;
         int maxCols = 0, matrices = 0;
         var expertLayers = new HashSet<int>();
         foreach (var e in MixtralTensors.Expected(c).Where(QuantSource.IsLinear))
         {
-            string g = QuantSource.BaseOf(e.Name) + ".g_idx";
-            if (!checkpoint.Contains(g))
-                continue;
-            var info = checkpoint.Get(g);
-            // A malformed g_idx is not act-order here: the loader's reader refuses it with the reason.
-            int gs = groupSize > 0 ? groupSize : (int)e.Shape[1];
-            if (info.DType != DType.I32 || info.Shape.Length != 1 || !ActOrder.IsActOrder(checkpoint.GetSpan<int>(g), gs))
+            if (!source.IsActOrder(checkpoint, e.Name, e.Shape[1]))
                 continue;
             if (e.Role == TensorRole.Attention)
             {

@@ -48,6 +48,53 @@ public static class CheckpointQuantizer
             }
         }
 
+        return Write(inDir, outDir, spec, groups, progress);
+    }
+
+    /// <summary>
+    /// Repacks an AWQ / GPTQ / FP8 checkpoint (config.json's quantization_config) into our layout, values moved and never
+    /// re-quantized (CheckpointRepack), so it loads without the repack and dequantizes to exactly what the source
+    /// format defines. GPTQ act-order matrices keep their input permutation as BASE.perm; linear weights the source
+    /// left in a float dtype are copied as they are. Returns the scheme written and the tensor bytes.
+    /// </summary>
+    public static (QuantSpec Spec, long Bytes) Repack(string inDir, string outDir, Action<string, long, long>? progress = null)
+    {
+        var config = ModelConfig.Load(inDir);
+        var source = QuantSource.Load(inDir) ?? throw new ArgumentException($"--model {inDir} is not quantized (no quantization_config); give --scheme");
+        var spec = source.RepackSpec;
+        if (Path.GetFullPath(inDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))
+            throw new ArgumentException("--out must differ from --model");
+        using var checkpoint = Checkpoint.Open(inDir);
+        // As the loader does: packed linear weights are checked by their reader; every other tensor as usual.
+        ModelValidator.Validate(config, MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
+            .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
+
+        var groups = new List<StreamingSafeTensorsWriter.Group>();
+        foreach (var e in MixtralTensors.Expected(config))
+        {
+            string name = e.Name;
+            if (QuantSource.IsLinear(e) && !QuantSource.IsFloat(checkpoint, name))
+            {
+                int rows = (int)e.Shape[0], cols = (int)e.Shape[1];
+                var planned = QuantSource.Tensors(spec, QuantSource.BaseOf(name), rows, cols, source.IsActOrder(checkpoint, name, cols))
+                    .Select(t => new StreamingSafeTensorsWriter.Planned(t.Name, t.DType, t.Shape)).ToList();
+                groups.Add(new(planned, () => QuantSource.Bytes(source.Read(checkpoint, name, rows, cols))));
+            }
+            else
+            {
+                var info = checkpoint.Get(name);
+                groups.Add(new([new(name, info.DType, info.Shape)], () => [checkpoint.GetBytes(name).ToArray()]));
+            }
+        }
+
+        return (spec, Write(inDir, outDir, spec, groups, progress, repackedFrom: source.Method));
+    }
+
+    // OUT/model.safetensors from the groups, OUT/config.json with our quantization_config, and the folder's other
+    // files (tokenizer, generation config); stale model*.safetensors* in OUT are removed first.
+    private static long Write(string inDir, string outDir, QuantSpec spec, IReadOnlyList<StreamingSafeTensorsWriter.Group> groups,
+        Action<string, long, long>? progress, string? repackedFrom = null)
+    {
         Directory.CreateDirectory(outDir);
         foreach (string stale in Directory.EnumerateFiles(outDir, "model*.safetensors*"))
             File.Delete(stale);
@@ -61,7 +108,10 @@ public static class CheckpointQuantizer
             });
 
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(inDir, ModelConfig.ConfigFileName)))!.AsObject();
-        json["quantization_config"] = QuantSource.ConfigFor(spec);
+        var qc = QuantSource.ConfigFor(spec);
+        if (repackedFrom is not null)
+            qc["repacked_from"] = repackedFrom;
+        json["quantization_config"] = qc;
         File.WriteAllText(Path.Combine(outDir, ModelConfig.ConfigFileName), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         foreach (string file in Directory.EnumerateFiles(inDir))
         {

@@ -2,13 +2,16 @@
 // and write our own packed layout (ilgpumoe quantize).
 //
 // Supported quantization_config.quant_method values:
-//   "ilgpumoe"  ours (ilgpumoe quantize). "scheme" is a --quant name. For every linear weight BASE.weight [N, K]
-//               (attention q/k/v/o, each expert's w1/w2/w3, Hugging Face names):
+//   "ilgpumoe"  ours (ilgpumoe quantize). "scheme" is a --quant name (QuantSpec.Parse). For every linear weight
+//               BASE.weight [N, K] (attention q/k/v/o, each expert's w1/w2/w3, Hugging Face names):
 //                 BASE.qweight  I32 [N, RowWords]   our packed words (QuantLayout.cs), bit-for-bit
 //                 BASE.scales   int8: F32 [N]; int4: F16 [N, K/G]; fp8-block128: F32 [ceil(N/128), ceil(K/128)];
 //                               fp8-tensor: F32 [1, 1]
-//                 BASE.zeros    U8 [N, K/G]   (int4-g128-asym only; values 0..15)
-//               Every other tensor (embeddings, norms, router, lm_head) is copied as it was.
+//                 BASE.zeros    U8 [N, K/G]   (int4 -asym schemes only; 0..15, and 16 where repacked GPTQ stores it)
+//                 BASE.perm     I32 [K]       (repacked GPTQ act-order only: packed column j is input column perm[j])
+//               Every other tensor (embeddings, norms, router, lm_head, linear weights an AWQ/GPTQ/FP8 checkpoint left
+//               in a float dtype) is copied as it was. `ilgpumoe quantize` without --scheme repacks an AWQ / GPTQ /
+//               FP8 checkpoint into this layout once (values moved, never re-quantized), so loading it skips the repack.
 //   "awq"       GEMM version, 4 bits, zero points: BASE.qweight / .qzeros / .scales (CheckpointRepack.ReadAwq).
 //               AWQ and GPTQ: group_size a multiple of 32 dividing each input dim, or -1 (one group per row).
 //   "gptq"      4 bits, v1 zeros (stored z - 1), BASE.qweight / .qzeros / .scales (+ .g_idx) (CheckpointRepack.ReadGptq).
@@ -159,19 +162,30 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
                 throw new InvalidDataException($"{ck.Directory}: tensor {t.Name} is {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}], expected {DTypes.ToName(t.DType)} [{string.Join(", ", t.Shape)}]");
         }
 
+        int[]? perm = null;
+        if (ck.Contains(b + ".perm"))
+        {
+            var info = ck.Get(b + ".perm");
+            if (s.Scheme != QuantScheme.Q4 || info.DType != DType.I32 || !info.Shape.SequenceEqual(new long[] { cols }))
+                throw new InvalidDataException($"{ck.Directory}: tensor {b}.perm is {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}], expected I32 [{cols}] on an int4 matrix");
+            perm = ck.GetSpan<int>(b + ".perm").ToArray();
+            ActOrder.CheckPermutation($"{b}.perm", perm, cols);
+        }
+
         uint[] words = MemoryMarshal.Cast<byte, uint>(ck.GetBytes(b + ".qweight")).ToArray();
         return s.Scheme switch
         {
             QuantScheme.Q8 => new QuantizedMatrix(QuantScheme.Q8, rows, cols, words, scales32: ck.GetSpan<float>(b + ".scales").ToArray()),
             QuantScheme.Q4 => new QuantizedMatrix(QuantScheme.Q4, rows, cols, words, scales16: ck.GetSpan<ushort>(b + ".scales").ToArray(),
-                zeros: s.Symmetric ? null : ck.GetBytes(b + ".zeros").ToArray(), groupSize: s.GroupSize),
+                zeros: s.Symmetric ? null : ck.GetBytes(b + ".zeros").ToArray(), groupSize: s.GroupFor(cols), inputPermutation: perm),
             _ => new QuantizedMatrix(QuantScheme.Fp8, rows, cols, words, scales32: ck.GetSpan<float>(b + ".scales").ToArray(),
                 blockN: s.PerTensor ? rows : Quantizer.Fp8Block, blockK: s.PerTensor ? cols : Quantizer.Fp8Block),
         };
     }
 
-    /// <summary>The tensors ilgpumoe quantize writes for linear weight BASE [rows, cols] under <paramref name="s"/>.</summary>
-    public static IReadOnlyList<(string Name, DType DType, long[] Shape)> Tensors(QuantSpec s, string b, long rows, long cols)
+    /// <summary>The tensors ilgpumoe quantize writes for linear weight BASE [rows, cols] under <paramref name="s"/>
+    /// (<paramref name="permuted"/>: an act-order matrix, which also gets BASE.perm).</summary>
+    public static IReadOnlyList<(string Name, DType DType, long[] Shape)> Tensors(QuantSpec s, string b, long rows, long cols, bool permuted = false)
     {
         long rowWords = s.Scheme == QuantScheme.Q4 ? QuantLayout.NibbleRowWords((int)cols) : QuantLayout.ByteRowWords((int)cols);
         var list = new List<(string, DType, long[])> { (b + ".qweight", DType.I32, [rows, rowWords]) };
@@ -181,25 +195,55 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
                 list.Add((b + ".scales", DType.F32, [rows]));
                 break;
             case QuantScheme.Q4:
-                list.Add((b + ".scales", DType.F16, [rows, cols / s.GroupSize]));
+                list.Add((b + ".scales", DType.F16, [rows, cols / s.GroupFor(cols)]));
                 if (!s.Symmetric)
-                    list.Add((b + ".zeros", DType.U8, [rows, cols / s.GroupSize]));
+                    list.Add((b + ".zeros", DType.U8, [rows, cols / s.GroupFor(cols)]));
                 break;
             default:
                 list.Add((b + ".scales", DType.F32, s.PerTensor ? [1, 1] : [(rows + Quantizer.Fp8Block - 1) / Quantizer.Fp8Block, (cols + Quantizer.Fp8Block - 1) / Quantizer.Fp8Block]));
                 break;
         }
 
+        if (permuted)
+            list.Add((b + ".perm", DType.I32, [cols]));
         return list;
     }
 
     /// <summary>The bytes of <see cref="Tensors"/> in order, from a packed matrix.</summary>
-    public static IReadOnlyList<byte[]> Bytes(QuantizedMatrix m) => m.Scheme switch
+    public static IReadOnlyList<byte[]> Bytes(QuantizedMatrix m)
     {
-        QuantScheme.Q8 => [MemoryMarshal.AsBytes(m.Words.AsSpan()).ToArray(), MemoryMarshal.AsBytes(m.Scales32.AsSpan()).ToArray()],
-        QuantScheme.Q4 when m.Zeros.Length > 0 => [MemoryMarshal.AsBytes(m.Words.AsSpan()).ToArray(), MemoryMarshal.AsBytes(m.Scales16.AsSpan()).ToArray(), m.Zeros],
-        QuantScheme.Q4 => [MemoryMarshal.AsBytes(m.Words.AsSpan()).ToArray(), MemoryMarshal.AsBytes(m.Scales16.AsSpan()).ToArray()],
-        _ => [MemoryMarshal.AsBytes(m.Words.AsSpan()).ToArray(), MemoryMarshal.AsBytes(m.Scales32.AsSpan()).ToArray()],
+        var list = new List<byte[]> { MemoryMarshal.AsBytes(m.Words.AsSpan()).ToArray() };
+        list.Add(m.Scheme == QuantScheme.Q4 ? MemoryMarshal.AsBytes(m.Scales16.AsSpan()).ToArray() : MemoryMarshal.AsBytes(m.Scales32.AsSpan()).ToArray());
+        if (m.Zeros.Length > 0)
+            list.Add(m.Zeros);
+        if (m.InputPermutation is { } perm)
+            list.Add(MemoryMarshal.AsBytes(perm.AsSpan()).ToArray());
+        return list;
+    }
+
+    /// <summary>
+    /// True when linear weight <paramref name="weightName"/> ([rows, cols]) reads its input permuted: a GPTQ g_idx that
+    /// is not k / G, or a BASE.perm in our layout. A malformed g_idx counts as not: the reader refuses it with the reason.
+    /// </summary>
+    public bool IsActOrder(Checkpoint checkpoint, string weightName, long cols)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        string b = BaseOf(weightName);
+        if (Method == OurMethod)
+            return checkpoint.Contains(b + ".perm");
+        if (Method != "gptq" || !checkpoint.Contains(b + ".g_idx"))
+            return false;
+        var info = checkpoint.Get(b + ".g_idx");
+        return info.DType == DType.I32 && info.Shape.Length == 1
+               && ActOrder.IsActOrder(checkpoint.GetSpan<int>(b + ".g_idx"), GroupSize > 0 ? GroupSize : (int)cols);
+    }
+
+    /// <summary>The layout `ilgpumoe quantize` repacks this (AWQ / GPTQ / FP8) checkpoint into: the same values in ours.</summary>
+    public QuantSpec RepackSpec => Method switch
+    {
+        OurMethod => throw new ArgumentException("the checkpoint is already in our packed layout (quant_method 'ilgpumoe')"),
+        "awq" or "gptq" => QuantSpec.Parse(GroupSize > 0 ? $"int4-g{GroupSize}-asym" : "int4-per-row-asym")!,
+        _ => PlanSpec,
     };
 
     /// <summary>The quantization_config object ilgpumoe quantize writes into config.json.</summary>
@@ -214,7 +258,7 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
         };
         if (s.Scheme == QuantScheme.Q4)
         {
-            o["group_size"] = s.GroupSize;
+            o["group_size"] = s.GroupSize > 0 ? s.GroupSize : -1; // -1: one group per row, as GPTQ writes it
             o["symmetric"] = s.Symmetric;
         }
 
@@ -279,6 +323,21 @@ public static class StreamingSafeTensorsWriter
         while (header.Length % 8 != 0)
             header.WriteByte((byte)' ');
         string tmp = path + ".tmp";
+        try
+        {
+            WriteBody(tmp, header, groups, path, progress);
+        }
+        catch
+        {
+            File.Delete(tmp); // a producer that fails (bad source tensor) leaves no half-written file behind
+            throw;
+        }
+
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    private static void WriteBody(string tmp, MemoryStream header, IReadOnlyList<Group> groups, string path, Action<string, long>? progress)
+    {
         using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
             Span<byte> prefix = stackalloc byte[8];
@@ -300,7 +359,5 @@ public static class StreamingSafeTensorsWriter
                 }
             }
         }
-
-        File.Move(tmp, path, overwrite: true);
     }
 }

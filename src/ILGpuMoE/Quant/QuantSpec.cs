@@ -18,19 +18,39 @@ public sealed record QuantSpec(string Name, QuantScheme Scheme, int GroupSize = 
     /// <summary>The scheme names --quant accepts, "none" first.</summary>
     public static readonly string[] Names = ["none", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g128-asym", "fp8-block128", "fp8-tensor"];
 
-    /// <summary>"none" (or null / empty) -> null; a known name -> its spec; anything else -> ArgumentException listing the names.</summary>
-    public static QuantSpec? Parse(string? name) => name?.Trim().ToLowerInvariant() switch
+    /// <summary>
+    /// "none" (or null / empty) -> null; a known name -> its spec; anything else -> ArgumentException listing the names.
+    /// Besides <see cref="Names"/>, int4 takes any group size that is a multiple of 32, with or without zero points:
+    /// int4-gG, int4-gG-asym, and int4-per-row(-asym) for one group per row (what GPTQ's group_size -1 stores).
+    /// </summary>
+    public static QuantSpec? Parse(string? name)
     {
-        null or "" or "none" => null,
-        "int8" => new("int8", QuantScheme.Q8),
-        "int4-g32" => new("int4-g32", QuantScheme.Q4, 32),
-        "int4-g64" => new("int4-g64", QuantScheme.Q4, 64),
-        "int4-g128" => new("int4-g128", QuantScheme.Q4, 128),
-        "int4-g128-asym" => new("int4-g128-asym", QuantScheme.Q4, 128, Symmetric: false),
-        "fp8-block128" => new("fp8-block128", QuantScheme.Fp8),
-        "fp8-tensor" => new("fp8-tensor", QuantScheme.Fp8, PerTensor: true),
-        _ => throw new ArgumentException($"--quant {name}: unknown scheme (expected one of {string.Join(", ", Names)})"),
-    };
+        string n = name?.Trim().ToLowerInvariant() ?? "";
+        switch (n)
+        {
+            case "" or "none": return null;
+            case "int8": return new("int8", QuantScheme.Q8);
+            case "fp8-block128": return new("fp8-block128", QuantScheme.Fp8);
+            case "fp8-tensor": return new("fp8-tensor", QuantScheme.Fp8, PerTensor: true);
+        }
+
+        if (n.StartsWith("int4-", StringComparison.Ordinal))
+        {
+            bool asym = n.EndsWith("-asym", StringComparison.Ordinal);
+            string g = n["int4-".Length..^(asym ? "-asym".Length : 0)];
+            if (g == "per-row")
+                return new(n, QuantScheme.Q4, 0, Symmetric: !asym);
+            if (g.Length > 1 && g[0] == 'g' && int.TryParse(g.AsSpan(1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int size))
+            {
+                if (size < 32 || size % 32 != 0)
+                    throw new ArgumentException($"--quant {name}: int4 group size {size} must be a multiple of 32 (a 16-byte unit of 32 values never straddles a group)");
+                return new(n, QuantScheme.Q4, size, Symmetric: !asym);
+            }
+        }
+
+        throw new ArgumentException($"--quant {name}: unknown scheme (expected one of {string.Join(", ", Names)}; int4 also as int4-gG[-asym] " +
+                                    "for G a multiple of 32, or int4-per-row[-asym])");
+    }
 
     /// <summary>Every scheme except none.</summary>
     public static IEnumerable<QuantSpec> All => Names.Skip(1).Select(n => Parse(n)!);

@@ -183,7 +183,7 @@ public sealed class MixtralModel : IDisposable
                 }
             }
 
-            var actOrder = source is { Method: "gptq" } ? ActOrderLayout.Of(config, checkpoint, source.GroupSize) : null;
+            var actOrder = source is not null ? ActOrderLayout.Of(config, checkpoint, source) : null;
             var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null,
                 actOrder: actOrder);
             if (!keep)

@@ -300,8 +300,7 @@ public class QuantCheckpointTests
         // group_size -1 (e.g. act-order "no group size" GPTQ releases): one scale and zero per output row, G = the
         // matrix's input dim; g_idx is all zeros, so act-order needs no permutation. Input dims differ per matrix here
         // (q/k/v and w1/w3: 128, o_proj: 192, w2: 160), so the runtime meets three G's, none of them 32/64/128-only.
-        string src = Path.Combine(_dir, "src-per-row");
-        RandomMixtral.Write(src, QuantRuntimeTests.Tiny with { Ffn = 160, HeadDim = 48, Seed = 83 });
+        string src = PerRowSource();
         string dir = Build("gptq-per-row", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": -1, \"desc_act\": true, \"sym\": false}",
             (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, null, g: cols), src);
         var config = ModelConfig.Load(dir);
@@ -415,6 +414,67 @@ public class QuantCheckpointTests
             (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: true)));
         var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
         Assert.That(line, Does.Contain("model.layers.0 expert 2").And.Contain("w1 and w3"));
+    }
+
+    // ---- ilgpumoe quantize without --scheme: repack a quantized checkpoint into our layout ----
+
+    private const string AwqConfig = "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"zero_point\": true, \"version\": \"gemm\"}";
+    private const string GptqActConfig = "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}";
+    private const string Fp8Config = "{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"weight_block_size\": [128, 128]}";
+
+    [TestCase("awq", "int4-g64-asym")]
+    [TestCase("awq-partial", "int4-g64-asym")]
+    [TestCase("gptq-act-order", "int4-g32-asym")]
+    [TestCase("gptq-per-row", "int4-per-row-asym")]
+    [TestCase("fp8", "fp8-block128")]
+    public void RepackedCheckpointGivesItsSourcesLogitsBitForBit(string which, string scheme)
+    {
+        string dir = which switch
+        {
+            "awq" => Build("r-awq", AwqConfig, Awq),
+            "awq-partial" => Build("r-awq-partial", AwqConfig.Replace("}", ", \"modules_to_not_convert\": [\"o_proj\"]}", StringComparison.Ordinal),
+                (b, w, rows, cols) => b.EndsWith(".o_proj", StringComparison.Ordinal) ? [SafeTensorsWriter.FromFloats(b + ".weight", [rows, cols], w, DType.BF16)] : Awq(b, w, rows, cols)),
+            "gptq-act-order" => Build("r-gptq-act", GptqActConfig, (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false, shareQkv: true))),
+            "gptq-per-row" => Build("r-gptq-row", GptqActConfig.Replace("\"group_size\": 32", "\"group_size\": -1", StringComparison.Ordinal),
+                (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, null, g: cols), PerRowSource()),
+            _ => Build("r-fp8", Fp8Config, Fp8),
+        };
+        string outDir = dir + "-ours";
+        var run = CliRun.Of("quantize", "--model", dir, "--out", outDir);
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("repacked"));
+        var qc = JsonNode.Parse(File.ReadAllText(Path.Combine(outDir, "config.json")))!["quantization_config"]!;
+        Assert.That((string?)qc["quant_method"], Is.EqualTo("ilgpumoe"));
+        Assert.That((string?)qc["scheme"], Is.EqualTo(scheme));
+        using (var ck = Checkpoint.Open(outDir))
+        {
+            string q = "model.layers.0.self_attn.q_proj", o = "model.layers.0.self_attn.o_proj", w2 = "model.layers.0.block_sparse_moe.experts.3.w2";
+            Assert.That(ck.Contains(q + ".qweight") && !ck.Contains(q + ".qzeros") && !ck.Contains(q + ".g_idx"), "our tensors, not the source's");
+            Assert.That(ck.Contains(w2 + ".perm"), Is.EqualTo(which == "gptq-act-order"), "act-order keeps its permutation");
+            Assert.That(ck.Contains(q + ".perm"), Is.EqualTo(which == "gptq-act-order"));
+            Assert.That(ck.Contains(o + ".weight"), Is.EqualTo(which == "awq-partial"), "a projection the source left in BF16 stays BF16");
+        }
+
+        Check.BitEqual(RunModel(dir, null), RunModel(outDir, null), $"{which}: repacked vs loaded from the source");
+    }
+
+    [Test]
+    public void QuantizeWithoutSchemeNeedsAQuantizedSource()
+    {
+        var line = CliRun.Of("quantize", "--model", Src, "--out", Path.Combine(_dir, "nothing")).AssertBadInput();
+        Assert.That(line, Does.Contain("--scheme"));
+        string ours = Path.Combine(_dir, "ours-int8");
+        Assert.That(CliRun.Of("quantize", "--model", Src, "--out", ours, "--scheme", "int8").ExitCode, Is.EqualTo(0));
+        line = CliRun.Of("quantize", "--model", ours, "--out", Path.Combine(_dir, "nothing")).AssertBadInput();
+        Assert.That(line, Does.Contain("already in our packed layout"));
+    }
+
+    private string PerRowSource()
+    {
+        string src = Path.Combine(_dir, "src-per-row");
+        if (!File.Exists(Path.Combine(src, "config.json")))
+            RandomMixtral.Write(src, QuantRuntimeTests.Tiny with { Ffn = 160, HeadDim = 48, Seed = 83 });
+        return src;
     }
 
     private string Build(string name, string quantConfig, Packer pack, string? src = null)

@@ -126,6 +126,29 @@ public class QuantRuntimeTests
         Assert.That(line, Does.Contain("int3").And.Contain("int4-g128"));
     }
 
+    [TestCase("int4-g256", 256, true)]
+    [TestCase("INT4-G64-ASYM", 64, false)]
+    [TestCase("int4-per-row", 0, true)]
+    [TestCase("int4-per-row-asym", 0, false)]
+    public void Int4TakesAnyGroupSizeThatIsAMultipleOf32(string name, int group, bool symmetric)
+    {
+        var spec = QuantSpec.Parse(name)!;
+        Assert.That((spec.Scheme, spec.GroupSize, spec.Symmetric, spec.Name), Is.EqualTo((ILGpuMoE.Kernels.Quant.QuantScheme.Q4, group, symmetric, name.ToLowerInvariant())));
+        Assert.That(spec.GroupFor(4096), Is.EqualTo(group > 0 ? group : 4096));
+        // Bytes: half a byte per weight plus, per (row, group), an f16 scale and (asym) a zero byte.
+        long groups = 4096 / spec.GroupFor(4096);
+        Assert.That(spec.Bytes(10, 4096), Is.EqualTo(10 * 2048 + 10 * groups * (symmetric ? 2 : 3)));
+    }
+
+    [TestCase("int4-g48")]
+    [TestCase("int4-g16")]
+    [TestCase("int4-g")]
+    [TestCase("int4-gx")]
+    [TestCase("int4-g-64")]
+    [TestCase("int4-per-col")]
+    public void Int4GroupNamesThatCannotWorkAreRefused(string name) =>
+        Assert.That(() => QuantSpec.Parse(name), Throws.ArgumentException.With.Message.Contains(name));
+
     [Test]
     public void GroupNotDividingADimensionNamesTheTensor()
     {
