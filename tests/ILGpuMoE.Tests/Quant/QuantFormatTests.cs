@@ -209,6 +209,47 @@ public class QuantFormatTests
         }
     }
 
+    // Random packed words large enough that the parallel repack runs several tiles in both directions (AWQ: 3 x 3
+    // tiles of 16 words x 64 column words; GPTQ: 17 blocks of 64 rows, the last one partial), against the reference's
+    // reading of the source format. Scales are exact f16 values so the comparison is bit for bit.
+    [TestCase("awq", false)]
+    [TestCase("gptq", false)]
+    [TestCase("gptq", true)]
+    public void RepackOfLargeRandomTensorsMatchesTheReference(string format, bool actOrder)
+    {
+        const int inDim = 384, outDim = 1040, g = 64, groups = inDim / g, cw = outDim / 8;
+        var rng = new Random(actOrder ? 11 : 7);
+        int[] Words(int n) => Enumerable.Range(0, n).Select(_ => rng.Next() ^ (rng.Next() << 16)).ToArray();
+        var scales = Enumerable.Range(0, groups * outDim).Select(_ => F16((float)(rng.Next(1, 64) / 256.0))).ToArray();
+        var qzeros = Words(groups * cw);
+        if (format == "awq")
+        {
+            var qweight = Words(inDim * cw);
+            var m = CheckpointRepack.FromAwq(qweight, qzeros, scales, inDim, outDim, g);
+            Check.BitEqual(RefQuant.DequantAwq(qweight, qzeros, scales, inDim, outDim, g), QuantTestData.RefDequant(m), "AWQ repack");
+            return;
+        }
+
+        var qw = Words(inDim / 8 * outDim);
+        var order = Enumerable.Range(0, inDim).OrderBy(_ => rng.Next()).ToArray();
+        var gIdx = new int[inDim];
+        for (int j = 0; j < inDim; j++)
+            gIdx[actOrder ? order[j] : j] = j / g;
+        var p = CheckpointRepack.FromGptq(qw, qzeros, scales, gIdx, inDim, outDim, g);
+        var want = RefQuant.DequantGptq(qw, qzeros, scales, gIdx, inDim, outDim, g);
+        var perm = p.InputPermutation ?? Enumerable.Range(0, inDim).ToArray();
+        Assert.That(p.InputPermutation is not null, Is.EqualTo(actOrder));
+        var got = QuantTestData.RefDequant(p);
+        var inInputOrder = new float[got.Length];
+        for (int n = 0; n < outDim; n++)
+        {
+            for (int j = 0; j < inDim; j++)
+                inInputOrder[n * inDim + perm[j]] = got[n * inDim + j];
+        }
+
+        Check.BitEqual(want, inInputOrder, $"GPTQ repack (act-order {actOrder})");
+    }
+
     [TestCase(false)]
     [TestCase(true)]
     public void GptqHandPackedTensorsDequantizeToKnownValues(bool actOrder)
