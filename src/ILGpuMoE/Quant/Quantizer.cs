@@ -19,19 +19,19 @@ public static class Quantizer
         int rowWords = QuantLayout.ByteRowWords(cols);
         var words = new uint[(long)rows * rowWords];
         var scales = new float[rows];
-        for (int n = 0; n < rows; n++)
+        ForRows(w, rows, (all, n) =>
         {
-            var row = w.Slice(n * cols, cols);
+            var row = all.Slice(n * cols, cols);
             float amax = MaxAbs(row);
             float scale = amax / 127f;
             scales[n] = scale;
+            var dst = words.AsSpan((int)((long)n * rowWords), rowWords);
             for (int k = 0; k < cols; k++)
             {
                 int q = scale == 0f ? 0 : (int)Math.Clamp(Math.Round(row[k] / (double)scale, MidpointRounding.ToEven), -127, 127);
-                words[n * rowWords + k / 4] |= (uint)(byte)(sbyte)q << (8 * (k % 4));
+                dst[k / 4] |= (uint)(byte)(sbyte)q << (8 * (k % 4));
             }
-        }
-
+        });
         return new QuantizedMatrix(QuantScheme.Q8, rows, cols, words, scales32: scales);
     }
 
@@ -48,11 +48,11 @@ public static class Quantizer
         var words = new uint[(long)rows * rowWords];
         var scales = new ushort[(long)rows * groups];
         var zeros = symmetric ? [] : new byte[(long)rows * groups];
-        for (int n = 0; n < rows; n++)
+        ForRows(w, rows, (all, n) =>
         {
             for (int g = 0; g < groups; g++)
             {
-                var grp = w.Slice(n * cols + g * groupSize, groupSize);
+                var grp = all.Slice(n * cols + g * groupSize, groupSize);
                 float lo = 0f, hi = 0f;
                 foreach (float v in grp)
                 {
@@ -66,19 +66,19 @@ public static class Quantizer
                     throw new ArgumentException($"QuantizeQ4: row {n} group {g} needs scale {scale}, beyond f16");
                 float s = (float)h;
                 int z = symmetric ? 8 : (s == 0f ? 0 : (int)Math.Clamp(Math.Round(-lo / (double)s, MidpointRounding.ToEven), 0, 15));
-                int gi = n * groups + g;
+                long gi = (long)n * groups + g;
                 scales[gi] = BitConverter.HalfToUInt16Bits(h);
                 if (!symmetric)
                     zeros[gi] = (byte)z;
+                var dst = words.AsSpan((int)((long)n * rowWords), rowWords);
                 for (int i = 0; i < groupSize; i++)
                 {
                     int k = g * groupSize + i;
                     int q = s == 0f ? z : (int)Math.Clamp(Math.Round(grp[i] / (double)s, MidpointRounding.ToEven) + z, 0, 15);
-                    words[n * rowWords + k / 8] |= (uint)q << (4 * (k % 8));
+                    dst[k / 8] |= (uint)q << (4 * (k % 8));
                 }
             }
-        }
-
+        });
         return new QuantizedMatrix(QuantScheme.Q4, rows, cols, words, scales16: scales, zeros: zeros, groupSize: groupSize);
     }
 
@@ -89,30 +89,60 @@ public static class Quantizer
         CheckFp8Block("QuantizeFp8", rows, cols, blockN, blockK);
         int sr = (rows + blockN - 1) / blockN, sc = (cols + blockK - 1) / blockK;
         var scales = new float[sr * sc];
-        for (int n = 0; n < rows; n++)
+        // Pass 1, one task per block row (its scales are its own): max |w| per block.
+        ForRows(w, sr, (all, bn) =>
         {
-            for (int k = 0; k < cols; k++)
+            for (int n = bn * blockN; n < Math.Min(rows, (bn + 1) * blockN); n++)
             {
-                int b = (n / blockN) * sc + k / blockK;
-                scales[b] = Math.Max(scales[b], Math.Abs(w[n * cols + k]));
+                var row = all.Slice(n * cols, cols);
+                for (int kb = 0; kb < sc; kb++)
+                {
+                    int k0 = kb * blockK;
+                    float m = MaxAbs(row.Slice(k0, Math.Min(cols, k0 + blockK) - k0));
+                    scales[bn * sc + kb] = Math.Max(scales[bn * sc + kb], m);
+                }
             }
-        }
 
-        for (int b = 0; b < scales.Length; b++)
-            scales[b] /= Fp8.MaxE4M3;
+            for (int kb = 0; kb < sc; kb++)
+                scales[bn * sc + kb] /= Fp8.MaxE4M3;
+        });
+
         int rowWords = QuantLayout.ByteRowWords(cols);
         var words = new uint[(long)rows * rowWords];
-        for (int n = 0; n < rows; n++)
+        ForRows(w, rows, (all, n) =>
         {
+            var row = all.Slice(n * cols, cols);
+            var dst = words.AsSpan((int)((long)n * rowWords), rowWords);
             for (int k = 0; k < cols; k++)
             {
                 float s = scales[(n / blockN) * sc + k / blockK];
-                byte code = s == 0f ? (byte)0 : EncodeE4M3(w[n * cols + k] / s);
-                words[n * rowWords + k / 4] |= (uint)code << (8 * (k % 4));
+                byte code = s == 0f ? (byte)0 : EncodeE4M3(row[k] / s);
+                dst[k / 4] |= (uint)code << (8 * (k % 4));
+            }
+        });
+        return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, words, scales32: scales, blockN: blockN, blockK: blockK);
+    }
+
+    // Runs body(w, i) for i in [0, count) in parallel; each i owns its rows of w and the outputs derived from them, so
+    // the result does not depend on the schedule. A span cannot enter a lambda: the weights are pinned and re-wrapped
+    // (the call returns only when every task has finished). The first failure is rethrown as itself, not wrapped.
+    private delegate void RowBody(ReadOnlySpan<float> w, int index);
+
+    private static unsafe void ForRows(ReadOnlySpan<float> w, int count, RowBody body)
+    {
+        fixed (float* p = w)
+        {
+            nint at = (nint)p;
+            int length = w.Length;
+            try
+            {
+                Parallel.For(0, count, i => body(new ReadOnlySpan<float>((float*)at, length), i));
+            }
+            catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
             }
         }
-
-        return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, words, scales32: scales, blockN: blockN, blockK: blockK);
     }
 
     /// <summary>FP8 E4M3 with one scale for the whole matrix.</summary>
@@ -123,30 +153,27 @@ public static class Quantizer
     {
         if (float.IsNaN(v))
             return 0x7F;
-        byte sign = v < 0 || (v == 0 && float.IsNegative(v)) ? (byte)0x80 : (byte)0;
+        int sign = float.IsNegative(v) ? 0x80 : 0;
         double a = Math.Abs((double)v);
-        // Codes 0..126 are the non-negative finite values in increasing order: binary search the first >= a.
-        int lo = 0, hi = 126;
         if (a >= Fp8.MaxE4M3)
             return (byte)(sign | 126);
-        while (lo < hi)
+        // Codes 0..126 are the finite magnitudes in increasing order, and code = 8 * (e + 7) + m for normals, m for
+        // subnormals: spacing 2^-9 below 2^-6 (subnormals and the first binade alike), 2^(e-3) in binade e. So the
+        // code is the value's position on its binade's grid, rounded to nearest even (the parity of the code is the
+        // parity of m); a round-up to m = 8 carries into the next binade's m = 0, which is the next code. Every step
+        // is exact in double (a is a float), so this equals a search over the 127 values (see the tests).
+        int code;
+        if (a < 1.0 / 64)
         {
-            int mid = (lo + hi) >> 1;
-            if (Fp8.DecodeE4M3((uint)mid) < a)
-                lo = mid + 1;
-            else
-                hi = mid;
+            code = (int)Math.Round(a * 512, MidpointRounding.ToEven);
+        }
+        else
+        {
+            int e = Math.ILogB(a); // floor(log2 a), exact for a double
+            code = 8 * (e + 7) + (int)Math.Round(Math.ScaleB(a, 3 - e) - 8, MidpointRounding.ToEven);
         }
 
-        int code = lo;
-        if (code > 0)
-        {
-            double up = Fp8.DecodeE4M3((uint)code) - a, down = a - Fp8.DecodeE4M3((uint)(code - 1));
-            if (down < up || (down == up && (code & 1) == 1))
-                code--;
-        }
-
-        return (byte)(sign | code);
+        return (byte)(sign | Math.Min(code, 126));
     }
 
     internal static void CheckShape(string where, ReadOnlySpan<float> w, int rows, int cols)

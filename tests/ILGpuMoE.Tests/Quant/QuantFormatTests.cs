@@ -74,6 +74,43 @@ public class QuantFormatTests
         Assert.That(Quantizer.EncodeE4M3(float.NaN), Is.EqualTo((byte)0x7F));
     }
 
+    [Test]
+    public void Fp8EncoderEqualsABruteForceNearestEvenSearch()
+    {
+        // Every midpoint between neighbouring codes and the floats right around it, the codes themselves, values
+        // past 448, and random magnitudes from 2^-12 to 2^9 on both signs: the encoder must pick what a search over
+        // all 127 finite magnitudes picks (nearest; ties to the even code; saturating at 448).
+        var values = new List<float> { 0f, -0f, 448f, 449f, 464f, 480f, 1e30f, float.Epsilon };
+        for (int c = 0; c < 127; c++)
+        {
+            float v = IndependentE4M3(c);
+            values.Add(v);
+            if (c < 126)
+            {
+                float mid = (float)((v + (double)IndependentE4M3(c + 1)) / 2);
+                values.AddRange([mid, MathF.BitDecrement(mid), MathF.BitIncrement(mid)]);
+            }
+        }
+
+        var rng = new Random(5);
+        for (int i = 0; i < 20000; i++)
+            values.Add((float)Math.Pow(2, rng.NextDouble() * 21 - 12));
+        foreach (float v in values.Concat(values.Select(x => -x)).ToList())
+        {
+            double a = Math.Abs((double)v);
+            int best = 0;
+            for (int c = 1; c < 127; c++)
+            {
+                double d = Math.Abs(IndependentE4M3(c) - a), db = Math.Abs(IndependentE4M3(best) - a);
+                if (d < db || (d == db && (c & 1) == 0))
+                    best = c;
+            }
+
+            int want = (float.IsNegative(v) ? 0x80 : 0) | best;
+            Assert.That(Quantizer.EncodeE4M3(v), Is.EqualTo((byte)want), $"encode {v:R}");
+        }
+    }
+
     [TestCase("q8")]
     [TestCase("q4-sym-g32")]
     [TestCase("q4-zero-g64")]
@@ -90,6 +127,16 @@ public class QuantFormatTests
         Check.BitEqual(reference, QuantTestData.DeviceDequant(m), $"{scheme} device dequant");
         // The quantizer picked sensible codes: the dequantized matrix is near the input.
         Assert.That(RefQuant.RelativeFrobeniusError(reference, w), Is.LessThan(0.2), scheme);
+    }
+
+    [Test]
+    public void Q4RefusesAScaleBeyondF16AsAnArgumentError()
+    {
+        // The row loop runs in parallel; the failure must still surface as the ArgumentException that names the group.
+        var w = Data.Uniform(9, 64L * 64);
+        w[37 * 64 + 5] = 1e6f;
+        var e = Assert.Throws<ArgumentException>(() => Quantizer.QuantizeQ4(w, 64, 64, 32, symmetric: true))!;
+        Assert.That(e.Message, Does.Contain("row 37 group 0").And.Contain("beyond f16"));
     }
 
     [Test]
