@@ -139,9 +139,23 @@ public sealed class QuantizedMatrix
             }
         }
 
-        return new QuantizedMatrix(a.Scheme, a.Rows * parts.Count, a.Cols, parts.SelectMany(p => p.Words).ToArray(),
-            parts.SelectMany(p => p.Scales32).ToArray(), parts.SelectMany(p => p.Scales16).ToArray(), parts.SelectMany(p => p.Zeros).ToArray(),
-            a.GroupSize, a.Rows, a.BlockN, a.BlockK, perm);
+        return new QuantizedMatrix(a.Scheme, a.Rows * parts.Count, a.Cols, Concat(parts, p => p.Words), Concat(parts, p => p.Scales32),
+            Concat(parts, p => p.Scales16), Concat(parts, p => p.Zeros), a.GroupSize, a.Rows, a.BlockN, a.BlockK, perm);
+    }
+
+    // Block copies (a Mixtral layer stacks 8 x 29 MB of int4 words per kind; an element-wise SelectMany took ~3 ns each).
+    private static T[] Concat<T>(IReadOnlyList<QuantizedMatrix> parts, Func<QuantizedMatrix, T[]> of)
+    {
+        var all = new T[parts.Sum(p => (long)of(p).Length)];
+        long at = 0;
+        foreach (var p in parts)
+        {
+            var a = of(p);
+            Array.Copy(a, 0, all, at, a.LongLength);
+            at += a.LongLength;
+        }
+
+        return all;
     }
 
     /// <summary>Copies the matrix to the device.</summary>
