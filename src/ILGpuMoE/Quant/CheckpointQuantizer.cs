@@ -21,7 +21,7 @@ public static class CheckpointQuantizer
         ArgumentNullException.ThrowIfNull(spec);
         var config = ModelConfig.Load(inDir);
         if (QuantSource.Load(inDir) is { } already)
-            throw new ArgumentException($"--model {inDir} is already quantized (quant_method '{already.Method}')");
+            throw new ArgumentException($"--model {inDir} is already quantized (quant_method '{already.Method}'); leave --scheme out to repack it into our layout");
         if (Path.GetFullPath(inDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))
             throw new ArgumentException("--out must differ from --model");
         using var checkpoint = Checkpoint.Open(inDir);
