@@ -458,6 +458,38 @@ public class QuantCheckpointTests
         Check.BitEqual(RunModel(dir, null), RunModel(outDir, null), $"{which}: repacked vs loaded from the source");
     }
 
+    // Our layout's BASE.perm is checked as it is read: a repeated entry, or a perm on a matrix that is not int4.
+    [TestCase("repeated", "repeated")]
+    [TestCase("int8", "int4")]
+    public void BadPermutationInOurLayoutIsOneLine(string how, string mentions)
+    {
+        string src = how == "repeated"
+            ? Build("r-gptq-act-bad", GptqActConfig, (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false)))
+            : Src;
+        string ours = Path.Combine(_dir, "ours-bad-perm-" + how);
+        var args = how == "repeated" ? new[] { "quantize", "--model", src, "--out", ours } : ["quantize", "--model", src, "--out", ours, "--scheme", "int8"];
+        Assert.That(CliRun.Of(args).ExitCode, Is.EqualTo(0));
+        const string victim = "model.layers.0.self_attn.v_proj";
+        string file = Path.Combine(ours, Checkpoint.SingleFileName);
+        var entries = new List<SafeTensorsWriter.Entry>();
+        using (var ck = Checkpoint.Open(ours))
+        {
+            foreach (var t in ck.Tensors)
+            {
+                var bytes = ck.GetBytes(t.Name).ToArray();
+                if (t.Name == victim + ".perm")
+                    MemoryMarshal.Cast<byte, int>(bytes.AsSpan())[1] = MemoryMarshal.Cast<byte, int>(bytes.AsSpan())[0];
+                entries.Add(new SafeTensorsWriter.Entry(t.Name, t.DType, t.Shape, bytes));
+            }
+        }
+
+        if (how == "int8")
+            entries.Add(Ints(victim + ".perm", [128], Enumerable.Range(0, 128).ToArray()));
+        SafeTensorsWriter.Write(file, entries);
+        var line = CliRun.Of("logits", "--model", ours, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain(victim).And.Contain(mentions));
+    }
+
     [Test]
     public void QuantizeWithoutSchemeNeedsAQuantizedSource()
     {
