@@ -35,6 +35,28 @@ public sealed class MoeFamily : IBenchFamily
             yield return new MoeBlockCase(p, tokens, WeightType.F32, tokens == 1 ? GroupedGemmVersion.V3Gemv : GroupedGemmVersion.V2Tiled);
     }
 
+    /// <summary>
+    /// The routing of the sampled tokens only, with the experts they use renumbered 0..m-1 (used[i] is expert i's
+    /// original number): the reference then needs just those experts' weights and routes the same rows through them.
+    /// </summary>
+    public static (int[] Used, RefRouting Routing) SampledRouting((int[] Ids, float[] Weights) routing, int[] sample, int k)
+    {
+        var used = sample.SelectMany(t => routing.Ids.AsSpan(t * k, k).ToArray()).Distinct().Order().ToArray();
+        var index = used.Select((e, i) => (e, i)).ToDictionary(x => x.e, x => x.i);
+        var ids = new int[sample.Length * k];
+        var weights = new float[sample.Length * k];
+        for (int i = 0; i < sample.Length; i++)
+        {
+            for (int j = 0; j < k; j++)
+            {
+                ids[i * k + j] = index[routing.Ids[sample[i] * k + j]];
+                weights[i * k + j] = routing.Weights[sample[i] * k + j];
+            }
+        }
+
+        return (used, new RefRouting(ids, weights, sample.Length, k, 0));
+    }
+
     /// <summary>K distinct experts per token and weights summing to 1, from a seeded generator (same for every version).</summary>
     public static (int[] Ids, float[] Weights) Routing(int tokens, int experts, int topK, int seed)
     {
@@ -133,25 +155,14 @@ public sealed class MoeBlockCase(ShapePreset p, int tokens, WeightType type, Gro
         int k = p.TopK;
         // Only the experts the sampled tokens use come back from the device (DeepSeek's 256 experts are 22 GB); the
         // reference sees them renumbered 0..m-1, which routes the same rows through the same weights.
-        var used = sample.SelectMany(t => routing.Ids.AsSpan(t * k, k).ToArray()).Distinct().Order().ToArray();
-        var index = used.Select((e, i) => (e, i)).ToDictionary(x => x.e, x => x.i);
-        var ids2 = new int[sample.Length * k];
-        var w2s = new float[sample.Length * k];
-        for (int i = 0; i < sample.Length; i++)
-        {
-            for (int j = 0; j < k; j++)
-            {
-                ids2[i * k + j] = index[routing.Ids[sample[i] * k + j]];
-                w2s[i * k + j] = routing.Weights[sample[i] * k + j];
-            }
-        }
+        var (used, sampled) = MoeFamily.SampledRouting(routing, sample, k);
 
         var s = sets[0];
         var w1 = used.Select(e => s.W1.Download(e * ExpertElements, ExpertElements)).ToList();
         var w3 = used.Select(e => s.W3.Download(e * ExpertElements, ExpertElements)).ToList();
         var w2 = used.Select(e => s.W2.Download(e * ExpertElements, ExpertElements)).ToList();
         var x = Compare.Rows(s.X.GetAsArray1D(), p.Dim, sample);
-        var want = RefMoe.MoeBlock(x, new RefRouting(ids2, w2s, sample.Length, k, 0), w1, w3, w2, sample.Length, p.Dim, p.Hidden);
+        var want = RefMoe.MoeBlock(x, sampled, w1, w3, w2, sample.Length, p.Dim, p.Hidden);
         var got = Compare.Rows(output!.GetAsArray1D(), p.Dim, sample);
         return Compare.Close(got, want, 1e-4, 1e-5 + 2e-7 * Math.Sqrt((double)p.Dim * p.Hidden), Compare.Scope(sample, tokens));
     }

@@ -168,24 +168,13 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         var sample = Compare.SampleTokens(tokens, p.CheckTokens);
         int k = p.TopK;
         // As in moe/block: only the experts the sampled tokens use are dequantized, renumbered 0..m-1.
-        var used = sample.SelectMany(t => routing.Ids.AsSpan(t * k, k).ToArray()).Distinct().Order().ToArray();
-        var index = used.Select((e, i) => (e, i)).ToDictionary(x => x.e, x => x.i);
-        var ids2 = new int[sample.Length * k];
-        var w2s = new float[sample.Length * k];
-        for (int i = 0; i < sample.Length; i++)
-        {
-            for (int j = 0; j < k; j++)
-            {
-                ids2[i * k + j] = index[routing.Ids[sample[i] * k + j]];
-                w2s[i * k + j] = routing.Weights[sample[i] * k + j];
-            }
-        }
+        var (used, sampled) = MoeFamily.SampledRouting(routing, sample, k);
 
         var q1 = used.Select(e => InputOrder(Dequant(w1[e]), e)).ToList();
         var q3 = used.Select(e => InputOrder(Dequant(w3[e]), e)).ToList();
         var q2 = used.Select(e => Dequant(w2[e])).ToList();
         var x = Compare.Rows(xs[0].GetAsArray1D(), dim, sample);
-        var want = RefMoe.MoeBlock(x, new RefRouting(ids2, w2s, sample.Length, k, 0), q1, q3, q2, sample.Length, dim, hidden);
+        var want = RefMoe.MoeBlock(x, sampled, q1, q3, q2, sample.Length, dim, hidden);
         var got = Compare.Rows(output!.GetAsArray1D(), dim, sample);
         return Compare.Close(got, want, 1e-4, 1e-5 + 2e-7 * Math.Sqrt((double)dim * hidden), Compare.Scope(sample, tokens));
     }

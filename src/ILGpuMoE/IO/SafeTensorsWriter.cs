@@ -82,7 +82,7 @@ public static class SafeTensorsWriter
                 throw new ArgumentException($"{path}: tensor '{e.Name}' appears twice", nameof(entries));
         }
 
-        byte[] header = BuildHeader(list, metadata);
+        byte[] header = BuildHeader(list.Select(e => (e.Name, e.DType, e.Shape, (long)e.Data.Length)), metadata);
         WriteAtomically(path, stream =>
         {
             Span<byte> prefix = stackalloc byte[8];
@@ -161,7 +161,9 @@ public static class SafeTensorsWriter
         return groups;
     }
 
-    private static byte[] BuildHeader(List<Entry> list, IReadOnlyDictionary<string, string>? metadata)
+    /// <summary>The header JSON of tensors laid out contiguously in the given order, space-padded to a multiple of 8 bytes
+    /// (also the streaming writer's, which knows names, dtypes, shapes and sizes before it has the bytes).</summary>
+    internal static byte[] BuildHeader(IEnumerable<(string Name, DType DType, long[] Shape, long ByteLength)> tensors, IReadOnlyDictionary<string, string>? metadata)
     {
         using var buffer = new MemoryStream();
         using (var json = new Utf8JsonWriter(buffer, JsonOptions))
@@ -176,20 +178,20 @@ public static class SafeTensorsWriter
             }
 
             long offset = 0;
-            foreach (var e in list)
+            foreach (var (name, dtype, shape, bytes) in tensors)
             {
-                json.WriteStartObject(e.Name);
-                json.WriteString("dtype", DTypes.ToName(e.DType));
+                json.WriteStartObject(name);
+                json.WriteString("dtype", DTypes.ToName(dtype));
                 json.WriteStartArray("shape");
-                foreach (long d in e.Shape)
+                foreach (long d in shape)
                     json.WriteNumberValue(d);
                 json.WriteEndArray();
                 json.WriteStartArray("data_offsets");
                 json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset + e.Data.Length);
+                json.WriteNumberValue(offset + bytes);
                 json.WriteEndArray();
                 json.WriteEndObject();
-                offset += e.Data.Length;
+                offset += bytes;
             }
 
             json.WriteEndObject();

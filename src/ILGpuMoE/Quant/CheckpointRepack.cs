@@ -96,17 +96,15 @@ public static class CheckpointRepack
             if (gIdx.Length != inDim)
                 throw new ArgumentException($"FromGptq: g_idx has {gIdx.Length} entries, expected in dim {inDim}");
             var members = new int[groups];
-            bool trivial = true;
             for (int k = 0; k < inDim; k++)
             {
                 int g = gIdx[k];
                 if (g < 0 || g >= groups)
                     throw new ArgumentException($"FromGptq: g_idx[{k}] = {g} is outside 0..{groups - 1}");
                 members[g]++;
-                trivial &= g == k / groupSize;
             }
 
-            if (!trivial)
+            if (ActOrder.IsActOrder(gIdx, groupSize))
             {
                 for (int g = 0; g < groups; g++)
                 {

@@ -288,40 +288,7 @@ public static class StreamingSafeTensorsWriter
 
     public static void Write(string path, IReadOnlyList<Group> groups, IReadOnlyDictionary<string, string>? metadata, Action<string, long>? progress = null)
     {
-        using var header = new MemoryStream();
-        using (var json = new Utf8JsonWriter(header))
-        {
-            json.WriteStartObject();
-            if (metadata is { Count: > 0 })
-            {
-                json.WriteStartObject("__metadata__");
-                foreach (var (k, v) in metadata)
-                    json.WriteString(k, v);
-                json.WriteEndObject();
-            }
-
-            long offset = 0;
-            foreach (var t in groups.SelectMany(g => g.Tensors))
-            {
-                json.WriteStartObject(t.Name);
-                json.WriteString("dtype", DTypes.ToName(t.DType));
-                json.WriteStartArray("shape");
-                foreach (long d in t.Shape)
-                    json.WriteNumberValue(d);
-                json.WriteEndArray();
-                json.WriteStartArray("data_offsets");
-                json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset + t.ByteLength);
-                json.WriteEndArray();
-                json.WriteEndObject();
-                offset += t.ByteLength;
-            }
-
-            json.WriteEndObject();
-        }
-
-        while (header.Length % 8 != 0)
-            header.WriteByte((byte)' ');
+        byte[] header = SafeTensorsWriter.BuildHeader(groups.SelectMany(g => g.Tensors).Select(t => (t.Name, t.DType, t.Shape, t.ByteLength)), metadata);
         string tmp = path + ".tmp";
         try
         {
@@ -336,15 +303,14 @@ public static class StreamingSafeTensorsWriter
         File.Move(tmp, path, overwrite: true);
     }
 
-    private static void WriteBody(string tmp, MemoryStream header, IReadOnlyList<Group> groups, string path, Action<string, long>? progress)
+    private static void WriteBody(string tmp, byte[] header, IReadOnlyList<Group> groups, string path, Action<string, long>? progress)
     {
         using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
         {
             Span<byte> prefix = stackalloc byte[8];
             BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
             stream.Write(prefix);
-            header.Position = 0;
-            header.CopyTo(stream);
+            stream.Write(header);
             foreach (var g in groups)
             {
                 var data = g.Produce();

@@ -104,10 +104,12 @@ public sealed class MixtralModel : IDisposable
 
     /// <summary>Widest input of an act-order (GPTQ desc_act) attention matrix; 0 when none: the session's gather scratch
     /// holds MaxBatch rows of this many floats.</summary>
-    internal int GatherColumns { get; private set; }
+    internal int GatherColumns => Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo })
+        .Where(w => w.Quant?.Host.InputPermutation is not null).Select(w => w.Quant!.Host.Cols).DefaultIfEmpty(0).Max();
 
-    /// <summary>True when some layer's experts are act-order: the MoE workspace gathers each pair's input row.</summary>
-    internal bool PermutedExperts { get; private set; }
+    /// <summary>True when some layer's experts are act-order (w1 carries the [E, D] permutation w1 and w3 share): the
+    /// MoE workspace gathers each pair's input row.</summary>
+    internal bool PermutedExperts => Layers.Any(l => l.W1.Quant?.Host.InputPermutation is not null);
 
     /// <summary>The memory plan for a folder without touching a device (config, checkpoint headers, sizes).</summary>
     public static MemoryPlan PlanFor(string directory, ModelLoadOptions? options = null)
@@ -251,12 +253,7 @@ public sealed class MixtralModel : IDisposable
         LinearWeight Linear(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            if (Dense(name))
-                return Add(new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)));
-            var m = Pack(name);
-            if (m.InputPermutation is not null)
-                GatherColumns = Math.Max(GatherColumns, m.Cols); // act-order: the session gathers x through the permutation
-            return Add(new LinearWeight(m.Upload(Accelerator)));
+            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
         }
 
         // The experts of a layer, w2 first: a GPTQ act-order w2's input permutation is folded into the rows of w1 and w3
@@ -306,9 +303,7 @@ public sealed class MixtralModel : IDisposable
                     parts[e] = w == 3 ? m.WithoutInputPermutation() : m;
                 }
 
-                var stacked = QuantizedMatrix.Stack(parts);
-                PermutedExperts |= stacked.InputPermutation is not null;
-                return Add(new LinearWeight(stacked.Upload(Accelerator)));
+                return Add(new LinearWeight(QuantizedMatrix.Stack(parts).Upload(Accelerator)));
             }
 
             var w2 = Stacked(2);
