@@ -134,22 +134,23 @@ public static class CudaDriver
         return DriverErrorName(code) ?? $"CUresult {code.ToString(CultureInfo.InvariantCulture)}";
     }
 
-    // CUresult values of cuda.h (driver API) that ILGPU 1.5.3's CudaError does not name; the first ones are what cuInit
-    // answers on a machine whose driver or device is not right.
+    // CUresult values of cuda.h (driver API) that ILGPU 1.5.3's CudaError does not name: what cuInit answers with a stub
+    // or mismatched driver (34, 802-805) or a busy device (46), and PTX JIT failures a first GPU run may meet (221-223).
+    // (The runtime API's cudaErrorInsufficientDriver = 35 has no CUresult twin.)
     private static readonly Dictionary<int, string> ExtraNames = new()
     {
         [34] = "CUDA_ERROR_STUB_LIBRARY",
         [46] = "CUDA_ERROR_DEVICE_UNAVAILABLE",
         [102] = "CUDA_ERROR_DEVICE_NOT_LICENSED",
-        [802] = "CUDA_ERROR_SYSTEM_NOT_READY",
-        [803] = "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
-        [804] = "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
-        [805] = "CUDA_ERROR_MPS_CONNECTION_FAILED",
         [221] = "CUDA_ERROR_JIT_COMPILER_NOT_FOUND",
         [222] = "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
         [223] = "CUDA_ERROR_JIT_COMPILATION_DISABLED",
         [401] = "CUDA_ERROR_ILLEGAL_STATE",
         [720] = "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE",
+        [802] = "CUDA_ERROR_SYSTEM_NOT_READY",
+        [803] = "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+        [804] = "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
+        [805] = "CUDA_ERROR_MPS_CONNECTION_FAILED",
     };
 
     private sealed record Library(IntPtr Handle, string? Name, IReadOnlyList<CudaLibraryFailure> Failures);
@@ -199,7 +200,7 @@ public static class CudaDriver
     /// <summary>The loader's own reason, on one line. .NET's message is a generic first line ("Unable to load shared
     /// library ... consider setting LD_DEBUG") followed by one dlerror line per path it tried, each starting with that
     /// path; the last one is the search for the name as given.</summary>
-    internal static string LoaderReason(string message, string name)
+    private static string LoaderReason(string message, string name)
     {
         var lines = message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         var reason = lines.Length > 1 ? lines[^1] : lines.FirstOrDefault() ?? "not loadable";
