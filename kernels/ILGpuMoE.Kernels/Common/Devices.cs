@@ -52,9 +52,11 @@ public static class Devices
     /// <summary>The choice from the environment variable, or Auto when it is unset.</summary>
     public static DeviceChoice FromEnvironment() => Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
 
-    /// <summary>A context that can see every backend we use, with ILGPU.Algorithms enabled.</summary>
+    /// <summary>A context that can see every backend we use, with ILGPU.Algorithms enabled. Installs the driver
+    /// library resolver first (CudaDriver): ILGPU binds the CUDA driver once per process, at the first such context.</summary>
     public static Context CreateContext(bool profiling = false, bool cpuOnly = false)
     {
+        CudaDriver.InstallResolver();
         return Context.Create(b =>
         {
             b.CPU(CreateCpuDevice());
@@ -71,13 +73,15 @@ public static class Devices
         });
     }
 
-    /// <summary>Picks a device for the choice; throws InvalidOperationException with a one-line reason if absent.</summary>
+    /// <summary>Picks a device for the choice; throws InvalidOperationException with a one-line reason if absent (for
+    /// CUDA: the driver probe's line, which names the library file and cuInit's answer).</summary>
     public static Device Select(Context context, DeviceChoice choice)
     {
         Device? Find(AcceleratorType type) => context.Devices.FirstOrDefault(d => d.AcceleratorType == type);
         return choice switch
         {
-            DeviceChoice.Cuda => Find(AcceleratorType.Cuda) ?? throw new InvalidOperationException("no CUDA device is visible to ILGPU"),
+            DeviceChoice.Cuda => Find(AcceleratorType.Cuda)
+                                ?? throw new InvalidOperationException($"no CUDA device is visible to ILGPU ({CudaDriver.Probe().Describe()})"),
             DeviceChoice.OpenCL => Find(AcceleratorType.OpenCL) ?? throw new InvalidOperationException("no usable OpenCL device is visible to ILGPU"),
             DeviceChoice.Cpu => Find(AcceleratorType.CPU) ?? throw new InvalidOperationException("ILGPU's CPU accelerator is missing"),
             _ => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)

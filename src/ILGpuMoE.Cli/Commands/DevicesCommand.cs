@@ -1,4 +1,6 @@
-// ilgpumoe devices: what ILGPU sees, and which device `auto` (and --device, when given) would pick.
+// ilgpumoe devices: what ILGPU sees, which device `auto` (and --device, when given) would pick, and always one CUDA
+// line: the driver library file loaded (or every name tried and why each failed) and cuInit's answer by name, because
+// "no CUDA row in the table" alone does not say whether the driver is missing, unloadable or sees no GPU.
 using System.CommandLine;
 using ILGpuMoE.Kernels;
 using Spectre.Console;
@@ -18,6 +20,8 @@ public static class DevicesCommand
     {
         using var context = Devices.CreateContext();
         var auto = DeviceSession.Select(context, DeviceChoice.Auto);
+        // An unusable --device fails before anything is printed: exit 2 with one line (it names the CUDA reason).
+        var picked = choice == DeviceChoice.Auto ? null : DeviceSession.Select(context, choice);
 
         var table = new Table().AddColumn("#").AddColumn("device").AddColumn("auto");
         for (var i = 0; i < context.Devices.Length; i++)
@@ -27,9 +31,10 @@ public static class DevicesCommand
         }
 
         io.Ansi.Write(table);
+        io.Out.WriteLine(CudaDriver.Probe().Describe());
         io.Out.WriteLine($"auto picks: {Devices.Describe(auto)}");
-        if (choice != DeviceChoice.Auto)
-            io.Out.WriteLine($"--device {choice.ToString().ToLowerInvariant()} picks: {Devices.Describe(DeviceSession.Select(context, choice))}");
+        if (picked is not null)
+            io.Out.WriteLine($"--device {choice.ToString().ToLowerInvariant()} picks: {Devices.Describe(picked)}");
         return CliErrors.Ok;
     }
 }

@@ -66,6 +66,8 @@ public static class PtxExporter
                     // a fresh context after each failure keeps one bad kernel from hiding the others.
                     if (context is null)
                     {
+                        // b.Default() enables CUDA: ILGPU binds the driver at this first context (CudaDriver).
+                        CudaDriver.InstallResolver();
                         context = Context.Create(b => b.Default().EnableAlgorithms().Optimize(OptimizationLevel.O2));
                         backend = new PTXBackend(context, new CudaCapabilityContext(arch), arch, set, null!);
                     }

@@ -3,7 +3,7 @@ using ILGpuMoE.Cli;
 
 namespace ILGpuMoE.Tests.Cli;
 
-/// <summary>Runs the CLI's entry in-process with captured stdout/stderr.</summary>
+/// <summary>Runs the CLI's entry in-process with captured stdout/stderr (Of), or the built CLI in a child process (InChild).</summary>
 public sealed record CliRun(int ExitCode, string Out, string Err, TimeSpan Elapsed)
 {
     public static CliRun Of(params string[] args)
@@ -14,6 +14,49 @@ public sealed record CliRun(int ExitCode, string Out, string Err, TimeSpan Elaps
         var code = Program.Run(args, output, error);
         return new CliRun(code, output.ToString(), error.ToString(), clock.Elapsed);
     }
+
+    /// <summary>Runs the built CLI (ilgpumoe.dll, copied next to the tests) in a child process, for what is fixed once per
+    /// process, such as the CUDA driver library ILGPU binds. The child inherits this environment except the ILGPUMOE_
+    /// variables, which it gets only from <paramref name="environment"/>.</summary>
+    public static CliRun InChild(IReadOnlyDictionary<string, string> environment, params string[] args)
+    {
+        var start = new ProcessStartInfo(DotnetHost())
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "ilgpumoe.dll"));
+        foreach (var a in args)
+            start.ArgumentList.Add(a);
+        foreach (var name in start.Environment.Keys.Where(k => k.StartsWith("ILGPUMOE_", StringComparison.Ordinal)).ToList())
+            start.Environment.Remove(name);
+        foreach (var (name, value) in environment)
+            start.Environment[name] = value;
+
+        var clock = Stopwatch.StartNew();
+        using var child = Process.Start(start) ?? throw new InvalidOperationException($"could not start {start.FileName}");
+        var output = child.StandardOutput.ReadToEndAsync();
+        var error = child.StandardError.ReadToEndAsync();
+        if (!child.WaitForExit(TimeSpan.FromSeconds(120)))
+        {
+            child.Kill(entireProcessTree: true);
+            Assert.Fail($"ilgpumoe {string.Join(' ', args)} did not finish in 120 s");
+        }
+
+        return new CliRun(child.ExitCode, output.Result, error.Result, clock.Elapsed);
+    }
+
+    /// <summary>The dotnet host running these tests (the test host is `dotnet testhost.dll`), else the one on PATH.</summary>
+    private static string DotnetHost()
+    {
+        var self = Environment.ProcessPath;
+        if (self is not null && Path.GetFileNameWithoutExtension(self) == "dotnet")
+            return self;
+        return Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet";
+    }
+
+    public string[] OutLines => Out.Split('\n', StringSplitOptions.RemoveEmptyEntries);
 
     public string[] ErrLines => Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
 
