@@ -1,7 +1,7 @@
 // ilgpumoe bench: the kernel suite (and, where they exist, the end-to-end and peer parts) at a named preset.
 //   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR
 //       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
-//       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS]
+//       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR]
 //   ilgpumoe-bench host [BenchmarkDotNet arguments]     host-side paths (safetensors open/map, ...)
 // Writes DIR/bench.json (every figure) and DIR/bench.md (summary) after every case (atomically: temp file + rename),
 // DIR/roofline.png at the end; prints the table.
@@ -21,15 +21,15 @@ namespace ILGpuMoE.Perf;
 public sealed class BenchUsageException(string message) : Exception(message);
 
 public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false, double? BudgetSeconds = null,
-    double? CaseTimeoutSeconds = null, FaultInjection? Faults = null)
+    double? CaseTimeoutSeconds = null, FaultInjection? Faults = null, string? Cache = null)
 {
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
-        string? preset = null, outDir = null, device = null;
+        string? preset = null, outDir = null, device = null, cache = null;
         int[]? tokens = null;
         string[]? families = null;
         bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false;
@@ -72,6 +72,9 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     break;
                 case "--case-timeout-s":
                     caseTimeout = Seconds(a, Value());
+                    break;
+                case "--cache":
+                    cache = Value();
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -119,7 +122,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         }
 
         return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly, budget,
-            caseTimeout, faults);
+            caseTimeout, faults, cache);
     }
 
     private static double Seconds(string option, string text) =>
@@ -251,7 +254,7 @@ public static class BenchCommand
         using var watch = run.Watch(pending);
         try
         {
-            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log);
+            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log, options.Cache);
             run.EndToEnd.AddRange(rows);
             run.Peers.AddRange(peerRows);
             run.Notes.AddRange(e2eNotes);

@@ -134,12 +134,12 @@ public static class Reports
             s.AppendLine();
             s.AppendLine("## End to end");
             s.AppendLine();
-            s.AppendLine("| engine | scheme | layers | prompt | decoded | prefill tok/s | decode tok/s | TTFT ms | warm-up s | note |");
-            s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+            s.AppendLine("| engine | scheme | layers | prompt | decoded | prefill tok/s | decode tok/s | TTFT ms | warm-up s | load s | host prep s | note |");
+            s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
             foreach (var e in r.EndToEnd)
             {
                 s.AppendLine(CultureInfo.InvariantCulture,
-                    $"| {e.Engine} | {e.Scheme} | {e.Layers} | {e.PromptTokens} | {e.DecodeTokens} | {F(e.PrefillTokensPerSecond, "F1")} | {F(e.DecodeTokensPerSecond, "F1")} | {F(e.TimeToFirstTokenSeconds * 1e3, "F1")} | {F(e.WarmupSeconds, "F2")} | {e.Note} |");
+                    $"| {e.Engine} | {e.Scheme} | {e.Layers} | {e.PromptTokens} | {e.DecodeTokens} | {F(e.PrefillTokensPerSecond, "F1")} | {F(e.DecodeTokensPerSecond, "F1")} | {F(e.TimeToFirstTokenSeconds * 1e3, "F1")} | {F(e.WarmupSeconds, "F2")} | {F(e.LoadSeconds, "F2")} | {F(e.HostPrepSeconds, "F2")} | {e.Note} |");
             }
         }
 

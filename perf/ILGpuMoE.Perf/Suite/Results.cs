@@ -65,10 +65,18 @@ public sealed record MachineInfo(string Host, string Os, int Cores, string Runti
 /// <summary>One figure on both sides: Ratio = Ours / Theirs of that figure (tokens/s: > 1 means we are faster).</summary>
 public sealed record PeerResult(string Peer, string What, string Shape, double Ours, double Theirs, string Unit, double Ratio, string Note);
 
-/// <summary>WarmupSeconds: the untimed pass at the full prompt length and one decode step (compiles every kernel and
-/// launch shape the timed passes use), kept apart from the figures.</summary>
+/// <summary>
+/// Kept apart from the figures: WarmupSeconds, the untimed pass at the full prompt length and one decode step (compiles
+/// every kernel and launch shape the timed passes use); LoadSeconds, the model onto the device; HostPrepSeconds, writing
+/// the random model and quantizing it (0 when an earlier run left it in the cache).
+/// </summary>
 public sealed record EndToEndResult(string Engine, string Scheme, int Layers, int PromptTokens, int DecodeTokens,
-    double PrefillTokensPerSecond, double DecodeTokensPerSecond, double TimeToFirstTokenSeconds, string Note, double WarmupSeconds = double.NaN);
+    double PrefillTokensPerSecond, double DecodeTokensPerSecond, double TimeToFirstTokenSeconds, string Note, double WarmupSeconds = double.NaN)
+{
+    public double LoadSeconds { get; init; } = double.NaN;
+
+    public double HostPrepSeconds { get; init; } = double.NaN;
+}
 
 /// <summary>
 /// State: "running" while cases remain (the report is rewritten after every case), "complete", "stopped" (the budget,
