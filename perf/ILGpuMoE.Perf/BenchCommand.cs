@@ -254,8 +254,15 @@ public static class BenchCommand
         using var watch = run.Watch(pending);
         try
         {
-            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log, options.Cache);
-            run.EndToEnd.AddRange(rows);
+            // Our rows are saved as they come (a later scheme that hangs keeps the earlier ones); llama.cpp's at the end.
+            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log, options.Cache,
+                onRow: row =>
+                {
+                    run.EndToEnd.Add(row);
+                    run.Save();
+                },
+                outOfTime: () => options.BudgetSeconds is double budget && run.ElapsedSeconds > budget);
+            run.EndToEnd.InsertRange(0, rows.Where(r => !run.EndToEnd.Contains(r)));
             run.Peers.AddRange(peerRows);
             run.Notes.AddRange(e2eNotes);
         }

@@ -58,8 +58,10 @@ public static class EndToEndRun
         return sw.Elapsed.TotalSeconds;
     }
 
+    /// <param name="onRow">Receives each of our rows as soon as it is measured (the caller saves the report).</param>
+    /// <param name="outOfTime">Checked before each of our schemes: true leaves the rest out (the bench's --budget).</param>
     public static (List<EndToEndResult> Rows, List<PeerResult> Peers, List<string> Notes) Run(BenchDevice device, ShapePreset p, bool peer, Action<string> log,
-        string? cache = null)
+        string? cache = null, Action<EndToEndResult>? onRow = null, Func<bool>? outOfTime = null)
     {
         var rows = new List<EndToEndResult>();
         var peers = new List<PeerResult>();
@@ -115,6 +117,12 @@ public static class EndToEndRun
             foreach (var (name, quant) in new[] { (baseScheme, (ILGpuMoE.Quant.QuantSpec?)null), ("int8", ILGpuMoE.Quant.QuantSpec.Parse("int8")),
                          ("int4", ILGpuMoE.Quant.QuantSpec.Parse("int4-g32")), ("fp8", ILGpuMoE.Quant.QuantSpec.Parse("fp8-block128")) })
             {
+                if (outOfTime?.Invoke() == true)
+                {
+                    notes.Add($"end to end: the time budget ran out before ours {quant?.Name ?? name}");
+                    break;
+                }
+
                 // Quantized once into the cache (the quantize command's path); the runtime then loads packed weights.
                 string model = hf;
                 double prep = hfPrep;
@@ -126,6 +134,7 @@ public static class EndToEndRun
 
                 var ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode) with { HostPrepSeconds = prep };
                 rows.Add(ours);
+                onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;
                 log($"ours {ours.Scheme}: prefill {ours.PrefillTokensPerSecond:F1} tok/s, decode {ours.DecodeTokensPerSecond:F1} tok/s, TTFT {ours.TimeToFirstTokenSeconds * 1e3:F1} ms");
             }

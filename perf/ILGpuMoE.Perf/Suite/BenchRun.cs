@@ -177,7 +177,15 @@ public sealed class BenchRun : IDisposable
             State = "timeout";
             Notes.Add($"stopped: {why}; the process exits with code {TimeoutExitCode} (a running kernel cannot be interrupted)");
             Log($"TIMEOUT {why}");
-            save?.Invoke(SnapshotLocked());
+            try
+            {
+                save?.Invoke(SnapshotLocked());
+            }
+            catch (Exception e)
+            {
+                // The main thread may be mid-update; the report saved after the last case is still on disk.
+                Log($"note   the report could not be saved at the timeout: {CudaFaults.Describe(e)}");
+            }
         }
 
         exit(TimeoutExitCode);
