@@ -100,6 +100,20 @@ public class BenchFaultTests
         Assert.That(cases[1].GetProperty("errorName").GetString(), Is.EqualTo(CudaFaults.CaseTimeout));
     }
 
+    [Test]
+    public void Report_IsSavedAfterEveryCase()
+    {
+        var saved = new List<(int Cases, string State)>();
+        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu", "--family", "gating", "--tokens", "1,5", "--check-only"]);
+        var report = BenchCommand.Execute(args, _ => { }, r => saved.Add((r.Cases.Count, r.State)));
+
+        Assert.That(report.Cases, Has.Count.EqualTo(4));
+        // Once before the first case, once after each of the 4, once at the end: a kill after case i leaves i cases.
+        Assert.That(saved.Select(x => x.Cases), Is.EqualTo(new[] { 0, 1, 2, 3, 4, 4 }));
+        Assert.That(saved.Take(5).Select(x => x.State), Is.All.EqualTo("running"));
+        Assert.That(saved[^1].State, Is.EqualTo("complete"));
+    }
+
     [TestCase("moe/gating/v2", "moe/gating/v2", "CUDA_ERROR_ILLEGAL_ADDRESS")]
     [TestCase("quant/matmul/gemv=CUDA_ERROR_LAUNCH_FAILED", "quant/matmul/gemv", "CUDA_ERROR_LAUNCH_FAILED")]
     public void Injection_ThrowsTheNamedErrorOnlyForItsTarget(string spec, string target, string error)
