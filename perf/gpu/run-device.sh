@@ -115,7 +115,8 @@ tally() {
   [ -f "$json" ] || return 0
   local counts
   counts=$(grep -o '"status": "[a-z]*"' "$json" | cut -d'"' -f4 | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}')
-  say "  report: state $(grep -m1 -o '"state": "[a-z]*"' "$json" | cut -d'"' -f4), cases: ${counts%, }"
+  local rows; rows=$(grep -c '"prefillTokensPerSecond"' "$json")
+  say "  report: state $(grep -m1 -o '"state": "[a-z]*"' "$json" | cut -d'"' -f4), cases: ${counts%, }${counts:+; }end-to-end rows: $rows"
 }
 
 # 1. What the machine and ILGPU see.
