@@ -169,7 +169,7 @@ public static class Reports
 
     /// <summary>"moe/gating v2 f32 T=5 [shape]: message", with the CUDA error name for a fault or a timeout.</summary>
     public static string FailureLine(CaseResult x) =>
-        $"{x.Family} {x.Version} {x.DType} T={x.Tokens} {x.Shape}: " + (x.ErrorName is { } n ? $"{n}: " : "") + (x.Check?.Message ?? x.Error);
+        $"{x.Family} {x.Version} {x.DType} T={x.Tokens} {x.Shape}: " + (x.ErrorName is { } n && x.Error?.Contains(n, StringComparison.Ordinal) != true ? $"{n}: " : "") + (x.Check?.Message ?? x.Error);
 
     private static string F(double v, string format) => double.IsFinite(v) ? v.ToString(format, CultureInfo.InvariantCulture) : "-";
 }

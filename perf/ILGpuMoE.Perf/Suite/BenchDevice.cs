@@ -152,10 +152,10 @@ public sealed class BenchDevice : IDisposable
     }
 
     /// <summary>
-    /// Disposes after a CUDA fault: in a faulted context every driver call may fail again (ILGPU throws from Dispose
-    /// then), so each part is disposed on its own and a failure is logged, never thrown: the run goes on.
+    /// Disposes without throwing: after a CUDA fault every driver call in that context may fail again (ILGPU throws from
+    /// Dispose then), so each part is disposed on its own and a failure is logged, never thrown: the run goes on.
     /// </summary>
-    public void DisposeAfterFault(Action<string> log)
+    public void DisposeLogged(Action<string> log)
     {
         foreach (var (what, dispose) in new (string, Action)[] { ("fill", Fill.Dispose), ("accelerator", Accelerator.Dispose), ("context", Context.Dispose) })
         {
@@ -165,7 +165,7 @@ public sealed class BenchDevice : IDisposable
             }
             catch (Exception e)
             {
-                log($"note   disposing the faulted {what}: {CudaFaults.Describe(e)} (ignored)");
+                log($"note   disposing the {what}: {CudaFaults.Describe(e)} (ignored)");
             }
         }
     }

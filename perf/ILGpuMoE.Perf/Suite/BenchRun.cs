@@ -126,7 +126,7 @@ public sealed class BenchRun : IDisposable
     /// <summary>Throws the faulted accelerator away (errors logged) and opens a fresh one on the same device.</summary>
     public void Renew(string why)
     {
-        Device.DisposeAfterFault(Log);
+        Device.DisposeLogged(Log);
         try
         {
             Device = BenchDevice.Open(Device.Choice);
@@ -257,7 +257,7 @@ public sealed class BenchRun : IDisposable
     public void Dispose()
     {
         sigterm?.Dispose();
-        Device.Dispose();
+        Device.DisposeLogged(Log); // the last device may have faulted in the end-to-end part: log, never throw here
     }
 
     private sealed class Watcher(BenchRun run, Timer? timer) : IDisposable
