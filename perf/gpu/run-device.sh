@@ -77,6 +77,10 @@ explain() {
   grep -q -i -E 'NotSupportedException.*(architecture|Cuda|PTX)' "$log" && say "  ILGPU does not support this architecture/driver combination: $(grep -m1 -i NotSupportedException "$log" | cut -c1-300)"
   grep -q -i 'DllNotFoundException' "$log" && say "  a native library is missing: $(grep -m1 -i DllNotFoundException "$log" | cut -c1-300)"
   grep -q -i 'no CUDA device' "$log" && say "  ILGPU sees no CUDA device: $(grep -m1 -i 'no CUDA device' "$log" | cut -c1-300)"
+  # The driver's own sentences (CudaException's message is cuGetErrorString's text when the bench did not name it).
+  grep -q -i -E 'illegal memory access|unspecified launch failure|too many resources requested|misaligned address|unsupported toolchain|out of memory' "$log" \
+    && say "  driver: $(grep -m1 -i -E 'illegal memory access|unspecified launch failure|too many resources requested|misaligned address|unsupported toolchain|out of memory' "$log" | cut -c1-300)"
+  grep -q '^error: ' "$log" && ! grep -q -i 'no CUDA device' "$log" && say "  $(grep -m1 '^error: ' "$log" | cut -c1-300)"
   grep -E '^(WRONG|ERROR|FAULT|TIMEOUT|STOP) ' "$log" | head -20 | sed 's/^/  /' | tee -a "$summary" >/dev/null
   tail -3 "$log" | sed 's/^/  | /'
 }
