@@ -58,7 +58,16 @@ finish() {
   say "runner ended after $(( $(date +%s) - start ))s of a ${budget}s budget (last step: $current, rc $rc)"
 }
 trap finish EXIT
-trap 'say "runner received a signal during $current: stopping"; exit 143' TERM INT HUP
+# Steps run in the background and are waited for, so a signal reaches this trap at once (bash defers traps while a
+# foreground child runs, and `timeout` puts its command in a process group of its own): the step's `timeout` gets
+# SIGTERM and passes it on, the bench writes its report with the case in flight marked SIGTERM, then the summary ends.
+child=""
+on_signal() {
+  say "runner received a signal during $current: stopping"
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  exit 143
+}
+trap on_signal TERM INT HUP
 
 if [ $dry -eq 1 ]; then
   device=cpu
@@ -99,7 +108,10 @@ step() {
   local args=() a
   for a in "$@"; do args+=("${a//\{budget\}/$inner}"); done
   local log="$out/$name.log" t0; t0=$(date +%s)
-  ILGPUMOE_DEBUG=1 timeout -k 10 "$limit" "${args[@]}" > "$log" 2>&1; local rc=$?
+  ILGPUMOE_DEBUG=1 timeout -k 10 "$limit" "${args[@]}" > "$log" 2>&1 &
+  child=$!
+  wait "$child"; local rc=$?
+  child=""
   local dt=$(( $(date +%s) - t0 ))
   case $rc in
     0) say "$name: ok (${dt}s)";;
