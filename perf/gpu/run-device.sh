@@ -95,8 +95,9 @@ explain() {
 }
 
 # step NAME LIMIT CMD...: runs CMD under `timeout -k` with LIMIT clipped to the budget left (20 s kept for the
-# summary); "{budget}" in CMD becomes the seconds the bench may start new cases in (the limit minus a case's timeout
-# minus a margin), so it normally stops by itself with everything written.
+# summary); "{budget}" in CMD becomes the seconds the bench may start new cases in (the limit minus 20 s for the last
+# case and the report), so it normally stops by itself with everything written. A case still running at the limit
+# (a hang shorter than --case-timeout-s) gets SIGTERM from `timeout`: the bench then writes its report naming it.
 case_timeout=60
 step() {
   local name="$1" limit="$2"; shift 2
@@ -104,7 +105,7 @@ step() {
   local avail=$(( $(left) - 20 ))
   if [ "$avail" -lt 30 ]; then say "$name: SKIPPED (out of budget: ${avail}s left)"; return 99; fi
   [ "$limit" -gt "$avail" ] && limit=$avail
-  local inner=$(( limit - case_timeout - 15 )); [ "$inner" -lt 10 ] && inner=10
+  local inner=$(( limit - 20 )); [ "$inner" -lt 10 ] && inner=10
   local args=() a
   for a in "$@"; do args+=("${a//\{budget\}/$inner}"); done
   local log="$out/$name.log" t0; t0=$(date +%s)
@@ -161,7 +162,7 @@ fi
 if [ $dry -eq 1 ]; then
   case_timeout=30
   smoke=(--preset tiny --tokens 1)
-  kernels=(--preset tiny --tokens 1,5)
+  kernels=(--preset tiny --tokens 1)
   e2e=(--preset tiny --no-peer)
   qwen=(--preset tiny --tokens 1 --family gating)
   deepseek=(--preset tiny --tokens 1 --family moe)
