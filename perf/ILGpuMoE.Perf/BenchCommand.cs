@@ -1,11 +1,13 @@
 // ilgpumoe bench: the kernel suite (and, where they exist, the end-to-end and peer parts) at a named preset.
 //   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR
 //       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
-//       [--no-e2e] [--e2e-only] [--budget SECONDS]
+//       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR]
 //   ilgpumoe-bench host [BenchmarkDotNet arguments]     host-side paths (safetensors open/map, ...)
-// Writes DIR/bench.json (every figure), DIR/bench.md (summary) and DIR/roofline.png; prints the table.
-// Exit codes as the CLI: 0 ok, 1 a kernel failed its check or something unexpected, 2 bad arguments.
-using System.Diagnostics;
+// Writes DIR/bench.json (every figure) and DIR/bench.md (summary) after every case (atomically: temp file + rename),
+// DIR/roofline.png at the end; prints the table.
+// Exit codes as the CLI: 0 ok, 1 a case failed (wrong, error, CUDA fault) or the end-to-end part failed or something
+// unexpected, 2 bad arguments, 3 a case ran past --case-timeout-s or SIGTERM arrived (the report is written first).
+// ILGPUMOE_INJECT_FAULT=<family>/<version> makes that case fail as a CUDA fault would (Suite/Faults.cs).
 using System.Globalization;
 using System.Reflection;
 using ILGpuMoE.Kernels;
@@ -18,19 +20,20 @@ namespace ILGpuMoE.Perf;
 /// <summary>Bad command-line input: one line on stderr, exit code 2.</summary>
 public sealed class BenchUsageException(string message) : Exception(message);
 
-public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false, double? BudgetSeconds = null)
+public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false, double? BudgetSeconds = null,
+    double? CaseTimeoutSeconds = null, FaultInjection? Faults = null, string? Cache = null)
 {
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
-        string? preset = null, outDir = null, device = null;
+        string? preset = null, outDir = null, device = null, cache = null;
         int[]? tokens = null;
         string[]? families = null;
         bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false;
-        double? budget = null;
+        double? budget = null, caseTimeout = null;
         for (int i = 0; i < args.Count; i++)
         {
             string a = args[i];
@@ -65,10 +68,13 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     endToEndOnly = true;
                     break;
                 case "--budget":
-                    var text = Value();
-                    budget = double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var b) && b > 0
-                        ? b
-                        : throw new BenchUsageException($"--budget: '{text}' is not a positive number of seconds");
+                    budget = Seconds(a, Value());
+                    break;
+                case "--case-timeout-s":
+                    caseTimeout = Seconds(a, Value());
+                    break;
+                case "--cache":
+                    cache = Value();
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -105,8 +111,24 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                 throw new BenchUsageException($"--family: unknown family '{f}' (registered: {string.Join(", ", known)})");
         }
 
-        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly, budget);
+        FaultInjection faults;
+        try
+        {
+            faults = FaultInjection.Parse(Environment.GetEnvironmentVariable(FaultInjection.Variable));
+        }
+        catch (ArgumentException e)
+        {
+            throw new BenchUsageException(e.Message);
+        }
+
+        return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly, budget,
+            caseTimeout, faults, cache);
     }
+
+    private static double Seconds(string option, string text) =>
+        double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var v) && v > 0 && double.IsFinite(v)
+            ? v
+            : throw new BenchUsageException($"{option}: '{text}' is not a positive number of seconds");
 
     private static int[] ParseInts(string option, string text)
     {
@@ -148,7 +170,8 @@ public static class BenchCommand
         BenchReport report;
         try
         {
-            report = Execute(options, line => err.WriteLine(line));
+            // bench.json and bench.md are rewritten after every case: a run that dies keeps what it measured.
+            report = Execute(options, line => err.WriteLine(line), partial => Reports.WriteFiles(options.OutDir, partial), handleSigterm: true);
         }
         catch (BenchUsageException e)
         {
@@ -156,9 +179,7 @@ public static class BenchCommand
             return 2;
         }
 
-        Directory.CreateDirectory(options.OutDir);
-        File.WriteAllText(Path.Combine(options.OutDir, "bench.json"), Reports.ToJson(report));
-        File.WriteAllText(Path.Combine(options.OutDir, "bench.md"), Reports.Markdown(report));
+        Reports.WriteFiles(options.OutDir, report);
         try
         {
             RooflinePlot.Save(report, Path.Combine(options.OutDir, "roofline.png"));
@@ -170,14 +191,15 @@ public static class BenchCommand
 
         Reports.Console(console, report);
         console.MarkupLine($"wrote {Markup.Escape(Path.Combine(options.OutDir, "bench.json"))}, bench.md, roofline.png");
-        return report.Wrong == 0 ? 0 : 1;
+        return report.Failed ? 1 : 0;
     }
 
-    /// <summary>The whole run as a report (no files written): the test calls this with --check-only.</summary>
-    public static BenchReport Execute(BenchArgs options, Action<string> log)
+    /// <summary>
+    /// The whole run as a report. <paramref name="save"/> (when given) receives the report as it stands after every
+    /// case and at the end; the test calls this without it (no files) or with its own.
+    /// </summary>
+    public static BenchReport Execute(BenchArgs options, Action<string> log, Action<BenchReport>? save = null, bool handleSigterm = false)
     {
-        var started = DateTimeOffset.UtcNow;
-        var wall = Stopwatch.StartNew();
         BenchDevice device;
         try
         {
@@ -189,53 +211,68 @@ public static class BenchCommand
             throw new BenchUsageException($"--device {options.Device.ToString().ToLowerInvariant()}: {e.Message}");
         }
 
-        using var owned = device;
+        var faults = options.Faults ?? FaultInjection.None;
+        using var run = new BenchRun(device, options.Preset, log, save, options.CaseTimeoutSeconds, faults, handleSigterm: handleSigterm);
         log($"device: {device.Description}");
-        var (cases, ceilings) = options.EndToEndOnly ? ([], null) : SuiteRunner.Run(device, new SuiteOptions
-        {
-            Preset = options.Preset,
-            Tokens = options.Tokens,
-            Families = options.Families,
-            CheckOnly = options.CheckOnly,
-            BudgetSeconds = options.BudgetSeconds,
-        }, log);
-
-        var notes = new List<string>();
-        if (!options.EndToEndOnly && SuiteRunner.Skipped > 0)
-            notes.Add($"time budget of {options.BudgetSeconds} s reached: {SuiteRunner.Skipped} cases were not run");
+        if (!faults.IsEmpty)
+            log($"note   {FaultInjection.Variable} is set: the cases it names fail as a CUDA fault would");
         if (!device.IsGpu)
-            notes.Add("CPU accelerator: ILGPU emulates GPU threads on the host; its times say nothing about a GPU, only that the suite runs.");
-        var e2e = new List<EndToEndResult>();
-        var peers = new List<PeerResult>();
-        if (!options.CheckOnly && options.EndToEnd)
+            run.Notes.Add("CPU accelerator: ILGPU emulates GPU threads on the host; its times say nothing about a GPU, only that the suite runs.");
+        run.Save();
+        if (!options.EndToEndOnly)
         {
-            try
+            SuiteRunner.Run(run, new SuiteOptions
             {
-                var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(device, options.Preset, options.Peer, log);
-                e2e.AddRange(rows);
-                peers.AddRange(peerRows);
-                notes.AddRange(e2eNotes);
-            }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                // The kernel figures above stand on their own: an end-to-end failure is reported, not fatal.
-                log($"ERROR  end to end: {SuiteRunner.OneLine(e)}");
-                notes.Add($"end to end FAILED: {SuiteRunner.OneLine(e)}");
-            }
+                Preset = options.Preset,
+                Tokens = options.Tokens,
+                Families = options.Families,
+                CheckOnly = options.CheckOnly,
+                BudgetSeconds = options.BudgetSeconds,
+            });
         }
 
-        return new BenchReport("ilgpumoe bench", options.Preset.Name, options.Preset, started, wall.Elapsed.TotalSeconds, Machine(device), ceilings,
-            cases, e2e, peers, notes);
+        if (!options.CheckOnly && options.EndToEnd && !run.Stopped)
+        {
+            if (options.BudgetSeconds is double budget && run.ElapsedSeconds > budget)
+                run.Notes.Add($"end to end not run: the time budget of {budget} s was spent on the kernels");
+            else
+                RunEndToEnd(run, options);
+        }
+
+        foreach (var unused in faults.Unused)
+            run.Notes.Add($"{FaultInjection.Variable}: '{unused}' matched no case of this run");
+        if (run.State == "running")
+            run.State = "complete";
+        run.Save();
+        return run.Snapshot();
     }
 
-    public static MachineInfo Machine(BenchDevice device) => new(
-        Environment.MachineName,
-        System.Runtime.InteropServices.RuntimeInformation.OSDescription,
-        Environment.ProcessorCount,
-        System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription,
-        Commit(),
-        device.Description,
-        device.Accelerator.AcceleratorType.ToString());
+    private static void RunEndToEnd(BenchRun run, BenchArgs options)
+    {
+        // Watched like a case: a hang here is a timeout with the report written; a fault is recorded, not thrown.
+        var pending = new CaseResult("end-to-end", "ours", "-", 0, options.Preset.Name, 0, 0, 0, false, CaseStatus.Error, null, null, null);
+        using var watch = run.Watch(pending);
+        try
+        {
+            // Our rows are saved as they come (a later scheme that hangs keeps the earlier ones); llama.cpp's at the end.
+            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log, options.Cache,
+                onRow: row =>
+                {
+                    run.EndToEnd.Add(row);
+                    run.Save();
+                },
+                outOfTime: () => options.BudgetSeconds is double budget && run.ElapsedSeconds > budget);
+            run.EndToEnd.InsertRange(0, rows.Where(r => !run.EndToEnd.Contains(r)));
+            run.Peers.AddRange(peerRows);
+            run.Notes.AddRange(e2eNotes);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // The kernel figures above stand on their own: an end-to-end failure is reported (and fails the exit code).
+            run.Log($"{(CudaFaults.NameOf(e) is null ? "ERROR " : "FAULT ")} end to end: {CudaFaults.Describe(e)}");
+            run.EndToEndError = CudaFaults.Describe(e);
+        }
+    }
 
     /// <summary>ILGPUMOE_COMMIT, else the commit the SDK stamped into the informational version, else "unknown".</summary>
     public static string Commit()

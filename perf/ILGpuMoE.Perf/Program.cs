@@ -32,7 +32,8 @@ public static class Program
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"error: unexpected {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+            // A CudaException's message is the driver's sentence; Describe adds the CUDA_ERROR_* name the runner greps for.
+            Console.Error.WriteLine($"error: unexpected {Suite.CudaFaults.Describe(e)}");
             if (Environment.GetEnvironmentVariable("ILGPUMOE_DEBUG") is "1" or "true")
                 Console.Error.WriteLine(e);
             return 1;

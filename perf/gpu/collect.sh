@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU runner, step 3 (back on the CPU machine): file the device call's outputs into the repository.
-#   bash perf/gpu/collect.sh <folder the device call's $OUT files were copied to>
+# GPU runner, step 3 (back in a checkout): file a run's results folder into the repository.
+#   bash perf/gpu/collect.sh <the folder run-device.sh --out wrote, copied back from the GPU machine>
 # Each preset's bench.json -> perf/results/<date>-<device>-<preset>.json (the PyTorch rows and the step summary go
 # alongside), and one summary row per preset appended to perf/RESULTS.md.
 set -euo pipefail
-src="${1:?usage: collect.sh <files_at folder of the device call>}"
+src="${1:?usage: collect.sh <results folder of run-device.sh>}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 mkdir -p "$root/perf/results"
 python3 - "$src" "$root" <<'PY'
@@ -36,7 +36,7 @@ for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=Tr
         shutil.copyfile(summary, os.path.join(res, f"{date}-{name}-summary.txt"))
     c = r.get("ceilings") or {}
     cases = r["cases"]
-    wrong = sum(1 for x in cases if x["status"] in ("wrong", "error"))
+    wrong = sum(1 for x in cases if x["status"] in ("wrong", "error", "fault", "timeout"))
     def e2e(r):
         rows = [e for e in r.get("endToEnd", []) if e["engine"].startswith("ilgpumoe")]
         return "; ".join(f'{e["scheme"]} {e["prefillTokensPerSecond"]:.0f}/{e["decodeTokensPerSecond"]:.1f} tok/s' for e in rows) or "-"

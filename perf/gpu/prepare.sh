@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU runner, step 1 (on this CPU machine): publish ilgpumoe-bench (which also carries the whole ilgpumoe CLI) as one
-# self-contained linux-x64 file into perf/gpu/publish/ (git-ignored), next to the device script and the PyTorch
-# baseline, then print the exact `device` call to make. The GPU machine has no .NET; nothing is installed there.
-# Not trimmed: trimming breaks ILGPU at run time (FACTS.md). Compressed single file: the device tool carries <= 64 MiB.
+# GPU runner, step 1 (on a machine with the .NET SDK, from a checkout): publish ilgpumoe-bench (which also carries the
+# whole ilgpumoe CLI) as one self-contained linux-x64 file into perf/gpu/publish/ (git-ignored), next to the device
+# script and the PyTorch baseline. That one folder is all the GPU machine needs: it has no .NET, nothing is installed.
+# Not trimmed: trimming breaks ILGPU at run time. Compressed single file: the folder stays small enough to copy anywhere
+# (checked against 64 MiB, what the project's own GPU runs could carry).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
@@ -19,12 +20,14 @@ find "$out/bin" -mindepth 1 ! -name ilgpumoe-bench -exec rm -rf {} +
 cp perf/gpu/run-device.sh perf/gpu/torch_baseline.py "$out/"
 echo "$commit" > "$out/COMMIT"
 size=$(du -sm "$out" | cut -f1)
-echo "published $out/bin/ilgpumoe-bench ($(du -h "$out/bin/ilgpumoe-bench" | cut -f1)), folder ${size} MiB (limit 64), commit $commit"
-if [ "$size" -ge 64 ]; then echo "error: $out is ${size} MiB, over the device tool's 64 MiB carry limit" >&2; exit 1; fi
+echo "published $out/bin/ilgpumoe-bench ($(du -h "$out/bin/ilgpumoe-bench" | cut -f1)), folder ${size} MiB, commit $commit"
+if [ "$size" -ge 64 ]; then echo "error: $out is ${size} MiB, over the 64 MiB the folder is meant to stay under" >&2; exit 1; fi
 cat <<MSG
 
-Device call (one call, under 8 minutes of the 10 allowed; it writes everything under \$OUT):
-  run(command="bash perf/gpu/publish/run-device.sh", carry=["perf/gpu/publish"], timeout_s=540)
-Then, on this machine, with the folder the call's files were copied to (files_at):
-  bash perf/gpu/collect.sh <files_at>
+On the GPU machine (Linux x64, NVIDIA driver; no .NET needed):
+  1. copy the folder $out there (scp, rsync, a shared disk: one folder, ${size} MiB);
+  2. run, from anywhere:   bash publish/run-device.sh --out results [--budget-s 470]
+     (every step has its own time limit inside the budget; SUMMARY.txt is written as the steps end);
+  3. copy the results folder back here and file it:   bash perf/gpu/collect.sh results
+Check the runner first on this machine, on the CPU accelerator:   bash perf/gpu/run-device.sh --dry-run --out /tmp/dry --budget-s 120
 MSG

@@ -1,96 +1,211 @@
 #!/usr/bin/env bash
-# GPU runner, step 2 (on the device machine, from the repository root, one call): what the machine and ILGPU see,
-# the CUDA correctness smoke test, the kernel suites, the PyTorch baseline. Everything lands under $OUT.
-# Each step has its own time limit and its own verdict line; a failed step is explained and the next one still runs.
-# Budget: under 8 minutes in all (the device tool allows 10 per command).
+# GPU runner, step 2, on the GPU machine (any Linux x64 machine with an NVIDIA driver; no .NET needed):
+#   bash run-device.sh --out DIR [--budget-s SECONDS] [--dry-run]
+# from the folder perf/gpu/prepare.sh made (copy that one folder to the machine). Everything lands under DIR:
+# SUMMARY.txt (one verdict line per step, written as each step ends), each step's log and bench folder
+# (bench.json/bench.md are rewritten after every case, so a step that dies keeps what it measured).
+#
+# Steps, in order of value, each with its own time limit inside the budget (default 470 s); a step that does not fit
+# in what is left is SKIPPED, and the bench itself is given a --budget that ends it before its step's limit:
+#   1. devices        what the machine and ILGPU see (nvidia-smi, libcuda, `ilgpumoe-bench devices` and its CUDA: line)
+#   2. smoke          every kernel and version on CUDA against the CPU oracle (--check-only at moderate shapes)
+#   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes
+#   4. e2e-mixtral    end to end on a random 1-layer Mixtral-shaped model (bf16, int8, int4, fp8)
+#   5. torch          the PyTorch baseline on the same shapes (python3 with torch, if the machine has it)
+#   6. qwen, deepseek the other presets' MoE shapes with the time left
+# --dry-run runs the same steps in the same order on ILGPU's CPU accelerator with the tiny preset (a check of the
+# runner on any machine: `bash perf/gpu/run-device.sh --dry-run --out /tmp/dry --budget-s 120` from a built checkout).
+# Each step runs under `timeout -k`; a failed step is explained from its log (the CUDA_ERROR_* names ILGPU's
+# CudaException carries, which the bench prints; "no CUDA device"; a refused PTX ISA; a missing native library) and
+# the next step still runs. The summary is finished by an EXIT trap even when this script is killed.
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bin="$here/bin/ilgpumoe-bench"
-OUT="${OUT:-/tmp/ilgpumoe-gpu-out}"
-mkdir -p "$OUT"
-export ILGPUMOE_COMMIT="$(cat "$here/COMMIT" 2>/dev/null || echo unknown)"
+out="${OUT:-}"
+budget=470
+dry=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="${2:?--out needs a folder}"; shift 2;;
+    --budget-s) budget="${2:?--budget-s needs seconds}"; shift 2;;
+    --dry-run) dry=1; shift;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    *) echo "run-device.sh: unknown argument '$1' (--out DIR [--budget-s SECONDS] [--dry-run])" >&2; exit 2;;
+  esac
+done
+if [ -z "$out" ]; then echo "run-device.sh: --out DIR is required (or set OUT)" >&2; exit 2; fi
+case "$budget" in ''|*[!0-9]*) echo "run-device.sh: --budget-s '$budget' is not a whole number of seconds" >&2; exit 2;; esac
+
+# The bench: the published single file next to this script, else (a dry run in a source checkout) the Release build.
+bin="${ILGPUMOE_BENCH_BIN:-$here/bin/ilgpumoe-bench}"
+if [ ! -x "$bin" ] && [ -x "$here/../ILGpuMoE.Perf/bin/Release/net10.0/ilgpumoe-bench" ]; then
+  bin="$here/../ILGpuMoE.Perf/bin/Release/net10.0/ilgpumoe-bench"
+fi
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+export ILGPUMOE_COMMIT="${ILGPUMOE_COMMIT:-$(cat "$here/COMMIT" 2>/dev/null || git -C "$here" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"
 export DOTNET_BUNDLE_EXTRACT_BASE_DIR="${TMPDIR:-/tmp}/ilgpumoe-bundle"
+# Random models and their quantized copies for the end-to-end step: made once, reused by later runs (several GB at
+# Mixtral shapes: outside $out, so they do not travel back with the results).
+cache="${ILGPUMOE_BENCH_CACHE:-${TMPDIR:-/tmp}/ilgpumoe-bench-cache}"
 start=$(date +%s)
-summary="$OUT/SUMMARY.txt"
+summary="$out/SUMMARY.txt"
+current="(starting)"
 : > "$summary"
 say() { echo "== $*" | tee -a "$summary"; }
-left() { echo $(( 470 - ($(date +%s) - start) )); }
+left() { echo $(( budget - ($(date +%s) - start) )); }
+finish() {
+  local rc=$?
+  say "runner ended after $(( $(date +%s) - start ))s of a ${budget}s budget (last step: $current, rc $rc)"
+}
+trap finish EXIT
+# Steps run in the background and are waited for, so a signal reaches this trap at once (bash defers traps while a
+# foreground child runs, and `timeout` puts its command in a process group of its own): the step's `timeout` gets
+# SIGTERM and passes it on, the bench writes its report with the case in flight marked SIGTERM, then the summary ends.
+child=""
+on_signal() {
+  say "runner received a signal during $current: stopping"
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  exit 143
+}
+trap on_signal TERM INT HUP
 
-say "commit $ILGPUMOE_COMMIT, $(date -u +%FT%TZ), host $(hostname)"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 && head -20 "$OUT/nvidia-smi.txt" || say "nvidia-smi failed: $(head -3 "$OUT/nvidia-smi.txt")"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$OUT/gpu.csv" 2>&1
-cat "$OUT/gpu.csv"
-
-# libcuda: ILGPU's CUDA backend loads the driver library by name; without it ILGPU silently sees no CUDA device.
-if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; then
-  say "libcuda: $(ldconfig -p | grep 'libcuda\.so' | head -2 | tr -s ' ' | tr '\n' ';')"
+if [ $dry -eq 1 ]; then
+  device=cpu
+  say "DRY RUN on ILGPU's CPU accelerator (tiny preset): the steps and their order, not GPU figures"
 else
-  say "libcuda: NOT in the ldconfig cache (ILGPU will see no CUDA device); looked for libcuda.so*"
-  ls -l /usr/lib/x86_64-linux-gnu/libcuda* /usr/lib64/libcuda* 2>/dev/null | head -5 | tee -a "$summary"
+  device=cuda
 fi
-
-if [ ! -x "$bin" ]; then say "FATAL: $bin missing or not executable (run perf/gpu/prepare.sh first)"; exit 1; fi
-say "ILGPU devices:"
-timeout 60 "$bin" devices > "$OUT/devices.txt" 2>&1; rc=$?
-cat "$OUT/devices.txt" | tee -a "$summary"
-if [ $rc -ne 0 ]; then say "ilgpumoe devices failed (rc $rc): the single-file app itself does not start here"; fi
-grep -q '^.*Cuda' "$OUT/devices.txt" || say "ILGPU lists no CUDA device: libcuda not found/not loadable, or the driver refused the context (see above)"
+say "commit $ILGPUMOE_COMMIT, $(date -u +%FT%TZ), host $(hostname), budget ${budget}s, bench $bin"
 
 # Explains a failed step from its log: the usual ways a new driver meets ILGPU 1.5.3.
 explain() {
   local log="$1"
-  grep -m1 -o -E 'CUDA_ERROR_[A-Z_]+' "$log" >/dev/null && say "  CUDA error: $(grep -m3 -o -E 'CUDA_ERROR_[A-Z_]+' "$log" | sort -u | tr '\n' ' ')"
-  grep -q -i -E 'UNSUPPORTED_PTX_VERSION|PTX ISA|ptx.*version' "$log" && say "  the driver refused ILGPU's PTX ISA version (PTX JIT): see $log"
-  grep -q -i -E 'NotSupportedException.*(architecture|Cuda|PTX)' "$log" && say "  ILGPU does not support this architecture/driver combination: $(grep -m1 -i NotSupportedException "$log")"
-  grep -q -i 'DllNotFoundException' "$log" && say "  a native library is missing: $(grep -m1 -i DllNotFoundException "$log")"
-  grep -q -i 'no CUDA device' "$log" && say "  ILGPU sees no CUDA device"
-  grep -E '^(WRONG|ERROR) ' "$log" | head -20 | sed 's/^/  /' | tee -a "$summary" >/dev/null
+  grep -q -E 'CUDA_ERROR_[A-Z_]+' "$log" && say "  CUDA errors: $(grep -o -E 'CUDA_ERROR_[A-Z_]+' "$log" | sort | uniq -c | sort -rn | head -5 | awk '{printf "%s x%s ", $2, $1}')"
+  grep -q 'CudaException' "$log" && say "  $(grep -m1 'CudaException' "$log" | cut -c1-300)"
+  grep -q -i -E 'UNSUPPORTED_PTX_VERSION|INVALID_PTX|PTX JIT|ptx.*version' "$log" && say "  the driver refused ILGPU's PTX (ISA version or JIT): see $log"
+  grep -q -i -E 'NotSupportedException.*(architecture|Cuda|PTX)' "$log" && say "  ILGPU does not support this architecture/driver combination: $(grep -m1 -i NotSupportedException "$log" | cut -c1-300)"
+  grep -q -i 'DllNotFoundException' "$log" && say "  a native library is missing: $(grep -m1 -i DllNotFoundException "$log" | cut -c1-300)"
+  grep -q -i 'no CUDA device' "$log" && say "  ILGPU sees no CUDA device: $(grep -m1 -i 'no CUDA device' "$log" | cut -c1-300)"
+  # The driver's own sentences (CudaException's message is cuGetErrorString's text when the bench did not name it).
+  grep -q -i -E 'illegal memory access|unspecified launch failure|too many resources requested|misaligned address|unsupported toolchain|out of memory' "$log" \
+    && say "  driver: $(grep -m1 -i -E 'illegal memory access|unspecified launch failure|too many resources requested|misaligned address|unsupported toolchain|out of memory' "$log" | cut -c1-300)"
+  grep -q '^error: ' "$log" && ! grep -q -i 'no CUDA device' "$log" && say "  $(grep -m1 '^error: ' "$log" | cut -c1-300)"
+  grep -E '^(WRONG|ERROR|FAULT|TIMEOUT|STOP) ' "$log" | head -20 | sed 's/^/  /' | tee -a "$summary" >/dev/null
   tail -3 "$log" | sed 's/^/  | /'
 }
 
-step() { # name, seconds, args...
+# step NAME LIMIT CMD...: runs CMD under `timeout -k` with LIMIT clipped to the budget left (20 s kept for the
+# summary); "{budget}" in CMD becomes the seconds the bench may start new cases in (the limit minus 20 s for the last
+# case and the report), so it normally stops by itself with everything written. A case still running at the limit
+# (a hang shorter than --case-timeout-s) gets SIGTERM from `timeout`: the bench then writes its report naming it.
+case_timeout=60
+step() {
   local name="$1" limit="$2"; shift 2
-  local budget; budget=$(left)
-  if [ "$budget" -lt 20 ]; then say "$name: SKIPPED (out of time)"; return 99; fi
-  [ "$limit" -gt "$budget" ] && limit=$budget
-  local log="$OUT/$name.log" t0=$(date +%s)
-  ILGPUMOE_DEBUG=1 timeout "$limit" "$@" > "$log" 2>&1; local rc=$?
+  current="$name"
+  local avail=$(( $(left) - 20 ))
+  if [ "$avail" -lt 30 ]; then say "$name: SKIPPED (out of budget: ${avail}s left)"; return 99; fi
+  [ "$limit" -gt "$avail" ] && limit=$avail
+  local inner=$(( limit - 20 )); [ "$inner" -lt 10 ] && inner=10
+  local args=() a
+  for a in "$@"; do args+=("${a//\{budget\}/$inner}"); done
+  local log="$out/$name.log" t0; t0=$(date +%s)
+  ILGPUMOE_DEBUG=1 timeout -k 10 "$limit" "${args[@]}" > "$log" 2>&1 &
+  child=$!
+  wait "$child"; local rc=$?
+  child=""
   local dt=$(( $(date +%s) - t0 ))
   case $rc in
     0) say "$name: ok (${dt}s)";;
-    124|137) say "$name: TIMED OUT after ${limit}s (partial log in $log)"; explain "$log";;
-    1) say "$name: FAILED, a kernel is wrong or the run broke (${dt}s)"; explain "$log";;
+    124|137) say "$name: TIMED OUT after ${limit}s (killed; its bench.json keeps every case finished before)"; explain "$log";;
+    1) say "$name: FAILED, a case is wrong or faulted, or the run broke (${dt}s)"; explain "$log";;
+    3) say "$name: STOPPED, a case ran past --case-timeout-s $case_timeout (${dt}s; the report names it)"; explain "$log";;
     *) say "$name: FAILED rc=$rc (${dt}s)"; explain "$log";;
   esac
+  tally "$out/$name/bench.json"
   return $rc
 }
 
-# 1. Correctness smoke: every kernel and version against the reference at moderate shapes, on CUDA. Fails loudly.
-step smoke 90 "$bin" bench --preset smoke --device cuda --check-only --out "$OUT/smoke"
-smoke=$?
-if [ $smoke -ne 0 ]; then say "SMOKE TEST FAILED: the timings below include only kernels that passed their own checks"; fi
+# One line per bench report: the state it was left in and its cases by status (bench.json is indented: one
+# "status" per line; the report-level "state" is its own line).
+tally() {
+  local json="$1"
+  [ -f "$json" ] || return 0
+  local counts
+  counts=$(grep -o '"status": "[a-z]*"' "$json" | cut -d'"' -f4 | sort | uniq -c | awk '{printf "%s %s, ", $1, $2}')
+  local rows; rows=$(grep -c '"prefillTokensPerSecond"' "$json")
+  say "  report: state $(grep -m1 -o '"state": "[a-z]*"' "$json" | cut -d'"' -f4), cases: ${counts%, }${counts:+; }end-to-end rows: $rows"
+}
 
-# 2. Kernel suites (each case is checked at its own shape before it is timed; a wrong kernel is reported, not timed).
-step mixtral-8x7b 180 "$bin" bench --preset mixtral-8x7b --device cuda --no-e2e --budget 150 --out "$OUT/mixtral-8x7b"
-# 3. PyTorch baseline on the same shapes, our/their ratio per kernel.
-if [ -f "$OUT/mixtral-8x7b/bench.json" ]; then
-  step torch 90 python3 "$here/torch_baseline.py" --bench "$OUT/mixtral-8x7b/bench.json" --out "$OUT/torch-mixtral-8x7b.json"
-  cat "$OUT/torch.log" 2>/dev/null | tail -60
+# 1. What the machine and ILGPU see.
+current=devices
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi > "$out/nvidia-smi.txt" 2>&1 && head -20 "$out/nvidia-smi.txt" || say "nvidia-smi failed: $(head -3 "$out/nvidia-smi.txt")"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv > "$out/gpu.csv" 2>&1
+  cat "$out/gpu.csv"
 else
-  step torch 90 python3 "$here/torch_baseline.py" --preset mixtral-8x7b --out "$OUT/torch-mixtral-8x7b.json"
+  say "nvidia-smi: not on this machine"
+fi
+if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; then
+  say "libcuda: $(ldconfig -p | grep 'libcuda\.so' | head -2 | tr -s ' ' | tr '\n' ';')"
+else
+  say "libcuda: not in the ldconfig cache (ILGPUMOE_LIBCUDA may name the file)"
+fi
+if [ ! -x "$bin" ]; then say "FATAL: $bin missing or not executable (run perf/gpu/prepare.sh, or build Release for a dry run)"; exit 1; fi
+timeout -k 5 60 "$bin" devices > "$out/devices.txt" 2>&1; rc=$?
+sed 's/^/  /' "$out/devices.txt" | tee -a "$summary"
+[ $rc -ne 0 ] && say "ilgpumoe devices failed (rc $rc): the single-file app itself does not start here"
+grep -q '^CUDA:' "$out/devices.txt" && say "driver probe: $(grep -m1 '^CUDA:' "$out/devices.txt" | cut -c1-300)"
+if [ $dry -eq 0 ] && ! grep -q -i 'cuda' "$out/devices.txt"; then
+  say "ILGPU lists no CUDA device: libcuda not found or not loadable, or the driver refused (see above)"
 fi
 
-# End to end on a random 1-layer Mixtral-shaped BF16 model (prefill 128, decode 32, TTFT), when the runtime is built in.
-step e2e-mixtral-8x7b 90 "$bin" bench --preset mixtral-8x7b --device cuda --e2e-only --out "$OUT/e2e-mixtral-8x7b"
+if [ $dry -eq 1 ]; then
+  case_timeout=30
+  smoke=(--preset tiny --tokens 1)
+  kernels=(--preset tiny --tokens 1)
+  e2e=(--preset tiny --no-peer)
+  qwen=(--preset tiny --tokens 1 --family gating)
+  deepseek=(--preset tiny --tokens 1 --family moe)
+else
+  smoke=(--preset smoke)
+  kernels=(--preset mixtral-8x7b)
+  e2e=(--preset mixtral-8x7b)
+  qwen=(--preset qwen-moe-a2.7b --tokens 1,64,512 --family dense,gating,moe,quant)
+  deepseek=(--preset deepseek-v3-moe --tokens 1,64,512 --family gating,moe)
+fi
+common=(--device "$device" --case-timeout-s "$case_timeout" --budget "{budget}")
 
-# 4. The other presets' MoE shapes, with what time is left.
-step qwen-moe-a2.7b 60 "$bin" bench --preset qwen-moe-a2.7b --device cuda --tokens 1,64,512 --family dense,gating,moe,quant --no-e2e --budget 45 --out "$OUT/qwen-moe-a2.7b"
-step deepseek-v3-moe 60 "$bin" bench --preset deepseek-v3-moe --device cuda --tokens 1,64,512 --family gating,moe --no-e2e --budget 45 --out "$OUT/deepseek-v3-moe"
+# 2. Correctness first: every kernel and version on the device against the CPU oracle. Fails loudly.
+step smoke 90 "$bin" bench "${smoke[@]}" "${common[@]}" --check-only --out "$out/smoke"
+[ $? -ne 0 ] && say "SMOKE TEST FAILED: the timings below include only kernels that passed their own checks"
 
+# 3. Kernel benches at Mixtral shapes (each case is checked at its own shape before it is timed).
+step mixtral-8x7b 180 "$bin" bench "${kernels[@]}" "${common[@]}" --no-e2e --out "$out/mixtral-8x7b"
 
-for d in mixtral-8x7b qwen-moe-a2.7b deepseek-v3-moe; do
-  [ -f "$OUT/$d/bench.md" ] && { echo; head -60 "$OUT/$d/bench.md"; }
+# 4. End to end (the random model and its quantized copies come from the cache when an earlier run made them).
+step e2e-mixtral-8x7b 120 "$bin" bench "${e2e[@]}" "${common[@]}" --e2e-only --cache "$cache" --out "$out/e2e-mixtral-8x7b"
+
+# 5. PyTorch on the same shapes: ours/theirs per kernel.
+current=torch
+if [ $dry -eq 1 ]; then
+  say "torch: SKIPPED (dry run)"
+elif ! python3 -c 'import torch' >/dev/null 2>&1; then
+  say "torch: SKIPPED (no python3 with torch on this machine)"
+elif [ -f "$out/mixtral-8x7b/bench.json" ]; then
+  step torch 90 python3 "$here/torch_baseline.py" --bench "$out/mixtral-8x7b/bench.json" --out "$out/torch-mixtral-8x7b.json"
+  tail -60 "$out/torch.log" 2>/dev/null
+else
+  step torch 90 python3 "$here/torch_baseline.py" --preset mixtral-8x7b --out "$out/torch-mixtral-8x7b.json"
+fi
+
+# 6. The other presets' MoE shapes, with what is left.
+step qwen-moe-a2.7b 75 "$bin" bench "${qwen[@]}" "${common[@]}" --no-e2e --out "$out/qwen-moe-a2.7b"
+step deepseek-v3-moe 75 "$bin" bench "${deepseek[@]}" "${common[@]}" --no-e2e --out "$out/deepseek-v3-moe"
+
+current=done
+for d in mixtral-8x7b e2e-mixtral-8x7b qwen-moe-a2.7b deepseek-v3-moe; do
+  [ -f "$out/$d/bench.md" ] && { echo; head -60 "$out/$d/bench.md"; }
 done
-say "done in $(( $(date +%s) - start ))s"
+echo
 cat "$summary"
-exit 0
+grep -q '^== smoke: ok' "$summary"

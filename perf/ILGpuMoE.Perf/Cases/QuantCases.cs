@@ -1,14 +1,13 @@
 // Quantized matmul cases (kernels/ILGpuMoE.Kernels/Quant): int8 (per-channel), int4 (group 32, f16 scales) and FP8
 // E4M3 (128x128 blocks) weights, f32 activations; GEMV (split-K where the launcher would pick it) at T = 1 and the tiled
 // GEMM at T > 1, at the o_proj shape [D, H*Dh] (K = H*Dh is a multiple of every group size in every preset).
-// Weights are quantized on the host (Quantizer) from random floats and uploaded once per rotated set; the reference
-// is RefOps.MatMulT on RefQuant's dequantization of the same matrix. Minimum bytes: the packed weights and scales
-// (QuantizedMatrix.ByteSize) plus x and y.
+// Weights are random packed codes and scales made on the device, one matrix per rotated set (Suite/DeviceQuant.cs: no
+// host quantization in the device's time); the reference is RefOps.MatMulT on RefQuant's dequantization of the codes
+// the kernel read. Minimum bytes: the packed weights and scales plus x and y.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Perf.Suite;
-using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
 
 namespace ILGpuMoE.Perf.Cases;
@@ -31,12 +30,20 @@ public sealed class QuantFamily : IBenchFamily
 public sealed class QuantMatMulCase(ShapePreset p, int tokens, string scheme) : CaseBase
 {
     private readonly int outDim = p.Dim, inDim = p.QDim;
-    private QuantizedMatrix? host;
+    private readonly QuantShape layout = new(SchemeOf(scheme), 1, p.Dim, p.QDim, GroupSize: 32);
     private QuantGemvKernel? gemv;
     private QuantGemmKernel? gemm;
     private int splits = 1;
-    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, DeviceQuantMatrix W)> sets = [];
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, DeviceQuantWeights W)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? y, scratch;
+
+    private static QuantScheme SchemeOf(string scheme) => scheme switch
+    {
+        "int8" => QuantScheme.Q8,
+        "int4-g32" => QuantScheme.Q4,
+        "fp8-block" => QuantScheme.Fp8,
+        _ => throw new ArgumentException($"quant/matmul: unknown scheme '{scheme}'"),
+    };
 
     public override string Family => "quant/matmul";
 
@@ -50,38 +57,28 @@ public sealed class QuantMatMulCase(ShapePreset p, int tokens, string scheme) : 
 
     public override double Flops => 2.0 * tokens * outDim * inDim;
 
-    // Packed size from the layout: words (1 B per weight for int8/fp8, 0.5 B for int4) plus scales, as the host matrix reports.
-    public override double MinBytes => (host?.ByteSize ?? (long)outDim * inDim) + 4.0 * tokens * (inDim + outDim);
+    // Packed size from the layout: words (1 B per weight for int8/fp8, 0.5 B for int4) plus scales.
+    public override double MinBytes => layout.Bytes + 4.0 * tokens * (inDim + outDim);
 
     public override bool IsMatmul => tokens > 1;
 
-    public override long SetBytes => (long)outDim * inDim + 4L * tokens * inDim;
+    public override long SetBytes => layout.Bytes + 4L * tokens * inDim;
 
     public override void Setup(BenchDevice d, int setCount)
     {
-        var rng = new Random(4242 + tokens);
-        var w = new float[(long)outDim * inDim];
-        float scale = 1f / MathF.Sqrt(inDim);
-        for (long i = 0; i < w.Length; i++)
-            w[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
-        host = scheme switch
-        {
-            "int8" => Quantizer.QuantizeQ8(w, outDim, inDim),
-            "int4-g32" => Quantizer.QuantizeQ4(w, outDim, inDim, 32, symmetric: true),
-            _ => Quantizer.QuantizeFp8(w, outDim, inDim),
-        };
         if (tokens == 1)
         {
             gemv = QuantGemvKernel.Create(d.Accelerator);
-            splits = QuantGemvKernel.ChooseSplits(d.Accelerator, outDim, host.RowWords);
+            splits = QuantGemvKernel.ChooseSplits(d.Accelerator, outDim, layout.RowWords);
         }
         else
         {
             gemm = QuantGemmKernel.Create(d.Accelerator);
         }
 
+        // Each rotated set has its own random packed weights, made on the device (Suite/DeviceQuant.cs).
         for (int i = 0; i < setCount; i++)
-            sets.Add((Floats(d, (long)tokens * inDim), Own(host.Upload(d.Accelerator))));
+            sets.Add((Floats(d, (long)tokens * inDim), Own(new DeviceQuantWeights(d, layout))));
         y = Floats(d, (long)tokens * outDim);
         scratch = Floats(d, Math.Max(1, QuantGemvKernel.ScratchLength(tokens, outDim, splits)));
     }
@@ -90,7 +87,7 @@ public sealed class QuantMatMulCase(ShapePreset p, int tokens, string scheme) : 
     {
         var (x, w) = sets[set];
         var scr = splits > 1 ? scratch!.View : default;
-        switch (host!.Scheme)
+        switch (layout.Scheme)
         {
             case QuantScheme.Q8:
                 if (gemv is not null) gemv.Launch(stream, x.View, w.Q8, y!.View, tokens, splits, scr);
@@ -100,23 +97,19 @@ public sealed class QuantMatMulCase(ShapePreset p, int tokens, string scheme) : 
                 if (gemv is not null) gemv.Launch(stream, x.View, w.Q4, y!.View, tokens, splits, scr);
                 else gemm!.Launch(stream, x.View, w.Q4, y!.View, tokens);
                 break;
-            default:
+            case QuantScheme.Fp8:
                 if (gemv is not null) gemv.Launch(stream, x.View, w.Fp8, y!.View, tokens, splits, scr);
                 else gemm!.Launch(stream, x.View, w.Fp8, y!.View, tokens);
                 break;
+            default:
+                throw new InvalidOperationException($"quant/matmul: unknown scheme {layout.Scheme}");
         }
     }
 
     public override CheckResult Check(BenchDevice d)
     {
         RunOnce(d);
-        var m = host!;
-        var dequant = m.Scheme switch
-        {
-            QuantScheme.Q8 => RefQuant.DequantQ8(m.Words, m.Scales32, m.Rows, m.Cols),
-            QuantScheme.Q4 => RefQuant.DequantQ4(m.Words, m.Scales16, m.Zeros, m.Rows, m.Cols, m.GroupSize),
-            _ => RefQuant.DequantFp8(m.Words, m.Scales32, m.Rows, m.Cols, m.MatrixRows, m.BlockN, m.BlockK),
-        };
+        var dequant = sets[0].W.Dequantize(0);
         var sample = Compare.SampleTokens(tokens, p.CheckTokens);
         var x = Compare.Rows(sets[0].X.GetAsArray1D(), inDim, sample);
         var want = RefOps.MatMulT(x, dequant, sample.Length, outDim, inDim);

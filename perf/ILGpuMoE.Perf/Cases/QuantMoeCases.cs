@@ -9,14 +9,14 @@
 // once, plus x, out, ids and weights. Reference: RefMoe.MoeBlock on RefQuant's dequantization of the same packed experts.
 // int4 needs D and F to be multiples of G = 128: where a preset's are not (tiny, smoke), the case pads both up to the
 // next multiple of 128 and says so in its shape, rather than silently changing the group size.
-// Experts are made and quantized on the host once per (preset, scheme), in parallel over experts (Mixtral: 1.4 G
-// weights per scheme; FP8 quantizes at ~120 ns per weight on one core), and kept for the next token counts.
+// Experts are random packed codes and scales made on the device (Suite/DeviceQuant.cs): quantizing Mixtral's 1.4 G
+// expert weights per scheme on the host took tens of seconds of the GPU machine's window. The check downloads and
+// dequantizes only the experts its sampled tokens use.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Perf.Suite;
-using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
 
 namespace ILGpuMoE.Perf.Cases;
@@ -27,16 +27,9 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
 
     private const int Q4Group = 128;
 
-    /// <summary>
-    /// Per-expert packed matrices per scheme of the current preset: w1/w3 [F, D], w2 [D, F]. All three schemes are kept
-    /// (the sweep alternates them per token count; Mixtral: 3.5 GB of host memory together); another preset clears them.
-    /// </summary>
-    private static readonly Dictionary<string, (QuantizedMatrix[] W1, QuantizedMatrix[] W3, QuantizedMatrix[] W2)> Cache = [];
-
     private readonly (int[] Ids, float[] Weights) routing = MoeFamily.Routing(tokens, p.Experts, p.TopK, 4321 + tokens);
     private readonly int dim = Pad(p.Dim, scheme), hidden = Pad(p.Hidden, scheme);
-    private QuantizedMatrix[] w1 = [], w3 = [], w2 = [];
-    private DeviceQuantMatrix? d1, d3, d2;
+    private DeviceQuantWeights? d1, d3, d2;
     private MoeWorkspace? workspace;
     private QuantMoeBlockKernels<Q8Weights>? k8;
     private QuantMoeBlockKernels<Q4Weights>? k4;
@@ -47,6 +40,19 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
     private MemoryBuffer1D<float, Stride1D.Dense>? weights, output;
 
     private static int Pad(int n, string scheme) => scheme.StartsWith("int4", StringComparison.Ordinal) ? (n + Q4Group - 1) / Q4Group * Q4Group : n;
+
+    private QuantScheme Scheme => scheme switch
+    {
+        "int8" => QuantScheme.Q8,
+        "int4-g128" or "int4-g128-act" => QuantScheme.Q4,
+        "fp8-block" => QuantScheme.Fp8,
+        _ => throw new ArgumentException($"quant/moe-block: unknown scheme '{scheme}'"),
+    };
+
+    // w1/w3 [E*F, D], w2 [E*D, F], stacked per expert.
+    private QuantShape UpShape => new(Scheme, p.Experts, hidden, dim, GroupSize: Q4Group);
+
+    private QuantShape DownShape => new(Scheme, p.Experts, dim, hidden, GroupSize: Q4Group);
 
     private GroupedGemmVersion GemmVersion => tokens == 1 ? GroupedGemmVersion.V3Gemv : GroupedGemmVersion.V2Tiled;
 
@@ -66,10 +72,7 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
     public override double Flops => 6.0 * tokens * p.TopK * hidden * dim;
 
     // Every expert packs to the same size, so the hit experts' bytes are HitExperts times one expert's three matrices.
-    // Before Setup (the runner sizes sets from SetBytes), the scheme's nominal bytes per weight stand in.
-    private double ExpertBytes => w1.Length > 0
-        ? w1[0].ByteSize + w3[0].ByteSize + w2[0].ByteSize
-        : 3.0 * hidden * dim * (scheme.StartsWith("int4", StringComparison.Ordinal) ? 0.5 : 1.0);
+    private double ExpertBytes => 2.0 * UpShape.BytesPerMatrix + DownShape.BytesPerMatrix;
 
     // Act-order adds each hit expert's D permutation entries (the gathered rows could be fused away; they are not counted).
     public override double MinBytes => HitExperts * (ExpertBytes + (ActOrder ? 4.0 * dim : 0)) + 8.0 * tokens * dim + 8.0 * tokens * p.TopK;
@@ -82,16 +85,16 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
 
     public override void Setup(BenchDevice d, int setCount)
     {
-        (w1, w3, w2) = HostExperts();
         var acc = d.Accelerator;
-        d1 = Own(QuantizedMatrix.Stack(w1).Upload(acc));
-        d3 = Own(QuantizedMatrix.Stack(w3).Upload(acc));
-        d2 = Own(QuantizedMatrix.Stack(w2).Upload(acc));
-        switch (w1[0].Scheme)
+        d1 = Own(new DeviceQuantWeights(d, UpShape));
+        d3 = Own(new DeviceQuantWeights(d, UpShape));
+        d2 = Own(new DeviceQuantWeights(d, DownShape));
+        switch (Scheme)
         {
             case QuantScheme.Q8: k8 = QuantMoeBlockKernels<Q8Weights>.Create(acc); break;
             case QuantScheme.Q4: k4 = QuantMoeBlockKernels<Q4Weights>.Create(acc); break;
-            default: kf = QuantMoeBlockKernels<Fp8Weights>.Create(acc); break;
+            case QuantScheme.Fp8: kf = QuantMoeBlockKernels<Fp8Weights>.Create(acc); break;
+            default: throw new InvalidOperationException($"quant/moe-block: unknown scheme {Scheme}");
         }
 
         workspace = Own(new MoeWorkspace(acc, tokens, p.TopK, p.Experts, dim, hidden, permutedInput: ActOrder));
@@ -115,41 +118,6 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         output = Floats(d, (long)tokens * dim);
     }
 
-    private (QuantizedMatrix[], QuantizedMatrix[], QuantizedMatrix[]) HostExperts()
-    {
-        string key = $"{p.Name}/{(ActOrder ? scheme[..^"-act".Length] : scheme)}"; // act-order reuses the int4 experts
-        if (Cache.TryGetValue(key, out var c))
-            return (c.W1, c.W3, c.W2);
-        foreach (var stale in Cache.Keys.Where(k => !k.StartsWith(p.Name + "/", StringComparison.Ordinal)).ToList())
-            Cache.Remove(stale); // another preset's experts: let them go before making these
-        var m1 = Make(1, hidden, dim);
-        var m3 = Make(2, hidden, dim);
-        var m2 = Make(3, dim, hidden);
-        Cache[key] = (m1, m3, m2);
-        return (m1, m3, m2);
-    }
-
-    /// <summary>E random matrices [rows, cols] scaled 1/sqrt(cols), quantized with the case's scheme, in parallel.</summary>
-    private QuantizedMatrix[] Make(int which, int rows, int cols)
-    {
-        var result = new QuantizedMatrix[p.Experts];
-        float scale = 1f / MathF.Sqrt(cols);
-        Parallel.For(0, p.Experts, e =>
-        {
-            var rng = new Random(which * 100003 + e);
-            var w = new float[(long)rows * cols];
-            for (long i = 0; i < w.Length; i++)
-                w[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
-            result[e] = scheme switch
-            {
-                "int8" => Quantizer.QuantizeQ8(w, rows, cols),
-                "int4-g128" or "int4-g128-act" => Quantizer.QuantizeQ4(w, rows, cols, Q4Group, symmetric: true),
-                _ => Quantizer.QuantizeFp8(w, rows, cols),
-            };
-        });
-        return result;
-    }
-
     public override void Run(AcceleratorStream stream, int set)
     {
         var x = xs[set].View;
@@ -170,9 +138,9 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         // As in moe/block: only the experts the sampled tokens use are dequantized, renumbered 0..m-1.
         var (used, sampled) = MoeFamily.SampledRouting(routing, sample, k);
 
-        var q1 = used.Select(e => InputOrder(Dequant(w1[e]), e)).ToList();
-        var q3 = used.Select(e => InputOrder(Dequant(w3[e]), e)).ToList();
-        var q2 = used.Select(e => Dequant(w2[e])).ToList();
+        var q1 = used.Select(e => InputOrder(d1!.Dequantize(e), e)).ToList();
+        var q3 = used.Select(e => InputOrder(d3!.Dequantize(e), e)).ToList();
+        var q2 = used.Select(e => d2!.Dequantize(e)).ToList();
         var x = Compare.Rows(xs[0].GetAsArray1D(), dim, sample);
         var want = RefMoe.MoeBlock(x, sampled, q1, q3, q2, sample.Length, dim, hidden);
         var got = Compare.Rows(output!.GetAsArray1D(), dim, sample);
@@ -193,11 +161,4 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
 
         return w;
     }
-
-    private static float[] Dequant(QuantizedMatrix m) => m.Scheme switch
-    {
-        QuantScheme.Q8 => RefQuant.DequantQ8(m.Words, m.Scales32, m.Rows, m.Cols),
-        QuantScheme.Q4 => RefQuant.DequantQ4(m.Words, m.Scales16, m.Zeros, m.Rows, m.Cols, m.GroupSize),
-        _ => RefQuant.DequantFp8(m.Words, m.Scales32, m.Rows, m.Cols, m.MatrixRows, m.BlockN, m.BlockK),
-    };
 }

@@ -25,14 +25,18 @@ public sealed record TimingPlan(int Warmup, int MinReps, int MaxReps, double Bud
 
 public sealed class BenchDevice : IDisposable
 {
-    private BenchDevice(Context context, Accelerator accelerator)
+    private BenchDevice(DeviceChoice choice, Context context, Accelerator accelerator)
     {
+        Choice = choice;
         Context = context;
         Accelerator = accelerator;
         Stream = accelerator.DefaultStream;
         IsGpu = accelerator.AcceleratorType == AcceleratorType.Cuda;
         Fill = new DeviceFill(accelerator);
     }
+
+    /// <summary>What was asked for: a fresh device after a CUDA fault is opened the same way.</summary>
+    public DeviceChoice Choice { get; }
 
     public Context Context { get; }
 
@@ -57,7 +61,7 @@ public sealed class BenchDevice : IDisposable
         try
         {
             var device = Devices.Select(context, choice);
-            return new BenchDevice(context, device.CreateAccelerator(context));
+            return new BenchDevice(choice, context, device.CreateAccelerator(context));
         }
         catch
         {
@@ -145,6 +149,25 @@ public sealed class BenchDevice : IDisposable
         Fill.Dispose();
         Accelerator.Dispose();
         Context.Dispose();
+    }
+
+    /// <summary>
+    /// Disposes without throwing: after a CUDA fault every driver call in that context may fail again (ILGPU throws from
+    /// Dispose then), so each part is disposed on its own and a failure is logged, never thrown: the run goes on.
+    /// </summary>
+    public void DisposeLogged(Action<string> log)
+    {
+        foreach (var (what, dispose) in new (string, Action)[] { ("fill", Fill.Dispose), ("accelerator", Accelerator.Dispose), ("context", Context.Dispose) })
+        {
+            try
+            {
+                dispose();
+            }
+            catch (Exception e)
+            {
+                log($"note   disposing the {what}: {CudaFaults.Describe(e)} (ignored)");
+            }
+        }
     }
 }
 

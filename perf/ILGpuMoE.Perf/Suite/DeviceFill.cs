@@ -19,6 +19,9 @@ public sealed class DeviceFill : IDisposable
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ulong, float> bf16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ulong, float> f16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<int>, ulong, int> ints;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ulong, float> positiveF32;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ulong, float> positiveF16;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<uint>, ulong, int, int, int> codes;
     private ulong nextSeed = 0x5EED_0000_0000_0001UL;
 
     public DeviceFill(Accelerator accelerator)
@@ -28,6 +31,9 @@ public sealed class DeviceFill : IDisposable
         bf16 = accelerator.LoadKernel<ArrayView<ushort>, ulong, float>(FillBF16);
         f16 = accelerator.LoadKernel<ArrayView<ushort>, ulong, float>(FillF16);
         ints = accelerator.LoadKernel<ArrayView<int>, ulong, int>(FillInts);
+        positiveF32 = accelerator.LoadKernel<ArrayView<float>, ulong, float>(FillPositiveF32);
+        positiveF16 = accelerator.LoadKernel<ArrayView<ushort>, ulong, float>(FillPositiveF16);
+        codes = accelerator.LoadKernel<ArrayView<uint>, ulong, int, int, int>(FillCodes);
     }
 
     /// <summary>A fresh seed per call: two buffers never hold the same values.</summary>
@@ -57,6 +63,43 @@ public sealed class DeviceFill : IDisposable
         ints(stream, Config(n), b.View, NextSeed(), modulo);
         return b;
     }
+
+    /// <summary>Floats uniform in [0.5, 1.5) x scale (quantization scales: positive, never zero).</summary>
+    public MemoryBuffer1D<float, Stride1D.Dense> PositiveFloats(AcceleratorStream stream, long n, float scale)
+    {
+        var b = accelerator.Allocate1D<float>(Math.Max(1, n));
+        positiveF32(stream, Config(n), b.View, NextSeed(), scale);
+        return b;
+    }
+
+    /// <summary>F16 bits of values uniform in [0.5, 1.5) x scale.</summary>
+    public MemoryBuffer1D<ushort, Stride1D.Dense> PositiveHalves(AcceleratorStream stream, long n, float scale)
+    {
+        var b = accelerator.Allocate1D<ushort>(Math.Max(1, n));
+        positiveF16(stream, Config(n), b.View, NextSeed(), scale);
+        return b;
+    }
+
+    /// <summary>
+    /// Packed code words [rows, rowWords] of a quantized matrix (DeviceQuant.cs): random bytes, int8 without -128,
+    /// FP8 without its NaN codes, zero past <paramref name="cols"/> in each row (int8/FP8); int4 words are all random.
+    /// </summary>
+    public MemoryBuffer1D<uint, Stride1D.Dense> PackedCodes(AcceleratorStream stream, Kernels.Quant.QuantScheme scheme, long rows, int rowWords, int cols)
+    {
+        long n = rows * rowWords;
+        int mode = scheme switch
+        {
+            Kernels.Quant.QuantScheme.Q8 => CodesQ8,
+            Kernels.Quant.QuantScheme.Fp8 => CodesFp8,
+            Kernels.Quant.QuantScheme.Q4 => CodesNibbles,
+            _ => throw new ArgumentOutOfRangeException(nameof(scheme), scheme, "unknown quant scheme"),
+        };
+        var b = accelerator.Allocate1D<uint>(Math.Max(1, n));
+        codes(stream, Config(n), b.View, NextSeed(), rowWords, cols, mode);
+        return b;
+    }
+
+    private const int CodesQ8 = 0, CodesFp8 = 1, CodesNibbles = 2;
 
     private static KernelConfig Config(long n) =>
         new((int)Math.Max(1, Math.Min(Threads, n + GroupSize - 1) / GroupSize), GroupSize);
@@ -102,6 +145,49 @@ public sealed class DeviceFill : IDisposable
         long stride = (long)Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < data.Length; i += stride)
             data[i] = (int)(Mix(seed ^ (ulong)i) % (ulong)modulo);
+    }
+
+    private static void FillPositiveF32(ArrayView<float> data, ulong seed, float scale)
+    {
+        long stride = (long)Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < data.Length; i += stride)
+            data[i] = (1f + 0.5f * Unit(seed, i)) * scale;
+    }
+
+    private static void FillPositiveF16(ArrayView<ushort> data, ulong seed, float scale)
+    {
+        var halves = data.Cast<ILGPU.Half>();
+        long stride = (long)Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < data.Length; i += stride)
+            halves[i] = (ILGPU.Half)((1f + 0.5f * Unit(seed, i)) * scale);
+    }
+
+    private static void FillCodes(ArrayView<uint> data, ulong seed, int rowWords, int cols, int mode)
+    {
+        long stride = (long)Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < data.Length; i += stride)
+        {
+            uint bits = (uint)Mix(seed ^ (ulong)i);
+            if (mode != CodesNibbles)
+            {
+                int k0 = (int)(i % rowWords) * 4;
+                uint word = 0;
+                for (int b = 0; b < 4; b++)
+                {
+                    uint v = (bits >> (8 * b)) & 0xFFu;
+                    if (mode == CodesQ8 && v == 0x80u)
+                        v = 0x81u; // -128 -> -127
+                    if (mode == CodesFp8 && (v & 0x7Fu) == 0x7Fu)
+                        v -= 1u; // NaN -> +-448
+                    if (k0 + b < cols)
+                        word |= v << (8 * b);
+                }
+
+                bits = word;
+            }
+
+            data[i] = bits;
+        }
     }
 
     public void Dispose()

@@ -1,6 +1,8 @@
 // The kernel suite: ceilings, then every family's cases for every token count of the preset.
-// Each case: Setup (random inputs, rotated sets) -> Check against the reference -> warm up -> timed runs -> Dispose.
-// A case that fails its check is reported "wrong" and never timed; an exception is reported "error" and the suite goes on.
+// Each case: Setup (random inputs, rotated sets) -> first launch (compile warm-up) -> Check against the reference -> timed runs -> Dispose.
+// A case that fails its check is reported "wrong" and never timed; an exception is reported "error" and the suite goes on;
+// a CUDA error is reported "fault" with its name and the suite goes on with a fresh accelerator (BenchRun).
+using System.Diagnostics;
 using ILGPU.Runtime;
 using ILGpuMoE.Perf.Cases;
 
@@ -21,8 +23,8 @@ public sealed class SuiteOptions
 
     public TimingPlan? Plan { get; init; }
 
-    /// <summary>Wall-clock budget in seconds: no new case starts after it (the GPU runner's steps have hard limits,
-    /// and a run killed by `timeout` would leave no report). Null: no budget.</summary>
+    /// <summary>Wall-clock budget in seconds: no new case starts after it (the GPU runner's steps have hard limits;
+    /// the report is written after every case, so a stop keeps everything). Null: no budget.</summary>
     public double? BudgetSeconds { get; init; }
 }
 
@@ -38,33 +40,42 @@ public static class SuiteRunner
         new QuantFamily(),
     ];
 
-    /// <summary>Cases the last Run left out because of the time budget.</summary>
-    public static int Skipped { get; private set; }
-
-    public static (IReadOnlyList<CaseResult> Cases, Ceilings? Ceilings) Run(BenchDevice device, SuiteOptions options, Action<string> log)
+    /// <summary>
+    /// Runs the suite on <paramref name="run"/>'s device, recording every case in <paramref name="run"/> (which saves the
+    /// report after each one). Returns how many cases the time budget left out.
+    /// </summary>
+    public static int Run(BenchRun run, SuiteOptions options)
     {
-        var plan = options.CheckOnly ? TimingPlan.None : options.Plan ?? (device.IsGpu ? TimingPlan.Gpu : TimingPlan.Cpu);
+        var log = run.Log;
+        var plan = options.CheckOnly ? TimingPlan.None : options.Plan ?? (run.Device.IsGpu ? TimingPlan.Gpu : TimingPlan.Cpu);
         var families = Families.Where(f => options.Families is null || options.Families.Contains(f.Name, StringComparer.OrdinalIgnoreCase)).ToList();
-        var results = new List<CaseResult>();
-        var clock = System.Diagnostics.Stopwatch.StartNew();
         int skipped = 0;
+        bool OutOfTime() => options.BudgetSeconds is double budget && run.ElapsedSeconds > budget;
 
-        double copy = double.NaN, copyBytes = 0;
-        double ceilingFlops = 0;
-        string ceilingSource = "";
         if (!options.CheckOnly)
         {
-            (copy, copyBytes) = MeasureCopy(device, plan);
-            log($"ceiling: device-to-device copy {copy:F1} GB/s ({copyBytes / 1e6:F0} MB per copy)");
+            try
+            {
+                var (copy, copyBytes) = MeasureCopy(run.Device, plan);
+                run.SetCopyCeiling(copy, copyBytes);
+                log($"ceiling: device-to-device copy {copy:F1} GB/s ({copyBytes / 1e6:F0} MB per copy)");
+            }
+            catch (Exception e) when (CudaFaults.NameOf(e) is { } name)
+            {
+                log($"FAULT  ceiling copy: {CudaFaults.Describe(e)}");
+                run.Notes.Add($"copy ceiling not measured: {name}");
+                run.Renew($"the copy ceiling: {name}");
+            }
+
             foreach (var family in families)
             {
-                var c = family.CeilingCase(options.Preset, device);
+                if (run.Stopped || OutOfTime())
+                    break;
+                var c = family.CeilingCase(options.Preset, run.Device);
                 if (c is null)
                     continue;
-                var r = RunCase(device, c, plan, log);
-                results.Add(r with { Status = r.Status == "ok" ? "ceiling" : r.Status });
-                if (r.Timing is { } t && t.TFlopPerSecond > ceilingFlops)
-                    (ceilingFlops, ceilingSource) = (t.TFlopPerSecond, $"{r.Family} {r.Version} {r.DType} {r.Shape}");
+                var r = RunCase(run, c, plan);
+                run.Add(r with { Status = r.Status == CaseStatus.Ok ? CaseStatus.Ceiling : r.Status });
             }
         }
 
@@ -72,106 +83,128 @@ public static class SuiteRunner
         {
             foreach (var family in families)
             {
-                IEnumerable<IBenchCase> cases;
+                List<IBenchCase> cases;
                 try
                 {
-                    cases = family.Cases(options.Preset, tokens, device).ToList();
+                    cases = family.Cases(options.Preset, tokens, run.Device).ToList();
                 }
                 catch (Exception e)
                 {
-                    results.Add(new CaseResult(family.Name, "?", "?", tokens, "", 0, 0, 0, false, "error", null, null, OneLine(e)));
+                    run.Add(new CaseResult(family.Name, "?", "?", tokens, "", 0, 0, 0, false, CaseStatus.Error, null, null, OneLine(e)));
                     continue;
                 }
 
                 foreach (var c in cases)
                 {
-                    if (options.BudgetSeconds is double budget && clock.Elapsed.TotalSeconds > budget)
+                    if (run.Stopped || OutOfTime())
                     {
                         skipped++;
                         c.Dispose();
                         continue;
                     }
 
-                    results.Add(RunCase(device, c, plan, log));
+                    run.Add(RunCase(run, c, plan));
                 }
             }
         }
 
-        if (skipped > 0)
-            log($"time budget of {options.BudgetSeconds} s reached: {skipped} cases not run");
-        Skipped = skipped;
-
-        Ceilings? ceilings = null;
-        if (!options.CheckOnly)
+        if (skipped > 0 && !run.Stopped)
         {
-            // The compute ceiling is the best matmul throughput reached in this run: the ceiling case or any matmul case.
-            foreach (var r in results.Where(r => r.IsMatmul && r.Timing is not null))
-            {
-                if (r.Timing!.TFlopPerSecond > ceilingFlops)
-                    (ceilingFlops, ceilingSource) = (r.Timing.TFlopPerSecond, $"{r.Family} {r.Version} {r.DType} {r.Shape}");
-            }
-
-            ceilings = new Ceilings(copy, ceilingFlops, ceilingSource, copyBytes);
-            for (int i = 0; i < results.Count; i++)
-            {
-                if (results[i].Timing is { } t)
-                {
-                    results[i] = results[i] with
-                    {
-                        Timing = t with
-                        {
-                            PercentOfBandwidth = 100 * t.GBPerSecond / copy,
-                            PercentOfCompute = ceilingFlops > 0 ? 100 * t.TFlopPerSecond / ceilingFlops : double.NaN,
-                        },
-                    };
-                }
-            }
+            log($"time budget of {options.BudgetSeconds} s reached: {skipped} cases not run");
+            run.Notes.Add($"time budget of {options.BudgetSeconds} s reached: {skipped} cases were not run");
         }
 
-        return (results, ceilings);
+        return skipped;
     }
 
-    public static CaseResult RunCase(BenchDevice device, IBenchCase c, TimingPlan plan, Action<string> log)
+    /// <summary>
+    /// One case: Setup, (timed runs only) the first launch of exactly what the timed runs launch, the check, the timed
+    /// runs. Never throws: a CUDA fault is status "fault" with its CUDA_ERROR_* name (the caller then renews the device),
+    /// any other exception "error". The case's buffers are freed whatever happened; a failure to free them after a fault
+    /// is logged (a faulted context refuses most calls).
+    /// </summary>
+    public static CaseResult RunCase(BenchRun run, IBenchCase c, TimingPlan plan)
     {
+        var log = run.Log;
+        var device = run.Device;
         var result = new CaseResult(c.Family, c.Version, c.DType, c.Tokens, c.Shape, c.Flops, c.MinBytes,
-            c.MinBytes > 0 ? c.Flops / c.MinBytes : 0, c.IsMatmul, "error", null, null, null);
+            c.MinBytes > 0 ? c.Flops / c.MinBytes : 0, c.IsMatmul, CaseStatus.Error, null, null, null);
         string label = $"{c.Family} {c.Version} {c.DType} T={c.Tokens} {c.Shape}";
+        double setup = double.NaN, first = double.NaN, checkTime = double.NaN;
+        using var watch = run.Watch(result);
         try
         {
+            var sw = Stopwatch.StartNew();
             int sets = plan.MaxReps > 0 ? device.SetsFor(c.SetBytes) : 1;
             c.Setup(device, sets);
             device.Stream.Synchronize();
+            setup = sw.Elapsed.TotalSeconds;
+            run.Faults.Strike(result.Key);
+            if (plan.MaxReps > 0)
+            {
+                // The compile warm-up: whatever the launcher compiles on first use is compiled here, never in a timed run.
+                sw.Restart();
+                c.Run(device.Stream, 0);
+                device.Stream.Synchronize();
+                first = sw.Elapsed.TotalSeconds;
+            }
+
+            sw.Restart();
             var check = c.Check(device);
+            checkTime = sw.Elapsed.TotalSeconds;
             var info = new CheckInfo(check.Passed, check.MaxAbsError, check.MaxRelError, check.Compared, check.Scope, check.Message);
-            result = result with { Check = info };
+            result = result with { Shape = c.Shape, Check = info };
             if (!check.Passed)
             {
                 log($"WRONG  {label}: {check.Message}");
-                return result with { Status = "wrong" };
+                result = result with { Status = CaseStatus.Wrong };
             }
-
-            if (plan.MaxReps <= 0)
+            else if (plan.MaxReps <= 0)
             {
                 log($"ok     {label}: max abs {check.MaxAbsError:G3} ({check.Scope})");
-                return result with { Status = "checked" };
+                result = result with { Status = CaseStatus.Checked };
             }
-
-            var times = device.Time(c.Run, sets, plan);
-            double median = Stats.Median(times);
-            var timing = new TimingInfo(median, times.Min(), times.Max(), times.Length, sets,
-                c.MinBytes / median / 1e9, c.Flops / median / 1e12, double.NaN, double.NaN);
-            log($"ok     {label}: {median * 1e3:F3} ms, {timing.GBPerSecond:G4} GB/s, {timing.TFlopPerSecond:G4} TFLOP/s");
-            return result with { Status = "ok", Timing = timing };
+            else
+            {
+                var times = device.Time(c.Run, sets, plan);
+                double median = Stats.Median(times);
+                var timing = new TimingInfo(median, times.Min(), times.Max(), times.Length, sets,
+                    c.MinBytes / median / 1e9, c.Flops / median / 1e12, double.NaN, double.NaN);
+                log($"ok     {label}: {median * 1e3:F3} ms, {timing.GBPerSecond:G4} GB/s, {timing.TFlopPerSecond:G4} TFLOP/s (compile+setup {setup + first:F2} s)");
+                result = result with { Status = CaseStatus.Ok, Timing = timing };
+            }
         }
         catch (Exception e)
         {
-            log($"ERROR  {label}: {OneLine(e)}");
-            return result with { Status = "error", Error = OneLine(e) };
+            result = Failed(result, e, label, log);
         }
         finally
         {
-            c.Dispose();
+            try
+            {
+                c.Dispose();
+            }
+            catch (Exception e)
+            {
+                log($"note   freeing {label}: {CudaFaults.Describe(e)} (ignored)");
+                if (result.Status != CaseStatus.Fault && CudaFaults.NameOf(e) is { } name)
+                    result = result with { Status = CaseStatus.Fault, ErrorName = name, Error = $"while freeing its buffers: {CudaFaults.Describe(e)}" };
+            }
         }
+
+        return result with { Prep = new PrepInfo(setup, first, checkTime) };
+    }
+
+    private static CaseResult Failed(CaseResult result, Exception e, string label, Action<string> log)
+    {
+        if (CudaFaults.NameOf(e) is { } name)
+        {
+            log($"FAULT  {label}: {CudaFaults.Describe(e)}");
+            return result with { Status = CaseStatus.Fault, ErrorName = name, Error = CudaFaults.Describe(e) };
+        }
+
+        log($"ERROR  {label}: {OneLine(e)}");
+        return result with { Status = CaseStatus.Error, Error = OneLine(e) };
     }
 
     /// <summary>Device-to-device copy bandwidth (bytes read + bytes written per second), median of the timed copies.</summary>

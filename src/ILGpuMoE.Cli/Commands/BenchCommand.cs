@@ -22,7 +22,8 @@ public static class BenchCommand
     {
         var command = new Command("bench",
             "Kernel benchmarks (forwarded to ilgpumoe-bench): --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR " +
-            "[--device cpu|cuda] [--tokens 1,8] [--family dense,attention,gating,moe,quant] [--check-only] (see perf/NOTES.md)")
+            "[--device cpu|cuda] [--tokens 1,8] [--family dense,attention,gating,moe,quant] [--check-only] [--budget S] [--case-timeout-s S] " +
+            "(see perf/NOTES.md)")
         {
             TreatUnmatchedTokensAsErrors = false,
         };
