@@ -23,6 +23,7 @@ public class QuantGroupedGemmTests
         "q4-sym-g32" => (32, 64),
         "q4-zero-g64" => (64, 64),
         "q4-row" => (96, 64), // w1/w3 one group of 96 per row, w2 one of 64
+        "q4-spread-g32" => (64, 96), // w1/w3 two groups per row, w2 three, scales 4x-64x apart
         _ => (40, 56), // not multiples of 16: the packed rows carry padding
     };
 

@@ -61,6 +61,24 @@ public class QuantMatMulTests
         Check.Close(want, y.GetAsArray1D(), 1e-5, 1e-5, $"{scheme} GEMM T={tokens}");
     }
 
+    [Test]
+    public void SpreadSchemeGivesEveryGroupOfARowADifferentScale()
+    {
+        // The q4-spread-g32 cases above can only catch a wrong group index if the groups' scales are far apart: check it.
+        const string scheme = "q4-spread-g32";
+        int k = QuantTestData.InDim(scheme), groups = k / 32;
+        Expected(scheme, new float[k], 1, 100 + scheme.Length, out var m);
+        for (int n = 0; n < OutDim; n++)
+        {
+            var scales = Enumerable.Range(0, groups).Select(g => (double)RefQuant.HalfToFloat(m.Scales16[n * groups + g])).ToArray();
+            for (int a = 0; a < groups; a++)
+            {
+                for (int b = a + 1; b < groups; b++)
+                    Assert.That(Math.Max(scales[a], scales[b]) / Math.Min(scales[a], scales[b]), Is.GreaterThan(2), $"row {n} groups {a}, {b}");
+            }
+        }
+    }
+
     [TestCase("q4-zero-g64", true)]
     [TestCase("fp8-block", false)]
     public void AccumulateAddsToY(string scheme, bool gemv)

@@ -11,7 +11,9 @@ namespace ILGpuMoE.Tests.Quant;
 public static class QuantTestData
 {
     // q4-row: one group per row (G = K, GPTQ's group_size -1), at K = 96: a G that is no power of two.
-    public static readonly string[] Schemes = ["q8", "q4-sym-g32", "q4-zero-g64", "q4-row", "fp8-block", "fp8-tensor"];
+    // q4-spread-g32: several groups per row whose scales differ by 4x to 64x (SpreadGroups), so a scale looked up with
+    // a wrong group or row index is far off, not within an error bound.
+    public static readonly string[] Schemes = ["q8", "q4-sym-g32", "q4-zero-g64", "q4-row", "q4-spread-g32", "fp8-block", "fp8-tensor"];
 
     private static readonly Lazy<QuantGemvKernel> GemvKernel = new(() => QuantGemvKernel.Create(TestDevice.Accelerator));
     private static readonly Lazy<QuantGemmKernel> GemmKernel = new(() => QuantGemmKernel.Create(TestDevice.Accelerator));
@@ -29,8 +31,23 @@ public static class QuantTestData
         "q4-sym-g32" => 96,
         "q4-zero-g64" => 128,
         "q4-row" => 96,
+        "q4-spread-g32" => 128, // four groups per row
         _ => 72,
     };
+
+    /// <summary>W with group g of row n scaled by 4^((g + n) % 4) / 64: neighbouring groups of a row, and the same group
+    /// of neighbouring rows, get scales 4x to 64x apart.</summary>
+    public static float[] SpreadGroups(float[] w, int rows, int cols, int groupSize)
+    {
+        var s = new float[w.Length];
+        for (int n = 0; n < rows; n++)
+        {
+            for (int k = 0; k < cols; k++)
+                s[(long)n * cols + k] = w[(long)n * cols + k] * MathF.ScaleB(1, 2 * ((k / groupSize + n) % 4) - 6);
+        }
+
+        return s;
+    }
 
     /// <summary>Quantizes W [rows, cols]; fp8-block uses 16 x 32 blocks so small test matrices span several blocks.</summary>
     public static QuantizedMatrix Quantize(string scheme, float[] w, int rows, int cols) => scheme switch
@@ -39,6 +56,7 @@ public static class QuantTestData
         "q4-sym-g32" => Quantizer.QuantizeQ4(w, rows, cols, 32, symmetric: true),
         "q4-zero-g64" => Quantizer.QuantizeQ4(w, rows, cols, 64, symmetric: false),
         "q4-row" => Quantizer.QuantizeQ4(w, rows, cols, cols, symmetric: false),
+        "q4-spread-g32" => Quantizer.QuantizeQ4(SpreadGroups(w, rows, cols, 32), rows, cols, 32, symmetric: false),
         "q4-zero-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: false),
         "q4-sym-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: true),
         "fp8-block" => Quantizer.QuantizeFp8(w, rows, cols, 16, 32),

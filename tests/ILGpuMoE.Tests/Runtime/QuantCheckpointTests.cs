@@ -34,9 +34,9 @@ public class QuantCheckpointTests
 
     private static readonly int[] Tokens = Data.Ints(9, 12, 0, QuantRuntimeTests.Tiny.Vocab);
 
-    private static float[] RunModel(string dir, QuantSpec? quant)
+    private static float[] RunModel(string dir, QuantSpec? quant, KernelPolicy policy = KernelPolicy.Auto)
     {
-        using var model = MixtralModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 16, Quant = quant });
+        using var model = MixtralModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 16, Quant = quant, Kernels = policy });
         Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), "memory plan counts the packed bytes");
         using var session = model.NewSession();
         return [.. session.Prefill(Tokens.AsSpan(0, 11), allLogits: true), .. session.Decode(Tokens[11])];
@@ -274,12 +274,20 @@ public class QuantCheckpointTests
         _ => RefQuant.DequantFp8Checkpoint(ck.GetBytes(b + ".weight"), ck.GetSpan<float>(b + ".weight_scale_inv"), rows, cols),
     };
 
-    [TestCase("awq", "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"zero_point\": true, \"version\": \"gemm\"}")]
-    [TestCase("gptq", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}")]
-    [TestCase("fp8", "{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"activation_scheme\": \"dynamic\", \"weight_block_size\": [128, 128]}")]
-    public void ExternalQuantizedCheckpointEqualsOracle(string method, string quantConfig)
+    private static readonly (string Method, string Config)[] External =
+    [
+        ("awq", "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"zero_point\": true, \"version\": \"gemm\"}"),
+        ("gptq", "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}"),
+        ("fp8", "{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"activation_scheme\": \"dynamic\", \"weight_block_size\": [128, 128]}"),
+    ];
+
+    public static IEnumerable<TestCaseData> ExternalCases() =>
+        External.SelectMany(e => RuntimeTests.Policies.Select(p => new TestCaseData(e.Method, e.Config, p)));
+
+    [TestCaseSource(nameof(ExternalCases))]
+    public void ExternalQuantizedCheckpointEqualsOracle(string method, string quantConfig, KernelPolicy policy)
     {
-        string dir = Build(method, quantConfig, method switch { "awq" => Awq, "gptq" => Gptq, _ => Fp8 });
+        string dir = Build(method + "-" + policy, quantConfig, method switch { "awq" => Awq, "gptq" => Gptq, _ => Fp8 });
         var config = ModelConfig.Load(dir);
         var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
         {
@@ -288,9 +296,9 @@ public class QuantCheckpointTests
         });
         var session = oracle.NewSession();
         float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
-        float[] got = RunModel(dir, null);
+        float[] got = RunModel(dir, null, policy);
         Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
-        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: $"{method} checkpoint vs RefMixtral on its dequantized weights");
+        RuntimeTests.CloseLogged(want, got, rtol: 1e-4, atol: 1e-4, what: $"{policy}: {method} checkpoint vs RefMixtral on its dequantized weights");
         RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, method);
     }
 
@@ -335,16 +343,15 @@ public class QuantCheckpointTests
         Check.Close(want, RunModel(dir, null), rtol: 1e-4, atol: 1e-4, what: "partially quantized AWQ vs RefMixtral");
     }
 
-    [TestCase(false)]
-    [TestCase(true)]
-    public void GptqActOrderCheckpointEqualsOracle(bool shareQkv)
+    [Test]
+    public void GptqActOrderCheckpointEqualsOracle([Values(false, true)] bool shareQkv, [ValueSource(typeof(RuntimeTests), nameof(RuntimeTests.Policies))] KernelPolicy policy)
     {
         // desc_act with real orders: attention gathers x per matrix (once for q/k/v when they share an order), experts
         // gather per (token, expert) pair for w1/w3, and w2's order is folded into w1/w3's rows at load. Prefill
         // (11 tokens: tiled GEMM, tiled grouped GEMM) and decode (GEMV, grouped GEMV) both run; RunModel also checks
         // the memory plan counted the permutations.
         const string config = "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"desc_act\": true, \"sym\": false}";
-        string dir = Build("gptq-actorder" + (shareQkv ? "-qkv" : ""), config,
+        string dir = Build("gptq-actorder" + (shareQkv ? "-qkv-" : "-") + policy, config,
             (b, w, rows, cols) => GptqOrdered(b, w, rows, cols, ActOrderOf(b, cols, splitUpGate: false, shareQkv)));
         using (var ck = Checkpoint.Open(dir))
         {
@@ -360,9 +367,9 @@ public class QuantCheckpointTests
         });
         var session = oracle.NewSession();
         float[] want = [.. session.Step(Tokens.AsSpan(0, 11)), .. session.Step(Tokens.AsSpan(11, 1))];
-        float[] got = RunModel(dir, null);
+        float[] got = RunModel(dir, null, policy);
         Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
-        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: "GPTQ act-order checkpoint vs RefMixtral on its dequantized weights");
+        RuntimeTests.CloseLogged(want, got, rtol: 1e-4, atol: 1e-4, what: $"{policy}: GPTQ act-order checkpoint vs RefMixtral on its dequantized weights");
         RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, "gptq act-order");
 
         var plan = MixtralModel.PlanFor(dir, new ModelLoadOptions { MaxSeq = 16 });

@@ -65,8 +65,13 @@ public class QuantRuntimeTests
 
     public static IEnumerable<string> Schemes => QuantSpec.Names.Skip(1);
 
-    [TestCaseSource(nameof(Schemes))]
-    public void QuantizedRuntimeEqualsOracleOnDequantizedWeights(string scheme)
+    // Every scheme under both kernel policies: the quantized GEMV / GEMM / grouped kernels are the same under both,
+    // attention (V1 or flash / split-K) and the dense router and lm_head (V1 or tiled / GEMV) are not.
+    public static IEnumerable<TestCaseData> SchemesAndPolicies() =>
+        Schemes.SelectMany(s => RuntimeTests.Policies.Select(p => new TestCaseData(s, p)));
+
+    [TestCaseSource(nameof(SchemesAndPolicies))]
+    public void QuantizedRuntimeEqualsOracleOnDequantizedWeights(string scheme, KernelPolicy policy)
     {
         var spec = QuantSpec.Parse(scheme)!;
         var oracle = Oracle(ModelDir, (name, ck) =>
@@ -80,14 +85,14 @@ public class QuantRuntimeTests
         var session0 = oracle.NewSession();
         float[] want = [.. session0.Step(tokens.AsSpan(0, 11)), .. session0.Step(tokens.AsSpan(11, 1))];
 
-        using var model = MixtralModel.Load(TestDevice.Accelerator, ModelDir, new ModelLoadOptions { MaxSeq = 16, Quant = spec });
+        using var model = MixtralModel.Load(TestDevice.Accelerator, ModelDir, new ModelLoadOptions { MaxSeq = 16, Quant = spec, Kernels = policy });
         Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), "memory plan counts the packed bytes");
         using (var ck = Checkpoint.Open(ModelDir))
             Assert.That(model.DeviceWeightBytes, Is.LessThan(ck.Tensors.Sum(t => t.ByteLength)), "packed weights are smaller than BF16");
         using var session = model.NewSession();
         float[] got = [.. session.Prefill(tokens.AsSpan(0, 11), allLogits: true), .. session.Decode(tokens[11])];
         Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
-        Check.Close(want, got, rtol: 1e-4, atol: 1e-4, what: $"--quant {scheme} vs RefMixtral on dequantized weights");
+        RuntimeTests.CloseLogged(want, got, rtol: 1e-4, atol: 1e-4, what: $"{policy}: --quant {scheme} vs RefMixtral on dequantized weights");
         RuntimeTests.AssertArgmaxEqual(want, got, Tiny.Vocab, scheme);
     }
 

@@ -36,7 +36,7 @@ public class RuntimeCliTests
         Assert.That(info.DType, Is.EqualTo(DType.F32));
         Assert.That(info.Shape, Is.EqualTo(new long[] { tokens.Length, 512 }));
         var got = file.ReadFloat32("logits");
-        Check.Close(want, got, rtol: 0, atol: 1e-3, what: "ilgpumoe logits vs llama.cpp");
+        RuntimeTests.CloseLogged(want, got, rtol: 0, atol: RuntimeTests.FixtureAtol, what: "ilgpumoe logits vs llama.cpp");
         RuntimeTests.AssertArgmaxEqual(want, got, 512, "ilgpumoe logits vs llama.cpp");
     }
 
@@ -170,6 +170,46 @@ public class RuntimeCliTests
         for (int l = 0; l < model.Config.Layers; l++)
             Assert.That(session.ExpertCounts[l].Sum(), Is.EqualTo(processed * model.Config.TopK), $"layer {l}");
         Assert.That(session.ExpertCounts.SelectMany(c => c).Count(c => c > 0), Is.GreaterThan(model.Config.TopK), "more than K experts used");
+    }
+
+    [Test]
+    public void DecodePastMaxSeqIsOneClearErrorAndKeepsTheSession()
+    {
+        // --max-seq 4: a 4-token prefill fills the cache; the next token (position 4) does not fit.
+        var (tokens, _) = RuntimeTests.Expected();
+        using var model = MixtralModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 4 });
+        using var session = model.NewSession();
+        var before = session.Prefill(tokens.AsSpan(0, 4), allLogits: false);
+        var e = Assert.Throws<RuntimeInputException>(() => session.Decode(tokens[4]))!;
+        Assert.That(e.Message, Is.EqualTo("5 tokens do not fit the KV cache of 4 positions (--max-seq)"));
+        Assert.That(session.Position, Is.EqualTo(4), "a refused step leaves the session where it was");
+        e = Assert.Throws<RuntimeInputException>(() => session.Prefill(tokens.AsSpan(0, 5), allLogits: true))!;
+        Assert.That(e.Message, Does.Contain("9 tokens do not fit").And.Contain("--max-seq"));
+        session.Reset();
+        Check.BitEqual(before, session.Prefill(tokens.AsSpan(0, 4), allLogits: false), "after Reset the cache is usable again");
+    }
+
+    [Test]
+    public void GeneratePastMaxSeqExitsTwoOrStopsAtTheCache()
+    {
+        // A prompt longer than the cache: bad input, one line, exit 2, nothing generated.
+        var bad = CliRun.Of("generate", "--model", DemoDir, "--prompt", "one two three four five six seven eight", "-n", "2", "--max-seq", "3",
+            "--temperature", "0", "--device", "cpu");
+        Assert.That(bad.AssertBadInput(), Does.Contain("do not fit the KV cache of 3 positions (--max-seq)"));
+        Assert.That(bad.Out, Is.Empty, "no partial output");
+
+        // A prompt that fits, asking for more tokens than the cache has room for: generation stops when the cache is
+        // full (exit 0, the reason printed), never decodes past it. Tokens = max-seq - prompt + 1 (the last sampled token
+        // needs no cache row).
+        using var tokenizer = TextTokenizer.Load(DemoDir);
+        int prompt = Generator.Tokenize(tokenizer, "hi", chat: false, 1000).Count;
+        int maxSeq = prompt + 3;
+        var run = CliRun.Of("generate", "--model", DemoDir, "--prompt", "hi", "-n", "50", "--max-seq", maxSeq.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--temperature", "0", "--device", "cpu");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain($"KV cache full (--max-seq {maxSeq})").Or.Contain("end of sequence"));
+        if (run.Out.Contains("KV cache full", StringComparison.Ordinal))
+            Assert.That(run.Out, Does.Contain($"--- {maxSeq - prompt + 1} tokens generated"));
     }
 
     [Test]

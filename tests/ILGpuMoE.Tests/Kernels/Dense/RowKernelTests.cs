@@ -49,14 +49,14 @@ public class RowKernelTests
         DenseTestWeights.With(WeightType.BF16, Data.Uniform(910, vocab * dim), new EmbeddingCase(ids.Length, vocab, dim, ids));
     }
 
-    private sealed class RmsNormCase(int tokens, int dim, bool inPlace) : IWeightsTest
+    private sealed class RmsNormCase(int tokens, int dim, bool inPlace, double xStd = 2.0) : IWeightsTest
     {
         public void Run<TW>(TW w, float[] seen)
             where TW : struct, IWeights
         {
             const float eps = 1e-5f;
             var kernel = RmsNormKernel.Create<TW>(TestDevice.Accelerator);
-            var x = Data.Gaussian(920 + tokens + dim, (long)tokens * dim, 2.0);
+            var x = Data.Gaussian(920 + tokens + dim, (long)tokens * dim, xStd);
             using var xBuf = TestDevice.Upload(x);
             using var yBuf = TestDevice.PoisonedFloats((long)tokens * dim);
             var output = inPlace ? xBuf : yBuf;
@@ -71,6 +71,31 @@ public class RowKernelTests
     [TestCase(WeightType.BF16, 17, 300)]
     public void RmsNormMatchesReference(WeightType type, int tokens, int dim) =>
         DenseTestWeights.With(type, Data.Uniform(930 + dim, dim, 1.5f), new RmsNormCase(tokens, dim, inPlace: false));
+
+    // |x| ~ 1e-3: mean(x^2) ~ 1e-6 is a tenth of eps = 1e-5, so a kernel that dropped eps (or used it outside the
+    // square root) would be off by a factor of ~3.
+    [TestCase(WeightType.F32)]
+    [TestCase(WeightType.BF16)]
+    public void RmsNormWithSmallInputsNeedsEps(WeightType type) =>
+        DenseTestWeights.With(type, Data.Uniform(935, 67, 1.5f), new RmsNormCase(3, 67, inPlace: false, xStd: 1e-3));
+
+    [Test]
+    public void RmsNormSmallInputsByHand()
+    {
+        // x = [5e-3, -5e-3, 1e-3, -3e-3]: sum x^2 = (25 + 25 + 1 + 9) e-6 = 6e-5, mean 1.5e-5; + eps 1e-5 = 2.5e-5,
+        // sqrt = 5e-3, 1 / that = 200. w = [1, 2, 0.5, -1] -> y = 200 x w = [1, -2, 0.1, 0.6].
+        // Without eps: 1 / sqrt(1.5e-5) = 258.2, y = [1.29, -2.58, 0.129, 0.775]: far outside the tolerance.
+        float[] x = [5e-3f, -5e-3f, 1e-3f, -3e-3f], w = [1f, 2f, 0.5f, -1f], want = [1f, -2f, 0.1f, 0.6f];
+        Check.Close(want, RefOps.RmsNorm(x, w, 1, 4, 1e-5f), 1e-5, 1e-7, "reference");
+        var kernel = RmsNormKernel.Create<F32Weights>(TestDevice.Accelerator);
+        using var xBuf = TestDevice.Upload(x);
+        using var wBuf = TestDevice.Upload(w);
+        using var y = TestDevice.PoisonedFloats(4);
+        float[] Launch(float eps) => DenseTestWeights.Run(s => kernel.Launch(s, xBuf.View, new F32Weights(wBuf.View), y.View, 1, 4, eps), y);
+        Check.Close(want, Launch(1e-5f), 1e-5, 1e-7, "kernel");
+        // The case can tell: the same launch with eps = 0 is 29% off.
+        Assert.That(Launch(0f)[0], Is.EqualTo(1.2910f).Within(1e-3), "eps = 0 gives 1 / sqrt(1.5e-5) * 5e-3");
+    }
 
     [Test]
     public void RmsNormInPlace() =>

@@ -209,6 +209,14 @@ public class GatingTests
         }
 
         Assert.That(skip.Count(s => s), Is.LessThanOrEqualTo(tokens / 4), "too many near-ties for a meaningful test");
+        // The noise must matter: against the noise-free top-K of the logits, the picks of a quarter of the tokens change
+        // (so a kernel that dropped the noise term, or scaled it wrongly, fails on ids, not only on weights).
+        if (tokens >= 17)
+        {
+            var plain = RefMoe.Route(ToRef(RouterSpec.SoftmaxTopK(experts, k)), logits, tokens);
+            int changed = Enumerable.Range(0, tokens).Count(t => !expected.ExpertIds.AsSpan(t * k, k).SequenceEqual(plain.ExpertIds.AsSpan(t * k, k)));
+            Assert.That(changed, Is.GreaterThanOrEqualTo(tokens / 4), "noise changes the picks");
+        }
         foreach (var v in Versions)
         {
             var got = Run(v, spec, logits, tokens, noise);
@@ -324,6 +332,35 @@ public class GatingTests
             var got = Run(v, RouterSpec.DeepSeekV3(4, 2, 2, 1, true, 2.5), [0f, 0f, ln3, -ln3], 1, bias: [0.1f, 0f, 0f, 0.2f]);
             Assert.That(got.Ids, Is.EqualTo(new[] { 2, 3 }), $"{v}");
             Check.Close([1.875f, 0.625f], got.Weights, what: $"{v}");
+        }
+    }
+
+    [Test]
+    public void DeepSeekV3GroupsAreChosenByTheirTopTwoSum()
+    {
+        // E = 8 in 2 groups of 4, keep 1 group, K = 2, NormTopK, scale 1, bias 0, so choice = s = sigmoid(logit).
+        // Token 0: s = [0.7, 0.69, 0.1, 0.1 | 0.75, 0.6, 0.5, 0.5].
+        //   top-2 sums: group 0 0.7 + 0.69 = 1.39, group 1 0.75 + 0.6 = 1.35 -> keep group 0 -> experts 0, 1.
+        //   (a top-1 group score keeps group 1 (0.75 > 0.7) -> experts 4, 5; a whole-group sum too (2.35 > 1.6); no group
+        //   limit gives 4, 0.) Weights s / (0.7 + 0.69): 0.7 / 1.39 = 0.5035971223, 0.69 / 1.39 = 0.4964028777.
+        // Token 1: the groups swapped and the pair moved inside its group: s = [0.75, 0.6, 0.5, 0.5 | 0.1, 0.7, 0.69, 0.1]
+        //   -> keep group 1 -> experts 5, 6, same weights.
+        // logit = ln(s / (1 - s)).
+        static float L(double s) => (float)Math.Log(s / (1 - s));
+        float[] logits =
+        [
+            L(0.7), L(0.69), L(0.1), L(0.1), L(0.75), L(0.6), L(0.5), L(0.5),
+            L(0.75), L(0.6), L(0.5), L(0.5), L(0.1), L(0.7), L(0.69), L(0.1),
+        ];
+        var spec = RouterSpec.DeepSeekV3(8, 2, 2, 1, true, 1.0);
+        float[] bias = new float[8];
+        var reference = RefMoe.Route(ToRef(spec), logits, 2, default, bias);
+        Assert.That(reference.ExpertIds, Is.EqualTo(new[] { 0, 1, 5, 6 }), "reference");
+        foreach (var v in Versions)
+        {
+            var got = Run(v, spec, logits, 2, bias: bias);
+            Assert.That(got.Ids, Is.EqualTo(new[] { 0, 1, 5, 6 }), $"{v}");
+            Check.Close([0.5035971223f, 0.4964028777f, 0.5035971223f, 0.4964028777f], got.Weights, what: $"{v}");
         }
     }
 
