@@ -26,7 +26,7 @@ public static class KvCacheLayout
     /// <summary>Floats in one of kCache / vCache of one layer.</summary>
     public static long Elements(int kvHeads, int maxSeq, int headDim) => (long)kvHeads * maxSeq * headDim;
 
-    /// <summary>Flat index of (kv head, position, dim).</summary>
+    /// <summary>Flat index of (kv head, position, dim), 64-bit: Hkv * maxSeq * Dh passes 2^31 at long contexts.</summary>
     public static long Index(int kvHead, int position, int dim, int maxSeq, int headDim) =>
         ((long)kvHead * maxSeq + position) * headDim + dim;
 }
@@ -224,8 +224,10 @@ public sealed class AttentionKernel : IDisposable
             throw new ArgumentException($"{who}: headDim must be in 1..{AttentionKernels.MaxHeadDim} (got {headDim})");
         if (pos0 < 0 || maxSeq < 1 || (long)pos0 + tokens > maxSeq)
             throw new ArgumentException($"{who}: positions {pos0}..{(long)pos0 + tokens - 1} do not fit a cache of maxSeq {maxSeq}");
-        if (KvCacheLayout.Elements(kvHeads, maxSeq, headDim) > int.MaxValue || (long)tokens * heads * headDim > int.MaxValue)
-            throw new ArgumentException($"{who}: shape too large for 32-bit indexing (Hkv {kvHeads}, maxSeq {maxSeq}, T {tokens}, H {heads}, Dh {headDim})");
+        // The cache may pass 2^31 floats: each head's start is a 64-bit offset (KvCacheLayout.Index), rows inside a
+        // head and q / output / the append's k, v ([T, H or Hkv, Dh]) use int offsets, checked here.
+        Index64.CheckInt(who, "kCache head [maxSeq, Dh]", (long)maxSeq * headDim);
+        Index64.CheckInt(who, "q/k [T, heads, Dh]", (long)tokens * heads * headDim);
     }
 
     internal static void CheckLength(ArrayView<float> view, long needed, string what, string who)

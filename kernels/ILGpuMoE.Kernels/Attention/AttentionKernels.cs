@@ -26,6 +26,10 @@
 //                     512-byte read at Dh=128); online softmax in registers. Writes (m, l, acc) partials per split.
 //   AttentionV2Combine deterministic second pass over the splits of one (token, head): fixed split order, no atomics.
 //
+// Indices: a layer's cache may pass 2^31 floats (e.g. Hkv 128 x 262,144 positions x Dh 128 = 2^32), so the kernels
+// take one kv head's [maxSeq, Dh] rows as a view at a 64-bit start and index inside it with int (maxSeq * Dh < 2^31,
+// checked by the launcher): no 64-bit math per key.
+//
 // Semantics (RefOps.Attention): query t sits at position pos0 + t; key j is visible iff j <= pos and
 // (window <= 0 or pos - j < window); query head h reads kv head h / (H / Hkv); scale 1/sqrt(Dh); softmax in F32
 // with the running max subtracted. Only cache rows 0..pos0+T-1 are ever read (the tests poison the rest with NaN).
@@ -105,7 +109,7 @@ public static class AttentionKernels
         int row = i / headDim;
         int kvh = row % kvHeads;
         int t = row / kvHeads;
-        int dst = (kvh * maxSeq + pos0 + t) * headDim + d;
+        long dst = KvCacheLayout.Index(kvh, pos0 + t, d, maxSeq, headDim);
         kCache[dst] = k[i];
         vCache[dst] = v[i];
     }
@@ -127,21 +131,24 @@ public static class AttentionKernels
         int kvh = h / (p.Heads / p.KvHeads);
         int pos = p.Pos0 + t;
         int qBase = (t * p.Heads + h) * dh;
-        int kvBase = kvh * p.MaxSeq * dh;
+        // This kv head's rows [maxSeq, Dh]: the 64-bit start is added once; offsets inside stay int
+        // (the launcher checks maxSeq * Dh < 2^31).
+        var kHead = kCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        var vHead = vCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
 
         float m = float.NegativeInfinity, l = 0f, acc = 0f;
         for (int j = FirstKey(pos, p.Window); j <= pos; j++)
         {
-            int row = kvBase + j * dh;
+            int row = j * dh;
             float dot = 0f;
             for (int e = 0; e < dh; e++)
-                dot += q[qBase + e] * kCache[row + e];
+                dot += q[qBase + e] * kHead[row + e];
             float s = dot * p.Scale;
             float mNew = XMath.Max(m, s);
             float alpha = XMath.Exp(m - mNew); // m = -inf on the first key: exp(-inf) = 0, mNew is finite
             float pj = XMath.Exp(s - mNew);
             l = l * alpha + pj;
-            acc = acc * alpha + pj * vCache[row + d];
+            acc = acc * alpha + pj * vHead[row + d];
             m = mNew;
         }
 
@@ -172,7 +179,10 @@ public static class AttentionKernels
         int t0 = Grid.IdxX / p.Heads * PrefillQueries;
         int rows = IntrinsicMath.Min(PrefillQueries, p.Tokens - t0);
         int kvh = h / (p.Heads / p.KvHeads);
-        int kvBase = kvh * p.MaxSeq * dh;
+        // This kv head's rows [maxSeq, Dh]: the 64-bit start is added once; offsets inside stay int
+        // (the launcher checks maxSeq * Dh < 2^31).
+        var kHead = kCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        var vHead = vCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
 
         // Thread (r, sub) owns output row r, dims sub, sub+8, ...; it keeps the row's running max and sum itself
         // (the 8 threads of a row compute the same values in the same order, so they agree bit for bit).
@@ -199,9 +209,9 @@ public static class AttentionKernels
                 int j = i / dh;
                 int d = i - j * dh;
                 // Clamp to the last valid key: never read a row past pos0+T-1 (the unused cache tail).
-                int src = kvBase + (k0 + IntrinsicMath.Min(j, nk - 1)) * dh + d;
-                ks[j * ksr + d] = kCache[src];
-                vs[i] = vCache[src];
+                int src = (k0 + IntrinsicMath.Min(j, nk - 1)) * dh + d;
+                ks[j * ksr + d] = kHead[src];
+                vs[i] = vHead[src];
             }
 
             Group.Barrier();
@@ -284,7 +294,10 @@ public static class AttentionKernels
         int lane = Warp.LaneIdx;
         int warp = Warp.WarpIdx;
         int warps = Group.DimX / Warp.WarpSize;
-        int kvBase = kvh * p.MaxSeq * dh;
+        // This kv head's rows [maxSeq, Dh]: the 64-bit start is added once; offsets inside stay int
+        // (the launcher checks maxSeq * Dh < 2^31).
+        var kHead = kCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        var vHead = vCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
         int qw = warp * MaxHeadDim;
         int pw = warp * 32;
         // PV: lane owns dims lane, lane+32, lane+64, lane+96 (Dh <= 128), so each V row is one coalesced read.
@@ -308,7 +321,7 @@ public static class AttentionKernels
                 float s = float.NegativeInfinity;
                 if (j < hi)
                 {
-                    int row = kvBase + j * dh;
+                    int row = j * dh;
                     float dot = 0f;
                     // Unrolled by 4 by hand (ptxas does not unroll this loop): the 4 loads of a step share one
                     // address computation. Same single accumulator, same order: the same dot bit for bit.
@@ -317,14 +330,14 @@ public static class AttentionKernels
                     int d = 0;
                     for (long kd = row; d + 4 <= dh; d += 4, kd += 4)
                     {
-                        dot += qs[qw + d] * kCache[kd];
-                        dot += qs[qw + d + 1] * kCache[kd + 1];
-                        dot += qs[qw + d + 2] * kCache[kd + 2];
-                        dot += qs[qw + d + 3] * kCache[kd + 3];
+                        dot += qs[qw + d] * kHead[kd];
+                        dot += qs[qw + d + 1] * kHead[kd + 1];
+                        dot += qs[qw + d + 2] * kHead[kd + 2];
+                        dot += qs[qw + d + 3] * kHead[kd + 3];
                     }
 
                     for (; d < dh; d++)
-                        dot += qs[qw + d] * kCache[row + d];
+                        dot += qs[qw + d] * kHead[row + d];
                     s = dot * p.Scale;
                 }
 
@@ -350,12 +363,12 @@ public static class AttentionKernels
                 for (int jj = 0; jj < n; jj++)
                 {
                     float pj = ps[pw + jj];
-                    int row = kvBase + (j0 + jj) * dh + lane;
+                    int row = (j0 + jj) * dh + lane;
                     l += pj;
-                    if (has0) a0 += pj * vCache[row];
-                    if (has1) a1 += pj * vCache[row + 32];
-                    if (has2) a2 += pj * vCache[row + 64];
-                    if (has3) a3 += pj * vCache[row + 96];
+                    if (has0) a0 += pj * vHead[row];
+                    if (has1) a1 += pj * vHead[row + 32];
+                    if (has2) a2 += pj * vHead[row + 64];
+                    if (has3) a3 += pj * vHead[row + 96];
                 }
 
                 m = mNew;

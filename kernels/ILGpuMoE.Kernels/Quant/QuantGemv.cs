@@ -279,6 +279,7 @@ public sealed class QuantGemvKernel
             throw new ArgumentException($"QuantGemv: x has {x.Length} elements, needs T*K = {(long)tokens * cols}");
         if (y.Length < (long)tokens * rows)
             throw new ArgumentException($"QuantGemv: y has {y.Length} elements, needs T*N = {(long)tokens * rows}");
+        Index64.CheckInt("QuantGemv", "y [T, N]", (long)tokens * rows); // the split-K reduce counts T*N in int
         if (splits < 1)
             throw new ArgumentException($"QuantGemv: splits ({splits}) must be >= 1");
         int s = Math.Min(splits, rowWords / 4);

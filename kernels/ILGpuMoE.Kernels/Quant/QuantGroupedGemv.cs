@@ -59,6 +59,7 @@ public static class QuantGroupedGemvKernels
         int n = Grid.IdxY * Warps + warp;
         long wRow = (long)e * hidden + n;
         int units = w1.RowWords >> 2;
+        long wUnit = Index64.StackedRow(e, hidden, n, units); // first 16-byte unit of the row, added once
         int uEnd = n < hidden ? units : 0; // a warp past F still reaches the barrier
         int unitValues = 4 * w1.ValuesPerWord;
 
@@ -78,7 +79,7 @@ public static class QuantGroupedGemvKernels
         float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, a4 = 0f, a5 = 0f, a6 = 0f, a7 = 0f;
         for (int u = lane; u < uEnd; u += 32)
         {
-            Packed16 p1 = u1[wRow * units + u], p3 = u3[wRow * units + u];
+            Packed16 p1 = u1[wUnit + u], p3 = u3[wUnit + u];
             UnitScale s1 = w1.ScaleOf(wRow, u), s3 = w3.ScaleOf(wRow, u);
             int k0 = u * unitValues;
             g0 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b0, k0, dim);
@@ -155,6 +156,7 @@ public static class QuantGroupedGemvKernels
         int n = Grid.IdxY * Warps + warp;
         long wRow = (long)e * dim + n;
         int units = w2.RowWords >> 2;
+        long wUnit = Index64.StackedRow(e, dim, n, units);
         int uEnd = n < dim ? units : 0;
         int unitValues = 4 * w2.ValuesPerWord;
 
@@ -171,7 +173,7 @@ public static class QuantGroupedGemvKernels
         float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, a4 = 0f, a5 = 0f, a6 = 0f, a7 = 0f;
         for (int u = lane; u < uEnd; u += 32)
         {
-            Packed16 p = u2[wRow * units + u];
+            Packed16 p = u2[wUnit + u];
             UnitScale sc = w2.ScaleOf(wRow, u);
             int k0 = u * unitValues;
             a0 += QuantGemvKernels.DotUnit(w2, p, sc, h, b0, k0, hidden);

@@ -123,6 +123,10 @@ public sealed class InferenceSession : IDisposable
         if ((long)Position + tokens.Length > _model.MaxSeq)
             throw new RuntimeInputException($"{Position + (long)tokens.Length} tokens do not fit the KV cache of {_model.MaxSeq} positions (--max-seq)");
 
+        // All logits [T, V] go to one host array: .NET arrays stop at Array.MaxLength elements (Qwen's V = 151,936
+        // reaches it near T = 14,100); say so instead of failing inside the allocation.
+        if (allLogits && (long)tokens.Length * _v > Array.MaxLength)
+            throw new RuntimeInputException($"logits of {tokens.Length} tokens x vocabulary {_v} exceed one host array ({Array.MaxLength} floats); ask for the last token's logits or split the prompt");
         var result = new float[allLogits ? (long)tokens.Length * _v : _v];
         for (int start = 0; start < tokens.Length; start += _b)
         {
@@ -130,7 +134,7 @@ public sealed class InferenceSession : IDisposable
             bool last = start + t == tokens.Length;
             Step(tokens.Slice(start, t), allLogits ? t : last ? 1 : 0);
             if (allLogits)
-                _logits.View.SubView(0, (long)t * _v).CopyToCPU(_stream, result.AsSpan((int)((long)start * _v), t * _v));
+                _logits.View.SubView(0, (long)t * _v).CopyToCPU(_stream, result.AsSpan(checked((int)((long)start * _v)), checked(t * _v)));
             else if (last)
                 _logits.View.SubView(0, _v).CopyToCPU(_stream, result.AsSpan());
             _stream.Synchronize();

@@ -25,8 +25,8 @@ public static class EmbeddingKernel
         int t = Grid.IdxX;
         int id = tokens[t];
         bool valid = id >= 0 && id < vocab;
-        long src = (long)(valid ? id : 0) * dim;
-        long dst = (long)t * dim;
+        long src = Index64.At(valid ? id : 0, dim, 0);
+        long dst = Index64.At(t, dim, 0);
         for (int d = Group.IdxX; d < dim; d += Group.DimX)
             x[dst + d] = valid ? table.Get(src + d) : float.NaN;
     }

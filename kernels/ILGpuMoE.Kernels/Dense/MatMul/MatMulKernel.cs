@@ -93,7 +93,7 @@ public static class MatMulKernel
         int o = o0 + tx;
         if (t < tokens && o < outDim)
         {
-            long i = (long)t * outDim + o;
+            long i = Index64.At(t, outDim, o);
             y[i] = accumulate != 0 ? y[i] + acc : acc;
         }
     }
@@ -125,7 +125,7 @@ public static class MatMulKernel
             acc += Warp.ShuffleXor(acc, offset);
         if (Warp.IsFirstLane && o < outDim)
         {
-            long i = (long)t * outDim + o;
+            long i = Index64.At(t, outDim, o);
             y[i] = accumulate != 0 ? y[i] + acc : acc;
         }
     }
@@ -279,5 +279,6 @@ public sealed class MatMulKernel<TW>
         DenseShapes.Length(Name, nameof(y), y, (long)tokens * outDim, "[T, Out]");
         if ((long)tokens * ((outDim + 7) / 8) > int.MaxValue)
             throw new ArgumentException($"{Name}: T={tokens} x Out={outDim} is too large for one launch", nameof(tokens));
+        Index64.CheckInt(Name, "V2 tiles of y [T, Out]", (long)((outDim + MatMulKernel.Tile - 1) / MatMulKernel.Tile) * ((tokens + MatMulKernel.Tile - 1) / MatMulKernel.Tile));
     }
 }

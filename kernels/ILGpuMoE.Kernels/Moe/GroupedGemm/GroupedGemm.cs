@@ -84,7 +84,7 @@ public static class GroupedGemmKernels
             return;
         int e = FindExpert(offsets, experts, r);
         long xb = (long)(sorted[r] / topK) * dim;
-        long wb = ((long)e * hidden + f) * dim;
+        long wb = Index64.StackedRow(e, hidden, f, dim);
         float g = 0f, u = 0f;
         for (int k = 0; k < dim; k++)
         {
@@ -93,7 +93,7 @@ public static class GroupedGemmKernels
             u += xv * w3.Get(wb + k);
         }
 
-        h[(long)r * hidden + f] = Silu(g) * u;
+        h[Index64.At(r, hidden, f)] = Silu(g) * u;
     }
 
     [KernelInfo("moe/grouped-gemm", "v1", "grid (P, ceil(D/256)), group 256", Summary = "down: one thread per y element")]
@@ -106,11 +106,11 @@ public static class GroupedGemmKernels
             return;
         int e = FindExpert(offsets, experts, r);
         long hb = (long)r * hidden;
-        long wb = ((long)e * dim + d) * hidden;
+        long wb = Index64.StackedRow(e, dim, d, hidden);
         float acc = 0f;
         for (int f = 0; f < hidden; f++)
             acc += h[hb + f] * w2.Get(wb + f);
-        y[(long)r * dim + d] = acc;
+        y[Index64.At(r, dim, d)] = acc;
     }
 
     // ---------------------------------------------------------------- V2
@@ -136,7 +136,7 @@ public static class GroupedGemmKernels
             rowBase[tid] = tid < rows ? (long)(sorted[rowStart + tid] / topK) * dim : -1;
         Group.Barrier();
 
-        long wExpert = (long)e * hidden * dim;
+        long wExpert = Index64.StackedRow(e, hidden, 0, dim);
         float g0 = 0f, g1 = 0f, g2 = 0f, g3 = 0f, u0 = 0f, u1 = 0f, u2 = 0f, u3 = 0f;
         for (int k0 = 0; k0 < dim; k0 += TileK)
         {
@@ -199,7 +199,7 @@ public static class GroupedGemmKernels
 
         var hs = SharedMemory.Allocate<float>(TileM * Ld);
         var s2 = SharedMemory.Allocate<float>(TileN * Ld);
-        long wExpert = (long)e * dim * hidden;
+        long wExpert = Index64.StackedRow(e, dim, 0, hidden);
         float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
         for (int k0 = 0; k0 < hidden; k0 += TileK)
         {
@@ -269,7 +269,7 @@ public static class GroupedGemmKernels
         float g0 = 0f, g1 = 0f, g2 = 0f, g3 = 0f, g4 = 0f, g5 = 0f, g6 = 0f, g7 = 0f;
         float u0 = 0f, u1 = 0f, u2 = 0f, u3 = 0f, u4 = 0f, u5 = 0f, u6 = 0f, u7 = 0f;
         int kEnd = n < hidden ? dim : 0; // a warp past F still reaches the barrier
-        long wb = ((long)e * hidden + n) * dim;
+        long wb = Index64.StackedRow(e, hidden, n, dim);
         if (rows == 1)
         {
             // Decode: one row per expert; skip the seven idle accumulator pairs. The 64-bit indices step with k
@@ -341,7 +341,7 @@ public static class GroupedGemmKernels
 
         float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, a4 = 0f, a5 = 0f, a6 = 0f, a7 = 0f;
         int kEnd = n < dim ? hidden : 0;
-        long wb = ((long)e * dim + n) * hidden;
+        long wb = Index64.StackedRow(e, dim, n, hidden);
         if (rows == 1)
         {
             // 64-bit indices step with k, as in UpGateV3's decode loop.

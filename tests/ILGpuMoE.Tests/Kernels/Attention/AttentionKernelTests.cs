@@ -240,6 +240,13 @@ public class AttentionKernelTests
         Assert.Throws<ArgumentException>(() => kernel.Launch(s, q.View, kc.View, kc.View, o.View, 1, 4, 2, 16, 9, 0));   // cache too short
         Assert.Throws<ArgumentException>(() => kernel.Launch(s, q.View, kc.View, kc.View, o.View, 1, 1, 1, 256, 1, 0));  // Dh > 128
         Assert.Throws<ArgumentException>(() => Append().Launch(s, q.View, q.View, kc.View, kc.View, 1, 2, 16, 8, -1));  // negative pos0
+        // Hkv 2 x maxSeq 100,000,000 x Dh 16 = 3.2e9 floats: the cache size is no longer refused as too large for 32-bit
+        // offsets; the (tiny) view fails the length check, which states the exact 64-bit need.
+        var big = Assert.Throws<ArgumentException>(() => kernel.Launch(s, q.View, kc.View, kc.View, o.View, 1, 4, 2, 16, 100_000_000, 0));
+        Assert.That(big!.Message, Does.Contain("kCache [Hkv, maxSeq, Dh] has 256 floats, needs 3200000000"));
+        // One head of 20,000,000 x 128 floats passes 2^31: the kernels index inside a head with int, so it is refused.
+        var head = Assert.Throws<ArgumentException>(() => kernel.Launch(s, q.View, kc.View, kc.View, o.View, 1, 1, 1, 128, 20_000_000, 0));
+        Assert.That(head!.Message, Does.Contain("kCache head [maxSeq, Dh] has 2560000000 elements"));
     }
 
     /// <summary>Tokens pos0..pos0+T-1 of a longer problem (keys 0..pos0+T-1 of it).</summary>
