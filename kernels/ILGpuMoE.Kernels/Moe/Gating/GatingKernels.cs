@@ -387,18 +387,19 @@ public static class GatingKernels
         int drops = 0;
         for (int e = tid; e < experts; e += Group.DimX)
         {
+            // count differs per lane (each lane counts its own expert): it is updated by a select, not under an
+            // if, so that ILGPU's uniformity analysis sees it as lane-dependent and emits a plain bra for the test
+            // below (the PTX lint found the if form branching with bra.uni on the per-lane count).
             int count = 0;
             for (int t = 0; t < tokens; t++)
             {
-                if (ids[t] == e)
+                bool mine = ids[t] == e;
+                count += mine ? 1 : 0;
+                if (mine & count > capacity)
                 {
-                    count++;
-                    if (count > capacity)
-                    {
-                        ids[t] = -1;
-                        weights[t] = 0f;
-                        drops++;
-                    }
+                    ids[t] = -1;
+                    weights[t] = 0f;
+                    drops++;
                 }
             }
         }
