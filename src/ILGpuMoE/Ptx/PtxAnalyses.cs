@@ -55,9 +55,10 @@ public static partial class PtxAnalyses
             int join = ipdom[b];
             if (!extra.TryGetValue(join, out var set))
                 extra[join] = set = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (int r in Region(entry, b, join))
+            var region = Region(entry, b, join).ToHashSet();
+            foreach (var d in region.SelectMany(r => defs[r]).Distinct())
             {
-                foreach (var d in defs[r])
+                if (!PathInvariant(entry, b, join, region, d, state))
                     Join(set, d, $"{d} assigned under the lane-dependent branch at line {last.Line}, read after its paths join");
             }
 
@@ -347,6 +348,65 @@ public static partial class PtxAnalyses
         return result;
     }
 
+    /// <summary>
+    /// True when d holds the same value on every path from branch block b to its join: every path sets it (b itself
+    /// counts, its instructions run before the branch) and all its definitions in the region are one instruction, or
+    /// movs of one immediate, whose operands are themselves path-invariant (uniform and not redefined in the region,
+    /// or invariant by the same rule). Two shapes ILGPU emits: a loop counter's start "mov %r5, 0" bound on both sides
+    /// of an if before a shared loop, and a uniform row base such as (ctaid / n) * 16 recomputed in the header of a
+    /// lane-strided loop. Such a d is equal on all lanes at the join, whichever way each lane went.
+    /// </summary>
+    private static bool PathInvariant(PtxEntry entry, int b, int join, HashSet<int> region, string d, Dictionary<string, string> branchState)
+    {
+        var memo = new Dictionary<string, bool>(StringComparer.Ordinal);
+        if (!Invariant(d))
+            return false;
+
+        // Must-define: no path from b reaches the join without passing a definition of d.
+        if (entry.Blocks[b].Instructions.Any(i => i.Dests.Contains(d)))
+            return true;
+        var seen = new HashSet<int>();
+        var stack = new Stack<int>(entry.Blocks[b].Successors);
+        while (stack.Count > 0)
+        {
+            int r = stack.Pop();
+            if (r == join || r < 0)
+                return false;
+            if (!seen.Add(r) || entry.Blocks[r].Instructions.Any(i => i.Dests.Contains(d)))
+                continue;
+            foreach (int s in entry.Blocks[r].Successors)
+                stack.Push(s);
+        }
+
+        return true;
+
+        bool Invariant(string reg)
+        {
+            if (memo.TryGetValue(reg, out bool known))
+                return known;
+            memo[reg] = false; // a cycle through reg (a loop-carried update) is not invariant
+            var sites = region.Append(b).Distinct().SelectMany(r => entry.Blocks[r].Instructions).Where(i => i.Dests.Contains(reg)).ToList();
+            bool ok;
+            if (sites.Count == 0)
+            {
+                ok = Taint(branchState, reg) is null;
+            }
+            else if (sites.All(i => i.Root == "mov" && i.Guard is null && i.Operands.Count == 2 && ImmediateOperand().IsMatch(i.Operands[1])))
+            {
+                ok = sites.Select(i => i.Operands[1]).Distinct().Count() == 1;
+            }
+            else
+            {
+                var site = sites.Select(i => i.Line).Distinct().Count() == 1 ? sites[0] : null;
+                ok = site is not null && site.Guard is null && site.Dests.Count == 1 && !LaneResults.Contains(site.Root)
+                    && site.Root != "ld" && site.Sources.All(Invariant);
+            }
+
+            memo[reg] = ok;
+            return ok;
+        }
+    }
+
     /// <summary>Blocks reachable from b's successors without passing through join: where b's paths differ.</summary>
     private static IEnumerable<int> Region(PtxEntry entry, int b, int join)
     {
@@ -378,4 +438,7 @@ public static partial class PtxAnalyses
 
     [GeneratedRegex(@"^[A-Za-z_$][\w$]*$")]
     private static partial Regex Symbol();
+
+    [GeneratedRegex(@"^(-?\d+|0[fFdD][0-9A-Fa-f]+)$")]
+    private static partial Regex ImmediateOperand();
 }
