@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# ptxas gate: compile every exported kernel for sm_90 and fail on any spill or local-memory stack frame.
-# A kernel may keep a stack frame only if it is listed in allow_stack below, with the most bytes it may use and why
-# (the project rule: spills and local memory in a hot kernel are bugs; an allowed kernel is never a hot one).
+# ptxas gate: compile every exported kernel for sm_90 and sm_80 and fail on any spill, on a stack frame of a kernel
+# not listed in perf/notes/local-memory.md ("- <name>: reason"; spills and local memory in a hot kernel are bugs),
+# on registers x block size > 65536 and on static + dynamic shared memory > 48 KB (ILGPU never opts in to more),
+# with block size and dynamic shared memory as declared on [KernelInfo] (launch.tsv of the export).
 #
 #   tools/ptxas-check.sh [PTX_DIR]
 #
-# PTX_DIR defaults to a fresh export (`ilgpumoe ptx --out artifacts/ptx`). ptxas comes from Debian's non-free
+# PTX_DIR defaults to a fresh export with the PTX lint (`ilgpumoe ptx --out artifacts/ptx --lint`: uniform branches,
+# vector accesses, .local; its failure fails this script too). ptxas comes from Debian's non-free
 # `nvidia-cuda-toolkit` package, fetched alone with `apt-get download` into .cache/cuda (no system install,
 # none of its dependencies: ptxas needs only libc). The apt source is the machine's own Debian source with the
 # component switched to non-free, so nothing here names a host.
@@ -33,17 +35,27 @@ fetch_ptxas() {
     find "$cache/root" -path '*bin/ptxas' -type f | head -n1
 }
 
-# kernel (file name without .ptx) -> "MAX_BYTES reason". Growing past MAX_BYTES fails too.
-declare -A allow_stack=(
-    [moe-gating-v1]="2048 gating v1: simple reference version, per-thread arrays of E scores and group scores (MaxExperts = 256 floats each); the launcher uses v2"
-)
+# The local-memory allow-list: kernel (file name without .ptx) -> reason.
+declare -A allow_stack=()
+while IFS= read -r line; do
+    if [[ "$line" =~ ^-[[:space:]]+([A-Za-z0-9_.-]+):[[:space:]]*(.+)$ ]]; then allow_stack[${BASH_REMATCH[1]}]="${BASH_REMATCH[2]}"; fi
+done < "$root/perf/notes/local-memory.md"
 
 ptxas="$(fetch_ptxas)" || { echo "ptxas-check: could not fetch nvidia-cuda-toolkit" >&2; exit 3; }
 if [ -z "$ptxas" ] || [ ! -x "$ptxas" ]; then echo "ptxas-check: ptxas not found in the package" >&2; exit 3; fi
 
 if [ $# -eq 0 ]; then
     rm -rf "$ptx_dir"
-    dotnet run --project "$root/src/ILGpuMoE.Cli" -c Release -- ptx --out "$ptx_dir" >/dev/null
+    lint_rc=0
+    (cd "$root" && dotnet run --project "$root/src/ILGpuMoE.Cli" -c Release -- ptx --out "$ptx_dir" --lint) > "$ptx_dir.lint.txt" 2>&1 || lint_rc=$?
+    grep -v '^ok ' "$ptx_dir.lint.txt" || true
+    if [ "$lint_rc" -ne 0 ]; then echo "ptxas-check: PTX lint FAILED"; exit 1; fi
+fi
+
+# Declared launch shape per kernel: threads per group, most dynamic shared bytes (0 0 when undeclared).
+declare -A block=() dyn=()
+if [ -f "$ptx_dir/launch.tsv" ]; then
+    while IFS=$'\t' read -r k b d; do block[$k]=$b; dyn[$k]=$d; done < "$ptx_dir/launch.tsv"
 fi
 
 shopt -s nullglob
@@ -52,29 +64,36 @@ if [ ${#files[@]} -eq 0 ]; then echo "ptxas-check: no .ptx files in $ptx_dir" >&
 
 bad=0
 stacked=0
-printf '%-44s %5s %8s %6s %7s %7s\n' kernel regs smem stack spill_st spill_ld
+undeclared=0
+printf '%-44s %-6s %5s %5s %8s %6s %7s %7s\n' kernel arch regs block smem stack spill_st spill_ld
 for f in "${files[@]}"; do
     name="$(basename "$f" .ptx)"
-    # ptxas 11.8 reads PTX ISA <= 7.8; ILGPU writes .target sm_80 even when asked for sm_90, -arch decides.
-    if ! out="$("$ptxas" -arch=sm_90 -v -o /dev/null "$f" 2>&1)"; then
-        echo "$name: ptxas FAILED"; echo "$out" | head -n5; bad=1; continue
-    fi
-    # Largest figure over the file's entry points (grep finds nothing for a figure ptxas leaves out: 0).
-    num() { echo "$out" | grep -Eo "$1" | grep -Eo '[0-9]+' | sort -n | tail -n1 || true; }
-    regs=$(num 'Used [0-9]+ registers'); smem=$(num '[0-9]+ bytes smem'); stack=$(num '[0-9]+ bytes stack frame')
-    sst=$(num '[0-9]+ bytes spill stores'); sld=$(num '[0-9]+ bytes spill loads')
-    printf '%-44s %5s %8s %6s %7s %7s\n' "$name" "${regs:-0}" "${smem:-0}" "${stack:-0}" "${sst:-0}" "${sld:-0}"
-    if [ "${sst:-0}" -ne 0 ] || [ "${sld:-0}" -ne 0 ]; then echo "  ^ spills: a hot kernel must not spill"; bad=1; fi
-    if [ "${stack:-0}" -ne 0 ]; then
-        allowed="${allow_stack[$name]:-}"
-        if [ -z "$allowed" ]; then
-            echo "  ^ local-memory stack frame: not in allow_stack (a hot kernel keeps its state in registers or shared memory)"; bad=1
-        elif [ "$stack" -gt "${allowed%% *}" ]; then
-            echo "  ^ stack frame $stack B exceeds the ${allowed%% *} B allowed (${allowed#* })"; bad=1
-        else
+    bs="${block[$name]:-0}"; ds="${dyn[$name]:-0}"
+    [ "$bs" -eq 0 ] && undeclared=$((undeclared + 1))
+    for arch in sm_90 sm_80; do
+        # ptxas 11.8 reads PTX ISA <= 7.8; ILGPU writes .target sm_80 even when asked for sm_90, -arch decides.
+        if ! out="$("$ptxas" -arch=$arch -v -o /dev/null "$f" 2>&1)"; then
+            echo "$name: ptxas $arch FAILED"; echo "$out" | head -n5; bad=1; continue
+        fi
+        # Largest figure over the file's entry points (grep finds nothing for a figure ptxas leaves out: 0).
+        num() { echo "$out" | grep -Eo "$1" | grep -Eo '[0-9]+' | sort -n | tail -n1 || true; }
+        regs=$(num 'Used [0-9]+ registers'); smem=$(num '[0-9]+ bytes smem'); stack=$(num '[0-9]+ bytes stack frame')
+        sst=$(num '[0-9]+ bytes spill stores'); sld=$(num '[0-9]+ bytes spill loads')
+        printf '%-44s %-6s %5s %5s %8s %6s %7s %7s\n' "$name" "$arch" "${regs:-0}" "$bs" "${smem:-0}" "${stack:-0}" "${sst:-0}" "${sld:-0}"
+        if [ "${sst:-0}" -ne 0 ] || [ "${sld:-0}" -ne 0 ]; then echo "  ^ spills: a hot kernel must not spill"; bad=1; fi
+        if [ "${stack:-0}" -ne 0 ] && [ -z "${allow_stack[$name]:-}" ]; then
+            echo "  ^ local-memory stack frame: not listed in perf/notes/local-memory.md (a hot kernel keeps its state in registers or shared memory)"; bad=1
+        elif [ "${stack:-0}" -ne 0 ] && [ "$arch" = sm_90 ]; then
             stacked=$((stacked + 1))
         fi
-    fi
+        # Registers are allocated per warp in units of 8 per thread: round up before the register-file check.
+        if [ "$bs" -gt 0 ] && [ $(( (${regs:-0} + 7) / 8 * 8 * bs )) -gt 65536 ]; then
+            echo "  ^ ${regs} registers x block $bs exceeds the 65536-register file: the launch would fail"; bad=1
+        fi
+        if [ $(( ${smem:-0} + ds )) -gt 49152 ]; then
+            echo "  ^ shared memory ${smem:-0} B static + $ds B dynamic exceeds 48 KB (ILGPU does not opt in to more)"; bad=1
+        fi
+    done
 done
 if [ $bad -ne 0 ]; then echo "ptxas-check: FAILED"; exit 1; fi
-echo "ptxas-check: ${#files[@]} kernels, no spills, no stack frames outside the allow-list ($stacked allowed)"
+echo "ptxas-check: ${#files[@]} kernels x sm_90, sm_80: no spills, no stack frames outside perf/notes/local-memory.md ($stacked listed), registers x block and shared memory within limits ($undeclared kernels without a declared block size)"

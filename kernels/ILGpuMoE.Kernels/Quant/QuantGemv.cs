@@ -24,15 +24,15 @@ public static class QuantGemvKernels
     public const int MaxTokens = 8;
     private const int RedLd = 33;
 
-    [KernelInfo("quant/gemv", "v1-q8", "grid (ceil(N/8), splits), group 256 = 8 warps", Summary = "int8 per-channel GEMV, warp per row, 16-byte units, split-K partials")]
+    [KernelInfo("quant/gemv", "v1-q8", "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize, Summary = "int8 per-channel GEMV, warp per row, 16-byte units, split-K partials")]
     public static void GemvQ8(ArrayView<float> x, Q8Weights w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate) =>
         Gemv(x, w, y, partial, tokens, splits, accumulate);
 
-    [KernelInfo("quant/gemv", "v1-q4", "grid (ceil(N/8), splits), group 256 = 8 warps", Summary = "int4 group-wise GEMV (8 values per word), warp per row, split-K partials")]
+    [KernelInfo("quant/gemv", "v1-q4", "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize, Summary = "int4 group-wise GEMV (8 values per word), warp per row, split-K partials")]
     public static void GemvQ4(ArrayView<float> x, Q4Weights w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate) =>
         Gemv(x, w, y, partial, tokens, splits, accumulate);
 
-    [KernelInfo("quant/gemv", "v1-fp8", "grid (ceil(N/8), splits), group 256 = 8 warps", Summary = "fp8 e4m3 block-scaled GEMV, bits decoded in registers, split-K partials")]
+    [KernelInfo("quant/gemv", "v1-fp8", "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize, Summary = "fp8 e4m3 block-scaled GEMV, bits decoded in registers, split-K partials")]
     public static void GemvFp8(ArrayView<float> x, Fp8Weights w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate) =>
         Gemv(x, w, y, partial, tokens, splits, accumulate);
 
@@ -213,6 +213,7 @@ public sealed class QuantGemvKernel
         int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
     {
         QuantLayout.Check("QuantGemv", w);
+        QuantLayout.CheckWide("QuantGemv", "w", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         q8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
@@ -222,6 +223,7 @@ public sealed class QuantGemvKernel
         int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
     {
         QuantLayout.Check("QuantGemv", w);
+        QuantLayout.CheckWide("QuantGemv", "w", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         q4(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
@@ -231,6 +233,7 @@ public sealed class QuantGemvKernel
         int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
     {
         QuantLayout.Check("QuantGemv", w);
+        QuantLayout.CheckWide("QuantGemv", "w", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         fp8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);

@@ -145,6 +145,12 @@ public sealed class QuantGroupedGemmKernel<TQ>
         int pairs = Validate("LaunchUpGate", stream, version, permutation, tokens, topK, dim, hidden);
         Shape("w1", w1, permutation.Experts * (long)hidden, dim);
         Shape("w3", w3, permutation.Experts * (long)hidden, dim);
+        if (version == GroupedGemmVersion.V3Gemv)
+        {
+            QuantLayout.CheckWide("QuantGroupedGemm.LaunchUpGate", "w1", w1);
+            QuantLayout.CheckWide("QuantGroupedGemm.LaunchUpGate", "w3", w3);
+        }
+
         Need("x", x.Length, (long)tokens * dim);
         Need("h", h.Length, (long)pairs * hidden);
         var p = permutation;
@@ -159,6 +165,8 @@ public sealed class QuantGroupedGemmKernel<TQ>
     {
         int pairs = Validate("LaunchDown", stream, version, permutation, tokens, topK, dim, hidden);
         Shape("w2", w2, permutation.Experts * (long)dim, hidden);
+        if (version == GroupedGemmVersion.V3Gemv)
+            QuantLayout.CheckWide("QuantGroupedGemm.LaunchDown", "w2", w2);
         Need("h", h.Length, (long)pairs * hidden);
         Need("y", y.Length, (long)pairs * dim);
         var p = permutation;

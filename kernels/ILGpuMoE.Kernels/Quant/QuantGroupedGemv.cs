@@ -20,27 +20,27 @@ public static class QuantGroupedGemvKernels
     private const string UpLaunch = "grid (tiles, ceil(F/8)), group 256 = 8 warps";
     private const string DownLaunch = "grid (tiles, ceil(D/8)), group 256 = 8 warps";
 
-    [KernelInfo("quant/grouped-gemm", "v4-q8", UpLaunch, Summary = "MoE up/gate decode, int8 experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
+    [KernelInfo("quant/grouped-gemm", "v4-q8", UpLaunch, WideViews = ["w1.Data:16", "w3.Data:16"], BlockSize = Moe.GroupedGemmKernels.GroupSize, Summary = "MoE up/gate decode, int8 experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
     public static void UpGateQ8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w1, Q8Weights w3,
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows) => UpGate(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
 
-    [KernelInfo("quant/grouped-gemm", "v4-q4", UpLaunch, Summary = "MoE up/gate decode, int4 experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
+    [KernelInfo("quant/grouped-gemm", "v4-q4", UpLaunch, WideViews = ["w1.Data:16", "w3.Data:16"], BlockSize = Moe.GroupedGemmKernels.GroupSize, Summary = "MoE up/gate decode, int4 experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
     public static void UpGateQ4(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q4Weights w1, Q4Weights w3,
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows) => UpGate(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
 
-    [KernelInfo("quant/grouped-gemm", "v4-fp8", UpLaunch, Summary = "MoE up/gate decode, fp8 experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
+    [KernelInfo("quant/grouped-gemm", "v4-fp8", UpLaunch, WideViews = ["w1.Data:16", "w3.Data:16"], BlockSize = Moe.GroupedGemmKernels.GroupSize, Summary = "MoE up/gate decode, fp8 experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
     public static void UpGateFp8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w1, Fp8Weights w3,
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows) => UpGate(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
 
-    [KernelInfo("quant/grouped-gemm", "v4-q8-down", DownLaunch, Summary = "MoE down decode, int8 experts: warp per row, 16-byte units")]
+    [KernelInfo("quant/grouped-gemm", "v4-q8-down", DownLaunch, WideViews = ["w2.Data:16"], BlockSize = Moe.GroupedGemmKernels.GroupSize, Summary = "MoE down decode, int8 experts: warp per row, 16-byte units")]
     public static void DownQ8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
         Down(h, offsets, tiles, w2, y, dim, hidden, tileRows);
 
-    [KernelInfo("quant/grouped-gemm", "v4-q4-down", DownLaunch, Summary = "MoE down decode, int4 experts: warp per row, 16-byte units")]
+    [KernelInfo("quant/grouped-gemm", "v4-q4-down", DownLaunch, WideViews = ["w2.Data:16"], BlockSize = Moe.GroupedGemmKernels.GroupSize, Summary = "MoE down decode, int4 experts: warp per row, 16-byte units")]
     public static void DownQ4(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Q4Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
         Down(h, offsets, tiles, w2, y, dim, hidden, tileRows);
 
-    [KernelInfo("quant/grouped-gemm", "v4-fp8-down", DownLaunch, Summary = "MoE down decode, fp8 experts: warp per row, 16-byte units")]
+    [KernelInfo("quant/grouped-gemm", "v4-fp8-down", DownLaunch, WideViews = ["w2.Data:16"], BlockSize = Moe.GroupedGemmKernels.GroupSize, Summary = "MoE down decode, fp8 experts: warp per row, 16-byte units")]
     public static void DownFp8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
         Down(h, offsets, tiles, w2, y, dim, hidden, tileRows);
 

@@ -143,6 +143,18 @@ public static class QuantLayout
         CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, (long)(w.Rows / w.MatrixRows) * w.ScaleRows * w.ScaleCols);
     }
 
+    /// <summary>
+    /// Before a kernel that reads the packed words as 16-byte units (ld.global.v4: QuantGemv V1, grouped GEMV V4):
+    /// the words view must start on a 16-byte boundary and each row must be whole units. Throws ArgumentException
+    /// naming the tensor ("w1.Data") otherwise.
+    /// </summary>
+    public static void CheckWide<TQ>(string where, string tensor, TQ w)
+        where TQ : struct, IQuantWeights
+    {
+        WideAccess.RequireAligned(where, tensor + ".Data", w.Words, UnitBytes);
+        WideAccess.RequireMultiple(where, tensor + ".Data", "row stride (RowWords * 4)", (long)w.RowWords * 4, UnitBytes);
+    }
+
     private static void CheckWords(string where, int rows, int cols, int rowWords, long words, long scales, long needScales)
     {
         if (rows < 1 || cols < 1)

@@ -16,7 +16,17 @@ namespace ILGpuMoE.Ptx;
 
 /// <summary>One compiled kernel: where its PTX went and what the manifest says of it.</summary>
 public sealed record PtxKernel(string Name, string Family, string Version, string WeightType, string Method,
-    string Launch, string Summary, IReadOnlyList<string> Parameters, string File, int PtxBytes, string? Error);
+    string Launch, string Summary, IReadOnlyList<string> Parameters, string File, int PtxBytes, string? Error)
+{
+    /// <summary>[KernelInfo] WideViews, placed in the PTX parameters (see <see cref="KernelParamLayout"/>).</summary>
+    public IReadOnlyList<WideViewDeclaration> WideViews { get; init; } = [];
+
+    /// <summary>[KernelInfo] BlockSize: threads per group of the launcher's largest configuration (0 = undeclared).</summary>
+    public int BlockSize { get; init; }
+
+    /// <summary>[KernelInfo] MaxDynamicSharedBytes.</summary>
+    public int MaxDynamicSharedBytes { get; init; }
+}
 
 public static class PtxExporter
 {
@@ -91,7 +101,12 @@ public static class PtxExporter
                         var compiled = (PTXCompiledKernel)backend!.Compile(entry, KernelSpecialization.Empty);
                         File.WriteAllText(Path.Combine(outDir, file), compiled.PTXAssembly);
                         results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, methodName, info.Launch, info.Summary,
-                            parameters, file, compiled.PTXAssembly.Length, null));
+                            parameters, file, compiled.PTXAssembly.Length, null)
+                        {
+                            WideViews = KernelParamLayout.Resolve(concrete, info.WideViews),
+                            BlockSize = info.BlockSize,
+                            MaxDynamicSharedBytes = info.MaxDynamicSharedBytes,
+                        });
                         log?.Invoke($"ok    {file} ({compiled.PTXAssembly.Length / 1024.0:F1} KiB)");
                     }
 #pragma warning disable CA1031 // one failing kernel is reported in the manifest, the export goes on
@@ -121,6 +136,9 @@ public static class PtxExporter
             ilgpu = typeof(Context).Assembly.GetName().Version?.ToString(),
             kernels = results,
         };
+        // For tools/ptxas-check.sh (bash, no JSON reader): name, threads per group, most dynamic shared bytes.
+        File.WriteAllLines(Path.Combine(outDir, "launch.tsv"),
+            results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.BlockSize}\t{k.MaxDynamicSharedBytes}"));
         File.WriteAllText(Path.Combine(outDir, "manifest.json"),
             JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }));
         return results;

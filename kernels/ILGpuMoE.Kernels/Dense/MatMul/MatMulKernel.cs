@@ -131,16 +131,19 @@ public static class MatMulKernel
     }
 
     [KernelInfo("dense/matmul", "gemv-v2-f32", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        WideViews = ["w:16"], BlockSize = Devices.MaxGroupSize,
         Summary = "GEMV with 16-byte weight loads (4 f32 per lane per step)")]
     public static void GemvV2F32(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
         GemvWide<F32Wide>(x, w, y, outDim, inDim, accumulate);
 
     [KernelInfo("dense/matmul", "gemv-v2-f16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        WideViews = ["w:16"], BlockSize = Devices.MaxGroupSize,
         Summary = "GEMV with 16-byte weight loads (8 f16 per lane per step)")]
     public static void GemvV2F16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
         GemvWide<F16Wide>(x, w, y, outDim, inDim, accumulate);
 
     [KernelInfo("dense/matmul", "gemv-v2-bf16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+        WideViews = ["w:16"], BlockSize = Devices.MaxGroupSize,
         Summary = "GEMV with 16-byte weight loads (8 bf16 per lane per step)")]
     public static void GemvV2BF16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
         GemvWide<BF16Wide>(x, w, y, outDim, inDim, accumulate);

@@ -24,6 +24,11 @@
 //   SoftmaxTopK, Switch: raw_k = exp(l_k - max l), denom = sum over all E of exp(l_e - max l);
 //   DeepSeekV3         : raw_k = sigmoid(l_k) (unbiased), denom = sum of the K raws if NormTopK else 1, scale = ScalingFactor.
 // NaN logits are not checked on the device (the oracle rejects them): a NaN score sorts above +inf here.
+//
+// Lane-dependent values: V1's scores live in per-thread local memory, which ILGPU's uniformity analysis takes for
+// uniform (the address is the same on every lane), so an `if` on a score became a `bra.uni` whose lanes disagree
+// (the PTX lint, src/ILGpuMoE/Ptx/PtxLint.cs, found 7). The selections over scores are therefore written as selects
+// and non-short-circuit & / |, which ILGPU turns into selp instead of branches.
 using ILGPU;
 
 namespace ILGpuMoE.Kernels.Moe.Gating;
@@ -45,7 +50,8 @@ public static class GatingKernels
     // ---- shared device helpers -------------------------------------------------------------------------------
 
     /// <summary>True when (va, ia) comes before (vb, ib): higher score first, then lower expert id.</summary>
-    internal static bool Before(float va, int ia, float vb, int ib) => va > vb || (va == vb && ia < ib);
+    /// (Non-short-circuit & and |: no branch, see "Lane-dependent values" in the header.)
+    internal static bool Before(float va, int ia, float vb, int ib) => (va > vb) | ((va == vb) & (ia < ib));
 
     /// <summary>
     /// The selection order as one integer: key(a) &gt; key(b) iff a comes first (higher score, then lower id).
@@ -78,8 +84,7 @@ public static class GatingKernels
         for (int e = start; e < count; e += stride)
         {
             ulong key = OrderKey(scores[e], e);
-            if (key < below && key > bestKey)
-                bestKey = key;
+            bestKey = (key < below) & (key > bestKey) ? key : bestKey;
         }
 
         return bestKey;
@@ -148,15 +153,10 @@ public static class GatingKernels
         for (int i = 0; i < size; i++)
         {
             float v = scores[start + i];
-            if (v > best)
-            {
-                second = best;
-                best = v;
-            }
-            else if (v > second)
-            {
-                second = v;
-            }
+            bool aboveBest = v > best, aboveSecond = v > second;
+            float secondOrV = aboveSecond ? v : second;
+            second = aboveBest ? best : secondOrV;
+            best = aboveBest ? v : best;
         }
 
         return size == 1 ? best : best + second;
@@ -169,10 +169,7 @@ public static class GatingKernels
         float mine = groupScores[g];
         int rank = 0;
         for (int h = 0; h < groups; h++)
-        {
-            if (Before(groupScores[h], h, mine, g))
-                rank++;
-        }
+            rank += Before(groupScores[h], h, mine, g) ? 1 : 0;
 
         return rank < topKGroups;
     }
@@ -219,10 +216,11 @@ public static class GatingKernels
                 groupScores[g] = GroupScore(scores, g * size, size);
             for (int g = 0; g < groups; g++)
             {
-                if (!GroupKept(groupScores, groups, spec.TopKGroups, g))
+                bool kept = GroupKept(groupScores, groups, spec.TopKGroups, g);
+                for (int e = g * size; e < (g + 1) * size; e++)
                 {
-                    for (int e = g * size; e < (g + 1) * size; e++)
-                        scores[e] = float.NegativeInfinity;
+                    float score = scores[e]; // read in both cases: a load in one arm would keep the branch
+                    scores[e] = kept ? score : float.NegativeInfinity;
                 }
             }
         }
@@ -387,18 +385,19 @@ public static class GatingKernels
         int drops = 0;
         for (int e = tid; e < experts; e += Group.DimX)
         {
+            // count differs per lane (each lane counts its own expert): it is updated by a select, not under an
+            // if, so that ILGPU's uniformity analysis sees it as lane-dependent and emits a plain bra for the test
+            // below (the PTX lint found the if form branching with bra.uni on the per-lane count).
             int count = 0;
             for (int t = 0; t < tokens; t++)
             {
-                if (ids[t] == e)
+                bool mine = ids[t] == e;
+                count += mine ? 1 : 0;
+                if (mine & count > capacity)
                 {
-                    count++;
-                    if (count > capacity)
-                    {
-                        ids[t] = -1;
-                        weights[t] = 0f;
-                        drops++;
-                    }
+                    ids[t] = -1;
+                    weights[t] = 0f;
+                    drops++;
                 }
             }
         }
