@@ -29,7 +29,8 @@ public sealed class KernelInfoAttribute(string family, string version, string la
 
     /// <summary>
     /// Threads per group in the launcher's largest configuration (the PTX gate checks registers x BlockSize against
-    /// the register file for sm_80 and sm_90); 0 when not declared. Tests tie it to the launcher's constant.
+    /// the register file for sm_80 and sm_90). 0: not declared, and the gate checks at <see cref="Devices.MaxGroupSize"/>,
+    /// the bound every launcher keeps (the CPU accelerator that runs the kernel tests has groups of at most that size).
     /// </summary>
     public int BlockSize { get; init; }
 

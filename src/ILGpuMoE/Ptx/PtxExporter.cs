@@ -26,6 +26,11 @@ public sealed record PtxKernel(string Name, string Family, string Version, strin
 
     /// <summary>[KernelInfo] MaxDynamicSharedBytes.</summary>
     public int MaxDynamicSharedBytes { get; init; }
+
+    /// <summary>The block size the PTX gate checks registers against: the declared one, else Devices.MaxGroupSize,
+    /// the most threads any launcher of ours puts in a group (every kernel test enforces it: the CPU accelerator's
+    /// groups hold at most that many threads, so a launcher asking for more fails its own tests).</summary>
+    public int CheckedBlockSize => BlockSize > 0 ? BlockSize : Devices.MaxGroupSize;
 }
 
 public static class PtxExporter
@@ -138,7 +143,7 @@ public static class PtxExporter
         };
         // For tools/ptxas-check.sh (bash, no JSON reader): name, threads per group, most dynamic shared bytes.
         File.WriteAllLines(Path.Combine(outDir, "launch.tsv"),
-            results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.BlockSize}\t{k.MaxDynamicSharedBytes}"));
+            results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.CheckedBlockSize}\t{k.MaxDynamicSharedBytes}\t{(k.BlockSize > 0 ? "declared" : "bound")}"));
         File.WriteAllText(Path.Combine(outDir, "manifest.json"),
             JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }));
         return results;

@@ -1,4 +1,6 @@
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Ptx;
+using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.Ptx;
 
@@ -167,6 +169,16 @@ public class PtxLintTests
             Assert.That(failed, Is.Empty, string.Join('\n', failed));
             foreach (var k in kernels.Where(k => k.WideViews.Count > 0))
                 Assert.That(k.BlockSize, Is.GreaterThan(0), $"{k.Name}: a kernel with vector accesses declares its block size");
+
+            // The ptxas gate checks registers x block at the declared size, else at Devices.MaxGroupSize: that bound
+            // holds only because no declaration exceeds it and the kernel tests' CPU accelerator refuses larger groups.
+            foreach (var k in kernels)
+                Assert.That(k.CheckedBlockSize, Is.InRange(1, Devices.MaxGroupSize), $"{k.Name}: block size");
+            Assert.That(TestDevice.Accelerator.MaxNumThreadsPerGroup, Is.EqualTo(Devices.MaxGroupSize),
+                "the kernel tests' accelerator enforces the group-size bound the PTX gate assumes");
+            var launch = File.ReadAllLines(Path.Combine(dir, "launch.tsv")).Select(l => l.Split('\t')).ToList();
+            Assert.That(launch.Select(f => f[0]), Is.EquivalentTo(kernels.Where(k => k.Error is null).Select(k => k.Name)));
+            Assert.That(launch.All(f => f.Length == 4 && int.Parse(f[1], System.Globalization.CultureInfo.InvariantCulture) > 0), "launch.tsv: name, block, dynamic shared, declared|bound");
         }
         finally
         {

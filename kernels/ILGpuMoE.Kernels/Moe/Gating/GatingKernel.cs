@@ -113,8 +113,11 @@ public sealed class GatingKernel : IDisposable
         int warpSize = Accelerator.WarpSize;
         int warps = Math.Min(WarpsPerGroup, tokens);
         int groups = spec.Kind == RouterKind.DeepSeekV3 ? spec.Groups : 0;
-        return new KernelConfig((tokens + warps - 1) / warps, warps * warpSize,
-            SharedMemoryConfig.RequestDynamic<float>(warps * (spec.Experts + groups)));
+        int floats = warps * (spec.Experts + groups);
+        // The PTX gate checks shared memory at the declared maximum; a request above it would go unchecked.
+        if (floats * sizeof(float) > GatingKernels.V2MaxDynamicSharedBytes)
+            throw new ArgumentException($"gating {spec}: {floats * sizeof(float)} B of dynamic shared memory exceeds the declared {GatingKernels.V2MaxDynamicSharedBytes} B");
+        return new KernelConfig((tokens + warps - 1) / warps, warps * warpSize, SharedMemoryConfig.RequestDynamic<float>(floats));
     }
 
     private static bool Present<T>(ArrayView<T> view)

@@ -44,6 +44,11 @@ public static class GatingKernels
     /// <summary>Warps (tokens) per thread group in V2 on a GPU (the launcher may use fewer, see GatingKernel.Create).</summary>
     public const int V2WarpsPerGroup = 8;
 
+    /// <summary>Most dynamic shared memory V2 asks for: V2WarpsPerGroup warps x (E + Groups) floats at E = Groups =
+    /// MaxExperts (groups divide E, so Groups &lt;= E). Declared on V2's [KernelInfo] for the PTX gate's shared memory
+    /// check; GatingKernel's launch configuration refuses to request more.</summary>
+    public const int V2MaxDynamicSharedBytes = V2WarpsPerGroup * 2 * MaxExperts * sizeof(float);
+
     /// <summary>Threads of the Switch capacity kernel's single group.</summary>
     public const int CapacityGroupSize = 256;
 
@@ -271,6 +276,7 @@ public static class GatingKernels
 
     /// <summary>Same as <see cref="GatingV1"/>; dynamic shared memory of warpsPerGroup * (E + Groups) floats.</summary>
     [KernelInfo("moe/gating", "v2", "grid ceil(T/W), group 32*W (W = min(8, T) on GPU): one warp per token, dynamic shared W*(E+Groups) floats",
+        BlockSize = V2WarpsPerGroup * 32, MaxDynamicSharedBytes = V2MaxDynamicSharedBytes,
         Summary = "One warp per token: coalesced row loads, E/32 scores per lane in shared memory, K passes of a 64-bit shuffle arg-max.")]
     public static void GatingV2(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int tokens)
