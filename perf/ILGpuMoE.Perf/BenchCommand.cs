@@ -249,9 +249,10 @@ public static class BenchCommand
 
     private static void RunEndToEnd(BenchRun run, BenchArgs options)
     {
-        // Watched like a case: a hang here is a timeout with the report written; a fault is recorded, not thrown.
-        var pending = new CaseResult("end-to-end", "ours", "-", 0, options.Preset.Name, 0, 0, 0, false, CaseStatus.Error, null, null, null);
-        using var watch = run.Watch(pending);
+        // Each of our schemes is watched like a case (its device run, not the host-side model prep): a hang is a timeout
+        // with the report written; a fault is recorded, not thrown.
+        IDisposable Watch(string scheme) =>
+            run.Watch(new CaseResult("end-to-end", "ours", scheme, 0, options.Preset.Name, 0, 0, 0, false, CaseStatus.Error, null, null, null));
         try
         {
             // Our rows are saved as they come (a later scheme that hangs keeps the earlier ones); llama.cpp's at the end.
@@ -261,7 +262,8 @@ public static class BenchCommand
                     run.EndToEnd.Add(row);
                     run.Save();
                 },
-                outOfTime: () => options.BudgetSeconds is double budget && run.ElapsedSeconds > budget);
+                outOfTime: () => options.BudgetSeconds is double budget && run.ElapsedSeconds > budget,
+                watch: Watch);
             run.EndToEnd.InsertRange(0, rows.Where(r => !run.EndToEnd.Contains(r)));
             run.Peers.AddRange(peerRows);
             run.Notes.AddRange(e2eNotes);

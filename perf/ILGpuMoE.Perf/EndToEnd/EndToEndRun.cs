@@ -60,8 +60,11 @@ public static class EndToEndRun
 
     /// <param name="onRow">Receives each of our rows as soon as it is measured (the caller saves the report).</param>
     /// <param name="outOfTime">Checked before each of our schemes: true leaves the rest out (the bench's --budget).</param>
+    /// <param name="watch">Armed around each of our schemes' device run (load, warm-up, timed prefill and decode), not
+    /// around the host-side model writing and quantizing before it: --case-timeout-s then bounds one scheme's device
+    /// work, as it bounds one kernel case, and a first run's cold cache does not read as a hang.</param>
     public static (List<EndToEndResult> Rows, List<PeerResult> Peers, List<string> Notes) Run(BenchDevice device, ShapePreset p, bool peer, Action<string> log,
-        string? cache = null, Action<EndToEndResult>? onRow = null, Func<bool>? outOfTime = null)
+        string? cache = null, Action<EndToEndResult>? onRow = null, Func<bool>? outOfTime = null, Func<string, IDisposable>? watch = null)
     {
         var rows = new List<EndToEndResult>();
         var peers = new List<PeerResult>();
@@ -132,7 +135,9 @@ public static class EndToEndRun
                     prep = Cached(model, d => ILGpuMoE.Quant.CheckpointQuantizer.Run(hf, d, quant), log);
                 }
 
-                var ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode) with { HostPrepSeconds = prep };
+                EndToEndResult ours;
+                using (watch?.Invoke(quant?.Name ?? name))
+                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode) with { HostPrepSeconds = prep };
                 rows.Add(ours);
                 onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;
