@@ -18,14 +18,18 @@ public static class WideAccess
     {
         if (!view.IsValid || view.Length == 0)
             return;
-        long address = view.LoadEffectiveAddressAsPtr().ToInt64();
-        if (address % bytes != 0)
+        if (!IsAligned(view, bytes))
         {
             throw new ArgumentException(
-                $"{where}: {tensor} starts at byte offset {address % bytes} modulo {bytes}; " +
+                $"{where}: {tensor} starts at byte offset {view.LoadEffectiveAddressAsPtr().ToInt64() % bytes} modulo {bytes}; " +
                 $"the kernel reads it with {bytes}-byte vector loads, so it must start on a {bytes}-byte boundary", tensor);
         }
     }
+
+    /// <summary>True when the view's device address (buffer base plus the view's byte offset, what ILGPU itself hands to
+    /// cuMemset; computed on the host, never dereferenced) is a multiple of bytes.</summary>
+    public static bool IsAligned<T>(ArrayView<T> view, int bytes)
+        where T : unmanaged => view.LoadEffectiveAddressAsPtr().ToInt64() % bytes == 0;
 
     /// <summary>Throws ArgumentException (naming tensor) unless a row stride or group size in bytes is a multiple of bytes.</summary>
     public static void RequireMultiple(string where, string tensor, string what, long strideBytes, int bytes)

@@ -216,9 +216,8 @@ public sealed class MatMulKernel<TW>
     {
         int size = Unsafe.SizeOf<T>();
         words = default;
-        // The effective address is the buffer's device address plus the view's byte offset (what ILGPU itself hands
-        // to cuMemset and cuBLAS); computed on the host, never dereferenced. Any failed check means GEMV-V1.
-        if ((long)inDim * size % 16 != 0 || data.LoadEffectiveAddressAsPtr().ToInt64() % 16 != 0 || data.Length * size % 16 != 0)
+        // Any failed check means GEMV-V1.
+        if ((long)inDim * size % 16 != 0 || !WideAccess.IsAligned(data, 16) || data.Length * size % 16 != 0)
             return false;
         words = data.Cast<Wide16>();
         return true;
