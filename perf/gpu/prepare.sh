@@ -17,7 +17,10 @@ dotnet publish perf/ILGpuMoE.Perf/ILGpuMoE.Perf.csproj -c Release -r linux-x64 -
   -o "$out/bin" -nologo -v:q
 # Only the executable travels; pdbs and stray native files the bundle already holds stay behind.
 find "$out/bin" -mindepth 1 ! -name ilgpumoe-bench -exec rm -rf {} +
-cp perf/gpu/run-device.sh perf/gpu/torch_baseline.py "$out/"
+cp perf/gpu/run-device.sh perf/gpu/torch_baseline.py perf/gpu/fixtures.sh perf/gpu/fixture_check.py "$out/"
+# The fixture step's data: the F32 fixture (with llama.cpp's logits) and the README's demo model, 4 MB together.
+mkdir -p "$out/data"
+cp -r tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32 models/mixtral-demo "$out/data/"
 echo "$commit" > "$out/COMMIT"
 size=$(du -sm "$out" | cut -f1)
 echo "published $out/bin/ilgpumoe-bench ($(du -h "$out/bin/ilgpumoe-bench" | cut -f1)), folder ${size} MiB, commit $commit"

@@ -9,6 +9,8 @@
 # in what is left is SKIPPED, and the bench itself is given a --budget that ends it before its step's limit:
 #   1. devices        what the machine and ILGPU see (nvidia-smi, libcuda, `ilgpumoe-bench devices` and its CUDA: line)
 #   2. smoke          every kernel and version on CUDA against the CPU oracle (--check-only at moderate shapes)
+#   2b. fixtures      the whole runtime on CUDA: the F32 fixture vs llama.cpp's logits, each --quant scheme vs the CPU
+#                     accelerator, the README's generate command (fixtures.sh)
 #   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes
 #   4. e2e-mixtral    end to end on a random 1-layer Mixtral-shaped model (bf16, int8, int4, fp8)
 #   5. torch          the PyTorch baseline on the same shapes (python3 with torch, if the machine has it)
@@ -161,6 +163,7 @@ fi
 
 if [ $dry -eq 1 ]; then
   case_timeout=30
+  export FIXTURE_QUANTS=int8 FIXTURE_GEN_TOKENS=4
   smoke=(--preset tiny --tokens 1)
   kernels=(--preset tiny --tokens 1)
   e2e=(--preset tiny --no-peer)
@@ -178,6 +181,14 @@ common=(--device "$device" --case-timeout-s "$case_timeout" --budget "{budget}")
 # 2. Correctness first: every kernel and version on the device against the CPU oracle. Fails loudly.
 step smoke 90 "$bin" bench "${smoke[@]}" "${common[@]}" --check-only --out "$out/smoke"
 [ $? -ne 0 ] && say "SMOKE TEST FAILED: the timings below include only kernels that passed their own checks"
+
+# 2b. The whole runtime on the device: fixture logits, quant schemes against the CPU accelerator, generate.
+# The data prepare.sh copied next to the bench, else (a dry run in a source checkout) the repository's own.
+fixture="$here/data/mixtral-tiny-f32" demo="$here/data/mixtral-demo"
+[ -d "$fixture" ] || fixture="$here/../../tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32"
+[ -d "$demo" ] || demo="$here/../../models/mixtral-demo"
+step fixtures 90 bash "$here/fixtures.sh" "$bin" "$device" "$fixture" "$demo" "$out/fixtures"
+grep -E '^(ok|WRONG|ERROR) ' "$out/fixtures.log" 2>/dev/null | sed 's/^/  /' | tee -a "$summary" >/dev/null
 
 # 3. Kernel benches at Mixtral shapes (each case is checked at its own shape before it is timed).
 step mixtral-8x7b 180 "$bin" bench "${kernels[@]}" "${common[@]}" --no-e2e --out "$out/mixtral-8x7b"

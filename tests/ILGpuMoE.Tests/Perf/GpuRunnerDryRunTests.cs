@@ -50,7 +50,7 @@ public class GpuRunnerDryRunTests
             Assert.That(p.ExitCode, Is.EqualTo(0), context);
 
             // Order of value: each step's verdict line comes after the one before it.
-            string[] steps = ["driver probe: CUDA:", "smoke:", "mixtral-8x7b:", "e2e-mixtral-8x7b:", "torch:", "qwen-moe-a2.7b:", "deepseek-v3-moe:"];
+            string[] steps = ["driver probe: CUDA:", "smoke:", "fixtures:", "mixtral-8x7b:", "e2e-mixtral-8x7b:", "torch:", "qwen-moe-a2.7b:", "deepseek-v3-moe:"];
             int at = -1;
             foreach (string step in steps)
             {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU runner helper (run-device.sh's fixture step): the whole runtime on the device against numbers made elsewhere.
+#   fixtures.sh BENCH_BIN DEVICE FIXTURE_DIR DEMO_DIR OUT_DIR
+# FIXTURE_DIR: mixtral-tiny-f32, the F32 fixture (HF-layout checkpoint + llama.cpp's logits, see its PROVENANCE.md);
+# DEMO_DIR: mixtral-demo, the README's shipped model.
+#   1. F32 fixture on DEVICE vs llama.cpp's logits: max|d| <= 1e-4 and every argmax equal (the family criterion).
+#   2. Each --quant scheme on DEVICE vs the same scheme on ILGPU's CPU accelerator (the same packed weights, packed on
+#      the host, so any difference is the kernels'): max|d| <= 1e-4, argmax equal.
+#   3. The README's generate command on DEVICE (greedy, 16 tokens): it runs and prints text and tokens/s.
+# FIXTURE_QUANTS (the schemes of 2) and FIXTURE_GEN_TOKENS (the tokens of 3) shorten it for the dry run.
+# Exit 1 when any comparison is WRONG or any command fails; every line is printed either way.
+set -u
+bin="$1" device="$2" fx="$3" demo="$4" out="$5"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+mkdir -p "$out"
+check() { python3 "$here/fixture_check.py" "$@"; }
+fail=0
+tokens="$(check --tokens "$fx/expected.safetensors")" || { echo "ERROR cannot read the fixture's tokens"; exit 1; }
+echo "fixture tokens: $tokens"
+
+run_logits() { # DEVICE QUANT OUTFILE
+  local t0=$(date +%s.%N)
+  if ! "$bin" logits --device "$1" --model "$fx" --tokens "$tokens" --quant "$2" --out "$3" > "$3.log" 2>&1; then
+    echo "ERROR logits --device $1 --quant $2 failed: $(tail -2 "$3.log" | tr '\n' ' ')"; return 1
+  fi
+  echo "  logits --device $1 --quant $2: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s (process, compile included)"
+}
+
+if run_logits "$device" none "$out/f32-$device.safetensors"; then
+  check --expected "$fx/expected.safetensors" --actual "$out/f32-$device.safetensors" --atol 1e-4 \
+    --label "F32 fixture on $device vs llama.cpp" || fail=1
+else fail=1; fi
+
+for q in ${FIXTURE_QUANTS:-int8 int4-g32 int4-g32-asym fp8-block128 fp8-tensor}; do
+  run_logits "$device" "$q" "$out/$q-$device.safetensors" || { fail=1; continue; }
+  run_logits cpu "$q" "$out/$q-cpu.safetensors" || { fail=1; continue; }
+  check --expected "$out/$q-cpu.safetensors" --actual "$out/$q-$device.safetensors" --atol 1e-4 \
+    --label "$q on $device vs the CPU accelerator" || fail=1
+done
+
+echo "generate on $device (the README's main job, greedy):"
+if ! "$bin" generate --device "$device" --model "$demo" --prompt "Once upon a time" -n "${FIXTURE_GEN_TOKENS:-16}" --temperature 0 --routing-stats 2>&1 | tail -25; then
+  echo "ERROR generate --device $device failed"; fail=1
+fi
+[ $fail -eq 0 ] && echo "fixtures: all ok" || echo "fixtures: WRONG or ERROR above"
+exit $fail
