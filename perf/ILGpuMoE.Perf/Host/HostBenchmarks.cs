@@ -170,11 +170,11 @@ public class QuantizeBenchmarks
     }
 
     [Benchmark(Description = "QuantizeQ8 [1024, 1024] (per channel)")]
-    public long Q8() => Quantizer.QuantizeQ8(w, Rows, Cols).ByteSize;
+    public long Q8() => Q8Matrix.Quantize(w, Rows, Cols).ByteSize;
 
     [Benchmark(Description = "QuantizeQ4 [1024, 1024] G = 128 symmetric")]
-    public long Q4() => Quantizer.QuantizeQ4(w, Rows, Cols, 128, symmetric: true).ByteSize;
+    public long Q4() => Q4Matrix.Quantize(w, Rows, Cols, 128, symmetric: true).ByteSize;
 
     [Benchmark(Description = "QuantizeFp8 [1024, 1024] (128x128 blocks)")]
-    public long Fp8() => Quantizer.QuantizeFp8(w, Rows, Cols).ByteSize;
+    public long Fp8() => Fp8Matrix.Quantize(w, Rows, Cols).ByteSize;
 }

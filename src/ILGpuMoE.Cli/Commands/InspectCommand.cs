@@ -33,16 +33,7 @@ public static class InspectCommand
         var config = ModelConfig.Load(modelDir);
         var source = QuantSource.Load(modelDir);
         using var checkpoint = Checkpoint.Open(modelDir);
-        if (source is null)
-        {
-            ModelValidator.Validate(config, checkpoint);
-        }
-        else
-        {
-            // Packed linear weights are checked when loaded; the other tensors as usual.
-            ModelValidator.Validate(config, MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
-                .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
-        }
+        QuantSource.Validate(config, checkpoint, source);
 
         var counts = ParameterCounts.Of(config);
 
@@ -95,7 +86,8 @@ public static class InspectCommand
     private static string RouterText(RouterConfig r) => r.Kind switch
     {
         RouterKind.Mixtral => $"softmax over {r.Experts}, top-{r.TopK}, renormalised",
-        _ => $"{r.Kind}, top-{r.TopK} of {r.Experts}",
+        RouterKind.SoftmaxTopK or RouterKind.Switch or RouterKind.NoisyTopK or RouterKind.DeepSeekV3 => $"{r.Kind}, top-{r.TopK} of {r.Experts}",
+        _ => throw new System.Diagnostics.UnreachableException($"inspect: router kind {r.Kind}"),
     };
 
     private static Table StorageTable(IReadOnlyList<TensorInfo> tensors)
@@ -122,7 +114,7 @@ public static class InspectCommand
         {
             foreach (var spec in QuantSpec.All)
             {
-                bool fits = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).All(e => spec.Scheme != Kernels.Quant.QuantScheme.Q4 || e.Shape[1] % spec.GroupSize == 0);
+                bool fits = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).All(e => spec.Fits(e.Shape[1]));
                 if (fits)
                     Row($"--quant {spec.Name}", WeightBytes.Of(c, tensors, spec));
                 else

@@ -25,10 +25,9 @@ public static class CheckpointQuantizer
         if (Path.GetFullPath(inDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))
             throw new ArgumentException("--out must differ from --model");
         using var checkpoint = Checkpoint.Open(inDir);
-        ModelValidator.Validate(config, checkpoint);
+        QuantSource.Validate(config, checkpoint, null);
         var expected = MixtralTensors.Expected(config).ToList();
-        foreach (var e in expected.Where(QuantSource.IsLinear))
-            spec.Check(e.Name, e.Shape[0], e.Shape[1]);
+        spec.CheckLinearWeights(config);
 
         var groups = new List<StreamingSafeTensorsWriter.Group>();
         foreach (var e in expected)
@@ -39,7 +38,7 @@ public static class CheckpointQuantizer
                 int rows = (int)e.Shape[0], cols = (int)e.Shape[1];
                 var planned = QuantSource.Tensors(spec, QuantSource.BaseOf(name), rows, cols)
                     .Select(t => new StreamingSafeTensorsWriter.Planned(t.Name, t.DType, t.Shape)).ToList();
-                groups.Add(new(planned, () => QuantSource.Bytes(spec.Quantize(checkpoint.ReadFloat32(name), rows, cols))));
+                groups.Add(new(planned, () => spec.Quantize(checkpoint.ReadFloat32(name), rows, cols).PackedBytes()));
             }
             else
             {
@@ -65,9 +64,7 @@ public static class CheckpointQuantizer
         if (Path.GetFullPath(inDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))
             throw new ArgumentException("--out must differ from --model");
         using var checkpoint = Checkpoint.Open(inDir);
-        // As the loader does: packed linear weights are checked by their reader; every other tensor as usual.
-        ModelValidator.Validate(config, MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
-            .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
+        QuantSource.Validate(config, checkpoint, source);
 
         var groups = new List<StreamingSafeTensorsWriter.Group>();
         foreach (var e in MixtralTensors.Expected(config))
@@ -78,7 +75,7 @@ public static class CheckpointQuantizer
                 int rows = (int)e.Shape[0], cols = (int)e.Shape[1];
                 var planned = QuantSource.Tensors(spec, QuantSource.BaseOf(name), rows, cols, source.IsActOrder(checkpoint, name, cols))
                     .Select(t => new StreamingSafeTensorsWriter.Planned(t.Name, t.DType, t.Shape)).ToList();
-                groups.Add(new(planned, () => QuantSource.Bytes(source.Read(checkpoint, name, rows, cols))));
+                groups.Add(new(planned, () => source.Read(checkpoint, name, rows, cols).PackedBytes()));
             }
             else
             {

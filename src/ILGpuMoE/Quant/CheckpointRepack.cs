@@ -20,7 +20,7 @@ public static class CheckpointRepack
     private static int Nibble(int word, int i) => (int)(((uint)word >> (4 * i)) & 15);
 
     /// <summary>AWQ GEMM tensors of a Linear(in, out) -> Q4 [out, in] with zero points.</summary>
-    public static QuantizedMatrix FromAwq(ReadOnlySpan<int> qweight, ReadOnlySpan<int> qzeros, ReadOnlySpan<ushort> scales,
+    public static Q4Matrix FromAwq(ReadOnlySpan<int> qweight, ReadOnlySpan<int> qzeros, ReadOnlySpan<ushort> scales,
         int inDim, int outDim, int groupSize)
     {
         Quantizer.CheckGroup("FromAwq", inDim, groupSize);
@@ -73,14 +73,14 @@ public static class CheckpointRepack
             }
         }
 
-        return new QuantizedMatrix(QuantScheme.Q4, outDim, inDim, words, scales16: s16, zeros: zeros, groupSize: groupSize);
+        return new Q4Matrix(outDim, inDim, words, s16, zeros, groupSize);
     }
 
     /// <summary>
     /// GPTQ (v1 zeros) tensors of a Linear(in, out) -> Q4 [out, in] with zero points. gIdx empty or k / G: columns stay in
     /// input order. Otherwise (act-order) columns are sorted by group and the result carries InputPermutation.
     /// </summary>
-    public static QuantizedMatrix FromGptq(ReadOnlySpan<int> qweight, ReadOnlySpan<int> qzeros, ReadOnlySpan<ushort> scales, ReadOnlySpan<int> gIdx,
+    public static Q4Matrix FromGptq(ReadOnlySpan<int> qweight, ReadOnlySpan<int> qzeros, ReadOnlySpan<ushort> scales, ReadOnlySpan<int> gIdx,
         int inDim, int outDim, int groupSize)
     {
         Quantizer.CheckGroup("FromGptq", inDim, groupSize);
@@ -170,11 +170,11 @@ public static class CheckpointRepack
             }
         }
 
-        return new QuantizedMatrix(QuantScheme.Q4, outDim, inDim, words, scales16: s16, zeros: zeros, groupSize: groupSize, inputPermutation: perm);
+        return new Q4Matrix(outDim, inDim, words, s16, zeros, groupSize, inputPermutation: perm);
     }
 
     /// <summary>FP8 block-scaled checkpoint: weight e4m3 [rows, cols], weight_scale_inv [ceil(rows/block), ceil(cols/block)].</summary>
-    public static QuantizedMatrix FromFp8(ReadOnlySpan<byte> weight, ReadOnlySpan<float> scaleInv, int rows, int cols, int block = Quantizer.Fp8Block)
+    public static Fp8Matrix FromFp8(ReadOnlySpan<byte> weight, ReadOnlySpan<float> scaleInv, int rows, int cols, int block = Quantizer.Fp8Block)
     {
         if (rows < 1 || cols < 1)
             throw new ArgumentException($"FromFp8: shape [{rows}, {cols}] must be positive");
@@ -182,21 +182,20 @@ public static class CheckpointRepack
         int sr = (rows + block - 1) / block, sc = (cols + block - 1) / block;
         Need("FromFp8", "weight", weight.Length, (long)rows * cols, $"[{rows}, {cols}]");
         Need("FromFp8", "weight_scale_inv", scaleInv.Length, (long)sr * sc, $"[{sr}, {sc}]");
-        return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, PackBytes(weight, rows, cols), scales32: scaleInv[..(sr * sc)].ToArray(),
-            blockN: block, blockK: block);
+        return new Fp8Matrix(rows, cols, PackBytes(weight, rows, cols), scaleInv[..(sr * sc)].ToArray(), block, block);
     }
 
     /// <summary>FP8 with one per-tensor scale (w = e4m3 * scale).</summary>
-    public static QuantizedMatrix FromFp8PerTensor(ReadOnlySpan<byte> weight, float scale, int rows, int cols)
+    public static Fp8Matrix FromFp8PerTensor(ReadOnlySpan<byte> weight, float scale, int rows, int cols)
     {
         if (rows < 1 || cols < 1)
             throw new ArgumentException($"FromFp8PerTensor: shape [{rows}, {cols}] must be positive");
         Need("FromFp8PerTensor", "weight", weight.Length, (long)rows * cols, $"[{rows}, {cols}]");
-        return new QuantizedMatrix(QuantScheme.Fp8, rows, cols, PackBytes(weight, rows, cols), scales32: [scale], blockN: rows, blockK: cols);
+        return new Fp8Matrix(rows, cols, PackBytes(weight, rows, cols), [scale], rows, cols);
     }
 
     /// <summary>AWQ tensors PREFIX.qweight (I32 [in, out/8]), .qzeros (I32), .scales (F16) of a checkpoint. groupSize 0: one group per row.</summary>
-    public static QuantizedMatrix ReadAwq(Checkpoint checkpoint, string prefix, int groupSize)
+    public static Q4Matrix ReadAwq(Checkpoint checkpoint, string prefix, int groupSize)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         var qw = Tensor(checkpoint, prefix + ".qweight", DType.I32, 2);
@@ -209,7 +208,7 @@ public static class CheckpointRepack
 
     /// <summary>GPTQ tensors PREFIX.qweight (I32 [in/8, out]), .qzeros (I32), .scales (F16), optional .g_idx (I32 [in]).
     /// groupSize 0: one group per row (group_size -1).</summary>
-    public static QuantizedMatrix ReadGptq(Checkpoint checkpoint, string prefix, int groupSize)
+    public static Q4Matrix ReadGptq(Checkpoint checkpoint, string prefix, int groupSize)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         var qw = Tensor(checkpoint, prefix + ".qweight", DType.I32, 2);
@@ -231,7 +230,7 @@ public static class CheckpointRepack
     /// FP8 tensors PREFIX.weight (F8_E4M3 [out, in]) with PREFIX.weight_scale_inv (F32, 128 x 128 blocks) or
     /// PREFIX.weight_scale (F32, one element: per tensor).
     /// </summary>
-    public static QuantizedMatrix ReadFp8(Checkpoint checkpoint, string prefix)
+    public static Fp8Matrix ReadFp8(Checkpoint checkpoint, string prefix)
     {
         ArgumentNullException.ThrowIfNull(checkpoint);
         var w = Tensor(checkpoint, prefix + ".weight", DType.F8_E4M3, 2);

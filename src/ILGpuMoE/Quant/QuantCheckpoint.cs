@@ -23,20 +23,37 @@
 // A linear weight a quantized checkpoint left in F32/F16/BF16 (modules_to_not_convert) is loaded dense; the experts of
 // one kind in a layer must then all be dense or all packed.
 // Anything else (other methods, bits != 4, group sizes outside {32, 64, 128}) is refused with one line.
+// Each scheme (Schemes/*.cs) defines its BASE.scales / .zeros (QuantSpec.ScaleTensors) and reads the foreign forms it
+// registered (QuantSchemeInfo.CheckpointMethods); this file reads our form for all of them.
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using ILGpuMoE.IO;
-using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Model;
 
 namespace ILGpuMoE.Quant;
 
-/// <summary>Where a checkpoint's linear weights come from when config.json declares a quantization_config.</summary>
-public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSize)
+/// <summary>
+/// Where a checkpoint's linear weights come from when config.json declares a quantization_config: our own form
+/// (<see cref="OurMethod"/>, read here for every scheme) or a scheme's foreign form (AWQ / GPTQ / FP8, read by the
+/// scheme that registered the quant_method: Schemes/*.cs).
+/// </summary>
+public abstract class QuantSource
 {
     public const string OurMethod = "ilgpumoe";
+
+    private protected QuantSource(string method, QuantSpec planSpec)
+    {
+        Method = method;
+        PlanSpec = planSpec;
+    }
+
+    /// <summary>quantization_config.quant_method, lower case.</summary>
+    public string Method { get; }
+
+    /// <summary>The scheme the memory plan counts the packed linear weights as.</summary>
+    public QuantSpec PlanSpec { get; }
 
     /// <summary>True for the tensors the quantizers pack: attention q/k/v/o and experts w1/w2/w3.</summary>
     public static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Attention or TensorRole.Expert;
@@ -61,67 +78,49 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
             return null;
         if (q.ValueKind != JsonValueKind.Object)
             throw new ModelConfigException(file, "quantization_config", "must be an object");
-        string method = Str(q, "quant_method")?.ToLowerInvariant()
+        string method = QuantConfigJson.Str(q, "quant_method")?.ToLowerInvariant()
                         ?? throw new ModelConfigException(file, "quantization_config.quant_method", "is missing");
-        switch (method)
+        var config = new QuantConfigJson(file, method, q);
+        if (method == OurMethod)
         {
-            case OurMethod:
+            string scheme = config.Str("scheme") ?? throw config.Error("scheme", "is missing");
+            QuantSpec? spec;
+            try
             {
-                string scheme = Str(q, "scheme") ?? throw new ModelConfigException(file, "quantization_config.scheme", "is missing");
-                QuantSpec? spec;
-                try
-                {
-                    spec = QuantSpec.Parse(scheme);
-                }
-                catch (ArgumentException)
-                {
-                    spec = null;
-                }
-
-                if (spec is null)
-                    throw new ModelConfigException(file, "quantization_config.scheme", $"'{scheme}' is not a supported scheme ({string.Join(", ", QuantSpec.Names.Skip(1))})");
-                return new QuantSource(method, spec, spec.GroupSize);
+                spec = QuantSpec.Parse(scheme);
+            }
+            catch (ArgumentException)
+            {
+                spec = null;
             }
 
-            case "awq":
-            case "gptq":
-            {
-                int bits = Int(q, "bits") ?? Int(q, "w_bit") ?? 4;
-                if (bits != 4)
-                    throw new ModelConfigException(file, "quantization_config.bits", $"{method} with {bits} bits is not supported (4 only)");
-                // -1: one group per row (per output channel); otherwise G must keep a 16-byte unit inside one group.
-                int g = Int(q, "group_size") ?? Int(q, "q_group_size") ?? 128;
-                if (g != -1 && (g < 32 || g % 32 != 0))
-                    throw new ModelConfigException(file, "quantization_config.group_size", $"{method} group size {g} is not supported (a multiple of 32, or -1)");
-                string? version = Str(q, "version");
-                if (method == "awq" && version is not null && !version.Equals("gemm", StringComparison.OrdinalIgnoreCase))
-                    throw new ModelConfigException(file, "quantization_config.version", $"AWQ version '{version}' is not supported (GEMM only)");
-                string? format = Str(q, "checkpoint_format");
-                if (method == "gptq" && format is not null && !format.Equals("gptq", StringComparison.OrdinalIgnoreCase))
-                    throw new ModelConfigException(file, "quantization_config.checkpoint_format", $"GPTQ format '{format}' is not supported (gptq v1 zeros only)");
-                if (method == "awq" && q.TryGetProperty("zero_point", out var zp) && zp.ValueKind == JsonValueKind.False)
-                    throw new ModelConfigException(file, "quantization_config.zero_point", "AWQ without zero points is not supported");
-                int spec = Math.Max(g, 0); // QuantSpec / readers: 0 = the matrix's whole input dim
-                return new QuantSource(method, new QuantSpec(g > 0 ? $"{method}-g{g}" : $"{method}-per-row", QuantScheme.Q4, spec, Symmetric: false), spec);
-            }
-
-            case "fp8":
-            {
-                if (q.TryGetProperty("weight_block_size", out var b) && b.ValueKind == JsonValueKind.Array)
-                {
-                    var dims = b.EnumerateArray().Select(e => e.TryGetInt32(out int v) ? v : -1).ToArray();
-                    if (dims.Length != 2 || dims[0] != Quantizer.Fp8Block || dims[1] != Quantizer.Fp8Block)
-                        throw new ModelConfigException(file, "quantization_config.weight_block_size", $"[{string.Join(", ", dims)}] is not supported ([128, 128] only)");
-                    return new QuantSource(method, QuantSpec.Parse("fp8-block128")!, 0);
-                }
-
-                return new QuantSource(method, QuantSpec.Parse("fp8-tensor")!, 0);
-            }
-
-            default:
-                throw new ModelConfigException(file, "quantization_config.quant_method",
-                    $"'{method}' is not supported (ilgpumoe, awq, gptq, fp8)");
+            return spec is null
+                ? throw config.Error("scheme", $"'{scheme}' is not a supported scheme ({string.Join(", ", QuantSpec.Names.Skip(1))})")
+                : new OwnSource(spec);
         }
+
+        var reader = QuantSchemes.ForMethod(method)
+                     ?? throw config.Error("quant_method", $"'{method}' is not supported ({string.Join(", ", QuantSchemes.CheckpointMethods)})");
+        return reader.FromCheckpoint!(config);
+    }
+
+    /// <summary>
+    /// Checks a checkpoint against its config before anything is read (model open, ilgpumoe quantize, inspect): with no
+    /// quantization_config every tensor as ModelValidator checks it; otherwise the packed linear weights are checked by
+    /// their reader when read, and every other tensor as usual.
+    /// </summary>
+    public static void Validate(ModelConfig config, Checkpoint checkpoint, QuantSource? source)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        if (source is null)
+        {
+            ModelValidator.Validate(config, checkpoint);
+            return;
+        }
+
+        // Stand-ins first: the validator keeps the first tensor of a name, and FP8 keeps E4M3 BASE.weight.
+        ModelValidator.Validate(config, MixtralTensors.Expected(config).Where(IsLinear)
+            .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
     }
 
     /// <summary>Reads linear weight <paramref name="weightName"/> [rows, cols] into our packed layout.</summary>
@@ -132,13 +131,7 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
         QuantizedMatrix m;
         try
         {
-            m = Method switch
-            {
-                OurMethod => ReadOurs(checkpoint, b, rows, cols),
-                "awq" => CheckpointRepack.ReadAwq(checkpoint, b, GroupSize),
-                "gptq" => CheckpointRepack.ReadGptq(checkpoint, b, GroupSize),
-                _ => CheckpointRepack.ReadFp8(checkpoint, b),
-            };
+            m = ReadBase(checkpoint, b, rows, cols);
         }
         catch (ArgumentException e)
         {
@@ -150,126 +143,104 @@ public sealed record QuantSource(string Method, QuantSpec PlanSpec, int GroupSiz
         return m;
     }
 
-    private QuantizedMatrix ReadOurs(Checkpoint ck, string b, int rows, int cols)
-    {
-        var s = PlanSpec;
-        foreach (var t in Tensors(s, b, rows, cols))
-        {
-            if (!ck.Contains(t.Name))
-                throw new InvalidDataException($"{ck.Directory}: tensor {t.Name} is missing ({s.Name} checkpoint)");
-            var info = ck.Get(t.Name);
-            if (info.DType != t.DType || !info.Shape.SequenceEqual(t.Shape))
-                throw new InvalidDataException($"{ck.Directory}: tensor {t.Name} is {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}], expected {DTypes.ToName(t.DType)} [{string.Join(", ", t.Shape)}]");
-        }
-
-        int[]? perm = null;
-        if (ck.Contains(b + ".perm"))
-        {
-            var info = ck.Get(b + ".perm");
-            if (s.Scheme != QuantScheme.Q4 || info.DType != DType.I32 || !info.Shape.SequenceEqual(new long[] { cols }))
-                throw new InvalidDataException($"{ck.Directory}: tensor {b}.perm is {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}], expected I32 [{cols}] on an int4 matrix");
-            perm = ck.GetSpan<int>(b + ".perm").ToArray();
-            ActOrder.CheckPermutation($"{b}.perm", perm, cols);
-        }
-
-        uint[] words = MemoryMarshal.Cast<byte, uint>(ck.GetBytes(b + ".qweight")).ToArray();
-        return s.Scheme switch
-        {
-            QuantScheme.Q8 => new QuantizedMatrix(QuantScheme.Q8, rows, cols, words, scales32: ck.GetSpan<float>(b + ".scales").ToArray()),
-            QuantScheme.Q4 => new QuantizedMatrix(QuantScheme.Q4, rows, cols, words, scales16: ck.GetSpan<ushort>(b + ".scales").ToArray(),
-                zeros: s.Symmetric ? null : ck.GetBytes(b + ".zeros").ToArray(), groupSize: s.GroupFor(cols), inputPermutation: perm),
-            _ => new QuantizedMatrix(QuantScheme.Fp8, rows, cols, words, scales32: ck.GetSpan<float>(b + ".scales").ToArray(),
-                blockN: s.PerTensor ? rows : Quantizer.Fp8Block, blockK: s.PerTensor ? cols : Quantizer.Fp8Block),
-        };
-    }
-
-    /// <summary>The tensors ilgpumoe quantize writes for linear weight BASE [rows, cols] under <paramref name="s"/>
-    /// (<paramref name="permuted"/>: an act-order matrix, which also gets BASE.perm).</summary>
-    public static IReadOnlyList<(string Name, DType DType, long[] Shape)> Tensors(QuantSpec s, string b, long rows, long cols, bool permuted = false)
-    {
-        long rowWords = s.Scheme == QuantScheme.Q4 ? QuantLayout.NibbleRowWords((int)cols) : QuantLayout.ByteRowWords((int)cols);
-        var list = new List<(string, DType, long[])> { (b + ".qweight", DType.I32, [rows, rowWords]) };
-        switch (s.Scheme)
-        {
-            case QuantScheme.Q8:
-                list.Add((b + ".scales", DType.F32, [rows]));
-                break;
-            case QuantScheme.Q4:
-                list.Add((b + ".scales", DType.F16, [rows, cols / s.GroupFor(cols)]));
-                if (!s.Symmetric)
-                    list.Add((b + ".zeros", DType.U8, [rows, cols / s.GroupFor(cols)]));
-                break;
-            default:
-                list.Add((b + ".scales", DType.F32, s.PerTensor ? [1, 1] : [(rows + Quantizer.Fp8Block - 1) / Quantizer.Fp8Block, (cols + Quantizer.Fp8Block - 1) / Quantizer.Fp8Block]));
-                break;
-        }
-
-        if (permuted)
-            list.Add((b + ".perm", DType.I32, [cols]));
-        return list;
-    }
-
-    /// <summary>The bytes of <see cref="Tensors"/> in order, from a packed matrix.</summary>
-    public static IReadOnlyList<byte[]> Bytes(QuantizedMatrix m)
-    {
-        var list = new List<byte[]> { MemoryMarshal.AsBytes(m.Words.AsSpan()).ToArray() };
-        list.Add(m.Scheme == QuantScheme.Q4 ? MemoryMarshal.AsBytes(m.Scales16.AsSpan()).ToArray() : MemoryMarshal.AsBytes(m.Scales32.AsSpan()).ToArray());
-        if (m.Zeros.Length > 0)
-            list.Add(m.Zeros);
-        if (m.InputPermutation is { } perm)
-            list.Add(MemoryMarshal.AsBytes(perm.AsSpan()).ToArray());
-        return list;
-    }
+    /// <summary>Reads the tensors of linear weight BASE (<paramref name="baseName"/>); ArgumentException for bad values.</summary>
+    private protected abstract QuantizedMatrix ReadBase(Checkpoint checkpoint, string baseName, int rows, int cols);
 
     /// <summary>
     /// True when linear weight <paramref name="weightName"/> ([rows, cols]) reads its input permuted: a GPTQ g_idx that
     /// is not k / G, or a BASE.perm in our layout. A malformed g_idx counts as not: the reader refuses it with the reason.
     /// </summary>
-    public bool IsActOrder(Checkpoint checkpoint, string weightName, long cols)
-    {
-        ArgumentNullException.ThrowIfNull(checkpoint);
-        string b = BaseOf(weightName);
-        if (Method == OurMethod)
-            return checkpoint.Contains(b + ".perm");
-        if (Method != "gptq" || !checkpoint.Contains(b + ".g_idx"))
-            return false;
-        var info = checkpoint.Get(b + ".g_idx");
-        return info.DType == DType.I32 && info.Shape.Length == 1
-               && ActOrder.IsActOrder(checkpoint.GetSpan<int>(b + ".g_idx"), GroupSize > 0 ? GroupSize : (int)cols);
-    }
+    public virtual bool IsActOrder(Checkpoint checkpoint, string weightName, long cols) => false;
 
     /// <summary>The layout `ilgpumoe quantize` repacks this (AWQ / GPTQ / FP8) checkpoint into: the same values in ours.</summary>
-    public QuantSpec RepackSpec => Method switch
+    public virtual QuantSpec RepackSpec => PlanSpec;
+
+    /// <summary>The tensors ilgpumoe quantize writes for linear weight BASE [rows, cols] under <paramref name="s"/>
+    /// (<paramref name="permuted"/>: an act-order matrix, which also gets BASE.perm).</summary>
+    public static IReadOnlyList<(string Name, DType DType, long[] Shape)> Tensors(QuantSpec s, string b, long rows, long cols, bool permuted = false)
     {
-        OurMethod => throw new ArgumentException("the checkpoint is already in our packed layout (quant_method 'ilgpumoe')"),
-        "awq" or "gptq" => QuantSpec.Parse(GroupSize > 0 ? $"int4-g{GroupSize}-asym" : "int4-per-row-asym")!,
-        _ => PlanSpec,
-    };
+        ArgumentNullException.ThrowIfNull(s);
+        var list = new List<(string, DType, long[])> { (b + ".qweight", DType.I32, [rows, s.RowWords((int)cols)]) };
+        list.AddRange(s.ScaleTensors(rows, cols).Select(t => (b + t.Suffix, t.DType, t.Shape)));
+        if (permuted)
+            list.Add((b + ".perm", DType.I32, [cols]));
+        return list;
+    }
 
     /// <summary>The quantization_config object ilgpumoe quantize writes into config.json.</summary>
     public static JsonObject ConfigFor(QuantSpec s)
     {
+        ArgumentNullException.ThrowIfNull(s);
         var o = new JsonObject
         {
             ["quant_method"] = OurMethod,
             ["scheme"] = s.Name,
-            ["layout"] = s.Scheme.ToString(),
+            ["layout"] = s.Layout.ToString(),
             ["modules"] = "self_attn.{q,k,v,o}_proj, block_sparse_moe.experts.*.{w1,w2,w3}; embeddings, norms, router and lm_head keep their dtype",
         };
-        if (s.Scheme == QuantScheme.Q4)
-        {
-            o["group_size"] = s.GroupSize > 0 ? s.GroupSize : -1; // -1: one group per row, as GPTQ writes it
-            o["symmetric"] = s.Symmetric;
-        }
-
-        if (s.Scheme == QuantScheme.Fp8)
-            o["weight_block_size"] = s.PerTensor ? null : new JsonArray(Quantizer.Fp8Block, Quantizer.Fp8Block);
+        s.Describe(o);
         return o;
     }
 
-    private static string? Str(JsonElement o, string key) => o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+    /// <summary>Our own form (quant_method "ilgpumoe", any scheme): BASE.qweight, the scheme's scale tensors, BASE.perm.</summary>
+    private sealed class OwnSource(QuantSpec spec) : QuantSource(OurMethod, spec)
+    {
+        public override QuantSpec RepackSpec => throw new ArgumentException("the checkpoint is already in our packed layout (quant_method 'ilgpumoe')");
 
-    private static int? Int(JsonElement o, string key) => o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i : null;
+        public override bool IsActOrder(Checkpoint checkpoint, string weightName, long cols)
+        {
+            ArgumentNullException.ThrowIfNull(checkpoint);
+            return checkpoint.Contains(BaseOf(weightName) + ".perm");
+        }
+
+        private protected override QuantizedMatrix ReadBase(Checkpoint ck, string b, int rows, int cols)
+        {
+            var s = PlanSpec;
+            foreach (var t in Tensors(s, b, rows, cols))
+            {
+                if (!ck.Contains(t.Name))
+                    throw new InvalidDataException($"{ck.Directory}: tensor {t.Name} is missing ({s.Name} checkpoint)");
+                var info = ck.Get(t.Name);
+                if (info.DType != t.DType || !info.Shape.SequenceEqual(t.Shape))
+                    throw new InvalidDataException($"{ck.Directory}: tensor {t.Name} is {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}], expected {DTypes.ToName(t.DType)} [{string.Join(", ", t.Shape)}]");
+            }
+
+            int[]? perm = null;
+            if (ck.Contains(b + ".perm"))
+            {
+                var info = ck.Get(b + ".perm");
+                if (!s.TakesInputPermutation || info.DType != DType.I32 || !info.Shape.SequenceEqual(new long[] { cols }))
+                    throw new InvalidDataException($"{ck.Directory}: tensor {b}.perm is {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}], expected I32 [{cols}] on an int4 matrix");
+                perm = ck.GetSpan<int>(b + ".perm").ToArray();
+                ActOrder.CheckPermutation($"{b}.perm", perm, cols);
+            }
+
+            return s.ReadPacked(ck, b, rows, cols, MemoryMarshal.Cast<byte, uint>(ck.GetBytes(b + ".qweight")).ToArray(), perm);
+        }
+    }
+}
+
+/// <summary>A checkpoint's quantization_config object, for the scheme that reads its quant_method.</summary>
+public sealed class QuantConfigJson(string file, string method, JsonElement element)
+{
+    /// <summary>The config.json path (for messages).</summary>
+    public string File { get; } = file;
+
+    /// <summary>quant_method, lower case.</summary>
+    public string Method { get; } = method;
+
+    public JsonElement Element { get; } = element;
+
+    /// <summary>A string member, or null when absent or not a string.</summary>
+    public string? Str(string key) => Str(Element, key);
+
+    /// <summary>An int member, or null when absent or not an int.</summary>
+    public int? Int(string key) => Element.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i : null;
+
+    /// <summary>The one-line error naming quantization_config.KEY.</summary>
+    public ModelConfigException Error(string key, string problem) => new(File, "quantization_config." + key, problem);
+
+    internal static string? Str(JsonElement o, string key) => o.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 }
 
 /// <summary>

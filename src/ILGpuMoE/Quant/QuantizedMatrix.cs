@@ -1,63 +1,45 @@
 // A weight matrix in one of our packed layouts (kernels/ILGpuMoE.Kernels/Quant/QuantLayout.cs), on the host, and its
-// device copy. Built by Quantizer (from F32) or CheckpointRepack (from AWQ / GPTQ / FP8 checkpoints).
-using System.Runtime.InteropServices;
+// device copy. Built by a scheme's quantizer (from F32) or a checkpoint reader (AWQ / GPTQ / FP8 / ours).
+//
+// This file holds what every layout shares (packed words, shape, stacking of experts, act-order permutation); each
+// scheme's own file under Schemes/ adds its scales (and zero points), its device view and the kernel entries that
+// read it, so a new layout is one new file there (QuantSchemes.cs registers it).
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Quant;
 
 /// <summary>
-/// W [Rows, Cols] packed per <see cref="Scheme"/>. Experts stack as [E*N, K] (<see cref="Stack"/>).
-/// Q8: Scales32 [Rows]. Q4: Scales16 (f16 bits) [Rows, Cols/G], Zeros [Rows, Cols/G] (empty = symmetric, z = 8).
-/// Fp8: Scales32 [Rows/MatrixRows, ceil(MatrixRows/BlockN), ceil(Cols/BlockK)].
+/// W [Rows, Cols] packed per <see cref="Scheme"/>: [Rows, RowWords] words plus the scheme's scales. Experts stack as
+/// [E*N, K] (<see cref="Stack"/>). The subclasses (Q8Matrix, Q4Matrix, Fp8Matrix) hold the scales.
 /// </summary>
-public sealed class QuantizedMatrix
+public abstract class QuantizedMatrix
 {
-    internal QuantizedMatrix(QuantScheme scheme, int rows, int cols, uint[] words, float[]? scales32 = null, ushort[]? scales16 = null,
-        byte[]? zeros = null, int groupSize = 0, int matrixRows = 0, int blockN = 0, int blockK = 0, int[]? inputPermutation = null)
+    private protected QuantizedMatrix(int rows, int cols, uint[] words, int matrixRows, int[]? inputPermutation)
     {
-        Scheme = scheme;
         Rows = rows;
         Cols = cols;
         Words = words;
-        Scales32 = scales32 ?? [];
-        Scales16 = scales16 ?? [];
-        Zeros = zeros ?? [];
-        GroupSize = groupSize;
         MatrixRows = matrixRows == 0 ? rows : matrixRows;
-        BlockN = blockN;
-        BlockK = blockK;
         InputPermutation = inputPermutation;
     }
 
-    public QuantScheme Scheme { get; }
+    /// <summary>The kernel-level layout tag.</summary>
+    public abstract QuantScheme Scheme { get; }
 
     public int Rows { get; }
 
     public int Cols { get; }
 
-    public int RowWords => Scheme == QuantScheme.Q4 ? QuantLayout.NibbleRowWords(Cols) : QuantLayout.ByteRowWords(Cols);
+    public abstract int RowWords { get; }
 
     /// <summary>[Rows, RowWords] packed words.</summary>
     public uint[] Words { get; }
 
-    public float[] Scales32 { get; }
-
-    public ushort[] Scales16 { get; }
-
-    public byte[] Zeros { get; }
-
-    /// <summary>Q4: G.</summary>
-    public int GroupSize { get; }
-
     /// <summary>Rows of one stacked matrix (N); Rows when not stacked.</summary>
     public int MatrixRows { get; }
-
-    /// <summary>Fp8: scale block (rows, columns); per-tensor scaling is (MatrixRows, Cols).</summary>
-    public int BlockN { get; }
-
-    public int BlockK { get; }
 
     /// <summary>
     /// GPTQ act-order only: packed column j is input column InputPermutation[j], so y = x[:, perm] Wp^T; the caller
@@ -66,46 +48,36 @@ public sealed class QuantizedMatrix
     /// </summary>
     public int[]? InputPermutation { get; }
 
+    /// <summary>"Q8", "Q4 g128", "Q4 g128 asym", "Fp8 128x128": the layout with its parameters.</summary>
+    public abstract string TypeName { get; }
+
     /// <summary>Bytes of the packed weights plus scales, zeros and the input permutation (what a pass reads once).</summary>
-    public long ByteSize => Words.LongLength * 4 + Scales32.LongLength * 4 + Scales16.LongLength * 2 + Zeros.LongLength
-                            + (InputPermutation?.LongLength ?? 0) * 4;
+    public long ByteSize => Words.LongLength * 4 + ScaleBytes + (InputPermutation?.LongLength ?? 0) * 4;
+
+    /// <summary>Bytes of the scales and zero points.</summary>
+    private protected abstract long ScaleBytes { get; }
 
     /// <summary>The same packed values without the input permutation: for a matrix whose input already arrives in
     /// packed column order (w2 after its permutation was folded into w1/w3's rows; w3 sharing w1's gather).</summary>
-    public QuantizedMatrix WithoutInputPermutation() =>
-        InputPermutation is null ? this : new(Scheme, Rows, Cols, Words, Scales32, Scales16, Zeros, GroupSize, MatrixRows, BlockN, BlockK);
+    public QuantizedMatrix WithoutInputPermutation() => InputPermutation is null ? this : WithLayout(Rows, Words, MatrixRows, null, RowScales.Keep);
 
     /// <summary>
     /// Rows reordered: row i of the result is row order[i] of this matrix, moved with its scales and zero points, so it
-    /// dequantizes to exactly those rows. Q8 and Q4, one (unstacked) matrix; order must be a permutation of 0..Rows-1.
-    /// Used to fold a following act-order matrix's input permutation into this one's outputs (ActOrder.cs).
+    /// dequantizes to exactly those rows. Per-row scaled layouts, one (unstacked) matrix; order must be a permutation of
+    /// 0..Rows-1. Used to fold a following act-order matrix's input permutation into this one's outputs (ActOrder.cs).
     /// </summary>
     public QuantizedMatrix PermuteRows(ReadOnlySpan<int> order)
     {
-        if (Scheme == QuantScheme.Fp8)
-            throw new ArgumentException("QuantizedMatrix.PermuteRows: FP8 scale blocks span several rows; rows cannot be moved one by one");
+        if (WhyRowsCannotMove is { } why)
+            throw new ArgumentException($"QuantizedMatrix.PermuteRows: {why}");
         if (MatrixRows != Rows)
             throw new ArgumentException("QuantizedMatrix.PermuteRows: the matrix is stacked; permute the experts before stacking");
         ActOrder.CheckPermutation("QuantizedMatrix.PermuteRows", order, Rows);
-        int rw = RowWords, groups = Scheme == QuantScheme.Q4 ? Cols / GroupSize : 0;
-        var words = new uint[Words.Length];
-        var s32 = new float[Scales32.Length];
-        var s16 = new ushort[Scales16.Length];
-        var zeros = new byte[Zeros.Length];
-        for (int i = 0; i < Rows; i++)
-        {
-            int r = order[i];
-            Array.Copy(Words, (long)r * rw, words, (long)i * rw, rw);
-            if (Scheme == QuantScheme.Q8)
-                s32[i] = Scales32[r];
-            else
-                Array.Copy(Scales16, (long)r * groups, s16, (long)i * groups, groups);
-            if (zeros.Length > 0)
-                Array.Copy(Zeros, (long)r * groups, zeros, (long)i * groups, groups);
-        }
-
-        return new QuantizedMatrix(Scheme, Rows, Cols, words, s32, s16, zeros, GroupSize, 0, BlockN, BlockK, InputPermutation);
+        return WithLayout(Rows, PermuteRowsOf(Words, order, RowWords), 0, InputPermutation, new RowScales(order.ToArray()));
     }
+
+    /// <summary>Null when every row owns its scales (rows can move one by one); otherwise why not.</summary>
+    private protected virtual string? WhyRowsCannotMove => null;
 
     /// <summary>
     /// Stacks expert matrices (same scheme, columns and parameters) into [sum rows, Cols]. If any expert carries an input
@@ -119,8 +91,7 @@ public sealed class QuantizedMatrix
         var a = parts[0];
         foreach (var p in parts)
         {
-            if (p.Scheme != a.Scheme || p.Cols != a.Cols || p.GroupSize != a.GroupSize || p.BlockN != a.BlockN || p.BlockK != a.BlockK
-                || p.Zeros.Length > 0 != a.Zeros.Length > 0 || p.Rows != a.Rows || p.MatrixRows != p.Rows)
+            if (p.GetType() != a.GetType() || p.Cols != a.Cols || !a.SameParameters(p) || p.Rows != a.Rows || p.MatrixRows != p.Rows)
                 throw new ArgumentException($"QuantizedMatrix.Stack: matrices differ ({p.Scheme} [{p.Rows}, {p.Cols}] vs {a.Scheme} [{a.Rows}, {a.Cols}]) or are already stacked");
         }
 
@@ -139,8 +110,54 @@ public sealed class QuantizedMatrix
             }
         }
 
-        return new QuantizedMatrix(a.Scheme, a.Rows * parts.Count, a.Cols, Concat(parts, p => p.Words), Concat(parts, p => p.Scales32),
-            Concat(parts, p => p.Scales16), Concat(parts, p => p.Zeros), a.GroupSize, a.Rows, a.BlockN, a.BlockK, perm);
+        return a.WithLayout(a.Rows * parts.Count, Concat(parts, p => p.Words), a.Rows, perm, new RowScales(null, parts));
+    }
+
+    /// <summary>True when <paramref name="other"/> (same type) has the same scheme parameters (group size, zeros, blocks).</summary>
+    private protected abstract bool SameParameters(QuantizedMatrix other);
+
+    /// <summary>How <see cref="WithLayout"/> gets its scales: kept, rows reordered, or the stacked parts' concatenated.</summary>
+    private protected readonly record struct RowScales(int[]? Order, IReadOnlyList<QuantizedMatrix>? Stacked = null)
+    {
+        public static readonly RowScales Keep = new(null);
+
+        /// <summary>This matrix's per-row array <paramref name="a"/> (<paramref name="perRow"/> entries a row) as the new matrix needs it.</summary>
+        public T[] Of<T, TM>(TM self, Func<TM, T[]> a, int perRow)
+            where TM : QuantizedMatrix
+        {
+            if (Stacked is not null)
+                return Concat(Stacked, p => a((TM)p));
+            return Order is null ? a(self) : PermuteRowsOf(a(self), Order, perRow);
+        }
+    }
+
+    /// <summary>A copy of this matrix's type and parameters with new words, stacking, permutation and scales.</summary>
+    private protected abstract QuantizedMatrix WithLayout(int rows, uint[] words, int matrixRows, int[]? inputPermutation, RowScales scales);
+
+    /// <summary>The scale (and zero) tensors of our checkpoint form, after qweight, in QuantSpec.PackedTensors order.</summary>
+    private protected abstract IEnumerable<byte[]> ScaleTensorBytes();
+
+    /// <summary>The bytes of QuantSource.Tensors in order (qweight, scales, zeros, perm): what ilgpumoe quantize writes.</summary>
+    public IReadOnlyList<byte[]> PackedBytes()
+    {
+        var list = new List<byte[]> { System.Runtime.InteropServices.MemoryMarshal.AsBytes(Words.AsSpan()).ToArray() };
+        list.AddRange(ScaleTensorBytes());
+        if (InputPermutation is { } perm)
+            list.Add(System.Runtime.InteropServices.MemoryMarshal.AsBytes(perm.AsSpan()).ToArray());
+        return list;
+    }
+
+    /// <summary>Copies the matrix to the device.</summary>
+    public abstract DeviceQuantMatrix Upload(Accelerator accelerator);
+
+    private protected static T[] PermuteRowsOf<T>(T[] a, ReadOnlySpan<int> order, int perRow)
+    {
+        if (a.Length == 0)
+            return a; // a symmetric Q4's absent zeros
+        var r = new T[a.Length];
+        for (int i = 0; i < order.Length; i++)
+            Array.Copy(a, (long)order[i] * perRow, r, (long)i * perRow, perRow);
+        return r;
     }
 
     // Block copies (a Mixtral layer stacks 8 x 29 MB of int4 words per kind; an element-wise SelectMany took ~3 ns each).
@@ -157,58 +174,102 @@ public sealed class QuantizedMatrix
 
         return all;
     }
-
-    /// <summary>Copies the matrix to the device.</summary>
-    public DeviceQuantMatrix Upload(Accelerator accelerator) => new(accelerator, this);
 }
 
-/// <summary>Device buffers of a <see cref="QuantizedMatrix"/>; the views the kernels take.</summary>
-public sealed class DeviceQuantMatrix : IDisposable
+/// <summary>
+/// Device buffers of a <see cref="QuantizedMatrix"/>. The subclass of each scheme (DeviceQuantMatrix&lt;TQ&gt;) builds
+/// the kernels' view TQ and names the launcher entries that read it; WeightOps calls those without knowing the scheme.
+/// </summary>
+public abstract class DeviceQuantMatrix : IDisposable
 {
-    private readonly MemoryBuffer1D<uint, Stride1D.Dense> words;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense>? scales32;
-    private readonly MemoryBuffer1D<ILGPU.Half, Stride1D.Dense>? scales16;
-    private readonly MemoryBuffer1D<byte, Stride1D.Dense>? zeros;
+    private readonly List<IDisposable> owned = [];
     private readonly MemoryBuffer1D<int, Stride1D.Dense>? permutation;
 
-    internal DeviceQuantMatrix(Accelerator accelerator, QuantizedMatrix m)
+    private protected DeviceQuantMatrix(Accelerator accelerator, QuantizedMatrix host)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
-        Host = m;
-        words = accelerator.Allocate1D(m.Words);
-        if (m.Scales32.Length > 0)
-            scales32 = accelerator.Allocate1D(m.Scales32);
-        if (m.Scales16.Length > 0)
-            scales16 = accelerator.Allocate1D(MemoryMarshal.Cast<ushort, ILGPU.Half>(m.Scales16).ToArray());
-        if (m.Zeros.Length > 0)
-            zeros = accelerator.Allocate1D(m.Zeros);
-        if (m.InputPermutation is not null)
-            permutation = accelerator.Allocate1D(m.InputPermutation);
+        Host = host;
+        var words = Own(accelerator.Allocate1D(host.Words));
+        WordsView = words.View;
+        if (host.InputPermutation is not null)
+            permutation = Own(accelerator.Allocate1D(host.InputPermutation));
     }
 
     public QuantizedMatrix Host { get; }
 
+    private protected ArrayView<uint> WordsView { get; }
+
     /// <summary>The input permutation ([Cols], or [E, Cols] stacked); an empty view when columns are in input order.</summary>
     public ArrayView<int> InputPermutation => permutation is null ? default : permutation.View;
 
-    public Q8Weights Q8 => Host.Scheme == QuantScheme.Q8
-        ? new Q8Weights(words.View, scales32!.View, Host.Rows, Host.Cols)
-        : throw new InvalidOperationException($"DeviceQuantMatrix: the matrix is {Host.Scheme}, not Q8");
+    /// <summary>The kernels' view of the matrix; InvalidOperationException when it is another layout.</summary>
+    public TQ View<TQ>()
+        where TQ : struct, IQuantWeights =>
+        this is DeviceQuantMatrix<TQ> d ? d.Weights : throw new InvalidOperationException($"DeviceQuantMatrix: the matrix is {Host.Scheme}, not {typeof(TQ).Name}");
 
-    public Q4Weights Q4 => Host.Scheme == QuantScheme.Q4
-        ? new Q4Weights(words.View, scales16!.View, zeros is null ? default : zeros.View, Host.Rows, Host.Cols, Host.GroupSize)
-        : throw new InvalidOperationException($"DeviceQuantMatrix: the matrix is {Host.Scheme}, not Q4");
+    /// <summary>y [T, Rows] (+)= x [T, Cols] W^T through the decode GEMV (T &lt;= QuantGemvKernels.MaxTokens).</summary>
+    internal abstract void LaunchGemv(QuantGemvKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate);
 
-    public Fp8Weights Fp8 => Host.Scheme == QuantScheme.Fp8
-        ? new Fp8Weights(words.View, scales32!.View, Host.Rows, Host.Cols, Host.MatrixRows, Host.BlockN, Host.BlockK)
-        : throw new InvalidOperationException($"DeviceQuantMatrix: the matrix is {Host.Scheme}, not Fp8");
+    /// <summary>y [T, Rows] (+)= x [T, Cols] W^T through the tiled GEMM (prefill).</summary>
+    internal abstract void LaunchGemm(QuantGemmKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate);
+
+    /// <summary>output [T, D] = residual + MoE(x) with this matrix as stacked w1 and <paramref name="w3"/>, <paramref name="w2"/>
+    /// of the same layout (InvalidOperationException otherwise).</summary>
+    internal abstract void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
+        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual);
+
+    private protected TBuffer Own<TBuffer>(TBuffer buffer)
+        where TBuffer : IDisposable
+    {
+        owned.Add(buffer);
+        return buffer;
+    }
 
     public void Dispose()
     {
-        words.Dispose();
-        scales32?.Dispose();
-        scales16?.Dispose();
-        zeros?.Dispose();
-        permutation?.Dispose();
+        foreach (var b in owned)
+            b.Dispose();
+        owned.Clear();
+        GC.SuppressFinalize(this);
     }
+}
+
+/// <summary>A device matrix whose kernels' view is <typeparamref name="TQ"/>; the MoE block is generic over it.</summary>
+public abstract class DeviceQuantMatrix<TQ> : DeviceQuantMatrix
+    where TQ : struct, IQuantWeights
+{
+    private protected DeviceQuantMatrix(Accelerator accelerator, QuantizedMatrix host)
+        : base(accelerator, host)
+    {
+    }
+
+    /// <summary>The view the kernels take.</summary>
+    public abstract TQ Weights { get; }
+
+    internal sealed override void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
+        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual)
+    {
+        if (w3 is not DeviceQuantMatrix<TQ> q3 || w2 is not DeviceQuantMatrix<TQ> q2)
+            throw QuantMoeKernels.Mixed();
+        // GPTQ act-order experts: w1 carries the [E, D] input permutation w1 and w3 share (w2's is folded at load);
+        // an empty view for every other matrix.
+        kernels.For<TQ>().Launch(stream, workspace, x, ids, weights, tokens, Weights, q3.Weights, q2.Weights, output, residual,
+            inputPermutation: InputPermutation);
+    }
+}
+
+/// <summary>The quantized grouped-GEMM MoE launchers, one per weight view, loaded on first use.</summary>
+internal sealed class QuantMoeKernels(Accelerator accelerator)
+{
+    private readonly Dictionary<Type, object> loaded = [];
+
+    public QuantMoeBlockKernels<TQ> For<TQ>()
+        where TQ : struct, IQuantWeights
+    {
+        if (!loaded.TryGetValue(typeof(TQ), out var k))
+            loaded[typeof(TQ)] = k = QuantMoeBlockKernels<TQ>.Create(accelerator);
+        return (QuantMoeBlockKernels<TQ>)k;
+    }
+
+    public static InvalidOperationException Mixed() => new("experts w1, w3 and w2 of a layer must share one packed scheme");
 }

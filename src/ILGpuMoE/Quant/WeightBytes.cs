@@ -35,7 +35,8 @@ public readonly record struct WeightBytes(long Total, long PerToken)
                 TensorRole.Expert => b * c.TopK / c.Experts,               // K of E experts (equal sizes)
                 TensorRole.Embedding => b / Math.Max(1, c.VocabSize)       // one row gathered
                                         + (c.TieWordEmbeddings ? b : 0),   // tied: it is also lm_head
-                _ => b,                                                    // attention, router, norms, lm_head
+                TensorRole.Attention or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead => b, // read whole every step
+                _ => throw new System.Diagnostics.UnreachableException($"WeightBytes: tensor role {e.Role}"),
             };
         }
 

@@ -24,21 +24,7 @@ public sealed class LinearWeight : IDisposable
     public string Kind => Dense?.Type.ToString() ?? Quant!.Host.Scheme.ToString();
 
     /// <summary>"BF16", "F32", ... or the packed scheme ("Q8", "Q4 g128", "Q4 g128 asym", "Q4 g4096" for one group per row of 4096, "Fp8 128x128").</summary>
-    public string TypeName
-    {
-        get
-        {
-            if (Dense is not null)
-                return Dense.Type.ToString();
-            var h = Quant!.Host;
-            return h.Scheme switch
-            {
-                Kernels.Quant.QuantScheme.Q4 => $"Q4 g{h.GroupSize}{(h.Zeros.Length > 0 ? " asym" : "")}",
-                Kernels.Quant.QuantScheme.Fp8 => $"Fp8 {h.BlockN}x{h.BlockK}",
-                _ => h.Scheme.ToString(),
-            };
-        }
-    }
+    public string TypeName => Dense?.Type.ToString() ?? Quant!.Host.TypeName;
 
     public void Dispose()
     {

@@ -37,7 +37,7 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
         foreach (var e in MixtralTensors.Expected(c))
         {
             bool storedFloat = keepFloatLinear && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
-            if (quant is not null && !storedFloat && e.Role is TensorRole.Attention or TensorRole.Expert)
+            if (quant is not null && !storedFloat && QuantSource.IsLinear(e))
                 weights += quant.Bytes(e.Shape[0], e.Shape[1]);
             else
                 weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;

@@ -157,18 +157,7 @@ public sealed class MixtralModel : IDisposable
         var checkpoint = Checkpoint.Open(directory);
         try
         {
-            if (source is null)
-            {
-                ModelValidator.Validate(config, checkpoint);
-            }
-            else
-            {
-                // Linear weights are packed tensors (checked by their reader at upload); the rest must be as usual.
-                // (Stand-ins first: the validator keeps the first tensor of a name, and FP8 keeps E4M3 BASE.weight.)
-                var tensors = MixtralTensors.Expected(config).Where(QuantSource.IsLinear)
-                    .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList();
-                ModelValidator.Validate(config, tensors, checkpoint.Directory);
-            }
+            QuantSource.Validate(config, checkpoint, source);
 
             int maxSeq = options.MaxSeq ?? Math.Min(config.MaxPositionEmbeddings, ModelLoadOptions.DefaultMaxSeqCap);
             if (maxSeq < 1 || maxSeq > config.MaxPositionEmbeddings)
@@ -177,13 +166,7 @@ public sealed class MixtralModel : IDisposable
             if (maxBatch < 1)
                 throw new RuntimeInputException($"max batch must be >= 1, got {maxBatch}");
             if (options.Quant is { } quant)
-            {
-                foreach (var e in MixtralTensors.Expected(config))
-                {
-                    if (e.Role is TensorRole.Attention or TensorRole.Expert)
-                        Check(quant, e.Name, e.Shape[0], e.Shape[1]);
-                }
-            }
+                Check(quant, config);
 
             var actOrder = source is not null ? ActOrderLayout.Of(config, checkpoint, source) : null;
             var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null,
@@ -203,11 +186,11 @@ public sealed class MixtralModel : IDisposable
         }
     }
 
-    private static void Check(QuantSpec quant, string tensor, long rows, long cols)
+    private static void Check(QuantSpec quant, ModelConfig config)
     {
         try
         {
-            quant.Check(tensor, rows, cols);
+            quant.CheckLinearWeights(config);
         }
         catch (ArgumentException e)
         {

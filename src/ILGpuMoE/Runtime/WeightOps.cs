@@ -6,6 +6,7 @@
 // tiled or GEMV grouped GEMMs). On ILGPU's CPU accelerator every emulated group of 256 threads, barrier and warp
 // shuffle costs real time (a decode step took ~5 s on a 64-dim model through GEMV/V2), so there the runtime uses
 // the V1 kernels (one thread per output, no barriers, no shuffles): same math, a few times faster to emulate.
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
@@ -76,11 +77,10 @@ internal sealed class WeightOps : IDisposable
     private Typed<BF16Weights> BF16 => _bf16 ??= new(_accelerator);
 
     // Quantized linear weights (--quant or a quantized checkpoint): loaded on first use only.
+    // Each scheme's device matrix names the launcher entries that read it (Quant/Schemes/*.cs).
     private QuantGemvKernel? _qgemv;
     private QuantGemmKernel? _qgemm;
-    private QuantMoeBlockKernels<Q8Weights>? _qmoe8;
-    private QuantMoeBlockKernels<Q4Weights>? _qmoe4;
-    private QuantMoeBlockKernels<Fp8Weights>? _qmoeFp8;
+    private QuantMoeKernels? _qmoe;
 
     /// <summary>
     /// y [T, Out] (+)= x [T, In] W^T for a dense or quantized W [Out, In]. gather: scratch of at least T * In floats,
@@ -105,25 +105,9 @@ internal sealed class WeightOps : IDisposable
         // Decode (T <= 8): the GEMV streams each packed row once for all tokens; prefill: the tiled GEMM. One split:
         // the runtime's output rows (>= 1024 at Mixtral shapes) already fill the device without split-K scratch.
         if (t <= QuantGemvKernels.MaxTokens)
-        {
-            var k = _qgemv ??= QuantGemvKernel.Create(_accelerator);
-            switch (q.Host.Scheme)
-            {
-                case QuantScheme.Q8: k.Launch(s, x, q.Q8, y, t, accumulate: accumulate); break;
-                case QuantScheme.Q4: k.Launch(s, x, q.Q4, y, t, accumulate: accumulate); break;
-                default: k.Launch(s, x, q.Fp8, y, t, accumulate: accumulate); break;
-            }
-        }
+            q.LaunchGemv(_qgemv ??= QuantGemvKernel.Create(_accelerator), s, x, y, t, accumulate);
         else
-        {
-            var k = _qgemm ??= QuantGemmKernel.Create(_accelerator);
-            switch (q.Host.Scheme)
-            {
-                case QuantScheme.Q8: k.Launch(s, x, q.Q8, y, t, accumulate); break;
-                case QuantScheme.Q4: k.Launch(s, x, q.Q4, y, t, accumulate); break;
-                default: k.Launch(s, x, q.Fp8, y, t, accumulate); break;
-            }
-        }
+            q.LaunchGemm(_qgemm ??= QuantGemmKernel.Create(_accelerator), s, x, y, t, accumulate);
     }
 
     /// <summary>xp [T, In] = x [T, In] read through act-order weight W's input permutation, into gather (>= T * In floats).</summary>
@@ -149,27 +133,11 @@ internal sealed class WeightOps : IDisposable
             return;
         }
 
-        DeviceQuantMatrix q1 = w1.Quant ?? throw Mixed(), q3 = w3.Quant ?? throw Mixed(), q2 = w2.Quant ?? throw Mixed();
-        if (q3.Host.Scheme != q1.Host.Scheme || q2.Host.Scheme != q1.Host.Scheme)
-            throw Mixed();
+        DeviceQuantMatrix q1 = w1.Quant ?? throw QuantMoeKernels.Mixed(), q3 = w3.Quant ?? throw QuantMoeKernels.Mixed(),
+            q2 = w2.Quant ?? throw QuantMoeKernels.Mixed();
 
         // The quantized block has no V1 form: its launcher picks the tiled (prefill) or GEMV (decode) grouped passes.
-        switch (q1.Host.Scheme)
-        {
-            case QuantScheme.Q8:
-                (_qmoe8 ??= QuantMoeBlockKernels<Q8Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q8, q3.Q8, q2.Q8, output, residual);
-                break;
-            case QuantScheme.Q4:
-                // GPTQ act-order experts: w1 carries the [E, D] input permutation w1 and w3 share (w2's is folded at load).
-                (_qmoe4 ??= QuantMoeBlockKernels<Q4Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Q4, q3.Q4, q2.Q4, output, residual,
-                    inputPermutation: q1.InputPermutation);
-                break;
-            default:
-                (_qmoeFp8 ??= QuantMoeBlockKernels<Fp8Weights>.Create(_accelerator)).Launch(s, ws, x, ids, weights, t, q1.Fp8, q3.Fp8, q2.Fp8, output, residual);
-                break;
-        }
-
-        static InvalidOperationException Mixed() => new("experts w1, w3 and w2 of a layer must share one packed scheme");
+        q1.LaunchMoe(_qmoe ??= new QuantMoeKernels(_accelerator), s, ws, x, ids, weights, t, q3, q2, output, residual);
     }
 
     /// <summary>x [T, D] = table[tokens] (ids outside [0, V) give NaN rows: the caller checks ids first).</summary>
@@ -179,7 +147,8 @@ internal sealed class WeightOps : IDisposable
         {
             case WeightType.F32: F32.Embedding.Launch(s, tokens, new F32Weights(table.F32), x, t, v, d); break;
             case WeightType.F16: F16.Embedding.Launch(s, tokens, new F16Weights(table.F16), x, t, v, d); break;
-            default: BF16.Embedding.Launch(s, tokens, new BF16Weights(table.BF16), x, t, v, d); break;
+            case WeightType.BF16: BF16.Embedding.Launch(s, tokens, new BF16Weights(table.BF16), x, t, v, d); break;
+            default: throw Unnamed(table.Type);
         }
     }
 
@@ -190,7 +159,8 @@ internal sealed class WeightOps : IDisposable
         {
             case WeightType.F32: F32.RmsNorm.Launch(s, x, new F32Weights(w.F32), y, t, d, eps); break;
             case WeightType.F16: F16.RmsNorm.Launch(s, x, new F16Weights(w.F16), y, t, d, eps); break;
-            default: BF16.RmsNorm.Launch(s, x, new BF16Weights(w.BF16), y, t, d, eps); break;
+            case WeightType.BF16: BF16.RmsNorm.Launch(s, x, new BF16Weights(w.BF16), y, t, d, eps); break;
+            default: throw Unnamed(w.Type);
         }
     }
 
@@ -201,7 +171,8 @@ internal sealed class WeightOps : IDisposable
         {
             case WeightType.F32: MatMul(F32.MatMul, s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate); break;
             case WeightType.F16: MatMul(F16.MatMul, s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate); break;
-            default: MatMul(BF16.MatMul, s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
+            case WeightType.BF16: MatMul(BF16.MatMul, s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
+            default: throw Unnamed(w.Type);
         }
     }
 
@@ -226,11 +197,15 @@ internal sealed class WeightOps : IDisposable
             case WeightType.F16:
                 F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual, _moeVersion);
                 break;
-            default:
+            case WeightType.BF16:
                 BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual, _moeVersion);
                 break;
+            default:
+                throw Unnamed(w1.Type);
         }
     }
+
+    private static UnreachableException Unnamed(WeightType type) => new($"WeightOps: no kernels for weight type {type}");
 
     public void Dispose()
     {

@@ -135,7 +135,7 @@ public class QuantFormatTests
         // The row loop runs in parallel; the failure must still surface as the ArgumentException that names the group.
         var w = Data.Uniform(9, 64L * 64);
         w[37 * 64 + 5] = 1e6f;
-        var e = Assert.Throws<ArgumentException>(() => Quantizer.QuantizeQ4(w, 64, 64, 32, symmetric: true))!;
+        var e = Assert.Throws<ArgumentException>(() => Q4Matrix.Quantize(w, 64, 64, 32, symmetric: true))!;
         Assert.That(e.Message, Does.Contain("row 37 group 0").And.Contain("beyond f16"));
     }
 
@@ -143,13 +143,13 @@ public class QuantFormatTests
     public void Q4RefusesGroupsThatDoNotDivideTheInputDim()
     {
         var w = Data.Uniform(5, 4 * 100);
-        var e = Assert.Throws<ArgumentException>(() => Quantizer.QuantizeQ4(w, 4, 100, 32, symmetric: true))!;
+        var e = Assert.Throws<ArgumentException>(() => Q4Matrix.Quantize(w, 4, 100, 32, symmetric: true))!;
         Assert.That(e.Message, Does.Contain("K = 100").And.Contain("G = 32"));
-        Assert.Throws<ArgumentException>(() => Quantizer.QuantizeQ4(Data.Uniform(5, 4 * 96), 4, 96, 48, symmetric: true));
+        Assert.Throws<ArgumentException>(() => Q4Matrix.Quantize(Data.Uniform(5, 4 * 96), 4, 96, 48, symmetric: true));
         Assert.Throws<ArgumentException>(() => CheckpointRepack.FromAwq(new int[100 * 2], new int[6], new ushort[48], 100, 16, 32));
         Assert.Throws<ArgumentException>(() => CheckpointRepack.FromGptq(new int[12 * 16], new int[6], new ushort[48], default, 96, 16, 64));
         Assert.Throws<ArgumentException>(() => RefQuant.DequantQ4(new uint[50], new ushort[12], default, 4, 100, 32));
-        Assert.Throws<ArgumentException>(() => Quantizer.QuantizeQ8(Data.Uniform(5, 10), 4, 3));
+        Assert.Throws<ArgumentException>(() => Q8Matrix.Quantize(Data.Uniform(5, 10), 4, 3));
     }
 
     // ---------------------------------------------------------------- AWQ / GPTQ / FP8 checkpoints
@@ -367,7 +367,7 @@ public class QuantFormatTests
             using var xp = TestDevice.PoisonedFloats(inDim);
             using var y = TestDevice.PoisonedFloats(outDim);
             QuantTestData.Gemv.LaunchGather(TestDevice.Accelerator.DefaultStream, xb.View, pb.View, xp.View, 1, inDim);
-            QuantTestData.Gemv.Launch(TestDevice.Accelerator.DefaultStream, xp.View, d.Q4, y.View, 1);
+            QuantTestData.Gemv.Launch(TestDevice.Accelerator.DefaultStream, xp.View, d.View<Q4Weights>(), y.View, 1);
             TestDevice.Accelerator.Synchronize();
             Check.Close(RefOps.MatMulT(x, want, 1, outDim, inDim), y.GetAsArray1D(), 1e-5, 1e-5, "act-order GEMV");
         }

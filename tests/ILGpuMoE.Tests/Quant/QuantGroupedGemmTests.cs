@@ -78,16 +78,16 @@ public class QuantGroupedGemmTests
         switch (w1.Scheme)
         {
             case QuantScheme.Q8:
-                Q8.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.Q8, d3.Q8, h.View);
-                Q8.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.Q8, y.View);
+                Q8.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.View<Q8Weights>(), d3.View<Q8Weights>(), h.View);
+                Q8.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.View<Q8Weights>(), y.View);
                 break;
             case QuantScheme.Q4:
-                Q4.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.Q4, d3.Q4, h.View);
-                Q4.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.Q4, y.View);
+                Q4.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.View<Q4Weights>(), d3.View<Q4Weights>(), h.View);
+                Q4.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.View<Q4Weights>(), y.View);
                 break;
             default:
-                Fp8.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.Fp8, d3.Fp8, h.View);
-                Fp8.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.Fp8, y.View);
+                Fp8.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.View<Fp8Weights>(), d3.View<Fp8Weights>(), h.View);
+                Fp8.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.View<Fp8Weights>(), y.View);
                 break;
         }
 
@@ -137,9 +137,9 @@ public class QuantGroupedGemmTests
         using var d2 = w2.Upload(acc);
         using var output = TestDevice.PoisonedFloats((long)tokens * d);
         if (w1.Scheme == QuantScheme.Q4)
-            QuantMoeBlockKernels<Q4Weights>.Create(acc).Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View);
+            QuantMoeBlockKernels<Q4Weights>.Create(acc).Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.View<Q4Weights>(), d3.View<Q4Weights>(), d2.View<Q4Weights>(), output.View);
         else
-            QuantMoeBlockKernels<Fp8Weights>.Create(acc).Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Fp8, d3.Fp8, d2.Fp8, output.View);
+            QuantMoeBlockKernels<Fp8Weights>.Create(acc).Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.View<Fp8Weights>(), d3.View<Fp8Weights>(), d2.View<Fp8Weights>(), output.View);
         acc.Synchronize();
         Check.Close(want, output.GetAsArray1D(), 1e-5, 1e-5, $"{scheme} MoE block T={tokens}");
     }
@@ -192,21 +192,21 @@ public class QuantGroupedGemmTests
         using var d2 = w2.Upload(acc);
         using var output = TestDevice.PoisonedFloats((long)tokens * d);
         var block = QuantMoeBlockKernels<Q4Weights>.Create(acc);
-        block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View, inputPermutation: pb.View);
+        block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.View<Q4Weights>(), d3.View<Q4Weights>(), d2.View<Q4Weights>(), output.View, inputPermutation: pb.View);
         acc.Synchronize();
         Check.Close(want, output.GetAsArray1D(), 1e-5, 1e-5, $"act-order MoE block T={tokens} {shape}");
 
         // The same weights read in packed order without the gather are a different function: the permutation matters.
         using var plain = TestDevice.PoisonedFloats((long)tokens * d);
-        block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, plain.View);
+        block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.View<Q4Weights>(), d3.View<Q4Weights>(), d2.View<Q4Weights>(), plain.View);
         acc.Synchronize();
         Assert.That(plain.GetAsArray1D().Zip(want).Max(p => Math.Abs(p.First - p.Second)), Is.GreaterThan(1e-3), "without the gather the output differs");
 
         // A permutation needs a workspace with room for the gathered rows, and E*D entries.
         using var small = new MoeWorkspace(acc, tokens, TopK, Experts, d, f);
-        Assert.That(() => block.Launch(acc.DefaultStream, small, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View, inputPermutation: pb.View),
+        Assert.That(() => block.Launch(acc.DefaultStream, small, xb.View, ids.View, wts.View, tokens, d1.View<Q4Weights>(), d3.View<Q4Weights>(), d2.View<Q4Weights>(), output.View, inputPermutation: pb.View),
             Throws.ArgumentException.With.Message.Contains("permutedInput"));
-        Assert.That(() => block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.Q4, d3.Q4, d2.Q4, output.View,
+        Assert.That(() => block.Launch(acc.DefaultStream, ws, xb.View, ids.View, wts.View, tokens, d1.View<Q4Weights>(), d3.View<Q4Weights>(), d2.View<Q4Weights>(), output.View,
             inputPermutation: pb.View.SubView(0, d)), Throws.ArgumentException.With.Message.Contains("E*D"));
     }
 
@@ -225,11 +225,11 @@ public class QuantGroupedGemmTests
         using var perm = new MoePermutation(acc, 4, Experts, GroupedGemmKernels.GemvRows);
         using var buf = TestDevice.PoisonedFloats(4096);
         var e = Assert.Throws<ArgumentException>(() =>
-            Q8.Value.LaunchDown(acc.DefaultStream, GroupedGemmVersion.V3Gemv, perm, buf.View, 2, TopK, 40, 56, dw.Q8, buf.View))!;
+            Q8.Value.LaunchDown(acc.DefaultStream, GroupedGemmVersion.V3Gemv, perm, buf.View, 2, TopK, 40, 56, dw.View<Q8Weights>(), buf.View))!;
         Assert.That(e.Message, Does.Contain("w2"));
         Assert.Throws<ArgumentException>(() =>
-            Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V1Simple, perm, buf.View, 2, TopK, 40, 56, dw.Q8, dw.Q8, buf.View));
+            Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V1Simple, perm, buf.View, 2, TopK, 40, 56, dw.View<Q8Weights>(), dw.View<Q8Weights>(), buf.View));
         Assert.Throws<ArgumentException>(() =>
-            Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V2Tiled, perm, buf.View, 3, TopK, 40, 56, dw.Q8, dw.Q8, buf.View));
+            Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V2Tiled, perm, buf.View, 3, TopK, 40, 56, dw.View<Q8Weights>(), dw.View<Q8Weights>(), buf.View));
     }
 }

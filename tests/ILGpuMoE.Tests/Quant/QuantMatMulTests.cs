@@ -70,7 +70,7 @@ public class QuantMatMulTests
         Expected(scheme, new float[k], 1, 100 + scheme.Length, out var m);
         for (int n = 0; n < OutDim; n++)
         {
-            var scales = Enumerable.Range(0, groups).Select(g => (double)RefQuant.HalfToFloat(m.Scales16[n * groups + g])).ToArray();
+            var scales = Enumerable.Range(0, groups).Select(g => (double)RefQuant.HalfToFloat(((ILGpuMoE.Quant.Q4Matrix)m).Scales[n * groups + g])).ToArray();
             for (int a = 0; a < groups; a++)
             {
                 for (int b = a + 1; b < groups; b++)
@@ -122,7 +122,7 @@ public class QuantMatMulTests
         float[] Run()
         {
             using var y = TestDevice.PoisonedFloats(2L * OutDim);
-            QuantTestData.Gemv.Launch(acc.DefaultStream, xb.View, d.Q4, y.View, 2, 3, scratch.View);
+            QuantTestData.Gemv.Launch(acc.DefaultStream, xb.View, d.View<Q4Weights>(), y.View, 2, 3, scratch.View);
             acc.Synchronize();
             return y.GetAsArray1D();
         }
@@ -139,20 +139,20 @@ public class QuantMatMulTests
         using var x = TestDevice.PoisonedFloats(9 * 72);
         using var y = TestDevice.PoisonedFloats(9 * 45);
         var s = acc.DefaultStream;
-        var e = Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, d.Q8, y.View, 9))!;
+        var e = Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, d.View<Q8Weights>(), y.View, 9))!;
         Assert.That(e.Message, Does.Contain("tokens"));
-        Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View.SubView(0, 71), d.Q8, y.View, 1));
-        Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, d.Q8, y.View, 2, splits: 2)); // no scratch
-        Assert.Throws<ArgumentException>(() => QuantTestData.Gemm.Launch(s, x.View, d.Q8, y.View.SubView(0, 44), 1));
-        Assert.Throws<InvalidOperationException>(() => _ = d.Q4);
+        Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View.SubView(0, 71), d.View<Q8Weights>(), y.View, 1));
+        Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, d.View<Q8Weights>(), y.View, 2, splits: 2)); // no scratch
+        Assert.Throws<ArgumentException>(() => QuantTestData.Gemm.Launch(s, x.View, d.View<Q8Weights>(), y.View.SubView(0, 44), 1));
+        Assert.Throws<InvalidOperationException>(() => _ = d.View<Q4Weights>());
 
         // Hand-built device structs that break the layout are refused before launch.
         var m4 = QuantTestData.Quantize("q4-sym-g32", Data.Uniform(4, 45L * 96), 45, 96);
         using var d4 = m4.Upload(acc);
-        var bad = new Q4Weights(d4.Q4.Words, d4.Q4.Scales, default, 45, 96, 48);
+        var bad = new Q4Weights(d4.View<Q4Weights>().Words, d4.View<Q4Weights>().Scales, default, 45, 96, 48);
         var e4 = Assert.Throws<ArgumentException>(() => QuantTestData.Gemm.Launch(s, x.View, bad, y.View, 1))!;
         Assert.That(e4.Message, Does.Contain("group size 48"));
-        var short4 = new Q4Weights(d4.Q4.Words, d4.Q4.Scales.SubView(0, 10), default, 45, 96, 32);
+        var short4 = new Q4Weights(d4.View<Q4Weights>().Words, d4.View<Q4Weights>().Scales.SubView(0, 10), default, 45, 96, 32);
         Assert.Throws<ArgumentException>(() => QuantTestData.Gemv.Launch(s, x.View, short4, y.View, 1));
     }
 }

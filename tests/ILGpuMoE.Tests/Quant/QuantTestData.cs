@@ -52,25 +52,26 @@ public static class QuantTestData
     /// <summary>Quantizes W [rows, cols]; fp8-block uses 16 x 32 blocks so small test matrices span several blocks.</summary>
     public static QuantizedMatrix Quantize(string scheme, float[] w, int rows, int cols) => scheme switch
     {
-        "q8" => Quantizer.QuantizeQ8(w, rows, cols),
-        "q4-sym-g32" => Quantizer.QuantizeQ4(w, rows, cols, 32, symmetric: true),
-        "q4-zero-g64" => Quantizer.QuantizeQ4(w, rows, cols, 64, symmetric: false),
-        "q4-row" => Quantizer.QuantizeQ4(w, rows, cols, cols, symmetric: false),
-        "q4-spread-g32" => Quantizer.QuantizeQ4(SpreadGroups(w, rows, cols, 32), rows, cols, 32, symmetric: false),
-        "q4-zero-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: false),
-        "q4-sym-g128" => Quantizer.QuantizeQ4(w, rows, cols, 128, symmetric: true),
-        "fp8-block" => Quantizer.QuantizeFp8(w, rows, cols, 16, 32),
-        "fp8-block128" => Quantizer.QuantizeFp8(w, rows, cols),
-        "fp8-tensor" => Quantizer.QuantizeFp8PerTensor(w, rows, cols),
+        "q8" => Q8Matrix.Quantize(w, rows, cols),
+        "q4-sym-g32" => Q4Matrix.Quantize(w, rows, cols, 32, symmetric: true),
+        "q4-zero-g64" => Q4Matrix.Quantize(w, rows, cols, 64, symmetric: false),
+        "q4-row" => Q4Matrix.Quantize(w, rows, cols, cols, symmetric: false),
+        "q4-spread-g32" => Q4Matrix.Quantize(SpreadGroups(w, rows, cols, 32), rows, cols, 32, symmetric: false),
+        "q4-zero-g128" => Q4Matrix.Quantize(w, rows, cols, 128, symmetric: false),
+        "q4-sym-g128" => Q4Matrix.Quantize(w, rows, cols, 128, symmetric: true),
+        "fp8-block" => Fp8Matrix.Quantize(w, rows, cols, 16, 32),
+        "fp8-block128" => Fp8Matrix.Quantize(w, rows, cols),
+        "fp8-tensor" => Fp8Matrix.QuantizePerTensor(w, rows, cols),
         _ => throw new ArgumentException(scheme),
     };
 
     /// <summary>The reference's dequantization of a packed matrix (from the layout's definition, not the kernels' code).</summary>
-    public static float[] RefDequant(QuantizedMatrix m) => m.Scheme switch
+    public static float[] RefDequant(QuantizedMatrix m) => m switch
     {
-        QuantScheme.Q8 => RefQuant.DequantQ8(m.Words, m.Scales32, m.Rows, m.Cols),
-        QuantScheme.Q4 => RefQuant.DequantQ4(m.Words, m.Scales16, m.Zeros, m.Rows, m.Cols, m.GroupSize),
-        _ => RefQuant.DequantFp8(m.Words, m.Scales32, m.Rows, m.Cols, m.MatrixRows, m.BlockN, m.BlockK),
+        Q8Matrix q => RefQuant.DequantQ8(q.Words, q.Scales, q.Rows, q.Cols),
+        Q4Matrix q => RefQuant.DequantQ4(q.Words, q.Scales, q.Zeros, q.Rows, q.Cols, q.GroupSize),
+        Fp8Matrix f => RefQuant.DequantFp8(f.Words, f.Scales, f.Rows, f.Cols, f.MatrixRows, f.BlockN, f.BlockK),
+        _ => throw new System.Diagnostics.UnreachableException($"RefDequant: no reference for {m.GetType().Name}"),
     };
 
     /// <summary>Runs the device's element reader (IWeights.Get) over every element: the kernels' dequantized W.</summary>
@@ -83,9 +84,10 @@ public static class QuantTestData
         var cfg = new KernelConfig((int)((n + 255) / 256), 256);
         switch (m.Scheme)
         {
-            case QuantScheme.Q8: GetQ8.Value(cfg, y.View, d.Q8, (int)n); break;
-            case QuantScheme.Q4: GetQ4.Value(cfg, y.View, d.Q4, (int)n); break;
-            default: GetFp8.Value(cfg, y.View, d.Fp8, (int)n); break;
+            case QuantScheme.Q8: GetQ8.Value(cfg, y.View, d.View<Q8Weights>(), (int)n); break;
+            case QuantScheme.Q4: GetQ4.Value(cfg, y.View, d.View<Q4Weights>(), (int)n); break;
+            case QuantScheme.Fp8: GetFp8.Value(cfg, y.View, d.View<Fp8Weights>(), (int)n); break;
+            default: throw new System.Diagnostics.UnreachableException($"DeviceDequant: {m.Scheme}");
         }
 
         acc.Synchronize();
@@ -111,9 +113,10 @@ public static class QuantTestData
     {
         switch (d.Host.Scheme)
         {
-            case QuantScheme.Q8: q8(d.Q8); break;
-            case QuantScheme.Q4: q4(d.Q4); break;
-            default: fp8(d.Fp8); break;
+            case QuantScheme.Q8: q8(d.View<Q8Weights>()); break;
+            case QuantScheme.Q4: q4(d.View<Q4Weights>()); break;
+            case QuantScheme.Fp8: fp8(d.View<Fp8Weights>()); break;
+            default: throw new System.Diagnostics.UnreachableException($"Run: {d.Host.Scheme}");
         }
     }
 }

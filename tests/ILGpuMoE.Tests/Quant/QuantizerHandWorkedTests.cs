@@ -49,9 +49,9 @@ public class QuantizerHandWorkedTests
             0, 0, 0, 0, 0, 0, 0, 0,
             -31.75f, 0.125f, 0.375f, -0.125f, -0.375f, 0.0625f, 0.1875f, 31.75f,
         ];
-        var m = Quantizer.QuantizeQ8(w, 3, 8);
+        var m = Q8Matrix.Quantize(w, 3, 8);
         AssertWords([0xFE04027Fu, 0xFF0100FCu, 0, 0, 0, 0, 0, 0, 0x00020081u, 0x7F0100FEu, 0, 0], m.Words, "int8");
-        Assert.That(m.Scales32, Is.EqualTo(new[] { 0.5f, 0f, 0.25f }), "int8 scales");
+        Assert.That(m.Scales, Is.EqualTo(new[] { 0.5f, 0f, 0.25f }), "int8 scales");
         // q * scale: row 0 [63.5, 1, 2, -1, -2, 0, 0.5, -0.5]; row 2 [-31.75, 0, 0.5, 0, -0.5, 0, 0.25, 31.75].
         AssertDequant(m,
         [
@@ -80,14 +80,14 @@ public class QuantizerHandWorkedTests
         Row(64, (0, 1.75f), (1, 0.375f), (2, 0.625f), (3, -0.375f), (4, -0.625f), (5, 0.3f), (6, -0.2f), (7, 0.125f),
             (32, -28f), (33, 6f), (34, 10f), (35, 2f), (36, -2f), (37, 14f)).CopyTo(w, 0);
         Row(64, (0, 0.7f), (1, 0.25f)).CopyTo(w, 64);
-        var m = Quantizer.QuantizeQ4(w, 2, 64, 32, symmetric: true);
+        var m = Q4Matrix.Quantize(w, 2, 64, 32, symmetric: true);
         const uint eights = 0x88888888u;
         AssertWords(
         [
             0x87966AAFu, eights, eights, eights, 0x88C88AA1u, eights, eights, eights,
             0x888888BFu, eights, eights, eights, eights, eights, eights, eights,
         ], m.Words, "int4 sym");
-        Assert.That(m.Scales16, Is.EqualTo(new ushort[] { 0x3400, 0x4400, 0x2E66, 0 }), "int4 sym f16 scales");
+        Assert.That(m.Scales, Is.EqualTo(new ushort[] { 0x3400, 0x4400, 0x2E66, 0 }), "int4 sym f16 scales");
         Assert.That(m.Zeros.Length, Is.Zero, "symmetric int4 stores no zeros");
 
         // (q - 8) * scale.
@@ -118,14 +118,14 @@ public class QuantizerHandWorkedTests
         Row(64, (0, -1.5f), (1, 2.25f), (2, 0.375f), (3, 0.625f), (4, -0.375f), (5, 0.1f), (6, -0.9f),
             (32, -28f), (33, 92f), (34, 20f), (35, 4f), (36, 12f), (37, -4f)).CopyTo(w, 0);
         Row(64, (0, 1.5f), (1, 0.05f)).CopyTo(w, 64);
-        var m = Quantizer.QuantizeQ4(w, 2, 64, 32, symmetric: false);
+        var m = Q4Matrix.Quantize(w, 2, 64, 32, symmetric: false);
         const uint sixes = 0x66666666u, fours = 0x44444444u;
         AssertWords(
         [
             0x626488F0u, sixes, sixes, sixes, 0x444646F0u, fours, fours, fours,
             0x0000001Fu, 0, 0, 0, 0, 0, 0, 0,
         ], m.Words, "int4 asym");
-        Assert.That(m.Scales16, Is.EqualTo(new ushort[] { 0x3400, 0x4800, 0x2E66, 0 }), "int4 asym f16 scales");
+        Assert.That(m.Scales, Is.EqualTo(new ushort[] { 0x3400, 0x4800, 0x2E66, 0 }), "int4 asym f16 scales");
         Assert.That(m.Zeros, Is.EqualTo(new byte[] { 6, 4, 0, 0 }), "int4 asym zero points");
 
         // (q - z) * scale: group 1's clamped 92 comes back as (15 - 4) * 8 = 88.
@@ -152,9 +152,9 @@ public class QuantizerHandWorkedTests
         float ulp = MathF.ScaleB(1, -16); // 2^-9 x 2^-7
         var w = Row(32, (0, 3.5f), (1, 1.0625f / 128), (2, 1.1875f / 128), (3, -1.1875f / 128), (4, 1.2f / 128), (5, 1.5f * ulp),
             (6, 2.5f * ulp), (7, 0.5f * ulp), (16, 1792f), (17, -4.75f), (18, 6f), (19, 0.5f));
-        var m = Quantizer.QuantizeFp8(w, 1, 32, blockN: 1, blockK: 16);
+        var m = Fp8Matrix.Quantize(w, 1, 32, blockN: 1, blockK: 16);
         AssertWords([0xBA3A387Eu, 0x0002023Au, 0, 0, 0x203CBA7Eu, 0, 0, 0], m.Words, "fp8");
-        Assert.That(m.Scales32, Is.EqualTo(new[] { 1f / 128, 4f }), "fp8 block scales");
+        Assert.That(m.Scales, Is.EqualTo(new[] { 1f / 128, 4f }), "fp8 block scales");
 
         // e4m3 x scale: 448 / 128 = 3.5, 1 / 128, 1.25 / 128 (twice), -1.25 / 128, 2 x 2^-16 (twice), 0; 448 x 4 = 1792,
         // -1.25 x 4 = -5, 1.5 x 4 = 6, 0.125 x 4 = 0.5.

@@ -36,12 +36,7 @@ public class QuantRuntimeTests
     private string ModelDir => Path.Combine(_dir, "m");
 
     /// <summary>W [rows, cols] as the kernels see it, computed by the plain-C# reference dequantizers.</summary>
-    internal static float[] Dequantize(QuantizedMatrix m) => m.Scheme switch
-    {
-        QuantScheme.Q8 => RefQuant.DequantQ8(m.Words, m.Scales32, m.Rows, m.Cols),
-        QuantScheme.Q4 => RefQuant.DequantQ4(m.Words, m.Scales16, m.Zeros, m.Rows, m.Cols, m.GroupSize),
-        _ => RefQuant.DequantFp8(m.Words, m.Scales32, m.Rows, m.Cols, m.MatrixRows, m.BlockN, m.BlockK),
-    };
+    internal static float[] Dequantize(QuantizedMatrix m) => Quant.QuantTestData.RefDequant(m);
 
     internal static bool IsLinear(string name) =>
         name.Contains(".self_attn.", StringComparison.Ordinal) || name.Contains(".experts.", StringComparison.Ordinal);
@@ -137,8 +132,8 @@ public class QuantRuntimeTests
     [TestCase("int4-per-row-asym", 0, false)]
     public void Int4TakesAnyGroupSizeThatIsAMultipleOf32(string name, int group, bool symmetric)
     {
-        var spec = QuantSpec.Parse(name)!;
-        Assert.That((spec.Scheme, spec.GroupSize, spec.Symmetric, spec.Name), Is.EqualTo((ILGpuMoE.Kernels.Quant.QuantScheme.Q4, group, symmetric, name.ToLowerInvariant())));
+        var spec = (Int4Spec)QuantSpec.Parse(name)!;
+        Assert.That((spec.Layout, spec.GroupSize, spec.Symmetric, spec.Name), Is.EqualTo((ILGpuMoE.Kernels.Quant.QuantScheme.Q4, group, symmetric, name.ToLowerInvariant())));
         Assert.That(spec.GroupFor(4096), Is.EqualTo(group > 0 ? group : 4096));
         // Bytes: half a byte per weight plus, per (row, group), an f16 scale and (asym) a zero byte.
         long groups = 4096 / spec.GroupFor(4096);
