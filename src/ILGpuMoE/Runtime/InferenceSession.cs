@@ -45,8 +45,8 @@ public sealed class InferenceSession : IDisposable
         _stream = a.DefaultStream;
         _spec = c.Router.Kind switch
         {
-            ILGpuMoE.Model.RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),
-            ILGpuMoE.Model.RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(c.Experts, c.TopK),
+            RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),
+            RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(c.Experts, c.TopK),
             _ => throw new NotSupportedException($"router {c.Router.Kind} is not wired into the runtime yet"),
         };
         _b = model.MaxBatch;
