@@ -1,5 +1,6 @@
 // ILGpuMoE.Tools: developer tools. make-model writes a random Mixtral in Hugging Face's layout
 // (the generator itself is ILGpuMoE.Model.RandomMixtral; this file only parses arguments).
+using System.Diagnostics;
 using System.CommandLine;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
@@ -73,7 +74,13 @@ public static class Program
                 KvHeads = p.GetValue(kvHeads),
                 HeadDim = p.GetValue(headDim),
                 Vocab = p.GetValue(vocab),
-                DType = p.GetValue(dtype) switch { "f16" => DType.F16, "bf16" => DType.BF16, _ => DType.F32 },
+                DType = p.GetValue(dtype) switch
+                {
+                    "f32" => DType.F32,
+                    "f16" => DType.F16,
+                    "bf16" => DType.BF16,
+                    var other => throw new UnreachableException($"--dtype {other} passed the parser's f32|f16|bf16 check"),
+                },
                 Seed = p.GetValue(seed),
                 Shards = p.GetValue(shards),
                 TieEmbeddings = p.GetValue(tie),

@@ -2,6 +2,7 @@
 //
 // One ILGPU Context knows CUDA, OpenCL and our CPU accelerator; `auto` picks CUDA, then OpenCL, then
 // the CPU accelerator. The environment variable ILGPUMOE_DEVICE supplies the default for --device.
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -84,8 +85,9 @@ public static class Devices
                                 ?? throw new InvalidOperationException($"no CUDA device is visible to ILGPU ({CudaDriver.Probe().Describe()})"),
             DeviceChoice.OpenCL => Find(AcceleratorType.OpenCL) ?? throw new InvalidOperationException("no usable OpenCL device is visible to ILGPU"),
             DeviceChoice.Cpu => Find(AcceleratorType.CPU) ?? throw new InvalidOperationException("ILGPU's CPU accelerator is missing"),
-            _ => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)
+            DeviceChoice.Auto => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)
                  ?? throw new InvalidOperationException("ILGPU sees no device"),
+            _ => throw new UnreachableException($"device choice {(int)choice}"),
         };
     }
 
