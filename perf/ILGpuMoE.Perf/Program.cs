@@ -8,6 +8,7 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        Runtime.ProcessEnvironment.Apply(); // ILGPUMOE_LIBCUDA, before the first context
         var rest = args.AsSpan();
         string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
         if (verb is not ("bench" or "host" or "plot"))

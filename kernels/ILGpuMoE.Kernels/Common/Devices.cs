@@ -1,7 +1,8 @@
 // Device choice for every entry point (CLI, tests, perf, tools).
 //
 // One ILGPU Context knows CUDA, OpenCL and our CPU accelerator; `auto` picks CUDA, then OpenCL, then
-// the CPU accelerator. The environment variable ILGPUMOE_DEVICE supplies the default for --device.
+// the CPU accelerator. The default for --device (ILGPUMOE_DEVICE) is the entry points' business: this library reads
+// no environment (src/ILGpuMoE/Runtime/ProcessEnvironment.cs does).
 using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
@@ -21,8 +22,6 @@ public enum DeviceChoice
 
 public static class Devices
 {
-    public const string EnvironmentVariable = "ILGPUMOE_DEVICE";
-
     // The CPU accelerator's shape: warp 32, 8 warps per group, 1 multiprocessor.
     // Why: kernels here are written for the GPU: one warp of 32 lanes per row in the GEMV and
     // reduction kernels (lane masks, shuffles over 32 lanes), groups of up to 256 threads for tiles.
@@ -49,9 +48,6 @@ public static class Devices
         "cpu" => DeviceChoice.Cpu,
         _ => throw new ArgumentException($"unknown device '{text}' (expected auto, cuda, opencl or cpu)"),
     };
-
-    /// <summary>The choice from the environment variable, or Auto when it is unset.</summary>
-    public static DeviceChoice FromEnvironment() => Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
 
     /// <summary>A context that can see every backend we use, with ILGPU.Algorithms enabled. Installs the driver
     /// library resolver first (CudaDriver): ILGPU binds the CUDA driver once per process, at the first such context.</summary>
