@@ -26,9 +26,9 @@ public static class Devices
     // Why: kernels here are written for the GPU: one warp of 32 lanes per row in the GEMV and
     // reduction kernels (lane masks, shuffles over 32 lanes), groups of up to 256 threads for tiles.
     // ILGPU's default CPU device has warp 4 and groups of at most 16, so those launch configurations
-    // would not run at all. Warp 32 makes warp-collective code slower to emulate (FACTS.md: a radix
-    // sort is ~20x slower), which is why kernels avoid warp collectives in hot loops where a shared
-    // memory reduction does as well. One multiprocessor: CI has 2 cores, and each emulated group
+    // would not run at all. Warp 32 makes warp-collective code slower to emulate (perf/notes/toolchain-facts.md:
+    // a radix sort of 100K keys, 0.7 s at warp 4, 17 s at warp 32), which is why kernels avoid warp collectives in
+    // hot loops where a shared memory reduction does as well. One multiprocessor: CI has 2 cores, and each emulated group
     // already runs 256 OS threads; more multiprocessors only add contention.
     public const int CpuWarpSize = 32;
     public const int CpuWarpsPerGroup = 8;

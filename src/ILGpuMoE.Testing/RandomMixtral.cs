@@ -9,8 +9,9 @@ using System.Globalization;
 using System.Text;
 using ILGpuMoE.IO;
 using ILGpuMoE.Tokenizer;
+using ILGpuMoE.Model;
 
-namespace ILGpuMoE.Model;
+namespace ILGpuMoE.Testing;
 
 /// <summary>Shape and file options of a random Mixtral (defaults: the tiny test model).</summary>
 public sealed record RandomMixtralOptions

@@ -5,7 +5,7 @@
 // Tensor data is produced lazily at write time, so a large model is never held whole in memory.
 using System.Text;
 
-namespace ILGpuMoE.IO.Gguf;
+namespace ILGpuMoE.Testing;
 
 public sealed class GgufWriter
 {
