@@ -4,7 +4,7 @@
 //   Test         run the NUnit suite on ILGPU's CPU accelerator (--filter="..." to narrow it)
 //   Bench        ilgpumoe bench <--args>       (kernel benchmarks; the command lands with the perf work)
 //   Ptx          ilgpumoe ptx <--args>         (PTX of every kernel for the sm_90 gate; lands with the PTX work)
-//   Pack         NuGet packages of the kernels, the runtime and the CLI into artifacts/packages/
+//   Pack         NuGet packages of the contracts, the kernels, the runtime and the CLI into artifacts/packages/
 //   Publish-Gpu  perf/gpu/prepare.sh: self-contained single-file linux-x64 ilgpumoe-gpu (bench + whole CLI) into
 //                perf/gpu/publish/ for a GPU machine (no .NET needed there); prints how to run it. Not trimmed.
 // Options: --configuration=Release|Debug, --filter=<dotnet test filter>, --args="<arguments for bench/ptx>".
@@ -76,7 +76,8 @@ Task("Pack")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    foreach (var project in new[] { "./kernels/ILGpuMoE.Kernels/ILGpuMoE.Kernels.csproj", "./src/ILGpuMoE/ILGpuMoE.csproj", cli })
+    // Contracts first: the kernels package depends on it (RouterKind).
+    foreach (var project in new[] { "./kernels/ILGpuMoE.Contracts/ILGpuMoE.Contracts.csproj", "./kernels/ILGpuMoE.Kernels/ILGpuMoE.Kernels.csproj", "./src/ILGpuMoE/ILGpuMoE.csproj", cli })
     {
         DotNetPack(project, new DotNetPackSettings
         {
