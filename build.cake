@@ -4,8 +4,8 @@
 //   Test         run the NUnit suite on ILGPU's CPU accelerator (--filter="..." to narrow it)
 //   Bench        ilgpumoe bench <--args>       (kernel benchmarks; the command lands with the perf work)
 //   Ptx          ilgpumoe ptx <--args>         (PTX of every kernel for the sm_90 gate; lands with the PTX work)
-//   Pack         NuGet packages of the kernels, the runtime and the CLI into artifacts/packages/
-//   Publish-Gpu  perf/gpu/prepare.sh: self-contained single-file linux-x64 ilgpumoe-bench (bench + whole CLI) into
+//   Pack         NuGet packages of the contracts, the kernels, the runtime and the CLI into artifacts/packages/
+//   Publish-Gpu  perf/gpu/prepare.sh: self-contained single-file linux-x64 ilgpumoe-gpu (bench + whole CLI) into
 //                perf/gpu/publish/ for a GPU machine (no .NET needed there); prints how to run it. Not trimmed.
 // Options: --configuration=Release|Debug, --filter=<dotnet test filter>, --args="<arguments for bench/ptx>".
 
@@ -76,7 +76,8 @@ Task("Pack")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    foreach (var project in new[] { "./kernels/ILGpuMoE.Kernels/ILGpuMoE.Kernels.csproj", "./src/ILGpuMoE/ILGpuMoE.csproj", cli })
+    // Contracts first: the kernels package depends on it (RouterKind).
+    foreach (var project in new[] { "./kernels/ILGpuMoE.Contracts/ILGpuMoE.Contracts.csproj", "./kernels/ILGpuMoE.Kernels/ILGpuMoE.Kernels.csproj", "./src/ILGpuMoE/ILGpuMoE.csproj", cli })
     {
         DotNetPack(project, new DotNetPackSettings
         {
@@ -91,7 +92,7 @@ Task("Pack")
 Task("Publish-Gpu")
     .Does(() =>
 {
-    // perf/gpu/prepare.sh owns the publish (ilgpumoe-bench, which carries the CLI) and prints how to run it on a GPU machine.
+    // perf/gpu/prepare.sh owns the publish (ilgpumoe-gpu, the bench and the CLI in one file) and prints how to run it on a GPU machine.
     var exit = StartProcess("bash", new ProcessSettings { Arguments = "perf/gpu/prepare.sh" });
     if (exit != 0)
         throw new Exception($"perf/gpu/prepare.sh failed ({exit})");

@@ -11,6 +11,7 @@
 using System.Globalization;
 using System.Reflection;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Runtime;
 using ILGpuMoE.Perf.Report;
 using ILGpuMoE.Perf.Suite;
 using Spectre.Console;
@@ -97,7 +98,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         try
         {
             // The tiny preset is meant for the CPU accelerator; the others for whatever `auto` finds.
-            choice = device is null && shape.IsTiny ? DeviceChoice.Cpu : Devices.Parse(device ?? Environment.GetEnvironmentVariable(Devices.EnvironmentVariable));
+            choice = device is null && shape.IsTiny ? DeviceChoice.Cpu : Devices.Parse(device ?? ProcessEnvironment.DeviceText());
         }
         catch (ArgumentException e)
         {

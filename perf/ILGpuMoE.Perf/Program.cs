@@ -1,5 +1,6 @@
 // ilgpumoe-bench: the benchmark executable. `ilgpumoe bench ...` forwards here (perf/NOTES.md says why it is a
-// separate executable). The first argument may be the verb: bench (default) or host (BenchmarkDotNet host paths).
+// separate executable); this project never calls the CLI. The first argument may be the verb: bench (default), host
+// (BenchmarkDotNet host paths) or plot. The GPU machine's file (perf/ILGpuMoE.GpuBundle) sends these verbs here.
 using Spectre.Console;
 
 namespace ILGpuMoE.Perf;
@@ -8,10 +9,15 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        Runtime.ProcessEnvironment.Apply(); // ILGPUMOE_LIBCUDA, before the first context
         var rest = args.AsSpan();
         string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
         if (verb is not ("bench" or "host" or "plot"))
-            return Cli.Program.Main(args); // devices, inspect, ...: this file is also the whole CLI (the GPU publish)
+        {
+            Console.Error.WriteLine($"error: ilgpumoe-bench: unknown verb '{verb}' (bench, host or plot; the other verbs are ilgpumoe's)");
+            return 2;
+        }
+
         if (rest.Length > 0 && !rest[0].StartsWith('-'))
             rest = rest[1..];
         try

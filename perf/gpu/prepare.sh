@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU runner, step 1 (on a machine with the .NET SDK, from a checkout): publish ilgpumoe-bench (which also carries the
-# whole ilgpumoe CLI) as one self-contained linux-x64 file into perf/gpu/publish/ (git-ignored), next to the device
+# GPU runner, step 1 (on a machine with the .NET SDK, from a checkout): publish ilgpumoe-gpu (perf/ILGpuMoE.GpuBundle:
+# the bench and the whole ilgpumoe CLI) as one self-contained linux-x64 file into perf/gpu/publish/ (git-ignored), next to the device
 # script and the PyTorch baseline. That one folder is all the GPU machine needs: it has no .NET, nothing is installed.
 # Not trimmed: trimming breaks ILGPU at run time. Compressed single file: the folder stays small enough to copy anywhere
 # (checked against 64 MiB, what the project's own GPU runs could carry).
@@ -11,19 +11,19 @@ out=perf/gpu/publish
 rm -rf "$out"
 mkdir -p "$out"
 commit="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-dotnet publish perf/ILGpuMoE.Perf/ILGpuMoE.Perf.csproj -c Release -r linux-x64 --self-contained true \
+dotnet publish perf/ILGpuMoE.GpuBundle/ILGpuMoE.GpuBundle.csproj -c Release -r linux-x64 --self-contained true \
   -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true \
   -p:PublishTrimmed=false -p:InvariantGlobalization=true -p:GpuPublish=true -p:DebugType=none -p:GenerateDocumentationFile=false \
   -o "$out/bin" -nologo -v:q
 # Only the executable travels; pdbs and stray native files the bundle already holds stay behind.
-find "$out/bin" -mindepth 1 ! -name ilgpumoe-bench -exec rm -rf {} +
+find "$out/bin" -mindepth 1 ! -name ilgpumoe-gpu -exec rm -rf {} +
 cp perf/gpu/run-device.sh perf/gpu/torch_baseline.py perf/gpu/fixtures.sh perf/gpu/fixture_check.py "$out/"
 # The fixture step's data: the F32 fixture (with llama.cpp's logits) and the README's demo model, 4 MB together.
 mkdir -p "$out/data"
 cp -r tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32 models/mixtral-demo "$out/data/"
 echo "$commit" > "$out/COMMIT"
 size=$(du -sm "$out" | cut -f1)
-echo "published $out/bin/ilgpumoe-bench ($(du -h "$out/bin/ilgpumoe-bench" | cut -f1)), folder ${size} MiB, commit $commit"
+echo "published $out/bin/ilgpumoe-gpu ($(du -h "$out/bin/ilgpumoe-gpu" | cut -f1)), folder ${size} MiB, commit $commit"
 if [ "$size" -ge 64 ]; then echo "error: $out is ${size} MiB, over the 64 MiB the folder is meant to stay under" >&2; exit 1; fi
 cat <<MSG
 

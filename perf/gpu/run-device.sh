@@ -7,7 +7,7 @@
 #
 # Steps, in order of value, each with its own time limit inside the budget (default 470 s); a step that does not fit
 # in what is left is SKIPPED, and the bench itself is given a --budget that ends it before its step's limit:
-#   1. devices        what the machine and ILGPU see (nvidia-smi, libcuda, `ilgpumoe-bench devices` and its CUDA: line)
+#   1. devices        what the machine and ILGPU see (nvidia-smi, libcuda, `ilgpumoe-gpu devices` and its CUDA: line)
 #   2. smoke          every kernel and version on CUDA against the CPU oracle (--check-only at moderate shapes)
 #   2b. fixtures      the whole runtime on CUDA: the F32 fixture vs llama.cpp's logits, each --quant scheme vs the CPU
 #                     accelerator, the README's generate command (fixtures.sh)
@@ -37,10 +37,11 @@ done
 if [ -z "$out" ]; then echo "run-device.sh: --out DIR is required (or set OUT)" >&2; exit 2; fi
 case "$budget" in ''|*[!0-9]*) echo "run-device.sh: --budget-s '$budget' is not a whole number of seconds" >&2; exit 2;; esac
 
-# The bench: the published single file next to this script, else (a dry run in a source checkout) the Release build.
-bin="${ILGPUMOE_BENCH_BIN:-$here/bin/ilgpumoe-bench}"
-if [ ! -x "$bin" ] && [ -x "$here/../ILGpuMoE.Perf/bin/Release/net10.0/ilgpumoe-bench" ]; then
-  bin="$here/../ILGpuMoE.Perf/bin/Release/net10.0/ilgpumoe-bench"
+# The bench and the CLI in one file (ilgpumoe-gpu): the published single file next to this script, else (a dry run in
+# a source checkout) the Release build of perf/ILGpuMoE.GpuBundle.
+bin="${ILGPUMOE_BENCH_BIN:-$here/bin/ilgpumoe-gpu}"
+if [ ! -x "$bin" ] && [ -x "$here/../ILGpuMoE.GpuBundle/bin/Release/net10.0/ilgpumoe-gpu" ]; then
+  bin="$here/../ILGpuMoE.GpuBundle/bin/Release/net10.0/ilgpumoe-gpu"
 fi
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"

@@ -4,6 +4,7 @@ using System.CommandLine;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Runtime;
 
 namespace ILGpuMoE.Cli;
 
@@ -12,7 +13,7 @@ public static class DeviceOption
     /// <summary>--device auto|cuda|opencl|cpu, recursive so every subcommand accepts it.</summary>
     public static Option<DeviceChoice> Create() => new("--device", "-d")
     {
-        Description = $"Device: auto|cuda|opencl|cpu (default: ${Devices.EnvironmentVariable}, else auto)",
+        Description = $"Device: auto|cuda|opencl|cpu (default: ${ProcessEnvironment.DeviceVariable}, else auto)",
         HelpName = "auto|cuda|opencl|cpu",
         Recursive = true,
         CustomParser = result =>
@@ -36,11 +37,11 @@ public static class DeviceOption
     {
         try
         {
-            return Devices.FromEnvironment();
+            return ProcessEnvironment.Device();
         }
         catch (ArgumentException e)
         {
-            throw new CliUsageException($"{Devices.EnvironmentVariable}: {e.Message}");
+            throw new CliUsageException($"{ProcessEnvironment.DeviceVariable}: {e.Message}");
         }
     }
 }

@@ -2,12 +2,17 @@
 // the error policy (CliErrors) around parsing and running them.
 using System.CommandLine;
 using ILGpuMoE.Cli.Commands;
+using ILGpuMoE.Runtime;
 
 namespace ILGpuMoE.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, CliIo.Standard());
+    public static int Main(string[] args)
+    {
+        ProcessEnvironment.Apply();
+        return Run(args, CliIo.Standard());
+    }
 
     /// <summary>The whole CLI, in-process: tests call this with StringWriters.</summary>
     public static int Run(string[] args, TextWriter output, TextWriter error) => Run(args, new CliIo(output, error));

@@ -1,29 +1,9 @@
 // The oracle's router modes, permutation and MoE block: the signatures and semantics kernel tests code against.
 namespace ILGpuMoE.Reference;
 
-public enum RefRouterKind
-{
-    /// <summary>Mixtral: softmax over E (F32), top-k, renormalise the k weights to sum 1.</summary>
-    Mixtral,
-    /// <summary>Qwen-MoE: softmax over E, top-k, no renormalisation.</summary>
-    SoftmaxTopK,
-    /// <summary>Switch: softmax, top-1 (TopK must be 1) with weight = its probability; capacity =
-    /// ceil(T * CapacityFactor / E) (RefMoe.SwitchCapacity); tokens taken in token order, those past an expert's
-    /// capacity are dropped (expert id -1, weight 0).</summary>
-    Switch,
-    /// <summary>Shazeer noisy top-k: h = logits + n * softplus(noiseLogits), n ~ N(0,1) from RefNoise.Normal(seed, t, e);
-    /// top-k of h, weights = softmax over the k chosen h values.</summary>
-    NoisyTopK,
-    /// <summary>DeepSeek-V3: s = sigmoid(logits); choice = s + bias[e]; experts in Groups equal groups; a group's score is
-    /// the sum of its top-2 choice values (its top-1 when a group has one expert); keep the TopKGroups best groups;
-    /// top-k of choice among their experts only; weights = s of the chosen (unbiased), divided by their sum if
-    /// NormTopK, times ScalingFactor.</summary>
-    DeepSeekV3,
-}
-
 /// <summary>A router mode with its parameters; unused fields are ignored by the other modes.</summary>
 public sealed record RefRouterSpec(
-    RefRouterKind Kind,
+    RouterKind Kind,
     int Experts,
     int TopK,
     double CapacityFactor = 1.0,

@@ -150,7 +150,7 @@ public sealed class RefMixtralSession
 
         var x = RefOps.Embedding(_model.Embed, tokens, c.Vocab, d);
         var routing = new RefRouting[c.Layers];
-        var spec = new RefRouterSpec(RefRouterKind.Mixtral, c.Experts, c.TopK);
+        var spec = new RefRouterSpec(RouterKind.Mixtral, c.Experts, c.TopK);
         for (int l = 0; l < c.Layers; l++)
         {
             var w = _model.Layers[l];

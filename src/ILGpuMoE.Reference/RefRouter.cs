@@ -24,8 +24,8 @@ public static partial class RefMoe
         var pick = new int[k];
         switch (spec.Kind)
         {
-            case RefRouterKind.Mixtral:
-            case RefRouterKind.SoftmaxTopK:
+            case RouterKind.Mixtral:
+            case RouterKind.SoftmaxTopK:
                 for (int t = 0; t < tokens; t++)
                 {
                     SoftmaxRow(logits.Slice(t * e, e), score);
@@ -33,13 +33,13 @@ public static partial class RefMoe
                     double sum = 0;
                     foreach (int id in pick)
                         sum += score[id];
-                    double norm = spec.Kind == RefRouterKind.Mixtral ? sum : 1.0;
+                    double norm = spec.Kind == RouterKind.Mixtral ? sum : 1.0;
                     Store(t, pick, i => score[pick[i]] / norm);
                 }
 
                 break;
 
-            case RefRouterKind.Switch:
+            case RouterKind.Switch:
             {
                 if (k != 1)
                     throw new ArgumentException($"Route: Switch routes top-1, but spec.TopK = {k}.", nameof(spec));
@@ -65,7 +65,7 @@ public static partial class RefMoe
                 break;
             }
 
-            case RefRouterKind.NoisyTopK:
+            case RouterKind.NoisyTopK:
                 Require.Length(noiseLogits, (long)tokens * e, nameof(noiseLogits), "[T, E] (NoisyTopK)");
                 RequireFinite(noiseLogits, e, nameof(noiseLogits));
                 for (int t = 0; t < tokens; t++)
@@ -81,7 +81,7 @@ public static partial class RefMoe
 
                 break;
 
-            case RefRouterKind.DeepSeekV3:
+            case RouterKind.DeepSeekV3:
             {
                 int groups = spec.Groups, keep = spec.TopKGroups;
                 if (groups < 1 || e % groups != 0)

@@ -1,8 +1,10 @@
 // ILGpuMoE.Tools: developer tools. make-model writes a random Mixtral in Hugging Face's layout
-// (the generator itself is ILGpuMoE.Model.RandomMixtral; this file only parses arguments).
+// (the generator itself is ILGpuMoE.Testing.RandomMixtral, src/ILGpuMoE.Testing; this file only parses arguments).
+using System.Diagnostics;
 using System.CommandLine;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
+using ILGpuMoE.Testing;
 
 namespace ILGpuMoE.Tools;
 
@@ -46,7 +48,7 @@ public static class Program
         var heads = new Option<int>("--heads") { Description = "Attention heads H", DefaultValueFactory = _ => d.Heads };
         var kvHeads = new Option<int>("--kv-heads") { Description = "KV heads Hkv", DefaultValueFactory = _ => d.KvHeads };
         var headDim = new Option<int?>("--head-dim") { Description = "Head dim Dh (default hidden / heads)" };
-        var vocab = new Option<int>("--vocab") { Description = $"Vocabulary V (>= {ILGpuMoE.Tokenizer.SyntheticVocab.MinimumSize})", DefaultValueFactory = _ => d.Vocab };
+        var vocab = new Option<int>("--vocab") { Description = $"Vocabulary V (>= {SyntheticVocab.MinimumSize})", DefaultValueFactory = _ => d.Vocab };
         var dtype = new Option<string>("--dtype") { Description = "Weight dtype", DefaultValueFactory = _ => "f32" };
         dtype.AcceptOnlyFromAmong("f32", "f16", "bf16");
         var seed = new Option<ulong>("--seed") { Description = "Random seed", DefaultValueFactory = _ => d.Seed };
@@ -73,7 +75,13 @@ public static class Program
                 KvHeads = p.GetValue(kvHeads),
                 HeadDim = p.GetValue(headDim),
                 Vocab = p.GetValue(vocab),
-                DType = p.GetValue(dtype) switch { "f16" => DType.F16, "bf16" => DType.BF16, _ => DType.F32 },
+                DType = p.GetValue(dtype) switch
+                {
+                    "f32" => DType.F32,
+                    "f16" => DType.F16,
+                    "bf16" => DType.BF16,
+                    var other => throw new UnreachableException($"--dtype {other} passed the parser's f32|f16|bf16 check"),
+                },
                 Seed = p.GetValue(seed),
                 Shards = p.GetValue(shards),
                 TieEmbeddings = p.GetValue(tie),

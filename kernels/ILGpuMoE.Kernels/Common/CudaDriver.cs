@@ -4,7 +4,9 @@
 // CudaAPI_1 / CudaAPI_0). .NET turns "cuda" into libcuda.so, an unversioned link that only the driver's development
 // package ships; containers that mount the driver often carry libcuda.so.1 alone, and ILGPU then lists no CUDA device
 // without saying why (it treats a missing library as "CUDA not supported"). InstallResolver points ILGPU's driver
-// import at the first of ILGPUMOE_LIBCUDA, libcuda.so, libcuda.so.1 that loads (Windows: ILGPUMOE_LIBCUDA, nvcuda.dll).
+// import at the first of the preferred library, libcuda.so, libcuda.so.1 that loads (Windows: preferred, nvcuda.dll).
+// This library reads no environment: the entry points (src/ILGpuMoE/Runtime/ProcessEnvironment.cs, read by the CLI
+// and the bench at start) pass ILGPUMOE_LIBCUDA in through PreferLibrary.
 // Probe reports which file that was, or every name tried and why each failed, and what cuInit / cuDeviceGetCount
 // returned, by name: the one line `ilgpumoe devices` prints and `--device cuda` fails with.
 //
@@ -20,14 +22,16 @@ using ILGPU.Runtime.Cuda;
 
 namespace ILGpuMoE.Kernels;
 
-/// <summary>A name tried for the driver library and why it did not load (the loader's own words).</summary>
-public sealed record CudaLibraryFailure(string Name, string Reason)
+/// <summary>A name tried for the driver library and why it did not load (the loader's own words). Requested: it was
+/// the library the user asked for (CudaDriver.PreferLibrary), not one of the system's names.</summary>
+public sealed record CudaLibraryFailure(string Name, string Reason, bool Requested = false)
 {
     public override string ToString() => $"{Name}: {Reason}";
 }
 
 /// <summary>What the search for the driver library found and what the driver said.</summary>
-/// <param name="Loaded">The name that loaded (ILGPUMOE_LIBCUDA=value, libcuda.so, libcuda.so.1, nvcuda.dll), or null.</param>
+/// <param name="Loaded">The name that loaded (the preferred library's label such as ILGPUMOE_LIBCUDA=value, libcuda.so,
+/// libcuda.so.1, nvcuda.dll), or null.</param>
 /// <param name="LoadedPath">The file the process mapped for it, when the OS says (Linux: /proc/self/maps).</param>
 /// <param name="Failures">Every name tried before the one that loaded (all of them when none did), in order.</param>
 /// <param name="InitResult">cuInit(0)'s CUresult; null without a library or without a cuInit export.</param>
@@ -61,9 +65,9 @@ public sealed record CudaDriverProbe(
             if (LoadedPath is not null && !Loaded.EndsWith(LoadedPath, StringComparison.Ordinal))
                 head += $" ({LoadedPath})";
             head += " loaded";
-            // A failed ILGPUMOE_LIBCUDA is the user's explicit choice going unused: say so. libcuda.so missing before
+            // A failed preferred library is the user's explicit choice going unused: say so. libcuda.so missing before
             // libcuda.so.1 loads is the common, harmless case and stays out of the line.
-            var skipped = Failures.Where(f => f.Name.StartsWith(CudaDriver.EnvironmentVariable + "=", StringComparison.Ordinal)).ToList();
+            var skipped = Failures.Where(f => f.Requested).ToList();
             if (skipped.Count > 0)
                 head += $" (skipped {string.Join(", ", skipped)})";
             parts.Add(head);
@@ -83,9 +87,6 @@ public sealed record CudaDriverProbe(
 
 public static class CudaDriver
 {
-    /// <summary>A driver library to try before the system's (a path, or a name the loader searches for).</summary>
-    public const string EnvironmentVariable = "ILGPUMOE_LIBCUDA";
-
     public const int Success = 0;
 
     // The library name ILGPU's driver imports use (see the file header); anything else ILGPU imports (OpenCL) is
@@ -94,11 +95,29 @@ public static class CudaDriver
 
     private static readonly Lock Gate = new();
     private static bool resolverTried;
-    private static string? resolverNote;
+    private static bool resolverTaken;
+    private static (string Name, string Source)? preferred;
     private static readonly Lazy<Library> Driver = new(LoadLibrary, LazyThreadSafetyMode.ExecutionAndPublication);
     private static readonly Lazy<CudaDriverProbe> Answer = new(Ask, LazyThreadSafetyMode.ExecutionAndPublication);
 
-    /// <summary>Makes ILGPU load the driver from the first of ILGPUMOE_LIBCUDA, libcuda.so, libcuda.so.1 that loads.
+    /// <summary>A driver library to try before the system's: a path, or a name the loader searches for. Source says
+    /// where it came from (ILGPUMOE_LIBCUDA) and labels it in Probe's answer as SOURCE=NAME. Call before the driver is
+    /// first loaded (before the first Context that enables CUDA); asking for another library afterwards throws, since a
+    /// process keeps the driver it loaded.</summary>
+    public static void PreferLibrary(string name, string source)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        lock (Gate)
+        {
+            if (preferred == (name, source))
+                return;
+            if (Driver.IsValueCreated)
+                throw new InvalidOperationException($"{source}={name}: the CUDA driver library is already loaded in this process");
+            preferred = (name, source);
+        }
+    }
+
+    /// <summary>Makes ILGPU load the driver from the first of the preferred library, libcuda.so, libcuda.so.1 that loads.
     /// Idempotent and thread-safe; call before the first Context that enables CUDA. The library itself is only loaded
     /// when ILGPU first asks for it.</summary>
     public static void InstallResolver()
@@ -115,7 +134,7 @@ public static class CudaDriver
             catch (InvalidOperationException)
             {
                 // .NET allows one resolver per assembly and someone else (a host application) set ILGPU's: keep theirs.
-                resolverNote = $"ILGPU's import resolver was set elsewhere, so ILGPU does its own search and ignores {EnvironmentVariable}";
+                resolverTaken = true;
             }
         }
     }
@@ -159,21 +178,24 @@ public static class CudaDriver
         // Zero hands the name back to .NET's default search (which then fails the way it always did).
         libraryName == IlgpuDriverImport ? Driver.Value.Handle : IntPtr.Zero;
 
-    /// <summary>The names to try, in order, each with how it is reported.</summary>
-    private static List<(string Label, string Name)> Candidates()
+    /// <summary>The names to try, in order, each with how it is reported and whether the user asked for it.</summary>
+    private static List<(string Label, string Name, bool Requested)> Candidates()
     {
-        var list = new List<(string, string)>();
-        var env = Environment.GetEnvironmentVariable(EnvironmentVariable);
-        if (!string.IsNullOrWhiteSpace(env))
-            list.Add(($"{EnvironmentVariable}={env}", env));
+        var list = new List<(string, string, bool)>();
+        lock (Gate)
+        {
+            if (preferred is { } p)
+                list.Add(($"{p.Source}={p.Name}", p.Name, true));
+        }
+
         if (OperatingSystem.IsWindows())
         {
-            list.Add(("nvcuda.dll", "nvcuda.dll"));
+            list.Add(("nvcuda.dll", "nvcuda.dll", false));
         }
         else
         {
-            list.Add(("libcuda.so", "libcuda.so"));
-            list.Add(("libcuda.so.1", "libcuda.so.1"));
+            list.Add(("libcuda.so", "libcuda.so", false));
+            list.Add(("libcuda.so.1", "libcuda.so.1", false));
         }
 
         return list;
@@ -182,7 +204,7 @@ public static class CudaDriver
     private static Library LoadLibrary()
     {
         var failures = new List<CudaLibraryFailure>();
-        foreach (var (label, name) in Candidates())
+        foreach (var (label, name, requested) in Candidates())
         {
             try
             {
@@ -190,7 +212,7 @@ public static class CudaDriver
             }
             catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
             {
-                failures.Add(new CudaLibraryFailure(label, LoaderReason(e.Message, name)));
+                failures.Add(new CudaLibraryFailure(label, LoaderReason(e.Message, name), requested));
             }
         }
 
@@ -213,7 +235,11 @@ public static class CudaDriver
         var library = Driver.Value;
         string? note;
         lock (Gate)
-            note = resolverNote;
+        {
+            note = !resolverTaken ? null
+                : preferred is { } p ? $"ILGPU's import resolver was set elsewhere, so ILGPU does its own search and ignores {p.Source}"
+                : "ILGPU's import resolver was set elsewhere, so ILGPU does its own search";
+        }
         if (library.Name is null)
             return new CudaDriverProbe(null, null, library.Failures, null, null, 0, null, note);
 

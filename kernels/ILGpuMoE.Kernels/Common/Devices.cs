@@ -1,7 +1,9 @@
 // Device choice for every entry point (CLI, tests, perf, tools).
 //
 // One ILGPU Context knows CUDA, OpenCL and our CPU accelerator; `auto` picks CUDA, then OpenCL, then
-// the CPU accelerator. The environment variable ILGPUMOE_DEVICE supplies the default for --device.
+// the CPU accelerator. The default for --device (ILGPUMOE_DEVICE) is the entry points' business: this library reads
+// no environment (src/ILGpuMoE/Runtime/ProcessEnvironment.cs does).
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.CPU;
@@ -20,15 +22,13 @@ public enum DeviceChoice
 
 public static class Devices
 {
-    public const string EnvironmentVariable = "ILGPUMOE_DEVICE";
-
     // The CPU accelerator's shape: warp 32, 8 warps per group, 1 multiprocessor.
     // Why: kernels here are written for the GPU: one warp of 32 lanes per row in the GEMV and
     // reduction kernels (lane masks, shuffles over 32 lanes), groups of up to 256 threads for tiles.
     // ILGPU's default CPU device has warp 4 and groups of at most 16, so those launch configurations
-    // would not run at all. Warp 32 makes warp-collective code slower to emulate (FACTS.md: a radix
-    // sort is ~20x slower), which is why kernels avoid warp collectives in hot loops where a shared
-    // memory reduction does as well. One multiprocessor: CI has 2 cores, and each emulated group
+    // would not run at all. Warp 32 makes warp-collective code slower to emulate (perf/notes/toolchain-facts.md:
+    // a radix sort of 100K keys, 0.7 s at warp 4, 17 s at warp 32), which is why kernels avoid warp collectives in
+    // hot loops where a shared memory reduction does as well. One multiprocessor: CI has 2 cores, and each emulated group
     // already runs 256 OS threads; more multiprocessors only add contention.
     public const int CpuWarpSize = 32;
     public const int CpuWarpsPerGroup = 8;
@@ -48,9 +48,6 @@ public static class Devices
         "cpu" => DeviceChoice.Cpu,
         _ => throw new ArgumentException($"unknown device '{text}' (expected auto, cuda, opencl or cpu)"),
     };
-
-    /// <summary>The choice from the environment variable, or Auto when it is unset.</summary>
-    public static DeviceChoice FromEnvironment() => Parse(Environment.GetEnvironmentVariable(EnvironmentVariable));
 
     /// <summary>A context that can see every backend we use, with ILGPU.Algorithms enabled. Installs the driver
     /// library resolver first (CudaDriver): ILGPU binds the CUDA driver once per process, at the first such context.</summary>
@@ -84,8 +81,9 @@ public static class Devices
                                 ?? throw new InvalidOperationException($"no CUDA device is visible to ILGPU ({CudaDriver.Probe().Describe()})"),
             DeviceChoice.OpenCL => Find(AcceleratorType.OpenCL) ?? throw new InvalidOperationException("no usable OpenCL device is visible to ILGPU"),
             DeviceChoice.Cpu => Find(AcceleratorType.CPU) ?? throw new InvalidOperationException("ILGPU's CPU accelerator is missing"),
-            _ => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)
+            DeviceChoice.Auto => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)
                  ?? throw new InvalidOperationException("ILGPU sees no device"),
+            _ => throw new UnreachableException($"device choice {(int)choice}"),
         };
     }
 

@@ -1,6 +1,7 @@
 // Gating cases (kernels/ILGpuMoE.Kernels/Moe/Gating): router logits [T, E] -> ids [T, K], weights [T, K], V1 (thread
 // per token) and V2 (warp per token), in the preset's router mode (Mixtral, softmax top-k, DeepSeek-V3 grouped).
 // FLOPs: ~ (K + 3) * E per token (exp, compares of the K selection passes); it is a bandwidth and latency kernel.
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Moe.Gating;
@@ -21,12 +22,14 @@ public sealed class GatingFamily : IBenchFamily
 
     public static RouterSpec Spec(ShapePreset p) => p.Router switch
     {
-        PresetRouter.SoftmaxTopK => RouterSpec.SoftmaxTopK(p.Experts, p.TopK),
-        PresetRouter.DeepSeekV3 => RouterSpec.DeepSeekV3(p.Experts, p.TopK, p.RouterGroups, p.RouterTopKGroups, normTopK: true, scalingFactor: 2.5),
-        _ => RouterSpec.Mixtral(p.Experts, p.TopK),
+        RouterKind.Mixtral => RouterSpec.Mixtral(p.Experts, p.TopK),
+        RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(p.Experts, p.TopK),
+        RouterKind.DeepSeekV3 => RouterSpec.DeepSeekV3(p.Experts, p.TopK, p.RouterGroups, p.RouterTopKGroups, normTopK: true, scalingFactor: 2.5),
+        RouterKind.Switch or RouterKind.NoisyTopK => throw new NotSupportedException($"preset {p.Name}: no gating case for router {p.Router}"),
+        _ => throw new UnreachableException($"preset {p.Name}: router kind {(int)p.Router}"),
     };
 
-    public static RefRouterSpec ToRef(RouterSpec s) => new((RefRouterKind)(int)s.Kind, s.Experts, s.TopK, s.CapacityFactor,
+    public static RefRouterSpec ToRef(RouterSpec s) => new(s.Kind, s.Experts, s.TopK, s.CapacityFactor,
         s.NoiseSeed, s.Groups, s.TopKGroups, s.NormTopK, s.ScalingFactor);
 }
 
@@ -48,7 +51,7 @@ public sealed class GatingCase(ShapePreset p, int tokens, GatingVersion version)
 
     public override double Flops => (double)tokens * p.Experts * (p.TopK + 3);
 
-    public override double MinBytes => 4.0 * tokens * p.Experts + 8.0 * tokens * p.TopK + (p.Router == PresetRouter.DeepSeekV3 ? 4.0 * p.Experts : 0);
+    public override double MinBytes => 4.0 * tokens * p.Experts + 8.0 * tokens * p.TopK + (p.Router == RouterKind.DeepSeekV3 ? 4.0 * p.Experts : 0);
 
     public override long SetBytes => 4L * tokens * p.Experts;
 
@@ -64,13 +67,13 @@ public sealed class GatingCase(ShapePreset p, int tokens, GatingVersion version)
 
     public override void Run(AcceleratorStream stream, int set) =>
         kernel!.Launch(stream, spec, logits[set].View, ids!.View, weights!.View, tokens,
-            bias: p.Router == PresetRouter.DeepSeekV3 ? bias!.View : default);
+            bias: p.Router == RouterKind.DeepSeekV3 ? bias!.View : default);
 
     public override CheckResult Check(BenchDevice d)
     {
         RunOnce(d);
         var want = RefMoe.Route(GatingFamily.ToRef(spec), logits[0].GetAsArray1D(), tokens,
-            bias: p.Router == PresetRouter.DeepSeekV3 ? bias!.GetAsArray1D() : default);
+            bias: p.Router == RouterKind.DeepSeekV3 ? bias!.GetAsArray1D() : default);
         var scope = $"all {tokens} tokens";
         var idCheck = Compare.Equal(ids!.GetAsArray1D(), want.ExpertIds, scope);
         return idCheck.Passed ? Compare.Close(weights!.GetAsArray1D(), want.Weights, 1e-5, 1e-6, scope) : idCheck;

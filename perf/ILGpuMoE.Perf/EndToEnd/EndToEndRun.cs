@@ -14,6 +14,7 @@ using System.Text;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 using ILGpuMoE.Perf.Suite;
+using ILGpuMoE.Testing;
 
 namespace ILGpuMoE.Perf.EndToEnd;
 
@@ -92,7 +93,7 @@ public static class EndToEndRun
             if (peer && !device.IsGpu)
             {
                 string f32 = Path.Combine(dir, "model-f32.gguf");
-                ILGpuMoE.IO.Gguf.MixtralGguf.Convert(hf, f32);
+                MixtralGguf.Convert(hf, f32);
                 int threads = Environment.ProcessorCount;
                 foreach (var (scheme, ourScheme) in new[] { ("f32", "f32"), ("q8_0", "int8"), ("q4_0", "int4") })
                 {

@@ -2,7 +2,7 @@
 // a safetensors checkpoint, reading a tensor's bytes, widening BF16 to F32; the tokenizer (encode / decode of a
 // paragraph with models/mixtral-demo's tokenizer, streaming decode one id at a time as generation does); the host
 // quantizer (int8 per channel, int4 G = 128, FP8 128x128 blocks of a [1024, 1024] matrix). In-process toolchain
-// (FACTS.md: no second build of the project; works from the single-file publish too).
+// (perf/notes/toolchain-facts.md: no second build of the project; works from the single-file publish too).
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Jobs;

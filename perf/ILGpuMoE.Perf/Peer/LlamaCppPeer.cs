@@ -1,7 +1,8 @@
 // The CPU peer: llama.cpp in-process (LLamaSharp 0.30.0 + its CPU backend) on the same random Mixtral we run,
-// converted to GGUF (src/ILGpuMoE/IO/Gguf), F32 and quantized by llama.cpp itself to Q8_0 and Q4_0.
+// converted to GGUF (src/ILGpuMoE.Testing/Gguf), F32 and quantized by llama.cpp itself to Q8_0 and Q4_0.
 // Measured like ours: prefill of P prompt tokens in one batch (logits of the last only) = time to first token, then
-// N single-token decode steps; F32 KV cache, no flash attention, every core as threads (FACTS.md).
+// N single-token decode steps; F32 KV cache, no flash attention, every core as threads
+// (perf/notes/toolchain-facts.md: why F32 KV and no flash attention make it a like-for-like peer).
 // Not in the GPU publish (its native backend is ~150 MB and the GPU machine's peer is PyTorch).
 using System.Diagnostics;
 using LLama;

@@ -2,6 +2,7 @@
 // device (filling Mixtral's 2.8 GB of expert weights from the host would take longer than the benchmark). The checks
 // download what they compare (device values, exactly what the kernel read), so the host never needs to recompute them.
 // Values are uniform in [-scale, scale), never all zero. 16-bit types are rounded to nearest even from the f32 value.
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
@@ -249,7 +250,8 @@ public static class WeightTypes
     {
         WeightType.F32 => "f32",
         WeightType.F16 => "f16",
-        _ => "bf16",
+        WeightType.BF16 => "bf16",
+        _ => throw new UnreachableException($"weight type {(int)t}"),
     };
 
     public static int Bytes(WeightType t) => t == WeightType.F32 ? 4 : 2;

@@ -2,18 +2,11 @@
 // F expert hidden dim, H heads, Hkv kv heads, Dh head dim, V vocab, S cached keys (decode attention).
 namespace ILGpuMoE.Perf.Suite;
 
-/// <summary>Router family of a preset (which gating mode its cases use).</summary>
-public enum PresetRouter
-{
-    Mixtral,
-    SoftmaxTopK,
-    DeepSeekV3,
-}
-
 /// <summary>
 /// One model's kernel shapes. Tokens is the sweep of tokens per step; KvLength the cache length S of the decode
 /// attention cases. Layers is how many layers the end-to-end part builds (as many as fit). CheckTokens caps the
-/// tokens the reference recomputes at large shapes (plain C#, double accumulation: it must stay seconds).
+/// tokens the reference recomputes at large shapes (plain C#, double accumulation: it must stay seconds). Router is
+/// the gating mode its cases use (GatingFamily.Spec names the kinds a preset may have).
 /// </summary>
 public sealed record ShapePreset(
     string Name,
@@ -28,7 +21,7 @@ public sealed record ShapePreset(
     int[] Tokens,
     int KvLength,
     int Layers,
-    PresetRouter Router,
+    RouterKind Router,
     int RouterGroups = 1,
     int RouterTopKGroups = 1,
     float RopeTheta = 1e6f,
@@ -51,30 +44,30 @@ public static class Presets
     /// <summary>Mixtral-8x7B (Hugging Face config).</summary>
     public static readonly ShapePreset Mixtral8x7B = new(
         "mixtral-8x7b", Dim: 4096, Hidden: 14336, Experts: 8, TopK: 2, Heads: 32, KvHeads: 8, HeadDim: 128, Vocab: 32000,
-        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 32, Router: PresetRouter.Mixtral, RopeTheta: 1e6f);
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 32, Router: RouterKind.Mixtral, RopeTheta: 1e6f);
 
     /// <summary>Qwen1.5-MoE-A2.7B-like expert shapes (60 routed experts of F = 1408, top-4; the shared expert is left out).</summary>
     public static readonly ShapePreset QwenMoeA27B = new(
         "qwen-moe-a2.7b", Dim: 2048, Hidden: 1408, Experts: 60, TopK: 4, Heads: 16, KvHeads: 16, HeadDim: 128, Vocab: 151936,
-        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 24, Router: PresetRouter.SoftmaxTopK, RopeTheta: 1e6f,
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 24, Router: RouterKind.SoftmaxTopK, RopeTheta: 1e6f,
         Note: "routed experts only; no shared expert");
 
     /// <summary>DeepSeek-V3-like MoE layer: 256 experts of F = 2048, top-8 in 4 of 8 groups. Attention here is plain GQA
     /// with 128 heads of 128 (DeepSeek's MLA is not implemented), so its attention rows are only indicative.</summary>
     public static readonly ShapePreset DeepSeekV3Moe = new(
         "deepseek-v3-moe", Dim: 7168, Hidden: 2048, Experts: 256, TopK: 8, Heads: 128, KvHeads: 128, HeadDim: 128, Vocab: 129280,
-        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 4, Router: PresetRouter.DeepSeekV3, RouterGroups: 8, RouterTopKGroups: 4,
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 4, Router: RouterKind.DeepSeekV3, RouterGroups: 8, RouterTopKGroups: 4,
         RopeTheta: 10000f, CheckTokens: 2, Note: "MoE shapes; attention as GQA (no MLA)");
 
     /// <summary>For ILGPU's CPU accelerator: odd sizes (no multiple of any tile), seconds per kernel.</summary>
     public static readonly ShapePreset Tiny = new(
         "tiny", Dim: 40, Hidden: 56, Experts: 4, TopK: 2, Heads: 4, KvHeads: 2, HeadDim: 8, Vocab: 100,
-        Tokens: [1, 5, 19], KvLength: 24, Layers: 2, Router: PresetRouter.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
+        Tokens: [1, 5, 19], KvLength: 24, Layers: 2, Router: RouterKind.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
 
     /// <summary>Moderate shapes for the GPU correctness smoke test (every kernel and version, checked in full).</summary>
     public static readonly ShapePreset Smoke = new(
         "smoke", Dim: 520, Hidden: 1000, Experts: 8, TopK: 2, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 1000,
-        Tokens: [1, 7, 65], KvLength: 300, Layers: 2, Router: PresetRouter.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
+        Tokens: [1, 7, 65], KvLength: 300, Layers: 2, Router: RouterKind.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
 
     public static IReadOnlyList<ShapePreset> All { get; } = [Mixtral8x7B, QwenMoeA27B, DeepSeekV3Moe, Tiny, Smoke];
 

@@ -1,9 +1,10 @@
 // ilgpumoe bench ...: forwards every argument to the benchmark executable (perf/ILGpuMoE.Perf, assembly ilgpumoe-bench)
 // and returns its exit code. Why a forwarder: perf depends on the runtime and the reference (kernels <- src <- perf),
 // so the CLI cannot reference it; and the benchmark's packages (ScottPlot, BenchmarkDotNet) stay out of the CLI.
+// This is the only call between the two: perf never calls the CLI (perf/NOTES.md, "Why `ilgpumoe bench` forwards").
 // Where the bench is looked for, in order:
 //   1. $ILGPUMOE_BENCH: a path to the ilgpumoe-bench executable or its .dll;
-//   2. next to ilgpumoe: ilgpumoe-bench (apphost) or ilgpumoe-bench.dll (a publish, or perf's own bin folder);
+//   2. next to ilgpumoe: ilgpumoe-bench (apphost) or ilgpumoe-bench.dll (a publish, the tests' bin folder);
 //   3. a source checkout above ilgpumoe's folder or the current folder: `dotnet run --project perf/ILGpuMoE.Perf -c Release`.
 // stdout/stderr are the child's own (inherited), so the table and the progress lines stream as they come.
 using System.CommandLine;

@@ -3,6 +3,7 @@
 // Streams the generated text to stdout as it comes, then prints prefill tokens/s, decode tokens/s and time to first
 // token (and, with --routing-stats, how many tokens each expert of each layer received). Ctrl+C stops after the
 // current step and still prints the statistics.
+using System.Diagnostics;
 using System.CommandLine;
 using System.Globalization;
 using ILGpuMoE.Kernels;
@@ -117,7 +118,8 @@ public static class GenerateCommand
             StopReason.Eos => "end of sequence",
             StopReason.MaxTokens => "-n reached",
             StopReason.CacheFull => $"KV cache full (--max-seq {model.MaxSeq})",
-            _ => "cancelled",
+            StopReason.Cancelled => "cancelled",
+            _ => throw new UnreachableException($"stop reason {r.Stop}"),
         };
         io.Out.WriteLine($"--- {r.Tokens.Count} tokens generated ({stop}); prompt {r.PromptTokens.Count} tokens");
         io.Out.WriteLine($"prefill: {F(r.PrefillTokensPerSecond)} tokens/s | decode: {F(r.DecodeTokensPerSecond)} tokens/s ({r.DecodeSteps} steps) | " +

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text;
 
 namespace ILGpuMoE.IO;
@@ -95,7 +96,8 @@ public class SafeTensorsException : Exception
             => new SafeTensorsLayoutException(kind, filePath, tensorName, what, inner),
         SafeTensorsError.InvalidIndex or SafeTensorsError.UnsafePath
             => new SafeTensorsIndexException(kind, filePath, tensorName, what, inner),
-        _ => new SafeTensorsException(kind, filePath, tensorName, what, inner),
+        SafeTensorsError.Other or SafeTensorsError.Io => new SafeTensorsException(kind, filePath, tensorName, what, inner),
+        _ => throw new UnreachableException($"safetensors error kind {(int)kind} ({what})"),
     };
 
     /// <summary>Quotes a user-controlled string for a one-line message: control characters escaped, long ones cut.</summary>

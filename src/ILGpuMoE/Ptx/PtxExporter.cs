@@ -1,7 +1,7 @@
 // PTX export: compiles every kernel marked [KernelInfo] for sm_90 through ILGPU's PTX backend, with no GPU present.
 //
 // Kernel researchers read the PTX; tools/ptxas-check.sh feeds it to `ptxas -arch=sm_90 -v` for registers, shared
-// memory and spills. ILGPU 1.5.3 writes `.target sm_80` even when SM_90 is asked (FACTS.md); the ISA we ask for
+// memory and spills. ILGPU 1.5.3 writes `.target sm_80` even when SM_90 is asked (perf/notes/toolchain-facts.md); the ISA we ask for
 // (7.8 by default) is the newest that the ptxas of Debian's CUDA 11.8 reads.
 using System.Reflection;
 using System.Text.Json;
@@ -77,8 +77,9 @@ public static class PtxExporter
             {
                 foreach (var (wt, concrete) in Instantiate(method))
                 {
-                    // After an internal compiler error ILGPU fails every later compile in the same context (FACTS.md):
-                    // a fresh context after each failure keeps one bad kernel from hiding the others.
+                    // After an internal compiler error ILGPU fails every later compile in the same context
+                    // (perf/notes/toolchain-facts.md): a fresh context after each failure keeps one bad kernel from
+                    // hiding the others.
                     if (context is null)
                     {
                         // b.Default() enables CUDA: ILGPU binds the driver at this first context (CudaDriver).

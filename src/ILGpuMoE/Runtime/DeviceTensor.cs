@@ -2,6 +2,7 @@
 //
 // Upload goes straight from the memory-mapped safetensors span to the device buffer (one host copy at most, done by
 // ILGPU's CopyFromCPU), so a checkpoint is never materialised in managed memory as a whole.
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
@@ -48,7 +49,8 @@ public sealed class DeviceTensor : IDisposable
         {
             WeightType.F32 => accelerator.Allocate1D<float>(n),
             WeightType.F16 => accelerator.Allocate1D<ILGPU.Half>(n),
-            _ => accelerator.Allocate1D<ushort>(n),
+            WeightType.BF16 => accelerator.Allocate1D<ushort>(n),
+            _ => throw new UnreachableException($"weight type {type}"),
         };
         return new DeviceTensor(buffer, type, shape);
     }
@@ -94,9 +96,11 @@ public sealed class DeviceTensor : IDisposable
             case WeightType.F16:
                 F16.SubView(elementOffset, bytes.Length / 2).CopyFromCPU(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ILGPU.Half>(bytes));
                 break;
-            default:
+            case WeightType.BF16:
                 BF16.SubView(elementOffset, bytes.Length / 2).CopyFromCPU(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(bytes));
                 break;
+            default:
+                throw new UnreachableException($"weight type {Type}");
         }
     }
 

@@ -45,8 +45,8 @@ public sealed class InferenceSession : IDisposable
         _stream = a.DefaultStream;
         _spec = c.Router.Kind switch
         {
-            ILGpuMoE.Model.RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),
-            ILGpuMoE.Model.RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(c.Experts, c.TopK),
+            RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),
+            RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(c.Experts, c.TopK),
             _ => throw new NotSupportedException($"router {c.Router.Kind} is not wired into the runtime yet"),
         };
         _b = model.MaxBatch;
@@ -184,39 +184,27 @@ public sealed class InferenceSession : IDisposable
         var w = _weights.View.SubView(0, (long)t * _k);
         var g = _gather is null ? default : _gather.View;
 
-        T0();
         ops.Embedding(s, tok, m.Embedding, x, t, _v, _d);
-        Mark("embedding");
         for (int l = 0; l < c.Layers; l++)
         {
             var lw = m.Layers[l];
             ops.RmsNorm(s, x, lw.InputNorm, h, t, _d, eps);
-            Mark("rmsnorm");
             // Act-order q/k/v of one input order: gather the normed rows once for all three.
             bool shared = lw.QkvShareInputOrder;
             ArrayView<float> hq = shared ? ops.GatherInput(s, h, lw.Wq, g, t, _d) : (ArrayView<float>)h;
             ops.MatMul(s, hq, lw.Wq, q, t, _qd, _d, gather: g, inputGathered: shared);
             ops.MatMul(s, hq, lw.Wk, k, t, _kvd, _d, gather: g, inputGathered: shared);
             ops.MatMul(s, hq, lw.Wv, v, t, _kvd, _d, gather: g, inputGathered: shared);
-            Mark("qkv");
             ops.Rope.Launch(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta);
-            Mark("rope");
             ops.Append.Launch(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
-            Mark("kv append");
             ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, window);
-            Mark("attention");
             ops.MatMul(s, a, lw.Wo, x, t, _d, _qd, accumulate: true, gather: g);
-            Mark("o_proj");
 
             ops.RmsNorm(s, x, lw.PostNorm, h, t, _d, eps);
-            Mark("rmsnorm");
             ops.MatMul(s, h, lw.Gate, rl, t, _e, _d);
-            Mark("router");
             var ids = _ids.View.SubView((long)l * _b * _k, (long)t * _k);
             ops.Gating.Launch(s, _spec, rl, ids, w, t);
-            Mark("gating");
             ops.Moe(s, _moe, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x);
-            Mark("moe");
         }
 
         if (logitRows > 0)
@@ -225,42 +213,12 @@ public sealed class InferenceSession : IDisposable
             var xs = x.SubView((long)first * _d, (long)logitRows * _d);
             var hs = h.SubView(0, (long)logitRows * _d);
             ops.RmsNorm(s, xs, m.FinalNorm, hs, logitRows, _d, eps);
-            Mark("rmsnorm");
             ops.MatMul(s, hs, m.LmHead, _logits.View.SubView(0, (long)logitRows * _v), logitRows, _v, _d);
-            Mark("lm_head");
         }
 
         Position += t;
         if (CollectRoutingStats)
             ReadRouting(t);
-    }
-
-    /// <summary>When set, every kernel launch is followed by a stream sync and its wall time is added to
-    /// <see cref="OpSeconds"/> (diagnostics: it serialises the step, so it slows a GPU run down).</summary>
-    public bool ProfileOps { get; set; }
-
-    /// <summary>Seconds per op kind accumulated while <see cref="ProfileOps"/> is set.</summary>
-    public IReadOnlyDictionary<string, double> OpSeconds => _opSeconds;
-
-    private readonly Dictionary<string, double> _opSeconds = [];
-    private long _opStart;
-
-    private void T0()
-    {
-        if (!ProfileOps)
-            return;
-        _stream.Synchronize();
-        _opStart = System.Diagnostics.Stopwatch.GetTimestamp();
-    }
-
-    private void Mark(string op)
-    {
-        if (!ProfileOps)
-            return;
-        _stream.Synchronize();
-        long now = System.Diagnostics.Stopwatch.GetTimestamp();
-        _opSeconds[op] = _opSeconds.GetValueOrDefault(op) + (now - _opStart) / (double)System.Diagnostics.Stopwatch.Frequency;
-        _opStart = now;
     }
 
     private void ReadRouting(int t)

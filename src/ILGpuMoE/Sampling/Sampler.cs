@@ -37,8 +37,6 @@ public sealed class Sampler
         _state = options.Seed ^ 0x9E3779B97F4A7C15UL;
     }
 
-    public SamplingOptions Options => _options;
-
     /// <summary>Index of the largest logit, ties toward the lower id. NaN logits are an error, never a token.</summary>
     public static int Argmax(ReadOnlySpan<float> logits)
     {

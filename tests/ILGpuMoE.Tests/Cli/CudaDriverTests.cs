@@ -4,6 +4,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Runtime;
 
 namespace ILGpuMoE.Tests.Cli;
 
@@ -85,10 +86,10 @@ public class CudaDriverTests
     {
         var stub = Stub();
         var log = Path.Combine(_dir, "calls-no-device.log");
-        var run = CliRun.InChild(new Dictionary<string, string> { [CudaDriver.EnvironmentVariable] = stub, ["STUB_LOG"] = log }, "devices");
+        var run = CliRun.InChild(new Dictionary<string, string> { [ProcessEnvironment.LibCudaVariable] = stub, ["STUB_LOG"] = log }, "devices");
 
         var line = CudaLine(run);
-        Assert.That(line, Does.StartWith($"CUDA: {CudaDriver.EnvironmentVariable}={stub} loaded"));
+        Assert.That(line, Does.StartWith($"CUDA: {ProcessEnvironment.LibCudaVariable}={stub} loaded"));
         Assert.That(line, Does.Contain("driver API 12.4"), "12040 = 12 * 1000 + 4 * 10");
         Assert.That(line, Does.EndWith("cuInit: CUDA_ERROR_NO_DEVICE"), "cuDeviceGetCount is not asked after cuInit failed");
         Assert.That(run.Out, Does.Contain("auto picks: CPU"), "ILGPU, with the failing driver bound, still lists the CPU accelerator");
@@ -104,7 +105,7 @@ public class CudaDriverTests
     public void DeviceCudaWithNoDeviceIsOneLineExit2()
     {
         var stub = Stub();
-        var env = new Dictionary<string, string> { [CudaDriver.EnvironmentVariable] = stub };
+        var env = new Dictionary<string, string> { [ProcessEnvironment.LibCudaVariable] = stub };
 
         var devices = CliRun.InChild(env, "--device", "cuda", "devices");
         var line = devices.AssertBadInput();
@@ -125,7 +126,7 @@ public class CudaDriverTests
     {
         var stub = Stub();
         var run = CliRun.InChild(
-            new Dictionary<string, string> { [CudaDriver.EnvironmentVariable] = stub, ["STUB_CUINIT"] = "0" }, "--device", "cuda", "devices");
+            new Dictionary<string, string> { [ProcessEnvironment.LibCudaVariable] = stub, ["STUB_CUINIT"] = "0" }, "--device", "cuda", "devices");
         Assert.That(run.AssertBadInput(), Does.EndWith("cuInit: CUDA_SUCCESS; 0 device(s))"));
     }
 
@@ -149,14 +150,14 @@ public class CudaDriverTests
     public void AMissingLibcudaIsListedWithEveryNameTried()
     {
         var missing = Path.Combine(_dir, "absent", "libcuda.so.1");
-        var env = new Dictionary<string, string> { [CudaDriver.EnvironmentVariable] = missing };
+        var env = new Dictionary<string, string> { [ProcessEnvironment.LibCudaVariable] = missing };
         var line = CudaLine(CliRun.InChild(env, "devices"));
 
-        Assert.That(line, Does.Contain($"{CudaDriver.EnvironmentVariable}={missing}: "), "the variable's value and the loader's reason");
+        Assert.That(line, Does.Contain($"{ProcessEnvironment.LibCudaVariable}={missing}: "), "the variable's value and the loader's reason");
         if (line.StartsWith("CUDA: no driver library", StringComparison.Ordinal))
         {
             // No driver on this machine (the CPU CI machine): all three names, in order, each with a reason.
-            var tried = line.IndexOf(CudaDriver.EnvironmentVariable, StringComparison.Ordinal);
+            var tried = line.IndexOf(ProcessEnvironment.LibCudaVariable, StringComparison.Ordinal);
             var so = line.IndexOf(", libcuda.so: ", StringComparison.Ordinal);
             var so1 = line.IndexOf(", libcuda.so.1: ", StringComparison.Ordinal);
             Assert.That(tried, Is.GreaterThan(0));
@@ -166,7 +167,7 @@ public class CudaDriverTests
         else
         {
             // A machine with a driver: it is used, and the line says the variable's file was skipped.
-            Assert.That(line, Does.Contain("loaded (skipped " + CudaDriver.EnvironmentVariable));
+            Assert.That(line, Does.Contain("loaded (skipped " + ProcessEnvironment.LibCudaVariable));
         }
 
         var run = CliRun.InChild(env, "--device", "cuda", "devices");

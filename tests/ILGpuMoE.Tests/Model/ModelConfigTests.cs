@@ -29,7 +29,6 @@ public class ModelConfigTests
             Assert.That((c.QueryDim, c.KvDim), Is.EqualTo((64, 32)));
             Assert.That(c.Router, Is.EqualTo(RouterConfig.Mixtral(4, 2)));
             Assert.That(c.Router.Kind, Is.EqualTo(RouterKind.Mixtral));
-            Assert.That(c.Router.NormTopK, Is.True);
             Assert.That(c.RmsNormEps, Is.EqualTo(1e-5));
             Assert.That(c.RopeTheta, Is.EqualTo(1e6));
             Assert.That(c.MaxPositionEmbeddings, Is.EqualTo(4096));

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using ILGpuMoE.IO;
-using ILGpuMoE.IO.Gguf;
+using ILGpuMoE.Testing;
 using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.Peer;

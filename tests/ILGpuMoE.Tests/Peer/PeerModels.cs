@@ -1,5 +1,5 @@
 using ILGpuMoE.IO;
-using ILGpuMoE.IO.Gguf;
+using ILGpuMoE.Testing;
 using ILGpuMoE.Model;
 using ILGpuMoE.Tests.Common;
 

@@ -1,6 +1,7 @@
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 using ILGpuMoE.Reference;
+using ILGpuMoE.Testing;
 using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.Peer;

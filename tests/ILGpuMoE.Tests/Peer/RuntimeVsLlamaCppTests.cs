@@ -1,5 +1,6 @@
 using ILGpuMoE.Model;
 using ILGpuMoE.Runtime;
+using ILGpuMoE.Testing;
 using ILGpuMoE.Tests.Common;
 using ILGpuMoE.Tests.Runtime;
 

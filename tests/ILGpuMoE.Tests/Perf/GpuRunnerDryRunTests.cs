@@ -30,8 +30,8 @@ public class GpuRunnerDryRunTests
                 RedirectStandardOutput = true,
                 RedirectStandardError = true,
             };
-            // The bench this test build carries (the runner's own fallback is the Release build of perf/).
-            start.Environment["ILGPUMOE_BENCH_BIN"] = Path.Combine(AppContext.BaseDirectory, "ilgpumoe-bench");
+            // The GPU bundle this test build carries (the runner's own fallback is the Release build of perf/ILGpuMoE.GpuBundle).
+            start.Environment["ILGPUMOE_BENCH_BIN"] = Path.Combine(AppContext.BaseDirectory, "ilgpumoe-gpu");
             start.Environment.Remove("ILGPUMOE_INJECT_FAULT");
             start.Environment.Remove("ILGPUMOE_DEVICE");
             var clock = Stopwatch.StartNew();

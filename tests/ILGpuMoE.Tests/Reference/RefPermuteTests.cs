@@ -21,7 +21,7 @@ public class RefPermuteTests
     public void PermuteIsAStablePermutation()
     {
         const int t = 69, k = 2, e = 8;
-        var r = RefMoe.Route(new RefRouterSpec(RefRouterKind.Mixtral, e, k), Data.Gaussian(21, t * e), t);
+        var r = RefMoe.Route(new RefRouterSpec(RouterKind.Mixtral, e, k), Data.Gaussian(21, t * e), t);
         var p = RefMoe.Permute(r, e);
         Assert.That(p.SortedPairs.Order(), Is.EqualTo(Enumerable.Range(0, t * k)));
         for (int x = 0; x < e; x++)
@@ -72,7 +72,7 @@ public class RefPermuteTests
         var logits = Data.Gaussian(32, t * e);
         for (int i = 0; i < t; i++)
             logits[i * e + 3] = -50;
-        var r = RefMoe.Route(new RefRouterSpec(RefRouterKind.Mixtral, e, k), logits, t);
+        var r = RefMoe.Route(new RefRouterSpec(RouterKind.Mixtral, e, k), logits, t);
         Assert.That(RefMoe.Permute(r, e).Counts[3], Is.Zero);
 
         var y = RefMoe.MoeBlock(x, r, w1, w3, w2, t, d, f);

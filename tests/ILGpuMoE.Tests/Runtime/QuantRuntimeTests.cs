@@ -4,6 +4,7 @@ using ILGpuMoE.Model;
 using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Runtime;
+using ILGpuMoE.Testing;
 using ILGpuMoE.Tests.Cli;
 using ILGpuMoE.Tests.Common;
 

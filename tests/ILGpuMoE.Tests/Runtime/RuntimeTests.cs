@@ -4,6 +4,7 @@ using ILGpuMoE.Model;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Runtime;
 using ILGpuMoE.Sampling;
+using ILGpuMoE.Testing;
 using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.Runtime;

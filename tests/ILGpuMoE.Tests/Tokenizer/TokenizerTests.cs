@@ -1,3 +1,4 @@
+using ILGpuMoE.Testing;
 using ILGpuMoE.Tokenizer;
 
 namespace ILGpuMoE.Tests.Tokenizer;

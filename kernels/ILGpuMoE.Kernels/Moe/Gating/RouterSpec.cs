@@ -2,28 +2,9 @@
 //
 // The kernels assembly cannot see the reference project, so this mirrors RefRouterSpec field for field; the runtime
 // maps one to the other. It is a readonly struct of plain numbers (no bool: NormTopK travels as an int) so that
-// every backend can take it as a kernel parameter.
+// every backend can take it as a kernel parameter. Its kind is the RouterKind the oracle uses too
+// (kernels/ILGpuMoE.Contracts/RouterKind.cs).
 namespace ILGpuMoE.Kernels.Moe.Gating;
-
-/// <summary>The router modes (same order and meaning as RefRouterKind).</summary>
-public enum RouterKind
-{
-    /// <summary>Mixtral: softmax over E (F32), top-k, renormalise the k weights to sum 1.</summary>
-    Mixtral = 0,
-
-    /// <summary>Qwen-MoE: softmax over E, top-k, no renormalisation.</summary>
-    SoftmaxTopK = 1,
-
-    /// <summary>Switch: top-1 with weight = its probability, capacity ceil(T * CapacityFactor / E) per expert,
-    /// tokens taken in token order, the rest dropped (id -1, weight 0).</summary>
-    Switch = 2,
-
-    /// <summary>Shazeer noisy top-k: h = logits + n * softplus(noiseLogits); top-k of h; softmax over the chosen h.</summary>
-    NoisyTopK = 3,
-
-    /// <summary>DeepSeek-V3: sigmoid scores, biased choice, group-limited top-k, unbiased (optionally normalised) weights.</summary>
-    DeepSeekV3 = 4,
-}
 
 /// <summary>A router mode with its parameters; fields a mode does not use are ignored.</summary>
 public readonly struct RouterSpec

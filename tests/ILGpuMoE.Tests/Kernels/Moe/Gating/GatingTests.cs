@@ -50,7 +50,7 @@ public class GatingTests
         return new Result(ids.GetAsArray1D(), w.GetAsArray1D(), dropped.GetAsArray1D()[0]);
     }
 
-    private static RefRouterSpec ToRef(RouterSpec s) => new((RefRouterKind)(int)s.Kind, s.Experts, s.TopK, s.CapacityFactor,
+    private static RefRouterSpec ToRef(RouterSpec s) => new(s.Kind, s.Experts, s.TopK, s.CapacityFactor,
         s.NoiseSeed, s.Groups, s.TopKGroups, s.NormTopK, s.ScalingFactor);
 
     // ---- inputs -----------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ using System.Globalization;
 using System.Text;
 using ILGpuMoE.IO;
 using ILGpuMoE.Tokenizer;
+using ILGpuMoE.Model;
 
-namespace ILGpuMoE.Model;
+namespace ILGpuMoE.Testing;
 
 /// <summary>Shape and file options of a random Mixtral (defaults: the tiny test model).</summary>
 public sealed record RandomMixtralOptions
@@ -118,7 +119,13 @@ public static class RandomMixtral
     {
         string Num(double x) => x.ToString("0.0###############", CultureInfo.InvariantCulture);
         string Sci(double x) => x.ToString("0.#####e-00", CultureInfo.InvariantCulture);
-        string dtype = o.DType switch { DType.F16 => "float16", DType.BF16 => "bfloat16", _ => "float32" };
+        string dtype = o.DType switch
+        {
+            DType.F32 => "float32",
+            DType.F16 => "float16",
+            DType.BF16 => "bfloat16",
+            _ => throw new ArgumentException($"random Mixtral weights are F32, F16 or BF16, not {DTypes.ToName(o.DType)}"),
+        };
         var keys = new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
             ["architectures"] = "[\n    \"MixtralForCausalLM\"\n  ]",

@@ -1,4 +1,4 @@
-namespace ILGpuMoE.Tokenizer;
+namespace ILGpuMoE.Testing;
 
 /// <summary>
 /// A synthetic SentencePiece-BPE vocabulary of exactly V entries, laid out like Mistral's: &lt;unk&gt; 0, &lt;s&gt; 1,

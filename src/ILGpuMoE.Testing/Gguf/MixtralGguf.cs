@@ -8,8 +8,10 @@
 // The vocabulary is synthetic (<unk>, <s>, </s>, 256 byte tokens, filler pieces): llama.cpp only needs V entries
 // when it is fed token ids.
 using System.Text.Json;
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
 
-namespace ILGpuMoE.IO.Gguf;
+namespace ILGpuMoE.Testing;
 
 public static class MixtralGguf
 {
