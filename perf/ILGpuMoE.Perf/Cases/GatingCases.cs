@@ -3,6 +3,7 @@
 // FLOPs: ~ (K + 3) * E per token (exp, compares of the K selection passes); it is a bandwidth and latency kernel.
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Reference;
@@ -23,7 +24,8 @@ public sealed class GatingFamily : IBenchFamily
     {
         PresetRouter.SoftmaxTopK => RouterSpec.SoftmaxTopK(p.Experts, p.TopK),
         PresetRouter.DeepSeekV3 => RouterSpec.DeepSeekV3(p.Experts, p.TopK, p.RouterGroups, p.RouterTopKGroups, normTopK: true, scalingFactor: 2.5),
-        _ => RouterSpec.Mixtral(p.Experts, p.TopK),
+        PresetRouter.Mixtral => RouterSpec.Mixtral(p.Experts, p.TopK),
+        _ => throw new ArgumentOutOfRangeException(nameof(p), p.Router, "unknown preset router"),
     };
 
     public static RefRouterSpec ToRef(RouterSpec s) => new((RefRouterKind)(int)s.Kind, s.Experts, s.TopK, s.CapacityFactor,
@@ -38,9 +40,9 @@ public sealed class GatingCase(ShapePreset p, int tokens, GatingVersion version)
     private MemoryBuffer1D<float, Stride1D.Dense>? bias, weights;
     private MemoryBuffer1D<int, Stride1D.Dense>? ids;
 
-    public override string Family => "moe/gating";
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => version == GatingVersion.V1 ? "v1" : "v2";
+    public override string Version => KernelId.Version(version);
 
     public override int Tokens => tokens;
 
