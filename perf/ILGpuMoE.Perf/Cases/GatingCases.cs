@@ -24,8 +24,7 @@ public sealed class GatingFamily : IBenchFamily
     {
         PresetRouter.SoftmaxTopK => RouterSpec.SoftmaxTopK(p.Experts, p.TopK),
         PresetRouter.DeepSeekV3 => RouterSpec.DeepSeekV3(p.Experts, p.TopK, p.RouterGroups, p.RouterTopKGroups, normTopK: true, scalingFactor: 2.5),
-        PresetRouter.Mixtral => RouterSpec.Mixtral(p.Experts, p.TopK),
-        _ => throw new ArgumentOutOfRangeException(nameof(p), p.Router, "unknown preset router"),
+        _ => RouterSpec.Mixtral(p.Experts, p.TopK),
     };
 
     public static RefRouterSpec ToRef(RouterSpec s) => new((RefRouterKind)(int)s.Kind, s.Experts, s.TopK, s.CapacityFactor,
