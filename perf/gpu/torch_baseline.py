@@ -139,7 +139,7 @@ def main():
             print(f"{fam} {c['version']} T={T}: torch counterpart failed: {type(e).__name__}: {e}")
 
     # MoE block baselines at every token count (HF loop; torch._grouped_mm if present), bf16 weights.
-    moe_cases = {(c["tokens"], c["version"], c["dType"]): c for c in (ours or {}).get("cases", []) if c["family"].startswith("moe/block")}
+    moe_cases = {(c["tokens"], c["version"], c["dType"]): c for c in (ours or {}).get("cases", []) if c["family"] == "moe/grouped-gemm"}
     try:
         w1, w3 = rnd(E, Fh, D, dtype=torch.bfloat16, scale=1 / math.sqrt(D)), rnd(E, Fh, D, dtype=torch.bfloat16, scale=1 / math.sqrt(D))
         w2 = rnd(E, D, Fh, dtype=torch.bfloat16, scale=1 / math.sqrt(Fh))
@@ -150,7 +150,7 @@ def main():
             # Our fastest bf16 version at this T (the first one found was v1, 12x slower than v3-gemv at T=1).
             timed_ours = [c for (t, v, d), c in moe_cases.items() if t == T and d == "bf16" and c.get("timing")]
             our = min(timed_ours, key=lambda c: c["timing"]["medianSeconds"], default=None)
-            add("moe/block", "hf-loop", "bf16", T, f"E={E} K={K} D={D} F={Fh}", timed(lambda: hf_moe_loop(x, w1, w3, w2, ids, wts), reps=20),
+            add("moe/grouped-gemm", "hf-loop", "bf16", T, f"E={E} K={K} D={D} F={Fh}", timed(lambda: hf_moe_loop(x, w1, w3, w2, ids, wts), reps=20),
                 "HF loop over experts", our)
             if hasattr(torch, "_grouped_mm"):
                 order = torch.argsort(ids.flatten(), stable=True)
@@ -165,7 +165,7 @@ def main():
                     h = F.silu(hu[:, :Fh]) * hu[:, Fh:]
                     return torch._grouped_mm(h, w2t, offs=offs)
                 try:
-                    add("moe/block", "grouped_mm", "bf16", T, f"E={E} K={K} D={D} F={Fh}", timed(grouped, reps=20), "torch._grouped_mm x2", our)
+                    add("moe/grouped-gemm", "grouped_mm", "bf16", T, f"E={E} K={K} D={D} F={Fh}", timed(grouped, reps=20), "torch._grouped_mm x2", our)
                 except Exception as e:
                     print(f"torch._grouped_mm at T={T}: {type(e).__name__}: {e}")
             else:

@@ -1,10 +1,431 @@
-// Launchers for the attention family (see AttentionKernels.cs for the versions and the KV cache layout).
+// Attention family: KV-cache append and causal grouped-query attention over an F32 KV cache.
+//
+// KV cache layout (per layer, allocated by the runtime): kCache, vCache are [Hkv, maxSeq, Dh] f32, row-major.
+//   Why [Hkv, maxSeq, Dh] and not [maxSeq, Hkv, Dh]: every attention group reads the keys of ONE kv head, for
+//   positions lo..hi. In this layout they are one contiguous run of (hi - lo) * Dh floats, so decode streams them
+//   with fully coalesced, sequential reads (whole 128-byte lines, good DRAM page locality, easy prefetch), and a
+//   prefill K/V tile is a single contiguous block. The other layout interleaves the Hkv heads, so one head's keys
+//   are Dh-float pieces at a stride of Hkv * Dh. The price is paid by the append, which writes T rows of Dh floats
+//   per head at stride maxSeq * Dh: T * Hkv * Dh floats per step, negligible next to the S * Hkv * Dh read.
+//
+// Versions:
+//   KvAppendV1        k, v [T, Hkv, Dh] -> cache rows pos0..pos0+T-1. One thread per element, reads coalesced.
+//   AttentionV1       simplest correct: one group per (token, head), one thread per output dim; every thread walks
+//                     all visible keys with an online (running-max) softmax, recomputing the dot product itself.
+//                     No shared memory, no barriers, O(S * Dh) work per thread (Dh-fold redundant).
+//   AttentionV2Prefill flash-style: one group per (tile of BQ=16 queries, head); K/V tiles of BK=16 keys staged in
+//                     shared memory (K padded to stride Dh+1 against bank conflicts), scores of the tile in shared
+//                     memory, online softmax per query row, output accumulators in shared memory. Key tiles cover
+//                     only the causal/window-visible range of the query tile. Shared memory is fixed (~33 KB,
+//                     sized by BQ, BK and Dh <= 128), never by S.
+//   AttentionV2Decode split-K for small T (decode, T = 1): one group per (token, kv head, key split); one warp per
+//                     query head of that kv head (GQA: the G heads read the same K/V rows at the same time, so the
+//                     row is fetched from DRAM once and served from L1/L2 to the other warps). Steps of 32 keys:
+//                     QK with a lane per key (32 independent rows in flight, no per-key reduction), a warp max, the
+//                     32 probabilities through shared memory, PV with lanes over Dh (each V row one coalesced
+//                     512-byte read at Dh=128); online softmax in registers. Writes (m, l, acc) partials per split.
+//   AttentionV2Combine deterministic second pass over the splits of one (token, head): fixed split order, no atomics.
+//
+// Indices: a layer's cache may pass 2^31 floats (e.g. Hkv 128 x 262,144 positions x Dh 128 = 2^32), so the kernels
+// take one kv head's [maxSeq, Dh] rows as a view at a 64-bit start and index inside it with int (maxSeq * Dh < 2^31,
+// checked by the launcher): no 64-bit math per key.
+//
+// Semantics (RefOps.Attention): query t sits at position pos0 + t; key j is visible iff j <= pos and
+// (window <= 0 or pos - j < window); query head h reads kv head h / (H / Hkv); scale 1/sqrt(Dh); softmax in F32
+// with the running max subtracted. Only cache rows 0..pos0+T-1 are ever read (the tests poison the rest with NaN).
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Attention;
 
-/// <summary>Which attention kernels a launcher uses.</summary>
+/// <summary>Scalar launch arguments of the attention kernels (one struct keeps the kernel signatures short).</summary>
+public struct AttentionParams
+{
+    /// <summary>T: query tokens in this launch, at positions Pos0..Pos0+T-1.</summary>
+    public int Tokens;
+
+    /// <summary>H: query heads.</summary>
+    public int Heads;
+
+    /// <summary>Hkv: key/value heads (H % Hkv == 0).</summary>
+    public int KvHeads;
+
+    /// <summary>Dh: head dim.</summary>
+    public int HeadDim;
+
+    /// <summary>Rows per head in the cache ([Hkv, MaxSeq, Dh]).</summary>
+    public int MaxSeq;
+
+    /// <summary>Position of the first query token.</summary>
+    public int Pos0;
+
+    /// <summary>Sliding window (keys with pos - j &lt; Window); &lt;= 0 means none.</summary>
+    public int Window;
+
+    /// <summary>1/sqrt(Dh).</summary>
+    public float Scale;
+
+    /// <summary>Decode split-K: number of key splits and keys per split.</summary>
+    public int Splits;
+
+    public int KeysPerSplit;
+}
+
+public static class AttentionKernels
+{
+    /// <summary>Largest head dim: V2 sizes its shared tiles by it; V2 decode keeps Dh / 32 accumulators per lane.</summary>
+    public const int MaxHeadDim = 128;
+
+    /// <summary>V2 prefill: queries per tile, keys per tile, threads per group (16 rows x 8 threads per row).</summary>
+    public const int PrefillQueries = 16;
+
+    public const int PrefillKeys = 16;
+
+    public const int PrefillThreads = 128;
+
+    /// <summary>V2 decode: at most this many warps (query heads of one kv head at a time) per group.</summary>
+    public const int MaxDecodeWarps = 8;
+
+    private const int ThreadsPerRow = PrefillThreads / PrefillQueries;
+
+    private const int KStride = MaxHeadDim + 1;
+
+    /// <summary>First visible key of a query at pos.</summary>
+    private static int FirstKey(int pos, int window) => window > 0 ? IntrinsicMath.Max(0, pos - window + 1) : 0;
+
+    // ---------------------------------------------------------------------------------------------------------
+    [KernelInfo("attention/kv-append", "v1", "grid ceil(T*Hkv*Dh/256), group 256")]
+    public static void KvAppendV1(
+        ArrayView<float> k,       // [T, Hkv, Dh]
+        ArrayView<float> v,       // [T, Hkv, Dh]
+        ArrayView<float> kCache,  // [Hkv, maxSeq, Dh]
+        ArrayView<float> vCache,  // [Hkv, maxSeq, Dh]
+        int tokens, int kvHeads, int headDim, int maxSeq, int pos0)
+    {
+        int i = Grid.GlobalIndex.X;
+        if (i >= tokens * kvHeads * headDim)
+            return;
+        int d = i % headDim;
+        int row = i / headDim;
+        int kvh = row % kvHeads;
+        int t = row / kvHeads;
+        long dst = KvCacheLayout.Index(kvh, pos0 + t, d, maxSeq, headDim);
+        kCache[dst] = k[i];
+        vCache[dst] = v[i];
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    [KernelInfo(AttentionVersion.V1, "grid T*H, group Dh")]
+    public static void AttentionV1(
+        ArrayView<float> q,       // [T, H, Dh]
+        ArrayView<float> kCache,  // [Hkv, maxSeq, Dh]
+        ArrayView<float> vCache,  // [Hkv, maxSeq, Dh]
+        ArrayView<float> output,  // [T, H, Dh]
+        AttentionParams p)
+    {
+        int g = Grid.IdxX;
+        int h = g % p.Heads;
+        int t = g / p.Heads;
+        int d = Group.IdxX;
+        int dh = p.HeadDim;
+        int kvh = h / (p.Heads / p.KvHeads);
+        int pos = p.Pos0 + t;
+        int qBase = (t * p.Heads + h) * dh;
+        // This kv head's rows [maxSeq, Dh]: the 64-bit start is added once; offsets inside stay int
+        // (the launcher checks maxSeq * Dh < 2^31).
+        var kHead = kCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        var vHead = vCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+
+        float m = float.NegativeInfinity, l = 0f, acc = 0f;
+        for (int j = FirstKey(pos, p.Window); j <= pos; j++)
+        {
+            int row = j * dh;
+            float dot = 0f;
+            for (int e = 0; e < dh; e++)
+                dot += q[qBase + e] * kHead[row + e];
+            float s = dot * p.Scale;
+            float mNew = XMath.Max(m, s);
+            float alpha = XMath.Exp(m - mNew); // m = -inf on the first key: exp(-inf) = 0, mNew is finite
+            float pj = XMath.Exp(s - mNew);
+            l = l * alpha + pj;
+            acc = acc * alpha + pj * vHead[row + d];
+            m = mNew;
+        }
+
+        output[qBase + d] = acc / l; // l >= 1: the key at pos itself is always visible
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    [KernelInfo(AttentionVersion.V2Prefill, "grid ceil(T/16)*H, group 128",
+        Summary = "flash-style: 16x16 query/key tiles in shared memory, online softmax, only visible key tiles")]
+    public static void AttentionV2Prefill(
+        ArrayView<float> q,       // [T, H, Dh]
+        ArrayView<float> kCache,  // [Hkv, maxSeq, Dh]
+        ArrayView<float> vCache,  // [Hkv, maxSeq, Dh]
+        ArrayView<float> output,  // [T, H, Dh]
+        AttentionParams p)
+    {
+        var qs = SharedMemory.Allocate<float>(PrefillQueries * MaxHeadDim);   // [BQ, Dh]
+        var ks = SharedMemory.Allocate<float>(PrefillKeys * KStride);         // [BK, Dh+1]
+        var vs = SharedMemory.Allocate<float>(PrefillKeys * MaxHeadDim);      // [BK, Dh]
+        var ss = SharedMemory.Allocate<float>(PrefillQueries * PrefillKeys);  // [BQ, BK] scaled scores, -inf = hidden
+        var os = SharedMemory.Allocate<float>(PrefillQueries * MaxHeadDim);   // [BQ, Dh] unnormalised output
+
+        int tid = Group.IdxX;
+        int dh = p.HeadDim;
+        int ksr = dh + 1; // odd row stride: the 16 keys of a score warp hit 16 different banks
+        // Heads vary fastest across groups, so the H/Hkv groups sharing a kv head run together and share L2.
+        int h = Grid.IdxX % p.Heads;
+        int t0 = Grid.IdxX / p.Heads * PrefillQueries;
+        int rows = IntrinsicMath.Min(PrefillQueries, p.Tokens - t0);
+        int kvh = h / (p.Heads / p.KvHeads);
+        // This kv head's rows [maxSeq, Dh]: the 64-bit start is added once; offsets inside stay int
+        // (the launcher checks maxSeq * Dh < 2^31).
+        var kHead = kCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        var vHead = vCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+
+        // Thread (r, sub) owns output row r, dims sub, sub+8, ...; it keeps the row's running max and sum itself
+        // (the 8 threads of a row compute the same values in the same order, so they agree bit for bit).
+        int r = tid / ThreadsPerRow;
+        int sub = tid % ThreadsPerRow;
+        for (int d = sub; d < dh; d += ThreadsPerRow)
+            os[r * dh + d] = 0f;
+        for (int i = tid; i < PrefillQueries * dh; i += PrefillThreads)
+        {
+            int qr = i / dh;
+            int qt = t0 + IntrinsicMath.Min(qr, rows - 1); // clamp: rows past T load a valid row, never used
+            qs[i] = q[(qt * p.Heads + h) * dh + (i - qr * dh)];
+        }
+
+        int posFirst = p.Pos0 + t0;
+        int kHi = posFirst + rows; // exclusive: the last query sees keys up to its own position
+        float m = float.NegativeInfinity, l = 0f;
+        for (int k0 = FirstKey(posFirst, p.Window); k0 < kHi; k0 += PrefillKeys)
+        {
+            Group.Barrier(); // previous tile fully consumed (and qs/os written on the first pass)
+            int nk = IntrinsicMath.Min(PrefillKeys, kHi - k0);
+            for (int i = tid; i < PrefillKeys * dh; i += PrefillThreads)
+            {
+                int j = i / dh;
+                int d = i - j * dh;
+                // Clamp to the last valid key: never read a row past pos0+T-1 (the unused cache tail).
+                int src = (k0 + IntrinsicMath.Min(j, nk - 1)) * dh + d;
+                ks[j * ksr + d] = kHead[src];
+                vs[i] = vHead[src];
+            }
+
+            Group.Barrier();
+            for (int i = tid; i < PrefillQueries * PrefillKeys; i += PrefillThreads)
+            {
+                int sr = i / PrefillKeys;
+                int j = i - sr * PrefillKeys;
+                int key = k0 + j;
+                int pos = posFirst + sr;
+                float s = float.NegativeInfinity;
+                if (sr < rows && j < nk && key <= pos && (p.Window <= 0 || pos - key < p.Window))
+                {
+                    float dot = 0f;
+                    for (int d = 0; d < dh; d++)
+                        dot += qs[sr * dh + d] * ks[j * ksr + d];
+                    s = dot * p.Scale;
+                }
+
+                ss[i] = s;
+            }
+
+            Group.Barrier();
+            float tileMax = float.NegativeInfinity;
+            for (int j = 0; j < PrefillKeys; j++)
+                tileMax = XMath.Max(tileMax, ss[r * PrefillKeys + j]);
+            if (tileMax == float.NegativeInfinity)
+                continue; // nothing visible to this row in this tile (window start, or a row past T)
+            float mNew = XMath.Max(m, tileMax);
+            float alpha = XMath.Exp(m - mNew);
+            l *= alpha;
+            for (int d = sub; d < dh; d += ThreadsPerRow)
+                os[r * dh + d] *= alpha;
+            for (int j = 0; j < PrefillKeys; j++)
+            {
+                float s = ss[r * PrefillKeys + j];
+                if (s == float.NegativeInfinity)
+                    continue;
+                float pj = XMath.Exp(s - mNew);
+                l += pj;
+                for (int d = sub; d < dh; d += ThreadsPerRow)
+                    os[r * dh + d] += pj * vs[j * dh + d];
+            }
+
+            m = mNew;
+        }
+
+        if (r < rows)
+        {
+            int oBase = ((t0 + r) * p.Heads + h) * dh;
+            for (int d = sub; d < dh; d += ThreadsPerRow)
+                output[oBase + d] = os[r * dh + d] / l;
+        }
+
+    }
+
+    // ---------------------------------------------------------------------------------------------------------
+    [KernelInfo(AttentionVersion.V2Decode, "grid T*Hkv*splits, group 32*min(H/Hkv, 8)",
+        Summary = "split-K decode: warp per query head of a kv head, 32 keys per step (lane per key), partials per split")]
+    public static void AttentionV2Decode(
+        ArrayView<float> q,        // [T, H, Dh]
+        ArrayView<float> kCache,   // [Hkv, maxSeq, Dh]
+        ArrayView<float> vCache,   // [Hkv, maxSeq, Dh]
+        ArrayView<float> partO,    // [T, H, splits, Dh] unnormalised partial outputs
+        ArrayView<float> partML,   // [T, H, splits, 2] running max, running sum
+        AttentionParams p)
+    {
+        var qs = SharedMemory.Allocate<float>(MaxDecodeWarps * MaxHeadDim); // [warp, Dh] this warp's query
+        var ps = SharedMemory.Allocate<float>(MaxDecodeWarps * 32);         // [warp, 32] probabilities of a step
+
+        int g = Grid.IdxX;
+        int split = g % p.Splits;
+        int rest = g / p.Splits;
+        int kvh = rest % p.KvHeads;
+        int t = rest / p.KvHeads;
+        int dh = p.HeadDim;
+        int group = p.Heads / p.KvHeads;
+        int pos = p.Pos0 + t;
+        int lo = IntrinsicMath.Max(FirstKey(pos, p.Window), split * p.KeysPerSplit);
+        int hi = IntrinsicMath.Min(pos + 1, (split + 1) * p.KeysPerSplit);
+        int lane = Warp.LaneIdx;
+        int warp = Warp.WarpIdx;
+        int warps = Group.DimX / Warp.WarpSize;
+        // This kv head's rows [maxSeq, Dh]: the 64-bit start is added once; offsets inside stay int
+        // (the launcher checks maxSeq * Dh < 2^31).
+        var kHead = kCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        var vHead = vCache.SubView(KvCacheLayout.Index(kvh, 0, 0, p.MaxSeq, dh), (long)p.MaxSeq * dh);
+        int qw = warp * MaxHeadDim;
+        int pw = warp * 32;
+        // PV: lane owns dims lane, lane+32, lane+64, lane+96 (Dh <= 128), so each V row is one coalesced read.
+        bool has0 = lane < dh, has1 = lane + 32 < dh, has2 = lane + 64 < dh, has3 = lane + 96 < dh;
+
+        // Warps never meet at a group barrier, so each may loop over its heads independently.
+        for (int hh = warp; hh < group; hh += warps)
+        {
+            int h = kvh * group + hh;
+            int qBase = (t * p.Heads + h) * dh;
+            for (int d = lane; d < dh; d += 32)
+                qs[qw + d] = q[qBase + d];
+            Warp.Barrier();
+
+            float m = float.NegativeInfinity, l = 0f, a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
+            for (int j0 = lo; j0 < hi; j0 += 32)
+            {
+                // QK: lane per key, 32 keys in flight per warp; each lane walks its own row (the G warps of the
+                // group read the same rows, so DRAM serves each row once and L1 the rest).
+                int j = j0 + lane;
+                float s = float.NegativeInfinity;
+                if (j < hi)
+                {
+                    int row = j * dh;
+                    float dot = 0f;
+                    // Unrolled by 4 by hand (ptxas does not unroll this loop): the 4 loads of a step share one
+                    // address computation. Same single accumulator, same order: the same dot bit for bit.
+                    // The K index is 64-bit so ptxas folds +1..+3 into the load's immediate offset (a 32-bit index
+                    // is widened per element, since it might wrap).
+                    int d = 0;
+                    for (long kd = row; d + 4 <= dh; d += 4, kd += 4)
+                    {
+                        dot += qs[qw + d] * kHead[kd];
+                        dot += qs[qw + d + 1] * kHead[kd + 1];
+                        dot += qs[qw + d + 2] * kHead[kd + 2];
+                        dot += qs[qw + d + 3] * kHead[kd + 3];
+                    }
+
+                    for (; d < dh; d++)
+                        dot += qs[qw + d] * kHead[row + d];
+                    s = dot * p.Scale;
+                }
+
+                // Max is exact in any order: every lane gets the same step max (lane 0 always has a key).
+                float stepMax = s;
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 16));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 8));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 4));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 2));
+                stepMax = XMath.Max(stepMax, Warp.ShuffleXor(stepMax, 1));
+                float mNew = XMath.Max(m, stepMax);
+                float alpha = XMath.Exp(m - mNew); // 0 on the first step (m = -inf, mNew finite)
+                ps[pw + lane] = j < hi ? XMath.Exp(s - mNew) : 0f;
+                Warp.Barrier();
+
+                // PV: every lane sums the step's probabilities in the same order (identical l on all lanes).
+                l *= alpha;
+                a0 *= alpha;
+                a1 *= alpha;
+                a2 *= alpha;
+                a3 *= alpha;
+                int n = IntrinsicMath.Min(32, hi - j0);
+                for (int jj = 0; jj < n; jj++)
+                {
+                    float pj = ps[pw + jj];
+                    int row = (j0 + jj) * dh + lane;
+                    l += pj;
+                    if (has0) a0 += pj * vHead[row];
+                    if (has1) a1 += pj * vHead[row + 32];
+                    if (has2) a2 += pj * vHead[row + 64];
+                    if (has3) a3 += pj * vHead[row + 96];
+                }
+
+                m = mNew;
+                Warp.Barrier(); // the next step overwrites ps
+            }
+
+            // An empty split (all its keys hidden) writes m = -inf, l = 0, acc = 0: the combine gives it weight 0.
+            int idx = (t * p.Heads + h) * p.Splits + split;
+            int oBase = idx * dh + lane;
+            if (has0) partO[oBase] = a0;
+            if (has1) partO[oBase + 32] = a1;
+            if (has2) partO[oBase + 64] = a2;
+            if (has3) partO[oBase + 96] = a3;
+            if (lane == 0)
+            {
+                partML[2 * idx] = m;
+                partML[2 * idx + 1] = l;
+            }
+
+            Warp.Barrier(); // the next head overwrites qs
+        }
+    }
+
+    [KernelInfo(AttentionVersion.V2Decode, "grid T*H, group 32*ceil(Dh/32)", Entry = "combine",
+        Summary = "deterministic merge of the split-K partials in split order")]
+    public static void AttentionV2Combine(
+        ArrayView<float> partO,   // [T, H, splits, Dh]
+        ArrayView<float> partML,  // [T, H, splits, 2]
+        ArrayView<float> output,  // [T, H, Dh]
+        AttentionParams p)
+    {
+        int th = Grid.IdxX; // t * H + h
+        int idx0 = th * p.Splits;
+        float mMax = float.NegativeInfinity;
+        for (int s = 0; s < p.Splits; s++)
+            mMax = XMath.Max(mMax, partML[2 * (idx0 + s)]);
+        for (int d = Group.IdxX; d < p.HeadDim; d += Group.DimX)
+        {
+            float l = 0f, acc = 0f;
+            for (int s = 0; s < p.Splits; s++)
+            {
+                float ms = partML[2 * (idx0 + s)];
+                if (ms == float.NegativeInfinity)
+                    continue;
+                float w = XMath.Exp(ms - mMax);
+                l += partML[2 * (idx0 + s) + 1] * w;
+                acc += partO[(idx0 + s) * p.HeadDim + d] * w;
+            }
+
+            output[th * p.HeadDim + d] = acc / l;
+        }
+    }
+}
+
+/// <summary>Which attention kernels a launcher uses; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("attention")]
 public enum AttentionVersion
 {
     /// <summary>Simplest correct kernel for every T.</summary>

@@ -1,22 +1,65 @@
+using System.Reflection;
+using System.Text;
+using ILGpuMoE.Kernels.Quant;
+
 namespace ILGpuMoE.Kernels;
 
 /// <summary>
 /// Marks a kernel entry point (a static method) for the PTX gate and the benchmark suite.
 /// Family is the folder-style name ("dense/rmsnorm", "moe/grouped-gemm"), Version is "v1", "v2", ...
 /// Launch says how the launcher shapes the grid ("grid T, group 256", ...). A generic kernel method may only
-/// have type parameters constrained to <see cref="IWeights"/>: the PTX gate instantiates it once per weight type.
+/// have type parameters constrained to <see cref="IWeights"/> or <see cref="IQuantWeights"/>: the PTX gate
+/// instantiates it once per weight reader (<see cref="WeightReaders"/>).
+/// A family with several versions names them in a version enum marked [<see cref="KernelFamilyAttribute"/>]; its
+/// kernels take the enum member (<c>[KernelInfo(GroupedGemmVersion.V2Tiled, ...)]</c>), so the family and version
+/// strings of the PTX files, the manifest and the benchmark cases all come from that one member (<see cref="KernelId"/>).
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false, Inherited = false)]
-public sealed class KernelInfoAttribute(string family, string version, string launch) : Attribute
+public sealed class KernelInfoAttribute : Attribute
 {
-    public string Family { get; } = family;
+    /// <summary>A kernel of a family without a version enum (one version so far).</summary>
+    public KernelInfoAttribute(string family, string version, string launch)
+    {
+        Family = family;
+        Version = version;
+        Launch = launch;
+    }
 
-    public string Version { get; } = version;
+    /// <summary>A kernel of a versioned family: version is a member of an enum marked [KernelFamily].</summary>
+    public KernelInfoAttribute(object version, string launch)
+    {
+        var id = version as Enum ?? throw new ArgumentException($"KernelInfo: {version} is not a version enum member");
+        Family = KernelId.Family(id);
+        Version = KernelId.Version(id);
+        Launch = launch;
+    }
 
-    public string Launch { get; } = launch;
+    public string Family { get; }
+
+    public string Version { get; }
+
+    public string Launch { get; }
 
     /// <summary>One line: what this version changes over the previous one.</summary>
     public string Summary { get; init; } = "";
+
+    /// <summary>
+    /// Which launch of a version this entry is, where a version has several ("up-gate" and "down", "combine"): part of
+    /// the PTX file name (moe-grouped-gemm-v2-tiled-down-bf16). Empty for a version's only entry.
+    /// </summary>
+    public string Entry { get; init; } = "";
+
+    /// <summary>
+    /// For a non-generic entry specialised to one weight type ("f16"): the reader tag its PTX file and manifest entry
+    /// carry, as a generic kernel's instance would (dense-matmul-gemv-v2-f16).
+    /// </summary>
+    public string Reader { get; init; } = "";
+
+    /// <summary>
+    /// The PTX gate instantiates a kernel generic over <see cref="IWeights"/> with the quantized readers too
+    /// (<see cref="WeightReaders.Quantized"/>), not only the float ones: set where a launcher runs it on packed weights.
+    /// </summary>
+    public bool QuantizedReaders { get; init; }
 
     /// <summary>
     /// The views the kernel reads or writes with vector accesses (ld/st .v2/.v4), each as "param[.field]:bytes"
@@ -36,4 +79,62 @@ public sealed class KernelInfoAttribute(string family, string version, string la
 
     /// <summary>Most bytes of dynamic shared memory the launcher requests (0 for kernels that use none).</summary>
     public int MaxDynamicSharedBytes { get; init; }
+}
+
+/// <summary>Names the kernel family whose versions an enum lists ("moe/grouped-gemm").</summary>
+[AttributeUsage(AttributeTargets.Enum, AllowMultiple = false, Inherited = false)]
+public sealed class KernelFamilyAttribute(string family) : Attribute
+{
+    public string Family { get; } = family;
+}
+
+/// <summary>
+/// A kernel's identity from its version enum member: the family from the enum's [KernelFamily], the version string
+/// from the member's name in kebab case (V2Tiled -> "v2-tiled"). The benchmark case names, the PTX file names and
+/// the manifest use these, so a version is named once, by its enum member.
+/// </summary>
+public static class KernelId
+{
+    public static string Family(Enum version)
+    {
+        ArgumentNullException.ThrowIfNull(version);
+        return version.GetType().GetCustomAttribute<KernelFamilyAttribute>()?.Family
+               ?? throw new ArgumentException($"{version.GetType().Name} has no [KernelFamily]");
+    }
+
+    public static string Version(Enum version)
+    {
+        ArgumentNullException.ThrowIfNull(version);
+        string name = Enum.GetName(version.GetType(), version)
+                      ?? throw new ArgumentException($"{version.GetType().Name} has no member {version}");
+        var s = new StringBuilder(name.Length + 4);
+        for (int i = 0; i < name.Length; i++)
+        {
+            if (i > 0 && char.IsAsciiLetterUpper(name[i]))
+                s.Append('-');
+            s.Append(char.ToLowerInvariant(name[i]));
+        }
+
+        return s.ToString();
+    }
+}
+
+/// <summary>The weight readers the PTX gate instantiates a generic kernel with, each under its file-name tag.</summary>
+public static class WeightReaders
+{
+    /// <summary>Dense readers (<see cref="IWeights"/>).</summary>
+    public static readonly IReadOnlyList<(string Name, Type Type)> Float =
+    [
+        ("f32", typeof(F32Weights)),
+        ("f16", typeof(F16Weights)),
+        ("bf16", typeof(BF16Weights)),
+    ];
+
+    /// <summary>Packed readers (<see cref="IQuantWeights"/>, QuantLayout.cs).</summary>
+    public static readonly IReadOnlyList<(string Name, Type Type)> Quantized =
+    [
+        ("q8", typeof(Q8Weights)),
+        ("q4", typeof(Q4Weights)),
+        ("fp8", typeof(Fp8Weights)),
+    ];
 }

@@ -7,11 +7,20 @@
 //       is read once per 32-token tile and the inner loop is plain f32 FMAs from shared memory. Shared rows are
 //       padded to 33 floats (no bank conflicts on the column-wise reads). Bounds-checked for any T and N; K past
 //       the row's end is zero-filled (rows are padded to 16 bytes with zero codes anyway).
+// The entry is generic over the packed reader: the PTX gate compiles it once per reader (quant-gemm-v1-q8, ...).
 // Grid x walks the N tiles fastest so concurrent groups share the same x tile (L2) and stream different weights.
 using ILGPU;
 using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Quant;
+
+/// <summary>The quantized tiled GEMM's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("quant/gemm")]
+public enum QuantGemmVersion
+{
+    /// <summary>32x32 tiles, the W tile dequantized into shared memory.</summary>
+    V1 = 1,
+}
 
 public static class QuantGemmKernels
 {
@@ -21,16 +30,8 @@ public static class QuantGemmKernels
     public const int TileK = 32;
     private const int Ld = TileK + 1;
 
-    [KernelInfo("quant/gemm", "v1-q8", "grid ceil(N/32)*ceil(T/32), group 256", Summary = "int8 tiled GEMM, W tile dequantized into shared memory word by word")]
-    public static void GemmQ8(ArrayView<float> x, Q8Weights w, ArrayView<float> y, int tokens, int accumulate) => Gemm(x, w, y, tokens, accumulate);
-
-    [KernelInfo("quant/gemm", "v1-q4", "grid ceil(N/32)*ceil(T/32), group 256", Summary = "int4 tiled GEMM, W tile dequantized into shared memory word by word")]
-    public static void GemmQ4(ArrayView<float> x, Q4Weights w, ArrayView<float> y, int tokens, int accumulate) => Gemm(x, w, y, tokens, accumulate);
-
-    [KernelInfo("quant/gemm", "v1-fp8", "grid ceil(N/32)*ceil(T/32), group 256", Summary = "fp8 tiled GEMM, W tile dequantized into shared memory word by word")]
-    public static void GemmFp8(ArrayView<float> x, Fp8Weights w, ArrayView<float> y, int tokens, int accumulate) => Gemm(x, w, y, tokens, accumulate);
-
-    private static void Gemm<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, int tokens, int accumulate)
+    [KernelInfo(QuantGemmVersion.V1, "grid ceil(N/32)*ceil(T/32), group 256", Summary = "packed tiled GEMM, W tile dequantized into shared memory word by word")]
+    public static void GemmV1<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, int tokens, int accumulate)
         where TQ : struct, IQuantWeights
     {
         int rows = w.Rows, cols = w.Cols, rowWords = w.RowWords, vw = w.ValuesPerWord;
@@ -109,9 +110,9 @@ public sealed class QuantGemmKernel
 
     private QuantGemmKernel(Accelerator a)
     {
-        q8 = a.LoadKernel<ArrayView<float>, Q8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmQ8);
-        q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmQ4);
-        fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmFp8);
+        q8 = a.LoadKernel<ArrayView<float>, Q8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
+        q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
+        fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
     }
 
     public static QuantGemmKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));

@@ -11,11 +11,19 @@
 //       bit-identical run to run). Lane partials are reduced through shared memory in lane order (one barrier,
 //       no shuffles; cheap to emulate on the CPU accelerator too).
 // GatherColumnsV1: xp = x[:, perm], the input side of a GPTQ act-order matrix (columns repacked in group order).
-// Entries are non-generic per scheme (the generic core is over IQuantWeights, which the PTX gate does not know).
+// The GEMV entry is generic over the packed reader: the PTX gate compiles it once per reader (quant-gemv-v1-q8, ...).
 using ILGPU;
 using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Quant;
+
+/// <summary>The quantized GEMV's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("quant/gemv")]
+public enum QuantGemvVersion
+{
+    /// <summary>Warp per row over 16-byte units, split-K partials plus their reduce.</summary>
+    V1 = 1,
+}
 
 public static class QuantGemvKernels
 {
@@ -24,19 +32,7 @@ public static class QuantGemvKernels
     public const int MaxTokens = 8;
     private const int RedLd = 33;
 
-    [KernelInfo("quant/gemv", "v1-q8", "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize, Summary = "int8 per-channel GEMV, warp per row, 16-byte units, split-K partials")]
-    public static void GemvQ8(ArrayView<float> x, Q8Weights w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate) =>
-        Gemv(x, w, y, partial, tokens, splits, accumulate);
-
-    [KernelInfo("quant/gemv", "v1-q4", "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize, Summary = "int4 group-wise GEMV (8 values per word), warp per row, split-K partials")]
-    public static void GemvQ4(ArrayView<float> x, Q4Weights w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate) =>
-        Gemv(x, w, y, partial, tokens, splits, accumulate);
-
-    [KernelInfo("quant/gemv", "v1-fp8", "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize, Summary = "fp8 e4m3 block-scaled GEMV, bits decoded in registers, split-K partials")]
-    public static void GemvFp8(ArrayView<float> x, Fp8Weights w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate) =>
-        Gemv(x, w, y, partial, tokens, splits, accumulate);
-
-    [KernelInfo("quant/gemv", "v1-reduce", "grid ceil(T*N/256), group 256", Summary = "adds the split-K partials [S, T, N] in split order")]
+    [KernelInfo(QuantGemvVersion.V1, "grid ceil(T*N/256), group 256", Entry = "reduce", Summary = "adds the split-K partials [S, T, N] in split order")]
     public static void ReduceV1(ArrayView<float> partial, ArrayView<float> y, int count, int splits, int accumulate)
     {
         long i = Grid.GlobalLinearIndex;
@@ -103,7 +99,9 @@ public static class QuantGemvKernels
         return sum * sc.Scale;
     }
 
-    private static void Gemv<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate)
+    [KernelInfo(QuantGemvVersion.V1, "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize,
+        Summary = "packed GEMV (int8 per channel, int4 group-wise, fp8 block-scaled), warp per row, 16-byte units, split-K partials")]
+    public static void GemvV1<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate)
         where TQ : struct, IQuantWeights
     {
         int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
@@ -184,9 +182,9 @@ public sealed class QuantGemvKernel
 
     private QuantGemvKernel(Accelerator a)
     {
-        q8 = a.LoadKernel<ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvQ8);
-        q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvQ4);
-        fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvFp8);
+        q8 = a.LoadKernel<ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         reduce = a.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.ReduceV1);
         gather = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(QuantGemvKernels.GatherColumnsV1);
     }

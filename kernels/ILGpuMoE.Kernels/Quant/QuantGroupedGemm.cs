@@ -1,15 +1,18 @@
-// Grouped expert GEMMs over quantized expert weights: one launch for all experts, both MoE passes.
-//
-// The MoE family's grouped GEMM (Moe/GroupedGemm/GroupedGemm.cs) is generic over a weight reader; Q8Weights,
-// Q4Weights and Fp8Weights are readers (IWeights.Get dequantizes one element from the flat [E*N*K] index), so the
-// quantized versions are that same kernel instantiated per scheme, not a copy. The entries below exist so every
-// launched instantiation carries [KernelInfo] (the PTX gate instantiates generic kernels only with F32/F16/BF16).
-//   V2  tiled (prefill): the generic loader calls Get for each element of the 32x32 weight tile, i.e. the tile is
-//       dequantized into shared memory on the way in; 4- and 8-bit words are re-read by their 8 / 4 neighbours
-//       from L1, so DRAM traffic is still one read per weight byte per tile.
-//   V4  decode (QuantGroupedGemv.cs): not the generic V3, whose per-element Get costs a 64-bit division and a
-//       scale load per weight, but the MoE V3 shape reading 16-byte units with one scale lookup per unit.
-// The launcher runs V2 for GroupedGemmVersion.V2Tiled and V4 for GroupedGemmVersion.V3Gemv (the decode slot).
+// Grouped expert GEMMs over quantized (packed) expert weights: the moe/grouped-gemm family's versions for packed
+// readers (Q8Weights, Q4Weights, Fp8Weights: IWeights.Get dequantizes one element from the flat [E*N*K] index), and
+// the MoE block's experts step for packed experts.
+//   V2  tiled (prefill): the generic V2 of Moe/GroupedGemm/GroupedGemm.cs with a packed reader; the loader calls Get
+//       for each element of the 32x32 weight tile, i.e. the tile is dequantized into shared memory on the way in;
+//       4- and 8-bit words are re-read by their 8 / 4 neighbours from L1, so DRAM traffic is still one read per
+//       weight byte per tile.
+//   V4  decode (below): the MoE V3 shape (one warp per expert weight row, up to 8 sorted rows per expert tile, one
+//       launch for all experts over the permutation's tile schedule), but reading the packed rows as 16-byte units
+//       like QuantGemv V1: one ld.v4 per lane per step, one scale lookup per unit, codes turned into floats in
+//       registers and the scale applied once per unit. The generic V3 reads element by element through
+//       IWeights.Get, which costs a 64-bit division and a scale load per weight.
+//       up/gate: h[r, n] = silu(x_r . w1[e, n]) * (x_r . w3[e, n]); down: y[r, d] = h_r . w2[e, d]. Both passes read
+//       every weight byte of a touched expert once per tile of <= 8 rows; partial sums are reduced through shared
+//       memory in lane order (deterministic; no shuffles, no atomics).
 //   Act-order gather V1 (GPTQ desc_act experts): xs[p, j] = x[p / K, perm[e(p), j]], one row per (token, expert) pair,
 //       so that up/gate reads each expert's input columns in its packed (group) order. The up/gate pass then runs on
 //       xs as T*K "tokens" with K = 1: sorted[r] / 1 = p picks pair p's gathered row, no kernel change. w2's own
@@ -18,7 +21,9 @@
 // Stacked expert layout: w1, w3 [E*F, D] and w2 [E*D, F] packed per QuantLayout.cs (Q4 needs D % G == 0 for w1/w3
 // and F % G == 0 for w2). Rows come from the MoE permutation's schedule (MoePermuteKernel): sorted pairs, offsets,
 // tiles; an expert with no rows owns no tile and costs nothing.
+using System.Diagnostics;
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Moe;
 
@@ -26,35 +31,189 @@ namespace ILGpuMoE.Kernels.Quant;
 
 public static class QuantGroupedGemmKernels
 {
-    private const string V2UpLaunch = "grid (tiles, ceil(F/32)), group 256";
-    private const string V2DownLaunch = "grid (tiles, ceil(D/32)), group 256";
+    /// <summary>V4 keeps V3's shape: outputs (warps) per group and rows per tile (GroupedGemm.TileRows).</summary>
+    public const int Warps = GroupedGemmKernels.GemvWarps;
+    public const int Rows = GroupedGemmKernels.GemvRows;
+    private const int RedLd = 33;
 
-    [KernelInfo("quant/grouped-gemm", "v2-q8", V2UpLaunch, Summary = "MoE up/gate, int8 experts: generic tiled grouped GEMM with the Q8 reader")]
-    public static void UpGateV2Q8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w1, Q8Weights w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.UpGateV2(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
+    private static float Silu(float g) => g / (1f + XMath.Exp(-g));
 
-    [KernelInfo("quant/grouped-gemm", "v2-q4", V2UpLaunch, Summary = "MoE up/gate, int4 experts: generic tiled grouped GEMM with the Q4 reader")]
-    public static void UpGateV2Q4(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Q4Weights w1, Q4Weights w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.UpGateV2(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
+    [KernelInfo(GroupedGemmVersion.V4PackedGemv, "grid (tiles, ceil(F/8)), group 256 = 8 warps", Entry = "up-gate", WideViews = ["w1.Data:16", "w3.Data:16"],
+        BlockSize = GroupedGemmKernels.GroupSize, Summary = "up/gate decode over packed experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
+    public static void UpGateV4<TQ>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TQ w1, TQ w3,
+        ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
+        where TQ : struct, IQuantWeights
+    {
+        int e = tiles[2 * Grid.IdxX];
+        if (e < 0)
+            return; // unused schedule slot: the whole group leaves before the barrier
+        int rowStart = tiles[2 * Grid.IdxX + 1];
+        int rows = Math.Min(tileRows, offsets[e + 1] - rowStart);
+        int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
+        int n = Grid.IdxY * Warps + warp;
+        long wRow = (long)e * hidden + n;
+        int units = w1.RowWords >> 2;
+        long wUnit = Index64.StackedRow(e, hidden, n, units); // first 16-byte unit of the row, added once
+        int uEnd = n < hidden ? units : 0; // a warp past F still reaches the barrier
+        int unitValues = 4 * w1.ValuesPerWord;
 
-    [KernelInfo("quant/grouped-gemm", "v2-fp8", V2UpLaunch, Summary = "MoE up/gate, fp8 experts: generic tiled grouped GEMM with the FP8 reader")]
-    public static void UpGateV2Fp8(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w1, Fp8Weights w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.UpGateV2(x, sorted, offsets, tiles, w1, w3, h, topK, dim, hidden, tileRows);
+        // Token rows of x; missing rows repeat row 0 (their sums are discarded).
+        long b0 = (long)(sorted[rowStart] / topK) * dim;
+        long b1 = rows > 1 ? (long)(sorted[rowStart + 1] / topK) * dim : b0;
+        long b2 = rows > 2 ? (long)(sorted[rowStart + 2] / topK) * dim : b0;
+        long b3 = rows > 3 ? (long)(sorted[rowStart + 3] / topK) * dim : b0;
+        long b4 = rows > 4 ? (long)(sorted[rowStart + 4] / topK) * dim : b0;
+        long b5 = rows > 5 ? (long)(sorted[rowStart + 5] / topK) * dim : b0;
+        long b6 = rows > 6 ? (long)(sorted[rowStart + 6] / topK) * dim : b0;
+        long b7 = rows > 7 ? (long)(sorted[rowStart + 7] / topK) * dim : b0;
 
-    [KernelInfo("quant/grouped-gemm", "v2-q8-down", V2DownLaunch, Summary = "MoE down, int8 experts: generic tiled grouped GEMM with the Q8 reader")]
-    public static void DownV2Q8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Q8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.DownV2(h, offsets, tiles, w2, y, dim, hidden, tileRows);
+        var u1 = w1.Words.Cast<Packed16>();
+        var u3 = w3.Words.Cast<Packed16>();
+        float g0 = 0f, g1 = 0f, g2 = 0f, g3 = 0f, g4 = 0f, g5 = 0f, g6 = 0f, g7 = 0f;
+        float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, a4 = 0f, a5 = 0f, a6 = 0f, a7 = 0f;
+        for (int u = lane; u < uEnd; u += 32)
+        {
+            Packed16 p1 = u1[wUnit + u], p3 = u3[wUnit + u];
+            UnitScale s1 = w1.ScaleOf(wRow, u), s3 = w3.ScaleOf(wRow, u);
+            int k0 = u * unitValues;
+            g0 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b0, k0, dim);
+            a0 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b0, k0, dim);
+            if (rows > 1)
+            {
+                g1 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b1, k0, dim);
+                a1 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b1, k0, dim);
+                if (rows > 2)
+                {
+                    g2 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b2, k0, dim);
+                    a2 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b2, k0, dim);
+                    if (rows > 3)
+                    {
+                        g3 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b3, k0, dim);
+                        a3 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b3, k0, dim);
+                        if (rows > 4)
+                        {
+                            g4 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b4, k0, dim);
+                            a4 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b4, k0, dim);
+                            if (rows > 5)
+                            {
+                                g5 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b5, k0, dim);
+                                a5 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b5, k0, dim);
+                                if (rows > 6)
+                                {
+                                    g6 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b6, k0, dim);
+                                    a6 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b6, k0, dim);
+                                    if (rows > 7)
+                                    {
+                                        g7 += QuantGemvKernels.DotUnit(w1, p1, s1, x, b7, k0, dim);
+                                        a7 += QuantGemvKernels.DotUnit(w3, p3, s3, x, b7, k0, dim);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
 
-    [KernelInfo("quant/grouped-gemm", "v2-q4-down", V2DownLaunch, Summary = "MoE down, int4 experts: generic tiled grouped GEMM with the Q4 reader")]
-    public static void DownV2Q4(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Q4Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.DownV2(h, offsets, tiles, w2, y, dim, hidden, tileRows);
+        // red[warp][j][lane]: j < 8 gate rows, 8..15 up rows; lane r then adds row r's 32 partials in lane order.
+        var red = SharedMemory.Allocate<float>(Warps * 2 * Rows * RedLd);
+        int s = warp * 2 * Rows * RedLd + lane;
+        red[s + 0 * RedLd] = g0; red[s + 1 * RedLd] = g1; red[s + 2 * RedLd] = g2; red[s + 3 * RedLd] = g3;
+        red[s + 4 * RedLd] = g4; red[s + 5 * RedLd] = g5; red[s + 6 * RedLd] = g6; red[s + 7 * RedLd] = g7;
+        red[s + 8 * RedLd] = a0; red[s + 9 * RedLd] = a1; red[s + 10 * RedLd] = a2; red[s + 11 * RedLd] = a3;
+        red[s + 12 * RedLd] = a4; red[s + 13 * RedLd] = a5; red[s + 14 * RedLd] = a6; red[s + 15 * RedLd] = a7;
+        Group.Barrier();
+        if (lane >= rows || n >= hidden)
+            return;
+        int gBase = warp * 2 * Rows * RedLd + lane * RedLd;
+        int uBase = gBase + Rows * RedLd;
+        float g = 0f, up = 0f;
+        for (int j = 0; j < 32; j++)
+        {
+            g += red[gBase + j];
+            up += red[uBase + j];
+        }
 
-    [KernelInfo("quant/grouped-gemm", "v2-fp8-down", V2DownLaunch, Summary = "MoE down, fp8 experts: generic tiled grouped GEMM with the FP8 reader")]
-    public static void DownV2Fp8(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, Fp8Weights w2, ArrayView<float> y, int dim, int hidden, int tileRows) =>
-        GroupedGemmKernels.DownV2(h, offsets, tiles, w2, y, dim, hidden, tileRows);
+        h[(long)(rowStart + lane) * hidden + n] = Silu(g) * up;
+    }
+
+    [KernelInfo(GroupedGemmVersion.V4PackedGemv, "grid (tiles, ceil(D/8)), group 256 = 8 warps", Entry = "down", WideViews = ["w2.Data:16"],
+        BlockSize = GroupedGemmKernels.GroupSize, Summary = "down decode over packed experts: warp per row, 16-byte units")]
+    public static void DownV4<TQ>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TQ w2, ArrayView<float> y,
+        int dim, int hidden, int tileRows)
+        where TQ : struct, IQuantWeights
+    {
+        int e = tiles[2 * Grid.IdxX];
+        if (e < 0)
+            return;
+        int rowStart = tiles[2 * Grid.IdxX + 1];
+        int rows = Math.Min(tileRows, offsets[e + 1] - rowStart);
+        int warp = Group.IdxX >> 5, lane = Group.IdxX & 31;
+        int n = Grid.IdxY * Warps + warp;
+        long wRow = (long)e * dim + n;
+        int units = w2.RowWords >> 2;
+        long wUnit = Index64.StackedRow(e, dim, n, units);
+        int uEnd = n < dim ? units : 0;
+        int unitValues = 4 * w2.ValuesPerWord;
+
+        long b0 = (long)rowStart * hidden;
+        long b1 = rows > 1 ? b0 + hidden : b0;
+        long b2 = rows > 2 ? b0 + 2L * hidden : b0;
+        long b3 = rows > 3 ? b0 + 3L * hidden : b0;
+        long b4 = rows > 4 ? b0 + 4L * hidden : b0;
+        long b5 = rows > 5 ? b0 + 5L * hidden : b0;
+        long b6 = rows > 6 ? b0 + 6L * hidden : b0;
+        long b7 = rows > 7 ? b0 + 7L * hidden : b0;
+
+        var u2 = w2.Words.Cast<Packed16>();
+        float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, a4 = 0f, a5 = 0f, a6 = 0f, a7 = 0f;
+        for (int u = lane; u < uEnd; u += 32)
+        {
+            Packed16 p = u2[wUnit + u];
+            UnitScale sc = w2.ScaleOf(wRow, u);
+            int k0 = u * unitValues;
+            a0 += QuantGemvKernels.DotUnit(w2, p, sc, h, b0, k0, hidden);
+            if (rows > 1)
+            {
+                a1 += QuantGemvKernels.DotUnit(w2, p, sc, h, b1, k0, hidden);
+                if (rows > 2)
+                {
+                    a2 += QuantGemvKernels.DotUnit(w2, p, sc, h, b2, k0, hidden);
+                    if (rows > 3)
+                    {
+                        a3 += QuantGemvKernels.DotUnit(w2, p, sc, h, b3, k0, hidden);
+                        if (rows > 4)
+                        {
+                            a4 += QuantGemvKernels.DotUnit(w2, p, sc, h, b4, k0, hidden);
+                            if (rows > 5)
+                            {
+                                a5 += QuantGemvKernels.DotUnit(w2, p, sc, h, b5, k0, hidden);
+                                if (rows > 6)
+                                {
+                                    a6 += QuantGemvKernels.DotUnit(w2, p, sc, h, b6, k0, hidden);
+                                    if (rows > 7)
+                                        a7 += QuantGemvKernels.DotUnit(w2, p, sc, h, b7, k0, hidden);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        var red = SharedMemory.Allocate<float>(Warps * Rows * RedLd);
+        int s = warp * Rows * RedLd + lane;
+        red[s + 0 * RedLd] = a0; red[s + 1 * RedLd] = a1; red[s + 2 * RedLd] = a2; red[s + 3 * RedLd] = a3;
+        red[s + 4 * RedLd] = a4; red[s + 5 * RedLd] = a5; red[s + 6 * RedLd] = a6; red[s + 7 * RedLd] = a7;
+        Group.Barrier();
+        if (lane >= rows || n >= dim)
+            return;
+        int rBase = warp * Rows * RedLd + lane * RedLd;
+        float acc = 0f;
+        for (int j = 0; j < 32; j++)
+            acc += red[rBase + j];
+        y[(long)(rowStart + lane) * dim + n] = acc;
+    }
 
     [KernelInfo("quant/act-order-gather", "v1", "grid (T*K, ceil(D/256)), group 256",
         Summary = "xs[p, j] = x[p / K, perm[e(p), j]]: per-expert input gather for GPTQ act-order experts")]
@@ -76,107 +235,87 @@ public static class QuantGroupedGemmKernels
 }
 
 /// <summary>
-/// Launcher of the quantized grouped expert GEMMs for one scheme (TQ is Q8Weights, Q4Weights or Fp8Weights).
-/// Same contract as <see cref="GroupedGemmKernel{TW}"/>: h [T*K, F] and y [T*K, D] in the permutation's sorted order.
+/// Launcher of the grouped expert GEMMs for packed experts of one scheme (TQ is Q8Weights, Q4Weights or Fp8Weights):
+/// V2 (tiled) and V4 (decode). Same contract as <see cref="GroupedGemmKernel{TW}"/>: h [T*K, F] and y [T*K, D] in the
+/// permutation's sorted order.
 /// </summary>
 public sealed class QuantGroupedGemmKernel<TQ>
     where TQ : struct, IQuantWeights
 {
-    private delegate void UpGate(AcceleratorStream s, KernelConfig c, ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets,
-        ArrayView<int> tiles, TQ w1, TQ w3, ArrayView<float> h, int topK, int dim, int hidden, int tileRows);
-
-    private delegate void Down(AcceleratorStream s, KernelConfig c, ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TQ w2,
-        ArrayView<float> y, int dim, int hidden, int tileRows);
-
-    private readonly UpGate upGateV2, upGateV4;
-    private readonly Down downV2, downV4;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int> upGateV2, upGateV4;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int> downV2, downV4;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int> gather;
 
     private QuantGroupedGemmKernel(Accelerator a)
     {
-        (upGateV2, upGateV4, downV2, downV4) = Load(a);
+        upGateV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
+        downV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
+        upGateV4 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.UpGateV4);
+        downV4 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(QuantGroupedGemmKernels.DownV4);
+        gather = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.GatherExpertInputsV1);
     }
 
     public static QuantGroupedGemmKernel<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
-
-    private static (UpGate, UpGate, Down, Down) Load(Accelerator a)
-    {
-        // Each scheme's entries take their concrete reader type; the casts only re-type the delegates.
-        if (typeof(TQ) == typeof(Q8Weights))
-        {
-            return ((UpGate)(object)Up<Q8Weights>(a, QuantGroupedGemmKernels.UpGateV2Q8), (UpGate)(object)Up<Q8Weights>(a, QuantGroupedGemvKernels.UpGateQ8),
-                (Down)(object)Dn<Q8Weights>(a, QuantGroupedGemmKernels.DownV2Q8), (Down)(object)Dn<Q8Weights>(a, QuantGroupedGemvKernels.DownQ8));
-        }
-
-        if (typeof(TQ) == typeof(Q4Weights))
-        {
-            return ((UpGate)(object)Up<Q4Weights>(a, QuantGroupedGemmKernels.UpGateV2Q4), (UpGate)(object)Up<Q4Weights>(a, QuantGroupedGemvKernels.UpGateQ4),
-                (Down)(object)Dn<Q4Weights>(a, QuantGroupedGemmKernels.DownV2Q4), (Down)(object)Dn<Q4Weights>(a, QuantGroupedGemvKernels.DownQ4));
-        }
-
-        if (typeof(TQ) == typeof(Fp8Weights))
-        {
-            return ((UpGate)(object)Up<Fp8Weights>(a, QuantGroupedGemmKernels.UpGateV2Fp8), (UpGate)(object)Up<Fp8Weights>(a, QuantGroupedGemvKernels.UpGateFp8),
-                (Down)(object)Dn<Fp8Weights>(a, QuantGroupedGemmKernels.DownV2Fp8), (Down)(object)Dn<Fp8Weights>(a, QuantGroupedGemvKernels.DownFp8));
-        }
-
-        throw new ArgumentException($"QuantGroupedGemm: no kernels for weight type {typeof(TQ).Name}");
-    }
-
-    private static QuantGroupedGemmKernel<TX>.UpGate Up<TX>(Accelerator a,
-        Action<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TX, TX, ArrayView<float>, int, int, int, int> entry)
-        where TX : struct, IQuantWeights
-    {
-        var k = a.LoadKernel(entry);
-        return (s, c, x, so, of, ti, w1, w3, h, topK, dim, hidden, tr) => k(s, c, x, so, of, ti, w1, w3, h, topK, dim, hidden, tr);
-    }
-
-    private static QuantGroupedGemmKernel<TX>.Down Dn<TX>(Accelerator a,
-        Action<ArrayView<float>, ArrayView<int>, ArrayView<int>, TX, ArrayView<float>, int, int, int> entry)
-        where TX : struct, IQuantWeights
-    {
-        var k = a.LoadKernel(entry);
-        return (s, c, h, of, ti, w2, y, dim, hidden, tr) => k(s, c, h, of, ti, w2, y, dim, hidden, tr);
-    }
 
     /// <summary>Pass 1: h [T*K, F] = silu(x w1^T) * (x w3^T) per expert; x [T, D]; w1, w3 packed [E*F, D].</summary>
     public void LaunchUpGate(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> x,
         int tokens, int topK, int dim, int hidden, TQ w1, TQ w3, ArrayView<float> h)
     {
-        int pairs = Validate("LaunchUpGate", stream, version, permutation, tokens, topK, dim, hidden);
+        const string Where = "QuantGroupedGemm.LaunchUpGate";
+        int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.PackedVersions);
         Shape("w1", w1, permutation.Experts * (long)hidden, dim);
         Shape("w3", w3, permutation.Experts * (long)hidden, dim);
-        if (version == GroupedGemmVersion.V3Gemv)
-        {
-            QuantLayout.CheckWide("QuantGroupedGemm.LaunchUpGate", "w1", w1);
-            QuantLayout.CheckWide("QuantGroupedGemm.LaunchUpGate", "w3", w3);
-        }
-
-        Need("x", x.Length, (long)tokens * dim);
-        Need("h", h.Length, (long)pairs * hidden);
+        GroupedGemm.Need(Where, "x", x.Length, (long)tokens * dim);
+        GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
         var p = permutation;
-        var (kernel, blocks) = version == GroupedGemmVersion.V2Tiled ? (upGateV2, GroupedGemmKernels.TileN) : (upGateV4, QuantGroupedGemvKernels.Warps);
-        kernel(stream, Config(MoePermuteKernel.MaxTiles(pairs, p.Experts, p.TileRows), (hidden + blocks - 1) / blocks),
-            x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+        switch (version)
+        {
+            case GroupedGemmVersion.V2Tiled:
+                upGateV2(stream, GroupedGemm.TileConfig(p, pairs, hidden, GroupedGemmKernels.TileN),
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                break;
+            case GroupedGemmVersion.V4PackedGemv:
+                QuantLayout.CheckWide(Where, "w1", w1);
+                QuantLayout.CheckWide(Where, "w3", w3);
+                upGateV4(stream, GroupedGemm.TileConfig(p, pairs, hidden, QuantGroupedGemmKernels.Warps),
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                break;
+            default:
+                throw new UnreachableException($"{Where}: {version} passed Validate");
+        }
     }
 
     /// <summary>Pass 2: y [T*K, D] = h w2^T per expert; h [T*K, F]; w2 packed [E*D, F].</summary>
     public void LaunchDown(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> h,
         int tokens, int topK, int dim, int hidden, TQ w2, ArrayView<float> y)
     {
-        int pairs = Validate("LaunchDown", stream, version, permutation, tokens, topK, dim, hidden);
+        const string Where = "QuantGroupedGemm.LaunchDown";
+        int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.PackedVersions);
         Shape("w2", w2, permutation.Experts * (long)dim, hidden);
-        if (version == GroupedGemmVersion.V3Gemv)
-            QuantLayout.CheckWide("QuantGroupedGemm.LaunchDown", "w2", w2);
-        Need("h", h.Length, (long)pairs * hidden);
-        Need("y", y.Length, (long)pairs * dim);
+        GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
+        GroupedGemm.Need(Where, "y", y.Length, (long)pairs * dim);
         var p = permutation;
-        var (kernel, blocks) = version == GroupedGemmVersion.V2Tiled ? (downV2, GroupedGemmKernels.TileN) : (downV4, QuantGroupedGemvKernels.Warps);
-        kernel(stream, Config(MoePermuteKernel.MaxTiles(pairs, p.Experts, p.TileRows), (dim + blocks - 1) / blocks),
-            h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+        switch (version)
+        {
+            case GroupedGemmVersion.V2Tiled:
+                downV2(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.TileN), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                break;
+            case GroupedGemmVersion.V4PackedGemv:
+                QuantLayout.CheckWide(Where, "w2", w2);
+                downV4(stream, GroupedGemm.TileConfig(p, pairs, dim, QuantGroupedGemmKernels.Warps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                break;
+            default:
+                throw new UnreachableException($"{Where}: {version} passed Validate");
+        }
     }
 
-    private static KernelConfig Config(int tiles, int blocks) =>
-        new(new Index2D(tiles, blocks), new Index2D(GroupedGemmKernels.GroupSize, 1));
+    /// <summary>
+    /// Act-order gather: xs [P, D] = x [T, D] row p / K read through expert e(p)'s column permutation perm [E, D].
+    /// The experts step (<see cref="PackedExperts{TQ}"/>) checks the sizes first.
+    /// </summary>
+    internal void LaunchGather(AcceleratorStream stream, ArrayView<float> x, ArrayView<int> expertIds, ArrayView<int> perm, ArrayView<float> xs,
+        int pairs, int topK, int dim, int experts) =>
+        gather(stream, new KernelConfig(new Index2D(pairs, (dim + 255) / 256), new Index2D(256, 1)), x, expertIds, perm, xs, pairs, topK, dim, experts);
 
     private static void Shape(string what, TQ w, long rows, int cols)
     {
@@ -186,6 +325,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
             case Q8Weights q8: QuantLayout.Check("QuantGroupedGemm " + what, q8); break;
             case Q4Weights q4: QuantLayout.Check("QuantGroupedGemm " + what, q4); break;
             case Fp8Weights f8: QuantLayout.Check("QuantGroupedGemm " + what, f8); break;
+            default: throw new UnreachableException($"QuantGroupedGemm: no layout check for reader {typeof(TQ).Name}");
         }
 
         if (w.Rows != rows || w.Cols != cols)
@@ -193,77 +333,29 @@ public sealed class QuantGroupedGemmKernel<TQ>
         if (w.Words.Length < (long)w.Rows * w.RowWords)
             throw new ArgumentException($"QuantGroupedGemm: {what} words has {w.Words.Length} elements, needs {(long)w.Rows * w.RowWords}");
     }
-
-    private static void Need(string what, long have, long need)
-    {
-        if (have < need)
-            throw new ArgumentException($"QuantGroupedGemm: {what} has {have} elements, needs {need}");
-    }
-
-    private static int Validate(string where, AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation,
-        int tokens, int topK, int dim, int hidden)
-    {
-        ArgumentNullException.ThrowIfNull(stream);
-        ArgumentNullException.ThrowIfNull(permutation);
-        if (tokens < 1 || topK < 1 || dim < 1 || hidden < 1)
-            throw new ArgumentException($"QuantGroupedGemm.{where}: tokens ({tokens}), topK ({topK}), dim ({dim}) and hidden ({hidden}) must be >= 1");
-        long pairs = (long)tokens * topK;
-        if (pairs > permutation.MaxPairs)
-            throw new ArgumentException($"QuantGroupedGemm.{where}: tokens*topK = {pairs} exceeds the permutation's capacity {permutation.MaxPairs}");
-        int maxRows = version switch
-        {
-            GroupedGemmVersion.V2Tiled => GroupedGemmKernels.TileM,
-            GroupedGemmVersion.V3Gemv => QuantGroupedGemvKernels.Rows,
-            _ => throw new ArgumentException($"QuantGroupedGemm.{where}: version {version} is not available for quantized weights (V2Tiled or V3Gemv)"),
-        };
-        if (permutation.TileRows > maxRows)
-            throw new ArgumentException($"QuantGroupedGemm.{where}: {version} needs tile rows <= {maxRows}, the permutation has {permutation.TileRows}");
-        return (int)pairs;
-    }
 }
 
 /// <summary>
-/// The MoE data path after gating over quantized experts, as one call: permute -> grouped up/gate -> grouped down ->
-/// combine. Same contract as <see cref="MoeBlockKernels{TW}"/> (and the same <see cref="MoeWorkspace"/>), with
-/// w1, w3 packed [E*F, D] and w2 packed [E*D, F].
+/// The experts step over packed experts (w1, w3 packed [E*F, D]; w2 packed [E*D, F]) with the grouped GEMM V2 / V4.
+/// inputPermutation: empty, or [E, D] for GPTQ act-order w1/w3 (expert e's packed column j is input column
+/// perm[e, j]; w1 and w3 of an expert share it): each pair's input row is gathered in its expert's column order first,
+/// which needs a workspace made with permutedInput.
 /// </summary>
-public sealed class QuantMoeBlockKernels<TQ>
+public readonly struct PackedExperts<TQ>(QuantGroupedGemmKernel<TQ> kernel, TQ w1, TQ w3, TQ w2, ArrayView<int> inputPermutation = default) : IMoeExperts
     where TQ : struct, IQuantWeights
 {
-    private readonly MoePermuteKernel permute;
-    private readonly QuantGroupedGemmKernel<TQ> gemm;
-    private readonly MoeCombineKernel combine;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int> gather;
+    public string Name => "QuantMoeBlock";
 
-    private QuantMoeBlockKernels(Accelerator accelerator)
+    public GroupedGemmVersion Resolve(GroupedGemmVersion? requested, int tokens, int topK, int experts) =>
+        GroupedGemm.Resolve(Name, requested, GroupedGemm.PackedVersions, tokens, topK, experts, packed: true);
+
+    public void Launch(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, MoeWorkspace workspace,
+        ArrayView<float> x, ArrayView<int> expertIds, int tokens)
     {
-        permute = MoePermuteKernel.Create(accelerator);
-        gemm = QuantGroupedGemmKernel<TQ>.Create(accelerator);
-        combine = MoeCombineKernel.Create(accelerator);
-        gather = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(
-            QuantGroupedGemmKernels.GatherExpertInputsV1);
-    }
-
-    public static QuantMoeBlockKernels<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
-
-    /// <summary>
-    /// output [T, D] = (residual +) MoE(x). x [T, D]; expertIds [T, K] (-1 = dropped); weights [T, K].
-    /// version: null = <see cref="MoeBlockKernels{TW}.ChooseVersion"/> (V3Gemv runs the quantized V4 decode kernels).
-    /// inputPermutation: empty, or [E, D] for GPTQ act-order w1/w3 (expert e's packed column j is input column
-    /// perm[e, j]; w1 and w3 of an expert share it); it needs a workspace made with permutedInput.
-    /// </summary>
-    public void Launch(AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> expertIds,
-        ArrayView<float> weights, int tokens, TQ w1, TQ w3, TQ w2, ArrayView<float> output,
-        ArrayView<float> residual = default, GroupedGemmVersion? version = null, ArrayView<int> inputPermutation = default)
-    {
-        var (v, perm) = MoeBlockKernels<F32Weights>.Plan("QuantMoeBlock", workspace, tokens, version);
-        if (v == GroupedGemmVersion.V1Simple)
-            throw new ArgumentException("QuantMoeBlock: V1Simple is not available for quantized experts (V2Tiled or V3Gemv)");
         int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
-        permute.Launch(stream, expertIds, tokens, k, perm);
         if (inputPermutation.Length == 0)
         {
-            gemm.LaunchUpGate(stream, v, perm, x, tokens, k, d, f, w1, w3, workspace.H.View);
+            kernel.LaunchUpGate(stream, version, permutation, x, tokens, k, d, f, w1, w3, workspace.H.View);
         }
         else
         {
@@ -271,18 +363,37 @@ public sealed class QuantMoeBlockKernels<TQ>
             // gathered rows as tokens with K = 1 (sorted pair p reads row p).
             long pairs = (long)tokens * k;
             if (inputPermutation.Length < (long)workspace.Experts * d)
-                throw new ArgumentException($"QuantMoeBlock: inputPermutation has {inputPermutation.Length} elements, needs E*D = {(long)workspace.Experts * d}");
+                throw new ArgumentException($"{Name}: inputPermutation has {inputPermutation.Length} elements, needs E*D = {(long)workspace.Experts * d}");
             var xs = workspace.PermutedInput
-                     ?? throw new ArgumentException("QuantMoeBlock: an input permutation needs a MoeWorkspace made with permutedInput: true");
+                     ?? throw new ArgumentException($"{Name}: an input permutation needs a MoeWorkspace made with permutedInput: true");
             if (x.Length < (long)tokens * d || expertIds.Length < pairs)
-                throw new ArgumentException($"QuantMoeBlock: x ({x.Length}) needs T*D = {(long)tokens * d}, expertIds ({expertIds.Length}) needs T*K = {pairs}");
-            gather(stream, new KernelConfig(new Index2D((int)pairs, (d + 255) / 256), new Index2D(256, 1)), x, expertIds, inputPermutation, xs.View,
-                (int)pairs, k, d, workspace.Experts);
-            gemm.LaunchUpGate(stream, v, perm, xs.View, (int)pairs, 1, d, f, w1, w3, workspace.H.View);
+                throw new ArgumentException($"{Name}: x ({x.Length}) needs T*D = {(long)tokens * d}, expertIds ({expertIds.Length}) needs T*K = {pairs}");
+            kernel.LaunchGather(stream, x, expertIds, inputPermutation, xs.View, (int)pairs, k, d, workspace.Experts);
+            kernel.LaunchUpGate(stream, version, permutation, xs.View, (int)pairs, 1, d, f, w1, w3, workspace.H.View);
         }
 
-        gemm.LaunchDown(stream, v, perm, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
-        combine.Launch(stream, perm, workspace.Y.View, weights, tokens, k, d, output, residual);
-        workspace.Last = perm;
+        kernel.LaunchDown(stream, version, permutation, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
     }
+}
+
+/// <summary>The MoE block over packed experts of one scheme: <see cref="MoeBlock"/> with <see cref="PackedExperts{TQ}"/>.</summary>
+public sealed class QuantMoeBlockKernels<TQ>
+    where TQ : struct, IQuantWeights
+{
+    private readonly MoeBlock block;
+    private readonly QuantGroupedGemmKernel<TQ> gemm;
+
+    private QuantMoeBlockKernels(Accelerator accelerator)
+    {
+        block = MoeBlock.Create(accelerator);
+        gemm = QuantGroupedGemmKernel<TQ>.Create(accelerator);
+    }
+
+    public static QuantMoeBlockKernels<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
+
+    /// <summary>See <see cref="MoeBlock.Launch{TExperts}"/> and <see cref="PackedExperts{TQ}"/>.</summary>
+    public void Launch(AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> expertIds,
+        ArrayView<float> weights, int tokens, TQ w1, TQ w3, TQ w2, ArrayView<float> output,
+        ArrayView<float> residual = default, GroupedGemmVersion? version = null, ArrayView<int> inputPermutation = default) =>
+        block.Launch(stream, workspace, x, expertIds, weights, tokens, new PackedExperts<TQ>(gemm, w1, w3, w2, inputPermutation), output, residual, version);
 }

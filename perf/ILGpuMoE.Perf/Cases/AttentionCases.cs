@@ -4,6 +4,7 @@
 // K and V rows 0..S-1 once (perf/notes/attention.md).
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Reference;
@@ -39,15 +40,9 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<float, Stride1D.Dense> V)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? output;
 
-    public string Family => "attention";
+    public string Family => KernelId.Family(version);
 
-    public string Version => version switch
-    {
-        AttentionVersion.V1 => "v1",
-        AttentionVersion.V2Decode => "v2-decode",
-        AttentionVersion.V2Prefill => "v2-prefill",
-        _ => "v2",
-    };
+    public string Version => KernelId.Version(version);
 
     public string DType => "f32";
 

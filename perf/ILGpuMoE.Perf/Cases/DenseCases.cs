@@ -22,11 +22,11 @@ public sealed class DenseFamily : IBenchFamily
     {
         foreach (var type in MatMulTypes)
         {
-            foreach (var v in tokens == 1 ? new[] { "v1", "gemv", "gemv-v2" } : ["v1", "v2"])
+            foreach (var v in tokens == 1 ? new[] { MatMulVersion.V1, MatMulVersion.GemvV1, MatMulVersion.GemvV2 } : [MatMulVersion.V1, MatMulVersion.V2])
             {
                 yield return new MatMulCase(p, tokens, type, v, "q_proj", p.QDim, p.Dim);
                 // lm_head runs on the last token of a step (sampling); at T > 1 only the tiled kernel is worth timing.
-                if (tokens == 1 || v == "v2")
+                if (tokens == 1 || v == MatMulVersion.V2)
                     yield return new MatMulCase(p, tokens, type, v, "lm_head", p.Vocab, p.Dim);
             }
         }
@@ -44,10 +44,10 @@ public sealed class DenseFamily : IBenchFamily
 
     /// <summary>GPU only: a square f32 V2 matmul large enough to reach the kernel's best throughput (the compute ceiling).</summary>
     public IBenchCase? CeilingCase(ShapePreset p, BenchDevice device) =>
-        device.IsGpu ? new MatMulCase(p, 4096, WeightType.F32, "v2", "square", 4096, 4096) : null;
+        device.IsGpu ? new MatMulCase(p, 4096, WeightType.F32, MatMulVersion.V2, "square", 4096, 4096) : null;
 }
 
-public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, string version, string what, int outDim, int inDim) : CaseBase
+public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, MatMulVersion version, string what, int outDim, int inDim) : CaseBase
 {
     private MatMulKernel<F32Weights>? k32;
     private MatMulKernel<F16Weights>? k16;
@@ -55,9 +55,9 @@ public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, strin
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, WeightBuffer W)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? y;
 
-    public override string Family => "dense/matmul";
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => version;
+    public override string Version => KernelId.Version(version);
 
     public override string DType => WeightTypes.Label(type);
 
@@ -79,7 +79,8 @@ public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, strin
         {
             case WeightType.F32: k32 = MatMulKernel.Create<F32Weights>(d.Accelerator); break;
             case WeightType.F16: k16 = MatMulKernel.Create<F16Weights>(d.Accelerator); break;
-            default: kbf = MatMulKernel.Create<BF16Weights>(d.Accelerator); break;
+            case WeightType.BF16: kbf = MatMulKernel.Create<BF16Weights>(d.Accelerator); break;
+            default: throw new ArgumentOutOfRangeException(nameof(d), type, "MatMulCase: unknown weight type");
         }
 
         for (int i = 0; i < setCount; i++)
@@ -94,20 +95,15 @@ public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, strin
         {
             case WeightType.F32: Launch(k32!, w.F32, stream, x.View); break;
             case WeightType.F16: Launch(k16!, w.F16, stream, x.View); break;
-            default: Launch(kbf!, w.BF16, stream, x.View); break;
+            case WeightType.BF16: Launch(kbf!, w.BF16, stream, x.View); break;
+            default: throw new ArgumentOutOfRangeException(nameof(set), type, "MatMulCase: unknown weight type");
         }
     }
 
     private void Launch<TW>(MatMulKernel<TW> k, TW w, AcceleratorStream s, ArrayView<float> x)
         where TW : struct, IWeights
     {
-        switch (version)
-        {
-            case "v1": k.LaunchV1(s, x, w, y!.View, tokens, outDim, inDim); break;
-            case "v2": k.LaunchV2(s, x, w, y!.View, tokens, outDim, inDim); break;
-            case "gemv": k.LaunchGemvV1(s, x, w, y!.View, tokens, outDim, inDim); break;
-            default: k.LaunchGemvV2(s, x, w, y!.View, tokens, outDim, inDim); break;
-        }
+        k.Launch(version, s, x, w, y!.View, tokens, outDim, inDim);
     }
 
     public override CheckResult Check(BenchDevice d)
@@ -240,9 +236,11 @@ public sealed class SwiGluCase(ShapePreset p, int tokens, bool fused) : CaseBase
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> A, MemoryBuffer1D<float, Stride1D.Dense>? B)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? y;
 
-    public override string Family => "dense/swiglu";
+    private SwiGluVersion Kernel => fused ? SwiGluVersion.V2Fused : SwiGluVersion.V1;
 
-    public override string Version => fused ? "v2-fused" : "v1";
+    public override string Family => KernelId.Family(Kernel);
+
+    public override string Version => KernelId.Version(Kernel);
 
     public override int Tokens => tokens;
 

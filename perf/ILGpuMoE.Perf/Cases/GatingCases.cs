@@ -4,6 +4,7 @@
 using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Reference;
@@ -41,9 +42,9 @@ public sealed class GatingCase(ShapePreset p, int tokens, GatingVersion version)
     private MemoryBuffer1D<float, Stride1D.Dense>? bias, weights;
     private MemoryBuffer1D<int, Stride1D.Dense>? ids;
 
-    public override string Family => "moe/gating";
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => version == GatingVersion.V1 ? "v1" : "v2";
+    public override string Version => KernelId.Version(version);
 
     public override int Tokens => tokens;
 

@@ -1,6 +1,7 @@
 // MoE cases (kernels/ILGpuMoE.Kernels/Moe): the permute (expert-sorted order of the T*K pairs) and the whole MoE block
-// (permute + grouped up/gate GEMM + grouped down GEMM + weighted combine) in each grouped-GEMM version:
-//   v1 one thread per output, v2 32x32 tiles (prefill), v3 warp per weight row (decode).
+// (permute + grouped up/gate GEMM + grouped down GEMM + weighted combine) in each grouped-GEMM version, named by it
+// (moe/grouped-gemm v1-simple: one thread per output, v2-tiled: 32x32 tiles (prefill), v3-gemv: warp per weight row
+// (decode); KernelId makes the names from the GroupedGemmVersion member).
 // Routing: K distinct random experts per token (seeded, host-made), random positive weights summing to 1.
 // FLOPs: 6 * T * K * F * D (up, gate, down; multiply-add = 2). Minimum bytes: the experts the routing actually hits
 // (3 * F * D each, read once) plus x, out, ids and weights: at T = 1 that is K experts, at large T all E.
@@ -93,14 +94,10 @@ public sealed class MoeBlockCase(ShapePreset p, int tokens, WeightType type, Gro
     private MemoryBuffer1D<int, Stride1D.Dense>? ids;
     private MemoryBuffer1D<float, Stride1D.Dense>? weights, output;
 
-    public override string Family => "moe/block";
+    // The case times the whole block (permute, both grouped passes, combine) and is named by its grouped GEMM version.
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => version switch
-    {
-        GroupedGemmVersion.V1Simple => "v1",
-        GroupedGemmVersion.V2Tiled => "v2-tiled",
-        _ => "v3-gemv",
-    };
+    public override string Version => KernelId.Version(version);
 
     public override string DType => WeightTypes.Label(type);
 
@@ -198,7 +195,7 @@ public sealed class MoePermuteCase(ShapePreset p, int tokens) : CaseBase
     public override void Setup(BenchDevice d, int setCount)
     {
         kernel = MoePermuteKernel.Create(d.Accelerator);
-        permutation = Own(new MoePermutation(d.Accelerator, (int)Pairs, p.Experts, GroupedGemmKernel<F32Weights>.TileRowsFor(GroupedGemmVersion.V2Tiled)));
+        permutation = Own(new MoePermutation(d.Accelerator, (int)Pairs, p.Experts, GroupedGemm.TileRows(GroupedGemmVersion.V2Tiled)));
         ids = Own(d.Accelerator.Allocate1D(routing.Ids));
     }
 

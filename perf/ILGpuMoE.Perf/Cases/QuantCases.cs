@@ -6,6 +6,7 @@
 // the kernel read. Minimum bytes: the packed weights and scales plus x and y.
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Reference;
@@ -42,12 +43,15 @@ public sealed class QuantMatMulCase(ShapePreset p, int tokens, string scheme) : 
         "int8" => QuantScheme.Q8,
         "int4-g32" => QuantScheme.Q4,
         "fp8-block" => QuantScheme.Fp8,
-        _ => throw new ArgumentException($"quant/matmul: unknown scheme '{scheme}'"),
+        _ => throw new ArgumentException($"QuantMatMulCase: unknown scheme '{scheme}'"),
     };
 
-    public override string Family => "quant/matmul";
+    // Named by the kernel it times: quant/gemv v1 at T = 1, quant/gemm v1 otherwise.
+    private Enum Kernel => tokens == 1 ? QuantGemvVersion.V1 : QuantGemmVersion.V1;
 
-    public override string Version => tokens == 1 ? "gemv" : "gemm";
+    public override string Family => KernelId.Family(Kernel);
+
+    public override string Version => KernelId.Version(Kernel);
 
     public override string DType => scheme;
 
@@ -102,7 +106,7 @@ public sealed class QuantMatMulCase(ShapePreset p, int tokens, string scheme) : 
                 else gemm!.Launch(stream, x.View, w.Fp8, y!.View, tokens);
                 break;
             default:
-                throw new InvalidOperationException($"quant/matmul: unknown scheme {layout.Scheme}");
+                throw new InvalidOperationException($"QuantMatMulCase: unknown scheme {layout.Scheme}");
         }
     }
 

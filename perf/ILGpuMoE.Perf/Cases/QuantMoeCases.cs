@@ -1,7 +1,7 @@
 // Quantized MoE block case (kernels/ILGpuMoE.Kernels/Quant, QuantMoeBlockKernels<TQ>): permute + grouped up/gate +
 // grouped down over int8 (per channel), int4 (G = 128, f16 scales, symmetric) or FP8 E4M3 (128x128 blocks) experts +
-// weighted combine, f32 activations; V3 (quantized decode GEMV) at T = 1, V2 tiled at T > 1 (V1 does not exist for
-// quantized experts). Routing as in moe/block (MoeFamily.Routing).
+// weighted combine, f32 activations; V4 (packed decode GEMV) at T = 1, V2 tiled at T > 1 (V1 and V3 exist only for
+// float experts). Routing as in the float MoE block case (MoeFamily.Routing).
 // int4-g128-act: the same int4 experts as GPTQ act-order leaves them (w1/w3 columns in a per-expert random order,
 // [E, D] permutation), so the block runs its per-pair input gather first: side by side with int4-g128 it measures
 // what act-order costs (w2's order is folded into w1/w3's rows at load and costs nothing, so it is not modelled).
@@ -14,6 +14,7 @@
 // dequantizes only the experts its sampled tokens use.
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Perf.Suite;
@@ -46,7 +47,7 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         "int8" => QuantScheme.Q8,
         "int4-g128" or "int4-g128-act" => QuantScheme.Q4,
         "fp8-block" => QuantScheme.Fp8,
-        _ => throw new ArgumentException($"quant/moe-block: unknown scheme '{scheme}'"),
+        _ => throw new ArgumentException($"QuantMoeBlockCase: unknown scheme '{scheme}'"),
     };
 
     // w1/w3 [E*F, D], w2 [E*D, F], stacked per expert.
@@ -54,11 +55,12 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
 
     private QuantShape DownShape => new(Scheme, p.Experts, dim, hidden, GroupSize: Q4Group);
 
-    private GroupedGemmVersion GemmVersion => tokens == 1 ? GroupedGemmVersion.V3Gemv : GroupedGemmVersion.V2Tiled;
+    private GroupedGemmVersion GemmVersion => tokens == 1 ? GroupedGemmVersion.V4PackedGemv : GroupedGemmVersion.V2Tiled;
 
-    public override string Family => "quant/moe-block";
+    // Named by the grouped GEMM version it runs, the scheme as its dtype (moe/grouped-gemm v4-packed-gemv int8).
+    public override string Family => KernelId.Family(GemmVersion);
 
-    public override string Version => tokens == 1 ? "v3-gemv" : "v2-tiled";
+    public override string Version => KernelId.Version(GemmVersion);
 
     public override string DType => scheme;
 
@@ -94,7 +96,7 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
             case QuantScheme.Q8: k8 = QuantMoeBlockKernels<Q8Weights>.Create(acc); break;
             case QuantScheme.Q4: k4 = QuantMoeBlockKernels<Q4Weights>.Create(acc); break;
             case QuantScheme.Fp8: kf = QuantMoeBlockKernels<Fp8Weights>.Create(acc); break;
-            default: throw new InvalidOperationException($"quant/moe-block: unknown scheme {Scheme}");
+            default: throw new InvalidOperationException($"QuantMoeBlockCase: unknown scheme {Scheme}");
         }
 
         workspace = Own(new MoeWorkspace(acc, tokens, p.TopK, p.Experts, dim, hidden, permutedInput: ActOrder));
@@ -135,7 +137,7 @@ public sealed class QuantMoeBlockCase(ShapePreset p, int tokens, string scheme) 
         RunOnce(d);
         var sample = Compare.SampleTokens(tokens, p.CheckTokens);
         int k = p.TopK;
-        // As in moe/block: only the experts the sampled tokens use are dequantized, renumbered 0..m-1.
+        // As in the float MoE block case: only the experts the sampled tokens use are dequantized, renumbered 0..m-1.
         var (used, sampled) = MoeFamily.SampledRouting(routing, sample, k);
 
         var q1 = used.Select(e => InputOrder(d1!.Dequantize(e), e)).ToList();

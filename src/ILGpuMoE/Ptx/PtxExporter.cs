@@ -11,6 +11,7 @@ using ILGPU.Backends.PTX;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Ptx;
 
@@ -35,14 +36,6 @@ public sealed record PtxKernel(string Name, string Family, string Version, strin
 
 public static class PtxExporter
 {
-    /// <summary>The weight readers a generic kernel is instantiated with, in manifest order.</summary>
-    private static readonly (string Name, Type Type)[] WeightTypes =
-    [
-        ("f32", typeof(F32Weights)),
-        ("f16", typeof(F16Weights)),
-        ("bf16", typeof(BF16Weights)),
-    ];
-
     /// <summary>Every static method of the kernels assembly that carries [KernelInfo], in a stable order.</summary>
     public static IReadOnlyList<(MethodInfo Method, KernelInfoAttribute Info)> FindKernels(Assembly? assembly = null)
     {
@@ -75,7 +68,7 @@ public static class PtxExporter
         {
             foreach (var (method, info) in FindKernels())
             {
-                foreach (var (wt, concrete) in Instantiate(method))
+                foreach (var (wt, concrete) in Instantiate(method, info))
                 {
                     // After an internal compiler error ILGPU fails every later compile in the same context
                     // (perf/notes/toolchain-facts.md): a fresh context after each failure keeps one bad kernel from
@@ -150,23 +143,32 @@ public static class PtxExporter
         return results;
     }
 
-    /// <summary>The concrete methods to compile: the method itself, or one instance per weight type.</summary>
-    private static IEnumerable<(string WeightType, MethodInfo Method)> Instantiate(MethodInfo method)
+    /// <summary>
+    /// The concrete methods to compile: the method itself, or one instance per weight reader: the quantized readers
+    /// for a type parameter constrained to IQuantWeights, the float ones for IWeights (plus the quantized ones where
+    /// [KernelInfo] QuantizedReaders says a launcher runs it on packed weights).
+    /// </summary>
+    private static IEnumerable<(string WeightType, MethodInfo Method)> Instantiate(MethodInfo method, KernelInfoAttribute info)
     {
         if (!method.IsGenericMethodDefinition)
         {
-            yield return ("", method);
+            yield return (info.Reader, method);
             yield break;
         }
 
         var args = method.GetGenericArguments();
+        bool quantOnly = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IQuantWeights)));
         foreach (var arg in args)
         {
-            if (!arg.GetGenericParameterConstraints().Contains(typeof(IWeights)))
+            var constraints = arg.GetGenericParameterConstraints();
+            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)))
                 throw new InvalidOperationException($"{method.DeclaringType?.Name}.{method.Name}: generic parameter {arg.Name} is not constrained to IWeights");
         }
 
-        foreach (var (name, type) in WeightTypes)
+        var readers = quantOnly ? WeightReaders.Quantized
+            : info.QuantizedReaders ? WeightReaders.Float.Concat(WeightReaders.Quantized)
+            : WeightReaders.Float;
+        foreach (var (name, type) in readers)
             yield return (name, method.MakeGenericMethod(Enumerable.Repeat(type, args.Length).ToArray()));
     }
 
@@ -180,10 +182,10 @@ public static class PtxExporter
             || t == typeof(LongIndex1D) || t == typeof(LongIndex2D) || t == typeof(LongIndex3D);
     }
 
-    /// <summary>"dense/matmul" v2 bf16 -> "dense-matmul-v2-bf16".</summary>
+    /// <summary>"dense/matmul" v2 bf16 -> "dense-matmul-v2-bf16"; with an entry: "moe-grouped-gemm-v2-tiled-down-bf16".</summary>
     public static string FileName(KernelInfoAttribute info, string weightType)
     {
-        string name = $"{info.Family}-{info.Version}" + (weightType.Length > 0 ? "-" + weightType : "");
+        string name = $"{info.Family}-{info.Version}" + (info.Entry.Length > 0 ? "-" + info.Entry : "") + (weightType.Length > 0 ? "-" + weightType : "");
         var chars = name.Select(c => char.IsAsciiLetterOrDigit(c) || c == '-' || c == '_' || c == '.' ? char.ToLowerInvariant(c) : '-');
         return new string(chars.ToArray());
     }

@@ -180,7 +180,7 @@ internal sealed class WeightOps : IDisposable
         where TW : struct, IWeights
     {
         if (_simple)
-            k.LaunchV1(s, x, w, y, t, outDim, inDim, accumulate);
+            k.Launch(MatMulVersion.V1, s, x, w, y, t, outDim, inDim, accumulate);
         else
             k.Launch(s, x, w, y, t, outDim, inDim, accumulate);
     }

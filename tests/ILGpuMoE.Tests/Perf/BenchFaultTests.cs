@@ -115,7 +115,7 @@ public class BenchFaultTests
     }
 
     [TestCase("moe/gating/v2", "moe/gating/v2", "CUDA_ERROR_ILLEGAL_ADDRESS")]
-    [TestCase("quant/matmul/gemv=CUDA_ERROR_LAUNCH_FAILED", "quant/matmul/gemv", "CUDA_ERROR_LAUNCH_FAILED")]
+    [TestCase("quant/gemv/v1=CUDA_ERROR_LAUNCH_FAILED", "quant/gemv/v1", "CUDA_ERROR_LAUNCH_FAILED")]
     public void Injection_ThrowsTheNamedErrorOnlyForItsTarget(string spec, string target, string error)
     {
         var faults = FaultInjection.Parse(spec);

@@ -72,7 +72,7 @@ public class WideAccessTests
         using var perm = new MoePermutation(acc, 4, Experts, GroupedGemmKernels.GemvRows);
         using var buf = TestDevice.PoisonedFloats(4096);
         var s = acc.DefaultStream;
-        var v = GroupedGemmVersion.V3Gemv;
+        var v = GroupedGemmVersion.V4PackedGemv;
         Action launch = scheme switch
         {
             "q8" => Launch(QuantGroupedGemmKernel<Q8Weights>.Create(acc), up8, dn8,
@@ -104,7 +104,7 @@ public class WideAccessTests
         using var x = TestDevice.Upload(Data.Uniform(4, 64));
         using var y = TestDevice.PoisonedFloats(8);
         var e = Assert.Throws<ArgumentException>(() =>
-            kernel.LaunchGemvV2(TestDevice.Accelerator.DefaultStream, x.View, new F32Weights(raw.View.SubView(1, 8 * 64)), y.View, 1, 8, 64))!;
+            kernel.Launch(MatMulVersion.GemvV2, TestDevice.Accelerator.DefaultStream, x.View, new F32Weights(raw.View.SubView(1, 8 * 64)), y.View, 1, 8, 64))!;
         Assert.That(e.ParamName, Is.EqualTo("w"));
         Assert.That(e.Message, Does.Contain("W's offset"));
     }

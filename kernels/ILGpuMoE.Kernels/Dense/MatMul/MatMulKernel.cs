@@ -23,6 +23,23 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>The matmul's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/matmul")]
+public enum MatMulVersion
+{
+    /// <summary>One thread per output.</summary>
+    V1 = 1,
+
+    /// <summary>16x16 shared-memory tiles (T &gt; 1).</summary>
+    V2 = 2,
+
+    /// <summary>Warp per output row with scalar loads (T = 1).</summary>
+    GemvV1 = 3,
+
+    /// <summary>Warp per output row with 16-byte loads (T = 1; needs In and W's offset in whole 16-byte words).</summary>
+    GemvV2 = 4,
+}
+
 public static class MatMulKernel
 {
     public const int Tile = 16;
@@ -40,7 +57,7 @@ public static class MatMulKernel
     internal static KernelConfig GemvConfig(int tokens, int outDim) =>
         new(tokens * ((outDim + GemvRowsPerGroup - 1) / GemvRowsPerGroup), GemvRowsPerGroup * 32);
 
-    [KernelInfo("dense/matmul", "v1", "grid ceil(T*Out/256), group 256",
+    [KernelInfo(MatMulVersion.V1, "grid ceil(T*Out/256), group 256",
         Summary = "one thread per output, f32 dot over In")]
     public static void MatMulV1<TW>(ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate)
         where TW : struct, IWeights
@@ -58,7 +75,7 @@ public static class MatMulKernel
         y[index] = accumulate != 0 ? y[index] + acc : acc;
     }
 
-    [KernelInfo("dense/matmul", "v2", "grid ceil(Out/16)*ceil(T/16), group 256",
+    [KernelInfo(MatMulVersion.V2, "grid ceil(Out/16)*ceil(T/16), group 256",
         Summary = "16x16 shared-memory tiles of x and W, padded against bank conflicts, bounds-checked")]
     public static void MatMulV2<TW>(ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate)
         where TW : struct, IWeights
@@ -98,7 +115,7 @@ public static class MatMulKernel
         }
     }
 
-    [KernelInfo("dense/matmul", "gemv-v1", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+    [KernelInfo(MatMulVersion.GemvV1, "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
         Summary = "warp per output row, lanes stride In (coalesced), shuffle butterfly reduction")]
     public static void GemvV1<TW>(ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate)
         where TW : struct, IWeights
@@ -130,19 +147,19 @@ public static class MatMulKernel
         }
     }
 
-    [KernelInfo("dense/matmul", "gemv-v2-f32", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+    [KernelInfo(MatMulVersion.GemvV2, "grid T*ceil(Out/8), group 256 (8 warps, one row each)", Reader = "f32",
         WideViews = ["w:16"], BlockSize = Devices.MaxGroupSize,
         Summary = "GEMV with 16-byte weight loads (4 f32 per lane per step)")]
     public static void GemvV2F32(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
         GemvWide<F32Wide>(x, w, y, outDim, inDim, accumulate);
 
-    [KernelInfo("dense/matmul", "gemv-v2-f16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+    [KernelInfo(MatMulVersion.GemvV2, "grid T*ceil(Out/8), group 256 (8 warps, one row each)", Reader = "f16",
         WideViews = ["w:16"], BlockSize = Devices.MaxGroupSize,
         Summary = "GEMV with 16-byte weight loads (8 f16 per lane per step)")]
     public static void GemvV2F16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
         GemvWide<F16Wide>(x, w, y, outDim, inDim, accumulate);
 
-    [KernelInfo("dense/matmul", "gemv-v2-bf16", "grid T*ceil(Out/8), group 256 (8 warps, one row each)",
+    [KernelInfo(MatMulVersion.GemvV2, "grid T*ceil(Out/8), group 256 (8 warps, one row each)", Reader = "bf16",
         WideViews = ["w:16"], BlockSize = Devices.MaxGroupSize,
         Summary = "GEMV with 16-byte weight loads (8 bf16 per lane per step)")]
     public static void GemvV2BF16(ArrayView<float> x, ArrayView<Wide16> w, ArrayView<float> y, int tokens, int outDim, int inDim, int accumulate) =>
@@ -223,51 +240,45 @@ public sealed class MatMulKernel<TW>
         return true;
     }
 
-    /// <summary>y [T, Out] = x [T, In] W^T (W [Out, In]); accumulate adds to y instead. GEMV for T = 1, V2 otherwise.</summary>
-    public void Launch(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
-    {
-        if (tokens == 1)
-            LaunchGemv(stream, x, w, y, tokens, outDim, inDim, accumulate);
-        else
-            LaunchV2(stream, x, w, y, tokens, outDim, inDim, accumulate);
-    }
+    /// <summary>
+    /// The family's choice: GEMV for T = 1 (V2 with 16-byte loads when W allows it, see TryGetWide, else V1), the
+    /// tiles otherwise.
+    /// </summary>
+    public MatMulVersion Choose(TW w, int tokens, int inDim) =>
+        tokens != 1 ? MatMulVersion.V2 : _gemvWide is not null && TryGetWide(w, inDim, out _) ? MatMulVersion.GemvV2 : MatMulVersion.GemvV1;
 
-    public void LaunchV1(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
+    /// <summary>y [T, Out] = x [T, In] W^T (W [Out, In]); accumulate adds to y instead. The version <see cref="Choose"/> picks.</summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false) =>
+        Launch(Choose(w, tokens, inDim), stream, x, w, y, tokens, outDim, inDim, accumulate);
+
+    /// <summary>
+    /// y [T, Out] (+)= x [T, In] W^T with the given version (every version is correct for any T; GEMV rereads W per
+    /// token). GemvV2 throws ArgumentException when In or W's alignment does not allow 16-byte words.
+    /// </summary>
+    public void Launch(MatMulVersion version, AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim,
+        bool accumulate = false)
     {
         Validate(stream, x, w, y, tokens, outDim, inDim);
-        _v1(stream, MatMulKernel.V1Config(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
-    }
-
-    public void LaunchV2(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
-    {
-        Validate(stream, x, w, y, tokens, outDim, inDim);
-        _v2(stream, MatMulKernel.V2Config(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
-    }
-
-    /// <summary>GEMV-V2 (16-byte weight loads) when W allows it (see TryGetWide), else GEMV-V1.</summary>
-    public void LaunchGemv(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
-    {
-        Validate(stream, x, w, y, tokens, outDim, inDim);
-        if (_gemvWide is not null && TryGetWide(w, inDim, out _))
-            LaunchGemvV2(stream, x, w, y, tokens, outDim, inDim, accumulate);
-        else
-            LaunchGemvV1(stream, x, w, y, tokens, outDim, inDim, accumulate);
-    }
-
-    /// <summary>GEMV-V2; throws ArgumentException when In or W's alignment does not allow 16-byte words.</summary>
-    public void LaunchGemvV2(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
-    {
-        Validate(stream, x, w, y, tokens, outDim, inDim);
-        if (_gemvWide is null || !TryGetWide(w, inDim, out var words))
-            throw new ArgumentException($"{Name}: GEMV-V2 needs In*sizeof(weight) and W's offset to be multiples of 16 bytes (In={inDim}, {typeof(TW).Name})", nameof(w));
-        _gemvWide(stream, MatMulKernel.GemvConfig(tokens, outDim), x, words, y, tokens, outDim, inDim, accumulate ? 1 : 0);
-    }
-
-    /// <summary>The warp-per-row form; correct for any T (it rereads W per token), meant for T = 1.</summary>
-    public void LaunchGemvV1(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim, bool accumulate = false)
-    {
-        Validate(stream, x, w, y, tokens, outDim, inDim);
-        _gemv(stream, MatMulKernel.GemvConfig(tokens, outDim), x, w, y, tokens, outDim, inDim, accumulate ? 1 : 0);
+        int acc = accumulate ? 1 : 0;
+        switch (version)
+        {
+            case MatMulVersion.V1:
+                _v1(stream, MatMulKernel.V1Config(tokens, outDim), x, w, y, tokens, outDim, inDim, acc);
+                break;
+            case MatMulVersion.V2:
+                _v2(stream, MatMulKernel.V2Config(tokens, outDim), x, w, y, tokens, outDim, inDim, acc);
+                break;
+            case MatMulVersion.GemvV1:
+                _gemv(stream, MatMulKernel.GemvConfig(tokens, outDim), x, w, y, tokens, outDim, inDim, acc);
+                break;
+            case MatMulVersion.GemvV2:
+                if (_gemvWide is null || !TryGetWide(w, inDim, out var words))
+                    throw new ArgumentException($"{Name}: GEMV-V2 needs In*sizeof(weight) and W's offset to be multiples of 16 bytes (In={inDim}, {typeof(TW).Name})", nameof(w));
+                _gemvWide(stream, MatMulKernel.GemvConfig(tokens, outDim), x, words, y, tokens, outDim, inDim, acc);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(version), version, $"{Name}: unknown version");
+        }
     }
 
     private static void Validate(AcceleratorStream stream, ArrayView<float> x, TW w, ArrayView<float> y, int tokens, int outDim, int inDim)

@@ -11,6 +11,17 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>The SwiGLU's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/swiglu")]
+public enum SwiGluVersion
+{
+    /// <summary>Two input buffers (<see cref="SwiGluKernel.Launch"/>).</summary>
+    V1 = 1,
+
+    /// <summary>One fused [T, 2F] input (<see cref="SwiGluKernel.LaunchFused"/>).</summary>
+    V2Fused = 2,
+}
+
 public sealed class SwiGluKernel
 {
     private const string Name = "SwiGlu";
@@ -46,7 +57,7 @@ public sealed class SwiGluKernel
 
     internal static float Silu(float g) => g / (1f + XMath.Exp(-g));
 
-    [KernelInfo("dense/swiglu", "v1", "grid ceil(N/256), group 256",
+    [KernelInfo(SwiGluVersion.V1, "grid ceil(N/256), group 256",
         Summary = "silu(gate) * up from two buffers, one thread per element")]
     public static void SwiGluV1(ArrayView<float> gate, ArrayView<float> up, ArrayView<float> y)
     {
@@ -55,7 +66,7 @@ public sealed class SwiGluKernel
             y[i] = Silu(gate[i]) * up[i];
     }
 
-    [KernelInfo("dense/swiglu", "v2", "grid ceil(T*F/256), group 256",
+    [KernelInfo(SwiGluVersion.V2Fused, "grid ceil(T*F/256), group 256",
         Summary = "fused input [T, 2F] (gate | up concatenated per row) -> [T, F]")]
     public static void SwiGluFusedV2(ArrayView<float> gateUp, ArrayView<float> y, int hidden)
     {

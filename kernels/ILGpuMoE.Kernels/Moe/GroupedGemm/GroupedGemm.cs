@@ -11,15 +11,117 @@
 //   V2  shared-memory tiles of 32 rows x 32 outputs per group of 256 (each thread 4 rows of one output; pass 1 keeps
 //       gate and up accumulators), K-loop over the input dim in steps of 32, bounds-checked for any shape. Groups
 //       walk the tile schedule (grid x = tile, so concurrent groups share a weight block and hit L2).
+//       Generic over the reader, so the quantized experts run it too (Q8/Q4/FP8 readers dequantize each element of
+//       the weight tile on its way into shared memory).
 //   V3  decode form (few rows per expert, tile schedule with M <= 8): one warp per weight row (output), lanes
 //       stride the input dim (coalesced weight reads: the weights are the traffic), up to 8 rows per pass so each
 //       weight row is read once per tile; partial sums reduced through shared memory in fixed order (one barrier,
 //       no shuffles, deterministic).
+//   V4  V3's shape for packed (quantized) experts only, reading 16-byte units with one scale lookup per unit
+//       (kernels/ILGpuMoE.Kernels/Quant/QuantGroupedGemm.cs): V3's per-element Get would cost a 64-bit division and a
+//       scale load per weight.
+// Launchers: GroupedGemmKernel<TW> below (V1-V3, float readers) and QuantGroupedGemmKernel<TQ> (V2, V4, packed
+// readers). The MoE block (MoeBlock.cs) picks the version through GroupedGemm.Choose and permutes with the tile
+// height GroupedGemm.TileRows(version) asks for.
 // Index arithmetic is 64-bit wherever it scales with E*F*D, P*F or T*D.
+using System.Diagnostics;
 using ILGPU;
 using ILGPU.Algorithms;
+using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Moe;
+
+/// <summary>The grouped GEMM's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("moe/grouped-gemm")]
+public enum GroupedGemmVersion
+{
+    /// <summary>One thread per output element; ignores the tile schedule. Float experts only.</summary>
+    V1Simple = 1,
+
+    /// <summary>32x32 shared-memory tiles (prefill); float and packed experts.</summary>
+    V2Tiled = 2,
+
+    /// <summary>Decode form, one warp per weight row over up to 8 rows. Float experts only.</summary>
+    V3Gemv = 3,
+
+    /// <summary>V3's decode form over 16-byte units of packed rows. Quantized experts only.</summary>
+    V4PackedGemv = 4,
+}
+
+/// <summary>The grouped GEMM family's choices, shared by the runtime, the tests and the benchmarks.</summary>
+public static class GroupedGemm
+{
+    /// <summary>The tile height a version asks of the permutation's schedule (V1 reads no tiles; it shares V3's).</summary>
+    public static int TileRows(GroupedGemmVersion version) => version switch
+    {
+        GroupedGemmVersion.V1Simple => GroupedGemmKernels.GemvRows,
+        GroupedGemmVersion.V2Tiled => GroupedGemmKernels.TileM,
+        GroupedGemmVersion.V3Gemv => GroupedGemmKernels.GemvRows,
+        GroupedGemmVersion.V4PackedGemv => GroupedGemmKernels.GemvRows,
+        _ => throw new ArgumentOutOfRangeException(nameof(version), version, "unknown grouped GEMM version"),
+    };
+
+    /// <summary>Every version's tile height, once each (the permutations a MoE workspace holds).</summary>
+    public static IReadOnlyList<int> AllTileRows { get; } = Enum.GetValues<GroupedGemmVersion>().Select(TileRows).Distinct().Order().ToArray();
+
+    /// <summary>Decode while there are at most ~4 rows per expert on average: then the GEMV forms, else the tiles.</summary>
+    public static bool IsDecode(int tokens, int topK, int experts) => (long)tokens * topK <= 4L * experts;
+
+    /// <summary>The version the MoE block runs when the caller names none: V2 for prefill; V3 (float) or V4 (packed) for decode.</summary>
+    public static GroupedGemmVersion Choose(int tokens, int topK, int experts, bool packed) =>
+        !IsDecode(tokens, topK, experts) ? GroupedGemmVersion.V2Tiled
+        : packed ? GroupedGemmVersion.V4PackedGemv : GroupedGemmVersion.V3Gemv;
+
+    /// <summary>The versions with kernels for float experts (GroupedGemmKernel).</summary>
+    public static IReadOnlyList<GroupedGemmVersion> FloatVersions { get; } = [GroupedGemmVersion.V1Simple, GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V3Gemv];
+
+    /// <summary>The versions with kernels for packed (quantized) experts (QuantGroupedGemmKernel).</summary>
+    public static IReadOnlyList<GroupedGemmVersion> PackedVersions { get; } = [GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V4PackedGemv];
+
+    /// <summary>The version an experts step runs: requested if it is one of available, else an ArgumentException; null = Choose.</summary>
+    public static GroupedGemmVersion Resolve(string where, GroupedGemmVersion? requested, IReadOnlyList<GroupedGemmVersion> available,
+        int tokens, int topK, int experts, bool packed)
+    {
+        var v = requested ?? Choose(tokens, topK, experts, packed);
+        if (!available.Contains(v))
+            throw new ArgumentException($"{where}: {v} is not available for {(packed ? "quantized" : "float")} experts ({string.Join(" or ", available)})");
+        return v;
+    }
+
+    /// <summary>
+    /// The launchers' shared checks: stream and permutation given, positive sizes, pairs within the permutation's
+    /// capacity, the version one of <paramref name="available"/> and the permutation's tiles no taller than it reads.
+    /// Returns P = tokens * topK.
+    /// </summary>
+    internal static int Validate(string where, AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation,
+        int tokens, int topK, int dim, int hidden, IReadOnlyList<GroupedGemmVersion> available)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(permutation);
+        if (tokens < 1 || topK < 1 || dim < 1 || hidden < 1)
+            throw new ArgumentException($"{where}: tokens ({tokens}), topK ({topK}), dim ({dim}) and hidden ({hidden}) must be >= 1");
+        long pairs = (long)tokens * topK;
+        if (pairs > permutation.MaxPairs)
+            throw new ArgumentException($"{where}: tokens*topK = {pairs} exceeds the permutation's capacity {permutation.MaxPairs}");
+        if (!available.Contains(version))
+            throw new ArgumentException($"{where}: version {version} is not available here ({string.Join(" or ", available)})");
+        int maxRows = version == GroupedGemmVersion.V1Simple ? int.MaxValue : TileRows(version);
+        if (permutation.TileRows > maxRows)
+            throw new ArgumentException($"{where}: {version} needs tile rows <= {maxRows}, the permutation has {permutation.TileRows}");
+        return (int)pairs;
+    }
+
+    /// <summary>Grid (tiles of the schedule, ceil(n / outputsPerGroup)) of groups of 256.</summary>
+    internal static KernelConfig TileConfig(MoePermutation p, int pairs, int n, int outputsPerGroup) =>
+        new(new Index2D(MoePermuteKernel.MaxTiles(pairs, p.Experts, p.TileRows), (n + outputsPerGroup - 1) / outputsPerGroup),
+            new Index2D(GroupedGemmKernels.GroupSize, 1));
+
+    internal static void Need(string where, string what, long have, long need)
+    {
+        if (have < need)
+            throw new ArgumentException($"{where}: {what} has {have} elements, needs {need}");
+    }
+}
 
 public static class GroupedGemmKernels
 {
@@ -73,7 +175,7 @@ public static class GroupedGemmKernels
 
     // ---------------------------------------------------------------- V1
 
-    [KernelInfo("moe/grouped-gemm", "v1", "grid (P, ceil(F/256)), group 256", Summary = "up/gate: one thread per h element, rows through sorted pairs, SiLU(gate)*up fused")]
+    [KernelInfo(GroupedGemmVersion.V1Simple, "grid (P, ceil(F/256)), group 256", Entry = "up-gate", Summary = "up/gate: one thread per h element, rows through sorted pairs, SiLU(gate)*up fused")]
     public static void UpGateV1<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, TW w1, TW w3, ArrayView<float> h,
         int experts, int topK, int dim, int hidden)
         where TW : struct, IWeights
@@ -96,7 +198,7 @@ public static class GroupedGemmKernels
         h[Index64.At(r, hidden, f)] = Silu(g) * u;
     }
 
-    [KernelInfo("moe/grouped-gemm", "v1", "grid (P, ceil(D/256)), group 256", Summary = "down: one thread per y element")]
+    [KernelInfo(GroupedGemmVersion.V1Simple, "grid (P, ceil(D/256)), group 256", Entry = "down", Summary = "down: one thread per y element")]
     public static void DownV1<TW>(ArrayView<float> h, ArrayView<int> offsets, TW w2, ArrayView<float> y, int experts, int dim, int hidden)
         where TW : struct, IWeights
     {
@@ -115,7 +217,7 @@ public static class GroupedGemmKernels
 
     // ---------------------------------------------------------------- V2
 
-    [KernelInfo("moe/grouped-gemm", "v2", "grid (tiles, ceil(F/32)), group 256", Summary = "up/gate: 32x32 shared-memory tiles over the tile schedule, 4 rows x (gate, up) per thread")]
+    [KernelInfo(GroupedGemmVersion.V2Tiled, "grid (tiles, ceil(F/32)), group 256", QuantizedReaders = true, Entry = "up-gate", Summary = "up/gate: 32x32 shared-memory tiles over the tile schedule, 4 rows x (gate, up) per thread")]
     public static void UpGateV2<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TW w1, TW w3,
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
         where TW : struct, IWeights
@@ -184,7 +286,7 @@ public static class GroupedGemmKernels
             h[hb + (long)(ty + 24) * hidden] = Silu(g3) * u3;
     }
 
-    [KernelInfo("moe/grouped-gemm", "v2", "grid (tiles, ceil(D/32)), group 256", Summary = "down: 32x32 shared-memory tiles over the tile schedule, 4 rows per thread")]
+    [KernelInfo(GroupedGemmVersion.V2Tiled, "grid (tiles, ceil(D/32)), group 256", QuantizedReaders = true, Entry = "down", Summary = "down: 32x32 shared-memory tiles over the tile schedule, 4 rows per thread")]
     public static void DownV2<TW>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TW w2, ArrayView<float> y,
         int dim, int hidden, int tileRows)
         where TW : struct, IWeights
@@ -244,7 +346,7 @@ public static class GroupedGemmKernels
 
     // ---------------------------------------------------------------- V3
 
-    [KernelInfo("moe/grouped-gemm", "v3", "grid (tiles, ceil(F/8)), group 256 = 8 warps", Summary = "up/gate decode form: one warp per (w1, w3) row over up to 8 rows, shared-memory reduction")]
+    [KernelInfo(GroupedGemmVersion.V3Gemv, "grid (tiles, ceil(F/8)), group 256 = 8 warps", Entry = "up-gate", Summary = "up/gate decode form: one warp per (w1, w3) row over up to 8 rows, shared-memory reduction")]
     public static void UpGateV3<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TW w1, TW w3,
         ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
         where TW : struct, IWeights
@@ -318,7 +420,7 @@ public static class GroupedGemmKernels
         h[(long)(rowStart + lane) * hidden + n] = Silu(g) * u;
     }
 
-    [KernelInfo("moe/grouped-gemm", "v3", "grid (tiles, ceil(D/8)), group 256 = 8 warps", Summary = "down decode form: one warp per w2 row over up to 8 rows, shared-memory reduction")]
+    [KernelInfo(GroupedGemmVersion.V3Gemv, "grid (tiles, ceil(D/8)), group 256 = 8 warps", Entry = "down", Summary = "down decode form: one warp per w2 row over up to 8 rows, shared-memory reduction")]
     public static void DownV3<TW>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TW w2, ArrayView<float> y,
         int dim, int hidden, int tileRows)
         where TW : struct, IWeights
@@ -372,4 +474,93 @@ public static class GroupedGemmKernels
             acc += red[rBase + j];
         y[(long)(rowStart + lane) * dim + n] = acc;
     }
+}
+
+/// <summary>
+/// Launcher of the grouped expert GEMMs V1-V3 for one float weight type. Weights are stacked per kind:
+/// w1, w3 [E, F, D] and w2 [E, D, F] (HF [out, in] per expert). Rows are the permutation's sorted pairs.
+/// </summary>
+public sealed class GroupedGemmKernel<TW>
+    where TW : struct, IWeights
+{
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int> upGateV1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int> downV1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int> upGateV2;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int> downV2;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int> upGateV3;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int> downV3;
+
+    private GroupedGemmKernel(Accelerator a)
+    {
+        upGateV1 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV1);
+        downV1 = a.LoadKernel<ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV1);
+        upGateV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
+        downV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
+        upGateV3 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV3);
+        downV3 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV3);
+    }
+
+    public static GroupedGemmKernel<TW> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
+
+    /// <summary>
+    /// Pass 1: h [T*K, F] (sorted order; the first offsets[E] rows are written) = silu(x w1^T) * (x w3^T) per expert.
+    /// x [T, D]; w1, w3 [E*F*D] elements.
+    /// </summary>
+    public void LaunchUpGate(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> x,
+        int tokens, int topK, int dim, int hidden, TW w1, TW w3, ArrayView<float> h)
+    {
+        const string Where = "GroupedGemm.LaunchUpGate";
+        int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.FloatVersions);
+        GroupedGemm.Need(Where, "x", x.Length, (long)tokens * dim);
+        GroupedGemm.Need(Where, "w1", w1.Length, (long)permutation.Experts * hidden * dim);
+        GroupedGemm.Need(Where, "w3", w3.Length, (long)permutation.Experts * hidden * dim);
+        GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
+        var p = permutation;
+        switch (version)
+        {
+            case GroupedGemmVersion.V1Simple:
+                upGateV1(stream, new KernelConfig(new Index2D(pairs, Blocks(hidden, GroupedGemmKernels.GroupSize)), new Index2D(GroupedGemmKernels.GroupSize, 1)),
+                    x, p.SortedPairs.View, p.Offsets.View, w1, w3, h, p.Experts, topK, dim, hidden);
+                break;
+            case GroupedGemmVersion.V2Tiled:
+                upGateV2(stream, GroupedGemm.TileConfig(p, pairs, hidden, GroupedGemmKernels.TileN),
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                break;
+            case GroupedGemmVersion.V3Gemv:
+                upGateV3(stream, GroupedGemm.TileConfig(p, pairs, hidden, GroupedGemmKernels.GemvWarps),
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                break;
+            default:
+                throw new UnreachableException($"{Where}: {version} passed Validate");
+        }
+    }
+
+    /// <summary>Pass 2: y [T*K, D] (sorted order) = h w2^T per expert. h [T*K, F]; w2 [E*D*F] elements.</summary>
+    public void LaunchDown(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> h,
+        int tokens, int topK, int dim, int hidden, TW w2, ArrayView<float> y)
+    {
+        const string Where = "GroupedGemm.LaunchDown";
+        int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.FloatVersions);
+        GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
+        GroupedGemm.Need(Where, "w2", w2.Length, (long)permutation.Experts * dim * hidden);
+        GroupedGemm.Need(Where, "y", y.Length, (long)pairs * dim);
+        var p = permutation;
+        switch (version)
+        {
+            case GroupedGemmVersion.V1Simple:
+                downV1(stream, new KernelConfig(new Index2D(pairs, Blocks(dim, GroupedGemmKernels.GroupSize)), new Index2D(GroupedGemmKernels.GroupSize, 1)),
+                    h, p.Offsets.View, w2, y, p.Experts, dim, hidden);
+                break;
+            case GroupedGemmVersion.V2Tiled:
+                downV2(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.TileN), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                break;
+            case GroupedGemmVersion.V3Gemv:
+                downV3(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.GemvWarps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                break;
+            default:
+                throw new UnreachableException($"{Where}: {version} passed Validate");
+        }
+    }
+
+    private static int Blocks(int n, int block) => (n + block - 1) / block;
 }

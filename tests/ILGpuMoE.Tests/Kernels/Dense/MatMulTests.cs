@@ -8,16 +8,7 @@ namespace ILGpuMoE.Tests.Kernels.Dense;
 
 public class MatMulTests
 {
-    public enum Version
-    {
-        V1,
-        V2,
-        Gemv,
-        GemvV2,
-        Auto,
-    }
-
-    private sealed class Case(Version version, int tokens, int outDim, int inDim, int seed, bool accumulate) : IWeightsTest
+    private sealed class Case(MatMulVersion? version, int tokens, int outDim, int inDim, int seed, bool accumulate) : IWeightsTest
     {
         public void Run<TW>(TW w, float[] seen)
             where TW : struct, IWeights
@@ -38,33 +29,30 @@ public class MatMulTests
         private void Launch<TW>(MatMulKernel<TW> kernel, AcceleratorStream s, ILGPU.ArrayView<float> x, TW w, ILGPU.ArrayView<float> y)
             where TW : struct, IWeights
         {
-            switch (version)
-            {
-                case Version.V1: kernel.LaunchV1(s, x, w, y, tokens, outDim, inDim, accumulate); break;
-                case Version.V2: kernel.LaunchV2(s, x, w, y, tokens, outDim, inDim, accumulate); break;
-                case Version.Gemv: kernel.LaunchGemvV1(s, x, w, y, tokens, outDim, inDim, accumulate); break;
-                case Version.GemvV2: kernel.LaunchGemvV2(s, x, w, y, tokens, outDim, inDim, accumulate); break;
-                default: kernel.Launch(s, x, w, y, tokens, outDim, inDim, accumulate); break;
-            }
+            // null: the launcher's own choice (MatMulKernel<TW>.Choose).
+            if (version is { } v)
+                kernel.Launch(v, s, x, w, y, tokens, outDim, inDim, accumulate);
+            else
+                kernel.Launch(s, x, w, y, tokens, outDim, inDim, accumulate);
         }
     }
 
-    private static void Run(Version version, WeightType type, int tokens, int outDim, int inDim, bool accumulate = false)
+    private static void Run(MatMulVersion? version, WeightType type, int tokens, int outDim, int inDim, bool accumulate = false)
     {
         int seed = HashCode.Combine(version, type, tokens, outDim, inDim) & 0xFFFF;
         var w = Data.Uniform(seed, (long)outDim * inDim);
         DenseTestWeights.With(type, w, new Case(version, tokens, outDim, inDim, seed, accumulate));
     }
 
-    [TestCase(Version.V1, 3, 40, 67)]
-    [TestCase(Version.V1, 17, 67, 100)]
-    [TestCase(Version.V2, 3, 40, 67)]
-    [TestCase(Version.V2, 17, 100, 40)]
-    [TestCase(Version.V2, 69, 67, 100)]
-    [TestCase(Version.Gemv, 1, 67, 100)]
-    [TestCase(Version.Gemv, 1, 9, 1000)]
-    [TestCase(Version.Gemv, 3, 40, 67)]
-    public void MatchesReferenceF32(Version version, int tokens, int outDim, int inDim) =>
+    [TestCase(MatMulVersion.V1, 3, 40, 67)]
+    [TestCase(MatMulVersion.V1, 17, 67, 100)]
+    [TestCase(MatMulVersion.V2, 3, 40, 67)]
+    [TestCase(MatMulVersion.V2, 17, 100, 40)]
+    [TestCase(MatMulVersion.V2, 69, 67, 100)]
+    [TestCase(MatMulVersion.GemvV1, 1, 67, 100)]
+    [TestCase(MatMulVersion.GemvV1, 1, 9, 1000)]
+    [TestCase(MatMulVersion.GemvV1, 3, 40, 67)]
+    public void MatchesReferenceF32(MatMulVersion version, int tokens, int outDim, int inDim) =>
         Run(version, WeightType.F32, tokens, outDim, inDim);
 
     // GEMV-V2 reads W as 16-byte words: In * sizeof(weight) must be a multiple of 16 (F32: In % 4, F16/BF16: In % 8).
@@ -73,7 +61,7 @@ public class MatMulTests
     [TestCase(WeightType.BF16, 1, 40, 1000)]
     [TestCase(WeightType.BF16, 3, 9, 64)]
     public void WideGemvMatchesReference(WeightType type, int tokens, int outDim, int inDim) =>
-        Run(Version.GemvV2, type, tokens, outDim, inDim);
+        Run(MatMulVersion.GemvV2, type, tokens, outDim, inDim);
 
     [Test]
     public void WideGemvNeedsAlignedWholeWords()
@@ -86,23 +74,34 @@ public class MatMulTests
         using var x = TestDevice.Upload(Data.Uniform(86, 100));
         using var y = TestDevice.PoisonedFloats(5);
         var e = Assert.Throws<ArgumentException>(() =>
-            kernel.LaunchGemvV2(TestDevice.Accelerator.DefaultStream, x.View, new BF16Weights(raw.View.SubView(0, 5 * 100)), y.View, 1, 5, 100))!;
+            kernel.Launch(MatMulVersion.GemvV2, TestDevice.Accelerator.DefaultStream, x.View, new BF16Weights(raw.View.SubView(0, 5 * 100)), y.View, 1, 5, 100))!;
         Assert.That(e.Message, Does.Contain("GEMV-V2 needs"));
     }
 
-    [TestCase(Version.V1, WeightType.F16)]
-    [TestCase(Version.V2, WeightType.F16)]
-    [TestCase(Version.V2, WeightType.BF16)]
-    [TestCase(Version.Gemv, WeightType.F16)]
-    [TestCase(Version.Gemv, WeightType.BF16)]
-    public void MatchesReferenceHalfWeights(Version version, WeightType type) =>
-        Run(version, type, version == Version.Gemv ? 1 : 17, 40, 67);
+    [TestCase(MatMulVersion.V1, WeightType.F16)]
+    [TestCase(MatMulVersion.V2, WeightType.F16)]
+    [TestCase(MatMulVersion.V2, WeightType.BF16)]
+    [TestCase(MatMulVersion.GemvV1, WeightType.F16)]
+    [TestCase(MatMulVersion.GemvV1, WeightType.BF16)]
+    public void MatchesReferenceHalfWeights(MatMulVersion version, WeightType type) =>
+        Run(version, type, version == MatMulVersion.GemvV1 ? 1 : 17, 40, 67);
 
-    [TestCase(Version.Auto, 1, 67)]
-    [TestCase(Version.Auto, 1, 64)]
-    [TestCase(Version.Auto, 3, 67)]
-    public void AccumulateAddsToOutput(Version version, int tokens, int inDim) =>
-        Run(version, WeightType.BF16, tokens, 40, inDim, accumulate: true);
+    // The launcher's own choice (GEMV-V2 at T = 1 with In = 64, GEMV-V1 with In = 67, V2 at T = 3).
+    [TestCase(1, 67)]
+    [TestCase(1, 64)]
+    [TestCase(3, 67)]
+    public void AccumulateAddsToOutput(int tokens, int inDim) =>
+        Run(null, WeightType.BF16, tokens, 40, inDim, accumulate: true);
+
+    [TestCase(1, 64, MatMulVersion.GemvV2)]
+    [TestCase(1, 67, MatMulVersion.GemvV1)]
+    [TestCase(3, 64, MatMulVersion.V2)]
+    public void ChoosesGemvForOneTokenAndTilesOtherwise(int tokens, int inDim, MatMulVersion expected)
+    {
+        var kernel = MatMulKernel.Create<BF16Weights>(TestDevice.Accelerator);
+        using var raw = TestDevice.Upload(new ushort[40 * inDim]);
+        Assert.That(kernel.Choose(new BF16Weights(raw.View), tokens, inDim), Is.EqualTo(expected));
+    }
 
     [Test]
     public void TwoLaunchesAreBitIdentical()
@@ -115,9 +114,9 @@ public class MatMulTests
         var weights = new F32Weights(w.View);
         foreach (var launch in new Action<AcceleratorStream>[]
                  {
-                     s => kernel.LaunchV2(s, x.View, weights, y.View, tokens, outDim, inDim),
-                     s => kernel.LaunchGemvV1(s, x.View, weights, y.View, tokens, outDim, inDim),
-                     s => kernel.LaunchGemvV2(s, x.View, weights, y.View, tokens, outDim, inDim),
+                     s => kernel.Launch(MatMulVersion.V2, s, x.View, weights, y.View, tokens, outDim, inDim),
+                     s => kernel.Launch(MatMulVersion.GemvV1, s, x.View, weights, y.View, tokens, outDim, inDim),
+                     s => kernel.Launch(MatMulVersion.GemvV2, s, x.View, weights, y.View, tokens, outDim, inDim),
                  })
         {
             var first = DenseTestWeights.Run(launch, y);

@@ -69,9 +69,11 @@ public class MoeBlockTests
             case WeightKind.F16:
                 run.With(MoeTestData.BlockF16, s1, s3, s2, MoeTestData.HalfBits, v => new F16Weights(v));
                 break;
-            default:
+            case WeightKind.BF16:
                 run.With(MoeTestData.BlockBF16, s1, s3, s2, MoeTestData.Bf16Bits, v => new BF16Weights(v));
                 break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(kind), kind, null);
         }
 
         acc.Synchronize();
@@ -193,8 +195,49 @@ public class MoeBlockTests
     [Test]
     public void ChoosesGemvForDecodeAndTilesForPrefill()
     {
-        Assert.That(MoeBlockKernels<F32Weights>.ChooseVersion(1, 2, 8), Is.EqualTo(GroupedGemmVersion.V3Gemv));
-        Assert.That(MoeBlockKernels<F32Weights>.ChooseVersion(512, 2, 8), Is.EqualTo(GroupedGemmVersion.V2Tiled));
+        Assert.That(GroupedGemm.Choose(1, 2, 8, packed: false), Is.EqualTo(GroupedGemmVersion.V3Gemv));
+        Assert.That(GroupedGemm.Choose(512, 2, 8, packed: false), Is.EqualTo(GroupedGemmVersion.V2Tiled));
+        Assert.That(GroupedGemm.Choose(1, 2, 8, packed: true), Is.EqualTo(GroupedGemmVersion.V4PackedGemv));
+        Assert.That(GroupedGemm.Choose(512, 2, 8, packed: true), Is.EqualTo(GroupedGemmVersion.V2Tiled));
+    }
+
+    [TestCase(GroupedGemmVersion.V1Simple, 8)]
+    [TestCase(GroupedGemmVersion.V2Tiled, 32)]
+    [TestCase(GroupedGemmVersion.V3Gemv, 8)]
+    public void PermutesWithTheTileHeightTheVersionAsksFor(GroupedGemmVersion version, int tileRows)
+    {
+        // The tile heights are the kernels' constants (GroupedGemmKernels.GemvRows = 8, TileM = 32), written out here.
+        var p = Make(900, 3, 40, 72, 4, 2, RoutingShape.Random, WeightKind.F32);
+        var acc = TestDevice.Accelerator;
+        using var ws = new MoeWorkspace(acc, p.Tokens, 2, p.Experts, p.Dim, p.Hidden);
+        using var x = TestDevice.Upload(p.X);
+        using var ids = TestDevice.Upload(p.Routing.ExpertIds);
+        using var weights = TestDevice.Upload(p.Routing.Weights);
+        using var w13 = TestDevice.Upload(MoeTestData.Stack(p.W1));
+        using var w2 = TestDevice.Upload(MoeTestData.Stack(p.W2));
+        using var output = TestDevice.PoisonedFloats((long)p.Tokens * p.Dim);
+        MoeTestData.BlockF32.Launch(acc.DefaultStream, ws, x.View, ids.View, weights.View, p.Tokens, new F32Weights(w13.View),
+            new F32Weights(w13.View), new F32Weights(w2.View), output.View, version: version);
+        acc.Synchronize();
+        Assert.That(GroupedGemm.TileRows(version), Is.EqualTo(tileRows));
+        Assert.That(ws.Last!.TileRows, Is.EqualTo(tileRows));
+        Assert.That(ws.Permutations.Select(q => q.TileRows), Is.EquivalentTo(new[] { 8, 32 }));
+    }
+
+    [Test]
+    public void FloatExpertsRefuseThePackedDecodeVersion()
+    {
+        var acc = TestDevice.Accelerator;
+        using var ws = new MoeWorkspace(acc, 1, 2, 4, 40, 72);
+        using var x = TestDevice.Upload(new float[40]);
+        using var ids = TestDevice.Upload(new[] { 0, 1 });
+        using var wts = TestDevice.Upload(new[] { 0.5f, 0.5f });
+        using var w = TestDevice.Upload(new float[4 * 72 * 40]);
+        using var output = TestDevice.PoisonedFloats(40);
+        var good = new F32Weights(w.View);
+        var e = Assert.Throws<ArgumentException>(() => MoeTestData.BlockF32.Launch(acc.DefaultStream, ws, x.View, ids.View, wts.View, 1, good, good, good,
+            output.View, version: GroupedGemmVersion.V4PackedGemv))!;
+        Assert.That(e.Message, Does.Contain("V4PackedGemv"));
     }
 
     [Test]
@@ -215,6 +258,6 @@ public class MoeBlockTests
         Assert.Throws<ArgumentException>(() => k.Launch(acc.DefaultStream, ws, x.View, ids.View, wts.View, 4, good, good, good, output.View.SubView(0, 10)));
         Assert.Throws<ArgumentException>(() => _ = new MoeWorkspace(acc, 4, 5, 4, 40, 72));
         Assert.Throws<ArgumentException>(() => GroupedGemmKernel<F32Weights>.Create(acc).LaunchDown(acc.DefaultStream, GroupedGemmVersion.V3Gemv,
-            ws.Tiled, ws.H.View, 4, 2, 40, 72, good, ws.Y.View));
+            ws.Permutation(GroupedGemm.TileRows(GroupedGemmVersion.V2Tiled)), ws.H.View, 4, 2, 40, 72, good, ws.Y.View));
     }
 }

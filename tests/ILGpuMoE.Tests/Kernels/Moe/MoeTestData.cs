@@ -117,8 +117,8 @@ public static class MoeTestData
 
     public static void Poison(MoeWorkspace ws)
     {
-        Poison(ws.Gemv);
-        Poison(ws.Tiled);
+        foreach (var p in ws.Permutations)
+            Poison(p);
         Poison(ws.H);
         Poison(ws.Y);
     }

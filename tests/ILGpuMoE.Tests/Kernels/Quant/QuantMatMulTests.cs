@@ -3,8 +3,9 @@ using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Tests.Common;
+using ILGpuMoE.Tests.Quant;
 
-namespace ILGpuMoE.Tests.Quant;
+namespace ILGpuMoE.Tests.Kernels.Quant;
 
 /// <summary>Quantized GEMV (decode) and tiled GEMM (prefill) against RefOps.MatMulT on the reference-dequantized W.</summary>
 public class QuantMatMulTests

@@ -5,9 +5,10 @@ using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Tests.Common;
+using ILGpuMoE.Tests.Quant;
 using ILGpuMoE.Tests.Kernels.Moe;
 
-namespace ILGpuMoE.Tests.Quant;
+namespace ILGpuMoE.Tests.Kernels.Quant;
 
 /// <summary>Grouped expert GEMMs over quantized experts (both MoE passes, one launch each) against the reference.</summary>
 public class QuantGroupedGemmTests
@@ -30,12 +31,12 @@ public class QuantGroupedGemmTests
     private static IEnumerable<TestCaseData> Cases() =>
         QuantTestData.Schemes.SelectMany(s => new[]
         {
-            new TestCaseData(s, GroupedGemmVersion.V3Gemv, 3),
+            new TestCaseData(s, GroupedGemmVersion.V4PackedGemv, 3),
             new TestCaseData(s, GroupedGemmVersion.V2Tiled, 17),
         }).Concat(
         [
-            new TestCaseData("q4-zero-g64", GroupedGemmVersion.V3Gemv, 17), // full 8-row decode tiles plus a remainder
-            new TestCaseData("fp8-block", GroupedGemmVersion.V3Gemv, 1),    // one token: two experts of one row each
+            new TestCaseData("q4-zero-g64", GroupedGemmVersion.V4PackedGemv, 17), // full 8-row decode tiles plus a remainder
+            new TestCaseData("fp8-block", GroupedGemmVersion.V4PackedGemv, 1),    // one token: two experts of one row each
         ]);
 
     /// <summary>Each expert quantized on its own, then stacked (per-expert scales, as a checkpoint stores them).</summary>
@@ -66,7 +67,7 @@ public class QuantGroupedGemmTests
         var (w2, w2q) = Experts_(scheme, 3000, d, f);
 
         int pairs = tokens * TopK;
-        using var perm = new MoePermutation(acc, pairs, Experts, GroupedGemmKernel<ILGpuMoE.Kernels.F32Weights>.TileRowsFor(version));
+        using var perm = new MoePermutation(acc, pairs, Experts, GroupedGemm.TileRows(version));
         using var ids = TestDevice.Upload(routing.ExpertIds);
         using var xb = TestDevice.Upload(x);
         using var d1 = w1.Upload(acc);
@@ -85,10 +86,12 @@ public class QuantGroupedGemmTests
                 Q4.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.View<Q4Weights>(), d3.View<Q4Weights>(), h.View);
                 Q4.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.View<Q4Weights>(), y.View);
                 break;
-            default:
+            case QuantScheme.Fp8:
                 Fp8.Value.LaunchUpGate(s, version, perm, xb.View, tokens, TopK, d, f, d1.View<Fp8Weights>(), d3.View<Fp8Weights>(), h.View);
                 Fp8.Value.LaunchDown(s, version, perm, h.View, tokens, TopK, d, f, d2.View<Fp8Weights>(), y.View);
                 break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(scheme), w1.Scheme, "no grouped GEMM for this scheme");
         }
 
         acc.Synchronize();
@@ -225,10 +228,14 @@ public class QuantGroupedGemmTests
         using var perm = new MoePermutation(acc, 4, Experts, GroupedGemmKernels.GemvRows);
         using var buf = TestDevice.PoisonedFloats(4096);
         var e = Assert.Throws<ArgumentException>(() =>
-            Q8.Value.LaunchDown(acc.DefaultStream, GroupedGemmVersion.V3Gemv, perm, buf.View, 2, TopK, 40, 56, dw.View<Q8Weights>(), buf.View))!;
+            Q8.Value.LaunchDown(acc.DefaultStream, GroupedGemmVersion.V4PackedGemv, perm, buf.View, 2, TopK, 40, 56, dw.View<Q8Weights>(), buf.View))!;
         Assert.That(e.Message, Does.Contain("w2"));
         Assert.Throws<ArgumentException>(() =>
             Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V1Simple, perm, buf.View, 2, TopK, 40, 56, dw.View<Q8Weights>(), dw.View<Q8Weights>(), buf.View));
+        // V3 is the float decode form: the packed experts' decode version is V4, asked for by its own name.
+        e = Assert.Throws<ArgumentException>(() =>
+            Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V3Gemv, perm, buf.View, 2, TopK, 40, 56, dw.View<Q8Weights>(), dw.View<Q8Weights>(), buf.View))!;
+        Assert.That(e.Message, Does.Contain("V3Gemv is not available"));
         Assert.Throws<ArgumentException>(() =>
             Q8.Value.LaunchUpGate(acc.DefaultStream, GroupedGemmVersion.V2Tiled, perm, buf.View, 3, TopK, 40, 56, dw.View<Q8Weights>(), dw.View<Q8Weights>(), buf.View));
     }
