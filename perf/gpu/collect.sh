@@ -17,6 +17,16 @@ summary = os.path.join(src, "SUMMARY.txt")
 if os.path.exists(summary):
     m = re.search(r"== smoke: (\S+)", open(summary).read())
     smoke = m.group(1) if m else "not run"
+def unique(path):
+    # A second run on the same day must not overwrite the first one's files: -2, -3, ... before the extension.
+    base, ext = os.path.splitext(path)
+    n = 2
+    while os.path.exists(path):
+        path = f"{base}-{n}{ext}"
+        n += 1
+    return path
+
+summary_dst = None
 rows = []
 for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=True)):
     r = json.load(open(path))
@@ -27,13 +37,14 @@ for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=Tr
     run = os.path.basename(os.path.dirname(path))  # mixtral-8x7b, e2e-mixtral-8x7b, qwen-moe-a2.7b, smoke, ...
     if preset == "smoke":
         continue
-    dst = os.path.join(res, f"{date}-{name}-{run}.json")
+    dst = unique(os.path.join(res, f"{date}-{name}-{run}.json"))
     shutil.copyfile(path, dst)
     torch = os.path.join(src, f"torch-{preset}.json")
     if os.path.exists(torch):
-        shutil.copyfile(torch, os.path.join(res, f"{date}-{name}-{preset}-torch.json"))
-    if os.path.exists(summary):
-        shutil.copyfile(summary, os.path.join(res, f"{date}-{name}-summary.txt"))
+        shutil.copyfile(torch, unique(os.path.join(res, f"{date}-{name}-{preset}-torch.json")))
+    if os.path.exists(summary) and summary_dst is None:
+        summary_dst = unique(os.path.join(res, f"{date}-{name}-summary.txt"))
+        shutil.copyfile(summary, summary_dst)
     c = r.get("ceilings") or {}
     cases = r["cases"]
     wrong = sum(1 for x in cases if x["status"] in ("wrong", "error", "fault", "timeout"))
