@@ -75,6 +75,7 @@ public readonly struct RouterSpec
         RouterKind.NoisyTopK => $"NoisyTopK(E={Experts}, K={TopK}, seed={NoiseSeed})",
         RouterKind.DeepSeekV3 =>
             $"DeepSeekV3(E={Experts}, K={TopK}, groups={Groups}, topKGroups={TopKGroups}, norm={NormTopK}, scale={ScalingFactor})",
-        _ => $"{Kind}(E={Experts}, K={TopK})",
+        RouterKind.Mixtral or RouterKind.SoftmaxTopK => $"{Kind}(E={Experts}, K={TopK})",
+        _ => throw new System.Diagnostics.UnreachableException($"RouterSpec: unnamed router kind {(int)Kind}"),
     };
 }
