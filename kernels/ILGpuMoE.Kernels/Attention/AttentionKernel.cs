@@ -39,6 +39,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Attention;
 
+/// <summary>attention/kv-append's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("attention/kv-append")]
+public enum KvAppendVersion
+{
+    /// <summary>One thread per (token, kv head, dim) element.</summary>
+    V1 = 1,
+}
+
 /// <summary>Scalar launch arguments of the attention kernels (one struct keeps the kernel signatures short).</summary>
 public struct AttentionParams
 {
@@ -95,7 +103,7 @@ public static class AttentionKernels
     private static int FirstKey(int pos, int window) => window > 0 ? IntrinsicMath.Max(0, pos - window + 1) : 0;
 
     // ---------------------------------------------------------------------------------------------------------
-    [KernelInfo("attention/kv-append", "v1", "grid ceil(T*Hkv*Dh/256), group 256")]
+    [KernelInfo(KvAppendVersion.V1, "grid ceil(T*Hkv*Dh/256), group 256")]
     public static void KvAppendV1(
         ArrayView<float> k,       // [T, Hkv, Dh]
         ArrayView<float> v,       // [T, Hkv, Dh]

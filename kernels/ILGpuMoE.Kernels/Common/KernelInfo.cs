@@ -10,21 +10,13 @@ namespace ILGpuMoE.Kernels;
 /// Launch says how the launcher shapes the grid ("grid T, group 256", ...). A generic kernel method may only
 /// have type parameters constrained to <see cref="IWeights"/> or <see cref="IQuantWeights"/>: the PTX gate
 /// instantiates it once per weight reader (<see cref="WeightReaders"/>).
-/// A family with several versions names them in a version enum marked [<see cref="KernelFamilyAttribute"/>]; its
-/// kernels take the enum member (<c>[KernelInfo(GroupedGemmVersion.V2Tiled, ...)]</c>), so the family and version
+/// Every family names its versions in a version enum marked [<see cref="KernelFamilyAttribute"/>] (one member while it
+/// has one version); its kernels take the enum member (<c>[KernelInfo(GroupedGemmVersion.V2Tiled, ...)]</c>), so the family and version
 /// strings of the PTX files, the manifest and the benchmark cases all come from that one member (<see cref="KernelId"/>).
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false, Inherited = false)]
 public sealed class KernelInfoAttribute : Attribute
 {
-    /// <summary>A kernel of a family without a version enum (one version so far).</summary>
-    public KernelInfoAttribute(string family, string version, string launch)
-    {
-        Family = family;
-        Version = version;
-        Launch = launch;
-    }
-
     /// <summary>A kernel of a versioned family: version is a member of an enum marked [KernelFamily].</summary>
     public KernelInfoAttribute(object version, string launch)
     {

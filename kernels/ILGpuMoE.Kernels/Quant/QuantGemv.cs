@@ -17,6 +17,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Quant;
 
+/// <summary>quant/gather-columns's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("quant/gather-columns")]
+public enum GatherColumnsVersion
+{
+    /// <summary>xp[t, j] = x[t, perm[j]], one thread per element.</summary>
+    V1 = 1,
+}
+
 /// <summary>The quantized GEMV's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
 [KernelFamily("quant/gemv")]
 public enum QuantGemvVersion
@@ -44,7 +52,7 @@ public static class QuantGemvKernels
         y[i] = accumulate != 0 ? y[i] + acc : acc;
     }
 
-    [KernelInfo("quant/gather-columns", "v1", "grid ceil(T*K/256), group 256", Summary = "xp[t, j] = x[t, perm[j]]: input gather for GPTQ act-order matrices")]
+    [KernelInfo(GatherColumnsVersion.V1, "grid ceil(T*K/256), group 256", Summary = "xp[t, j] = x[t, perm[j]]: input gather for GPTQ act-order matrices")]
     public static void GatherColumnsV1(ArrayView<float> x, ArrayView<int> perm, ArrayView<float> xp, int tokens, int cols)
     {
         long i = Grid.GlobalLinearIndex;

@@ -29,6 +29,14 @@ using ILGpuMoE.Kernels.Moe;
 
 namespace ILGpuMoE.Kernels.Quant;
 
+/// <summary>quant/act-order-gather's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("quant/act-order-gather")]
+public enum ActOrderGatherVersion
+{
+    /// <summary>Each pair's input row gathered in its expert's column order.</summary>
+    V1 = 1,
+}
+
 public static class QuantGroupedGemmKernels
 {
     /// <summary>V4 keeps V3's shape: outputs (warps) per group and rows per tile (GroupedGemm.TileRows).</summary>
@@ -215,7 +223,7 @@ public static class QuantGroupedGemmKernels
         y[(long)(rowStart + lane) * dim + n] = acc;
     }
 
-    [KernelInfo("quant/act-order-gather", "v1", "grid (T*K, ceil(D/256)), group 256",
+    [KernelInfo(ActOrderGatherVersion.V1, "grid (T*K, ceil(D/256)), group 256",
         Summary = "xs[p, j] = x[p / K, perm[e(p), j]]: per-expert input gather for GPTQ act-order experts")]
     public static void GatherExpertInputsV1(ArrayView<float> x, ArrayView<int> expertIds, ArrayView<int> perm, ArrayView<float> xs,
         int pairs, int topK, int dim, int experts)

@@ -131,9 +131,9 @@ public sealed class KvAppendCase(ShapePreset p, int tokens) : IBenchCase
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<float, Stride1D.Dense> V)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? kCache, vCache;
 
-    public string Family => "attention/kv-append";
+    public string Family => KernelId.Family(KvAppendVersion.V1);
 
-    public string Version => "v1";
+    public string Version => KernelId.Version(KvAppendVersion.V1);
 
     public string DType => "f32";
 

@@ -139,9 +139,9 @@ public sealed class RmsNormCase(ShapePreset p, int tokens, WeightType type) : Ca
     private WeightBuffer? w;
     private MemoryBuffer1D<float, Stride1D.Dense>? y;
 
-    public override string Family => "dense/rmsnorm";
+    public override string Family => KernelId.Family(RmsNormVersion.V1);
 
-    public override string Version => "v1";
+    public override string Version => KernelId.Version(RmsNormVersion.V1);
 
     public override string DType => WeightTypes.Label(type);
 
@@ -189,9 +189,9 @@ public sealed class RopeCase(ShapePreset p, int tokens) : CaseBase
     private RopeKernel? kernel;
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<int, Stride1D.Dense> Pos)> sets = [];
 
-    public override string Family => "dense/rope";
+    public override string Family => KernelId.Family(RopeVersion.V1);
 
-    public override string Version => "v1";
+    public override string Version => KernelId.Version(RopeVersion.V1);
 
     public override int Tokens => tokens;
 
@@ -302,9 +302,9 @@ public sealed class SoftmaxCase(ShapePreset p, int tokens) : CaseBase
     private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> xs = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? y;
 
-    public override string Family => "dense/softmax";
+    public override string Family => KernelId.Family(SoftmaxVersion.V1);
 
-    public override string Version => "v1";
+    public override string Version => KernelId.Version(SoftmaxVersion.V1);
 
     public override int Tokens => tokens;
 
@@ -343,9 +343,9 @@ public sealed class EmbeddingCase(ShapePreset p, int tokens, WeightType type) : 
     private WeightBuffer? table;
     private MemoryBuffer1D<float, Stride1D.Dense>? x;
 
-    public override string Family => "dense/embedding";
+    public override string Family => KernelId.Family(EmbeddingVersion.V1);
 
-    public override string Version => "v1";
+    public override string Version => KernelId.Version(EmbeddingVersion.V1);
 
     public override string DType => WeightTypes.Label(type);
 
@@ -400,9 +400,9 @@ public sealed class AddCase(ShapePreset p, int tokens) : CaseBase
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> A, MemoryBuffer1D<float, Stride1D.Dense> B)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? y;
 
-    public override string Family => "dense/add";
+    public override string Family => KernelId.Family(AddVersion.V1);
 
-    public override string Version => "v1";
+    public override string Version => KernelId.Version(AddVersion.V1);
 
     public override int Tokens => tokens;
 

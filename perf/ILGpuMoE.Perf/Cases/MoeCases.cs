@@ -173,9 +173,9 @@ public sealed class MoePermuteCase(ShapePreset p, int tokens) : CaseBase
     private MoePermutation? permutation;
     private MemoryBuffer1D<int, Stride1D.Dense>? ids;
 
-    public override string Family => "moe/permute";
+    public override string Family => KernelId.Family(MoePermuteVersion.V1);
 
-    public override string Version => "v1";
+    public override string Version => KernelId.Version(MoePermuteVersion.V1);
 
     public override string DType => "i32";
 

@@ -7,6 +7,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>dense/add's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/add")]
+public enum AddVersion
+{
+    /// <summary>One thread per element.</summary>
+    V1 = 1,
+}
+
 public sealed class ElementwiseKernel
 {
     private const string Name = "Add";
@@ -27,7 +35,7 @@ public sealed class ElementwiseKernel
         _add(stream, DenseShapes.Elementwise(a.Length), a, b, y);
     }
 
-    [KernelInfo("dense/add", "v1", "grid ceil(N/256), group 256", Summary = "y = a + b, one thread per element")]
+    [KernelInfo(AddVersion.V1, "grid ceil(N/256), group 256", Summary = "y = a + b, one thread per element")]
     public static void AddV1(ArrayView<float> a, ArrayView<float> b, ArrayView<float> y)
     {
         long i = Grid.GlobalLinearIndex;

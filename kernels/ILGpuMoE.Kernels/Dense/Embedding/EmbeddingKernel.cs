@@ -11,13 +11,21 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>dense/embedding's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/embedding")]
+public enum EmbeddingVersion
+{
+    /// <summary>One group per token.</summary>
+    V1 = 1,
+}
+
 /// <summary>Kernel bodies (generic over the weight type, for the PTX gate) and the factory.</summary>
 public static class EmbeddingKernel
 {
     public static EmbeddingKernel<TW> Create<TW>(Accelerator accelerator)
         where TW : struct, IWeights => new(accelerator);
 
-    [KernelInfo("dense/embedding", "v1", "grid T, group min(256, D rounded up to 32)",
+    [KernelInfo(EmbeddingVersion.V1, "grid T, group min(256, D rounded up to 32)",
         Summary = "one group per token row, threads stride D; NaN row for an id outside [0, V)")]
     public static void GatherV1<TW>(ArrayView<int> tokens, TW table, ArrayView<float> x, int vocab, int dim)
         where TW : struct, IWeights

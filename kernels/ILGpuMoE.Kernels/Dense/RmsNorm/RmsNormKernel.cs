@@ -12,12 +12,20 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>dense/rmsnorm's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/rmsnorm")]
+public enum RmsNormVersion
+{
+    /// <summary>One group per row.</summary>
+    V1 = 1,
+}
+
 public static class RmsNormKernel
 {
     public static RmsNormKernel<TW> Create<TW>(Accelerator accelerator)
         where TW : struct, IWeights => new(accelerator);
 
-    [KernelInfo("dense/rmsnorm", "v1", "grid T, group min(256, D rounded up to 32)",
+    [KernelInfo(RmsNormVersion.V1, "grid T, group min(256, D rounded up to 32)",
         Summary = "one group per row, f32 sum of squares, shuffle + shared block reduction")]
     public static void RmsNormV1<TW>(ArrayView<float> x, TW weight, ArrayView<float> y, int dim, float eps)
         where TW : struct, IWeights

@@ -23,6 +23,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>dense/rope's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/rope")]
+public enum RopeVersion
+{
+    /// <summary>One thread per rotated pair.</summary>
+    V1 = 1,
+}
+
 public sealed class RopeKernel : IDisposable
 {
     private const string Name = "Rope";
@@ -101,7 +109,7 @@ public sealed class RopeKernel : IDisposable
         }
     }
 
-    [KernelInfo("dense/rope", "v1", "grid ceil(T*Dh/2 / 256), group 256",
+    [KernelInfo(RopeVersion.V1, "grid ceil(T*Dh/2 / 256), group 256",
         Summary = "thread per (token, pair); f64 angle and range reduction, f32 cos/sin, rotates all q and k heads")]
     public static void RopeV1(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq,
         int tokens, int heads, int kvHeads, int headDim)

@@ -11,6 +11,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Dense;
 
+/// <summary>dense/softmax's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("dense/softmax")]
+public enum SoftmaxVersion
+{
+    /// <summary>One group per row.</summary>
+    V1 = 1,
+}
+
 public sealed class SoftmaxKernel
 {
     private const string Name = "Softmax";
@@ -35,7 +43,7 @@ public sealed class SoftmaxKernel
         _v1(stream, new KernelConfig(rows, DenseShapes.RowGroupSize(cols)), x, y, cols);
     }
 
-    [KernelInfo("dense/softmax", "v1", "grid rows, group min(256, cols rounded up to 32)",
+    [KernelInfo(SoftmaxVersion.V1, "grid rows, group min(256, cols rounded up to 32)",
         Summary = "one group per row: block max, exp and block sum, scale")]
     public static void SoftmaxV1(ArrayView<float> x, ArrayView<float> y, int cols)
     {

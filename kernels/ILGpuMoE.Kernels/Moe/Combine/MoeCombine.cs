@@ -11,11 +11,19 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Moe;
 
+/// <summary>moe/combine's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("moe/combine")]
+public enum MoeCombineVersion
+{
+    /// <summary>Gather + weighted sum in fixed slot order, optional residual add.</summary>
+    V1 = 1,
+}
+
 public static class MoeCombineKernels
 {
     public const int GroupSize = 256;
 
-    [KernelInfo("moe/combine", "v1", "grid ceil(T*D/256), group 256", Summary = "gather + weighted sum in fixed slot order, optional residual add")]
+    [KernelInfo(MoeCombineVersion.V1, "grid ceil(T*D/256), group 256", Summary = "gather + weighted sum in fixed slot order, optional residual add")]
     public static void CombineV1(ArrayView<float> y, ArrayView<int> pos, ArrayView<float> weights, ArrayView<float> residual,
         ArrayView<float> output, int tokens, int topK, int dim, int hasResidual)
     {

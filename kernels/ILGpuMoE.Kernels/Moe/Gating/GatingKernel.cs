@@ -37,6 +37,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Moe.Gating;
 
+/// <summary>moe/gating-capacity's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("moe/gating-capacity")]
+public enum GatingCapacityVersion
+{
+    /// <summary>Switch capacity: one thread per expert, in-order scan over T.</summary>
+    V1 = 1,
+}
+
 public static class GatingKernels
 {
     /// <summary>The largest E the kernels take (DeepSeek-V3 has 256): V1's local arrays are this long.</summary>
@@ -385,7 +393,7 @@ public static class GatingKernels
     /// dropped [1] receives the number of dropped tokens, summed in expert order (no atomics: bit-stable).
     /// Another thread may read ids[t] while its owner writes -1 there; it reads e or -1, neither its own id.
     /// </summary>
-    [KernelInfo("moe/gating-capacity", "v1", "grid 1, group 256: one thread per expert, in-order scan over T",
+    [KernelInfo(GatingCapacityVersion.V1, "grid 1, group 256: one thread per expert, in-order scan over T",
         Summary = "Switch capacity: per expert, keep the first capacity tokens in token order, drop the rest, count drops without atomics.")]
     public static void SwitchCapacityV1(ArrayView<int> ids, ArrayView<float> weights, int tokens, int experts,
         int capacity, ArrayView<int> dropped)

@@ -24,6 +24,14 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels.Moe;
 
+/// <summary>moe/permute's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("moe/permute")]
+public enum MoePermuteVersion
+{
+    /// <summary>Histogram, scan, stable scatter (three launches).</summary>
+    V1 = 1,
+}
+
 public static class MoePermuteKernels
 {
     public const int GroupSize = 256;
@@ -47,7 +55,7 @@ public static class MoePermuteKernels
         }
     }
 
-    [KernelInfo("moe/permute", "v1", "grid ceil(E*chunks/256), group 256", Entry = "histogram", Summary = "histogram: one thread per (expert, chunk) counts its expert's pairs in the chunk")]
+    [KernelInfo(MoePermuteVersion.V1, "grid ceil(E*chunks/256), group 256", Entry = "histogram", Summary = "histogram: one thread per (expert, chunk) counts its expert's pairs in the chunk")]
     public static void HistogramV1(ArrayView<int> ids, int pairs, int experts, int chunk, int numChunks, ArrayView<int> chunkCounts,
         ArrayView<int> badCounts)
     {
@@ -69,7 +77,7 @@ public static class MoePermuteKernels
             badCounts[c] = bad; // ids outside [-1, E): treated as dropped, reported through status[0]
     }
 
-    [KernelInfo("moe/permute", "v1", "grid 1, group 256", Entry = "scan", Summary = "in-place exclusive scan of [E, chunks] counts; counts, offsets and the row-tile schedule")]
+    [KernelInfo(MoePermuteVersion.V1, "grid 1, group 256", Entry = "scan", Summary = "in-place exclusive scan of [E, chunks] counts; counts, offsets and the row-tile schedule")]
     public static void ScanScheduleV1(ArrayView<int> chunkCounts, int experts, int numChunks, int tileRows, int maxTiles,
         ArrayView<int> counts, ArrayView<int> offsets, ArrayView<int> tileOffsets, ArrayView<int> tiles, ArrayView<int> badCounts,
         ArrayView<int> status)
@@ -150,7 +158,7 @@ public static class MoePermuteKernels
         }
     }
 
-    [KernelInfo("moe/permute", "v1", "grid ceil(E*chunks/256), group 256", Entry = "scatter", Summary = "stable scatter: one thread per (expert, chunk) writes its pairs in pair order; inverse map pos")]
+    [KernelInfo(MoePermuteVersion.V1, "grid ceil(E*chunks/256), group 256", Entry = "scatter", Summary = "stable scatter: one thread per (expert, chunk) writes its pairs in pair order; inverse map pos")]
     public static void ScatterV1(ArrayView<int> ids, int pairs, int experts, int chunk, int numChunks, ArrayView<int> chunkBase,
         ArrayView<int> sorted, ArrayView<int> pos)
     {
