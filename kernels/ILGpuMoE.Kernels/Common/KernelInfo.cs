@@ -71,6 +71,26 @@ public sealed class KernelInfoAttribute : Attribute
 
     /// <summary>Most bytes of dynamic shared memory the launcher requests (0 for kernels that use none).</summary>
     public int MaxDynamicSharedBytes { get; init; }
+
+    /// <summary>
+    /// Whether the runtime launches this entry in a decode step (T = 1) on CUDA, and what it streams: the manifest
+    /// marks such kernels <c>"decode": true</c>, and the SASS check holds the <see cref="DecodeUse.Weights"/> ones to
+    /// 128-bit global loads (issue: decode at the bandwidth roofline).
+    /// </summary>
+    public DecodeUse Decode { get; init; }
+}
+
+/// <summary>How a kernel takes part in the T = 1 decode step on CUDA.</summary>
+public enum DecodeUse
+{
+    /// <summary>Not launched by a CUDA decode step (prefill, CPU-accelerator or reference-only versions).</summary>
+    None,
+
+    /// <summary>Launched per decode step, moves activations, caches or routing (no weight matrix).</summary>
+    Activations,
+
+    /// <summary>Launched per decode step and streams a weight matrix: its global loads should be 128-bit.</summary>
+    Weights,
 }
 
 /// <summary>Names the kernel family whose versions an enum lists ("moe/grouped-gemm").</summary>
