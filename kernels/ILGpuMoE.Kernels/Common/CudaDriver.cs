@@ -139,6 +139,14 @@ public static class CudaDriver
         }
     }
 
+    /// <summary>An entry point of the driver library ILGPU uses (loading it if needed); false when none loads or it lacks the export.</summary>
+    internal static bool TryExport(string name, out IntPtr function)
+    {
+        function = IntPtr.Zero;
+        var handle = Driver.Value.Handle;
+        return handle != IntPtr.Zero && NativeLibrary.TryGetExport(handle, name, out function);
+    }
+
     /// <summary>The driver's answer, asked once per process (cuInit's result does not change within a process).</summary>
     public static CudaDriverProbe Probe() => Answer.Value;
 

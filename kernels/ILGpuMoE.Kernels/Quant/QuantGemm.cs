@@ -110,9 +110,9 @@ public sealed class QuantGemmKernel
 
     private QuantGemmKernel(Accelerator a)
     {
-        q8 = a.LoadKernel<ArrayView<float>, Q8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
-        q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
-        fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
+        q8 = a.LoadCounted<ArrayView<float>, Q8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
+        q4 = a.LoadCounted<ArrayView<float>, Q4Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
+        fp8 = a.LoadCounted<ArrayView<float>, Fp8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
     }
 
     public static QuantGemmKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));

@@ -190,11 +190,11 @@ public sealed class QuantGemvKernel
 
     private QuantGemvKernel(Accelerator a)
     {
-        q8 = a.LoadKernel<ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
-        q4 = a.LoadKernel<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
-        fp8 = a.LoadKernel<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
-        reduce = a.LoadKernel<ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.ReduceV1);
-        gather = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(QuantGemvKernels.GatherColumnsV1);
+        q8 = a.LoadCounted<ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        q4 = a.LoadCounted<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        fp8 = a.LoadCounted<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        reduce = a.LoadCounted<ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.ReduceV1);
+        gather = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(QuantGemvKernels.GatherColumnsV1);
     }
 
     public static QuantGemvKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));

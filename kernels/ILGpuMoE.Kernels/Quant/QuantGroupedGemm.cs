@@ -256,11 +256,11 @@ public sealed class QuantGroupedGemmKernel<TQ>
 
     private QuantGroupedGemmKernel(Accelerator a)
     {
-        upGateV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
-        downV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
-        upGateV4 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.UpGateV4);
-        downV4 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(QuantGroupedGemmKernels.DownV4);
-        gather = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.GatherExpertInputsV1);
+        upGateV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
+        downV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
+        upGateV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.UpGateV4);
+        downV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(QuantGroupedGemmKernels.DownV4);
+        gather = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.GatherExpertInputsV1);
     }
 
     public static QuantGroupedGemmKernel<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));

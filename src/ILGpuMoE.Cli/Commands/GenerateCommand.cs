@@ -124,6 +124,12 @@ public static class GenerateCommand
         io.Out.WriteLine($"--- {r.Tokens.Count} tokens generated ({stop}); prompt {r.PromptTokens.Count} tokens");
         io.Out.WriteLine($"prefill: {F(r.PrefillTokensPerSecond)} tokens/s | decode: {F(r.DecodeTokensPerSecond)} tokens/s ({r.DecodeSteps} steps) | " +
                          $"time to first token: {F(r.TimeToFirstToken.TotalMilliseconds, "F0")} ms");
+        if (r.DecodeLaunches is { } l)
+        {
+            string range = l.Min == l.Max ? "" : $" (min {l.Min}, max {l.Max})";
+            string graph = l.Replayed ? ", replayed from a CUDA graph" : "";
+            io.Out.WriteLine($"launches per token: {F(l.Mean, "F0")}{range}, {F(l.PerLayer)} per layer{graph}");
+        }
     }
 
     private static void PrintRouting(CliIo io, InferenceSession session)

@@ -52,6 +52,24 @@ public sealed record GenerationResult(
     public int DecodeSteps { get; init; }
 
     public double DecodeTokensPerSecond => DecodeSteps == 0 ? 0 : DecodeSteps / Math.Max(Decode.TotalSeconds, 1e-9);
+
+    /// <summary>Kernel launches of the decode steps (null when there were none).</summary>
+    public LaunchStats? DecodeLaunches { get; init; }
+}
+
+/// <summary>
+/// Kernel launches per decode step: fewest, most, mean, and the mean per decoder layer (the launches between the
+/// embedding and the final norm, over the layers). Replayed: some steps came from a CUDA graph (their count is the
+/// graph's node count, their per-layer share the plain step's).
+/// </summary>
+public sealed record LaunchStats(long Min, long Max, double Mean, double PerLayer, bool Replayed)
+{
+    public static LaunchStats? Of(IReadOnlyList<(long Step, double PerLayer)> steps, bool replayed)
+    {
+        if (steps.Count == 0)
+            return null;
+        return new LaunchStats(steps.Min(s => s.Step), steps.Max(s => s.Step), steps.Average(s => s.Step), steps.Average(s => s.PerLayer), replayed);
+    }
 }
 
 public static class Generator
@@ -104,6 +122,8 @@ public static class Generator
         var stop = StopReason.MaxTokens;
         int decodeSteps = 0;
         long decodeStart = 0;
+        var launches = new List<(long, double)>();
+        bool replayed = false;
         if (options.MaxNewTokens > 0 && !cancel.IsCancellationRequested)
         {
             var logits = session.Prefill(prompt_.ToArray(), allLogits: false);
@@ -147,6 +167,8 @@ public static class Generator
 
                 logits = session.Decode(next);
                 decodeSteps++;
+                launches.Add((session.LastStepLaunches, session.LastStepLaunchesPerLayer));
+                replayed |= session.LastStepReplayed;
             }
         }
         else if (cancel.IsCancellationRequested)
@@ -156,6 +178,9 @@ public static class Generator
 
         Emit(decoder.Flush());
         var decode = decodeStart == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(decodeStart);
-        return new GenerationResult(prompt_, generated, text.ToString(), stop, ttft, prefill, decode) { DecodeSteps = decodeSteps };
+        return new GenerationResult(prompt_, generated, text.ToString(), stop, ttft, prefill, decode) {
+            DecodeSteps = decodeSteps,
+            DecodeLaunches = LaunchStats.Of(launches, replayed),
+        };
     }
 }

@@ -16,6 +16,7 @@
 // Host syncs: none inside a step; the step ends by reading the logits back (and the routing ids when stats are on).
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
@@ -84,6 +85,16 @@ public sealed class InferenceSession : IDisposable
     }
 
     public MixtralModel Model => _model;
+
+    /// <summary>Kernels launched by the last forward step (host-counted, KernelLaunches); for a step replayed from a CUDA
+    /// graph, the graph's node count.</summary>
+    public long LastStepLaunches { get; private set; }
+
+    /// <summary>Launches of the last step inside its decoder layers, per layer (the embedding and the logits head excluded).</summary>
+    public double LastStepLaunchesPerLayer { get; private set; }
+
+    /// <summary>True when the last step was replayed from a captured CUDA graph.</summary>
+    public bool LastStepReplayed { get; private set; }
 
     /// <summary>Tokens in the KV cache: the position the next token gets.</summary>
     public int Position { get; private set; }
@@ -158,6 +169,14 @@ public sealed class InferenceSession : IDisposable
     // One forward step of T <= MaxBatch tokens at Position; logitRows: 0 none, 1 the last row only, T all rows.
     private void Step(ReadOnlySpan<int> tokens, int logitRows)
     {
+        long before = KernelLaunches.Count;
+        StepLaunches(tokens, logitRows);
+        LastStepLaunches = KernelLaunches.Count - before;
+        LastStepReplayed = false;
+    }
+
+    private void StepLaunches(ReadOnlySpan<int> tokens, int logitRows)
+    {
         var m = _model;
         var c = m.Config;
         var ops = m.Ops;
@@ -185,6 +204,7 @@ public sealed class InferenceSession : IDisposable
         var g = _gather is null ? default : _gather.View;
 
         ops.Embedding(s, tok, m.Embedding, x, t, _v, _d);
+        long layersStart = KernelLaunches.Count;
         for (int l = 0; l < c.Layers; l++)
         {
             var lw = m.Layers[l];
@@ -207,6 +227,7 @@ public sealed class InferenceSession : IDisposable
             ops.Moe(s, _moe, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x);
         }
 
+        LastStepLaunchesPerLayer = c.Layers > 0 ? (KernelLaunches.Count - layersStart) / (double)c.Layers : 0;
         if (logitRows > 0)
         {
             int first = t - logitRows;

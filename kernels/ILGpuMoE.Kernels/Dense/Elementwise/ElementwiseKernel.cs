@@ -23,7 +23,7 @@ public sealed class ElementwiseKernel
 
     private ElementwiseKernel(Accelerator accelerator)
     {
-        _add = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(AddV1);
+        _add = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>>(AddV1);
     }
 
     public static ElementwiseKernel Create(Accelerator accelerator) => new(accelerator);

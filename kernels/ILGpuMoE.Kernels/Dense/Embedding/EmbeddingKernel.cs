@@ -50,7 +50,7 @@ public sealed class EmbeddingKernel<TW>
 
     internal EmbeddingKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadKernel<ArrayView<int>, TW, ArrayView<float>, int, int>(EmbeddingKernel.GatherV1);
+        _v1 = accelerator.LoadCounted<ArrayView<int>, TW, ArrayView<float>, int, int>(EmbeddingKernel.GatherV1);
     }
 
     /// <summary>x[t, :] = table[tokens[t], :] widened to f32; rows of ids outside [0, vocab) become NaN.</summary>

@@ -203,16 +203,16 @@ public sealed class MatMulKernel<TW>
 
     internal MatMulKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV1);
-        _v2 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV2);
-        _gemv = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.GemvV1);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV1);
+        _v2 = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.MatMulV2);
+        _gemv = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, int, int, int, int>(MatMulKernel.GemvV1);
         Action<ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, int, int, int, int>? wide =
             typeof(TW) == typeof(F32Weights) ? MatMulKernel.GemvV2F32
             : typeof(TW) == typeof(F16Weights) ? MatMulKernel.GemvV2F16
             : typeof(TW) == typeof(BF16Weights) ? MatMulKernel.GemvV2BF16
             : null;
         if (wide is not null)
-            _gemvWide = accelerator.LoadKernel(wide);
+            _gemvWide = accelerator.LoadCounted(wide);
     }
 
     /// <summary>W as 16-byte words when GEMV-V2 can read it: In a multiple of 16 bytes and W 16-byte aligned.</summary>

@@ -56,7 +56,7 @@ public sealed class RmsNormKernel<TW>
 
     internal RmsNormKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadKernel<ArrayView<float>, TW, ArrayView<float>, int, float>(RmsNormKernel.RmsNormV1);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, int, float>(RmsNormKernel.RmsNormV1);
     }
 
     /// <summary>y = rmsnorm(x) * w over rows of x [T, D]; y may be the same view as x.</summary>

@@ -27,7 +27,7 @@ public sealed class SoftmaxKernel
 
     private SoftmaxKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int>(SoftmaxV1);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, int>(SoftmaxV1);
     }
 
     public static SoftmaxKernel Create(Accelerator accelerator) => new(accelerator);

@@ -31,8 +31,8 @@ public sealed class SwiGluKernel
 
     private SwiGluKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>>(SwiGluV1);
-        _v2 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, int>(SwiGluFusedV2);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>>(SwiGluV1);
+        _v2 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, int>(SwiGluFusedV2);
     }
 
     public static SwiGluKernel Create(Accelerator accelerator) => new(accelerator);

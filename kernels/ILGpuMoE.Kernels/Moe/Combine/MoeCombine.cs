@@ -52,7 +52,7 @@ public sealed class MoeCombineKernel
 
     private MoeCombineKernel(Accelerator accelerator)
     {
-        combine = accelerator.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MoeCombineKernels.CombineV1);
+        combine = accelerator.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int>(MoeCombineKernels.CombineV1);
     }
 
     public static MoeCombineKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));

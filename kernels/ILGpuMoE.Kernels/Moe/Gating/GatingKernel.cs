@@ -462,11 +462,11 @@ public sealed class GatingKernel : IDisposable
         Version = version;
         WarpsPerGroup = warpsPerGroup;
         _gating = version == GatingVersion.V1
-            ? accelerator.LoadKernel<RouterSpec, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ? accelerator.LoadCounted<RouterSpec, ArrayView<float>, ArrayView<float>, ArrayView<float>,
                 ArrayView<int>, ArrayView<float>, int>(GatingKernels.GatingV1)
-            : accelerator.LoadKernel<RouterSpec, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            : accelerator.LoadCounted<RouterSpec, ArrayView<float>, ArrayView<float>, ArrayView<float>,
                 ArrayView<int>, ArrayView<float>, int>(GatingKernels.GatingV2);
-        _capacity = accelerator.LoadKernel<ArrayView<int>, ArrayView<float>, int, int, int, ArrayView<int>>(
+        _capacity = accelerator.LoadCounted<ArrayView<int>, ArrayView<float>, int, int, int, ArrayView<int>>(
             GatingKernels.SwitchCapacityV1);
         _dummyFloats = accelerator.Allocate1D<float>(1);
         _dummyInt = accelerator.Allocate1D<int>(1);

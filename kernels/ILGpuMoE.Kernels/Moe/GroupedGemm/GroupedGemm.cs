@@ -492,12 +492,12 @@ public sealed class GroupedGemmKernel<TW>
 
     private GroupedGemmKernel(Accelerator a)
     {
-        upGateV1 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV1);
-        downV1 = a.LoadKernel<ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV1);
-        upGateV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
-        downV2 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
-        upGateV3 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV3);
-        downV3 = a.LoadKernel<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV3);
+        upGateV1 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV1);
+        downV1 = a.LoadCounted<ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV1);
+        upGateV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
+        downV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
+        upGateV3 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV3);
+        downV3 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV3);
     }
 
     public static GroupedGemmKernel<TW> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));

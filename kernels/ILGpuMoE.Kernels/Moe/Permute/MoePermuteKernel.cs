@@ -288,10 +288,10 @@ public sealed class MoePermuteKernel
 
     private MoePermuteKernel(Accelerator accelerator)
     {
-        histogram = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.HistogramV1);
-        scan = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>>(
+        histogram = accelerator.LoadCounted<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.HistogramV1);
+        scan = accelerator.LoadCounted<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>, ArrayView<int>>(
             MoePermuteKernels.ScanScheduleV1);
-        scatter = accelerator.LoadKernel<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.ScatterV1);
+        scatter = accelerator.LoadCounted<ArrayView<int>, int, int, int, int, ArrayView<int>, ArrayView<int>, ArrayView<int>>(MoePermuteKernels.ScatterV1);
     }
 
     public static MoePermuteKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
