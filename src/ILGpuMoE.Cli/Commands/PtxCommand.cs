@@ -70,11 +70,14 @@ public static class PtxCommand
             }
         }
 
-        return tools is null ? CliErrors.Ok : Sass(io, outDir, kernels, tools, checkDecode);
+        return tools is null ? CliErrors.Ok : RunSass(io, outDir, kernels, tools, checkDecode);
     }
 
-    /// <summary>The SASS report (and the decode gate): 0 when every kernel compiled (and, checked, passed), else 1.</summary>
-    private static int Sass(CliIo io, string outDir, IReadOnlyList<PtxKernel> kernels, SassTools tools, bool checkDecode)
+    /// <summary>
+    /// The SASS report of exported kernels (and the decode gate): writes DIR/sass/ and DIR/sass.json, prints the table;
+    /// 0 when every kernel compiled (and, with <paramref name="checkDecode"/>, passed), else 1.
+    /// </summary>
+    public static int RunSass(CliIo io, string outDir, IReadOnlyList<PtxKernel> kernels, SassTools tools, bool checkDecode)
     {
         var results = tools.Run(outDir, kernels);
         var reports = results.Where(r => r.Report is not null).Select(r => r.Report!).ToList();

@@ -1,3 +1,5 @@
+using ILGpuMoE.Cli;
+using ILGpuMoE.Cli.Commands;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Ptx;
 using ILGpuMoE.Tests.Cli;
@@ -117,5 +119,15 @@ public class SassToolsTests
         Assert.That(scalar.DecodeFailure(), Does.Contain("0 of").And.Contain("scalar"), scalar.ToRow());
         Assert.That(results[2].Report!.Sass.Ldg.ToString(), Is.EqualTo(wide.Sass.Ldg.ToString()));
         Assert.That(Directory.GetFiles(Path.Combine(dir, "sass"), "*.cubin"), Is.Empty);
+
+        // The CLI's gate on the same kernels: exit 1 naming the scalar one with its numbers, the wide ones pass.
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = PtxCommand.RunSass(new CliIo(output, error), dir, [Kernel("wide"), Kernel("scalar"), Kernel("newer")], tools, checkDecode: true);
+        Assert.That(code, Is.EqualTo(1), output.ToString());
+        Assert.That(output.ToString(), Does.Contain("decode-check FAIL scalar: 0 of").And.Not.Contain("FAIL wide").And.Not.Contain("FAIL newer"));
+        Assert.That(error.ToString().Trim(), Does.Not.Contain('\n').And.EndWith("fail the 128-bit load check: scalar"));
+        Assert.That(File.ReadAllText(Path.Combine(dir, "sass.json")), Does.Contain("\"decodeFailure\": \"scalar: 0 of"));
+        Assert.That(PtxCommand.RunSass(new CliIo(new StringWriter(), new StringWriter()), dir, [Kernel("wide")], tools, checkDecode: true), Is.Zero);
     }
 }
