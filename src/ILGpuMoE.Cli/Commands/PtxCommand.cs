@@ -45,6 +45,8 @@ public static class PtxCommand
             if (tools.Missing is { } missing)
                 throw new CliUsageException($"ptx --sass: {missing} not found " +
                     (cudaBin is null ? "under .cache/cuda/root or on PATH (tools/ptxas-check.sh fetches them; or pass --cuda-bin DIR)" : $"in {cudaBin}"));
+            if (tools.Unusable() is { } why)
+                throw new CliUsageException($"ptx --sass: {why}");
         }
 
         var kernels = PtxExporter.Export(outDir, log: io.Out.WriteLine);

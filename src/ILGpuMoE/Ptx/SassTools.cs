@@ -1,6 +1,7 @@
 // Runs ptxas and cuobjdump on exported PTX (PtxExporter) to get the SASS that SassReport reads. The tools come from
 // Debian's CUDA 11.8 package that tools/ptxas-check.sh unpacks into .cache/cuda/root of the repository, or from PATH,
 // or from a folder the caller names (`ilgpumoe ptx --sass --cuda-bin DIR`).
+using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
@@ -39,6 +40,26 @@ public sealed partial record SassTools(string? Ptxas, string? Cuobjdump)
         (_, null) => "cuobjdump",
         _ => null,
     };
+
+    /// <summary>Null when both tools run (`--version` exits 0), else one line saying which does not and why.</summary>
+    public string? Unusable()
+    {
+        foreach (var tool in new[] { Ptxas, Cuobjdump }.OfType<string>())
+        {
+            try
+            {
+                var (code, output) = Exec(tool, "--version");
+                if (code != 0)
+                    return $"{tool} --version exited {code}: {FirstLines(output)}";
+            }
+            catch (Win32Exception e)
+            {
+                return $"{tool} cannot be run: {e.Message}";
+            }
+        }
+
+        return null;
+    }
 
     /// <summary>
     /// Compiles every exported kernel for sm_90 and reads its SASS: writes DIR/sass/&lt;kernel&gt;.sass and returns one

@@ -41,6 +41,11 @@ public class SassToolsTests
         Assert.That(line, Does.Contain("ptxas and cuobjdump not found").And.Contain(dir));
         line = CliRun.Of("ptx", "--out", Path.Combine(dir, "out"), "--check-decode", "--cuda-bin", Path.Combine(dir, "nowhere")).AssertBadInput();
         Assert.That(line, Does.Contain("--cuda-bin").And.Contain("nowhere"));
+        // Files of those names that do not run (here: empty, not executable) are as bad as none.
+        File.WriteAllText(Path.Combine(dir, "ptxas"), "");
+        File.WriteAllText(Path.Combine(dir, "cuobjdump"), "");
+        line = CliRun.Of("ptx", "--out", Path.Combine(dir, "out"), "--sass", "--cuda-bin", dir).AssertBadInput();
+        Assert.That(line, Does.Contain("ptxas cannot be run"));
         Assert.That(Directory.Exists(Path.Combine(dir, "out")), Is.False, "the export must not start without the tools");
     }
 
