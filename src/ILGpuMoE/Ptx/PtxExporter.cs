@@ -51,7 +51,7 @@ public sealed record PtxKernel(string Name, string Family, string Version, strin
 
 public static class PtxExporter
 {
-    /// <summary>How manifest.json (and the SASS step's sass.json) are written.</summary>
+    /// <summary>The settings manifest.json is written with (Export spells them out where it writes it), for sass.json.</summary>
     public static readonly JsonSerializerOptions ManifestJson = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
     /// <summary>Every static method of the kernels assembly that carries [KernelInfo], in a stable order.</summary>
@@ -157,7 +157,8 @@ public static class PtxExporter
         // For tools/ptxas-check.sh (bash, no JSON reader): name, threads per group, most dynamic shared bytes.
         File.WriteAllLines(Path.Combine(outDir, "launch.tsv"),
             results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.CheckedBlockSize}\t{k.MaxDynamicSharedBytes}\t{(k.BlockSize > 0 ? "declared" : "bound")}"));
-        File.WriteAllText(Path.Combine(outDir, "manifest.json"), JsonSerializer.Serialize(manifest, ManifestJson));
+        File.WriteAllText(Path.Combine(outDir, "manifest.json"),
+            JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }));
         return results;
     }
 

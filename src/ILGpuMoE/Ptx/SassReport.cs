@@ -336,11 +336,11 @@ public sealed record SassKernelReport(string Name, DecodeUse Decode, int BlockSi
         _ => throw new ArgumentOutOfRangeException(nameof(use), use, "unknown DecodeUse"),
     };
 
-    /// <summary>The sass.json entry.</summary>
+    /// <summary>The sass.json entry (loop addresses in hex, as in the .sass listing).</summary>
     public object ToJson() => new
     {
         name = Name,
-        decode = DecodeName(Decode),
+        decodeUse = DecodeName(Decode),
         blockSize = BlockSize,
         dynamicSharedBytes = DynamicSharedBytes,
         registers = Ptxas.Registers,
@@ -355,7 +355,7 @@ public sealed record SassKernelReport(string Name, DecodeUse Decode, int BlockSi
         lds = Sass.Lds.ToDictionary(),
         sts = Sass.Sts.ToDictionary(),
         localAccesses = Sass.LocalAccesses,
-        hotLoop = Sass.HotLoop is { } l ? new { start = l.Start, end = l.End, instructions = l.Instructions, ldg = l.Ldg.ToDictionary() } : null,
+        hotLoop = Sass.HotLoop is { } l ? new { start = $"0x{l.Start:x4}", end = $"0x{l.End:x4}", instructions = l.Instructions, ldg = l.Ldg.ToDictionary() } : null,
         hotLdgBytes = Sass.HotLdg.Bytes,
         hotWideLdgBytes = WideLoadBytes,
         decodeFailure = DecodeFailure(),

@@ -203,7 +203,8 @@ public class SassReportTests
         Assert.That(r.ToRow(), Does.Contain("weights").And.Contain("64/64 warps").And.Contain("128:1 32:9").And.Contain("13 instr, LDG 128:1 32:8"));
         using var json = JsonDocument.Parse(JsonSerializer.Serialize(r.ToJson(), PtxExporter.ManifestJson));
         var root = json.RootElement;
-        Assert.That(root.GetProperty("decode").GetString(), Is.EqualTo("weights"));
+        Assert.That(root.GetProperty("decodeUse").GetString(), Is.EqualTo("weights"));
+        Assert.That(root.GetProperty("hotLoop").GetProperty("start").GetString(), Is.EqualTo("0x0040"));
         Assert.That(root.GetProperty("ldg").GetProperty("32").GetInt32(), Is.EqualTo(9));
         Assert.That(root.GetProperty("hotLoop").GetProperty("instructions").GetInt32(), Is.EqualTo(13));
         Assert.That(root.GetProperty("hotWideLdgBytes").GetInt32(), Is.EqualTo(16));
