@@ -6,8 +6,10 @@
 #
 #   tools/ptxas-check.sh [PTX_DIR]
 #
-# PTX_DIR defaults to a fresh export with the PTX lint (`ilgpumoe ptx --out artifacts/ptx --lint`: uniform branches,
-# vector accesses, .local; its failure fails this script too). ptxas comes from Debian's non-free
+# PTX_DIR defaults to a fresh export with the PTX lint and the SASS decode check (`ilgpumoe ptx --out artifacts/ptx
+# --lint --sass --check-decode`: uniform branches, vector accesses, .local; every decode weights kernel loads at least
+# half of its hot loop's global bytes 128 bits wide, perf/notes/sass-report.md; either failure fails this script too;
+# the SASS report lands in artifacts/ptx/sass.json). ptxas and cuobjdump come from Debian's non-free
 # `nvidia-cuda-toolkit` package, fetched alone with `apt-get download` into .cache/cuda (no system install,
 # none of its dependencies: ptxas needs only libc). The apt source is the machine's own Debian source with the
 # component switched to non-free, so nothing here names a host.
@@ -48,9 +50,10 @@ if [ $# -eq 0 ]; then
     rm -rf "$ptx_dir"
     mkdir -p "$(dirname "$ptx_dir")"  # a fresh clone has no artifacts/ yet
     lint_rc=0
-    (cd "$root" && dotnet run --project "$root/src/ILGpuMoE.Cli" -c Release -- ptx --out "$ptx_dir" --lint) > "$ptx_dir.lint.txt" 2>&1 || lint_rc=$?
+    (cd "$root" && dotnet run --project "$root/src/ILGpuMoE.Cli" -c Release -- ptx --out "$ptx_dir" --lint \
+        --sass --check-decode --cuda-bin "$(dirname "$ptxas")") > "$ptx_dir.lint.txt" 2>&1 || lint_rc=$?
     grep -v '^ok ' "$ptx_dir.lint.txt" || true
-    if [ "$lint_rc" -ne 0 ]; then echo "ptxas-check: PTX lint FAILED"; exit 1; fi
+    if [ "$lint_rc" -ne 0 ]; then echo "ptxas-check: PTX lint or SASS decode check FAILED"; exit 1; fi
 fi
 
 # Declared launch shape per kernel: threads per group, most dynamic shared bytes (0 0 when undeclared).

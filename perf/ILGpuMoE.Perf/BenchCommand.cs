@@ -1,7 +1,7 @@
 // ilgpumoe bench: the kernel suite (and, where they exist, the end-to-end and peer parts) at a named preset.
 //   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR
 //       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
-//       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR]
+//       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first]
 //   ilgpumoe-bench host [BenchmarkDotNet arguments]     host-side paths (safetensors open/map, ...)
 // Writes DIR/bench.json (every figure) and DIR/bench.md (summary) after every case (atomically: temp file + rename),
 // DIR/roofline.png at the end; prints the table.
@@ -24,16 +24,19 @@ public sealed class BenchUsageException(string message) : Exception(message);
 public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice Device, int[]? Tokens, string[]? Families, bool CheckOnly, bool Peer, bool EndToEnd, bool EndToEndOnly = false, double? BudgetSeconds = null,
     double? CaseTimeoutSeconds = null, FaultInjection? Faults = null, string? Cache = null)
 {
+    /// <summary>--decode-first: the T = 1 cases of decode-marked kernels (Suite/DecodeCases.cs) run before the rest.</summary>
+    public bool DecodeFirst { get; init; }
+
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
         string? preset = null, outDir = null, device = null, cache = null;
         int[]? tokens = null;
         string[]? families = null;
-        bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false;
+        bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false, decodeFirst = false;
         double? budget = null, caseTimeout = null;
         for (int i = 0; i < args.Count; i++)
         {
@@ -76,6 +79,9 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     break;
                 case "--cache":
                     cache = Value();
+                    break;
+                case "--decode-first":
+                    decodeFirst = true;
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -123,7 +129,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         }
 
         return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly, budget,
-            caseTimeout, faults, cache);
+            caseTimeout, faults, cache) { DecodeFirst = decodeFirst };
     }
 
     private static double Seconds(string option, string text) =>
@@ -229,6 +235,7 @@ public static class BenchCommand
                 Families = options.Families,
                 CheckOnly = options.CheckOnly,
                 BudgetSeconds = options.BudgetSeconds,
+                RunFirst = options.DecodeFirst ? DecodeCases.IsDecode : null,
             });
         }
 

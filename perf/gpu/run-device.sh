@@ -11,7 +11,8 @@
 #   2. smoke          every kernel and version on CUDA against the CPU oracle (--check-only at moderate shapes)
 #   2b. fixtures      the whole runtime on CUDA: the F32 fixture vs llama.cpp's logits, each --quant scheme vs the CPU
 #                     accelerator, the README's generate command (fixtures.sh)
-#   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes
+#   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes, the decode cases first (--decode-first: T = 1 of
+#                     every kernel marked [KernelInfo(Decode = ...)], right after the copy ceiling)
 #   4. e2e-mixtral    end to end on a random 1-layer Mixtral-shaped model (bf16, int8, int4, fp8)
 #   5. torch          the PyTorch baseline on the same shapes (python3 with torch, if the machine has it)
 #   6. qwen, deepseek the other presets' MoE shapes with the time left
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --out) out="${2:?--out needs a folder}"; shift 2;;
     --budget-s) budget="${2:?--budget-s needs seconds}"; shift 2;;
     --dry-run) dry=1; shift;;
-    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "run-device.sh: unknown argument '$1' (--out DIR [--budget-s SECONDS] [--dry-run])" >&2; exit 2;;
   esac
 done
@@ -177,7 +178,9 @@ else
   qwen=(--preset qwen-moe-a2.7b --tokens 1,64,512 --family dense,gating,moe,quant)
   deepseek=(--preset deepseek-v3-moe --tokens 1,64,512 --family gating,moe)
 fi
-common=(--device "$device" --case-timeout-s "$case_timeout" --budget "{budget}")
+# --decode-first: every bench step runs the T = 1 cases of decode-marked kernels before the rest (only the order
+# changes, not the steps' limits), so a step cut short by its limit still has the decode figures.
+common=(--device "$device" --case-timeout-s "$case_timeout" --budget "{budget}" --decode-first)
 
 # 2. Correctness first: every kernel and version on the device against the CPU oracle. Fails loudly.
 step smoke 90 "$bin" bench "${smoke[@]}" "${common[@]}" --check-only --out "$out/smoke"

@@ -26,6 +26,10 @@ public sealed class SuiteOptions
     /// <summary>Wall-clock budget in seconds: no new case starts after it (the GPU runner's steps have hard limits;
     /// the report is written after every case, so a stop keeps everything). Null: no budget.</summary>
     public double? BudgetSeconds { get; init; }
+
+    /// <summary>Cases to run before all others, right after the copy ceiling (`bench --decode-first`:
+    /// <see cref="DecodeCases.IsDecode"/>); each then keeps its place out of the regular sweep. Null: the plain order.</summary>
+    public Func<IBenchCase, bool>? RunFirst { get; init; }
 }
 
 public static class SuiteRunner
@@ -51,6 +55,41 @@ public static class SuiteRunner
         var families = Families.Where(f => options.Families is null || options.Families.Contains(f.Name, StringComparer.OrdinalIgnoreCase)).ToList();
         int skipped = 0;
         bool OutOfTime() => options.BudgetSeconds is double budget && run.ElapsedSeconds > budget;
+        var first = options.RunFirst;
+
+        // The cases of one family at one token count that `take` accepts, each run (or, out of time, counted skipped).
+        void RunCases(IBenchFamily family, int tokens, Func<IBenchCase, bool> take, bool reportErrors)
+        {
+            List<IBenchCase> cases;
+            try
+            {
+                cases = family.Cases(options.Preset, tokens, run.Device).ToList();
+            }
+            catch (Exception e)
+            {
+                if (reportErrors)
+                    run.Add(new CaseResult(family.Name, "?", "?", tokens, "", 0, 0, 0, false, CaseStatus.Error, null, null, OneLine(e)));
+                return;
+            }
+
+            foreach (var c in cases)
+            {
+                if (!take(c))
+                {
+                    c.Dispose();
+                    continue;
+                }
+
+                if (run.Stopped || OutOfTime())
+                {
+                    skipped++;
+                    c.Dispose();
+                    continue;
+                }
+
+                run.Add(RunCase(run, c, plan));
+            }
+        }
 
         if (!options.CheckOnly)
         {
@@ -66,7 +105,19 @@ public static class SuiteRunner
                 run.Notes.Add($"copy ceiling not measured: {name}");
                 run.Renew($"the copy ceiling: {name}");
             }
+        }
 
+        // Decode first: the T = 1 cases of the marked kernels (the case-factory errors are reported by the sweep below).
+        if (first is not null && (options.Tokens ?? options.Preset.Tokens).Contains(1))
+        {
+            int before = run.Cases.Count;
+            foreach (var family in families)
+                RunCases(family, 1, first, reportErrors: false);
+            log($"decode first: {run.Cases.Count - before} case(s) of decode-marked kernels at T = 1 ran before the rest");
+        }
+
+        if (!options.CheckOnly)
+        {
             foreach (var family in families)
             {
                 if (run.Stopped || OutOfTime())
@@ -82,30 +133,7 @@ public static class SuiteRunner
         foreach (int tokens in options.Tokens ?? options.Preset.Tokens)
         {
             foreach (var family in families)
-            {
-                List<IBenchCase> cases;
-                try
-                {
-                    cases = family.Cases(options.Preset, tokens, run.Device).ToList();
-                }
-                catch (Exception e)
-                {
-                    run.Add(new CaseResult(family.Name, "?", "?", tokens, "", 0, 0, 0, false, CaseStatus.Error, null, null, OneLine(e)));
-                    continue;
-                }
-
-                foreach (var c in cases)
-                {
-                    if (run.Stopped || OutOfTime())
-                    {
-                        skipped++;
-                        c.Dispose();
-                        continue;
-                    }
-
-                    run.Add(RunCase(run, c, plan));
-                }
-            }
+                RunCases(family, tokens, c => first is null || !first(c), reportErrors: true);
         }
 
         if (skipped > 0 && !run.Stopped)

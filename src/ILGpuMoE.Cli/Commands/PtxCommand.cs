@@ -1,7 +1,11 @@
 // ilgpumoe ptx --out DIR [--lint]: every kernel (every version, every weight type) compiled for sm_90 with no GPU
 // present, one .ptx per kernel plus manifest.json and launch.tsv (name, declared block size, most dynamic shared
 // bytes, for tools/ptxas-check.sh). --lint runs PtxLint and prints one line per kernel; exit 1 when a check fails.
+// --sass compiles each kernel with ptxas for sm_90 and reads cuobjdump's SASS (SassReport): DIR/sass/<kernel>.sass,
+// DIR/sass.json and a table; --check-decode (implies --sass) exits 1 when a decode weights kernel's hot loop loads
+// less than half of its global bytes 128 bits wide. Without ptxas or cuobjdump: one line, exit 2.
 using System.CommandLine;
+using System.Text.Json;
 using ILGpuMoE.Ptx;
 
 namespace ILGpuMoE.Cli.Commands;
@@ -13,17 +17,36 @@ public static class PtxCommand
         var outDir = new Option<string>("--out") { Description = "Folder for the .ptx files and manifest.json", Required = true };
         var lint = new Option<bool>("--lint") { Description = "Lint the PTX (uniform branches, vector accesses, local memory); exit 1 on a failure" };
         var notes = new Option<string>("--local-memory") { Description = "The local-memory allow-list for --lint", DefaultValueFactory = _ => "perf/notes/local-memory.md" };
-        var command = new Command("ptx", "Compile every kernel for sm_90 (PTX ISA 7.8) and write the PTX and a manifest") { outDir, lint, notes };
-        command.SetAction(parse => Run(io, parse.GetValue(outDir)!, parse.GetValue(lint), parse.GetValue(notes)!));
+        var sass = new Option<bool>("--sass") { Description = "Compile each kernel with ptxas for sm_90 and report its SASS (registers, occupancy, loads by width, hot loop) in DIR/sass.json" };
+        var checkDecode = new Option<bool>("--check-decode") { Description = "With --sass: exit 1 when a decode weights kernel's hot loop loads under half its global bytes 128-bit" };
+        var cudaBin = new Option<string?>("--cuda-bin") { Description = "Folder holding ptxas and cuobjdump (default: .cache/cuda/root of the repository, then PATH)" };
+        var command = new Command("ptx", "Compile every kernel for sm_90 (PTX ISA 7.8) and write the PTX and a manifest") { outDir, lint, notes, sass, checkDecode, cudaBin };
+        command.SetAction(parse => Run(io, parse.GetValue(outDir)!, parse.GetValue(lint), parse.GetValue(notes)!,
+            parse.GetValue(sass) || parse.GetValue(checkDecode), parse.GetValue(checkDecode), parse.GetValue(cudaBin)));
         return command;
     }
 
-    public static int Run(CliIo io, string outDir, bool lint = false, string localMemoryNotes = "perf/notes/local-memory.md")
+    public static int Run(CliIo io, string outDir, bool lint = false, string localMemoryNotes = "perf/notes/local-memory.md",
+        bool sass = false, bool checkDecode = false, string? cudaBin = null)
     {
         if (lint && !File.Exists(localMemoryNotes))
         {
             io.Err.WriteLine($"ptx: local-memory allow-list {localMemoryNotes} not found");
             return CliErrors.BadInput;
+        }
+
+        // The tools are looked for before the minute-long export, so a missing one fails at once.
+        SassTools? tools = null;
+        if (sass)
+        {
+            if (cudaBin is not null && !Directory.Exists(cudaBin))
+                throw new CliUsageException($"ptx --cuda-bin: folder {cudaBin} not found");
+            tools = SassTools.Find(cudaBin);
+            if (tools.Missing is { } missing)
+                throw new CliUsageException($"ptx --sass: {missing} not found " +
+                    (cudaBin is null ? "under .cache/cuda/root or on PATH (tools/ptxas-check.sh fetches them; or pass --cuda-bin DIR)" : $"in {cudaBin}"));
+            if (tools.Unusable() is { } why)
+                throw new CliUsageException($"ptx --sass: {why}");
         }
 
         var kernels = PtxExporter.Export(outDir, log: io.Out.WriteLine);
@@ -35,16 +58,63 @@ public static class PtxCommand
             return 1;
         }
 
-        if (!lint)
-            return CliErrors.Ok;
-        var results = PtxLint.Run(outDir, kernels, PtxLint.ReadLocalMemoryNotes(localMemoryNotes));
-        foreach (var r in results)
-            io.Out.WriteLine(r.ToString());
-        int bad = results.Count(r => !r.Ok);
-        io.Out.WriteLine($"ptx-lint: {results.Count} checked, {bad} failed");
-        if (bad > 0)
+        if (lint)
         {
-            io.Err.WriteLine($"ptx: lint failed for {bad} kernel(s)");
+            var results = PtxLint.Run(outDir, kernels, PtxLint.ReadLocalMemoryNotes(localMemoryNotes));
+            foreach (var r in results)
+                io.Out.WriteLine(r.ToString());
+            int bad = results.Count(r => !r.Ok);
+            io.Out.WriteLine($"ptx-lint: {results.Count} checked, {bad} failed");
+            if (bad > 0)
+            {
+                io.Err.WriteLine($"ptx: lint failed for {bad} kernel(s)");
+                return 1;
+            }
+        }
+
+        return tools is null ? CliErrors.Ok : RunSass(io, outDir, kernels, tools, checkDecode);
+    }
+
+    /// <summary>
+    /// The SASS report of exported kernels (and the decode gate): writes DIR/sass/ and DIR/sass.json, prints the table;
+    /// 0 when every kernel compiled (and, with <paramref name="checkDecode"/>, passed), else 1.
+    /// </summary>
+    public static int RunSass(CliIo io, string outDir, IReadOnlyList<PtxKernel> kernels, SassTools tools, bool checkDecode)
+    {
+        var results = tools.Run(outDir, kernels);
+        var reports = results.Where(r => r.Report is not null).Select(r => r.Report!).ToList();
+        File.WriteAllText(Path.Combine(outDir, "sass.json"), JsonSerializer.Serialize(new
+        {
+            arch = "sm_90",
+            ptxas = tools.Ptxas,
+            kernels = reports.Select(r => r.ToJson()),
+            errors = results.Where(r => r.Error is not null).Select(r => new { name = r.Kernel.Name, error = r.Error }),
+        }, PtxExporter.ManifestJson));
+
+        io.Out.WriteLine(SassKernelReport.Header);
+        foreach (var r in reports)
+            io.Out.WriteLine(r.ToRow());
+        var errors = results.Where(r => r.Error is not null).ToList();
+        foreach (var (kernel, _, error) in errors)
+            io.Out.WriteLine($"{kernel.Name,-44} FAIL {error}");
+        int decode = reports.Count(r => r.Decode != Kernels.DecodeUse.None);
+        io.Out.WriteLine($"sass: {reports.Count} kernels ({decode} decode), {errors.Count} failed -> {Path.GetFullPath(Path.Combine(outDir, "sass"))}");
+        if (errors.Count > 0)
+        {
+            io.Err.WriteLine($"ptx --sass: {errors.Count} kernel(s) failed in ptxas or cuobjdump (see sass.json)");
+            return 1;
+        }
+
+        if (!checkDecode)
+            return CliErrors.Ok;
+        var failures = reports.Select(r => r.DecodeFailure()).OfType<string>().ToList();
+        int weights = reports.Count(r => r.Decode == Kernels.DecodeUse.Weights);
+        foreach (var f in failures)
+            io.Out.WriteLine("decode-check FAIL " + f);
+        io.Out.WriteLine($"decode-check: {weights} decode weights kernel(s), {failures.Count} load under half their hot-loop bytes 128-bit");
+        if (failures.Count > 0)
+        {
+            io.Err.WriteLine($"ptx --check-decode: {failures.Count} decode weights kernel(s) fail the 128-bit load check: {string.Join(", ", reports.Where(r => r.DecodeFailure() is not null).Select(r => r.Name))}");
             return 1;
         }
 

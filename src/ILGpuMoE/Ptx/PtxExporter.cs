@@ -5,6 +5,7 @@
 // (7.8 by default) is the newest that the ptxas of Debian's CUDA 11.8 reads.
 using System.Reflection;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using ILGPU;
 using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.PTX;
@@ -32,10 +33,27 @@ public sealed record PtxKernel(string Name, string Family, string Version, strin
     /// the most threads any launcher of ours puts in a group (every kernel test enforces it: the CPU accelerator's
     /// groups hold at most that many threads, so a launcher asking for more fails its own tests).</summary>
     public int CheckedBlockSize => BlockSize > 0 ? BlockSize : Devices.MaxGroupSize;
+
+    /// <summary>[KernelInfo] Decode; the manifest writes it as "decode" and "decodeUse" (below).</summary>
+    [JsonIgnore]
+    public DecodeUse DecodeUse { get; init; }
+
+    /// <summary>Manifest "decode": true for the kernels a CUDA decode step launches (absent for the others).</summary>
+    [JsonPropertyName("decode")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool IsDecode => DecodeUse != DecodeUse.None;
+
+    /// <summary>Manifest "decodeUse": "weights" or "activations" (absent when not a decode kernel).</summary>
+    [JsonPropertyName("decodeUse")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? DecodeUseName => DecodeUse == DecodeUse.None ? null : SassKernelReport.DecodeName(DecodeUse);
 }
 
 public static class PtxExporter
 {
+    /// <summary>The settings manifest.json is written with (Export spells them out where it writes it), for sass.json.</summary>
+    public static readonly JsonSerializerOptions ManifestJson = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+
     /// <summary>Every static method of the kernels assembly that carries [KernelInfo], in a stable order.</summary>
     public static IReadOnlyList<(MethodInfo Method, KernelInfoAttribute Info)> FindKernels(Assembly? assembly = null)
     {
@@ -105,6 +123,7 @@ public static class PtxExporter
                             WideViews = KernelParamLayout.Resolve(concrete, info.WideViews),
                             BlockSize = info.BlockSize,
                             MaxDynamicSharedBytes = info.MaxDynamicSharedBytes,
+                            DecodeUse = info.Decode,
                         });
                         log?.Invoke($"ok    {file} ({compiled.PTXAssembly.Length / 1024.0:F1} KiB)");
                     }

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Ptx;
 
 namespace ILGpuMoE.Tests.Ptx;
@@ -30,6 +31,17 @@ public class PtxExportTests
             using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "manifest.json")));
             Assert.That(manifest.RootElement.GetProperty("kernels").GetArrayLength(), Is.EqualTo(kernels.Count));
             Assert.That(kernels.Select(k => k.File).Distinct().Count(), Is.EqualTo(kernels.Count), "file names must be unique");
+
+            // "decode": true exactly on the entries whose [KernelInfo] Decode is set, with "decodeUse" naming it.
+            var decodeOf = PtxExporter.FindKernels().ToDictionary(k => $"{k.Method.DeclaringType!.FullName}.{k.Method.Name}", k => k.Info.Decode);
+            foreach (var entry in manifest.RootElement.GetProperty("kernels").EnumerateArray())
+            {
+                var use = decodeOf[entry.GetProperty("method").GetString()!];
+                string name = entry.GetProperty("name").GetString()!;
+                Assert.That(entry.TryGetProperty("decode", out var decode) && decode.GetBoolean(), Is.EqualTo(use != DecodeUse.None), name);
+                Assert.That(entry.TryGetProperty("decodeUse", out var how) ? how.GetString() : null,
+                    Is.EqualTo(use == DecodeUse.None ? null : SassKernelReport.DecodeName(use)), name);
+            }
         }
         finally
         {
