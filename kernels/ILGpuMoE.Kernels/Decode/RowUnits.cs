@@ -15,8 +15,10 @@
 // expert and block-row divisions) is computed once per row outside the unit loop, so the loop holds no 64-bit
 // multiply and no integer divide. The per-unit scale index of Q4 (unit / units-per-group) and FP8 (unit /
 // units-per-block) is a multiply-high by a magic number precomputed on the host (UnitDivide), exact for the sizes the
-// factories accept. Each DotUnit is straight-line: the 32-bit words are decoded with constant shifts, no per-value
-// branch, and the scale multiplies the unit's sum once.
+// factories accept. Each DotUnit is straight-line (no per-value branch) and the scale multiplies the unit's sum once.
+// Q8 and Q4 decode a value where it lies in its word (mask and OR into the mantissa of 2^23, one subtraction: value
+// times 256^i or 16^i, summed per position and rescaled per unit by an exact power of two), so most values cost one
+// LOP3, one FADD and one FFMA.
 using System.Runtime.InteropServices;
 using ILGPU;
 using ILGpuMoE.Kernels.Dense;
@@ -231,8 +233,13 @@ public readonly struct Q8Units : IRowUnits
     public readonly int NCols;
     public readonly int NUnits;
 
+    /// <summary>QuantLayout.MagicBits | 0x80, as data: a constant the compiler cannot see is kept in a register, so
+    /// each value's mask-and-merge is one LOP3 (register, immediate mask, register) instead of two.</summary>
+    public readonly uint MagicLo;
+
     internal Q8Units(Q8Weights w)
     {
+        MagicLo = QuantLayout.MagicBits | 0x80u;
         Data = w.Data.SubView(0, (long)w.Rows * w.RowWords).Cast<Wide16>();
         Scales = w.Scales;
         NRows = w.Rows;
@@ -254,20 +261,26 @@ public readonly struct Q8Units : IRowUnits
     {
         Wide16 w = row.Words[unit];
         var x = DecodeStaging.UnitSlots(xs, k0, 16);
-        return (Word(w.A, x, 0) + Word(w.B, x, 4) + (Word(w.C, x, 8) + Word(w.D, x, 12))) * row.Scale;
+        uint lo = MagicLo, hi = MagicLo ^ 0x8080u; // MagicBits | 0x8000
+        var a = Word(w.D, x, 12, lo, hi, Word(w.C, x, 8, lo, hi, Word(w.B, x, 4, lo, hi, Word(w.A, x, 0, lo, hi, default))));
+        return (a.A + a.B * (1f / 256f)) * row.Scale;
     }
 
-    // Byte i as offset binary (b ^ 0x80 = q + 128) OR-ed into the mantissa of 2^23: the float 2^23 + 128 + q, and one
-    // subtraction leaves q exactly (QuantLayout's trick: no int-to-float conversion).
-    private static float Code(uint bits) => Interop.IntAsFloat(QuantLayout.MagicBits | ((bits & 0xFFu) ^ 0x80u)) - (QuantLayout.Magic + 128f);
-
-    private static float Word(uint bits, ArrayView<float> x, int i)
+    // Offset binary: b ^ 0x80 = q + 128. A byte at bits 8i..8i+7 of a word, OR-ed (XOR-ed, for the 0x80) into the
+    // mantissa of 2^23 where it lies, reads as 2^23 + 256^i (q + 128): one LOP3 per value, no shift, for bytes 0 and 1;
+    // bytes 2 and 3 after one shift of the word (byte 2 would reach f32's exponent). Subtracting 2^23 + 256^i * 128
+    // leaves 256^i q exactly; A sums the q * x of bytes 0 and 2, B the 256 q * x of bytes 1 and 3.
+    private static DotPair Word(uint bits, ArrayView<float> x, int i, uint lo, uint hi, DotPair acc)
     {
-        float s = Code(bits) * x[i];
-        s += Code(bits >> 8) * x[i + 1];
-        s += Code(bits >> 16) * x[i + 2];
-        s += Code(bits >> 24) * x[i + 3];
-        return s;
+        const float BiasLo = QuantLayout.Magic + 128f;
+        const float BiasHi = QuantLayout.Magic + 32768f;
+        uint h = bits >> 16;
+        float a = acc.A, b = acc.B;
+        a += (Interop.IntAsFloat((bits & 0xFFu) ^ lo) - BiasLo) * x[i];
+        b += (Interop.IntAsFloat((bits & 0xFF00u) ^ hi) - BiasHi) * x[i + 1];
+        a += (Interop.IntAsFloat((h & 0xFFu) ^ lo) - BiasLo) * x[i + 2];
+        b += (Interop.IntAsFloat((h & 0xFF00u) ^ hi) - BiasHi) * x[i + 3];
+        return new DotPair(a, b);
     }
 }
 
@@ -287,8 +300,12 @@ public readonly struct Q4Units : IRowUnits
     public readonly uint GroupMagic;
     public readonly uint GroupOneMask;
 
+    /// <summary>QuantLayout.MagicBits as data (see Q8Units.MagicLo): one LOP3 per nibble.</summary>
+    public readonly uint Magic;
+
     internal Q4Units(Q4Weights w)
     {
+        Magic = QuantLayout.MagicBits;
         Data = w.Data.SubView(0, (long)w.Rows * w.RowWords).Cast<Wide16>();
         Scales = w.Scales;
         Zeros = w.Zeros;
@@ -315,26 +332,43 @@ public readonly struct Q4Units : IRowUnits
         Wide16 w = row.Words[unit];
         long g = row.Scales + UnitDivide.Divide(unit, GroupMagic, GroupOneMask);
         float scale = (float)Scales[g];
-        // 2^23 + z: subtracting it from 2^23 + q leaves q - z exactly (symmetric: z = 8).
-        float bias = QuantLayout.Magic + (HasZeros != 0 ? Zeros[g] : 8f);
+        float z = HasZeros != 0 ? Zeros[g] : 8f;
         var x = DecodeStaging.UnitSlots(xs, k0, 32);
-        return (Word(w.A, bias, x, 0) + Word(w.B, bias, x, 8) + (Word(w.C, bias, x, 16) + Word(w.D, bias, x, 24))) * scale;
+        var bias = new Nibbles(QuantLayout.Magic + z, QuantLayout.Magic + 16f * z, QuantLayout.Magic + 256f * z,
+            QuantLayout.Magic + 4096f * z, QuantLayout.Magic + 65536f * z);
+        uint m = Magic;
+        var a = Word(w.D, x, 24, m, bias, Word(w.C, x, 16, m, bias, Word(w.B, x, 8, m, bias, Word(w.A, x, 0, m, bias, default))));
+        return (a.N0 + a.N1 * (1f / 16f) + a.N2 * (1f / 256f) + a.N3 * (1f / 4096f) + a.N4 * (1f / 65536f)) * scale;
     }
 
-    private static float Code(uint bits, float bias) => Interop.IntAsFloat(QuantLayout.MagicBits | (bits & 0xFu)) - bias;
-
-    // Straight nibble order: nibble i is column 8j + i (QuantLayout.cs).
-    private static float Word(uint bits, float bias, ArrayView<float> x, int i)
+    /// <summary>Five floats: per nibble position i &lt; 5 a bias 2^23 + 16^i z, or a sum of 16^i (q - z) * x.</summary>
+    private readonly struct Nibbles(float n0, float n1, float n2, float n3, float n4)
     {
-        float s = Code(bits, bias) * x[i];
-        s += Code(bits >> 4, bias) * x[i + 1];
-        s += Code(bits >> 8, bias) * x[i + 2];
-        s += Code(bits >> 12, bias) * x[i + 3];
-        s += Code(bits >> 16, bias) * x[i + 4];
-        s += Code(bits >> 20, bias) * x[i + 5];
-        s += Code(bits >> 24, bias) * x[i + 6];
-        s += Code(bits >> 28, bias) * x[i + 7];
-        return s;
+        public readonly float N0 = n0;
+        public readonly float N1 = n1;
+        public readonly float N2 = n2;
+        public readonly float N3 = n3;
+        public readonly float N4 = n4;
+    }
+
+    // Straight nibble order: nibble i is column 8j + i (QuantLayout.cs). Nibble i < 5 of the word, masked in place and
+    // OR-ed into the mantissa of 2^23, reads as 2^23 + 16^i q (below 2^24: exact); subtracting 2^23 + 16^i z leaves
+    // 16^i (q - z) exactly: one LOP3 and one FADD per value, no shift. Nibbles 5..7 (bit 23 is f32's exponent) take
+    // one shift of the word and the masks of nibbles 0..2. Position i's products sum in N_i; the caller scales N_i by
+    // 16^-i (exact) once per unit.
+    private static Nibbles Word(uint bits, ArrayView<float> x, int i, uint m, Nibbles b, Nibbles acc)
+    {
+        uint h = bits >> 20;
+        float n0 = acc.N0, n1 = acc.N1, n2 = acc.N2, n3 = acc.N3, n4 = acc.N4;
+        n0 += (Interop.IntAsFloat((bits & 0xFu) | m) - b.N0) * x[i];
+        n1 += (Interop.IntAsFloat((bits & 0xF0u) | m) - b.N1) * x[i + 1];
+        n2 += (Interop.IntAsFloat((bits & 0xF00u) | m) - b.N2) * x[i + 2];
+        n3 += (Interop.IntAsFloat((bits & 0xF000u) | m) - b.N3) * x[i + 3];
+        n4 += (Interop.IntAsFloat((bits & 0xF0000u) | m) - b.N4) * x[i + 4];
+        n0 += (Interop.IntAsFloat((h & 0xFu) | m) - b.N0) * x[i + 5];
+        n1 += (Interop.IntAsFloat((h & 0xF0u) | m) - b.N1) * x[i + 6];
+        n2 += (Interop.IntAsFloat((h & 0xF00u) | m) - b.N2) * x[i + 7];
+        return new Nibbles(n0, n1, n2, n3, n4);
     }
 }
 
@@ -381,11 +415,14 @@ public readonly struct Fp8Units : IRowUnits
 
     public int UnitsPerRow => NUnits;
 
+    // 32-bit divisions (rows fit an int): ILGPU places the row arithmetic next to its use inside the unit loop, and
+    // ptxas hoists an inline 32-bit division out of it but not the subroutine call of a 64-bit one.
     public RowRef Row(long row)
     {
-        long e = row / MatrixRows;
-        long r = row - e * MatrixRows;
-        return new(Data.SubView(row * NUnits, NUnits), 0, (e * ScaleRows + r / BlockN) * ScaleCols, 1f);
+        int n = (int)row;
+        int e = n / MatrixRows;
+        int r = n - e * MatrixRows;
+        return new(Data.SubView(row * NUnits, NUnits), 0, ((long)e * ScaleRows + r / BlockN) * ScaleCols, 1f);
     }
 
     public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)

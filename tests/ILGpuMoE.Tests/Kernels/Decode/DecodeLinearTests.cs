@@ -3,6 +3,7 @@ using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Dense;
+using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Tests.Common;
 
@@ -168,6 +169,39 @@ public class DecodeLinearTests
         s.Synchronize();
         Check.Close(want.GetAsArray1D(), y.GetAsArray1D(), 1e-6, 0, "decode/linear prologue vs RmsNormKernel");
         Check.Close(RefOps.RmsNorm(x, g, 1, d, Eps), y.GetAsArray1D(), 1e-5, 1e-6, "decode/linear prologue vs RefOps.RmsNorm");
+    }
+
+    /// <summary>
+    /// Every E4M3 code through Fp8Units' decode (bits moved into f32 and scaled by 2^120, subnormals included; the NaN
+    /// codes make their unit NaN): row r holds code r in column r mod 16 and zero bytes elsewhere, so y[r] =
+    /// e4m3(r) * x[r mod 16] * scale, against RefQuant.DecodeE4M3.
+    /// </summary>
+    [Test]
+    public void Fp8UnitsDecodeEveryCode()
+    {
+        const int rows = 256, cols = 16;
+        const float scale = 0.125f;
+        var words = new uint[rows * 4];
+        for (int r = 0; r < rows; r++)
+        {
+            int c = r % cols;
+            words[r * 4 + c / 4] = (uint)r << (8 * (c % 4));
+        }
+
+        var x = Enumerable.Range(0, cols).Select(c => 1f + c / 16f).ToArray();
+        using var wb = TestDevice.Upload(words);
+        using var sb = TestDevice.Upload(new[] { scale });
+        using var xb = TestDevice.Upload(x);
+        using var y = TestDevice.PoisonedFloats(rows);
+        var w = RowUnits.Fp8(new Fp8Weights(wb.View, sb.View, rows, cols, rows, rows, cols));
+        Kernel<Fp8Units>().Launch(TestDevice.Accelerator.DefaultStream, xb.View, NormWeights.None, 0f, new(w, y.View));
+        TestDevice.Accelerator.Synchronize();
+        var got = y.GetAsArray1D();
+        var finite = Enumerable.Range(0, rows).Where(r => (r & 0x7F) != 0x7F).ToArray();
+        foreach (int r in new[] { 0x7F, 0xFF })
+            Assert.That(float.IsNaN(got[r]), $"code 0x{r:X2} must decode to NaN, got {got[r]}");
+        var want = finite.Select(r => (float)((double)RefQuant.DecodeE4M3((byte)r) * x[r % cols] * scale)).ToArray();
+        Check.Close(want, finite.Select(r => got[r]).ToArray(), 1e-6, 0, "every E4M3 code");
     }
 
     [Test]
