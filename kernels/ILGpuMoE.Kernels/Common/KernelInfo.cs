@@ -1,5 +1,6 @@
 using System.Reflection;
 using System.Text;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Kernels;
@@ -8,8 +9,8 @@ namespace ILGpuMoE.Kernels;
 /// Marks a kernel entry point (a static method) for the PTX gate and the benchmark suite.
 /// Family is the folder-style name ("dense/rmsnorm", "moe/grouped-gemm"), Version is "v1", "v2", ...
 /// Launch says how the launcher shapes the grid ("grid T, group 256", ...). A generic kernel method may only
-/// have type parameters constrained to <see cref="IWeights"/> or <see cref="IQuantWeights"/>: the PTX gate
-/// instantiates it once per weight reader (<see cref="WeightReaders"/>).
+/// have type parameters constrained to <see cref="IWeights"/>, <see cref="IQuantWeights"/> or <see cref="IRowUnits"/>: the
+/// PTX gate instantiates it once per weight reader (<see cref="WeightReaders"/>).
 /// Every family names its versions in a version enum marked [<see cref="KernelFamilyAttribute"/>] (one member while it
 /// has one version); its kernels take the enum member (<c>[KernelInfo(GroupedGemmVersion.V2Tiled, ...)]</c>), so the family and version
 /// strings of the PTX files, the manifest and the benchmark cases all come from that one member (<see cref="KernelId"/>).
@@ -148,5 +149,19 @@ public static class WeightReaders
         ("q8", typeof(Q8Weights)),
         ("q4", typeof(Q4Weights)),
         ("fp8", typeof(Fp8Weights)),
+    ];
+
+    /// <summary>
+    /// 16-byte unit readers of the decode kernels (<see cref="IRowUnits"/>, Decode/RowUnits.cs). ScalarUnits, the
+    /// element-load tail path for odd shapes, is left out: it has no 16-byte view for the kernels' WideViews.
+    /// </summary>
+    public static readonly IReadOnlyList<(string Name, Type Type)> Units =
+    [
+        ("f32", typeof(F32Units)),
+        ("f16", typeof(F16Units)),
+        ("bf16", typeof(BF16Units)),
+        ("q8", typeof(Q8Units)),
+        ("q4", typeof(Q4Units)),
+        ("fp8", typeof(Fp8Units)),
     ];
 }

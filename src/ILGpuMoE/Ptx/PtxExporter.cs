@@ -12,6 +12,7 @@ using ILGPU.Backends.PTX;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Ptx;
@@ -177,14 +178,16 @@ public static class PtxExporter
 
         var args = method.GetGenericArguments();
         bool quantOnly = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IQuantWeights)));
+        bool units = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IRowUnits)));
         foreach (var arg in args)
         {
             var constraints = arg.GetGenericParameterConstraints();
-            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)))
+            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)) && !constraints.Contains(typeof(IRowUnits)))
                 throw new InvalidOperationException($"{method.DeclaringType?.Name}.{method.Name}: generic parameter {arg.Name} is not constrained to IWeights");
         }
 
-        var readers = quantOnly ? WeightReaders.Quantized
+        var readers = units ? WeightReaders.Units
+            : quantOnly ? WeightReaders.Quantized
             : info.QuantizedReaders ? WeightReaders.Float.Concat(WeightReaders.Quantized)
             : WeightReaders.Float;
         foreach (var (name, type) in readers)

@@ -1,0 +1,154 @@
+// decode/linear: the T = 1 projections of a decode step, one pass over up to three weight matrices in one launch:
+//   y_m [Rows_m] (+)= xs [D] . W_m^T,   xs = rmsnorm(x) * g (norm prologue) or x,   m = 0..2
+// (q, k, v from the attention norm in one launch; o accumulating into the residual; the router logits from the MoE norm).
+//
+// Versions:
+//   V1  warp per 2 output rows (R = 2), 8 warps per group: 16 rows per group, the grid covers each matrix's rows in
+//       turn (ceil(Rows_m / 16) groups for matrix m, so a group's rows belong to one matrix and every weight load has
+//       one origin). x (normalised when asked) is staged in shared memory once per group, padded against bank
+//       conflicts (DecodeStaging.cs); lanes stream the rows' 16-byte units (RowUnits.cs), four loads in flight per
+//       lane, then the lanes' partials are added through shared memory (DecodeStaging.RowTotals). Every weight byte is read once; the norm prologue costs each group one read
+//       of x and g from L2 and one block reduction (RmsNormKernel V1's order: the same scale).
+//
+// Shapes: T = 1; D = Cols of every matrix (model dim); Rows_m: q H*Dh, k/v Hkv*Dh, o D, router E; V, F, G, K unused.
+// y_m must not overlap x (other groups still read x while a group writes y).
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels.Dense;
+
+namespace ILGpuMoE.Kernels.Decode;
+
+/// <summary>decode/linear's versions (one so far); each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("decode/linear")]
+public enum DecodeLinearVersion
+{
+    /// <summary>Warp per two rows, x staged in padded shared memory, up to three matrices per launch.</summary>
+    V1 = 1,
+}
+
+/// <summary>One matrix of a decode/linear launch and the view its rows go to: y [W.Rows].</summary>
+public readonly struct DecodeTarget<TU>(TU w, ArrayView<float> y)
+    where TU : struct, IRowUnits
+{
+    public readonly TU W = w;
+    public readonly ArrayView<float> Y = y;
+}
+
+/// <summary>The kernel parameter: up to three targets and the groups each one's rows take (Groups2 is the rest).</summary>
+public readonly struct DecodeTargets<TU>(DecodeTarget<TU> t0, DecodeTarget<TU> t1, DecodeTarget<TU> t2, int groups0, int groups1)
+    where TU : struct, IRowUnits
+{
+    public readonly TU W0 = t0.W;
+    public readonly TU W1 = t1.W;
+    public readonly TU W2 = t2.W;
+    public readonly ArrayView<float> Y0 = t0.Y;
+    public readonly ArrayView<float> Y1 = t1.Y;
+    public readonly ArrayView<float> Y2 = t2.Y;
+    public readonly int Groups0 = groups0;
+    public readonly int Groups1 = groups1;
+}
+
+public static class DecodeLinearKernels
+{
+    [KernelInfo(DecodeLinearVersion.V1, "grid sum of ceil(Rows_m/16) over m <= 3, group 256 (8 warps x 2 rows)",
+        Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["t.W0.Data:16", "t.W1.Data:16", "t.W2.Data:16"],
+        Summary = "T = 1 GEMV over up to 3 matrices, optional rmsnorm prologue, x staged in padded shared memory, 2 rows per warp, 16-byte units")]
+    public static void LinearV1<TU>(DecodeTargets<TU> t, ArrayView<float> x, NormWeights g, float eps, int accumulate)
+        where TU : struct, IRowUnits
+    {
+        var xs = SharedMemory.Allocate<float>(DecodeStaging.TileSlots);
+        var slots = SharedMemory.Allocate<float>(BlockReduce.MaxWarps);
+        int group = Grid.IdxX;
+        // The branch is uniform per group; each arm reads one matrix, so each weight load has one origin.
+        if (group < t.Groups0)
+            Rows(t.W0, t.Y0, group, x, g, eps, accumulate, xs, slots);
+        else if (group < t.Groups0 + t.Groups1)
+            Rows(t.W1, t.Y1, group - t.Groups0, x, g, eps, accumulate, xs, slots);
+        else
+            Rows(t.W2, t.Y2, group - t.Groups0 - t.Groups1, x, g, eps, accumulate, xs, slots);
+    }
+
+    private static void Rows<TU>(TU w, ArrayView<float> y, int group, ArrayView<float> x, NormWeights g, float eps, int accumulate,
+        ArrayView<float> xs, ArrayView<float> slots)
+        where TU : struct, IRowUnits
+    {
+        int rows = w.Rows, cols = w.Cols;
+        int r0 = group * DecodeStaging.RowsPerGroup + Warp.WarpIdx * DecodeStaging.RowsPerWarp;
+        bool live = r0 < rows;
+        // An odd last row: the warp's second stream rereads it and drops the result.
+        int r1 = live ? IntrinsicMath.Min(r0 + 1, rows - 1) : 0;
+        float scale = g.Kind != NormWeights.KindNone ? DecodeStaging.NormScale(x, cols, eps, slots) : 1f;
+        var p = DecodeStaging.RowTotals(DecodeStaging.DotRows(w, w.Row(live ? r0 : 0), w, w.Row(r1), live, x, cols, g, scale, xs), xs);
+        int lane = Warp.LaneIdx;
+        if (live && lane < 2 && r0 + lane < rows)
+        {
+            int r = r0 + lane;
+            float v = lane == 0 ? p.A : p.B;
+            y[r] = accumulate != 0 ? y[r] + v : v;
+        }
+    }
+}
+
+/// <summary>Launcher for one reader type: <c>DecodeLinearKernel.Create&lt;BF16Units&gt;(accelerator)</c>.</summary>
+public static class DecodeLinearKernel
+{
+    public static DecodeLinearKernel<TU> Create<TU>(Accelerator accelerator)
+        where TU : struct, IRowUnits => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
+}
+
+/// <summary>decode/linear V1 for reader TU (RowUnits.cs): y_m (+)= (norm ? rmsnorm(x) * g : x) . W_m^T, m &lt; 3, one launch.</summary>
+public sealed class DecodeLinearKernel<TU>
+    where TU : struct, IRowUnits
+{
+    private const string Name = "DecodeLinear";
+
+    private readonly Action<AcceleratorStream, KernelConfig, DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int> _v1;
+
+    internal DecodeLinearKernel(Accelerator accelerator)
+    {
+        _v1 = accelerator.LoadKernel<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int>(DecodeLinearKernels.LinearV1);
+    }
+
+    /// <summary>
+    /// y_m [Rows_m] = xs . W_m^T for each given target (accumulate: y_m += ...), xs = rmsnorm(x) * norm with eps when
+    /// norm is not <see cref="NormWeights.None"/>, else x. x [D], D = Cols of every matrix; norm [D]. y_m must not
+    /// overlap x. Throws ArgumentException (one line) on a bad shape or eps.
+    /// </summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, NormWeights norm, float eps,
+        DecodeTarget<TU> t0, DecodeTarget<TU>? t1 = null, DecodeTarget<TU>? t2 = null, bool accumulate = false)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        int cols = t0.W.Cols;
+        Check(t0, 0, cols);
+        if (t1 is { } a)
+            Check(a, 1, cols);
+        if (t2 is { } b)
+        {
+            if (t1 is null)
+                throw new ArgumentException($"{Name}: target 2 given without target 1", nameof(t2));
+            Check(b, 2, cols);
+        }
+
+        DecodeStaging.CheckInput(Name, x, norm, eps, cols);
+
+        int g0 = Groups(t0), g1 = t1 is { } c ? Groups(c) : 0, g2 = t2 is { } d ? Groups(d) : 0;
+        long total = (long)g0 + g1 + g2;
+        if (total > int.MaxValue)
+            throw new ArgumentException($"{Name}: {total} groups are too many for one launch");
+        // Absent targets repeat t0 with no groups: the kernel never reaches them.
+        var targets = new DecodeTargets<TU>(t0, t1 ?? t0, t2 ?? t0, g0, g1);
+        _v1(stream, new KernelConfig((int)total, DecodeStaging.GroupSize), targets, x, norm, eps, accumulate ? 1 : 0);
+    }
+
+    private static int Groups(DecodeTarget<TU> t) => (t.W.Rows + DecodeStaging.RowsPerGroup - 1) / DecodeStaging.RowsPerGroup;
+
+    private static void Check(DecodeTarget<TU> t, int m, int cols)
+    {
+        if (t.W.Rows < 1 || t.W.Cols < 1)
+            throw new ArgumentException($"{Name}: matrix {m} has shape [{t.W.Rows}, {t.W.Cols}]");
+        if (t.W.Cols != cols)
+            throw new ArgumentException($"{Name}: matrix {m} has {t.W.Cols} columns, matrix 0 has {cols} (one x for all)");
+        if (t.Y.Length < t.W.Rows)
+            throw new ArgumentException($"{Name}: output {m} has {t.Y.Length} elements, needs Rows = {t.W.Rows}");
+    }
+}

@@ -1,0 +1,74 @@
+// The oracle of the T = 1 decode kernels (kernels/ILGpuMoE.Kernels/Decode) where RefOps / RefMoe have no op of the
+// same shape: the MoE block split at its hidden activation, with stacked expert weights and the token's K ids read
+// directly (no permutation). Plain loops, double accumulation, one rounding per output.
+// Glossary: E experts, K experts per token, D model dim, F expert hidden dim.
+namespace ILGpuMoE.Reference;
+
+public static class RefDecode
+{
+    /// <summary>
+    /// h [K, F]: h[k, f] = silu(w1[e_k*F + f] . x) * (w3[e_k*F + f] . x) with e_k = ids[k]; rows of a dropped pair
+    /// (e_k = -1) are 0. x [D] (already normalised); w1, w3 [E*F, D] stacked.
+    /// </summary>
+    public static float[] ExpertsUpGate(ReadOnlySpan<float> x, ReadOnlySpan<int> ids, ReadOnlySpan<float> w1, ReadOnlySpan<float> w3,
+        int experts, int dim, int hidden)
+    {
+        Require.Positive((experts, nameof(experts)), (dim, nameof(dim)), (hidden, nameof(hidden)));
+        Require.Length(x, dim, nameof(x), "[D]");
+        Require.Length(w1, (long)experts * hidden * dim, nameof(w1), "[E*F, D]");
+        Require.Length(w3, (long)experts * hidden * dim, nameof(w3), "[E*F, D]");
+        CheckIds(ids, experts);
+        var h = new float[ids.Length * hidden];
+        for (int k = 0; k < ids.Length; k++)
+        {
+            if (ids[k] < 0)
+                continue;
+            for (int f = 0; f < hidden; f++)
+            {
+                long row = ((long)ids[k] * hidden + f) * dim;
+                double g = RefOps.Dot(x, w1.Slice((int)row, dim));
+                double u = RefOps.Dot(x, w3.Slice((int)row, dim));
+                h[k * hidden + f] = (float)(RefOps.Silu(g) * u);
+            }
+        }
+
+        return h;
+    }
+
+    /// <summary>
+    /// out [D] = residual + sum over k with ids[k] &gt;= 0 of weights[k] * (w2[e_k*D + d] . h[k, :]); h [K, F], w2 [E*D, F].
+    /// </summary>
+    public static float[] ExpertsDown(ReadOnlySpan<float> h, ReadOnlySpan<int> ids, ReadOnlySpan<float> weights, ReadOnlySpan<float> w2,
+        ReadOnlySpan<float> residual, int experts, int dim, int hidden)
+    {
+        Require.Positive((experts, nameof(experts)), (dim, nameof(dim)), (hidden, nameof(hidden)));
+        Require.Length(h, (long)ids.Length * hidden, nameof(h), "[K, F]");
+        Require.Length(weights, ids.Length, nameof(weights), "[K]");
+        Require.Length(w2, (long)experts * dim * hidden, nameof(w2), "[E*D, F]");
+        Require.Length(residual, dim, nameof(residual), "[D]");
+        CheckIds(ids, experts);
+        var y = new float[dim];
+        for (int d = 0; d < dim; d++)
+        {
+            double acc = 0;
+            for (int k = 0; k < ids.Length; k++)
+            {
+                if (ids[k] >= 0)
+                    acc += weights[k] * RefOps.Dot(h.Slice(k * hidden, hidden), w2.Slice((int)(((long)ids[k] * dim + d) * hidden), hidden));
+            }
+
+            y[d] = (float)(residual[d] + acc);
+        }
+
+        return y;
+    }
+
+    private static void CheckIds(ReadOnlySpan<int> ids, int experts)
+    {
+        for (int k = 0; k < ids.Length; k++)
+        {
+            if (ids[k] < -1 || ids[k] >= experts)
+                throw new ArgumentException($"RefDecode: ids[{k}] = {ids[k]} is outside [-1, {experts}).", nameof(ids));
+        }
+    }
+}

@@ -1,0 +1,157 @@
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Reference;
+using ILGpuMoE.Tests.Common;
+
+namespace ILGpuMoE.Tests.Kernels.Decode;
+
+/// <summary>
+/// decode/experts V1: up-gate against RefDecode.ExpertsUpGate, and up-gate + down together against Mixtral's MoE block
+/// (RefMoe.MoeBlock on rmsnorm(x), plus the residual), on the values each reader holds.
+/// </summary>
+public class DecodeExpertsTests
+{
+    private const float Eps = 1e-5f;
+
+    private static DecodeExpertsKernel<TU> Kernel<TU>()
+        where TU : struct, IRowUnits => DecodeTestUnits.Cached(() => DecodeExpertsKernel.Create<TU>(TestDevice.Accelerator));
+
+    /// <summary>Which launches a case runs: both (checked against h and Mixtral's block), or one alone (the long-row
+    /// cases: a long D makes the down grid large, a long F the up-gate grid; each is checked where it is cheap).</summary>
+    private enum Stages
+    {
+        Both,
+        UpGateOnly,
+        DownOnly,
+    }
+
+    private sealed record Case(int Experts, int[] Ids, float[] Weights, int Dim, int Hidden, WeightType NormType, bool InPlace, string What,
+        Stages Stages = Stages.Both);
+
+    /// <summary>E = 3 (no power of two), K = 3: a dropped pair (its weight is not 0, so using it would show) and two
+    /// pairs to the same expert; F and D odd for the 8 warps of a group (not multiples of 8 or 16).</summary>
+    [Test]
+    public void MoeMatchesMixtralEveryReader([ValueSource(typeof(DecodeTestUnits), nameof(DecodeTestUnits.Kinds))] string kind)
+    {
+        int n = DecodeTestUnits.Cols(kind);
+        Run(kind, new Case(3, [2, -1, 2], [0.5f, 0.3f, 0.2f], n, n, (WeightType)(Array.IndexOf(DecodeTestUnits.Kinds, kind) % 3), false, kind));
+    }
+
+    /// <summary>K = 1, and K = 2 on distinct experts of E = 5; the output written over the residual in place.</summary>
+    [TestCase("bf16", 1)]
+    [TestCase("q4-zero-g64", 1)]
+    [TestCase("f32", 2)]
+    [TestCase("q8", 2)]
+    public void TopKEdgesInPlace(string kind, int topK)
+    {
+        int n = DecodeTestUnits.Cols(kind);
+        var c = topK == 1
+            ? new Case(5, [3], [1f], n, n, WeightType.BF16, true, kind + " K=1")
+            : new Case(5, [4, 0], [0.7f, 0.3f], n, n, WeightType.BF16, true, kind + " K=2");
+        Run(kind, c);
+    }
+
+    /// <summary>D and F of 4096 + 160: the up-gate's norm and staging and the down projection's h loop over two tiles.</summary>
+    [TestCase("bf16")]
+    [TestCase("q4-sym-g32")]
+    public void LongRowsLoopOverTiles(string kind)
+    {
+        const int big = DecodeStaging.TileCols + 160;
+        // Up-gate over a long D with a small F, then down over a long F with a small D (each as cheap as it can be).
+        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], big, 32, WeightType.F32, false, kind + " D long", Stages.UpGateOnly));
+        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], 32, big, WeightType.F32, false, kind + " F long", Stages.DownOnly));
+    }
+
+    private static void Run(string kind, Case c)
+    {
+        int e = c.Experts, d = c.Dim, f = c.Hidden;
+        int seed = c.What.Length * 7 + c.Ids.Length;
+        // Weights scaled by 1/sqrt(fan-in) as a trained model's are: h and out stay O(1), so 1e-5 relative is fp32 rounding.
+        var w1 = new TestMatrix(Data.Gaussian(seed + 1, (long)e * f * d, 1 / Math.Sqrt(d)), e * f, d, e);
+        var w3 = new TestMatrix(Data.Gaussian(seed + 2, (long)e * f * d, 1 / Math.Sqrt(d)), e * f, d, e);
+        var w2 = new TestMatrix(Data.Gaussian(seed + 3, (long)e * d * f, 1 / Math.Sqrt(f)), e * d, f, e);
+        DecodeTestUnits.With(kind, [w1, w3, w2], new MoeBody(c, seed));
+    }
+
+    private sealed class MoeBody(Case c, int seed) : IUnitsTest
+    {
+        public void Run<TU>(TU[] w, float[][] seen)
+            where TU : struct, IRowUnits
+        {
+            int e = c.Experts, d = c.Dim, f = c.Hidden, k = c.Ids.Length;
+            var x = Data.Uniform(seed + 4, d, 2f);
+            var residual = Data.Uniform(seed + 5, d);
+            var (norm, g, gb) = DecodeLinearTests.Norm(c.NormType, Data.Uniform(seed + 6, d, 1.5f));
+            using var _ = gb;
+            using var xb = TestDevice.Upload(x);
+            using var ids = TestDevice.Upload(c.Ids);
+            using var weights = TestDevice.Upload(c.Weights);
+            using var h = TestDevice.PoisonedFloats((long)k * f);
+            using var res = TestDevice.Upload(residual);
+            using var outPoisoned = TestDevice.PoisonedFloats(d);
+            var output = c.InPlace ? res : outPoisoned;
+            var s = TestDevice.Accelerator.DefaultStream;
+            var kernel = Kernel<TU>();
+            if (c.Stages == Stages.DownOnly)
+            {
+                var hIn = Data.Uniform(seed + 7, (long)k * f, 2f);
+                h.CopyFromCPU(hIn);
+                kernel.LaunchDown(s, h.View, w[2], ids.View, weights.View, k, d, res.View, output.View);
+                s.Synchronize();
+                var wantDown = RefDecode.ExpertsDown(hIn, c.Ids, c.Weights, seen[2], residual, e, d, f);
+                Check.Close(wantDown, output.GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(f), c.What + " out");
+                return;
+            }
+
+            kernel.LaunchUpGate(s, xb.View, norm, Eps, w[0], w[1], ids.View, k, f, h.View);
+            if (c.Stages == Stages.Both)
+                kernel.LaunchDown(s, h.View, w[2], ids.View, weights.View, k, d, res.View, output.View);
+            s.Synchronize();
+
+            var xs = RefOps.RmsNorm(x, g, 1, d, Eps);
+            var wantH = RefDecode.ExpertsUpGate(xs, c.Ids, seen[0], seen[1], e, d, f);
+            Check.Close(wantH, h.GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(d), c.What + " h");
+            if (c.Stages == Stages.UpGateOnly)
+                return;
+
+            // Mixtral's MoE block (experts as separate matrices, a loop over experts) on the same normalised x.
+            var routing = new RefRouting(c.Ids, c.Weights.Select((v, i) => c.Ids[i] < 0 ? 0f : v).ToArray(), 1, k, 0);
+            var moe = RefMoe.MoeBlock(xs, routing, Split(seen[0], e), Split(seen[1], e), Split(seen[2], e), 1, d, f);
+            var want = moe.Select((v, i) => v + residual[i]).ToArray();
+            Check.Close(want, output.GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(f), c.What + " out");
+        }
+
+        private static float[][] Split(float[] stacked, int experts)
+        {
+            int n = stacked.Length / experts;
+            return Enumerable.Range(0, experts).Select(i => stacked.AsSpan(i * n, n).ToArray()).ToArray();
+        }
+    }
+
+    [Test]
+    public void RefusesBadArguments()
+    {
+        var s = TestDevice.Accelerator.DefaultStream;
+        const int e = 2, d = 16, f = 24;
+        using var wb = TestDevice.Upload(Data.Uniform(71, (long)e * f * d));
+        var w1 = RowUnits.F32(new F32Weights(wb.View), e * f, d);
+        var w2 = RowUnits.F32(new F32Weights(wb.View), e * d, f);
+        using var x = TestDevice.PoisonedFloats(d);
+        using var ids = TestDevice.Upload(new[] { 0, 1 });
+        using var weights = TestDevice.Upload(new[] { 0.5f, 0.5f });
+        using var h = TestDevice.PoisonedFloats(2 * f);
+        using var y = TestDevice.PoisonedFloats(d);
+        var k = Kernel<F32Units>();
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, x.View, NormWeights.None, 0f, w1, w1, ids.View, 2, 25, h.View)); // rows not whole experts
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, x.View, NormWeights.None, 0f, w1, w2, ids.View, 2, f, h.View)); // w1, w3 differ
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, x.View, NormWeights.None, 0f, w1, w1, ids.View, 3, f, h.View)); // ids short
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, x.View, NormWeights.None, 0f, w1, w1, ids.View, 2, f, h.View.SubView(0, f))); // h short
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, x.View.SubView(0, 8), NormWeights.None, 0f, w1, w1, ids.View, 2, f, h.View));
+        Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, 15, y.View, y.View)); // w2 rows not whole experts of D
+        Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View.SubView(0, 1), 2, d, y.View, y.View));
+        Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, d, y.View, y.View.SubView(0, 8)));
+        Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 0, d, y.View, y.View));
+    }
+}
