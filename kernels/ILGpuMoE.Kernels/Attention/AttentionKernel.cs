@@ -528,7 +528,7 @@ public sealed class AttentionKernel : IDisposable
     // V3Decode: its own kernel (loaded by the V3Decode launcher, else at the first LaunchDecode) and its own scratch,
     // which V2's launches never reallocate (a captured graph keeps these addresses).
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
-        ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>? decodeV3;
+        ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>? decodeV3;
     private MemoryBuffer1D<float, Stride1D.Dense>? decodeO;
     private MemoryBuffer1D<float, Stride1D.Dense>? decodeML;
     private MemoryBuffer1D<int, Stride1D.Dense>? decodeCounters;
@@ -677,7 +677,7 @@ public sealed class AttentionKernel : IDisposable
         long parts = (long)heads * p.Splits;
         decodeV3!(stream, new KernelConfig(kvHeads * p.Splits, AttentionDecodeKernels.Threads), q,
             kCache.SubView(0, cache).Cast<KvQuad>(), vCache.SubView(0, cache).Cast<KvQuad>(), output, positions.SubView(0, 1),
-            decodeO!.View.SubView(0, parts * headDim), decodeML!.View.SubView(0, parts * 2), decodeCounters!.View.SubView(0, kvHeads), p);
+            decodeO!.View.AsContiguous().SubView(0, parts * headDim).Cast<KvQuad>(), decodeML!.View.SubView(0, parts * 2), decodeCounters!.View.SubView(0, kvHeads), p);
     }
 
     /// <summary>Allocates LaunchDecode's scratch for this shape now (before a graph capture: launches then never allocate).</summary>
@@ -709,7 +709,7 @@ public sealed class AttentionKernel : IDisposable
     private void LoadDecodeV3()
     {
         decodeV3 ??= accelerator.LoadKernel<ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
-            ArrayView<float>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>(AttentionDecodeKernels.AttentionV3Decode);
+            ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>(AttentionDecodeKernels.AttentionV3Decode);
     }
 
     private AttentionDecodeParams DecodeParams(int heads, int kvHeads, int headDim, int maxSeq, int window, string who)

@@ -17,8 +17,8 @@
 // Split combine in the same launch: every group fences its partial writes (MemoryFence.DeviceLevel = membar.gl),
 // then thread 0 increments its kv head's counter (a small device buffer the launcher owns); the group that sees
 // splits - 1 (the last to finish) fences again, combines the partials of the visible splits in FIXED split order
-// (a lane per split for the max and the sum, lanes over Dh for the output), and resets the counter to 0 for the
-// next launch. The combine reads only partials, in an order that does not depend on which group finishes last, so
+// (a lane per split for the max and the sum; a thread per (head, 4 dims) for the output, 8 splits' 16-byte loads in
+// flight), and resets the counter to 0 for the next launch. The combine reads only partials, in an order that does not depend on which group finishes last, so
 // the output is the same bit for bit whatever the schedule.
 //
 // Positions: the runtime checks positions on the host before uploading them (0 <= pos < maxSeq). The launcher cannot
@@ -89,8 +89,6 @@ public static class AttentionDecodeKernels
     /// <summary>Query heads per pass (their q slices live in registers, 4 floats per head per lane).</summary>
     public const int HeadsPerPass = 4;
 
-    private const int Warps = Threads / 32;
-
     // Per group: scores/probabilities [4 heads, kps] 4 KB; PV accumulators [4 heads, sub-warps, Dh] <= 8 KB
     // (sub-warps * Dh <= sub-warps * 4P = 4 * 128).
     private const int ScoreFloats = HeadsPerPass * MaxKeysPerSplit;
@@ -107,7 +105,7 @@ public static class AttentionDecodeKernels
 
     // ---------------------------------------------------------------------------------------------------------
     [KernelInfo(AttentionVersion.V3Decode, "grid Hkv*ceil(maxSeq/kps), group 128 (kps = 128 keys per split)",
-        Decode = DecodeUse.Activations, BlockSize = Threads, WideViews = ["kCache:16", "vCache:16"],
+        Decode = DecodeUse.Activations, BlockSize = Threads, WideViews = ["kCache:16", "vCache:16", "partO:16"],
         Summary = "one launch, pos from the device: 16-byte K/V loads over Dh, shuffle dot, 8 keys in flight, last group combines splits")]
     public static void AttentionV3Decode(
         ArrayView<float> q,          // [H, Dh]
@@ -115,7 +113,7 @@ public static class AttentionDecodeKernels
         ArrayView<KvQuad> vCache,    // [Hkv, maxSeq, Dh / 4]
         ArrayView<float> output,     // [H, Dh]
         ArrayView<int> positions,    // [1]: pos
-        ArrayView<float> partO,      // [H, splits, Dh] unnormalised partial outputs
+        ArrayView<KvQuad> partO,     // [H, splits, Dh / 4] unnormalised partial outputs
         ArrayView<float> partML,     // [H, splits, 2] split max, split sum
         ArrayView<int> counters,     // [Hkv] finished groups per kv head, 0 between launches
         AttentionDecodeParams p)
@@ -249,18 +247,25 @@ public static class AttentionDecodeKernels
 
             Group.Barrier();
 
-            // The split's partial per head: the sub-warps' accumulators summed in slot order.
-            for (int e = tid; e < hc * dh; e += Threads)
+            // The split's partial per head: the sub-warps' accumulators summed in slot order, a quad per thread.
+            for (int e = tid; e < hc * quads; e += Threads)
             {
-                int hh = e / dh;
-                int d = e - hh * dh;
-                int at = hh * slots * dh + d;
-                float acc = 0f;
+                int hh = e / quads;
+                int dq = e - hh * quads;
+                int at = hh * slots * dh + 4 * dq;
+                KvQuad acc = default;
                 for (int s = 0; s < slots; s++)
-                    acc += os[at + s * dh];
+                {
+                    int o = at + s * dh;
+                    acc.X += os[o];
+                    acc.Y += os[o + 1];
+                    acc.Z += os[o + 2];
+                    acc.W += os[o + 3];
+                }
+
                 int idx = (h0 + hh) * p.Splits + split;
-                partO[idx * dh + d] = acc;
-                if (d == 0)
+                partO[idx * quads + dq] = acc;
+                if (dq == 0)
                 {
                     partML[2 * idx] = ml[hh];
                     partML[2 * idx + 1] = ml[HeadsPerPass + hh];
@@ -281,32 +286,74 @@ public static class AttentionDecodeKernels
             return;
         MemoryFence.DeviceLevel(); // acquire: the other groups' partials, published before their increments
 
-        // Visible splits [sLo, sHi]: exactly those whose n > 0 above (pos is clamped the same way).
+        // Visible splits [sLo, sHi]: exactly those whose n > 0 above (pos is clamped the same way). Passes of 4 heads:
+        // a warp per head finds the max M and the sum l of the split sums (a lane per split), then a thread per
+        // (head, quad of Dh) sums the splits' partials in split order, 8 splits' 16-byte loads in flight (the
+        // partials come from L2; one at a time, this tail took most of the launch at 32 splits).
         int sLo = first / p.KeysPerSplit;
         int sHi = pos >= 0 ? pos / p.KeysPerSplit : sLo - 1;
-        for (int hh = warp; hh < group; hh += Warps)
+        for (int c0 = 0; c0 < group; c0 += HeadsPerPass)
         {
-            int h = kvh * group + hh;
-            int base0 = h * p.Splits;
-            // Lane per split: the max, then the weighted sum of the split sums.
-            float mMax = float.NegativeInfinity;
-            for (int s = sLo + lane; s <= sHi; s += 32)
-                mMax = XMath.Max(mMax, partML[2 * (base0 + s)]);
-            for (int off = 16; off > 0; off >>= 1)
-                mMax = XMath.Max(mMax, Warp.ShuffleXor(mMax, off));
-            float l = 0f;
-            for (int s = sLo + lane; s <= sHi; s += 32)
-                l += partML[2 * (base0 + s) + 1] * XMath.Exp(partML[2 * (base0 + s)] - mMax);
-            for (int off = 16; off > 0; off >>= 1)
-                l += Warp.ShuffleXor(l, off);
-            // Lanes over Dh, splits in order.
-            for (int d = lane; d < dh; d += 32)
+            int hc = IntrinsicMath.Min(HeadsPerPass, group - c0);
+            int h0 = kvh * group + c0;
+            if (warp < hc)
             {
-                float acc = 0f;
-                for (int s = sLo; s <= sHi; s++)
-                    acc += partO[(base0 + s) * dh + d] * XMath.Exp(partML[2 * (base0 + s)] - mMax);
-                output[h * dh + d] = acc / l; // no visible split (pos < 0): 0 / 0 = NaN, never a stale value
+                int base0 = (h0 + warp) * p.Splits;
+                float mMax = float.NegativeInfinity;
+                for (int s = sLo + lane; s <= sHi; s += 32)
+                    mMax = XMath.Max(mMax, partML[2 * (base0 + s)]);
+                for (int off = 16; off > 0; off >>= 1)
+                    mMax = XMath.Max(mMax, Warp.ShuffleXor(mMax, off));
+                float l = 0f;
+                for (int s = sLo + lane; s <= sHi; s += 32)
+                    l += partML[2 * (base0 + s) + 1] * XMath.Exp(partML[2 * (base0 + s)] - mMax);
+                for (int off = 16; off > 0; off >>= 1)
+                    l += Warp.ShuffleXor(l, off);
+                if (lane == 0)
+                {
+                    ml[warp] = mMax;
+                    ml[HeadsPerPass + warp] = l;
+                }
             }
+
+            Group.Barrier();
+            for (int e = tid; e < hc * quads; e += Threads)
+            {
+                int hh = e / quads;
+                int dq = e - hh * quads;
+                int base0 = (h0 + hh) * p.Splits;
+                float mMax = ml[hh];
+                KvQuad acc = default;
+                for (int s = sLo; s <= sHi; s += 8)
+                {
+                    var o0 = LoadPartial(partO, base0, s, sHi, quads, dq);
+                    var o1 = LoadPartial(partO, base0, s + 1, sHi, quads, dq);
+                    var o2 = LoadPartial(partO, base0, s + 2, sHi, quads, dq);
+                    var o3 = LoadPartial(partO, base0, s + 3, sHi, quads, dq);
+                    var o4 = LoadPartial(partO, base0, s + 4, sHi, quads, dq);
+                    var o5 = LoadPartial(partO, base0, s + 5, sHi, quads, dq);
+                    var o6 = LoadPartial(partO, base0, s + 6, sHi, quads, dq);
+                    var o7 = LoadPartial(partO, base0, s + 7, sHi, quads, dq);
+                    AddPartial(ref acc, o0, partML, base0, s, sHi, mMax);
+                    AddPartial(ref acc, o1, partML, base0, s + 1, sHi, mMax);
+                    AddPartial(ref acc, o2, partML, base0, s + 2, sHi, mMax);
+                    AddPartial(ref acc, o3, partML, base0, s + 3, sHi, mMax);
+                    AddPartial(ref acc, o4, partML, base0, s + 4, sHi, mMax);
+                    AddPartial(ref acc, o5, partML, base0, s + 5, sHi, mMax);
+                    AddPartial(ref acc, o6, partML, base0, s + 6, sHi, mMax);
+                    AddPartial(ref acc, o7, partML, base0, s + 7, sHi, mMax);
+                }
+
+                // No visible split (pos < 0): l = 0 and 0 / 0 = NaN, never a stale value.
+                float l = ml[HeadsPerPass + hh];
+                int at = (h0 + hh) * dh + 4 * dq;
+                output[at] = acc.X / l;
+                output[at + 1] = acc.Y / l;
+                output[at + 2] = acc.Z / l;
+                output[at + 3] = acc.W / l;
+            }
+
+            Group.Barrier(); // the next pass overwrites ml
         }
 
         if (tid == 0)
@@ -364,6 +411,17 @@ public static class AttentionDecodeKernels
         int head = (top ? 2 : 0) + (next ? 1 : 0);
         if (i < n && head < hc && (sub & (quarter - 1)) == 0)
             ss[head * MaxKeysPerSplit + i] = v * scale;
+    }
+
+    /// <summary>Split s's partial quad dq of a head whose splits start at base0 (zeros past sHi).</summary>
+    private static KvQuad LoadPartial(ArrayView<KvQuad> partO, int base0, int s, int sHi, int quads, int dq) =>
+        s <= sHi ? partO[(base0 + s) * quads + dq] : default;
+
+    /// <summary>acc += exp(m_s - M) * partial (split s past sHi adds nothing).</summary>
+    private static void AddPartial(ref KvQuad acc, KvQuad o, ArrayView<float> partML, int base0, int s, int sHi, float mMax)
+    {
+        if (s <= sHi)
+            Fma(ref acc, XMath.Exp(partML[2 * (base0 + s)] - mMax), o);
     }
 
     /// <summary>acc_h += p[h, i] * v for the 4 heads of the pass (p = 0 past the visible keys or past the pass).</summary>

@@ -82,6 +82,8 @@ public class AttentionDecodeV3Tests
         new object[] { 8, 1, 4, 20, 13, 0, 5 },      // Dh 4 (one quad, 4 lanes per key), 8 heads: two passes, odd split size
         new object[] { 4, 1, 128, 300, 255, 0, 0 },  // default 128 keys per split: pos = last key of split 1
         new object[] { 2, 1, 128, 200, 199, 0, 256 },// the largest split: 256 keys in flight 32 at a time
+        new object[] { 4, 1, 16, 100, 90, 0, 5 },    // 19 visible splits: the combine's batches of 8, the last partial
+        new object[] { 4, 2, 8, 100, 90, 60, 4 },    // window 60: splits 7..22 visible, the ones before and after not
     ];
 
     [TestCaseSource(nameof(Cases))]
