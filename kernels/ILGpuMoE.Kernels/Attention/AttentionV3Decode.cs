@@ -405,8 +405,15 @@ public static class AttentionDecodeKernels
         bool next = (sub & quarter) != 0;
         float v = next ? keepB : keepA;
         v += Warp.ShuffleXor(next ? keepA : keepB, quarter);
-        for (int off = quarter >> 1; off > 0; off >>= 1)
-            v += Warp.ShuffleXor(v, off);
+        // The rest of the butterfly unrolled for P <= 32 (quarter <= 8): three shuffles every time, the ones below
+        // quarter added. No loop, so ptxas can interleave the 8 keys' shuffle chains (a loop here cost a branch and
+        // a dependent chain per key).
+        float r4 = Warp.ShuffleXor(v, 4);
+        v += quarter > 4 ? r4 : 0f;
+        float r2 = Warp.ShuffleXor(v, 2);
+        v += quarter > 2 ? r2 : 0f;
+        float r1 = Warp.ShuffleXor(v, 1);
+        v += quarter > 1 ? r1 : 0f;
 
         int head = (top ? 2 : 0) + (next ? 1 : 0);
         if (i < n && head < hc && (sub & (quarter - 1)) == 0)
