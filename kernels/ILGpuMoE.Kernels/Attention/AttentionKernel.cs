@@ -25,6 +25,9 @@
 //                     32 probabilities through shared memory, PV with lanes over Dh (each V row one coalesced
 //                     512-byte read at Dh=128); online softmax in registers. Writes (m, l, acc) partials per split.
 //   AttentionV2Combine deterministic second pass over the splits of one (token, head): fixed split order, no atomics.
+//   AttentionV3Decode  T = 1 in one launch, position read from a device view, grid fixed by maxSeq (graph-capturable):
+//                     16-byte K/V loads with lanes over Dh, the split combine done by the last group of each kv head
+//                     (AttentionV3Decode.cs; launched by AttentionKernel.LaunchDecode).
 //
 // Indices: a layer's cache may pass 2^31 floats (e.g. Hkv 128 x 262,144 positions x Dh 128 = 2^32), so the kernels
 // take one kv head's [maxSeq, Dh] rows as a view at a 64-bit start and index inside it with int (maxSeq * Dh < 2^31,
@@ -447,6 +450,9 @@ public enum AttentionVersion
 
     /// <summary>Always the split-K decode kernel plus combine, for any T (tests, benchmarks).</summary>
     V2Decode,
+
+    /// <summary>T = 1 decode in one launch with the position read from the device (<see cref="AttentionKernel.LaunchDecode"/>).</summary>
+    V3Decode,
 }
 
 /// <summary>The KV cache layout: per layer kCache and vCache are [Hkv, maxSeq, Dh] f32.</summary>
@@ -519,6 +525,14 @@ public sealed class AttentionKernel : IDisposable
     private MemoryBuffer1D<float, Stride1D.Dense>? partO;
     private MemoryBuffer1D<float, Stride1D.Dense>? partML;
 
+    // V3Decode: its own kernel (loaded by the V3Decode launcher, else at the first LaunchDecode) and its own scratch,
+    // which V2's launches never reallocate (a captured graph keeps these addresses).
+    private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
+        ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>? decodeV3;
+    private MemoryBuffer1D<float, Stride1D.Dense>? decodeO;
+    private MemoryBuffer1D<float, Stride1D.Dense>? decodeML;
+    private MemoryBuffer1D<int, Stride1D.Dense>? decodeCounters;
+
     private AttentionKernel(Accelerator accelerator, AttentionVersion version)
     {
         this.accelerator = accelerator;
@@ -542,11 +556,17 @@ public sealed class AttentionKernel : IDisposable
             combine = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Combine);
         }
+
+        if (version == AttentionVersion.V3Decode)
+            LoadDecodeV3();
     }
 
     public AttentionVersion Version { get; }
 
-    /// <summary>Tests/benchmarks: force the decode split size (keys per split); null = automatic.</summary>
+    /// <summary>
+    /// Tests/benchmarks: force the decode split size (keys per split); null = automatic (V2), or
+    /// <see cref="AttentionDecodeKernels.DefaultKeysPerSplit"/> (V3Decode, at most <see cref="AttentionDecodeKernels.MaxKeysPerSplit"/>).
+    /// </summary>
     public int? KeysPerSplitOverride { get; set; }
 
     public static AttentionKernel Create(Accelerator accelerator, AttentionVersion version = AttentionVersion.V2) => new(accelerator, version);
@@ -578,6 +598,8 @@ public sealed class AttentionKernel : IDisposable
         int tokens, int heads, int kvHeads, int headDim, int maxSeq, int pos0, int window = 0)
     {
         const string who = "AttentionKernel";
+        if (Version == AttentionVersion.V3Decode)
+            throw new ArgumentException($"{who}: V3Decode reads the position from a device view: call LaunchDecode");
         CheckShape(tokens, heads, kvHeads, headDim, maxSeq, pos0, who);
         long n = (long)tokens * heads * headDim;
         CheckLength(q, n, "q [T, H, Dh]", who);
@@ -624,11 +646,114 @@ public sealed class AttentionKernel : IDisposable
         }
     }
 
+    /// <summary>
+    /// Decode (T = 1) attention in one launch (<see cref="AttentionVersion.V3Decode"/>, any launcher version): output
+    /// [H, Dh] for the query q [H, Dh] at pos = positions[0], read on the device, over kCache, vCache [Hkv, maxSeq, Dh]
+    /// rows 0..pos (append the token first); key j visible iff j &lt;= pos and (window &lt;= 0 or pos - j &lt; window).
+    /// No argument depends on pos, so a CUDA graph can capture it once and replay it per token. The caller checks
+    /// 0 &lt;= pos &lt; maxSeq on the host before uploading (the kernel clamps pos &gt;= maxSeq to maxSeq - 1 and gives NaN
+    /// for pos &lt; 0). Dh must be a multiple of 4 and at most 128; kCache, vCache 16-byte aligned. The scratch
+    /// (<see cref="DecodeScratchBytes"/>) is allocated at the first launch or by <see cref="ReserveDecode"/> and only
+    /// grows: reserve the largest shape before capturing a graph.
+    /// </summary>
+    public void LaunchDecode(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> output,
+        ArrayView<int> positions, int heads, int kvHeads, int headDim, int maxSeq, int window = 0)
+    {
+        const string who = "AttentionKernel.LaunchDecode";
+        var p = DecodeParams(heads, kvHeads, headDim, maxSeq, window, who);
+        long n = (long)heads * headDim;
+        CheckLength(q, n, "q [H, Dh]", who);
+        CheckLength(output, n, "output [H, Dh]", who);
+        long cache = KvCacheLayout.Elements(kvHeads, maxSeq, headDim);
+        CheckLength(kCache, cache, "kCache [Hkv, maxSeq, Dh]", who);
+        CheckLength(vCache, cache, "vCache [Hkv, maxSeq, Dh]", who);
+        if (positions.Length < 1)
+            throw new ArgumentException($"{who}: positions [1] is empty");
+        WideAccess.RequireAligned(who, "kCache", kCache, 16);
+        WideAccess.RequireAligned(who, "vCache", vCache, 16);
+        WideAccess.RequireMultiple(who, "kCache", "row stride (Dh * 4)", 4L * headDim, 16);
+        EnsureDecodeScratch(stream, p);
+        LoadDecodeV3();
+        long parts = (long)heads * p.Splits;
+        decodeV3!(stream, new KernelConfig(kvHeads * p.Splits, AttentionDecodeKernels.Threads), q,
+            kCache.SubView(0, cache).Cast<KvQuad>(), vCache.SubView(0, cache).Cast<KvQuad>(), output, positions.SubView(0, 1),
+            decodeO!.View.AsContiguous().SubView(0, parts * headDim).Cast<KvQuad>(), decodeML!.View.SubView(0, parts * 2), decodeCounters!.View.SubView(0, kvHeads), p);
+    }
+
+    /// <summary>Allocates LaunchDecode's scratch for this shape now (before a graph capture: launches then never allocate).</summary>
+    public void ReserveDecode(AcceleratorStream stream, int heads, int kvHeads, int headDim, int maxSeq) =>
+        EnsureDecodeScratch(stream, DecodeParams(heads, kvHeads, headDim, maxSeq, 0, "AttentionKernel.ReserveDecode"));
+
+    /// <summary>
+    /// LaunchDecode's scratch: partials 4 * H * splits * (Dh + 2) bytes (splits = ceil(maxSeq / keysPerSplit), by
+    /// default 128 keys per split: H 32, Dh 128, maxSeq 4096 gives 528 KiB) plus one int counter per kv head.
+    /// </summary>
+    public static long DecodeScratchBytes(int heads, int kvHeads, int headDim, int maxSeq, int keysPerSplit = AttentionDecodeKernels.DefaultKeysPerSplit)
+    {
+        long splits = ((long)maxSeq + keysPerSplit - 1) / keysPerSplit;
+        return 4L * heads * splits * (headDim + 2) + 4L * kvHeads;
+    }
+
     public void Dispose()
     {
         partO?.Dispose();
         partML?.Dispose();
         partO = partML = null;
+        decodeO?.Dispose();
+        decodeML?.Dispose();
+        decodeCounters?.Dispose();
+        decodeO = decodeML = null;
+        decodeCounters = null;
+    }
+
+    private void LoadDecodeV3()
+    {
+        decodeV3 ??= accelerator.LoadKernel<ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
+            ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>(AttentionDecodeKernels.AttentionV3Decode);
+    }
+
+    private AttentionDecodeParams DecodeParams(int heads, int kvHeads, int headDim, int maxSeq, int window, string who)
+    {
+        CheckShape(1, heads, kvHeads, headDim, maxSeq, 0, who);
+        if (headDim % 4 != 0)
+            throw new ArgumentException($"{who}: headDim must be a multiple of 4 (16-byte K/V loads) and at most {AttentionKernels.MaxHeadDim}, got {headDim}");
+        int kps = KeysPerSplitOverride ?? AttentionDecodeKernels.DefaultKeysPerSplit;
+        if (kps < 1 || kps > AttentionDecodeKernels.MaxKeysPerSplit)
+            throw new ArgumentException($"{who}: keys per split must be in 1..{AttentionDecodeKernels.MaxKeysPerSplit}, got {kps}");
+        int splits = (maxSeq + kps - 1) / kps;
+        Index64.CheckInt(who, "decode partials [H, splits, Dh + 2]", (long)heads * splits * (headDim + 2));
+        return new AttentionDecodeParams
+        {
+            Heads = heads,
+            KvHeads = kvHeads,
+            HeadDim = headDim,
+            MaxSeq = maxSeq,
+            Window = window,
+            Scale = (float)(1.0 / Math.Sqrt(headDim)),
+            Splits = splits,
+            KeysPerSplit = kps,
+            LanesPerKey = AttentionDecodeKernels.LanesPerKey(headDim),
+        };
+    }
+
+    private void EnsureDecodeScratch(AcceleratorStream stream, AttentionDecodeParams p)
+    {
+        long parts = (long)p.Heads * p.Splits;
+        if (decodeO != null && decodeO.Length >= parts * p.HeadDim && decodeML!.Length >= parts * 2 && decodeCounters!.Length >= p.KvHeads)
+            return;
+        // Earlier launches on this stream may still use the old buffers.
+        stream.Synchronize();
+        long oFloats = Math.Max(parts * p.HeadDim, decodeO?.Length ?? 0);
+        long mlFloats = Math.Max(parts * 2, decodeML?.Length ?? 0);
+        long counters = Math.Max(p.KvHeads, decodeCounters?.Length ?? 0);
+        decodeO?.Dispose();
+        decodeML?.Dispose();
+        decodeCounters?.Dispose();
+        decodeO = accelerator.Allocate1D<float>(oFloats);
+        decodeML = accelerator.Allocate1D<float>(mlFloats);
+        decodeCounters = accelerator.Allocate1D<int>(counters);
+        // The completion counters start at 0; every launch's last group puts them back to 0.
+        decodeCounters.View.MemSetToZero(stream);
     }
 
     private void EnsureScratch(AcceleratorStream stream, long oFloats, long mlFloats)

@@ -1,5 +1,7 @@
 // Attention cases (kernels/ILGpuMoE.Kernels/Attention): V1 for every T; V2 decode (split-K) at T = 1 with S = the
-// preset's KvLength cached keys; V2 prefill (flash style) at T > 1 from an empty cache; the KV-cache append.
+// preset's KvLength cached keys; V3 decode (one launch, pos from the device) at T = 1 with S = KvLength and S = 512
+// in a cache of KvLength rows (the graph-captured decode step keeps maxSeq fixed: splits past pos exit early); V2
+// prefill (flash style) at T > 1 from an empty cache; the KV-cache append; RoPE fused with the append.
 // FLOPs: 4 * H * Dh per visible (query, key) pair (QK^T and PV, multiply-add = 2). Minimum bytes: q and out once,
 // K and V rows 0..S-1 once (perf/notes/attention.md).
 using ILGPU;
@@ -21,6 +23,18 @@ public sealed class AttentionFamily : IBenchFamily
         {
             yield return new AttentionCase(p, tokens, AttentionVersion.V1, p.KvLength - 1);
             yield return new AttentionCase(p, tokens, AttentionVersion.V2Decode, p.KvLength - 1);
+            if (p.HeadDim % 4 == 0 && p.HeadDim <= AttentionKernels.MaxHeadDim)
+            {
+                yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, p.KvLength - 1);
+                if (p.KvLength > ShortContext)
+                {
+                    yield return new AttentionCase(p, tokens, AttentionVersion.V2Decode, ShortContext - 1);
+                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, ShortContext - 1, p.KvLength);
+                    // The split size is the one free choice of V3 (more groups at short contexts, a longer combine).
+                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, p.KvLength - 1, keysPerSplit: 64);
+                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, ShortContext - 1, p.KvLength, keysPerSplit: 64);
+                }
+            }
         }
         else
         {
@@ -29,14 +43,25 @@ public sealed class AttentionFamily : IBenchFamily
         }
 
         yield return new KvAppendCase(p, tokens);
+        if (p.HeadDim <= AttentionKernels.MaxHeadDim)
+            yield return new RopeAppendCase(p, tokens);
     }
+
+    /// <summary>The short decode context of the V3 cases (keys 0..511).</summary>
+    private const int ShortContext = 512;
 }
 
-/// <summary>Causal GQA of T queries at positions pos0..pos0+T-1 over a cache of S = pos0 + T keys.</summary>
-public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion version, int pos0) : IBenchCase
+/// <summary>
+/// Causal GQA of T queries at positions pos0..pos0+T-1 over S = pos0 + T keys, in a cache of max(maxSeq, S) rows.
+/// V3Decode reads pos0 from a device buffer (LaunchDecode); its check also repeats the launch and requires the same
+/// bits every time (its split combine is done by whichever group finishes last, in a fixed order).
+/// </summary>
+public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion version, int pos0, int maxSeq = 0, int? keysPerSplit = null) : IBenchCase
 {
     private readonly int keys = pos0 + tokens;
+    private readonly int rows = Math.Max(maxSeq, pos0 + tokens);
     private AttentionKernel? kernel;
+    private MemoryBuffer1D<int, Stride1D.Dense>? positions;
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<float, Stride1D.Dense> V)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? output;
 
@@ -48,7 +73,8 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
 
     public int Tokens => tokens;
 
-    public string Shape => $"H={p.Heads} Hkv={p.KvHeads} Dh={p.HeadDim} S={keys}";
+    public string Shape => $"H={p.Heads} Hkv={p.KvHeads} Dh={p.HeadDim} S={keys}" + (rows != keys ? $" maxSeq={rows}" : "")
+        + (keysPerSplit is int kps ? $" kps={kps}" : "");
 
     private long Pairs => (long)tokens * pos0 + (long)tokens * (tokens + 1) / 2;
 
@@ -60,22 +86,28 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
 
     private long QElements => (long)tokens * p.Heads * p.HeadDim;
 
-    private long CacheElements => KvCacheLayout.Elements(p.KvHeads, keys, p.HeadDim);
+    private long CacheElements => KvCacheLayout.Elements(p.KvHeads, rows, p.HeadDim);
 
     public long SetBytes => 4 * (QElements + 2 * CacheElements);
 
     public void Setup(BenchDevice device, int setCount)
     {
         kernel = AttentionKernel.Create(device.Accelerator, version);
+        kernel.KeysPerSplitOverride = keysPerSplit;
         for (int i = 0; i < setCount; i++)
             sets.Add((device.Fill.Floats(device.Stream, QElements), device.Fill.Floats(device.Stream, CacheElements), device.Fill.Floats(device.Stream, CacheElements)));
         output = device.Fill.Floats(device.Stream, QElements);
+        if (version == AttentionVersion.V3Decode)
+            positions = device.Accelerator.Allocate1D(new[] { pos0 });
     }
 
     public void Run(AcceleratorStream stream, int set)
     {
         var (q, k, v) = sets[set];
-        kernel!.Launch(stream, q.View, k.View, v.View, output!.View, tokens, p.Heads, p.KvHeads, p.HeadDim, keys, pos0);
+        if (version == AttentionVersion.V3Decode)
+            kernel!.LaunchDecode(stream, q.View, k.View, v.View, output!.View, positions!.View, p.Heads, p.KvHeads, p.HeadDim, rows);
+        else
+            kernel!.Launch(stream, q.View, k.View, v.View, output!.View, tokens, p.Heads, p.KvHeads, p.HeadDim, rows, pos0);
     }
 
     public CheckResult Check(BenchDevice device)
@@ -91,23 +123,38 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
         var sample = Compare.SampleTokens(tokens, p.CheckTokens);
         var positions = sample.Select(t => pos0 + t).ToArray();
         var want = RefOps.Attention(Compare.Rows(q, width, sample), k, v, positions, sample.Length, keys, p.Heads, p.KvHeads, p.HeadDim, 0);
-        return Compare.Close(Compare.Rows(got, width, sample), want, 1e-4, 1e-5, Compare.Scope(sample, tokens));
+        var result = Compare.Close(Compare.Rows(got, width, sample), want, 1e-4, 1e-5, Compare.Scope(sample, tokens));
+        if (!result.Passed || version != AttentionVersion.V3Decode)
+            return result;
+        for (int again = 1; again <= 5; again++)
+        {
+            Run(device.Stream, 0);
+            device.Stream.Synchronize();
+            var next = output!.GetAsArray1D();
+            for (int i = 0; i < got.Length; i++)
+            {
+                if (BitConverter.SingleToInt32Bits(next[i]) != BitConverter.SingleToInt32Bits(got[i]))
+                    return CheckResult.Fail($"launch {again + 1} differs from the first at element {i}: {next[i]:R} vs {got[i]:R} (not deterministic)");
+            }
+        }
+
+        return result;
     }
 
-    // [Hkv, S, Dh] (the cache) -> [S, Hkv, Dh] (the reference's layout).
+    // Rows 0..S-1 of the cache [Hkv, maxSeq, Dh] -> [S, Hkv, Dh] (the reference's layout).
     private float[] CacheToRows(float[] cache)
     {
-        var rows = new float[cache.Length];
+        var result = new float[(long)keys * p.KvHeads * p.HeadDim];
         for (int h = 0; h < p.KvHeads; h++)
         {
             for (int s = 0; s < keys; s++)
             {
-                cache.AsSpan((int)KvCacheLayout.Index(h, s, 0, keys, p.HeadDim), p.HeadDim)
-                    .CopyTo(rows.AsSpan(((s * p.KvHeads) + h) * p.HeadDim, p.HeadDim));
+                cache.AsSpan((int)KvCacheLayout.Index(h, s, 0, rows, p.HeadDim), p.HeadDim)
+                    .CopyTo(result.AsSpan(((s * p.KvHeads) + h) * p.HeadDim, p.HeadDim));
             }
         }
 
-        return rows;
+        return result;
     }
 
     public void Dispose()
@@ -121,6 +168,7 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
         }
 
         output?.Dispose();
+        positions?.Dispose();
     }
 }
 
@@ -198,5 +246,84 @@ public sealed class KvAppendCase(ShapePreset p, int tokens) : IBenchCase
 
         kCache?.Dispose();
         vCache?.Dispose();
+    }
+}
+
+/// <summary>
+/// RoPE on q [T, H, Dh] and k [T, Hkv, Dh] fused with the KV append, tokens at positions 0..T-1 (a device view) of a
+/// cache of max(KvLength, T) rows. Each timed run rotates q again (same work, data stays random). Bytes: q read and
+/// written, k and v read, their cache rows written, the positions.
+/// </summary>
+public sealed class RopeAppendCase(ShapePreset p, int tokens) : CaseBase
+{
+    private readonly int maxSeq = Math.Max(p.KvLength, tokens);
+    private RopeAppendKernel? kernel;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<float, Stride1D.Dense> V)> sets = [];
+    private MemoryBuffer1D<int, Stride1D.Dense>? positions;
+    private MemoryBuffer1D<float, Stride1D.Dense>? kCache, vCache;
+
+    public override string Family => KernelId.Family(RopeAppendVersion.V1);
+
+    public override string Version => KernelId.Version(RopeAppendVersion.V1);
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"q [{tokens}, {p.Heads}, {p.HeadDim}] k, v [{tokens}, {p.KvHeads}, {p.HeadDim}] maxSeq={maxSeq}";
+
+    private long QElements => (long)tokens * p.QDim;
+
+    private long KvElements => (long)tokens * p.KvDim;
+
+    public override double Flops => 3.0 * (QElements + KvElements);
+
+    public override double MinBytes => 8.0 * QElements + 16.0 * KvElements + 4.0 * tokens;
+
+    public override long SetBytes => 4 * (QElements + 2 * KvElements);
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        kernel = Own(RopeAppendKernel.Create(d.Accelerator));
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, QElements), Floats(d, KvElements), Floats(d, KvElements)));
+        positions = Own(d.Accelerator.Allocate1D(Enumerable.Range(0, tokens).ToArray()));
+        long cache = KvCacheLayout.Elements(p.KvHeads, maxSeq, p.HeadDim);
+        kCache = Floats(d, cache);
+        vCache = Floats(d, cache);
+    }
+
+    public override void Run(AcceleratorStream stream, int set) =>
+        kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].V.View, positions!.View, kCache!.View, vCache!.View,
+            tokens, p.Heads, p.KvHeads, p.HeadDim, maxSeq, p.RopeTheta);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        d.Stream.Synchronize();
+        var q = sets[0].Q.GetAsArray1D();
+        var k = sets[0].K.GetAsArray1D();
+        var v = sets[0].V.GetAsArray1D();
+        var pos = positions!.GetAsArray1D();
+        RunOnce(d);
+        var rq = Compare.Close(sets[0].Q.GetAsArray1D(), RefOps.Rope(q, pos, tokens, p.Heads, p.HeadDim, p.RopeTheta), 1e-5, 3e-7, $"q, all {tokens} tokens");
+        if (!rq.Passed)
+            return rq;
+        // Cache rows 0..T-1 back to [T, Hkv, Dh].
+        var rk = RefOps.Rope(k, pos, tokens, p.KvHeads, p.HeadDim, p.RopeTheta);
+        var kc = kCache!.GetAsArray1D();
+        var vc = vCache!.GetAsArray1D();
+        var gotK = new float[KvElements];
+        var gotV = new float[KvElements];
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int h = 0; h < p.KvHeads; h++)
+            {
+                int dst = (t * p.KvHeads + h) * p.HeadDim;
+                int src = (int)KvCacheLayout.Index(h, t, 0, maxSeq, p.HeadDim);
+                kc.AsSpan(src, p.HeadDim).CopyTo(gotK.AsSpan(dst));
+                vc.AsSpan(src, p.HeadDim).CopyTo(gotV.AsSpan(dst));
+            }
+        }
+
+        var r = Compare.Close(gotK, rk, 1e-5, 3e-7, $"q and the k cache rows, all {tokens} tokens");
+        return r.Passed ? Compare.Close(gotV, v, 0, 0, $"q, k and v cache rows, all {tokens} tokens") : r;
     }
 }

@@ -6,6 +6,8 @@
 // Versions:
 //   V1  one thread per (token, pair i); it computes cos/sin once and rotates pair i of every q head and every k head
 //       of its token (consecutive threads touch consecutive dims of a head: coalesced).
+// attention/rope-append (kernels/ILGpuMoE.Kernels/Attention/RopeAppendKernel.cs) fuses the same rotation with the KV
+// append; it shares the table, SinCos and RotatePair below, so both give the same bits.
 //
 // Angle precision (why the doubles): with f32, pos * inv_i at pos ~4096 is off by up to half an ulp of 4096
 // (2.4e-4 rad) before cos/sin even start, so the result drifts from the exact rotation by ~1e-4. Here inv_i is
@@ -35,15 +37,12 @@ public sealed class RopeKernel : IDisposable
 {
     private const string Name = "Rope";
 
-    private readonly Accelerator _accelerator;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int> _v1;
-    private readonly Dictionary<(int HeadDim, float Theta), MemoryBuffer1D<double, Stride1D.Dense>> _invFreq = [];
-    private readonly Lock _lock = new();
-    private bool _disposed;
+    private readonly RopeTables _tables;
 
     private RopeKernel(Accelerator accelerator)
     {
-        _accelerator = accelerator;
+        _tables = new RopeTables(accelerator);
         _v1 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int>(RopeV1);
     }
 
@@ -60,15 +59,11 @@ public sealed class RopeKernel : IDisposable
         DenseShapes.Positive(Name, nameof(tokens), tokens);
         DenseShapes.Positive(Name, nameof(heads), heads);
         DenseShapes.Positive(Name, nameof(kvHeads), kvHeads);
-        DenseShapes.Positive(Name, nameof(headDim), headDim);
-        if (headDim % 2 != 0)
-            throw new ArgumentException($"{Name}: headDim must be even, got {headDim}", nameof(headDim));
-        if (!(theta > 1f) || float.IsInfinity(theta))
-            throw new ArgumentException($"{Name}: theta must be finite and > 1, got {theta}", nameof(theta));
+        CheckRotation(Name, headDim, theta);
         DenseShapes.Length(Name, nameof(q), q, (long)tokens * heads * headDim, "[T, H, Dh]");
         DenseShapes.Length(Name, nameof(k), k, (long)tokens * kvHeads * headDim, "[T, Hkv, Dh]");
         DenseShapes.Length(Name, nameof(positions), positions, tokens, "[T]");
-        var inv = InvFreq(headDim, theta);
+        var inv = _tables.Get(headDim, theta);
         _v1(stream, DenseShapes.Elementwise((long)tokens * (headDim / 2)), q, k, positions, inv.View, tokens, heads, kvHeads, headDim);
     }
 
@@ -81,33 +76,17 @@ public sealed class RopeKernel : IDisposable
         return inv;
     }
 
-    private MemoryBuffer1D<double, Stride1D.Dense> InvFreq(int headDim, float theta)
+    /// <summary>The rotation's argument checks (shared with attention/rope-append): Dh positive and even, theta finite and &gt; 1.</summary>
+    internal static void CheckRotation(string name, int headDim, float theta)
     {
-        lock (_lock)
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_invFreq.TryGetValue((headDim, theta), out var buffer))
-            {
-                buffer = _accelerator.Allocate1D(InverseFrequencies(headDim, theta));
-                _invFreq.Add((headDim, theta), buffer);
-            }
-
-            return buffer;
-        }
+        DenseShapes.Positive(name, nameof(headDim), headDim);
+        if (headDim % 2 != 0)
+            throw new ArgumentException($"{name}: headDim must be even, got {headDim}", nameof(headDim));
+        if (!(theta > 1f) || float.IsInfinity(theta))
+            throw new ArgumentException($"{name}: theta must be finite and > 1, got {theta}", nameof(theta));
     }
 
-    public void Dispose()
-    {
-        lock (_lock)
-        {
-            if (_disposed)
-                return;
-            _disposed = true;
-            foreach (var buffer in _invFreq.Values)
-                buffer.Dispose();
-            _invFreq.Clear();
-        }
-    }
+    public void Dispose() => _tables.Dispose();
 
     [KernelInfo(RopeVersion.V1, "grid ceil(T*Dh/2 / 256), group 256",
         Summary = "thread per (token, pair); f64 angle and range reduction, f32 cos/sin, rotates all q and k heads")]
@@ -150,11 +129,56 @@ public sealed class RopeKernel : IDisposable
         cos = quadrant switch { 0 => c, 1 => -s, 2 => -c, _ => s };
     }
 
-    private static void Rotate(ArrayView<float> x, long lo, int half, float cos, float sin)
+    internal static void Rotate(ArrayView<float> x, long lo, int half, float cos, float sin)
     {
-        float a = x[lo];
-        float b = x[lo + half];
-        x[lo] = a * cos - b * sin;
-        x[lo + half] = b * cos + a * sin;
+        RotatePair(x[lo], x[lo + half], cos, sin, out float rLo, out float rHi);
+        x[lo] = rLo;
+        x[lo + half] = rHi;
+    }
+
+    /// <summary>(a, b) = (x_i, x_{i+Dh/2}) rotated by the angle whose cos and sin are given.</summary>
+    internal static void RotatePair(float a, float b, float cos, float sin, out float lo, out float hi)
+    {
+        lo = a * cos - b * sin;
+        hi = b * cos + a * sin;
+    }
+}
+
+/// <summary>
+/// Device tables inv_freq [Dh/2] (double) per (Dh, theta), uploaded at the first use of each and kept until disposed
+/// (a launch that finds its table allocates nothing, so it can be captured in a CUDA graph).
+/// </summary>
+internal sealed class RopeTables(Accelerator accelerator) : IDisposable
+{
+    private readonly Dictionary<(int HeadDim, float Theta), MemoryBuffer1D<double, Stride1D.Dense>> _invFreq = [];
+    private readonly Lock _lock = new();
+    private bool _disposed;
+
+    public MemoryBuffer1D<double, Stride1D.Dense> Get(int headDim, float theta)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_invFreq.TryGetValue((headDim, theta), out var buffer))
+            {
+                buffer = accelerator.Allocate1D(RopeKernel.InverseFrequencies(headDim, theta));
+                _invFreq.Add((headDim, theta), buffer);
+            }
+
+            return buffer;
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+            foreach (var buffer in _invFreq.Values)
+                buffer.Dispose();
+            _invFreq.Clear();
+        }
     }
 }

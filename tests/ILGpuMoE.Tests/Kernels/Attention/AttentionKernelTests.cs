@@ -60,7 +60,7 @@ public class AttentionKernelTests
     }
 
     /// <summary>[Hkv, maxSeq, Dh] host image of rows 0..rows-1 of kv ([S, Hkv, Dh]); the rest NaN.</summary>
-    private static float[] CacheImage(float[] kv, int rows, int kvHeads, int headDim, int maxSeq)
+    internal static float[] CacheImage(float[] kv, int rows, int kvHeads, int headDim, int maxSeq)
     {
         var c = new float[KvCacheLayout.Elements(kvHeads, maxSeq, headDim)];
         Array.Fill(c, float.NaN);
