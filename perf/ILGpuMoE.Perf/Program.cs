@@ -1,6 +1,6 @@
 // ilgpumoe-bench: the benchmark executable. `ilgpumoe bench ...` forwards here (perf/NOTES.md says why it is a
 // separate executable); this project never calls the CLI. The first argument may be the verb: bench (default), host
-// (BenchmarkDotNet host paths) or plot. The GPU machine's file (perf/ILGpuMoE.GpuBundle) sends these verbs here.
+// (BenchmarkDotNet host paths), plot, or predict (the decode model, Model/DecodeModel.cs). The GPU machine's file (perf/ILGpuMoE.GpuBundle) sends these verbs here.
 using Spectre.Console;
 
 namespace ILGpuMoE.Perf;
@@ -12,9 +12,9 @@ public static class Program
         Runtime.ProcessEnvironment.Apply(); // ILGPUMOE_LIBCUDA, before the first context
         var rest = args.AsSpan();
         string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
-        if (verb is not ("bench" or "host" or "plot"))
+        if (verb is not ("bench" or "host" or "plot" or "predict"))
         {
-            Console.Error.WriteLine($"error: ilgpumoe-bench: unknown verb '{verb}' (bench, host or plot; the other verbs are ilgpumoe's)");
+            Console.Error.WriteLine($"error: ilgpumoe-bench: unknown verb '{verb}' (bench, host, plot or predict; the other verbs are ilgpumoe's)");
             return 2;
         }
 
@@ -24,6 +24,8 @@ public static class Program
         {
             if (verb == "plot")
                 return Plot(rest.ToArray());
+            if (verb == "predict")
+                return Predict(rest.ToArray());
 #if GPU_PUBLISH
             if (verb == "host")
             {
@@ -44,6 +46,20 @@ public static class Program
                 Console.Error.WriteLine(e);
             return 1;
         }
+    }
+
+    /// <summary>`predict [--context N]`: the decode model's predicted step for the real shapes (no device needed).</summary>
+    private static int Predict(string[] args)
+    {
+        int context = 512;
+        if (args.Length != 0 && !(args.Length == 2 && args[0] == "--context" && int.TryParse(args[1], System.Globalization.CultureInfo.InvariantCulture, out context) && context >= 1))
+        {
+            Console.Error.WriteLine("error: usage: ilgpumoe-bench predict [--context N] (N >= 1 cached positions)");
+            return 2;
+        }
+
+        Console.Out.Write(Model.DecodeModel.Report(new Model.DecodeMachine(), context));
+        return 0;
     }
 
     /// <summary>`plot bench.json roofline.png`: redraws the roofline from a saved report (e.g. one filed from the GPU machine).</summary>

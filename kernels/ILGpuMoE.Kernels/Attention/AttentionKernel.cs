@@ -476,7 +476,7 @@ public sealed class KvCacheAppendKernel
 
     private KvCacheAppendKernel(Accelerator accelerator)
     {
-        kernel = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(
+        kernel = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, int, int, int>(
             AttentionKernels.KvAppendV1);
     }
 
@@ -539,21 +539,21 @@ public sealed class AttentionKernel : IDisposable
         Version = version;
         if (version == AttentionVersion.V1)
         {
-            v1 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV1);
         }
 
         if (version is AttentionVersion.V2 or AttentionVersion.V2Prefill)
         {
-            prefill = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            prefill = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Prefill);
         }
 
         if (version is AttentionVersion.V2 or AttentionVersion.V2Decode)
         {
-            decode = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            decode = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Decode);
-            combine = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            combine = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Combine);
         }
 
@@ -708,7 +708,7 @@ public sealed class AttentionKernel : IDisposable
 
     private void LoadDecodeV3()
     {
-        decodeV3 ??= accelerator.LoadKernel<ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
+        decodeV3 ??= accelerator.LoadCounted<ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
             ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>(AttentionDecodeKernels.AttentionV3Decode);
     }
 

@@ -65,7 +65,7 @@ public sealed class RopeAppendKernel : IDisposable
     private RopeAppendKernel(Accelerator accelerator)
     {
         _tables = new RopeTables(accelerator);
-        _v1 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
+        _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
             ArrayView<float>, ArrayView<float>, RopeAppendParams>(RopeAppendV1);
     }
 

@@ -119,8 +119,8 @@ public sealed class DecodeExpertsKernel<TU>
 
     internal DecodeExpertsKernel(Accelerator accelerator)
     {
-        _upGate = accelerator.LoadKernel<TU, TU, ArrayView<int>, ArrayView<float>, NormWeights, float, ArrayView<float>, int, int>(DecodeExpertsKernels.UpGateV1);
-        _down = accelerator.LoadKernel<TU, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(DecodeExpertsKernels.DownV1);
+        _upGate = accelerator.LoadCounted<TU, TU, ArrayView<int>, ArrayView<float>, NormWeights, float, ArrayView<float>, int, int>(DecodeExpertsKernels.UpGateV1);
+        _down = accelerator.LoadCounted<TU, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(DecodeExpertsKernels.DownV1);
     }
 
     /// <summary>

@@ -106,7 +106,7 @@ public sealed class DecodeLinearKernel<TU>
 
     internal DecodeLinearKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadKernel<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int>(DecodeLinearKernels.LinearV1);
+        _v1 = accelerator.LoadCounted<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int>(DecodeLinearKernels.LinearV1);
     }
 
     /// <summary>

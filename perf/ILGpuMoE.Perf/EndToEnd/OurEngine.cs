@@ -13,8 +13,10 @@ public static class OurEngine
     /// Times prefill + decode of the checkpoint in <paramref name="modelDir"/> (float, or already packed in our layout:
     /// the load quantizes nothing). Load and warm-up are timed apart from the figures.
     /// </summary>
+    /// <param name="cudaGraph">Decode through a session that replays its decode step from a CUDA graph (SessionOptions);
+    /// the row's scheme gets " + cuda graph" and its note says whether the graph was used.</param>
     public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
-        QuantSpec? quant = null)
+        QuantSpec? quant = null, bool cudaGraph = false)
     {
         var sw = Stopwatch.StartNew();
         using var model = MixtralModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
@@ -23,7 +25,7 @@ public static class OurEngine
             MaxBatch = prompt.Length,
             Quant = quant,
         });
-        using var session = model.NewSession();
+        using var session = model.NewSession(new SessionOptions { CudaGraph = cudaGraph });
         device.Stream.Synchronize();
         double load = sw.Elapsed.TotalSeconds;
 
@@ -39,10 +41,24 @@ public static class OurEngine
         session.Prefill(prompt, allLogits: false);
         double ttft = sw.Elapsed.TotalSeconds;
         sw.Restart();
+        long launches = 0;
+        double perLayer = 0;
         foreach (int t in decode)
+        {
             session.Decode(t);
+            launches += session.LastStepLaunches;
+            perLayer += session.LastStepLaunchesPerLayer;
+        }
+
         double dec = sw.Elapsed.TotalSeconds;
-        return new EndToEndResult($"ilgpumoe ({device.Accelerator.AcceleratorType})", scheme, layers, prompt.Length, decode.Length,
-            prompt.Length / ttft, decode.Length / dec, ttft, "random weights", warmup) { LoadSeconds = load };
+        string note = "random weights" + (session.DecodePath is { } path ? $"; decode {path}" : "")
+                      + (session.CudaGraphStatus is { } g ? $"; cuda graph {g}" : "");
+        return new EndToEndResult($"ilgpumoe ({device.Accelerator.AcceleratorType})", cudaGraph ? scheme + " + cuda graph" : scheme, layers, prompt.Length,
+            decode.Length, prompt.Length / ttft, decode.Length / dec, ttft, note, warmup)
+        {
+            LoadSeconds = load,
+            LaunchesPerToken = launches / (double)decode.Length,
+            LaunchesPerLayer = perLayer / decode.Length,
+        };
     }
 }

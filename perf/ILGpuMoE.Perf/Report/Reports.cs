@@ -70,12 +70,12 @@ public static class Reports
         if (r.EndToEnd.Count > 0)
         {
             var e2e = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "engine", "scheme", "layers", "prompt", "prefill tok/s", "decode tok/s", "TTFT ms", "warm-up s", "note" })
+            foreach (var h in new[] { "engine", "scheme", "layers", "prompt", "prefill tok/s", "decode tok/s", "TTFT ms", "launches/token", "per layer", "warm-up s", "note" })
                 e2e.AddColumn(h);
             foreach (var e in r.EndToEnd)
             {
                 e2e.AddRow(Markup.Escape(e.Engine), e.Scheme, e.Layers.ToString(CultureInfo.InvariantCulture), e.PromptTokens.ToString(CultureInfo.InvariantCulture),
-                    F(e.PrefillTokensPerSecond, "F1"), F(e.DecodeTokensPerSecond, "F1"), F(e.TimeToFirstTokenSeconds * 1e3, "F1"), F(e.WarmupSeconds, "F2"), Markup.Escape(e.Note));
+                    F(e.PrefillTokensPerSecond, "F1"), F(e.DecodeTokensPerSecond, "F1"), F(e.TimeToFirstTokenSeconds * 1e3, "F1"), F(e.LaunchesPerToken, "F0"), F(e.LaunchesPerLayer, "F1"), F(e.WarmupSeconds, "F2"), Markup.Escape(e.Note));
             }
 
             console.Write(e2e);
@@ -134,12 +134,12 @@ public static class Reports
             s.AppendLine();
             s.AppendLine("## End to end");
             s.AppendLine();
-            s.AppendLine("| engine | scheme | layers | prompt | decoded | prefill tok/s | decode tok/s | TTFT ms | warm-up s | load s | host prep s | note |");
-            s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+            s.AppendLine("| engine | scheme | layers | prompt | decoded | prefill tok/s | decode tok/s | TTFT ms | launches/token | per layer | warm-up s | load s | host prep s | note |");
+            s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
             foreach (var e in r.EndToEnd)
             {
                 s.AppendLine(CultureInfo.InvariantCulture,
-                    $"| {e.Engine} | {e.Scheme} | {e.Layers} | {e.PromptTokens} | {e.DecodeTokens} | {F(e.PrefillTokensPerSecond, "F1")} | {F(e.DecodeTokensPerSecond, "F1")} | {F(e.TimeToFirstTokenSeconds * 1e3, "F1")} | {F(e.WarmupSeconds, "F2")} | {F(e.LoadSeconds, "F2")} | {F(e.HostPrepSeconds, "F2")} | {e.Note} |");
+                    $"| {e.Engine} | {e.Scheme} | {e.Layers} | {e.PromptTokens} | {e.DecodeTokens} | {F(e.PrefillTokensPerSecond, "F1")} | {F(e.DecodeTokensPerSecond, "F1")} | {F(e.TimeToFirstTokenSeconds * 1e3, "F1")} | {F(e.LaunchesPerToken, "F0")} | {F(e.LaunchesPerLayer, "F1")} | {F(e.WarmupSeconds, "F2")} | {F(e.LoadSeconds, "F2")} | {F(e.HostPrepSeconds, "F2")} | {e.Note} |");
             }
         }
 

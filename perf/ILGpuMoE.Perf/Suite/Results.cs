@@ -76,6 +76,12 @@ public sealed record EndToEndResult(string Engine, string Scheme, int Layers, in
     public double LoadSeconds { get; init; } = double.NaN;
 
     public double HostPrepSeconds { get; init; } = double.NaN;
+
+    /// <summary>Kernel launches per decode step (mean over the timed steps; a graph replay counts its nodes); NaN for peers.</summary>
+    public double LaunchesPerToken { get; init; } = double.NaN;
+
+    /// <summary>Of those, per decoder layer (the embedding and the logits head excluded).</summary>
+    public double LaunchesPerLayer { get; init; } = double.NaN;
 }
 
 /// <summary>

@@ -1,7 +1,8 @@
 // ilgpumoe generate --model DIR --prompt TEXT [-n 128] [--temperature 0.7] [--top-k 50] [--top-p 0.9] [--seed 1] [--chat]
-//                   [--max-seq S] [--routing-stats]
+//                   [--max-seq S] [--routing-stats] [--cuda-graph]
 // Streams the generated text to stdout as it comes, then prints prefill tokens/s, decode tokens/s and time to first
-// token (and, with --routing-stats, how many tokens each expert of each layer received). Ctrl+C stops after the
+// token, and the kernel launches per decode step (and, with --routing-stats, how many tokens each expert of each layer
+// received). Ctrl+C stops after the
 // current step and still prints the statistics.
 using System.Diagnostics;
 using System.CommandLine;
@@ -17,7 +18,7 @@ namespace ILGpuMoE.Cli.Commands;
 public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
-        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null);
+        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = false);
 
     public static Command Create(CliIo io, Option<DeviceChoice> device)
     {
@@ -32,12 +33,13 @@ public static class GenerateCommand
         var stats = new Option<bool>("--routing-stats") { Description = "Print how many tokens each expert of each layer received" };
         var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
         var quant = QuantOption.Create();
+        var graph = new Option<bool>("--cuda-graph") { Description = "On CUDA, capture the decode step once as a CUDA graph and replay it per token" };
         var command = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
         {
-            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant,
+            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant, graph,
         };
         command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
-            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant))));
+            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph))));
         return command;
     }
 
@@ -71,7 +73,7 @@ public static class GenerateCommand
         using (tokenizer)
         {
             using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant);
-            using var session = loaded.Model.NewSession();
+            using var session = loaded.Model.NewSession(new SessionOptions { CudaGraph = a.CudaGraph });
             session.CollectRoutingStats = a.RoutingStats;
 
             // Ctrl+C: finish the step in flight, stop, still print the statistics.
@@ -102,7 +104,7 @@ public static class GenerateCommand
             }
 
             io.Out.WriteLine();
-            PrintStats(io, loaded.Model, result);
+            PrintStats(io, loaded.Model, result, session);
             if (a.RoutingStats)
                 PrintRouting(io, session);
             return CliErrors.Ok;
@@ -111,7 +113,7 @@ public static class GenerateCommand
 
     private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);
 
-    private static void PrintStats(CliIo io, MixtralModel model, GenerationResult r)
+    private static void PrintStats(CliIo io, MixtralModel model, GenerationResult r, InferenceSession session)
     {
         string stop = r.Stop switch
         {
@@ -128,8 +130,12 @@ public static class GenerateCommand
         {
             string range = l.Min == l.Max ? "" : $" (min {l.Min}, max {l.Max})";
             string graph = l.Replayed ? ", replayed from a CUDA graph" : "";
-            io.Out.WriteLine($"launches per token: {F(l.Mean, "F0")}{range}, {F(l.PerLayer)} per layer{graph}");
+            string path = session.DecodePath is { } p ? $"; decode step {p}" : "";
+            io.Out.WriteLine($"launches per token: {F(l.Mean, "F0")}{range}, {F(l.PerLayer)} per layer{graph}{path}");
         }
+
+        if (session.CudaGraphStatus is { } status)
+            io.Out.WriteLine($"cuda graph: {status}");
     }
 
     private static void PrintRouting(CliIo io, InferenceSession session)

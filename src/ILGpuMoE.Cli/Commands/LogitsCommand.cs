@@ -1,6 +1,9 @@
 // ilgpumoe logits --model DIR --tokens 1,2,3 --out FILE: the logits of every position of one prompt processed from an
 // empty cache, written as a safetensors file with `logits` F32 [T, V] (and the `tokens` I32 [T] it was given).
 // This is a contract other tools rely on (fixture checks, peers): keep its options and output exactly.
+// --decode-steps feeds the tokens one per forward step (what generation does after the prompt: the T = 1 decode path
+// with its own kernels) instead of one prefill; the logits must be the same within F32 rounding. --cuda-graph (with
+// --decode-steps, on CUDA) replays the decode step from a captured CUDA graph.
 using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -18,11 +21,14 @@ public static class LogitsCommand
         var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
         var output = new Option<string>("--out", "-o") { Description = "Output safetensors file (tensor 'logits' F32 [T, V])", Required = true };
         var quant = QuantOption.Create();
+        var steps = new Option<bool>("--decode-steps") { Description = "Process the tokens one per step (the decode kernels) instead of one prefill" };
+        var graph = new Option<bool>("--cuda-graph") { Description = "With --decode-steps on CUDA: replay the decode step from a captured CUDA graph" };
         var command = new Command("logits", "Write the logits of every position of a token sequence (one prompt, empty cache) to a safetensors file")
         {
-            model, tokens, output, quant,
+            model, tokens, output, quant, steps, graph,
         };
-        command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant)));
+        command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant),
+            p.GetValue(steps), p.GetValue(graph)));
         return command;
     }
 
@@ -42,8 +48,11 @@ public static class LogitsCommand
         return ids;
     }
 
-    public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null)
+    public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null,
+        bool decodeSteps = false, bool cudaGraph = false)
     {
+        if (cudaGraph && !decodeSteps)
+            throw new CliUsageException("--cuda-graph replays the decode step: give --decode-steps too");
         var ids = ParseTokens(tokenText);
         var quant = QuantOption.Parse(quantName);
         if (Directory.Exists(modelDir))
@@ -65,15 +74,32 @@ public static class LogitsCommand
             throw new CliUsageException($"--out {outPath}: folder {outDir} does not exist");
 
         using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant);
-        using var session = loaded.Model.NewSession();
-        var logits = session.Prefill(ids, allLogits: true);
+        using var session = loaded.Model.NewSession(new Runtime.SessionOptions { CudaGraph = cudaGraph });
         int v = loaded.Model.Config.VocabSize;
+        float[] logits;
+        if (decodeSteps)
+        {
+            logits = new float[(long)ids.Length * v];
+            for (int i = 0; i < ids.Length; i++)
+                session.Decode(ids[i]).CopyTo(logits.AsSpan(checked(i * v), v));
+        }
+        else
+        {
+            logits = session.Prefill(ids, allLogits: true);
+        }
+
         SafeTensorsWriter.Write(outPath,
         [
             SafeTensorsWriter.FromFloats("logits", [ids.Length, v], logits),
             new SafeTensorsWriter.Entry("tokens", DType.I32, [ids.Length], MemoryMarshal.AsBytes(ids.AsSpan()).ToArray()),
         ]);
         io.Out.WriteLine($"wrote logits [{ids.Length}, {v}] to {outPath}");
+        if (decodeSteps)
+        {
+            io.Out.WriteLine($"decode steps: {session.DecodePath ?? "plain"}; last step {session.LastStepLaunches} launches" +
+                             (session.CudaGraphStatus is { } g ? $"; cuda graph: {g}" : ""));
+        }
+
         return CliErrors.Ok;
     }
 }

@@ -7,6 +7,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Moe;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Quant;
@@ -206,6 +207,9 @@ public abstract class DeviceQuantMatrix : IDisposable
     public TQ View<TQ>()
         where TQ : struct, IQuantWeights =>
         this is DeviceQuantMatrix<TQ> d ? d.Weights : throw new InvalidOperationException($"DeviceQuantMatrix: the matrix is {Host.Scheme}, not {typeof(TQ).Name}");
+
+    /// <summary>The matrix as the fused decode kernels read it: 16-byte units of its scheme (kernels/ILGpuMoE.Kernels/Decode/RowUnits.cs).</summary>
+    internal abstract IRowUnits DecodeUnits();
 
     /// <summary>y [T, Rows] (+)= x [T, Cols] W^T through the decode GEMV (T &lt;= QuantGemvKernels.MaxTokens).</summary>
     internal abstract void LaunchGemv(QuantGemvKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate);

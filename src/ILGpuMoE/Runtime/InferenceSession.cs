@@ -14,6 +14,11 @@
 // then logits = rmsnorm(x) Wlm^T for every row (prefill with all logits) or only the last row (generation).
 //
 // Host syncs: none inside a step; the step ends by reading the logits back (and the routing ids when stats are on).
+//
+// Decode (T = 1) with the tuned kernels runs a DecodePlan instead: the same math in 8 launches per layer (fused norms,
+// q/k/v in one launch, RoPE with the cache append, one-launch attention, no permutation, the combine in the down
+// projection). With SessionOptions.CudaGraph on CUDA, the plan is captured once as a CUDA graph (the second decode
+// step) and replayed after that; any failure to capture falls back to launching the plan.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
@@ -22,6 +27,17 @@ using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
 
 namespace ILGpuMoE.Runtime;
+
+/// <summary>How a session runs its steps.</summary>
+public sealed record SessionOptions
+{
+    /// <summary>
+    /// On CUDA, capture the decode step (T = 1) once as a CUDA graph and replay it per token (the session then owns a
+    /// stream: the legacy default stream cannot be captured). Off by default until a GPU run has checked it against the
+    /// plain path (perf/gpu/fixtures.sh does); ignored elsewhere (CudaGraphStatus says so).
+    /// </summary>
+    public bool CudaGraph { get; init; }
+}
 
 public sealed class InferenceSession : IDisposable
 {
@@ -37,13 +53,25 @@ public sealed class InferenceSession : IDisposable
     private readonly long[][] _expertCounts;
     private int[] _lastIds = [];
     private int _lastT;
+    private readonly bool _ownStream, _graphWanted;
+    private DecodePlan? _plan;
+    private bool _planTried;
+    private CudaGraph? _graph;
+    private bool _graphTried;
+    private int _decodeSteps;
 
-    internal InferenceSession(MixtralModel model)
+    internal InferenceSession(MixtralModel model, SessionOptions? options = null)
     {
         _model = model;
         var c = model.Config;
         var a = model.Accelerator;
-        _stream = a.DefaultStream;
+        options ??= new();
+        // A graph cannot capture CUDA's legacy default stream (ILGPU's DefaultStream): such a session owns a stream.
+        _graphWanted = options.CudaGraph;
+        _ownStream = options.CudaGraph && a.AcceleratorType == AcceleratorType.Cuda;
+        _stream = _ownStream ? a.CreateStream() : a.DefaultStream;
+        if (options.CudaGraph && !_ownStream)
+            CudaGraphStatus = $"not used: {a.AcceleratorType} is not a CUDA device";
         _spec = c.Router.Kind switch
         {
             RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),
@@ -82,6 +110,8 @@ public sealed class InferenceSession : IDisposable
         if (model.GatherColumns > 0)
             _gather = a.Allocate1D<float>((long)_b * model.GatherColumns);
         _expertCounts = Enumerable.Range(0, c.Layers).Select(_ => new long[_e]).ToArray();
+        if (_ownStream)
+            a.Synchronize(); // the session's own stream does not wait for work queued on the default one
     }
 
     public MixtralModel Model => _model;
@@ -95,6 +125,12 @@ public sealed class InferenceSession : IDisposable
 
     /// <summary>True when the last step was replayed from a captured CUDA graph.</summary>
     public bool LastStepReplayed { get; private set; }
+
+    /// <summary>How a decode step runs: "fused (N launches per layer)" or "plain: why" (null before the first decode step).</summary>
+    public string? DecodePath { get; private set; }
+
+    /// <summary>With SessionOptions.CudaGraph: "captured: N nodes", or why no graph is used; null before it is tried.</summary>
+    public string? CudaGraphStatus { get; private set; }
 
     /// <summary>Tokens in the KV cache: the position the next token gets.</summary>
     public int Position { get; private set; }
@@ -169,27 +205,95 @@ public sealed class InferenceSession : IDisposable
     // One forward step of T <= MaxBatch tokens at Position; logitRows: 0 none, 1 the last row only, T all rows.
     private void Step(ReadOnlySpan<int> tokens, int logitRows)
     {
+        int t = tokens.Length;
+        Span<int> positions = t <= 1024 ? stackalloc int[t] : new int[t];
+        for (int i = 0; i < t; i++)
+            positions[i] = Position + i;
+        // The token ids and positions go to the device first: the kernels (and a replayed graph) read them there.
+        _tokens.View.SubView(0, t).CopyFromCPU(_stream, tokens);
+        _positions.View.SubView(0, t).CopyFromCPU(_stream, positions);
+
         long before = KernelLaunches.Count;
-        StepLaunches(tokens, logitRows);
-        LastStepLaunches = KernelLaunches.Count - before;
         LastStepReplayed = false;
+        var plan = t == 1 && logitRows == 1 ? Plan() : null;
+        if (plan is null)
+        {
+            StepLaunches(t, logitRows);
+        }
+        else
+        {
+            _decodeSteps++;
+            // The first decode step runs the plan plainly (every kernel compiles and loads outside a capture); the second
+            // is captured and replayed, and later steps replay.
+            if (_graphWanted && _ownStream && !_graphTried && _decodeSteps >= 2)
+                CaptureGraph(plan);
+            if (_graph is not null)
+            {
+                _graph.Launch(_stream);
+                LastStepReplayed = true;
+            }
+            else
+            {
+                plan.Run();
+            }
+
+            LastStepLaunchesPerLayer = plan.LaunchesPerLayer;
+            Position += t;
+            if (CollectRoutingStats)
+                ReadRouting(t);
+        }
+
+        LastStepLaunches = _graph is not null && LastStepReplayed ? _graph.Nodes : KernelLaunches.Count - before;
     }
 
-    private void StepLaunches(ReadOnlySpan<int> tokens, int logitRows)
+    private DecodePlan? Plan()
+    {
+        if (!_planTried)
+        {
+            _planTried = true;
+            var why = DecodePlan.Fallback(_model);
+            if (why is null)
+            {
+                var b = new DecodeBuffers(_tokens.View, _positions.View, _x.View, _q.View, _kk.View, _vv.View, _attn.View, _routerLogits.View,
+                    _weights.View, _moe.H.View, _logits.View, _kCache.Select(k => (ArrayView<float>)k.View).ToArray(), _vCache.Select(v => (ArrayView<float>)v.View).ToArray(),
+                    l => _ids.View.SubView((long)l * _b * _k, _k));
+                _plan = DecodePlan.Build(_model, _stream, _spec, b);
+                DecodePath = $"fused ({_plan.LaunchesPerLayer:F0} launches per layer)";
+            }
+            else
+            {
+                DecodePath = $"plain: {why}";
+            }
+        }
+
+        return _plan;
+    }
+
+    private void CaptureGraph(DecodePlan plan)
+    {
+        _graphTried = true;
+        try
+        {
+            _graph = CudaGraph.Capture(_stream, plan.Run);
+            CudaGraphStatus = $"captured: {_graph.Nodes} nodes";
+        }
+        catch (Exception e) when (e is InvalidOperationException or ILGPU.Runtime.Cuda.CudaException)
+        {
+            // Launching the plan plainly still works: say why the graph is not used, once.
+            _graph = null;
+            CudaGraphStatus = $"not used: {e.Message}";
+        }
+    }
+
+    private void StepLaunches(int t, int logitRows)
     {
         var m = _model;
         var c = m.Config;
         var ops = m.Ops;
         var s = _stream;
-        int t = tokens.Length, pos0 = Position, hd = c.HeadDim, seq = m.MaxSeq;
+        int pos0 = Position, hd = c.HeadDim, seq = m.MaxSeq;
         float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
         int window = c.SlidingWindow ?? 0;
-
-        Span<int> positions = t <= 1024 ? stackalloc int[t] : new int[t];
-        for (int i = 0; i < t; i++)
-            positions[i] = pos0 + i;
-        _tokens.View.SubView(0, t).CopyFromCPU(s, tokens);
-        _positions.View.SubView(0, t).CopyFromCPU(s, positions);
 
         var tok = _tokens.View.SubView(0, t);
         var pos = _positions.View.SubView(0, t);
@@ -264,6 +368,9 @@ public sealed class InferenceSession : IDisposable
     public void Dispose()
     {
         _stream.Synchronize();
+        _graph?.Dispose();
+        if (_ownStream)
+            _stream.Dispose();
         foreach (var b in new MemoryBuffer[] { _tokens, _positions, _ids, _x, _h, _q, _kk, _vv, _attn, _routerLogits, _weights, _logits })
             b.Dispose();
         foreach (var b in _kCache.Concat(_vCache))

@@ -319,7 +319,7 @@ public sealed class MixtralModel : IDisposable
     }
 
     /// <summary>A fresh session (empty KV cache of <see cref="MaxSeq"/> positions).</summary>
-    public InferenceSession NewSession() => new(this);
+    public InferenceSession NewSession(SessionOptions? options = null) => new(this, options);
 
     public void Dispose()
     {

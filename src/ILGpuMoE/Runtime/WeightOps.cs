@@ -11,6 +11,7 @@ using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
@@ -51,6 +52,31 @@ internal sealed class WeightOps : IDisposable
         Append = KvCacheAppendKernel.Create(accelerator);
         Attention = AttentionKernel.Create(accelerator, _simple ? AttentionVersion.V1 : AttentionVersion.V2);
         Gating = GatingKernel.Create(accelerator);
+    }
+
+    /// <summary>True when a decode step may run the fused T = 1 kernels (DecodePlan): the tuned policy.</summary>
+    public bool FusedDecode => !_simple;
+
+    // The decode plan's kernels per reader type (kernels/ILGpuMoE.Kernels/Decode/RowUnits.cs), loaded on first use.
+    private readonly Dictionary<Type, object> _decodeLinear = [], _decodeExperts = [];
+    private RopeAppendKernel? _ropeAppend;
+
+    public RopeAppendKernel RopeAppend => _ropeAppend ??= RopeAppendKernel.Create(_accelerator);
+
+    public DecodeLinearKernel<TU> DecodeLinear<TU>()
+        where TU : struct, IRowUnits
+    {
+        if (!_decodeLinear.TryGetValue(typeof(TU), out var k))
+            _decodeLinear[typeof(TU)] = k = DecodeLinearKernel.Create<TU>(_accelerator);
+        return (DecodeLinearKernel<TU>)k;
+    }
+
+    public DecodeExpertsKernel<TU> DecodeExperts<TU>()
+        where TU : struct, IRowUnits
+    {
+        if (!_decodeExperts.TryGetValue(typeof(TU), out var k))
+            _decodeExperts[typeof(TU)] = k = DecodeExpertsKernel.Create<TU>(_accelerator);
+        return (DecodeExpertsKernel<TU>)k;
     }
 
     public RopeKernel Rope { get; }
@@ -210,6 +236,7 @@ internal sealed class WeightOps : IDisposable
     public void Dispose()
     {
         Rope.Dispose();
+        _ropeAppend?.Dispose();
         Attention.Dispose();
         Gating.Dispose();
     }

@@ -40,6 +40,22 @@ public class RuntimeCliTests
         RuntimeTests.AssertArgmaxEqual(want, got, 512, "ilgpumoe logits vs llama.cpp");
     }
 
+    [Test]
+    public void LogitsDecodeStepsReproduceFixture()
+    {
+        // One token per forward step (the decode path) gives the fixture's logits too; --cuda-graph off CUDA is ignored.
+        var (tokens, want) = RuntimeTests.Expected();
+        string outPath = Path.Combine(_dir, "logits-steps.safetensors");
+        var run = CliRun.Of("logits", "--model", RuntimeTests.FixtureDir, "--tokens", string.Join(",", tokens), "--out", outPath, "--device", "cpu",
+            "--decode-steps", "--cuda-graph");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("decode steps: plain").And.Contain("cuda graph: not used"));
+        using var file = SafeTensorsFile.Open(outPath);
+        var got = file.ReadFloat32("logits");
+        RuntimeTests.CloseLogged(want, got, rtol: 0, atol: RuntimeTests.FixtureAtol, what: "ilgpumoe logits --decode-steps vs llama.cpp");
+        RuntimeTests.AssertArgmaxEqual(want, got, 512, "ilgpumoe logits --decode-steps vs llama.cpp");
+    }
+
     private static IEnumerable<TestCaseData> BadLogits()
     {
         string fx = "<fixture>";
@@ -50,6 +66,7 @@ public class RuntimeCliTests
         yield return new TestCaseData((object)new[] { "logits", "--model", "<missing>", "--tokens", "1,2", "--out", "<out>" }, "no such model folder").SetName("Logits_MissingModel");
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<missing>/x.safetensors" }, "does not exist").SetName("Logits_MissingOutFolder");
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2" }, "--out").SetName("Logits_NoOut");
+        yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<out>", "--cuda-graph" }, "--decode-steps").SetName("Logits_GraphWithoutDecodeSteps");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<missing>", "--prompt", "hi" }, "no such model folder").SetName("Generate_MissingModel");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--temperature", "-1" }, "--temperature").SetName("Generate_NegativeTemperature");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--top-p", "0" }, "--top-p").SetName("Generate_TopPZero");
@@ -151,6 +168,17 @@ public class RuntimeCliTests
         Assert.That(a.Out, Does.Contain("tokens generated"));
         Assert.That(a.Out, Does.Match(@"prefill: [0-9.]+ tokens/s \| decode: [0-9.]+ tokens/s \([0-9]+ steps\) \| time to first token: [0-9]+ ms"));
         Assert.That(a.Out, Does.Contain("routing: tokens per expert and layer"));
+        // Counted launches: the CPU accelerator runs the plain step (V1 kernels), the embedding and the logits head
+        // (final norm, lm_head) are the 3 launches outside the layers.
+        var launches = System.Text.RegularExpressions.Regex.Match(a.Out, @"launches per token: ([0-9]+), ([0-9.]+) per layer; decode step plain: ");
+        Assert.That(launches.Success, Is.True, a.Out);
+        using (var cfg = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(DemoDir, "config.json"))))
+        {
+            int layers = cfg.RootElement.GetProperty("num_hidden_layers").GetInt32();
+            double perLayer = double.Parse(launches.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.That(int.Parse(launches.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), Is.EqualTo((int)Math.Round(perLayer * layers) + 3));
+        }
+
         var b = CliRun.Of(args);
         Assert.That(b.ExitCode, Is.EqualTo(0), b.Err);
         string Text(string o) => o[..o.IndexOf("---", StringComparison.Ordinal)];

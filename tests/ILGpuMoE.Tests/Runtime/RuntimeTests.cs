@@ -94,6 +94,33 @@ public class RuntimeTests
         }
 
         Assert.That(session.Position, Is.EqualTo(tokens.Length));
+        // The tuned policy decodes through the fused plan (DecodePlan.cs): 8 launches per layer, counted as launched.
+        if (policy == KernelPolicy.Tuned)
+        {
+            Assert.That(session.DecodePath, Does.StartWith("fused"));
+            Assert.That(session.LastStepLaunchesPerLayer, Is.EqualTo(8));
+            Assert.That(session.LastStepLaunches, Is.EqualTo(8 * model.Config.Layers + 2), "the embedding and the final norm + lm_head besides");
+        }
+        else
+        {
+            Assert.That(session.DecodePath, Does.StartWith("plain"));
+        }
+    }
+
+    [Test]
+    public void ACudaGraphIsRefusedOffCudaAndChangesNothing()
+    {
+        var (tokens, want) = Expected();
+        using var model = MixtralModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.Tuned });
+        int v = model.Config.VocabSize;
+        using var session = model.NewSession(new SessionOptions { CudaGraph = true });
+        Assert.That(session.CudaGraphStatus, Does.StartWith("not used: CPU"));
+        for (int i = 0; i < 4; i++)
+        {
+            var row = session.Decode(tokens[i]);
+            CloseLogged(want.AsSpan(i * v, v), row, rtol: 0, atol: FixtureAtol, what: $"decode steps from an empty cache, position {i}");
+            Assert.That(session.LastStepReplayed, Is.False);
+        }
     }
 
     [Test]

@@ -25,7 +25,7 @@ public static class EmbeddingKernel
     public static EmbeddingKernel<TW> Create<TW>(Accelerator accelerator)
         where TW : struct, IWeights => new(accelerator);
 
-    [KernelInfo(EmbeddingVersion.V1, "grid T, group min(256, D rounded up to 32)",
+    [KernelInfo(EmbeddingVersion.V1, "grid T, group min(256, D rounded up to 32)", Decode = DecodeUse.Activations,
         Summary = "one group per token row, threads stride D; NaN row for an id outside [0, V)")]
     public static void GatherV1<TW>(ArrayView<int> tokens, TW table, ArrayView<float> x, int vocab, int dim)
         where TW : struct, IWeights

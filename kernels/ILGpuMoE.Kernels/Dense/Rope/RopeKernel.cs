@@ -43,7 +43,7 @@ public sealed class RopeKernel : IDisposable
     private RopeKernel(Accelerator accelerator)
     {
         _tables = new RopeTables(accelerator);
-        _v1 = accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int>(RopeV1);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int>(RopeV1);
     }
 
     public static RopeKernel Create(Accelerator accelerator) => new(accelerator);

@@ -288,7 +288,7 @@ public static class GatingKernels
 
     /// <summary>Same as <see cref="GatingV1"/>; dynamic shared memory of warpsPerGroup * (E + Groups) floats.</summary>
     [KernelInfo(GatingVersion.V2, "grid ceil(T/W), group 32*W (W = min(8, T) on GPU): one warp per token, dynamic shared W*(E+Groups) floats",
-        BlockSize = V2WarpsPerGroup * 32, MaxDynamicSharedBytes = V2MaxDynamicSharedBytes,
+        BlockSize = V2WarpsPerGroup * 32, MaxDynamicSharedBytes = V2MaxDynamicSharedBytes, Decode = DecodeUse.Activations,
         Summary = "One warp per token: coalesced row loads, E/32 scores per lane in shared memory, K passes of a 64-bit shuffle arg-max.")]
     public static void GatingV2(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int tokens)

@@ -8,6 +8,7 @@ using System.Text.Json.Nodes;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Quant;
@@ -168,6 +169,8 @@ public sealed class Fp8Matrix : QuantizedMatrix
                 return new(WordsView, scales, h.Rows, h.Cols, h.MatrixRows, h.BlockN, h.BlockK);
             }
         }
+
+        internal override IRowUnits DecodeUnits() => RowUnits.Fp8(Weights);
 
         internal override void LaunchGemv(QuantGemvKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate) =>
             kernel.Launch(stream, x, Weights, y, tokens, accumulate: accumulate);

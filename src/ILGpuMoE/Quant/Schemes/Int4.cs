@@ -8,6 +8,7 @@ using System.Text.Json.Nodes;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Quant;
@@ -238,6 +239,8 @@ public sealed class Q4Matrix : QuantizedMatrix
         }
 
         public override Q4Weights Weights => new(WordsView, scales, zeros, Host.Rows, Host.Cols, ((Q4Matrix)Host).GroupSize);
+
+        internal override IRowUnits DecodeUnits() => RowUnits.Q4(Weights);
 
         internal override void LaunchGemv(QuantGemvKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate) =>
             kernel.Launch(stream, x, Weights, y, tokens, accumulate: accumulate);

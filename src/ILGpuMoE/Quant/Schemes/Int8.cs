@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
+using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 
 namespace ILGpuMoE.Quant;
@@ -83,6 +84,8 @@ public sealed class Q8Matrix : QuantizedMatrix
             : base(accelerator, m) => scales = Own(accelerator.Allocate1D(m.Scales)).View;
 
         public override Q8Weights Weights => new(WordsView, scales, Host.Rows, Host.Cols);
+
+        internal override IRowUnits DecodeUnits() => RowUnits.Q8(Weights);
 
         internal override void LaunchGemv(QuantGemvKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate) =>
             kernel.Launch(stream, x, Weights, y, tokens, accumulate: accumulate);

@@ -1,0 +1,224 @@
+// The decode step (T = 1) on a GPU as a fixed list of launches, built once per session.
+//
+// Per layer, 8 launches (InferenceSession's plain step launches 18 at T = 1):
+//   1. decode/linear        h = rmsnorm(x) * g staged in shared memory; q, k, v = h Wq^T, h Wk^T, h Wv^T (one launch)
+//   2. attention/rope-append rotate q and k at positions[0], write k and v into the cache row
+//   3. attention v3-decode  one launch, split-K over the cache with the combine done by the last group of a kv head
+//   4. decode/linear        x += a Wo^T
+//   5. decode/linear        logits_r = rmsnorm(x) * g2 Wg^T (the router)
+//   6. moe/gating           ids, weights [K]
+//   7. decode/experts up-gate  hk = silu(W1[e_k] h2) * (W3[e_k] h2), h2 = rmsnorm(x) * g2 recomputed in the prologue
+//   8. decode/experts down     x += sum_k weights[k] * W2[e_k] hk (the combine and the residual in the epilogue)
+// At T = 1 there is no permutation: the one token's K expert ids are read directly (kernels/ILGpuMoE.Kernels/Decode).
+// Around the layers: the embedding, and decode/linear with the final norm for the logits.
+//
+// Every launch argument is fixed when the plan is built (buffers, weights, shapes); what changes per token, the token id
+// and its position, is read from device memory the session writes before the step. So the plan is what a CUDA graph
+// captures once and replays (InferenceSession.UseCudaGraph).
+//
+// A model the fused kernels cannot read (GPTQ act-order weights, whose inputs are gathered first) gets no plan: the
+// session runs its plain step at T = 1 too, and Fallback says why.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Kernels.Moe.Gating;
+
+namespace ILGpuMoE.Runtime;
+
+/// <summary>The session's buffers a decode plan launches on (views of the first row of each).</summary>
+internal sealed record DecodeBuffers(ArrayView<int> Token, ArrayView<int> Position, ArrayView<float> X, ArrayView<float> Q, ArrayView<float> K,
+    ArrayView<float> V, ArrayView<float> Attention, ArrayView<float> RouterLogits, ArrayView<float> Weights, ArrayView<float> H,
+    ArrayView<float> Logits, IReadOnlyList<ArrayView<float>> KCache, IReadOnlyList<ArrayView<float>> VCache, Func<int, ArrayView<int>> Ids);
+
+internal sealed class DecodePlan
+{
+    private readonly List<Action> launches = [];
+    private int layerStart, layerEnd;
+
+    private DecodePlan()
+    {
+    }
+
+    /// <summary>Launches inside the decoder layers, per layer.</summary>
+    public double LaunchesPerLayer { get; private set; }
+
+    /// <summary>Enqueues the step's launches on the stream the plan was built for.</summary>
+    public void Run()
+    {
+        foreach (var launch in launches)
+            launch();
+    }
+
+    /// <summary>Why <paramref name="model"/> has no decode plan, or null when it can have one.</summary>
+    public static string? Fallback(MixtralModel model)
+    {
+        if (!model.Ops.FusedDecode)
+            return "the simple (V1) kernels are in use (CPU accelerator or --kernels simple)";
+        foreach (var l in model.Layers)
+        {
+            foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })
+            {
+                if (w.Quant is { } q && q.InputPermutation.Length > 0)
+                    return "GPTQ act-order weights (their inputs are gathered first)";
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The plan for one session's buffers on <paramref name="s"/>; call only when <see cref="Fallback"/> is null.</summary>
+    public static DecodePlan Build(MixtralModel model, AcceleratorStream s, RouterSpec spec, DecodeBuffers b)
+    {
+        var c = model.Config;
+        var ops = model.Ops;
+        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, e = c.Experts, k = c.TopK, f = c.IntermediateSize, v = c.VocabSize;
+        int hd = c.HeadDim, seq = model.MaxSeq, window = c.SlidingWindow ?? 0;
+        float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
+        var p = new DecodePlan();
+        var x = b.X.SubView(0, d);
+        var q = b.Q.SubView(0, qd);
+        var kk = b.K.SubView(0, kvd);
+        var vv = b.V.SubView(0, kvd);
+        var a = b.Attention.SubView(0, qd);
+        var rl = b.RouterLogits.SubView(0, e);
+        var w = b.Weights.SubView(0, k);
+        var h = b.H.SubView(0, (long)k * f);
+        var pos = b.Position.SubView(0, 1);
+        // No allocation once a graph captures the plan: the attention scratch and the RoPE table are made now.
+        ops.Attention.ReserveDecode(s, c.Heads, c.KvHeads, hd, seq);
+        ops.RopeAppend.Prepare(hd, theta);
+
+        p.launches.Add(() => ops.Embedding(s, b.Token.SubView(0, 1), model.Embedding, x, 1, v, d));
+        p.layerStart = p.launches.Count;
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var lw = model.Layers[l];
+            var kc = b.KCache[l];
+            var vc = b.VCache[l];
+            var ids = b.Ids(l).SubView(0, k);
+            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.InputNorm), eps, accumulate: false,
+                (Units(lw.Wq, qd, d), q), (Units(lw.Wk, kvd, d), kk), (Units(lw.Wv, kvd, d), vv)));
+            p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, theta));
+            p.launches.Add(() => ops.Attention.LaunchDecode(s, q, kc, vc, a, pos, c.Heads, c.KvHeads, hd, seq, window));
+            p.launches.AddRange(DecodeLaunches.Linear(ops, s, a, NormWeights.None, eps, accumulate: true, (Units(lw.Wo, d, qd), x)));
+            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, (Units(lw.Gate, e, d), rl)));
+            p.launches.Add(() => ops.Gating.Launch(s, spec, rl, ids, w, 1));
+            p.launches.AddRange(DecodeLaunches.Experts(ops, s, x, Norm(lw.PostNorm), eps, Units(lw.W1, e * f, d), Units(lw.W3, e * f, d),
+                Units(lw.W2, e * d, f), ids, w, k, d, f, h));
+        }
+
+        p.layerEnd = p.launches.Count;
+        p.LaunchesPerLayer = c.Layers > 0 ? (p.layerEnd - p.layerStart) / (double)c.Layers : 0;
+        p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(model.FinalNorm), eps, accumulate: false,
+            (Units(model.LmHead, v, d), b.Logits.SubView(0, v))));
+        return p;
+    }
+
+    private static NormWeights Norm(DeviceTensor g) => g.Type switch
+    {
+        WeightType.F32 => NormWeights.Of(new F32Weights(g.F32)),
+        WeightType.F16 => NormWeights.Of(new F16Weights(g.F16)),
+        WeightType.BF16 => NormWeights.Of(new BF16Weights(g.BF16)),
+        _ => throw new InvalidOperationException($"DecodePlan: no norm weights of type {g.Type}"),
+    };
+
+    /// <summary>The 16-byte-unit reader of a linear weight [rows, cols]: its packed scheme's, or a float one.</summary>
+    private static IRowUnits Units(LinearWeight w, int rows, int cols) => w.Quant is { } q ? q.DecodeUnits() : Units(w.Dense!, rows, cols);
+
+    /// <summary>A float matrix as 16-byte units where its rows and start allow it, else element by element (odd widths).</summary>
+    private static IRowUnits Units(DeviceTensor t, int rows, int cols) => t.Type switch
+    {
+        WeightType.F32 => RowUnits.CanReadWide(t.F32, cols) ? RowUnits.F32(new F32Weights(t.F32), rows, cols) : RowUnits.Scalar(new F32Weights(t.F32), rows, cols),
+        WeightType.F16 => RowUnits.CanReadWide(t.F16, cols) ? RowUnits.F16(new F16Weights(t.F16), rows, cols) : RowUnits.Scalar(new F16Weights(t.F16), rows, cols),
+        WeightType.BF16 => RowUnits.CanReadWide(t.BF16, cols) ? RowUnits.BF16(new BF16Weights(t.BF16), rows, cols) : RowUnits.Scalar(new BF16Weights(t.BF16), rows, cols),
+        _ => throw new InvalidOperationException($"DecodePlan: no reader for weight type {t.Type}"),
+    };
+}
+
+/// <summary>
+/// The generic launches behind a plan: each reader type is a closed set (RowUnits.cs) and every launch is compiled for
+/// the reader it reads, so the boxed readers of the plan's builder are switched to their type here, once, at build time.
+/// </summary>
+internal static class DecodeLaunches
+{
+    /// <summary>
+    /// y_m (+)= xs W_m^T for the targets: one launch for consecutive targets of one reader type (q, k and v of one dtype
+    /// are one launch), more where their types differ.
+    /// </summary>
+    public static IEnumerable<Action> Linear(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, bool accumulate,
+        params (IRowUnits W, ArrayView<float> Y)[] targets)
+    {
+        var result = new List<Action>();
+        for (int i = 0; i < targets.Length;)
+        {
+            int n = 1;
+            while (n < 3 && i + n < targets.Length && targets[i + n].W.GetType() == targets[i].W.GetType())
+                n++;
+            result.Add(LinearOf(ops, s, x, norm, eps, accumulate, targets.AsSpan(i, n).ToArray()));
+            i += n;
+        }
+
+        return result;
+    }
+
+    private static Action LinearOf(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, bool accumulate,
+        (IRowUnits W, ArrayView<float> Y)[] t) => t[0].W switch
+    {
+        F32Units => Linear<F32Units>(ops, s, x, norm, eps, accumulate, t),
+        F16Units => Linear<F16Units>(ops, s, x, norm, eps, accumulate, t),
+        BF16Units => Linear<BF16Units>(ops, s, x, norm, eps, accumulate, t),
+        ScalarUnits<F32Weights> => Linear<ScalarUnits<F32Weights>>(ops, s, x, norm, eps, accumulate, t),
+        ScalarUnits<F16Weights> => Linear<ScalarUnits<F16Weights>>(ops, s, x, norm, eps, accumulate, t),
+        ScalarUnits<BF16Weights> => Linear<ScalarUnits<BF16Weights>>(ops, s, x, norm, eps, accumulate, t),
+        Q8Units => Linear<Q8Units>(ops, s, x, norm, eps, accumulate, t),
+        Q4Units => Linear<Q4Units>(ops, s, x, norm, eps, accumulate, t),
+        Fp8Units => Linear<Fp8Units>(ops, s, x, norm, eps, accumulate, t),
+        _ => throw new InvalidOperationException($"DecodeLaunches: no decode/linear for reader {t[0].W.GetType().Name}"),
+    };
+
+    private static Action Linear<TU>(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, bool accumulate,
+        (IRowUnits W, ArrayView<float> Y)[] t)
+        where TU : struct, IRowUnits
+    {
+        var kernel = ops.DecodeLinear<TU>();
+        var t0 = new DecodeTarget<TU>((TU)t[0].W, t[0].Y);
+        DecodeTarget<TU>? t1 = t.Length > 1 ? new DecodeTarget<TU>((TU)t[1].W, t[1].Y) : null;
+        DecodeTarget<TU>? t2 = t.Length > 2 ? new DecodeTarget<TU>((TU)t[2].W, t[2].Y) : null;
+        return () => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate);
+    }
+
+    /// <summary>The up-gate and down launches of the T = 1 MoE block (w1, w3 and w2 must share a reader type).</summary>
+    public static IEnumerable<Action> Experts(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps,
+        IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h)
+    {
+        if (w1.GetType() != w3.GetType() || w1.GetType() != w2.GetType())
+            throw new InvalidOperationException($"DecodeLaunches: the experts' readers differ (w1 {w1.GetType().Name}, w3 {w3.GetType().Name}, w2 {w2.GetType().Name})");
+        return w1 switch
+        {
+            F32Units => Experts<F32Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            F16Units => Experts<F16Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            BF16Units => Experts<BF16Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            ScalarUnits<F32Weights> => Experts<ScalarUnits<F32Weights>>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            ScalarUnits<F16Weights> => Experts<ScalarUnits<F16Weights>>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            ScalarUnits<BF16Weights> => Experts<ScalarUnits<BF16Weights>>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            Q8Units => Experts<Q8Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            Q4Units => Experts<Q4Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            Fp8Units => Experts<Fp8Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
+            _ => throw new InvalidOperationException($"DecodeLaunches: no decode/experts for reader {w1.GetType().Name}"),
+        };
+    }
+
+    private static Action[] Experts<TU>(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps,
+        IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h)
+        where TU : struct, IRowUnits
+    {
+        var kernel = ops.DecodeExperts<TU>();
+        TU u1 = (TU)w1, u3 = (TU)w3, u2 = (TU)w2;
+        return
+        [
+            () => kernel.LaunchUpGate(s, x, norm, eps, u1, u3, ids, k, f, h),
+            () => kernel.LaunchDown(s, h, u2, ids, weights, k, d, x, x),
+        ];
+    }
+}
