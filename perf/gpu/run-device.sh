@@ -9,7 +9,8 @@
 # in what is left is SKIPPED, and the bench itself is given a --budget that ends it before its step's limit:
 #   1. devices        what the machine and ILGPU see (nvidia-smi, libcuda, `ilgpumoe-gpu devices` and its CUDA: line)
 #   2. smoke          every kernel and version on CUDA against the CPU oracle (--check-only at moderate shapes)
-#   2b. fixtures      the whole runtime on CUDA: the F32 fixture vs llama.cpp's logits, each --quant scheme vs the CPU
+#   2b. fixtures      the whole runtime on CUDA: the F32 fixture vs llama.cpp's logits (one prefill, and one token per
+#                     step through the decode plan, plainly and as a CUDA graph), each --quant scheme vs the CPU
 #                     accelerator, the README's generate command (fixtures.sh)
 #   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes, the decode cases first (--decode-first: T = 1 of
 #                     every kernel marked [KernelInfo(Decode = ...)], right after the copy ceiling)
@@ -165,7 +166,7 @@ fi
 
 if [ $dry -eq 1 ]; then
   case_timeout=30
-  export FIXTURE_QUANTS=int8 FIXTURE_GEN_TOKENS=4
+  export FIXTURE_QUANTS=int8 FIXTURE_DECODE_QUANT=int8 FIXTURE_GEN_TOKENS=4
   smoke=(--preset tiny --tokens 1)
   kernels=(--preset tiny --tokens 1)
   e2e=(--preset tiny --no-peer)
@@ -191,7 +192,7 @@ step smoke 90 "$bin" bench "${smoke[@]}" "${common[@]}" --check-only --out "$out
 fixture="$here/data/mixtral-tiny-f32" demo="$here/data/mixtral-demo"
 [ -d "$fixture" ] || fixture="$here/../../tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32"
 [ -d "$demo" ] || demo="$here/../../models/mixtral-demo"
-step fixtures 90 bash "$here/fixtures.sh" "$bin" "$device" "$fixture" "$demo" "$out/fixtures"
+step fixtures 150 bash "$here/fixtures.sh" "$bin" "$device" "$fixture" "$demo" "$out/fixtures"
 grep -E '^(ok|WRONG|ERROR) ' "$out/fixtures.log" 2>/dev/null | sed 's/^/  /' | tee -a "$summary" >/dev/null
 
 # 3. Kernel benches at Mixtral shapes (each case is checked at its own shape before it is timed).
