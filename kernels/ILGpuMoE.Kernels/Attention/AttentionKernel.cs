@@ -686,7 +686,7 @@ public sealed class AttentionKernel : IDisposable
 
     /// <summary>
     /// LaunchDecode's scratch: partials 4 * H * splits * (Dh + 2) bytes (splits = ceil(maxSeq / keysPerSplit), by
-    /// default 128 keys per split: H 32, Dh 128, maxSeq 4096 gives 528 KiB) plus one int counter per kv head.
+    /// default 64 keys per split: H 32, Dh 128, maxSeq 4096 gives 1.03 MiB) plus one int counter per kv head.
     /// </summary>
     public static long DecodeScratchBytes(int heads, int kvHeads, int headDim, int maxSeq, int keysPerSplit = AttentionDecodeKernels.DefaultKeysPerSplit)
     {

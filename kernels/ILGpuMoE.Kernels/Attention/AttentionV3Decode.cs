@@ -2,7 +2,7 @@
 // CUDA graph captured once can replay it: the query position is read from a device view (pos = positions[0]) and
 // the grid depends only on (Hkv, maxSeq, keys per split), never on pos.
 //
-// Grid Hkv * splits, splits = ceil(maxSeq / kps) (kps = keys per split, 128 by default), groups of 128 threads
+// Grid Hkv * splits, splits = ceil(maxSeq / kps) (kps = keys per split, 64 by default), groups of 128 threads
 // (4 warps). Group (kv head, split) takes the split's visible keys [lo, hi) and ALL the query heads of its kv head
 // (GQA: the H/Hkv heads share each K/V row, which is read once per group), in passes of 4 heads:
 //   QK  lanes over head_dim: a sub-warp of P lanes (P = the power of two >= max(4, Dh/4)) holds one key row, one
@@ -80,8 +80,11 @@ public static class AttentionDecodeKernels
     /// <summary>Threads per group: 4 warps.</summary>
     public const int Threads = 128;
 
-    /// <summary>Default keys per split: at maxSeq 4096 and Hkv 8, 256 groups (about 2 per SM of an H200).</summary>
-    public const int DefaultKeysPerSplit = 128;
+    /// <summary>
+    /// Default keys per split. Measured on the H200 at H 32, Hkv 8, Dh 128, maxSeq 4096 (perf/notes/attention.md):
+    /// 64 and 128 tie at S = 4096 (25 us), 64 is faster at S = 512 (13 us against 17 us: twice the working groups).
+    /// </summary>
+    public const int DefaultKeysPerSplit = 64;
 
     /// <summary>Largest keys per split: the shared score array is sized by it.</summary>
     public const int MaxKeysPerSplit = 256;
@@ -104,7 +107,7 @@ public static class AttentionDecodeKernels
     }
 
     // ---------------------------------------------------------------------------------------------------------
-    [KernelInfo(AttentionVersion.V3Decode, "grid Hkv*ceil(maxSeq/kps), group 128 (kps = 128 keys per split)",
+    [KernelInfo(AttentionVersion.V3Decode, "grid Hkv*ceil(maxSeq/kps), group 128 (kps = 64 keys per split)",
         Decode = DecodeUse.Activations, BlockSize = Threads, WideViews = ["kCache:16", "vCache:16", "partO:16"],
         Summary = "one launch, pos from the device: 16-byte K/V loads over Dh, shuffle dot, 8 keys in flight, last group combines splits")]
     public static void AttentionV3Decode(

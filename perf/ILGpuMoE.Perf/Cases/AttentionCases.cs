@@ -31,8 +31,8 @@ public sealed class AttentionFamily : IBenchFamily
                     yield return new AttentionCase(p, tokens, AttentionVersion.V2Decode, ShortContext - 1);
                     yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, ShortContext - 1, p.KvLength);
                     // The split size is the one free choice of V3 (more groups at short contexts, a longer combine).
-                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, p.KvLength - 1, keysPerSplit: 64);
-                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, ShortContext - 1, p.KvLength, keysPerSplit: 64);
+                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, p.KvLength - 1, keysPerSplit: 128);
+                    yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, ShortContext - 1, p.KvLength, keysPerSplit: 128);
                 }
             }
         }
