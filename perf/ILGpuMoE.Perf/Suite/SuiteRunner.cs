@@ -38,6 +38,7 @@ public static class SuiteRunner
         new GatingFamily(),
         new MoeFamily(),
         new QuantFamily(),
+        new DecodeFamily(),
     ];
 
     /// <summary>
