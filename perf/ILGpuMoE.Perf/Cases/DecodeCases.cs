@@ -1,4 +1,4 @@
-// Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear V1 as the fused q/k/v projection with its
+// Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear V1 as the fused q, k, v projection with its
 // RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts V1 as the MoE block of one token (up-gate
 // with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read.
 // Weight types: bf16 (the checkpoint type), int8 and int4 (G = 128, else the largest of 64, 32 dividing D and F; no
@@ -157,7 +157,7 @@ public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReade
 
     public override int Tokens => 1;
 
-    public override string Shape => $"rmsnorm + q|k|v [1, {p.Dim}] x [{p.QDim}+{p.KvDim}+{p.KvDim}, {p.Dim}]^T";
+    public override string Shape => $"rmsnorm + q,k,v [1, {p.Dim}] x [{p.QDim}+{p.KvDim}+{p.KvDim}, {p.Dim}]^T";
 
     public override double Flops => 2.0 * rows.Sum() * p.Dim;
 
@@ -205,7 +205,7 @@ public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReade
             got.AddRange(sample.Select(r => y[r]));
         }
 
-        return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Dim), $"{got.Count} of {rows.Sum()} q|k|v rows");
+        return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Dim), $"{got.Count} of {rows.Sum()} q,k,v rows");
     }
 }
 
