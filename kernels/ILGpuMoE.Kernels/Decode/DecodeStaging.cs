@@ -1,5 +1,6 @@
 // Shared pieces of the T = 1 decode kernels (decode/linear, decode/experts): x staged in shared memory, the optional
 // RMSNorm prologue, and the warp loop that dots two weight rows with the staged x, 16 bytes of each row per step.
+// Used by every version so far: decode/linear V1 and decode/experts V1 (DecodeLinearKernel.cs, DecodeExpertsKernel.cs).
 //
 // Shapes: T = 1 token; D model dim; F expert hidden dim; E experts, K experts per token; G quant group; V vocab.
 // A kernel here is one pass over its weight rows: every weight byte is read once, x (<= 16 KB) comes from L2.
