@@ -144,6 +144,7 @@ public sealed class DecodeExpertsKernel<TU>
             throw new ArgumentException($"{Name}: ids has {ids.Length} elements, needs K = {topK}", nameof(ids));
         if (h.Length < (long)topK * hidden)
             throw new ArgumentException($"{Name}: h has {h.Length} elements, needs K*F = {(long)topK * hidden}", nameof(h));
+        DecodeStaging.RequireDisjoint(Name, "x", x.SubView(0, dim), "h", h.SubView(0, (long)topK * hidden));
         int perPair = (hidden + DecodeStaging.Warps - 1) / DecodeStaging.Warps;
         if ((long)topK * perPair > int.MaxValue)
             throw new ArgumentException($"{Name}: K = {topK} x F = {hidden} is too large for one launch");
@@ -169,6 +170,7 @@ public sealed class DecodeExpertsKernel<TU>
             throw new ArgumentException($"{Name}: ids ({ids.Length}) and weights ({weights.Length}) need K = {topK} elements");
         if (residual.Length < dim || output.Length < dim)
             throw new ArgumentException($"{Name}: residual ({residual.Length}) and output ({output.Length}) need D = {dim} elements");
+        DecodeStaging.RequireDisjoint(Name, "h", h.SubView(0, (long)topK * hidden), "output", output.SubView(0, dim));
         int groups = (dim + DecodeStaging.RowsPerGroup - 1) / DecodeStaging.RowsPerGroup;
         _down(stream, new KernelConfig(groups, DecodeStaging.GroupSize), w2, ids, weights, h, residual, output, topK, dim);
     }

@@ -130,6 +130,11 @@ public sealed class DecodeLinearKernel<TU>
         }
 
         DecodeStaging.CheckInput(Name, x, norm, eps, cols);
+        DecodeStaging.RequireDisjoint(Name, "x", x.SubView(0, cols), "output 0", t0.Y.SubView(0, t0.W.Rows));
+        if (t1 is { } y1)
+            DecodeStaging.RequireDisjoint(Name, "x", x.SubView(0, cols), "output 1", y1.Y.SubView(0, y1.W.Rows));
+        if (t2 is { } y2)
+            DecodeStaging.RequireDisjoint(Name, "x", x.SubView(0, cols), "output 2", y2.Y.SubView(0, y2.W.Rows));
 
         int g0 = Groups(t0), g1 = t1 is { } c ? Groups(c) : 0, g2 = t2 is { } d ? Groups(d) : 0;
         long total = (long)g0 + g1 + g2;

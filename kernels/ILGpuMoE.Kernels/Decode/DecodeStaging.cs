@@ -1,5 +1,6 @@
 // Shared pieces of the T = 1 decode kernels (decode/linear, decode/experts): x staged in shared memory, the optional
 // RMSNorm prologue, and the warp loop that dots two weight rows with the staged x, 16 bytes of each row per step.
+// Used by every version so far: decode/linear V1 and decode/experts V1 (DecodeLinearKernel.cs, DecodeExpertsKernel.cs).
 //
 // Shapes: T = 1 token; D model dim; F expert hidden dim; E experts, K experts per token; G quant group; V vocab.
 // A kernel here is one pass over its weight rows: every weight byte is read once, x (<= 16 KB) comes from L2.
@@ -20,6 +21,7 @@
 // could be NaN * 0).
 using ILGPU;
 using ILGPU.Algorithms;
+using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Dense;
 
 namespace ILGpuMoE.Kernels.Decode;
@@ -105,6 +107,19 @@ public static class DecodeStaging
             throw new ArgumentException($"{where}: norm weights have {norm.Length} elements, need D = {dim}", nameof(norm));
         if (!(eps >= 0f) || float.IsInfinity(eps))
             throw new ArgumentException($"{where}: eps must be finite and >= 0, got {eps}", nameof(eps));
+    }
+
+    /// <summary>
+    /// Throws ArgumentException unless views a and b (of floats) share no byte: a kernel here reads its input in every
+    /// group while other groups already write their outputs, so an output over its input would be a race.
+    /// </summary>
+    public static void RequireDisjoint(string where, string nameA, ArrayView<float> a, string nameB, ArrayView<float> b)
+    {
+        if (a.Length == 0 || b.Length == 0)
+            return;
+        long a0 = a.LoadEffectiveAddressAsPtr().ToInt64(), b0 = b.LoadEffectiveAddressAsPtr().ToInt64();
+        if (a0 < b0 + b.LengthInBytes && b0 < a0 + a.LengthInBytes)
+            throw new ArgumentException($"{where}: {nameA} and {nameB} overlap; the kernel reads {nameA} while it writes {nameB}");
     }
 
     /// <summary>Shared-memory slot of tile column k (one pad after every 32 values).</summary>

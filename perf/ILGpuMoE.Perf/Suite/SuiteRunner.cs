@@ -42,6 +42,7 @@ public static class SuiteRunner
         new GatingFamily(),
         new MoeFamily(),
         new QuantFamily(),
+        new DecodeFamily(),
     ];
 
     /// <summary>

@@ -153,5 +153,7 @@ public class DecodeExpertsTests
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View.SubView(0, 1), 2, d, y.View, y.View));
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, d, y.View, y.View.SubView(0, 8)));
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 0, d, y.View, y.View));
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, h.View.SubView(0, d), NormWeights.None, 0f, w1, w1, ids.View, 2, f, h.View)); // h over x
+        Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, d, y.View, h.View.SubView(f, d))); // output over h
     }
 }

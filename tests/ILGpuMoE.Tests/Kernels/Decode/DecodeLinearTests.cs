@@ -218,6 +218,10 @@ public class DecodeLinearTests
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View.SubView(0, 39))));
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View), new DecodeTarget<F32Units>(narrow, y.View)));
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View), null, new DecodeTarget<F32Units>(w, y.View)));
+        // An output over the input would race with the other groups' staging.
+        using var xy = TestDevice.PoisonedFloats(64 + 40);
+        var e0 = Assert.Throws<ArgumentException>(() => k.Launch(s, xy.View.SubView(0, 64), NormWeights.None, 0f, new(w, xy.View.SubView(60, 40))))!;
+        Assert.That(e0.Message, Does.Contain("overlap"));
         var g = NormWeights.Of(new F32Weights(x.View.SubView(0, 10)));
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, g, Eps, new(w, y.View)));
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.Of(new F32Weights(x.View)), float.NaN, new(w, y.View)));

@@ -1,0 +1,321 @@
+// Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear V1 as the fused q, k, v projection with its
+// RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts V1 as the MoE block of one token (up-gate
+// with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read.
+// Weight types: bf16 (the checkpoint type), int8 and int4 (G = 128, else the largest of 64, 32 dividing D and F; no
+// int4 case when none does). Minimum bytes: every weight byte the step needs read once (packed codes plus scales; the
+// experts: only the K routed experts), x and the norm weights read once, outputs written once (the experts' h [K, F]
+// written and read once). The check recomputes a sample of output rows with RefOps / RefDecode on the host (the rows'
+// weights downloaded and widened or dequantized).
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Perf.Suite;
+using ILGpuMoE.Reference;
+
+namespace ILGpuMoE.Perf.Cases;
+
+public sealed class DecodeFamily : IBenchFamily
+{
+    public string Name => "decode";
+
+    public IEnumerable<IBenchCase> Cases(ShapePreset p, int tokens, BenchDevice device)
+    {
+        if (tokens != 1)
+            yield break;
+        foreach (var type in DecodeWeights.Types)
+        {
+            if (!DecodeWeights.Fits(type, p.Dim, p.Hidden))
+                continue;
+            yield return new DecodeQkvCase(p, type);
+            yield return new DecodeExpertsCase(p, type);
+        }
+    }
+}
+
+/// <summary>Binds a case's launch to the reader of its weight type (one generic body per case, no switch per case).</summary>
+internal interface IReaderBinder
+{
+    Action<AcceleratorStream, int> Bind<TU>(Func<DecodeWeights, TU> reader)
+        where TU : struct, IRowUnits;
+}
+
+/// <summary>A stack of matrices [Rows, Cols] on the device in a decode weight type, with host access to some rows.</summary>
+internal sealed class DecodeWeights : IDisposable
+{
+    private const int Int4Group = 128;
+
+    public static readonly string[] Types = ["bf16", "int8", "int4"];
+
+    private readonly WeightBuffer? floats;
+    private readonly DeviceQuantWeights? packed;
+
+    public DecodeWeights(BenchDevice d, string type, int matrices, int rows, int cols, int groupSize)
+    {
+        Type = type;
+        Matrices = matrices;
+        Rows = rows;
+        Cols = cols;
+        if (type == "bf16")
+            floats = d.Fill.Weights(d.Stream, WeightType.BF16, (long)matrices * rows * cols, 1f / MathF.Sqrt(cols));
+        else
+            packed = new DeviceQuantWeights(d, new QuantShape(type == "int8" ? QuantScheme.Q8 : QuantScheme.Q4, matrices, rows, cols, groupSize));
+    }
+
+    public string Type { get; }
+
+    public int Matrices { get; }
+
+    public int Rows { get; }
+
+    public int Cols { get; }
+
+    /// <summary>Bytes of one matrix: what a pass over it reads.</summary>
+    public long BytesPerMatrix => packed?.Shape.BytesPerMatrix ?? 2L * Rows * Cols;
+
+    /// <summary>int4's group: 128 where it divides both dims, else 64 or 32; 0 when none does (no int4 case).</summary>
+    public static int GroupFor(int dim, int hidden) =>
+        new[] { Int4Group, 64, 32 }.FirstOrDefault(g => dim % g == 0 && hidden % g == 0);
+
+    /// <summary>Whether a type reads [*, dim] and [*, hidden] rows: bf16 needs whole 16-byte units, int4 a group.</summary>
+    public static bool Fits(string type, int dim, int hidden) => type switch
+    {
+        "bf16" => dim % 8 == 0 && hidden % 8 == 0,
+        "int8" => true,
+        "int4" => GroupFor(dim, hidden) > 0,
+        _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
+    };
+
+    /// <summary>The case's dtype label: "bf16", "int8", "int4-g128".</summary>
+    public static string Label(string type, int dim, int hidden) => type == "int4" ? $"int4-g{GroupFor(dim, hidden)}" : type;
+
+    /// <summary>Bytes a pass over one [rows, cols] matrix of a type reads (packed codes and scales).</summary>
+    public static long MatrixBytes(string type, int rows, int cols, int groupSize) => type switch
+    {
+        "bf16" => 2L * rows * cols,
+        "int8" => new QuantShape(QuantScheme.Q8, 1, rows, cols).BytesPerMatrix,
+        "int4" => new QuantShape(QuantScheme.Q4, 1, rows, cols, groupSize).BytesPerMatrix,
+        _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
+    };
+
+    /// <summary>The case's launch with the reader of <paramref name="type"/>.</summary>
+    public static Action<AcceleratorStream, int> Bind(string type, IReaderBinder binder) => type switch
+    {
+        "bf16" => binder.Bind(w => w.BF16),
+        "int8" => binder.Bind(w => w.Q8),
+        "int4" => binder.Bind(w => w.Q4),
+        _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
+    };
+
+    public BF16Units BF16 => RowUnits.BF16(floats!.BF16, Matrices * Rows, Cols);
+
+    public Q8Units Q8 => RowUnits.Q8(packed!.Q8);
+
+    public Q4Units Q4 => RowUnits.Q4(packed!.Q4);
+
+    /// <summary>Rows of matrix m as the kernel reads them (bf16 widened, packed codes dequantized by RefQuant).</summary>
+    public float[] HostRows(int m, int[] rows)
+    {
+        var w = new float[(long)rows.Length * Cols];
+        if (floats is not null)
+        {
+            for (int i = 0; i < rows.Length; i++)
+                floats.Download(((long)m * Rows + rows[i]) * Cols, Cols).CopyTo(w.AsSpan(i * Cols, Cols));
+            return w;
+        }
+
+        var all = packed!.Dequantize(m);
+        for (int i = 0; i < rows.Length; i++)
+            all.AsSpan(rows[i] * Cols, Cols).CopyTo(w.AsSpan(i * Cols, Cols));
+        return w;
+    }
+
+    public void Dispose()
+    {
+        floats?.Dispose();
+        packed?.Dispose();
+    }
+}
+
+/// <summary>decode/linear V1: q, k, v = rmsnorm(x) * g . W^T in one launch.</summary>
+public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReaderBinder
+{
+    private BenchDevice? device;
+    private const float Eps = 1e-5f;
+    private readonly int[] rows = [p.QDim, p.KvDim, p.KvDim];
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, DecodeWeights[] W)> sets = [];
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>[] ys = new MemoryBuffer1D<float, Stride1D.Dense>[3];
+    private WeightBuffer? g;
+    private Action<AcceleratorStream, int>? run;
+
+    public override string Family => KernelId.Family(DecodeLinearVersion.V1);
+
+    public override string Version => KernelId.Version(DecodeLinearVersion.V1);
+
+    public override string DType => DecodeWeights.Label(type, p.Dim, p.Hidden);
+
+    public override int Tokens => 1;
+
+    public override string Shape => $"rmsnorm + q,k,v [1, {p.Dim}] x [{p.QDim}+{p.KvDim}+{p.KvDim}, {p.Dim}]^T";
+
+    public override double Flops => 2.0 * rows.Sum() * p.Dim;
+
+    public override double MinBytes => WeightBytes + 4.0 * p.Dim + 2.0 * p.Dim + 4.0 * rows.Sum();
+
+    private double WeightBytes => rows.Sum(r => (double)DecodeWeights.MatrixBytes(type, r, p.Dim, DecodeWeights.GroupFor(p.Dim, p.Hidden)));
+
+    public override long SetBytes => (long)WeightBytes + 4L * p.Dim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        int group = DecodeWeights.GroupFor(p.Dim, p.Hidden);
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, p.Dim), rows.Select(r => Own(new DecodeWeights(d, type, 1, r, p.Dim, group))).ToArray()));
+        for (int m = 0; m < 3; m++)
+            ys[m] = Floats(d, rows[m]);
+        g = Weights(d, WeightType.BF16, p.Dim, 1f);
+        device = d;
+        run = DecodeWeights.Bind(type, this);
+    }
+
+    // Readers built once per set (their host checks stay out of the timed launches).
+    Action<AcceleratorStream, int> IReaderBinder.Bind<TU>(Func<DecodeWeights, TU> reader)
+    {
+        var k = DecodeLinearKernel.Create<TU>(device!.Accelerator);
+        var readers = sets.Select(s => s.W.Select(reader).ToArray()).ToArray();
+        var norm = NormWeights.Of(g!.BF16);
+        return (stream, set) => k.Launch(stream, sets[set].X.View, norm, Eps, new(readers[set][0], ys[0].View),
+            new DecodeTarget<TU>(readers[set][1], ys[1].View), new DecodeTarget<TU>(readers[set][2], ys[2].View));
+    }
+
+    public override void Run(AcceleratorStream stream, int set) => run!(stream, set);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var xs = RefOps.RmsNorm(sets[0].X.GetAsArray1D(), g!.Download(), 1, p.Dim, Eps);
+        var got = new List<float>();
+        var want = new List<float>();
+        for (int m = 0; m < 3; m++)
+        {
+            var sample = Compare.SampleTokens(rows[m], 128);
+            want.AddRange(RefOps.MatMulT(xs, sets[0].W[m].HostRows(0, sample), 1, sample.Length, p.Dim));
+            var y = ys[m].GetAsArray1D();
+            got.AddRange(sample.Select(r => y[r]));
+        }
+
+        return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Dim), $"{got.Count} of {rows.Sum()} q,k,v rows");
+    }
+}
+
+/// <summary>decode/experts V1: up-gate (norm prologue) then down + combine + residual for one token's K experts.</summary>
+public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IReaderBinder
+{
+    private BenchDevice? device;
+    private const float Eps = 1e-5f;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, DecodeWeights W1, DecodeWeights W3, DecodeWeights W2)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? h, residual, output, routeWeights;
+    private MemoryBuffer1D<int, Stride1D.Dense>? ids;
+    private WeightBuffer? g;
+    private int[] chosen = [];
+    private Action<AcceleratorStream, int>? run;
+
+    public override string Family => KernelId.Family(DecodeExpertsVersion.V1);
+
+    public override string Version => KernelId.Version(DecodeExpertsVersion.V1);
+
+    public override string DType => DecodeWeights.Label(type, p.Dim, p.Hidden);
+
+    public override int Tokens => 1;
+
+    public override string Shape => $"up-gate + down, K={p.TopK} of E={p.Experts}, [1, {p.Dim}] x [{p.Hidden}, {p.Dim}]^T x2, [{p.Dim}, {p.Hidden}]";
+
+    public override double Flops => 2.0 * p.TopK * 3 * p.Hidden * p.Dim;
+
+    private double ExpertBytes
+    {
+        get
+        {
+            int group = DecodeWeights.GroupFor(p.Dim, p.Hidden);
+            return 2.0 * DecodeWeights.MatrixBytes(type, p.Hidden, p.Dim, group) + DecodeWeights.MatrixBytes(type, p.Dim, p.Hidden, group);
+        }
+    }
+
+    // K experts' w1, w3, w2; x and g; h written and read; residual read, output written; ids and weights.
+    public override double MinBytes => p.TopK * ExpertBytes + 6.0 * p.Dim + 8.0 * p.TopK * p.Hidden + 8.0 * p.Dim + 8.0 * p.TopK;
+
+    public override long SetBytes => (long)(p.TopK * ExpertBytes) + 4L * p.Dim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        int group = DecodeWeights.GroupFor(p.Dim, p.Hidden);
+        for (int i = 0; i < setCount; i++)
+        {
+            sets.Add((Floats(d, p.Dim), Own(new DecodeWeights(d, type, p.Experts, p.Hidden, p.Dim, group)),
+                Own(new DecodeWeights(d, type, p.Experts, p.Hidden, p.Dim, group)), Own(new DecodeWeights(d, type, p.Experts, p.Dim, p.Hidden, group))));
+        }
+
+        // K distinct experts spread over E (the gating kernel's output for one token), weights summing to 1.
+        chosen = Enumerable.Range(0, p.TopK).Select(k => (1 + k * p.Experts / p.TopK) % p.Experts).ToArray();
+        ids = Own(d.Accelerator.Allocate1D(chosen));
+        routeWeights = Own(d.Accelerator.Allocate1D(Enumerable.Range(0, p.TopK).Select(k => (k + 1f) * 2f / (p.TopK * (p.TopK + 1f))).ToArray()));
+        h = Floats(d, (long)p.TopK * p.Hidden);
+        residual = Floats(d, p.Dim);
+        output = Floats(d, p.Dim);
+        g = Weights(d, WeightType.BF16, p.Dim, 1f);
+        device = d;
+        run = DecodeWeights.Bind(type, this);
+    }
+
+    Action<AcceleratorStream, int> IReaderBinder.Bind<TU>(Func<DecodeWeights, TU> reader)
+    {
+        var k = DecodeExpertsKernel.Create<TU>(device!.Accelerator);
+        var readers = sets.Select(s => (W1: reader(s.W1), W3: reader(s.W3), W2: reader(s.W2))).ToArray();
+        var norm = NormWeights.Of(g!.BF16);
+        return (stream, set) =>
+        {
+            var r = readers[set];
+            k.LaunchUpGate(stream, sets[set].X.View, norm, Eps, r.W1, r.W3, ids!.View, p.TopK, p.Hidden, h!.View);
+            k.LaunchDown(stream, h!.View, r.W2, ids!.View, routeWeights!.View, p.TopK, p.Dim, residual!.View, output!.View);
+        };
+    }
+
+    public override void Run(AcceleratorStream stream, int set) => run!(stream, set);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var s = sets[0];
+        var xs = RefOps.RmsNorm(s.X.GetAsArray1D(), g!.Download(), 1, p.Dim, Eps);
+        var hGot = h!.GetAsArray1D();
+        var wk = routeWeights!.GetAsArray1D();
+        var fs = Compare.SampleTokens(p.Hidden, 64);
+        var ds = Compare.SampleTokens(p.Dim, 64);
+        var got = new List<float>();
+        var want = new List<float>();
+        // Up-gate on sampled f of each pair; down on sampled d from the kernel's own h (each launch checked alone).
+        for (int k = 0; k < p.TopK; k++)
+        {
+            int e = chosen[k];
+            var gate = RefOps.MatMulT(xs, s.W1.HostRows(e, fs), 1, fs.Length, p.Dim);
+            var up = RefOps.MatMulT(xs, s.W3.HostRows(e, fs), 1, fs.Length, p.Dim);
+            want.AddRange(RefOps.SwiGlu(gate, up));
+            got.AddRange(fs.Select(f => hGot[k * p.Hidden + f]));
+        }
+
+        var down = new double[ds.Length];
+        for (int k = 0; k < p.TopK; k++)
+        {
+            var part = RefOps.MatMulT(hGot.AsSpan(k * p.Hidden, p.Hidden), s.W2.HostRows(chosen[k], ds), 1, ds.Length, p.Hidden);
+            for (int i = 0; i < ds.Length; i++)
+                down[i] += (double)wk[k] * part[i];
+        }
+
+        var res = residual!.GetAsArray1D();
+        var outGot = output!.GetAsArray1D();
+        want.AddRange(ds.Select((dd, i) => (float)(res[dd] + down[i])));
+        got.AddRange(ds.Select(dd => outGot[dd]));
+        return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Hidden), $"{fs.Length} h and {ds.Length} out rows per pair");
+    }
+}
