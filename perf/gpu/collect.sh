@@ -28,6 +28,7 @@ def unique(path):
 
 summary_dst = None
 rows = []
+torch_done = set()  # the kernel and end-to-end reports of one preset share its PyTorch file: file it once
 for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=True)):
     r = json.load(open(path))
     dev = r["machine"]["device"]
@@ -40,7 +41,8 @@ for path in sorted(glob.glob(os.path.join(src, "**", "bench.json"), recursive=Tr
     dst = unique(os.path.join(res, f"{date}-{name}-{run}.json"))
     shutil.copyfile(path, dst)
     torch = os.path.join(src, f"torch-{preset}.json")
-    if os.path.exists(torch):
+    if os.path.exists(torch) and torch not in torch_done:
+        torch_done.add(torch)
         shutil.copyfile(torch, unique(os.path.join(res, f"{date}-{name}-{preset}-torch.json")))
     if os.path.exists(summary) and summary_dst is None:
         summary_dst = unique(os.path.join(res, f"{date}-{name}-summary.txt"))

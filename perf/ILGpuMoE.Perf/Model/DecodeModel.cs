@@ -1,18 +1,25 @@
 // The decode model: a predicted batch-1 decode step, kernel by kernel, for the fused T = 1 path the runtime launches on
-// CUDA (InferenceSession's decode step: 8 launches per layer). `ilgpumoe-bench predict` prints it; perf/NOTES.md
-// ("Decode model") states the assumptions and records the predictions next to the GPU runs that check them.
+// CUDA (InferenceSession's decode step: 8 launches per layer, DecodePlan.cs). `ilgpumoe-bench predict` prints it;
+// perf/NOTES.md ("Decode at the roofline") states the assumptions, the H200 measurements the constants were fitted to,
+// and how far each prediction was from them.
 //
-// Per launch, the time is the largest of four bounds, plus a fixed cost:
-//   bandwidth  bytes / (Efficiency * CopyGBps)       every weight byte read once, 128-bit loads, a full grid
-//   issue      bytes / issue rate                    the inner loop's instructions per 16-byte unit of weights
-//                                                    (SASS) at 4 warp instructions per clock per SM: a warp moves
-//                                                    512 bytes per unit step, so an SM moves 4 * 512 / n bytes a clock
-//   latency    Little's law: bytes / (resident groups * InFlightPerGroup / LatencyNs), resident groups = min(groups,
-//                                                    SMs * GroupsPerSm): a launch with few groups (the router, a
-//                                                    thin matrix) cannot keep enough bytes in flight
-//   floor      SmallKernelUs                         a kernel that moves almost nothing (rope-append, gating)
-//   + LaunchUs (plain stream) or GraphLaunchUs (replayed from a CUDA graph): ramp-up, drain and the gap between two
-//     dependent kernels.
+// Per launch, the time is the largest of three bounds, plus a launch cost:
+//   bandwidth  bytes / (Efficiency * CopyGBps)        every weight byte read once, 128-bit loads, a full grid
+//   issue      bytes / issue rate                     the SASS inner loop's instructions per 16-byte unit of weights
+//                                                     at 4 warp instructions per clock per SM: a warp moves 512 bytes
+//                                                     per unit step, so an SM moves 4 * 512 / n bytes a clock
+//   groups     waves * (GroupOverheadUs + bytes per group / GroupStreamKBPerUs)
+//                                                     waves = groups / (SMs * groups resident per SM), at least 1: each
+//                                                     group pays its prologue (x staged, the norm reduced) and then
+//                                                     streams its rows at what its warps keep in flight
+//   small kernels (rope-append, gating, the embedding) take SmallKernelUs; attention decode AttentionFixedUs plus
+//   its K/V bytes at AttentionGBps.
+//   + LaunchUs per launch (submit, ramp-up, drain: what the bench's single-launch timings include), and HostUs per
+//   step (the token and position uploads, the logits download, the synchronisation).
+// The first version of this model (before any decode kernel ran) had no group bound and 2 us launches; it predicted
+// 131 tok/s for Mixtral BF16. The H200 run of 2026-12-04 measured the kernels 1.4-7x slower than their bandwidth
+// bound, and the group bound with GroupOverheadUs and GroupStreamKBPerUs fitted to those six cases reproduces them
+// within 15 %, and the 1-layer end-to-end decode within 5 %: the constants below are that fit.
 // Glossary: D model dim, F expert hidden dim, E experts, K per token, H / Hkv heads, Dh head dim, V vocab.
 using System.Globalization;
 
@@ -21,47 +28,53 @@ namespace ILGpuMoE.Perf.Model;
 /// <summary>A model's shape for the decode model (the real checkpoints' numbers live in <see cref="DecodeModel.Shapes"/>).</summary>
 public sealed record DecodeShape(string Name, int Layers, int D, int Heads, int KvHeads, int HeadDim, int Experts, int TopK, int F, int Vocab);
 
-/// <summary>Bytes per weight of a scheme (scales included) and its inner loop's instructions per 16-byte unit.</summary>
-public sealed record DecodeScheme(string Name, double BytesPerWeight, int InstructionsPerUnit);
+/// <summary>
+/// A weight scheme: bytes per weight (scales included), the SASS inner loop's instructions per 16-byte unit, and the
+/// groups of 256 threads resident per SM at the decode kernels' registers (ptxas -v, sm_90).
+/// </summary>
+public sealed record DecodeScheme(string Name, double BytesPerWeight, double InstructionsPerUnit, int GroupsPerSm);
 
 /// <summary>The machine and the kernels' constants (defaults: the H200 runs of 2026-12-04, see perf/NOTES.md).</summary>
 public sealed record DecodeMachine
 {
     /// <summary>Measured device-to-device copy rate (GB/s), the ceiling every figure is compared with.</summary>
-    public double CopyGBps { get; init; } = 4200;
+    public double CopyGBps { get; init; } = 4227;
 
     /// <summary>Share of the copy rate a streaming GEMV with 128-bit loads and a full grid reaches (F32 GEMV-V2 on
-    /// lm_head and the F32 grouped GEMV measured 0.91-1.0 of the copy rate).</summary>
+    /// lm_head and the F32 grouped GEMM measured 0.91-1.0 of the copy rate).</summary>
     public double Efficiency { get; init; } = 0.9;
 
     public int Sms { get; init; } = 132;
 
     public double ClockGHz { get; init; } = 1.98;
 
-    /// <summary>Loaded DRAM round trip (ns).</summary>
-    public double LatencyNs { get; init; } = 800;
+    /// <summary>Fixed time of one group of 256 before and after its rows (fitted: 6.8 us).</summary>
+    public double GroupOverheadUs { get; init; } = 6.8;
 
-    /// <summary>Bytes one group keeps in flight: 8 warps x 2 rows x 2 units unrolled x 512 bytes.</summary>
-    public double InFlightPerGroup { get; init; } = 16384;
+    /// <summary>Bytes one group streams per microsecond once running (fitted: 6.5 KB/us, i.e. its 16 KB in flight
+    /// come back every ~2.5 us).</summary>
+    public double GroupStreamKBPerUs { get; init; } = 6.5;
 
-    /// <summary>Groups of 256 threads resident per SM (registers and ~17 KB of shared memory each allow 4).</summary>
-    public int GroupsPerSm { get; init; } = 4;
+    /// <summary>A kernel that moves almost nothing (rope-append, gating, the embedding), without its launch.</summary>
+    public double SmallKernelUs { get; init; } = 3;
 
-    public double SmallKernelUs { get; init; } = 2.5;
+    /// <summary>Per launch: submit, ramp-up, drain (the bench's single-launch figures include it).</summary>
+    public double LaunchUs { get; init; } = 6;
 
-    public double LaunchUs { get; init; } = 2.0;
+    /// <summary>Per step: token and position uploads, the logits download, the synchronisation.</summary>
+    public double HostUs { get; init; } = 80;
 
-    public double GraphLaunchUs { get; init; } = 1.0;
+    /// <summary>Attention decode (v3-decode): fixed part and the rate of its K/V reads (fitted at S = 512 and 4096).</summary>
+    public double AttentionFixedUs { get; init; } = 4;
 
-    /// <summary>Share of the copy rate the attention decode reaches on the F32 KV cache.</summary>
-    public double AttentionEfficiency { get; init; } = 0.6;
+    public double AttentionGBps { get; init; } = 2200;
 }
 
 /// <summary>One launch of the step: what it moves and its predicted time.</summary>
 public sealed record DecodeLaunch(string Kernel, double Bytes, int Groups, string Bound, double Microseconds);
 
 /// <summary>A predicted step: the launches of one layer, the ones outside the layers, the totals.</summary>
-public sealed record DecodePrediction(DecodeShape Shape, DecodeScheme Scheme, int Context, bool Graph, IReadOnlyList<DecodeLaunch> Layer,
+public sealed record DecodePrediction(DecodeShape Shape, DecodeScheme Scheme, int Context, IReadOnlyList<DecodeLaunch> Layer,
     IReadOnlyList<DecodeLaunch> Outside, double StepMicroseconds, double WeightBytes)
 {
     public double TokensPerSecond => 1e6 / StepMicroseconds;
@@ -80,13 +93,13 @@ public static class DecodeModel
 
     public static readonly IReadOnlyList<DecodeShape> Shapes = [Mixtral8x7B, Qwen3A3B];
 
-    // Instructions per 16-byte unit: the inner loop of each reader counted per unit (decode, x from shared memory, FMA)
-    // plus ~8 of loop and address overhead. Assumed from the readers' code; the SASS report (`ilgpumoe ptx --sass`)
-    // gives the real inner-loop lengths to put here (perf/NOTES.md says which numbers came from where).
-    public static readonly DecodeScheme Bf16 = new("bf16", 2, 8 * 3 + 8);
-    public static readonly DecodeScheme Int8 = new("int8", 1 + 4.0 / 4096, 16 * 5 + 8);
-    public static readonly DecodeScheme Fp8 = new("fp8-block128", 1 + 4.0 / (128 * 128), 16 * 8 + 8);
-    public static readonly DecodeScheme Int4 = new("int4-g128", 0.5 + 2.0 / 128 + 1.0 / 128, 32 * 5 + 8);
+    // Instructions per 16-byte unit: the hot loop of decode/linear's instance per reader in the SASS report
+    // (`ilgpumoe ptx --sass`: 113, 324, 609 and 695 instructions per 4 units); groups per SM from its occupancy
+    // (bf16 40 of 64 warps, q8 32-40, q4 16, fp8 24-32).
+    public static readonly DecodeScheme Bf16 = new("bf16", 2, 113 / 4.0, 5);
+    public static readonly DecodeScheme Int8 = new("int8", 1 + 4.0 / 4096, 324 / 4.0, 4);
+    public static readonly DecodeScheme Fp8 = new("fp8-block128", 1 + 4.0 / (128 * 128), 695 / 4.0, 3);
+    public static readonly DecodeScheme Int4 = new("int4-g128", 0.5 + 2.0 / 128 + 1.0 / 128, 609 / 4.0, 2);
 
     public static readonly IReadOnlyList<DecodeScheme> Schemes = [Bf16, Int8, Int4, Fp8];
 
@@ -94,48 +107,46 @@ public static class DecodeModel
     /// The step at <paramref name="context"/> cached positions, linear weights (attention q/k/v/o, experts) in
     /// <paramref name="scheme"/>, router, embedding and lm_head in BF16, KV cache F32.
     /// </summary>
-    public static DecodePrediction Predict(DecodeShape s, DecodeScheme scheme, DecodeMachine m, int context, bool graph)
+    public static DecodePrediction Predict(DecodeShape s, DecodeScheme scheme, DecodeMachine m, int context)
     {
         ArgumentNullException.ThrowIfNull(s);
         ArgumentNullException.ThrowIfNull(scheme);
         ArgumentNullException.ThrowIfNull(m);
         ArgumentOutOfRangeException.ThrowIfLessThan(context, 1);
-        double launch = graph ? m.GraphLaunchUs : m.LaunchUs;
         double w = scheme.BytesPerWeight;
         long qkvRows = (long)(s.Heads + 2 * s.KvHeads) * s.HeadDim;
-        const int RowsPerGroup = 16;
-        int Groups(long rows) => (int)Math.Min(int.MaxValue, (rows + RowsPerGroup - 1) / RowsPerGroup);
+        const int RowsPerGroup = 16, KeysPerSplit = 64;
 
+        // rows: output rows (16 per group); bytes: what the launch streams.
         DecodeLaunch Weights(string kernel, double bytes, long rows, DecodeScheme sc)
         {
-            int groups = Groups(rows);
-            var bounds = new List<(string, double)>
+            int groups = (int)Math.Min(int.MaxValue, (rows + RowsPerGroup - 1) / RowsPerGroup);
+            double waves = Math.Max(1, groups / ((double)m.Sms * sc.GroupsPerSm));
+            var bounds = new (string, double)[]
             {
                 ("bandwidth", bytes / (m.Efficiency * m.CopyGBps * 1e3)),
                 ("issue", bytes / (4.0 * 512 / sc.InstructionsPerUnit * m.ClockGHz * m.Sms * 1e3)),
+                ("groups", waves * (m.GroupOverheadUs + bytes / groups / (m.GroupStreamKBPerUs * 1e3))),
             };
-            // Little's law: the resident groups each keep InFlightPerGroup bytes in flight per round trip.
-            double resident = Math.Min(groups, (double)m.Sms * m.GroupsPerSm);
-            bounds.Add(("latency", bytes / (resident * m.InFlightPerGroup / (m.LatencyNs * 1e-3))));
-
             var (bound, us) = bounds.MaxBy(b => b.Item2);
-            return new DecodeLaunch(kernel, bytes, groups, bound, us + launch);
+            return new DecodeLaunch(kernel, bytes, groups, bound, us + m.LaunchUs);
         }
 
-        DecodeLaunch Small(string kernel) => new(kernel, 0, 0, "floor", m.SmallKernelUs + launch);
+        DecodeLaunch Small(string kernel) => new(kernel, 0, 0, "small", m.SmallKernelUs + m.LaunchUs);
 
         double kvBytes = 2.0 * s.KvHeads * context * s.HeadDim * 4;
-        double attnUs = Math.Max(kvBytes / (m.AttentionEfficiency * m.CopyGBps * 1e3), m.SmallKernelUs);
         var layer = new List<DecodeLaunch>
         {
             Weights("rmsnorm + q/k/v", qkvRows * s.D * w, qkvRows, scheme),
             Small("rope + kv append"),
-            new("attention decode", kvBytes, s.KvHeads * ((context + 255) / 256), kvBytes / (m.AttentionEfficiency * m.CopyGBps * 1e3) >= m.SmallKernelUs ? "bandwidth" : "floor",
-                attnUs + launch),
+            new("attention decode", kvBytes, s.KvHeads * ((context + KeysPerSplit - 1) / KeysPerSplit), "attention",
+                m.AttentionFixedUs + kvBytes / (m.AttentionGBps * 1e3) + m.LaunchUs),
             Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, s.D, scheme),
             Weights("rmsnorm + router", (double)s.Experts * s.D * Bf16.BytesPerWeight, s.Experts, Bf16),
             Small("gating"),
+            // One launch of 2K rows per f: its groups are K * F / 8 (gate and up row of 8 f each).
             Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, 2L * s.TopK * s.F, scheme),
+            // Rows d, each K pairs long: 16 rows per group stream 16 * K * F weights.
             Weights("experts down (+ combine)", (double)s.TopK * s.D * s.F * w, s.D, scheme),
         };
         var outside = new List<DecodeLaunch>
@@ -143,36 +154,35 @@ public static class DecodeModel
             Small("embedding"),
             Weights("rmsnorm + lm_head", (double)s.Vocab * s.D * Bf16.BytesPerWeight, s.Vocab, Bf16),
         };
-        double step = layer.Sum(l => l.Microseconds) * s.Layers + outside.Sum(l => l.Microseconds);
+        double step = layer.Sum(l => l.Microseconds) * s.Layers + outside.Sum(l => l.Microseconds) + m.HostUs;
         double weightBytes = layer.Where(l => l.Kernel != "attention decode").Sum(l => l.Bytes) * s.Layers + outside.Sum(l => l.Bytes);
-        return new DecodePrediction(s, scheme, context, graph, layer, outside, step, weightBytes);
+        return new DecodePrediction(s, scheme, context, layer, outside, step, weightBytes);
     }
 
-    /// <summary>The table `ilgpumoe-bench predict` prints: every shape x scheme, plain and graph, then one step in detail.</summary>
+    /// <summary>The table `ilgpumoe-bench predict` prints: every shape x scheme, then steps launch by launch.</summary>
     public static string Report(DecodeMachine m, int context)
     {
         var c = CultureInfo.InvariantCulture;
         var s = new System.Text.StringBuilder();
-        s.AppendLine(c, $"decode model: copy {m.CopyGBps:F0} GB/s x {m.Efficiency:F2}, {m.Sms} SMs at {m.ClockGHz:F2} GHz, latency {m.LatencyNs:F0} ns, " +
-                        $"launch {m.LaunchUs:F1} us (graph {m.GraphLaunchUs:F1} us), context {context}");
-        s.AppendLine("| model | scheme | GB per token | roofline tok/s | predicted tok/s | graph tok/s | % of roofline | launches per layer |");
-        s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|");
+        s.AppendLine(c, $"decode model: copy {m.CopyGBps:F0} GB/s x {m.Efficiency:F2}, {m.Sms} SMs at {m.ClockGHz:F2} GHz, group {m.GroupOverheadUs:F1} us + " +
+                        $"{m.GroupStreamKBPerUs:F1} KB/us, launch {m.LaunchUs:F1} us, host {m.HostUs:F0} us per step, context {context}");
+        s.AppendLine("| model | scheme | GB per token | roofline tok/s | predicted tok/s | % of roofline | launches per layer |");
+        s.AppendLine("|---|---|---:|---:|---:|---:|---:|");
         foreach (var shape in Shapes)
         {
             foreach (var scheme in Schemes)
             {
-                var plain = Predict(shape, scheme, m, context, graph: false);
-                var g = Predict(shape, scheme, m, context, graph: true);
-                s.AppendLine(c, $"| {shape.Name} | {scheme.Name} | {plain.WeightBytes / 1e9:F2} | {plain.RooflineTokensPerSecond(m):F0} | {plain.TokensPerSecond:F0} | " +
-                                $"{g.TokensPerSecond:F0} | {100 * plain.TokensPerSecond / plain.RooflineTokensPerSecond(m):F0} | {plain.LaunchesPerLayer} |");
+                var p = Predict(shape, scheme, m, context);
+                s.AppendLine(c, $"| {shape.Name} | {scheme.Name} | {p.WeightBytes / 1e9:F2} | {p.RooflineTokensPerSecond(m):F0} | {p.TokensPerSecond:F0} | " +
+                                $"{100 * p.TokensPerSecond / p.RooflineTokensPerSecond(m):F0} | {p.LaunchesPerLayer} |");
             }
         }
 
         foreach (var shape in Shapes)
         {
-            foreach (var scheme in new[] { Bf16, Int4 })
+            foreach (var scheme in shape == Mixtral8x7B ? Schemes : [Bf16, Int4])
             {
-                var p = Predict(shape, scheme, m, context, graph: false);
+                var p = Predict(shape, scheme, m, context);
                 s.AppendLine();
                 s.AppendLine(c, $"{shape.Name} {scheme.Name}, one layer (x {shape.Layers}) and the launches outside the layers:");
                 s.AppendLine("| launch | MB | groups | bound | us |");

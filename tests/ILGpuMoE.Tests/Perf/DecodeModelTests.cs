@@ -7,43 +7,58 @@ public class DecodeModelTests
 {
     private static readonly DecodeMachine H200 = new();
 
+    private static DecodeLaunch Launch(DecodePrediction p, string startsWith) =>
+        p.Layer.Concat(p.Outside).Single(l => l.Kernel.StartsWith(startsWith, StringComparison.Ordinal));
+
     [Test]
-    public void AWideMatrixIsBandwidthBound()
+    public void AGroupBoundLaunch()
     {
-        // Mixtral o_proj in BF16: 4096 x 4096 x 2 B = 33,554,432 B over 4096 / 16 = 256 groups.
-        //   bandwidth: 33,554,432 / (0.9 x 4200e3 B/us) = 8.8768 us
-        //   issue:     4 x 512 / 32 = 64 B per clock per SM x 1.98 GHz x 132 SMs = 16,727 B/ns -> 2.006 us
-        //   latency:   min(256, 132 x 4) = 256 groups x 16,384 B / 0.8 us = 5,242,880 B/us -> 6.400 us
-        // -> 8.8768 + 2.0 us of launch = 10.8768 us.
-        var o = DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, graph: false).Layer.Single(l => l.Kernel.StartsWith("o ", StringComparison.Ordinal));
+        // Mixtral o_proj in BF16: 4096 x 4096 x 2 B = 33,554,432 B in 4096 / 16 = 256 groups.
+        //   bandwidth: 33,554,432 / (0.9 x 4227e3 B/us) = 8.820 us
+        //   issue:     4 x 512 / (113 / 4) = 72.50 B per clock per SM x 1.98 GHz x 132 SMs = 18,947 B/ns -> 1.771 us
+        //   groups:    256 / (132 x 5) < 1 wave -> 1 x (6.8 + 131,072 B / 6,500 B/us) = 6.8 + 20.165 = 26.965 us
+        // -> 26.965 + 6.0 us of launch = 32.965 us.
+        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512), "o ");
         Assert.That(o.Groups, Is.EqualTo(256));
+        Assert.That(o.Bound, Is.EqualTo("groups"));
+        Assert.That(o.Microseconds, Is.EqualTo(32.965).Within(1e-3));
+    }
+
+    [Test]
+    public void WithoutGroupCostsTheSameLaunchIsBandwidthBound()
+    {
+        // The same launch on a machine whose groups cost nothing: 8.820 + 6.0 = 14.820 us.
+        var free = H200 with { GroupOverheadUs = 0, GroupStreamKBPerUs = 1e9 };
+        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, free, 512), "o ");
         Assert.That(o.Bound, Is.EqualTo("bandwidth"));
-        Assert.That(o.Microseconds, Is.EqualTo(10.8768).Within(1e-3));
+        Assert.That(o.Microseconds, Is.EqualTo(14.820).Within(1e-3));
     }
 
     [Test]
-    public void AFewRowMatrixIsLatencyBound()
+    public void AManyWaveLaunchPaysEachWave()
     {
-        // Mixtral router: 8 x 4096 x 2 B = 65,536 B in one group of 16 rows: 65,536 / (16,384 B / 0.8 us) = 3.2 us,
-        // plus 1.0 us of graph launch = 4.2 us.
-        var router = DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, graph: true).Layer.Single(l => l.Kernel.Contains("router", StringComparison.Ordinal));
-        Assert.That(router.Groups, Is.EqualTo(1));
-        Assert.That(router.Bound, Is.EqualTo("latency"));
-        Assert.That(router.Microseconds, Is.EqualTo(4.2).Within(1e-9));
+        // Mixtral experts up-gate in int4-g128: K=2 x F=14336 / 8 = 3584 groups, 2 resident per SM -> 3584 / 264 =
+        // 13.576 waves; each group streams 16 rows x 4096 x 0.5234375 B = 34,304 B: 6.8 + 34,304 / 6,500 = 12.078 us;
+        // 13.576 x 12.078 = 163.96 us, + 6.0 = 169.96 us.
+        var up = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Int4, H200, 512), "experts up-gate");
+        Assert.That(up.Groups, Is.EqualTo(3584));
+        Assert.That(up.Microseconds, Is.EqualTo(169.96).Within(0.01));
     }
 
     [Test]
-    public void TheStepAddsItsLaunches()
+    public void TheStepAddsItsLaunchesAndTheHost()
     {
-        var p = DecodeModel.Predict(DecodeModel.Qwen3A3B, DecodeModel.Int4, H200, 4096, graph: false);
-        double want = p.Layer.Sum(l => l.Microseconds) * 48 + p.Outside.Sum(l => l.Microseconds);
+        var p = DecodeModel.Predict(DecodeModel.Qwen3A3B, DecodeModel.Int4, H200, 4096);
+        double want = p.Layer.Sum(l => l.Microseconds) * 48 + p.Outside.Sum(l => l.Microseconds) + H200.HostUs;
         Assert.That(p.StepMicroseconds, Is.EqualTo(want).Within(1e-9));
         Assert.That(p.LaunchesPerLayer, Is.EqualTo(8));
+        // Attention at S = 4096: 2 x 4 kv heads x 4096 x 128 x 4 B = 16,777,216 B: 4 + 16,777,216 / 2,200e3 + 6 = 17.626 us.
+        Assert.That(Launch(p, "attention").Microseconds, Is.EqualTo(17.626).Within(1e-3));
         // Weight bytes per token: layers' weights (attention excluded: it reads the cache) plus the lm_head.
         Assert.That(p.WeightBytes, Is.EqualTo(p.Layer.Where(l => l.Kernel != "attention decode").Sum(l => l.Bytes) * 48 + p.Outside.Sum(l => l.Bytes)).Within(1));
     }
 
     [Test]
     public void ABadContextIsRefused() =>
-        Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 0, graph: false));
+        Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 0));
 }
