@@ -14,8 +14,9 @@
 //                                                     streams its rows at what its warps keep in flight
 //   small kernels (rope-append, gating, the embedding) take SmallKernelUs; attention decode AttentionFixedUs plus
 //   its K/V bytes at AttentionGBps.
-//   + LaunchUs per launch (submit, ramp-up, drain: what the bench's single-launch timings include), and HostUs per
-//   step (the token and position uploads, the logits download, the synchronisation).
+//   + LaunchUs per launch (ramp-up, drain, the gap to the next kernel: the floor the bench's single-launch timings
+//   show beyond a kernel's work, 7-9 us for kernels that move nothing), and HostUs per step (the token and position
+//   uploads, the logits download, the synchronisation).
 // The first version of this model (before any decode kernel ran) had no group bound and 2 us launches; it predicted
 // 131 tok/s for Mixtral BF16. The H200 run of 2026-12-04 measured the kernels 1.4-7x slower than their bandwidth
 // bound, and the group bound with GroupOverheadUs and GroupStreamKBPerUs fitted to those six cases reproduces them
@@ -58,7 +59,7 @@ public sealed record DecodeMachine
     /// <summary>A kernel that moves almost nothing (rope-append, gating, the embedding), without its launch.</summary>
     public double SmallKernelUs { get; init; } = 3;
 
-    /// <summary>Per launch: submit, ramp-up, drain (the bench's single-launch figures include it).</summary>
+    /// <summary>Per launch: ramp-up, drain, the gap to the next kernel (the floor of the bench's single-launch figures).</summary>
     public double LaunchUs { get; init; } = 6;
 
     /// <summary>Per step: token and position uploads, the logits download, the synchronisation.</summary>
