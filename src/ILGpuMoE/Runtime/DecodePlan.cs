@@ -14,7 +14,7 @@
 //
 // Every launch argument is fixed when the plan is built (buffers, weights, shapes); what changes per token, the token id
 // and its position, is read from device memory the session writes before the step. So the plan is what a CUDA graph
-// captures once and replays (InferenceSession.UseCudaGraph).
+// captures once and replays (SessionOptions.CudaGraph).
 //
 // A model the fused kernels cannot read (GPTQ act-order weights, whose inputs are gathered first) gets no plan: the
 // session runs its plain step at T = 1 too, and Fallback says why.
@@ -54,7 +54,7 @@ internal sealed class DecodePlan
     public static string? Fallback(MixtralModel model)
     {
         if (!model.Ops.FusedDecode)
-            return "the simple (V1) kernels are in use (CPU accelerator or --kernels simple)";
+            return "the simple (V1) kernels are in use (the CPU accelerator's default, KernelPolicy.Simple)";
         foreach (var l in model.Layers)
         {
             foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })
