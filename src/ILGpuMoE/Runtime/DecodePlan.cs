@@ -137,11 +137,32 @@ internal sealed class DecodePlan
 }
 
 /// <summary>
-/// The generic launches behind a plan: each reader type is a closed set (RowUnits.cs) and every launch is compiled for
-/// the reader it reads, so the boxed readers of the plan's builder are switched to their type here, once, at build time.
+/// The generic launches behind a plan: the readers are a closed set (RowUnits.cs) and every launch is compiled for the
+/// reader it reads, so the boxed readers of the plan's builder are switched to their type here, once, at build time.
 /// </summary>
 internal static class DecodeLaunches
 {
+    /// <summary>Launches made for one reader type TU, known only once the boxed reader is switched on.</summary>
+    private interface IForReader
+    {
+        Action[] Make<TU>()
+            where TU : struct, IRowUnits;
+    }
+
+    private static Action[] ForReader(IRowUnits first, IForReader make) => first switch
+    {
+        F32Units => make.Make<F32Units>(),
+        F16Units => make.Make<F16Units>(),
+        BF16Units => make.Make<BF16Units>(),
+        ScalarUnits<F32Weights> => make.Make<ScalarUnits<F32Weights>>(),
+        ScalarUnits<F16Weights> => make.Make<ScalarUnits<F16Weights>>(),
+        ScalarUnits<BF16Weights> => make.Make<ScalarUnits<BF16Weights>>(),
+        Q8Units => make.Make<Q8Units>(),
+        Q4Units => make.Make<Q4Units>(),
+        Fp8Units => make.Make<Fp8Units>(),
+        _ => throw new InvalidOperationException($"DecodeLaunches: no decode kernels for reader {first.GetType().Name}"),
+    };
+
     /// <summary>
     /// y_m (+)= xs W_m^T for the targets: one launch for consecutive targets of one reader type (q, k and v of one dtype
     /// are one launch), more where their types differ.
@@ -155,37 +176,11 @@ internal static class DecodeLaunches
             int n = 1;
             while (n < 3 && i + n < targets.Length && targets[i + n].W.GetType() == targets[i].W.GetType())
                 n++;
-            result.Add(LinearOf(ops, s, x, norm, eps, accumulate, targets.AsSpan(i, n).ToArray()));
+            result.AddRange(ForReader(targets[i].W, new LinearLaunch(ops, s, x, norm, eps, accumulate, targets.AsSpan(i, n).ToArray())));
             i += n;
         }
 
         return result;
-    }
-
-    private static Action LinearOf(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, bool accumulate,
-        (IRowUnits W, ArrayView<float> Y)[] t) => t[0].W switch
-    {
-        F32Units => Linear<F32Units>(ops, s, x, norm, eps, accumulate, t),
-        F16Units => Linear<F16Units>(ops, s, x, norm, eps, accumulate, t),
-        BF16Units => Linear<BF16Units>(ops, s, x, norm, eps, accumulate, t),
-        ScalarUnits<F32Weights> => Linear<ScalarUnits<F32Weights>>(ops, s, x, norm, eps, accumulate, t),
-        ScalarUnits<F16Weights> => Linear<ScalarUnits<F16Weights>>(ops, s, x, norm, eps, accumulate, t),
-        ScalarUnits<BF16Weights> => Linear<ScalarUnits<BF16Weights>>(ops, s, x, norm, eps, accumulate, t),
-        Q8Units => Linear<Q8Units>(ops, s, x, norm, eps, accumulate, t),
-        Q4Units => Linear<Q4Units>(ops, s, x, norm, eps, accumulate, t),
-        Fp8Units => Linear<Fp8Units>(ops, s, x, norm, eps, accumulate, t),
-        _ => throw new InvalidOperationException($"DecodeLaunches: no decode/linear for reader {t[0].W.GetType().Name}"),
-    };
-
-    private static Action Linear<TU>(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, bool accumulate,
-        (IRowUnits W, ArrayView<float> Y)[] t)
-        where TU : struct, IRowUnits
-    {
-        var kernel = ops.DecodeLinear<TU>();
-        var t0 = new DecodeTarget<TU>((TU)t[0].W, t[0].Y);
-        DecodeTarget<TU>? t1 = t.Length > 1 ? new DecodeTarget<TU>((TU)t[1].W, t[1].Y) : null;
-        DecodeTarget<TU>? t2 = t.Length > 2 ? new DecodeTarget<TU>((TU)t[2].W, t[2].Y) : null;
-        return () => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate);
     }
 
     /// <summary>The up-gate and down launches of the T = 1 MoE block (w1, w3 and w2 must share a reader type).</summary>
@@ -194,31 +189,38 @@ internal static class DecodeLaunches
     {
         if (w1.GetType() != w3.GetType() || w1.GetType() != w2.GetType())
             throw new InvalidOperationException($"DecodeLaunches: the experts' readers differ (w1 {w1.GetType().Name}, w3 {w3.GetType().Name}, w2 {w2.GetType().Name})");
-        return w1 switch
-        {
-            F32Units => Experts<F32Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            F16Units => Experts<F16Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            BF16Units => Experts<BF16Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            ScalarUnits<F32Weights> => Experts<ScalarUnits<F32Weights>>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            ScalarUnits<F16Weights> => Experts<ScalarUnits<F16Weights>>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            ScalarUnits<BF16Weights> => Experts<ScalarUnits<BF16Weights>>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            Q8Units => Experts<Q8Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            Q4Units => Experts<Q4Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            Fp8Units => Experts<Fp8Units>(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h),
-            _ => throw new InvalidOperationException($"DecodeLaunches: no decode/experts for reader {w1.GetType().Name}"),
-        };
+        return ForReader(w1, new ExpertsLaunch(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h));
     }
 
-    private static Action[] Experts<TU>(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps,
-        IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h)
-        where TU : struct, IRowUnits
+    private sealed record LinearLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps, bool Accumulate,
+        (IRowUnits W, ArrayView<float> Y)[] T) : IForReader
     {
-        var kernel = ops.DecodeExperts<TU>();
-        TU u1 = (TU)w1, u3 = (TU)w3, u2 = (TU)w2;
-        return
-        [
-            () => kernel.LaunchUpGate(s, x, norm, eps, u1, u3, ids, k, f, h),
-            () => kernel.LaunchDown(s, h, u2, ids, weights, k, d, x, x),
-        ];
+        public Action[] Make<TU>()
+            where TU : struct, IRowUnits
+        {
+            var kernel = Ops.DecodeLinear<TU>();
+            var t0 = new DecodeTarget<TU>((TU)T[0].W, T[0].Y);
+            DecodeTarget<TU>? t1 = T.Length > 1 ? new DecodeTarget<TU>((TU)T[1].W, T[1].Y) : null;
+            DecodeTarget<TU>? t2 = T.Length > 2 ? new DecodeTarget<TU>((TU)T[2].W, T[2].Y) : null;
+            var (s, x, norm, eps, accumulate) = (S, X, Norm, Eps, Accumulate);
+            return [() => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate)];
+        }
+    }
+
+    private sealed record ExpertsLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps,
+        IRowUnits W1, IRowUnits W3, IRowUnits W2, ArrayView<int> Ids, ArrayView<float> Weights, int K, int D, int F, ArrayView<float> H) : IForReader
+    {
+        public Action[] Make<TU>()
+            where TU : struct, IRowUnits
+        {
+            var kernel = Ops.DecodeExperts<TU>();
+            TU u1 = (TU)W1, u3 = (TU)W3, u2 = (TU)W2;
+            var (s, x, norm, eps, ids, weights, k, d, f, h) = (S, X, Norm, Eps, Ids, Weights, K, D, F, H);
+            return
+            [
+                () => kernel.LaunchUpGate(s, x, norm, eps, u1, u3, ids, k, f, h),
+                () => kernel.LaunchDown(s, h, u2, ids, weights, k, d, x, x),
+            ];
+        }
     }
 }
