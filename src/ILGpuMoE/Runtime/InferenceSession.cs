@@ -238,12 +238,12 @@ public sealed class InferenceSession : IDisposable
             }
 
             LastStepLaunchesPerLayer = plan.LaunchesPerLayer;
-            Position += t;
-            if (CollectRoutingStats)
-                ReadRouting(t);
         }
 
         LastStepLaunches = _graph is not null && LastStepReplayed ? _graph.Nodes : KernelLaunches.Count - before;
+        Position += t;
+        if (CollectRoutingStats)
+            ReadRouting(t);
     }
 
     private DecodePlan? Plan()
@@ -340,10 +340,6 @@ public sealed class InferenceSession : IDisposable
             ops.RmsNorm(s, xs, m.FinalNorm, hs, logitRows, _d, eps);
             ops.MatMul(s, hs, m.LmHead, _logits.View.SubView(0, (long)logitRows * _v), logitRows, _v, _d);
         }
-
-        Position += t;
-        if (CollectRoutingStats)
-            ReadRouting(t);
     }
 
     private void ReadRouting(int t)
