@@ -10,7 +10,7 @@ namespace ILGpuMoE.Cli;
 /// <summary>A device session and the model on it; dispose to free both.</summary>
 public sealed class LoadedModel : IDisposable
 {
-    private LoadedModel(DeviceSession device, MixtralModel model)
+    private LoadedModel(DeviceSession device, MoeModel model)
     {
         Device = device;
         Model = model;
@@ -18,10 +18,10 @@ public sealed class LoadedModel : IDisposable
 
     public DeviceSession Device { get; }
 
-    public MixtralModel Model { get; }
+    public MoeModel Model { get; }
 
     /// <summary>Checks the folder, opens the device, plans memory and uploads the weights.</summary>
-    public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq, QuantSpec? quant = null)
+    public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq, QuantSpec? quant = null, Model.RouterChoice? router = null)
     {
         if (!Directory.Exists(modelDir))
         {
@@ -34,23 +34,23 @@ public sealed class LoadedModel : IDisposable
             throw new CliUsageException($"--max-seq must be >= 1, got {maxSeq}");
 
         // Plan before touching the device: a wrong folder fails fast, without a context.
-        MixtralModel.PlanFor(modelDir, new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant });
+        MoeModel.PlanFor(modelDir, new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router });
         var device = DeviceSession.Open(choice, io.Err);
         try
         {
-            var options = new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant };
-            MixtralModel model;
+            var options = new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router };
+            MoeModel model;
             bool terminal = ReferenceEquals(io.Err, Console.Error) && !Console.IsErrorRedirected;
             if (terminal)
             {
                 var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-                MixtralModel? loaded = null;
+                MoeModel? loaded = null;
                 console.Progress()
                     .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
                     .Start(ctx =>
                     {
                         var task = ctx.AddTask("weights → device");
-                        loaded = MixtralModel.Load(device.Accelerator, modelDir, options with
+                        loaded = MoeModel.Load(device.Accelerator, modelDir, options with
                         {
                             Progress = new SyncProgress(p =>
                             {
@@ -63,7 +63,7 @@ public sealed class LoadedModel : IDisposable
             }
             else
             {
-                model = MixtralModel.Load(device.Accelerator, modelDir, options);
+                model = MoeModel.Load(device.Accelerator, modelDir, options);
             }
 
             return new LoadedModel(device, model);

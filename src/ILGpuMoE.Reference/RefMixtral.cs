@@ -53,12 +53,17 @@ public sealed class RefMixtral
 
     /// <param name="weights">Returns the F32 values of a tensor by name (model.embed_tokens.weight,
     /// model.layers.N.self_attn.q_proj.weight, ..., lm_head.weight); lengths are checked against the config.</param>
-    public RefMixtral(RefMixtralConfig config, Func<string, float[]> weights)
+    /// <param name="router">Another router mode on the same router weights (Switch, NoisyTopK with zero noise logits:
+    /// the checkpoint has no noise weights); null: Mixtral's.</param>
+    public RefMixtral(RefMixtralConfig config, Func<string, float[]> weights, RefRouterSpec? router = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
         config.Validate();
         Config = config;
+        Router = router ?? new RefRouterSpec(RouterKind.Mixtral, config.Experts, config.TopK);
+        if (Router.Experts != config.Experts)
+            throw new ArgumentException($"Mixtral router: spec.Experts = {Router.Experts}, the config has {config.Experts}.", nameof(router));
         int d = config.Hidden, f = config.Intermediate, q = config.Heads * config.HeadDim, kv = config.KvHeads * config.HeadDim;
 
         float[] Read(string name, long length, string shape)
@@ -94,6 +99,9 @@ public sealed class RefMixtral
     }
 
     public RefMixtralConfig Config { get; }
+
+    /// <summary>The router mode every layer runs.</summary>
+    public RefRouterSpec Router { get; }
 
     internal float[] Embed { get; }
 
@@ -150,7 +158,8 @@ public sealed class RefMixtralSession
 
         var x = RefOps.Embedding(_model.Embed, tokens, c.Vocab, d);
         var routing = new RefRouting[c.Layers];
-        var spec = new RefRouterSpec(RouterKind.Mixtral, c.Experts, c.TopK);
+        var spec = _model.Router;
+        var noise = spec.Kind == RouterKind.NoisyTopK ? new float[t * c.Experts] : [];
         for (int l = 0; l < c.Layers; l++)
         {
             var w = _model.Layers[l];
@@ -165,7 +174,7 @@ public sealed class RefMixtralSession
             x = RefOps.Add(x, RefOps.MatMulT(a, w.Wo, t, d, qDim));
 
             h = RefOps.RmsNorm(x, w.PostNorm, t, d, c.RmsEps);
-            routing[l] = RefMoe.Route(spec, RefOps.MatMulT(h, w.Gate, t, c.Experts, d), t);
+            routing[l] = RefMoe.Route(spec, RefOps.MatMulT(h, w.Gate, t, c.Experts, d), t, noise, []);
             x = RefOps.Add(x, RefMoe.MoeBlock(h, routing[l], w.W1, w.W3, w.W2, t, d, c.Intermediate));
         }
 

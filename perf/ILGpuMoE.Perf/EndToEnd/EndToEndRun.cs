@@ -1,5 +1,5 @@
 // End to end on a random model, and the CPU peer on the same model.
-// Ours: the runtime (MixtralModel + InferenceSession) on the bench's device: time to first token = prefill of the
+// Ours: the runtime (MoeModel + InferenceSession) on the bench's device: time to first token = prefill of the
 // prompt (logits of the last token copied back), then single-token decode steps. Theirs (CPU only): llama.cpp on the
 // same weights as GGUF, F32 and its own Q8_0/Q4_0. Rows: one EndToEndResult per engine and scheme, and PeerResults
 // with ours/theirs for prefill and decode tokens/s per matching scheme (F32 vs F32; int8 vs Q8_0; int4 with groups
@@ -156,7 +156,7 @@ public static class EndToEndRun
                 }
             }
 #else
-            notes.Add("end to end, ours: the runtime (MixtralModel, InferenceSession) is not in this build.");
+            notes.Add("end to end, ours: the runtime (MoeModel, InferenceSession) is not in this build.");
 #endif
 
             foreach (var (ourScheme, scheme, theirs) in theirsByScheme)

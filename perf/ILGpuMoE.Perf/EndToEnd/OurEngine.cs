@@ -19,7 +19,7 @@ public static class OurEngine
         QuantSpec? quant = null, bool cudaGraph = false)
     {
         var sw = Stopwatch.StartNew();
-        using var model = MixtralModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
+        using var model = MoeModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
         {
             MaxSeq = prompt.Length + decode.Length + 8,
             MaxBatch = prompt.Length,

@@ -59,6 +59,24 @@ public static class Presets
         Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 4, Router: RouterKind.DeepSeekV3, RouterGroups: 8, RouterTopKGroups: 4,
         RopeTheta: 10000f, CheckTokens: 2, Note: "MoE shapes; attention as GQA (no MLA)");
 
+    /// <summary>Qwen3-30B-A3B (Hugging Face config): 128 experts of F = 768, top-8 renormalised, GQA 32/4 with head_dim 128
+    /// (q/k norm per head is not in the kernel cases).</summary>
+    public static readonly ShapePreset Qwen3_30B_A3B = new(
+        "qwen3-30b-a3b", Dim: 2048, Hidden: 768, Experts: 128, TopK: 8, Heads: 32, KvHeads: 4, HeadDim: 128, Vocab: 151936,
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 48, Router: RouterKind.Mixtral, RopeTheta: 1e6f, CheckTokens: 2);
+
+    /// <summary>Qwen3-235B-A22B: 128 experts of F = 1536, top-8, GQA 64/4, head_dim 128; the end-to-end part builds 16 of
+    /// its 94 layers (4.8 GB of BF16 experts each).</summary>
+    public static readonly ShapePreset Qwen3_235B_A22B = new(
+        "qwen3-235b-a22b", Dim: 4096, Hidden: 1536, Experts: 128, TopK: 8, Heads: 64, KvHeads: 4, HeadDim: 128, Vocab: 151936,
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 16, Router: RouterKind.Mixtral, RopeTheta: 1e6f, CheckTokens: 2,
+        Note: "16 of 94 layers end to end");
+
+    /// <summary>OLMoE-1B-7B: 64 experts of F = 1024, top-8 without renormalisation, 16 heads of 128 (no GQA).</summary>
+    public static readonly ShapePreset Olmoe1B7B = new(
+        "olmoe-1b-7b", Dim: 2048, Hidden: 1024, Experts: 64, TopK: 8, Heads: 16, KvHeads: 16, HeadDim: 128, Vocab: 50304,
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 16, Router: RouterKind.SoftmaxTopK, RopeTheta: 10000f, CheckTokens: 2);
+
     /// <summary>For ILGPU's CPU accelerator: odd sizes (no multiple of any tile), seconds per kernel.</summary>
     public static readonly ShapePreset Tiny = new(
         "tiny", Dim: 40, Hidden: 56, Experts: 4, TopK: 2, Heads: 4, KvHeads: 2, HeadDim: 8, Vocab: 100,
@@ -69,7 +87,7 @@ public static class Presets
         "smoke", Dim: 520, Hidden: 1000, Experts: 8, TopK: 2, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 1000,
         Tokens: [1, 7, 65], KvLength: 300, Layers: 2, Router: RouterKind.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
 
-    public static IReadOnlyList<ShapePreset> All { get; } = [Mixtral8x7B, QwenMoeA27B, DeepSeekV3Moe, Tiny, Smoke];
+    public static IReadOnlyList<ShapePreset> All { get; } = [Mixtral8x7B, QwenMoeA27B, Qwen3_30B_A3B, Qwen3_235B_A22B, Olmoe1B7B, DeepSeekV3Moe, Tiny, Smoke];
 
     /// <summary>The preset of that name; ArgumentException listing the names otherwise.</summary>
     public static ShapePreset Get(string name) =>

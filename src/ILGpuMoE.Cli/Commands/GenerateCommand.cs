@@ -1,13 +1,14 @@
 // ilgpumoe generate --model DIR --prompt TEXT [-n 128] [--temperature 0.7] [--top-k 50] [--top-p 0.9] [--seed 1] [--chat]
-//                   [--max-seq S] [--routing-stats] [--cuda-graph]
+//                   [--max-seq S] [--routing-stats] [--cuda-graph] [--router switch|noisy-topk] [--capacity-factor C] [--noise-seed S]
 // Streams the generated text to stdout as it comes, then prints prefill tokens/s, decode tokens/s and time to first
-// token, and the kernel launches per decode step (and, with --routing-stats, how many tokens each expert of each layer
-// received). Ctrl+C stops after the
+// token, and the kernel launches per decode step (and, with --routing-stats, per layer: the tokens each expert
+// received, dropped tokens, the load's coefficient of variation and the Switch auxiliary loss). Ctrl+C stops after the
 // current step and still prints the statistics.
 using System.Diagnostics;
 using System.CommandLine;
 using System.Globalization;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Model;
 using ILGpuMoE.Runtime;
 using ILGpuMoE.Sampling;
 using ILGpuMoE.Tokenizer;
@@ -18,7 +19,7 @@ namespace ILGpuMoE.Cli.Commands;
 public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
-        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = false);
+        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = false, RouterChoice? Router = null);
 
     public static Command Create(CliIo io, Option<DeviceChoice> device)
     {
@@ -38,8 +39,10 @@ public static class GenerateCommand
         {
             model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant, graph,
         };
+        var router = new RouterOption();
+        router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
-            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph))));
+            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph), router.Parse(p))));
         return command;
     }
 
@@ -72,7 +75,7 @@ public static class GenerateCommand
 
         using (tokenizer)
         {
-            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant);
+            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router);
             using var session = loaded.Model.NewSession(new SessionOptions { CudaGraph = a.CudaGraph });
             session.CollectRoutingStats = a.RoutingStats;
 
@@ -113,7 +116,7 @@ public static class GenerateCommand
 
     private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);
 
-    private static void PrintStats(CliIo io, MixtralModel model, GenerationResult r, InferenceSession session)
+    private static void PrintStats(CliIo io, MoeModel model, GenerationResult r, InferenceSession session)
     {
         string stop = r.Stop switch
         {
@@ -140,26 +143,50 @@ public static class GenerateCommand
 
     private static void PrintRouting(CliIo io, InferenceSession session)
     {
-        var counts = session.ExpertCounts;
-        int experts = counts.Count > 0 ? counts[0].Count : 0;
+        var routing = session.Routing;
+        int experts = routing.Count > 0 ? routing[0].TokensPerExpert.Count : 0;
+        // Up to 16 experts get a column each; wider routers (Qwen3's 128) show min / max instead.
+        bool columns = experts <= 16;
         var table = new Table().AddColumn("layer");
-        for (int e = 0; e < experts; e++)
-            table.AddColumn(new TableColumn($"e{e}").RightAligned());
-        table.AddColumn("histogram (share of the layer's tokens)");
-        for (int l = 0; l < counts.Count; l++)
+        if (columns)
         {
-            var row = counts[l];
+            for (int e = 0; e < experts; e++)
+                table.AddColumn(new TableColumn($"e{e}").RightAligned());
+        }
+        else
+        {
+            table.AddColumn(new TableColumn("min").RightAligned()).AddColumn(new TableColumn("max").RightAligned());
+        }
+
+        table.AddColumn(new TableColumn("dropped").RightAligned()).AddColumn(new TableColumn("load cv").RightAligned())
+            .AddColumn(new TableColumn("aux loss").RightAligned());
+        if (experts <= 64)
+            table.AddColumn("histogram (share of the layer's tokens)");
+        for (int l = 0; l < routing.Count; l++)
+        {
+            var r = routing[l];
+            if (r.Tokens == 0)
+                continue; // a dense layer (no router)
+            var row = r.TokensPerExpert;
             long total = Math.Max(1, row.Sum());
             var cells = new List<string> { l.ToString(CultureInfo.InvariantCulture) };
-            cells.AddRange(row.Select(c => c.ToString(CultureInfo.InvariantCulture)));
-            // One block character per expert, its height the expert's share (uniform = the middle).
-            const string blocks = " ▁▂▃▄▅▆▇█";
-            var bars = new string(row.Select(c => blocks[(int)Math.Min(blocks.Length - 1, Math.Round(c * (double)experts / total * 4))]).ToArray());
-            cells.Add(Markup.Escape(bars));
+            if (columns)
+                cells.AddRange(row.Select(c => c.ToString(CultureInfo.InvariantCulture)));
+            else
+                cells.AddRange([row.Min().ToString(CultureInfo.InvariantCulture), row.Max().ToString(CultureInfo.InvariantCulture)]);
+            cells.AddRange([r.Dropped.ToString(CultureInfo.InvariantCulture), F(r.LoadCv, "F3"), F(r.AuxLoss, "F3")]);
+            if (experts <= 64)
+            {
+                // One block character per expert, its height the expert's share (uniform = the middle).
+                const string blocks = " ▁▂▃▄▅▆▇█";
+                cells.Add(Markup.Escape(new string(row.Select(c => blocks[(int)Math.Min(blocks.Length - 1, Math.Round(c * (double)experts / total * 4))]).ToArray())));
+            }
+
             table.AddRow(cells.ToArray());
         }
 
-        io.Out.WriteLine("routing: tokens per expert and layer (prefill + decode)");
+        io.Out.WriteLine($"routing ({session.Model.Config.Router}): tokens per expert and layer (prefill + decode), dropped tokens, " +
+                         "coefficient of variation of the load, Switch auxiliary loss");
         io.Ansi.Write(table);
     }
 }

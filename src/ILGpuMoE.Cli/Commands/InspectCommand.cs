@@ -50,7 +50,7 @@ public static class InspectCommand
 
         io.Out.WriteLine("per decode token: attention q/k/v/o, router and norms of every layer, K of E experts, lm_head and one embedding row; " +
                          "--quant packs attention and experts only");
-        var used = MixtralTensors.Expected(config).Select(t => QuantSource.BaseOf(t.Name) + ".").ToList();
+        var used = ModelTensors.Expected(config).Select(t => QuantSource.BaseOf(t.Name) + ".").ToList();
         var extra = checkpoint.Tensors.Count(t => !used.Any(u => t.Name.StartsWith(u, StringComparison.Ordinal)));
         if (extra > 0)
             io.Out.WriteLine($"{extra} tensor(s) not used by the model (ignored)");
@@ -114,7 +114,7 @@ public static class InspectCommand
         {
             foreach (var spec in QuantSpec.All)
             {
-                bool fits = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).All(e => spec.Fits(e.Shape[1]));
+                bool fits = ModelTensors.Expected(c).Where(QuantSource.IsLinear).All(e => spec.Fits(e.Shape[1]));
                 if (fits)
                     Row($"--quant {spec.Name}", WeightBytes.Of(c, tensors, spec));
                 else
@@ -133,7 +133,9 @@ public static class InspectCommand
         Row($"active parameters per token (with embeddings, top-{c.TopK} of {c.Experts} experts)", p.ActiveWithEmbeddings);
         Row("active parameters per token (without embeddings)", p.ActiveWithoutEmbeddings);
         Row("total parameters (without embeddings)", p.TotalWithoutEmbeddings);
-        Row("per expert (w1 + w2 + w3)", p.PerExpert);
+        Row("per expert (gate + up + down)", p.PerExpert);
+        if (p.Dense > 0)
+            Row("dense MLPs and shared experts (every token)", p.Dense);
         return table;
     }
 

@@ -1,6 +1,7 @@
 // ilgpumoe logits --model DIR --tokens 1,2,3 --out FILE: the logits of every position of one prompt processed from an
 // empty cache, written as a safetensors file with `logits` F32 [T, V] (and the `tokens` I32 [T] it was given).
 // This is a contract other tools rely on (fixture checks, peers): keep its options and output exactly.
+// --router switch|noisy-topk runs a router of the MoE literature instead of the model's (RouterOption.cs).
 // --decode-steps feeds the tokens one per forward step (what generation does after the prompt: the T = 1 decode path
 // with its own kernels) instead of one prefill; the logits must be the same within F32 rounding. --cuda-graph (with
 // --decode-steps, on CUDA) replays the decode step from a captured CUDA graph.
@@ -23,12 +24,14 @@ public static class LogitsCommand
         var quant = QuantOption.Create();
         var steps = new Option<bool>("--decode-steps") { Description = "Process the tokens one per step (the decode kernels) instead of one prefill" };
         var graph = new Option<bool>("--cuda-graph") { Description = "With --decode-steps on CUDA: replay the decode step from a captured CUDA graph" };
+        var router = new RouterOption();
         var command = new Command("logits", "Write the logits of every position of a token sequence (one prompt, empty cache) to a safetensors file")
         {
             model, tokens, output, quant, steps, graph,
         };
+        router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant),
-            p.GetValue(steps), p.GetValue(graph)));
+            p.GetValue(steps), p.GetValue(graph), router.Parse(p)));
         return command;
     }
 
@@ -49,7 +52,7 @@ public static class LogitsCommand
     }
 
     public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null,
-        bool decodeSteps = false, bool cudaGraph = false)
+        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null)
     {
         if (cudaGraph && !decodeSteps)
             throw new CliUsageException("--cuda-graph replays the decode step: give --decode-steps too");
@@ -73,7 +76,7 @@ public static class LogitsCommand
         if (outDir is not null && !Directory.Exists(outDir))
             throw new CliUsageException($"--out {outPath}: folder {outDir} does not exist");
 
-        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant);
+        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router);
         using var session = loaded.Model.NewSession(new Runtime.SessionOptions { CudaGraph = cudaGraph });
         int v = loaded.Model.Config.VocabSize;
         float[] logits;

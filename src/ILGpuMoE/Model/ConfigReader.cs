@@ -93,6 +93,19 @@ internal readonly struct ConfigReader
         return list;
     }
 
+    /// <summary>A list of ints; empty when absent.</summary>
+    public IReadOnlyList<int> OptionalIntList(string key)
+    {
+        if (!TryGet(key, out var v))
+            return [];
+        if (v.ValueKind != JsonValueKind.Array)
+            throw Error(key, $"must be a list of integers, got {Describe(v)}");
+        var list = new List<int>();
+        foreach (var item in v.EnumerateArray())
+            list.Add(AsInt(key, item));
+        return list;
+    }
+
     /// <summary>An int or a list of ints (eos_token_id is either); empty when absent.</summary>
     public IReadOnlyList<int> IntOrIntList(string key)
     {

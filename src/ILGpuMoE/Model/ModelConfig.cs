@@ -3,8 +3,8 @@
 // Glossary: V vocab, D model dim (hidden_size), F expert hidden dim (intermediate_size), L layers, H heads,
 // Hkv kv heads, Dh head dim, E experts, K experts per token.
 //
-// Only Mixtral is supported today. The router lives in its own record (RouterConfig) so that other MoE families
-// (Switch, Qwen-MoE, DeepSeek-V3) can later add a parser that fills it differently without touching Mixtral's.
+// The sizes every family shares are read here; what differs per family (the router, the experts' width, biases,
+// q/k norms, shared expert, dense layers, windows) is read by the family's own file (ModelFamily.cs, Families/*.cs).
 namespace ILGpuMoE.Model;
 
 /// <summary>Decoding defaults from generation_config.json; every field is null when the file does not set it.</summary>
@@ -28,17 +28,20 @@ public sealed record ModelConfig
     public const string GenerationConfigFileName = "generation_config.json";
 
     /// <summary>model_type values we can run.</summary>
-    public static readonly IReadOnlyList<string> SupportedModelTypes = ["mixtral"];
+    public static IReadOnlyList<string> SupportedModelTypes => ModelFamilies.All.Select(f => f.ModelType).ToArray();
 
     /// <summary>architectures[] entries we can run.</summary>
-    public static readonly IReadOnlyList<string> SupportedArchitectures = ["MixtralForCausalLM"];
+    public static IReadOnlyList<string> SupportedArchitectures => ModelFamilies.All.Select(f => f.Architecture).ToArray();
 
     /// <summary>The config.json this came from (for messages).</summary>
     public required string Source { get; init; }
 
     public required string ModelType { get; init; }
 
-    /// <summary>architectures[0], or the one we matched; "MixtralForCausalLM" when the file lists none.</summary>
+    /// <summary>The family model_type (or architectures) names: its tensor names and block choices.</summary>
+    public required ModelFamily Family { get; init; }
+
+    /// <summary>The architectures[] entry we matched, or the family's own when the file lists none.</summary>
     public required string Architecture { get; init; }
 
     /// <summary>V.</summary>
@@ -47,7 +50,7 @@ public sealed record ModelConfig
     /// <summary>D (hidden_size).</summary>
     public required int HiddenSize { get; init; }
 
-    /// <summary>F, each expert's hidden size (intermediate_size).</summary>
+    /// <summary>F, each routed expert's hidden size (intermediate_size in Mixtral and OLMoE, moe_intermediate_size in Qwen).</summary>
     public required int IntermediateSize { get; init; }
 
     /// <summary>L.</summary>
@@ -72,10 +75,14 @@ public sealed record ModelConfig
 
     public required int MaxPositionEmbeddings { get; init; }
 
-    /// <summary>Attention window in tokens, or null for full causal attention.</summary>
-    public required int? SlidingWindow { get; init; }
+    /// <summary>The widest attention window of any layer, or null when every layer attends to the whole causal
+    /// prefix; <see cref="WindowOf"/> gives each layer's.</summary>
+    public int? SlidingWindow => Block.LayerWindows.Count > 0 && Block.LayerWindows.Max() > 0 ? Block.LayerWindows.Max() : null;
 
     public required RouterConfig Router { get; init; }
+
+    /// <summary>The family's block choices (biases, q/k norm, shared expert, dense layers, windows).</summary>
+    public required BlockOptions Block { get; init; }
 
     /// <summary>lm_head shares embed_tokens' weight (then the checkpoint has no lm_head.weight).</summary>
     public required bool TieWordEmbeddings { get; init; }
@@ -97,6 +104,28 @@ public sealed record ModelConfig
 
     /// <summary>K.</summary>
     public int TopK => Router.TopK;
+
+    /// <summary>Whether layer l has the MoE block (else the family's dense MLP).</summary>
+    public bool IsMoeLayer(int layer) => Block.MoeLayers.Count == 0 || Block.MoeLayers[layer];
+
+    /// <summary>The shared expert as F-wide experts stacked after the routed ones: ceil(Fs / F), 0 without one.</summary>
+    public int SharedChunks => (Block.SharedExpertSize + IntermediateSize - 1) / IntermediateSize;
+
+    /// <summary>
+    /// Layer l's MoE launch: (Slots, Experts) = experts per token and experts stacked. A MoE layer: (K + shared chunks,
+    /// E + shared chunks); a dense layer: its MLP as ceil(Fd / F) F-wide experts, every token visiting all of them
+    /// (Runtime/MoeModel.cs says why).
+    /// </summary>
+    public (int Slots, int Experts) MoeShape(int layer)
+    {
+        if (IsMoeLayer(layer))
+            return (TopK + SharedChunks, Experts + SharedChunks);
+        int chunks = (Block.DenseIntermediateSize + IntermediateSize - 1) / IntermediateSize;
+        return (chunks, chunks);
+    }
+
+    /// <summary>Layer l's attention window in tokens; 0 for full causal attention.</summary>
+    public int WindowOf(int layer) => Block.LayerWindows.Count == 0 ? 0 : Block.LayerWindows[layer];
 
     /// <summary>H * Dh: q_proj's output rows and o_proj's input columns.</summary>
     public int QueryDim => Heads * HeadDim;
@@ -136,12 +165,11 @@ public sealed record ModelConfig
 
     private static ModelConfig FromJson(ConfigReader c, ConfigReader? g)
     {
-        var (modelType, architecture) = ReadFamily(c);
+        var (family, modelType, architecture) = ReadFamily(c);
 
         // Sizes first: everything else is checked against them.
         var vocab = c.PositiveInt("vocab_size");
         var hidden = c.PositiveInt("hidden_size");
-        var intermediate = c.PositiveInt("intermediate_size");
         var layers = c.PositiveInt("num_hidden_layers");
         var heads = c.PositiveInt("num_attention_heads");
         // Hugging Face's own default when the key is absent: one kv head per head (plain multi-head attention).
@@ -173,15 +201,11 @@ public sealed record ModelConfig
         var ropeTheta = ReadRopeTheta(c);
         var maxPositions = c.PositiveInt("max_position_embeddings");
 
-        var window = c.OptionalInt("sliding_window");
-        if (window is <= 0)
-            throw c.Error("sliding_window", $"must be null or positive, got {window}");
-
-        var router = ReadMixtralRouter(c);
+        var block = family.Read(c, layers);
 
         var act = c.OptionalString("hidden_act");
         if (act is not null && act != "silu")
-            throw c.Error("hidden_act", $"is '{act}'; Mixtral experts use 'silu'");
+            throw c.Error("hidden_act", $"is '{act}'; {family.ModelType} MLPs use 'silu'");
 
         var bos = c.OptionalInt("bos_token_id");
         var eos = c.IntOrIntList("eos_token_id");
@@ -197,10 +221,11 @@ public sealed record ModelConfig
         {
             Source = c.File,
             ModelType = modelType,
+            Family = family,
             Architecture = architecture,
             VocabSize = vocab,
             HiddenSize = hidden,
-            IntermediateSize = intermediate,
+            IntermediateSize = block.ExpertHidden,
             Layers = layers,
             Heads = heads,
             KvHeads = kvHeads,
@@ -209,8 +234,8 @@ public sealed record ModelConfig
             RmsNormEps = eps,
             RopeTheta = ropeTheta,
             MaxPositionEmbeddings = maxPositions,
-            SlidingWindow = window,
-            Router = router,
+            Router = block.Router,
+            Block = block.Block,
             TieWordEmbeddings = c.OptionalBool("tie_word_embeddings") ?? false,
             BosTokenId = bos,
             EosTokenIds = eos,
@@ -219,20 +244,26 @@ public sealed record ModelConfig
         };
     }
 
-    private static (string ModelType, string Architecture) ReadFamily(ConfigReader c)
+    private static (ModelFamily Family, string ModelType, string Architecture) ReadFamily(ConfigReader c)
     {
         var modelType = c.OptionalString("model_type");
         var architectures = c.OptionalStringList("architectures");
+        var supported = ModelFamilies.SupportedList;
         if (modelType is null && architectures.Count == 0)
-            throw c.Error("model_type", $"is missing (and so is 'architectures'); supported: {string.Join(", ", SupportedModelTypes)}");
-        if (modelType is not null && !SupportedModelTypes.Contains(modelType))
-            throw c.Error("model_type", $"'{modelType}' is not supported (supported: {string.Join(", ", SupportedModelTypes)})");
-        if (architectures.Count == 0)
-            return (modelType!, SupportedArchitectures[0]);
-        var known = architectures.FirstOrDefault(a => SupportedArchitectures.Contains(a));
-        if (known is null)
-            throw c.Error("architectures", $"[{string.Join(", ", architectures)}] is not supported (supported: {string.Join(", ", SupportedArchitectures)})");
-        return (modelType ?? "mixtral", known);
+            throw c.Error("model_type", $"is missing (and so is 'architectures'); supported: {supported}");
+        if (modelType is not null)
+        {
+            var family = ModelFamilies.ByModelType(modelType)
+                         ?? throw c.Error("model_type", $"'{modelType}' is not supported (supported: {supported})");
+            // architectures may name a head we do not run (e.g. a sequence classifier) next to the causal LM.
+            if (architectures.Count > 0 && !architectures.Contains(family.Architecture))
+                throw c.Error("architectures", $"[{string.Join(", ", architectures)}] does not name {family.Architecture}, the causal LM of model_type '{modelType}'");
+            return (family, modelType, family.Architecture);
+        }
+
+        var known = architectures.Select(ModelFamilies.ByArchitecture).FirstOrDefault(f => f is not null)
+                    ?? throw c.Error("architectures", $"[{string.Join(", ", architectures)}] is not supported (supported: {string.Join(", ", SupportedArchitectures)})");
+        return (known, known.ModelType, known.Architecture);
     }
 
     private static double ReadRopeTheta(ConfigReader c)
@@ -252,15 +283,6 @@ public sealed record ModelConfig
         if (ropeType is null && c.Has("rope_scaling"))
             throw c.Error("rope_scaling", "is set; scaled RoPE is not supported (only plain RoPE)");
         return theta;
-    }
-
-    private static RouterConfig ReadMixtralRouter(ConfigReader c)
-    {
-        var experts = c.PositiveInt("num_local_experts");
-        var topK = c.RequiredInt("num_experts_per_tok");
-        if (topK < 1 || topK > experts)
-            throw c.Error("num_experts_per_tok", $"({topK}) must be between 1 and 'num_local_experts' ({experts})");
-        return RouterConfig.Mixtral(experts, topK);
     }
 
     private static GenerationConfig ReadGeneration(ConfigReader g)
@@ -298,5 +320,7 @@ public sealed record ModelConfig
     /// <summary>A one-line summary for logs (not parsed by anything).</summary>
     public override string ToString() =>
         $"{Architecture}: V={VocabSize} D={HiddenSize} F={IntermediateSize} L={Layers} H={Heads} Hkv={KvHeads} Dh={HeadDim} " +
-        $"E={Experts} K={TopK} eps={RmsNormEps} theta={RopeTheta} window={(SlidingWindow?.ToString() ?? "none")}";
+        $"E={Experts} K={TopK} eps={RmsNormEps} theta={RopeTheta} window={(SlidingWindow?.ToString() ?? "none")}" +
+        (Block.SharedExpertSize > 0 ? $" shared={Block.SharedExpertSize}" : "") +
+        (Block.MoeLayers.Count > 0 && Block.MoeLayers.Any(m => !m) ? $" dense-layers={Block.MoeLayers.Count(m => !m)}" : "");
 }

@@ -36,7 +36,7 @@ public static class ModelValidator
             byName.TryAdd(t.Name, t);
 
         var problems = new List<string>();
-        foreach (var expected in MixtralTensors.Expected(config))
+        foreach (var expected in ModelTensors.Expected(config))
         {
             if (!byName.TryGetValue(expected.Name, out var actual))
             {

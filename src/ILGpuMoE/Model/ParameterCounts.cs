@@ -14,32 +14,45 @@ public sealed record ParameterCounts(
     long Router,
     long Experts,
     long PerExpert,
-    long ActiveExperts)
+    long ActiveExperts,
+    long Dense = 0)
 {
     /// <summary>Every parameter in the checkpoint (a tied lm_head is not counted twice).</summary>
-    public long Total => Embedding + LmHead + Attention + Norms + Router + Experts;
+    public long Total => Embedding + LmHead + Attention + Norms + Router + Experts + Dense;
 
     /// <summary>Parameters one token's forward pass touches, embedding table and lm_head included (Mixtral's convention).</summary>
-    public long ActiveWithEmbeddings => Embedding + LmHead + Attention + Norms + Router + ActiveExperts;
+    public long ActiveWithEmbeddings => Embedding + LmHead + ActiveWithoutEmbeddings;
 
     /// <summary>Same as <see cref="ActiveWithEmbeddings"/> without embed_tokens and lm_head.</summary>
-    public long ActiveWithoutEmbeddings => Attention + Norms + Router + ActiveExperts;
+    public long ActiveWithoutEmbeddings => Attention + Norms + Router + ActiveExperts + Dense;
 
     /// <summary>Total without embed_tokens and lm_head.</summary>
-    public long TotalWithoutEmbeddings => Attention + Norms + Router + Experts;
+    public long TotalWithoutEmbeddings => Attention + Norms + Router + Experts + Dense;
 
+    /// <summary>Sums the tensors the config implies by role (ModelTensors.Expected): attention counts its biases, the
+    /// router Qwen2-MoE's shared_expert_gate, Dense the shared experts and dense layers' MLPs (every token reads them),
+    /// ActiveExperts K of the E routed experts per MoE layer.</summary>
     public static ParameterCounts Of(ModelConfig c)
     {
-        long v = c.VocabSize, d = c.HiddenSize, f = c.IntermediateSize, q = c.QueryDim, kv = c.KvDim, layers = c.Layers;
-        var perExpert = 3 * d * f;                           // w1 [F, D] + w3 [F, D] + w2 [D, F]
-        return new ParameterCounts(
-            Embedding: v * d,
-            LmHead: c.TieWordEmbeddings ? 0 : v * d,
-            Attention: layers * (q * d + 2 * kv * d + d * q), // q, k, v, o
-            Norms: layers * 2 * d + d,                        // input + post-attention per layer, final norm
-            Router: layers * c.Experts * d,
-            Experts: layers * c.Experts * perExpert,
-            PerExpert: perExpert,
-            ActiveExperts: layers * c.TopK * perExpert);
+        long embedding = 0, lmHead = 0, attention = 0, norms = 0, router = 0, experts = 0, dense = 0;
+        foreach (var t in ModelTensors.Expected(c))
+        {
+            long n = t.ElementCount;
+            switch (t.Role)
+            {
+                case TensorRole.Embedding: embedding += n; break;
+                case TensorRole.LmHead: lmHead += n; break;
+                case TensorRole.Attention or TensorRole.AttentionBias: attention += n; break;
+                case TensorRole.Norm: norms += n; break;
+                case TensorRole.Router: router += n; break;
+                case TensorRole.Expert: experts += n; break;
+                case TensorRole.SharedExpert or TensorRole.DenseMlp: dense += n; break;
+                default: throw new InvalidOperationException($"ParameterCounts: no bucket for tensor role {t.Role}");
+            }
+        }
+
+        long perExpert = 3L * c.HiddenSize * c.IntermediateSize;          // gate [F, D] + up [F, D] + down [D, F]
+        int moeLayers = Enumerable.Range(0, c.Layers).Count(c.IsMoeLayer);
+        return new ParameterCounts(embedding, lmHead, attention, norms, router, experts, perExpert, (long)moeLayers * c.TopK * perExpert, dense);
     }
 }

@@ -14,7 +14,7 @@
 //                       them the same one, since both are quantized on the same inputs (same Hessian, same order).
 //   experts w2          x is h = silu(w1 x) * (w3 x) of the same expert: no gather at all. Reordering the rows of
 //                       w1 and w3 by w2's permutation makes h come out already in w2's packed column order, an exact
-//                       move of rows with their scales and zero points (QuantizedMatrix.PermuteRows; MixtralModel reads w2 first).
+//                       move of rows with their scales and zero points (QuantizedMatrix.PermuteRows; MoeModel reads w2 first).
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 
@@ -43,7 +43,7 @@ public sealed record ActOrderLayout(int AttentionMatrices, long AttentionPermuta
         long bytes = 0;
         int maxCols = 0, matrices = 0;
         var expertLayers = new HashSet<int>();
-        foreach (var e in MixtralTensors.Expected(c).Where(QuantSource.IsLinear))
+        foreach (var e in ModelTensors.Expected(c).Where(QuantSource.IsLinear))
         {
             if (!source.IsActOrder(checkpoint, e.Name, e.Shape[1]))
                 continue;

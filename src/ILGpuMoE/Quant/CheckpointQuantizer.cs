@@ -26,7 +26,7 @@ public static class CheckpointQuantizer
             throw new ArgumentException("--out must differ from --model");
         using var checkpoint = Checkpoint.Open(inDir);
         QuantSource.Validate(config, checkpoint, null);
-        var expected = MixtralTensors.Expected(config).ToList();
+        var expected = ModelTensors.Expected(config).ToList();
         spec.CheckLinearWeights(config);
 
         var groups = new List<StreamingSafeTensorsWriter.Group>();
@@ -67,7 +67,7 @@ public static class CheckpointQuantizer
         QuantSource.Validate(config, checkpoint, source);
 
         var groups = new List<StreamingSafeTensorsWriter.Group>();
-        foreach (var e in MixtralTensors.Expected(config))
+        foreach (var e in ModelTensors.Expected(config))
         {
             string name = e.Name;
             if (QuantSource.IsLinear(e) && !QuantSource.IsFloat(checkpoint, name))

@@ -56,7 +56,7 @@ public abstract class QuantSource
     public QuantSpec PlanSpec { get; }
 
     /// <summary>True for the tensors the quantizers pack: attention q/k/v/o and experts w1/w2/w3.</summary>
-    public static bool IsLinear(ExpectedTensor t) => t.Role is TensorRole.Attention or TensorRole.Expert;
+    public static bool IsLinear(ExpectedTensor t) => t.IsLinear;
 
     /// <summary>True when the checkpoint holds <paramref name="name"/> in F32, F16 or BF16 (a linear weight left unquantized).</summary>
     public static bool IsFloat(Checkpoint checkpoint, string name) =>
@@ -119,7 +119,7 @@ public abstract class QuantSource
         }
 
         // Stand-ins first: the validator keeps the first tensor of a name, and FP8 keeps E4M3 BASE.weight.
-        ModelValidator.Validate(config, MixtralTensors.Expected(config).Where(IsLinear)
+        ModelValidator.Validate(config, ModelTensors.Expected(config).Where(IsLinear)
             .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
     }
 

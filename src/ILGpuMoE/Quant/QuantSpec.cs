@@ -45,7 +45,7 @@ public abstract record QuantSpec(string Name)
     /// <summary><see cref="Check"/> over every linear weight of a model (attention q/k/v/o, experts w1/w2/w3).</summary>
     public void CheckLinearWeights(ModelConfig config)
     {
-        foreach (var e in MixtralTensors.Expected(config).Where(QuantSource.IsLinear))
+        foreach (var e in ModelTensors.Expected(config).Where(QuantSource.IsLinear))
             Check(e.Name, e.Shape[0], e.Shape[1]);
     }
 

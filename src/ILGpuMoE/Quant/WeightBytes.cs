@@ -26,7 +26,7 @@ public readonly record struct WeightBytes(long Total, long PerToken)
         }
 
         long total = 0, perToken = 0;
-        foreach (var e in MixtralTensors.Expected(c))
+        foreach (var e in ModelTensors.Expected(c))
         {
             long b = Bytes(e);
             total += b;

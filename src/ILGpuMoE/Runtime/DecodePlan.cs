@@ -28,7 +28,7 @@ namespace ILGpuMoE.Runtime;
 
 /// <summary>The session's buffers a decode plan launches on (views of the first row of each).</summary>
 internal sealed record DecodeBuffers(ArrayView<int> Token, ArrayView<int> Position, ArrayView<float> X, ArrayView<float> Q, ArrayView<float> K,
-    ArrayView<float> V, ArrayView<float> Attention, ArrayView<float> RouterLogits, ArrayView<float> Weights, ArrayView<float> H,
+    ArrayView<float> V, ArrayView<float> Attention, Func<int, ArrayView<float>> RouterLogits, ArrayView<float> Weights, ArrayView<float> H,
     ArrayView<float> Logits, IReadOnlyList<ArrayView<float>> KCache, IReadOnlyList<ArrayView<float>> VCache, Func<int, ArrayView<int>> Ids);
 
 internal sealed class DecodePlan
@@ -51,10 +51,15 @@ internal sealed class DecodePlan
     }
 
     /// <summary>Why <paramref name="model"/> has no decode plan, or null when it can have one.</summary>
-    public static string? Fallback(MixtralModel model)
+    public static string? Fallback(MoeModel model)
     {
         if (!model.Ops.FusedDecode)
             return "the simple (V1) kernels are in use (the CPU accelerator's default, KernelPolicy.Simple)";
+        if (model.Config.Router.Kind is not (RouterKind.Mixtral or RouterKind.SoftmaxTopK))
+            return $"--router {model.Config.Router} runs the plain step";
+        var b = model.Config.Block;
+        if (b.QkvBias || b.OutputBias || b.ClipQkv is not null || b.QkNorm != ILGpuMoE.Model.QkNormKind.None || b.SharedExpertSize > 0 || model.Layers.Any(l => l.Dense))
+            return $"{model.Config.ModelType}'s layer (biases, clip_qkv, q/k norm, shared expert or dense layers) has no fused decode step yet";
         foreach (var l in model.Layers)
         {
             foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })
@@ -68,12 +73,12 @@ internal sealed class DecodePlan
     }
 
     /// <summary>The plan for one session's buffers on <paramref name="s"/>; call only when <see cref="Fallback"/> is null.</summary>
-    public static DecodePlan Build(MixtralModel model, AcceleratorStream s, RouterSpec spec, DecodeBuffers b)
+    public static DecodePlan Build(MoeModel model, AcceleratorStream s, RouterSpec spec, DecodeBuffers b)
     {
         var c = model.Config;
         var ops = model.Ops;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, e = c.Experts, k = c.TopK, f = c.IntermediateSize, v = c.VocabSize;
-        int hd = c.HeadDim, seq = model.MaxSeq, window = c.SlidingWindow ?? 0;
+        int hd = c.HeadDim, seq = model.MaxSeq;
         float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
         var p = new DecodePlan();
         var x = b.X.SubView(0, d);
@@ -81,7 +86,6 @@ internal sealed class DecodePlan
         var kk = b.K.SubView(0, kvd);
         var vv = b.V.SubView(0, kvd);
         var a = b.Attention.SubView(0, qd);
-        var rl = b.RouterLogits.SubView(0, e);
         var w = b.Weights.SubView(0, k);
         var h = b.H.SubView(0, (long)k * f);
         var pos = b.Position.SubView(0, 1);
@@ -97,12 +101,14 @@ internal sealed class DecodePlan
             var kc = b.KCache[l];
             var vc = b.VCache[l];
             var ids = b.Ids(l).SubView(0, k);
+            var rl = b.RouterLogits(l).SubView(0, e);
             p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.InputNorm), eps, accumulate: false,
                 (Units(lw.Wq, qd, d), q), (Units(lw.Wk, kvd, d), kk), (Units(lw.Wv, kvd, d), vv)));
             p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, theta));
+            int window = c.WindowOf(l);
             p.launches.Add(() => ops.Attention.LaunchDecode(s, q, kc, vc, a, pos, c.Heads, c.KvHeads, hd, seq, window));
             p.launches.AddRange(DecodeLaunches.Linear(ops, s, a, NormWeights.None, eps, accumulate: true, (Units(lw.Wo, d, qd), x)));
-            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, (Units(lw.Gate, e, d), rl)));
+            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, (Units(lw.Gate!, e, d), rl)));
             p.launches.Add(() => ops.Gating.Launch(s, spec, rl, ids, w, 1));
             p.launches.AddRange(DecodeLaunches.Experts(ops, s, x, Norm(lw.PostNorm), eps, Units(lw.W1, e * f, d), Units(lw.W3, e * f, d),
                 Units(lw.W2, e * d, f), ids, w, k, d, f, h));

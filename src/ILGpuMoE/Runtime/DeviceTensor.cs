@@ -64,19 +64,45 @@ public sealed class DeviceTensor : IDisposable
         return t;
     }
 
-    /// <summary>Uploads several same-shaped checkpoint tensors stacked along a new leading axis (experts: [E, out, in]).</summary>
-    public static DeviceTensor UploadStacked(Accelerator accelerator, Checkpoint checkpoint, IReadOnlyList<string> names)
+    /// <summary>Uploads expert slots of one dtype and shape stacked along a new leading axis (experts: [E', out, in]).</summary>
+    internal static DeviceTensor UploadStacked(Accelerator accelerator, Checkpoint checkpoint, IReadOnlyList<ExpertSlice> parts)
+    {
+        var firstInfo = checkpoint.Get(parts[0].Name);
+        var firstShape = parts[0].Shape(checkpoint);
+        var type = FromDType(firstInfo.DType, parts[0].Name);
+        var t = Allocate(accelerator, type, [parts.Count, .. firstShape]);
+        long each = firstShape.Aggregate(1L, (a, b) => a * b);
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var info = checkpoint.Get(parts[i].Name);
+            var shape = parts[i].Shape(checkpoint);
+            if (info.DType != firstInfo.DType || !shape.SequenceEqual(firstShape))
+                throw new InvalidDataException($"tensor {parts[i].Name}: {DTypes.ToName(info.DType)} [{string.Join(", ", shape)}] differs from {parts[0].Name}'s {DTypes.ToName(firstInfo.DType)} [{string.Join(", ", firstShape)}]; the experts of a layer are stacked in one dtype");
+            t.CopyFrom(parts[i].Bytes(checkpoint), i * each);
+        }
+
+        return t;
+    }
+
+    /// <summary>Uploads checkpoint matrices of one dtype and column count one after another as the rows of one [sum rows, cols] tensor.</summary>
+    public static DeviceTensor UploadRows(Accelerator accelerator, Checkpoint checkpoint, IReadOnlyList<string> names)
     {
         var first = checkpoint.Get(names[0]);
-        var type = FromDType(first.DType, names[0]);
-        var t = Allocate(accelerator, type, [names.Count, .. first.Shape]);
-        long each = first.ElementCount;
-        for (int i = 0; i < names.Count; i++)
+        long cols = first.Shape[^1], rows = 0;
+        foreach (var name in names)
         {
-            var info = checkpoint.Get(names[i]);
-            if (info.DType != first.DType || !info.Shape.SequenceEqual(first.Shape))
-                throw new InvalidDataException($"tensor {names[i]}: {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}] differs from {names[0]}'s {DTypes.ToName(first.DType)} [{string.Join(", ", first.Shape)}]");
-            t.CopyFrom(checkpoint.GetBytes(names[i]), i * each);
+            var info = checkpoint.Get(name);
+            if (info.DType != first.DType || info.Shape.Length != 2 || info.Shape[1] != cols)
+                throw new InvalidDataException($"tensor {name}: {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}] cannot be joined row-wise to {names[0]}'s {DTypes.ToName(first.DType)} [{string.Join(", ", first.Shape)}]");
+            rows += info.Shape[0];
+        }
+
+        var t = Allocate(accelerator, FromDType(first.DType, names[0]), rows, cols);
+        long at = 0;
+        foreach (var name in names)
+        {
+            t.CopyFrom(checkpoint.GetBytes(name), at);
+            at += checkpoint.Get(name).ElementCount;
         }
 
         return t;

@@ -4,13 +4,15 @@
 // Per layer, on one stream (glossary: T tokens, D model dim, H/Hkv heads, Dh head dim, E experts, K per token):
 //   h = rmsnorm(x)                                   [T, D]
 //   q, k, v = h Wq^T, h Wk^T, h Wv^T                 [T, H*Dh], [T, Hkv*Dh] x2
+//     (+ bias, q/k rmsnorm per head or over the whole projection, clamp to [-clip, clip]: the family's choices)
 //   rope(q, k) at positions pos0..pos0+T-1           (rotate-half, as Hugging Face)
 //   append k, v to the cache rows pos0..             cache [Hkv, S, Dh] per layer
-//   a = attention(q, cache)                          [T, H*Dh], causal (+ sliding window)
-//   x += a Wo^T                                      (the matmul accumulates into x: no separate add)
-//   h = rmsnorm(x); logits_r = h Wg^T                [T, E]
-//   ids, weights = gate(logits_r)                    [T, K] each (Mixtral: softmax, top-k, renormalise)
+//   a = attention(q, cache)                          [T, H*Dh], causal (+ the layer's sliding window)
+//   x += a Wo^T (+ bias)                             (the matmul accumulates into x: no separate add)
+//   h = rmsnorm(x); logits_r = h Wg^T                [T, E] (+ the shared expert's gate logit: [T, E+1])
+//   ids, weights = gate(logits_r)                    [T, K'] each (softmax, top-k, renormalise or not; shared slots)
 //   x = x + sum_k weights * expert_k(h)              (permute, grouped GEMMs, combine with the residual)
+// A dense layer skips the router: its MLP is stacked as experts every token visits at weight 1 (MoeModel.cs).
 // then logits = rmsnorm(x) Wlm^T for every row (prefill with all logits) or only the last row (generation).
 //
 // Host syncs: none inside a step; the step ends by reading the logits back (and the routing ids when stats are on).
@@ -41,16 +43,21 @@ public sealed record SessionOptions
 
 public sealed class InferenceSession : IDisposable
 {
-    private readonly MixtralModel _model;
+    private readonly MoeModel _model;
     private readonly AcceleratorStream _stream;
     private readonly RouterSpec _spec;
     private readonly int _b, _d, _qd, _kvd, _e, _k, _v;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _tokens, _positions, _ids;
+    private readonly int _slots; // K': the most experts a token visits in any layer (routed + shared chunks, or dense chunks)
+    private readonly MemoryBuffer1D<int, Stride1D.Dense>? _denseIds;       // [B, m] 0..m-1 per token (dense layers)
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _denseWeights; // [B, m] ones
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _h, _q, _kk, _vv, _attn, _routerLogits, _weights, _logits;
     private readonly MemoryBuffer1D<float, Stride1D.Dense>[] _kCache, _vCache;
-    private readonly MoeWorkspace _moe;
+    private readonly Dictionary<(int Slots, int Experts), MoeWorkspace> _moe = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense>? _gather; // act-order attention inputs [T, In]
-    private readonly long[][] _expertCounts;
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _noise;  // NoisyTopK's noise logits [T, E] (zero)
+    private readonly LayerRoutingStats[] _routing;
+    private float[] _lastLogits = [];
     private int[] _lastIds = [];
     private int _lastT;
     private readonly bool _ownStream, _graphWanted;
@@ -60,7 +67,7 @@ public sealed class InferenceSession : IDisposable
     private bool _graphTried;
     private int _decodeSteps;
 
-    internal InferenceSession(MixtralModel model, SessionOptions? options = null)
+    internal InferenceSession(MoeModel model, SessionOptions? options = null)
     {
         _model = model;
         var c = model.Config;
@@ -76,6 +83,8 @@ public sealed class InferenceSession : IDisposable
         {
             RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),
             RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(c.Experts, c.TopK),
+            RouterKind.Switch => RouterSpec.Switch(c.Experts, c.Router.CapacityFactor),
+            RouterKind.NoisyTopK => RouterSpec.NoisyTopK(c.Experts, c.TopK, c.Router.NoiseSeed),
             _ => throw new NotSupportedException($"router {c.Router.Kind} is not wired into the runtime yet"),
         };
         _b = model.MaxBatch;
@@ -87,15 +96,24 @@ public sealed class InferenceSession : IDisposable
         _v = c.VocabSize;
         _tokens = a.Allocate1D<int>(_b);
         _positions = a.Allocate1D<int>(_b);
-        _ids = a.Allocate1D<int>((long)c.Layers * _b * _k);
+        _slots = model.Layers.Count > 0 ? model.Layers.Max(l => l.Slots) : _k;
+        _ids = a.Allocate1D<int>((long)c.Layers * _b * _slots);
         _x = a.Allocate1D<float>((long)_b * _d);
         _h = a.Allocate1D<float>((long)_b * _d);
         _q = a.Allocate1D<float>((long)_b * _qd);
         _kk = a.Allocate1D<float>((long)_b * _kvd);
         _vv = a.Allocate1D<float>((long)_b * _kvd);
         _attn = a.Allocate1D<float>((long)_b * _qd);
-        _routerLogits = a.Allocate1D<float>((long)_b * _e);
-        _weights = a.Allocate1D<float>((long)_b * _k);
+        // Per layer, so that routing statistics can read every layer's logits after the step.
+        _routerLogits = a.Allocate1D<float>((long)c.Layers * _b * (_e + 1));
+        if (c.Router.Kind == RouterKind.NoisyTopK)
+        {
+            // The checkpoints have no W_noise: zero noise logits, noise std softplus(0) = ln 2 (RouterChoice.Apply).
+            _noise = a.Allocate1D<float>((long)_b * _e);
+            _noise.MemSetToZero();
+        }
+
+        _weights = a.Allocate1D<float>((long)_b * _slots);
         _logits = a.Allocate1D<float>((long)_b * _v);
         long cache = KvCacheLayout.Elements(c.KvHeads, model.MaxSeq, c.HeadDim);
         _kCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
@@ -106,15 +124,28 @@ public sealed class InferenceSession : IDisposable
             _vCache[l] = a.Allocate1D<float>(cache);
         }
 
-        _moe = new MoeWorkspace(a, _b, _k, _e, _d, c.IntermediateSize, permutedInput: model.PermutedExperts);
+        foreach (var l in model.Layers)
+        {
+            if (!_moe.ContainsKey((l.Slots, l.Experts)))
+                _moe[(l.Slots, l.Experts)] = new MoeWorkspace(a, _b, l.Slots, l.Experts, _d, c.IntermediateSize, permutedInput: model.PermutedExperts);
+        }
+
+        if (model.Layers.FirstOrDefault(l => l.Dense) is { } dense)
+        {
+            // Every token visits every chunk of a dense layer's MLP at weight 1: fixed for the session's life.
+            int m = dense.Slots;
+            _denseIds = a.Allocate1D(Enumerable.Range(0, _b * m).Select(i => i % m).ToArray());
+            _denseWeights = a.Allocate1D(Enumerable.Repeat(1f, _b * m).ToArray());
+        }
+
         if (model.GatherColumns > 0)
             _gather = a.Allocate1D<float>((long)_b * model.GatherColumns);
-        _expertCounts = Enumerable.Range(0, c.Layers).Select(_ => new long[_e]).ToArray();
+        _routing = Enumerable.Range(0, c.Layers).Select(_ => new LayerRoutingStats(_e)).ToArray();
         if (_ownStream)
             a.Synchronize(); // the session's own stream does not wait for work queued on the default one
     }
 
-    public MixtralModel Model => _model;
+    public MoeModel Model => _model;
 
     /// <summary>Kernels launched by the last forward step (host-counted, KernelLaunches); for a step replayed from a CUDA
     /// graph, the graph's node count.</summary>
@@ -139,20 +170,25 @@ public sealed class InferenceSession : IDisposable
     public bool CollectRoutingStats { get; set; }
 
     /// <summary>[layer][expert]: tokens routed to each expert since the session began (or <see cref="ResetRoutingStats"/>).</summary>
-    public IReadOnlyList<IReadOnlyList<long>> ExpertCounts => _expertCounts;
+    public IReadOnlyList<IReadOnlyList<long>> ExpertCounts => _routing.Select(r => r.TokensPerExpert).ToArray();
 
-    /// <summary>Expert ids [T, K] of <paramref name="layer"/> in the last step (needs <see cref="CollectRoutingStats"/>).</summary>
+    /// <summary>Per layer: tokens per expert, dropped tokens, load balance and the Switch auxiliary loss (RoutingStats.cs);
+    /// a dense layer's stay empty.</summary>
+    public IReadOnlyList<LayerRoutingStats> Routing => _routing;
+
+    /// <summary>Expert ids [T, K'] of <paramref name="layer"/> in the last step (needs <see cref="CollectRoutingStats"/>): K' = K routed
+    /// ids, then the shared expert's chunks (ids E and up) in a Qwen2-MoE layer; empty for a dense layer.</summary>
     public ReadOnlySpan<int> LastRoutingIds(int layer)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(layer);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(layer, _model.Config.Layers);
-        return _lastT == 0 ? [] : _lastIds.AsSpan(layer * _b * _k, _lastT * _k);
+        return _lastT == 0 || _model.Layers[layer].Dense ? [] : _lastIds.AsSpan(layer * _b * _slots, _lastT * _model.Layers[layer].Slots);
     }
 
     public void ResetRoutingStats()
     {
-        foreach (var row in _expertCounts)
-            Array.Clear(row);
+        foreach (var r in _routing)
+            r.Reset();
     }
 
     /// <summary>Forgets the sequence (the cache rows are overwritten by the next prefill).</summary>
@@ -254,9 +290,10 @@ public sealed class InferenceSession : IDisposable
             var why = DecodePlan.Fallback(_model);
             if (why is null)
             {
-                var b = new DecodeBuffers(_tokens.View, _positions.View, _x.View, _q.View, _kk.View, _vv.View, _attn.View, _routerLogits.View,
-                    _weights.View, _moe.H.View, _logits.View, _kCache.Select(k => (ArrayView<float>)k.View).ToArray(), _vCache.Select(v => (ArrayView<float>)v.View).ToArray(),
-                    l => _ids.View.SubView((long)l * _b * _k, _k));
+                var b = new DecodeBuffers(_tokens.View, _positions.View, _x.View, _q.View, _kk.View, _vv.View, _attn.View,
+                    l => _routerLogits.View.SubView((long)l * _b * (_e + 1), _e + 1),
+                    _weights.View, _moe.Values.First().H.View, _logits.View, _kCache.Select(k => (ArrayView<float>)k.View).ToArray(), _vCache.Select(v => (ArrayView<float>)v.View).ToArray(),
+                    l => _ids.View.SubView((long)l * _b * _slots, _k));
                 _plan = DecodePlan.Build(_model, _stream, _spec, b);
                 DecodePath = $"fused ({_plan.LaunchesPerLayer:F0} launches per layer)";
             }
@@ -293,7 +330,7 @@ public sealed class InferenceSession : IDisposable
         var s = _stream;
         int pos0 = Position, hd = c.HeadDim, seq = m.MaxSeq;
         float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
-        int window = c.SlidingWindow ?? 0;
+        float clip = c.Block.ClipQkv is { } cq ? (float)cq : float.PositiveInfinity;
 
         var tok = _tokens.View.SubView(0, t);
         var pos = _positions.View.SubView(0, t);
@@ -303,8 +340,6 @@ public sealed class InferenceSession : IDisposable
         var k = _kk.View.SubView(0, (long)t * _kvd);
         var v = _vv.View.SubView(0, (long)t * _kvd);
         var a = _attn.View.SubView(0, (long)t * _qd);
-        var rl = _routerLogits.View.SubView(0, (long)t * _e);
-        var w = _weights.View.SubView(0, (long)t * _k);
         var g = _gather is null ? default : _gather.View;
 
         ops.Embedding(s, tok, m.Embedding, x, t, _v, _d);
@@ -312,6 +347,7 @@ public sealed class InferenceSession : IDisposable
         for (int l = 0; l < c.Layers; l++)
         {
             var lw = m.Layers[l];
+            var ex = lw.Extras;
             ops.RmsNorm(s, x, lw.InputNorm, h, t, _d, eps);
             // Act-order q/k/v of one input order: gather the normed rows once for all three.
             bool shared = lw.QkvShareInputOrder;
@@ -319,16 +355,53 @@ public sealed class InferenceSession : IDisposable
             ops.MatMul(s, hq, lw.Wq, q, t, _qd, _d, gather: g, inputGathered: shared);
             ops.MatMul(s, hq, lw.Wk, k, t, _kvd, _d, gather: g, inputGathered: shared);
             ops.MatMul(s, hq, lw.Wv, v, t, _kvd, _d, gather: g, inputGathered: shared);
+            // Hugging Face's order: bias (in the projection), then the q/k norm, then clip_qkv, then RoPE.
+            if (ex.BiasQ is not null)
+            {
+                ops.BiasClip(s, q, ex.BiasQ, t, _qd, float.PositiveInfinity);
+                ops.BiasClip(s, k, ex.BiasK, t, _kvd, float.PositiveInfinity);
+                ops.BiasClip(s, v, ex.BiasV, t, _kvd, float.PositiveInfinity);
+            }
+
+            // q/k norm in place: per head (rows of Dh) or over the whole projection (rows of H*Dh), before RoPE.
+            if (ex.QNorm is not null && ex.KNorm is not null)
+            {
+                bool perHead = c.Block.QkNorm == ILGpuMoE.Model.QkNormKind.PerHead;
+                ops.RmsNorm(s, q, ex.QNorm, q, perHead ? t * c.Heads : t, perHead ? hd : _qd, eps);
+                ops.RmsNorm(s, k, ex.KNorm, k, perHead ? t * c.KvHeads : t, perHead ? hd : _kvd, eps);
+            }
+
+            if (!float.IsPositiveInfinity(clip))
+            {
+                ops.BiasClip(s, q, null, t, _qd, clip);
+                ops.BiasClip(s, k, null, t, _kvd, clip);
+                ops.BiasClip(s, v, null, t, _kvd, clip);
+            }
+
             ops.Rope.Launch(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta);
             ops.Append.Launch(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
-            ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, window);
+            ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l));
             ops.MatMul(s, a, lw.Wo, x, t, _d, _qd, accumulate: true, gather: g);
+            if (ex.BiasO is not null)
+                ops.BiasClip(s, x, ex.BiasO, t, _d, float.PositiveInfinity);
 
             ops.RmsNorm(s, x, lw.PostNorm, h, t, _d, eps);
-            ops.MatMul(s, h, lw.Gate, rl, t, _e, _d);
-            var ids = _ids.View.SubView((long)l * _b * _k, (long)t * _k);
-            ops.Gating.Launch(s, _spec, rl, ids, w, t);
-            ops.Moe(s, _moe, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x);
+            var ws = _moe[(lw.Slots, lw.Experts)];
+            if (lw.Dense)
+            {
+                var ids = _denseIds!.View.SubView(0, (long)t * lw.Slots);
+                ops.Moe(s, ws, h, ids, _denseWeights!.View.SubView(0, (long)t * lw.Slots), t, lw.W1, lw.W3, lw.W2, x, x);
+            }
+            else
+            {
+                int logits = _e + (lw.SharedSlots > 0 ? 1 : 0);
+                var rl = _routerLogits.View.SubView((long)l * _b * (_e + 1), (long)t * logits);
+                ops.MatMul(s, h, lw.Gate!, rl, t, logits, _d);
+                var ids = _ids.View.SubView((long)l * _b * _slots, (long)t * lw.Slots);
+                var w = _weights.View.SubView(0, (long)t * lw.Slots);
+                ops.Gating.Launch(s, Spec(lw, pos0), rl, ids, w, t, noiseLogits: _noise is null ? default : _noise.View.SubView(0, (long)t * _e));
+                ops.Moe(s, ws, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x);
+            }
         }
 
         LastStepLaunchesPerLayer = c.Layers > 0 ? (KernelLaunches.Count - layersStart) / (double)c.Layers : 0;
@@ -342,22 +415,37 @@ public sealed class InferenceSession : IDisposable
         }
     }
 
+    // The gating of a MoE layer: the model's router, with the shared expert's slots when it has them. Noisy top-k draws
+    // its noise per (seed, token of the step, expert): the seed is mixed with the step's first position so that decode
+    // steps (one token each) do not all draw the same noise.
+    private RouterSpec Spec(LayerWeights lw, int pos0)
+    {
+        if (lw.SharedSlots != 0)
+            throw new NotSupportedException("shared experts: the gating's shared slots are not wired yet");
+        return _spec.Kind == RouterKind.NoisyTopK
+            ? RouterSpec.NoisyTopK(_spec.Experts, _spec.TopK, _spec.NoiseSeed ^ (0x9E3779B97F4A7C15UL * (ulong)(pos0 + 1)))
+            : _spec;
+    }
+
     private void ReadRouting(int t)
     {
-        int layers = _model.Config.Layers;
+        int layers = _model.Config.Layers, stride = _e + 1;
         if (_lastIds.Length != _ids.Length)
             _lastIds = new int[_ids.Length];
+        if (_lastLogits.Length != _routerLogits.Length)
+            _lastLogits = new float[_routerLogits.Length];
         _ids.View.CopyToCPU(_stream, _lastIds.AsSpan());
+        _routerLogits.View.CopyToCPU(_stream, _lastLogits.AsSpan());
         _stream.Synchronize();
         _lastT = t;
         for (int l = 0; l < layers; l++)
         {
-            var row = _expertCounts[l];
-            foreach (int id in _lastIds.AsSpan(l * _b * _k, t * _k))
-            {
-                if (id >= 0)
-                    row[id]++;
-            }
+            var lw = _model.Layers[l];
+            if (lw.Dense)
+                continue;
+            int logits = _e + (lw.SharedSlots > 0 ? 1 : 0);
+            _routing[l].Add(_lastIds.AsSpan(l * _b * _slots, t * lw.Slots), lw.Slots, _k,
+                _lastLogits.AsSpan(l * _b * stride, t * logits), logits, t);
         }
     }
 
@@ -371,7 +459,11 @@ public sealed class InferenceSession : IDisposable
             b.Dispose();
         foreach (var b in _kCache.Concat(_vCache))
             b.Dispose();
-        _moe.Dispose();
+        foreach (var ws in _moe.Values)
+            ws.Dispose();
+        _denseIds?.Dispose();
+        _denseWeights?.Dispose();
         _gather?.Dispose();
+        _noise?.Dispose();
     }
 }

@@ -34,7 +34,7 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
         actOrder ??= ActOrderLayout.None;
         var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         long weights = 0;
-        foreach (var e in MixtralTensors.Expected(c))
+        foreach (var e in ModelTensors.Expected(c))
         {
             bool storedFloat = keepFloatLinear && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
             if (quant is not null && !storedFloat && QuantSource.IsLinear(e))
@@ -52,18 +52,22 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
     /// <summary>Activations of one step of T = maxBatch tokens, the MoE scratch, logits and the attention decode partials.</summary>
     public static long Workspace(ModelConfig c, int maxSeq, int maxBatch)
     {
-        long t = maxBatch, d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts, k = c.TopK, f = c.IntermediateSize, v = c.VocabSize;
+        long t = maxBatch, d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts, f = c.IntermediateSize, v = c.VocabSize;
+        // One MoE workspace per distinct (slots K', stacked experts E') of the layers (ModelConfig.MoeShape).
+        var shapes = Enumerable.Range(0, c.Layers).Select(c.MoeShape).Distinct().ToList();
+        long k = shapes.Count > 0 ? shapes.Max(s => s.Slots) : c.TopK;
+        long moeFloats = shapes.Sum(s => 2 * t * s.Slots * f + t * s.Slots * d);   // H [T*K', F] and a spare, Y [T*K', D]
+        long moeInts = shapes.Sum(s => 2 * (4 * t * s.Slots + 8L * s.Experts + 64)); // two permutations each
         long floats = 2 * t * d           // x (residual stream), h (normed)
                       + 2 * t * q         // q, attention output
                       + 2 * t * kv        // k, v of this step
-                      + t * e             // router logits
+                      + c.Layers * t * (e + 1) // router logits per layer (+ a shared expert's gate)
                       + t * k             // routing weights
-                      + 2 * t * k * f     // MoE h rows... (H [T*K, F]) and one spare for the tiled path's padding
-                      + t * k * d         // MoE Y [T*K, D]
+                      + moeFloats
                       + t * v;            // logits
         long ints = 2 * t                 // tokens, positions
-                    + t * k               // expert ids
-                    + 2 * (4 * t * k + 8 * e + 64);  // two permutations (sorted pairs, positions, offsets, tiles, chunk bases)
+                    + c.Layers * t * k    // expert ids per layer
+                    + moeInts;
         // Split-K decode partials: at most ~1024 groups of Dh + 2 floats per (token, head) split; bounded generously.
         long partials = 2 * (1024L + (long)c.Heads * ((maxSeq + 31) / 32)) * (c.HeadDim + 2);
         return (floats + partials) * sizeof(float) + ints * sizeof(int);

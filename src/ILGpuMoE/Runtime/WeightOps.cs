@@ -166,6 +166,10 @@ internal sealed class WeightOps : IDisposable
         q1.LaunchMoe(_qmoe ??= new QuantMoeKernels(_accelerator), s, ws, x, ids, weights, t, q3, q2, output, residual);
     }
 
+    /// <summary>y [T, N] = clamp(y + bias, -clip, clip) in place; bias null for none, clip +inf for none.</summary>
+    public void BiasClip(AcceleratorStream s, ArrayView<float> y, DeviceTensor? bias, int t, int n, float clip) =>
+        throw new NotSupportedException("projection biases and clip_qkv are not wired yet");
+
     /// <summary>x [T, D] = table[tokens] (ids outside [0, V) give NaN rows: the caller checks ids first).</summary>
     public void Embedding(AcceleratorStream s, ArrayView<int> tokens, DeviceTensor table, ArrayView<float> x, int t, int v, int d)
     {

@@ -110,8 +110,8 @@ public class ModelConfigTests
         // Like Mistral-Nemo: H * Dh != D is legal when head_dim is written out; q_proj is then [H*Dh, D].
         var c = ParseEdited(c => c["head_dim"] = 32);
         Assert.That((c.HeadDim, c.QueryDim, c.KvDim), Is.EqualTo((32, 128, 64)));
-        Assert.That(MixtralTensors.Expected(c).Single(t => t.Name == MixtralTensors.QProj(0)).Shape, Is.EqualTo(new long[] { 128, 64 }));
-        Assert.That(MixtralTensors.Expected(c).Single(t => t.Name == MixtralTensors.OProj(1)).Shape, Is.EqualTo(new long[] { 64, 128 }));
+        Assert.That(ModelTensors.Expected(c).Single(t => t.Name == TensorNames.Llama.QProj(0)).Shape, Is.EqualTo(new long[] { 128, 64 }));
+        Assert.That(ModelTensors.Expected(c).Single(t => t.Name == TensorNames.Llama.OProj(1)).Shape, Is.EqualTo(new long[] { 64, 128 }));
     }
 
     [Test]
@@ -142,7 +142,7 @@ public class ModelConfigTests
         yield return Case("TopKZero", "num_experts_per_tok", c => c["num_experts_per_tok"] = 0);
         yield return Case("TopKAboveExperts", "num_experts_per_tok", c => c["num_experts_per_tok"] = 5);
         yield return Case("MissingExperts", "num_local_experts", c => c.Remove("num_local_experts"));
-        yield return Case("UnknownModelType", "model_type", c => c["model_type"] = "qwen2_moe");
+        yield return Case("UnknownModelType", "model_type", c => c["model_type"] = "dbrx");
         yield return Case("UnknownArchitecture", "architectures", c => c["architectures"] = new JsonArray("LlamaForCausalLM"));
         yield return Case("MissingRopeTheta", "rope_theta", c => c.Remove("rope_theta"));
         yield return Case("RopeScaling", "rope_scaling", c => c["rope_scaling"] = new JsonObject { ["factor"] = 2.0 });

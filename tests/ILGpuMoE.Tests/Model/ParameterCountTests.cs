@@ -55,7 +55,7 @@ public class ParameterCountTests
         var tied = ModelConfig.Parse(config.ToJsonString());
         var untied = ModelConfig.Load(TinyModelFiles.FixtureDir);
         Assert.That(ParameterCounts.Of(untied).Total - ParameterCounts.Of(tied).Total, Is.EqualTo(512L * 64));
-        Assert.That(MixtralTensors.Expected(tied).Any(t => t.Name == MixtralTensors.LmHead), Is.False);
-        Assert.That(ParameterCounts.Of(tied).Total, Is.EqualTo(MixtralTensors.Expected(tied).Sum(t => t.ElementCount)));
+        Assert.That(ModelTensors.Expected(tied).Any(t => t.Name == TensorNames.Llama.LmHead), Is.False);
+        Assert.That(ParameterCounts.Of(tied).Total, Is.EqualTo(ModelTensors.Expected(tied).Sum(t => t.ElementCount)));
     }
 }

@@ -20,7 +20,7 @@ public class RuntimeVsLlamaCppTests : PeerModels
     {
         var (model, tokens, peer) = RunPeer(o);
 
-        using var m = MixtralModel.Load(TestDevice.Accelerator, model, new ModelLoadOptions { MaxSeq = 32 });
+        using var m = MoeModel.Load(TestDevice.Accelerator, model, new ModelLoadOptions { MaxSeq = 32 });
         using var session = m.NewSession();
         float[] ours = session.Prefill(tokens, allLogits: true);
 

@@ -37,7 +37,7 @@ public class QuantCheckpointTests
 
     private static float[] RunModel(string dir, QuantSpec? quant, KernelPolicy policy = KernelPolicy.Auto)
     {
-        using var model = MixtralModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 16, Quant = quant, Kernels = policy });
+        using var model = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 16, Quant = quant, Kernels = policy });
         Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), "memory plan counts the packed bytes");
         using var session = model.NewSession();
         return [.. session.Prefill(Tokens.AsSpan(0, 11), allLogits: true), .. session.Decode(Tokens[11])];
@@ -100,7 +100,7 @@ public class QuantCheckpointTests
         var stored = WeightBytes.Of(config, ck.Tensors, null);
         Assert.That(stored, Is.EqualTo(new WeightBytes(646912, 256 + 512 + 98304 + 1024 + 196608 + 256 + 76800)));
         var int8 = WeightBytes.Of(config, ck.Tensors, QuantSpec.Parse("int8"));
-        Assert.That(int8.Total, Is.EqualTo(MixtralModel.PlanFor(Src, new ModelLoadOptions { MaxSeq = 16, Quant = QuantSpec.Parse("int8") }).WeightBytes),
+        Assert.That(int8.Total, Is.EqualTo(MoeModel.PlanFor(Src, new ModelLoadOptions { MaxSeq = 16, Quant = QuantSpec.Parse("int8") }).WeightBytes),
             "inspect and the memory plan agree");
         // int8 rows of 128 values: 128 bytes + a 4-byte scale per row, for attention (128 + 64 + 64 + 128 rows) and experts (4*3*128 rows).
         Assert.That(int8.Total, Is.EqualTo(646912 - 98304 - 393216 + (384 + 1536) * 132));
@@ -292,7 +292,7 @@ public class QuantCheckpointTests
         var config = ModelConfig.Load(dir);
         var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
         {
-            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            var e = ModelTensors.Expected(config).First(t => t.Name == name);
             return Dequant(method, ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
         });
         var session = oracle.NewSession();
@@ -315,7 +315,7 @@ public class QuantCheckpointTests
         var config = ModelConfig.Load(dir);
         var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
         {
-            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            var e = ModelTensors.Expected(config).First(t => t.Name == name);
             return Dequant("gptq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1], gptqGroup: (int)e.Shape[1]);
         });
         var session = oracle.NewSession();
@@ -336,7 +336,7 @@ public class QuantCheckpointTests
         {
             if (name.Contains(".o_proj.", StringComparison.Ordinal))
                 return ck.ReadFloat32(name);
-            var e = MixtralTensors.Expected(config).First(t => t.Name == name);
+            var e = ModelTensors.Expected(config).First(t => t.Name == name);
             return Dequant("awq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
         });
         var session = oracle.NewSession();
@@ -363,7 +363,7 @@ public class QuantCheckpointTests
         var modelConfig = ModelConfig.Load(dir);
         var oracle = QuantRuntimeTests.Oracle(dir, (name, ck) =>
         {
-            var e = MixtralTensors.Expected(modelConfig).First(t => t.Name == name);
+            var e = ModelTensors.Expected(modelConfig).First(t => t.Name == name);
             return Dequant("gptq", ck, QuantSource.BaseOf(name), (int)e.Shape[0], (int)e.Shape[1]);
         });
         var session = oracle.NewSession();
@@ -373,8 +373,8 @@ public class QuantCheckpointTests
         RuntimeTests.CloseLogged(want, got, rtol: 1e-4, atol: 1e-4, what: $"{policy}: GPTQ act-order checkpoint vs RefMixtral on its dequantized weights");
         RuntimeTests.AssertArgmaxEqual(want, got, QuantRuntimeTests.Tiny.Vocab, "gptq act-order");
 
-        var plan = MixtralModel.PlanFor(dir, new ModelLoadOptions { MaxSeq = 16 });
-        var inOrder = MixtralModel.PlanFor(Build("gptq-inorder", config, Gptq), new ModelLoadOptions { MaxSeq = 16 });
+        var plan = MoeModel.PlanFor(dir, new ModelLoadOptions { MaxSeq = 16 });
+        var inOrder = MoeModel.PlanFor(Build("gptq-inorder", config, Gptq), new ModelLoadOptions { MaxSeq = 16 });
         // Permutations: q, (k,) v, o (128 columns each; k_proj is in order unless shared) and one [E, D] per layer for
         // w1/w3 (w2's fold away).
         int attention = shareQkv ? 4 : 3;
@@ -526,7 +526,7 @@ public class QuantCheckpointTests
         var entries = new List<SafeTensorsWriter.Entry>();
         using (var ck = Checkpoint.Open(src))
         {
-            foreach (var e in MixtralTensors.Expected(config))
+            foreach (var e in ModelTensors.Expected(config))
             {
                 if (QuantSource.IsLinear(e))
                     entries.AddRange(pack(QuantSource.BaseOf(e.Name), ck.ReadFloat32(e.Name), (int)e.Shape[0], (int)e.Shape[1]));

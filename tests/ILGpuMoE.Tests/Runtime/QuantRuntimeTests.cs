@@ -81,7 +81,7 @@ public class QuantRuntimeTests
         var session0 = oracle.NewSession();
         float[] want = [.. session0.Step(tokens.AsSpan(0, 11)), .. session0.Step(tokens.AsSpan(11, 1))];
 
-        using var model = MixtralModel.Load(TestDevice.Accelerator, ModelDir, new ModelLoadOptions { MaxSeq = 16, Quant = spec, Kernels = policy });
+        using var model = MoeModel.Load(TestDevice.Accelerator, ModelDir, new ModelLoadOptions { MaxSeq = 16, Quant = spec, Kernels = policy });
         Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), "memory plan counts the packed bytes");
         using (var ck = Checkpoint.Open(ModelDir))
             Assert.That(model.DeviceWeightBytes, Is.LessThan(ck.Tensors.Sum(t => t.ByteLength)), "packed weights are smaller than BF16");

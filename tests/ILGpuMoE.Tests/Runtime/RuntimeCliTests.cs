@@ -67,6 +67,9 @@ public class RuntimeCliTests
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<missing>/x.safetensors" }, "does not exist").SetName("Logits_MissingOutFolder");
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2" }, "--out").SetName("Logits_NoOut");
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<out>", "--cuda-graph" }, "--decode-steps").SetName("Logits_GraphWithoutDecodeSteps");
+        yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<out>", "--router", "expert-choice" }, "--router 'expert-choice'").SetName("Logits_UnknownRouter");
+        yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--router", "switch", "--capacity-factor", "-1" }, "--capacity-factor").SetName("Generate_NegativeCapacityFactor");
+        yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--noise-seed", "3" }, "--noise-seed").SetName("Generate_NoiseSeedWithoutRouter");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<missing>", "--prompt", "hi" }, "no such model folder").SetName("Generate_MissingModel");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--temperature", "-1" }, "--temperature").SetName("Generate_NegativeTemperature");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--top-p", "0" }, "--top-p").SetName("Generate_TopPZero");
@@ -92,18 +95,18 @@ public class RuntimeCliTests
     [Test]
     public void MemoryPlanRefusesAModelThatDoesNotFit()
     {
-        var plan = MixtralModel.PlanFor(RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 64 });
+        var plan = MoeModel.PlanFor(RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 64 });
         Assert.That(plan.WeightBytes, Is.EqualTo(new FileInfo(Path.Combine(RuntimeTests.FixtureDir, "model.safetensors")).Length).Within(64 * 1024),
             "weights are the checkpoint's tensor bytes");
         Assert.That(plan.KvCacheBytes, Is.EqualTo(2L * 2 * 2 * 64 * 16 * 4), "K and V, L=2, Hkv=2, S=64, Dh=16, f32");
         Assert.That(plan.WorkspaceBytes, Is.GreaterThan(0));
 
         var e = Assert.Throws<InsufficientDeviceMemoryException>(() =>
-            MixtralModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 64, AvailableBytes = plan.TotalBytes - 1 }))!;
+            MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 64, AvailableBytes = plan.TotalBytes - 1 }))!;
         Assert.That(e.Message, Does.Match(@"^model needs [0-9.]+ GiB \(weights [0-9.]+, KV cache [0-9.]+ for --max-seq 64, workspace [0-9.]+\) but the device \(.+\) has [0-9.]+ GiB"));
         Assert.That(e.Message, Does.Not.Contain("\n"));
 
-        using var fits = MixtralModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 64, AvailableBytes = plan.TotalBytes });
+        using var fits = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 64, AvailableBytes = plan.TotalBytes });
         Assert.That(fits.MaxSeq, Is.EqualTo(64));
     }
 
@@ -111,7 +114,7 @@ public class RuntimeCliTests
     public void LoadReportsProgressUpToTheWeightBytes()
     {
         var reports = new List<LoadProgress>();
-        using var model = MixtralModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir,
+        using var model = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir,
             new ModelLoadOptions { MaxSeq = 16, Progress = new Collect(reports) });
         Assert.That(reports, Is.Not.Empty);
         Assert.That(reports.Select(r => r.BytesDone), Is.Ordered);
@@ -130,7 +133,7 @@ public class RuntimeCliTests
         const string prompt = "the cat sat";
         const int n = 4;
         using var tokenizer = TextTokenizer.Load(DemoDir);
-        using var model = MixtralModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
+        using var model = MoeModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
         using var session = model.NewSession();
         var options = new GenerationOptions { MaxNewTokens = n, Sampling = new SamplingOptions(Temperature: 0) };
         var pieces = new List<string>();
@@ -160,6 +163,24 @@ public class RuntimeCliTests
     }
 
     [Test]
+    public void GenerateWithSwitchAtHalfCapacityReportsDroppedTokens()
+    {
+        // The issue's check: Switch top-1 at capacity factor 0.5 on the shipped model drops tokens, and says so per layer.
+        // A prompt of more than 40 tokens: with E experts each keeps ceil(0.5 T / E), at most 0.5 T + E < T in all.
+        string prompt = string.Join(" ", Enumerable.Repeat("Once upon a time there was a little fox.", 6));
+        string[] args = ["generate", "--model", DemoDir, "--prompt", prompt, "-n", "2", "--temperature", "0",
+            "--router", "switch", "--capacity-factor", "0.5", "--routing-stats", "--device", "cpu"];
+        var a = CliRun.Of(args);
+        Assert.That(a.ExitCode, Is.EqualTo(0), a.Err);
+        Assert.That(a.Out, Does.Contain("routing (switch (top-1, capacity factor 0.5))"));
+        Assert.That(a.Out, Does.Contain("dropped"));
+        // Every layer's row: the dropped count is the third number from the end (dropped, load cv, aux loss) before the histogram.
+        var rows = System.Text.RegularExpressions.Regex.Matches(a.Out, @"│\s*(\d+)\s*│(?:\s*\d+\s*│)+\s*(\d+)\s*│\s*([0-9.]+)\s*│\s*([0-9.]+)\s*│");
+        Assert.That(rows, Is.Not.Empty, a.Out);
+        Assert.That(rows.Sum(m => int.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture)), Is.GreaterThan(0), a.Out);
+    }
+
+    [Test]
     public void GenerateCommandStreamsTextStatsAndRouting()
     {
         string[] args = ["generate", "--model", DemoDir, "--prompt", "hello world", "-n", "3", "--temperature", "0.9", "--seed", "42", "--routing-stats", "--device", "cpu"];
@@ -167,7 +188,7 @@ public class RuntimeCliTests
         Assert.That(a.ExitCode, Is.EqualTo(0), a.Err);
         Assert.That(a.Out, Does.Contain("tokens generated"));
         Assert.That(a.Out, Does.Match(@"prefill: [0-9.]+ tokens/s \| decode: [0-9.]+ tokens/s \([0-9]+ steps\) \| time to first token: [0-9]+ ms"));
-        Assert.That(a.Out, Does.Contain("routing: tokens per expert and layer"));
+        Assert.That(a.Out, Does.Contain("routing (softmax top-2, renormalised): tokens per expert and layer"));
         // Counted launches: the CPU accelerator runs the plain step (V1 kernels), the embedding and the logits head
         // (final norm, lm_head) are the 3 launches outside the layers.
         var launches = System.Text.RegularExpressions.Regex.Match(a.Out, @"launches per token: ([0-9]+), ([0-9.]+) per layer; decode step plain: ");
@@ -189,7 +210,7 @@ public class RuntimeCliTests
     public void ChatRoutingStatsSumToTokensTimesK()
     {
         using var tokenizer = TextTokenizer.Load(DemoDir);
-        using var model = MixtralModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
+        using var model = MoeModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
         using var session = model.NewSession();
         session.CollectRoutingStats = true;
         var r = Generator.Run(session, tokenizer, "a b c d", new GenerationOptions { MaxNewTokens = 4, Chat = true, Sampling = new SamplingOptions(Temperature: 0) });
@@ -205,7 +226,7 @@ public class RuntimeCliTests
     {
         // --max-seq 4: a 4-token prefill fills the cache; the next token (position 4) does not fit.
         var (tokens, _) = RuntimeTests.Expected();
-        using var model = MixtralModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 4 });
+        using var model = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 4 });
         using var session = model.NewSession();
         var before = session.Prefill(tokens.AsSpan(0, 4), allLogits: false);
         var e = Assert.Throws<RuntimeInputException>(() => session.Decode(tokens[4]))!;
@@ -244,7 +265,7 @@ public class RuntimeCliTests
     public void CancelledGenerationStopsAndStillReports()
     {
         using var tokenizer = TextTokenizer.Load(DemoDir);
-        using var model = MixtralModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
+        using var model = MoeModel.Load(TestDevice.Accelerator, DemoDir, new ModelLoadOptions { MaxSeq = 64 });
         using var session = model.NewSession();
         using var cts = new CancellationTokenSource();
         int pieces = 0;

@@ -69,7 +69,7 @@ public class RuntimeTests
     public void PrefillReproducesLlamaCppFixture(KernelPolicy policy)
     {
         var (tokens, want) = Expected();
-        using var model = MixtralModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = policy });
+        using var model = MoeModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = policy });
         using var session = model.NewSession();
         var got = session.Prefill(tokens, allLogits: true);
         CloseLogged(want, got, rtol: 0, atol: FixtureAtol, what: $"{policy}: runtime vs llama.cpp logits");
@@ -80,7 +80,7 @@ public class RuntimeTests
     public void DecodeAfterPrefillEqualsOnePrefill(KernelPolicy policy)
     {
         var (tokens, want) = Expected();
-        using var model = MixtralModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = policy });
+        using var model = MoeModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = policy });
         int v = model.Config.VocabSize, split = 13;
         // Prefill of a prefix (causal: its rows are the fixture's first rows), then one decode step per remaining token;
         // every row against llama.cpp, so the decode kernels (split-K attention, GEMV) are held to the fixture too.
@@ -111,7 +111,7 @@ public class RuntimeTests
     public void ACudaGraphIsRefusedOffCudaAndChangesNothing()
     {
         var (tokens, want) = Expected();
-        using var model = MixtralModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.Tuned });
+        using var model = MoeModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.Tuned });
         int v = model.Config.VocabSize;
         using var session = model.NewSession(new SessionOptions { CudaGraph = true });
         Assert.That(session.CudaGraphStatus, Does.StartWith("not used: CPU"));
@@ -128,7 +128,7 @@ public class RuntimeTests
     {
         var (tokens, want) = Expected();
         // MaxBatch 7: the 16-token prompt runs as chunks of 7, 7, 2.
-        using var model = MixtralModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, MaxBatch = 7 });
+        using var model = MoeModel.Load(TestDevice.Accelerator, FixtureDir, new ModelLoadOptions { MaxSeq = 32, MaxBatch = 7 });
         using var session = model.NewSession();
         var got = session.Prefill(tokens, allLogits: true);
         CloseLogged(want, got, rtol: 0, atol: FixtureAtol, what: "chunked prefill vs llama.cpp");
@@ -167,7 +167,7 @@ public class RuntimeTests
         var oracle = Oracle(dir);
         float[] want = oracle.Forward(tokens);
 
-        using var model = MixtralModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 64, Kernels = policy });
+        using var model = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 64, Kernels = policy });
         Assert.That(model.WeightDType, Is.EqualTo(o.DType.ToString()));
         using (var ck = Checkpoint.Open(dir))
             Assert.That(model.DeviceWeightBytes, Is.EqualTo(ck.Tensors.Sum(t => t.ByteLength)), "weights keep their dtype on the device");

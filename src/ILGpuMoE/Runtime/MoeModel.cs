@@ -1,9 +1,18 @@
-// A Mixtral checkpoint on one accelerator: config + validation + memory plan + weight upload.
+// An MoE checkpoint of any family (Model/ModelFamily.cs) on one accelerator: config + validation + memory plan + upload.
 //
-// Load order: read config.json (ModelConfig), open the safetensors (memory-mapped, nothing read yet), check every
-// tensor's name, shape and dtype (ModelValidator), plan the device memory (MemoryPlan) and refuse early if it does
-// not fit, then stream the tensors to the device one by one, in their own dtype. Experts of a layer are stacked into
-// [E, F, D] / [E, D, F] tensors as they are uploaded (the grouped GEMM indexes experts by offset).
+// Load order: read config.json (ModelConfig, through the family's reader), open the safetensors (memory-mapped, nothing
+// read yet), check every tensor's name, shape and dtype (ModelValidator), plan the device memory (MemoryPlan) and refuse
+// early if it does not fit, then stream the tensors to the device one by one, in their own dtype. Experts of a layer
+// are stacked into [E', F, D] / [E', D, F] tensors as they are uploaded (the grouped GEMM indexes experts by offset).
+//
+// One MoE path for every layer kind. A wider MLP that every token visits is cut along its hidden axis into F-wide
+// chunks (the last zero-padded, which adds exactly zero) and stacked as extra experts, so it runs in the same grouped
+// launch as the routed experts:
+//   - Qwen2-MoE's shared expert of width Fs: m = ceil(Fs / F) experts E..E+m-1 after the routed ones; the router
+//     weight gets shared_expert_gate as row E, and the gating fills the token's slots K..K+m-1 with those experts at
+//     weight sigmoid(logit_E) (RouterSpec.SharedSlots);
+//   - a dense layer's MLP of width Fd: m = ceil(Fd / F) experts, every token visiting all m at weight 1 (fixed ids the
+//     session uploads once; no router, no gating).
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
@@ -41,12 +50,32 @@ public sealed record ModelLoadOptions
     /// keeps every tensor in its checkpoint dtype. Embeddings, norms, router and lm_head always keep their dtype.
     /// </summary>
     public QuantSpec? Quant { get; init; }
+
+    /// <summary>--router: a router of the MoE literature in place of the model's own (RouterChoice); null keeps the model's.</summary>
+    public RouterChoice? Router { get; init; }
 }
 
-/// <summary>One decoder layer's weights on the device.</summary>
-internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, LinearWeight Wk, LinearWeight Wv, LinearWeight Wo,
-    DeviceTensor PostNorm, DeviceTensor Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2)
+/// <summary>The optional attention extras of a layer: biases (Qwen2-MoE), q/k norms (Qwen3-MoE per head, OLMoE whole).</summary>
+internal sealed record AttentionExtras(DeviceTensor? BiasQ, DeviceTensor? BiasK, DeviceTensor? BiasV, DeviceTensor? BiasO,
+    DeviceTensor? QNorm, DeviceTensor? KNorm)
 {
+    public static readonly AttentionExtras None = new(null, null, null, null, null, null);
+
+    public bool Any => BiasQ is not null || BiasK is not null || BiasV is not null || BiasO is not null || QNorm is not null || KNorm is not null;
+}
+
+/// <summary>
+/// One decoder layer's weights on the device. W1/W3/W2 stack Experts = E' experts: the E routed ones and the shared
+/// expert's chunks (a MoE layer), or the dense MLP's chunks (Gate is null). Slots: experts per token (K' = K + shared
+/// chunks, or every chunk of a dense layer); SharedSlots: the shared expert's chunks.
+/// </summary>
+internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, LinearWeight Wk, LinearWeight Wv, LinearWeight Wo,
+    AttentionExtras Extras, DeviceTensor PostNorm, DeviceTensor? Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2,
+    int Experts, int Slots, int SharedSlots)
+{
+    /// <summary>A dense layer: every token visits all Experts chunks at weight 1, no router.</summary>
+    public bool Dense => Gate is null;
+
     /// <summary>
     /// GPTQ act-order q, k and v with one input order (GPTQ quantizes them on the same inputs, so they get the same
     /// one): the step gathers the normed row once for all three instead of once each.
@@ -56,12 +85,12 @@ internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, Lin
                                              && pq.AsSpan().SequenceEqual(pk) && pq.AsSpan().SequenceEqual(pv);
 }
 
-public sealed class MixtralModel : IDisposable
+public sealed class MoeModel : IDisposable
 {
     private readonly List<DeviceTensor> _owned = [];
     private readonly List<LinearWeight> _linear = [];
 
-    private MixtralModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
+    private MoeModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
     {
         Accelerator = accelerator;
         Config = config;
@@ -118,8 +147,8 @@ public sealed class MixtralModel : IDisposable
         return plan;
     }
 
-    /// <summary>Loads a Hugging Face Mixtral folder onto <paramref name="accelerator"/>.</summary>
-    public static MixtralModel Load(Accelerator accelerator, string directory, ModelLoadOptions? options = null)
+    /// <summary>Loads a Hugging Face model folder of a supported family (ModelFamilies) onto <paramref name="accelerator"/>.</summary>
+    public static MoeModel Load(Accelerator accelerator, string directory, ModelLoadOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         options ??= new();
@@ -127,7 +156,7 @@ public sealed class MixtralModel : IDisposable
         using (checkpoint)
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
-            var model = new MixtralModel(accelerator, config, directory, plan, options.Kernels);
+            var model = new MoeModel(accelerator, config, directory, plan, options.Kernels);
             try
             {
                 model.Upload(checkpoint!, options.Progress, options.Quant, source);
@@ -151,6 +180,18 @@ public sealed class MixtralModel : IDisposable
         }
 
         var config = ModelConfig.Load(directory);
+        if (options.Router is { } router)
+        {
+            try
+            {
+                config = config with { Router = router.Apply(config) };
+            }
+            catch (ArgumentException e)
+            {
+                throw new RuntimeInputException(e.Message);
+            }
+        }
+
         var source = QuantSource.Load(directory);
         if (source is not null && options.Quant is not null)
             throw new RuntimeInputException($"--quant {options.Quant.Name}: {directory} is already quantized (quantization_config.quant_method '{source.Method}'); drop --quant");
@@ -201,8 +242,10 @@ public sealed class MixtralModel : IDisposable
     private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source)
     {
         var c = Config;
-        var shapes = MixtralTensors.Expected(c).Where(QuantSource.IsLinear).ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal);
+        var n = c.Family.Names;
+        var shapes = ModelTensors.Expected(c).Where(QuantSource.IsLinear).ToDictionary(e => e.Name, e => e.Shape, StringComparer.Ordinal);
         long done = 0, total = Plan.WeightBytes;
+        int f = c.IntermediateSize;
 
         DeviceTensor One(string name)
         {
@@ -213,6 +256,8 @@ public sealed class MixtralModel : IDisposable
             return t;
         }
 
+        DeviceTensor? Optional(bool present, string name) => present ? One(name) : null;
+
         LinearWeight Add(LinearWeight w)
         {
             _linear.Add(w);
@@ -222,10 +267,17 @@ public sealed class MixtralModel : IDisposable
 
         // One host matrix at a time: read (widened to f32) and pack, or read a quantized checkpoint's packed tensors;
         // upload, drop.
-        QuantizedMatrix Pack(string name)
+        QuantizedMatrix Pack(ExpertSlice part)
         {
-            int rows = (int)shapes[name][0], cols = (int)shapes[name][1];
-            return source is not null ? source.Read(checkpoint, name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(name), rows, cols);
+            if (part.Chunk >= 0)
+            {
+                if (source is not null)
+                    throw new RuntimeInputException($"{checkpoint.Directory}: {part.Name} is a {source.Method} tensor wider than the experts; a pre-quantized checkpoint with a shared expert or dense layers is not supported yet (load its float weights with --quant instead)");
+                return quant!.Quantize(part.ReadFloat32(checkpoint), part.Rows, part.Cols);
+            }
+
+            int rows = (int)shapes[part.Name][0], cols = (int)shapes[part.Name][1];
+            return source is not null ? source.Read(checkpoint, part.Name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(part.Name), rows, cols);
         }
 
         bool packed = quant is not null || source is not null;
@@ -236,33 +288,33 @@ public sealed class MixtralModel : IDisposable
         LinearWeight Linear(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(name).Upload(Accelerator)));
+            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(ExpertSlice.Whole(name)).Upload(Accelerator)));
         }
 
-        // The experts of a layer, w2 first: a GPTQ act-order w2's input permutation is folded into the rows of w1 and w3
-        // (ActOrder.cs), so w2 must be read before them; one kind of weight is on the host at a time.
-        (LinearWeight W1, LinearWeight W3, LinearWeight W2) Experts(int layer)
+        // The stacked experts of a layer, down (w2) first: a GPTQ act-order down projection's input permutation is folded
+        // into the rows of gate and up (ActOrder.cs), so it must be read before them; one kind of weight is on the host at
+        // a time. parts(p): the expert slots of projection p, routed experts first.
+        (LinearWeight W1, LinearWeight W3, LinearWeight W2) Stack(int layer, Func<MlpProjection, ExpertSlice[]> parts)
         {
-            string[] Names(int w) => Enumerable.Range(0, c.Experts).Select(e => MixtralTensors.ExpertWeight(layer, e, w)).ToArray();
-            string Label(int w) => $"{MixtralTensors.Layer(layer)}.block_sparse_moe.experts.*.w{w}.weight";
-            int[]?[] foldRows = new int[]?[c.Experts];
-            int[]?[] inputOrder = new int[]?[c.Experts];
+            int slots = parts(MlpProjection.Gate).Length;
+            int[]?[] foldRows = new int[]?[slots];
+            int[]?[] inputOrder = new int[]?[slots];
 
-            LinearWeight Stacked(int w)
+            LinearWeight Stacked(MlpProjection p)
             {
-                var names = Names(w);
-                progress?.Report(new LoadProgress(done, total, Label(w)));
-                if (names.All(Dense))
-                    return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, names)));
+                var slices = parts(p);
+                progress?.Report(new LoadProgress(done, total, n.Experts(layer, p)));
+                if (slices.All(x => Dense(x.Name)))
+                    return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, slices)));
 
                 // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
-                var parts = new QuantizedMatrix[c.Experts];
-                for (int e = 0; e < c.Experts; e++)
+                var packedParts = new QuantizedMatrix[slots];
+                for (int e = 0; e < slots; e++)
                 {
-                    var m = Pack(names[e]);
+                    var m = Pack(slices[e]);
                     try
                     {
-                        if (w == 2)
+                        if (p == MlpProjection.Down)
                         {
                             foldRows[e] = m.InputPermutation;
                             m = m.WithoutInputPermutation();
@@ -271,7 +323,7 @@ public sealed class MixtralModel : IDisposable
                         {
                             if (foldRows[e] is { } rowsOrder)
                                 m = m.PermuteRows(rowsOrder);
-                            if (w == 1)
+                            if (p == MlpProjection.Gate)
                                 inputOrder[e] = m.InputPermutation;
                             else
                                 ActOrder.CheckSameInputOrder(inputOrder[e], m.InputPermutation);
@@ -279,41 +331,75 @@ public sealed class MixtralModel : IDisposable
                     }
                     catch (ArgumentException ex)
                     {
-                        throw new InvalidDataException($"{checkpoint.Directory}: {MixtralTensors.Layer(layer)} expert {e}: {ex.Message}");
+                        throw new InvalidDataException($"{checkpoint.Directory}: {n.Layer(layer)} expert {e}: {ex.Message}");
                     }
 
-                    // w3 shares w1's input permutation: only w1 keeps a copy on the device.
-                    parts[e] = w == 3 ? m.WithoutInputPermutation() : m;
+                    // up shares gate's input permutation: only gate keeps a copy on the device.
+                    packedParts[e] = p == MlpProjection.Up ? m.WithoutInputPermutation() : m;
                 }
 
-                return Add(new LinearWeight(QuantizedMatrix.Stack(parts).Upload(Accelerator)));
+                return Add(new LinearWeight(QuantizedMatrix.Stack(packedParts).Upload(Accelerator)));
             }
 
-            var w2 = Stacked(2);
-            return (Stacked(1), Stacked(3), w2);
+            var w2 = Stacked(MlpProjection.Down);
+            var w1 = Stacked(MlpProjection.Gate);
+            var w3 = Stacked(MlpProjection.Up);
+            if (w1.Kind != w3.Kind || w1.Kind != w2.Kind)
+            {
+                throw new InvalidDataException($"{checkpoint.Directory}: layer {layer}'s experts mix dtypes (gate {w1.TypeName}, up {w3.TypeName}, down {w2.TypeName}); " +
+                                               "the grouped GEMM needs one dtype for gate, up and down");
+            }
+
+            return (w1, w3, w2);
         }
 
-        Embedding = One(MixtralTensors.Embedding);
+        var b = c.Block;
+        Embedding = One(n.Embedding);
         var layers = new List<LayerWeights>(c.Layers);
         for (int l = 0; l < c.Layers; l++)
         {
-            var attention = (Q: Linear(MixtralTensors.QProj(l)), K: Linear(MixtralTensors.KProj(l)), V: Linear(MixtralTensors.VProj(l)),
-                O: Linear(MixtralTensors.OProj(l)));
-            var (inputNorm, postNorm, gate) = (One(MixtralTensors.InputNorm(l)), One(MixtralTensors.PostAttentionNorm(l)), One(MixtralTensors.Gate(l)));
-            var experts = Experts(l);
-            var layer = new LayerWeights(inputNorm, attention.Q, attention.K, attention.V, attention.O, postNorm, gate, experts.W1, experts.W3, experts.W2);
-            if (layer.W1.Kind != layer.W3.Kind || layer.W1.Kind != layer.W2.Kind)
+            int layer = l;
+            var (wq, wk, wv, wo) = (Linear(n.QProj(l)), Linear(n.KProj(l)), Linear(n.VProj(l)), Linear(n.OProj(l)));
+            var extras = new AttentionExtras(
+                Optional(b.QkvBias, TensorNames.Bias(n.QProj(l))), Optional(b.QkvBias, TensorNames.Bias(n.KProj(l))),
+                Optional(b.QkvBias, TensorNames.Bias(n.VProj(l))), Optional(b.OutputBias, TensorNames.Bias(n.OProj(l))),
+                Optional(b.QkNorm != QkNormKind.None, n.QNorm(l)), Optional(b.QkNorm != QkNormKind.None, n.KNorm(l)));
+            var (inputNorm, postNorm) = (One(n.InputNorm(l)), One(n.PostAttentionNorm(l)));
+            LayerWeights lw;
+            if (c.IsMoeLayer(l))
             {
-                throw new InvalidDataException($"{checkpoint.Directory}: layer {l}'s experts mix dtypes (w1 {layer.W1.TypeName}, w3 {layer.W3.TypeName}, w2 {layer.W2.TypeName}); " +
-                                               "the grouped GEMM needs one dtype for w1, w2 and w3");
+                int shared = c.SharedChunks;
+                DeviceTensor gate;
+                if (shared > 0)
+                {
+                    // shared_expert_gate [1, D] becomes the router's row E: one matmul gives both.
+                    progress?.Report(new LoadProgress(done, total, n.Router(l)));
+                    gate = DeviceTensor.UploadRows(Accelerator, checkpoint, [n.Router(l), n.SharedExpertGate(l)]);
+                    _owned.Add(gate);
+                    done += gate.Bytes;
+                }
+                else
+                {
+                    gate = One(n.Router(l));
+                }
+
+                var (w1, w3, w2) = Stack(l, p => Enumerable.Range(0, c.Experts).Select(e => ExpertSlice.Whole(n.Expert(layer, e, p)))
+                    .Concat(ExpertSlice.Cut(n.SharedExpert(layer, p), p, b.SharedExpertSize, f, c.HiddenSize, shared)).ToArray());
+                lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, gate, w1, w3, w2, c.Experts + shared, c.TopK + shared, shared);
+            }
+            else
+            {
+                int chunks = c.MoeShape(l).Slots;
+                var (w1, w3, w2) = Stack(l, p => ExpertSlice.Cut(n.DenseMlp(layer, p), p, b.DenseIntermediateSize, f, c.HiddenSize, chunks).ToArray());
+                lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, null, w1, w3, w2, chunks, chunks, 0);
             }
 
-            layers.Add(layer);
+            layers.Add(lw);
         }
 
         Layers = layers;
-        FinalNorm = One(MixtralTensors.FinalNorm);
-        LmHead = c.TieWordEmbeddings ? Embedding : One(MixtralTensors.LmHead);
+        FinalNorm = One(n.FinalNorm);
+        LmHead = c.TieWordEmbeddings ? Embedding : One(n.LmHead);
         Accelerator.Synchronize();
         progress?.Report(new LoadProgress(total, total, ""));
     }

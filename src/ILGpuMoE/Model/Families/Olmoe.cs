@@ -1,0 +1,31 @@
+// OLMoE (model_type "olmoe", OlmoeForCausalLM), as Hugging Face's modeling_olmoe.py computes it:
+// - q_norm / k_norm: an RMSNorm over the whole q ([H*Dh]) and k ([Hkv*Dh]) projection, before the split into heads
+//   and before RoPE;
+// - clip_qkv: when set, q, k and v are clamped to [-clip_qkv, clip_qkv] after the q/k norm, before RoPE;
+// - q/k/v/o biases only when attention_bias;
+// - router: softmax over all E, top-k, renormalised only when norm_topk_prob (false in the released checkpoints);
+//   every layer MoE; experts have intermediate_size; no sliding window.
+namespace ILGpuMoE.Model;
+
+public sealed class OlmoeFamily : ModelFamily
+{
+    public override string ModelType => "olmoe";
+
+    public override string Architecture => "OlmoeForCausalLM";
+
+    internal override FamilyConfig Read(ConfigReader c, int layers)
+    {
+        var (experts, topK) = ReadExperts(c, "num_experts", "num_experts_per_tok");
+        var clip = c.OptionalDouble("clip_qkv");
+        if (clip is <= 0)
+            throw c.Error("clip_qkv", $"must be null or positive, got {clip}");
+        bool bias = c.OptionalBool("attention_bias") ?? false;
+        return new FamilyConfig(SoftmaxRouter(c, experts, topK), c.PositiveInt("intermediate_size"), new BlockOptions
+        {
+            QkvBias = bias,
+            OutputBias = bias,
+            QkNorm = QkNormKind.Whole,
+            ClipQkv = clip,
+        });
+    }
+}

@@ -1,0 +1,165 @@
+// The tensors a config implies, with Hugging Face's names and [out, in] shapes (nn.Linear stores W as
+// [out_features, in_features], y = x W^T). Llama's names, which every family here shares for attention and norms:
+//   model.embed_tokens.weight                                  [V, D]
+//   model.layers.N.input_layernorm.weight                      [D]
+//   model.layers.N.self_attn.q_proj.weight (.bias)             [H*Dh, D]   ([H*Dh])
+//   model.layers.N.self_attn.k_proj.weight / v_proj (.bias)    [Hkv*Dh, D] ([Hkv*Dh])
+//   model.layers.N.self_attn.o_proj.weight (.bias)             [D, H*Dh]   ([D])
+//   model.layers.N.self_attn.q_norm.weight / k_norm            [Dh] per head, or [H*Dh] / [Hkv*Dh] over the whole projection
+//   model.layers.N.post_attention_layernorm.weight             [D]
+//   model.layers.N.mlp.gate.weight                             [E, D]      (the router)
+//   model.layers.N.mlp.experts.J.gate_proj / up_proj.weight    [F, D]
+//   model.layers.N.mlp.experts.J.down_proj.weight              [D, F]
+//   model.layers.N.mlp.shared_expert.{gate,up,down}_proj       [Fs, D] / [D, Fs]   (Qwen2-MoE)
+//   model.layers.N.mlp.shared_expert_gate.weight               [1, D]
+//   model.layers.N.mlp.{gate,up,down}_proj.weight              [Fd, D] / [D, Fd]   (a dense layer)
+//   model.norm.weight                                          [D]
+//   lm_head.weight                                             [V, D]   (absent when tie_word_embeddings)
+// Mixtral names its router block_sparse_moe.gate and its experts block_sparse_moe.experts.J.w1 (gate), w3 (up), w2 (down).
+namespace ILGpuMoE.Model;
+
+/// <summary>What a tensor is for; parameter counting, memory planning and quantization group by it.</summary>
+public enum TensorRole
+{
+    Embedding,
+    Norm,
+
+    /// <summary>q, k, v, o projections (linear: --quant packs them).</summary>
+    Attention,
+
+    /// <summary>q, k, v, o biases (kept in their dtype).</summary>
+    AttentionBias,
+
+    /// <summary>The router, and Qwen2-MoE's shared_expert_gate.</summary>
+    Router,
+
+    /// <summary>A routed expert's projection: a token reads K of E.</summary>
+    Expert,
+
+    /// <summary>The shared expert's projections: every token reads them.</summary>
+    SharedExpert,
+
+    /// <summary>A dense layer's MLP projections.</summary>
+    DenseMlp,
+    LmHead,
+}
+
+/// <summary>A tensor the config requires: its name, shape, role, and the expert it belongs to (-1 if none).</summary>
+public sealed record ExpectedTensor(string Name, long[] Shape, TensorRole Role, int Layer = -1, int Expert = -1)
+{
+    public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
+
+    /// <summary>A matrix the linear kernels read (and --quant may pack).</summary>
+    public bool IsLinear => Role is TensorRole.Attention or TensorRole.Expert or TensorRole.SharedExpert or TensorRole.DenseMlp;
+}
+
+/// <summary>Hugging Face tensor names; a family overrides what it names differently.</summary>
+public class TensorNames
+{
+    /// <summary>Llama's names (Qwen2/3-MoE, OLMoE).</summary>
+    public static readonly TensorNames Llama = new();
+
+    public string Embedding => "model.embed_tokens.weight";
+    public string FinalNorm => "model.norm.weight";
+    public string LmHead => "lm_head.weight";
+
+    public string Layer(int layer) => $"model.layers.{layer}";
+    public string InputNorm(int layer) => $"{Layer(layer)}.input_layernorm.weight";
+    public string PostAttentionNorm(int layer) => $"{Layer(layer)}.post_attention_layernorm.weight";
+    public string QProj(int layer) => $"{Layer(layer)}.self_attn.q_proj.weight";
+    public string KProj(int layer) => $"{Layer(layer)}.self_attn.k_proj.weight";
+    public string VProj(int layer) => $"{Layer(layer)}.self_attn.v_proj.weight";
+    public string OProj(int layer) => $"{Layer(layer)}.self_attn.o_proj.weight";
+
+    /// <summary>The bias of a projection: its weight's name with .bias.</summary>
+    public static string Bias(string weight) =>
+        weight.EndsWith(".weight", StringComparison.Ordinal) ? weight[..^".weight".Length] + ".bias" : throw new ArgumentException($"{weight} is not a weight name");
+
+    public string QNorm(int layer) => $"{Layer(layer)}.self_attn.q_norm.weight";
+    public string KNorm(int layer) => $"{Layer(layer)}.self_attn.k_norm.weight";
+
+    /// <summary>The router [E, D].</summary>
+    public virtual string Router(int layer) => $"{Layer(layer)}.mlp.gate.weight";
+
+    /// <summary>Routed expert <paramref name="expert"/>'s projection.</summary>
+    public virtual string Expert(int layer, int expert, MlpProjection p) => $"{Layer(layer)}.mlp.experts.{expert}.{Proj(p)}.weight";
+
+    /// <summary>All experts' projection p of a layer, for messages ("...experts.*.gate_proj.weight").</summary>
+    public virtual string Experts(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.experts.*.{Proj(p)}.weight";
+
+    public string SharedExpert(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.shared_expert.{Proj(p)}.weight";
+    public string SharedExpertGate(int layer) => $"{Layer(layer)}.mlp.shared_expert_gate.weight";
+    public string DenseMlp(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.{Proj(p)}.weight";
+
+    protected static string Proj(MlpProjection p) => p switch
+    {
+        MlpProjection.Gate => "gate_proj",
+        MlpProjection.Up => "up_proj",
+        MlpProjection.Down => "down_proj",
+        _ => throw new ArgumentOutOfRangeException(nameof(p), p, "an MLP has gate, up and down projections"),
+    };
+}
+
+public static class ModelTensors
+{
+    /// <summary>Every tensor the config implies, in checkpoint order (embedding, layers, norm, lm_head).</summary>
+    public static IEnumerable<ExpectedTensor> Expected(ModelConfig c)
+    {
+        var n = c.Family.Names;
+        var b = c.Block;
+        long v = c.VocabSize, d = c.HiddenSize, f = c.IntermediateSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts;
+        yield return new(n.Embedding, [v, d], TensorRole.Embedding);
+        for (var l = 0; l < c.Layers; l++)
+        {
+            yield return new(n.InputNorm(l), [d], TensorRole.Norm, l);
+            foreach (var (name, rows) in new[] { (n.QProj(l), q), (n.KProj(l), kv), (n.VProj(l), kv) })
+            {
+                yield return new(name, [rows, d], TensorRole.Attention, l);
+                if (b.QkvBias)
+                    yield return new(TensorNames.Bias(name), [rows], TensorRole.AttentionBias, l);
+            }
+
+            yield return new(n.OProj(l), [d, q], TensorRole.Attention, l);
+            if (b.OutputBias)
+                yield return new(TensorNames.Bias(n.OProj(l)), [d], TensorRole.AttentionBias, l);
+            if (b.QkNorm != QkNormKind.None)
+            {
+                bool perHead = b.QkNorm == QkNormKind.PerHead;
+                yield return new(n.QNorm(l), [perHead ? c.HeadDim : q], TensorRole.Norm, l);
+                yield return new(n.KNorm(l), [perHead ? c.HeadDim : kv], TensorRole.Norm, l);
+            }
+
+            yield return new(n.PostAttentionNorm(l), [d], TensorRole.Norm, l);
+            if (!c.IsMoeLayer(l))
+            {
+                long fd = b.DenseIntermediateSize;
+                yield return new(n.DenseMlp(l, MlpProjection.Gate), [fd, d], TensorRole.DenseMlp, l);
+                yield return new(n.DenseMlp(l, MlpProjection.Up), [fd, d], TensorRole.DenseMlp, l);
+                yield return new(n.DenseMlp(l, MlpProjection.Down), [d, fd], TensorRole.DenseMlp, l);
+                continue;
+            }
+
+            yield return new(n.Router(l), [e, d], TensorRole.Router, l);
+            for (var j = 0; j < c.Experts; j++)
+            {
+                // Mixtral's order (w1, w2, w3): checkpoints written by our tools keep it.
+                yield return new(n.Expert(l, j, MlpProjection.Gate), [f, d], TensorRole.Expert, l, j);
+                yield return new(n.Expert(l, j, MlpProjection.Down), [d, f], TensorRole.Expert, l, j);
+                yield return new(n.Expert(l, j, MlpProjection.Up), [f, d], TensorRole.Expert, l, j);
+            }
+
+            if (b.SharedExpertSize > 0)
+            {
+                long fs = b.SharedExpertSize;
+                yield return new(n.SharedExpert(l, MlpProjection.Gate), [fs, d], TensorRole.SharedExpert, l);
+                yield return new(n.SharedExpert(l, MlpProjection.Up), [fs, d], TensorRole.SharedExpert, l);
+                yield return new(n.SharedExpert(l, MlpProjection.Down), [d, fs], TensorRole.SharedExpert, l);
+                yield return new(n.SharedExpertGate(l), [1, d], TensorRole.Router, l);
+            }
+        }
+
+        yield return new(n.FinalNorm, [d], TensorRole.Norm);
+        if (!c.TieWordEmbeddings)
+            yield return new(n.LmHead, [v, d], TensorRole.LmHead);
+    }
+}

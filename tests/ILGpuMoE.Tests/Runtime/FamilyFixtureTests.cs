@@ -1,0 +1,52 @@
+using System.Runtime.InteropServices;
+using ILGpuMoE.IO;
+using ILGpuMoE.Runtime;
+using ILGpuMoE.Tests.Common;
+
+namespace ILGpuMoE.Tests.Runtime;
+
+/// <summary>
+/// The runtime on the tiny checkpoints of the newer families (TestData/*/PROVENANCE.md says how each was made: a float64
+/// transcription of Hugging Face's modeling code, cross-checked with llama.cpp), under both kernel policies: all
+/// positions in one prefill, then the last tokens one at a time through the KV cache after a prefill of the others.
+/// </summary>
+public class FamilyFixtureTests
+{
+    public static readonly string[] Fixtures = ["qwen3-moe-tiny-f32", "olmoe-tiny-f32"];
+
+    private static IEnumerable<TestCaseData> Cases() =>
+        from f in Fixtures from p in RuntimeTests.Policies select new TestCaseData(f, p).SetName($"{f}_{p}");
+
+    internal static string Dir(string fixture) => Path.Combine(TestContext.CurrentContext.TestDirectory, "TestData", fixture);
+
+    internal static (int[] Tokens, float[] Logits) Expected(string fixture)
+    {
+        using var expected = SafeTensorsFile.Open(Path.Combine(Dir(fixture), "expected.safetensors"));
+        return (MemoryMarshal.Cast<byte, int>(expected.GetBytes("tokens")).ToArray(), expected.ReadFloat32("logits"));
+    }
+
+    [TestCaseSource(nameof(Cases))]
+    public void PrefillThenDecodeMatchTheFixture(string fixture, KernelPolicy policy)
+    {
+        var (tokens, want) = Expected(fixture);
+        using var model = MoeModel.Load(TestDevice.Accelerator, Dir(fixture), new ModelLoadOptions { MaxSeq = 32, Kernels = policy });
+        int v = model.Config.VocabSize;
+        using var session = model.NewSession();
+        var got = session.Prefill(tokens, allLogits: true);
+        RuntimeTests.CloseLogged(want, got, rtol: 0, atol: RuntimeTests.FixtureAtol, what: $"{fixture} {policy}: prefill vs expected");
+        RuntimeTests.AssertArgmaxEqual(want, got, v, $"{fixture} prefill");
+
+        // Decode after prefill: the first T - 3 tokens in one step, the last 3 one at a time through the cache (kept short:
+        // the CPU accelerator emulates every launch of a decode step).
+        const int tail = 3;
+        int head = tokens.Length - tail;
+        using var stepwise = model.NewSession();
+        stepwise.Prefill(tokens.AsSpan(0, head), allLogits: false);
+        var rows = new float[tail * v];
+        for (int i = 0; i < tail; i++)
+            stepwise.Decode(tokens[head + i]).CopyTo(rows, i * v);
+        var wantTail = want.AsSpan(head * v).ToArray();
+        RuntimeTests.CloseLogged(wantTail, rows, rtol: 0, atol: RuntimeTests.FixtureAtol, what: $"{fixture} {policy}: decode steps vs expected");
+        RuntimeTests.AssertArgmaxEqual(wantTail, rows, v, $"{fixture} decode");
+    }
+}
