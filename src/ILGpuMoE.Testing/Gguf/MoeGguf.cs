@@ -2,20 +2,24 @@
 // `qwen2moe` and `olmoe` architectures, laid out as llama.cpp's convert_hf_to_gguf.py does (names from its
 // gguf-py constants); Mixtral goes through MixtralGguf. The config is read with HfReferenceConfig (not the runtime's
 // parser). These architectures use rotate-half (NeoX) RoPE in llama.cpp, so q_proj / k_proj rows are NOT permuted.
-//   token_embd, output_norm, output (absent when tied), blk.N.{attn_norm, attn_q, attn_k, attn_v (+ .bias for
-//   Qwen2-MoE), attn_output, attn_q_norm / attn_k_norm (Qwen3-MoE [Dh], OLMoE [H*Dh]), ffn_norm, ffn_gate_inp (router
-//   [E, D]), ffn_gate_exps / ffn_up_exps (stacked [E, F, D]), ffn_down_exps ([E, D, F])}, and for Qwen2-MoE's shared
-//   expert blk.N.{ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp, ffn_gate_inp_shexp ([D])}.
+//   token_embd, output_norm, output (absent when a Qwen3-MoE is tied), blk.N.{attn_norm, attn_q, attn_k, attn_v
+//   (+ .bias for Qwen2-MoE), attn_output, attn_q_norm / attn_k_norm (Qwen3-MoE [Dh], OLMoE [H*Dh]), ffn_norm,
+//   ffn_gate_inp (router [E, D]), ffn_gate_exps / ffn_up_exps (stacked [E, F, D]), ffn_down_exps ([E, D, F])}, and for
+//   Qwen2-MoE's shared expert blk.N.{ffn_gate_shexp, ffn_up_shexp, ffn_down_shexp, ffn_gate_inp_shexp ([D])}.
 // Metadata: {arch}.{context_length, embedding_length, feed_forward_length, block_count, attention.head_count,
 // attention.head_count_kv, attention.key_length, attention.value_length, rope.dimension_count, rope.freq_base,
 // attention.layer_norm_rms_epsilon, expert_count, expert_used_count, expert_feed_forward_length,
 // expert_shared_feed_forward_length (Qwen2-MoE)}.
-// What llama.cpp (LLamaSharp 0.30.0's libllama, measured) cannot run is refused rather than silently dropped: dense
-// (non-MoE) layers, sliding windows, OLMoE with KV heads != heads (it sizes attn_k_norm like attn_q_norm), OLMoE's
-// clip_qkv (its olmoe graph ignores attention.clamp_kqv: logits moved by 2.1 against the clipping oracle and matched
-// the unclipped one to 1e-6), Qwen2-MoE with head_dim != hidden / heads (fails to load). Its qwen2moe and olmoe fail
-// to load without output.weight, so a tied model of those gets a copy of the embedding there. Its routers ignore norm_topk_prob
-// (qwen3moe always renormalises, qwen2moe and olmoe never do); the caller compares only where that matches.
+// What llama.cpp (LLamaSharp 0.30.0's libllama) cannot run is refused rather than silently dropped:
+// - dense (non-MoE) layers: its qwen3moe has no dense path (not tried on qwen2moe);
+// - sliding windows: not measured; refused so a windowed model is never judged by a full-attention peer;
+// - OLMoE with KV heads != heads: it sizes attn_k_norm like attn_q_norm;
+// - OLMoE's clip_qkv (measured): its olmoe graph ignores attention.clamp_kqv; logits were 2.1 away from the
+//   clipping oracle and within 1e-6 of the unclipped one;
+// - Qwen2-MoE with head_dim != hidden / heads (measured): the model fails to load.
+// Its qwen2moe and olmoe fail to load without output.weight (measured), so a tied model of those gets a copy of the
+// embedding there. Its routers ignore norm_topk_prob (qwen3moe always renormalises, qwen2moe and olmoe never do;
+// pinned by MoePeerTests); the caller compares only where that matches.
 using System.Text.Json;
 using ILGpuMoE.IO;
 using ILGpuMoE.Reference;

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 using ILGpuMoE.Reference;
@@ -99,6 +100,28 @@ public class MoePeerTests
         for (int t = 9; t < tokens.Length; t++)
             steps.AddRange(s.Step(tokens.AsSpan(t, 1)));
         Assert.That(steps, Is.EqualTo(ours));
+    }
+
+    /// <summary>Our GGUF of each shared fixture gives llama.cpp logits within 1e-4 of the fixture's expected logits
+    /// (its PROVENANCE.md: llama.cpp on a GGUF written by gguf-py was within 1.6e-6 of them), every argmax equal.</summary>
+    [TestCase("qwen3-moe-tiny-f32")]
+    [TestCase("qwen2-moe-tiny-f32")]
+    [TestCase("olmoe-tiny-f32")]
+    public void OurGgufOfTheFixtureReproducesItsLogits(string fixture)
+    {
+        string dir = RefModelFixtureTests.FixtureDir(fixture), gguf = Path.Combine(_dir, fixture + ".gguf");
+        MoeGguf.Convert(dir, gguf);
+        using var expected = SafeTensorsFile.Open(Path.Combine(dir, "expected.safetensors"));
+        int[] tokens = MemoryMarshal.Cast<byte, int>(expected.GetBytes("tokens")).ToArray();
+        float[] want = expected.ReadFloat32("logits");
+        float[] got = LlamaCppPeer.Logits(gguf, tokens, out int vocab);
+        TestContext.Out.WriteLine($"{fixture}: max |llama.cpp - expected| = {MaxDiff(want, got):E2}");
+        Check.Close(want, got, rtol: 0, atol: 1e-4, what: "llama.cpp logits, our GGUF vs fixture");
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            Assert.That(RefModelFixtureTests.ArgMax(got.AsSpan(t * vocab, vocab)),
+                Is.EqualTo(RefModelFixtureTests.ArgMax(want.AsSpan(t * vocab, vocab))), $"argmax of token {t}");
+        }
     }
 
     /// <summary>Measured: llama.cpp's qwen3moe always renormalises the top-k weights and its qwen2moe / olmoe never do,

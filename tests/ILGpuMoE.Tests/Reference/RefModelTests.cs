@@ -172,7 +172,7 @@ public class RefModelTests
         var o = new RandomMoeOptions
         {
             Family = RefFamily.Qwen3Moe, Hidden = 48, Heads = 6, KvHeads = 2, HeadDim = 14, Experts = 12, TopK = 5, MoeIntermediate = 20,
-            NormTopK = false, TieEmbeddings = true, DType = DType.BF16, RopeTheta = 5e5, Seed = 71,
+            NormTopK = false, TieEmbeddings = true, DType = DType.BF16, RopeTheta = 5e5, Seed = 71, Shards = 3,
         };
         var (c, ck) = Write(o, "readback");
         using var _ = ck;
@@ -180,6 +180,7 @@ public class RefModelTests
             Is.EqualTo((RefFamily.Qwen3Moe, 48, 6, 2, 14, 12, 5, 20)));
         Assert.That((c.NormTopK, c.TieEmbeddings, c.RopeTheta, c.RmsEps, c.QkNorm), Is.EqualTo((false, true, 5e5f, 1e-6f, RefQkNorm.PerHead)));
         Assert.That(ck.Contains("lm_head.weight"), Is.False);
+        Assert.That(ck.Shards, Has.Count.EqualTo(3));
         Assert.That(ck.Get("model.layers.0.self_attn.q_norm.weight").Shape, Is.EqualTo(new long[] { 14 }));
         Assert.That(new RefModel(c, ck.ReadFloat32).Forward([5, 299]).All(float.IsFinite));
     }
