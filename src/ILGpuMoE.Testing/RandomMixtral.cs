@@ -47,24 +47,32 @@ public static class RandomMixtral
     public static void Write(string dir, RandomMixtralOptions o)
     {
         Validate(o);
+        WriteFiles(dir, Tensors(o), (name, shape) => Values(o, name, shape), o.DType, o.Shards, ConfigJson(o), o.Vocab, "4.46.0");
+    }
+
+    /// <summary>The files of a random checkpoint: the tensors (values made per tensor, rounded to dtype) in one file or
+    /// shards + index, config.json, generation_config.json and the synthetic tokenizer of V entries.</summary>
+    internal static void WriteFiles(string dir, IEnumerable<(string Name, long[] Shape)> tensors, Func<string, long[], float[]> values,
+        DType dtype, int shards, string configJson, int vocab, string transformersVersion)
+    {
         Directory.CreateDirectory(dir);
         // A rewrite must not leave the other layout behind (Checkpoint would see both).
         foreach (string stale in Directory.EnumerateFiles(dir, "model*.safetensors*"))
             File.Delete(stale);
-        var entries = Tensors(o)
+        var entries = tensors
             .AsParallel().AsOrdered()
-            .Select(t => SafeTensorsWriter.FromFloats(t.Name, t.Shape, Values(o, t.Name, t.Shape), o.DType))
+            .Select(t => SafeTensorsWriter.FromFloats(t.Name, t.Shape, values(t.Name, t.Shape), dtype))
             .ToList();
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };
-        if (o.Shards == 1)
+        if (shards == 1)
             SafeTensorsWriter.Write(Path.Combine(dir, Checkpoint.SingleFileName), entries, metadata);
         else
-            SafeTensorsWriter.WriteSharded(dir, entries, o.Shards, metadata);
+            SafeTensorsWriter.WriteSharded(dir, entries, shards, metadata);
 
-        File.WriteAllText(Path.Combine(dir, "config.json"), ConfigJson(o));
+        File.WriteAllText(Path.Combine(dir, "config.json"), configJson);
         File.WriteAllText(Path.Combine(dir, "generation_config.json"),
-            "{\n  \"_from_model_config\": true,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"transformers_version\": \"4.46.0\"\n}\n");
-        var (pieces, merges) = SyntheticVocab.Build(o.Vocab);
+            $"{{\n  \"_from_model_config\": true,\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"transformers_version\": \"{transformersVersion}\"\n}}\n");
+        var (pieces, merges) = SyntheticVocab.Build(vocab);
         HfTokenizerJson.Write(dir, pieces, merges);
     }
 
@@ -102,15 +110,21 @@ public static class RandomMixtral
     /// <summary>The float values of one tensor (before rounding to the file's dtype).</summary>
     public static float[] Values(RandomMixtralOptions o, string name, long[] shape)
     {
+        bool norm = name.EndsWith("norm.weight", StringComparison.Ordinal);
+        double std = norm ? 0.1 : name.Contains("embed_tokens", StringComparison.Ordinal) ? 1.0 : 1.0 / Math.Sqrt(shape[^1]);
+        return Normal(o.Seed, name, shape, norm ? 1.0 : 0.0, std);
+    }
+
+    /// <summary>mean + std * N(0, 1) for every element, seeded by splitmix64 of the seed and the tensor's name.</summary>
+    internal static float[] Normal(ulong seed, string name, long[] shape, double mean, double std)
+    {
         long n = 1;
         foreach (long s in shape)
             n *= s;
         var v = new float[n];
-        ulong state = o.Seed ^ Fnv1a(name);
-        bool norm = name.EndsWith("norm.weight", StringComparison.Ordinal);
-        double std = norm ? 0.1 : name.Contains("embed_tokens", StringComparison.Ordinal) ? 1.0 : 1.0 / Math.Sqrt(shape[^1]);
+        ulong state = seed ^ Fnv1a(name);
         for (long i = 0; i < n; i++)
-            v[i] = (float)((norm ? 1.0 : 0.0) + std * Gaussian(ref state));
+            v[i] = (float)(mean + std * Gaussian(ref state));
         return v;
     }
 
@@ -156,6 +170,12 @@ public static class RandomMixtral
             ["use_cache"] = "true",
             ["vocab_size"] = o.Vocab.ToString(CultureInfo.InvariantCulture),
         };
+        return JsonObject(keys);
+    }
+
+    /// <summary>A config.json body: one "key": value line per entry (values already JSON), in the dictionary's order.</summary>
+    internal static string JsonObject(IReadOnlyDictionary<string, string> keys)
+    {
         var sb = new StringBuilder("{\n");
         int i = 0;
         foreach (var (k, v) in keys)

@@ -43,29 +43,7 @@ public static class MixtralGguf
         g.AddUInt32("llama.expert_count", (uint)c.Experts);
         g.AddUInt32("llama.expert_used_count", (uint)c.TopK);
 
-        var tokens = new string[c.Vocab];
-        var scores = new float[c.Vocab];
-        var types = new int[c.Vocab];
-        for (int i = 0; i < c.Vocab; i++)
-        {
-            (tokens[i], types[i]) = i switch
-            {
-                0 => ("<unk>", 2),
-                1 => ("<s>", 3),
-                2 => ("</s>", 3),
-                < 259 => ($"<0x{i - 3:X2}>", 6),
-                _ => ($"\u2581tok{i}", 1),
-            };
-            scores[i] = types[i] == 1 ? -i : 0;
-        }
-
-        g.AddString("tokenizer.ggml.model", "llama");
-        g.AddStringArray("tokenizer.ggml.tokens", tokens);
-        g.AddFloat32Array("tokenizer.ggml.scores", scores);
-        g.AddInt32Array("tokenizer.ggml.token_type", types);
-        g.AddUInt32("tokenizer.ggml.unknown_token_id", 0);
-        g.AddUInt32("tokenizer.ggml.bos_token_id", 1);
-        g.AddUInt32("tokenizer.ggml.eos_token_id", 2);
+        AddSyntheticVocab(g, c.Vocab);
 
         long d = c.Hidden, f = c.Ffn, e = c.Experts, dh = c.HeadDim;
         void Plain(string gguf, string hf, params long[] torchShape)
@@ -106,6 +84,35 @@ public static class MixtralGguf
         g.Write(ggufPath);
     }
 
+    /// <summary>The synthetic vocabulary llama.cpp needs to load a model fed token ids: &lt;unk&gt;, &lt;s&gt;, &lt;/s&gt;, the
+    /// 256 byte tokens, then filler pieces, V entries in all, tokenizer model "llama".</summary>
+    internal static void AddSyntheticVocab(GgufWriter g, int vocab)
+    {
+        var tokens = new string[vocab];
+        var scores = new float[vocab];
+        var types = new int[vocab];
+        for (int i = 0; i < vocab; i++)
+        {
+            (tokens[i], types[i]) = i switch
+            {
+                0 => ("<unk>", 2),
+                1 => ("<s>", 3),
+                2 => ("</s>", 3),
+                < 259 => ($"<0x{i - 3:X2}>", 6),
+                _ => ($"\u2581tok{i}", 1),
+            };
+            scores[i] = types[i] == 1 ? -i : 0;
+        }
+
+        g.AddString("tokenizer.ggml.model", "llama");
+        g.AddStringArray("tokenizer.ggml.tokens", tokens);
+        g.AddFloat32Array("tokenizer.ggml.scores", scores);
+        g.AddInt32Array("tokenizer.ggml.token_type", types);
+        g.AddUInt32("tokenizer.ggml.unknown_token_id", 0);
+        g.AddUInt32("tokenizer.ggml.bos_token_id", 1);
+        g.AddUInt32("tokenizer.ggml.eos_token_id", 2);
+    }
+
     /// <summary>Hugging Face rotate-half row order -> llama.cpp adjacent-pair row order, per head. w is [heads * Dh, cols].</summary>
     public static float[] PermuteRope(float[] w, int heads, int headDim, int cols)
     {
@@ -126,7 +133,7 @@ public static class MixtralGguf
         return o;
     }
 
-    private static float[] Stack(Checkpoint ck, string[] names, long each)
+    internal static float[] Stack(Checkpoint ck, string[] names, long each)
     {
         var o = new float[names.Length * each];
         for (int x = 0; x < names.Length; x++)
@@ -134,7 +141,7 @@ public static class MixtralGguf
         return o;
     }
 
-    private static void Check(Checkpoint ck, string name, params long[] shape)
+    internal static void Check(Checkpoint ck, string name, params long[] shape)
     {
         if (!ck.Contains(name))
             throw new InvalidDataException($"{ck.Directory}: tensor '{name}' missing");
