@@ -338,6 +338,10 @@ public class GatingTests
         var mix = RouterSpec.Mixtral(8, 2);
         var mixLogits = SeparatedLogits(902, tokens, 8);
         AssertMatches(RefMoe.Route(ToRef(mix), mixLogits, tokens), Run(wide, mix, mixLogits, tokens), 8, $"V2x8 {mix}");
+        // Qwen1.5-MoE's E = 60, K = 4 with 4 shared slots: the idle warps of the last group write no shared slot either.
+        var qwen = RouterSpec.SoftmaxTopK(60, 4).WithSharedSlots(4);
+        var qwenLogits = SeparatedLogits(903, tokens, 61);
+        AssertMatches(RefMoe.Route(ToRef(qwen), qwenLogits, tokens), Run(wide, qwen, qwenLogits, tokens), 64, $"V2x8 {qwen}");
     }
 
     // ---- hand-computed (numbers derived by hand, independent of the code under test and of the oracle) --------
