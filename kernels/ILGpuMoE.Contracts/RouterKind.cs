@@ -1,7 +1,9 @@
 // The MoE router modes, declared once for the model config (src/ILGpuMoE/Model/RouterConfig.cs), the gating kernels'
 // RouterSpec (kernels/ILGpuMoE.Kernels/Moe/Gating/RouterSpec.cs), the oracle's RefRouterSpec
 // (src/ILGpuMoE.Reference/ContractMoe.cs, implemented in RefRouter.cs) and the bench presets. The values are fixed:
-// RouterSpec carries the kind to the device as its number.
+// RouterSpec carries the kind to the device as its number. Mixtral and SoftmaxTopK also take shared-expert slots
+// (SharedSlots = m, Qwen2-MoE): logits [T, E + 1], ids / weights [T, K + m], slots K.. = experts E..E+m-1 with weight
+// sigmoid(logit[E]); the other kinds refuse them.
 namespace ILGpuMoE.Contracts;
 
 public enum RouterKind

@@ -23,6 +23,19 @@ public static partial class RefOps
     /// </summary>
     public static partial float[] Rope(ReadOnlySpan<float> x, ReadOnlySpan<int> positions, int tokens, int heads, int headDim, float theta);
 
+    /// <summary>
+    /// Qwen3-MoE's q_norm / k_norm then RoPE: every head's vector x[t, h, :] [Dh] RMS-normalised on its own (sum of
+    /// squares over Dh, eps, times weight [Dh] shared by all heads: RmsNorm over the T*heads rows of Dh), then Rope.
+    /// </summary>
+    public static partial float[] HeadNormRope(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<int> positions,
+        int tokens, int heads, int headDim, float eps, float theta);
+
+    /// <summary>
+    /// A projection's epilogue: y[t, n] = clamp(y[t, n] + bias[n], -clip, clip) for y [T, N]; bias [N] or empty (none,
+    /// Qwen2-MoE's q/k/v biases when given); clip &gt; 0, +inf for none (OLMoE's clip_qkv). NaN stays NaN (torch.clamp).
+    /// </summary>
+    public static partial float[] BiasClip(ReadOnlySpan<float> y, ReadOnlySpan<float> bias, int tokens, int cols, float clip);
+
     /// <summary>silu(g) * u elementwise, silu(g) = g / (1 + e^-g).</summary>
     public static partial float[] SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up);
 

@@ -1,7 +1,10 @@
 // The oracle's router modes, permutation and MoE block: the signatures and semantics kernel tests code against.
 namespace ILGpuMoE.Reference;
 
-/// <summary>A router mode with its parameters; unused fields are ignored by the other modes.</summary>
+/// <summary>A router mode with its parameters; unused fields are ignored by the other modes.
+/// SharedSlots = m (Mixtral and SoftmaxTopK only; Qwen2-MoE's shared expert stacked as m extra experts): logits rows
+/// are E + 1 wide, the last entry the shared-expert gate's logit; the mode routes over the first E; slots K..K+m-1 of
+/// each token get experts E..E+m-1 with weight sigmoid(logit[E]); the routing's TopK is then K + m.</summary>
 public sealed record RefRouterSpec(
     RouterKind Kind,
     int Experts,
@@ -11,7 +14,8 @@ public sealed record RefRouterSpec(
     int Groups = 1,
     int TopKGroups = 1,
     bool NormTopK = true,
-    double ScalingFactor = 1.0);
+    double ScalingFactor = 1.0,
+    int SharedSlots = 0);
 
 /// <summary>Router output: ids [T, K] (-1 = dropped) and weights [T, K] (0 for dropped), in selection order
 /// (descending selection score, ties toward the lower expert id). Dropped counts tokens dropped by capacity.</summary>
@@ -27,7 +31,7 @@ public readonly record struct RefTile(int Expert, int RowStart);
 
 public static partial class RefMoe
 {
-    /// <summary>logits [T, E]; noiseLogits [T, E] only for NoisyTopK; bias [E] only for DeepSeekV3.
+    /// <summary>logits [T, E] ([T, E + 1] with shared slots); noiseLogits [T, E] only for NoisyTopK; bias [E] only for DeepSeekV3.
     /// Selection scores are computed in double; NaN logits are rejected.</summary>
     public static partial RefRouting Route(RefRouterSpec spec, ReadOnlySpan<float> logits, int tokens,
         ReadOnlySpan<float> noiseLogits = default, ReadOnlySpan<float> bias = default);

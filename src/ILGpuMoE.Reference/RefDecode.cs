@@ -7,6 +7,26 @@ namespace ILGpuMoE.Reference;
 public static class RefDecode
 {
     /// <summary>
+    /// decode/linear for one matrix: y [rows] = clamp(xs . W^T + bias, -clip, clip), plus y0 when y0 is given (the
+    /// accumulate form adds the clipped value); xs = RefOps.RmsNorm(x, norm, eps) when norm is given, else x. x [cols],
+    /// W [rows, cols], norm [cols] or empty, bias [rows] or empty, clip &gt; 0 (+inf for none), y0 [rows] or empty.
+    /// </summary>
+    public static float[] Linear(ReadOnlySpan<float> x, ReadOnlySpan<float> norm, float eps, ReadOnlySpan<float> w, int rows, int cols,
+        ReadOnlySpan<float> bias, float clip, ReadOnlySpan<float> y0 = default)
+    {
+        var xs = norm.IsEmpty ? x.ToArray() : RefOps.RmsNorm(x, norm, 1, cols, eps);
+        var y = RefOps.BiasClip(RefOps.MatMulT(xs, w, 1, rows, cols), bias, 1, rows, clip);
+        if (!y0.IsEmpty)
+        {
+            Require.Length(y0, rows, nameof(y0), "[rows]");
+            for (int r = 0; r < rows; r++)
+                y[r] = (float)((double)y0[r] + y[r]);
+        }
+
+        return y;
+    }
+
+    /// <summary>
     /// h [K, F]: h[k, f] = silu(w1[e_k*F + f] . x) * (w3[e_k*F + f] . x) with e_k = ids[k]; rows of a dropped pair
     /// (e_k = -1) are 0. x [D] (already normalised); w1, w3 [E*F, D] stacked.
     /// </summary>

@@ -42,6 +42,33 @@ public static partial class RefOps
         return y;
     }
 
+    public static partial float[] HeadNormRope(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, ReadOnlySpan<int> positions,
+        int tokens, int heads, int headDim, float eps, float theta)
+    {
+        Require.Positive(heads, nameof(heads));
+        Require.NonNegative(tokens, nameof(tokens));
+        return Rope(RmsNorm(x, weight, tokens * heads, headDim, eps), positions, tokens, heads, headDim, theta);
+    }
+
+    public static partial float[] BiasClip(ReadOnlySpan<float> y, ReadOnlySpan<float> bias, int tokens, int cols, float clip)
+    {
+        Require.NonNegative(tokens, nameof(tokens));
+        Require.Positive(cols, nameof(cols));
+        Require.Length(y, (long)tokens * cols, nameof(y), "[T, N]");
+        if (!bias.IsEmpty)
+            Require.Length(bias, cols, nameof(bias), "[N]");
+        if (!(clip > 0))
+            throw new ArgumentException($"BiasClip: clip = {clip} must be > 0 (+inf for none).", nameof(clip));
+        var o = new float[y.Length];
+        for (int i = 0; i < y.Length; i++)
+        {
+            double v = y[i] + (bias.IsEmpty ? 0.0 : bias[i % cols]);
+            o[i] = (float)(v > clip ? clip : v < -clip ? -clip : v);
+        }
+
+        return o;
+    }
+
     public static partial float[] MatMulT(ReadOnlySpan<float> x, ReadOnlySpan<float> w, int tokens, int outDim, int inDim)
     {
         Require.NonNegative(tokens, nameof(tokens));

@@ -9,16 +9,21 @@ public static partial class RefMoe
         ReadOnlySpan<float> noiseLogits, ReadOnlySpan<float> bias)
     {
         ArgumentNullException.ThrowIfNull(spec);
-        int e = spec.Experts, k = spec.TopK;
+        int e = spec.Experts, k = spec.TopK, m = spec.SharedSlots;
         Require.Positive(e, "spec.Experts");
         if (k < 1 || k > e)
             throw new ArgumentException($"Route: spec.TopK = {k} must be in [1, Experts = {e}].", nameof(spec));
+        Require.NonNegative(m, "spec.SharedSlots");
+        if (m > 0 && spec.Kind != RouterKind.Mixtral && spec.Kind != RouterKind.SoftmaxTopK)
+            throw new ArgumentException($"Route: shared-expert slots are defined for the Mixtral and SoftmaxTopK routers only, not {spec.Kind}.", nameof(spec));
         Require.NonNegative(tokens, nameof(tokens));
-        Require.Length(logits, (long)tokens * e, nameof(logits), "[T, E]");
-        RequireFinite(logits, e, nameof(logits));
+        // With shared slots a row holds the E router logits, then the shared-expert gate's logit.
+        int cols = m > 0 ? e + 1 : e, slots = k + m;
+        Require.Length(logits, (long)tokens * cols, nameof(logits), m > 0 ? "[T, E + 1]" : "[T, E]");
+        RequireFinite(logits, cols, nameof(logits));
 
-        var ids = new int[tokens * k];
-        var weights = new float[tokens * k];
+        var ids = new int[tokens * slots];
+        var weights = new float[tokens * slots];
         int dropped = 0;
         var score = new double[e];
         var pick = new int[k];
@@ -28,13 +33,23 @@ public static partial class RefMoe
             case RouterKind.SoftmaxTopK:
                 for (int t = 0; t < tokens; t++)
                 {
-                    SoftmaxRow(logits.Slice(t * e, e), score);
+                    SoftmaxRow(logits.Slice(t * cols, e), score);
                     TopK(score, null, pick);
                     double sum = 0;
                     foreach (int id in pick)
                         sum += score[id];
                     double norm = spec.Kind == RouterKind.Mixtral ? sum : 1.0;
                     Store(t, pick, i => score[pick[i]] / norm);
+                    if (m > 0)
+                    {
+                        // Hugging Face: F.sigmoid(shared_expert_gate(x)) on the F32 logit; here in double, rounded once.
+                        float gate = (float)(1.0 / (1.0 + Math.Exp(-(double)logits[t * cols + e])));
+                        for (int j = 0; j < m; j++)
+                        {
+                            ids[t * slots + k + j] = e + j;
+                            weights[t * slots + k + j] = gate;
+                        }
+                    }
                 }
 
                 break;
@@ -134,14 +149,14 @@ public static partial class RefMoe
                 throw new ArgumentException($"Route: unknown router kind {spec.Kind}.", nameof(spec));
         }
 
-        return new RefRouting(ids, weights, tokens, k, dropped);
+        return new RefRouting(ids, weights, tokens, slots, dropped);
 
         void Store(int t, int[] chosen, Func<int, double> weight)
         {
             for (int i = 0; i < chosen.Length; i++)
             {
-                ids[t * k + i] = chosen[i];
-                weights[t * k + i] = (float)weight(i);
+                ids[t * slots + i] = chosen[i];
+                weights[t * slots + i] = (float)weight(i);
             }
         }
     }

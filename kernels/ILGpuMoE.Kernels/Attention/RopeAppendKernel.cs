@@ -11,7 +11,14 @@
 //   V1  one thread per (token, head of the H q heads and Hkv kv heads, pair i): 2 loads and 2 stores for a q head,
 //       4 loads and 4 stores (k rotated, v copied) for a kv head; consecutive threads take consecutive i (coalesced).
 //       At T = 1 every thread has one pair to move, so the launch is one memory round trip deep (H 32, Hkv 8,
-//       Dh 128: 2,560 threads) instead of RopeV1's loop over all heads.
+//       Dh 128: 2,560 threads) instead of RopeV1's loop over all heads. No per-head norm.
+//   V2HeadNorm  one thread per (token, head): the optional per-head RMSNorm before the rotation (Qwen3-MoE's q_norm /
+//       k_norm, weights [Dh] F32 shared by all heads; dense/rope's NormRotate: the same bits as RopeHeadNormV2), then
+//       q in place or k into the cache, and v's row copied. A q head is normalised in place, so it belongs to one
+//       thread: no barriers or shuffles (the CPU accelerator's choice).
+//   V3WarpNorm  one warp per (token, head): lanes take pairs l, l + 32, ... and the head's sum of squares is a 5-shuffle
+//       butterfly (dense/rope's RopeWarpNormV3 per row). The GPU decode step's choice when a norm is asked: H + Hkv
+//       warps (Qwen3-30B-A3B: 32 + 4) with Dh/64 pairs per lane instead of V2's Dh/2 serial pairs per thread.
 //
 // Positions outside [0, maxSeq): the runtime checks positions on the host before uploading them; the launcher cannot
 // see device data, so the kernel skips such a token entirely (neither q nor the cache is touched): never a write out
@@ -21,14 +28,6 @@ using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Dense;
 
 namespace ILGpuMoE.Kernels.Attention;
-
-/// <summary>attention/rope-append's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
-[KernelFamily("attention/rope-append")]
-public enum RopeAppendVersion
-{
-    /// <summary>One thread per (token, q or kv head, rotated pair).</summary>
-    V1 = 1,
-}
 
 /// <summary>Scalar launch arguments of <see cref="RopeAppendKernel.RopeAppendV1"/>.</summary>
 public struct RopeAppendParams
@@ -49,6 +48,20 @@ public struct RopeAppendParams
     public int MaxSeq;
 }
 
+/// <summary>attention/rope-append's versions; each member is the version's one name (<see cref="KernelId"/>).</summary>
+[KernelFamily("attention/rope-append")]
+public enum RopeAppendVersion
+{
+    /// <summary>One thread per (token, q or kv head, rotated pair).</summary>
+    V1 = 1,
+
+    /// <summary>One thread per (token, head), with the optional per-head RMSNorm (q_norm / k_norm) before the rotation.</summary>
+    V2HeadNorm = 2,
+
+    /// <summary>One warp per (token, head): the per-head norm's sum of squares by a shuffle butterfly.</summary>
+    V3WarpNorm = 3,
+}
+
 /// <summary>
 /// RoPE on q and k plus the KV append in one launch. Owns the inv_freq tables (one per (Dh, theta), uploaded at the
 /// first launch or by <see cref="Prepare"/>): dispose it.
@@ -60,13 +73,23 @@ public sealed class RopeAppendKernel : IDisposable
 
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
         ArrayView<float>, ArrayView<float>, RopeAppendParams> _v1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
+        ArrayView<float>, ArrayView<float>, RopeAppendParams, QkNorm> _v2, _v3;
     private readonly RopeTables _tables;
+    private readonly bool _gpu;
+    private readonly int _warpSize;
 
     private RopeAppendKernel(Accelerator accelerator)
     {
         _tables = new RopeTables(accelerator);
+        _gpu = accelerator.AcceleratorType != AcceleratorType.CPU;
+        _warpSize = accelerator.WarpSize;
         _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
             ArrayView<float>, ArrayView<float>, RopeAppendParams>(RopeAppendV1);
+        _v2 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
+            ArrayView<float>, ArrayView<float>, RopeAppendParams, QkNorm>(RopeAppendHeadNormV2);
+        _v3 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
+            ArrayView<float>, ArrayView<float>, RopeAppendParams, QkNorm>(RopeAppendWarpNormV3);
     }
 
     public static RopeAppendKernel Create(Accelerator accelerator) => new(accelerator);
@@ -82,9 +105,13 @@ public sealed class RopeAppendKernel : IDisposable
     /// Token t at position positions[t] (device data; the caller checks 0 &lt;= positions[t] &lt; maxSeq on the host, the
     /// kernel skips a token outside): q[t] [H, Dh] rotated in place (rotate-half, as dense/rope), rotated k[t] and v[t]
     /// [Hkv, Dh] written to rows positions[t] of kCache, vCache [Hkv, maxSeq, Dh]. k and v are not modified.
+    /// qNorm / kNorm [Dh] (optional, F32): each q (k) head is first RMS-normalised over Dh with eps = normEps and times
+    /// that weight (Qwen3-MoE's q_norm / k_norm). version: null picks V1 without a norm, else V3WarpNorm on a GPU and
+    /// V2HeadNorm on the CPU accelerator; V1 refuses a norm.
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
-        ArrayView<float> kCache, ArrayView<float> vCache, int tokens, int heads, int kvHeads, int headDim, int maxSeq, float theta)
+        ArrayView<float> kCache, ArrayView<float> vCache, int tokens, int heads, int kvHeads, int headDim, int maxSeq, float theta,
+        ArrayView<float> qNorm = default, ArrayView<float> kNorm = default, float normEps = 1e-6f, RopeAppendVersion? version = null)
     {
         DenseShapes.Stream(Name, stream);
         AttentionKernel.CheckShape(tokens, heads, kvHeads, headDim, maxSeq, 0, Name);
@@ -98,10 +125,28 @@ public sealed class RopeAppendKernel : IDisposable
         long cache = KvCacheLayout.Elements(kvHeads, maxSeq, headDim);
         AttentionKernel.CheckLength(kCache, cache, "kCache [Hkv, maxSeq, Dh]", Name);
         AttentionKernel.CheckLength(vCache, cache, "vCache [Hkv, maxSeq, Dh]", Name);
+        var norm = QkNorm.Check(Name, qNorm, kNorm, normEps, headDim);
         var p = new RopeAppendParams { Tokens = tokens, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, MaxSeq = maxSeq };
-        long threads = (long)tokens * (heads + kvHeads) * (headDim / 2);
-        _v1(stream, new KernelConfig((int)((threads + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, _tables.Get(headDim, theta).View,
-            kCache, vCache, p);
+        var inv = _tables.Get(headDim, theta).View;
+        long rows = (long)tokens * (heads + kvHeads);
+        var chosen = version ?? (!norm.Any ? RopeAppendVersion.V1 : _gpu ? RopeAppendVersion.V3WarpNorm : RopeAppendVersion.V2HeadNorm);
+        switch (chosen)
+        {
+            case RopeAppendVersion.V1:
+                if (norm.Any)
+                    throw new ArgumentException($"{Name}: version V1 has no per-head norm; use V2HeadNorm or V3WarpNorm", nameof(version));
+                long threads = rows * (headDim / 2);
+                _v1(stream, new KernelConfig((int)((threads + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, inv, kCache, vCache, p);
+                break;
+            case RopeAppendVersion.V2HeadNorm:
+                _v2(stream, new KernelConfig((int)((rows + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, inv, kCache, vCache, p, norm);
+                break;
+            case RopeAppendVersion.V3WarpNorm:
+                _v3(stream, RopeKernel.WarpRows(rows, _warpSize), q, k, v, positions, inv, kCache, vCache, p, norm);
+                break;
+            default:
+                throw new ArgumentException($"{Name}: unknown version {chosen}", nameof(version));
+        }
     }
 
     public void Dispose() => _tables.Dispose();
@@ -146,5 +191,58 @@ public sealed class RopeAppendKernel : IDisposable
         kCache[dst + half] = kHi;
         vCache[dst] = v[src];
         vCache[dst + half] = v[src + half];
+    }
+
+    /// <summary>V2HeadNorm: thread per (token, head), q heads then kv heads per token (see the header).</summary>
+    [KernelInfo(RopeAppendVersion.V2HeadNorm, "grid ceil(T*(H+Hkv) / 256), group 256", BlockSize = GroupSize,
+        Summary = "RoPE + KV append with the optional per-head RMSNorm (q_norm / k_norm): thread per (token, head), no barriers")]
+    public static void RopeAppendHeadNormV2(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
+        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, QkNorm norm)
+    {
+        long row = Grid.GlobalLinearIndex;
+        if (row < (long)p.Tokens * (p.Heads + p.KvHeads))
+            AppendRow(q, k, v, positions, invFreq, kCache, vCache, p, norm, row, 0, 1, false);
+    }
+
+    /// <summary>V3WarpNorm: warp per (token, head) (a warp is all in or all out: rows are whole warps).</summary>
+    [KernelInfo(RopeAppendVersion.V3WarpNorm, "grid ceil(T*(H+Hkv) / 8), group 256 (8 warps, one head each)", Decode = DecodeUse.Activations,
+        BlockSize = GroupSize,
+        Summary = "RoPE + KV append with the optional per-head RMSNorm: warp per (token, head), 5-shuffle sum of squares, lanes take pairs l, l+32, ...")]
+    public static void RopeAppendWarpNormV3(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
+        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, QkNorm norm)
+    {
+        long row = (long)Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx;
+        if (row < (long)p.Tokens * (p.Heads + p.KvHeads))
+            AppendRow(q, k, v, positions, invFreq, kCache, vCache, p, norm, row, Warp.LaneIdx, Warp.WarpSize, true);
+    }
+
+    // Row (token t, head hh of the H q heads then Hkv kv heads): q normalised and rotated in place, or k normalised and
+    // rotated into the cache row and v's row copied; over pairs start, start + stride, ... (warp: every lane calls).
+    private static void AppendRow(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
+        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, QkNorm norm, long row,
+        int start, int stride, bool warp)
+    {
+        int rows = p.Heads + p.KvHeads;
+        int t = (int)(row / rows);
+        int hh = (int)(row - (long)t * rows);
+        int pos = positions[t];
+        if (pos < 0 || pos >= p.MaxSeq)
+            return; // refused on the host; never write out of bounds (uniform over a warp's row)
+
+        if (hh < p.Heads)
+        {
+            long b = ((long)t * p.Heads + hh) * p.HeadDim;
+            float scale = norm.NormQ != 0 ? RopeKernel.HeadScale(q, b, p.HeadDim, start, stride, warp, norm.Eps) : 1f;
+            RopeKernel.NormRotate(q, b, q, b, p.HeadDim, pos, invFreq, start, stride, norm.NormQ, norm.Q, scale);
+            return;
+        }
+
+        int kvh = hh - p.Heads;
+        long src = ((long)t * p.KvHeads + kvh) * p.HeadDim;
+        long dst = KvCacheLayout.Index(kvh, pos, 0, p.MaxSeq, p.HeadDim);
+        float kScale = norm.NormK != 0 ? RopeKernel.HeadScale(k, src, p.HeadDim, start, stride, warp, norm.Eps) : 1f;
+        RopeKernel.NormRotate(k, src, kCache, dst, p.HeadDim, pos, invFreq, start, stride, norm.NormK, norm.K, kScale);
+        for (int d = start; d < p.HeadDim; d += stride)
+            vCache[dst + d] = v[src + d];
     }
 }

@@ -1,6 +1,9 @@
 // decode/linear: the T = 1 projections of a decode step, one pass over up to three weight matrices in one launch:
-//   y_m [Rows_m] (+)= xs [D] . W_m^T,   xs = rmsnorm(x) * g (norm prologue) or x,   m = 0..2
+//   y_m [Rows_m] (+)= clamp(xs [D] . W_m^T + b_m, -c, c),   xs = rmsnorm(x) * g (norm prologue) or x,   m = 0..2
 // (q, k, v from the attention norm in one launch; o accumulating into the residual; the router logits from the MoE norm).
+// The epilogue is dense/bias-clip's (Dense/BiasClip/BiasClipKernel.cs): b_m [Rows_m] an optional bias per matrix in any
+// float dtype (Qwen2-MoE's q/k/v biases), c one clip for the launch, +inf for none (OLMoE's clip_qkv); both default to
+// off, so q/k/v stay one launch for these families. With accumulate the clipped value is what is added.
 //
 // Versions:
 //   V1  warp per 2 output rows (R = 2), 8 warps per group: 16 rows per group, the grid covers each matrix's rows in
@@ -26,12 +29,14 @@ public enum DecodeLinearVersion
     V1 = 1,
 }
 
-/// <summary>One matrix of a decode/linear launch and the view its rows go to: y [W.Rows].</summary>
-public readonly struct DecodeTarget<TU>(TU w, ArrayView<float> y)
+/// <summary>One matrix of a decode/linear launch, the view its rows go to: y [W.Rows], and an optional bias [W.Rows]
+/// added before the launch's clip (F32/F16/BF16 through <see cref="NormWeights.Of(F32Weights)"/>; None: no bias).</summary>
+public readonly struct DecodeTarget<TU>(TU w, ArrayView<float> y, NormWeights bias = default)
     where TU : struct, IRowUnits
 {
     public readonly TU W = w;
     public readonly ArrayView<float> Y = y;
+    public readonly NormWeights Bias = bias;
 }
 
 /// <summary>The kernel parameter: up to three targets and the groups each one's rows take (Groups2 is the rest).</summary>
@@ -44,6 +49,9 @@ public readonly struct DecodeTargets<TU>(DecodeTarget<TU> t0, DecodeTarget<TU> t
     public readonly ArrayView<float> Y0 = t0.Y;
     public readonly ArrayView<float> Y1 = t1.Y;
     public readonly ArrayView<float> Y2 = t2.Y;
+    public readonly NormWeights Bias0 = t0.Bias;
+    public readonly NormWeights Bias1 = t1.Bias;
+    public readonly NormWeights Bias2 = t2.Bias;
     public readonly int Groups0 = groups0;
     public readonly int Groups1 = groups1;
 }
@@ -52,8 +60,8 @@ public static class DecodeLinearKernels
 {
     [KernelInfo(DecodeLinearVersion.V1, "grid sum of ceil(Rows_m/16) over m <= 3, group 256 (8 warps x 2 rows)",
         Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["t.W0.Data:16", "t.W1.Data:16", "t.W2.Data:16"],
-        Summary = "T = 1 GEMV over up to 3 matrices, optional rmsnorm prologue, x staged in padded shared memory, 2 rows per warp, 16-byte units")]
-    public static void LinearV1<TU>(DecodeTargets<TU> t, ArrayView<float> x, NormWeights g, float eps, int accumulate)
+        Summary = "T = 1 GEMV over up to 3 matrices, optional rmsnorm prologue and bias/clip epilogue, x staged in padded shared memory, 2 rows per warp, 16-byte units")]
+    public static void LinearV1<TU>(DecodeTargets<TU> t, ArrayView<float> x, NormWeights g, float eps, int accumulate, float clip)
         where TU : struct, IRowUnits
     {
         var xs = SharedMemory.Allocate<float>(DecodeStaging.TileSlots);
@@ -61,15 +69,15 @@ public static class DecodeLinearKernels
         int group = Grid.IdxX;
         // The branch is uniform per group; each arm reads one matrix, so each weight load has one origin.
         if (group < t.Groups0)
-            Rows(t.W0, t.Y0, group, x, g, eps, accumulate, xs, slots);
+            Rows(t.W0, t.Y0, t.Bias0, group, x, g, eps, accumulate, clip, xs, slots);
         else if (group < t.Groups0 + t.Groups1)
-            Rows(t.W1, t.Y1, group - t.Groups0, x, g, eps, accumulate, xs, slots);
+            Rows(t.W1, t.Y1, t.Bias1, group - t.Groups0, x, g, eps, accumulate, clip, xs, slots);
         else
-            Rows(t.W2, t.Y2, group - t.Groups0 - t.Groups1, x, g, eps, accumulate, xs, slots);
+            Rows(t.W2, t.Y2, t.Bias2, group - t.Groups0 - t.Groups1, x, g, eps, accumulate, clip, xs, slots);
     }
 
-    private static void Rows<TU>(TU w, ArrayView<float> y, int group, ArrayView<float> x, NormWeights g, float eps, int accumulate,
-        ArrayView<float> xs, ArrayView<float> slots)
+    private static void Rows<TU>(TU w, ArrayView<float> y, NormWeights bias, int group, ArrayView<float> x, NormWeights g, float eps,
+        int accumulate, float clip, ArrayView<float> xs, ArrayView<float> slots)
         where TU : struct, IRowUnits
     {
         int rows = w.Rows, cols = w.Cols;
@@ -84,6 +92,9 @@ public static class DecodeLinearKernels
         {
             int r = r0 + lane;
             float v = lane == 0 ? p.A : p.B;
+            if (bias.Kind != NormWeights.KindNone)
+                v += bias.Get(r);
+            v = BiasClipKernel.Clip(v, clip);
             y[r] = accumulate != 0 ? y[r] + v : v;
         }
     }
@@ -102,22 +113,25 @@ public sealed class DecodeLinearKernel<TU>
 {
     private const string Name = "DecodeLinear";
 
-    private readonly Action<AcceleratorStream, KernelConfig, DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int> _v1;
+    private readonly Action<AcceleratorStream, KernelConfig, DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float> _v1;
 
     internal DecodeLinearKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadCounted<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int>(DecodeLinearKernels.LinearV1);
+        _v1 = accelerator.LoadCounted<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float>(DecodeLinearKernels.LinearV1);
     }
 
     /// <summary>
-    /// y_m [Rows_m] = xs . W_m^T for each given target (accumulate: y_m += ...), xs = rmsnorm(x) * norm with eps when
-    /// norm is not <see cref="NormWeights.None"/>, else x. x [D], D = Cols of every matrix; norm [D]. y_m must not
-    /// overlap x. Throws ArgumentException (one line) on a bad shape or eps.
+    /// y_m [Rows_m] = clamp(xs . W_m^T + bias_m, -clip, clip) for each given target (accumulate: y_m += that), xs =
+    /// rmsnorm(x) * norm with eps when norm is not <see cref="NormWeights.None"/>, else x. x [D], D = Cols of every
+    /// matrix; norm [D]; bias_m [Rows_m] when the target has one; clip &gt; 0, +inf (the default) for none. y_m must not
+    /// overlap x. Throws ArgumentException (one line) on a bad shape, eps or clip.
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> x, NormWeights norm, float eps,
-        DecodeTarget<TU> t0, DecodeTarget<TU>? t1 = null, DecodeTarget<TU>? t2 = null, bool accumulate = false)
+        DecodeTarget<TU> t0, DecodeTarget<TU>? t1 = null, DecodeTarget<TU>? t2 = null, bool accumulate = false,
+        float clip = float.PositiveInfinity)
     {
         ArgumentNullException.ThrowIfNull(stream);
+        BiasClipKernel.CheckClip(Name, clip);
         int cols = t0.W.Cols;
         Check(t0, 0, cols);
         if (t1 is { } a)
@@ -142,7 +156,7 @@ public sealed class DecodeLinearKernel<TU>
             throw new ArgumentException($"{Name}: {total} groups are too many for one launch");
         // Absent targets repeat t0 with no groups: the kernel never reaches them.
         var targets = new DecodeTargets<TU>(t0, t1 ?? t0, t2 ?? t0, g0, g1);
-        _v1(stream, new KernelConfig((int)total, DecodeStaging.GroupSize), targets, x, norm, eps, accumulate ? 1 : 0);
+        _v1(stream, new KernelConfig((int)total, DecodeStaging.GroupSize), targets, x, norm, eps, accumulate ? 1 : 0, clip);
     }
 
     private static int Groups(DecodeTarget<TU> t) => (t.W.Rows + DecodeStaging.RowsPerGroup - 1) / DecodeStaging.RowsPerGroup;
@@ -155,5 +169,7 @@ public sealed class DecodeLinearKernel<TU>
             throw new ArgumentException($"{Name}: matrix {m} has {t.W.Cols} columns, matrix 0 has {cols} (one x for all)");
         if (t.Y.Length < t.W.Rows)
             throw new ArgumentException($"{Name}: output {m} has {t.Y.Length} elements, needs Rows = {t.W.Rows}");
+        if (!t.Bias.IsNone && t.Bias.Length < t.W.Rows)
+            throw new ArgumentException($"{Name}: bias {m} has {t.Bias.Length} elements, needs Rows = {t.W.Rows}");
     }
 }

@@ -34,7 +34,8 @@ public readonly struct DotPair(float a, float b)
 }
 
 /// <summary>
-/// The RMSNorm weight g [D] of a norm prologue in F32, F16 or BF16 (Kind picks the view; the others are empty), or none.
+/// The RMSNorm weight g [D] of a norm prologue in F32, F16 or BF16 (Kind picks the view; the others are empty), or none;
+/// decode/linear also takes a target's optional bias in this form (DecodeTarget.Bias).
 /// One non-generic struct instead of a second type parameter: the branch on Kind is uniform and runs only while
 /// staging (D values per block), and the PTX gate compiles one instance per weight reader instead of three.
 /// </summary>

@@ -44,7 +44,11 @@ public sealed class AttentionFamily : IBenchFamily
 
         yield return new KvAppendCase(p, tokens);
         if (p.HeadDim <= AttentionKernels.MaxHeadDim)
-            yield return new RopeAppendCase(p, tokens);
+        {
+            yield return new RopeAppendCase(p, tokens, RopeAppendVersion.V1);
+            yield return new RopeAppendCase(p, tokens, RopeAppendVersion.V2HeadNorm);
+            yield return new RopeAppendCase(p, tokens, RopeAppendVersion.V3WarpNorm);
+        }
     }
 
     /// <summary>The short decode context of the V3 cases (keys 0..511).</summary>
@@ -254,17 +258,20 @@ public sealed class KvAppendCase(ShapePreset p, int tokens) : IBenchCase
 /// cache of max(KvLength, T) rows. Each timed run rotates q again (same work, data stays random). Bytes: q read and
 /// written, k and v read, their cache rows written, the positions.
 /// </summary>
-public sealed class RopeAppendCase(ShapePreset p, int tokens) : CaseBase
+public sealed class RopeAppendCase(ShapePreset p, int tokens, RopeAppendVersion version) : CaseBase
 {
+    private const float NormEps = 1e-6f;
+    private readonly bool norm = version != RopeAppendVersion.V1;
     private readonly int maxSeq = Math.Max(p.KvLength, tokens);
     private RopeAppendKernel? kernel;
+    private MemoryBuffer1D<float, Stride1D.Dense>? qw, kw;
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<float, Stride1D.Dense> V)> sets = [];
     private MemoryBuffer1D<int, Stride1D.Dense>? positions;
     private MemoryBuffer1D<float, Stride1D.Dense>? kCache, vCache;
 
-    public override string Family => KernelId.Family(RopeAppendVersion.V1);
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => KernelId.Version(RopeAppendVersion.V1);
+    public override string Version => KernelId.Version(version);
 
     public override int Tokens => tokens;
 
@@ -274,9 +281,10 @@ public sealed class RopeAppendCase(ShapePreset p, int tokens) : CaseBase
 
     private long KvElements => (long)tokens * p.KvDim;
 
-    public override double Flops => 3.0 * (QElements + KvElements);
+    // The per-head norm (V2HeadNorm, V3WarpNorm) adds a square-add, the scale and the weight per q and k element.
+    public override double Flops => (norm ? 6.0 : 3.0) * (QElements + KvElements);
 
-    public override double MinBytes => 8.0 * QElements + 16.0 * KvElements + 4.0 * tokens;
+    public override double MinBytes => 8.0 * QElements + 16.0 * KvElements + 4.0 * tokens + (norm ? 8.0 * p.HeadDim : 0);
 
     public override long SetBytes => 4 * (QElements + 2 * KvElements);
 
@@ -289,11 +297,17 @@ public sealed class RopeAppendCase(ShapePreset p, int tokens) : CaseBase
         long cache = KvCacheLayout.Elements(p.KvHeads, maxSeq, p.HeadDim);
         kCache = Floats(d, cache);
         vCache = Floats(d, cache);
+        qw = Floats(d, p.HeadDim);
+        kw = Floats(d, p.HeadDim);
     }
 
     public override void Run(AcceleratorStream stream, int set) =>
         kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].V.View, positions!.View, kCache!.View, vCache!.View,
-            tokens, p.Heads, p.KvHeads, p.HeadDim, maxSeq, p.RopeTheta);
+            tokens, p.Heads, p.KvHeads, p.HeadDim, maxSeq, p.RopeTheta, norm ? qw!.View : default, norm ? kw!.View : default, NormEps, version);
+
+    private float[] Expected(float[] x, int[] pos, int heads, MemoryBuffer1D<float, Stride1D.Dense> w) => norm
+        ? RefOps.HeadNormRope(x, w.GetAsArray1D(), pos, tokens, heads, p.HeadDim, NormEps, p.RopeTheta)
+        : RefOps.Rope(x, pos, tokens, heads, p.HeadDim, p.RopeTheta);
 
     public override CheckResult Check(BenchDevice d)
     {
@@ -303,11 +317,13 @@ public sealed class RopeAppendCase(ShapePreset p, int tokens) : CaseBase
         var v = sets[0].V.GetAsArray1D();
         var pos = positions!.GetAsArray1D();
         RunOnce(d);
-        var rq = Compare.Close(sets[0].Q.GetAsArray1D(), RefOps.Rope(q, pos, tokens, p.Heads, p.HeadDim, p.RopeTheta), 1e-5, 3e-7, $"q, all {tokens} tokens");
+        // Normalised heads are O(1) times the weights: a few ulp more absolute room than the plain rotation of |x| <= 1.
+        double atol = norm ? 2e-6 : 3e-7;
+        var rq = Compare.Close(sets[0].Q.GetAsArray1D(), Expected(q, pos, p.Heads, qw!), 1e-5, atol, $"q, all {tokens} tokens");
         if (!rq.Passed)
             return rq;
         // Cache rows 0..T-1 back to [T, Hkv, Dh].
-        var rk = RefOps.Rope(k, pos, tokens, p.KvHeads, p.HeadDim, p.RopeTheta);
+        var rk = Expected(k, pos, p.KvHeads, kw!);
         var kc = kCache!.GetAsArray1D();
         var vc = vCache!.GetAsArray1D();
         var gotK = new float[KvElements];
@@ -323,7 +339,7 @@ public sealed class RopeAppendCase(ShapePreset p, int tokens) : CaseBase
             }
         }
 
-        var r = Compare.Close(gotK, rk, 1e-5, 3e-7, $"q and the k cache rows, all {tokens} tokens");
+        var r = Compare.Close(gotK, rk, 1e-5, atol, $"q and the k cache rows, all {tokens} tokens");
         return r.Passed ? Compare.Close(gotV, v, 0, 0, $"q, k and v cache rows, all {tokens} tokens") : r;
     }
 }

@@ -1,5 +1,6 @@
 // Dense cases (kernels/ILGpuMoE.Kernels/Dense): matmul V1/V2 (T > 1), GEMV V1/V2 (T = 1) at the q_proj shape
-// [H*Dh, D] and the lm_head shape [V, D]; rmsnorm, rope, swiglu (V1 split, V2 fused), softmax over V, embedding, add.
+// [H*Dh, D] and the lm_head shape [V, D]; rmsnorm, rope (V1; V2HeadNorm and V3WarpNorm with Qwen3's per-head q/k norm),
+// bias-clip on the q_proj output, swiglu (V1 split, V2 fused), softmax over V, embedding, add.
 // FLOPs count a multiply-add as 2; elementwise kernels count their arithmetic (an exp as 1). Minimum bytes: inputs read
 // once, outputs written once (perf/notes/dense.md has the same counts at Mixtral shapes).
 using ILGPU;
@@ -32,7 +33,10 @@ public sealed class DenseFamily : IBenchFamily
         }
 
         yield return new RmsNormCase(p, tokens, WeightType.BF16);
-        yield return new RopeCase(p, tokens);
+        yield return new RopeCase(p, tokens, RopeVersion.V1);
+        yield return new RopeCase(p, tokens, RopeVersion.V2HeadNorm);
+        yield return new RopeCase(p, tokens, RopeVersion.V3WarpNorm);
+        yield return new BiasClipCase(p, tokens);
         yield return new SwiGluCase(p, tokens, fused: false);
         yield return new SwiGluCase(p, tokens, fused: true);
         // Softmax over the vocabulary is for sampling: a few rows per step, never thousands.
@@ -183,15 +187,19 @@ public sealed class RmsNormCase(ShapePreset p, int tokens, WeightType type) : Ca
     }
 }
 
-/// <summary>RoPE in place on q and k: each timed run rotates the set again (same work, data stays random).</summary>
-public sealed class RopeCase(ShapePreset p, int tokens) : CaseBase
+/// <summary>RoPE in place on q and k: each timed run rotates the set again (same work, data stays random). V2HeadNorm and
+/// V3WarpNorm run with the per-head q/k norm (F32 weights [Dh]), checked against RefOps.HeadNormRope.</summary>
+public sealed class RopeCase(ShapePreset p, int tokens, RopeVersion version) : CaseBase
 {
+    private const float NormEps = 1e-6f;
+    private readonly bool norm = version != RopeVersion.V1;
     private RopeKernel? kernel;
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<int, Stride1D.Dense> Pos)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? qw, kw;
 
-    public override string Family => KernelId.Family(RopeVersion.V1);
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => KernelId.Version(RopeVersion.V1);
+    public override string Version => KernelId.Version(version);
 
     public override int Tokens => tokens;
 
@@ -199,9 +207,10 @@ public sealed class RopeCase(ShapePreset p, int tokens) : CaseBase
 
     private long Elements => (long)tokens * (p.Heads + p.KvHeads) * p.HeadDim;
 
-    public override double Flops => 3.0 * Elements;
+    // The norm adds a square-add, the scale and the weight per element.
+    public override double Flops => (norm ? 6.0 : 3.0) * Elements;
 
-    public override double MinBytes => 8.0 * Elements + 4.0 * tokens;
+    public override double MinBytes => 8.0 * Elements + 4.0 * tokens + (norm ? 8.0 * p.HeadDim : 0);
 
     public override long SetBytes => 4 * Elements + 4L * tokens;
 
@@ -210,10 +219,17 @@ public sealed class RopeCase(ShapePreset p, int tokens) : CaseBase
         kernel = Own(RopeKernel.Create(d.Accelerator));
         for (int i = 0; i < setCount; i++)
             sets.Add((Floats(d, (long)tokens * p.QDim), Floats(d, (long)tokens * p.KvDim), Ints(d, tokens, Math.Max(p.KvLength, 2))));
+        qw = Floats(d, p.HeadDim);
+        kw = Floats(d, p.HeadDim);
     }
 
     public override void Run(AcceleratorStream stream, int set) =>
-        kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].Pos.View, tokens, p.Heads, p.KvHeads, p.HeadDim, p.RopeTheta);
+        kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].Pos.View, tokens, p.Heads, p.KvHeads, p.HeadDim, p.RopeTheta,
+            norm ? qw!.View : default, norm ? kw!.View : default, NormEps, version);
+
+    private float[] Expected(float[] x, int[] pos, int heads, MemoryBuffer1D<float, Stride1D.Dense> w) => norm
+        ? RefOps.HeadNormRope(x, w.GetAsArray1D(), pos, tokens, heads, p.HeadDim, NormEps, p.RopeTheta)
+        : RefOps.Rope(x, pos, tokens, heads, p.HeadDim, p.RopeTheta);
 
     public override CheckResult Check(BenchDevice d)
     {
@@ -222,10 +238,55 @@ public sealed class RopeCase(ShapePreset p, int tokens) : CaseBase
         var k = sets[0].K.GetAsArray1D();
         var pos = sets[0].Pos.GetAsArray1D();
         RunOnce(d);
-        var rq = Compare.Close(sets[0].Q.GetAsArray1D(), RefOps.Rope(q, pos, tokens, p.Heads, p.HeadDim, p.RopeTheta), 1e-5, 3e-7, $"q, all {tokens} tokens");
+        // Normalised heads are O(1) times the weights: a few ulp more absolute room than the plain rotation of |x| <= 1.
+        double atol = norm ? 2e-6 : 3e-7;
+        var rq = Compare.Close(sets[0].Q.GetAsArray1D(), Expected(q, pos, p.Heads, qw!), 1e-5, atol, $"q, all {tokens} tokens");
         if (!rq.Passed)
             return rq;
-        return Compare.Close(sets[0].K.GetAsArray1D(), RefOps.Rope(k, pos, tokens, p.KvHeads, p.HeadDim, p.RopeTheta), 1e-5, 3e-7, $"q and k, all {tokens} tokens");
+        return Compare.Close(sets[0].K.GetAsArray1D(), Expected(k, pos, p.KvHeads, kw!), 1e-5, atol, $"q and k, all {tokens} tokens");
+    }
+}
+
+/// <summary>The q projection's epilogue in place: y [T, H*Dh] + bias (BF16) clipped to [-1, 1] (Qwen2-MoE bias, OLMoE clip).</summary>
+public sealed class BiasClipCase(ShapePreset p, int tokens) : CaseBase
+{
+    private const float Clip = 1f;
+    private BiasClipKernel<BF16Weights>? kernel;
+    private readonly List<MemoryBuffer1D<float, Stride1D.Dense>> ys = [];
+    private WeightBuffer? bias;
+
+    public override string Family => KernelId.Family(BiasClipVersion.V1);
+
+    public override string Version => KernelId.Version(BiasClipVersion.V1);
+
+    public override string DType => WeightTypes.Label(WeightType.BF16);
+
+    public override int Tokens => tokens;
+
+    public override string Shape => $"[{tokens}, {p.QDim}]";
+
+    public override double Flops => 3.0 * tokens * p.QDim;
+
+    public override double MinBytes => 8.0 * tokens * p.QDim + 2.0 * p.QDim;
+
+    public override long SetBytes => 4L * tokens * p.QDim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        kernel = BiasClipKernel.Create<BF16Weights>(d.Accelerator);
+        for (int i = 0; i < setCount; i++)
+            ys.Add(Floats(d, (long)tokens * p.QDim, 2f));
+        bias = Weights(d, WeightType.BF16, p.QDim, 0.5f);
+    }
+
+    public override void Run(AcceleratorStream stream, int set) => kernel!.Launch(stream, ys[set].View, tokens, p.QDim, bias!.BF16, Clip);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        d.Stream.Synchronize();
+        var y = ys[0].GetAsArray1D();
+        RunOnce(d);
+        return Compare.Close(ys[0].GetAsArray1D(), RefOps.BiasClip(y, bias!.Download(), tokens, p.QDim, Clip), 1e-6, 1e-7, $"all {tokens} tokens");
     }
 }
 

@@ -31,7 +31,7 @@ public sealed class GatingFamily : IBenchFamily
     };
 
     public static RefRouterSpec ToRef(RouterSpec s) => new(s.Kind, s.Experts, s.TopK, s.CapacityFactor,
-        s.NoiseSeed, s.Groups, s.TopKGroups, s.NormTopK, s.ScalingFactor);
+        s.NoiseSeed, s.Groups, s.TopKGroups, s.NormTopK, s.ScalingFactor, s.SharedSlots);
 }
 
 public sealed class GatingCase(ShapePreset p, int tokens, GatingVersion version) : CaseBase

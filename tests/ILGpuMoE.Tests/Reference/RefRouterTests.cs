@@ -28,6 +28,20 @@ public class RefRouterTests
     }
 
     [Test]
+    public void SharedSlotsFollowTheRoutedOnes()
+    {
+        // Rows [1, 2, 3 | gate 0] and [3, 1, 2 | gate ln 3], E = 3, K = 2, m = 2: the routed part is
+        // SoftmaxTopKKeepsProbabilities' (the gate logit is not in the softmax); slots 2, 3 hold experts 3, 4 with
+        // sigmoid(0) = 0.5, then sigmoid(ln 3) = 1 / (1 + 1/3) = 0.75.
+        float ln3 = (float)Math.Log(3);
+        var r = RefMoe.Route(new RefRouterSpec(RouterKind.SoftmaxTopK, 3, 2, SharedSlots: 2), [1, 2, 3, 0, 3, 1, 2, ln3], 2);
+        Assert.That(r.TopK, Is.EqualTo(4));
+        Assert.That(r.ExpertIds, Is.EqualTo(new[] { 2, 1, 3, 4, 0, 2, 3, 4 }));
+        Check.Close([(float)P3, (float)P2, 0.5f, 0.5f, (float)P3, (float)P2, 0.75f, 0.75f], r.Weights, 1e-7, 0);
+        Assert.Throws<ArgumentException>(() => RefMoe.Route(new RefRouterSpec(RouterKind.SoftmaxTopK, 3, 2, SharedSlots: 2), [1, 2, 3], 1), "row of E");
+    }
+
+    [Test]
     public void TiesGoToTheLowerExpertId()
     {
         var spec = new RefRouterSpec(RouterKind.Mixtral, 4, 2);

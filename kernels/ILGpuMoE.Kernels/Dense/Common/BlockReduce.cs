@@ -17,6 +17,14 @@ internal static class BlockReduce
 
     public static float Max(float value, ArrayView<float> slots) => Reduce(value, slots, max: true);
 
+    /// <summary>Sum across one warp (every lane calls it); the xor butterfly leaves the same bits in every lane.</summary>
+    public static float WarpSum(float value)
+    {
+        for (int offset = Warp.WarpSize / 2; offset > 0; offset >>= 1)
+            value += Warp.ShuffleXor(value, offset);
+        return value;
+    }
+
     // `max` is uniform across the group, so the branch never diverges.
     private static float Reduce(float value, ArrayView<float> slots, bool max)
     {

@@ -5,9 +5,18 @@
 //
 // Versions:
 //   V1  one thread per (token, pair i); it computes cos/sin once and rotates pair i of every q head and every k head
-//       of its token (consecutive threads touch consecutive dims of a head: coalesced).
-// attention/rope-append (kernels/ILGpuMoE.Kernels/Attention/RopeAppendKernel.cs) fuses the same rotation with the KV
-// append; it shares the table, SinCos and RotatePair below, so both give the same bits.
+//       of its token (consecutive threads touch consecutive dims of a head: coalesced). No per-head norm.
+//   V2HeadNorm  one thread per (token, head): optionally RMS-normalises the head first (Qwen3-MoE's q_norm / k_norm:
+//       x * (1 / sqrt(mean(x^2) + eps)) * w over Dh, f32 sum of squares, w [Dh] shared by every head; RmsNormKernel's
+//       expression), then rotates its Dh/2 pairs. The norm needs the whole head before any pair is written back in
+//       place, so a head belongs to one thread: no barriers, no shuffles (the CPU accelerator's choice), but Dh/2
+//       serial pairs per thread and loads Dh floats apart across threads.
+//   V3WarpNorm  one warp per (token, head): lane l takes pairs l, l + 32, ...; the head's sum of squares is one xor
+//       butterfly of 5 shuffles (every lane gets the same bits). Each lane reads only the pairs it writes, so in place
+//       is safe whatever the shuffles order. The GPU's choice when a norm is asked (coalesced, Dh/64 pairs per lane).
+//   Without a norm, V2 and V3 rotate exactly as V1 (same SinCos and RotatePair: the same bits).
+// attention/rope-append (kernels/ILGpuMoE.Kernels/Attention/RopeAppendKernel.cs) fuses the same rotation (and the same
+// norm, NormRotate below) with the KV append; it shares the table, SinCos and RotatePair, so both give the same bits.
 //
 // Angle precision (why the doubles): with f32, pos * inv_i at pos ~4096 is off by up to half an ulp of 4096
 // (2.4e-4 rad) before cos/sin even start, so the result drifts from the exact rotation by ~1e-4. Here inv_i is
@@ -31,6 +40,43 @@ public enum RopeVersion
 {
     /// <summary>One thread per rotated pair.</summary>
     V1 = 1,
+
+    /// <summary>One thread per (token, head), with the optional per-head RMSNorm (q_norm / k_norm) before the rotation.</summary>
+    V2HeadNorm = 2,
+
+    /// <summary>One warp per (token, head): the per-head norm's sum of squares by a shuffle butterfly.</summary>
+    V3WarpNorm = 3,
+}
+
+/// <summary>
+/// The per-head RMSNorm option of the rope kernels (Qwen3-MoE's q_norm / k_norm): weights [Dh] shared by every q (k)
+/// head, F32 on the device. NormQ / NormK 0 leave those heads unnormalised (their view is then not read).
+/// </summary>
+public readonly struct QkNorm(ArrayView<float> q, ArrayView<float> k, int normQ, int normK, float eps)
+{
+    public readonly ArrayView<float> Q = q;
+    public readonly ArrayView<float> K = k;
+    public readonly int NormQ = normQ;
+    public readonly int NormK = normK;
+    public readonly float Eps = eps;
+
+    public bool Any => NormQ != 0 || NormK != 0;
+
+    /// <summary>
+    /// The launchers' form of the option: qNorm / kNorm [Dh] each optional (default or empty: none), eps finite and
+    /// &gt;= 0 when either is given. Throws ArgumentException (one line) on a wrong length or eps.
+    /// </summary>
+    internal static QkNorm Check(string kernel, ArrayView<float> qNorm, ArrayView<float> kNorm, float eps, int headDim)
+    {
+        bool hasQ = qNorm.IsValid && qNorm.Length > 0, hasK = kNorm.IsValid && kNorm.Length > 0;
+        if (hasQ)
+            DenseShapes.Length(kernel, nameof(qNorm), qNorm, headDim, "[Dh]");
+        if (hasK)
+            DenseShapes.Length(kernel, nameof(kNorm), kNorm, headDim, "[Dh]");
+        if ((hasQ || hasK) && (!(eps >= 0f) || float.IsInfinity(eps)))
+            throw new ArgumentException($"{kernel}: normEps must be finite and >= 0, got {eps}", nameof(eps));
+        return new QkNorm(hasQ ? qNorm : default, hasK ? kNorm : default, hasQ ? 1 : 0, hasK ? 1 : 0, eps);
+    }
 }
 
 public sealed class RopeKernel : IDisposable
@@ -38,12 +84,19 @@ public sealed class RopeKernel : IDisposable
     private const string Name = "Rope";
 
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int> _v1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, int, int, int, int> _v2, _v3;
     private readonly RopeTables _tables;
+    private readonly bool _gpu;
+    private readonly int _warpSize;
 
     private RopeKernel(Accelerator accelerator)
     {
         _tables = new RopeTables(accelerator);
+        _gpu = accelerator.AcceleratorType != AcceleratorType.CPU;
+        _warpSize = accelerator.WarpSize;
         _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int>(RopeV1);
+        _v2 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, int, int, int, int>(RopeHeadNormV2);
+        _v3 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, int, int, int, int>(RopeWarpNormV3);
     }
 
     public static RopeKernel Create(Accelerator accelerator) => new(accelerator);
@@ -51,9 +104,13 @@ public sealed class RopeKernel : IDisposable
     /// <summary>
     /// Rotates q [T, H, Dh] and k [T, Hkv, Dh] in place; token t is at absolute position positions[t] (the position
     /// offset for decode lives in that array). The first call for a (Dh, theta) uploads a small inv_freq table.
+    /// qNorm / kNorm [Dh] (optional, F32): each q (k) head is first RMS-normalised over Dh with eps = normEps and
+    /// times that weight (Qwen3-MoE's q_norm / k_norm). version: null picks V1 without a norm, else V3WarpNorm on a GPU
+    /// and V2HeadNorm on the CPU accelerator; V1 refuses a norm.
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions,
-        int tokens, int heads, int kvHeads, int headDim, float theta)
+        int tokens, int heads, int kvHeads, int headDim, float theta, ArrayView<float> qNorm = default,
+        ArrayView<float> kNorm = default, float normEps = 1e-6f, RopeVersion? version = null)
     {
         DenseShapes.Stream(Name, stream);
         DenseShapes.Positive(Name, nameof(tokens), tokens);
@@ -63,8 +120,36 @@ public sealed class RopeKernel : IDisposable
         DenseShapes.Length(Name, nameof(q), q, (long)tokens * heads * headDim, "[T, H, Dh]");
         DenseShapes.Length(Name, nameof(k), k, (long)tokens * kvHeads * headDim, "[T, Hkv, Dh]");
         DenseShapes.Length(Name, nameof(positions), positions, tokens, "[T]");
+        var norm = QkNorm.Check(Name, qNorm, kNorm, normEps, headDim);
+        var v = version ?? (!norm.Any ? RopeVersion.V1 : _gpu ? RopeVersion.V3WarpNorm : RopeVersion.V2HeadNorm);
         var inv = _tables.Get(headDim, theta);
-        _v1(stream, DenseShapes.Elementwise((long)tokens * (headDim / 2)), q, k, positions, inv.View, tokens, heads, kvHeads, headDim);
+        long rows = (long)tokens * (heads + kvHeads);
+        switch (v)
+        {
+            case RopeVersion.V1:
+                if (norm.Any)
+                    throw new ArgumentException($"{Name}: version V1 has no per-head norm; use V2HeadNorm or V3WarpNorm", nameof(version));
+                _v1(stream, DenseShapes.Elementwise((long)tokens * (headDim / 2)), q, k, positions, inv.View, tokens, heads, kvHeads, headDim);
+                break;
+            case RopeVersion.V2HeadNorm:
+                _v2(stream, DenseShapes.Elementwise(rows), q, k, positions, inv.View, norm, tokens, heads, kvHeads, headDim);
+                break;
+            case RopeVersion.V3WarpNorm:
+                _v3(stream, WarpRows(rows, _warpSize), q, k, positions, inv.View, norm, tokens, heads, kvHeads, headDim);
+                break;
+            default:
+                throw new ArgumentException($"{Name}: unknown version {v}", nameof(version));
+        }
+    }
+
+    /// <summary>Groups of 256 threads, one warp per row, covering rows rows (V3WarpNorm of both rope families).</summary>
+    internal static KernelConfig WarpRows(long rows, int warpSize)
+    {
+        int perGroup = Devices.MaxGroupSize / warpSize;
+        long groups = (rows + perGroup - 1) / perGroup;
+        if (groups > int.MaxValue)
+            throw new ArgumentException($"{rows} heads are too many for one launch");
+        return new KernelConfig((int)groups, perGroup * warpSize);
     }
 
     /// <summary>inv_i = theta^(-2i/Dh) in double, i in [0, Dh/2): the same expression as the reference.</summary>
@@ -108,6 +193,94 @@ public sealed class RopeKernel : IDisposable
         long kRow = (long)t * kvHeads * headDim + i;
         for (int h = 0; h < kvHeads; h++)
             Rotate(k, kRow + (long)h * headDim, half, cos, sin);
+    }
+
+    /// <summary>V2HeadNorm: thread per (token, head); q heads first, then k heads, per token.</summary>
+    [KernelInfo(RopeVersion.V2HeadNorm, "grid ceil(T*(H+Hkv) / 256), group 256",
+        Summary = "thread per (token, head): optional per-head RMSNorm (q_norm / k_norm), then the head's Dh/2 rotations; no barriers")]
+    public static void RopeHeadNormV2(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq,
+        QkNorm norm, int tokens, int heads, int kvHeads, int headDim)
+    {
+        long row = Grid.GlobalLinearIndex;
+        if (row < (long)tokens * (heads + kvHeads))
+            RopeRow(q, k, positions, invFreq, norm, row, heads, kvHeads, headDim, 0, 1, false);
+    }
+
+    /// <summary>V3WarpNorm: warp per (token, head) (a warp is all in or all out: rows are whole warps).</summary>
+    [KernelInfo(RopeVersion.V3WarpNorm, "grid ceil(T*(H+Hkv) / 8), group 256 (8 warps, one head each)", BlockSize = Devices.MaxGroupSize,
+        Summary = "warp per (token, head): per-head RMSNorm sum by a 5-shuffle butterfly, lanes rotate pairs l, l+32, ...")]
+    public static void RopeWarpNormV3(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq,
+        QkNorm norm, int tokens, int heads, int kvHeads, int headDim)
+    {
+        long row = (long)Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx;
+        if (row < (long)tokens * (heads + kvHeads))
+            RopeRow(q, k, positions, invFreq, norm, row, heads, kvHeads, headDim, Warp.LaneIdx, Warp.WarpSize, true);
+    }
+
+    // Row (token t, head hh of the H q heads then Hkv k heads) in place: norm when asked, then the rotation, over pairs
+    // start, start + stride, ... (a thread: 0, 1; a warp's lane: l, 32 with warp = true, every lane calling).
+    private static void RopeRow(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq, QkNorm norm,
+        long row, int heads, int kvHeads, int headDim, int start, int stride, bool warp)
+    {
+        int rows = heads + kvHeads;
+        int t = (int)(row / rows);
+        int hh = (int)(row - (long)t * rows);
+        int pos = positions[t];
+        if (hh < heads)
+        {
+            long b = ((long)t * heads + hh) * headDim;
+            float scale = norm.NormQ != 0 ? HeadScale(q, b, headDim, start, stride, warp, norm.Eps) : 1f;
+            NormRotate(q, b, q, b, headDim, pos, invFreq, start, stride, norm.NormQ, norm.Q, scale);
+        }
+        else
+        {
+            long b = ((long)t * kvHeads + hh - heads) * headDim;
+            float scale = norm.NormK != 0 ? HeadScale(k, b, headDim, start, stride, warp, norm.Eps) : 1f;
+            NormRotate(k, b, k, b, headDim, pos, invFreq, start, stride, norm.NormK, norm.K, scale);
+        }
+    }
+
+    /// <summary>
+    /// 1 / sqrt(mean(x^2) + eps) of the head x[b .. b + Dh), reading the pairs (i, i + Dh/2) for i = start, start + stride,
+    /// ... &lt; Dh/2 (the pairs this thread or lane then writes) and, with warp, summing across the warp (every lane calls).
+    /// </summary>
+    internal static float HeadScale(ArrayView<float> x, long b, int headDim, int start, int stride, bool warp, float eps)
+    {
+        int half = headDim / 2;
+        float sumSq = 0f;
+        for (int i = start; i < half; i += stride)
+        {
+            float lo = x[b + i], hi = x[b + i + half];
+            sumSq += lo * lo + hi * hi;
+        }
+
+        if (warp)
+            sumSq = BlockReduce.WarpSum(sumSq);
+        return 1f / XMath.Sqrt(sumSq / headDim + eps);
+    }
+
+    /// <summary>
+    /// Pairs i = start, start + stride, ... &lt; Dh/2 of the head src[sb ..]: times scale * w (RmsNormKernel's x * scale * w)
+    /// when norm != 0, rotated at pos, written to dst[db ..] (dst may be src: a pair is read before its own thread writes it).
+    /// </summary>
+    internal static void NormRotate(ArrayView<float> src, long sb, ArrayView<float> dst, long db, int headDim, int pos,
+        ArrayView<double> invFreq, int start, int stride, int norm, ArrayView<float> w, float scale)
+    {
+        int half = headDim / 2;
+        for (int i = start; i < half; i += stride)
+        {
+            SinCos(pos * invFreq[i], out float sin, out float cos);
+            float a = src[sb + i], b = src[sb + i + half];
+            if (norm != 0)
+            {
+                a = a * scale * w[i];
+                b = b * scale * w[i + half];
+            }
+
+            RotatePair(a, b, cos, sin, out float lo, out float hi);
+            dst[db + i] = lo;
+            dst[db + i + half] = hi;
+        }
     }
 
     /// <summary>

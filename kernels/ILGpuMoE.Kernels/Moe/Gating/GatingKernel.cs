@@ -25,6 +25,13 @@
 //   DeepSeekV3         : raw_k = sigmoid(l_k) (unbiased), denom = sum of the K raws if NormTopK else 1, scale = ScalingFactor.
 // NaN logits are not checked on the device (the oracle rejects them): a NaN score sorts above +inf here.
 //
+// Shared-expert slots (RouterSpec.SharedSlots = m > 0, Mixtral and SoftmaxTopK only; Qwen2-MoE): a logits row is E + 1
+// wide, its last entry the shared-expert gate's logit. The mode runs over the first E exactly as above; then slots
+// K..K+m-1 of the token's ids / weights row (K + m wide) get experts E..E+m-1, every one with weight sigmoid(logit[E])
+// in F32 (Hugging Face's F.sigmoid on the F32 gate logit). The runtime stacks the shared SwiGLU MLP of width Fs as m =
+// ceil(Fs / F) zero-padded F-wide experts after the E routed ones, so permutation, grouped GEMM and combine see E + m
+// experts and K + m slots and compute sigmoid(gate) * shared_expert(x) exactly (a padded hidden unit gives silu(0) * 0).
+//
 // Lane-dependent values: V1's scores live in per-thread local memory, which ILGPU's uniformity analysis takes for
 // uniform (the address is the same on every lane), so an `if` on a score became a `bra.uni` whose lanes disagree
 // (the PTX lint, src/ILGpuMoE/Ptx/PtxLint.cs, found 7). The selections over scores are therefore written as selects
@@ -148,7 +155,8 @@ public static class GatingKernels
     internal static float Score(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, int t, int e)
     {
-        long i = (long)t * spec.Experts + e;
+        // Rows are E + 1 wide with shared slots; NoisyTopK (noise [T, E] indexed alike) never has them.
+        long i = (long)t * spec.LogitsPerToken + e;
         float l = logits[i];
         if (spec.Kind == RouterKind.NoisyTopK)
         {
@@ -194,7 +202,7 @@ public static class GatingKernels
     /// <summary>raw_k for the pick (e, score) given the first pick's score (see the header).</summary>
     internal static float RawWeight(RouterSpec spec, ArrayView<float> logits, int t, int e, float score, float firstScore) =>
         spec.Kind == RouterKind.DeepSeekV3
-            ? Sigmoid(logits[(long)t * spec.Experts + e])
+            ? Sigmoid(logits[(long)t * spec.LogitsPerToken + e])
             : MathF.Exp(score - firstScore);
 
     internal static bool NormalisesByPicks(RouterSpec spec) =>
@@ -206,6 +214,22 @@ public static class GatingKernels
 
     internal static float Scale(RouterSpec spec) =>
         spec.Kind == RouterKind.DeepSeekV3 ? (float)spec.ScalingFactor : 1f;
+
+    /// <summary>Shared slots j = start, start + stride, ... &lt; m of token t's row: expert E + j, weight
+    /// sigmoid(logit[E]) (see the header). Nothing when m = 0.</summary>
+    internal static void WriteSharedSlots(RouterSpec spec, ArrayView<float> logits, ArrayView<int> ids, ArrayView<float> weights,
+        int t, long row, int start, int stride)
+    {
+        int m = spec.SharedSlots;
+        if (m == 0)
+            return;
+        float gate = Sigmoid(logits[(long)t * spec.LogitsPerToken + spec.Experts]);
+        for (int j = start; j < m; j += stride)
+        {
+            ids[row + spec.TopK + j] = spec.Experts + j;
+            weights[row + spec.TopK + j] = gate;
+        }
+    }
 
     // ---- V1: one thread per token ------------------------------------------------------------------------------
 
@@ -242,7 +266,7 @@ public static class GatingKernels
             }
         }
 
-        long row = (long)t * k;
+        long row = (long)t * spec.SlotsPerToken;
         ulong prevKey = ulong.MaxValue;
         float firstScore = 0f, sum = 0f;
         for (int pass = 0; pass < k; pass++)
@@ -274,6 +298,7 @@ public static class GatingKernels
         float scale = Scale(spec);
         for (int pass = 0; pass < k; pass++)
             weights[row + pass] = weights[row + pass] / denom * scale;
+        WriteSharedSlots(spec, logits, ids, weights, t, row, 0, 1);
     }
 
     // ---- V2: one warp per token --------------------------------------------------------------------------------
@@ -336,7 +361,7 @@ public static class GatingKernels
         if (!active)
             return;
 
-        long row = (long)t * k;
+        long row = (long)t * spec.SlotsPerToken;
         ulong prevKey = ulong.MaxValue;
         float firstScore = 0f, sum = 0f;
         for (int pass = 0; pass < k; pass++)
@@ -383,6 +408,7 @@ public static class GatingKernels
         float scale = Scale(spec);
         for (int pass = lane; pass < k; pass += warpSize)
             weights[row + pass] = weights[row + pass] / denom * scale;
+        WriteSharedSlots(spec, logits, ids, weights, t, row, lane, warpSize);
     }
 
     // ---- Switch capacity ---------------------------------------------------------------------------------------
@@ -500,7 +526,8 @@ public sealed class GatingKernel : IDisposable
 
     /// <summary>
     /// Routes T tokens. logits [T, E] f32 -> ids [T, K] (expert id, -1 = dropped by Switch capacity) and weights [T, K]
-    /// f32, in selection order. noiseLogits [T, E] is required for NoisyTopK, bias [E] for DeepSeekV3; pass default
+    /// f32, in selection order. With spec.SharedSlots = m &gt; 0: logits [T, E + 1] (the shared-expert gate's logit
+    /// last), ids / weights [T, K + m] (slots K.. hold experts E..E+m-1 with weight sigmoid(logit[E])). noiseLogits [T, E] is required for NoisyTopK, bias [E] for DeepSeekV3; pass default
     /// otherwise. droppedCount [1], when given, receives the number of tokens Switch dropped (0 for other modes).
     /// Views may be longer than needed; only the leading elements are read or written.
     /// </summary>
@@ -560,10 +587,11 @@ public sealed class GatingKernel : IDisposable
         ValidateSpec(spec);
         if (tokens < 0)
             throw new ArgumentException($"gating: tokens must be >= 0, got {tokens}", nameof(tokens));
-        long e = spec.Experts, k = spec.TopK;
-        RequireLength(logits, tokens * e, "logits [T, E]", nameof(logits));
-        RequireLength(ids, tokens * k, "ids [T, K]", nameof(ids));
-        RequireLength(weights, tokens * k, "weights [T, K]", nameof(weights));
+        long e = spec.Experts, k = spec.SlotsPerToken;
+        bool shared = spec.SharedSlots > 0;
+        RequireLength(logits, tokens * (long)spec.LogitsPerToken, shared ? "logits [T, E + 1]" : "logits [T, E]", nameof(logits));
+        RequireLength(ids, tokens * k, shared ? "ids [T, K + m]" : "ids [T, K]", nameof(ids));
+        RequireLength(weights, tokens * k, shared ? "weights [T, K + m]" : "weights [T, K]", nameof(weights));
         if (spec.Kind == RouterKind.NoisyTopK)
             RequireLength(noiseLogits, tokens * e, "noiseLogits [T, E] (NoisyTopK)", nameof(noiseLogits));
         if (spec.Kind == RouterKind.DeepSeekV3)
@@ -581,6 +609,10 @@ public sealed class GatingKernel : IDisposable
             throw new ArgumentException($"gating {spec}: experts must be in [1, {GatingKernels.MaxExperts}], got {spec.Experts}", nameof(spec));
         if (spec.TopK < 1 || spec.TopK > spec.Experts)
             throw new ArgumentException($"gating {spec}: topK must be in [1, E={spec.Experts}], got {spec.TopK}", nameof(spec));
+        if (spec.SharedSlots < 0 || spec.SharedSlots > GatingKernels.MaxExperts)
+            throw new ArgumentException($"gating {spec}: shared slots must be in [0, {GatingKernels.MaxExperts}], got {spec.SharedSlots}", nameof(spec));
+        if (spec.SharedSlots > 0 && spec.Kind != RouterKind.Mixtral && spec.Kind != RouterKind.SoftmaxTopK)
+            throw new ArgumentException($"gating {spec}: shared-expert slots are defined for the Mixtral and SoftmaxTopK routers only, not {spec.Kind}", nameof(spec));
         switch (spec.Kind)
         {
             case RouterKind.Switch:

@@ -3,7 +3,8 @@
 // The kernels assembly cannot see the reference project, so this mirrors RefRouterSpec field for field; the runtime
 // maps one to the other. It is a readonly struct of plain numbers (no bool: NormTopK travels as an int) so that
 // every backend can take it as a kernel parameter. Its kind is the RouterKind the oracle uses too
-// (kernels/ILGpuMoE.Contracts/RouterKind.cs).
+// (kernels/ILGpuMoE.Contracts/RouterKind.cs). SharedSlots (Qwen2-MoE's shared expert, routed as m extra experts of the
+// same grouped launch) is the last field and defaults to 0, so a spec without it routes as before.
 namespace ILGpuMoE.Kernels.Moe.Gating;
 
 /// <summary>A router mode with its parameters; fields a mode does not use are ignored.</summary>
@@ -35,8 +36,16 @@ public readonly struct RouterSpec
     /// <summary>DeepSeekV3 only: factor applied to the final weights.</summary>
     public readonly double ScalingFactor;
 
+    /// <summary>
+    /// m: shared-expert slots (Qwen2-MoE), Mixtral and SoftmaxTopK only. With m &gt; 0 a logits row has E + 1 entries,
+    /// the last being the shared-expert gate's logit; the mode routes over the first E as without it, then slots
+    /// K..K+m-1 of the token get experts E..E+m-1 (the shared expert stacked as m F-wide chunks) with weight
+    /// sigmoid(logit[E]) in F32. Output rows are K + m wide.
+    /// </summary>
+    public readonly int SharedSlots;
+
     public RouterSpec(RouterKind kind, int experts, int topK, double capacityFactor = 1.0, ulong noiseSeed = 0,
-        int groups = 1, int topKGroups = 1, bool normTopK = true, double scalingFactor = 1.0)
+        int groups = 1, int topKGroups = 1, bool normTopK = true, double scalingFactor = 1.0, int sharedSlots = 0)
     {
         Kind = kind;
         Experts = experts;
@@ -47,9 +56,20 @@ public readonly struct RouterSpec
         TopKGroups = topKGroups;
         NormTopKFlag = normTopK ? 1 : 0;
         ScalingFactor = scalingFactor;
+        SharedSlots = sharedSlots;
     }
 
     public bool NormTopK => NormTopKFlag != 0;
+
+    /// <summary>Logits per token: E, or E + 1 with shared slots (the shared-expert gate's logit last).</summary>
+    public int LogitsPerToken => SharedSlots > 0 ? Experts + 1 : Experts;
+
+    /// <summary>Ids / weights per token: K + m.</summary>
+    public int SlotsPerToken => TopK + SharedSlots;
+
+    /// <summary>This spec with m shared-expert slots (see <see cref="SharedSlots"/>).</summary>
+    public RouterSpec WithSharedSlots(int sharedSlots) =>
+        new(Kind, Experts, TopK, CapacityFactor, NoiseSeed, Groups, TopKGroups, NormTopK, ScalingFactor, sharedSlots);
 
     public static RouterSpec Mixtral(int experts, int topK) => new(RouterKind.Mixtral, experts, topK);
 
@@ -69,7 +89,9 @@ public readonly struct RouterSpec
     /// <summary>Switch: the per-expert token capacity for T tokens, ceil(T * CapacityFactor / E) in double.</summary>
     public int SwitchCapacity(int tokens) => (int)Math.Ceiling(tokens * CapacityFactor / Experts);
 
-    public override string ToString() => Kind switch
+    public override string ToString() => SharedSlots == 0 ? Describe() : $"{Describe()[..^1]}, shared={SharedSlots})";
+
+    private string Describe() => Kind switch
     {
         RouterKind.Switch => $"Switch(E={Experts}, cf={CapacityFactor})",
         RouterKind.NoisyTopK => $"NoisyTopK(E={Experts}, K={TopK}, seed={NoiseSeed})",

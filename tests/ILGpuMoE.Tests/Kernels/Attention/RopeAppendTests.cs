@@ -131,6 +131,97 @@ public class RopeAppendTests
         Check.BitEqual(expectV, gotV, "vCache");
     }
 
+    /// <summary>
+    /// The per-head q/k RMSNorm (Qwen3-MoE): V2HeadNorm and V3WarpNorm against RefOps.HeadNormRope for q and the appended
+    /// k rows, v copied, every other cache row keeping its NaN bits; GQA 3:1 with Dh = 16 and a token whose position is
+    /// past the cache (skipped: its q stays as it was). Then the same launch against dense/rope's same version followed
+    /// by kv-append, bit for bit (one NormRotate).
+    /// </summary>
+    [TestCase(RopeAppendVersion.V2HeadNorm)]
+    [TestCase(RopeAppendVersion.V3WarpNorm)]
+    public void HeadNormMatchesReference(RopeAppendVersion version)
+    {
+        const int heads = 3, kvHeads = 1, headDim = 16, maxSeq = 40;
+        int[] positions = [5, 39, 40, 0];
+        int tokens = positions.Length;
+        var q = Data.Gaussian(81, (long)tokens * heads * headDim, 3);
+        var k = Data.Gaussian(82, (long)tokens * kvHeads * headDim, 3);
+        var v = Data.Uniform(83, (long)tokens * kvHeads * headDim);
+        var qw = Data.Uniform(84, headDim, 0.5f).Select(x => 1f + x).ToArray();
+        var kw = Data.Uniform(85, headDim, 0.5f).Select(x => 1f + x).ToArray();
+        var kc = Cache(86, kvHeads, maxSeq, headDim, 0);
+        var vc = Cache(87, kvHeads, maxSeq, headDim, 0);
+
+        var acc = TestDevice.Accelerator;
+        using var d = new Inputs(q, k, v, positions, kc, vc);
+        using var qwb = TestDevice.Upload(qw);
+        using var kwb = TestDevice.Upload(kw);
+        Kernel().Launch(acc.DefaultStream, d.Q.View, d.K.View, d.V.View, d.Positions.View, d.KCache.View, d.VCache.View,
+            tokens, heads, kvHeads, headDim, maxSeq, Theta, qwb.View, kwb.View, 1e-6f, version);
+        acc.Synchronize();
+        var (gotQ, gotK, gotV) = (d.Q.GetAsArray1D(), d.KCache.GetAsArray1D(), d.VCache.GetAsArray1D());
+        Check.BitEqual(k, d.K.GetAsArray1D(), "k is only read");
+
+        var wantQ = RefOps.HeadNormRope(q, qw, positions.Select(p => Math.Min(p, maxSeq - 1)).ToArray(), tokens, heads, headDim, 1e-6f, Theta);
+        var wantK = RefOps.HeadNormRope(k, kw, positions.Select(p => Math.Min(p, maxSeq - 1)).ToArray(), tokens, kvHeads, headDim, 1e-6f, Theta);
+        var expectK = (float[])kc.Clone();
+        var expectV = (float[])vc.Clone();
+        for (int t = 0; t < tokens; t++)
+        {
+            int qRow = t * heads * headDim;
+            if (positions[t] >= maxSeq)
+            {
+                Check.BitEqual(q.AsSpan(qRow, heads * headDim), gotQ.AsSpan(qRow, heads * headDim), $"{version} skipped token {t}'s q");
+                continue;
+            }
+
+            Check.Close(wantQ.AsSpan(qRow, heads * headDim), gotQ.AsSpan(qRow, heads * headDim), 1e-5, 2e-6, $"{version} q of token {t}");
+            int src = t * headDim, dst = (int)KvCacheLayout.Index(0, positions[t], 0, maxSeq, headDim);
+            Check.Close(wantK.AsSpan(src, headDim), gotK.AsSpan(dst, headDim), 1e-5, 2e-6, $"{version} kCache row {positions[t]}");
+            Array.Copy(gotK, dst, expectK, dst, headDim);
+            Array.Copy(v, src, expectV, dst, headDim);
+        }
+
+        Check.BitEqual(expectK, gotK, $"{version} kCache rows not appended");
+        Check.BitEqual(expectV, gotV, $"{version} vCache");
+
+        // dense/rope's same version, then kv-append, on the tokens inside the cache: the same bits.
+        int[] inside = [0, 1, 3];
+        var q2 = inside.SelectMany(t => q.Skip(t * heads * headDim).Take(heads * headDim)).ToArray();
+        var k2 = inside.SelectMany(t => k.Skip(t * headDim).Take(headDim)).ToArray();
+        using var qb = TestDevice.Upload(q2);
+        using var kb = TestDevice.Upload(k2);
+        using var pb = TestDevice.Upload(inside.Select(t => positions[t]).ToArray());
+        using var rope = RopeKernel.Create(acc);
+        rope.Launch(acc.DefaultStream, qb.View, kb.View, pb.View, inside.Length, heads, kvHeads, headDim, Theta, qwb.View, kwb.View, 1e-6f,
+            version == RopeAppendVersion.V2HeadNorm ? RopeVersion.V2HeadNorm : RopeVersion.V3WarpNorm);
+        acc.Synchronize();
+        var denseQ = qb.GetAsArray1D();
+        var denseK = kb.GetAsArray1D();
+        for (int i = 0; i < inside.Length; i++)
+        {
+            int t = inside[i];
+            Check.BitEqual(denseQ.AsSpan(i * heads * headDim, heads * headDim), gotQ.AsSpan(t * heads * headDim, heads * headDim), $"{version} q vs dense/rope, token {t}");
+            int dst = (int)KvCacheLayout.Index(0, positions[t], 0, maxSeq, headDim);
+            Check.BitEqual(denseK.AsSpan(i * headDim, headDim), gotK.AsSpan(dst, headDim), $"{version} k vs dense/rope, token {t}");
+        }
+    }
+
+    [Test]
+    public void V1RefusesANorm()
+    {
+        var acc = TestDevice.Accelerator;
+        using var x = acc.Allocate1D<float>(4 * 16);
+        using var kc = acc.Allocate1D<float>(2 * 8 * 16);
+        using var pos = TestDevice.Upload(new[] { 0 });
+        using var w = TestDevice.Upload(Data.Uniform(88, 16));
+        var e = Assert.Throws<ArgumentException>(() => Kernel().Launch(acc.DefaultStream, x.View, x.View, x.View, pos.View, kc.View, kc.View,
+            1, 4, 2, 16, 8, Theta, w.View, default, 1e-6f, RopeAppendVersion.V1))!;
+        Assert.That(e.Message, Does.Contain("V1 has no per-head norm"));
+        Assert.Throws<ArgumentException>(() => Kernel().Launch(acc.DefaultStream, x.View, x.View, x.View, pos.View, kc.View, kc.View,
+            1, 4, 2, 16, 8, Theta, default, w.View.SubView(0, 8)), "kNorm [8]");
+    }
+
     [Test]
     public void PositionsOutsideTheCacheAreSkipped()
     {

@@ -53,6 +53,19 @@ public class DecodeExpertsTests
         Run(kind, c);
     }
 
+    /// <summary>
+    /// The T = 1 step of a Qwen2-MoE routing (moe/gating with shared slots): E' = 4 routed + 3 shared-expert chunks,
+    /// K' = 2 + 3 slots, the three shared slots with one sigmoid weight (0.8) and experts E..E+2, against Mixtral's block
+    /// over the E' stacked experts.
+    /// </summary>
+    [TestCase("bf16")]
+    [TestCase("q4-zero-g64")]
+    public void SharedSlotsAreMoreSlotsOfTheSameLaunch(string kind)
+    {
+        int n = DecodeTestUnits.Cols(kind);
+        Run(kind, new Case(7, [2, 0, 4, 5, 6], [0.6f, 0.3f, 0.8f, 0.8f, 0.8f], n, n, WeightType.BF16, false, kind + " shared slots"));
+    }
+
     /// <summary>D and F of 4096 + 160: the up-gate's norm and staging and the down projection's h loop over two tiles.</summary>
     [TestCase("bf16")]
     [TestCase("q4-sym-g32")]

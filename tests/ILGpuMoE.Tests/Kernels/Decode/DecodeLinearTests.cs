@@ -86,6 +86,102 @@ public class DecodeLinearTests
         }
     }
 
+    /// <summary>
+    /// The bias/clip epilogue (Qwen2-MoE q/k/v biases, OLMoE clip_qkv) on q, k, v in one launch with the norm prologue:
+    /// rows 45, 13, 13, biases in F32, F16 and BF16 (one dtype per matrix), and a clip at the 70th percentile of |y| so
+    /// that about a third of the outputs clip, against RefDecode.Linear.
+    /// </summary>
+    [TestCase("bf16")]
+    [TestCase("f16")]
+    [TestCase("scalar-f32")]
+    [TestCase("scalar-bf16")]
+    [TestCase("q4-zero-g64")]
+    [TestCase("fp8-block")]
+    [TestCase("q8")]
+    public void QkvWithBiasAndClip(string kind)
+    {
+        int d = DecodeTestUnits.Cols(kind);
+        int[] rows = [45, 13, 13];
+        var mats = rows.Select((r, m) => new TestMatrix(Data.Gaussian(500 + m, (long)r * d, 0.3), r, d)).ToList();
+        var (norm, g, gb) = Norm(WeightType.BF16, Data.Uniform(511, d, 1.5f));
+        var biases = rows.Select((r, m) => Norm((WeightType)m, Data.Uniform(520 + m, r, 0.5f))).ToArray();
+        try
+        {
+            DecodeTestUnits.With(kind, mats, new BiasClipBody(Data.Uniform(512, d, 2f), norm, g, biases, kind));
+        }
+        finally
+        {
+            gb.Dispose();
+            foreach (var b in biases)
+                b.Buffer.Dispose();
+        }
+    }
+
+    private sealed class BiasClipBody(float[] x, NormWeights norm, float[] g, (NormWeights Norm, float[] Seen, IDisposable Buffer)[] biases,
+        string what) : IUnitsTest
+    {
+        public void Run<TU>(TU[] w, float[][] seen)
+            where TU : struct, IRowUnits
+        {
+            int d = x.Length;
+            var unclipped = Enumerable.Range(0, 3)
+                .SelectMany(m => RefDecode.Linear(x, g, Eps, seen[m], w[m].Rows, d, biases[m].Seen, float.PositiveInfinity)).ToArray();
+            var sorted = unclipped.Select(MathF.Abs).Order().ToArray();
+            float clip = sorted[sorted.Length * 7 / 10];
+            Assert.That(sorted.Count(v => v > clip * 1.01f), Is.GreaterThan(10), "enough outputs clip");
+            using var xb = TestDevice.Upload(x);
+            var ys = w.Select(m => TestDevice.PoisonedFloats(m.Rows)).ToArray();
+            try
+            {
+                Kernel<TU>().Launch(TestDevice.Accelerator.DefaultStream, xb.View, norm, Eps, new(w[0], ys[0].View, biases[0].Norm),
+                    new DecodeTarget<TU>(w[1], ys[1].View, biases[1].Norm), new DecodeTarget<TU>(w[2], ys[2].View, biases[2].Norm), clip: clip);
+                TestDevice.Accelerator.Synchronize();
+                for (int m = 0; m < 3; m++)
+                {
+                    var want = RefDecode.Linear(x, g, Eps, seen[m], w[m].Rows, d, biases[m].Seen, clip);
+                    var got = ys[m].GetAsArray1D();
+                    Check.Close(want, got, 1e-5, DecodeTestUnits.DotAtol(d), $"{what} matrix {m}");
+                    Assert.That(got.All(v => MathF.Abs(v) <= clip), $"{what} matrix {m} within the clip");
+                }
+            }
+            finally
+            {
+                foreach (var y in ys)
+                    y.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Accumulate with the epilogue: y += clamp(x W^T + b, -c, c) (the clipped value is what is added).</summary>
+    [TestCase("bf16")]
+    [TestCase("scalar-f32")]
+    public void AccumulateAddsTheClippedValue(string kind)
+    {
+        int d = DecodeTestUnits.Cols(kind);
+        const int rows = 21;
+        var mats = new[] { new TestMatrix(Data.Gaussian(531, (long)rows * d, 0.3), rows, d) };
+        var bias = Norm(WeightType.BF16, Data.Uniform(532, rows, 0.5f));
+        using var _ = bias.Buffer;
+        DecodeTestUnits.With(kind, mats, new AccumulateClipBody(Data.Uniform(533, d), Data.Uniform(534, rows, 3f), bias.Norm, bias.Seen, kind));
+    }
+
+    private sealed class AccumulateClipBody(float[] x, float[] y0, NormWeights bias, float[] b, string what) : IUnitsTest
+    {
+        public void Run<TU>(TU[] w, float[][] seen)
+            where TU : struct, IRowUnits
+        {
+            const float clip = 0.25f;
+            var pre = RefDecode.Linear(x, default, 0f, seen[0], y0.Length, x.Length, b, float.PositiveInfinity);
+            Assert.That(pre.Count(v => MathF.Abs(v) > 0.3f), Is.GreaterThan(3), "some outputs clip");
+            using var xb = TestDevice.Upload(x);
+            using var y = TestDevice.Upload(y0);
+            Kernel<TU>().Launch(TestDevice.Accelerator.DefaultStream, xb.View, NormWeights.None, 0f, new(w[0], y.View, bias), accumulate: true, clip: clip);
+            TestDevice.Accelerator.Synchronize();
+            var want = RefDecode.Linear(x, default, 0f, seen[0], y0.Length, x.Length, b, clip, y0);
+            Check.Close(want, y.GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(x.Length), what);
+        }
+    }
+
     /// <summary>No norm, y += x W^T (the o projection into the residual), one target.</summary>
     [TestCase("bf16")]
     [TestCase("scalar-f32")]
@@ -225,6 +321,11 @@ public class DecodeLinearTests
         var g = NormWeights.Of(new F32Weights(x.View.SubView(0, 10)));
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, g, Eps, new(w, y.View)));
         Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.Of(new F32Weights(x.View)), float.NaN, new(w, y.View)));
+        // The epilogue: a bias shorter than the rows, a clip that is not > 0.
+        var shortBias = Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View, NormWeights.Of(new F32Weights(x.View.SubView(0, 39))))))!;
+        Assert.That(shortBias.Message, Does.Contain("bias 0"));
+        foreach (float clip in new[] { 0f, -1f, float.NaN, float.NegativeInfinity })
+            Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View), clip: clip), $"clip {clip}");
 
         // The factories refuse what a reader cannot read: rows that are not whole 16-byte units, an unaligned view, a
         // view too short for [rows, cols].

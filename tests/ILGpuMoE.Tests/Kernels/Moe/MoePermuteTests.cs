@@ -25,7 +25,7 @@ public class MoePermuteTests
             perm.PairPositions.GetAsArray1D()[..pairs], perm.TileOffsets.GetAsArray1D(), perm.Tiles.GetAsArray1D());
     }
 
-    private static void CheckAgainstReference(RefRouting routing, int experts, int tileRows, int capacityTokens = 0)
+    internal static void CheckAgainstReference(RefRouting routing, int experts, int tileRows, int capacityTokens = 0)
     {
         var (expected, counts, offsets, sorted, pos, tileOffsets, tiles) = Run(routing, experts, tileRows, capacityTokens);
         Assert.That(counts, Is.EqualTo(expected.Counts), "counts");

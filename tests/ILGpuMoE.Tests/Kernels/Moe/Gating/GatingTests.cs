@@ -39,8 +39,8 @@ public class GatingTests
     {
         var acc = TestDevice.Accelerator;
         using var l = TestDevice.Upload(logits);
-        using var ids = TestDevice.PoisonedInts((long)tokens * spec.TopK);
-        using var w = TestDevice.PoisonedFloats((long)tokens * spec.TopK);
+        using var ids = TestDevice.PoisonedInts((long)tokens * spec.SlotsPerToken);
+        using var w = TestDevice.PoisonedFloats((long)tokens * spec.SlotsPerToken);
         using var dropped = TestDevice.PoisonedInts(1);
         using var n = noise is null ? null : TestDevice.Upload(noise);
         using var b = bias is null ? null : TestDevice.Upload(bias);
@@ -50,14 +50,14 @@ public class GatingTests
         return new Result(ids.GetAsArray1D(), w.GetAsArray1D(), dropped.GetAsArray1D()[0]);
     }
 
-    private static RefRouterSpec ToRef(RouterSpec s) => new(s.Kind, s.Experts, s.TopK, s.CapacityFactor,
-        s.NoiseSeed, s.Groups, s.TopKGroups, s.NormTopK, s.ScalingFactor);
+    internal static RefRouterSpec ToRef(RouterSpec s) => new(s.Kind, s.Experts, s.TopK, s.CapacityFactor,
+        s.NoiseSeed, s.Groups, s.TopKGroups, s.NormTopK, s.ScalingFactor, s.SharedSlots);
 
     // ---- inputs -----------------------------------------------------------------------------------------------
 
     /// <summary>[T, E] logits in [-4, 4] whose values in a row are a shuffled grid of step 8/E with jitter of at most
     /// 0.3 step: no two are closer than 0.4 step, so the order is the same in float and in double.</summary>
-    private static float[] SeparatedLogits(int seed, int tokens, int experts)
+    internal static float[] SeparatedLogits(int seed, int tokens, int experts)
     {
         var rng = new Random(seed);
         var logits = new float[tokens * experts];
@@ -144,6 +144,89 @@ public class GatingTests
         var expected = RefMoe.Route(ToRef(spec), logits, tokens);
         foreach (var v in Versions)
             AssertMatches(expected, Run(v, spec, logits, tokens), spec.Experts, $"{v} {spec} T={tokens}");
+    }
+
+    // Qwen3-MoE's E = 128, K = 8 and Qwen1.5-MoE's non-power-of-two E = 60, K = 4.
+    [TestCase(RouterKind.Mixtral, 3, 128, 8)]
+    [TestCase(RouterKind.SoftmaxTopK, 5, 128, 8)]
+    [TestCase(RouterKind.SoftmaxTopK, 3, 60, 4)]
+    [TestCase(RouterKind.Mixtral, 2, 60, 4)]
+    public void QwenShapesMatchReference(RouterKind kind, int tokens, int experts, int k) =>
+        CompareSoftmaxMode(new RouterSpec(kind, experts, k), tokens, 250 + tokens * 7 + experts);
+
+    // ---- shared-expert slots (Qwen2-MoE) ----------------------------------------------------------------------
+
+    // Qwen1.5-MoE: E = 60, K = 4 and 4 shared slots (Fs = 5632 = 4 x F = 1408); odd counts of E, K and m.
+    [TestCase(RouterKind.SoftmaxTopK, 3, 60, 4, 4)]
+    [TestCase(RouterKind.SoftmaxTopK, 1, 60, 4, 4)]
+    [TestCase(RouterKind.Mixtral, 5, 8, 2, 3)]
+    [TestCase(RouterKind.SoftmaxTopK, 17, 16, 4, 1)]
+    [TestCase(RouterKind.SoftmaxTopK, 2, 7, 7, 2)]
+    [TestCase(RouterKind.Mixtral, 3, 64, 8, 8)]
+    public void SharedSlotsMatchReference(RouterKind kind, int tokens, int experts, int k, int shared)
+    {
+        var spec = new RouterSpec(kind, experts, k, sharedSlots: shared);
+        Assert.That((spec.LogitsPerToken, spec.SlotsPerToken), Is.EqualTo((experts + 1, k + shared)));
+        // E + 1 separated values per row: the last one is the shared-expert gate's logit.
+        var logits = SeparatedLogits(700 + tokens * 7 + experts + shared, tokens, experts + 1);
+        var expected = RefMoe.Route(ToRef(spec), logits, tokens);
+        Assert.That(expected.TopK, Is.EqualTo(k + shared), "reference slots per token");
+        // The routed slots are exactly those of the same mode over the first E logits alone.
+        var routedOnly = RefMoe.Route(ToRef(new RouterSpec(kind, experts, k)),
+            Enumerable.Range(0, tokens).SelectMany(t => logits.Skip(t * (experts + 1)).Take(experts)).ToArray(), tokens);
+        for (int t = 0; t < tokens; t++)
+        {
+            Assert.That(expected.ExpertIds.AsSpan(t * (k + shared), k).ToArray(), Is.EqualTo(routedOnly.ExpertIds.AsSpan(t * k, k).ToArray()), $"reference routed ids of token {t}");
+            Assert.That(expected.ExpertIds.AsSpan(t * (k + shared) + k, shared).ToArray(), Is.EqualTo(Enumerable.Range(experts, shared).ToArray()), $"reference shared ids of token {t}");
+        }
+
+        foreach (var v in Versions)
+            AssertMatches(expected, Run(v, spec, logits, tokens), experts + shared, $"{v} {spec} T={tokens}");
+    }
+
+    [Test]
+    public void SharedSlotsByHand()
+    {
+        // Row [1, 3, 2, 0 | ln 3], E = 4, K = 2, m = 2, SoftmaxTopK: the routed slots are SoftmaxTopKByHand's (experts 1, 2
+        // with 0.6439142599, 0.2368828181: the gate logit takes no part in the softmax); slots 2, 3 are experts 4, 5 with
+        // sigmoid(ln 3) = 1 / (1 + 1/3) = 0.75. Second token [0, 0, 0, 5 | -100]: Mixtral top-2 = 3, then 0 (tie toward
+        // the lower id): e^5 / (e^5 + 1) = 1 / (1 + e^-5) = 0.9933071491 and 0.0066928509; sigmoid(-100) ~ 3.7e-44 -> 0.
+        float ln3 = (float)Math.Log(3);
+        foreach (var v in Versions)
+        {
+            var got = Run(v, RouterSpec.SoftmaxTopK(4, 2).WithSharedSlots(2), [1f, 3f, 2f, 0f, ln3], 1);
+            Assert.That(got.Ids, Is.EqualTo(new[] { 1, 2, 4, 5 }), $"{v}");
+            Check.Close([0.6439142599f, 0.2368828181f, 0.75f, 0.75f], got.Weights, what: $"{v}");
+
+            var mix = Run(v, RouterSpec.Mixtral(4, 2).WithSharedSlots(2), [0f, 0f, 0f, 5f, -100f], 1);
+            Assert.That(mix.Ids, Is.EqualTo(new[] { 3, 0, 4, 5 }), $"{v} Mixtral");
+            Check.Close([0.9933071491f, 0.0066928509f, 0f, 0f], mix.Weights, what: $"{v} Mixtral");
+        }
+    }
+
+    [Test]
+    public void SharedSlotsRefusedWhereUndefined()
+    {
+        var acc = TestDevice.Accelerator;
+        using var logits = TestDevice.Upload(new float[3 * 9]);
+        using var ids = TestDevice.PoisonedInts(3 * 8);
+        using var w = TestDevice.PoisonedFloats(3 * 8);
+        void Launch(RouterSpec spec) => _v1.Launch(acc.DefaultStream, spec, logits.View, ids.View, w.View, 3, logits.View, logits.View);
+
+        foreach (var spec in new[] { RouterSpec.Switch(8, 1.0), RouterSpec.NoisyTopK(8, 2, 1), RouterSpec.DeepSeekV3(8, 2, 2, 1) })
+        {
+            var e = Assert.Throws<ArgumentException>(() => Launch(spec.WithSharedSlots(1)), $"{spec.Kind}")!;
+            Assert.That(e.Message, Does.Contain("shared-expert slots"), $"{spec.Kind}");
+            Assert.Throws<ArgumentException>(() => RefMoe.Route(ToRef(spec.WithSharedSlots(1)), new float[9], 1, new float[9], new float[8]), $"reference {spec.Kind}");
+        }
+
+        Assert.Throws<ArgumentException>(() => Launch(RouterSpec.Mixtral(8, 2).WithSharedSlots(-1)), "negative m");
+        // K + m = 8 slots fit 3 tokens; 9 slots do not; E + 1 = 9 logits per token fit exactly, 10 do not.
+        Launch(RouterSpec.Mixtral(8, 2).WithSharedSlots(6));
+        Assert.Throws<ArgumentException>(() => Launch(RouterSpec.Mixtral(8, 2).WithSharedSlots(7)), "ids too short for K + m");
+        var shortLogits = Assert.Throws<ArgumentException>(() => _v1.Launch(acc.DefaultStream, RouterSpec.Mixtral(9, 2).WithSharedSlots(1),
+            logits.View, ids.View, w.View, 3))!;
+        Assert.That(shortLogits.Message, Does.Contain("[T, E + 1]"));
     }
 
     [TestCase(69, 8, 1.0, true)]
@@ -255,6 +338,10 @@ public class GatingTests
         var mix = RouterSpec.Mixtral(8, 2);
         var mixLogits = SeparatedLogits(902, tokens, 8);
         AssertMatches(RefMoe.Route(ToRef(mix), mixLogits, tokens), Run(wide, mix, mixLogits, tokens), 8, $"V2x8 {mix}");
+        // Qwen1.5-MoE's E = 60, K = 4 with 4 shared slots: the idle warps of the last group write no shared slot either.
+        var qwen = RouterSpec.SoftmaxTopK(60, 4).WithSharedSlots(4);
+        var qwenLogits = SeparatedLogits(903, tokens, 61);
+        AssertMatches(RefMoe.Route(ToRef(qwen), qwenLogits, tokens), Run(wide, qwen, qwenLogits, tokens), 64, $"V2x8 {qwen}");
     }
 
     // ---- hand-computed (numbers derived by hand, independent of the code under test and of the oracle) --------
