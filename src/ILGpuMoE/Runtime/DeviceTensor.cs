@@ -64,6 +64,16 @@ public sealed class DeviceTensor : IDisposable
         return t;
     }
 
+    /// <summary>Uploads one checkpoint tensor widened to F32 (small vectors a kernel reads as floats, e.g. Qwen3's q/k norms).</summary>
+    public static DeviceTensor UploadFloat32(Accelerator accelerator, Checkpoint checkpoint, string name)
+    {
+        var info = checkpoint.Get(name);
+        FromDType(info.DType, name);
+        var t = Allocate(accelerator, WeightType.F32, info.Shape);
+        t.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(checkpoint.ReadFloat32(name).AsSpan()), 0);
+        return t;
+    }
+
     /// <summary>Uploads expert slots of one dtype and shape stacked along a new leading axis (experts: [E', out, in]).</summary>
     internal static DeviceTensor UploadStacked(Accelerator accelerator, Checkpoint checkpoint, IReadOnlyList<ExpertSlice> parts)
     {

@@ -363,12 +363,12 @@ public sealed class InferenceSession : IDisposable
                 ops.BiasClip(s, v, ex.BiasV, t, _kvd, float.PositiveInfinity);
             }
 
-            // q/k norm in place: per head (rows of Dh) or over the whole projection (rows of H*Dh), before RoPE.
-            if (ex.QNorm is not null && ex.KNorm is not null)
+            // OLMoE's q/k norm over the whole projection, in place; Qwen3's per-head norm is fused into RoPE below.
+            bool perHead = c.Block.QkNorm == ILGpuMoE.Model.QkNormKind.PerHead;
+            if (ex.QNorm is not null && ex.KNorm is not null && !perHead)
             {
-                bool perHead = c.Block.QkNorm == ILGpuMoE.Model.QkNormKind.PerHead;
-                ops.RmsNorm(s, q, ex.QNorm, q, perHead ? t * c.Heads : t, perHead ? hd : _qd, eps);
-                ops.RmsNorm(s, k, ex.KNorm, k, perHead ? t * c.KvHeads : t, perHead ? hd : _kvd, eps);
+                ops.RmsNorm(s, q, ex.QNorm, q, t, _qd, eps);
+                ops.RmsNorm(s, k, ex.KNorm, k, t, _kvd, eps);
             }
 
             if (!float.IsPositiveInfinity(clip))
@@ -378,7 +378,7 @@ public sealed class InferenceSession : IDisposable
                 ops.BiasClip(s, v, null, t, _kvd, clip);
             }
 
-            ops.Rope.Launch(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta);
+            ops.Rope(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta, perHead ? ex.QNorm : null, perHead ? ex.KNorm : null, eps);
             ops.Append.Launch(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
             ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l));
             ops.MatMul(s, a, lw.Wo, x, t, _d, _qd, accumulate: true, gather: g);
@@ -421,7 +421,7 @@ public sealed class InferenceSession : IDisposable
     private RouterSpec Spec(LayerWeights lw, int pos0)
     {
         if (lw.SharedSlots != 0)
-            throw new NotSupportedException("shared experts: the gating's shared slots are not wired yet");
+            return _spec.WithSharedSlots(lw.SharedSlots);
         return _spec.Kind == RouterKind.NoisyTopK
             ? RouterSpec.NoisyTopK(_spec.Experts, _spec.TopK, _spec.NoiseSeed ^ (0x9E3779B97F4A7C15UL * (ulong)(pos0 + 1)))
             : _spec;

@@ -258,6 +258,18 @@ public sealed class MoeModel : IDisposable
 
         DeviceTensor? Optional(bool present, string name) => present ? One(name) : null;
 
+        // Qwen3's per-head q/k norm weights go to the fused RoPE kernel, which reads F32.
+        DeviceTensor? OptionalFloat32(bool present, string name)
+        {
+            if (!present)
+                return null;
+            progress?.Report(new LoadProgress(done, total, name));
+            var t = DeviceTensor.UploadFloat32(Accelerator, checkpoint, name);
+            _owned.Add(t);
+            done += t.Bytes;
+            return t;
+        }
+
         LinearWeight Add(LinearWeight w)
         {
             _linear.Add(w);
@@ -363,7 +375,8 @@ public sealed class MoeModel : IDisposable
             var extras = new AttentionExtras(
                 Optional(b.QkvBias, TensorNames.Bias(n.QProj(l))), Optional(b.QkvBias, TensorNames.Bias(n.KProj(l))),
                 Optional(b.QkvBias, TensorNames.Bias(n.VProj(l))), Optional(b.OutputBias, TensorNames.Bias(n.OProj(l))),
-                Optional(b.QkNorm != QkNormKind.None, n.QNorm(l)), Optional(b.QkNorm != QkNormKind.None, n.KNorm(l)));
+                b.QkNorm == QkNormKind.PerHead ? OptionalFloat32(true, n.QNorm(l)) : Optional(b.QkNorm == QkNormKind.Whole, n.QNorm(l)),
+                b.QkNorm == QkNormKind.PerHead ? OptionalFloat32(true, n.KNorm(l)) : Optional(b.QkNorm == QkNormKind.Whole, n.KNorm(l)));
             var (inputNorm, postNorm) = (One(n.InputNorm(l)), One(n.PostAttentionNorm(l)));
             LayerWeights lw;
             if (c.IsMoeLayer(l))

@@ -48,7 +48,7 @@ internal sealed class WeightOps : IDisposable
         _accelerator = accelerator;
         _simple = policy == KernelPolicy.Simple || (policy == KernelPolicy.Auto && accelerator.AcceleratorType == AcceleratorType.CPU);
         _moeVersion = _simple ? GroupedGemmVersion.V1Simple : null;
-        Rope = RopeKernel.Create(accelerator);
+        RopeKernels = RopeKernel.Create(accelerator);
         Append = KvCacheAppendKernel.Create(accelerator);
         Attention = AttentionKernel.Create(accelerator, _simple ? AttentionVersion.V1 : AttentionVersion.V2);
         Gating = GatingKernel.Create(accelerator);
@@ -79,7 +79,7 @@ internal sealed class WeightOps : IDisposable
         return (DecodeExpertsKernel<TU>)k;
     }
 
-    public RopeKernel Rope { get; }
+    public RopeKernel RopeKernels { get; }
 
     public KvCacheAppendKernel Append { get; }
 
@@ -94,6 +94,7 @@ internal sealed class WeightOps : IDisposable
         public readonly RmsNormKernel<TW> RmsNorm = RmsNormKernel.Create<TW>(a);
         public readonly MatMulKernel<TW> MatMul = MatMulKernel.Create<TW>(a);
         public readonly MoeBlockKernels<TW> Moe = MoeBlockKernels<TW>.Create(a);
+        public readonly BiasClipKernel<TW> BiasClip = BiasClipKernel.Create<TW>(a);
     }
 
     private Typed<F32Weights> F32 => _f32 ??= new(_accelerator);
@@ -167,8 +168,31 @@ internal sealed class WeightOps : IDisposable
     }
 
     /// <summary>y [T, N] = clamp(y + bias, -clip, clip) in place; bias null for none, clip +inf for none.</summary>
-    public void BiasClip(AcceleratorStream s, ArrayView<float> y, DeviceTensor? bias, int t, int n, float clip) =>
-        throw new NotSupportedException("projection biases and clip_qkv are not wired yet");
+    public void BiasClip(AcceleratorStream s, ArrayView<float> y, DeviceTensor? bias, int t, int n, float clip)
+    {
+        switch (bias?.Type ?? WeightType.F32)
+        {
+            case WeightType.F32: F32.BiasClip.Launch(s, y, t, n, bias is null ? null : new F32Weights(bias.F32), clip); break;
+            case WeightType.F16: F16.BiasClip.Launch(s, y, t, n, new F16Weights(bias!.F16), clip); break;
+            case WeightType.BF16: BF16.BiasClip.Launch(s, y, t, n, new BF16Weights(bias!.BF16), clip); break;
+            default: throw Unnamed(bias!.Type);
+        }
+    }
+
+    /// <summary>RoPE on q and k, with Qwen3's per-head RMSNorm (F32 weights [Dh]) first when qNorm / kNorm are given: the
+    /// thread-per-head version under the simple policy, the warp-per-head one otherwise.</summary>
+    public void Rope(AcceleratorStream s, ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, int t, int heads, int kvHeads,
+        int headDim, float theta, DeviceTensor? qNorm, DeviceTensor? kNorm, float eps)
+    {
+        if (qNorm is null && kNorm is null)
+        {
+            RopeKernels.Launch(s, q, k, positions, t, heads, kvHeads, headDim, theta);
+            return;
+        }
+
+        RopeKernels.Launch(s, q, k, positions, t, heads, kvHeads, headDim, theta, qNorm?.F32 ?? default, kNorm?.F32 ?? default, eps,
+            _simple ? RopeVersion.V2HeadNorm : RopeVersion.V3WarpNorm);
+    }
 
     /// <summary>x [T, D] = table[tokens] (ids outside [0, V) give NaN rows: the caller checks ids first).</summary>
     public void Embedding(AcceleratorStream s, ArrayView<int> tokens, DeviceTensor table, ArrayView<float> x, int t, int v, int d)
@@ -239,7 +263,7 @@ internal sealed class WeightOps : IDisposable
 
     public void Dispose()
     {
-        Rope.Dispose();
+        RopeKernels.Dispose();
         _ropeAppend?.Dispose();
         Attention.Dispose();
         Gating.Dispose();

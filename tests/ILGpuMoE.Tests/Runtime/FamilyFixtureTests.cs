@@ -12,7 +12,7 @@ namespace ILGpuMoE.Tests.Runtime;
 /// </summary>
 public class FamilyFixtureTests
 {
-    public static readonly string[] Fixtures = ["qwen3-moe-tiny-f32", "olmoe-tiny-f32"];
+    public static readonly string[] Fixtures = ["qwen3-moe-tiny-f32", "qwen2-moe-tiny-f32", "olmoe-tiny-f32"];
 
     private static IEnumerable<TestCaseData> Cases() =>
         from f in Fixtures from p in RuntimeTests.Policies select new TestCaseData(f, p).SetName($"{f}_{p}");
