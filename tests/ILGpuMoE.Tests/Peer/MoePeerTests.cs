@@ -2,7 +2,9 @@ using System.Runtime.InteropServices;
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 using ILGpuMoE.Reference;
+using ILGpuMoE.Runtime;
 using ILGpuMoE.Testing;
+using ILGpuMoE.Tests.Runtime;
 using ILGpuMoE.Tests.Common;
 using ILGpuMoE.Tests.Reference;
 
@@ -78,7 +80,7 @@ public class MoePeerTests
     private static float MaxDiff(float[] a, float[] b) => a.Zip(b, (x, y) => Math.Abs(x - y)).Max();
 
     [TestCaseSource(nameof(Configs))]
-    public void LlamaCppMatchesOracle(RandomMoeOptions o)
+    public void OracleRuntimeAndLlamaCppAgree(RandomMoeOptions o)
     {
         var (model, tokens, peer) = Run(o, $"m{o.Seed}");
         var config = HfReferenceConfig.Load(model);
@@ -100,6 +102,14 @@ public class MoePeerTests
         for (int t = 9; t < tokens.Length; t++)
             steps.AddRange(s.Step(tokens.AsSpan(t, 1)));
         Assert.That(steps, Is.EqualTo(ours));
+
+        // The runtime (our kernels on the CPU accelerator, V1 versions) on the same folder against llama.cpp.
+        using var runtime = MoeModel.Load(TestDevice.Accelerator, model, new ModelLoadOptions { MaxSeq = 32 });
+        using var session = runtime.NewSession();
+        float[] got = session.Prefill(tokens, allLogits: true);
+        TestContext.Out.WriteLine($"{o.Family}: max |runtime - llama.cpp| = {MaxDiff(got, peer):E2}");
+        Check.Close(peer, got, rtol: 0, atol: 1e-4, what: "runtime vs llama.cpp logits");
+        RuntimeTests.AssertArgmaxEqual(peer, got, o.Vocab, "runtime vs llama.cpp");
     }
 
     /// <summary>Our GGUF of each shared fixture gives llama.cpp logits within 1e-4 of the fixture's expected logits
