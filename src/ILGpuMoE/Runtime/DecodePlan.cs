@@ -16,20 +16,29 @@
 // and its position, is read from device memory the session writes before the step. So the plan is what a CUDA graph
 // captures once and replays (SessionOptions.CudaGraph).
 //
-// A model the fused kernels cannot read (GPTQ act-order weights, whose inputs are gathered first) gets no plan: the
-// session runs its plain step at T = 1 too, and Fallback says why.
+// The families' choices ride on these launches: q/k/v biases and clip_qkv in launch 1's epilogue (o's bias in launch
+// 4's), Qwen3's per-head q/k norm in launch 2, OLMoE's norm over the whole q / k projection as two rmsnorm launches
+// after launch 1 (then clip_qkv as its own launches, since it follows the norm), a shared expert's chunks as extra
+// slots of launches 6-8, and a dense layer as launches 7-8 alone, over its MLP's chunks with fixed ids and weights.
+//
+// A model the fused kernels cannot read (GPTQ act-order weights, whose inputs are gathered first) or a router the plan
+// does not run (--router switch / noisy-topk) gets no plan: the session runs its plain step at T = 1 too, and Fallback
+// says why.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Moe.Gating;
+using ILGpuMoE.Model;
 
 namespace ILGpuMoE.Runtime;
 
 /// <summary>The session's buffers a decode plan launches on (views of the first row of each).</summary>
 internal sealed record DecodeBuffers(ArrayView<int> Token, ArrayView<int> Position, ArrayView<float> X, ArrayView<float> Q, ArrayView<float> K,
     ArrayView<float> V, ArrayView<float> Attention, Func<int, ArrayView<float>> RouterLogits, ArrayView<float> Weights, ArrayView<float> H,
-    ArrayView<float> Logits, IReadOnlyList<ArrayView<float>> KCache, IReadOnlyList<ArrayView<float>> VCache, Func<int, ArrayView<int>> Ids);
+    ArrayView<float> Logits, IReadOnlyList<ArrayView<float>> KCache, IReadOnlyList<ArrayView<float>> VCache, Func<int, ArrayView<int>> Ids,
+    ArrayView<int> DenseIds, ArrayView<float> DenseWeights);
 
 internal sealed class DecodePlan
 {
@@ -57,9 +66,6 @@ internal sealed class DecodePlan
             return "the simple (V1) kernels are in use (the CPU accelerator's default, KernelPolicy.Simple)";
         if (model.Config.Router.Kind is not (RouterKind.Mixtral or RouterKind.SoftmaxTopK))
             return $"--router {model.Config.Router} runs the plain step";
-        var b = model.Config.Block;
-        if (b.QkvBias || b.OutputBias || b.ClipQkv is not null || b.QkNorm != ILGpuMoE.Model.QkNormKind.None || b.SharedExpertSize > 0 || model.Layers.Any(l => l.Dense))
-            return $"{model.Config.ModelType}'s layer (biases, clip_qkv, q/k norm, shared expert or dense layers) has no fused decode step yet";
         foreach (var l in model.Layers)
         {
             foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })
@@ -77,17 +83,17 @@ internal sealed class DecodePlan
     {
         var c = model.Config;
         var ops = model.Ops;
-        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, e = c.Experts, k = c.TopK, f = c.IntermediateSize, v = c.VocabSize;
+        int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, e = c.Experts, f = c.IntermediateSize, v = c.VocabSize;
         int hd = c.HeadDim, seq = model.MaxSeq;
         float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
+        float clip = c.Block.ClipQkv is { } cq ? (float)cq : float.PositiveInfinity;
+        bool wholeNorm = c.Block.QkNorm == QkNormKind.Whole;
         var p = new DecodePlan();
         var x = b.X.SubView(0, d);
         var q = b.Q.SubView(0, qd);
         var kk = b.K.SubView(0, kvd);
         var vv = b.V.SubView(0, kvd);
         var a = b.Attention.SubView(0, qd);
-        var w = b.Weights.SubView(0, k);
-        var h = b.H.SubView(0, (long)k * f);
         var pos = b.Position.SubView(0, 1);
         // No allocation once a graph captures the plan: the attention scratch and the RoPE table are made now.
         ops.Attention.ReserveDecode(s, c.Heads, c.KvHeads, hd, seq);
@@ -100,26 +106,65 @@ internal sealed class DecodePlan
             var lw = model.Layers[l];
             var kc = b.KCache[l];
             var vc = b.VCache[l];
-            var ids = b.Ids(l).SubView(0, k);
-            var rl = b.RouterLogits(l).SubView(0, e);
-            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.InputNorm), eps, accumulate: false,
-                (Units(lw.Wq, qd, d), q), (Units(lw.Wk, kvd, d), kk), (Units(lw.Wv, kvd, d), vv)));
-            p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, theta));
+            var ex = lw.Extras;
+            int k = lw.Slots;
+            var h = b.H.SubView(0, (long)k * f);
+            // q, k, v with their biases; clip_qkv here only when no whole-projection norm must come first.
+            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.InputNorm), eps, accumulate: false, wholeNorm ? float.PositiveInfinity : clip,
+                (Units(lw.Wq, qd, d), q, Bias(ex.BiasQ)), (Units(lw.Wk, kvd, d), kk, Bias(ex.BiasK)), (Units(lw.Wv, kvd, d), vv, Bias(ex.BiasV))));
+            if (wholeNorm)
+            {
+                p.launches.Add(() => ops.RmsNorm(s, q, ex.QNorm!, q, 1, qd, eps));
+                p.launches.Add(() => ops.RmsNorm(s, kk, ex.KNorm!, kk, 1, kvd, eps));
+                if (!float.IsPositiveInfinity(clip))
+                {
+                    p.launches.Add(() => ops.BiasClip(s, q, null, 1, qd, clip));
+                    p.launches.Add(() => ops.BiasClip(s, kk, null, 1, kvd, clip));
+                    p.launches.Add(() => ops.BiasClip(s, vv, null, 1, kvd, clip));
+                }
+            }
+
+            // Qwen3's per-head q/k norm (F32 [Dh]) fused into the rotation.
+            var (qn, kn) = wholeNorm || ex.QNorm is null ? (default(ArrayView<float>), default(ArrayView<float>)) : (ex.QNorm.F32, ex.KNorm!.F32);
+            var ropeVersion = qn.IsValid ? RopeAppendVersion.V3WarpNorm : (RopeAppendVersion?)null;
+            p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, theta, qn, kn, eps, ropeVersion));
             int window = c.WindowOf(l);
             p.launches.Add(() => ops.Attention.LaunchDecode(s, q, kc, vc, a, pos, c.Heads, c.KvHeads, hd, seq, window));
-            p.launches.AddRange(DecodeLaunches.Linear(ops, s, a, NormWeights.None, eps, accumulate: true, (Units(lw.Wo, d, qd), x)));
-            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, (Units(lw.Gate!, e, d), rl)));
-            p.launches.Add(() => ops.Gating.Launch(s, spec, rl, ids, w, 1));
-            p.launches.AddRange(DecodeLaunches.Experts(ops, s, x, Norm(lw.PostNorm), eps, Units(lw.W1, e * f, d), Units(lw.W3, e * f, d),
-                Units(lw.W2, e * d, f), ids, w, k, d, f, h));
+            p.launches.AddRange(DecodeLaunches.Linear(ops, s, a, NormWeights.None, eps, accumulate: true, float.PositiveInfinity,
+                (Units(lw.Wo, d, qd), x, Bias(ex.BiasO))));
+
+            ArrayView<int> ids;
+            ArrayView<float> w;
+            if (lw.Dense)
+            {
+                // Every chunk of the dense MLP at weight 1: no router, no gating.
+                ids = b.DenseIds.SubView(0, k);
+                w = b.DenseWeights.SubView(0, k);
+            }
+            else
+            {
+                ids = b.Ids(l).SubView(0, k);
+                w = b.Weights.SubView(0, k);
+                int logits = e + (lw.SharedSlots > 0 ? 1 : 0);
+                var rl = b.RouterLogits(l).SubView(0, logits);
+                var layerSpec = lw.SharedSlots > 0 ? spec.WithSharedSlots(lw.SharedSlots) : spec;
+                p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, float.PositiveInfinity,
+                    (Units(lw.Gate!, logits, d), rl, NormWeights.None)));
+                p.launches.Add(() => ops.Gating.Launch(s, layerSpec, rl, ids, w, 1));
+            }
+
+            p.launches.AddRange(DecodeLaunches.Experts(ops, s, x, Norm(lw.PostNorm), eps, Units(lw.W1, lw.Experts * f, d), Units(lw.W3, lw.Experts * f, d),
+                Units(lw.W2, lw.Experts * d, f), ids, w, k, d, f, h));
         }
 
         p.layerEnd = p.launches.Count;
         p.LaunchesPerLayer = c.Layers > 0 ? (p.layerEnd - p.layerStart) / (double)c.Layers : 0;
-        p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(model.FinalNorm), eps, accumulate: false,
-            (Units(model.LmHead, v, d), b.Logits.SubView(0, v))));
+        p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(model.FinalNorm), eps, accumulate: false, float.PositiveInfinity,
+            (Units(model.LmHead, v, d), b.Logits.SubView(0, v), NormWeights.None)));
         return p;
     }
+
+    private static NormWeights Bias(DeviceTensor? bias) => bias is null ? NormWeights.None : Norm(bias);
 
     private static NormWeights Norm(DeviceTensor g) => g.Type switch
     {
@@ -174,7 +219,7 @@ internal static class DecodeLaunches
     /// are one launch), more where their types differ.
     /// </summary>
     public static IEnumerable<Action> Linear(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, bool accumulate,
-        params (IRowUnits W, ArrayView<float> Y)[] targets)
+        float clip, params (IRowUnits W, ArrayView<float> Y, NormWeights Bias)[] targets)
     {
         var result = new List<Action>();
         for (int i = 0; i < targets.Length;)
@@ -182,7 +227,7 @@ internal static class DecodeLaunches
             int n = 1;
             while (n < 3 && i + n < targets.Length && targets[i + n].W.GetType() == targets[i].W.GetType())
                 n++;
-            result.AddRange(ForReader(targets[i].W, new LinearLaunch(ops, s, x, norm, eps, accumulate, targets.AsSpan(i, n).ToArray())));
+            result.AddRange(ForReader(targets[i].W, new LinearLaunch(ops, s, x, norm, eps, accumulate, clip, targets.AsSpan(i, n).ToArray())));
             i += n;
         }
 
@@ -199,17 +244,17 @@ internal static class DecodeLaunches
     }
 
     private sealed record LinearLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps, bool Accumulate,
-        (IRowUnits W, ArrayView<float> Y)[] T) : IForReader
+        float Clip, (IRowUnits W, ArrayView<float> Y, NormWeights Bias)[] T) : IForReader
     {
         public Action[] Make<TU>()
             where TU : struct, IRowUnits
         {
             var kernel = Ops.DecodeLinear<TU>();
-            var t0 = new DecodeTarget<TU>((TU)T[0].W, T[0].Y);
-            DecodeTarget<TU>? t1 = T.Length > 1 ? new DecodeTarget<TU>((TU)T[1].W, T[1].Y) : null;
-            DecodeTarget<TU>? t2 = T.Length > 2 ? new DecodeTarget<TU>((TU)T[2].W, T[2].Y) : null;
-            var (s, x, norm, eps, accumulate) = (S, X, Norm, Eps, Accumulate);
-            return [() => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate)];
+            var t0 = new DecodeTarget<TU>((TU)T[0].W, T[0].Y, T[0].Bias);
+            DecodeTarget<TU>? t1 = T.Length > 1 ? new DecodeTarget<TU>((TU)T[1].W, T[1].Y, T[1].Bias) : null;
+            DecodeTarget<TU>? t2 = T.Length > 2 ? new DecodeTarget<TU>((TU)T[2].W, T[2].Y, T[2].Bias) : null;
+            var (s, x, norm, eps, accumulate, clip) = (S, X, Norm, Eps, Accumulate, Clip);
+            return [() => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate, clip)];
         }
     }
 

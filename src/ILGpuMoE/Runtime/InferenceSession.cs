@@ -292,8 +292,9 @@ public sealed class InferenceSession : IDisposable
             {
                 var b = new DecodeBuffers(_tokens.View, _positions.View, _x.View, _q.View, _kk.View, _vv.View, _attn.View,
                     l => _routerLogits.View.SubView((long)l * _b * (_e + 1), _e + 1),
-                    _weights.View, _moe.Values.First().H.View, _logits.View, _kCache.Select(k => (ArrayView<float>)k.View).ToArray(), _vCache.Select(v => (ArrayView<float>)v.View).ToArray(),
-                    l => _ids.View.SubView((long)l * _b * _slots, _k));
+                    _weights.View, _moe.Values.MaxBy(w => w.TopK)!.H.View, _logits.View, _kCache.Select(k => (ArrayView<float>)k.View).ToArray(), _vCache.Select(v => (ArrayView<float>)v.View).ToArray(),
+                    l => _ids.View.SubView((long)l * _b * _slots, _slots), _denseIds is null ? default : _denseIds.View,
+                    _denseWeights is null ? default : _denseWeights.View);
                 _plan = DecodePlan.Build(_model, _stream, _spec, b);
                 DecodePath = $"fused ({_plan.LaunchesPerLayer:F0} launches per layer)";
             }

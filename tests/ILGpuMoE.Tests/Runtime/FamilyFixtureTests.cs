@@ -48,5 +48,13 @@ public class FamilyFixtureTests
         var wantTail = want.AsSpan(head * v).ToArray();
         RuntimeTests.CloseLogged(wantTail, rows, rtol: 0, atol: RuntimeTests.FixtureAtol, what: $"{fixture} {policy}: decode steps vs expected");
         RuntimeTests.AssertArgmaxEqual(wantTail, rows, v, $"{fixture} decode");
+
+        // The tuned policy decodes through the fused plan (DecodePlan.cs): 8 launches per layer, 10 for OLMoE's two norms
+        // over the whole q and k projections.
+        if (policy == KernelPolicy.Tuned)
+        {
+            Assert.That(stepwise.DecodePath, Does.StartWith("fused"));
+            Assert.That(stepwise.LastStepLaunchesPerLayer, Is.EqualTo(model.Config.ModelType == "olmoe" ? 10 : 8));
+        }
     }
 }
