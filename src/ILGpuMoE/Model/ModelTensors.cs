@@ -51,6 +51,22 @@ public sealed record ExpectedTensor(string Name, long[] Shape, TensorRole Role, 
 
     /// <summary>A matrix the linear kernels read (and --quant may pack).</summary>
     public bool IsLinear => Role is TensorRole.Attention or TensorRole.Expert or TensorRole.SharedExpert or TensorRole.DenseMlp;
+
+    /// <summary>
+    /// The matrices this tensor becomes on the device, as (count, rows, cols): itself, except a shared expert's or a dense
+    /// MLP's projection, which the runtime cuts into ceil(W / F) F-wide experts along its hidden axis (Runtime/MoeModel.cs):
+    /// gate/up [W, D] become [F, D] each, down [D, W] becomes [D, F] each (the last zero-padded).
+    /// </summary>
+    public (int Count, long Rows, long Cols) Packed(ModelConfig c)
+    {
+        if (Role is not (TensorRole.SharedExpert or TensorRole.DenseMlp))
+            return (1, Shape[0], Shape[1]);
+        long f = c.IntermediateSize;
+        bool down = Shape[0] == c.HiddenSize && Name.Contains("down_proj", StringComparison.Ordinal);
+        long width = down ? Shape[1] : Shape[0];
+        int count = (int)((width + f - 1) / f);
+        return down ? (count, Shape[0], f) : (count, f, Shape[1]);
+    }
 }
 
 /// <summary>Hugging Face tensor names; a family overrides what it names differently.</summary>

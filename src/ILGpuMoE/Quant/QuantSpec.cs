@@ -46,7 +46,10 @@ public abstract record QuantSpec(string Name)
     public void CheckLinearWeights(ModelConfig config)
     {
         foreach (var e in ModelTensors.Expected(config).Where(QuantSource.IsLinear))
-            Check(e.Name, e.Shape[0], e.Shape[1]);
+        {
+            var (_, rows, cols) = e.Packed(config);
+            Check(e.Name, rows, cols);
+        }
     }
 
     /// <summary>True when the scheme can pack a matrix with <paramref name="cols"/> input columns (int4: G divides it).</summary>

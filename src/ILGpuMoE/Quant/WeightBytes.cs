@@ -19,7 +19,11 @@ public readonly record struct WeightBytes(long Total, long PerToken)
         long Bytes(ExpectedTensor e)
         {
             if (spec is not null && QuantSource.IsLinear(e))
-                return spec.Bytes(e.Shape[0], e.Shape[1]);
+            {
+                var (n, rows, cols) = e.Packed(c);
+                return spec.Bytes(rows, cols, n);
+            }
+
             string b = QuantSource.BaseOf(e.Name) + ".";
             long stored = tensors.Where(t => t.Name.StartsWith(b, StringComparison.Ordinal)).Sum(t => t.ByteLength);
             return stored > 0 ? stored : e.ElementCount * 4;
@@ -35,7 +39,8 @@ public readonly record struct WeightBytes(long Total, long PerToken)
                 TensorRole.Expert => b * c.TopK / c.Experts,               // K of E experts (equal sizes)
                 TensorRole.Embedding => b / Math.Max(1, c.VocabSize)       // one row gathered
                                         + (c.TieWordEmbeddings ? b : 0),   // tied: it is also lm_head
-                TensorRole.Attention or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead => b, // read whole every step
+                TensorRole.Attention or TensorRole.AttentionBias or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead
+                    or TensorRole.SharedExpert or TensorRole.DenseMlp => b, // read whole every step
                 _ => throw new System.Diagnostics.UnreachableException($"WeightBytes: tensor role {e.Role}"),
             };
         }

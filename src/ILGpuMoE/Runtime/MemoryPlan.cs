@@ -38,9 +38,14 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
         {
             bool storedFloat = keepFloatLinear && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
             if (quant is not null && !storedFloat && QuantSource.IsLinear(e))
-                weights += quant.Bytes(e.Shape[0], e.Shape[1]);
+            {
+                var (n, rows, cols) = e.Packed(c);
+                weights += quant.Bytes(rows, cols, n);
+            }
             else
+            {
                 weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;
+            }
         }
 
         // KV cache: K and V, [Hkv, S, Dh] f32 per layer.
