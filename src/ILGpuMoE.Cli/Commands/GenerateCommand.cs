@@ -30,7 +30,7 @@ public static class GenerateCommand
         var topK = new Option<int>("--top-k") { Description = "Keep the k most likely tokens; 0 = off", DefaultValueFactory = _ => 50 };
         var topP = new Option<float>("--top-p") { Description = "Nucleus: keep the smallest set with this much probability; 1 = off", DefaultValueFactory = _ => 0.9f };
         var seed = new Option<ulong>("--seed") { Description = "Sampling seed (same seed, same text)", DefaultValueFactory = _ => 1UL };
-        var chat = new Option<bool>("--chat") { Description = "Wrap the prompt in Mistral's [INST] ... [/INST] template" };
+        var chat = new Option<bool>("--chat") { Description = "Wrap the prompt in the family's instruct format (Mixtral [INST] ... [/INST], Qwen ChatML, OLMoE <|user|>)" };
         var stats = new Option<bool>("--routing-stats") { Description = "Print how many tokens each expert of each layer received" };
         var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
         var quant = QuantOption.Create();

@@ -76,6 +76,12 @@ public abstract class ModelFamily
     /// <summary>Reads the router, the experts' width and the block's choices from config.json.</summary>
     internal abstract FamilyConfig Read(ConfigReader c, int layers);
 
+    /// <summary>
+    /// generate --chat: one user turn in the family's instruct format, ready for the assistant's reply, and whether the
+    /// tokenizer adds BOS in front (the chat templates of the instruct checkpoints, rendered for one message).
+    /// </summary>
+    public abstract (string Text, bool AddBos) ChatPrompt(string prompt);
+
     public override string ToString() => ModelType;
 
     // Shared building blocks of the readers.

@@ -1,10 +1,11 @@
-// Text generation: tokenize (optionally in Mistral's [INST] chat form), prefill the prompt, then sample one token
+// Text generation: tokenize (optionally in the family's chat form: ModelFamily.ChatPrompt), prefill the prompt, then sample one token
 // per decode step until EOS, the token budget, a full KV cache, or cancellation. Text is streamed through the
 // tokenizer's streaming decoder (byte-fallback tokens are held until they complete a UTF-8 character).
 //
 // Timings: prefill = the prompt's forward pass (T tokens) and the first sample; time to first token is measured from
 // the call (tokenization included); decode = the remaining steps, one token each.
 using System.Diagnostics;
+using ILGpuMoE.Model;
 using ILGpuMoE.Sampling;
 using ILGpuMoE.Tokenizer;
 
@@ -74,10 +75,12 @@ public sealed record LaunchStats(long Min, long Max, double Mean, double PerLaye
 
 public static class Generator
 {
-    /// <summary>The prompt's token ids (BOS first), in chat form when asked; checked against the model's vocabulary.</summary>
-    public static IReadOnlyList<int> Tokenize(ITextTokenizer tokenizer, string prompt, bool chat, int vocab)
+    /// <summary>The prompt's token ids (BOS first), in the family's chat form when asked (ModelFamily.ChatPrompt; Mixtral's
+    /// when no family is given); checked against the model's vocabulary.</summary>
+    public static IReadOnlyList<int> Tokenize(ITextTokenizer tokenizer, string prompt, bool chat, int vocab, ModelFamily? family = null)
     {
-        var ids = chat ? MistralChat.Wrap(tokenizer, prompt) : tokenizer.Encode(prompt, addBos: true);
+        var (text, bos) = chat ? (family ?? ModelFamilies.Mixtral).ChatPrompt(prompt) : (prompt, true);
+        var ids = tokenizer.Encode(text, addBos: bos);
         for (int i = 0; i < ids.Count; i++)
         {
             if ((uint)ids[i] >= (uint)vocab)
@@ -104,7 +107,7 @@ public static class Generator
         var eos = new HashSet<int>(config.EosTokenIds) { tokenizer.EosId };
 
         var clock = Stopwatch.StartNew();
-        var prompt_ = Tokenize(tokenizer, prompt, options.Chat, config.VocabSize);
+        var prompt_ = Tokenize(tokenizer, prompt, options.Chat, config.VocabSize, config.Family);
         session.Reset();
         var decoder = new StreamingDecoder(tokenizer);
         var generated = new List<int>();

@@ -11,6 +11,9 @@ public sealed class MixtralFamily : ModelFamily
 
     public override TensorNames Names => MixtralNames.Instance;
 
+    /// <summary>Mistral-Instruct: BOS + "[INST] prompt [/INST]".</summary>
+    public override (string Text, bool AddBos) ChatPrompt(string prompt) => (Tokenizer.MistralChat.WrapText(prompt), true);
+
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {
         var (experts, topK) = ReadExperts(c, "num_local_experts", "num_experts_per_tok");

@@ -13,6 +13,10 @@ public sealed class OlmoeFamily : ModelFamily
 
     public override string Architecture => "OlmoeForCausalLM";
 
+    /// <summary>OLMoE-Instruct (Tülu format): "&lt;|endoftext|&gt;&lt;|user|&gt;\nprompt\n&lt;|assistant|&gt;\n"; its BOS is the
+    /// &lt;|endoftext|&gt; the template writes itself.</summary>
+    public override (string Text, bool AddBos) ChatPrompt(string prompt) => ($"<|endoftext|><|user|>\n{prompt}\n<|assistant|>\n", false);
+
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {
         var (experts, topK) = ReadExperts(c, "num_experts", "num_experts_per_tok");

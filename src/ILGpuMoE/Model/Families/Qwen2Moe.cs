@@ -17,6 +17,11 @@ public sealed class Qwen2MoeFamily : ModelFamily
 
     public override string Architecture => "Qwen2MoeForCausalLM";
 
+    /// <summary>ChatML, as Qwen's chat templates render one user message with the generation prompt (no BOS).</summary>
+    public override (string Text, bool AddBos) ChatPrompt(string prompt) => ChatMl(prompt);
+
+    internal static (string Text, bool AddBos) ChatMl(string prompt) => ($"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n", false);
+
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {
         var (experts, topK) = ReadExperts(c, "num_experts", "num_experts_per_tok");

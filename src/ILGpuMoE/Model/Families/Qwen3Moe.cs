@@ -16,6 +16,9 @@ public sealed class Qwen3MoeFamily : ModelFamily
 
     public override string Architecture => "Qwen3MoeForCausalLM";
 
+    /// <summary>ChatML, as Qwen's chat templates render one user message with the generation prompt (no BOS).</summary>
+    public override (string Text, bool AddBos) ChatPrompt(string prompt) => Qwen2MoeFamily.ChatMl(prompt);
+
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {
         var (experts, topK) = ReadExperts(c, "num_experts", "num_experts_per_tok");

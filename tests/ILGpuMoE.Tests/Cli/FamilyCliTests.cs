@@ -1,0 +1,91 @@
+using System.Text.Json.Nodes;
+using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+using ILGpuMoE.Reference;
+using ILGpuMoE.Runtime;
+using ILGpuMoE.Testing;
+using ILGpuMoE.Tests.Runtime;
+using ILGpuMoE.Tokenizer;
+
+namespace ILGpuMoE.Tests.Cli;
+
+/// <summary>The CLI on the newer families: logits on each fixture, generate (with --chat and routing statistics) on a
+/// random Qwen2-MoE with a tokenizer, and the family seam's refusals (unknown model_type, a missing tensor).</summary>
+public class FamilyCliTests
+{
+    private string _dir = "";
+
+    [OneTimeSetUp]
+    public void Setup() => _dir = Directory.CreateTempSubdirectory("ilgpumoe-famcli-").FullName;
+
+    [OneTimeTearDown]
+    public void Clean() => Directory.Delete(_dir, recursive: true);
+
+    [TestCaseSource(typeof(FamilyFixtureTests), nameof(FamilyFixtureTests.Fixtures))]
+    public void LogitsReproduceTheFixture(string fixture)
+    {
+        var (tokens, want) = FamilyFixtureTests.Expected(fixture);
+        string outPath = Path.Combine(_dir, fixture + ".safetensors");
+        var run = CliRun.Of("logits", "--model", FamilyFixtureTests.Dir(fixture), "--tokens", string.Join(",", tokens), "--out", outPath, "--device", "cpu");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        using var file = SafeTensorsFile.Open(outPath);
+        var got = file.ReadFloat32("logits");
+        RuntimeTests.CloseLogged(want, got, rtol: 0, atol: RuntimeTests.FixtureAtol, what: $"ilgpumoe logits on {fixture}");
+    }
+
+    [Test]
+    public void GenerateRunsAQwen2MoeInItsChatFormat()
+    {
+        string model = Path.Combine(_dir, "qwen2");
+        RandomMoe.Write(model, new RandomMoeOptions { Family = RefFamily.Qwen2Moe, Hidden = 48, Experts = 6, TopK = 2, Seed = 401 });
+        var run = CliRun.Of("generate", "--model", model, "--prompt", "a b c", "-n", "3", "--temperature", "0", "--chat", "--routing-stats", "--device", "cpu");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("tokens generated"));
+        Assert.That(run.Out, Does.Contain("routing (softmax top-2): tokens per expert"));
+
+        // The prompt the chat form gives: ChatML, no BOS, as Qwen's chat template renders one user turn.
+        using var tokenizer = TextTokenizer.Load(model);
+        var ids = Generator.Tokenize(tokenizer, "a b c", chat: true, vocab: 300, ModelConfig.Load(model).Family);
+        Assert.That(ids, Is.EqualTo(tokenizer.Encode("<|im_start|>user\na b c<|im_end|>\n<|im_start|>assistant\n", addBos: false)));
+    }
+
+    [Test]
+    public void AnUnknownModelTypeExits2NamingTheSupportedOnes()
+    {
+        string model = Path.Combine(_dir, "dbrx");
+        CopyFixture("qwen3-moe-tiny-f32", model);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(model, "config.json")))!;
+        config["model_type"] = "dbrx";
+        config["architectures"] = new JsonArray("DbrxForCausalLM");
+        File.WriteAllText(Path.Combine(model, "config.json"), config.ToJsonString());
+        var line = CliRun.Of("logits", "--model", model, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("'dbrx' is not supported").And.Contain("mixtral, qwen3_moe, qwen2_moe, olmoe"));
+    }
+
+    [Test]
+    public void AMissingTensorExits2NamingTheFirstOne()
+    {
+        // A Qwen2-MoE without its shared expert's gate: the seam expects it from shared_expert_intermediate_size.
+        string model = Path.Combine(_dir, "noshared");
+        CopyFixture("qwen2-moe-tiny-f32", model);
+        string st = Path.Combine(model, "model.safetensors");
+        using (var file = SafeTensorsFile.Open(st))
+        {
+            var kept = file.Tensors.Where(t => t.Name != "model.layers.0.mlp.shared_expert_gate.weight")
+                .Select(t => new SafeTensorsWriter.Entry(t.Name, t.DType, t.Shape, file.GetBytes(t.Name).ToArray())).ToList();
+            File.Delete(st + ".tmp");
+            SafeTensorsWriter.Write(st + ".tmp", kept);
+        }
+
+        File.Move(st + ".tmp", st, overwrite: true);
+        var line = CliRun.Of("logits", "--model", model, "--tokens", "1,2", "--out", Path.Combine(_dir, "y.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("tensor 'model.layers.0.mlp.shared_expert_gate.weight' is missing"));
+    }
+
+    private static void CopyFixture(string fixture, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(FamilyFixtureTests.Dir(fixture)))
+            File.Copy(f, Path.Combine(to, Path.GetFileName(f)), overwrite: true);
+    }
+}
