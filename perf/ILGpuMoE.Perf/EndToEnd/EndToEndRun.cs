@@ -16,21 +16,29 @@ using ILGpuMoE.Model;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Testing;
 
+using ILGpuMoE.Reference;
+
 namespace ILGpuMoE.Perf.EndToEnd;
 
 public static class EndToEndRun
 {
     /// <summary>
-    /// The model of the run. On the CPU (and for the tiny preset) a small random Mixtral whose dims suit llama.cpp's
-    /// 32-wide quant blocks, which both sides run. On a GPU the preset's own shapes in BF16 with one layer: that is
-    /// what the GPU runner's one-minute step allows (writing and loading 2.8 GB of random experts per Mixtral layer).
+    /// The model of the run, of the preset's family (RandomMoe). On the CPU (and for the tiny preset) a small random
+    /// model whose dims suit llama.cpp's 32-wide quant blocks, which both sides run (OLMoE with as many kv heads as heads,
+    /// which llama.cpp's olmoe needs). On a GPU the preset's own shapes in BF16 with one layer: that is what the GPU
+    /// runner's one-minute step allows (writing and loading 2.8 GB of random experts per Mixtral layer).
     /// </summary>
-    public static RandomMixtralOptions ModelFor(ShapePreset p, bool gpu) => !gpu || p.IsTiny
-        ? new() { Hidden = 64, Layers = 2, Experts = 4, TopK = 2, Ffn = 128, Heads = 4, KvHeads = 2, Vocab = 512, DType = DType.F32, Seed = 11 }
+    public static RandomMoeOptions ModelFor(ShapePreset p, bool gpu) => !gpu || p.IsTiny
+        ? new()
+        {
+            Family = p.Family, Hidden = 64, Layers = 2, Experts = 4, TopK = 2, MoeIntermediate = 128, Heads = 4,
+            KvHeads = p.Family == RefFamily.Olmoe ? 4 : 2, Vocab = 512, DType = DType.F32, Seed = 11, SharedExpertIntermediate = 128,
+        }
         : new()
         {
-            Hidden = p.Dim, Layers = 1, Experts = p.Experts, TopK = p.TopK, Ffn = p.Hidden, Heads = p.Heads,
+            Family = p.Family, Hidden = p.Dim, Layers = 1, Experts = p.Experts, TopK = p.TopK, MoeIntermediate = p.Hidden, Heads = p.Heads,
             KvHeads = p.KvHeads, HeadDim = p.HeadDim, Vocab = p.Vocab, DType = DType.BF16, Seed = 11, RopeTheta = p.RopeTheta,
+            SharedExpertIntermediate = p.SharedExpert > 0 ? p.SharedExpert : 4 * p.Hidden,
         };
 
     /// <summary>The cache folder when --cache is not given: $ILGPUMOE_BENCH_CACHE, else ilgpumoe-bench-cache in the temp folder.</summary>
@@ -72,7 +80,8 @@ public static class EndToEndRun
         var notes = new List<string>();
         var o = ModelFor(p, device.IsGpu);
         int promptTokens = device.IsGpu ? 128 : 16, decodeTokens = device.IsGpu ? 32 : 8;
-        string shape = $"random Mixtral D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.Ffn} H={o.Heads}/{o.KvHeads} V={o.Vocab}";
+        string shape = $"random {o.Family} D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.MoeIntermediate} H={o.Heads}/{o.KvHeads} V={o.Vocab}" +
+                       (o.Family == RefFamily.Qwen2Moe ? $" shared={o.SharedExpertIntermediate}" : "");
         var rng = new Random(5);
         var prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
         var decode = Enumerable.Range(0, decodeTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
@@ -83,7 +92,7 @@ public static class EndToEndRun
         try
         {
             string hf = Path.Combine(models, "hf");
-            double hfPrep = Cached(hf, d => RandomMixtral.Write(d, o), log);
+            double hfPrep = Cached(hf, d => RandomMoe.Write(d, o), log);
             log($"end to end: {shape}, prompt {promptTokens}, decode {decodeTokens}");
 
             // llama.cpp first, before our run loads the CPU accelerator with a model's worth of work (on a shared 2-core
@@ -93,7 +102,8 @@ public static class EndToEndRun
             if (peer && !device.IsGpu)
             {
                 string f32 = Path.Combine(dir, "model-f32.gguf");
-                MixtralGguf.Convert(hf, f32);
+                Directory.CreateDirectory(dir);
+                MoeGguf.Convert(hf, f32);
                 int threads = Environment.ProcessorCount;
                 foreach (var (scheme, ourScheme) in new[] { ("f32", "f32"), ("q8_0", "int8"), ("q4_0", "int4") })
                 {

@@ -1,12 +1,16 @@
 // Named shape presets of the kernel suite. Glossary: T tokens, E experts, K experts per token, D model dim,
 // F expert hidden dim, H heads, Hkv kv heads, Dh head dim, V vocab, S cached keys (decode attention).
+using ILGpuMoE.Reference;
+
 namespace ILGpuMoE.Perf.Suite;
 
 /// <summary>
 /// One model's kernel shapes. Tokens is the sweep of tokens per step; KvLength the cache length S of the decode
 /// attention cases. Layers is how many layers the end-to-end part builds (as many as fit). CheckTokens caps the
 /// tokens the reference recomputes at large shapes (plain C#, double accumulation: it must stay seconds). Router is
-/// the gating mode its cases use (GatingFamily.Spec names the kinds a preset may have).
+/// the gating mode its cases use (GatingFamily.Spec names the kinds a preset may have). Family and SharedExpert shape the
+/// end-to-end model (RandomMoe: the family's layer, a Qwen2-MoE shared expert of that width); the kernel cases do not
+/// include the family's extras (q/k norms, biases, the shared expert's chunks).
 /// </summary>
 public sealed record ShapePreset(
     string Name,
@@ -26,7 +30,9 @@ public sealed record ShapePreset(
     int RouterTopKGroups = 1,
     float RopeTheta = 1e6f,
     int CheckTokens = 3,
-    string Note = "")
+    string Note = "",
+    RefFamily Family = RefFamily.Mixtral,
+    int SharedExpert = 0)
 {
     public int QDim => Heads * HeadDim;
 
@@ -50,7 +56,7 @@ public static class Presets
     public static readonly ShapePreset QwenMoeA27B = new(
         "qwen-moe-a2.7b", Dim: 2048, Hidden: 1408, Experts: 60, TopK: 4, Heads: 16, KvHeads: 16, HeadDim: 128, Vocab: 151936,
         Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 24, Router: RouterKind.SoftmaxTopK, RopeTheta: 1e6f,
-        Note: "routed experts only; no shared expert");
+        Note: "kernel cases: routed experts only; end to end with the shared expert", Family: RefFamily.Qwen2Moe, SharedExpert: 5632);
 
     /// <summary>DeepSeek-V3-like MoE layer: 256 experts of F = 2048, top-8 in 4 of 8 groups. Attention here is plain GQA
     /// with 128 heads of 128 (DeepSeek's MLA is not implemented), so its attention rows are only indicative.</summary>
@@ -63,19 +69,21 @@ public static class Presets
     /// (q/k norm per head is not in the kernel cases).</summary>
     public static readonly ShapePreset Qwen3_30B_A3B = new(
         "qwen3-30b-a3b", Dim: 2048, Hidden: 768, Experts: 128, TopK: 8, Heads: 32, KvHeads: 4, HeadDim: 128, Vocab: 151936,
-        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 48, Router: RouterKind.Mixtral, RopeTheta: 1e6f, CheckTokens: 2);
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 48, Router: RouterKind.Mixtral, RopeTheta: 1e6f, CheckTokens: 2,
+        Family: RefFamily.Qwen3Moe);
 
     /// <summary>Qwen3-235B-A22B: 128 experts of F = 1536, top-8, GQA 64/4, head_dim 128; the end-to-end part builds 16 of
     /// its 94 layers (4.8 GB of BF16 experts each).</summary>
     public static readonly ShapePreset Qwen3_235B_A22B = new(
         "qwen3-235b-a22b", Dim: 4096, Hidden: 1536, Experts: 128, TopK: 8, Heads: 64, KvHeads: 4, HeadDim: 128, Vocab: 151936,
         Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 16, Router: RouterKind.Mixtral, RopeTheta: 1e6f, CheckTokens: 2,
-        Note: "16 of 94 layers end to end");
+        Note: "16 of 94 layers end to end", Family: RefFamily.Qwen3Moe);
 
     /// <summary>OLMoE-1B-7B: 64 experts of F = 1024, top-8 without renormalisation, 16 heads of 128 (no GQA).</summary>
     public static readonly ShapePreset Olmoe1B7B = new(
         "olmoe-1b-7b", Dim: 2048, Hidden: 1024, Experts: 64, TopK: 8, Heads: 16, KvHeads: 16, HeadDim: 128, Vocab: 50304,
-        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 16, Router: RouterKind.SoftmaxTopK, RopeTheta: 10000f, CheckTokens: 2);
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 16, Router: RouterKind.SoftmaxTopK, RopeTheta: 10000f, CheckTokens: 2,
+        Family: RefFamily.Olmoe);
 
     /// <summary>For ILGPU's CPU accelerator: odd sizes (no multiple of any tile), seconds per kernel.</summary>
     public static readonly ShapePreset Tiny = new(

@@ -33,7 +33,10 @@ public static class CheckpointQuantizer
         foreach (var e in expected)
         {
             string name = e.Name;
-            if (QuantSource.IsLinear(e))
+            // A shared expert's or a dense MLP's projections stay in their float dtype: the runtime cuts them into F-wide
+            // experts along the hidden axis (ExpectedTensor.Packed) and packs each chunk at load with this scheme, which
+            // a packing of the whole width (down's per-row scales span every chunk) would not reproduce.
+            if (QuantSource.IsLinear(e) && e.Role is not (TensorRole.SharedExpert or TensorRole.DenseMlp))
             {
                 int rows = (int)e.Shape[0], cols = (int)e.Shape[1];
                 var planned = QuantSource.Tensors(spec, QuantSource.BaseOf(name), rows, cols)

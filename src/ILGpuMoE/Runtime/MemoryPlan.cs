@@ -36,7 +36,9 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
         long weights = 0;
         foreach (var e in ModelTensors.Expected(c))
         {
-            bool storedFloat = keepFloatLinear && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
+            // A quantized checkpoint's float shared expert / dense MLP is packed at load all the same (MoeModel.cs).
+            bool storedFloat = keepFloatLinear && e.Role is not (TensorRole.SharedExpert or TensorRole.DenseMlp)
+                               && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
             if (quant is not null && !storedFloat && QuantSource.IsLinear(e))
             {
                 var (n, rows, cols) = e.Packed(c);

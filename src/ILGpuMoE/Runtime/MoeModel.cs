@@ -283,9 +283,11 @@ public sealed class MoeModel : IDisposable
         {
             if (part.Chunk >= 0)
             {
-                if (source is not null)
-                    throw new RuntimeInputException($"{checkpoint.Directory}: {part.Name} is a {source.Method} tensor wider than the experts; a pre-quantized checkpoint with a shared expert or dense layers is not supported yet (load its float weights with --quant instead)");
-                return quant!.Quantize(part.ReadFloat32(checkpoint), part.Rows, part.Cols);
+                // A chunk is packed here, from float weights: --quant's, or a quantized checkpoint's shared expert or dense
+                // MLP, which our quantize command leaves in float for this (CheckpointQuantizer.cs), packed with its scheme.
+                if (source is not null && !QuantSource.IsFloat(checkpoint, part.Name))
+                    throw new RuntimeInputException($"{checkpoint.Directory}: {part.Name} is packed ({source.Method}) at its full width; the runtime packs a shared expert or a dense MLP in F-wide chunks, so it needs that tensor in a float dtype");
+                return (quant ?? source!.PlanSpec).Quantize(part.ReadFloat32(checkpoint), part.Rows, part.Cols);
             }
 
             int rows = (int)shapes[part.Name][0], cols = (int)shapes[part.Name][1];
@@ -316,7 +318,8 @@ public sealed class MoeModel : IDisposable
             {
                 var slices = parts(p);
                 progress?.Report(new LoadProgress(done, total, n.Experts(layer, p)));
-                if (slices.All(x => Dense(x.Name)))
+                // A quantized checkpoint's float chunks are packed like the rest of its experts (the memory plan counts them so).
+                if (slices.All(x => Dense(x.Name)) && (source is null || slices.All(x => x.Chunk < 0)))
                     return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, slices)));
 
                 // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].

@@ -105,4 +105,31 @@ public class FamilyQuantTests
         RuntimeTests.CloseLogged(want, got, rtol: 1e-4, atol: 1e-4, what: $"--quant {scheme} vs RefModel on dequantized weights");
         RuntimeTests.AssertArgmaxEqual(want, got, Options.Vocab, scheme);
     }
+    [Test]
+    public void AQuantizedCheckpointLoadsAsQuantAtLoadDoes()
+    {
+        // `ilgpumoe quantize` keeps the shared expert and the dense MLP in float; the loader packs their chunks with the
+        // checkpoint's scheme, so the quantized folder gives --quant's logits.
+        var spec = QuantSpec.Parse("int8")!;
+        string outDir = Path.Combine(Path.GetTempPath(), $"ilgpumoe-fq-out-{Environment.ProcessId}");
+        try
+        {
+            CheckpointQuantizer.Run(_dir, outDir, spec);
+            int[] tokens = Data.Ints(19, 8, 0, Options.Vocab);
+            float[] Run(string dir, QuantSpec? quant)
+            {
+                using var model = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 16, Quant = quant });
+                Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), $"{dir}: the memory plan counts what is uploaded");
+                using var session = model.NewSession();
+                return session.Prefill(tokens, allLogits: true);
+            }
+
+            RuntimeTests.CloseLogged(Run(_dir, spec), Run(outDir, null), rtol: 0, atol: 1e-6, what: "quantized folder vs --quant int8");
+        }
+        finally
+        {
+            if (Directory.Exists(outDir))
+                Directory.Delete(outDir, recursive: true);
+        }
+    }
 }
