@@ -11,6 +11,7 @@
 using System.Globalization;
 using System.Reflection;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Model;
 using ILGpuMoE.Runtime;
 using ILGpuMoE.Perf.Report;
 using ILGpuMoE.Perf.Suite;
@@ -27,9 +28,13 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
     /// <summary>--decode-first: the T = 1 cases of decode-marked kernels (Suite/DecodeCases.cs) run before the rest.</summary>
     public bool DecodeFirst { get; init; }
 
+    /// <summary>--router switch|noisy-topk (with --capacity-factor / --noise-seed): the end-to-end model runs that router
+    /// (RouterChoice, src/ILGpuMoE/Model/RouterConfig.cs); null: the model's own.</summary>
+    public RouterChoice? Router { get; init; }
+
     public const string Usage =
         "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
-        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first]";
+        "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first] [--router switch|noisy-topk] [--capacity-factor C] [--noise-seed S]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
     {
@@ -37,7 +42,9 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         int[]? tokens = null;
         string[]? families = null;
         bool checkOnly = false, peer = true, endToEnd = true, endToEndOnly = false, decodeFirst = false;
-        double? budget = null, caseTimeout = null;
+        double? budget = null, caseTimeout = null, capacityFactor = null;
+        string? routerName = null;
+        ulong? noiseSeed = null;
         for (int i = 0; i < args.Count; i++)
         {
             string a = args[i];
@@ -82,6 +89,17 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
                     break;
                 case "--decode-first":
                     decodeFirst = true;
+                    break;
+                case "--router":
+                    routerName = Value();
+                    break;
+                case "--capacity-factor":
+                    capacityFactor = double.TryParse(Value(), NumberStyles.Float, CultureInfo.InvariantCulture, out var cf)
+                        ? cf : throw new BenchUsageException($"--capacity-factor needs a number ({Usage})");
+                    break;
+                case "--noise-seed":
+                    noiseSeed = ulong.TryParse(Value(), NumberStyles.None, CultureInfo.InvariantCulture, out var ns)
+                        ? ns : throw new BenchUsageException($"--noise-seed needs a non-negative integer ({Usage})");
                     break;
                 default:
                     throw new BenchUsageException($"unknown argument '{a}' ({Usage})");
@@ -129,7 +147,19 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         }
 
         return new BenchArgs(shape, outDir ?? Path.Combine("perf", "out", shape.Name), choice, tokens, families, checkOnly, peer, endToEnd || endToEndOnly, endToEndOnly, budget,
-            caseTimeout, faults, cache) { DecodeFirst = decodeFirst };
+            caseTimeout, faults, cache) { DecodeFirst = decodeFirst, Router = ParseRouter(routerName, capacityFactor, noiseSeed) };
+    }
+
+    private static RouterChoice? ParseRouter(string? name, double? capacityFactor, ulong? noiseSeed)
+    {
+        try
+        {
+            return RouterChoice.Parse(name, capacityFactor, noiseSeed);
+        }
+        catch (ArgumentException e)
+        {
+            throw new BenchUsageException(e.Message);
+        }
     }
 
     private static double Seconds(string option, string text) =>
@@ -264,7 +294,7 @@ public static class BenchCommand
         try
         {
             // Our rows are saved as they come (a later scheme that hangs keeps the earlier ones); llama.cpp's at the end.
-            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log, options.Cache,
+            var (rows, peerRows, e2eNotes) = EndToEnd.EndToEndRun.Run(run.Device, options.Preset, options.Peer, run.Log, options.Cache, options.Router,
                 onRow: row =>
                 {
                     run.EndToEnd.Add(row);

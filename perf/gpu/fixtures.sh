@@ -9,7 +9,9 @@
 #   3. The decode path: the F32 fixture fed one token per step (`logits --decode-steps`: the fused T = 1 kernels) on
 #      DEVICE vs llama.cpp, plainly and replayed from a CUDA graph (--cuda-graph), and int4-g32 one token per step on
 #      DEVICE vs the CPU accelerator's prefill: each max|d| <= 1e-4, argmax equal.
-#   4. The README's generate command on DEVICE (greedy, 16 tokens): it runs and prints text, tokens/s and launches.
+#   4. The other families' fixtures next to FIXTURE_DIR (*-tiny-f32): prefill and --decode-steps on DEVICE vs their
+#      expected logits (Hugging Face in float64): max|d| <= 1e-4, argmax equal.
+#   5. The README's generate command on DEVICE (greedy, 16 tokens): it runs and prints text, tokens/s and launches.
 # FIXTURE_QUANTS (the schemes of 2) and FIXTURE_GEN_TOKENS (the tokens of 3) shorten it for the dry run.
 # Exit 1 when any comparison is WRONG or any command fails; every line is printed either way.
 set -u
@@ -57,6 +59,25 @@ if run_logits "$device" "$q4" "$out/$q4-decodesteps-$device.safetensors" --decod
   check --expected "$out/$q4-cpu.safetensors" --actual "$out/$q4-decodesteps-$device.safetensors" --atol 1e-4 \
     --label "$q4 --decode-steps on $device vs the CPU accelerator" || fail=1
 else fail=1; fi
+
+# The other families' fixtures (qwen3-moe, qwen2-moe, olmoe: float64 transcriptions of Hugging Face's modeling code),
+# found next to FIXTURE_DIR: one prefill and one --decode-steps run each on DEVICE against their expected logits.
+for ffx in "$(dirname "$fx")"/*-tiny-f32; do
+  [ "$ffx" = "$fx" ] || [ ! -f "$ffx/expected.safetensors" ] && continue
+  name="$(basename "$ffx")"
+  ftokens="$(check --tokens "$ffx/expected.safetensors")" || { echo "ERROR cannot read $name's tokens"; fail=1; continue; }
+  for extra in "" "--decode-steps"; do
+    tag="${name}$(echo "$extra" | tr -d ' -')"
+    # shellcheck disable=SC2086
+    if "$bin" logits --device "$device" --model "$ffx" --tokens "$ftokens" --out "$out/$tag.safetensors" $extra > "$out/$tag.log" 2>&1; then
+      grep '^decode steps' "$out/$tag.log" | sed 's/^/    /' || true
+      check --expected "$ffx/expected.safetensors" --actual "$out/$tag.safetensors" --atol 1e-4 \
+        --label "$name ${extra:-prefill} on $device vs Hugging Face (float64)" || fail=1
+    else
+      echo "ERROR logits $name $extra on $device failed: $(tail -2 "$out/$tag.log" | tr '\n' ' ')"; fail=1
+    fi
+  done
+done
 
 echo "generate on $device (the README's main job, greedy):"
 if ! "$bin" generate --device "$device" --model "$demo" --prompt "Once upon a time" -n "${FIXTURE_GEN_TOKENS:-16}" --temperature 0 --routing-stats 2>&1 | tail -25; then

@@ -18,9 +18,11 @@ dotnet publish perf/ILGpuMoE.GpuBundle/ILGpuMoE.GpuBundle.csproj -c Release -r l
 # Only the executable travels; pdbs and stray native files the bundle already holds stay behind.
 find "$out/bin" -mindepth 1 ! -name ilgpumoe-gpu -exec rm -rf {} +
 cp perf/gpu/run-device.sh perf/gpu/torch_baseline.py perf/gpu/fixtures.sh perf/gpu/fixture_check.py "$out/"
-# The fixture step's data: the F32 fixture (with llama.cpp's logits) and the README's demo model, 4 MB together.
+# The fixture step's data: the F32 fixtures (Mixtral's with llama.cpp's logits, one per other family) and the README's
+# demo model, 6 MB together.
 mkdir -p "$out/data"
-cp -r tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32 models/mixtral-demo "$out/data/"
+cp -r tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32 tests/ILGpuMoE.Tests/TestData/qwen3-moe-tiny-f32 \
+  tests/ILGpuMoE.Tests/TestData/qwen2-moe-tiny-f32 tests/ILGpuMoE.Tests/TestData/olmoe-tiny-f32 models/mixtral-demo "$out/data/"
 echo "$commit" > "$out/COMMIT"
 size=$(du -sm "$out" | cut -f1)
 echo "published $out/bin/ilgpumoe-gpu ($(du -h "$out/bin/ilgpumoe-gpu" | cut -f1)), folder ${size} MiB, commit $commit"

@@ -192,7 +192,7 @@ step smoke 90 "$bin" bench "${smoke[@]}" "${common[@]}" --check-only --out "$out
 fixture="$here/data/mixtral-tiny-f32" demo="$here/data/mixtral-demo"
 [ -d "$fixture" ] || fixture="$here/../../tests/ILGpuMoE.Tests/TestData/mixtral-tiny-f32"
 [ -d "$demo" ] || demo="$here/../../models/mixtral-demo"
-step fixtures 150 bash "$here/fixtures.sh" "$bin" "$device" "$fixture" "$demo" "$out/fixtures"
+step fixtures 200 bash "$here/fixtures.sh" "$bin" "$device" "$fixture" "$demo" "$out/fixtures"
 grep -E '^(ok|WRONG|ERROR) ' "$out/fixtures.log" 2>/dev/null | sed 's/^/  /' | tee -a "$summary" >/dev/null
 
 # 3. Kernel benches at Mixtral shapes (each case is checked at its own shape before it is timed).

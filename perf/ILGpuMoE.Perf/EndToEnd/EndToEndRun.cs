@@ -73,7 +73,8 @@ public static class EndToEndRun
     /// around the host-side model writing and quantizing before it: --case-timeout-s then bounds one scheme's device
     /// work, as it bounds one kernel case, and a first run's cold cache does not read as a hang.</param>
     public static (List<EndToEndResult> Rows, List<PeerResult> Peers, List<string> Notes) Run(BenchDevice device, ShapePreset p, bool peer, Action<string> log,
-        string? cache = null, Action<EndToEndResult>? onRow = null, Func<bool>? outOfTime = null, Func<string, IDisposable>? watch = null)
+        string? cache = null, RouterChoice? router = null, Action<EndToEndResult>? onRow = null, Func<bool>? outOfTime = null,
+        Func<string, IDisposable>? watch = null)
     {
         var rows = new List<EndToEndResult>();
         var peers = new List<PeerResult>();
@@ -93,7 +94,9 @@ public static class EndToEndRun
         {
             string hf = Path.Combine(models, "hf");
             double hfPrep = Cached(hf, d => RandomMoe.Write(d, o), log);
-            log($"end to end: {shape}, prompt {promptTokens}, decode {decodeTokens}");
+            if (router is not null)
+            shape += $", --router {router.Name} (ours only: llama.cpp runs the model's router)";
+        log($"end to end: {shape}, prompt {promptTokens}, decode {decodeTokens}");
 
             // llama.cpp first, before our run loads the CPU accelerator with a model's worth of work (on a shared 2-core
             // machine its figures already vary a lot with other load: F32 prefill 34 to 1785 tok/s across runs here).
@@ -148,7 +151,7 @@ public static class EndToEndRun
 
                 EndToEndResult ours;
                 using (watch?.Invoke(quant?.Name ?? name))
-                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode) with { HostPrepSeconds = prep };
+                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, router: router) with { HostPrepSeconds = prep };
                 rows.Add(ours);
                 onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;
@@ -159,7 +162,7 @@ public static class EndToEndRun
                 {
                     EndToEndResult graphed;
                     using (watch?.Invoke(name + "-graph"))
-                        graphed = OurEngine.Time(device, model, name, o.Layers, prompt, decode, cudaGraph: true) with { HostPrepSeconds = prep };
+                        graphed = OurEngine.Time(device, model, name, o.Layers, prompt, decode, cudaGraph: true, router: router) with { HostPrepSeconds = prep };
                     rows.Add(graphed);
                     onRow?.Invoke(graphed);
                     log($"ours {graphed.Scheme}: decode {graphed.DecodeTokensPerSecond:F1} tok/s ({graphed.Note})");

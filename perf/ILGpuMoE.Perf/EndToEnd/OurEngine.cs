@@ -1,6 +1,7 @@
 // Our side of the end-to-end figures: the runtime loads the folder onto the bench's device and runs prefill + decode.
 // Compiled only when the runtime exists in src/ILGpuMoE/Runtime (HAS_RUNTIME, set by the project file).
 using System.Diagnostics;
+using ILGpuMoE.Model;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Quant;
 using ILGpuMoE.Runtime;
@@ -16,7 +17,7 @@ public static class OurEngine
     /// <param name="cudaGraph">Decode through a session that replays its decode step from a CUDA graph (SessionOptions);
     /// the row's scheme gets " + cuda graph" and its note says whether the graph was used.</param>
     public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
-        QuantSpec? quant = null, bool cudaGraph = false)
+        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null)
     {
         var sw = Stopwatch.StartNew();
         using var model = MoeModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
@@ -24,6 +25,7 @@ public static class OurEngine
             MaxSeq = prompt.Length + decode.Length + 8,
             MaxBatch = prompt.Length,
             Quant = quant,
+            Router = router,
         });
         using var session = model.NewSession(new SessionOptions { CudaGraph = cudaGraph });
         device.Stream.Synchronize();

@@ -53,10 +53,35 @@ public class BenchCheckTests
     [TestCase("--preset", "tiny", "--family", "nonsense")]
     [TestCase("--out")]
     [TestCase("--preset", "tiny", "--frobnicate")]
+    [TestCase("--preset", "tiny", "--router", "bogus")]
+    [TestCase("--preset", "tiny", "--router", "switch", "--capacity-factor", "x")]
+    [TestCase("--preset", "tiny", "--noise-seed", "3")]
     public void BadArguments_AreOneLineUsageErrors(params string[] args)
     {
         var e = Assert.Throws<BenchUsageException>(() => BenchArgs.Parse(args));
         Assert.That(e!.Message, Does.Not.Contain("\n"));
+    }
+
+    [Test]
+    public void RouterReachesTheEndToEndRun()
+    {
+        var a = BenchArgs.Parse(["--preset", "tiny", "--out", "x", "--router", "switch", "--capacity-factor", "0.5"]);
+        Assert.That(a.Router!.Name, Is.EqualTo("switch"));
+        Assert.That(a.Router.CapacityFactor, Is.EqualTo(0.5));
+        Assert.That(BenchArgs.Parse(["--preset", "tiny", "--out", "x"]).Router, Is.Null);
+    }
+
+    [Test]
+    public void FamilyPresets_HaveTheHubConfigsShapes()
+    {
+        // Qwen3-30B-A3B, Qwen3-235B-A22B and OLMoE-1B-7B as their config.json files give them.
+        var q30 = Presets.Get("qwen3-30b-a3b");
+        Assert.That((q30.Dim, q30.Hidden, q30.Experts, q30.TopK, q30.Heads, q30.KvHeads, q30.HeadDim, q30.Vocab), Is.EqualTo((2048, 768, 128, 8, 32, 4, 128, 151936)));
+        var q235 = Presets.Get("qwen3-235b-a22b");
+        Assert.That((q235.Dim, q235.Hidden, q235.Experts, q235.TopK, q235.Heads, q235.KvHeads), Is.EqualTo((4096, 1536, 128, 8, 64, 4)));
+        var olmoe = Presets.Get("olmoe-1b-7b");
+        Assert.That((olmoe.Dim, olmoe.Hidden, olmoe.Experts, olmoe.TopK, olmoe.Heads, olmoe.KvHeads, olmoe.Vocab), Is.EqualTo((2048, 1024, 64, 8, 16, 16, 50304)));
+        Assert.That(Presets.Get("qwen-moe-a2.7b").SharedExpert, Is.EqualTo(5632));
     }
 
     [Test]
