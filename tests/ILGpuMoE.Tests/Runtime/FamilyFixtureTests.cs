@@ -25,6 +25,18 @@ public class FamilyFixtureTests
         return (MemoryMarshal.Cast<byte, int>(expected.GetBytes("tokens")).ToArray(), expected.ReadFloat32("logits"));
     }
 
+    /// <summary>Prefill of all but the last <paramref name="tail"/> tokens in one step, then one decode step per token:
+    /// the logits of those last steps [tail, V].</summary>
+    internal static float[] DecodeTail(InferenceSession session, int[] tokens, int tail)
+    {
+        int head = tokens.Length - tail, v = session.Model.Config.VocabSize;
+        session.Prefill(tokens.AsSpan(0, head), allLogits: false);
+        var rows = new float[tail * v];
+        for (int i = 0; i < tail; i++)
+            session.Decode(tokens[head + i]).CopyTo(rows, i * v);
+        return rows;
+    }
+
     [TestCaseSource(nameof(Cases))]
     public void PrefillThenDecodeMatchTheFixture(string fixture, KernelPolicy policy)
     {
@@ -39,13 +51,9 @@ public class FamilyFixtureTests
         // Decode after prefill: the first T - 3 tokens in one step, the last 3 one at a time through the cache (kept short:
         // the CPU accelerator emulates every launch of a decode step).
         const int tail = 3;
-        int head = tokens.Length - tail;
         using var stepwise = model.NewSession();
-        stepwise.Prefill(tokens.AsSpan(0, head), allLogits: false);
-        var rows = new float[tail * v];
-        for (int i = 0; i < tail; i++)
-            stepwise.Decode(tokens[head + i]).CopyTo(rows, i * v);
-        var wantTail = want.AsSpan(head * v).ToArray();
+        var rows = DecodeTail(stepwise, tokens, tail);
+        var wantTail = want.AsSpan((tokens.Length - tail) * v).ToArray();
         RuntimeTests.CloseLogged(wantTail, rows, rtol: 0, atol: RuntimeTests.FixtureAtol, what: $"{fixture} {policy}: decode steps vs expected");
         RuntimeTests.AssertArgmaxEqual(wantTail, rows, v, $"{fixture} decode");
 

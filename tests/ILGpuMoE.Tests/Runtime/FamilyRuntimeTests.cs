@@ -73,13 +73,9 @@ public class FamilyRuntimeTests
         RuntimeTests.AssertArgmaxEqual(want, got, v, "runtime vs oracle");
 
         const int tail = 3;
-        int head = tokens.Length - tail;
         using var stepwise = model.NewSession();
-        stepwise.Prefill(tokens.AsSpan(0, head), allLogits: false);
-        var rows = new float[tail * v];
-        for (int i = 0; i < tail; i++)
-            stepwise.Decode(tokens[head + i]).CopyTo(rows, i * v);
-        RuntimeTests.CloseLogged(want.AsSpan(head * v).ToArray(), rows, rtol: 0, atol: tol, what: $"{policy}: decode steps vs oracle");
+        var rows = FamilyFixtureTests.DecodeTail(stepwise, tokens, tail);
+        RuntimeTests.CloseLogged(want.AsSpan((tokens.Length - tail) * v).ToArray(), rows, rtol: 0, atol: tol, what: $"{policy}: decode steps vs oracle");
     }
 
     [Test]
