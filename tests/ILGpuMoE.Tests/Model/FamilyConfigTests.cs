@@ -1,0 +1,122 @@
+using System.Text.Json.Nodes;
+using ILGpuMoE.Model;
+using ILGpuMoE.Tests.Runtime;
+
+namespace ILGpuMoE.Tests.Model;
+
+/// <summary>Each family's config.json reader (src/ILGpuMoE/Model/Families/*.cs): what it maps onto BlockOptions and the
+/// router on the fixtures, the layer plans and windows Hugging Face's configuration classes define, and one-line errors
+/// naming the key for inconsistent input.</summary>
+public class FamilyConfigTests
+{
+    private static JsonObject Fixture(string name) =>
+        JsonNode.Parse(File.ReadAllText(Path.Combine(FamilyFixtureTests.Dir(name), "config.json")))!.AsObject();
+
+    private static ModelConfig Parse(string fixture, Action<JsonObject>? edit = null)
+    {
+        var c = Fixture(fixture);
+        edit?.Invoke(c);
+        return ModelConfig.Parse(c.ToJsonString(), "/m/config.json");
+    }
+
+    [Test]
+    public void Qwen3MoeFixture()
+    {
+        var c = Parse("qwen3-moe-tiny-f32");
+        Assert.That(c.Family, Is.InstanceOf<Qwen3MoeFamily>());
+        Assert.That((c.HeadDim, c.HeadDimExplicit, c.QueryDim, c.IntermediateSize), Is.EqualTo((16, true, 64, 32)), "explicit head_dim, moe_intermediate_size");
+        Assert.That(c.Block.QkNorm, Is.EqualTo(QkNormKind.PerHead));
+        Assert.That(c.Router.Kind, Is.EqualTo(RouterKind.Mixtral), "norm_topk_prob true renormalises");
+        Assert.That((c.Block.QkvBias, c.Block.OutputBias, c.Block.SharedExpertSize, c.Block.DenseIntermediateSize), Is.EqualTo((false, false, 0, 0)));
+        Assert.That(Enumerable.Range(0, c.Layers).All(c.IsMoeLayer));
+        Assert.That(c.SlidingWindow, Is.Null);
+    }
+
+    [Test]
+    public void Qwen2MoeFixture()
+    {
+        var c = Parse("qwen2-moe-tiny-f32");
+        Assert.That(c.Family, Is.InstanceOf<Qwen2MoeFamily>());
+        Assert.That(c.Router.Kind, Is.EqualTo(RouterKind.SoftmaxTopK), "norm_topk_prob false");
+        Assert.That((c.Block.QkvBias, c.Block.OutputBias, c.Block.SharedExpertSize, c.SharedChunks), Is.EqualTo((true, false, 64, 2)));
+        Assert.That(c.MoeShape(0), Is.EqualTo((2 + 2, 8 + 2)), "K + shared chunks, E + shared chunks");
+    }
+
+    [Test]
+    public void OlmoeFixture()
+    {
+        var c = Parse("olmoe-tiny-f32");
+        Assert.That(c.Family, Is.InstanceOf<OlmoeFamily>());
+        Assert.That(c.Block.QkNorm, Is.EqualTo(QkNormKind.Whole));
+        Assert.That(c.Block.ClipQkv, Is.Null);
+        Assert.That(c.Router.Kind, Is.EqualTo(RouterKind.SoftmaxTopK));
+        Assert.That(c.IntermediateSize, Is.EqualTo(32), "OLMoE's experts have intermediate_size");
+        Assert.That(Parse("olmoe-tiny-f32", j => j["clip_qkv"] = 8.0).Block.ClipQkv, Is.EqualTo(8.0));
+    }
+
+    [Test]
+    public void QwenLayerPlan_SparseStepAndMlpOnlyLayers()
+    {
+        // Hugging Face: layer i is MoE iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0.
+        var c = Parse("qwen3-moe-tiny-f32", j =>
+        {
+            j["num_hidden_layers"] = 6;
+            j["decoder_sparse_step"] = 2;
+            j["mlp_only_layers"] = new JsonArray(3);
+        });
+        Assert.That(Enumerable.Range(0, 6).Select(c.IsMoeLayer), Is.EqualTo(new[] { false, true, false, false, false, true }));
+        Assert.That(c.Block.DenseIntermediateSize, Is.EqualTo(96));
+        Assert.That(c.MoeShape(0), Is.EqualTo((3, 3)), "the dense MLP of 96 as 3 experts of 32, all visited");
+    }
+
+    [Test]
+    public void Windows_FollowEachFamilysDefaultAndLayerTypes()
+    {
+        // Qwen2-MoE's default layer_types: even layers below max_window_layers; Qwen3-MoE: every layer.
+        var q2 = Parse("qwen2-moe-tiny-f32", j =>
+        {
+            j["num_hidden_layers"] = 5;
+            j["use_sliding_window"] = true;
+            j["sliding_window"] = 7;
+            j["max_window_layers"] = 3;
+        });
+        Assert.That(Enumerable.Range(0, 5).Select(q2.WindowOf), Is.EqualTo(new[] { 7, 0, 7, 0, 0 }));
+        var q3 = Parse("qwen3-moe-tiny-f32", j =>
+        {
+            j["use_sliding_window"] = true;
+            j["sliding_window"] = 5;
+        });
+        Assert.That(Enumerable.Range(0, q3.Layers).Select(q3.WindowOf), Is.All.EqualTo(5));
+        var typed = Parse("qwen3-moe-tiny-f32", j =>
+        {
+            j["sliding_window"] = 4;
+            j["layer_types"] = new JsonArray("full_attention", "sliding_attention");
+        });
+        Assert.That(Enumerable.Range(0, 2).Select(typed.WindowOf), Is.EqualTo(new[] { 0, 4 }));
+        Assert.That(Parse("qwen3-moe-tiny-f32", j => j["sliding_window"] = 4).SlidingWindow, Is.Null, "no window unless use_sliding_window");
+    }
+
+    private static IEnumerable<TestCaseData> BadConfigs()
+    {
+        TestCaseData Case(string name, string fixture, string key, Action<JsonObject> edit) => new TestCaseData(fixture, key, edit).SetName(name);
+        yield return Case("MlpOnlyLayerOutOfRange", "qwen3-moe-tiny-f32", "mlp_only_layers", j => j["mlp_only_layers"] = new JsonArray(5));
+        yield return Case("SparseStepZero", "qwen3-moe-tiny-f32", "decoder_sparse_step", j => j["decoder_sparse_step"] = 0);
+        yield return Case("LayerTypesWrongLength", "qwen3-moe-tiny-f32", "layer_types", j => j["layer_types"] = new JsonArray("full_attention"));
+        yield return Case("UnknownLayerType", "qwen3-moe-tiny-f32", "layer_types", j => j["layer_types"] = new JsonArray("full_attention", "chunked_attention"));
+        yield return Case("WindowWithoutWidth", "qwen3-moe-tiny-f32", "sliding_window", j => { j["use_sliding_window"] = true; j.Remove("sliding_window"); });
+        yield return Case("NegativeSharedExpert", "qwen2-moe-tiny-f32", "shared_expert_intermediate_size", j => j["shared_expert_intermediate_size"] = -1);
+        yield return Case("NegativeClip", "olmoe-tiny-f32", "clip_qkv", j => j["clip_qkv"] = -2.0);
+        yield return Case("TopKAboveExperts", "olmoe-tiny-f32", "num_experts_per_tok", j => j["num_experts_per_tok"] = 9);
+        yield return Case("MissingMoeIntermediate", "qwen2-moe-tiny-f32", "moe_intermediate_size", j => j.Remove("moe_intermediate_size"));
+        yield return Case("DenseLayerWithoutWidth", "qwen3-moe-tiny-f32", "intermediate_size", j => { j["mlp_only_layers"] = new JsonArray(0); j.Remove("intermediate_size"); });
+        yield return Case("ArchitectureOfAnotherFamily", "olmoe-tiny-f32", "architectures", j => j["architectures"] = new JsonArray("Qwen3MoeForCausalLM"));
+    }
+
+    [TestCaseSource(nameof(BadConfigs))]
+    public void BadConfigs_NameTheKeyInOneLine(string fixture, string key, Action<JsonObject> edit)
+    {
+        var e = Assert.Throws<ModelConfigException>(() => Parse(fixture, edit))!;
+        Assert.That(e.Message, Does.Contain(key));
+        Assert.That(e.Message, Does.Not.Contain('\n'));
+    }
+}
