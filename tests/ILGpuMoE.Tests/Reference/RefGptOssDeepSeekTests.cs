@@ -223,6 +223,80 @@ public class RefGptOssDeepSeekTests
         Check.BitEqual(want, got.ToArray(), $"{fixture} prefill {prefill} + decode vs forward");
     }
 
+    [Test]
+    public void RandomGptOssCheckpointReadsBackAndRuns()
+    {
+        // Odd sizes: 3 layers (sliding, full, sliding) with window 3, 5 experts top-2, F = 24, BF16.
+        var o = new RandomMoeOptions
+        {
+            Family = RefFamily.GptOss, Hidden = 40, Layers = 3, Heads = 4, KvHeads = 2, HeadDim = 10, Experts = 5, TopK = 2,
+            MoeIntermediate = 24, Vocab = 300, UseSlidingWindow = true, SlidingWindow = 3, Seed = 13, DType = ILGpuMoE.IO.DType.BF16,
+            RopeTheta = 150000,
+        };
+        using var tmp = new TempDir();
+        RandomMoe.Write(tmp.Path, o);
+        var c = HfReferenceConfig.Load(tmp.Path);
+        Assert.That((c.Family, c.Hidden, c.Layers, c.HeadDim, c.Experts, c.TopK, c.MoeIntermediate, c.Mxfp4Experts, c.SwigluLimit),
+            Is.EqualTo((RefFamily.GptOss, 40, 3, 10, 5, 2, 24, false, 7f)));
+        Assert.That(c.SlidingWindow, Is.EqualTo(new[] { 3, 0, 3 }));
+        Assert.That(c.Yarn, Is.EqualTo(new RefYarn(32, 4096, 32, 1, Truncate: false)));
+        RunsAndDecodes(c, tmp.Path, 9, 4);
+    }
+
+    [Test]
+    public void RandomDeepSeekCheckpointReadsBackAndRuns()
+    {
+        // No q LoRA (a direct q_proj, as V2-Lite), YaRN with mscale != mscale_all_dim (both the cos / sin factor and
+        // the softmax mscale^2 differ from 1), one dense layer then two MoE layers, 2 shared experts, 12 experts in
+        // 4 groups keep 2, top-3.
+        var o = new RandomMoeOptions
+        {
+            Family = RefFamily.DeepSeekV3, Hidden = 40, Layers = 3, Heads = 3, KvHeads = 3, Experts = 12, TopK = 3, Groups = 4, TopKGroups = 2,
+            MoeIntermediate = 20, DenseIntermediate = 56, SharedExperts = 2, QLoraRank = null, KvLoraRank = 20, QkNopeHeadDim = 12,
+            QkRopeHeadDim = 6, VHeadDim = 10, Vocab = 300, Seed = 17, RopeTheta = 10000, MaxPositions = 256,
+            Yarn = new RefYarn(4, 64, Mscale: 0.707, MscaleAllDim: 1.0),
+        };
+        using var tmp = new TempDir();
+        RandomMoe.Write(tmp.Path, o);
+        var c = HfReferenceConfig.Load(tmp.Path);
+        Assert.That((c.Mla, c.MoeLayers, c.SharedExpertIntermediate, c.Groups, c.TopKGroups, c.RoutedScaling, c.NormTopK),
+            Is.EqualTo((new RefMla(0, 20, 12, 6, 10), new[] { false, true, true }, 40, 4, 2, 2.5f, true)));
+        Assert.That(c.Yarn, Is.EqualTo(new RefYarn(4, 64, Mscale: 0.707, MscaleAllDim: 1.0)));
+        var model = RunsAndDecodes(c, tmp.Path, 9, 3);
+        // Weights of the unbiased scores, renormalised, times routed_scaling_factor: each token's sum is 2.5.
+        var r = model.LastRouting[1]!;
+        for (int t = 0; t < r.Tokens; t++)
+            Assert.That(r.Weights.Skip(t * r.TopK).Take(r.TopK).Sum(), Is.EqualTo(2.5f).Within(1e-5f), $"token {t}");
+        // The correction bias changes selections on this seed (a zero bias routes differently).
+        using var ck = Checkpoint.Open(tmp.Path);
+        var unbiased = new RefModel(c, n => n.EndsWith("e_score_correction_bias", StringComparison.Ordinal) ? new float[c.Experts] : ck.ReadFloat32(n));
+        unbiased.Forward(Data.Ints(17, 9, 0, c.Vocab));
+        Assert.That(unbiased.LastRouting[1]!.ExpertIds, Is.Not.EqualTo(r.ExpertIds));
+    }
+
+    // The oracle on T tokens: finite logits, and prefill + token-by-token decode equal to the one-shot forward.
+    private static RefModel RunsAndDecodes(RefModelConfig c, string dir, int tokens, int prefill)
+    {
+        using var ck = Checkpoint.Open(dir);
+        var model = new RefModel(c, ck.ReadFloat32);
+        int[] ids = Data.Ints(17, tokens, 0, c.Vocab);
+        var s = model.NewSession();
+        var got = new List<float>(s.Step(ids.AsSpan(0, prefill)));
+        for (int i = prefill; i < tokens; i++)
+            got.AddRange(s.Step(ids.AsSpan(i, 1)));
+        var want = model.Forward(ids);
+        Assert.That(want.All(float.IsFinite), "finite logits");
+        Check.BitEqual(want, got.ToArray(), $"{c.Family} prefill {prefill} + decode vs forward");
+        return model;
+    }
+
+    private sealed class TempDir : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("ilgpumoe-ref13-").FullName;
+
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+
     private static (RefModelConfig Config, Checkpoint Checkpoint, int[] Tokens, float[] Logits) Open(string fixture)
     {
         string dir = RefModelFixtureTests.FixtureDir(fixture);
