@@ -67,6 +67,10 @@ public sealed record RandomMoeOptions
     /// none for DeepSeek-V3, the real checkpoints' block (factor 32 over 4096, truncate false) for gpt-oss.</summary>
     public RefYarn? Yarn { get; init; }
 
+    /// <summary>gpt-oss: experts as the Hub stores them, MXFP4 *_blocks / *_scales (random codes, per-block
+    /// exponents 2^-6..2^-3) with quantization_config quant_method mxfp4; else the BF16 / F32 form.</summary>
+    public bool Mxfp4Experts { get; init; }
+
     /// <summary>gpt-oss swiglu_limit.</summary>
     public double SwigluLimit { get; init; } = 7.0;
 
@@ -119,7 +123,8 @@ public static class RandomMoe
             return;
         }
 
-        RandomMixtral.WriteFiles(dir, Tensors(o), (name, shape) => Values(o, name, shape), o.DType, o.Shards, ConfigJson(o), o.Vocab, "4.51.3");
+        RandomMixtral.WriteFiles(dir, Tensors(o), (name, shape) => Values(o, name, shape), o.DType, o.Shards, ConfigJson(o), o.Vocab, "4.51.3",
+            o.Mxfp4Experts ? (name, shape) => RandomMoeFamilies.Mxfp4Entry(o, name, shape) : null);
     }
 
     /// <summary>Hugging Face's tensor names and shapes ([out, in] for linear weights), in file order.</summary>
@@ -340,6 +345,8 @@ public static class RandomMoe
             Positive(o.DenseIntermediate, "dense-intermediate");
         if (o.Family is RefFamily.GptOss or RefFamily.DeepSeekV3)
             RandomMoeFamilies.Validate(o);
+        if (o.Mxfp4Experts && o.Family != RefFamily.GptOss)
+            throw new ArgumentException("random MoE: MXFP4 experts are a gpt-oss option");
         if (o.Family is RefFamily.Olmoe or RefFamily.Mixtral or RefFamily.GptOss or RefFamily.DeepSeekV3 && (o.MlpOnlyLayers.Length > 0 || o.DecoderSparseStep != 1))
             throw new ArgumentException($"random MoE: {o.Family} has no dense layers (mlp_only_layers / decoder_sparse_step)");
         if (o.ClipQkv is { } clip && (o.Family != RefFamily.Olmoe || !(clip > 0)))

@@ -1,10 +1,13 @@
 // RandomMoe's gpt-oss and DeepSeek-V3 checkpoints in Hugging Face's on-disk layout (tensor names and shapes as
 // src/ILGpuMoE.Reference/RefModelFamilies.cs reads them; config.json keys as GptOssConfig / DeepseekV3Config write
-// them). gpt-oss is written in its BF16 / F32 form (experts input-major: gate_up_proj [E, D, 2F] with gate / up
-// interleaved on the last axis, down_proj [E, F, D]); the MXFP4 form is not written here.
+// them). gpt-oss experts in the BF16 / F32 form (input-major: gate_up_proj [E, D, 2F] with gate / up interleaved on
+// the last axis, down_proj [E, F, D]) or, with Mxfp4Experts, the Hub's MXFP4 form (output-major uint8
+// gate_up_proj_blocks [E, 2F, D/32, 16] / _scales [E, 2F, D/32], down_proj_blocks [E, D, F/32, 16] / _scales; the
+// layout RefMxfp4 reads): random code bytes, scales 127 + U{-6..-3}.
 // Values beyond RandomMoe's: the stacked experts N(0, 1/D) and N(0, 1/F) (fan-in is their middle axis), gpt-oss'
 // router N(0, 4/D) like the other routers, biases N(0, 0.2^2), sinks N(0, 1), DeepSeek-V3's e_score_correction_bias
 // N(ScoreBias, (ScoreBias / 2)^2) (a non-zero bias that changes selections).
+using ILGpuMoE.IO;
 using ILGpuMoE.Reference;
 using static ILGpuMoE.Testing.RandomMoe;
 
@@ -34,9 +37,27 @@ internal static class RandomMoeFamilies
                 list.Add((p + "post_attention_layernorm.weight", [d]));
                 list.Add((m + "router.weight", [e, d]));
                 list.Add((m + "router.bias", [e]));
-                list.Add((m + "experts.gate_up_proj", [e, d, 2 * f]));
+                if (o.Mxfp4Experts)
+                {
+                    list.Add((m + "experts.gate_up_proj_blocks", [e, 2 * f, d / RefMxfp4.BlockSize, 16]));
+                    list.Add((m + "experts.gate_up_proj_scales", [e, 2 * f, d / RefMxfp4.BlockSize]));
+                }
+                else
+                {
+                    list.Add((m + "experts.gate_up_proj", [e, d, 2 * f]));
+                }
+
                 list.Add((m + "experts.gate_up_proj_bias", [e, 2 * f]));
-                list.Add((m + "experts.down_proj", [e, f, d]));
+                if (o.Mxfp4Experts)
+                {
+                    list.Add((m + "experts.down_proj_blocks", [e, d, f / RefMxfp4.BlockSize, 16]));
+                    list.Add((m + "experts.down_proj_scales", [e, d, f / RefMxfp4.BlockSize]));
+                }
+                else
+                {
+                    list.Add((m + "experts.down_proj", [e, f, d]));
+                }
+
                 list.Add((m + "experts.down_proj_bias", [e, d]));
                 continue;
             }
@@ -101,6 +122,24 @@ internal static class RandomMoeFamilies
         return null;
     }
 
+    /// <summary>The uint8 entry of an MXFP4 *_blocks / *_scales tensor; null for every other tensor.</summary>
+    public static SafeTensorsWriter.Entry? Mxfp4Entry(RandomMoeOptions o, string name, long[] shape)
+    {
+        bool blocks = name.EndsWith("_blocks", StringComparison.Ordinal);
+        if (!blocks && !name.EndsWith("_scales", StringComparison.Ordinal))
+            return null;
+        // Uniform draws from the seeded normals: codes 0..255, scales 121..124 (2^-6..2^-3).
+        var u = RandomMixtral.Normal(o.Seed, name, shape, 0.0, 1.0);
+        var bytes = new byte[u.Length];
+        for (int i = 0; i < u.Length; i++)
+        {
+            double p = 0.5 * (1 + Math.Tanh(0.8 * u[i]));  // a smooth map of N(0, 1) onto (0, 1)
+            bytes[i] = blocks ? (byte)Math.Min(255, (int)(p * 256)) : (byte)(121 + Math.Min(3, (int)(p * 4)));
+        }
+
+        return SafeTensorsWriter.FromSpan<byte>(name, DType.U8, shape, bytes);
+    }
+
     public static string ConfigJson(RandomMoeOptions o)
     {
         bool oss = o.Family == RefFamily.GptOss;
@@ -139,6 +178,11 @@ internal static class RandomMoeFamilies
             keys["num_local_experts"] = I(o.Experts);
             keys["sliding_window"] = o.UseSlidingWindow ? I(o.SlidingWindow) : "null";
             keys["swiglu_limit"] = Num(o.SwigluLimit);
+            if (o.Mxfp4Experts)
+            {
+                keys["quantization_config"] = "{\"modules_to_not_convert\": [\"model.layers.*.self_attn\", \"model.layers.*.mlp.router\", "
+                    + "\"model.embed_tokens\", \"lm_head\"], \"quant_method\": \"mxfp4\"}";
+            }
         }
         else
         {
@@ -174,6 +218,8 @@ internal static class RandomMoeFamilies
         {
             if (!(o.SwigluLimit > 0))
                 throw new ArgumentException($"random MoE: swiglu-limit {o.SwigluLimit} must be positive");
+            if (o.Mxfp4Experts && (o.Hidden % RefMxfp4.BlockSize != 0 || o.MoeIntermediate % RefMxfp4.BlockSize != 0))
+                throw new ArgumentException($"random MoE: MXFP4 experts need hidden {o.Hidden} and moe-intermediate {o.MoeIntermediate} divisible by {RefMxfp4.BlockSize}");
             return;
         }
 

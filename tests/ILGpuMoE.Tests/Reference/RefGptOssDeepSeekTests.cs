@@ -178,8 +178,18 @@ public class RefGptOssDeepSeekTests
         var (config, checkpoint, tokens, _) = Open(GptOss);
         using var _ck = checkpoint;
         var raw = RefModelFixtureTests.RawReader(checkpoint);
+        var want = new RefModel(config, checkpoint.ReadFloat32, raw).Forward(tokens);
+        var bf16 = new RefModel(config with { Mxfp4Experts = false }, Bf16Twin(config, checkpoint));
+        Check.BitEqual(want, bf16.Forward(tokens), "BF16-layout experts vs MXFP4");
+    }
+
+    // The tensors of an MXFP4 gpt-oss checkpoint with its experts as the BF16 form's input-major gate_up_proj /
+    // down_proj holding the dequantized values.
+    private static Func<string, float[]> Bf16Twin(RefModelConfig config, Checkpoint checkpoint)
+    {
+        var raw = RefModelFixtureTests.RawReader(checkpoint);
         int e = config.Experts, d = config.Hidden, f = config.MoeIntermediate;
-        float[] Weights(string name)
+        return name =>
         {
             foreach (var (proj, outDim, inDim) in new[] { ("gate_up_proj", 2 * f, d), ("down_proj", d, f) })
             {
@@ -200,11 +210,29 @@ public class RefGptOssDeepSeekTests
             }
 
             return checkpoint.ReadFloat32(name);
-        }
+        };
+    }
 
-        var want = new RefModel(config, checkpoint.ReadFloat32, raw).Forward(tokens);
-        var bf16 = new RefModel(config with { Mxfp4Experts = false }, Weights);
-        Check.BitEqual(want, bf16.Forward(tokens), "BF16-layout experts vs MXFP4");
+    [Test]
+    public void RandomMxfp4GptOssReadsBackAndEqualsItsBf16Twin()
+    {
+        var o = new RandomMoeOptions
+        {
+            Family = RefFamily.GptOss, Hidden = 64, Layers = 2, Heads = 4, KvHeads = 2, HeadDim = 16, Experts = 4, TopK = 2,
+            MoeIntermediate = 32, Vocab = 300, UseSlidingWindow = true, SlidingWindow = 3, Seed = 23, DType = ILGpuMoE.IO.DType.BF16,
+            RopeTheta = 150000, Mxfp4Experts = true,
+        };
+        using var tmp = new TempDir();
+        RandomMoe.Write(tmp.Path, o);
+        var c = HfReferenceConfig.Load(tmp.Path);
+        Assert.That((c.Mxfp4Experts, c.SlidingWindow[0], c.SlidingWindow[1]), Is.EqualTo((true, 3, 0)));
+        using var ck = Checkpoint.Open(tmp.Path);
+        Assert.That((ck.Get("model.layers.1.mlp.experts.down_proj_blocks").DType, ck.Get("model.layers.1.mlp.experts.down_proj_scales").Shape),
+            Is.EqualTo((ILGpuMoE.IO.DType.U8, new long[] { 4, 64, 1 })));
+        int[] ids = Data.Ints(23, 9, 0, c.Vocab);
+        var want = new RefModel(c, ck.ReadFloat32, RefModelFixtureTests.RawReader(ck)).Forward(ids);
+        Assert.That(want.All(float.IsFinite), "finite logits");
+        Check.BitEqual(want, new RefModel(c with { Mxfp4Experts = false }, Bf16Twin(c, ck)).Forward(ids), "random MXFP4 vs its BF16 twin");
     }
 
     [TestCase(GptOss, 6)]
