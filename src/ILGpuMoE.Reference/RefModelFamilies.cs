@@ -28,6 +28,7 @@
 //   (the low-rank norms use rms_norm_eps, as the newest transformers; DeepSeek's own code used 1e-6)
 //   h = rmsnorm(x, post_attention_layernorm)
 //   layers l < first_k_dense_replace: x += the dense SwiGLU MLP mlp.{gate,up,down}_proj of intermediate_size
+//   (moe_layer_freq is ignored, as Hugging Face's decoder layer does; num_nextn_predict_layers adds no layer)
 //   else: x += routed (RouterKind.DeepSeekV3 over mlp.gate h, mlp.gate.e_score_correction_bias) + shared experts
 //     mlp.shared_experts.{gate,up,down}_proj (SwiGLU of moe_intermediate_size x n_shared_experts), unweighted.
 //   Hugging Face fills the dropped groups' scores with 0 before the final top-k, where RefMoe.Route excludes them
