@@ -2,6 +2,8 @@
 // Hugging Face transformers' modeling code (the newest version: the @strict dataclass configs and the modular files
 // modular_qwen3_moe.py, modular_qwen2_moe.py, modular_olmoe.py; older releases differ only where noted).
 // Every op rounds its output to float (as an F32 model does); inside an op the sums are double.
+// gpt-oss and DeepSeek-V3 (MLA) have their own layer, described in RefModelFamilies.cs; the rest of this header is
+// about the four older families.
 //
 // The decoder layer is the same for all four families:
 //   x = embed(tokens)
@@ -74,6 +76,25 @@ public enum RefFamily
 
     /// <summary>[olmoe] mlp.* names, whole-projection q/k norm, clip_qkv.</summary>
     Olmoe,
+
+    /// <summary>[gpt_oss] q/k/v/o biases, attention sinks, YaRN, mlp.router with bias and a softmax over the top-k,
+    /// stacked experts with biases and the clamped SwiGLU (BF16 or MXFP4).</summary>
+    GptOss,
+
+    /// <summary>[deepseek_v3] MLA attention, grouped sigmoid router with correction bias, shared experts, dense first
+    /// layers.</summary>
+    DeepSeekV3,
+}
+
+/// <summary>DeepSeek-V3's multi-head latent attention sizes (Hugging Face keys in brackets).</summary>
+/// <param name="QLoraRank">[q_lora_rank] 0 = a direct q_proj (V2-Lite), else q_a_proj / q_a_layernorm / q_b_proj.</param>
+/// <param name="KvLoraRank">[kv_lora_rank] the compressed latent per token.</param>
+/// <param name="QkNopeHeadDim">[qk_nope_head_dim] per-head q/k dims without RoPE.</param>
+/// <param name="QkRopeHeadDim">[qk_rope_head_dim] per-head q dims with RoPE; k's are one vector per token, shared by all heads.</param>
+/// <param name="VHeadDim">[v_head_dim] per-head value dims.</param>
+public sealed record RefMla(int QLoraRank, int KvLoraRank, int QkNopeHeadDim, int QkRopeHeadDim, int VHeadDim)
+{
+    public int QkHeadDim => QkNopeHeadDim + QkRopeHeadDim;
 }
 
 /// <summary>Where the q / k RMSNorm applies.</summary>
@@ -127,8 +148,41 @@ public sealed record RefModelConfig
     /// <summary>Clamp q, k, v to [-ClipQkv, ClipQkv] after the q/k norm; 0 = none.</summary>
     public float ClipQkv { get; init; }
 
-    /// <summary>Hidden size of the shared expert (with its sigmoid gate); 0 = none.</summary>
+    /// <summary>Hidden size of the shared expert (Qwen2-MoE: with its sigmoid gate; DeepSeek-V3: moe_intermediate_size
+    /// x n_shared_experts, ungated); 0 = none.</summary>
     public int SharedExpertIntermediate { get; init; }
+
+    /// <summary>gpt-oss attention_bias: q_proj, k_proj, v_proj AND o_proj carry biases.</summary>
+    public bool AttentionBias { get; init; }
+
+    /// <summary>gpt-oss: self_attn.sinks [H], one extra softmax logit per head.</summary>
+    public bool AttentionSinks { get; init; }
+
+    /// <summary>YaRN RoPE scaling (gpt-oss, DeepSeek-V3 when rope_scaling is set); null = plain RoPE.</summary>
+    public RefYarn? Yarn { get; init; }
+
+    /// <summary>RoPE pairs (2i, 2i + 1) instead of rotate-half (DeepSeek-V3 rope_interleave).</summary>
+    public bool RopeInterleave { get; init; }
+
+    /// <summary>gpt-oss swiglu_limit (gate clamped above, up clamped to [-limit, limit]).</summary>
+    public float SwigluLimit { get; init; }
+
+    /// <summary>gpt-oss swiglu_alpha: out = (up + 1) * gate * sigmoid(alpha * gate).</summary>
+    public float SwigluAlpha { get; init; }
+
+    /// <summary>gpt-oss experts stored as MXFP4 *_blocks / *_scales (quantization_config quant_method mxfp4), else
+    /// BF16/F32 gate_up_proj / down_proj.</summary>
+    public bool Mxfp4Experts { get; init; }
+
+    /// <summary>DeepSeek-V3 MLA sizes (then HeadDim = QkHeadDim and KvHeads = Heads); null for every other family.</summary>
+    public RefMla? Mla { get; init; }
+
+    /// <summary>DeepSeek-V3 n_group / topk_group of the grouped router.</summary>
+    public int Groups { get; init; } = 1;
+    public int TopKGroups { get; init; } = 1;
+
+    /// <summary>DeepSeek-V3 routed_scaling_factor on the routed weights.</summary>
+    public float RoutedScaling { get; init; } = 1;
 
     /// <summary>Throws ArgumentException naming the first inconsistent field.</summary>
     public void Validate()
@@ -166,22 +220,58 @@ public sealed record RefModelConfig
         if (Family == RefFamily.Mixtral && (!NormTopK || MoeLayers.Any(m => !m) || QkvBias || QkNorm != RefQkNorm.None
             || ClipQkv != 0 || SharedExpertIntermediate != 0))
             throw new ArgumentException($"{what}: Mixtral has every layer MoE, a renormalised router (NormTopK) and no biases, q/k norm, clip or shared expert.", nameof(Family));
+        bool oss = Family == RefFamily.GptOss, ds = Family == RefFamily.DeepSeekV3;
+        if (!oss && (AttentionBias || AttentionSinks || Mxfp4Experts || SwigluLimit != 0 || SwigluAlpha != 0))
+            throw new ArgumentException($"{what}: attention bias on o_proj, sinks, MXFP4 experts and the clamped SwiGLU are gpt-oss options.", nameof(Family));
+        if (!ds && (Mla is not null || RopeInterleave || Groups != 1 || TopKGroups != 1 || RoutedScaling != 1))
+            throw new ArgumentException($"{what}: MLA, interleaved RoPE and the grouped router are DeepSeek-V3 options.", nameof(Family));
+        if ((oss || ds) && (QkvBias || QkNorm != RefQkNorm.None || ClipQkv != 0))
+            throw new ArgumentException($"{what}: QkvBias, QkNorm and ClipQkv are not options of this family.", nameof(Family));
+        if (!oss && !ds && Yarn is not null)
+            throw new ArgumentException($"{what}: YaRN is modelled for gpt-oss and DeepSeek-V3 only.", nameof(Yarn));
+        Yarn?.Validate();
+        if (oss)
+        {
+            if (MoeLayers.Any(m => !m) || SharedExpertIntermediate != 0)
+                throw new ArgumentException($"{what}: gpt-oss has every layer MoE and no shared expert.", nameof(MoeLayers));
+            if (!(SwigluLimit > 0) || !(SwigluAlpha > 0) || !float.IsFinite(SwigluLimit) || !float.IsFinite(SwigluAlpha))
+                throw new ArgumentException($"{what}: SwigluLimit = {SwigluLimit} and SwigluAlpha = {SwigluAlpha} must be positive and finite.", nameof(SwigluLimit));
+            if (Mxfp4Experts && (Hidden % RefMxfp4.BlockSize != 0 || MoeIntermediate % RefMxfp4.BlockSize != 0))
+                throw new ArgumentException($"{what}: MXFP4 experts need Hidden = {Hidden} and MoeIntermediate = {MoeIntermediate} divisible by {RefMxfp4.BlockSize}.", nameof(Mxfp4Experts));
+        }
+
+        if (ds)
+        {
+            var m = Mla ?? throw new ArgumentException($"{what}: DeepSeek-V3 needs its MLA sizes.", nameof(Mla));
+            Require.NonNegative(m.QLoraRank, "Mla.QLoraRank");
+            Require.NonNegative(m.QkNopeHeadDim, "Mla.QkNopeHeadDim");
+            Require.Positive((m.KvLoraRank, "Mla.KvLoraRank"), (m.QkRopeHeadDim, "Mla.QkRopeHeadDim"), (m.VHeadDim, "Mla.VHeadDim"));
+            if (m.QkRopeHeadDim % 2 != 0 || HeadDim != m.QkHeadDim || KvHeads != Heads)
+                throw new ArgumentException($"{what}: MLA needs an even QkRopeHeadDim ({m.QkRopeHeadDim}), HeadDim = QkNope + QkRope ({HeadDim} vs {m.QkHeadDim}) and KvHeads = Heads.", nameof(Mla));
+            if (Groups < 1 || Experts % Groups != 0 || TopKGroups < 1 || TopKGroups > Groups)
+                throw new ArgumentException($"{what}: Groups = {Groups} must divide Experts = {Experts} and TopKGroups = {TopKGroups} be in [1, Groups].", nameof(Groups));
+            if (!(RoutedScaling > 0) || !float.IsFinite(RoutedScaling))
+                throw new ArgumentException($"{what}: RoutedScaling = {RoutedScaling} must be positive and finite.", nameof(RoutedScaling));
+        }
     }
 }
 
 /// <summary>The oracle's model for every family. Weights are read once, by Hugging Face tensor name, at construction.</summary>
-public sealed class RefModel
+public sealed partial class RefModel
 {
+    // Extra is null for the four older families (see RefModelFamilies.cs for what gpt-oss and DeepSeek-V3 keep where).
     internal sealed record Layer(float[] InputNorm, float[] Wq, float[] Wk, float[] Wv, float[] Wo,
         float[]? Bq, float[]? Bk, float[]? Bv, float[]? QNorm, float[]? KNorm, float[] PostNorm,
         float[]? Gate, float[][] Gates, float[][] Ups, float[][] Downs,
-        float[]? SharedGate, float[][] SharedGateUpDown);
+        float[]? SharedGate, float[][] SharedGateUpDown, LayerExtra? Extra = null);
 
     private RefModelSession? _last;
 
     /// <param name="weights">Returns the F32 values of a tensor by its Hugging Face name (see the file header);
     /// lengths are checked against the config, a null return is a missing tensor.</param>
-    public RefModel(RefModelConfig config, Func<string, float[]> weights)
+    /// <param name="raw">Returns a tensor's stored bytes (null when missing); needed only for gpt-oss MXFP4 experts
+    /// (the uint8 *_blocks / *_scales tensors).</param>
+    public RefModel(RefModelConfig config, Func<string, float[]> weights, Func<string, byte[]?>? raw = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(weights);
@@ -206,6 +296,12 @@ public sealed class RefModel
         var layers = new Layer[c.Layers];
         for (int l = 0; l < c.Layers; l++)
         {
+            if (c.Family is RefFamily.GptOss or RefFamily.DeepSeekV3)
+            {
+                layers[l] = c.Family == RefFamily.GptOss ? ReadGptOssLayer(c, l, Read, raw) : ReadDeepSeekLayer(c, l, Read);
+                continue;
+            }
+
             string p = $"model.layers.{l}.", a = p + "self_attn.";
             float[]? Bias(string n, long len) => c.QkvBias ? Read(a + n + ".bias", len, "[Out]") : null;
             long qn = c.QkNorm == RefQkNorm.PerHead ? c.HeadDim : q, kn = c.QkNorm == RefQkNorm.PerHead ? c.HeadDim : kv;
@@ -287,7 +383,7 @@ public sealed class RefModel
 }
 
 /// <summary>Incremental decoding with a KV cache: each Step appends its tokens at the next positions.</summary>
-public sealed class RefModelSession
+public sealed partial class RefModelSession
 {
     private readonly RefModel _model;
     private readonly List<float>[] _k, _v;  // per layer [S, Hkv, Dh]
@@ -323,6 +419,12 @@ public sealed class RefModelSession
         for (int l = 0; l < c.Layers; l++)
         {
             var w = _model.Layers[l];
+            if (c.Family is RefFamily.GptOss or RefFamily.DeepSeekV3)
+            {
+                x = c.Family == RefFamily.GptOss ? GptOssLayer(l, x, positions, routing) : DeepSeekLayer(l, x, positions, routing);
+                continue;
+            }
+
             var h = RefOps.RmsNorm(x, w.InputNorm, t, d, c.RmsEps);
             var q = Project(h, w.Wq, w.Bq, t, qDim, d);
             var k = Project(h, w.Wk, w.Bk, t, kvDim, d);

@@ -158,53 +158,8 @@ public static partial class RefOps
     public static partial float[] Attention(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v,
         ReadOnlySpan<int> queryPos, int tokens, int keys, int heads, int kvHeads, int headDim, int window)
     {
-        Require.NonNegative(tokens, nameof(tokens));
-        Require.Positive((keys, nameof(keys)), (heads, nameof(heads)), (kvHeads, nameof(kvHeads)), (headDim, nameof(headDim)));
-        Require.MultipleOf(heads, kvHeads, "Attention", nameof(heads), nameof(kvHeads));
-        Require.Length(q, (long)tokens * heads * headDim, nameof(q), "[T, H, Dh]");
-        Require.Length(k, (long)keys * kvHeads * headDim, nameof(k), "[S, Hkv, Dh]");
-        Require.Length(v, (long)keys * kvHeads * headDim, nameof(v), "[S, Hkv, Dh]");
-        Require.Length(queryPos, tokens, nameof(queryPos), "[T]");
-        int group = heads / kvHeads;
-        double scale = 1.0 / Math.Sqrt(headDim);
-        var y = new float[tokens * heads * headDim];
-        var score = new double[keys];
-        var acc = new double[headDim];
-        for (int t = 0; t < tokens; t++)
-        {
-            int pos = queryPos[t];
-            if ((uint)pos >= (uint)keys)
-                throw new ArgumentException($"Attention: queryPos[{t}] = {pos} is outside the keys [0, {keys}).", nameof(queryPos));
-            // Visible keys form one contiguous range [first, pos]; the window cuts its start.
-            int first = window > 0 ? Math.Max(0, pos - window + 1) : 0;
-            for (int h = 0; h < heads; h++)
-            {
-                var qh = q.Slice((t * heads + h) * headDim, headDim);
-                int kvh = h / group;
-                double max = double.NegativeInfinity;
-                for (int j = first; j <= pos; j++)
-                {
-                    score[j] = Dot(qh, k.Slice((j * kvHeads + kvh) * headDim, headDim)) * scale;
-                    max = Math.Max(max, score[j]);
-                }
-
-                double sum = 0;
-                Array.Clear(acc);
-                for (int j = first; j <= pos; j++)
-                {
-                    double p = Math.Exp(score[j] - max);
-                    sum += p;
-                    var vj = v.Slice((j * kvHeads + kvh) * headDim, headDim);
-                    for (int d = 0; d < headDim; d++)
-                        acc[d] += p * vj[d];
-                }
-
-                for (int d = 0; d < headDim; d++)
-                    y[(t * heads + h) * headDim + d] = (float)(acc[d] / sum);
-            }
-        }
-
-        return y;
+        // The loops gpt-oss and DeepSeek-V3 use, without sinks, with Dv = Dh (argument checks there).
+        return GeneralAttention(q, k, v, queryPos, tokens, keys, heads, kvHeads, headDim, headDim, 1.0 / Math.Sqrt(headDim), window, default);
     }
 
     /// <summary>silu(g) = g / (1 + e^-g) in double.</summary>

@@ -1,6 +1,6 @@
 // An independent reader of Hugging Face config.json for the oracle (RefModelConfig), so tests never judge the runtime's
 // config parsing (src/ILGpuMoE/Model) with itself. Defaults are those of Hugging Face's configuration classes
-// (MixtralConfig, Qwen3MoeConfig, Qwen2MoeConfig, OlmoeConfig, newest version); which layers are MoE and which slide
+// (MixtralConfig, Qwen3MoeConfig, Qwen2MoeConfig, OlmoeConfig, GptOssConfig, DeepseekV3Config, newest version); which layers are MoE and which slide
 // follows the newest modeling code (see the header of src/ILGpuMoE.Reference/RefModel.cs).
 using System.Text.Json;
 using ILGpuMoE.Reference;
@@ -10,7 +10,7 @@ namespace ILGpuMoE.Testing;
 public static class HfReferenceConfig
 {
     /// <summary>The model_type values Load understands.</summary>
-    public static readonly IReadOnlyList<string> ModelTypes = ["mixtral", "qwen3_moe", "qwen2_moe", "olmoe"];
+    public static readonly IReadOnlyList<string> ModelTypes = ["mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "gpt_oss", "deepseek_v3"];
 
     /// <summary>Reads <paramref name="modelDir"/>/config.json. Throws InvalidDataException naming the file and key on a
     /// missing or unsupported setting.</summary>
@@ -33,6 +33,8 @@ public static class HfReferenceConfig
             "qwen3_moe" => RefFamily.Qwen3Moe,
             "qwen2_moe" => RefFamily.Qwen2Moe,
             "olmoe" => RefFamily.Olmoe,
+            "gpt_oss" => RefFamily.GptOss,
+            "deepseek_v3" => RefFamily.DeepSeekV3,
             _ => throw new InvalidDataException($"{where}: model_type \"{type}\" is not one of {string.Join(", ", ModelTypes)}"),
         };
         int Int(string key, int fallback) => IntOr(j, key, where) ?? fallback;
@@ -44,6 +46,8 @@ public static class HfReferenceConfig
             RefFamily.Qwen3Moe => (151936, 2048, 6144, 24, 32, 4, 1e-6),
             RefFamily.Qwen2Moe => (151936, 2048, 5632, 24, 16, 16, 1e-6),
             RefFamily.Olmoe => (50304, 2048, 2048, 16, 16, 0, 1e-5),
+            RefFamily.GptOss => (201088, 2880, 2880, 36, 64, 8, 1e-5),
+            RefFamily.DeepSeekV3 => (129280, 7168, 18432, 61, 128, 128, 1e-6),
             _ => throw new InvalidOperationException($"family {family}"),
         };
         vocab = Int("vocab_size", vocab);
@@ -57,24 +61,35 @@ public static class HfReferenceConfig
         eps = Num(j, "rms_norm_eps", where) ?? eps;
         if (heads <= 0 || hidden <= 0)
             throw new InvalidDataException($"{where}: hidden_size {hidden} and num_attention_heads {heads} must be positive");
-        int headDim = Int("head_dim", hidden / heads);
+        int headDim = Int("head_dim", family == RefFamily.GptOss ? 64 : hidden / heads);
         if (family == RefFamily.Olmoe && headDim * heads != hidden)
             throw new InvalidDataException($"{where}: olmoe sizes q_norm by hidden_size, so head_dim {headDim} must be hidden_size / heads = {hidden / heads}");
 
         string act = Str(j, "hidden_act", where) ?? "silu";
         if (act != "silu")
             throw new InvalidDataException($"{where}: hidden_act \"{act}\" is not supported (silu only)");
-        if (Bool(j, "attention_bias", where) == true)
+        bool attentionBias = Bool(j, "attention_bias", where) ?? family == RefFamily.GptOss;
+        if (attentionBias && family != RefFamily.GptOss)
             throw new InvalidDataException($"{where}: attention_bias true (biases on q, k, v and o_proj) is not supported");
-        float theta = (float)RopeTheta(j, where, family == RefFamily.Mixtral ? 1e6 : 10000.0);
+        if (!attentionBias && family == RefFamily.GptOss)
+            throw new InvalidDataException($"{where}: gpt_oss with attention_bias false is not supported");
+        float theta = (float)RopeTheta(j, where, family switch { RefFamily.Mixtral => 1e6, RefFamily.GptOss => 150000.0, _ => 10000.0 });
+        var yarn = Yarn(j, where, family);
 
-        int experts = family == RefFamily.Mixtral ? Int("num_local_experts", 8)
-            : Int("num_experts", family switch { RefFamily.Qwen3Moe => 128, RefFamily.Qwen2Moe => 60, _ => 64 });
-        int topK = Int("num_experts_per_tok", family switch { RefFamily.Mixtral => 2, RefFamily.Qwen2Moe => 4, _ => 8 });
+        int experts = family switch
+        {
+            RefFamily.Mixtral => Int("num_local_experts", 8),
+            RefFamily.GptOss => Int("num_local_experts", 128),
+            RefFamily.DeepSeekV3 => Int("n_routed_experts", 256),
+            _ => Int("num_experts", family switch { RefFamily.Qwen3Moe => 128, RefFamily.Qwen2Moe => 60, _ => 64 }),
+        };
+        int topK = Int("num_experts_per_tok", family switch { RefFamily.Mixtral => 2, RefFamily.Qwen2Moe or RefFamily.GptOss => 4, _ => 8 });
         var moe = new bool[layers];
         var window = new int[layers];
         int moeInter = inter, denseInter = 0, shared = 0;
-        bool normTopK = family == RefFamily.Mixtral || (Bool(j, "norm_topk_prob", where) ?? false);
+        bool normTopK = family == RefFamily.Mixtral || (Bool(j, "norm_topk_prob", where) ?? family == RefFamily.DeepSeekV3);
+        RefMla? mla = null;
+        bool mxfp4 = false;
         switch (family)
         {
             case RefFamily.Mixtral:
@@ -87,6 +102,52 @@ public static class HfReferenceConfig
             case RefFamily.Olmoe:
                 Array.Fill(moe, true);
                 break;
+
+            case RefFamily.GptOss:
+            {
+                Array.Fill(moe, true);
+                int w = IntOr(j, "sliding_window", where) ?? (j.TryGetProperty("sliding_window", out _) ? 0 : 128);
+                var types = StringArray(j, "layer_types", where)
+                    ?? Enumerable.Range(0, layers).Select(i => (i + 1) % 2 != 0 ? "sliding_attention" : "full_attention").ToArray();
+                if (types.Length != layers)
+                    throw new InvalidDataException($"{where}: layer_types has {types.Length} entries for {layers} layers");
+                for (int i = 0; i < layers; i++)
+                {
+                    window[i] = types[i] switch
+                    {
+                        "sliding_attention" => w,
+                        "full_attention" => 0,
+                        _ => throw new InvalidDataException($"{where}: layer_types[{i}] \"{types[i]}\" is not sliding_attention or full_attention"),
+                    };
+                }
+
+                if (j.TryGetProperty("quantization_config", out var qc) && qc.ValueKind == JsonValueKind.Object)
+                {
+                    string? method = Str(qc, "quant_method", where);
+                    mxfp4 = method == "mxfp4"
+                        ? true
+                        : throw new InvalidDataException($"{where}: quantization_config.quant_method \"{method}\" is not supported for gpt_oss (mxfp4 only)");
+                }
+
+                break;
+            }
+
+            case RefFamily.DeepSeekV3:
+            {
+                moeInter = Int("moe_intermediate_size", 2048);
+                denseInter = inter;
+                int firstDense = Int("first_k_dense_replace", 3);
+                for (int i = 0; i < layers; i++)
+                    moe[i] = i >= firstDense;
+                shared = moeInter * Int("n_shared_experts", 1);
+                // q_lora_rank null (V2-Lite style) means a direct q_proj; absent means the default 1536.
+                int qLora = j.TryGetProperty("q_lora_rank", out var ql) && ql.ValueKind == JsonValueKind.Null ? 0 : Int("q_lora_rank", 1536);
+                mla = new RefMla(qLora, Int("kv_lora_rank", 512), Int("qk_nope_head_dim", 128), Int("qk_rope_head_dim", 64), Int("v_head_dim", 128));
+                headDim = mla.QkHeadDim;
+                if (kvHeads != heads)
+                    throw new InvalidDataException($"{where}: num_key_value_heads {kvHeads} must equal num_attention_heads {heads} (MLA)");
+                break;
+            }
 
             case RefFamily.Qwen3Moe:
             case RefFamily.Qwen2Moe:
@@ -151,6 +212,17 @@ public static class HfReferenceConfig
             QkNorm = family switch { RefFamily.Qwen3Moe => RefQkNorm.PerHead, RefFamily.Olmoe => RefQkNorm.Whole, _ => RefQkNorm.None },
             ClipQkv = family == RefFamily.Olmoe ? (float)(Num(j, "clip_qkv", where) ?? 0) : 0,
             SharedExpertIntermediate = shared,
+            AttentionBias = family == RefFamily.GptOss,
+            AttentionSinks = family == RefFamily.GptOss,
+            Yarn = yarn,
+            RopeInterleave = family == RefFamily.DeepSeekV3 && (Bool(j, "rope_interleave", where) ?? true),
+            SwigluLimit = family == RefFamily.GptOss ? (float)(Num(j, "swiglu_limit", where) ?? 7.0) : 0,
+            SwigluAlpha = family == RefFamily.GptOss ? (float)(Num(j, "swiglu_alpha", where) ?? 1.702) : 0,
+            Mxfp4Experts = mxfp4,
+            Mla = mla,
+            Groups = family == RefFamily.DeepSeekV3 ? Int("n_group", 8) : 1,
+            TopKGroups = family == RefFamily.DeepSeekV3 ? Int("topk_group", 4) : 1,
+            RoutedScaling = family == RefFamily.DeepSeekV3 ? (float)(Num(j, "routed_scaling_factor", where) ?? 2.5) : 1,
         };
         try
         {
@@ -164,18 +236,38 @@ public static class HfReferenceConfig
         return c;
     }
 
-    // rope_theta (older writers) or rope_parameters.rope_theta (newer); only the default RoPE type is modelled.
-    private static double RopeTheta(JsonElement j, string where, double fallback)
+    // The YaRN block of gpt-oss (GptOssConfig's default when absent) and DeepSeek-V3 (none when rope_scaling is null);
+    // the older families take the default RoPE only. Keys and defaults as modeling_rope_utils.py reads them.
+    private static RefYarn? Yarn(JsonElement j, string where, RefFamily family)
     {
+        bool scaled = family is RefFamily.GptOss or RefFamily.DeepSeekV3, explicitBlock = false;
         foreach (string key in new[] { "rope_scaling", "rope_parameters" })
         {
-            if (j.TryGetProperty(key, out var r) && r.ValueKind == JsonValueKind.Object)
-            {
-                string? kind = Str(r, "rope_type", where) ?? Str(r, "type", where);
-                if (kind is not (null or "default"))
-                    throw new InvalidDataException($"{where}: {key} type \"{kind}\" is not supported (default RoPE only)");
-            }
+            if (!j.TryGetProperty(key, out var r) || r.ValueKind != JsonValueKind.Object)
+                continue;
+            string? kind = Str(r, "rope_type", where) ?? Str(r, "type", where);
+            explicitBlock = true;
+            if (kind is null or "default")
+                continue;
+            if (kind != "yarn" || !scaled)
+                throw new InvalidDataException($"{where}: {key} type \"{kind}\" is not supported ({(scaled ? "default or yarn" : "default RoPE only")})");
+            int maxPos = IntOr(j, "max_position_embeddings", where) ?? (family == RefFamily.GptOss ? 131072 : 4096);
+            int original = IntOr(r, "original_max_position_embeddings", where) ?? maxPos;
+            double factor = Num(r, "factor", where) ?? (double)maxPos / original;
+            // Hugging Face reads beta_fast / beta_slow with `or`, so 0 also means the default.
+            double betaFast = Num(r, "beta_fast", where) is { } bf and not 0 ? bf : 32;
+            double betaSlow = Num(r, "beta_slow", where) is { } bs and not 0 ? bs : 1;
+            return new RefYarn(factor, original, betaFast, betaSlow, Bool(r, "truncate", where) ?? true,
+                Num(r, "attention_factor", where), Num(r, "mscale", where) ?? 0, Num(r, "mscale_all_dim", where) ?? 0);
         }
+
+        // GptOssConfig fills in the real checkpoints' YaRN block when config.json has none.
+        return family == RefFamily.GptOss && !explicitBlock ? new RefYarn(32.0, 4096, 32.0, 1.0, Truncate: false) : null;
+    }
+
+    // rope_theta (older writers) or rope_parameters.rope_theta (newer).
+    private static double RopeTheta(JsonElement j, string where, double fallback)
+    {
 
         if (Num(j, "rope_theta", where) is { } t)
             return t;

@@ -51,9 +51,11 @@ public static class RandomMixtral
     }
 
     /// <summary>The files of a random checkpoint: the tensors (values made per tensor, rounded to dtype) in one file or
-    /// shards + index, config.json, generation_config.json and the synthetic tokenizer of V entries.</summary>
+    /// shards + index, config.json, generation_config.json and the synthetic tokenizer of V entries. A tensor for which
+    /// <paramref name="stored"/> returns an entry is written as that entry instead (gpt-oss' uint8 MXFP4 tensors).</summary>
     internal static void WriteFiles(string dir, IEnumerable<(string Name, long[] Shape)> tensors, Func<string, long[], float[]> values,
-        DType dtype, int shards, string configJson, int vocab, string transformersVersion)
+        DType dtype, int shards, string configJson, int vocab, string transformersVersion,
+        Func<string, long[], SafeTensorsWriter.Entry?>? stored = null)
     {
         Directory.CreateDirectory(dir);
         // A rewrite must not leave the other layout behind (Checkpoint would see both).
@@ -61,7 +63,7 @@ public static class RandomMixtral
             File.Delete(stale);
         var entries = tensors
             .AsParallel().AsOrdered()
-            .Select(t => SafeTensorsWriter.FromFloats(t.Name, t.Shape, values(t.Name, t.Shape), dtype))
+            .Select(t => stored?.Invoke(t.Name, t.Shape) ?? SafeTensorsWriter.FromFloats(t.Name, t.Shape, values(t.Name, t.Shape), dtype))
             .ToList();
         var metadata = new Dictionary<string, string> { ["format"] = "pt" };
         if (shards == 1)

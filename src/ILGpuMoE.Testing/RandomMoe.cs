@@ -1,4 +1,5 @@
-// A random Qwen3-MoE, Qwen2-MoE or OLMoE (or Mixtral, through RandomMixtral) in exactly Hugging Face's on-disk layout:
+// A random Qwen3-MoE, Qwen2-MoE or OLMoE (or Mixtral, through RandomMixtral; gpt-oss and DeepSeek-V3 in
+// RandomMoeFamilies.cs) in exactly Hugging Face's on-disk layout:
 // config.json with the keys each family's configuration class writes, model.safetensors (or shards + index) with the
 // real tensor names, generation_config.json and the synthetic tokenizer files. Every option the oracle models is
 // reachable: E, K, head_dim != D / H, q/k/v biases, the shared expert, mlp_only_layers / decoder_sparse_step (dense
@@ -59,18 +60,49 @@ public sealed record RandomMoeOptions
     public int MaxPositions { get; init; } = 4096;
     public double RopeTheta { get; init; } = 1e6;
 
-    /// <summary>null = the family's default (1e-6 Qwen, 1e-5 OLMoE and Mixtral).</summary>
+    /// <summary>null = the family's default (1e-6 Qwen and DeepSeek-V3, 1e-5 OLMoE, Mixtral and gpt-oss).</summary>
     public double? RmsNormEps { get; init; }
 
-    public int ResolvedHeadDim => HeadDim ?? (Heads > 0 ? Hidden / Heads : 0);
+    /// <summary>gpt-oss and DeepSeek-V3: the YaRN rope_scaling block (max_position_embeddings is MaxPositions); null =
+    /// none for DeepSeek-V3, the real checkpoints' block (factor 32 over 4096, truncate false) for gpt-oss.</summary>
+    public RefYarn? Yarn { get; init; }
 
-    public bool ResolvedNormTopK => Family == RefFamily.Mixtral || (NormTopK ?? Family == RefFamily.Qwen3Moe);
+    /// <summary>gpt-oss: experts as the Hub stores them, MXFP4 *_blocks / *_scales (random codes, per-block
+    /// exponents 2^-6..2^-3) with quantization_config quant_method mxfp4; else the BF16 / F32 form.</summary>
+    public bool Mxfp4Experts { get; init; }
 
-    public double ResolvedRmsNormEps => RmsNormEps ?? (Family is RefFamily.Qwen3Moe or RefFamily.Qwen2Moe ? 1e-6 : 1e-5);
+    /// <summary>gpt-oss swiglu_limit.</summary>
+    public double SwigluLimit { get; init; } = 7.0;
 
-    /// <summary>Layer i is MoE iff not in MlpOnlyLayers and (i + 1) % DecoderSparseStep == 0 (Qwen); always otherwise.</summary>
+    /// <summary>DeepSeek-V3 MLA sizes: q_lora_rank (null = a direct q_proj), kv_lora_rank, qk_nope / qk_rope / v head dims.</summary>
+    public int? QLoraRank { get; init; } = 24;
+    public int KvLoraRank { get; init; } = 24;
+    public int QkNopeHeadDim { get; init; } = 16;
+    public int QkRopeHeadDim { get; init; } = 8;
+    public int VHeadDim { get; init; } = 16;
+
+    /// <summary>DeepSeek-V3 router: n_group, topk_group, routed_scaling_factor; e_score_correction_bias values are
+    /// N(ScoreBias, (ScoreBias / 2)^2), 0 = all zero.</summary>
+    public int Groups { get; init; } = 4;
+    public int TopKGroups { get; init; } = 2;
+    public double RoutedScaling { get; init; } = 2.5;
+    public double ScoreBias { get; init; } = 0.15;
+
+    /// <summary>DeepSeek-V3 first_k_dense_replace and n_shared_experts (each of MoeIntermediate).</summary>
+    public int FirstKDenseReplace { get; init; } = 1;
+    public int SharedExperts { get; init; } = 1;
+
+    public int ResolvedHeadDim => Family == RefFamily.DeepSeekV3 ? QkNopeHeadDim + QkRopeHeadDim : HeadDim ?? (Heads > 0 ? Hidden / Heads : 0);
+
+    public bool ResolvedNormTopK => Family == RefFamily.Mixtral || (NormTopK ?? Family is RefFamily.Qwen3Moe or RefFamily.DeepSeekV3);
+
+    public double ResolvedRmsNormEps => RmsNormEps ?? (Family is RefFamily.Qwen3Moe or RefFamily.Qwen2Moe or RefFamily.DeepSeekV3 ? 1e-6 : 1e-5);
+
+    /// <summary>Layer i is MoE iff not in MlpOnlyLayers and (i + 1) % DecoderSparseStep == 0 (Qwen); iff
+    /// i &gt;= FirstKDenseReplace (DeepSeek-V3); always otherwise.</summary>
     public bool IsMoeLayer(int i) =>
-        Family is RefFamily.Olmoe or RefFamily.Mixtral || (!MlpOnlyLayers.Contains(i) && (i + 1) % DecoderSparseStep == 0);
+        Family is RefFamily.Olmoe or RefFamily.Mixtral or RefFamily.GptOss
+        || (Family == RefFamily.DeepSeekV3 ? i >= FirstKDenseReplace : !MlpOnlyLayers.Contains(i) && (i + 1) % DecoderSparseStep == 0);
 }
 
 public static class RandomMoe
@@ -91,7 +123,8 @@ public static class RandomMoe
             return;
         }
 
-        RandomMixtral.WriteFiles(dir, Tensors(o), (name, shape) => Values(o, name, shape), o.DType, o.Shards, ConfigJson(o), o.Vocab, "4.51.3");
+        RandomMixtral.WriteFiles(dir, Tensors(o), (name, shape) => Values(o, name, shape), o.DType, o.Shards, ConfigJson(o), o.Vocab, "4.51.3",
+            o.Mxfp4Experts ? (name, shape) => RandomMoeFamilies.Mxfp4Entry(o, name, shape) : null);
     }
 
     /// <summary>Hugging Face's tensor names and shapes ([out, in] for linear weights), in file order.</summary>
@@ -100,6 +133,8 @@ public static class RandomMoe
         Validate(o);
         if (o.Family == RefFamily.Mixtral)
             throw new ArgumentException("random MoE: Mixtral tensors are RandomMixtral.Tensors'");
+        if (o.Family is RefFamily.GptOss or RefFamily.DeepSeekV3)
+            return RandomMoeFamilies.Tensors(o);
         long d = o.Hidden, dh = o.ResolvedHeadDim, q = o.Heads * dh, kv = o.KvHeads * dh, f = o.MoeIntermediate;
         var list = new List<(string, long[])> { ("model.embed_tokens.weight", [o.Vocab, d]) };
         for (int l = 0; l < o.Layers; l++)
@@ -166,6 +201,8 @@ public static class RandomMoe
     /// <summary>The float values of one tensor (before rounding to the file's dtype).</summary>
     public static float[] Values(RandomMoeOptions o, string name, long[] shape)
     {
+        if (o.Family is RefFamily.GptOss or RefFamily.DeepSeekV3 && RandomMoeFamilies.Values(o, name, shape) is { } special)
+            return special;
         if (name.EndsWith("norm.weight", StringComparison.Ordinal))
             return RandomMixtral.Normal(o.Seed, name, shape, 1.0, 0.1);
         if (name.EndsWith(".bias", StringComparison.Ordinal))
@@ -179,45 +216,15 @@ public static class RandomMoe
     /// <summary>config.json with the keys Hugging Face's configuration class of the family writes, sorted.</summary>
     public static string ConfigJson(RandomMoeOptions o)
     {
-        string I(int x) => x.ToString(CultureInfo.InvariantCulture);
-        string B(bool x) => x ? "true" : "false";
-        string Num(double x) => x.ToString("0.0###############", CultureInfo.InvariantCulture);
-        string Sci(double x) => x.ToString("0.#####e-00", CultureInfo.InvariantCulture);
-        string dtype = o.DType switch
-        {
-            DType.F32 => "float32",
-            DType.F16 => "float16",
-            DType.BF16 => "bfloat16",
-            _ => throw new ArgumentException($"random MoE weights are F32, F16 or BF16, not {DTypes.ToName(o.DType)}"),
-        };
-        double eps = o.ResolvedRmsNormEps;
-        var keys = new SortedDictionary<string, string>(StringComparer.Ordinal)
-        {
-            ["architectures"] = $"[\n    \"{o.Family switch { RefFamily.Qwen3Moe => "Qwen3MoeForCausalLM", RefFamily.Qwen2Moe => "Qwen2MoeForCausalLM", _ => "OlmoeForCausalLM" }}\"\n  ]",
-            ["attention_dropout"] = "0.0",
-            ["bos_token_id"] = "1",
-            ["eos_token_id"] = "2",
-            ["hidden_act"] = "\"silu\"",
-            ["hidden_size"] = I(o.Hidden),
-            ["initializer_range"] = "0.02",
-            ["max_position_embeddings"] = I(o.MaxPositions),
-            ["model_type"] = o.Family switch { RefFamily.Qwen3Moe => "\"qwen3_moe\"", RefFamily.Qwen2Moe => "\"qwen2_moe\"", _ => "\"olmoe\"" },
-            ["norm_topk_prob"] = B(o.ResolvedNormTopK),
-            ["num_attention_heads"] = I(o.Heads),
-            ["num_experts"] = I(o.Experts),
-            ["num_experts_per_tok"] = I(o.TopK),
-            ["num_hidden_layers"] = I(o.Layers),
-            ["num_key_value_heads"] = I(o.KvHeads),
-            ["output_router_logits"] = "false",
-            ["rms_norm_eps"] = eps < 1e-4 ? Sci(eps) : Num(eps),
-            ["rope_scaling"] = "null",
-            ["rope_theta"] = Num(o.RopeTheta),
-            ["tie_word_embeddings"] = B(o.TieEmbeddings),
-            ["torch_dtype"] = $"\"{dtype}\"",
-            ["transformers_version"] = "\"4.51.3\"",
-            ["use_cache"] = "true",
-            ["vocab_size"] = I(o.Vocab),
-        };
+        if (o.Family is RefFamily.GptOss or RefFamily.DeepSeekV3)
+            return RandomMoeFamilies.ConfigJson(o);
+        var keys = CommonKeys(o,
+            o.Family switch { RefFamily.Qwen3Moe => "Qwen3MoeForCausalLM", RefFamily.Qwen2Moe => "Qwen2MoeForCausalLM", _ => "OlmoeForCausalLM" },
+            o.Family switch { RefFamily.Qwen3Moe => "qwen3_moe", RefFamily.Qwen2Moe => "qwen2_moe", _ => "olmoe" }, "4.51.3");
+        keys["norm_topk_prob"] = B(o.ResolvedNormTopK);
+        keys["num_experts"] = I(o.Experts);
+        keys["num_key_value_heads"] = I(o.KvHeads);
+        keys["output_router_logits"] = "false";
         if (o.Family == RefFamily.Olmoe)
         {
             keys["attention_bias"] = "false";
@@ -254,14 +261,60 @@ public static class RandomMoe
         return RandomMixtral.JsonObject(keys);
     }
 
-    private static void Validate(RandomMoeOptions o)
+    /// <summary>The config.json keys every family writes alike (sorted; rope_scaling null).</summary>
+    internal static SortedDictionary<string, string> CommonKeys(RandomMoeOptions o, string architecture, string modelType, string transformersVersion)
     {
-        void Positive(int v, string what)
+        double eps = o.ResolvedRmsNormEps;
+        return new SortedDictionary<string, string>(StringComparer.Ordinal)
         {
-            if (v <= 0)
-                throw new ArgumentException($"random MoE: {what} must be positive, got {v}");
-        }
+            ["architectures"] = $"[\n    \"{architecture}\"\n  ]",
+            ["attention_dropout"] = "0.0",
+            ["bos_token_id"] = "1",
+            ["eos_token_id"] = "2",
+            ["hidden_act"] = "\"silu\"",
+            ["hidden_size"] = I(o.Hidden),
+            ["initializer_range"] = "0.02",
+            ["max_position_embeddings"] = I(o.MaxPositions),
+            ["model_type"] = $"\"{modelType}\"",
+            ["num_attention_heads"] = I(o.Heads),
+            ["num_experts_per_tok"] = I(o.TopK),
+            ["num_hidden_layers"] = I(o.Layers),
+            ["rms_norm_eps"] = eps < 1e-4 ? Sci(eps) : Num(eps),
+            ["rope_scaling"] = "null",
+            ["rope_theta"] = Num(o.RopeTheta),
+            ["tie_word_embeddings"] = B(o.TieEmbeddings),
+            ["torch_dtype"] = $"\"{TorchDType(o.DType)}\"",
+            ["transformers_version"] = $"\"{transformersVersion}\"",
+            ["use_cache"] = "true",
+            ["vocab_size"] = I(o.Vocab),
+        };
+    }
 
+    // config.json value writers shared with RandomMoeFamilies.
+    internal static string I(int x) => x.ToString(CultureInfo.InvariantCulture);
+
+    internal static string B(bool x) => x ? "true" : "false";
+
+    internal static string Num(double x) => x.ToString("0.0###############", CultureInfo.InvariantCulture);
+
+    internal static string Sci(double x) => x.ToString("0.#####e-00", CultureInfo.InvariantCulture);
+
+    internal static string TorchDType(DType dtype) => dtype switch
+    {
+        DType.F32 => "float32",
+        DType.F16 => "float16",
+        DType.BF16 => "bfloat16",
+        _ => throw new ArgumentException($"random MoE weights are F32, F16 or BF16, not {DTypes.ToName(dtype)}"),
+    };
+
+    internal static void Positive(int v, string what)
+    {
+        if (v <= 0)
+            throw new ArgumentException($"random MoE: {what} must be positive, got {v}");
+    }
+
+    internal static void Validate(RandomMoeOptions o)
+    {
         if (!Enum.IsDefined(o.Family))
             throw new ArgumentException($"random MoE: unknown family {o.Family}");
         Positive(o.Hidden, "hidden");
@@ -281,7 +334,7 @@ public static class RandomMoe
             throw new ArgumentException($"random MoE: heads {o.Heads} is not a multiple of kv-heads {o.KvHeads}");
         if (o.ResolvedHeadDim % 2 != 0)
             throw new ArgumentException($"random MoE: head-dim {o.ResolvedHeadDim} must be even (RoPE rotates pairs)");
-        if (o.HeadDim is null && o.Hidden % o.Heads != 0)
+        if (o.HeadDim is null && o.Family != RefFamily.DeepSeekV3 && o.Hidden % o.Heads != 0)
             throw new ArgumentException($"random MoE: hidden {o.Hidden} is not a multiple of heads {o.Heads}; give a head dim");
         if (o.Family == RefFamily.Olmoe && o.ResolvedHeadDim * o.Heads != o.Hidden)
             throw new ArgumentException("random MoE: OLMoE sizes q_norm by hidden, so head-dim must be hidden / heads");
@@ -290,12 +343,16 @@ public static class RandomMoe
         bool dense = Enumerable.Range(0, o.Layers).Any(l => !o.IsMoeLayer(l));
         if (dense)
             Positive(o.DenseIntermediate, "dense-intermediate");
-        if (o.Family is RefFamily.Olmoe or RefFamily.Mixtral && (o.MlpOnlyLayers.Length > 0 || o.DecoderSparseStep != 1))
+        if (o.Family is RefFamily.GptOss or RefFamily.DeepSeekV3)
+            RandomMoeFamilies.Validate(o);
+        if (o.Mxfp4Experts && o.Family != RefFamily.GptOss)
+            throw new ArgumentException("random MoE: MXFP4 experts are a gpt-oss option");
+        if (o.Family is RefFamily.Olmoe or RefFamily.Mixtral or RefFamily.GptOss or RefFamily.DeepSeekV3 && (o.MlpOnlyLayers.Length > 0 || o.DecoderSparseStep != 1))
             throw new ArgumentException($"random MoE: {o.Family} has no dense layers (mlp_only_layers / decoder_sparse_step)");
         if (o.ClipQkv is { } clip && (o.Family != RefFamily.Olmoe || !(clip > 0)))
             throw new ArgumentException($"random MoE: clip_qkv {clip} must be positive and is an OLMoE option");
-        if (o.UseSlidingWindow && (o.Family == RefFamily.Olmoe || o.SlidingWindow <= 0))
-            throw new ArgumentException($"random MoE: sliding window {o.SlidingWindow} must be positive and OLMoE has none");
+        if (o.UseSlidingWindow && (o.Family is RefFamily.Olmoe or RefFamily.DeepSeekV3 || o.SlidingWindow <= 0))
+            throw new ArgumentException($"random MoE: sliding window {o.SlidingWindow} must be positive and {o.Family} has none");
         if (o.Family == RefFamily.Mixtral && o.NormTopK == false)
             throw new ArgumentException("random MoE: Mixtral always renormalises its top-k weights");
         if (o.Vocab < SyntheticVocab.MinimumSize)

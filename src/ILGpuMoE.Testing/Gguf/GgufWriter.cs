@@ -20,6 +20,7 @@ public sealed class GgufWriter
 
     public void AddUInt32(string key, uint value) => AddMeta(key, w => { w.Write((uint)ValueType.UInt32); w.Write(value); });
     public void AddFloat32(string key, float value) => AddMeta(key, w => { w.Write((uint)ValueType.Float32); w.Write(value); });
+    public void AddBool(string key, bool value) => AddMeta(key, w => { w.Write((uint)ValueType.Bool); w.Write((byte)(value ? 1 : 0)); });
     public void AddString(string key, string value) => AddMeta(key, w => { w.Write((uint)ValueType.String); WriteString(w, value); });
 
     public void AddStringArray(string key, IReadOnlyList<string> values) =>

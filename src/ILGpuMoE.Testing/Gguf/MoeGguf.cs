@@ -1,6 +1,6 @@
 // Hugging Face Qwen3-MoE / Qwen2-MoE / OLMoE (config.json + safetensors) -> F32 GGUF for llama.cpp's `qwen3moe`,
 // `qwen2moe` and `olmoe` architectures, laid out as llama.cpp's convert_hf_to_gguf.py does (names from its
-// gguf-py constants); Mixtral goes through MixtralGguf. The config is read with HfReferenceConfig (not the runtime's
+// gguf-py constants); Mixtral goes through MixtralGguf, DeepSeek-V3 through MoeGgufDeepSeek.cs (`deepseek2`). The config is read with HfReferenceConfig (not the runtime's
 // parser). These architectures use rotate-half (NeoX) RoPE in llama.cpp, so q_proj / k_proj rows are NOT permuted.
 //   token_embd, output_norm, output (absent when a Qwen3-MoE is tied), blk.N.{attn_norm, attn_q, attn_k, attn_v
 //   (+ .bias for Qwen2-MoE), attn_output, attn_q_norm / attn_k_norm (Qwen3-MoE [Dh], OLMoE [H*Dh]), ffn_norm,
@@ -29,7 +29,7 @@ using ILGpuMoE.Reference;
 
 namespace ILGpuMoE.Testing;
 
-public static class MoeGguf
+public static partial class MoeGguf
 {
     /// <summary>Converts the model in <paramref name="hfDir"/> to an F32 GGUF at <paramref name="ggufPath"/>. Throws
     /// NotSupportedException for a model llama.cpp's graph for the architecture cannot run.</summary>
@@ -39,6 +39,12 @@ public static class MoeGguf
         if (c.Family == RefFamily.Mixtral)
         {
             MixtralGguf.Convert(hfDir, ggufPath);
+            return;
+        }
+
+        if (c.Family == RefFamily.DeepSeekV3)
+        {
+            ConvertDeepSeek(hfDir, c, ggufPath);
             return;
         }
 
@@ -57,43 +63,14 @@ public static class MoeGguf
         int maxPos = doc.RootElement.TryGetProperty("max_position_embeddings", out var mp) && mp.ValueKind == JsonValueKind.Number ? mp.GetInt32() : 4096;
         using var ck = Checkpoint.Open(hfDir);
 
-        var g = new GgufWriter();
-        g.AddString("general.architecture", arch);
-        g.AddString("general.name", "ilgpumoe-" + arch);
-        g.AddUInt32("general.file_type", 0); // all F32
-        void U(string key, int value) => g.AddUInt32($"{arch}.{key}", (uint)value);
-        U("vocab_size", c.Vocab);
-        U("context_length", maxPos);
-        U("embedding_length", c.Hidden);
-        U("feed_forward_length", c.Family == RefFamily.Olmoe ? c.MoeIntermediate : c.DenseIntermediate);
-        U("block_count", c.Layers);
-        U("attention.head_count", c.Heads);
-        U("attention.head_count_kv", c.KvHeads);
-        U("attention.key_length", c.HeadDim);
-        U("attention.value_length", c.HeadDim);
-        U("rope.dimension_count", c.HeadDim);
-        g.AddFloat32($"{arch}.rope.freq_base", c.RopeTheta);
-        g.AddFloat32($"{arch}.attention.layer_norm_rms_epsilon", c.RmsEps);
-        U("expert_count", c.Experts);
-        U("expert_used_count", c.TopK);
-        U("expert_feed_forward_length", c.MoeIntermediate);
+        var g = Header(arch, c, maxPos, c.Family == RefFamily.Olmoe ? c.MoeIntermediate : c.DenseIntermediate, c.KvHeads,
+            c.HeadDim, c.HeadDim, c.HeadDim);
         if (c.SharedExpertIntermediate > 0)
-            U("expert_shared_feed_forward_length", c.SharedExpertIntermediate);
-        MixtralGguf.AddSyntheticVocab(g, c.Vocab);
+            g.AddUInt32($"{arch}.expert_shared_feed_forward_length", (uint)c.SharedExpertIntermediate);
 
         long d = c.Hidden, f = c.MoeIntermediate, e = c.Experts, q = c.Heads * c.HeadDim, kv = c.KvHeads * c.HeadDim;
-        void Plain(string gguf, string hf, params long[] torchShape)
-        {
-            MixtralGguf.Check(ck, hf, torchShape);
-            g.AddTensorF32(gguf, [.. torchShape.Reverse()], () => ck.ReadFloat32(hf));
-        }
-
-        void Stacked(string gguf, string[] names, long rows, long cols)
-        {
-            foreach (string n in names)
-                MixtralGguf.Check(ck, n, rows, cols);
-            g.AddTensorF32(gguf, [cols, rows, names.Length], () => MixtralGguf.Stack(ck, names, rows * cols));
-        }
+        void Plain(string gguf, string hf, params long[] torchShape) => AddPlain(g, ck, gguf, hf, torchShape);
+        void Stacked(string gguf, string[] names, long rows, long cols) => AddStacked(g, ck, gguf, names, rows, cols);
 
         Plain("token_embd.weight", "model.embed_tokens.weight", c.Vocab, d);
         for (int l = 0; l < c.Layers; l++)
@@ -145,6 +122,49 @@ public static class MoeGguf
         g.Write(ggufPath);
     }
 
+    // A GGUF writer holding the general keys, the keys every architecture here takes alike, and the synthetic vocabulary.
+    private static GgufWriter Header(string arch, RefModelConfig c, int contextLength, int feedForward, int kvHeads, int keyLength,
+        int valueLength, int ropeDims)
+    {
+        var g = new GgufWriter();
+        g.AddString("general.architecture", arch);
+        g.AddString("general.name", "ilgpumoe-" + arch);
+        g.AddUInt32("general.file_type", 0); // all F32
+        void U(string key, int value) => g.AddUInt32($"{arch}.{key}", (uint)value);
+        U("vocab_size", c.Vocab);
+        U("context_length", contextLength);
+        U("embedding_length", c.Hidden);
+        U("feed_forward_length", feedForward);
+        U("block_count", c.Layers);
+        U("attention.head_count", c.Heads);
+        U("attention.head_count_kv", kvHeads);
+        U("attention.key_length", keyLength);
+        U("attention.value_length", valueLength);
+        U("rope.dimension_count", ropeDims);
+        g.AddFloat32($"{arch}.rope.freq_base", c.RopeTheta);
+        g.AddFloat32($"{arch}.attention.layer_norm_rms_epsilon", c.RmsEps);
+        U("expert_count", c.Experts);
+        U("expert_used_count", c.TopK);
+        U("expert_feed_forward_length", c.MoeIntermediate);
+        MixtralGguf.AddSyntheticVocab(g, c.Vocab);
+        return g;
+    }
+
+    // One Hugging Face tensor of torchShape as an F32 GGUF tensor (dims reversed).
+    private static void AddPlain(GgufWriter g, Checkpoint ck, string gguf, string hf, params long[] torchShape)
+    {
+        MixtralGguf.Check(ck, hf, torchShape);
+        g.AddTensorF32(gguf, [.. torchShape.Reverse()], () => ck.ReadFloat32(hf));
+    }
+
+    // Per-expert [rows, cols] tensors stacked into one [E, rows, cols] GGUF tensor.
+    private static void AddStacked(GgufWriter g, Checkpoint ck, string gguf, string[] names, long rows, long cols)
+    {
+        foreach (string n in names)
+            MixtralGguf.Check(ck, n, rows, cols);
+        g.AddTensorF32(gguf, [cols, rows, names.Length], () => MixtralGguf.Stack(ck, names, rows * cols));
+    }
+
     /// <summary>llama.cpp's architecture name for a family.</summary>
     public static string Arch(RefFamily family) => family switch
     {
@@ -152,6 +172,7 @@ public static class MoeGguf
         RefFamily.Qwen3Moe => "qwen3moe",
         RefFamily.Qwen2Moe => "qwen2moe",
         RefFamily.Olmoe => "olmoe",
+        RefFamily.DeepSeekV3 => "deepseek2",
         _ => throw new ArgumentException($"unknown family {family}", nameof(family)),
     };
 }

@@ -16,6 +16,8 @@ public class RefModelFixtureTests
     [TestCase("qwen2-moe-tiny-f32", RefFamily.Qwen2Moe)]
     [TestCase("olmoe-tiny-f32", RefFamily.Olmoe)]
     [TestCase("mixtral-tiny-f32", RefFamily.Mixtral)]
+    [TestCase("gpt-oss-tiny-mxfp4", RefFamily.GptOss)]
+    [TestCase("deepseek-v3-tiny", RefFamily.DeepSeekV3)]
     public void ForwardReproducesFixtureLogits(string fixture, RefFamily family)
     {
         string dir = FixtureDir(fixture);
@@ -29,7 +31,7 @@ public class RefModelFixtureTests
         int t = tokens.Length, v = config.Vocab;
         Assert.That(want, Has.Length.EqualTo(t * v));
 
-        var model = new RefModel(config, checkpoint.ReadFloat32);
+        var model = new RefModel(config, checkpoint.ReadFloat32, RawReader(checkpoint));
         var got = model.Forward(tokens);
         Assert.That(got, Has.Length.EqualTo(t * v));
         double worst = 0;
@@ -44,7 +46,13 @@ public class RefModelFixtureTests
         for (int row = 0; row < t; row++)
             Assert.That(ArgMax(got.AsSpan(row * v, v)), Is.EqualTo(ArgMax(want.AsSpan(row * v, v))), $"argmax of token {row}");
         Assert.That(model.LastRouting, Has.Count.EqualTo(config.Layers));
-        Assert.That(model.LastRouting.All(r => r is { Tokens: > 0 } && r.TopK == config.TopK), "every fixture layer is MoE");
+        for (int l = 0; l < config.Layers; l++)
+        {
+            var r = model.LastRouting[l];
+            Assert.That(r is not null, Is.EqualTo(config.MoeLayers[l]), $"layer {l} routes iff it is MoE");
+            if (r is not null)
+                Assert.That((r.Tokens, r.TopK), Is.EqualTo((t, config.TopK)), $"layer {l} routing shape");
+        }
 
         // Token-by-token decode through the KV cache gives the one-shot forward's logits.
         var session = model.NewSession();
@@ -72,6 +80,10 @@ public class RefModelFixtureTests
             Assert.That(c.SlidingWindow, Is.All.Zero);
         }
     }
+
+    /// <summary>The stored bytes of a checkpoint tensor, null when absent (RefModel's MXFP4 reader).</summary>
+    internal static Func<string, byte[]?> RawReader(Checkpoint checkpoint) =>
+        name => checkpoint.Contains(name) ? checkpoint.GetBytes(name).ToArray() : null;
 
     internal static int ArgMax(ReadOnlySpan<float> row)
     {
