@@ -123,17 +123,7 @@ public sealed partial class RefModel
 
         // transformers' parameter [E, in, out] turned into [out, in] per expert.
         float[][] InputMajor(string name, long inDim, long outDim) =>
-            Split(read(name, e * inDim * outDim, $"[E, {inDim}, {outDim}]"), inDim * outDim).Select(w =>
-            {
-                var o = new float[w.Length];
-                for (long i = 0; i < inDim; i++)
-                {
-                    for (long j = 0; j < outDim; j++)
-                        o[j * inDim + i] = w[i * outDim + j];
-                }
-
-                return o;
-            }).ToArray();
+            Split(RefOps.TransposeEach(read(name, e * inDim * outDim, $"[E, {inDim}, {outDim}]"), e, (int)inDim, (int)outDim), inDim * outDim);
     }
 
     private static Layer ReadDeepSeekLayer(RefModelConfig c, int l, Reader read)

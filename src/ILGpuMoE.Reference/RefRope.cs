@@ -123,6 +123,24 @@ public static class RefRope
 
 public static partial class RefOps
 {
+    /// <summary>Each of the <paramref name="count"/> [rows, cols] matrices of w transposed: [count, cols, rows]
+    /// (gpt-oss' input-major expert parameters to and from the [out, in] rows used everywhere else).</summary>
+    public static float[] TransposeEach(ReadOnlySpan<float> w, int count, int rows, int cols)
+    {
+        Require.Length(w, (long)count * rows * cols, nameof(w), "[count, rows, cols]");
+        var o = new float[w.Length];
+        for (long z = 0; z < count; z++)
+        {
+            for (long i = 0; i < rows; i++)
+            {
+                for (long j = 0; j < cols; j++)
+                    o[(z * cols + j) * rows + i] = w[(int)((z * rows + i) * cols + j)];
+            }
+        }
+
+        return o;
+    }
+
     /// <summary>Causal attention of q [T, H, Dqk] over the cache k [S, Hkv, Dqk], v [S, Hkv, Dv] (query t at
     /// queryPos[t] sees keys j &lt;= pos with pos - j &lt; window when window &gt; 0), softmax scale
     /// <paramref name="scale"/>; with <paramref name="sinks"/> [H] (gpt-oss) each head's softmax row gets one extra

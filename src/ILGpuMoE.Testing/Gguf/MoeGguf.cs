@@ -1,6 +1,7 @@
 // Hugging Face Qwen3-MoE / Qwen2-MoE / OLMoE (config.json + safetensors) -> F32 GGUF for llama.cpp's `qwen3moe`,
 // `qwen2moe` and `olmoe` architectures, laid out as llama.cpp's convert_hf_to_gguf.py does (names from its
-// gguf-py constants); Mixtral goes through MixtralGguf, DeepSeek-V3 through MoeGgufDeepSeek.cs (`deepseek2`). The config is read with HfReferenceConfig (not the runtime's
+// gguf-py constants); Mixtral goes through MixtralGguf, DeepSeek-V3 through MoeGgufDeepSeek.cs (`deepseek2`),
+// gpt-oss through MoeGgufGptOss.cs (`gpt-oss`). The config is read with HfReferenceConfig (not the runtime's
 // parser). These architectures use rotate-half (NeoX) RoPE in llama.cpp, so q_proj / k_proj rows are NOT permuted.
 //   token_embd, output_norm, output (absent when a Qwen3-MoE is tied), blk.N.{attn_norm, attn_q, attn_k, attn_v
 //   (+ .bias for Qwen2-MoE), attn_output, attn_q_norm / attn_k_norm (Qwen3-MoE [Dh], OLMoE [H*Dh]), ffn_norm,
@@ -45,6 +46,12 @@ public static partial class MoeGguf
         if (c.Family == RefFamily.DeepSeekV3)
         {
             ConvertDeepSeek(hfDir, c, ggufPath);
+            return;
+        }
+
+        if (c.Family == RefFamily.GptOss)
+        {
+            ConvertGptOss(hfDir, c, ggufPath);
             return;
         }
 
@@ -173,6 +180,7 @@ public static partial class MoeGguf
         RefFamily.Qwen2Moe => "qwen2moe",
         RefFamily.Olmoe => "olmoe",
         RefFamily.DeepSeekV3 => "deepseek2",
+        RefFamily.GptOss => "gpt-oss",
         _ => throw new ArgumentException($"unknown family {family}", nameof(family)),
     };
 }

@@ -135,6 +135,58 @@ public class MoePeerTests
         }
     }
 
+    /// <summary>gpt-oss-tiny-mxfp4 through MoeGguf (experts dequantized to F32): llama.cpp always rounds YaRN's
+    /// correction range, so it matches the oracle run with truncate true (its PROVENANCE.md: 3.2e-6) and misses the
+    /// fixture's truncate-false logits by the rounding effect (0.00857 there).</summary>
+    [Test]
+    public void GptOssFixtureThroughLlamaCppMatchesTheTruncatedYarnOracle()
+    {
+        string dir = RefModelFixtureTests.FixtureDir("gpt-oss-tiny-mxfp4"), gguf = Path.Combine(_dir, "gpt-oss.gguf");
+        MoeGguf.Convert(dir, gguf);
+        using var expected = SafeTensorsFile.Open(Path.Combine(dir, "expected.safetensors"));
+        int[] tokens = MemoryMarshal.Cast<byte, int>(expected.GetBytes("tokens")).ToArray();
+        float[] want = expected.ReadFloat32("logits");
+        float[] peer = LlamaCppPeer.Logits(gguf, tokens, out int vocab);
+        var config = HfReferenceConfig.Load(dir);
+        using var ck = Checkpoint.Open(dir);
+        var truncated = config with { Yarn = config.Yarn! with { Truncate = true } };
+        float[] ours = new RefModel(truncated, ck.ReadFloat32, RefModelFixtureTests.RawReader(ck)).Forward(tokens);
+        TestContext.Out.WriteLine($"gpt-oss: max |llama.cpp - oracle(truncate)| = {MaxDiff(ours, peer):E2}, max |llama.cpp - expected| = {MaxDiff(want, peer):E2}");
+        Check.Close(ours, peer, rtol: 0, atol: 1e-4, what: "llama.cpp vs RefModel(truncate = true) logits");
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            Assert.That(RefModelFixtureTests.ArgMax(peer.AsSpan(t * vocab, vocab)),
+                Is.EqualTo(RefModelFixtureTests.ArgMax(ours.AsSpan(t * vocab, vocab))), $"argmax of token {t}");
+        }
+
+        Assert.That(MaxDiff(want, peer), Is.GreaterThan(1e-3), "llama.cpp cannot express truncate false");
+    }
+
+    /// <summary>Random gpt-oss (3 layers, window 3 on layers 0 and 2, 5 experts top-2) in both expert forms: llama.cpp
+    /// within 1e-4 of the oracle (YaRN truncate true, as llama.cpp runs it), every argmax equal.</summary>
+    [TestCase(false, 109)]
+    [TestCase(true, 110)]
+    public void GptOssOracleAndLlamaCppAgree(bool mxfp4, int seed)
+    {
+        var o = new RandomMoeOptions
+        {
+            Family = RefFamily.GptOss, Hidden = 64, Layers = 3, Heads = 4, KvHeads = 2, HeadDim = 16, Experts = 5, TopK = 2,
+            MoeIntermediate = 32, Vocab = 300, UseSlidingWindow = true, SlidingWindow = 3, Seed = (ulong)seed, RopeTheta = 150000,
+            DType = DType.BF16, Mxfp4Experts = mxfp4, Yarn = new RefYarn(32, 4096, Truncate: true), MaxPositions = 131072,
+        };
+        var (model, tokens, peer) = Run(o, $"oss{seed}");
+        var config = HfReferenceConfig.Load(model);
+        using var ck = Checkpoint.Open(model);
+        float[] ours = new RefModel(config, ck.ReadFloat32, RefModelFixtureTests.RawReader(ck)).Forward(tokens);
+        TestContext.Out.WriteLine($"gpt-oss {(mxfp4 ? "MXFP4" : "BF16")}: max |oracle - llama.cpp| = {MaxDiff(ours, peer):E2}");
+        Check.Close(ours, peer, rtol: 0, atol: 1e-4, what: "llama.cpp vs RefModel logits");
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            Assert.That(RefModelFixtureTests.ArgMax(peer.AsSpan(t * o.Vocab, o.Vocab)),
+                Is.EqualTo(RefModelFixtureTests.ArgMax(ours.AsSpan(t * o.Vocab, o.Vocab))), $"argmax of token {t}");
+        }
+    }
+
     /// <summary>DeepSeek-V3 (MLA, dense first layer, grouped router with a non-zero correction bias, 2 shared experts)
     /// through MoeGguf's deepseek2 GGUF: llama.cpp within 1e-4 of the oracle, every argmax equal; without q LoRA at 27
     /// layers, the only depth at which llama.cpp takes a direct q_proj. The runtime does not load this family yet.</summary>

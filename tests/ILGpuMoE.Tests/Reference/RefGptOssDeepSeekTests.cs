@@ -38,6 +38,15 @@ public class RefGptOssDeepSeekTests
     }
 
     [Test]
+    public void TransposeEachTransposesEveryMatrix()
+    {
+        // Two [2, 3] matrices [[1 2 3] [4 5 6]] and [[7 8 9] [10 11 12]] become [[1 4] [2 5] [3 6]] and
+        // [[7 10] [8 11] [9 12]]: the step between gpt-oss' input-major experts and [out, in] rows.
+        float[] w = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        Check.BitEqual([1, 4, 2, 5, 3, 6, 7, 10, 8, 11, 9, 12], RefOps.TransposeEach(w, 2, 2, 3), "TransposeEach");
+    }
+
+    [Test]
     public void YarnCorrectionRangeAndFrequencies()
     {
         // gpt-oss-tiny's rotary dim 16, theta 150000, original 4096, betas 32 / 1: corr(r) = 16 ln(4096 / (2 pi r)) /
@@ -196,17 +205,7 @@ public class RefGptOssDeepSeekTests
                 if (!name.EndsWith($"experts.{proj}", StringComparison.Ordinal))
                     continue;
                 var w = RefMxfp4.Dequantize(raw(name + "_blocks")!, raw(name + "_scales")!, e * outDim, inDim / 32);
-                var t = new float[w.Length];
-                for (int x = 0; x < e; x++)
-                {
-                    for (int o = 0; o < outDim; o++)
-                    {
-                        for (int i = 0; i < inDim; i++)
-                            t[(x * inDim + i) * outDim + o] = w[(x * outDim + o) * inDim + i];
-                    }
-                }
-
-                return t;
+                return RefOps.TransposeEach(w, e, outDim, inDim);
             }
 
             return checkpoint.ReadFloat32(name);
