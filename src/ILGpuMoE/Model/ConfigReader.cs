@@ -34,6 +34,9 @@ internal readonly struct ConfigReader
 
     public bool Has(string key) => TryGet(key, out _);
 
+    /// <summary>True when the (top-level) key is present with the value null (which some configs use for "none").</summary>
+    public bool IsNull(string key) => _root.ValueKind == JsonValueKind.Object && _root.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.Null;
+
     public int RequiredInt(string key) =>
         TryGet(key, out var v) ? AsInt(key, v) : throw Error(key, "is missing");
 

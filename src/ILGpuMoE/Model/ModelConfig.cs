@@ -75,6 +75,9 @@ public sealed record ModelConfig
 
     public required int MaxPositionEmbeddings { get; init; }
 
+    /// <summary>YaRN-scaled RoPE (rope_scaling / rope_parameters with rope_type "yarn"), or null for plain RoPE.</summary>
+    public YarnScaling? RopeScaling { get; init; }
+
     /// <summary>The widest attention window of any layer, or null when every layer attends to the whole causal
     /// prefix; <see cref="WindowOf"/> gives each layer's.</summary>
     public int? SlidingWindow => Block.LayerWindows.Count > 0 && Block.LayerWindows.Max() > 0 ? Block.LayerWindows.Max() : null;
@@ -201,6 +204,7 @@ public sealed record ModelConfig
         var ropeTheta = ReadRopeTheta(c);
         var maxPositions = c.PositiveInt("max_position_embeddings");
 
+        var ropeScaling = YarnScaling.Read(c, maxPositions, family.DefaultRopeScaling);
         var block = family.Read(c, layers);
 
         var act = c.OptionalString("hidden_act");
@@ -234,6 +238,7 @@ public sealed record ModelConfig
             RmsNormEps = eps,
             RopeTheta = ropeTheta,
             MaxPositionEmbeddings = maxPositions,
+            RopeScaling = ropeScaling,
             Router = block.Router,
             Block = block.Block,
             TieWordEmbeddings = c.OptionalBool("tie_word_embeddings") ?? false,
@@ -275,13 +280,6 @@ public sealed record ModelConfig
         var theta = c.RequiredDouble(key);
         if (!(theta > 0))
             throw c.Error(key, $"must be positive, got {theta}");
-
-        // Scaled RoPE (linear, dynamic, yarn, llama3) changes the frequencies: refuse rather than run it wrong.
-        var ropeType = c.OptionalString("rope_parameters.rope_type") ?? c.OptionalString("rope_scaling.rope_type") ?? c.OptionalString("rope_scaling.type");
-        if (ropeType is not null && ropeType != "default")
-            throw c.Error(c.Has("rope_parameters.rope_type") ? "rope_parameters.rope_type" : "rope_scaling", $"'{ropeType}' is not supported (only plain RoPE, 'default')");
-        if (ropeType is null && c.Has("rope_scaling"))
-            throw c.Error("rope_scaling", "is set; scaled RoPE is not supported (only plain RoPE)");
         return theta;
     }
 
@@ -321,6 +319,7 @@ public sealed record ModelConfig
     public override string ToString() =>
         $"{Architecture}: V={VocabSize} D={HiddenSize} F={IntermediateSize} L={Layers} H={Heads} Hkv={KvHeads} Dh={HeadDim} " +
         $"E={Experts} K={TopK} eps={RmsNormEps} theta={RopeTheta} window={(SlidingWindow?.ToString() ?? "none")}" +
+        (RopeScaling is { } y ? $" rope={y}" : "") +
         (Block.SharedExpertSize > 0 ? $" shared={Block.SharedExpertSize}" : "") +
         (Block.MoeLayers.Count > 0 && Block.MoeLayers.Any(m => !m) ? $" dense-layers={Block.MoeLayers.Count(m => !m)}" : "");
 }

@@ -29,6 +29,33 @@ public enum MlpProjection
     Down,
 }
 
+/// <summary>How a family's checkpoints store the routed experts.</summary>
+public enum ExpertStorage
+{
+    /// <summary>One tensor per expert and projection, [out, in] (Mixtral, Qwen, OLMoE, DeepSeek).</summary>
+    PerExpert,
+
+    /// <summary>
+    /// gpt-oss: one tensor per layer for all experts, mlp.experts.gate_up_proj [E, D, 2F] with gate and up interleaved on
+    /// the last axis (gate = even, up = odd) and down_proj [E, F, D], input-major as transformers' parameters; or, MXFP4,
+    /// gate_up_proj_blocks / _scales [E, 2F, D/32, 16] / [E, 2F, D/32] and down_proj_blocks / _scales, output-major.
+    /// </summary>
+    StackedGateUp,
+}
+
+/// <summary>Which part of a stacked gpt-oss expert tensor an expert slot takes (ExpertStorage.StackedGateUp).</summary>
+public enum StackedPart
+{
+    /// <summary>gate_up_proj's gate half: columns (BF16) or rows (MXFP4) 0, 2, 4, ...</summary>
+    Gate,
+
+    /// <summary>gate_up_proj's up half: columns or rows 1, 3, 5, ...</summary>
+    Up,
+
+    /// <summary>down_proj.</summary>
+    Down,
+}
+
 /// <summary>The choices a family's decoder layer makes beyond the shared sizes (defaults: Mixtral's).</summary>
 public sealed record BlockOptions
 {
@@ -56,6 +83,24 @@ public sealed record BlockOptions
 
     /// <summary>[L]: the attention window of layer l in tokens, 0 for full causal attention; empty means no window anywhere.</summary>
     public IReadOnlyList<int> LayerWindows { get; init; } = [];
+
+    /// <summary>gpt-oss: self_attn.sinks [H], one learned logit per head in every softmax denominator (no value).</summary>
+    public bool AttentionSinks { get; init; }
+
+    /// <summary>gpt-oss: the router carries a bias [E] (mlp.router.bias).</summary>
+    public bool RouterBias { get; init; }
+
+    /// <summary>gpt-oss: the experts' projections carry biases (gate_up_proj_bias [E, 2F], down_proj_bias [E, D]).</summary>
+    public bool ExpertBias { get; init; }
+
+    /// <summary>
+    /// gpt-oss's clamped GLU: gate = min(gate, limit), up = clamp(up, -limit, limit), h = (up + 1) * gate *
+    /// sigmoid(alpha * gate) (swiglu_limit, alpha 1.702); null for the plain SwiGLU silu(gate) * up.
+    /// </summary>
+    public double? SwigluLimit { get; init; }
+
+    /// <summary>alpha of the clamped GLU (<see cref="SwigluLimit"/>).</summary>
+    public double SwigluAlpha { get; init; } = 1.702;
 }
 
 /// <summary>What a family's config reader gives back: the router, the experts' width F, the block's choices.</summary>
@@ -72,6 +117,12 @@ public abstract class ModelFamily
 
     /// <summary>Its tensors' names (Llama's, unless the family overrides some).</summary>
     public virtual TensorNames Names => TensorNames.Llama;
+
+    /// <summary>How its checkpoints store the routed experts.</summary>
+    public virtual ExpertStorage ExpertStorage => ExpertStorage.PerExpert;
+
+    /// <summary>The scaled RoPE its config class fills in when config.json has no rope_scaling (gpt-oss's YaRN); null: plain.</summary>
+    internal virtual YarnScaling? DefaultRopeScaling => null;
 
     /// <summary>Reads the router, the experts' width and the block's choices from config.json.</summary>
     internal abstract FamilyConfig Read(ConfigReader c, int layers);
@@ -162,7 +213,7 @@ public abstract class ModelFamily
 /// <summary>The families the runtime can run.</summary>
 public static class ModelFamilies
 {
-    public static readonly IReadOnlyList<ModelFamily> All = [new MixtralFamily(), new Qwen3MoeFamily(), new Qwen2MoeFamily(), new OlmoeFamily()];
+    public static readonly IReadOnlyList<ModelFamily> All = [new MixtralFamily(), new Qwen3MoeFamily(), new Qwen2MoeFamily(), new OlmoeFamily(), new GptOssFamily()];
 
     /// <summary>"mixtral, qwen3_moe, ..." for messages.</summary>
     public static string SupportedList => string.Join(", ", All.Select(f => f.ModelType));

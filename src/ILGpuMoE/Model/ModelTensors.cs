@@ -16,6 +16,13 @@
 //   model.norm.weight                                          [D]
 //   lm_head.weight                                             [V, D]   (absent when tie_word_embeddings)
 // Mixtral names its router block_sparse_moe.gate and its experts block_sparse_moe.experts.J.w1 (gate), w3 (up), w2 (down).
+// gpt-oss (ExpertStorage.StackedGateUp) adds self_attn.sinks [H] and mlp.router.bias [E], names its router mlp.router,
+// and stores all experts of a layer in one tensor per projection, with biases:
+//   model.layers.N.mlp.experts.gate_up_proj        [E, D, 2F]  (BF16 copies; gate = even, up = odd columns)
+//   model.layers.N.mlp.experts.gate_up_proj_bias   [E, 2F]
+//   model.layers.N.mlp.experts.down_proj           [E, F, D]
+//   model.layers.N.mlp.experts.down_proj_bias      [E, D]
+// (the MXFP4 originals hold gate_up_proj_blocks / _scales and down_proj_blocks / _scales instead: Quant/Schemes/Mxfp4.cs).
 namespace ILGpuMoE.Model;
 
 /// <summary>What a tensor is for; parameter counting, memory planning and quantization group by it.</summary>
@@ -42,6 +49,9 @@ public enum TensorRole
     /// <summary>A dense layer's MLP projections.</summary>
     DenseMlp,
     LmHead,
+
+    /// <summary>gpt-oss's expert biases (a token reads K of E rows).</summary>
+    ExpertBias,
 }
 
 /// <summary>A tensor the config requires: its name, shape, role, and the expert it belongs to (-1 if none).</summary>
@@ -59,6 +69,13 @@ public sealed record ExpectedTensor(string Name, long[] Shape, TensorRole Role, 
     /// </summary>
     public (int Count, long Rows, long Cols) Packed(ModelConfig c)
     {
+        // gpt-oss's stacked experts: gate_up [E, D, 2F] becomes 2E matrices [F, D], down [E, F, D] E matrices [D, F].
+        if (Role == TensorRole.Expert && Shape.Length == 3)
+        {
+            bool gateUp = Shape[2] == 2L * c.IntermediateSize && Shape[1] == c.HiddenSize;
+            return gateUp ? ((int)Shape[0] * 2, Shape[2] / 2, Shape[1]) : ((int)Shape[0], Shape[2], Shape[1]);
+        }
+
         if (Role is not (TensorRole.SharedExpert or TensorRole.DenseMlp))
             return (1, Shape[0], Shape[1]);
         long f = c.IntermediateSize;
@@ -90,6 +107,14 @@ public class TensorNames
     /// <summary>The bias of a projection: its weight's name with .bias.</summary>
     public static string Bias(string weight) =>
         weight.EndsWith(".weight", StringComparison.Ordinal) ? weight[..^".weight".Length] + ".bias" : throw new ArgumentException($"{weight} is not a weight name");
+
+    public string Sinks(int layer) => $"{Layer(layer)}.self_attn.sinks";
+
+    /// <summary>gpt-oss: all experts' gate_up_proj (Gate and Up) or down_proj (Down) of a layer in one tensor.</summary>
+    public string StackedExperts(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.experts.{(p == MlpProjection.Down ? "down_proj" : "gate_up_proj")}";
+
+    /// <summary>gpt-oss: the bias of <see cref="StackedExperts"/>.</summary>
+    public string StackedExpertsBias(int layer, MlpProjection p) => StackedExperts(layer, p) + "_bias";
 
     public string QNorm(int layer) => $"{Layer(layer)}.self_attn.q_norm.weight";
     public string KNorm(int layer) => $"{Layer(layer)}.self_attn.k_norm.weight";
@@ -138,6 +163,8 @@ public static class ModelTensors
             yield return new(n.OProj(l), [d, q], TensorRole.Attention, l);
             if (b.OutputBias)
                 yield return new(TensorNames.Bias(n.OProj(l)), [d], TensorRole.AttentionBias, l);
+            if (b.AttentionSinks)
+                yield return new(n.Sinks(l), [c.Heads], TensorRole.AttentionBias, l);
             if (b.QkNorm != QkNormKind.None)
             {
                 bool perHead = b.QkNorm == QkNormKind.PerHead;
@@ -156,6 +183,19 @@ public static class ModelTensors
             }
 
             yield return new(n.Router(l), [e, d], TensorRole.Router, l);
+            if (b.RouterBias)
+                yield return new(TensorNames.Bias(n.Router(l)), [e], TensorRole.Router, l);
+            if (c.Family.ExpertStorage == ExpertStorage.StackedGateUp)
+            {
+                yield return new(n.StackedExperts(l, MlpProjection.Gate), [e, d, 2 * f], TensorRole.Expert, l);
+                if (b.ExpertBias)
+                    yield return new(n.StackedExpertsBias(l, MlpProjection.Gate), [e, 2 * f], TensorRole.ExpertBias, l);
+                yield return new(n.StackedExperts(l, MlpProjection.Down), [e, f, d], TensorRole.Expert, l);
+                if (b.ExpertBias)
+                    yield return new(n.StackedExpertsBias(l, MlpProjection.Down), [e, d], TensorRole.ExpertBias, l);
+                continue;
+            }
+
             for (var j = 0; j < c.Experts; j++)
             {
                 // Mixtral's order (w1, w2, w3): checkpoints written by our tools keep it.

@@ -45,13 +45,14 @@ public sealed record ParameterCounts(
                 case TensorRole.Attention or TensorRole.AttentionBias: attention += n; break;
                 case TensorRole.Norm: norms += n; break;
                 case TensorRole.Router: router += n; break;
-                case TensorRole.Expert: experts += n; break;
+                case TensorRole.Expert or TensorRole.ExpertBias: experts += n; break;
                 case TensorRole.SharedExpert or TensorRole.DenseMlp: dense += n; break;
                 default: throw new InvalidOperationException($"ParameterCounts: no bucket for tensor role {t.Role}");
             }
         }
 
-        long perExpert = 3L * c.HiddenSize * c.IntermediateSize;          // gate [F, D] + up [F, D] + down [D, F]
+        long perExpert = 3L * c.HiddenSize * c.IntermediateSize           // gate [F, D] + up [F, D] + down [D, F]
+                         + (c.Block.ExpertBias ? 2L * c.IntermediateSize + c.HiddenSize : 0); // gpt-oss's biases
         int moeLayers = Enumerable.Range(0, c.Layers).Count(c.IsMoeLayer);
         return new ParameterCounts(embedding, lmHead, attention, norms, router, experts, perExpert, (long)moeLayers * c.TopK * perExpert, dense);
     }

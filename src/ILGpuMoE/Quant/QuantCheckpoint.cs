@@ -143,6 +143,14 @@ public abstract class QuantSource
         return m;
     }
 
+    /// <summary>
+    /// Reads expert <paramref name="expert"/>'s <paramref name="part"/> ([rows, cols], our [out, in]) of a layer's stacked
+    /// expert tensor <paramref name="stackedName"/> (gpt-oss, ExpertStorage.StackedGateUp). Only a source that stores such
+    /// tensors packed (MXFP4) reads them; the others refuse with one line.
+    /// </summary>
+    public virtual QuantizedMatrix ReadStacked(Checkpoint checkpoint, string stackedName, int expert, StackedPart part, int rows, int cols) =>
+        throw new InvalidDataException($"{checkpoint.Directory}: {stackedName} is missing or packed; a '{Method}' checkpoint cannot store stacked experts packed (gpt-oss's come in BF16 or MXFP4)");
+
     /// <summary>Reads the tensors of linear weight BASE (<paramref name="baseName"/>); ArgumentException for bad values.</summary>
     private protected abstract QuantizedMatrix ReadBase(Checkpoint checkpoint, string baseName, int rows, int cols);
 

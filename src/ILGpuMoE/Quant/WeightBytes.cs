@@ -36,7 +36,7 @@ public readonly record struct WeightBytes(long Total, long PerToken)
             total += b;
             perToken += e.Role switch
             {
-                TensorRole.Expert => b * c.TopK / c.Experts,               // K of E experts (equal sizes)
+                TensorRole.Expert or TensorRole.ExpertBias => b * c.TopK / c.Experts, // K of E experts (equal sizes)
                 TensorRole.Embedding => b / Math.Max(1, c.VocabSize)       // one row gathered
                                         + (c.TieWordEmbeddings ? b : 0),   // tied: it is also lm_head
                 TensorRole.Attention or TensorRole.AttentionBias or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead

@@ -66,6 +66,9 @@ internal sealed class DecodePlan
             return "the simple (V1) kernels are in use (the CPU accelerator's default, KernelPolicy.Simple)";
         if (model.Config.Router.Kind is not (RouterKind.Mixtral or RouterKind.SoftmaxTopK))
             return $"--router {model.Config.Router} runs the plain step";
+        var block = model.Config.Block;
+        if (model.Config.RopeScaling is not null || block.AttentionSinks || block.RouterBias || block.ExpertBias || block.SwigluLimit is not null)
+            return "YaRN RoPE, attention sinks, router and expert biases and the clamped GLU (gpt-oss) are not in the fused step yet";
         foreach (var l in model.Layers)
         {
             foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })

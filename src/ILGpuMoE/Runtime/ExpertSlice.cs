@@ -4,13 +4,35 @@
 // A chunk j of an MLP of width W covers hidden units [j*F, min((j+1)*F, W)); the rest of the slot is zero. Gate and
 // up ([W, D]) are cut by rows, down ([D, W]) by columns. A zero gate row gives silu(0) * up = 0 and a zero down column
 // multiplies that 0, so the padding adds exactly nothing, and the chunks' outputs sum to the whole MLP's.
+//
+// A gpt-oss slot (ExpertStorage.StackedGateUp) is expert e's part of a layer's stacked tensor: gate_up_proj [E, D, 2F]
+// gives gate [F, D] (columns 0, 2, ...) and up [F, D] (columns 1, 3, ...), down_proj [E, F, D] gives down [D, F]:
+// transposed to our [out, in] rows and de-interleaved, in the checkpoint's dtype (values move, none is rounded).
 using ILGpuMoE.IO;
 using ILGpuMoE.Model;
 
 namespace ILGpuMoE.Runtime;
 
-internal readonly record struct ExpertSlice(string Name, int Chunk, int Rows, int Cols, int Width, bool HiddenIsColumns)
+internal readonly record struct ExpertSlice(string Name, int Chunk, int Rows, int Cols, int Width, bool HiddenIsColumns,
+    int Expert = -1, StackedPart Part = StackedPart.Gate)
 {
+    /// <summary>A gpt-oss slot: expert e's part of a stacked tensor.</summary>
+    public bool Stacked => Expert >= 0;
+
+    /// <summary>Expert e's <paramref name="part"/> of the stacked tensor <paramref name="name"/> (gate_up_proj [E, D, 2F] or down_proj [E, F, D]).</summary>
+    public static ExpertSlice OfStack(string name, int expert, StackedPart part, int f, int d) =>
+        part == StackedPart.Down ? new(name, -1, d, f, 0, false, expert, part) : new(name, -1, f, d, 0, false, expert, part);
+
+    /// <summary>The slot of projection p of expert e in gpt-oss's stacked tensors.</summary>
+    public static ExpertSlice OfStack(TensorNames n, int layer, int expert, MlpProjection p, int f, int d) => OfStack(n.StackedExperts(layer, p), expert,
+        p switch
+        {
+            MlpProjection.Gate => StackedPart.Gate,
+            MlpProjection.Up => StackedPart.Up,
+            MlpProjection.Down => StackedPart.Down,
+            _ => throw new ArgumentOutOfRangeException(nameof(p), p, "an MLP has gate, up and down projections"),
+        }, f, d);
+
     /// <summary>A whole tensor (a routed expert's projection).</summary>
     public static ExpertSlice Whole(string name) => new(name, -1, 0, 0, 0, false);
 
@@ -26,6 +48,8 @@ internal readonly record struct ExpertSlice(string Name, int Chunk, int Rows, in
     public ReadOnlySpan<byte> Bytes(Checkpoint checkpoint)
     {
         var src = checkpoint.GetBytes(Name);
+        if (Stacked)
+            return StackedBytes(src, DTypes.SizeOf(checkpoint.Get(Name).DType));
         if (Chunk < 0)
             return src;
         int size = DTypes.SizeOf(checkpoint.Get(Name).DType);
@@ -37,6 +61,13 @@ internal readonly record struct ExpertSlice(string Name, int Chunk, int Rows, in
     /// <summary>The slot's elements widened to F32 (for --quant).</summary>
     public float[] ReadFloat32(Checkpoint checkpoint)
     {
+        if (Stacked)
+        {
+            var info = checkpoint.Get(Name);
+            return SafeTensorsFile.WidenToFloat32(checkpoint.Directory, new TensorInfo(Name, info.DType, [Rows, Cols], 0, 0),
+                StackedBytes(checkpoint.GetBytes(Name), DTypes.SizeOf(info.DType)));
+        }
+
         var all = checkpoint.ReadFloat32(Name);
         if (Chunk < 0)
             return all;
@@ -46,7 +77,30 @@ internal readonly record struct ExpertSlice(string Name, int Chunk, int Rows, in
     }
 
     /// <summary>The stored shape this slot has when stacked.</summary>
-    public long[] Shape(Checkpoint checkpoint) => Chunk < 0 ? checkpoint.Get(Name).Shape : [Rows, Cols];
+    public long[] Shape(Checkpoint checkpoint) => Chunk < 0 && !Stacked ? checkpoint.Get(Name).Shape : [Rows, Cols];
+
+    // Expert e's [Rows, Cols] slot of a stacked input-major tensor: gate_up [E, D, 2F] (out[f, k] = src[e, k, 2f + phase])
+    // or down [E, F, D] (out[k, f] = src[e, f, k]).
+    private byte[] StackedBytes(ReadOnlySpan<byte> src, int size)
+    {
+        var dst = new byte[(long)Rows * Cols * size];
+        bool down = Part == StackedPart.Down;
+        int phase = Part == StackedPart.Up ? 1 : 0;
+        // Source row length (elements) and the stride between consecutive outputs r of the slot in the source.
+        long srcCols = down ? Rows : 2L * Rows;
+        long expertBase = (long)Expert * Rows * Cols * (down ? 1 : 2);
+        for (int k = 0; k < Cols; k++)
+        {
+            for (int r = 0; r < Rows; r++)
+            {
+                // gate/up: slot [f = r, k]; source [e, k, 2f + phase]. down: slot [r, f = k]; source [e, f = k, r].
+                long from = expertBase + (long)k * srcCols + (down ? r : 2L * r + phase);
+                src.Slice((int)(from * size), size).CopyTo(dst.AsSpan((int)(((long)r * Cols + k) * size), size));
+            }
+        }
+
+        return dst;
+    }
 
     // src: the whole [W, D] (rows cut) or [D, W] (columns cut) tensor; dst: the zeroed [Rows, Cols] slot.
     private void Copy(ReadOnlySpan<byte> src, Span<byte> dst, int size)

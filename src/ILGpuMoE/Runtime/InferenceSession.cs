@@ -398,6 +398,8 @@ public sealed class InferenceSession : IDisposable
                 int logits = _e + (lw.SharedSlots > 0 ? 1 : 0);
                 var rl = _routerLogits.View.SubView((long)l * _b * (_e + 1), (long)t * logits);
                 ops.MatMul(s, h, lw.Gate!, rl, t, logits, _d);
+                if (lw.Moe.RouterBias is { } rb)
+                    ops.BiasClip(s, rl, rb, t, logits, float.PositiveInfinity);
                 var ids = _ids.View.SubView((long)l * _b * _slots, (long)t * lw.Slots);
                 var w = _weights.View.SubView(0, (long)t * lw.Slots);
                 ops.Gating.Launch(s, Spec(lw, pos0), rl, ids, w, t, noiseLogits: _noise is null ? default : _noise.View.SubView(0, (long)t * _e));

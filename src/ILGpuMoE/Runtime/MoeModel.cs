@@ -55,13 +55,21 @@ public sealed record ModelLoadOptions
     public RouterChoice? Router { get; init; }
 }
 
-/// <summary>The optional attention extras of a layer: biases (Qwen2-MoE), q/k norms (Qwen3-MoE per head, OLMoE whole).</summary>
+/// <summary>The optional attention extras of a layer: biases (Qwen2-MoE, gpt-oss), q/k norms (Qwen3-MoE per head, OLMoE
+/// whole), gpt-oss's sinks (F32 [H]).</summary>
 internal sealed record AttentionExtras(DeviceTensor? BiasQ, DeviceTensor? BiasK, DeviceTensor? BiasV, DeviceTensor? BiasO,
-    DeviceTensor? QNorm, DeviceTensor? KNorm)
+    DeviceTensor? QNorm, DeviceTensor? KNorm, DeviceTensor? Sinks = null)
 {
     public static readonly AttentionExtras None = new(null, null, null, null, null, null);
 
-    public bool Any => BiasQ is not null || BiasK is not null || BiasV is not null || BiasO is not null || QNorm is not null || KNorm is not null;
+    public bool Any => BiasQ is not null || BiasK is not null || BiasV is not null || BiasO is not null || QNorm is not null || KNorm is not null || Sinks is not null;
+}
+
+/// <summary>gpt-oss's MoE extras: the router's bias [E] (checkpoint dtype) and the experts' biases, de-interleaved and
+/// widened to F32: gate and up [E, F], down [E, D].</summary>
+internal sealed record MoeExtras(DeviceTensor? RouterBias, DeviceTensor? GateBias, DeviceTensor? UpBias, DeviceTensor? DownBias)
+{
+    public static readonly MoeExtras None = new(null, null, null, null);
 }
 
 /// <summary>
@@ -73,6 +81,8 @@ internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, Lin
     AttentionExtras Extras, DeviceTensor PostNorm, DeviceTensor? Gate, LinearWeight W1, LinearWeight W3, LinearWeight W2,
     int Experts, int Slots, int SharedSlots)
 {
+    public MoeExtras Moe { get; init; } = MoeExtras.None;
+
     /// <summary>A dense layer: every token visits all Experts chunks at weight 1, no router.</summary>
     public bool Dense => Gate is null;
 
@@ -180,6 +190,9 @@ public sealed class MoeModel : IDisposable
         }
 
         var config = ModelConfig.Load(directory);
+        // Read by the config, not run by the kernels yet: refuse rather than compute something else.
+        if (config.RopeScaling is not null || config.Block.AttentionSinks || config.Block.SwigluLimit is not null)
+            throw new RuntimeInputException($"{directory}: {config.ModelType} with {(config.RopeScaling is not null ? "YaRN RoPE" : "attention sinks and the clamped GLU")} is read but not run yet");
         if (options.Router is { } router)
         {
             try
@@ -290,6 +303,14 @@ public sealed class MoeModel : IDisposable
                 return (quant ?? source!.PlanSpec).Quantize(part.ReadFloat32(checkpoint), part.Rows, part.Cols);
             }
 
+            if (part.Stacked)
+            {
+                // gpt-oss: an MXFP4 original's blocks are read as they are; a BF16 copy is packed like any float weight.
+                return source is not null && !QuantSource.IsFloat(checkpoint, part.Name)
+                    ? source.ReadStacked(checkpoint, part.Name, part.Expert, part.Part, part.Rows, part.Cols)
+                    : (quant ?? source!.PlanSpec).Quantize(part.ReadFloat32(checkpoint), part.Rows, part.Cols);
+            }
+
             int rows = (int)shapes[part.Name][0], cols = (int)shapes[part.Name][1];
             return source is not null ? source.Read(checkpoint, part.Name, rows, cols) : quant!.Quantize(checkpoint.ReadFloat32(part.Name), rows, cols);
         }
@@ -368,6 +389,33 @@ public sealed class MoeModel : IDisposable
             return (w1, w3, w2);
         }
 
+        // gpt-oss: the router's bias as stored; the experts' biases de-interleaved (gate_up_proj_bias [E, 2F]: gate = even,
+        // up = odd) and widened to F32, which the expert kernels' epilogues read.
+        MoeExtras UploadMoeExtras(int l)
+        {
+            var routerBias = Optional(c.Block.RouterBias, TensorNames.Bias(n.Router(l)));
+            if (!c.Block.ExpertBias)
+                return new MoeExtras(routerBias, null, null, null);
+            DeviceTensor F32(string name, float[] values, long rows, long cols, long storedBytes)
+            {
+                progress?.Report(new LoadProgress(done, total, name));
+                var t = DeviceTensor.Allocate(Accelerator, Kernels.WeightType.F32, rows, cols);
+                t.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()), 0);
+                _owned.Add(t);
+                done += storedBytes; // the plan counts the checkpoint's bytes
+                return t;
+            }
+
+            string gu = n.StackedExpertsBias(l, MlpProjection.Gate), dn = n.StackedExpertsBias(l, MlpProjection.Down);
+            var both = checkpoint.ReadFloat32(gu);
+            var (gate, up) = (new float[(long)c.Experts * f], new float[(long)c.Experts * f]);
+            for (long i = 0; i < gate.LongLength; i++)
+                (gate[i], up[i]) = (both[2 * i], both[2 * i + 1]);
+            long half = checkpoint.Get(gu).ByteLength / 2;
+            return new MoeExtras(routerBias, F32(gu + " (gate)", gate, c.Experts, f, half), F32(gu + " (up)", up, c.Experts, f, half),
+                F32(dn, checkpoint.ReadFloat32(dn), c.Experts, c.HiddenSize, checkpoint.Get(dn).ByteLength));
+        }
+
         var b = c.Block;
         Embedding = One(n.Embedding);
         var layers = new List<LayerWeights>(c.Layers);
@@ -379,7 +427,8 @@ public sealed class MoeModel : IDisposable
                 Optional(b.QkvBias, TensorNames.Bias(n.QProj(l))), Optional(b.QkvBias, TensorNames.Bias(n.KProj(l))),
                 Optional(b.QkvBias, TensorNames.Bias(n.VProj(l))), Optional(b.OutputBias, TensorNames.Bias(n.OProj(l))),
                 b.QkNorm == QkNormKind.PerHead ? OptionalFloat32(true, n.QNorm(l)) : Optional(b.QkNorm == QkNormKind.Whole, n.QNorm(l)),
-                b.QkNorm == QkNormKind.PerHead ? OptionalFloat32(true, n.KNorm(l)) : Optional(b.QkNorm == QkNormKind.Whole, n.KNorm(l)));
+                b.QkNorm == QkNormKind.PerHead ? OptionalFloat32(true, n.KNorm(l)) : Optional(b.QkNorm == QkNormKind.Whole, n.KNorm(l)),
+                OptionalFloat32(b.AttentionSinks, n.Sinks(l)));
             var (inputNorm, postNorm) = (One(n.InputNorm(l)), One(n.PostAttentionNorm(l)));
             LayerWeights lw;
             if (c.IsMoeLayer(l))
@@ -399,9 +448,14 @@ public sealed class MoeModel : IDisposable
                     gate = One(n.Router(l));
                 }
 
-                var (w1, w3, w2) = Stack(l, p => Enumerable.Range(0, c.Experts).Select(e => ExpertSlice.Whole(n.Expert(layer, e, p)))
+                bool stacked = c.Family.ExpertStorage == ExpertStorage.StackedGateUp;
+                var (w1, w3, w2) = Stack(l, p => Enumerable.Range(0, c.Experts)
+                    .Select(e => stacked ? ExpertSlice.OfStack(n, layer, e, p, f, c.HiddenSize) : ExpertSlice.Whole(n.Expert(layer, e, p)))
                     .Concat(ExpertSlice.Cut(n.SharedExpert(layer, p), p, b.SharedExpertSize, f, c.HiddenSize, shared)).ToArray());
-                lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, gate, w1, w3, w2, c.Experts + shared, c.TopK + shared, shared);
+                lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, gate, w1, w3, w2, c.Experts + shared, c.TopK + shared, shared)
+                {
+                    Moe = b.RouterBias || b.ExpertBias ? UploadMoeExtras(l) : MoeExtras.None,
+                };
             }
             else
             {

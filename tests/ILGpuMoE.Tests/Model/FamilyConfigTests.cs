@@ -55,6 +55,55 @@ public class FamilyConfigTests
     }
 
     [Test]
+    public void GptOssFixture()
+    {
+        var c = Parse("gpt-oss-tiny-mxfp4");
+        Assert.That(c.Family, Is.InstanceOf<GptOssFamily>());
+        Assert.That(c.Family.ExpertStorage, Is.EqualTo(ExpertStorage.StackedGateUp));
+        Assert.That((c.Experts, c.TopK, c.IntermediateSize, c.HeadDim), Is.EqualTo((4, 2, 32, 16)));
+        Assert.That(c.Router.Kind, Is.EqualTo(RouterKind.Mixtral), "softmax over the k selected logits = renormalised softmax");
+        var b = c.Block;
+        Assert.That((b.QkvBias, b.OutputBias, b.AttentionSinks, b.RouterBias, b.ExpertBias), Is.EqualTo((true, true, true, true, true)));
+        Assert.That((b.SwigluLimit, b.SwigluAlpha), Is.EqualTo((7.0, 1.702)));
+        Assert.That(b.LayerWindows, Is.EqualTo(new[] { 4, 0 }), "layer_types: sliding (window 4), then full");
+        Assert.That(c.RopeScaling, Is.EqualTo(new YarnScaling(32, 4096, 32, 1, Truncate: false, null, 0, 0)));
+        // attention_factor = 0.1 ln(32) + 1 (hand: ln 32 = 3.4657359, so 1.34657359).
+        Assert.That(c.RopeScaling!.CosSinFactor, Is.EqualTo(1.34657359).Within(1e-8));
+        Assert.That(c.RopeScaling.SoftmaxFactor, Is.EqualTo(1.0), "no mscale_all_dim: the softmax scale stays Dh^-0.5");
+    }
+
+    [Test]
+    public void GptOssDefaults_AreGptOssConfigs()
+    {
+        // Without layer_types: sliding on even layers; without rope_scaling: the released checkpoints' YaRN block.
+        var c = Parse("gpt-oss-tiny-mxfp4", j => { j.Remove("layer_types"); j.Remove("rope_scaling"); j["sliding_window"] = 128; });
+        Assert.That(c.Block.LayerWindows, Is.EqualTo(new[] { 128, 0 }));
+        Assert.That(c.RopeScaling, Is.EqualTo(YarnScaling.GptOssDefault));
+        // sliding_window null: the sliding layers attend to everything (GptOssAttention's window None).
+        Assert.That(Parse("gpt-oss-tiny-mxfp4", j => j["sliding_window"] = null).Block.LayerWindows, Is.EqualTo(new[] { 0, 0 }));
+        // experts_per_token (the original release's key) when num_experts_per_tok is absent.
+        Assert.That(Parse("gpt-oss-tiny-mxfp4", j => { j.Remove("num_experts_per_tok"); j["experts_per_token"] = 3; }).TopK, Is.EqualTo(3));
+    }
+
+    [Test]
+    public void Yarn_IsReadForAnyFamily_OtherScalingsAreRefused()
+    {
+        var y = Parse("qwen3-moe-tiny-f32", j => j["rope_scaling"] = new JsonObject
+        {
+            ["rope_type"] = "yarn", ["factor"] = 4.0, ["original_max_position_embeddings"] = 32768,
+        }).RopeScaling!;
+        Assert.That((y.Factor, y.OriginalMaxPositions, y.BetaFast, y.BetaSlow, y.Truncate), Is.EqualTo((4.0, 32768, 32.0, 1.0, true)));
+        // DeepSeek's mscale pair: cos/sin factor mscale(40, 1) / mscale(40, 1) = 1, softmax factor mscale(40, 1)^2.
+        var d = Parse("qwen3-moe-tiny-f32", j => j["rope_scaling"] = new JsonObject
+        {
+            ["type"] = "yarn", ["factor"] = 40.0, ["original_max_position_embeddings"] = 4096, ["mscale"] = 1.0, ["mscale_all_dim"] = 1.0,
+        }).RopeScaling!;
+        Assert.That(d.CosSinFactor, Is.EqualTo(1.0).Within(1e-15));
+        Assert.That(d.SoftmaxFactor, Is.EqualTo(Math.Pow(0.1 * Math.Log(40) + 1, 2)).Within(1e-12));
+        Assert.That(Parse("qwen3-moe-tiny-f32", j => j["rope_parameters"] = new JsonObject { ["rope_type"] = "default", ["rope_theta"] = 1e6 }).RopeScaling, Is.Null);
+    }
+
+    [Test]
     public void QwenLayerPlan_SparseStepAndMlpOnlyLayers()
     {
         // Hugging Face: layer i is MoE iff i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0.
@@ -110,6 +159,13 @@ public class FamilyConfigTests
         yield return Case("MissingMoeIntermediate", "qwen2-moe-tiny-f32", "moe_intermediate_size", j => j.Remove("moe_intermediate_size"));
         yield return Case("DenseLayerWithoutWidth", "qwen3-moe-tiny-f32", "intermediate_size", j => { j["mlp_only_layers"] = new JsonArray(0); j.Remove("intermediate_size"); });
         yield return Case("ArchitectureOfAnotherFamily", "olmoe-tiny-f32", "architectures", j => j["architectures"] = new JsonArray("Qwen3MoeForCausalLM"));
+        yield return Case("GptOssSwigluLimitZero", "gpt-oss-tiny-mxfp4", "swiglu_limit", j => j["swiglu_limit"] = 0.0);
+        yield return Case("GptOssLayerTypesWrongLength", "gpt-oss-tiny-mxfp4", "layer_types", j => j["layer_types"] = new JsonArray("full_attention"));
+        yield return Case("GptOssUnknownLayerType", "gpt-oss-tiny-mxfp4", "layer_types", j => j["layer_types"] = new JsonArray("full_attention", "chunked"));
+        yield return Case("GptOssTopKAboveExperts", "gpt-oss-tiny-mxfp4", "num_experts_per_tok", j => j["num_experts_per_tok"] = 5);
+        yield return Case("LinearRopeScaling", "qwen3-moe-tiny-f32", "rope_scaling.rope_type", j => j["rope_scaling"] = new JsonObject { ["rope_type"] = "linear", ["factor"] = 2.0 });
+        yield return Case("YarnFactorZero", "gpt-oss-tiny-mxfp4", "rope_scaling.factor", j => j["rope_scaling"]!["factor"] = 0.0);
+        yield return Case("YarnWithoutType", "qwen3-moe-tiny-f32", "rope_scaling", j => j["rope_scaling"] = new JsonObject { ["factor"] = 2.0 });
     }
 
     [TestCaseSource(nameof(BadConfigs))]
