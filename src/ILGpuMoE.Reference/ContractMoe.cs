@@ -2,9 +2,10 @@
 namespace ILGpuMoE.Reference;
 
 /// <summary>A router mode with its parameters; unused fields are ignored by the other modes.
-/// SharedSlots = m (Mixtral and SoftmaxTopK only; Qwen2-MoE's shared expert stacked as m extra experts): logits rows
-/// are E + 1 wide, the last entry the shared-expert gate's logit; the mode routes over the first E; slots K..K+m-1 of
-/// each token get experts E..E+m-1 with weight sigmoid(logit[E]); the routing's TopK is then K + m.</summary>
+/// SharedSlots = m (a shared expert stacked as m extra experts): slots K..K+m-1 of each token get experts E..E+m-1 and
+/// the routing's TopK is then K + m. Mixtral and SoftmaxTopK (Qwen2-MoE's gated shared expert): logits rows are E + 1
+/// wide, the last entry the shared-expert gate's logit, the mode routes over the first E, and the shared slots weigh
+/// sigmoid(logit[E]). DeepSeekV3 (its ungated shared experts): rows stay E wide and the shared slots weigh 1.</summary>
 public sealed record RefRouterSpec(
     RouterKind Kind,
     int Experts,

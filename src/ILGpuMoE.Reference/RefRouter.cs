@@ -14,12 +14,13 @@ public static partial class RefMoe
         if (k < 1 || k > e)
             throw new ArgumentException($"Route: spec.TopK = {k} must be in [1, Experts = {e}].", nameof(spec));
         Require.NonNegative(m, "spec.SharedSlots");
-        if (m > 0 && spec.Kind != RouterKind.Mixtral && spec.Kind != RouterKind.SoftmaxTopK)
-            throw new ArgumentException($"Route: shared-expert slots are defined for the Mixtral and SoftmaxTopK routers only, not {spec.Kind}.", nameof(spec));
+        if (m > 0 && spec.Kind is not (RouterKind.Mixtral or RouterKind.SoftmaxTopK or RouterKind.DeepSeekV3))
+            throw new ArgumentException($"Route: shared-expert slots are defined for the Mixtral, SoftmaxTopK and DeepSeekV3 routers only, not {spec.Kind}.", nameof(spec));
         Require.NonNegative(tokens, nameof(tokens));
-        // With shared slots a row holds the E router logits, then the shared-expert gate's logit.
-        int cols = m > 0 ? e + 1 : e, slots = k + m;
-        Require.Length(logits, (long)tokens * cols, nameof(logits), m > 0 ? "[T, E + 1]" : "[T, E]");
+        // With gated shared slots a row holds the E router logits, then the shared-expert gate's logit.
+        bool gated = m > 0 && spec.Kind != RouterKind.DeepSeekV3;
+        int cols = gated ? e + 1 : e, slots = k + m;
+        Require.Length(logits, (long)tokens * cols, nameof(logits), gated ? "[T, E + 1]" : "[T, E]");
         RequireFinite(logits, cols, nameof(logits));
 
         var ids = new int[tokens * slots];
@@ -140,6 +141,12 @@ public static partial class RefMoe
                         sum += s[id];
                     double norm = spec.NormTopK ? sum : 1.0;
                     Store(t, pick, i => s[pick[i]] / norm * spec.ScalingFactor);
+                    // Hugging Face adds the shared experts' output unweighted (and unscaled).
+                    for (int j = 0; j < m; j++)
+                    {
+                        ids[t * slots + k + j] = e + j;
+                        weights[t * slots + k + j] = 1f;
+                    }
                 }
 
                 break;

@@ -25,7 +25,8 @@
 //   DeepSeekV3         : raw_k = sigmoid(l_k) (unbiased), denom = sum of the K raws if NormTopK else 1, scale = ScalingFactor.
 // NaN logits are not checked on the device (the oracle rejects them): a NaN score sorts above +inf here.
 //
-// Shared-expert slots (RouterSpec.SharedSlots = m > 0, Mixtral and SoftmaxTopK only; Qwen2-MoE): a logits row is E + 1
+// Shared-expert slots (RouterSpec.SharedSlots = m > 0; DeepSeekV3's ungated shared experts: rows stay E wide, every
+// shared slot weighs 1, the rest as below). Mixtral and SoftmaxTopK (Qwen2-MoE): a logits row is E + 1
 // wide, its last entry the shared-expert gate's logit. The mode runs over the first E exactly as above; then slots
 // K..K+m-1 of the token's ids / weights row (K + m wide) get experts E..E+m-1, every one with weight sigmoid(logit[E])
 // in F32 (Hugging Face's F.sigmoid on the F32 gate logit). The runtime stacks the shared SwiGLU MLP of width Fs as m =
@@ -216,14 +217,14 @@ public static class GatingKernels
         spec.Kind == RouterKind.DeepSeekV3 ? (float)spec.ScalingFactor : 1f;
 
     /// <summary>Shared slots j = start, start + stride, ... &lt; m of token t's row: expert E + j, weight
-    /// sigmoid(logit[E]) (see the header). Nothing when m = 0.</summary>
+    /// sigmoid(logit[E]), or 1 for DeepSeekV3 (see the header). Nothing when m = 0.</summary>
     internal static void WriteSharedSlots(RouterSpec spec, ArrayView<float> logits, ArrayView<int> ids, ArrayView<float> weights,
         int t, long row, int start, int stride)
     {
         int m = spec.SharedSlots;
         if (m == 0)
             return;
-        float gate = Sigmoid(logits[(long)t * spec.LogitsPerToken + spec.Experts]);
+        float gate = spec.Kind == RouterKind.DeepSeekV3 ? 1f : Sigmoid(logits[(long)t * spec.LogitsPerToken + spec.Experts]);
         for (int j = start; j < m; j += stride)
         {
             ids[row + spec.TopK + j] = spec.Experts + j;
@@ -589,7 +590,7 @@ public sealed class GatingKernel : IDisposable
             throw new ArgumentException($"gating: tokens must be >= 0, got {tokens}", nameof(tokens));
         long e = spec.Experts, k = spec.SlotsPerToken;
         bool shared = spec.SharedSlots > 0;
-        RequireLength(logits, tokens * (long)spec.LogitsPerToken, shared ? "logits [T, E + 1]" : "logits [T, E]", nameof(logits));
+        RequireLength(logits, tokens * (long)spec.LogitsPerToken, spec.LogitsPerToken > spec.Experts ? "logits [T, E + 1]" : "logits [T, E]", nameof(logits));
         RequireLength(ids, tokens * k, shared ? "ids [T, K + m]" : "ids [T, K]", nameof(ids));
         RequireLength(weights, tokens * k, shared ? "weights [T, K + m]" : "weights [T, K]", nameof(weights));
         if (spec.Kind == RouterKind.NoisyTopK)
@@ -611,8 +612,8 @@ public sealed class GatingKernel : IDisposable
             throw new ArgumentException($"gating {spec}: topK must be in [1, E={spec.Experts}], got {spec.TopK}", nameof(spec));
         if (spec.SharedSlots < 0 || spec.SharedSlots > GatingKernels.MaxExperts)
             throw new ArgumentException($"gating {spec}: shared slots must be in [0, {GatingKernels.MaxExperts}], got {spec.SharedSlots}", nameof(spec));
-        if (spec.SharedSlots > 0 && spec.Kind != RouterKind.Mixtral && spec.Kind != RouterKind.SoftmaxTopK)
-            throw new ArgumentException($"gating {spec}: shared-expert slots are defined for the Mixtral and SoftmaxTopK routers only, not {spec.Kind}", nameof(spec));
+        if (spec.SharedSlots > 0 && spec.Kind != RouterKind.Mixtral && spec.Kind != RouterKind.SoftmaxTopK && spec.Kind != RouterKind.DeepSeekV3)
+            throw new ArgumentException($"gating {spec}: shared-expert slots are defined for the Mixtral, SoftmaxTopK and DeepSeekV3 routers only, not {spec.Kind}", nameof(spec));
         switch (spec.Kind)
         {
             case RouterKind.Switch:

@@ -37,10 +37,11 @@ public readonly struct RouterSpec
     public readonly double ScalingFactor;
 
     /// <summary>
-    /// m: shared-expert slots (Qwen2-MoE), Mixtral and SoftmaxTopK only. With m &gt; 0 a logits row has E + 1 entries,
-    /// the last being the shared-expert gate's logit; the mode routes over the first E as without it, then slots
-    /// K..K+m-1 of the token get experts E..E+m-1 (the shared expert stacked as m F-wide chunks) with weight
-    /// sigmoid(logit[E]) in F32. Output rows are K + m wide.
+    /// m: shared-expert slots: slots K..K+m-1 of the token get experts E..E+m-1 (the shared expert stacked as m F-wide
+    /// chunks); output rows are K + m wide. Mixtral and SoftmaxTopK (Qwen2-MoE's gated shared expert): a logits row has
+    /// E + 1 entries, the last being the shared-expert gate's logit; the mode routes over the first E as without it and
+    /// the shared slots weigh sigmoid(logit[E]) in F32. DeepSeekV3 (ungated shared experts): rows stay E wide and the
+    /// shared slots weigh 1.
     /// </summary>
     public readonly int SharedSlots;
 
@@ -61,8 +62,8 @@ public readonly struct RouterSpec
 
     public bool NormTopK => NormTopKFlag != 0;
 
-    /// <summary>Logits per token: E, or E + 1 with shared slots (the shared-expert gate's logit last).</summary>
-    public int LogitsPerToken => SharedSlots > 0 ? Experts + 1 : Experts;
+    /// <summary>Logits per token: E, or E + 1 with gated shared slots (the shared-expert gate's logit last).</summary>
+    public int LogitsPerToken => SharedSlots > 0 && Kind != RouterKind.DeepSeekV3 ? Experts + 1 : Experts;
 
     /// <summary>Ids / weights per token: K + m.</summary>
     public int SlotsPerToken => TopK + SharedSlots;

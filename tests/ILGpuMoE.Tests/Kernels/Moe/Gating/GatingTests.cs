@@ -204,6 +204,31 @@ public class GatingTests
         }
     }
 
+    // DeepSeek-V3's shared experts: logits rows stay E wide, the m shared slots weigh exactly 1 (neither normalised nor
+    // scaled by routed_scaling_factor); the routed slots are the DeepSeekV3 mode's own. Groups of 4 and 8, K = 1..6.
+    [TestCase(3, 16, 4, 4, 2, 1)]
+    [TestCase(1, 32, 6, 4, 2, 2)]
+    [TestCase(5, 64, 8, 8, 4, 1)]
+    [TestCase(2, 8, 1, 2, 1, 3)]
+    public void DeepSeekSharedSlotsMatchReference(int tokens, int experts, int k, int groups, int keep, int shared)
+    {
+        var spec = RouterSpec.DeepSeekV3(experts, k, groups, keep, normTopK: true, scalingFactor: 2.5).WithSharedSlots(shared);
+        Assert.That((spec.LogitsPerToken, spec.SlotsPerToken), Is.EqualTo((experts, k + shared)));
+        var logits = SeparatedLogits(900 + tokens * 7 + experts + shared, tokens, experts);
+        var rng = new Random(17 + experts);
+        var bias = Enumerable.Range(0, experts).Select(_ => (float)(rng.NextDouble() * 0.3 - 0.1)).ToArray();
+        var expected = RefMoe.Route(ToRef(spec), logits, tokens, [], bias);
+        var routedOnly = RefMoe.Route(ToRef(RouterSpec.DeepSeekV3(experts, k, groups, keep, normTopK: true, scalingFactor: 2.5)), logits, tokens, [], bias);
+        for (int t = 0; t < tokens; t++)
+        {
+            Assert.That(expected.ExpertIds.AsSpan(t * (k + shared), k).ToArray(), Is.EqualTo(routedOnly.ExpertIds.AsSpan(t * k, k).ToArray()), $"reference routed ids of token {t}");
+            Assert.That(expected.Weights.AsSpan(t * (k + shared) + k, shared).ToArray(), Is.EqualTo(Enumerable.Repeat(1f, shared).ToArray()), $"reference shared weights of token {t}");
+        }
+
+        foreach (var v in Versions)
+            AssertMatches(expected, Run(v, spec, logits, tokens, bias: bias), experts + shared, $"{v} {spec} T={tokens}");
+    }
+
     [Test]
     public void SharedSlotsRefusedWhereUndefined()
     {
@@ -213,7 +238,7 @@ public class GatingTests
         using var w = TestDevice.PoisonedFloats(3 * 8);
         void Launch(RouterSpec spec) => _v1.Launch(acc.DefaultStream, spec, logits.View, ids.View, w.View, 3, logits.View, logits.View);
 
-        foreach (var spec in new[] { RouterSpec.Switch(8, 1.0), RouterSpec.NoisyTopK(8, 2, 1), RouterSpec.DeepSeekV3(8, 2, 2, 1) })
+        foreach (var spec in new[] { RouterSpec.Switch(8, 1.0), RouterSpec.NoisyTopK(8, 2, 1) })
         {
             var e = Assert.Throws<ArgumentException>(() => Launch(spec.WithSharedSlots(1)), $"{spec.Kind}")!;
             Assert.That(e.Message, Does.Contain("shared-expert slots"), $"{spec.Kind}");
