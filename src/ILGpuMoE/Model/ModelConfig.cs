@@ -65,6 +65,9 @@ public sealed record ModelConfig
     /// <summary>Dh: head_dim when the file gives it, else D / H.</summary>
     public required int HeadDim { get; init; }
 
+    /// <summary>Dv: a value's dims per head (v_head_dim in MLA; Dh everywhere else).</summary>
+    public int ValueHeadDim { get; init; }
+
     /// <summary>Whether head_dim came from the file (then H * Dh may differ from D).</summary>
     public required bool HeadDimExplicit { get; init; }
 
@@ -130,8 +133,11 @@ public sealed record ModelConfig
     /// <summary>Layer l's attention window in tokens; 0 for full causal attention.</summary>
     public int WindowOf(int layer) => Block.LayerWindows.Count == 0 ? 0 : Block.LayerWindows[layer];
 
-    /// <summary>H * Dh: q_proj's output rows and o_proj's input columns.</summary>
+    /// <summary>H * Dh: q_proj's output rows (and o_proj's input columns, except in MLA: <see cref="AttentionDim"/>).</summary>
     public int QueryDim => Heads * HeadDim;
+
+    /// <summary>H * Dv: the attention output's width, o_proj's input columns.</summary>
+    public int AttentionDim => Heads * ValueHeadDim;
 
     /// <summary>Hkv * Dh: k_proj's and v_proj's output rows.</summary>
     public int KvDim => KvHeads * HeadDim;
@@ -193,8 +199,8 @@ public sealed record ModelConfig
             headDim = hidden / heads;
         }
 
-        // RoPE rotates pairs (i, i + Dh/2): an odd head dim has no such pairing.
-        if (headDim % 2 != 0)
+        // RoPE rotates pairs (i, i + Dh/2): an odd head dim has no such pairing (MLA's rope part is checked by its family).
+        if (headDim % 2 != 0 && !c.Has("qk_rope_head_dim"))
             throw c.Error(headDimExplicit ? "head_dim" : "hidden_size", $"gives an odd head dim ({headDim}); RoPE needs an even one");
 
         var eps = c.RequiredDouble("rms_norm_eps");
@@ -206,6 +212,8 @@ public sealed record ModelConfig
 
         var ropeScaling = YarnScaling.Read(c, maxPositions, family.DefaultRopeScaling);
         var block = family.Read(c, layers);
+        if (block.HeadDim is { } familyHeadDim)
+            (headDim, headDimExplicit) = (familyHeadDim, true);
 
         var act = c.OptionalString("hidden_act");
         if (act is not null && act != "silu")
@@ -235,6 +243,7 @@ public sealed record ModelConfig
             KvHeads = kvHeads,
             HeadDim = headDim,
             HeadDimExplicit = headDimExplicit,
+            ValueHeadDim = block.ValueHeadDim ?? headDim,
             RmsNormEps = eps,
             RopeTheta = ropeTheta,
             MaxPositionEmbeddings = maxPositions,

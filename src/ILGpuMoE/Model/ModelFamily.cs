@@ -56,6 +56,21 @@ public enum StackedPart
     Down,
 }
 
+/// <summary>
+/// DeepSeek's Multi-head Latent Attention: q through a low-rank pair (q_a_proj, q_a_layernorm, q_b_proj) or a direct
+/// q_proj (<see cref="QLoraRank"/> 0), keys and values through one shared latent of KvLoraRank values plus one
+/// QkRopeHeadDim rope part per token (kv_a_proj_with_mqa, kv_a_layernorm), expanded per head by kv_b_proj into
+/// QkNopeHeadDim key and VHeadDim value dims. RoPE turns the rope parts only, in interleaved pairs when RopeInterleave.
+/// </summary>
+public sealed record MlaOptions(int QLoraRank, int KvLoraRank, int QkNopeHeadDim, int QkRopeHeadDim, int VHeadDim, bool RopeInterleave)
+{
+    /// <summary>A query's / key's dims per head: nope then rope.</summary>
+    public int QkHeadDim => QkNopeHeadDim + QkRopeHeadDim;
+
+    /// <summary>Floats per token per layer in the compressed cache: the latent and the rope part (576 for V3).</summary>
+    public int CacheWidth => KvLoraRank + QkRopeHeadDim;
+}
+
 /// <summary>The choices a family's decoder layer makes beyond the shared sizes (defaults: Mixtral's).</summary>
 public sealed record BlockOptions
 {
@@ -71,8 +86,18 @@ public sealed record BlockOptions
     public double? ClipQkv { get; init; }
 
     /// <summary>Qwen2-MoE's shared expert: a SwiGLU MLP of this width that every token visits, scaled by
-    /// sigmoid(shared_expert_gate(x)) and added to the routed output; 0 for none.</summary>
+    /// sigmoid(shared_expert_gate(x)) and added to the routed output; DeepSeek's shared experts (n_shared_experts of
+    /// moe_intermediate_size, as one MLP) added unweighted (<see cref="SharedExpertUngated"/>); 0 for none.</summary>
     public int SharedExpertSize { get; init; }
+
+    /// <summary>DeepSeek: the shared experts have no gate (weight 1); Qwen2-MoE's has shared_expert_gate.</summary>
+    public bool SharedExpertUngated { get; init; }
+
+    /// <summary>DeepSeek-V3: mlp.gate.e_score_correction_bias [E], added to the scores for selection only.</summary>
+    public bool ScoreCorrectionBias { get; init; }
+
+    /// <summary>DeepSeek's MLA in place of q/k/v projections; null for grouped-query attention.</summary>
+    public MlaOptions? Mla { get; init; }
 
     /// <summary>Width of the dense SwiGLU MLP on layers that are not MoE (intermediate_size in Qwen); 0 when every
     /// layer is MoE.</summary>
@@ -103,8 +128,14 @@ public sealed record BlockOptions
     public double SwigluAlpha { get; init; } = 1.702;
 }
 
-/// <summary>What a family's config reader gives back: the router, the experts' width F, the block's choices.</summary>
-public sealed record FamilyConfig(RouterConfig Router, int ExpertHidden, BlockOptions Block);
+/// <summary>What a family's config reader gives back: the router, the experts' width F, the block's choices, and (MLA)
+/// the query/key and value head dims when they are not config.json's head_dim.</summary>
+public sealed record FamilyConfig(RouterConfig Router, int ExpertHidden, BlockOptions Block)
+{
+    public int? HeadDim { get; init; }
+
+    public int? ValueHeadDim { get; init; }
+}
 
 /// <summary>One architecture (a Hugging Face model_type).</summary>
 public abstract class ModelFamily
@@ -213,7 +244,7 @@ public abstract class ModelFamily
 /// <summary>The families the runtime can run.</summary>
 public static class ModelFamilies
 {
-    public static readonly IReadOnlyList<ModelFamily> All = [new MixtralFamily(), new Qwen3MoeFamily(), new Qwen2MoeFamily(), new OlmoeFamily(), new GptOssFamily()];
+    public static readonly IReadOnlyList<ModelFamily> All = [new MixtralFamily(), new Qwen3MoeFamily(), new Qwen2MoeFamily(), new OlmoeFamily(), new GptOssFamily(), new DeepseekV3Family()];
 
     /// <summary>"mixtral, qwen3_moe, ..." for messages.</summary>
     public static string SupportedList => string.Join(", ", All.Select(f => f.ModelType));

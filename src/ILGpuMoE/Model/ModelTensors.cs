@@ -128,7 +128,14 @@ public class TensorNames
     /// <summary>All experts' projection p of a layer, for messages ("...experts.*.gate_proj.weight").</summary>
     public virtual string Experts(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.experts.*.{Proj(p)}.weight";
 
-    public string SharedExpert(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.shared_expert.{Proj(p)}.weight";
+    public virtual string SharedExpert(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.shared_expert.{Proj(p)}.weight";
+
+    /// <summary>DeepSeek-V3's selection bias [E].</summary>
+    public string ScoreCorrectionBias(int layer) => $"{Layer(layer)}.mlp.gate.e_score_correction_bias";
+
+    /// <summary>An MLA projection or norm of layer l: q_a_proj, q_a_layernorm, q_b_proj, q_proj, kv_a_proj_with_mqa,
+    /// kv_a_layernorm, kv_b_proj.</summary>
+    public string Mla(int layer, string part) => $"{Layer(layer)}.self_attn.{part}.weight";
     public string SharedExpertGate(int layer) => $"{Layer(layer)}.mlp.shared_expert_gate.weight";
     public string DenseMlp(int layer, MlpProjection p) => $"{Layer(layer)}.mlp.{Proj(p)}.weight";
 
@@ -148,19 +155,39 @@ public static class ModelTensors
     {
         var n = c.Family.Names;
         var b = c.Block;
-        long v = c.VocabSize, d = c.HiddenSize, f = c.IntermediateSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts;
+        long v = c.VocabSize, d = c.HiddenSize, f = c.IntermediateSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts, a = c.AttentionDim;
         yield return new(n.Embedding, [v, d], TensorRole.Embedding);
         for (var l = 0; l < c.Layers; l++)
         {
             yield return new(n.InputNorm(l), [d], TensorRole.Norm, l);
-            foreach (var (name, rows) in new[] { (n.QProj(l), q), (n.KProj(l), kv), (n.VProj(l), kv) })
+            if (b.Mla is { } m)
             {
-                yield return new(name, [rows, d], TensorRole.Attention, l);
-                if (b.QkvBias)
-                    yield return new(TensorNames.Bias(name), [rows], TensorRole.AttentionBias, l);
+                if (m.QLoraRank > 0)
+                {
+                    yield return new(n.Mla(l, "q_a_proj"), [m.QLoraRank, d], TensorRole.Attention, l);
+                    yield return new(n.Mla(l, "q_a_layernorm"), [m.QLoraRank], TensorRole.Norm, l);
+                    yield return new(n.Mla(l, "q_b_proj"), [q, m.QLoraRank], TensorRole.Attention, l);
+                }
+                else
+                {
+                    yield return new(n.QProj(l), [q, d], TensorRole.Attention, l);
+                }
+
+                yield return new(n.Mla(l, "kv_a_proj_with_mqa"), [m.CacheWidth, d], TensorRole.Attention, l);
+                yield return new(n.Mla(l, "kv_a_layernorm"), [m.KvLoraRank], TensorRole.Norm, l);
+                yield return new(n.Mla(l, "kv_b_proj"), [c.Heads * (m.QkNopeHeadDim + m.VHeadDim), m.KvLoraRank], TensorRole.Attention, l);
+            }
+            else
+            {
+                foreach (var (name, rows) in new[] { (n.QProj(l), q), (n.KProj(l), kv), (n.VProj(l), kv) })
+                {
+                    yield return new(name, [rows, d], TensorRole.Attention, l);
+                    if (b.QkvBias)
+                        yield return new(TensorNames.Bias(name), [rows], TensorRole.AttentionBias, l);
+                }
             }
 
-            yield return new(n.OProj(l), [d, q], TensorRole.Attention, l);
+            yield return new(n.OProj(l), [d, a], TensorRole.Attention, l);
             if (b.OutputBias)
                 yield return new(TensorNames.Bias(n.OProj(l)), [d], TensorRole.AttentionBias, l);
             if (b.AttentionSinks)
@@ -185,6 +212,8 @@ public static class ModelTensors
             yield return new(n.Router(l), [e, d], TensorRole.Router, l);
             if (b.RouterBias)
                 yield return new(TensorNames.Bias(n.Router(l)), [e], TensorRole.Router, l);
+            if (b.ScoreCorrectionBias)
+                yield return new(n.ScoreCorrectionBias(l), [e], TensorRole.Router, l);
             if (c.Family.ExpertStorage == ExpertStorage.StackedGateUp)
             {
                 yield return new(n.StackedExperts(l, MlpProjection.Gate), [e, d, 2 * f], TensorRole.Expert, l);
@@ -210,7 +239,8 @@ public static class ModelTensors
                 yield return new(n.SharedExpert(l, MlpProjection.Gate), [fs, d], TensorRole.SharedExpert, l);
                 yield return new(n.SharedExpert(l, MlpProjection.Up), [fs, d], TensorRole.SharedExpert, l);
                 yield return new(n.SharedExpert(l, MlpProjection.Down), [d, fs], TensorRole.SharedExpert, l);
-                yield return new(n.SharedExpertGate(l), [1, d], TensorRole.Router, l);
+                if (!b.SharedExpertUngated)
+                    yield return new(n.SharedExpertGate(l), [1, d], TensorRole.Router, l);
             }
         }
 

@@ -17,6 +17,16 @@ public sealed record RouterConfig(RouterKind Kind, int Experts, int TopK)
     /// <summary>NoisyTopK only: the noise's seed.</summary>
     public ulong NoiseSeed { get; init; }
 
+    /// <summary>DeepSeekV3 only: n_group groups of E / n_group experts, topk_group of them kept per token.</summary>
+    public int Groups { get; init; } = 1;
+
+    public int TopKGroups { get; init; } = 1;
+
+    /// <summary>DeepSeekV3 only: norm_topk_prob (divide the k sigmoid scores by their sum) and routed_scaling_factor.</summary>
+    public bool NormTopK { get; init; } = true;
+
+    public double RoutedScaling { get; init; } = 1.0;
+
     /// <summary>Mixtral's gate: softmax over E, top-k, renormalised.</summary>
     public static RouterConfig Mixtral(int experts, int topK) => new(RouterKind.Mixtral, experts, topK);
 
@@ -26,7 +36,7 @@ public sealed record RouterConfig(RouterKind Kind, int Experts, int TopK)
         RouterKind.NoisyTopK => $"noisy top-{TopK} (noise seed {NoiseSeed})",
         RouterKind.Mixtral => $"softmax top-{TopK}, renormalised",
         RouterKind.SoftmaxTopK => $"softmax top-{TopK}",
-        RouterKind.DeepSeekV3 => $"DeepSeek-V3 top-{TopK}",
+        RouterKind.DeepSeekV3 => FormattableString.Invariant($"sigmoid top-{TopK} in the best {TopKGroups} of {Groups} groups, {(NormTopK ? "renormalised, " : "")}scaled {RoutedScaling}"),
         _ => throw new System.Diagnostics.UnreachableException($"router kind {Kind}"),
     };
 }

@@ -50,16 +50,23 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
             }
         }
 
-        // KV cache: K and V, [Hkv, S, Dh] f32 per layer.
-        long kv = 2L * c.Layers * c.KvHeads * maxSeq * c.HeadDim * sizeof(float);
+        long kv = CacheBytes(c, maxSeq);
         weights += actOrder.WeightBytes(c);
         return new MemoryPlan(weights, kv, Workspace(c, maxSeq, maxBatch) + actOrder.WorkspaceBytes(c, maxBatch), maxSeq, maxBatch);
     }
 
+    /// <summary>The KV cache: K and V [Hkv, S, Dh] f32 per layer, or MLA's compressed rows [S, latent + rope] f32 per
+    /// layer (576 floats per token for DeepSeek-V3 against 2 x 128 x 192 expanded).</summary>
+    public static long CacheBytes(ModelConfig c, int maxSeq) => c.Block.Mla is { } m
+        ? (long)c.Layers * maxSeq * m.CacheWidth * sizeof(float)
+        : 2L * c.Layers * c.KvHeads * maxSeq * c.HeadDim * sizeof(float);
+
     /// <summary>Activations of one step of T = maxBatch tokens, the MoE scratch, logits and the attention decode partials.</summary>
     public static long Workspace(ModelConfig c, int maxSeq, int maxBatch)
     {
-        long t = maxBatch, d = c.HiddenSize, q = c.QueryDim, kv = c.KvDim, e = c.Experts, f = c.IntermediateSize, v = c.VocabSize;
+        long t = maxBatch, d = c.HiddenSize, q = Math.Max(c.QueryDim, c.AttentionDim), kv = c.KvDim, e = c.Experts, f = c.IntermediateSize, v = c.VocabSize;
+        // MLA: the latent rows of the step, q's low-rank input, and the absorbed query and output per head [T, H, latent].
+        long mla = c.Block.Mla is { } m ? t * (m.CacheWidth + m.QLoraRank + 2L * c.Heads * m.KvLoraRank) : 0;
         // One MoE workspace per distinct (slots K', stacked experts E') of the layers (ModelConfig.MoeShape).
         var shapes = Enumerable.Range(0, c.Layers).Select(c.MoeShape).Distinct().ToList();
         long k = shapes.Count > 0 ? shapes.Max(s => s.Slots) : c.TopK;
@@ -71,6 +78,7 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
                       + c.Layers * t * (e + 1) // router logits per layer (+ a shared expert's gate)
                       + t * k             // routing weights
                       + moeFloats
+                      + mla
                       + t * v;            // logits
         long ints = 2 * t                 // tokens, positions
                     + c.Layers * t * k    // expert ids per layer

@@ -191,8 +191,8 @@ public sealed class MoeModel : IDisposable
 
         var config = ModelConfig.Load(directory);
         // Read by the config, not run by the kernels yet: refuse rather than compute something else.
-        if (config.RopeScaling is not null || config.Block.AttentionSinks || config.Block.SwigluLimit is not null)
-            throw new RuntimeInputException($"{directory}: {config.ModelType} with {(config.RopeScaling is not null ? "YaRN RoPE" : "attention sinks and the clamped GLU")} is read but not run yet");
+        if (config.RopeScaling is not null || config.Block.AttentionSinks || config.Block.SwigluLimit is not null || config.Block.Mla is not null)
+            throw new RuntimeInputException($"{directory}: {config.ModelType} with {(config.Block.Mla is not null ? "MLA" : config.RopeScaling is not null ? "YaRN RoPE" : "attention sinks and the clamped GLU")} is read but not run yet");
         if (options.Router is { } router)
         {
             try

@@ -86,6 +86,28 @@ public class FamilyConfigTests
     }
 
     [Test]
+    public void DeepseekV3Fixture()
+    {
+        var c = Parse("deepseek-v3-tiny");
+        Assert.That(c.Family, Is.InstanceOf<DeepseekV3Family>());
+        Assert.That(c.Block.Mla, Is.EqualTo(new MlaOptions(24, 24, 16, 8, 16, RopeInterleave: true)));
+        Assert.That((c.HeadDim, c.ValueHeadDim, c.QueryDim, c.AttentionDim), Is.EqualTo((24, 16, 96, 64)), "config's head_dim 8 is the rope part; q/k heads are nope + rope");
+        Assert.That(c.Block.Mla!.CacheWidth, Is.EqualTo(32), "latent 24 + rope 8 floats per token and layer");
+        Assert.That((c.Router.Kind, c.Experts, c.TopK, c.Router.Groups, c.Router.TopKGroups, c.Router.NormTopK, c.Router.RoutedScaling),
+            Is.EqualTo((RouterKind.DeepSeekV3, 8, 2, 4, 2, true, 2.5)));
+        Assert.That((c.IntermediateSize, c.Block.SharedExpertSize, c.Block.SharedExpertUngated, c.SharedChunks), Is.EqualTo((32, 32, true, 1)));
+        Assert.That((c.IsMoeLayer(0), c.IsMoeLayer(1), c.Block.DenseIntermediateSize), Is.EqualTo((false, true, 96)), "first_k_dense_replace 1");
+        Assert.That(c.RopeScaling, Is.Null);
+        // q_lora_rank null: a direct q_proj (V2-Lite's form).
+        Assert.That(Parse("deepseek-v3-tiny", j => j["q_lora_rank"] = null).Block.Mla!.QLoraRank, Is.Zero);
+        var names = ModelTensors.Expected(c).Select(t => t.Name).ToHashSet();
+        Assert.That(names, Does.Contain("model.layers.1.mlp.gate.e_score_correction_bias"));
+        Assert.That(names, Does.Contain("model.layers.1.mlp.shared_experts.down_proj.weight"));
+        Assert.That(names, Does.Not.Contain("model.layers.1.mlp.shared_expert_gate.weight"));
+        Assert.That(names, Does.Contain("model.layers.0.self_attn.kv_b_proj.weight"));
+    }
+
+    [Test]
     public void Yarn_IsReadForAnyFamily_OtherScalingsAreRefused()
     {
         var y = Parse("qwen3-moe-tiny-f32", j => j["rope_scaling"] = new JsonObject
@@ -166,6 +188,13 @@ public class FamilyConfigTests
         yield return Case("LinearRopeScaling", "qwen3-moe-tiny-f32", "rope_scaling.rope_type", j => j["rope_scaling"] = new JsonObject { ["rope_type"] = "linear", ["factor"] = 2.0 });
         yield return Case("YarnFactorZero", "gpt-oss-tiny-mxfp4", "rope_scaling.factor", j => j["rope_scaling"]!["factor"] = 0.0);
         yield return Case("YarnWithoutType", "qwen3-moe-tiny-f32", "rope_scaling", j => j["rope_scaling"] = new JsonObject { ["factor"] = 2.0 });
+        yield return Case("DeepseekGroupsDoNotDivide", "deepseek-v3-tiny", "n_group", j => j["n_group"] = 3);
+        yield return Case("DeepseekKeepAboveGroups", "deepseek-v3-tiny", "topk_group", j => j["topk_group"] = 5);
+        yield return Case("DeepseekTopKAboveKeptExperts", "deepseek-v3-tiny", "num_experts_per_tok", j => { j["topk_group"] = 1; j["num_experts_per_tok"] = 3; });
+        yield return Case("DeepseekOddRopeDim", "deepseek-v3-tiny", "qk_rope_head_dim", j => j["qk_rope_head_dim"] = 7);
+        yield return Case("DeepseekGqa", "deepseek-v3-tiny", "num_key_value_heads", j => j["num_key_value_heads"] = 2);
+        yield return Case("DeepseekMissingLatent", "deepseek-v3-tiny", "kv_lora_rank", j => j.Remove("kv_lora_rank"));
+        yield return Case("DeepseekDenseBeyondLayers", "deepseek-v3-tiny", "first_k_dense_replace", j => j["first_k_dense_replace"] = 3);
     }
 
     [TestCaseSource(nameof(BadConfigs))]

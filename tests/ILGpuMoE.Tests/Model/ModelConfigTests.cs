@@ -167,7 +167,7 @@ public class ModelConfigTests
     [Test]
     public void UnsupportedModelTypeSaysWhichAreSupported()
     {
-        Assert.That(ParseFails(c => c["model_type"] = "deepseek_v3").Message, Does.Contain("supported: mixtral"));
+        Assert.That(ParseFails(c => c["model_type"] = "dbrx").Message, Does.Contain("supported: mixtral"));
     }
 
     [Test]
