@@ -52,6 +52,12 @@ public enum TensorRole
 
     /// <summary>gpt-oss's expert biases (a token reads K of E rows).</summary>
     ExpertBias,
+
+    /// <summary>
+    /// MLA's kv_b_proj: the absorbed attention reads it per head as two small matrices (W_UK, W_UV), so it stays in a
+    /// float dtype (--quant leaves it; an FP8 checkpoint's is widened at load).
+    /// </summary>
+    LatentExpansion,
 }
 
 /// <summary>A tensor the config requires: its name, shape, role, and the expert it belongs to (-1 if none).</summary>
@@ -175,7 +181,7 @@ public static class ModelTensors
 
                 yield return new(n.Mla(l, "kv_a_proj_with_mqa"), [m.CacheWidth, d], TensorRole.Attention, l);
                 yield return new(n.Mla(l, "kv_a_layernorm"), [m.KvLoraRank], TensorRole.Norm, l);
-                yield return new(n.Mla(l, "kv_b_proj"), [c.Heads * (m.QkNopeHeadDim + m.VHeadDim), m.KvLoraRank], TensorRole.Attention, l);
+                yield return new(n.Mla(l, "kv_b_proj"), [c.Heads * (m.QkNopeHeadDim + m.VHeadDim), m.KvLoraRank], TensorRole.LatentExpansion, l);
             }
             else
             {

@@ -42,7 +42,7 @@ public sealed record ParameterCounts(
             {
                 case TensorRole.Embedding: embedding += n; break;
                 case TensorRole.LmHead: lmHead += n; break;
-                case TensorRole.Attention or TensorRole.AttentionBias: attention += n; break;
+                case TensorRole.Attention or TensorRole.AttentionBias or TensorRole.LatentExpansion: attention += n; break;
                 case TensorRole.Norm: norms += n; break;
                 case TensorRole.Router: router += n; break;
                 case TensorRole.Expert or TensorRole.ExpertBias: experts += n; break;

@@ -119,7 +119,8 @@ public abstract class QuantSource
         }
 
         // Stand-ins first: the validator keeps the first tensor of a name, and FP8 keeps E4M3 BASE.weight.
-        ModelValidator.Validate(config, ModelTensors.Expected(config).Where(IsLinear)
+        // MLA's kv_b_proj may be packed too (an FP8 checkpoint's); the loader widens it.
+        ModelValidator.Validate(config, ModelTensors.Expected(config).Where(e => IsLinear(e) || (e.Role == TensorRole.LatentExpansion && !IsFloat(checkpoint, e.Name)))
             .Select(e => new TensorInfo(e.Name, DType.F32, e.Shape, 0, 0)).Concat(checkpoint.Tensors).ToList(), checkpoint.Directory);
     }
 

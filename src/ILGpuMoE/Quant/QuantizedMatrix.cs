@@ -151,6 +151,10 @@ public abstract class QuantizedMatrix
     /// <summary>Copies the matrix to the device.</summary>
     public abstract DeviceQuantMatrix Upload(Accelerator accelerator);
 
+    /// <summary>W [Rows, Cols] as F32 (MLA's kv_b_proj, which the absorbed attention reads in float); a scheme without a
+    /// host decoder refuses with one line.</summary>
+    public virtual float[] ToFloat32() => throw new NotSupportedException($"{TypeName}: no host decoder (only FP8 matrices are widened at load)");
+
     private protected static T[] PermuteRowsOf<T>(T[] a, ReadOnlySpan<int> order, int perRow)
     {
         if (a.Length == 0)

@@ -39,7 +39,7 @@ public readonly record struct WeightBytes(long Total, long PerToken)
                 TensorRole.Expert or TensorRole.ExpertBias => b * c.TopK / c.Experts, // K of E experts (equal sizes)
                 TensorRole.Embedding => b / Math.Max(1, c.VocabSize)       // one row gathered
                                         + (c.TieWordEmbeddings ? b : 0),   // tied: it is also lm_head
-                TensorRole.Attention or TensorRole.AttentionBias or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead
+                TensorRole.Attention or TensorRole.AttentionBias or TensorRole.LatentExpansion or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead
                     or TensorRole.SharedExpert or TensorRole.DenseMlp => b, // read whole every step
                 _ => throw new System.Diagnostics.UnreachableException($"WeightBytes: tensor role {e.Role}"),
             };

@@ -148,9 +148,9 @@ internal sealed class DecodePlan
             {
                 ids = b.Ids(l).SubView(0, k);
                 w = b.Weights.SubView(0, k);
-                int logits = e + (lw.SharedSlots > 0 ? 1 : 0);
-                var rl = b.RouterLogits(l).SubView(0, logits);
                 var layerSpec = lw.SharedSlots > 0 ? spec.WithSharedSlots(lw.SharedSlots) : spec;
+                int logits = layerSpec.LogitsPerToken;
+                var rl = b.RouterLogits(l).SubView(0, logits);
                 p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, float.PositiveInfinity,
                     (Units(lw.Gate!, logits, d), rl, NormWeights.None)));
                 p.launches.Add(() => ops.Gating.Launch(s, layerSpec, rl, ids, w, 1));

@@ -85,6 +85,7 @@ public sealed class InferenceSession : IDisposable
             RouterKind.SoftmaxTopK => RouterSpec.SoftmaxTopK(c.Experts, c.TopK),
             RouterKind.Switch => RouterSpec.Switch(c.Experts, c.Router.CapacityFactor),
             RouterKind.NoisyTopK => RouterSpec.NoisyTopK(c.Experts, c.TopK, c.Router.NoiseSeed),
+            RouterKind.DeepSeekV3 => RouterSpec.DeepSeekV3(c.Experts, c.TopK, c.Router.Groups, c.Router.TopKGroups, c.Router.NormTopK, c.Router.RoutedScaling),
             _ => throw new NotSupportedException($"router {c.Router.Kind} is not wired into the runtime yet"),
         };
         _b = model.MaxBatch;
@@ -395,14 +396,16 @@ public sealed class InferenceSession : IDisposable
             }
             else
             {
-                int logits = _e + (lw.SharedSlots > 0 ? 1 : 0);
+                var spec = Spec(lw, pos0);
+                int logits = spec.LogitsPerToken;
                 var rl = _routerLogits.View.SubView((long)l * _b * (_e + 1), (long)t * logits);
                 ops.MatMul(s, h, lw.Gate!, rl, t, logits, _d);
                 if (lw.Moe.RouterBias is { } rb)
                     ops.BiasClip(s, rl, rb, t, logits, float.PositiveInfinity);
                 var ids = _ids.View.SubView((long)l * _b * _slots, (long)t * lw.Slots);
                 var w = _weights.View.SubView(0, (long)t * lw.Slots);
-                ops.Gating.Launch(s, Spec(lw, pos0), rl, ids, w, t, noiseLogits: _noise is null ? default : _noise.View.SubView(0, (long)t * _e));
+                ops.Gating.Launch(s, spec, rl, ids, w, t, noiseLogits: _noise is null ? default : _noise.View.SubView(0, (long)t * _e),
+                    bias: lw.Moe.ScoreBias is { } sb ? sb.F32 : default);
                 ops.Moe(s, ws, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x);
             }
         }
@@ -446,7 +449,7 @@ public sealed class InferenceSession : IDisposable
             var lw = _model.Layers[l];
             if (lw.Dense)
                 continue;
-            int logits = _e + (lw.SharedSlots > 0 ? 1 : 0);
+            int logits = Spec(lw, 0).LogitsPerToken;
             _routing[l].Add(_lastIds.AsSpan(l * _b * _slots, t * lw.Slots), lw.Slots, _k,
                 _lastLogits.AsSpan(l * _b * stride, t * logits), logits, t);
         }

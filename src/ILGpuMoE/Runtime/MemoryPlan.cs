@@ -44,6 +44,10 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
                 var (n, rows, cols) = e.Packed(c);
                 weights += quant.Bytes(rows, cols, n);
             }
+            else if (e.Role == TensorRole.LatentExpansion && byName.TryGetValue(e.Name, out var kvb) && kvb.DType is not (DType.F32 or DType.F16 or DType.BF16))
+            {
+                weights += e.ElementCount * 4; // a packed kv_b_proj is widened to F32 at load
+            }
             else
             {
                 weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;

@@ -65,11 +65,21 @@ internal sealed record AttentionExtras(DeviceTensor? BiasQ, DeviceTensor? BiasK,
     public bool Any => BiasQ is not null || BiasK is not null || BiasV is not null || BiasO is not null || QNorm is not null || KNorm is not null || Sinks is not null;
 }
 
+/// <summary>
+/// DeepSeek's MLA weights beyond the layer's Wq / Wk / Wv, which in an MLA layer are q_b_proj (or q_proj),
+/// kv_a_proj_with_mqa and kv_b_proj (always dense: the absorbed attention reads its per-head halves W_UK, W_UV):
+/// q_a_proj and q_a_layernorm (null without q LoRA), kv_a_layernorm.
+/// </summary>
+internal sealed record MlaWeights(LinearWeight? Wqa, DeviceTensor? QaNorm, DeviceTensor KvaNorm);
+
 /// <summary>gpt-oss's MoE extras: the router's bias [E] (checkpoint dtype) and the experts' biases, de-interleaved and
 /// widened to F32: gate and up [E, F], down [E, D].</summary>
 internal sealed record MoeExtras(DeviceTensor? RouterBias, DeviceTensor? GateBias, DeviceTensor? UpBias, DeviceTensor? DownBias)
 {
     public static readonly MoeExtras None = new(null, null, null, null);
+
+    /// <summary>DeepSeek-V3's e_score_correction_bias [E], F32 (the gating kernel reads it as floats).</summary>
+    public DeviceTensor? ScoreBias { get; init; }
 }
 
 /// <summary>
@@ -82,6 +92,9 @@ internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, Lin
     int Experts, int Slots, int SharedSlots)
 {
     public MoeExtras Moe { get; init; } = MoeExtras.None;
+
+    /// <summary>MLA's extra weights (DeepSeek); null for grouped-query attention.</summary>
+    public MlaWeights? Mla { get; init; }
 
     /// <summary>A dense layer: every token visits all Experts chunks at weight 1, no router.</summary>
     public bool Dense => Gate is null;
@@ -393,6 +406,8 @@ public sealed class MoeModel : IDisposable
         // up = odd) and widened to F32, which the expert kernels' epilogues read.
         MoeExtras UploadMoeExtras(int l)
         {
+            if (c.Block.ScoreCorrectionBias)
+                return MoeExtras.None with { ScoreBias = OptionalFloat32(true, n.ScoreCorrectionBias(l)) };
             var routerBias = Optional(c.Block.RouterBias, TensorNames.Bias(n.Router(l)));
             if (!c.Block.ExpertBias)
                 return new MoeExtras(routerBias, null, null, null);
@@ -416,13 +431,49 @@ public sealed class MoeModel : IDisposable
                 F32(dn, checkpoint.ReadFloat32(dn), c.Experts, c.HiddenSize, checkpoint.Get(dn).ByteLength));
         }
 
+        // MLA's kv_b_proj stays float: as stored when it is, else (an FP8 checkpoint) widened to F32 here.
+        LinearWeight LatentExpansion(string name)
+        {
+            progress?.Report(new LoadProgress(done, total, name));
+            DeviceTensor t;
+            if (QuantSource.IsFloat(checkpoint, name))
+            {
+                t = DeviceTensor.Upload(Accelerator, checkpoint, name);
+            }
+            else
+            {
+                var shape = checkpoint.Get(name).Shape;
+                var w = (source ?? throw new InvalidDataException($"{checkpoint.Directory}: {name} is not F32, F16 or BF16")).Read(checkpoint, name, (int)shape[0], (int)shape[1]).ToFloat32();
+                t = DeviceTensor.Allocate(Accelerator, Kernels.WeightType.F32, shape[0], shape[1]);
+                t.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(w.AsSpan()), 0);
+            }
+
+            return Add(new LinearWeight(t));
+        }
+
         var b = c.Block;
         Embedding = One(n.Embedding);
         var layers = new List<LayerWeights>(c.Layers);
         for (int l = 0; l < c.Layers; l++)
         {
             int layer = l;
-            var (wq, wk, wv, wo) = (Linear(n.QProj(l)), Linear(n.KProj(l)), Linear(n.VProj(l)), Linear(n.OProj(l)));
+            LinearWeight wq, wk, wv;
+            MlaWeights? mla = null;
+            if (b.Mla is { } m)
+            {
+                bool lora = m.QLoraRank > 0;
+                var wqa = lora ? Linear(n.Mla(l, "q_a_proj")) : null;
+                var qaNorm = lora ? One(n.Mla(l, "q_a_layernorm")) : null;
+                (wq, wk) = (Linear(lora ? n.Mla(l, "q_b_proj") : n.QProj(l)), Linear(n.Mla(l, "kv_a_proj_with_mqa")));
+                mla = new MlaWeights(wqa, qaNorm, One(n.Mla(l, "kv_a_layernorm")));
+                wv = LatentExpansion(n.Mla(l, "kv_b_proj"));
+            }
+            else
+            {
+                (wq, wk, wv) = (Linear(n.QProj(l)), Linear(n.KProj(l)), Linear(n.VProj(l)));
+            }
+
+            var wo = Linear(n.OProj(l));
             var extras = new AttentionExtras(
                 Optional(b.QkvBias, TensorNames.Bias(n.QProj(l))), Optional(b.QkvBias, TensorNames.Bias(n.KProj(l))),
                 Optional(b.QkvBias, TensorNames.Bias(n.VProj(l))), Optional(b.OutputBias, TensorNames.Bias(n.OProj(l))),
@@ -435,7 +486,7 @@ public sealed class MoeModel : IDisposable
             {
                 int shared = c.SharedChunks;
                 DeviceTensor gate;
-                if (shared > 0)
+                if (shared > 0 && !b.SharedExpertUngated)
                 {
                     // shared_expert_gate [1, D] becomes the router's row E: one matmul gives both.
                     progress?.Report(new LoadProgress(done, total, n.Router(l)));
@@ -454,14 +505,15 @@ public sealed class MoeModel : IDisposable
                     .Concat(ExpertSlice.Cut(n.SharedExpert(layer, p), p, b.SharedExpertSize, f, c.HiddenSize, shared)).ToArray());
                 lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, gate, w1, w3, w2, c.Experts + shared, c.TopK + shared, shared)
                 {
-                    Moe = b.RouterBias || b.ExpertBias ? UploadMoeExtras(l) : MoeExtras.None,
+                    Moe = b.RouterBias || b.ExpertBias || b.ScoreCorrectionBias ? UploadMoeExtras(l) : MoeExtras.None,
+                    Mla = mla,
                 };
             }
             else
             {
                 int chunks = c.MoeShape(l).Slots;
                 var (w1, w3, w2) = Stack(l, p => ExpertSlice.Cut(n.DenseMlp(layer, p), p, b.DenseIntermediateSize, f, c.HiddenSize, chunks).ToArray());
-                lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, null, w1, w3, w2, chunks, chunks, 0);
+                lw = new LayerWeights(inputNorm, wq, wk, wv, wo, extras, postNorm, null, w1, w3, w2, chunks, chunks, 0) { Mla = mla };
             }
 
             layers.Add(lw);

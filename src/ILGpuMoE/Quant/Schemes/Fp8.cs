@@ -110,6 +110,25 @@ public sealed class Fp8Matrix : QuantizedMatrix
 
     public override DeviceQuantMatrix Upload(Accelerator accelerator) => new Device(accelerator, this);
 
+    /// <summary>code * its block's scale for every element (exact in F32: a 4-bit mantissa times an F32 scale rounds once).</summary>
+    public override float[] ToFloat32()
+    {
+        if (MatrixRows != Rows)
+            throw new NotSupportedException("Fp8Matrix.ToFloat32: stacked matrices are not widened");
+        int sc = (Cols + BlockK - 1) / BlockK;
+        var w = new float[(long)Rows * Cols];
+        for (int r = 0; r < Rows; r++)
+        {
+            for (int k = 0; k < Cols; k++)
+            {
+                uint code = (Words[(long)r * RowWords + k / 4] >> (8 * (k % 4))) & 0xFF;
+                w[(long)r * Cols + k] = Fp8.DecodeE4M3(code) * Scales[(r / BlockN) * sc + k / BlockK];
+            }
+        }
+
+        return w;
+    }
+
     /// <summary>FP8 E4M3 with one F32 scale per blockN x blockK block (scale = max|w| / 448; saturating RNE encode).</summary>
     public static Fp8Matrix Quantize(ReadOnlySpan<float> w, int rows, int cols, int blockN = Quantizer.Fp8Block, int blockK = Quantizer.Fp8Block)
     {
