@@ -33,9 +33,15 @@
 // take one kv head's [maxSeq, Dh] rows as a view at a 64-bit start and index inside it with int (maxSeq * Dh < 2^31,
 // checked by the launcher): no 64-bit math per key.
 //
-// Semantics (RefOps.Attention): query t sits at position pos0 + t; key j is visible iff j <= pos and
-// (window <= 0 or pos - j < window); query head h reads kv head h / (H / Hkv); scale 1/sqrt(Dh); softmax in F32
-// with the running max subtracted. Only cache rows 0..pos0+T-1 are ever read (the tests poison the rest with NaN).
+// Semantics (RefOps.GeneralAttention): query t sits at position pos0 + t; key j is visible iff j <= pos and
+// (window <= 0 or pos - j < window); query head h reads kv head h / (H / Hkv); softmax scale 1/sqrt(Dh) unless the
+// launcher is given one (DeepSeek-V3: qk_head_dim^-0.5 * YaRN's mscale^2); softmax in F32 with the running max
+// subtracted. Only cache rows 0..pos0+T-1 are ever read (the tests poison the rest with NaN).
+// Sinks (gpt-oss' self_attn.sinks, an optional F32 view [H]): head h's softmax row gets one extra logit sinks[h], in
+// the max and in the denominator, with no value. Every version folds it in once, at the end of the row: with the row's
+// running max m, sum l and unnormalised output acc, M = max(m, sink), f = exp(m - M), out = acc f / (l f + exp(sink - M))
+// (SinkRescale). The split-K decode folds it into the combine only (V2Combine, V3Decode's last group), so it counts
+// once whatever the splits. Without sinks (HasSinks 0) no instruction of the earlier path changes: the same bits.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -74,8 +80,11 @@ public struct AttentionParams
     /// <summary>Sliding window (keys with pos - j &lt; Window); &lt;= 0 means none.</summary>
     public int Window;
 
-    /// <summary>1/sqrt(Dh).</summary>
+    /// <summary>Softmax scale (1/sqrt(Dh) by default).</summary>
     public float Scale;
+
+    /// <summary>1: the sinks view [H] is read (one extra logit per head); 0: no sinks, the view is not read.</summary>
+    public int HasSinks;
 
     /// <summary>Decode split-K: number of key splits and keys per split.</summary>
     public int Splits;
@@ -105,6 +114,18 @@ public static class AttentionKernels
     /// <summary>First visible key of a query at pos.</summary>
     private static int FirstKey(int pos, int window) => window > 0 ? IntrinsicMath.Max(0, pos - window + 1) : 0;
 
+    /// <summary>
+    /// Folds a sink logit into a finished softmax row of running max m and sum l: l becomes l f + exp(sink - M) with
+    /// M = max(m, sink); returns f = exp(m - M), the factor of the row's unnormalised output.
+    /// </summary>
+    internal static float SinkRescale(float sink, float m, ref float l)
+    {
+        float mNew = XMath.Max(m, sink);
+        float f = XMath.Exp(m - mNew);
+        l = l * f + XMath.Exp(sink - mNew);
+        return f;
+    }
+
     // ---------------------------------------------------------------------------------------------------------
     [KernelInfo(KvAppendVersion.V1, "grid ceil(T*Hkv*Dh/256), group 256")]
     public static void KvAppendV1(
@@ -133,6 +154,7 @@ public static class AttentionKernels
         ArrayView<float> kCache,  // [Hkv, maxSeq, Dh]
         ArrayView<float> vCache,  // [Hkv, maxSeq, Dh]
         ArrayView<float> output,  // [T, H, Dh]
+        ArrayView<float> sinks,   // [H] when p.HasSinks != 0
         AttentionParams p)
     {
         int g = Grid.IdxX;
@@ -164,6 +186,8 @@ public static class AttentionKernels
             m = mNew;
         }
 
+        if (p.HasSinks != 0)
+            acc *= SinkRescale(sinks[h], m, ref l);
         output[qBase + d] = acc / l; // l >= 1: the key at pos itself is always visible
     }
 
@@ -175,6 +199,7 @@ public static class AttentionKernels
         ArrayView<float> kCache,  // [Hkv, maxSeq, Dh]
         ArrayView<float> vCache,  // [Hkv, maxSeq, Dh]
         ArrayView<float> output,  // [T, H, Dh]
+        ArrayView<float> sinks,   // [H] when p.HasSinks != 0
         AttentionParams p)
     {
         var qs = SharedMemory.Allocate<float>(PrefillQueries * MaxHeadDim);   // [BQ, Dh]
@@ -273,8 +298,17 @@ public static class AttentionKernels
         if (r < rows)
         {
             int oBase = ((t0 + r) * p.Heads + h) * dh;
-            for (int d = sub; d < dh; d += ThreadsPerRow)
-                output[oBase + d] = os[r * dh + d] / l;
+            if (p.HasSinks != 0)
+            {
+                float f = SinkRescale(sinks[h], m, ref l);
+                for (int d = sub; d < dh; d += ThreadsPerRow)
+                    output[oBase + d] = os[r * dh + d] * f / l;
+            }
+            else
+            {
+                for (int d = sub; d < dh; d += ThreadsPerRow)
+                    output[oBase + d] = os[r * dh + d] / l;
+            }
         }
 
     }
@@ -410,11 +444,14 @@ public static class AttentionKernels
         ArrayView<float> partO,   // [T, H, splits, Dh]
         ArrayView<float> partML,  // [T, H, splits, 2]
         ArrayView<float> output,  // [T, H, Dh]
+        ArrayView<float> sinks,   // [H] when p.HasSinks != 0
         AttentionParams p)
     {
         int th = Grid.IdxX; // t * H + h
         int idx0 = th * p.Splits;
-        float mMax = float.NegativeInfinity;
+        // The sink is a logit of the whole row: it enters the max here and the sum once below, never per split.
+        float sink = p.HasSinks != 0 ? sinks[th % p.Heads] : float.NegativeInfinity;
+        float mMax = sink;
         for (int s = 0; s < p.Splits; s++)
             mMax = XMath.Max(mMax, partML[2 * (idx0 + s)]);
         for (int d = Group.IdxX; d < p.HeadDim; d += Group.DimX)
@@ -430,6 +467,8 @@ public static class AttentionKernels
                 acc += partO[(idx0 + s) * p.HeadDim + d] * w;
             }
 
+            if (p.HasSinks != 0)
+                l += XMath.Exp(sink - mMax);
             output[th * p.HeadDim + d] = acc / l;
         }
     }
@@ -517,10 +556,10 @@ public sealed class AttentionKernel : IDisposable
 
     private readonly Accelerator accelerator;
 
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? v1;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? prefill;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? v1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? prefill;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? decode;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? combine;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>? combine;
 
     private MemoryBuffer1D<float, Stride1D.Dense>? partO;
     private MemoryBuffer1D<float, Stride1D.Dense>? partML;
@@ -528,7 +567,7 @@ public sealed class AttentionKernel : IDisposable
     // V3Decode: its own kernel (loaded by the V3Decode launcher, else at the first LaunchDecode) and its own scratch,
     // which V2's launches never reallocate (a captured graph keeps these addresses).
     private Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
-        ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>? decodeV3;
+        ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionDecodeParams>? decodeV3;
     private MemoryBuffer1D<float, Stride1D.Dense>? decodeO;
     private MemoryBuffer1D<float, Stride1D.Dense>? decodeML;
     private MemoryBuffer1D<int, Stride1D.Dense>? decodeCounters;
@@ -539,13 +578,13 @@ public sealed class AttentionKernel : IDisposable
         Version = version;
         if (version == AttentionVersion.V1)
         {
-            v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV1);
         }
 
         if (version is AttentionVersion.V2 or AttentionVersion.V2Prefill)
         {
-            prefill = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            prefill = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Prefill);
         }
 
@@ -553,7 +592,7 @@ public sealed class AttentionKernel : IDisposable
         {
             decode = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Decode);
-            combine = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
+            combine = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, AttentionParams>(
                 AttentionKernels.AttentionV2Combine);
         }
 
@@ -590,12 +629,14 @@ public sealed class AttentionKernel : IDisposable
     }
 
     /// <summary>
-    /// output[t, h, :] = softmax over visible keys j of (q[t, h] . k[j, h / (H/Hkv)]) / sqrt(Dh), times v. q, output
+    /// output[t, h, :] = softmax over visible keys j of (q[t, h] . k[j, h / (H/Hkv)]) * scale, times v. q, output
     /// [T, H, Dh]; kCache, vCache [Hkv, maxSeq, Dh] with rows 0..pos0+T-1 valid; key j is visible to query t iff
-    /// j &lt;= pos0 + t and (window &lt;= 0 or pos0 + t - j &lt; window). Dh &lt;= 128.
+    /// j &lt;= pos0 + t and (window &lt;= 0 or pos0 + t - j &lt; window). Dh &lt;= 128. sinks [H] (optional, F32; default
+    /// or empty: none): one extra logit per head in the softmax, no value (gpt-oss). scale: null = 1/sqrt(Dh), else
+    /// finite and &gt; 0.
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> output,
-        int tokens, int heads, int kvHeads, int headDim, int maxSeq, int pos0, int window = 0)
+        int tokens, int heads, int kvHeads, int headDim, int maxSeq, int pos0, int window = 0, ArrayView<float> sinks = default, float? scale = null)
     {
         const string who = "AttentionKernel";
         if (Version == AttentionVersion.V3Decode)
@@ -617,18 +658,19 @@ public sealed class AttentionKernel : IDisposable
             MaxSeq = maxSeq,
             Pos0 = pos0,
             Window = window,
-            Scale = (float)(1.0 / Math.Sqrt(headDim)),
+            Scale = SoftmaxScale(scale, headDim, who),
+            HasSinks = CheckSinks(sinks, heads, who),
         };
 
         bool useDecode = Version == AttentionVersion.V2Decode || (Version == AttentionVersion.V2 && tokens <= DecodeMaxTokens);
         if (Version == AttentionVersion.V1)
         {
-            v1!(stream, new KernelConfig(tokens * heads, headDim), q, kCache, vCache, output, p);
+            v1!(stream, new KernelConfig(tokens * heads, headDim), q, kCache, vCache, output, sinks, p);
         }
         else if (!useDecode)
         {
             int qTiles = (tokens + AttentionKernels.PrefillQueries - 1) / AttentionKernels.PrefillQueries;
-            prefill!(stream, new KernelConfig(qTiles * heads, AttentionKernels.PrefillThreads), q, kCache, vCache, output, p);
+            prefill!(stream, new KernelConfig(qTiles * heads, AttentionKernels.PrefillThreads), q, kCache, vCache, output, sinks, p);
         }
         else
         {
@@ -642,7 +684,7 @@ public sealed class AttentionKernel : IDisposable
             decode!(stream, new KernelConfig(tokens * kvHeads * p.Splits, 32 * warps), q, kCache, vCache,
                 partO!.View.SubView(0, parts * headDim), partML!.View.SubView(0, parts * 2), p);
             combine!(stream, new KernelConfig(tokens * heads, 32 * ((headDim + 31) / 32)),
-                partO.View.SubView(0, parts * headDim), partML.View.SubView(0, parts * 2), output, p);
+                partO.View.SubView(0, parts * headDim), partML.View.SubView(0, parts * 2), output, sinks, p);
         }
     }
 
@@ -654,13 +696,16 @@ public sealed class AttentionKernel : IDisposable
     /// 0 &lt;= pos &lt; maxSeq on the host before uploading (the kernel clamps pos &gt;= maxSeq to maxSeq - 1 and gives NaN
     /// for pos &lt; 0). Dh must be a multiple of 4 and at most 128; kCache, vCache 16-byte aligned. The scratch
     /// (<see cref="DecodeScratchBytes"/>) is allocated at the first launch or by <see cref="ReserveDecode"/> and only
-    /// grows: reserve the largest shape before capturing a graph.
+    /// grows: reserve the largest shape before capturing a graph. sinks [H] and scale as <see cref="Launch"/> (the sink
+    /// is folded in once, by the combining group).
     /// </summary>
     public void LaunchDecode(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> output,
-        ArrayView<int> positions, int heads, int kvHeads, int headDim, int maxSeq, int window = 0)
+        ArrayView<int> positions, int heads, int kvHeads, int headDim, int maxSeq, int window = 0, ArrayView<float> sinks = default, float? scale = null)
     {
         const string who = "AttentionKernel.LaunchDecode";
         var p = DecodeParams(heads, kvHeads, headDim, maxSeq, window, who);
+        p.Scale = SoftmaxScale(scale, headDim, who);
+        p.HasSinks = CheckSinks(sinks, heads, who);
         long n = (long)heads * headDim;
         CheckLength(q, n, "q [H, Dh]", who);
         CheckLength(output, n, "output [H, Dh]", who);
@@ -677,7 +722,8 @@ public sealed class AttentionKernel : IDisposable
         long parts = (long)heads * p.Splits;
         decodeV3!(stream, new KernelConfig(kvHeads * p.Splits, AttentionDecodeKernels.Threads), q,
             kCache.SubView(0, cache).Cast<KvQuad>(), vCache.SubView(0, cache).Cast<KvQuad>(), output, positions.SubView(0, 1),
-            decodeO!.View.AsContiguous().SubView(0, parts * headDim).Cast<KvQuad>(), decodeML!.View.SubView(0, parts * 2), decodeCounters!.View.SubView(0, kvHeads), p);
+            decodeO!.View.AsContiguous().SubView(0, parts * headDim).Cast<KvQuad>(), decodeML!.View.SubView(0, parts * 2), decodeCounters!.View.SubView(0, kvHeads),
+            sinks, p);
     }
 
     /// <summary>Allocates LaunchDecode's scratch for this shape now (before a graph capture: launches then never allocate).</summary>
@@ -709,7 +755,27 @@ public sealed class AttentionKernel : IDisposable
     private void LoadDecodeV3()
     {
         decodeV3 ??= accelerator.LoadCounted<ArrayView<float>, ArrayView<KvQuad>, ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>,
-            ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, AttentionDecodeParams>(AttentionDecodeKernels.AttentionV3Decode);
+            ArrayView<KvQuad>, ArrayView<float>, ArrayView<int>, ArrayView<float>, AttentionDecodeParams>(AttentionDecodeKernels.AttentionV3Decode);
+    }
+
+    /// <summary>The softmax scale: 1/sqrt(Dh) when none is given (the value every earlier launch used), else it, finite and &gt; 0.</summary>
+    private static float SoftmaxScale(float? scale, int headDim, string who)
+    {
+        if (scale is not float s)
+            return (float)(1.0 / Math.Sqrt(headDim));
+        if (!(s > 0f) || float.IsInfinity(s))
+            throw new ArgumentException($"{who}: scale must be finite and > 0, got {s}", nameof(scale));
+        return s;
+    }
+
+    /// <summary>1 when a sinks view is given (it must hold exactly H floats), 0 for default or empty.</summary>
+    private static int CheckSinks(ArrayView<float> sinks, int heads, string who)
+    {
+        if (!sinks.IsValid || sinks.Length == 0)
+            return 0;
+        if (sinks.Length != heads)
+            throw new ArgumentException($"{who}: sinks [H] has {sinks.Length} floats, needs {heads}", nameof(sinks));
+        return 1;
     }
 
     private AttentionDecodeParams DecodeParams(int heads, int kvHeads, int headDim, int maxSeq, int window, string who)

@@ -25,8 +25,11 @@
 // see device data, so the kernel only makes sure a bad pos never reads or writes out of bounds: pos >= maxSeq is
 // read as maxSeq - 1, pos < 0 has no visible key and the output is NaN (0/0), never a stale value.
 //
-// Semantics as RefOps.Attention with one query at pos: key j visible iff j <= pos and (window <= 0 or pos - j <
-// window); scale 1/sqrt(Dh); the softmax of each split subtracts that split's max (the combine rescales exactly).
+// Semantics as RefOps.GeneralAttention with one query at pos: key j visible iff j <= pos and (window <= 0 or pos - j <
+// window); the launcher's softmax scale (1/sqrt(Dh) by default); the softmax of each split subtracts that split's max
+// (the combine rescales exactly). Sinks (gpt-oss, HasSinks): the combining group starts each head's max at sinks[h]
+// and adds exp(sinks[h] - M) to its sum once, so the sink counts once whatever the number of splits; with no visible
+// split (pos < 0) it is left out and the output stays NaN.
 using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Algorithms;
@@ -62,8 +65,11 @@ public struct AttentionDecodeParams
     /// <summary>Sliding window (keys with pos - j &lt; Window); &lt;= 0 means none.</summary>
     public int Window;
 
-    /// <summary>1/sqrt(Dh).</summary>
+    /// <summary>Softmax scale (1/sqrt(Dh) by default).</summary>
     public float Scale;
+
+    /// <summary>1: the sinks view [H] is read (one extra logit per head, no value); 0: none.</summary>
+    public int HasSinks;
 
     /// <summary>ceil(MaxSeq / KeysPerSplit): splits per kv head (the grid is KvHeads * Splits).</summary>
     public int Splits;
@@ -119,6 +125,7 @@ public static class AttentionDecodeKernels
         ArrayView<KvQuad> partO,     // [H, splits, Dh / 4] unnormalised partial outputs
         ArrayView<float> partML,     // [H, splits, 2] split max, split sum
         ArrayView<int> counters,     // [Hkv] finished groups per kv head, 0 between launches
+        ArrayView<float> sinks,      // [H] when p.HasSinks != 0
         AttentionDecodeParams p)
     {
         var ss = SharedMemory.Allocate<float>(ScoreFloats);   // [4, kps] scores, then probabilities
@@ -302,7 +309,9 @@ public static class AttentionDecodeKernels
             if (warp < hc)
             {
                 int base0 = (h0 + warp) * p.Splits;
-                float mMax = float.NegativeInfinity;
+                bool sink = p.HasSinks != 0 && sHi >= sLo;
+                float sinkLogit = sink ? sinks[h0 + warp] : float.NegativeInfinity;
+                float mMax = sinkLogit;
                 for (int s = sLo + lane; s <= sHi; s += 32)
                     mMax = XMath.Max(mMax, partML[2 * (base0 + s)]);
                 for (int off = 16; off > 0; off >>= 1)
@@ -312,6 +321,8 @@ public static class AttentionDecodeKernels
                     l += partML[2 * (base0 + s) + 1] * XMath.Exp(partML[2 * (base0 + s)] - mMax);
                 for (int off = 16; off > 0; off >>= 1)
                     l += Warp.ShuffleXor(l, off);
+                if (sink)
+                    l += XMath.Exp(sinkLogit - mMax); // once, after the split sums
                 if (lane == 0)
                 {
                     ml[warp] = mMax;

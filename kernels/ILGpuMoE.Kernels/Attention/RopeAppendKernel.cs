@@ -5,11 +5,16 @@
 // way into the cache and v copied, both to rows positions[t] of kCache, vCache [Hkv, maxSeq, Dh] (the layout of
 // kernels/ILGpuMoE.Kernels/Attention/AttentionKernel.cs). k and v themselves are only read.
 // The rotation is dense/rope's (RopeKernel: the same inv_freq table, f64 angle, SinCos and RotatePair), so q and the
-// cache rows are bit for bit what RopeV1 followed by KvAppendV1 give on the same device.
+// cache rows are bit for bit what RopeV1 followed by KvAppendV1 give on the same device. The rotation is any RopeSpec
+// (Dense/Rope/RopeSpec.cs) inside the head of Dh: gpt-oss' YaRN with its cos/sin factor, partial or interleaved
+// rotary; k's dims outside the rotary range are copied to the cache unrotated. RopeSpec.Full(Dh, theta) (the float
+// theta overload) gives the earlier bits.
 //
 // Versions:
-//   V1  one thread per (token, head of the H q heads and Hkv kv heads, pair i): 2 loads and 2 stores for a q head,
-//       4 loads and 4 stores (k rotated, v copied) for a kv head; consecutive threads take consecutive i (coalesced).
+//   V1  one thread per (token, head of the H q heads and Hkv kv heads, slot i < Dh/2): 2 loads and 2 stores for a q
+//       head, 4 loads and 4 stores (k rotated, v copied) for a kv head; consecutive threads take consecutive i
+//       (coalesced). With a partial rotary (d < Dh), slots i >= d/2 copy two of k's unrotated dims (q's stay in place);
+//       v's dims i and i + Dh/2 are copied by slot i either way.
 //       At T = 1 every thread has one pair to move, so the launch is one memory round trip deep (H 32, Hkv 8,
 //       Dh 128: 2,560 threads) instead of RopeV1's loop over all heads. No per-head norm.
 //   V2HeadNorm  one thread per (token, head): the optional per-head RMSNorm before the rotation (Qwen3-MoE's q_norm /
@@ -72,9 +77,9 @@ public sealed class RopeAppendKernel : IDisposable
     private const int GroupSize = 256;
 
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
-        ArrayView<float>, ArrayView<float>, RopeAppendParams> _v1;
+        ArrayView<float>, ArrayView<float>, RopeAppendParams, RopeGeometry> _v1;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
-        ArrayView<float>, ArrayView<float>, RopeAppendParams, QkNorm> _v2, _v3;
+        ArrayView<float>, ArrayView<float>, RopeAppendParams, RopeGeometry, QkNorm> _v2, _v3;
     private readonly RopeTables _tables;
     private readonly bool _gpu;
     private readonly int _warpSize;
@@ -85,11 +90,11 @@ public sealed class RopeAppendKernel : IDisposable
         _gpu = accelerator.AcceleratorType != AcceleratorType.CPU;
         _warpSize = accelerator.WarpSize;
         _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
-            ArrayView<float>, ArrayView<float>, RopeAppendParams>(RopeAppendV1);
+            ArrayView<float>, ArrayView<float>, RopeAppendParams, RopeGeometry>(RopeAppendV1);
         _v2 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
-            ArrayView<float>, ArrayView<float>, RopeAppendParams, QkNorm>(RopeAppendHeadNormV2);
+            ArrayView<float>, ArrayView<float>, RopeAppendParams, RopeGeometry, QkNorm>(RopeAppendHeadNormV2);
         _v3 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>,
-            ArrayView<float>, ArrayView<float>, RopeAppendParams, QkNorm>(RopeAppendWarpNormV3);
+            ArrayView<float>, ArrayView<float>, RopeAppendParams, RopeGeometry, QkNorm>(RopeAppendWarpNormV3);
     }
 
     public static RopeAppendKernel Create(Accelerator accelerator) => new(accelerator);
@@ -98,7 +103,15 @@ public sealed class RopeAppendKernel : IDisposable
     public void Prepare(int headDim, float theta)
     {
         RopeKernel.CheckRotation(Name, headDim, theta);
-        _tables.Get(headDim, theta);
+        _tables.Get(RopeSpec.Full(headDim, theta));
+    }
+
+    /// <summary>Uploads the inv_freq table of a spec now (before a graph capture).</summary>
+    public void Prepare(RopeSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        spec.Check(Name, int.MaxValue);
+        _tables.Get(spec);
     }
 
     /// <summary>
@@ -107,15 +120,32 @@ public sealed class RopeAppendKernel : IDisposable
     /// [Hkv, Dh] written to rows positions[t] of kCache, vCache [Hkv, maxSeq, Dh]. k and v are not modified.
     /// qNorm / kNorm [Dh] (optional, F32): each q (k) head is first RMS-normalised over Dh with eps = normEps and times
     /// that weight (Qwen3-MoE's q_norm / k_norm). version: null picks V1 without a norm, else V3WarpNorm on a GPU and
-    /// V2HeadNorm on the CPU accelerator; V1 refuses a norm.
+    /// V2HeadNorm on the CPU accelerator; V1 refuses a norm. Same as the <see cref="RopeSpec"/> overload with
+    /// RopeSpec.Full(headDim, theta).
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
         ArrayView<float> kCache, ArrayView<float> vCache, int tokens, int heads, int kvHeads, int headDim, int maxSeq, float theta,
         ArrayView<float> qNorm = default, ArrayView<float> kNorm = default, float normEps = 1e-6f, RopeAppendVersion? version = null)
     {
+        RopeKernel.CheckRotation(Name, headDim, theta);
+        Launch(stream, q, k, v, positions, kCache, vCache, tokens, heads, kvHeads, headDim, maxSeq, RopeSpec.Full(headDim, theta),
+            qNorm, kNorm, normEps, version);
+    }
+
+    /// <summary>
+    /// As the other overload, with the rotation <paramref name="spec"/> (RopeSpec.cs: rotary dim d at an offset inside
+    /// Dh, rotate-half or interleaved pairs, YaRN frequencies and cos/sin factor; gpt-oss: d = Dh, YaRN): q's dims
+    /// outside [offset, offset + d) stay as they are, k's are copied to the cache unrotated. qNorm / kNorm need the full
+    /// rotate-half spec (d = Dh, offset 0). The first launch of a spec uploads its table (or <see cref="Prepare(RopeSpec)"/>).
+    /// </summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
+        ArrayView<float> kCache, ArrayView<float> vCache, int tokens, int heads, int kvHeads, int headDim, int maxSeq, RopeSpec spec,
+        ArrayView<float> qNorm = default, ArrayView<float> kNorm = default, float normEps = 1e-6f, RopeAppendVersion? version = null)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
         DenseShapes.Stream(Name, stream);
         AttentionKernel.CheckShape(tokens, heads, kvHeads, headDim, maxSeq, 0, Name);
-        RopeKernel.CheckRotation(Name, headDim, theta);
+        spec.Check(Name, headDim);
         AttentionKernel.CheckLength(q, (long)tokens * heads * headDim, "q [T, H, Dh]", Name);
         long kv = (long)tokens * kvHeads * headDim;
         AttentionKernel.CheckLength(k, kv, "k [T, Hkv, Dh]", Name);
@@ -126,8 +156,13 @@ public sealed class RopeAppendKernel : IDisposable
         AttentionKernel.CheckLength(kCache, cache, "kCache [Hkv, maxSeq, Dh]", Name);
         AttentionKernel.CheckLength(vCache, cache, "vCache [Hkv, maxSeq, Dh]", Name);
         var norm = QkNorm.Check(Name, qNorm, kNorm, normEps, headDim);
+        if (norm.Any && !spec.IsFullRotateHalf(headDim))
+            throw new ArgumentException($"{Name}: the per-head norm needs the full rotate-half rotary (d = Dh, offset 0)", nameof(spec));
+        if (headDim % 2 != 0)
+            throw new ArgumentException($"{Name}: headDim must be even, got {headDim}", nameof(headDim));
         var p = new RopeAppendParams { Tokens = tokens, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, MaxSeq = maxSeq };
-        var inv = _tables.Get(headDim, theta).View;
+        var g = spec.Geometry(headDim, headDim);
+        var inv = _tables.Get(spec).View;
         long rows = (long)tokens * (heads + kvHeads);
         var chosen = version ?? (!norm.Any ? RopeAppendVersion.V1 : _gpu ? RopeAppendVersion.V3WarpNorm : RopeAppendVersion.V2HeadNorm);
         switch (chosen)
@@ -136,13 +171,13 @@ public sealed class RopeAppendKernel : IDisposable
                 if (norm.Any)
                     throw new ArgumentException($"{Name}: version V1 has no per-head norm; use V2HeadNorm or V3WarpNorm", nameof(version));
                 long threads = rows * (headDim / 2);
-                _v1(stream, new KernelConfig((int)((threads + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, inv, kCache, vCache, p);
+                _v1(stream, new KernelConfig((int)((threads + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, inv, kCache, vCache, p, g);
                 break;
             case RopeAppendVersion.V2HeadNorm:
-                _v2(stream, new KernelConfig((int)((rows + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, inv, kCache, vCache, p, norm);
+                _v2(stream, new KernelConfig((int)((rows + GroupSize - 1) / GroupSize), GroupSize), q, k, v, positions, inv, kCache, vCache, p, g, norm);
                 break;
             case RopeAppendVersion.V3WarpNorm:
-                _v3(stream, RopeKernel.WarpRows(rows, _warpSize), q, k, v, positions, inv, kCache, vCache, p, norm);
+                _v3(stream, RopeKernel.WarpRows(rows, _warpSize), q, k, v, positions, inv, kCache, vCache, p, g, norm);
                 break;
             default:
                 throw new ArgumentException($"{Name}: unknown version {chosen}", nameof(version));
@@ -158,10 +193,11 @@ public sealed class RopeAppendKernel : IDisposable
         ArrayView<float> k,          // [T, Hkv, Dh]
         ArrayView<float> v,          // [T, Hkv, Dh]
         ArrayView<int> positions,    // [T]
-        ArrayView<double> invFreq,   // [Dh/2]
+        ArrayView<double> invFreq,   // [d/2]
         ArrayView<float> kCache,     // [Hkv, maxSeq, Dh]
         ArrayView<float> vCache,     // [Hkv, maxSeq, Dh]
-        RopeAppendParams p)
+        RopeAppendParams p,
+        RopeGeometry g)
     {
         int half = p.HeadDim / 2;
         int rows = p.Heads + p.KvHeads;
@@ -176,32 +212,50 @@ public sealed class RopeAppendKernel : IDisposable
         if (pos < 0 || pos >= p.MaxSeq)
             return; // refused on the host; never write out of bounds
 
-        RopeKernel.SinCos(pos * invFreq[i], out float sin, out float cos);
+        bool rotates = i < g.Half;
+        float sin = 0f, cos = 0f;
+        if (rotates)
+            RopeKernel.Angle(pos, invFreq, i, g.Factor, out sin, out cos);
         if (hh < p.Heads)
         {
-            RopeKernel.Rotate(q, ((long)t * p.Heads + hh) * p.HeadDim + i, half, cos, sin);
+            if (rotates)
+                RopeKernel.RotateAt(q, ((long)t * p.Heads + hh) * p.HeadDim, g.Lo(i), g.Hi(i), cos, sin);
             return;
         }
 
         int kvh = hh - p.Heads;
-        long src = ((long)t * p.KvHeads + kvh) * p.HeadDim + i;
-        long dst = KvCacheLayout.Index(kvh, pos, i, p.MaxSeq, p.HeadDim);
-        RopeKernel.RotatePair(k[src], k[src + half], cos, sin, out float kLo, out float kHi);
-        kCache[dst] = kLo;
-        kCache[dst + half] = kHi;
-        vCache[dst] = v[src];
-        vCache[dst + half] = v[src + half];
+        long src = ((long)t * p.KvHeads + kvh) * p.HeadDim;
+        long dst = KvCacheLayout.Index(kvh, pos, 0, p.MaxSeq, p.HeadDim);
+        if (rotates)
+        {
+            int lo = g.Lo(i), hi = g.Hi(i);
+            RopeKernel.RotatePair(k[src + lo], k[src + hi], cos, sin, out float kLo, out float kHi);
+            kCache[dst + lo] = kLo;
+            kCache[dst + hi] = kHi;
+        }
+        else
+        {
+            // Slot i past the rotary pairs: the unrotated dims 2j, 2j + 1 (j = i - d/2) of [0, offset) ++ [offset + d, Dh).
+            int e = 2 * (i - g.Half);
+            int e0 = e < g.Offset ? e : e + 2 * g.Half;
+            int e1 = e + 1 < g.Offset ? e + 1 : e + 1 + 2 * g.Half;
+            kCache[dst + e0] = k[src + e0];
+            kCache[dst + e1] = k[src + e1];
+        }
+
+        vCache[dst + i] = v[src + i];
+        vCache[dst + i + half] = v[src + i + half];
     }
 
     /// <summary>V2HeadNorm: thread per (token, head), q heads then kv heads per token (see the header).</summary>
     [KernelInfo(RopeAppendVersion.V2HeadNorm, "grid ceil(T*(H+Hkv) / 256), group 256", BlockSize = GroupSize,
         Summary = "RoPE + KV append with the optional per-head RMSNorm (q_norm / k_norm): thread per (token, head), no barriers")]
     public static void RopeAppendHeadNormV2(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
-        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, QkNorm norm)
+        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, RopeGeometry g, QkNorm norm)
     {
         long row = Grid.GlobalLinearIndex;
         if (row < (long)p.Tokens * (p.Heads + p.KvHeads))
-            AppendRow(q, k, v, positions, invFreq, kCache, vCache, p, norm, row, 0, 1, false);
+            AppendRow(q, k, v, positions, invFreq, kCache, vCache, p, g, norm, row, 0, 1, false);
     }
 
     /// <summary>V3WarpNorm: warp per (token, head) (a warp is all in or all out: rows are whole warps).</summary>
@@ -209,17 +263,18 @@ public sealed class RopeAppendKernel : IDisposable
         BlockSize = GroupSize,
         Summary = "RoPE + KV append with the optional per-head RMSNorm: warp per (token, head), 5-shuffle sum of squares, lanes take pairs l, l+32, ...")]
     public static void RopeAppendWarpNormV3(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
-        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, QkNorm norm)
+        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, RopeGeometry g, QkNorm norm)
     {
         long row = (long)Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx;
         if (row < (long)p.Tokens * (p.Heads + p.KvHeads))
-            AppendRow(q, k, v, positions, invFreq, kCache, vCache, p, norm, row, Warp.LaneIdx, Warp.WarpSize, true);
+            AppendRow(q, k, v, positions, invFreq, kCache, vCache, p, g, norm, row, Warp.LaneIdx, Warp.WarpSize, true);
     }
 
     // Row (token t, head hh of the H q heads then Hkv kv heads): q normalised and rotated in place, or k normalised and
-    // rotated into the cache row and v's row copied; over pairs start, start + stride, ... (warp: every lane calls).
+    // rotated into the cache row (its unrotated dims copied) and v's row copied; over pairs start, start + stride, ...
+    // (warp: every lane calls).
     private static void AppendRow(ArrayView<float> q, ArrayView<float> k, ArrayView<float> v, ArrayView<int> positions,
-        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, QkNorm norm, long row,
+        ArrayView<double> invFreq, ArrayView<float> kCache, ArrayView<float> vCache, RopeAppendParams p, RopeGeometry g, QkNorm norm, long row,
         int start, int stride, bool warp)
     {
         int rows = p.Heads + p.KvHeads;
@@ -233,7 +288,7 @@ public sealed class RopeAppendKernel : IDisposable
         {
             long b = ((long)t * p.Heads + hh) * p.HeadDim;
             float scale = norm.NormQ != 0 ? RopeKernel.HeadScale(q, b, p.HeadDim, start, stride, warp, norm.Eps) : 1f;
-            RopeKernel.NormRotate(q, b, q, b, p.HeadDim, pos, invFreq, start, stride, norm.NormQ, norm.Q, scale);
+            RopeKernel.NormRotate(q, b, q, b, g, pos, invFreq, start, stride, norm.NormQ, norm.Q, scale);
             return;
         }
 
@@ -241,7 +296,12 @@ public sealed class RopeAppendKernel : IDisposable
         long src = ((long)t * p.KvHeads + kvh) * p.HeadDim;
         long dst = KvCacheLayout.Index(kvh, pos, 0, p.MaxSeq, p.HeadDim);
         float kScale = norm.NormK != 0 ? RopeKernel.HeadScale(k, src, p.HeadDim, start, stride, warp, norm.Eps) : 1f;
-        RopeKernel.NormRotate(k, src, kCache, dst, p.HeadDim, pos, invFreq, start, stride, norm.NormK, norm.K, kScale);
+        RopeKernel.NormRotate(k, src, kCache, dst, g, pos, invFreq, start, stride, norm.NormK, norm.K, kScale);
+        // k's unrotated dims (none for a full rotary: both loops empty).
+        for (int d = start; d < g.Offset; d += stride)
+            kCache[dst + d] = k[src + d];
+        for (int d = g.Offset + 2 * g.Half + start; d < p.HeadDim; d += stride)
+            kCache[dst + d] = k[src + d];
         for (int d = start; d < p.HeadDim; d += stride)
             vCache[dst + d] = v[src + d];
     }

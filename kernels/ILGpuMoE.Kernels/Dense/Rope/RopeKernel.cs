@@ -1,7 +1,11 @@
-// RoPE as Hugging Face Mixtral (rotate-half), in place on q [T, H, Dh] and k [T, Hkv, Dh], positions [T] on the device.
-//
-// For i in [0, Dh/2): inv_i = theta^(-2i/Dh), a = pos * inv_i,
-//   (x_i, x_{i+Dh/2}) -> (x_i cos a - x_{i+Dh/2} sin a,  x_{i+Dh/2} cos a + x_i sin a).
+// RoPE in place on q [T, H, Dh] and k [T, Hkv, Dh] (head vectors QStride / KStride floats apart), positions [T] on the
+// device, as a RopeSpec describes it (RopeSpec.cs: rotary dim d <= the head vector at an offset, rotate-half or
+// interleaved pairs, plain or YaRN inv_freq, cos/sin factor). The default, RopeSpec.Full(Dh, theta), is Hugging Face
+// Mixtral's rotate-half over all of Dh; for i in [0, d/2): inv_i = theta^(-2i/d), a = pos * inv_i,
+//   (x_lo, x_hi) -> (x_lo cos a - x_hi sin a,  x_hi cos a + x_lo sin a),  cos, sin times the factor,
+//   (lo, hi) = (i, i + d/2) or interleaved (2i, 2i + 1), both plus the offset; dims outside the rotary range pass through.
+// gpt-oss: d = Dh = 64, YaRN (factor 32, truncate false). DeepSeek-V3 (MLA): d = Dr = 64 interleaved on q's last Dr dims
+// and on the shared k_rope vector (strides Dn + Dr and kv_lora_rank + Dr), YaRN with mscale.
 //
 // Versions:
 //   V1  one thread per (token, pair i); it computes cos/sin once and rotates pair i of every q head and every k head
@@ -14,13 +18,14 @@
 //   V3WarpNorm  one warp per (token, head): lane l takes pairs l, l + 32, ...; the head's sum of squares is one xor
 //       butterfly of 5 shuffles (every lane gets the same bits). Each lane reads only the pairs it writes, so in place
 //       is safe whatever the shuffles order. The GPU's choice when a norm is asked (coalesced, Dh/64 pairs per lane).
-//   Without a norm, V2 and V3 rotate exactly as V1 (same SinCos and RotatePair: the same bits).
+//   Without a norm, V2 and V3 rotate exactly as V1 (same SinCos and RotatePair: the same bits). The per-head norm needs
+//   the full rotate-half spec (no family combines it with partial or interleaved rotary).
 // attention/rope-append (kernels/ILGpuMoE.Kernels/Attention/RopeAppendKernel.cs) fuses the same rotation (and the same
 // norm, NormRotate below) with the KV append; it shares the table, SinCos and RotatePair, so both give the same bits.
 //
 // Angle precision (why the doubles): with f32, pos * inv_i at pos ~4096 is off by up to half an ulp of 4096
 // (2.4e-4 rad) before cos/sin even start, so the result drifts from the exact rotation by ~1e-4. Here inv_i is
-// computed once on the host in double (cached per (Dh, theta)), the product and the reduction to [-pi, pi] are
+// computed once on the host in double (cached per (d, theta, YaRN)), the product and the reduction to [-pi, pi] are
 // done in double (a handful of f64 ops per thread, cheap next to the loads), and only the reduced angle (|r| <= pi/4)
 // goes through f32 polynomials for sin/cos (SinCos). Against the double reference at positions up to 8191 the
 // outputs agree within 1e-5 relative + 1.2e-7 absolute for |x| <= 1 on the CPU accelerator (ElementwiseTests; the
@@ -83,8 +88,8 @@ public sealed class RopeKernel : IDisposable
 {
     private const string Name = "Rope";
 
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int> _v1;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, int, int, int, int> _v2, _v3;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, RopeGeometry, int, int, int> _v1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, RopeGeometry, int, int, int> _v2, _v3;
     private readonly RopeTables _tables;
     private readonly bool _gpu;
     private readonly int _warpSize;
@@ -94,9 +99,9 @@ public sealed class RopeKernel : IDisposable
         _tables = new RopeTables(accelerator);
         _gpu = accelerator.AcceleratorType != AcceleratorType.CPU;
         _warpSize = accelerator.WarpSize;
-        _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, int, int, int, int>(RopeV1);
-        _v2 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, int, int, int, int>(RopeHeadNormV2);
-        _v3 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, int, int, int, int>(RopeWarpNormV3);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, RopeGeometry, int, int, int>(RopeV1);
+        _v2 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, RopeGeometry, int, int, int>(RopeHeadNormV2);
+        _v3 = accelerator.LoadCounted<ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<double>, QkNorm, RopeGeometry, int, int, int>(RopeWarpNormV3);
     }
 
     public static RopeKernel Create(Accelerator accelerator) => new(accelerator);
@@ -106,40 +111,72 @@ public sealed class RopeKernel : IDisposable
     /// offset for decode lives in that array). The first call for a (Dh, theta) uploads a small inv_freq table.
     /// qNorm / kNorm [Dh] (optional, F32): each q (k) head is first RMS-normalised over Dh with eps = normEps and
     /// times that weight (Qwen3-MoE's q_norm / k_norm). version: null picks V1 without a norm, else V3WarpNorm on a GPU
-    /// and V2HeadNorm on the CPU accelerator; V1 refuses a norm.
+    /// and V2HeadNorm on the CPU accelerator; V1 refuses a norm. Same as the <see cref="RopeSpec"/> overload with
+    /// RopeSpec.Full(headDim, theta) and strides Dh.
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions,
         int tokens, int heads, int kvHeads, int headDim, float theta, ArrayView<float> qNorm = default,
         ArrayView<float> kNorm = default, float normEps = 1e-6f, RopeVersion? version = null)
     {
+        CheckRotation(Name, headDim, theta);
+        Launch(stream, q, k, positions, tokens, heads, kvHeads, RopeSpec.Full(headDim, theta), headDim, headDim, qNorm, kNorm, normEps, version);
+    }
+
+    /// <summary>
+    /// Rotates, in place, dims [spec.Offset, spec.Offset + d) of every head vector of q (H per token, qStride floats
+    /// apart: head (t, h) starts at (t * H + h) * qStride) and of k (Hkv per token, kStride apart) as
+    /// <paramref name="spec"/> says (pairs, YaRN, cos/sin factor); the other dims are not touched. Token t is at
+    /// positions[t]. DeepSeek MLA: q = the [T, H, Dn + Dr] buffer viewed from Dn, qStride Dn + Dr; k = k_rope viewed
+    /// where it starts, kStride its row length (Dr for a [T, 1, Dr] buffer), heads H and kvHeads 1, spec d = Dr
+    /// interleaved. The first call for a spec's (d, theta, YaRN) uploads its inv_freq table. qNorm / kNorm [Dh] need the
+    /// full rotate-half spec over qStride = kStride = Dh (else ArgumentException). version: as the other overload.
+    /// </summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions,
+        int tokens, int heads, int kvHeads, RopeSpec spec, int qStride, int kStride, ArrayView<float> qNorm = default,
+        ArrayView<float> kNorm = default, float normEps = 1e-6f, RopeVersion? version = null)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
         DenseShapes.Stream(Name, stream);
         DenseShapes.Positive(Name, nameof(tokens), tokens);
         DenseShapes.Positive(Name, nameof(heads), heads);
         DenseShapes.Positive(Name, nameof(kvHeads), kvHeads);
-        CheckRotation(Name, headDim, theta);
-        DenseShapes.Length(Name, nameof(q), q, (long)tokens * heads * headDim, "[T, H, Dh]");
-        DenseShapes.Length(Name, nameof(k), k, (long)tokens * kvHeads * headDim, "[T, Hkv, Dh]");
+        DenseShapes.Positive(Name, nameof(qStride), qStride);
+        DenseShapes.Positive(Name, nameof(kStride), kStride);
+        spec.Check(Name, Math.Min(qStride, kStride));
+        CheckHeads(Name, nameof(q), q, (long)tokens * heads, qStride, spec, "[T, H, Dh]");
+        CheckHeads(Name, nameof(k), k, (long)tokens * kvHeads, kStride, spec, "[T, Hkv, Dh]");
         DenseShapes.Length(Name, nameof(positions), positions, tokens, "[T]");
-        var norm = QkNorm.Check(Name, qNorm, kNorm, normEps, headDim);
+        var norm = QkNorm.Check(Name, qNorm, kNorm, normEps, qStride);
+        if (norm.Any && !(spec.IsFullRotateHalf(qStride) && qStride == kStride))
+            throw new ArgumentException($"{Name}: the per-head norm needs the full rotate-half rotary over the whole head (d = strides, offset 0)", nameof(spec));
         var v = version ?? (!norm.Any ? RopeVersion.V1 : _gpu ? RopeVersion.V3WarpNorm : RopeVersion.V2HeadNorm);
-        var inv = _tables.Get(headDim, theta);
+        var inv = _tables.Get(spec);
+        var g = spec.Geometry(qStride, kStride);
         long rows = (long)tokens * (heads + kvHeads);
         switch (v)
         {
             case RopeVersion.V1:
                 if (norm.Any)
                     throw new ArgumentException($"{Name}: version V1 has no per-head norm; use V2HeadNorm or V3WarpNorm", nameof(version));
-                _v1(stream, DenseShapes.Elementwise((long)tokens * (headDim / 2)), q, k, positions, inv.View, tokens, heads, kvHeads, headDim);
+                _v1(stream, DenseShapes.Elementwise((long)tokens * g.Half), q, k, positions, inv.View, g, tokens, heads, kvHeads);
                 break;
             case RopeVersion.V2HeadNorm:
-                _v2(stream, DenseShapes.Elementwise(rows), q, k, positions, inv.View, norm, tokens, heads, kvHeads, headDim);
+                _v2(stream, DenseShapes.Elementwise(rows), q, k, positions, inv.View, norm, g, tokens, heads, kvHeads);
                 break;
             case RopeVersion.V3WarpNorm:
-                _v3(stream, WarpRows(rows, _warpSize), q, k, positions, inv.View, norm, tokens, heads, kvHeads, headDim);
+                _v3(stream, WarpRows(rows, _warpSize), q, k, positions, inv.View, norm, g, tokens, heads, kvHeads);
                 break;
             default:
                 throw new ArgumentException($"{Name}: unknown version {v}", nameof(version));
         }
+    }
+
+    /// <summary>A view of `rows` head vectors `stride` apart must reach the last one's rotated dims (and int offsets suffice).</summary>
+    private static void CheckHeads(string who, string name, ArrayView<float> x, long rows, int stride, RopeSpec spec, string shape)
+    {
+        long need = (rows - 1) * stride + spec.Offset + spec.RotaryDim;
+        if (!x.IsValid || x.Length < need)
+            throw new ArgumentException($"{who}: {name} {shape} has {(x.IsValid ? x.Length : 0)} floats, needs {need} ({rows} heads {stride} apart)", name);
     }
 
     /// <summary>Groups of 256 threads, one warp per row, covering rows rows (V3WarpNorm of both rope families).</summary>
@@ -153,7 +190,10 @@ public sealed class RopeKernel : IDisposable
     }
 
     /// <summary>inv_i = theta^(-2i/Dh) in double, i in [0, Dh/2): the same expression as the reference.</summary>
-    public static double[] InverseFrequencies(int headDim, float theta)
+    public static double[] InverseFrequencies(int headDim, float theta) => InverseFrequencies(headDim, (double)theta);
+
+    /// <summary>The same over a rotary dim d at a double theta (RopeSpec's plain table).</summary>
+    internal static double[] InverseFrequencies(int headDim, double theta)
     {
         var inv = new double[headDim / 2];
         for (int i = 0; i < inv.Length; i++)
@@ -173,54 +213,56 @@ public sealed class RopeKernel : IDisposable
 
     public void Dispose() => _tables.Dispose();
 
-    [KernelInfo(RopeVersion.V1, "grid ceil(T*Dh/2 / 256), group 256",
+    [KernelInfo(RopeVersion.V1, "grid ceil(T*d/2 / 256), group 256",
         Summary = "thread per (token, pair); f64 angle and range reduction, f32 cos/sin, rotates all q and k heads")]
     public static void RopeV1(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq,
-        int tokens, int heads, int kvHeads, int headDim)
+        RopeGeometry g, int tokens, int heads, int kvHeads)
     {
-        int half = headDim / 2;
+        int half = g.Half;
         long index = Grid.GlobalLinearIndex;
         if (index >= (long)tokens * half)
             return;
         int t = (int)(index / half);
         int i = (int)(index - (long)t * half);
 
-        SinCos(positions[t] * invFreq[i], out float sin, out float cos);
+        Angle(positions[t], invFreq, i, g.Factor, out float sin, out float cos);
 
-        long qRow = (long)t * heads * headDim + i;
+        int lo = g.Lo(i), hi = g.Hi(i);
+        long qRow = (long)t * heads * g.QStride;
         for (int h = 0; h < heads; h++)
-            Rotate(q, qRow + (long)h * headDim, half, cos, sin);
-        long kRow = (long)t * kvHeads * headDim + i;
+            RotateAt(q, qRow + (long)h * g.QStride, lo, hi, cos, sin);
+        long kRow = (long)t * kvHeads * g.KStride;
         for (int h = 0; h < kvHeads; h++)
-            Rotate(k, kRow + (long)h * headDim, half, cos, sin);
+            RotateAt(k, kRow + (long)h * g.KStride, lo, hi, cos, sin);
     }
 
     /// <summary>V2HeadNorm: thread per (token, head); q heads first, then k heads, per token.</summary>
     [KernelInfo(RopeVersion.V2HeadNorm, "grid ceil(T*(H+Hkv) / 256), group 256",
-        Summary = "thread per (token, head): optional per-head RMSNorm (q_norm / k_norm), then the head's Dh/2 rotations; no barriers")]
+        Summary = "thread per (token, head): optional per-head RMSNorm (q_norm / k_norm), then the head's d/2 rotations; no barriers")]
     public static void RopeHeadNormV2(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq,
-        QkNorm norm, int tokens, int heads, int kvHeads, int headDim)
+        QkNorm norm, RopeGeometry g, int tokens, int heads, int kvHeads)
     {
         long row = Grid.GlobalLinearIndex;
         if (row < (long)tokens * (heads + kvHeads))
-            RopeRow(q, k, positions, invFreq, norm, row, heads, kvHeads, headDim, 0, 1, false);
+            RopeRow(q, k, positions, invFreq, norm, g, row, heads, kvHeads, 0, 1, false);
     }
 
     /// <summary>V3WarpNorm: warp per (token, head) (a warp is all in or all out: rows are whole warps).</summary>
     [KernelInfo(RopeVersion.V3WarpNorm, "grid ceil(T*(H+Hkv) / 8), group 256 (8 warps, one head each)", BlockSize = Devices.MaxGroupSize,
         Summary = "warp per (token, head): per-head RMSNorm sum by a 5-shuffle butterfly, lanes rotate pairs l, l+32, ...")]
     public static void RopeWarpNormV3(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq,
-        QkNorm norm, int tokens, int heads, int kvHeads, int headDim)
+        QkNorm norm, RopeGeometry g, int tokens, int heads, int kvHeads)
     {
         long row = (long)Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx;
         if (row < (long)tokens * (heads + kvHeads))
-            RopeRow(q, k, positions, invFreq, norm, row, heads, kvHeads, headDim, Warp.LaneIdx, Warp.WarpSize, true);
+            RopeRow(q, k, positions, invFreq, norm, g, row, heads, kvHeads, Warp.LaneIdx, Warp.WarpSize, true);
     }
 
-    // Row (token t, head hh of the H q heads then Hkv k heads) in place: norm when asked, then the rotation, over pairs
-    // start, start + stride, ... (a thread: 0, 1; a warp's lane: l, 32 with warp = true, every lane calling).
+    // Row (token t, head hh of the H q heads then Hkv k heads) in place: norm when asked (full rotate-half only: the
+    // launcher checks, so the head is d = stride floats), then the rotation, over pairs start, start + stride, ... (a
+    // thread: 0, 1; a warp's lane: l, 32 with warp = true, every lane calling).
     private static void RopeRow(ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, ArrayView<double> invFreq, QkNorm norm,
-        long row, int heads, int kvHeads, int headDim, int start, int stride, bool warp)
+        RopeGeometry g, long row, int heads, int kvHeads, int start, int stride, bool warp)
     {
         int rows = heads + kvHeads;
         int t = (int)(row / rows);
@@ -228,15 +270,15 @@ public sealed class RopeKernel : IDisposable
         int pos = positions[t];
         if (hh < heads)
         {
-            long b = ((long)t * heads + hh) * headDim;
-            float scale = norm.NormQ != 0 ? HeadScale(q, b, headDim, start, stride, warp, norm.Eps) : 1f;
-            NormRotate(q, b, q, b, headDim, pos, invFreq, start, stride, norm.NormQ, norm.Q, scale);
+            long b = ((long)t * heads + hh) * g.QStride;
+            float scale = norm.NormQ != 0 ? HeadScale(q, b, g.QStride, start, stride, warp, norm.Eps) : 1f;
+            NormRotate(q, b, q, b, g, pos, invFreq, start, stride, norm.NormQ, norm.Q, scale);
         }
         else
         {
-            long b = ((long)t * kvHeads + hh - heads) * headDim;
-            float scale = norm.NormK != 0 ? HeadScale(k, b, headDim, start, stride, warp, norm.Eps) : 1f;
-            NormRotate(k, b, k, b, headDim, pos, invFreq, start, stride, norm.NormK, norm.K, scale);
+            long b = ((long)t * kvHeads + hh - heads) * g.KStride;
+            float scale = norm.NormK != 0 ? HeadScale(k, b, g.KStride, start, stride, warp, norm.Eps) : 1f;
+            NormRotate(k, b, k, b, g, pos, invFreq, start, stride, norm.NormK, norm.K, scale);
         }
     }
 
@@ -260,27 +302,36 @@ public sealed class RopeKernel : IDisposable
     }
 
     /// <summary>
-    /// Pairs i = start, start + stride, ... &lt; Dh/2 of the head src[sb ..]: times scale * w (RmsNormKernel's x * scale * w)
-    /// when norm != 0, rotated at pos, written to dst[db ..] (dst may be src: a pair is read before its own thread writes it).
+    /// Pairs i = start, start + stride, ... &lt; d/2 of the head src[sb ..] (head-relative dims g.Lo(i), g.Hi(i)): times
+    /// scale * w (RmsNormKernel's x * scale * w, w indexed by the same head-relative dims) when norm != 0, rotated at
+    /// pos, written to dst[db ..] (dst may be src: a pair is read before its own thread writes it).
     /// </summary>
-    internal static void NormRotate(ArrayView<float> src, long sb, ArrayView<float> dst, long db, int headDim, int pos,
+    internal static void NormRotate(ArrayView<float> src, long sb, ArrayView<float> dst, long db, RopeGeometry g, int pos,
         ArrayView<double> invFreq, int start, int stride, int norm, ArrayView<float> w, float scale)
     {
-        int half = headDim / 2;
-        for (int i = start; i < half; i += stride)
+        for (int i = start; i < g.Half; i += stride)
         {
-            SinCos(pos * invFreq[i], out float sin, out float cos);
-            float a = src[sb + i], b = src[sb + i + half];
+            Angle(pos, invFreq, i, g.Factor, out float sin, out float cos);
+            int lo = g.Lo(i), hi = g.Hi(i);
+            float a = src[sb + lo], b = src[sb + hi];
             if (norm != 0)
             {
-                a = a * scale * w[i];
-                b = b * scale * w[i + half];
+                a = a * scale * w[lo];
+                b = b * scale * w[hi];
             }
 
-            RotatePair(a, b, cos, sin, out float lo, out float hi);
-            dst[db + i] = lo;
-            dst[db + i + half] = hi;
+            RotatePair(a, b, cos, sin, out float rLo, out float rHi);
+            dst[db + lo] = rLo;
+            dst[db + hi] = rHi;
         }
+    }
+
+    /// <summary>sin and cos of pos * invFreq[i] (SinCos), both times factor (1: the same bits as without).</summary>
+    internal static void Angle(int pos, ArrayView<double> invFreq, int i, float factor, out float sin, out float cos)
+    {
+        SinCos(pos * invFreq[i], out float s, out float c);
+        sin = s * factor;
+        cos = c * factor;
     }
 
     /// <summary>
@@ -302,14 +353,15 @@ public sealed class RopeKernel : IDisposable
         cos = quadrant switch { 0 => c, 1 => -s, 2 => -c, _ => s };
     }
 
-    internal static void Rotate(ArrayView<float> x, long lo, int half, float cos, float sin)
+    /// <summary>Pair (b + lo, b + hi) of x rotated in place.</summary>
+    internal static void RotateAt(ArrayView<float> x, long b, int lo, int hi, float cos, float sin)
     {
-        RotatePair(x[lo], x[lo + half], cos, sin, out float rLo, out float rHi);
-        x[lo] = rLo;
-        x[lo + half] = rHi;
+        RotatePair(x[b + lo], x[b + hi], cos, sin, out float rLo, out float rHi);
+        x[b + lo] = rLo;
+        x[b + hi] = rHi;
     }
 
-    /// <summary>(a, b) = (x_i, x_{i+Dh/2}) rotated by the angle whose cos and sin are given.</summary>
+    /// <summary>(a, b) = (x_lo, x_hi) rotated by the angle whose cos and sin are given.</summary>
     internal static void RotatePair(float a, float b, float cos, float sin, out float lo, out float hi)
     {
         lo = a * cos - b * sin;
@@ -318,24 +370,25 @@ public sealed class RopeKernel : IDisposable
 }
 
 /// <summary>
-/// Device tables inv_freq [Dh/2] (double) per (Dh, theta), uploaded at the first use of each and kept until disposed
+/// Device tables inv_freq [d/2] (double) per (d, theta, YaRN), uploaded at the first use of each and kept until disposed
 /// (a launch that finds its table allocates nothing, so it can be captured in a CUDA graph).
 /// </summary>
 internal sealed class RopeTables(Accelerator accelerator) : IDisposable
 {
-    private readonly Dictionary<(int HeadDim, float Theta), MemoryBuffer1D<double, Stride1D.Dense>> _invFreq = [];
+    private readonly Dictionary<(int RotaryDim, double Theta, YarnScaling? Yarn), MemoryBuffer1D<double, Stride1D.Dense>> _invFreq = [];
     private readonly Lock _lock = new();
     private bool _disposed;
 
-    public MemoryBuffer1D<double, Stride1D.Dense> Get(int headDim, float theta)
+    public MemoryBuffer1D<double, Stride1D.Dense> Get(RopeSpec spec)
     {
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_invFreq.TryGetValue((headDim, theta), out var buffer))
+            var key = (spec.RotaryDim, spec.Theta, spec.Yarn);
+            if (!_invFreq.TryGetValue(key, out var buffer))
             {
-                buffer = accelerator.Allocate1D(RopeKernel.InverseFrequencies(headDim, theta));
-                _invFreq.Add((headDim, theta), buffer);
+                buffer = accelerator.Allocate1D(spec.InverseFrequencies());
+                _invFreq.Add(key, buffer);
             }
 
             return buffer;
