@@ -1,7 +1,8 @@
 // Attention cases (kernels/ILGpuMoE.Kernels/Attention): V1 for every T; V2 decode (split-K) at T = 1 with S = the
 // preset's KvLength cached keys; V3 decode (one launch, pos from the device) at T = 1 with S = KvLength and S = 512
 // in a cache of KvLength rows (the graph-captured decode step keeps maxSeq fixed: splits past pos exit early); V2
-// prefill (flash style) at T > 1 from an empty cache; the KV-cache append; RoPE fused with the append.
+// prefill (flash style) at T > 1 from an empty cache; gpt-oss' attention (per-head sinks, sliding window 128) in the
+// versions it runs (V2Decode and V3Decode at T = 1, V2Prefill above); the KV-cache append; RoPE fused with the append.
 // FLOPs: 4 * H * Dh per visible (query, key) pair (QK^T and PV, multiply-add = 2). Minimum bytes: q and out once,
 // K and V rows 0..S-1 once (perf/notes/attention.md).
 using ILGPU;
@@ -23,9 +24,11 @@ public sealed class AttentionFamily : IBenchFamily
         {
             yield return new AttentionCase(p, tokens, AttentionVersion.V1, p.KvLength - 1);
             yield return new AttentionCase(p, tokens, AttentionVersion.V2Decode, p.KvLength - 1);
+            yield return new AttentionCase(p, tokens, AttentionVersion.V2Decode, p.KvLength - 1, sinks: true, window: GptOssWindow);
             if (p.HeadDim % 4 == 0 && p.HeadDim <= AttentionKernels.MaxHeadDim)
             {
                 yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, p.KvLength - 1);
+                yield return new AttentionCase(p, tokens, AttentionVersion.V3Decode, p.KvLength - 1, sinks: true, window: GptOssWindow);
                 if (p.KvLength > ShortContext)
                 {
                     yield return new AttentionCase(p, tokens, AttentionVersion.V2Decode, ShortContext - 1);
@@ -40,6 +43,7 @@ public sealed class AttentionFamily : IBenchFamily
         {
             yield return new AttentionCase(p, tokens, AttentionVersion.V1, 0);
             yield return new AttentionCase(p, tokens, AttentionVersion.V2Prefill, 0);
+            yield return new AttentionCase(p, tokens, AttentionVersion.V2Prefill, 0, sinks: true, window: GptOssWindow);
         }
 
         yield return new KvAppendCase(p, tokens);
@@ -53,14 +57,19 @@ public sealed class AttentionFamily : IBenchFamily
 
     /// <summary>The short decode context of the V3 cases (keys 0..511).</summary>
     private const int ShortContext = 512;
+
+    /// <summary>gpt-oss' sliding window (its sliding_attention layers; the others attend to the whole cache).</summary>
+    private const int GptOssWindow = 128;
 }
 
 /// <summary>
 /// Causal GQA of T queries at positions pos0..pos0+T-1 over S = pos0 + T keys, in a cache of max(maxSeq, S) rows.
 /// V3Decode reads pos0 from a device buffer (LaunchDecode); its check also repeats the launch and requires the same
-/// bits every time (its split combine is done by whichever group finishes last, in a fixed order).
+/// bits every time (its split combine is done by whichever group finishes last, in a fixed order). sinks: random
+/// per-head sinks [H] (gpt-oss); window: sliding window (0: none); both checked against RefOps.GeneralAttention.
 /// </summary>
-public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion version, int pos0, int maxSeq = 0, int? keysPerSplit = null) : IBenchCase
+public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion version, int pos0, int maxSeq = 0, int? keysPerSplit = null,
+    bool sinks = false, int window = 0) : IBenchCase
 {
     private readonly int keys = pos0 + tokens;
     private readonly int rows = Math.Max(maxSeq, pos0 + tokens);
@@ -68,6 +77,7 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
     private MemoryBuffer1D<int, Stride1D.Dense>? positions;
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<float, Stride1D.Dense> V)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? output;
+    private MemoryBuffer1D<float, Stride1D.Dense>? sinkLogits;
 
     public string Family => KernelId.Family(version);
 
@@ -78,13 +88,19 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
     public int Tokens => tokens;
 
     public string Shape => $"H={p.Heads} Hkv={p.KvHeads} Dh={p.HeadDim} S={keys}" + (rows != keys ? $" maxSeq={rows}" : "")
-        + (keysPerSplit is int kps ? $" kps={kps}" : "");
+        + (keysPerSplit is int kps ? $" kps={kps}" : "") + (sinks ? " sinks" : "") + (window > 0 ? $" window={window}" : "");
 
-    private long Pairs => (long)tokens * pos0 + (long)tokens * (tokens + 1) / 2;
+    // Visible (query, key) pairs: query t at pos0 + t sees keys max(0, pos - window + 1)..pos.
+    private long Pairs => window > 0
+        ? Enumerable.Range(pos0, tokens).Sum(pos => (long)Math.Min(pos + 1, window))
+        : (long)tokens * pos0 + (long)tokens * (tokens + 1) / 2;
 
     public double Flops => 4.0 * p.Heads * p.HeadDim * Pairs;
 
-    public double MinBytes => 4.0 * (2.0 * p.KvHeads * keys * p.HeadDim + 2.0 * tokens * p.Heads * p.HeadDim);
+    // K and V rows any query sees (a window hides the rows before the first query's window) and q, out; sinks [H] once.
+    private long KeyRows => window > 0 ? keys - Math.Max(0, pos0 - window + 1) : keys;
+
+    public double MinBytes => 4.0 * (2.0 * p.KvHeads * KeyRows * p.HeadDim + 2.0 * tokens * p.Heads * p.HeadDim + (sinks ? p.Heads : 0));
 
     public bool IsMatmul => false;
 
@@ -101,6 +117,8 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
         for (int i = 0; i < setCount; i++)
             sets.Add((device.Fill.Floats(device.Stream, QElements), device.Fill.Floats(device.Stream, CacheElements), device.Fill.Floats(device.Stream, CacheElements)));
         output = device.Fill.Floats(device.Stream, QElements);
+        if (sinks)
+            sinkLogits = device.Fill.Floats(device.Stream, p.Heads, 2f);
         if (version == AttentionVersion.V3Decode)
             positions = device.Accelerator.Allocate1D(new[] { pos0 });
     }
@@ -109,10 +127,12 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
     {
         var (q, k, v) = sets[set];
         if (version == AttentionVersion.V3Decode)
-            kernel!.LaunchDecode(stream, q.View, k.View, v.View, output!.View, positions!.View, p.Heads, p.KvHeads, p.HeadDim, rows);
+            kernel!.LaunchDecode(stream, q.View, k.View, v.View, output!.View, positions!.View, p.Heads, p.KvHeads, p.HeadDim, rows, window, Sinks);
         else
-            kernel!.Launch(stream, q.View, k.View, v.View, output!.View, tokens, p.Heads, p.KvHeads, p.HeadDim, rows, pos0);
+            kernel!.Launch(stream, q.View, k.View, v.View, output!.View, tokens, p.Heads, p.KvHeads, p.HeadDim, rows, pos0, window, Sinks);
     }
+
+    private ArrayView<float> Sinks => sinkLogits is null ? default : sinkLogits.View;
 
     public CheckResult Check(BenchDevice device)
     {
@@ -126,7 +146,8 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
         int width = p.Heads * p.HeadDim;
         var sample = Compare.SampleTokens(tokens, p.CheckTokens);
         var positions = sample.Select(t => pos0 + t).ToArray();
-        var want = RefOps.Attention(Compare.Rows(q, width, sample), k, v, positions, sample.Length, keys, p.Heads, p.KvHeads, p.HeadDim, 0);
+        var want = RefOps.GeneralAttention(Compare.Rows(q, width, sample), k, v, positions, sample.Length, keys, p.Heads, p.KvHeads, p.HeadDim,
+            p.HeadDim, 1.0 / Math.Sqrt(p.HeadDim), window, sinkLogits is null ? ReadOnlySpan<float>.Empty : sinkLogits.GetAsArray1D());
         var result = Compare.Close(Compare.Rows(got, width, sample), want, 1e-4, 1e-5, Compare.Scope(sample, tokens));
         if (!result.Passed || version != AttentionVersion.V3Decode)
             return result;
@@ -172,6 +193,7 @@ public sealed class AttentionCase(ShapePreset p, int tokens, AttentionVersion ve
         }
 
         output?.Dispose();
+        sinkLogits?.Dispose();
         positions?.Dispose();
     }
 }

@@ -36,6 +36,7 @@ public sealed class DenseFamily : IBenchFamily
         yield return new RopeCase(p, tokens, RopeVersion.V1);
         yield return new RopeCase(p, tokens, RopeVersion.V2HeadNorm);
         yield return new RopeCase(p, tokens, RopeVersion.V3WarpNorm);
+        yield return new RopeCase(p, tokens, RopeVersion.V1, yarn: true);
         yield return new BiasClipCase(p, tokens);
         yield return new SwiGluCase(p, tokens, fused: false);
         yield return new SwiGluCase(p, tokens, fused: true);
@@ -188,11 +189,15 @@ public sealed class RmsNormCase(ShapePreset p, int tokens, WeightType type) : Ca
 }
 
 /// <summary>RoPE in place on q and k: each timed run rotates the set again (same work, data stays random). V2HeadNorm and
-/// V3WarpNorm run with the per-head q/k norm (F32 weights [Dh]), checked against RefOps.HeadNormRope.</summary>
-public sealed class RopeCase(ShapePreset p, int tokens, RopeVersion version) : CaseBase
+/// V3WarpNorm run with the per-head q/k norm (F32 weights [Dh]), checked against RefOps.HeadNormRope. yarn: V1 with
+/// gpt-oss' YaRN spec over Dh (factor 32, original 4096, beta 32 / 1, truncate false; the preset's theta), checked
+/// against RefRope.Apply.</summary>
+public sealed class RopeCase(ShapePreset p, int tokens, RopeVersion version, bool yarn = false) : CaseBase
 {
     private const float NormEps = 1e-6f;
+    private static readonly YarnScaling GptOssYarn = new(32, 4096, 32, 1, Truncate: false);
     private readonly bool norm = version != RopeVersion.V1;
+    private readonly RopeSpec? spec = yarn ? new RopeSpec(p.HeadDim, p.RopeTheta) { Yarn = GptOssYarn } : null;
     private RopeKernel? kernel;
     private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> Q, MemoryBuffer1D<float, Stride1D.Dense> K, MemoryBuffer1D<int, Stride1D.Dense> Pos)> sets = [];
     private MemoryBuffer1D<float, Stride1D.Dense>? qw, kw;
@@ -203,7 +208,7 @@ public sealed class RopeCase(ShapePreset p, int tokens, RopeVersion version) : C
 
     public override int Tokens => tokens;
 
-    public override string Shape => $"q [{tokens}, {p.Heads}, {p.HeadDim}] k [{tokens}, {p.KvHeads}, {p.HeadDim}]";
+    public override string Shape => $"q [{tokens}, {p.Heads}, {p.HeadDim}] k [{tokens}, {p.KvHeads}, {p.HeadDim}]" + (yarn ? " yarn" : "");
 
     private long Elements => (long)tokens * (p.Heads + p.KvHeads) * p.HeadDim;
 
@@ -223,13 +228,30 @@ public sealed class RopeCase(ShapePreset p, int tokens, RopeVersion version) : C
         kw = Floats(d, p.HeadDim);
     }
 
-    public override void Run(AcceleratorStream stream, int set) =>
-        kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].Pos.View, tokens, p.Heads, p.KvHeads, p.HeadDim, p.RopeTheta,
-            norm ? qw!.View : default, norm ? kw!.View : default, NormEps, version);
+    public override void Run(AcceleratorStream stream, int set)
+    {
+        if (spec is not null)
+            kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].Pos.View, tokens, p.Heads, p.KvHeads, spec, p.HeadDim, p.HeadDim, version: version);
+        else
+            kernel!.Launch(stream, sets[set].Q.View, sets[set].K.View, sets[set].Pos.View, tokens, p.Heads, p.KvHeads, p.HeadDim, p.RopeTheta,
+                norm ? qw!.View : default, norm ? kw!.View : default, NormEps, version);
+    }
 
-    private float[] Expected(float[] x, int[] pos, int heads, MemoryBuffer1D<float, Stride1D.Dense> w) => norm
-        ? RefOps.HeadNormRope(x, w.GetAsArray1D(), pos, tokens, heads, p.HeadDim, NormEps, p.RopeTheta)
-        : RefOps.Rope(x, pos, tokens, heads, p.HeadDim, p.RopeTheta);
+    private float[] Expected(float[] x, int[] pos, int heads, MemoryBuffer1D<float, Stride1D.Dense> w)
+    {
+        if (spec is not null)
+        {
+            var y = (float[])x.Clone();
+            var y0 = spec.Yarn!;
+            var inv = RefRope.InvFreq(spec.RotaryDim, spec.Theta, new RefYarn(y0.Factor, y0.OriginalMaxPositions, y0.BetaFast, y0.BetaSlow, y0.Truncate));
+            RefRope.Apply(y, pos, tokens, heads, p.HeadDim, 0, inv, spec.CosSinFactor, interleaved: false);
+            return y;
+        }
+
+        return norm
+            ? RefOps.HeadNormRope(x, w.GetAsArray1D(), pos, tokens, heads, p.HeadDim, NormEps, p.RopeTheta)
+            : RefOps.Rope(x, pos, tokens, heads, p.HeadDim, p.RopeTheta);
+    }
 
     public override CheckResult Check(BenchDevice d)
     {
@@ -239,7 +261,7 @@ public sealed class RopeCase(ShapePreset p, int tokens, RopeVersion version) : C
         var pos = sets[0].Pos.GetAsArray1D();
         RunOnce(d);
         // Normalised heads are O(1) times the weights: a few ulp more absolute room than the plain rotation of |x| <= 1.
-        double atol = norm ? 2e-6 : 3e-7;
+        double atol = norm ? 2e-6 : yarn ? 5e-7 : 3e-7; // YaRN's cos/sin factor 1.35 scales the rotation's rounding
         var rq = Compare.Close(sets[0].Q.GetAsArray1D(), Expected(q, pos, p.Heads, qw!), 1e-5, atol, $"q, all {tokens} tokens");
         if (!rq.Passed)
             return rq;

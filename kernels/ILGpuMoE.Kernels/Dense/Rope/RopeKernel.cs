@@ -171,12 +171,20 @@ public sealed class RopeKernel : IDisposable
         }
     }
 
-    /// <summary>A view of `rows` head vectors `stride` apart must reach the last one's rotated dims (and int offsets suffice).</summary>
+    /// <summary>
+    /// A view of `rows` head vectors `stride` apart must reach the last one's rotated dims and hold no more than rows *
+    /// stride floats (a longer one is the wrong tensor or T): [T, H, Dh] exactly for the full spec, and MLA's views
+    /// that start at the rope part of a row and run to the buffer's end.
+    /// </summary>
     private static void CheckHeads(string who, string name, ArrayView<float> x, long rows, int stride, RopeSpec spec, string shape)
     {
-        long need = (rows - 1) * stride + spec.Offset + spec.RotaryDim;
-        if (!x.IsValid || x.Length < need)
-            throw new ArgumentException($"{who}: {name} {shape} has {(x.IsValid ? x.Length : 0)} floats, needs {need} ({rows} heads {stride} apart)", name);
+        long need = (rows - 1) * stride + spec.Offset + spec.RotaryDim, most = rows * stride;
+        long length = x.IsValid ? x.Length : 0;
+        if (length < need || length > most)
+        {
+            string range = need == most ? $"{need}" : $"{need}..{most}";
+            throw new ArgumentException($"{who}: {name} {shape} has {length} floats, needs {range} ({rows} heads {stride} apart)", name);
+        }
     }
 
     /// <summary>Groups of 256 threads, one warp per row, covering rows rows (V3WarpNorm of both rope families).</summary>

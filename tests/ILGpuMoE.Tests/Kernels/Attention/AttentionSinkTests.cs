@@ -120,6 +120,18 @@ public class AttentionSinkTests
     }
 
     [Test]
+    public void MinusInfinitySinksGiveTheNoSinkBits([Values(AttentionVersion.V1, AttentionVersion.V2Prefill, AttentionVersion.V2Decode, AttentionVersion.V3Decode)]
+        AttentionVersion version)
+    {
+        // exp(-inf - M) = 0 and M = max(m, -inf) = m: the fold must be exact, so the sink path with -inf sinks reproduces
+        // the no-sink path bit for bit (the path every earlier model runs).
+        int t = version is AttentionVersion.V2Prefill or AttentionVersion.V1 ? 3 : 1;
+        var p = Problem.Random(91, t, 4, 2, 24, 12, 0);
+        var none = p with { Sinks = Enumerable.Repeat(float.NegativeInfinity, 4).ToArray() };
+        Check.BitEqual(Run(version, p, false, null, 4), Run(version, none, true, null, 4), $"{version}");
+    }
+
+    [Test]
     public void SinksChangeTheOutput()
     {
         // Guards the test itself: with head 0's sink far above its scores, its output must shrink towards 0.

@@ -248,7 +248,13 @@ public class RopeSpecTests
         Assert.That(Assert.Throws<ArgumentException>(() => Launch(new RopeSpec(16, 1e4) { Yarn = new YarnScaling(4, 4096, BetaSlow: -1) }))!.Message, Does.Contain("beta"));
         Assert.That(Assert.Throws<ArgumentException>(() => Launch(new RopeSpec(8, 1e4), norm: true))!.Message, Does.Contain("full rotate-half"));
         Assert.That(Assert.Throws<ArgumentException>(() => Launch(new RopeSpec(16, 1e4) { Interleaved = true }, norm: true))!.Message, Does.Contain("full rotate-half"));
-        Assert.That(Assert.Throws<ArgumentException>(() => Launch(RopeSpec.Full(16, 1e4f), stride: 17))!.Message, Does.Contain("needs"));
+        Assert.That(Assert.Throws<ArgumentException>(() => Launch(RopeSpec.Full(16, 1e4f), stride: 17))!.Message, Does.Contain("has 32 floats, needs 33"));
+        // q of 2 heads' floats for 1 head: a view longer than rows * stride is the wrong tensor.
+        var longer = Assert.Throws<ArgumentException>(() => kernel.Launch(s, q.View, k.View, p.View, 1, 1, 1, RopeSpec.Full(16, 1e4f), 16, 16))!;
+        Assert.That(longer.Message, Does.Contain("q [T, H, Dh] has 32 floats, needs 16"));
+        // A partial spec at an offset accepts any length from the last rotated dim to the end of the last head.
+        Assert.DoesNotThrow(() => kernel.Launch(s, q.View.SubView(0, 30), k.View, p.View, 1, 2, 1, new RopeSpec(8, 1e4) { Offset = 6 }, 16, 16));
+        s.Synchronize();
         Assert.That(Assert.Throws<ArgumentException>(() => Launch(new RopeSpec(16, 0.5)))!.Message, Does.Contain("theta"));
     }
 }
