@@ -174,7 +174,10 @@ public sealed class MlaAttentionKernel : IDisposable
     }
 }
 
-/// <summary>MLA's weight absorption around the latent attention, reading kv_b_proj [H * (Dn + Dv), R] in place (TW).</summary>
+/// <summary>
+/// MLA's weight absorption around the latent attention, reading kv_b_proj [H * (Dn + Dv), R] in place (TW). version:
+/// null picks V2Wide (16-byte weight words, the decode choice) when <see cref="CanReadWide"/>, else V1.
+/// </summary>
 public sealed class MlaAbsorbKernel<TW>
     where TW : struct, IWeights
 {
@@ -183,30 +186,58 @@ public sealed class MlaAbsorbKernel<TW>
 
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, MlaParams> absorbQ;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, MlaParams> absorbV;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, MlaParams>? wideQ;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<MlaQuad>, ArrayView<Wide16>, ArrayView<float>, MlaParams>? wideV;
+    private readonly int unitValues;
 
     internal MlaAbsorbKernel(Accelerator accelerator)
     {
         absorbQ = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, MlaParams>(MlaKernels.MlaAbsorbQV1);
         absorbV = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, MlaParams>(MlaKernels.MlaAbsorbVV1);
+        (Action<ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, MlaParams>? q, Action<ArrayView<MlaQuad>, ArrayView<Wide16>, ArrayView<float>, MlaParams>? v, unitValues) =
+            typeof(TW) == typeof(F32Weights) ? (MlaAbsorbWide.AbsorbQF32, MlaAbsorbWide.AbsorbVF32, 4)
+            : typeof(TW) == typeof(F16Weights) ? (MlaAbsorbWide.AbsorbQF16, MlaAbsorbWide.AbsorbVF16, 8)
+            : typeof(TW) == typeof(BF16Weights) ? (MlaAbsorbWide.AbsorbQBF16, MlaAbsorbWide.AbsorbVBF16, 8)
+            : ((Action<ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, MlaParams>?)null, (Action<ArrayView<MlaQuad>, ArrayView<Wide16>, ArrayView<float>, MlaParams>?)null, 0);
+        if (q is not null && v is not null)
+        {
+            wideQ = accelerator.LoadCounted(q);
+            wideV = accelerator.LoadCounted(v);
+        }
     }
+
+    /// <summary>V2Wide when kv_b_proj can be read as 16-byte words (R * sizeof(weight) a multiple of 16, the view 16-byte aligned), else V1.</summary>
+    public bool CanReadWide(TW kvB, int rank) => wideQ is not null && MatMulKernel<TW>.TryGetWide(kvB, rank, out _);
 
     /// <summary>
     /// q_abs [T, H, R + Dr] = per head [W_UK[h]^T q_nope[t, h] | q_rope[t, h]] from q [T, H, Dn + Dr] (nope part then
     /// the roped rope part, q_b_proj's layout) and kvB = kv_b_proj.weight [H * (Dn + Dv), R].
     /// </summary>
     public void AbsorbQ(AcceleratorStream stream, ArrayView<float> q, TW kvB, ArrayView<float> qAbs, int tokens, int heads, int rank, int ropeDim,
-        int nopeDim, int vDim)
+        int nopeDim, int vDim, MlaAbsorbQVersion? version = null)
     {
         const string who = Name + ".AbsorbQ";
         var p = Params(who, stream, kvB, tokens, heads, rank, ropeDim, nopeDim, vDim);
         MlaChecks.AtLeast(who, "q [T, H, Dn + Dr]", q.Length, (long)tokens * heads * (nopeDim + ropeDim));
         MlaChecks.AtLeast(who, "qAbs [T, H, R + Dr]", qAbs.Length, (long)tokens * heads * (rank + ropeDim));
-        absorbQ(stream, DenseShapes.Elementwise((long)tokens * heads * (rank + ropeDim)), q, kvB, qAbs, p);
+        var chosen = version ?? (CanReadWide(kvB, rank) ? MlaAbsorbQVersion.V2Wide : MlaAbsorbQVersion.V1);
+        switch (chosen)
+        {
+            case MlaAbsorbQVersion.V1:
+                absorbQ(stream, DenseShapes.Elementwise((long)tokens * heads * (rank + ropeDim)), q, kvB, qAbs, p);
+                break;
+            case MlaAbsorbQVersion.V2Wide:
+                var words = Words(who, kvB, rank);
+                wideQ!(stream, DenseShapes.Elementwise((long)tokens * heads * (rank / unitValues + ropeDim)), q, words, qAbs, p);
+                break;
+            default:
+                throw new ArgumentException($"{who}: unknown version {chosen}", nameof(version));
+        }
     }
 
     /// <summary>output [T, H, Dv] = per head W_UV[h] o_lat[t, h] from o_lat [T, H, R] and kvB = kv_b_proj.weight [H * (Dn + Dv), R].</summary>
     public void AbsorbV(AcceleratorStream stream, ArrayView<float> oLat, TW kvB, ArrayView<float> output, int tokens, int heads, int rank, int ropeDim,
-        int nopeDim, int vDim)
+        int nopeDim, int vDim, MlaAbsorbVVersion? version = null)
     {
         const string who = Name + ".AbsorbV";
         var p = Params(who, stream, kvB, tokens, heads, rank, ropeDim, nopeDim, vDim);
@@ -215,7 +246,29 @@ public sealed class MlaAbsorbKernel<TW>
         MlaChecks.AtLeast(who, "output [T, H, Dv]", output.Length, rows);
         long groups = (rows + RowsPerGroup - 1) / RowsPerGroup;
         Index64.CheckInt(who, "output rows T * H * Dv / 8", groups);
-        absorbV(stream, new KernelConfig((int)groups, Devices.MaxGroupSize), oLat, kvB, output, p);
+        var config = new KernelConfig((int)groups, Devices.MaxGroupSize);
+        long lat = (long)tokens * heads * rank;
+        var chosen = version ?? (CanReadWide(kvB, rank) && WideAccess.IsAligned(oLat, 16) ? MlaAbsorbVVersion.V2Wide : MlaAbsorbVVersion.V1);
+        switch (chosen)
+        {
+            case MlaAbsorbVVersion.V1:
+                absorbV(stream, config, oLat, kvB, output, p);
+                break;
+            case MlaAbsorbVVersion.V2Wide:
+                var words = Words(who, kvB, rank);
+                WideAccess.RequireAligned(who, "oLat", oLat, 16);
+                wideV!(stream, config, oLat.SubView(0, lat).Cast<MlaQuad>(), words, output, p);
+                break;
+            default:
+                throw new ArgumentException($"{who}: unknown version {chosen}", nameof(version));
+        }
+    }
+
+    private ArrayView<Wide16> Words(string who, TW kvB, int rank)
+    {
+        if (wideQ is null || !MatMulKernel<TW>.TryGetWide(kvB, rank, out var words))
+            throw new ArgumentException($"{who}: V2Wide needs R * sizeof(weight) and kvB's offset to be multiples of 16 bytes (R={rank}, {typeof(TW).Name}); use V1", nameof(kvB));
+        return words;
     }
 
     private static MlaParams Params(string who, AcceleratorStream stream, TW kvB, int tokens, int heads, int rank, int ropeDim, int nopeDim, int vDim)

@@ -15,6 +15,8 @@
 //                             (r < R: a dot over Dn down column r of W_UK[h], consecutive threads read consecutive r of
 //                             a W_UK row: coalesced; r >= R: copy of q's rope part). The attention then dots q_abs with
 //                             whole cache rows.
+//   attention/mla-absorb-q V2Wide  the same with kv_b_proj read as 16-byte words, a thread per word column (decode;
+//                             MlaAbsorbWide.cs).
 //   attention/mla V1          thread per (token, head, latent dim): every thread walks all visible rows with an online
 //                             softmax, recomputing the score itself (Row-fold redundant). Simplest correct; tests.
 //   attention/mla V2Split     lanes over the row with 16-byte loads (lane l holds quads l, l+32, ..., l+128 of a row:
@@ -29,6 +31,7 @@
 //                             in a CUDA graph.
 //   attention/mla-absorb-v V1 warp per (token, head, output dim d): lanes over R read row Dn + d of head h's block of
 //                             kv_b_proj (coalesced), 5-shuffle reduction: out[t, h, d] = W_UV[h][d] . o_lat[t, h].
+//   attention/mla-absorb-v V2Wide  the same with 16-byte weight words per lane (decode; MlaAbsorbWide.cs).
 //
 // Positions: query t sits at positions[t] (device data the runtime checks on the host: 0 <= pos < maxSeq) and sees
 // cache rows 0..pos (causal; DeepSeek-V3 has no window). A bad pos never reads or writes out of bounds: the append
@@ -54,6 +57,9 @@ public enum MlaAbsorbQVersion
 {
     /// <summary>One thread per (token, head, float of q_abs).</summary>
     V1 = 1,
+
+    /// <summary>Thread per (token, head, 16-byte unit of R): kv_b_proj read as 16-byte words (MlaAbsorbWide.cs).</summary>
+    V2Wide = 2,
 }
 
 /// <summary>attention/mla-absorb-v's versions.</summary>
@@ -62,6 +68,9 @@ public enum MlaAbsorbVVersion
 {
     /// <summary>One warp per (token, head, output dim).</summary>
     V1 = 1,
+
+    /// <summary>Warp per output with 16-byte weight loads (MlaAbsorbWide.cs).</summary>
+    V2Wide = 2,
 }
 
 /// <summary>attention/mla's (latent attention) versions.</summary>
@@ -171,7 +180,7 @@ public static class MlaKernels
     }
 
     // ---------------------------------------------------------------------------------------------------------
-    [KernelInfo(MlaAbsorbQVersion.V1, "grid ceil(T*H*(R+Dr)/256), group 256", Decode = DecodeUse.Weights, BlockSize = Devices.MaxGroupSize,
+    [KernelInfo(MlaAbsorbQVersion.V1, "grid ceil(T*H*(R+Dr)/256), group 256", BlockSize = Devices.MaxGroupSize,
         Summary = "q_abs = [W_UK^T q_nope | q_rope]: thread per output, dot down a column of W_UK (coalesced across r)")]
     public static void MlaAbsorbQV1<TW>(
         ArrayView<float> q,          // [T, H, Dn + Dr]
@@ -210,8 +219,7 @@ public static class MlaKernels
     }
 
     // ---------------------------------------------------------------------------------------------------------
-    [KernelInfo(MlaAbsorbVVersion.V1, "grid ceil(T*H*Dv/8), group 256 (8 warps, one output each)", Decode = DecodeUse.Weights,
-        BlockSize = Devices.MaxGroupSize,
+    [KernelInfo(MlaAbsorbVVersion.V1, "grid ceil(T*H*Dv/8), group 256 (8 warps, one output each)", BlockSize = Devices.MaxGroupSize,
         Summary = "out = W_UV o_lat: warp per output, lanes over R (coalesced row of kv_b_proj), shuffle butterfly")]
     public static void MlaAbsorbVV1<TW>(
         ArrayView<float> oLat,       // [T, H, R]
@@ -220,17 +228,33 @@ public static class MlaKernels
         MlaParams p)
         where TW : struct, IWeights
     {
-        long index = (long)Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx; // (t * H + h) * Dv + d
-        if (index >= (long)p.Tokens * p.Heads * p.VDim)
+        if (!AbsorbVRow(p, out long index, out long th, out long wRow))
             return; // a whole warp: the shuffles below see every lane
-        long th = index / p.VDim;
-        int d = (int)(index - th * p.VDim);
-        int h = (int)(th % p.Heads);
-        long w = ((long)h * (p.NopeDim + p.VDim) + p.NopeDim + d) * p.Rank;
+        long w = wRow * p.Rank;
         long o = th * p.Rank;
         float acc = 0f;
         for (int r = Warp.LaneIdx; r < p.Rank; r += Warp.WarpSize)
             acc += kvB.Get(w + r) * oLat[o + r];
+        WarpSumStore(acc, output, index);
+    }
+
+    /// <summary>
+    /// absorb-v's warp-per-output row: this warp's output index (t * H + h) * Dv + d, its (t * H + h) and the row of
+    /// kv_b_proj it dots (W_UV[h] row d = h * (Dn + Dv) + Dn + d). False past the outputs (a whole warp).
+    /// </summary>
+    internal static bool AbsorbVRow(MlaParams p, out long index, out long th, out long wRow)
+    {
+        index = (long)Grid.IdxX * (Group.DimX / Warp.WarpSize) + Warp.WarpIdx;
+        th = index / p.VDim;
+        int d = (int)(index - th * p.VDim);
+        int h = (int)(th % p.Heads);
+        wRow = (long)h * (p.NopeDim + p.VDim) + p.NopeDim + d;
+        return index < (long)p.Tokens * p.Heads * p.VDim;
+    }
+
+    /// <summary>The warp's sum of acc (butterfly), stored by lane 0 at output[index].</summary>
+    internal static void WarpSumStore(float acc, ArrayView<float> output, long index)
+    {
         for (int off = Warp.WarpSize / 2; off > 0; off >>= 1)
             acc += Warp.ShuffleXor(acc, off);
         if (Warp.LaneIdx == 0)
@@ -379,10 +403,7 @@ public static class MlaKernels
             float mMax = GroupMax(ml, hh);
             float l = 0f;
             for (int w = 0; w < Warps; w++)
-            {
-                float mw = ml[2 * (w * HeadsPerGroup + hh)];
-                l += mw == float.NegativeInfinity ? 0f : ml[2 * (w * HeadsPerGroup + hh) + 1] * XMath.Exp(mw - mMax);
-            }
+                l += ml[2 * (w * HeadsPerGroup + hh) + 1] * XMath.Exp(ml[2 * (w * HeadsPerGroup + hh)] - Floor(mMax)); // a warp without rows: 0 * 0
 
             long th = (long)t * p.Heads + h0 + hh;
             float acc = os[hh * MaxRow + r];
@@ -501,9 +522,15 @@ public static class MlaKernels
         return m;
     }
 
-    /// <summary>exp(m_w - M) for this warp's max m_w of a head (0 for a warp that saw no row).</summary>
-    private static float WarpWeight(ArrayView<float> ml, int head, float mine) =>
-        mine == float.NegativeInfinity ? 0f : XMath.Exp(mine - GroupMax(ml, head));
+    /// <summary>
+    /// exp(m_w - M) for this warp's max m_w of a head: 0 for a warp that saw no row (m_w = -inf), also when no warp saw
+    /// one (M = -inf: Floor keeps exp(-inf - M) from becoming exp(NaN)). No branch: m_w comes through shuffles, which
+    /// the PTX lint counts as lane-dependent, so a test on it would be a divergent bra.uni to the lint.
+    /// </summary>
+    private static float WarpWeight(ArrayView<float> ml, int head, float mine) => XMath.Exp(mine - Floor(GroupMax(ml, head)));
+
+    /// <summary>max(m, -float.MaxValue): a finite stand-in for a max over no rows.</summary>
+    private static float Floor(float m) => XMath.Max(m, float.MinValue);
 
     /// <summary>os[head, latent quads of this lane] = (first ? 0 : os) + f * acc; rope quads are dropped.</summary>
     private static void MergeLane(ArrayView<float> os, int head, LaneQuads a, float f, int lane, int latentQuads, bool first)

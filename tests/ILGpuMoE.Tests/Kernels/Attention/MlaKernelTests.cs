@@ -174,49 +174,104 @@ public class MlaKernelTests
 
     // ---------------------------------------------------------------------------------------------------------
     [Test]
-    public void AbsorbQMatchesReferenceF32() => AbsorbQCase<F32Weights>(11);
-
-    [Test]
-    public void AbsorbQMatchesReferenceF16() => AbsorbQCase<F16Weights>(12);
-
-    [Test]
-    public void AbsorbQMatchesReferenceBf16() => AbsorbQCase<BF16Weights>(13);
-
-    private static void AbsorbQCase<TW>(int seed)
-        where TW : struct, IWeights
+    public void AbsorbQMatchesReference([Values] WeightType type, [Values] MlaAbsorbQVersion version)
     {
-        var p = Problem.Random(seed, Odd, tokens: 2, pos0: 0);
-        var (w, values, buffer) = UploadWeights<TW>(p.KvB);
-        using (buffer)
-        {
-            using var q = TestDevice.Upload(p.Q);
-            using var o = TestDevice.PoisonedFloats((long)p.Tokens * p.S.Heads * p.S.Row);
-            Absorb<TW>().AbsorbQ(TestDevice.Accelerator.DefaultStream, q.View, w, o.View, p.Tokens, p.S.Heads, p.S.Rank, p.S.RopeDim, p.S.NopeDim, p.S.VDim);
-            TestDevice.Accelerator.Synchronize();
-            Check.Close(RefMlaAttention.AbsorbQ(p.Q, values, p.Tokens, p.S), o.GetAsArray1D(), Rtol, Atol, $"absorb-q {typeof(TW).Name}");
-        }
+        // R 40: 10 f32 or 5 f16/bf16 16-byte units per row for V2Wide.
+        var p = Problem.Random(11 + (int)type, Odd, tokens: 2, pos0: 0);
+        Dispatch(type, new AbsorbQRun(p, version));
     }
 
     [Test]
-    public void AbsorbVMatchesReferenceF32() => AbsorbVCase<F32Weights>(21);
+    public void AbsorbVMatchesReference([Values] WeightType type, [Values] MlaAbsorbVVersion version)
+    {
+        // R 40: lanes 0..7 take a second step of V1's 32-lane stride; V2Wide has 10 or 5 units, most lanes idle.
+        var p = Problem.Random(21 + (int)type, Odd, tokens: 3, pos0: 0);
+        Dispatch(type, new AbsorbVRun(p, version));
+    }
 
     [Test]
-    public void AbsorbVMatchesReferenceBf16() => AbsorbVCase<BF16Weights>(22);
-
-    private static void AbsorbVCase<TW>(int seed)
-        where TW : struct, IWeights
+    public void AbsorbV2WideAtV3Widths([Values(WeightType.F32, WeightType.BF16)] WeightType type)
     {
-        // R 40: lanes 0..7 take a second step of the 32-lane stride.
-        var p = Problem.Random(seed, Odd, tokens: 3, pos0: 0);
-        var oLat = Data.Gaussian(seed + 5, (long)p.Tokens * p.S.Heads * p.S.Rank);
-        var (w, values, buffer) = UploadWeights<TW>(p.KvB);
-        using (buffer)
+        // R 512: 128 f32 or 64 bf16 units per row (V2Wide's lanes take 4 or 2 units each), Dn 16, Dv 8, Dr 64.
+        var p = Problem.Random(31, new MlaShape(2, 512, 64, 16, 8), tokens: 1, pos0: 0);
+        Dispatch(type, new AbsorbQRun(p, MlaAbsorbQVersion.V2Wide));
+        Dispatch(type, new AbsorbVRun(p, MlaAbsorbVVersion.V2Wide));
+    }
+
+    [Test]
+    public void AbsorbV2WideRefusesUnalignedRows()
+    {
+        // R 13 f32: 52-byte rows are not whole 16-byte words; the default falls back to V1.
+        var absorb = Absorb<F32Weights>();
+        using var w = TestDevice.Upload(Data.Gaussian(3, 2L * 20 * 13));
+        Assert.That(absorb.CanReadWide(new F32Weights(w.View), 13), Is.False);
+        Assert.That(absorb.CanReadWide(new F32Weights(w.View), 12), Is.True);
+        using var q = TestDevice.Upload(Data.Gaussian(4, 2L * 14));
+        using var o = TestDevice.PoisonedFloats(2L * 17);
+        var e = Assert.Throws<ArgumentException>(() => absorb.AbsorbQ(TestDevice.Accelerator.DefaultStream, q.View, new F32Weights(w.View), o.View,
+            1, 2, 13, 4, 10, 10, MlaAbsorbQVersion.V2Wide))!;
+        Assert.That(e.Message, Does.Contain("V2Wide"));
+    }
+
+    /// <summary>A check generic over the weight reader, run for one WeightType.</summary>
+    private interface IWeightRun
+    {
+        void Run<TW>()
+            where TW : struct, IWeights;
+    }
+
+    private static void Dispatch(WeightType type, IWeightRun run)
+    {
+        switch (type)
         {
-            using var ob = TestDevice.Upload(oLat);
-            using var y = TestDevice.PoisonedFloats((long)p.Tokens * p.S.Heads * p.S.VDim);
-            Absorb<TW>().AbsorbV(TestDevice.Accelerator.DefaultStream, ob.View, w, y.View, p.Tokens, p.S.Heads, p.S.Rank, p.S.RopeDim, p.S.NopeDim, p.S.VDim);
-            TestDevice.Accelerator.Synchronize();
-            Check.Close(RefMlaAttention.AbsorbV(oLat, values, p.Tokens, p.S), y.GetAsArray1D(), Rtol, Atol, $"absorb-v {typeof(TW).Name}");
+            case WeightType.F32:
+                run.Run<F32Weights>();
+                break;
+            case WeightType.F16:
+                run.Run<F16Weights>();
+                break;
+            case WeightType.BF16:
+                run.Run<BF16Weights>();
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(type), type, "F32, F16 or BF16");
+        }
+    }
+
+    private sealed record AbsorbQRun(Problem P, MlaAbsorbQVersion Version) : IWeightRun
+    {
+        public void Run<TW>()
+            where TW : struct, IWeights
+        {
+            var (s, t) = (P.S, P.Tokens);
+            var (w, values, buffer) = UploadWeights<TW>(P.KvB);
+            using (buffer)
+            {
+                using var q = TestDevice.Upload(P.Q);
+                using var o = TestDevice.PoisonedFloats((long)t * s.Heads * s.Row);
+                Absorb<TW>().AbsorbQ(TestDevice.Accelerator.DefaultStream, q.View, w, o.View, t, s.Heads, s.Rank, s.RopeDim, s.NopeDim, s.VDim, Version);
+                TestDevice.Accelerator.Synchronize();
+                Check.Close(RefMlaAttention.AbsorbQ(P.Q, values, t, s), o.GetAsArray1D(), Rtol, Atol, $"absorb-q {Version} {typeof(TW).Name} R={s.Rank}");
+            }
+        }
+    }
+
+    private sealed record AbsorbVRun(Problem P, MlaAbsorbVVersion Version) : IWeightRun
+    {
+        public void Run<TW>()
+            where TW : struct, IWeights
+        {
+            var (s, t) = (P.S, P.Tokens);
+            var oLat = Data.Gaussian(s.Rank + t, (long)t * s.Heads * s.Rank);
+            var (w, values, buffer) = UploadWeights<TW>(P.KvB);
+            using (buffer)
+            {
+                using var ob = TestDevice.Upload(oLat);
+                using var y = TestDevice.PoisonedFloats((long)t * s.Heads * s.VDim);
+                Absorb<TW>().AbsorbV(TestDevice.Accelerator.DefaultStream, ob.View, w, y.View, t, s.Heads, s.Rank, s.RopeDim, s.NopeDim, s.VDim, Version);
+                TestDevice.Accelerator.Synchronize();
+                Check.Close(RefMlaAttention.AbsorbV(oLat, values, t, s), y.GetAsArray1D(), Rtol, Atol, $"absorb-v {Version} {typeof(TW).Name} R={s.Rank}");
+            }
         }
     }
 
@@ -355,6 +410,13 @@ public class MlaKernelTests
         var w = Assert.Throws<ArgumentException>(() => absorb.AbsorbQ(st, v, new F32Weights(small.View), v, 1, 3, 40, 8, 12, 10))!;
         Assert.That(w.Message, Does.Contain("kvB"));
         Assert.Throws<ArgumentException>(() => absorb.AbsorbV(st, v, new F32Weights(v), v, 1, 3, 40, 8, 0, 10));
+        // V2Wide reads o_lat as 16-byte quads: a view starting at element 1 is refused (a misaligned-address fault on a GPU)
+        var lat = Assert.Throws<ArgumentException>(() =>
+            absorb.AbsorbV(st, v.SubView(1, 1000), new F32Weights(v), v, 1, 3, 40, 8, 12, 10, MlaAbsorbVVersion.V2Wide))!;
+        Assert.That(lat.Message, Does.Contain("oLat"));
+        var qa = Assert.Throws<ArgumentException>(() =>
+            k.Attention(st, v.SubView(1, 2000), v, pos.View, v, 1, 3, 40, 8, 10, 0.2f, MlaAttentionVersion.V2Split))!;
+        Assert.That(qa.Message, Does.Contain("qAbs"));
     }
 
     [Test]
