@@ -79,7 +79,7 @@ public sealed record ModelConfig
     public required int MaxPositionEmbeddings { get; init; }
 
     /// <summary>YaRN-scaled RoPE (rope_scaling / rope_parameters with rope_type "yarn"), or null for plain RoPE.</summary>
-    public YarnScaling? RopeScaling { get; init; }
+    public Kernels.Dense.YarnScaling? RopeScaling { get; init; }
 
     /// <summary>The widest attention window of any layer, or null when every layer attends to the whole causal
     /// prefix; <see cref="WindowOf"/> gives each layer's.</summary>
@@ -210,7 +210,7 @@ public sealed record ModelConfig
         var ropeTheta = ReadRopeTheta(c);
         var maxPositions = c.PositiveInt("max_position_embeddings");
 
-        var ropeScaling = YarnScaling.Read(c, maxPositions, family.DefaultRopeScaling);
+        var ropeScaling = Model.RopeScaling.Read(c, maxPositions, family);
         var block = family.Read(c, layers);
         if (block.HeadDim is { } familyHeadDim)
             (headDim, headDimExplicit) = (familyHeadDim, true);
@@ -328,7 +328,7 @@ public sealed record ModelConfig
     public override string ToString() =>
         $"{Architecture}: V={VocabSize} D={HiddenSize} F={IntermediateSize} L={Layers} H={Heads} Hkv={KvHeads} Dh={HeadDim} " +
         $"E={Experts} K={TopK} eps={RmsNormEps} theta={RopeTheta} window={(SlidingWindow?.ToString() ?? "none")}" +
-        (RopeScaling is { } y ? $" rope={y}" : "") +
+        (RopeScaling is { } y ? FormattableString.Invariant($" rope=yarn(factor {y.Factor}, original {y.OriginalMaxPositions}, truncate {y.Truncate})") : "") +
         (Block.SharedExpertSize > 0 ? $" shared={Block.SharedExpertSize}" : "") +
         (Block.MoeLayers.Count > 0 && Block.MoeLayers.Any(m => !m) ? $" dense-layers={Block.MoeLayers.Count(m => !m)}" : "");
 }

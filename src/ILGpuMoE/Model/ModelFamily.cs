@@ -153,7 +153,11 @@ public abstract class ModelFamily
     public virtual ExpertStorage ExpertStorage => ExpertStorage.PerExpert;
 
     /// <summary>The scaled RoPE its config class fills in when config.json has no rope_scaling (gpt-oss's YaRN); null: plain.</summary>
-    internal virtual YarnScaling? DefaultRopeScaling => null;
+    internal virtual Kernels.Dense.YarnScaling? DefaultRopeScaling => null;
+
+    /// <summary>Whether the runtime runs this family with YaRN (gpt-oss, DeepSeek-V3: what the oracle and the fixtures
+    /// check); the others refuse a rope_scaling block.</summary>
+    internal virtual bool RunsYarn => false;
 
     /// <summary>Reads the router, the experts' width and the block's choices from config.json.</summary>
     internal abstract FamilyConfig Read(ConfigReader c, int layers);

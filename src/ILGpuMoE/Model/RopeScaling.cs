@@ -1,6 +1,7 @@
 // Scaled RoPE as config.json's rope_scaling (older writers) or rope_parameters (newer) block describes it. Only YaRN is
-// run (gpt-oss always, DeepSeek-V3 and Qwen3 for long contexts); linear, dynamic, llama3 and longrope are refused with
-// the key named, so a model is never run with frequencies it was not trained on.
+// run, and only for the families whose oracle models it (gpt-oss always, DeepSeek-V3 when its config says so:
+// ModelFamily.RunsYarn); linear, dynamic, llama3 and longrope, and YaRN elsewhere, are refused with the key named, so a
+// model is never run with frequencies it was not trained on.
 //
 // The keys and their defaults, as Hugging Face's modeling_rope_utils.py reads them (_compute_yarn_parameters):
 //   factor                            required (older writers: max_position_embeddings / original when absent)
@@ -11,35 +12,31 @@
 //                                     and non-zero, else mscale(factor, 1); cos and sin are both multiplied by it
 //   mscale, mscale_all_dim            DeepSeek's: mscale_all_dim also scales the attention softmax by mscale^2
 // with mscale(s, m) = 1 if s <= 1 else 0.1 m ln(s) + 1. The frequencies themselves are computed where RoPE runs
-// (kernels/ILGpuMoE.Kernels/Dense/Rope), from these numbers.
+// (kernels/ILGpuMoE.Kernels/Dense/Rope/RopeSpec.cs, which also holds YarnScaling's factors), from these numbers.
+using ILGpuMoE.Kernels.Dense;
+
 namespace ILGpuMoE.Model;
 
-/// <summary>YaRN's parameters after the config's defaults.</summary>
-public sealed record YarnScaling(double Factor, int OriginalMaxPositions, double BetaFast, double BetaSlow, bool Truncate,
-    double? AttentionFactor, double Mscale, double MscaleAllDim)
+/// <summary>config.json's scaled-RoPE block, read into the kernels' YaRN description.</summary>
+public static class RopeScaling
 {
     /// <summary>The real gpt-oss checkpoints' block, which GptOssConfig fills in when config.json has none.</summary>
-    public static readonly YarnScaling GptOssDefault = new(32, 4096, 32, 1, Truncate: false, null, 0, 0);
-
-    /// <summary>mscale(s, m) = 1 if s &lt;= 1 else 0.1 m ln(s) + 1.</summary>
-    public static double GetMscale(double scale, double mscale = 1) => scale <= 1 ? 1.0 : 0.1 * mscale * Math.Log(scale) + 1.0;
-
-    /// <summary>The factor cos and sin are multiplied by.</summary>
-    public double CosSinFactor => AttentionFactor
-        ?? (Mscale != 0 && MscaleAllDim != 0 ? GetMscale(Factor, Mscale) / GetMscale(Factor, MscaleAllDim) : GetMscale(Factor));
-
-    /// <summary>DeepSeek's factor on the attention softmax scale: mscale(factor, mscale_all_dim)^2 (1 when mscale_all_dim is 0).</summary>
-    public double SoftmaxFactor => MscaleAllDim != 0 ? GetMscale(Factor, MscaleAllDim) * GetMscale(Factor, MscaleAllDim) : 1.0;
-
-    public override string ToString() =>
-        FormattableString.Invariant($"yarn(factor {Factor}, original {OriginalMaxPositions}, beta {BetaFast}/{BetaSlow}, truncate {Truncate}, attention factor {CosSinFactor:G6})");
+    public static readonly YarnScaling GptOssDefault = new(32, 4096, 32, 1, Truncate: false);
 
     /// <summary>
     /// Reads rope_scaling / rope_parameters: null for plain RoPE (no block, or rope_type "default"), YaRN's numbers for
     /// rope_type "yarn", a one-line error naming the key otherwise. <paramref name="familyDefault"/>: what the family's
     /// config class fills in when neither block is present (gpt-oss: <see cref="GptOssDefault"/>).
     /// </summary>
-    internal static YarnScaling? Read(ConfigReader c, int maxPositions, YarnScaling? familyDefault)
+    internal static YarnScaling? Read(ConfigReader c, int maxPositions, ModelFamily family)
+    {
+        var y = ReadBlock(c, maxPositions, family.DefaultRopeScaling);
+        if (y is not null && !family.RunsYarn)
+            throw c.Error(c.Has("rope_scaling") ? "rope_scaling" : "rope_parameters", $"YaRN is run for gpt_oss and deepseek_v3 only, not {family.ModelType}");
+        return y;
+    }
+
+    private static YarnScaling? ReadBlock(ConfigReader c, int maxPositions, YarnScaling? familyDefault)
     {
         string? block = c.Has("rope_scaling") ? "rope_scaling" : c.Has("rope_parameters") ? "rope_parameters" : null;
         if (block is null)
@@ -74,7 +71,7 @@ public sealed record YarnScaling(double Factor, int OriginalMaxPositions, double
             throw c.Error(block + ".attention_factor", $"must be positive, got {a}");
         var y = new YarnScaling(factor, original, betaFast, betaSlow, c.OptionalBool(block + ".truncate") ?? true, attention,
             c.OptionalDouble(block + ".mscale") ?? 0, c.OptionalDouble(block + ".mscale_all_dim") ?? 0);
-        if (!double.IsFinite(y.CosSinFactor) || !double.IsFinite(y.SoftmaxFactor))
+        if (!double.IsFinite(y.CosSinFactor) || !double.IsFinite(y.SoftmaxScaleFactor))
             throw c.Error(block + ".mscale", "and mscale_all_dim must be finite");
         return y;
     }

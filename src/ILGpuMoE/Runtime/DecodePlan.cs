@@ -64,11 +64,13 @@ internal sealed class DecodePlan
     {
         if (!model.Ops.FusedDecode)
             return "the simple (V1) kernels are in use (the CPU accelerator's default, KernelPolicy.Simple)";
+        var block = model.Config.Block;
+        if (block.Mla is not null)
+            return "MLA attention (DeepSeek) runs the plain step";
         if (model.Config.Router.Kind is not (RouterKind.Mixtral or RouterKind.SoftmaxTopK))
             return $"--router {model.Config.Router} runs the plain step";
-        var block = model.Config.Block;
-        if (model.Config.RopeScaling is not null || block.AttentionSinks || block.RouterBias || block.ExpertBias || block.SwigluLimit is not null)
-            return "YaRN RoPE, attention sinks, router and expert biases and the clamped GLU (gpt-oss) are not in the fused step yet";
+        if (block.RouterBias || block.ExpertBias || block.SwigluLimit is not null)
+            return "gpt-oss's router and expert biases and clamped GLU are not in the fused step yet";
         foreach (var l in model.Layers)
         {
             foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })
@@ -88,7 +90,8 @@ internal sealed class DecodePlan
         var ops = model.Ops;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, e = c.Experts, f = c.IntermediateSize, v = c.VocabSize;
         int hd = c.HeadDim, seq = model.MaxSeq;
-        float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
+        float eps = (float)c.RmsNormEps, scale = model.AttentionScale;
+        var rope = model.Rope;
         float clip = c.Block.ClipQkv is { } cq ? (float)cq : float.PositiveInfinity;
         bool wholeNorm = c.Block.QkNorm == QkNormKind.Whole;
         var p = new DecodePlan();
@@ -100,7 +103,7 @@ internal sealed class DecodePlan
         var pos = b.Position.SubView(0, 1);
         // No allocation once a graph captures the plan: the attention scratch and the RoPE table are made now.
         ops.Attention.ReserveDecode(s, c.Heads, c.KvHeads, hd, seq);
-        ops.RopeAppend.Prepare(hd, theta);
+        ops.RopeAppend.Prepare(rope);
 
         p.launches.Add(() => ops.Embedding(s, b.Token.SubView(0, 1), model.Embedding, x, 1, v, d));
         p.layerStart = p.launches.Count;
@@ -130,9 +133,10 @@ internal sealed class DecodePlan
             // Qwen3's per-head q/k norm (F32 [Dh]) fused into the rotation.
             var (qn, kn) = wholeNorm || ex.QNorm is null ? (default(ArrayView<float>), default(ArrayView<float>)) : (ex.QNorm.F32, ex.KNorm!.F32);
             var ropeVersion = qn.IsValid ? RopeAppendVersion.V3WarpNorm : (RopeAppendVersion?)null;
-            p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, theta, qn, kn, eps, ropeVersion));
+            p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, rope, qn, kn, eps, ropeVersion));
             int window = c.WindowOf(l);
-            p.launches.Add(() => ops.Attention.LaunchDecode(s, q, kc, vc, a, pos, c.Heads, c.KvHeads, hd, seq, window));
+            var sinks = ex.Sinks is { } sk ? sk.F32 : default;
+            p.launches.Add(() => ops.Attention.LaunchDecode(s, q, kc, vc, a, pos, c.Heads, c.KvHeads, hd, seq, window, sinks, scale));
             p.launches.AddRange(DecodeLaunches.Linear(ops, s, a, NormWeights.None, eps, accumulate: true, float.PositiveInfinity,
                 (Units(lw.Wo, d, qd), x, Bias(ex.BiasO))));
 

@@ -46,13 +46,17 @@ public sealed class InferenceSession : IDisposable
     private readonly MoeModel _model;
     private readonly AcceleratorStream _stream;
     private readonly RouterSpec _spec;
-    private readonly int _b, _d, _qd, _kvd, _e, _k, _v;
+    private readonly int _b, _d, _qd, _ad, _kvd, _e, _k, _v;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _tokens, _positions, _ids;
     private readonly int _slots; // K': the most experts a token visits in any layer (routed + shared chunks, or dense chunks)
     private readonly MemoryBuffer1D<int, Stride1D.Dense>? _denseIds;       // [B, m] 0..m-1 per token (dense layers)
     private readonly MemoryBuffer1D<float, Stride1D.Dense>? _denseWeights; // [B, m] ones
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _x, _h, _q, _kk, _vv, _attn, _routerLogits, _weights, _logits;
     private readonly MemoryBuffer1D<float, Stride1D.Dense>[] _kCache, _vCache;
+    // MLA (DeepSeek): per layer the compressed cache [S, latent + rope]; per step q's low-rank input [T, q_lora_rank],
+    // kv_a's output [T, latent + rope], the absorbed queries [T, H, latent + rope] and outputs [T, H, latent].
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>[] _latentCache = [];
+    private readonly MemoryBuffer1D<float, Stride1D.Dense>? _qa, _ckv, _qAbs, _oLat;
     private readonly Dictionary<(int Slots, int Experts), MoeWorkspace> _moe = [];
     private readonly MemoryBuffer1D<float, Stride1D.Dense>? _gather; // act-order attention inputs [T, In]
     private readonly MemoryBuffer1D<float, Stride1D.Dense>? _noise;  // NoisyTopK's noise logits [T, E] (zero)
@@ -91,6 +95,7 @@ public sealed class InferenceSession : IDisposable
         _b = model.MaxBatch;
         _d = c.HiddenSize;
         _qd = c.QueryDim;
+        _ad = c.AttentionDim;
         _kvd = c.KvDim;
         _e = c.Experts;
         _k = c.TopK;
@@ -104,7 +109,7 @@ public sealed class InferenceSession : IDisposable
         _q = a.Allocate1D<float>((long)_b * _qd);
         _kk = a.Allocate1D<float>((long)_b * _kvd);
         _vv = a.Allocate1D<float>((long)_b * _kvd);
-        _attn = a.Allocate1D<float>((long)_b * _qd);
+        _attn = a.Allocate1D<float>((long)_b * _ad);
         // Per layer, so that routing statistics can read every layer's logits after the step.
         _routerLogits = a.Allocate1D<float>((long)c.Layers * _b * (_e + 1));
         if (c.Router.Kind == RouterKind.NoisyTopK)
@@ -116,13 +121,27 @@ public sealed class InferenceSession : IDisposable
 
         _weights = a.Allocate1D<float>((long)_b * _slots);
         _logits = a.Allocate1D<float>((long)_b * _v);
-        long cache = KvCacheLayout.Elements(c.KvHeads, model.MaxSeq, c.HeadDim);
-        _kCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
-        _vCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
-        for (int l = 0; l < c.Layers; l++)
+        if (c.Block.Mla is { } mla)
         {
-            _kCache[l] = a.Allocate1D<float>(cache);
-            _vCache[l] = a.Allocate1D<float>(cache);
+            // The latent cache replaces K and V (MemoryPlan.CacheBytes counts the same floats).
+            _kCache = _vCache = [];
+            _latentCache = Enumerable.Range(0, c.Layers).Select(_ => a.Allocate1D<float>((long)model.MaxSeq * mla.CacheWidth)).ToArray();
+            if (mla.QLoraRank > 0)
+                _qa = a.Allocate1D<float>((long)_b * mla.QLoraRank);
+            _ckv = a.Allocate1D<float>((long)_b * mla.CacheWidth);
+            _qAbs = a.Allocate1D<float>((long)_b * c.Heads * mla.CacheWidth);
+            _oLat = a.Allocate1D<float>((long)_b * c.Heads * mla.KvLoraRank);
+        }
+        else
+        {
+            long cache = KvCacheLayout.Elements(c.KvHeads, model.MaxSeq, c.HeadDim);
+            _kCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
+            _vCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
+            for (int l = 0; l < c.Layers; l++)
+            {
+                _kCache[l] = a.Allocate1D<float>(cache);
+                _vCache[l] = a.Allocate1D<float>(cache);
+            }
         }
 
         foreach (var l in model.Layers)
@@ -330,9 +349,8 @@ public sealed class InferenceSession : IDisposable
         var c = m.Config;
         var ops = m.Ops;
         var s = _stream;
-        int pos0 = Position, hd = c.HeadDim, seq = m.MaxSeq;
-        float eps = (float)c.RmsNormEps, theta = (float)c.RopeTheta;
-        float clip = c.Block.ClipQkv is { } cq ? (float)cq : float.PositiveInfinity;
+        int pos0 = Position;
+        float eps = (float)c.RmsNormEps;
 
         var tok = _tokens.View.SubView(0, t);
         var pos = _positions.View.SubView(0, t);
@@ -341,7 +359,7 @@ public sealed class InferenceSession : IDisposable
         var q = _q.View.SubView(0, (long)t * _qd);
         var k = _kk.View.SubView(0, (long)t * _kvd);
         var v = _vv.View.SubView(0, (long)t * _kvd);
-        var a = _attn.View.SubView(0, (long)t * _qd);
+        var a = _attn.View.SubView(0, (long)t * _ad);
         var g = _gather is null ? default : _gather.View;
 
         ops.Embedding(s, tok, m.Embedding, x, t, _v, _d);
@@ -351,39 +369,11 @@ public sealed class InferenceSession : IDisposable
             var lw = m.Layers[l];
             var ex = lw.Extras;
             ops.RmsNorm(s, x, lw.InputNorm, h, t, _d, eps);
-            // Act-order q/k/v of one input order: gather the normed rows once for all three.
-            bool shared = lw.QkvShareInputOrder;
-            ArrayView<float> hq = shared ? ops.GatherInput(s, h, lw.Wq, g, t, _d) : (ArrayView<float>)h;
-            ops.MatMul(s, hq, lw.Wq, q, t, _qd, _d, gather: g, inputGathered: shared);
-            ops.MatMul(s, hq, lw.Wk, k, t, _kvd, _d, gather: g, inputGathered: shared);
-            ops.MatMul(s, hq, lw.Wv, v, t, _kvd, _d, gather: g, inputGathered: shared);
-            // Hugging Face's order: bias (in the projection), then the q/k norm, then clip_qkv, then RoPE.
-            if (ex.BiasQ is not null)
-            {
-                ops.BiasClip(s, q, ex.BiasQ, t, _qd, float.PositiveInfinity);
-                ops.BiasClip(s, k, ex.BiasK, t, _kvd, float.PositiveInfinity);
-                ops.BiasClip(s, v, ex.BiasV, t, _kvd, float.PositiveInfinity);
-            }
-
-            // OLMoE's q/k norm over the whole projection, in place; Qwen3's per-head norm is fused into RoPE below.
-            bool perHead = c.Block.QkNorm == ILGpuMoE.Model.QkNormKind.PerHead;
-            if (ex.QNorm is not null && ex.KNorm is not null && !perHead)
-            {
-                ops.RmsNorm(s, q, ex.QNorm, q, t, _qd, eps);
-                ops.RmsNorm(s, k, ex.KNorm, k, t, _kvd, eps);
-            }
-
-            if (!float.IsPositiveInfinity(clip))
-            {
-                ops.BiasClip(s, q, null, t, _qd, clip);
-                ops.BiasClip(s, k, null, t, _kvd, clip);
-                ops.BiasClip(s, v, null, t, _kvd, clip);
-            }
-
-            ops.Rope(s, q, k, pos, t, c.Heads, c.KvHeads, hd, theta, perHead ? ex.QNorm : null, perHead ? ex.KNorm : null, eps);
-            ops.Append.Launch(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
-            ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l));
-            ops.MatMul(s, a, lw.Wo, x, t, _d, _qd, accumulate: true, gather: g);
+            if (lw.Mla is { } mw)
+                MlaAttention(l, lw, mw, h, q, a, pos, t);
+            else
+                Attention(l, lw, h, q, k, v, a, pos, t, g);
+            ops.MatMul(s, a, lw.Wo, x, t, _d, _ad, accumulate: true, gather: g);
             if (ex.BiasO is not null)
                 ops.BiasClip(s, x, ex.BiasO, t, _d, float.PositiveInfinity);
 
@@ -419,6 +409,94 @@ public sealed class InferenceSession : IDisposable
             ops.RmsNorm(s, xs, m.FinalNorm, hs, logitRows, _d, eps);
             ops.MatMul(s, hs, m.LmHead, _logits.View.SubView(0, (long)logitRows * _v), logitRows, _v, _d);
         }
+    }
+
+    // Grouped-query attention of layer l: q, k, v (+ biases, q/k norms, clip), RoPE, the cache append, attention into a.
+    private void Attention(int l, LayerWeights lw, ArrayView<float> h, ArrayView<float> q, ArrayView<float> k, ArrayView<float> v,
+        ArrayView<float> a, ArrayView<int> pos, int t, ArrayView<float> g)
+    {
+        var m = _model;
+        var c = m.Config;
+        var ops = m.Ops;
+        var s = _stream;
+        var ex = lw.Extras;
+        int pos0 = Position, hd = c.HeadDim, seq = m.MaxSeq;
+        float eps = (float)c.RmsNormEps;
+        float clip = c.Block.ClipQkv is { } cq ? (float)cq : float.PositiveInfinity;
+        // Act-order q/k/v of one input order: gather the normed rows once for all three.
+        bool shared = lw.QkvShareInputOrder;
+        ArrayView<float> hq = shared ? ops.GatherInput(s, h, lw.Wq, g, t, _d) : (ArrayView<float>)h;
+        ops.MatMul(s, hq, lw.Wq, q, t, _qd, _d, gather: g, inputGathered: shared);
+        ops.MatMul(s, hq, lw.Wk, k, t, _kvd, _d, gather: g, inputGathered: shared);
+        ops.MatMul(s, hq, lw.Wv, v, t, _kvd, _d, gather: g, inputGathered: shared);
+        // Hugging Face's order: bias (in the projection), then the q/k norm, then clip_qkv, then RoPE.
+        if (ex.BiasQ is not null)
+        {
+            ops.BiasClip(s, q, ex.BiasQ, t, _qd, float.PositiveInfinity);
+            ops.BiasClip(s, k, ex.BiasK, t, _kvd, float.PositiveInfinity);
+            ops.BiasClip(s, v, ex.BiasV, t, _kvd, float.PositiveInfinity);
+        }
+
+        // OLMoE's q/k norm over the whole projection, in place; Qwen3's per-head norm is fused into RoPE below.
+        bool perHead = c.Block.QkNorm == ILGpuMoE.Model.QkNormKind.PerHead;
+        if (ex.QNorm is not null && ex.KNorm is not null && !perHead)
+        {
+            ops.RmsNorm(s, q, ex.QNorm, q, t, _qd, eps);
+            ops.RmsNorm(s, k, ex.KNorm, k, t, _kvd, eps);
+        }
+
+        if (!float.IsPositiveInfinity(clip))
+        {
+            ops.BiasClip(s, q, null, t, _qd, clip);
+            ops.BiasClip(s, k, null, t, _kvd, clip);
+            ops.BiasClip(s, v, null, t, _kvd, clip);
+        }
+
+        ops.Rope(s, q, k, pos, t, c.Heads, c.KvHeads, m.Rope, hd, hd, perHead ? ex.QNorm : null, perHead ? ex.KNorm : null, eps);
+        ops.Append.Launch(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
+        ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l),
+            ex.Sinks is { } sinks ? sinks.F32 : default, m.AttentionScale);
+    }
+
+    // DeepSeek's MLA for layer l, absorbed (kernels/ILGpuMoE.Kernels/Attention/Mla): q through q_a / q_a_layernorm / q_b
+    // (or q_proj); [latent | k_rope] = kv_a_proj_with_mqa h, the latent RMS-normalised in place; RoPE on q's rope part and
+    // k_rope; both appended to the layer's compressed cache; q_abs = [W_UK^T q_nope | q_rope] per head; attention over the
+    // cache rows gives the latent outputs, and W_UV per head turns them into a [T, H * Dv].
+    private void MlaAttention(int l, LayerWeights lw, MlaWeights mw, ArrayView<float> h, ArrayView<float> q, ArrayView<float> a,
+        ArrayView<int> pos, int t)
+    {
+        var m = _model;
+        var c = m.Config;
+        var ops = m.Ops;
+        var s = _stream;
+        var o = c.Block.Mla!;
+        float eps = (float)c.RmsNormEps;
+        int rank = o.KvLoraRank, rope = o.QkRopeHeadDim, row = o.CacheWidth, qk = o.QkHeadDim;
+        if (mw.Wqa is { } wqa)
+        {
+            var qa = _qa!.View.SubView(0, (long)t * o.QLoraRank);
+            ops.MatMul(s, h, wqa, qa, t, o.QLoraRank, _d);
+            ops.RmsNorm(s, qa, mw.QaNorm!, qa, t, o.QLoraRank, eps);
+            ops.MatMul(s, qa, lw.Wq, q, t, _qd, o.QLoraRank);
+        }
+        else
+        {
+            ops.MatMul(s, h, lw.Wq, q, t, _qd, _d);
+        }
+
+        var ckv = _ckv!.View.SubView(0, (long)t * row);
+        ops.MatMul(s, h, lw.Wk, ckv, t, row, _d);
+        ops.RmsNorm(s, ckv, row, mw.KvaNorm, ckv, row, t, rank, eps);
+        var kRope = ckv.SubView(rank, ckv.Length - rank);
+        ops.Rope(s, q.SubView(o.QkNopeHeadDim, q.Length - o.QkNopeHeadDim), kRope, pos, t, c.Heads, 1, m.Rope, qk, row, null, null, eps);
+        var cache = _latentCache[l].View;
+        ops.Mla.Append(s, ckv, row, kRope, row, pos, cache, t, rank, rope, m.MaxSeq);
+        var qAbs = _qAbs!.View.SubView(0, (long)t * c.Heads * row);
+        var oLat = _oLat!.View.SubView(0, (long)t * c.Heads * rank);
+        var kvB = lw.Wv.Dense!;
+        ops.MlaAbsorbQ(s, q, kvB, qAbs, t, c.Heads, o);
+        ops.MlaAttention(s, qAbs, cache, pos, oLat, t, c.Heads, o, m.MaxSeq, m.AttentionScale);
+        ops.MlaAbsorbV(s, oLat, kvB, a, t, c.Heads, o);
     }
 
     // The gating of a MoE layer: the model's router, with the shared expert's slots when it has them. Noisy top-k draws
@@ -463,8 +541,12 @@ public sealed class InferenceSession : IDisposable
             _stream.Dispose();
         foreach (var b in new MemoryBuffer[] { _tokens, _positions, _ids, _x, _h, _q, _kk, _vv, _attn, _routerLogits, _weights, _logits })
             b.Dispose();
-        foreach (var b in _kCache.Concat(_vCache))
+        foreach (var b in _kCache.Concat(_vCache).Concat(_latentCache))
             b.Dispose();
+        _qa?.Dispose();
+        _ckv?.Dispose();
+        _qAbs?.Dispose();
+        _oLat?.Dispose();
         foreach (var ws in _moe.Values)
             ws.Dispose();
         _denseIds?.Dispose();

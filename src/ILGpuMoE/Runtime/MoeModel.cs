@@ -15,6 +15,7 @@
 //     session uploads once; no router, no gating).
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
+using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Model;
 using ILGpuMoE.Quant;
 
@@ -146,6 +147,16 @@ public sealed class MoeModel : IDisposable
 
     internal WeightOps Ops { get; }
 
+    /// <summary>The rotation of every layer: the whole head in rotate-half pairs, or MLA's rope part (interleaved when
+    /// rope_interleave), with YaRN's frequencies and cos/sin factor when rope_scaling says so.</summary>
+    internal RopeSpec Rope => Config.Block.Mla is { } m
+        ? new RopeSpec(m.QkRopeHeadDim, Config.RopeTheta) { Interleaved = m.RopeInterleave, Yarn = Config.RopeScaling }
+        : new RopeSpec(Config.HeadDim, Config.RopeTheta) { Yarn = Config.RopeScaling };
+
+    /// <summary>The attention softmax scale: Dh^-0.5 (MLA: the q/k head dim's), times YaRN's mscale^2 (DeepSeek's
+    /// mscale_all_dim; 1 otherwise).</summary>
+    internal float AttentionScale => (float)((Config.RopeScaling?.SoftmaxScaleFactor ?? 1.0) / Math.Sqrt(Config.HeadDim));
+
     internal DeviceTensor Embedding { get; private set; } = null!;
 
     internal DeviceTensor FinalNorm { get; private set; } = null!;
@@ -204,8 +215,8 @@ public sealed class MoeModel : IDisposable
 
         var config = ModelConfig.Load(directory);
         // Read by the config, not run by the kernels yet: refuse rather than compute something else.
-        if (config.RopeScaling is not null || config.Block.AttentionSinks || config.Block.SwigluLimit is not null || config.Block.Mla is not null)
-            throw new RuntimeInputException($"{directory}: {config.ModelType} with {(config.Block.Mla is not null ? "MLA" : config.RopeScaling is not null ? "YaRN RoPE" : "attention sinks and the clamped GLU")} is read but not run yet");
+        if (config.Block.SwigluLimit is not null)
+            throw new RuntimeInputException($"{directory}: {config.ModelType} with the clamped GLU is read but not run yet");
         if (options.Router is { } router)
         {
             try

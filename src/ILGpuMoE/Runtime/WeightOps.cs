@@ -11,6 +11,8 @@ using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
+using ILGpuMoE.Kernels.Attention.Mla;
+using ILGpuMoE.Model;
 using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
@@ -80,6 +82,49 @@ internal sealed class WeightOps : IDisposable
     }
 
     public RopeKernel RopeKernels { get; }
+
+    // MLA (DeepSeek), loaded on first use: the latent cache append and attention, and per kv_b_proj dtype the absorption.
+    private MlaAttentionKernel? _mla;
+    private readonly Dictionary<WeightType, object> _mlaAbsorb = [];
+
+    public MlaAttentionKernel Mla => _mla ??= MlaAttentionKernel.Create(_accelerator);
+
+    private MlaAbsorbKernel<TW> Absorb<TW>(WeightType type)
+        where TW : struct, IWeights
+    {
+        if (!_mlaAbsorb.TryGetValue(type, out var k))
+            _mlaAbsorb[type] = k = MlaAbsorbKernel.Create<TW>(_accelerator);
+        return (MlaAbsorbKernel<TW>)k;
+    }
+
+    /// <summary>q_abs [T, H, R + Dr] = per head [W_UK^T q_nope | q_rope] from q [T, H, Dn + Dr] and kv_b_proj [H * (Dn + Dv), R].</summary>
+    public void MlaAbsorbQ(AcceleratorStream s, ArrayView<float> q, DeviceTensor kvB, ArrayView<float> qAbs, int t, int heads, MlaOptions o)
+    {
+        switch (kvB.Type)
+        {
+            case WeightType.F32: Absorb<F32Weights>(kvB.Type).AbsorbQ(s, q, new(kvB.F32), qAbs, t, heads, o.KvLoraRank, o.QkRopeHeadDim, o.QkNopeHeadDim, o.VHeadDim); break;
+            case WeightType.F16: Absorb<F16Weights>(kvB.Type).AbsorbQ(s, q, new(kvB.F16), qAbs, t, heads, o.KvLoraRank, o.QkRopeHeadDim, o.QkNopeHeadDim, o.VHeadDim); break;
+            case WeightType.BF16: Absorb<BF16Weights>(kvB.Type).AbsorbQ(s, q, new(kvB.BF16), qAbs, t, heads, o.KvLoraRank, o.QkRopeHeadDim, o.QkNopeHeadDim, o.VHeadDim); break;
+            default: throw Unnamed(kvB.Type);
+        }
+    }
+
+    /// <summary>output [T, H * Dv] = per head W_UV o_lat from o_lat [T, H, R] and kv_b_proj.</summary>
+    public void MlaAbsorbV(AcceleratorStream s, ArrayView<float> oLat, DeviceTensor kvB, ArrayView<float> output, int t, int heads, MlaOptions o)
+    {
+        switch (kvB.Type)
+        {
+            case WeightType.F32: Absorb<F32Weights>(kvB.Type).AbsorbV(s, oLat, new(kvB.F32), output, t, heads, o.KvLoraRank, o.QkRopeHeadDim, o.QkNopeHeadDim, o.VHeadDim); break;
+            case WeightType.F16: Absorb<F16Weights>(kvB.Type).AbsorbV(s, oLat, new(kvB.F16), output, t, heads, o.KvLoraRank, o.QkRopeHeadDim, o.QkNopeHeadDim, o.VHeadDim); break;
+            case WeightType.BF16: Absorb<BF16Weights>(kvB.Type).AbsorbV(s, oLat, new(kvB.BF16), output, t, heads, o.KvLoraRank, o.QkRopeHeadDim, o.QkNopeHeadDim, o.VHeadDim); break;
+            default: throw Unnamed(kvB.Type);
+        }
+    }
+
+    /// <summary>o_lat [T, H, R] from q_abs over the latent cache rows 0..pos of each token (V1 under the simple policy).</summary>
+    public void MlaAttention(AcceleratorStream s, ArrayView<float> qAbs, ArrayView<float> cache, ArrayView<int> positions, ArrayView<float> oLat,
+        int t, int heads, MlaOptions o, int maxSeq, float scale) =>
+        Mla.Attention(s, qAbs, cache, positions, oLat, t, heads, o.KvLoraRank, o.QkRopeHeadDim, maxSeq, scale, _simple ? MlaAttentionVersion.V1 : null);
 
     public KvCacheAppendKernel Append { get; }
 
@@ -179,18 +224,19 @@ internal sealed class WeightOps : IDisposable
         }
     }
 
-    /// <summary>RoPE on q and k, with Qwen3's per-head RMSNorm (F32 weights [Dh]) first when qNorm / kNorm are given: the
-    /// thread-per-head version under the simple policy, the warp-per-head one otherwise.</summary>
+    /// <summary>RoPE on q and k as <paramref name="spec"/> says (heads qStride / kStride floats apart), with Qwen3's
+    /// per-head RMSNorm (F32 weights [Dh]) first when qNorm / kNorm are given: the thread-per-head version under the
+    /// simple policy, the warp-per-head one otherwise.</summary>
     public void Rope(AcceleratorStream s, ArrayView<float> q, ArrayView<float> k, ArrayView<int> positions, int t, int heads, int kvHeads,
-        int headDim, float theta, DeviceTensor? qNorm, DeviceTensor? kNorm, float eps)
+        RopeSpec spec, int qStride, int kStride, DeviceTensor? qNorm, DeviceTensor? kNorm, float eps)
     {
         if (qNorm is null && kNorm is null)
         {
-            RopeKernels.Launch(s, q, k, positions, t, heads, kvHeads, headDim, theta);
+            RopeKernels.Launch(s, q, k, positions, t, heads, kvHeads, spec, qStride, kStride);
             return;
         }
 
-        RopeKernels.Launch(s, q, k, positions, t, heads, kvHeads, headDim, theta, qNorm?.F32 ?? default, kNorm?.F32 ?? default, eps,
+        RopeKernels.Launch(s, q, k, positions, t, heads, kvHeads, spec, qStride, kStride, qNorm?.F32 ?? default, kNorm?.F32 ?? default, eps,
             _simple ? RopeVersion.V2HeadNorm : RopeVersion.V3WarpNorm);
     }
 
@@ -207,13 +253,17 @@ internal sealed class WeightOps : IDisposable
     }
 
     /// <summary>y [T, D] = rmsnorm(x) * w.</summary>
-    public void RmsNorm(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int d, float eps)
+    public void RmsNorm(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int d, float eps) =>
+        RmsNorm(s, x, d, w, y, d, t, d, eps);
+
+    /// <summary>The same over rows D wide starting xStride (yStride) floats apart (MLA's latent inside kv_a's rows).</summary>
+    public void RmsNorm(AcceleratorStream s, ArrayView<float> x, int xStride, DeviceTensor w, ArrayView<float> y, int yStride, int t, int d, float eps)
     {
         switch (w.Type)
         {
-            case WeightType.F32: F32.RmsNorm.Launch(s, x, new F32Weights(w.F32), y, t, d, eps); break;
-            case WeightType.F16: F16.RmsNorm.Launch(s, x, new F16Weights(w.F16), y, t, d, eps); break;
-            case WeightType.BF16: BF16.RmsNorm.Launch(s, x, new BF16Weights(w.BF16), y, t, d, eps); break;
+            case WeightType.F32: F32.RmsNorm.Launch(s, x, xStride, new F32Weights(w.F32), y, yStride, t, d, eps); break;
+            case WeightType.F16: F16.RmsNorm.Launch(s, x, xStride, new F16Weights(w.F16), y, yStride, t, d, eps); break;
+            case WeightType.BF16: BF16.RmsNorm.Launch(s, x, xStride, new BF16Weights(w.BF16), y, yStride, t, d, eps); break;
             default: throw Unnamed(w.Type);
         }
     }
@@ -265,6 +315,7 @@ internal sealed class WeightOps : IDisposable
     {
         RopeKernels.Dispose();
         _ropeAppend?.Dispose();
+        _mla?.Dispose();
         Attention.Dispose();
         Gating.Dispose();
     }

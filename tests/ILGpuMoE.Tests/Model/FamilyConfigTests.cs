@@ -66,10 +66,10 @@ public class FamilyConfigTests
         Assert.That((b.QkvBias, b.OutputBias, b.AttentionSinks, b.RouterBias, b.ExpertBias), Is.EqualTo((true, true, true, true, true)));
         Assert.That((b.SwigluLimit, b.SwigluAlpha), Is.EqualTo((7.0, 1.702)));
         Assert.That(b.LayerWindows, Is.EqualTo(new[] { 4, 0 }), "layer_types: sliding (window 4), then full");
-        Assert.That(c.RopeScaling, Is.EqualTo(new YarnScaling(32, 4096, 32, 1, Truncate: false, null, 0, 0)));
+        Assert.That(c.RopeScaling, Is.EqualTo(new ILGpuMoE.Kernels.Dense.YarnScaling(32, 4096, 32, 1, Truncate: false)));
         // attention_factor = 0.1 ln(32) + 1 (hand: ln 32 = 3.4657359, so 1.34657359).
         Assert.That(c.RopeScaling!.CosSinFactor, Is.EqualTo(1.34657359).Within(1e-8));
-        Assert.That(c.RopeScaling.SoftmaxFactor, Is.EqualTo(1.0), "no mscale_all_dim: the softmax scale stays Dh^-0.5");
+        Assert.That(c.RopeScaling.SoftmaxScaleFactor, Is.EqualTo(1.0), "no mscale_all_dim: the softmax scale stays Dh^-0.5");
     }
 
     [Test]
@@ -78,7 +78,7 @@ public class FamilyConfigTests
         // Without layer_types: sliding on even layers; without rope_scaling: the released checkpoints' YaRN block.
         var c = Parse("gpt-oss-tiny-mxfp4", j => { j.Remove("layer_types"); j.Remove("rope_scaling"); j["sliding_window"] = 128; });
         Assert.That(c.Block.LayerWindows, Is.EqualTo(new[] { 128, 0 }));
-        Assert.That(c.RopeScaling, Is.EqualTo(YarnScaling.GptOssDefault));
+        Assert.That(c.RopeScaling, Is.EqualTo(RopeScaling.GptOssDefault));
         // sliding_window null: the sliding layers attend to everything (GptOssAttention's window None).
         Assert.That(Parse("gpt-oss-tiny-mxfp4", j => j["sliding_window"] = null).Block.LayerWindows, Is.EqualTo(new[] { 0, 0 }));
         // experts_per_token (the original release's key) when num_experts_per_tok is absent.
@@ -108,20 +108,20 @@ public class FamilyConfigTests
     }
 
     [Test]
-    public void Yarn_IsReadForAnyFamily_OtherScalingsAreRefused()
+    public void Yarn_IsReadForGptOssAndDeepseek_RefusedElsewhere()
     {
-        var y = Parse("qwen3-moe-tiny-f32", j => j["rope_scaling"] = new JsonObject
+        var y = Parse("gpt-oss-tiny-mxfp4", j => j["rope_scaling"] = new JsonObject
         {
             ["rope_type"] = "yarn", ["factor"] = 4.0, ["original_max_position_embeddings"] = 32768,
         }).RopeScaling!;
         Assert.That((y.Factor, y.OriginalMaxPositions, y.BetaFast, y.BetaSlow, y.Truncate), Is.EqualTo((4.0, 32768, 32.0, 1.0, true)));
         // DeepSeek's mscale pair: cos/sin factor mscale(40, 1) / mscale(40, 1) = 1, softmax factor mscale(40, 1)^2.
-        var d = Parse("qwen3-moe-tiny-f32", j => j["rope_scaling"] = new JsonObject
+        var d = Parse("deepseek-v3-tiny", j => j["rope_scaling"] = new JsonObject
         {
             ["type"] = "yarn", ["factor"] = 40.0, ["original_max_position_embeddings"] = 4096, ["mscale"] = 1.0, ["mscale_all_dim"] = 1.0,
         }).RopeScaling!;
         Assert.That(d.CosSinFactor, Is.EqualTo(1.0).Within(1e-15));
-        Assert.That(d.SoftmaxFactor, Is.EqualTo(Math.Pow(0.1 * Math.Log(40) + 1, 2)).Within(1e-12));
+        Assert.That(d.SoftmaxScaleFactor, Is.EqualTo(Math.Pow(0.1 * Math.Log(40) + 1, 2)).Within(1e-12));
         Assert.That(Parse("qwen3-moe-tiny-f32", j => j["rope_parameters"] = new JsonObject { ["rope_type"] = "default", ["rope_theta"] = 1e6 }).RopeScaling, Is.Null);
     }
 
@@ -187,7 +187,8 @@ public class FamilyConfigTests
         yield return Case("GptOssTopKAboveExperts", "gpt-oss-tiny-mxfp4", "num_experts_per_tok", j => j["num_experts_per_tok"] = 5);
         yield return Case("LinearRopeScaling", "qwen3-moe-tiny-f32", "rope_scaling.rope_type", j => j["rope_scaling"] = new JsonObject { ["rope_type"] = "linear", ["factor"] = 2.0 });
         yield return Case("YarnFactorZero", "gpt-oss-tiny-mxfp4", "rope_scaling.factor", j => j["rope_scaling"]!["factor"] = 0.0);
-        yield return Case("YarnWithoutType", "qwen3-moe-tiny-f32", "rope_scaling", j => j["rope_scaling"] = new JsonObject { ["factor"] = 2.0 });
+        yield return Case("YarnWithoutType", "deepseek-v3-tiny", "rope_scaling", j => j["rope_scaling"] = new JsonObject { ["factor"] = 2.0 });
+        yield return Case("YarnForQwen", "qwen3-moe-tiny-f32", "rope_scaling", j => j["rope_scaling"] = new JsonObject { ["rope_type"] = "yarn", ["factor"] = 4.0 });
         yield return Case("DeepseekGroupsDoNotDivide", "deepseek-v3-tiny", "n_group", j => j["n_group"] = 3);
         yield return Case("DeepseekKeepAboveGroups", "deepseek-v3-tiny", "topk_group", j => j["topk_group"] = 5);
         yield return Case("DeepseekTopKAboveKeptExperts", "deepseek-v3-tiny", "num_experts_per_tok", j => { j["topk_group"] = 1; j["num_experts_per_tok"] = 3; });

@@ -44,6 +44,32 @@ public class FamilyRuntimeTests
                 Family = RefFamily.Olmoe, Hidden = 48, Layers = 2, Heads = 4, KvHeads = 4, Experts = 16, TopK = 4, MoeIntermediate = 24,
                 NormTopK = true, ClipQkv = 0.6, TieEmbeddings = true, Seed = 203,
             }),
+            // gpt-oss: BF16 stacked experts with a limit low enough that both clamps act; MXFP4 experts with truncated YaRN.
+            ("GptOss_Bf16_Window3_Limit1.5", new RandomMoeOptions
+            {
+                Family = RefFamily.GptOss, Hidden = 48, Layers = 2, Heads = 4, KvHeads = 2, HeadDim = 12, Experts = 4, TopK = 2,
+                MoeIntermediate = 20, UseSlidingWindow = true, SlidingWindow = 3, DType = DType.BF16, SwigluLimit = 1.5, Seed = 204,
+            }),
+            ("GptOss_Mxfp4_Window5_Top3of6_YarnTruncated", new RandomMoeOptions
+            {
+                Family = RefFamily.GptOss, Hidden = 64, Layers = 2, Heads = 4, KvHeads = 1, HeadDim = 16, Experts = 6, TopK = 3,
+                MoeIntermediate = 32, UseSlidingWindow = true, SlidingWindow = 5, Mxfp4Experts = true, SwigluLimit = 2.0,
+                Yarn = new RefYarn(8, 256, 32, 1, Truncate: true), Seed = 205,
+            }),
+            // DeepSeek-V3: q LoRA, a dense first layer, groups, score bias and a shared expert; then a direct q_proj with YaRN's mscale.
+            ("DeepseekV3_QLora_DenseFirst_Groups", new RandomMoeOptions
+            {
+                Family = RefFamily.DeepSeekV3, Hidden = 48, Layers = 2, Heads = 3, KvHeads = 3, Experts = 8, TopK = 3, Groups = 4, TopKGroups = 2,
+                MoeIntermediate = 16, DenseIntermediate = 40, QLoraRank = 20, KvLoraRank = 24, QkNopeHeadDim = 12, QkRopeHeadDim = 8,
+                VHeadDim = 10, DType = DType.BF16, Seed = 206,
+            }),
+            ("DeepseekV3_QProj_Yarn_TwoShared", new RandomMoeOptions
+            {
+                Family = RefFamily.DeepSeekV3, Hidden = 40, Layers = 2, Heads = 2, KvHeads = 2, Experts = 8, TopK = 2, Groups = 2, TopKGroups = 1,
+                MoeIntermediate = 12, DenseIntermediate = 24, QLoraRank = null, KvLoraRank = 16, QkNopeHeadDim = 8, QkRopeHeadDim = 4,
+                VHeadDim = 8, SharedExperts = 2, FirstKDenseReplace = 0, Yarn = new RefYarn(4, 64, 32, 1, Mscale: 1, MscaleAllDim: 0.8),
+                MaxPositions = 256, Seed = 207,
+            }),
         };
         foreach (var (name, o) in cases)
         {
@@ -61,7 +87,7 @@ public class FamilyRuntimeTests
         var config = HfReferenceConfig.Load(dir);
         float[] want;
         using (var ck = Checkpoint.Open(dir))
-            want = new RefModel(config, ck.ReadFloat32).Forward(Tokens(o));
+            want = new RefModel(config, ck.ReadFloat32, Reference.RefModelFixtureTests.RawReader(ck)).Forward(Tokens(o));
         int[] tokens = Tokens(o);
         int v = o.Vocab;
 
@@ -92,7 +118,7 @@ public class FamilyRuntimeTests
             float[] Run(string d)
             {
                 using var ck = Checkpoint.Open(d);
-                return new RefModel(HfReferenceConfig.Load(d), ck.ReadFloat32).Forward(Tokens(o));
+                return new RefModel(HfReferenceConfig.Load(d), ck.ReadFloat32, Reference.RefModelFixtureTests.RawReader(ck)).Forward(Tokens(o));
             }
 
             double moved = Run(on).Zip(Run(off), (a, b) => Math.Abs(a - b)).Max();

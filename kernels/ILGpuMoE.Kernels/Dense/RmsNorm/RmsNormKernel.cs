@@ -6,6 +6,8 @@
 //
 // Why one group per row: D = 4096 is 16 floats per thread at 256 threads; the row is read twice (sum, then scale)
 // and the second read hits L1/L2. y may alias x (each element is read before it is written by the same thread).
+// Rows may sit in wider rows (strides >= D): MLA normalises the latent, the first kv_lora_rank values of each
+// [kv_lora_rank + rope] row of kv_a_proj_with_mqa's output, in place, leaving the rope part as it is.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -27,11 +29,11 @@ public static class RmsNormKernel
 
     [KernelInfo(RmsNormVersion.V1, "grid T, group min(256, D rounded up to 32)",
         Summary = "one group per row, f32 sum of squares, shuffle + shared block reduction")]
-    public static void RmsNormV1<TW>(ArrayView<float> x, TW weight, ArrayView<float> y, int dim, float eps)
+    public static void RmsNormV1<TW>(ArrayView<float> x, TW weight, ArrayView<float> y, int dim, float eps, int xStride, int yStride)
         where TW : struct, IWeights
     {
         var slots = SharedMemory.Allocate<float>(BlockReduce.MaxWarps);
-        long row = (long)Grid.IdxX * dim;
+        long row = (long)Grid.IdxX * xStride, outRow = (long)Grid.IdxX * yStride;
         float sumSq = 0f;
         for (int d = Group.IdxX; d < dim; d += Group.DimX)
         {
@@ -42,7 +44,7 @@ public static class RmsNormKernel
         float total = BlockReduce.Sum(sumSq, slots);
         float scale = 1f / XMath.Sqrt(total / dim + eps);
         for (int d = Group.IdxX; d < dim; d += Group.DimX)
-            y[row + d] = x[row + d] * scale * weight.Get(d);
+            y[outRow + d] = x[row + d] * scale * weight.Get(d);
     }
 }
 
@@ -52,24 +54,40 @@ public sealed class RmsNormKernel<TW>
 {
     private const string Name = "RmsNorm";
 
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, float> _v1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, float, int, int> _v1;
 
     internal RmsNormKernel(Accelerator accelerator)
     {
-        _v1 = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, int, float>(RmsNormKernel.RmsNormV1);
+        _v1 = accelerator.LoadCounted<ArrayView<float>, TW, ArrayView<float>, int, float, int, int>(RmsNormKernel.RmsNormV1);
     }
 
     /// <summary>y = rmsnorm(x) * w over rows of x [T, D]; y may be the same view as x.</summary>
-    public void Launch(AcceleratorStream stream, ArrayView<float> x, TW weight, ArrayView<float> y, int tokens, int dim, float eps)
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, TW weight, ArrayView<float> y, int tokens, int dim, float eps) =>
+        Launch(stream, x, dim, weight, y, dim, tokens, dim, eps);
+
+    /// <summary>The same over rows D wide that start xStride (yStride) floats apart in x (y), strides &gt;= D; only the first
+    /// D floats of each output row are written. y may be the same view as x with the same stride.</summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, int xStride, TW weight, ArrayView<float> y, int yStride, int tokens, int dim, float eps)
     {
         DenseShapes.Stream(Name, stream);
         DenseShapes.Positive(Name, nameof(tokens), tokens);
         DenseShapes.Positive(Name, nameof(dim), dim);
+        if (xStride < dim || yStride < dim)
+            throw new ArgumentException($"{Name}: strides ({xStride}, {yStride}) must be >= D = {dim}");
         if (!(eps >= 0f) || float.IsInfinity(eps))
             throw new ArgumentException($"{Name}: eps must be finite and >= 0, got {eps}", nameof(eps));
-        DenseShapes.Length(Name, nameof(x), x, (long)tokens * dim, "[T, D]");
+        // Dense rows: exactly [T, D]; strided rows: long enough to reach the last row's D values.
+        void Rows(string name, ArrayView<float> v, int stride)
+        {
+            if (stride == dim)
+                DenseShapes.Length(Name, name, v, (long)tokens * dim, "[T, D]");
+            else if (v.Length < (long)(tokens - 1) * stride + dim)
+                throw new ArgumentException($"{Name}: {name} has {v.Length} elements, needs {(long)(tokens - 1) * stride + dim} ({tokens} rows {stride} apart)", name);
+        }
+
+        Rows(nameof(x), x, xStride);
         DenseShapes.Weights(Name, nameof(weight), weight, dim, "[D]");
-        DenseShapes.Length(Name, nameof(y), y, (long)tokens * dim, "[T, D]");
-        _v1(stream, new KernelConfig(tokens, DenseShapes.RowGroupSize(dim)), x, weight, y, dim, eps);
+        Rows(nameof(y), y, yStride);
+        _v1(stream, new KernelConfig(tokens, DenseShapes.RowGroupSize(dim)), x, weight, y, dim, eps, xStride, yStride);
     }
 }

@@ -21,6 +21,8 @@ public sealed class DeepseekV3Family : ModelFamily
 
     public override string Architecture => "DeepseekV3ForCausalLM";
 
+    internal override bool RunsYarn => true;
+
     public override TensorNames Names => DeepseekNames.Instance;
 
     /// <summary>DeepSeek-V3's chat template for one user message with the generation prompt: BOS, then

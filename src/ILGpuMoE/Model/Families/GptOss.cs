@@ -17,11 +17,13 @@ public sealed class GptOssFamily : ModelFamily
 
     public override string Architecture => "GptOssForCausalLM";
 
+    internal override bool RunsYarn => true;
+
     public override TensorNames Names => GptOssNames.Instance;
 
     public override ExpertStorage ExpertStorage => ExpertStorage.StackedGateUp;
 
-    internal override YarnScaling? DefaultRopeScaling => YarnScaling.GptOssDefault;
+    internal override Kernels.Dense.YarnScaling? DefaultRopeScaling => RopeScaling.GptOssDefault;
 
     /// <summary>
     /// The harmony format, as gpt-oss's chat template renders one user message with the generation prompt: the system

@@ -1,3 +1,4 @@
+using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Reference;
@@ -95,6 +96,38 @@ public class RowKernelTests
         Check.Close(want, Launch(1e-5f), 1e-5, 1e-7, "kernel");
         // The case can tell: the same launch with eps = 0 is 29% off.
         Assert.That(Launch(0f)[0], Is.EqualTo(1.2910f).Within(1e-3), "eps = 0 gives 1 / sqrt(1.5e-5) * 5e-3");
+    }
+
+    // MLA's latent: the first R = 24 values of rows R + Dr = 32 wide, normalised in place; the rope parts (NaN-free
+    // sentinels) stay as they were, and a second launch into a separate strided output leaves its gaps NaN.
+    [Test]
+    public void RmsNormStridedRows()
+    {
+        const int t = 5, r = 24, stride = 32, outStride = 27;
+        var x = Data.Uniform(941, (long)t * stride, 1.5f);
+        var w = Data.Uniform(942, r, 1f);
+        var rows = Enumerable.Range(0, t).SelectMany(i => x.Skip(i * stride).Take(r)).ToArray();
+        var want = RefOps.RmsNorm(rows, w, t, r, 1e-6f);
+        var kernel = RmsNormKernel.Create<F32Weights>(TestDevice.Accelerator);
+        using var wBuf = TestDevice.Upload(w);
+        using var inPlace = TestDevice.Upload(x);
+        using var y = TestDevice.PoisonedFloats((long)(t - 1) * outStride + r);
+        var s = TestDevice.Accelerator.DefaultStream;
+        kernel.Launch(s, inPlace.View, stride, new F32Weights(wBuf.View), y.View, outStride, t, r, 1e-6f);
+        kernel.Launch(s, inPlace.View, stride, new F32Weights(wBuf.View), inPlace.View, stride, t, r, 1e-6f);
+        s.Synchronize();
+        var got = inPlace.GetAsArray1D();
+        var sep = y.GetAsArray1D();
+        for (int i = 0; i < t; i++)
+        {
+            Check.Close(want.AsSpan(i * r, r).ToArray(), got.AsSpan(i * stride, r).ToArray(), 1e-5, 1e-6, $"in place, row {i}");
+            Assert.That(got.AsSpan(i * stride + r, stride - r).ToArray(), Is.EqualTo(x.AsSpan(i * stride + r, stride - r).ToArray()), $"rope part of row {i}");
+            Check.Close(want.AsSpan(i * r, r).ToArray(), sep.AsSpan(i * outStride, r).ToArray(), 1e-5, 1e-6, $"strided output, row {i}");
+            if (i < t - 1)
+                Assert.That(sep.AsSpan(i * outStride + r, outStride - r).ToArray().All(float.IsNaN), $"gap after row {i} untouched");
+        }
+
+        Assert.Throws<ArgumentException>(() => kernel.Launch(s, inPlace.View, r - 1, new F32Weights(wBuf.View), y.View, outStride, t, r, 1e-6f), "stride < D");
     }
 
     [Test]
