@@ -108,7 +108,7 @@ public static class QuantGemvKernels
     }
 
     [KernelInfo(QuantGemvVersion.V1, "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize,
-        Summary = "packed GEMV (int8 per channel, int4 group-wise, fp8 block-scaled), warp per row, 16-byte units, split-K partials")]
+        Summary = "packed GEMV (int8 per channel, int4 group-wise, fp8 block-scaled, mxfp4), warp per row, 16-byte units, split-K partials")]
     public static void GemvV1<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate)
         where TQ : struct, IQuantWeights
     {
@@ -185,6 +185,7 @@ public sealed class QuantGemvKernel
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int> q8;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int> q4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int> fp8;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Mxfp4Weights, ArrayView<float>, ArrayView<float>, int, int, int> mxfp4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> reduce;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> gather;
 
@@ -193,6 +194,7 @@ public sealed class QuantGemvKernel
         q8 = a.LoadCounted<ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         q4 = a.LoadCounted<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         fp8 = a.LoadCounted<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        mxfp4 = a.LoadCounted<ArrayView<float>, Mxfp4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         reduce = a.LoadCounted<ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.ReduceV1);
         gather = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(QuantGemvKernels.GatherColumnsV1);
     }
@@ -242,6 +244,16 @@ public sealed class QuantGemvKernel
         QuantLayout.CheckWide("QuantGemv", "w", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         fp8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
+        Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
+    }
+
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, Mxfp4Weights w, ArrayView<float> y, int tokens,
+        int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
+    {
+        QuantLayout.Check("QuantGemv", w);
+        QuantLayout.CheckWide("QuantGemv", "w", w);
+        int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
+        mxfp4(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
     }
 

@@ -333,6 +333,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
             case Q8Weights q8: QuantLayout.Check("QuantGroupedGemm " + what, q8); break;
             case Q4Weights q4: QuantLayout.Check("QuantGroupedGemm " + what, q4); break;
             case Fp8Weights f8: QuantLayout.Check("QuantGroupedGemm " + what, f8); break;
+            case Mxfp4Weights m4: QuantLayout.Check("QuantGroupedGemm " + what, m4); break;
             default: throw new UnreachableException($"QuantGroupedGemm: no layout check for reader {typeof(TQ).Name}");
         }
 
