@@ -11,7 +11,8 @@
 //       bit-identical run to run). Lane partials are reduced through shared memory in lane order (one barrier,
 //       no shuffles; cheap to emulate on the CPU accelerator too).
 // GatherColumnsV1: xp = x[:, perm], the input side of a GPTQ act-order matrix (columns repacked in group order).
-// The GEMV entry is generic over the packed reader: the PTX gate compiles it once per reader (quant-gemv-v1-q8, ...).
+// The GEMV entry is generic over the packed reader: the PTX gate compiles it once per reader (quant-gemv-v1-q8, ...,
+// quant-gemv-v1-mxfp4 for gpt-oss's MXFP4 blocks read as stored, Mxfp4.cs).
 using ILGPU;
 using ILGPU.Runtime;
 

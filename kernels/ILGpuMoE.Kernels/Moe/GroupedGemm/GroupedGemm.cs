@@ -13,7 +13,7 @@
 //   V2  shared-memory tiles of 32 rows x 32 outputs per group of 256 (each thread 4 rows of one output; pass 1 keeps
 //       gate and up accumulators), K-loop over the input dim in steps of 32, bounds-checked for any shape. Groups
 //       walk the tile schedule (grid x = tile, so concurrent groups share a weight block and hit L2).
-//       Generic over the reader, so the quantized experts run it too (Q8/Q4/FP8 readers dequantize each element of
+//       Generic over the reader, so the quantized experts run it too (Q8/Q4/FP8/MXFP4 readers dequantize each element of
 //       the weight tile on its way into shared memory).
 //   V3  decode form (few rows per expert, tile schedule with M <= 8): one warp per weight row (output), lanes
 //       stride the input dim (coalesced weight reads: the weights are the traffic), up to 8 rows per pass so each
