@@ -491,18 +491,20 @@ public readonly struct Mxfp4Units : IRowUnits
         return (Word(w.A, x, 0) + Word(w.B, x, 8) + (Word(w.C, x, 16) + Word(w.D, x, 24))) * scale;
     }
 
-    // Straight nibble order: nibble i of word j is column 8j + i. Each code costs two shifts and two masks (magnitude to
-    // f32 bits 22..24, sign to 31), the exact product by 2^127 and the FFMA (Mxfp4.Code2).
+    // Straight nibble order: nibble i of word j is column 8j + i. Each code costs a mask, a multiply that places
+    // magnitude and sign, a mask, the exact product by 2^127 and the FFMA (Mxfp4.Code2); nibbles 4..7 read the word's
+    // high half (one shift per word).
     private static float Word(uint bits, ArrayView<float> x, int i)
     {
+        uint hi = bits >> 16;
         float s = Mxfp4.Code2(bits, 0) * x[i];
         s += Mxfp4.Code2(bits, 1) * x[i + 1];
         s += Mxfp4.Code2(bits, 2) * x[i + 2];
         s += Mxfp4.Code2(bits, 3) * x[i + 3];
-        s += Mxfp4.Code2(bits, 4) * x[i + 4];
-        s += Mxfp4.Code2(bits, 5) * x[i + 5];
-        s += Mxfp4.Code2(bits, 6) * x[i + 6];
-        s += Mxfp4.Code2(bits, 7) * x[i + 7];
+        s += Mxfp4.Code2(hi, 0) * x[i + 4];
+        s += Mxfp4.Code2(hi, 1) * x[i + 5];
+        s += Mxfp4.Code2(hi, 2) * x[i + 6];
+        s += Mxfp4.Code2(hi, 3) * x[i + 7];
         return s;
     }
 }

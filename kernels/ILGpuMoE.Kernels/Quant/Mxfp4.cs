@@ -38,15 +38,20 @@ public static class Mxfp4
     public const float TwoPow127 = (float)(1UL << 63) * (float)(1UL << 63) * 2f;
 
     /// <summary>
-    /// 2 * E2M1 of nibble i (0..7) of word, exact: the magnitude bits moved to f32 bits 22..24 and the sign to bit 31,
-    /// times 2^127. With a constant i (unrolled callers) each shift is an immediate.
+    /// 2 * E2M1 of nibble i (0..3) of word, exact. The nibble, isolated, times 2^(22-4i) + 2^(28-4i) lands twice: once at
+    /// bits 22..25 (magnitude at f32 bits 22..24) and once at 28..31 (sign at bit 31); the copies do not overlap, so no
+    /// carry. One mask keeps magnitude and sign: LOP3, IMAD, LOP3, then the exact product by 2^127. Nibbles 4..7 are
+    /// nibbles 0..3 of word &gt;&gt; 16 (<see cref="Code2Of"/>). With a constant i (unrolled callers) all are immediates.
     /// </summary>
     public static float Code2(uint word, int i)
     {
-        uint mag = i <= 5 ? (word << (22 - 4 * i)) & 0x01C00000u : (word >> (4 * i - 22)) & 0x01C00000u;
-        uint sign = (word << (28 - 4 * i)) & 0x80000000u;
-        return Interop.IntAsFloat(mag | sign) * TwoPow127;
+        uint nibble = word & (0xFu << (4 * i));
+        uint twice = nibble * ((1u << (22 - 4 * i)) + (1u << (28 - 4 * i)));
+        return Interop.IntAsFloat(twice & 0x81C00000u) * TwoPow127;
     }
+
+    /// <summary>2 * E2M1 of nibble i (0..7) of word.</summary>
+    public static float Code2Of(uint word, int i) => i < 4 ? Code2(word, i) : Code2(word >> 16, i - 4);
 
     /// <summary>2^(s - 128) for an E8M0 byte s: (s - 1) in the exponent field for s &gt;= 2, the subnormals 2^-128 and 2^-127 for s = 0, 1.</summary>
     public static float HalfScale(uint s) => Interop.IntAsFloat(s >= 2 ? (s - 1) << 23 : 0x00200000u << (int)s);
@@ -81,7 +86,7 @@ public readonly struct Mxfp4Weights(ArrayView<uint> blocks, ArrayView<byte> scal
     public UnitScale ScaleOf(long row, int unit) => new(Mxfp4.HalfScale(Scales[row * Groups + unit]), 0f);
 
     /// <summary>2 * E2M1 of nibble i (exact).</summary>
-    public float Code(uint word, int i, UnitScale s) => Mxfp4.Code2(word, i);
+    public float Code(uint word, int i, UnitScale s) => Mxfp4.Code2Of(word, i);
 
     public float Decode(uint word, int i, UnitScale s) => Code(word, i, s) * s.Scale;
 

@@ -27,8 +27,13 @@ public class Mxfp4Tests
             for (uint n = 0; n < 16; n++)
             {
                 float want = (float)(RefMxfp4.DecodeE2M1((int)n) * Math.ScaleB(1.0, (int)s - 127));
-                float got = Mxfp4.Code2(n << 12, 3) * Mxfp4.HalfScale(s); // nibble 3 of a word: shifts taken on the way
-                Assert.That(BitConverter.SingleToInt32Bits(got), Is.EqualTo(BitConverter.SingleToInt32Bits(want)), $"code {n:X}, scale {s}: {got:R} vs {want:R}");
+                for (int i = 0; i < 8; i++)
+                {
+                    // Nibble i of a word whose other nibbles are all ones (a carry or a stray bit would show).
+                    uint word = ~(0xFu << (4 * i)) | (n << (4 * i));
+                    float got = Mxfp4.Code2Of(word, i) * Mxfp4.HalfScale(s);
+                    Assert.That(BitConverter.SingleToInt32Bits(got), Is.EqualTo(BitConverter.SingleToInt32Bits(want)), $"code {n:X} at nibble {i}, scale {s}: {got:R} vs {want:R}");
+                }
             }
         }
     }
