@@ -149,6 +149,7 @@ public static class WeightReaders
         ("q8", typeof(Q8Weights)),
         ("q4", typeof(Q4Weights)),
         ("fp8", typeof(Fp8Weights)),
+        ("mxfp4", typeof(Mxfp4Weights)),
     ];
 
     /// <summary>
@@ -163,5 +164,6 @@ public static class WeightReaders
         ("q8", typeof(Q8Units)),
         ("q4", typeof(Q4Units)),
         ("fp8", typeof(Fp8Units)),
+        ("mxfp4", typeof(Mxfp4Units)),
     ];
 }

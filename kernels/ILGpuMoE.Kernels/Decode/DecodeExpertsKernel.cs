@@ -4,6 +4,9 @@
 //   down     out [D]:   out[d] = residual[d] + sum over k with e_k >= 0, in k order, of weight[k] * (W2[e_k*D + d] . h[k, :])
 // = Mixtral's expert w2(silu(w1 x) * w3 x), weighted and summed over the token's experts (RefMoe.MoeBlock), plus the
 // residual (the combine and the residual add are the down projection's epilogue).
+// Both launches take an ExpertGlu (Moe/GroupedGemm/ExpertGlu.cs): gpt-oss's clamped GLU with gate/up biases in the
+// up-gate epilogue, its down bias b2[e_k] added to pair k's product (weighted with it) in the down pass; the default
+// is the SiLU above with no bias, the same code path as before the option.
 //
 // Versions:
 //   V1  up-gate: grid K * ceil(F / 8), group 256; warp w of group (k, j) owns f = 8j + w and streams the gate row
@@ -21,6 +24,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels.Dense;
+using ILGpuMoE.Kernels.Moe;
 
 namespace ILGpuMoE.Kernels.Decode;
 
@@ -38,7 +42,7 @@ public static class DecodeExpertsKernels
         Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["w1.Data:16", "w3.Data:16"],
         Summary = "T = 1 experts up-gate: rmsnorm prologue, h = silu(W1 xs) * (W3 xs) for the token's K experts, 16-byte units")]
     public static void UpGateV1<TU>(TU w1, TU w3, ArrayView<int> ids, ArrayView<float> x, NormWeights g, float eps,
-        ArrayView<float> h, int hidden, int groupsPerPair)
+        ArrayView<float> h, int hidden, int groupsPerPair, ExpertGlu glu)
         where TU : struct, IRowUnits
     {
         var xs = SharedMemory.Allocate<float>(DecodeStaging.TileSlots);
@@ -60,14 +64,14 @@ public static class DecodeExpertsKernels
         long row = (long)e * hidden + (live ? f : 0);
         var p = DecodeStaging.RowTotals(DecodeStaging.DotRows(w1, w1.Row(row), w3, w3.Row(row), live, x, cols, g, scale, xs), xs);
         if (live && Warp.IsFirstLane)
-            h[hi] = SwiGluKernel.Silu(p.A) * p.B;
+            h[hi] = glu.UpGate(p.A, p.B, row);
     }
 
     [KernelInfo(DecodeExpertsVersion.V1, "grid ceil(D/16), group 256 (8 warps x 2 rows of d)", Entry = "down",
         Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["w2.Data:16"],
         Summary = "T = 1 experts down: out = residual + sum_k weight_k * W2[e_k] h_k in k order, h staged by tiles, 16-byte units")]
     public static void DownV1<TU>(TU w2, ArrayView<int> ids, ArrayView<float> weights, ArrayView<float> h,
-        ArrayView<float> residual, ArrayView<float> output, int topK, int dim)
+        ArrayView<float> residual, ArrayView<float> output, int topK, int dim, ExpertGlu glu)
         where TU : struct, IRowUnits
     {
         var xs = SharedMemory.Allocate<float>(DecodeStaging.TileSlots);
@@ -88,6 +92,12 @@ public static class DecodeExpertsKernels
             float wk = weights[k];
             s0 += wk * p.A;
             s1 += wk * p.B;
+            // The down bias joins lane 0's partial, weighted like the pair's product (uniform branch: one flag per launch).
+            if (glu.HasDownBias != 0 && live && Warp.LaneIdx == 0)
+            {
+                s0 += wk * glu.DownBias[b + r0];
+                s1 += wk * glu.DownBias[b + r1];
+            }
         }
 
         // The pairs' weighted lane partials, added across lanes once (the sum is linear in them).
@@ -114,21 +124,22 @@ public sealed class DecodeExpertsKernel<TU>
 {
     private const string Name = "DecodeExperts";
 
-    private readonly Action<AcceleratorStream, KernelConfig, TU, TU, ArrayView<int>, ArrayView<float>, NormWeights, float, ArrayView<float>, int, int> _upGate;
-    private readonly Action<AcceleratorStream, KernelConfig, TU, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int> _down;
+    private readonly Action<AcceleratorStream, KernelConfig, TU, TU, ArrayView<int>, ArrayView<float>, NormWeights, float, ArrayView<float>, int, int, ExpertGlu> _upGate;
+    private readonly Action<AcceleratorStream, KernelConfig, TU, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ExpertGlu> _down;
 
     internal DecodeExpertsKernel(Accelerator accelerator)
     {
-        _upGate = accelerator.LoadCounted<TU, TU, ArrayView<int>, ArrayView<float>, NormWeights, float, ArrayView<float>, int, int>(DecodeExpertsKernels.UpGateV1);
-        _down = accelerator.LoadCounted<TU, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int>(DecodeExpertsKernels.DownV1);
+        _upGate = accelerator.LoadCounted<TU, TU, ArrayView<int>, ArrayView<float>, NormWeights, float, ArrayView<float>, int, int, ExpertGlu>(DecodeExpertsKernels.UpGateV1);
+        _down = accelerator.LoadCounted<TU, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, int, int, ExpertGlu>(DecodeExpertsKernels.DownV1);
     }
 
     /// <summary>
     /// h [K, F] = silu(W1[e_k] xs) * (W3[e_k] xs), xs = rmsnorm(x) * norm (eps) or x when norm is None; w1, w3 [E*F, D]
-    /// stacked, ids [K] (-1 = dropped: its row of h is written as 0). h must not overlap x.
+    /// stacked, ids [K] (-1 = dropped: its row of h is written as 0). h must not overlap x. glu: the activation and gate/up
+    /// biases (Moe/GroupedGemm/ExpertGlu.cs; default SiLU, none).
     /// </summary>
     public void LaunchUpGate(AcceleratorStream stream, ArrayView<float> x, NormWeights norm, float eps, TU w1, TU w3,
-        ArrayView<int> ids, int topK, int hidden, ArrayView<float> h)
+        ArrayView<int> ids, int topK, int hidden, ArrayView<float> h, ExpertGlu glu = default)
     {
         ArgumentNullException.ThrowIfNull(stream);
         if (topK < 1 || hidden < 1)
@@ -139,6 +150,7 @@ public sealed class DecodeExpertsKernel<TU>
             throw new ArgumentException($"{Name}: w1 has {w1.Rows} rows, not whole experts of F = {hidden}", nameof(w1));
         int dim = w1.Cols;
         DecodeStaging.CheckInput(Name, x, norm, eps, dim);
+        glu.Check(Name, w1.Rows / hidden, hidden, dim);
 
         if (ids.Length < topK)
             throw new ArgumentException($"{Name}: ids has {ids.Length} elements, needs K = {topK}", nameof(ids));
@@ -148,15 +160,16 @@ public sealed class DecodeExpertsKernel<TU>
         int perPair = (hidden + DecodeStaging.Warps - 1) / DecodeStaging.Warps;
         if ((long)topK * perPair > int.MaxValue)
             throw new ArgumentException($"{Name}: K = {topK} x F = {hidden} is too large for one launch");
-        _upGate(stream, new KernelConfig(topK * perPair, DecodeStaging.GroupSize), w1, w3, ids, x, norm, eps, h, hidden, perPair);
+        _upGate(stream, new KernelConfig(topK * perPair, DecodeStaging.GroupSize), w1, w3, ids, x, norm, eps, h, hidden, perPair, glu);
     }
 
     /// <summary>
     /// output [D] = residual [D] + sum over k (e_k = ids[k] &gt;= 0, in k order) of weights[k] * W2[e_k] h[k, :];
     /// w2 [E*D, F] stacked, h [K, F], weights [K]. residual may be the same view as output; h must not overlap it.
+    /// glu's down bias b2 [E, D] (if any) is added to each pair's product before its weight.
     /// </summary>
     public void LaunchDown(AcceleratorStream stream, ArrayView<float> h, TU w2, ArrayView<int> ids, ArrayView<float> weights,
-        int topK, int dim, ArrayView<float> residual, ArrayView<float> output)
+        int topK, int dim, ArrayView<float> residual, ArrayView<float> output, ExpertGlu glu = default)
     {
         ArgumentNullException.ThrowIfNull(stream);
         if (topK < 1 || dim < 1)
@@ -164,6 +177,7 @@ public sealed class DecodeExpertsKernel<TU>
         if (w2.Rows % dim != 0)
             throw new ArgumentException($"{Name}: w2 has {w2.Rows} rows, not whole experts of D = {dim}", nameof(w2));
         int hidden = w2.Cols;
+        glu.Check(Name, w2.Rows / dim, hidden, dim);
         if (h.Length < (long)topK * hidden)
             throw new ArgumentException($"{Name}: h has {h.Length} elements, needs K*F = {(long)topK * hidden}", nameof(h));
         if (ids.Length < topK || weights.Length < topK)
@@ -172,6 +186,6 @@ public sealed class DecodeExpertsKernel<TU>
             throw new ArgumentException($"{Name}: residual ({residual.Length}) and output ({output.Length}) need D = {dim} elements");
         DecodeStaging.RequireDisjoint(Name, "h", h.SubView(0, (long)topK * hidden), "output", output.SubView(0, dim));
         int groups = (dim + DecodeStaging.RowsPerGroup - 1) / DecodeStaging.RowsPerGroup;
-        _down(stream, new KernelConfig(groups, DecodeStaging.GroupSize), w2, ids, weights, h, residual, output, topK, dim);
+        _down(stream, new KernelConfig(groups, DecodeStaging.GroupSize), w2, ids, weights, h, residual, output, topK, dim, glu);
     }
 }

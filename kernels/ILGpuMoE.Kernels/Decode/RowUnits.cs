@@ -9,6 +9,8 @@
 //                                         are not whole 16-byte words (Cols = 37) or views that are not 16-byte aligned
 //   Q8Units 16, Fp8Units 16, Q4Units 32   the packed matrices of QuantLayout.cs (rows already whole units; Q8/FP8
 //                                         tails are zero bytes, and the staged xs is zero there too)
+//   Mxfp4Units 32                         gpt-oss's MXFP4 blocks (Quant/Mxfp4.cs): a unit is one block, one E8M0
+//                                         scale byte per unit, E2M1 decoded by bit moves (no table)
 // Shapes: D model dim, F expert hidden dim, E experts, G quant group size (T = 1, K, V unused here).
 //
 // Why the two-step interface (Row, then DotUnit): the per-row part of the addressing (row * units, the scale row, FP8's
@@ -452,6 +454,61 @@ public readonly struct Fp8Units : IRowUnits
     }
 }
 
+/// <summary>MXFP4 (Quant/Mxfp4.cs): 32 E2M1 codes per unit (= one block), one E8M0 scale byte per unit.</summary>
+public readonly struct Mxfp4Units : IRowUnits
+{
+    public readonly ArrayView<Wide16> Data;
+    public readonly ArrayView<byte> Scales;
+    public readonly int NRows;
+    public readonly int NCols;
+    public readonly int NUnits;
+
+    internal Mxfp4Units(Mxfp4Weights w)
+    {
+        Data = w.Data.SubView(0, (long)w.Rows * w.RowWords).Cast<Wide16>();
+        Scales = w.Scales;
+        NRows = w.Rows;
+        NCols = w.Cols;
+        NUnits = w.Groups;
+    }
+
+    public int Rows => NRows;
+
+    public int Cols => NCols;
+
+    public int UnitValues => 32;
+
+    public int UnitsPerRow => NUnits;
+
+    public RowRef Row(long row) => new(Data.SubView(row * NUnits, NUnits), 0, row * NUnits, 1f);
+
+    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    {
+        Wide16 w = row.Words[unit];
+        float scale = Mxfp4.HalfScale(Scales[row.Scales + unit]);
+        var x = DecodeStaging.UnitSlots(xs, k0, 32);
+        // Four independent chains (one per word), added in a fixed order; 2 * E2M1 per code, 2^(s - 128) per unit.
+        return (Word(w.A, x, 0) + Word(w.B, x, 8) + (Word(w.C, x, 16) + Word(w.D, x, 24))) * scale;
+    }
+
+    // Straight nibble order: nibble i of word j is column 8j + i. Each code costs a mask, a multiply that places
+    // magnitude and sign, a mask, the exact product by 2^127 and the FFMA (Mxfp4.Code2); nibbles 4..7 read the word's
+    // high half (one shift per word).
+    private static float Word(uint bits, ArrayView<float> x, int i)
+    {
+        uint hi = bits >> 16;
+        float s = Mxfp4.Code2(bits, 0) * x[i];
+        s += Mxfp4.Code2(bits, 1) * x[i + 1];
+        s += Mxfp4.Code2(bits, 2) * x[i + 2];
+        s += Mxfp4.Code2(bits, 3) * x[i + 3];
+        s += Mxfp4.Code2(hi, 0) * x[i + 4];
+        s += Mxfp4.Code2(hi, 1) * x[i + 5];
+        s += Mxfp4.Code2(hi, 2) * x[i + 6];
+        s += Mxfp4.Code2(hi, 3) * x[i + 7];
+        return s;
+    }
+}
+
 /// <summary>Host factories of the readers: each checks the layout the reader needs and throws a one-line ArgumentException.</summary>
 public static class RowUnits
 {
@@ -500,6 +557,14 @@ public static class RowUnits
         QuantLayout.CheckWide("RowUnits", "w", w);
         if (w.RowWords / 4 >= UnitDivide.Limit)
             throw new ArgumentException($"RowUnits: FP8 rows of {w.Cols} values are more than {UnitDivide.Limit - 1} units");
+        return new(w);
+    }
+
+    /// <summary>MXFP4: one scale per unit, so no unit division and no bound on the row length.</summary>
+    public static Mxfp4Units Mxfp4(Mxfp4Weights w)
+    {
+        QuantLayout.Check("RowUnits", w);
+        QuantLayout.CheckWide("RowUnits", "w", w);
         return new(w);
     }
 

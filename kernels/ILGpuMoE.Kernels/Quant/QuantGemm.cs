@@ -3,7 +3,7 @@
 // Versions:
 //   V1  32 tokens x 32 outputs per group of 256 (each thread 4 tokens of one output), K in steps of 32. Per step the
 //       group loads the x tile and DEQUANTIZES the W tile into shared memory: each thread decodes whole packed words
-//       (Q4: 128 words of 8 values; Q8/FP8: 256 words of 4 values), one scale lookup per word, so every weight byte
+//       (Q4/MXFP4: 128 words of 8 values; Q8/FP8: 256 words of 4 values), one scale lookup per word, so every weight byte
 //       is read once per 32-token tile and the inner loop is plain f32 FMAs from shared memory. Shared rows are
 //       padded to 33 floats (no bank conflicts on the column-wise reads). Bounds-checked for any T and N; K past
 //       the row's end is zero-filled (rows are padded to 16 bytes with zero codes anyway).
@@ -107,12 +107,14 @@ public sealed class QuantGemmKernel
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q8Weights, ArrayView<float>, int, int> q8;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q4Weights, ArrayView<float>, int, int> q4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Fp8Weights, ArrayView<float>, int, int> fp8;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Mxfp4Weights, ArrayView<float>, int, int> mxfp4;
 
     private QuantGemmKernel(Accelerator a)
     {
         q8 = a.LoadCounted<ArrayView<float>, Q8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
         q4 = a.LoadCounted<ArrayView<float>, Q4Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
         fp8 = a.LoadCounted<ArrayView<float>, Fp8Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
+        mxfp4 = a.LoadCounted<ArrayView<float>, Mxfp4Weights, ArrayView<float>, int, int>(QuantGemmKernels.GemmV1);
     }
 
     public static QuantGemmKernel Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
@@ -133,6 +135,12 @@ public sealed class QuantGemmKernel
     {
         QuantLayout.Check("QuantGemm", w);
         fp8(stream, Config(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens), x, w, y, tokens, accumulate ? 1 : 0);
+    }
+
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, Mxfp4Weights w, ArrayView<float> y, int tokens, bool accumulate = false)
+    {
+        QuantLayout.Check("QuantGemm", w);
+        mxfp4(stream, Config(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens), x, w, y, tokens, accumulate ? 1 : 0);
     }
 
     private static KernelConfig Config(AcceleratorStream stream, ArrayView<float> x, int rows, int cols, int rowWords, long words,

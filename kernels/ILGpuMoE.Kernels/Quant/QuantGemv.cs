@@ -11,7 +11,8 @@
 //       bit-identical run to run). Lane partials are reduced through shared memory in lane order (one barrier,
 //       no shuffles; cheap to emulate on the CPU accelerator too).
 // GatherColumnsV1: xp = x[:, perm], the input side of a GPTQ act-order matrix (columns repacked in group order).
-// The GEMV entry is generic over the packed reader: the PTX gate compiles it once per reader (quant-gemv-v1-q8, ...).
+// The GEMV entry is generic over the packed reader: the PTX gate compiles it once per reader (quant-gemv-v1-q8, ...,
+// quant-gemv-v1-mxfp4 for gpt-oss's MXFP4 blocks read as stored, Mxfp4.cs).
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -108,7 +109,7 @@ public static class QuantGemvKernels
     }
 
     [KernelInfo(QuantGemvVersion.V1, "grid (ceil(N/8), splits), group 256 = 8 warps", WideViews = ["w.Data:16"], BlockSize = GroupSize,
-        Summary = "packed GEMV (int8 per channel, int4 group-wise, fp8 block-scaled), warp per row, 16-byte units, split-K partials")]
+        Summary = "packed GEMV (int8 per channel, int4 group-wise, fp8 block-scaled, mxfp4), warp per row, 16-byte units, split-K partials")]
     public static void GemvV1<TQ>(ArrayView<float> x, TQ w, ArrayView<float> y, ArrayView<float> partial, int tokens, int splits, int accumulate)
         where TQ : struct, IQuantWeights
     {
@@ -185,6 +186,7 @@ public sealed class QuantGemvKernel
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int> q8;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int> q4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int> fp8;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, Mxfp4Weights, ArrayView<float>, ArrayView<float>, int, int, int> mxfp4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, int, int, int> reduce;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int> gather;
 
@@ -193,6 +195,7 @@ public sealed class QuantGemvKernel
         q8 = a.LoadCounted<ArrayView<float>, Q8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         q4 = a.LoadCounted<ArrayView<float>, Q4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         fp8 = a.LoadCounted<ArrayView<float>, Fp8Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
+        mxfp4 = a.LoadCounted<ArrayView<float>, Mxfp4Weights, ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.GemvV1);
         reduce = a.LoadCounted<ArrayView<float>, ArrayView<float>, int, int, int>(QuantGemvKernels.ReduceV1);
         gather = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<float>, int, int>(QuantGemvKernels.GatherColumnsV1);
     }
@@ -242,6 +245,16 @@ public sealed class QuantGemvKernel
         QuantLayout.CheckWide("QuantGemv", "w", w);
         int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
         fp8(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
+        Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
+    }
+
+    public void Launch(AcceleratorStream stream, ArrayView<float> x, Mxfp4Weights w, ArrayView<float> y, int tokens,
+        int splits = 1, ArrayView<float> scratch = default, bool accumulate = false)
+    {
+        QuantLayout.Check("QuantGemv", w);
+        QuantLayout.CheckWide("QuantGemv", "w", w);
+        int s = Validate(stream, x, w.Rows, w.Cols, w.RowWords, w.Words.Length, y, tokens, splits, scratch);
+        mxfp4(stream, Config(w.Rows, s), x, w, y, Partial(scratch, y, s), tokens, s, accumulate ? 1 : 0);
         Reduce(stream, scratch, y, tokens, w.Rows, s, accumulate);
     }
 

@@ -1,5 +1,6 @@
 // Grouped expert GEMMs over quantized (packed) expert weights: the moe/grouped-gemm family's versions for packed
-// readers (Q8Weights, Q4Weights, Fp8Weights: IWeights.Get dequantizes one element from the flat [E*N*K] index), and
+// readers (Q8Weights, Q4Weights, Fp8Weights, Mxfp4Weights: IWeights.Get dequantizes one element from the flat [E*N*K]
+// index), and
 // the MoE block's experts step for packed experts.
 //   V2  tiled (prefill): the generic V2 of Moe/GroupedGemm/GroupedGemm.cs with a packed reader; the loader calls Get
 //       for each element of the 32x32 weight tile, i.e. the tile is dequantized into shared memory on the way in;
@@ -10,7 +11,8 @@
 //       like QuantGemv V1: one ld.v4 per lane per step, one scale lookup per unit, codes turned into floats in
 //       registers and the scale applied once per unit. The generic V3 reads element by element through
 //       IWeights.Get, which costs a 64-bit division and a scale load per weight.
-//       up/gate: h[r, n] = silu(x_r . w1[e, n]) * (x_r . w3[e, n]); down: y[r, d] = h_r . w2[e, d]. Both passes read
+//       up/gate: h[r, n] = silu(x_r . w1[e, n]) * (x_r . w3[e, n]); down: y[r, d] = h_r . w2[e, d]; or the ExpertGlu's
+//       activation and biases (gpt-oss, Moe/GroupedGemm/ExpertGlu.cs) in the same epilogues. Both passes read
 //       every weight byte of a touched expert once per tile of <= 8 rows; partial sums are reduced through shared
 //       memory in lane order (deterministic; no shuffles, no atomics).
 //   Act-order gather V1 (GPTQ desc_act experts): xs[p, j] = x[p / K, perm[e(p), j]], one row per (token, expert) pair,
@@ -44,12 +46,10 @@ public static class QuantGroupedGemmKernels
     public const int Rows = GroupedGemmKernels.GemvRows;
     private const int RedLd = 33;
 
-    private static float Silu(float g) => g / (1f + XMath.Exp(-g));
-
     [KernelInfo(GroupedGemmVersion.V4PackedGemv, "grid (tiles, ceil(F/8)), group 256 = 8 warps", Entry = "up-gate", WideViews = ["w1.Data:16", "w3.Data:16"],
         BlockSize = GroupedGemmKernels.GroupSize, Summary = "up/gate decode over packed experts: warp per row, 16-byte units, SiLU(gate)*up fused")]
     public static void UpGateV4<TQ>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TQ w1, TQ w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
+        ArrayView<float> h, int topK, int dim, int hidden, int tileRows, ExpertGlu glu)
         where TQ : struct, IQuantWeights
     {
         int e = tiles[2 * Grid.IdxX];
@@ -142,13 +142,13 @@ public static class QuantGroupedGemmKernels
             up += red[uBase + j];
         }
 
-        h[(long)(rowStart + lane) * hidden + n] = Silu(g) * up;
+        h[(long)(rowStart + lane) * hidden + n] = glu.UpGate(g, up, wRow);
     }
 
     [KernelInfo(GroupedGemmVersion.V4PackedGemv, "grid (tiles, ceil(D/8)), group 256 = 8 warps", Entry = "down", WideViews = ["w2.Data:16"],
         BlockSize = GroupedGemmKernels.GroupSize, Summary = "down decode over packed experts: warp per row, 16-byte units")]
     public static void DownV4<TQ>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TQ w2, ArrayView<float> y,
-        int dim, int hidden, int tileRows)
+        int dim, int hidden, int tileRows, ExpertGlu glu)
         where TQ : struct, IQuantWeights
     {
         int e = tiles[2 * Grid.IdxX];
@@ -220,7 +220,7 @@ public static class QuantGroupedGemmKernels
         float acc = 0f;
         for (int j = 0; j < 32; j++)
             acc += red[rBase + j];
-        y[(long)(rowStart + lane) * dim + n] = acc;
+        y[(long)(rowStart + lane) * dim + n] = glu.Down(acc, wRow);
     }
 
     [KernelInfo(ActOrderGatherVersion.V1, "grid (T*K, ceil(D/256)), group 256",
@@ -250,24 +250,27 @@ public static class QuantGroupedGemmKernels
 public sealed class QuantGroupedGemmKernel<TQ>
     where TQ : struct, IQuantWeights
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int> upGateV2, upGateV4;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int> downV2, downV4;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int, ExpertGlu> upGateV2, upGateV4;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int, ExpertGlu> downV2, downV4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int> gather;
 
     private QuantGroupedGemmKernel(Accelerator a)
     {
-        upGateV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
-        downV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
-        upGateV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.UpGateV4);
-        downV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int>(QuantGroupedGemmKernels.DownV4);
+        upGateV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int, ExpertGlu>(GroupedGemmKernels.UpGateV2);
+        downV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int, ExpertGlu>(GroupedGemmKernels.DownV2);
+        upGateV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int, ExpertGlu>(QuantGroupedGemmKernels.UpGateV4);
+        downV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int, ExpertGlu>(QuantGroupedGemmKernels.DownV4);
         gather = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.GatherExpertInputsV1);
     }
 
     public static QuantGroupedGemmKernel<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 
-    /// <summary>Pass 1: h [T*K, F] = silu(x w1^T) * (x w3^T) per expert; x [T, D]; w1, w3 packed [E*F, D].</summary>
+    /// <summary>
+    /// Pass 1: h [T*K, F] = silu(x w1^T) * (x w3^T) per expert, or glu's activation with its gate/up biases
+    /// (Moe/GroupedGemm/ExpertGlu.cs); x [T, D]; w1, w3 packed [E*F, D].
+    /// </summary>
     public void LaunchUpGate(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> x,
-        int tokens, int topK, int dim, int hidden, TQ w1, TQ w3, ArrayView<float> h)
+        int tokens, int topK, int dim, int hidden, TQ w1, TQ w3, ArrayView<float> h, ExpertGlu glu = default)
     {
         const string Where = "QuantGroupedGemm.LaunchUpGate";
         int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.PackedVersions);
@@ -275,42 +278,44 @@ public sealed class QuantGroupedGemmKernel<TQ>
         Shape("w3", w3, permutation.Experts * (long)hidden, dim);
         GroupedGemm.Need(Where, "x", x.Length, (long)tokens * dim);
         GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
+        glu.Check(Where, permutation.Experts, hidden, dim);
         var p = permutation;
         switch (version)
         {
             case GroupedGemmVersion.V2Tiled:
                 upGateV2(stream, GroupedGemm.TileConfig(p, pairs, hidden, GroupedGemmKernels.TileN),
-                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows, glu);
                 break;
             case GroupedGemmVersion.V4PackedGemv:
                 QuantLayout.CheckWide(Where, "w1", w1);
                 QuantLayout.CheckWide(Where, "w3", w3);
                 upGateV4(stream, GroupedGemm.TileConfig(p, pairs, hidden, QuantGroupedGemmKernels.Warps),
-                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows, glu);
                 break;
             default:
                 throw new UnreachableException($"{Where}: {version} passed Validate");
         }
     }
 
-    /// <summary>Pass 2: y [T*K, D] = h w2^T per expert; h [T*K, F]; w2 packed [E*D, F].</summary>
+    /// <summary>Pass 2: y [T*K, D] = h w2^T per expert (+ glu's down bias b2[e]); h [T*K, F]; w2 packed [E*D, F].</summary>
     public void LaunchDown(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> h,
-        int tokens, int topK, int dim, int hidden, TQ w2, ArrayView<float> y)
+        int tokens, int topK, int dim, int hidden, TQ w2, ArrayView<float> y, ExpertGlu glu = default)
     {
         const string Where = "QuantGroupedGemm.LaunchDown";
         int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.PackedVersions);
         Shape("w2", w2, permutation.Experts * (long)dim, hidden);
         GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
         GroupedGemm.Need(Where, "y", y.Length, (long)pairs * dim);
+        glu.Check(Where, permutation.Experts, hidden, dim);
         var p = permutation;
         switch (version)
         {
             case GroupedGemmVersion.V2Tiled:
-                downV2(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.TileN), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                downV2(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.TileN), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows, glu);
                 break;
             case GroupedGemmVersion.V4PackedGemv:
                 QuantLayout.CheckWide(Where, "w2", w2);
-                downV4(stream, GroupedGemm.TileConfig(p, pairs, dim, QuantGroupedGemmKernels.Warps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                downV4(stream, GroupedGemm.TileConfig(p, pairs, dim, QuantGroupedGemmKernels.Warps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows, glu);
                 break;
             default:
                 throw new UnreachableException($"{Where}: {version} passed Validate");
@@ -333,6 +338,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
             case Q8Weights q8: QuantLayout.Check("QuantGroupedGemm " + what, q8); break;
             case Q4Weights q4: QuantLayout.Check("QuantGroupedGemm " + what, q4); break;
             case Fp8Weights f8: QuantLayout.Check("QuantGroupedGemm " + what, f8); break;
+            case Mxfp4Weights m4: QuantLayout.Check("QuantGroupedGemm " + what, m4); break;
             default: throw new UnreachableException($"QuantGroupedGemm: no layout check for reader {typeof(TQ).Name}");
         }
 
@@ -349,7 +355,8 @@ public sealed class QuantGroupedGemmKernel<TQ>
 /// perm[e, j]; w1 and w3 of an expert share it): each pair's input row is gathered in its expert's column order first,
 /// which needs a workspace made with permutedInput.
 /// </summary>
-public readonly struct PackedExperts<TQ>(QuantGroupedGemmKernel<TQ> kernel, TQ w1, TQ w3, TQ w2, ArrayView<int> inputPermutation = default) : IMoeExperts
+public readonly struct PackedExperts<TQ>(QuantGroupedGemmKernel<TQ> kernel, TQ w1, TQ w3, TQ w2, ArrayView<int> inputPermutation = default,
+    ExpertGlu glu = default) : IMoeExperts
     where TQ : struct, IQuantWeights
 {
     public string Name => "QuantMoeBlock";
@@ -363,7 +370,7 @@ public readonly struct PackedExperts<TQ>(QuantGroupedGemmKernel<TQ> kernel, TQ w
         int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
         if (inputPermutation.Length == 0)
         {
-            kernel.LaunchUpGate(stream, version, permutation, x, tokens, k, d, f, w1, w3, workspace.H.View);
+            kernel.LaunchUpGate(stream, version, permutation, x, tokens, k, d, f, w1, w3, workspace.H.View, glu);
         }
         else
         {
@@ -377,10 +384,10 @@ public readonly struct PackedExperts<TQ>(QuantGroupedGemmKernel<TQ> kernel, TQ w
             if (x.Length < (long)tokens * d || expertIds.Length < pairs)
                 throw new ArgumentException($"{Name}: x ({x.Length}) needs T*D = {(long)tokens * d}, expertIds ({expertIds.Length}) needs T*K = {pairs}");
             kernel.LaunchGather(stream, x, expertIds, inputPermutation, xs.View, (int)pairs, k, d, workspace.Experts);
-            kernel.LaunchUpGate(stream, version, permutation, xs.View, (int)pairs, 1, d, f, w1, w3, workspace.H.View);
+            kernel.LaunchUpGate(stream, version, permutation, xs.View, (int)pairs, 1, d, f, w1, w3, workspace.H.View, glu);
         }
 
-        kernel.LaunchDown(stream, version, permutation, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
+        kernel.LaunchDown(stream, version, permutation, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View, glu);
     }
 }
 
@@ -399,9 +406,10 @@ public sealed class QuantMoeBlockKernels<TQ>
 
     public static QuantMoeBlockKernels<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 
-    /// <summary>See <see cref="MoeBlock.Launch{TExperts}"/> and <see cref="PackedExperts{TQ}"/>.</summary>
+    /// <summary>See <see cref="MoeBlock.Launch{TExperts}"/> and <see cref="PackedExperts{TQ}"/>; glu: activation and expert biases (ExpertGlu.cs).</summary>
     public void Launch(AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> expertIds,
         ArrayView<float> weights, int tokens, TQ w1, TQ w3, TQ w2, ArrayView<float> output,
-        ArrayView<float> residual = default, GroupedGemmVersion? version = null, ArrayView<int> inputPermutation = default) =>
-        block.Launch(stream, workspace, x, expertIds, weights, tokens, new PackedExperts<TQ>(gemm, w1, w3, w2, inputPermutation), output, residual, version);
+        ArrayView<float> residual = default, GroupedGemmVersion? version = null, ArrayView<int> inputPermutation = default,
+        ExpertGlu glu = default) =>
+        block.Launch(stream, workspace, x, expertIds, weights, tokens, new PackedExperts<TQ>(gemm, w1, w3, w2, inputPermutation, glu), output, residual, version);
 }

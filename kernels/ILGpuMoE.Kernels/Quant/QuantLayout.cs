@@ -27,6 +27,9 @@
 //        block 128 x 128 is the DeepSeek-V3 / FP8 Mixtral checkpoint layout (`weight_scale_inv` multiplies);
 //        per-tensor scale = one block of N x K. BlockK must be a multiple of 16 (a unit never straddles a block).
 //
+//   MXFP4  gpt-oss's checkpoint bytes as they are (Mxfp4.cs): Q4's word and nibble order, FP4 E2M1 codes, one E8M0
+//        scale byte per 32 values (= per 16-byte unit): w[n, k] = e2m1(nibble) * 2^(s[n, k / 32] - 127).
+//
 // Why these choices: nibbles in straight order let the decoder use one shift per value with the shift = 4 * i;
 // AWQ's interleave [0,2,4,6,1,3,5,7] exists for its half2 conversion trick, which a f32 kernel does not use.
 // Every dequantized value is computed exactly in f32 (a 4- or 8-bit integer times an f16/f32 scale rounds at
@@ -141,6 +144,14 @@ public static class QuantLayout
         if (w.MatrixRows < 1 || w.Rows % w.MatrixRows != 0)
             throw new ArgumentException($"{where}: FP8 rows {w.Rows} are not whole matrices of {w.MatrixRows} rows");
         CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, (long)(w.Rows / w.MatrixRows) * w.ScaleRows * w.ScaleCols);
+    }
+
+    /// <summary>MXFP4: K a multiple of 32 (whole blocks), words and scales long enough.</summary>
+    public static void Check(string where, Mxfp4Weights w)
+    {
+        if (w.Cols % Mxfp4.BlockValues != 0)
+            throw new ArgumentException($"{where}: MXFP4 K = {w.Cols} is not whole blocks of 32");
+        CheckWords(where, w.Rows, w.Cols, w.RowWords, w.Words.Length, w.Scales.Length, (long)w.Rows * w.Groups);
     }
 
     /// <summary>

@@ -3,6 +3,8 @@
 // Pass 1 (up/gate): h[r, f] = silu(x[tok(r)] . w1[e, f]) * (x[tok(r)] . w3[e, f]), tok(r) = sorted[r] / K,
 //   e = the expert owning sorted row r. w1, w3 [E, F, D] (HF [out, in] per expert, stacked); h [P, F], sorted order.
 // Pass 2 (down): y[r, d] = h[r] . w2[e, d], w2 [E, D, F]; y [P, D], sorted order.
+// Every version takes an ExpertGlu (ExpertGlu.cs): the activation (SiLU, or gpt-oss's clamped GLU) and optional gate/up
+// biases in the up/gate epilogue, an optional down bias b2[e] in the down epilogue; default(ExpertGlu) is SiLU, no bias.
 // Activations are never copied or padded: rows are read through the sorted pair indices, and tiles that run past
 // an expert's rows are masked.
 //
@@ -11,7 +13,7 @@
 //   V2  shared-memory tiles of 32 rows x 32 outputs per group of 256 (each thread 4 rows of one output; pass 1 keeps
 //       gate and up accumulators), K-loop over the input dim in steps of 32, bounds-checked for any shape. Groups
 //       walk the tile schedule (grid x = tile, so concurrent groups share a weight block and hit L2).
-//       Generic over the reader, so the quantized experts run it too (Q8/Q4/FP8 readers dequantize each element of
+//       Generic over the reader, so the quantized experts run it too (Q8/Q4/FP8/MXFP4 readers dequantize each element of
 //       the weight tile on its way into shared memory).
 //   V3  decode form (few rows per expert, tile schedule with M <= 8): one warp per weight row (output), lanes
 //       stride the input dim (coalesced weight reads: the weights are the traffic), up to 8 rows per pass so each
@@ -138,8 +140,6 @@ public static class GroupedGemmKernels
     public const int GemvWarps = 8;
     private const int RedLd = 33;
 
-    private static float Silu(float g) => g / (1f + XMath.Exp(-g));
-
     /// <summary>Largest e with offsets[e] &lt;= r: the expert owning sorted row r (empty experts are skipped).</summary>
     private static int FindExpert(ArrayView<int> offsets, int experts, int r)
     {
@@ -177,7 +177,7 @@ public static class GroupedGemmKernels
 
     [KernelInfo(GroupedGemmVersion.V1Simple, "grid (P, ceil(F/256)), group 256", Entry = "up-gate", Summary = "up/gate: one thread per h element, rows through sorted pairs, SiLU(gate)*up fused")]
     public static void UpGateV1<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, TW w1, TW w3, ArrayView<float> h,
-        int experts, int topK, int dim, int hidden)
+        int experts, int topK, int dim, int hidden, ExpertGlu glu)
         where TW : struct, IWeights
     {
         int r = Grid.IdxX;
@@ -195,11 +195,11 @@ public static class GroupedGemmKernels
             u += xv * w3.Get(wb + k);
         }
 
-        h[Index64.At(r, hidden, f)] = Silu(g) * u;
+        h[Index64.At(r, hidden, f)] = glu.UpGate(g, u, (long)e * hidden + f);
     }
 
     [KernelInfo(GroupedGemmVersion.V1Simple, "grid (P, ceil(D/256)), group 256", Entry = "down", Summary = "down: one thread per y element")]
-    public static void DownV1<TW>(ArrayView<float> h, ArrayView<int> offsets, TW w2, ArrayView<float> y, int experts, int dim, int hidden)
+    public static void DownV1<TW>(ArrayView<float> h, ArrayView<int> offsets, TW w2, ArrayView<float> y, int experts, int dim, int hidden, ExpertGlu glu)
         where TW : struct, IWeights
     {
         int r = Grid.IdxX;
@@ -212,14 +212,14 @@ public static class GroupedGemmKernels
         float acc = 0f;
         for (int f = 0; f < hidden; f++)
             acc += h[hb + f] * w2.Get(wb + f);
-        y[Index64.At(r, dim, d)] = acc;
+        y[Index64.At(r, dim, d)] = glu.Down(acc, (long)e * dim + d);
     }
 
     // ---------------------------------------------------------------- V2
 
     [KernelInfo(GroupedGemmVersion.V2Tiled, "grid (tiles, ceil(F/32)), group 256", QuantizedReaders = true, Entry = "up-gate", Summary = "up/gate: 32x32 shared-memory tiles over the tile schedule, 4 rows x (gate, up) per thread")]
     public static void UpGateV2<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TW w1, TW w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
+        ArrayView<float> h, int topK, int dim, int hidden, int tileRows, ExpertGlu glu)
         where TW : struct, IWeights
     {
         var tile = GroupTile.Read(tiles, offsets, tileRows);
@@ -276,19 +276,20 @@ public static class GroupedGemmKernels
         if (nOut >= hidden)
             return;
         long hb = (long)rowStart * hidden + nOut;
+        long bi = (long)e * hidden + nOut;
         if (ty < rows)
-            h[hb + (long)ty * hidden] = Silu(g0) * u0;
+            h[hb + (long)ty * hidden] = glu.UpGate(g0, u0, bi);
         if (ty + 8 < rows)
-            h[hb + (long)(ty + 8) * hidden] = Silu(g1) * u1;
+            h[hb + (long)(ty + 8) * hidden] = glu.UpGate(g1, u1, bi);
         if (ty + 16 < rows)
-            h[hb + (long)(ty + 16) * hidden] = Silu(g2) * u2;
+            h[hb + (long)(ty + 16) * hidden] = glu.UpGate(g2, u2, bi);
         if (ty + 24 < rows)
-            h[hb + (long)(ty + 24) * hidden] = Silu(g3) * u3;
+            h[hb + (long)(ty + 24) * hidden] = glu.UpGate(g3, u3, bi);
     }
 
     [KernelInfo(GroupedGemmVersion.V2Tiled, "grid (tiles, ceil(D/32)), group 256", QuantizedReaders = true, Entry = "down", Summary = "down: 32x32 shared-memory tiles over the tile schedule, 4 rows per thread")]
     public static void DownV2<TW>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TW w2, ArrayView<float> y,
-        int dim, int hidden, int tileRows)
+        int dim, int hidden, int tileRows, ExpertGlu glu)
         where TW : struct, IWeights
     {
         var tile = GroupTile.Read(tiles, offsets, tileRows);
@@ -334,21 +335,22 @@ public static class GroupedGemmKernels
         if (nOut >= dim)
             return;
         long yb = (long)rowStart * dim + nOut;
+        long bi = (long)e * dim + nOut;
         if (ty < rows)
-            y[yb + (long)ty * dim] = a0;
+            y[yb + (long)ty * dim] = glu.Down(a0, bi);
         if (ty + 8 < rows)
-            y[yb + (long)(ty + 8) * dim] = a1;
+            y[yb + (long)(ty + 8) * dim] = glu.Down(a1, bi);
         if (ty + 16 < rows)
-            y[yb + (long)(ty + 16) * dim] = a2;
+            y[yb + (long)(ty + 16) * dim] = glu.Down(a2, bi);
         if (ty + 24 < rows)
-            y[yb + (long)(ty + 24) * dim] = a3;
+            y[yb + (long)(ty + 24) * dim] = glu.Down(a3, bi);
     }
 
     // ---------------------------------------------------------------- V3
 
     [KernelInfo(GroupedGemmVersion.V3Gemv, "grid (tiles, ceil(F/8)), group 256 = 8 warps", Entry = "up-gate", Summary = "up/gate decode form: one warp per (w1, w3) row over up to 8 rows, shared-memory reduction")]
     public static void UpGateV3<TW>(ArrayView<float> x, ArrayView<int> sorted, ArrayView<int> offsets, ArrayView<int> tiles, TW w1, TW w3,
-        ArrayView<float> h, int topK, int dim, int hidden, int tileRows)
+        ArrayView<float> h, int topK, int dim, int hidden, int tileRows, ExpertGlu glu)
         where TW : struct, IWeights
     {
         var tile = GroupTile.Read(tiles, offsets, tileRows);
@@ -417,12 +419,12 @@ public static class GroupedGemmKernels
             u += red[uBase + j];
         }
 
-        h[(long)(rowStart + lane) * hidden + n] = Silu(g) * u;
+        h[(long)(rowStart + lane) * hidden + n] = glu.UpGate(g, u, (long)e * hidden + n);
     }
 
     [KernelInfo(GroupedGemmVersion.V3Gemv, "grid (tiles, ceil(D/8)), group 256 = 8 warps", Entry = "down", Summary = "down decode form: one warp per w2 row over up to 8 rows, shared-memory reduction")]
     public static void DownV3<TW>(ArrayView<float> h, ArrayView<int> offsets, ArrayView<int> tiles, TW w2, ArrayView<float> y,
-        int dim, int hidden, int tileRows)
+        int dim, int hidden, int tileRows, ExpertGlu glu)
         where TW : struct, IWeights
     {
         var tile = GroupTile.Read(tiles, offsets, tileRows);
@@ -472,7 +474,7 @@ public static class GroupedGemmKernels
         float acc = 0f;
         for (int j = 0; j < 32; j++)
             acc += red[rBase + j];
-        y[(long)(rowStart + lane) * dim + n] = acc;
+        y[(long)(rowStart + lane) * dim + n] = glu.Down(acc, (long)e * dim + n);
     }
 }
 
@@ -483,31 +485,31 @@ public static class GroupedGemmKernels
 public sealed class GroupedGemmKernel<TW>
     where TW : struct, IWeights
 {
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int> upGateV1;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int> downV1;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int> upGateV2;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int> downV2;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int> upGateV3;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int> downV3;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int, ExpertGlu> upGateV1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int, ExpertGlu> downV1;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int, ExpertGlu> upGateV2;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int, ExpertGlu> downV2;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int, ExpertGlu> upGateV3;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int, ExpertGlu> downV3;
 
     private GroupedGemmKernel(Accelerator a)
     {
-        upGateV1 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV1);
-        downV1 = a.LoadCounted<ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV1);
-        upGateV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV2);
-        downV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV2);
-        upGateV3 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int>(GroupedGemmKernels.UpGateV3);
-        downV3 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int>(GroupedGemmKernels.DownV3);
+        upGateV1 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int, ExpertGlu>(GroupedGemmKernels.UpGateV1);
+        downV1 = a.LoadCounted<ArrayView<float>, ArrayView<int>, TW, ArrayView<float>, int, int, int, ExpertGlu>(GroupedGemmKernels.DownV1);
+        upGateV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int, ExpertGlu>(GroupedGemmKernels.UpGateV2);
+        downV2 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int, ExpertGlu>(GroupedGemmKernels.DownV2);
+        upGateV3 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TW, TW, ArrayView<float>, int, int, int, int, ExpertGlu>(GroupedGemmKernels.UpGateV3);
+        downV3 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TW, ArrayView<float>, int, int, int, ExpertGlu>(GroupedGemmKernels.DownV3);
     }
 
     public static GroupedGemmKernel<TW> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 
     /// <summary>
-    /// Pass 1: h [T*K, F] (sorted order; the first offsets[E] rows are written) = silu(x w1^T) * (x w3^T) per expert.
-    /// x [T, D]; w1, w3 [E*F*D] elements.
+    /// Pass 1: h [T*K, F] (sorted order; the first offsets[E] rows are written) = silu(x w1^T) * (x w3^T) per expert,
+    /// or glu's activation with its gate/up biases (ExpertGlu.cs). x [T, D]; w1, w3 [E*F*D] elements.
     /// </summary>
     public void LaunchUpGate(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> x,
-        int tokens, int topK, int dim, int hidden, TW w1, TW w3, ArrayView<float> h)
+        int tokens, int topK, int dim, int hidden, TW w1, TW w3, ArrayView<float> h, ExpertGlu glu = default)
     {
         const string Where = "GroupedGemm.LaunchUpGate";
         int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.FloatVersions);
@@ -515,47 +517,49 @@ public sealed class GroupedGemmKernel<TW>
         GroupedGemm.Need(Where, "w1", w1.Length, (long)permutation.Experts * hidden * dim);
         GroupedGemm.Need(Where, "w3", w3.Length, (long)permutation.Experts * hidden * dim);
         GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
+        glu.Check(Where, permutation.Experts, hidden, dim);
         var p = permutation;
         switch (version)
         {
             case GroupedGemmVersion.V1Simple:
                 upGateV1(stream, new KernelConfig(new Index2D(pairs, Blocks(hidden, GroupedGemmKernels.GroupSize)), new Index2D(GroupedGemmKernels.GroupSize, 1)),
-                    x, p.SortedPairs.View, p.Offsets.View, w1, w3, h, p.Experts, topK, dim, hidden);
+                    x, p.SortedPairs.View, p.Offsets.View, w1, w3, h, p.Experts, topK, dim, hidden, glu);
                 break;
             case GroupedGemmVersion.V2Tiled:
                 upGateV2(stream, GroupedGemm.TileConfig(p, pairs, hidden, GroupedGemmKernels.TileN),
-                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows, glu);
                 break;
             case GroupedGemmVersion.V3Gemv:
                 upGateV3(stream, GroupedGemm.TileConfig(p, pairs, hidden, GroupedGemmKernels.GemvWarps),
-                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows);
+                    x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows, glu);
                 break;
             default:
                 throw new UnreachableException($"{Where}: {version} passed Validate");
         }
     }
 
-    /// <summary>Pass 2: y [T*K, D] (sorted order) = h w2^T per expert. h [T*K, F]; w2 [E*D*F] elements.</summary>
+    /// <summary>Pass 2: y [T*K, D] (sorted order) = h w2^T per expert (+ glu's down bias b2[e]). h [T*K, F]; w2 [E*D*F] elements.</summary>
     public void LaunchDown(AcceleratorStream stream, GroupedGemmVersion version, MoePermutation permutation, ArrayView<float> h,
-        int tokens, int topK, int dim, int hidden, TW w2, ArrayView<float> y)
+        int tokens, int topK, int dim, int hidden, TW w2, ArrayView<float> y, ExpertGlu glu = default)
     {
         const string Where = "GroupedGemm.LaunchDown";
         int pairs = GroupedGemm.Validate(Where, stream, version, permutation, tokens, topK, dim, hidden, GroupedGemm.FloatVersions);
         GroupedGemm.Need(Where, "h", h.Length, (long)pairs * hidden);
         GroupedGemm.Need(Where, "w2", w2.Length, (long)permutation.Experts * dim * hidden);
         GroupedGemm.Need(Where, "y", y.Length, (long)pairs * dim);
+        glu.Check(Where, permutation.Experts, hidden, dim);
         var p = permutation;
         switch (version)
         {
             case GroupedGemmVersion.V1Simple:
                 downV1(stream, new KernelConfig(new Index2D(pairs, Blocks(dim, GroupedGemmKernels.GroupSize)), new Index2D(GroupedGemmKernels.GroupSize, 1)),
-                    h, p.Offsets.View, w2, y, p.Experts, dim, hidden);
+                    h, p.Offsets.View, w2, y, p.Experts, dim, hidden, glu);
                 break;
             case GroupedGemmVersion.V2Tiled:
-                downV2(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.TileN), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                downV2(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.TileN), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows, glu);
                 break;
             case GroupedGemmVersion.V3Gemv:
-                downV3(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.GemvWarps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows);
+                downV3(stream, GroupedGemm.TileConfig(p, pairs, dim, GroupedGemmKernels.GemvWarps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows, glu);
                 break;
             default:
                 throw new UnreachableException($"{Where}: {version} passed Validate");

@@ -97,8 +97,11 @@ public interface IMoeExperts
         ArrayView<float> x, ArrayView<int> expertIds, int tokens);
 }
 
-/// <summary>The experts step over float experts (w1, w3 [E, F, D]; w2 [E, D, F]) with the grouped GEMM V1-V3.</summary>
-public readonly struct FloatExperts<TW>(GroupedGemmKernel<TW> kernel, TW w1, TW w3, TW w2) : IMoeExperts
+/// <summary>
+/// The experts step over float experts (w1, w3 [E, F, D]; w2 [E, D, F]) with the grouped GEMM V1-V3; glu: the
+/// activation and expert biases (ExpertGlu.cs; default SiLU, none).
+/// </summary>
+public readonly struct FloatExperts<TW>(GroupedGemmKernel<TW> kernel, TW w1, TW w3, TW w2, ExpertGlu glu = default) : IMoeExperts
     where TW : struct, IWeights
 {
     public string Name => "MoeBlock";
@@ -110,8 +113,8 @@ public readonly struct FloatExperts<TW>(GroupedGemmKernel<TW> kernel, TW w1, TW 
         ArrayView<float> x, ArrayView<int> expertIds, int tokens)
     {
         int k = workspace.TopK, d = workspace.Dim, f = workspace.Hidden;
-        kernel.LaunchUpGate(stream, version, permutation, x, tokens, k, d, f, w1, w3, workspace.H.View);
-        kernel.LaunchDown(stream, version, permutation, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View);
+        kernel.LaunchUpGate(stream, version, permutation, x, tokens, k, d, f, w1, w3, workspace.H.View, glu);
+        kernel.LaunchDown(stream, version, permutation, workspace.H.View, tokens, k, d, f, w2, workspace.Y.View, glu);
     }
 }
 
@@ -166,9 +169,9 @@ public sealed class MoeBlockKernels<TW>
 
     public static MoeBlockKernels<TW> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 
-    /// <summary>See <see cref="MoeBlock.Launch{TExperts}"/>; w1, w3 [E, F, D]; w2 [E, D, F].</summary>
+    /// <summary>See <see cref="MoeBlock.Launch{TExperts}"/>; w1, w3 [E, F, D]; w2 [E, D, F]; glu: activation and expert biases (ExpertGlu.cs).</summary>
     public void Launch(AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> expertIds,
         ArrayView<float> weights, int tokens, TW w1, TW w3, TW w2, ArrayView<float> output,
-        ArrayView<float> residual = default, GroupedGemmVersion? version = null) =>
-        block.Launch(stream, workspace, x, expertIds, weights, tokens, new FloatExperts<TW>(gemm, w1, w3, w2), output, residual, version);
+        ArrayView<float> residual = default, GroupedGemmVersion? version = null, ExpertGlu glu = default) =>
+        block.Launch(stream, workspace, x, expertIds, weights, tokens, new FloatExperts<TW>(gemm, w1, w3, w2, glu), output, residual, version);
 }

@@ -69,6 +69,7 @@ public class DecodeExpertsTests
     /// <summary>D and F of 4096 + 160: the up-gate's norm and staging and the down projection's h loop over two tiles.</summary>
     [TestCase("bf16")]
     [TestCase("q4-sym-g32")]
+    [TestCase("mxfp4")]
     public void LongRowsLoopOverTiles(string kind)
     {
         const int big = DecodeStaging.TileCols + 160;

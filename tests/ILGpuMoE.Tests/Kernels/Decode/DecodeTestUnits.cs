@@ -5,6 +5,7 @@ using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Quant;
 using ILGpuMoE.Tests.Common;
+using ILGpuMoE.Tests.Kernels.Quant;
 using ILGpuMoE.Tests.Quant;
 
 namespace ILGpuMoE.Tests.Kernels.Decode;
@@ -23,9 +24,10 @@ internal sealed record TestMatrix(float[] Values, int Rows, int Cols, int Parts 
 internal static class DecodeTestUnits
 {
     /// <summary>Every reader: the wide float ones, the scalar tail path over f32 and bf16, and the packed schemes
-    /// (q4 with and without zeros, a G that is no power of two, fp8 with several blocks per row and per tensor).</summary>
+    /// (q4 with and without zeros, a G that is no power of two, fp8 with several blocks per row and per tensor, and
+    /// gpt-oss's MXFP4 rounded from the values block by block, so its scales differ per block).</summary>
     public static readonly string[] Kinds =
-        ["f32", "f16", "bf16", "scalar-f32", "scalar-bf16", "q8", "q4-sym-g32", "q4-zero-g64", "q4-row", "fp8-block", "fp8-tensor"];
+        ["f32", "f16", "bf16", "scalar-f32", "scalar-bf16", "q8", "q4-sym-g32", "q4-zero-g64", "q4-row", "fp8-block", "fp8-tensor", "mxfp4"];
 
     /// <summary>Columns a kind reads with an odd shape: 37 for the scalar path (no whole 16-byte words), a multiple of G
     /// for q4 (96 = three groups of 32; q4-row: one group of 96), 72 for q8/fp8 (the last unit half padding), 40 for
@@ -33,7 +35,7 @@ internal static class DecodeTestUnits
     public static int Cols(string kind) => kind switch
     {
         "scalar-f32" or "scalar-bf16" => 37,
-        "q4-sym-g32" or "q4-row" => 96,
+        "q4-sym-g32" or "q4-row" or "mxfp4" => 96,
         "q4-zero-g64" => 128,
         "q8" or "fp8-block" or "fp8-tensor" => 72,
         "f32" or "f16" or "bf16" => 40,
@@ -63,6 +65,14 @@ internal static class DecodeTestUnits
                 case "scalar-bf16":
                     Run(mats, m => Data.RoundToBf16(m.Values), m => RowUnits.Scalar(BF16(owned, m.Values), m.Rows, m.Cols), test);
                     break;
+                case "mxfp4":
+                {
+                    var mx = mats.Select(m => Mxfp4TestData.Quantize(m.Values, m.Rows, m.Cols)).ToArray();
+                    var devices = mx.Select(m => Own(owned, m.Upload())).ToArray();
+                    test.Run(devices.Select(d => RowUnits.Mxfp4(d.View)).ToArray(), mx.Select(m => m.Dequant()).ToArray());
+                    break;
+                }
+
                 default:
                 {
                     var packed = mats.Select(m => Pack(kind, m)).ToArray();
