@@ -39,6 +39,7 @@ public static class SuiteRunner
     [
         new DenseFamily(),
         new AttentionFamily(),
+        new MlaFamily(),
         new GatingFamily(),
         new MoeFamily(),
         new QuantFamily(),

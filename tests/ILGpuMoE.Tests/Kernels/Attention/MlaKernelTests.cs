@@ -379,6 +379,53 @@ public class MlaKernelTests
         }
     }
 
+    [Test]
+    public void DecodeStepsAfterAPrefillMatchTheExpandedAttention()
+    {
+        // The runtime's sequence on one cache: a prefill of 4 tokens, then 3 decode steps, each appending its row and
+        // attending with the position read from the same device buffer (what a replayed graph does), V2Split with
+        // 5-key splits (a new split starts at position 5) and the V2Wide absorbs. Every step's output is checked
+        // against the expanded formula over the rows so far.
+        var s = Odd;
+        int prefill = 4, steps = 3;
+        var all = Problem.Random(1234, s, prefill + steps, 0, maxSeq: 12);
+        var acc = TestDevice.Accelerator;
+        var st = acc.DefaultStream;
+        using var w = TestDevice.Upload(all.KvB);
+        var kvB = new F32Weights(w.View);
+        using var cache = TestDevice.PoisonedFloats((long)all.MaxSeq * s.Row);
+        using var pos = TestDevice.Upload(new int[prefill]);
+        using var qAbs = TestDevice.PoisonedFloats((long)prefill * s.Heads * s.Row);
+        using var oLat = TestDevice.PoisonedFloats((long)prefill * s.Heads * s.Rank);
+        using var y = TestDevice.PoisonedFloats((long)prefill * s.Heads * s.VDim);
+        var kernel = Kernel();
+        lock (kernel)
+        {
+            kernel.KeysPerSplitOverride = 5;
+            try
+            {
+                for (int step = 0; step <= steps; step++)
+                {
+                    int t0 = step == 0 ? 0 : prefill + step - 1, tokens = step == 0 ? prefill : 1;
+                    pos.View.SubView(0, tokens).CopyFromCPU(Enumerable.Range(t0, tokens).ToArray());
+                    using var row = TestDevice.Upload(all.Cache.AsSpan(t0 * s.Row, tokens * s.Row).ToArray());
+                    using var q = TestDevice.Upload(all.Q.AsSpan(t0 * s.Heads * s.QkDim, tokens * s.Heads * s.QkDim).ToArray());
+                    kernel.Append(st, row.View, s.Row, row.View.SubView(s.Rank, row.Length - s.Rank), s.Row, pos.View, cache.View, tokens, s.Rank, s.RopeDim, all.MaxSeq);
+                    Absorb<F32Weights>().AbsorbQ(st, q.View, kvB, qAbs.View, tokens, s.Heads, s.Rank, s.RopeDim, s.NopeDim, s.VDim);
+                    kernel.Attention(st, qAbs.View, cache.View, pos.View, oLat.View, tokens, s.Heads, s.Rank, s.RopeDim, all.MaxSeq, (float)all.Scale);
+                    Absorb<F32Weights>().AbsorbV(st, oLat.View, kvB, y.View, tokens, s.Heads, s.Rank, s.RopeDim, s.NopeDim, s.VDim);
+                    acc.Synchronize();
+                    var want = (all with { Tokens = tokens, Pos0 = t0, Q = all.Q.AsSpan(t0 * s.Heads * s.QkDim, tokens * s.Heads * s.QkDim).ToArray() }).Expanded(all.KvB);
+                    Check.Close(want, y.GetAsArray1D().AsSpan(0, tokens * s.Heads * s.VDim), 1e-5, 1e-5, $"step {step} (positions {t0}..{t0 + tokens - 1})");
+                }
+            }
+            finally
+            {
+                kernel.KeysPerSplitOverride = null;
+            }
+        }
+    }
+
     // ---------------------------------------------------------------------------------------------------------
     [Test]
     public void BadArgumentsThrowArgumentException()
