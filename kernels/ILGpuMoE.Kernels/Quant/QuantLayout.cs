@@ -47,6 +47,9 @@ public enum QuantScheme
     Q4,
     /// <summary>FP8 E4M3FN with F32 scales per block (or per tensor).</summary>
     Fp8,
+
+    /// <summary>MXFP4: FP4 E2M1 codes, one E8M0 scale byte per 32 values along K (gpt-oss's experts).</summary>
+    Mxfp4,
 }
 
 /// <summary>16 bytes: one wide load (ld.v4.b32).</summary>

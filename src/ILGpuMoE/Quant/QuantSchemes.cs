@@ -24,6 +24,7 @@ public static class QuantSchemes
         Int8Spec.Info,
         Int4Spec.Info,
         Fp8Spec.Info,
+        Mxfp4Spec.Info,
     ];
 
     /// <summary>"none", then every scheme's listed names.</summary>

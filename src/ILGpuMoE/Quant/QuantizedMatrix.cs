@@ -224,7 +224,8 @@ public abstract class DeviceQuantMatrix : IDisposable
     /// <summary>output [T, D] = residual + MoE(x) with this matrix as stacked w1 and <paramref name="w3"/>, <paramref name="w2"/>
     /// of the same layout (InvalidOperationException otherwise).</summary>
     internal abstract void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
-        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual);
+        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual,
+        ExpertGlu glu = default);
 
     private protected TBuffer Own<TBuffer>(TBuffer buffer)
         where TBuffer : IDisposable
@@ -255,14 +256,15 @@ public abstract class DeviceQuantMatrix<TQ> : DeviceQuantMatrix
     public abstract TQ Weights { get; }
 
     internal sealed override void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
-        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual)
+        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual,
+        ExpertGlu glu = default)
     {
         if (w3 is not DeviceQuantMatrix<TQ> q3 || w2 is not DeviceQuantMatrix<TQ> q2)
             throw QuantMoeKernels.Mixed();
         // GPTQ act-order experts: w1 carries the [E, D] input permutation w1 and w3 share (w2's is folded at load);
         // an empty view for every other matrix.
         kernels.For<TQ>().Launch(stream, workspace, x, ids, weights, tokens, Weights, q3.Weights, q2.Weights, output, residual,
-            inputPermutation: InputPermutation);
+            inputPermutation: InputPermutation, glu: glu);
     }
 }
 

@@ -29,6 +29,7 @@ using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Model;
 
@@ -69,8 +70,6 @@ internal sealed class DecodePlan
             return "MLA attention (DeepSeek) runs the plain step";
         if (model.Config.Router.Kind is not (RouterKind.Mixtral or RouterKind.SoftmaxTopK))
             return $"--router {model.Config.Router} runs the plain step";
-        if (block.RouterBias || block.ExpertBias || block.SwigluLimit is not null)
-            return "gpt-oss's router and expert biases and clamped GLU are not in the fused step yet";
         foreach (var l in model.Layers)
         {
             foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.W1, l.W3, l.W2 })
@@ -156,12 +155,12 @@ internal sealed class DecodePlan
                 int logits = layerSpec.LogitsPerToken;
                 var rl = b.RouterLogits(l).SubView(0, logits);
                 p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, float.PositiveInfinity,
-                    (Units(lw.Gate!, logits, d), rl, NormWeights.None)));
+                    (Units(lw.Gate!, logits, d), rl, Bias(lw.Moe.RouterBias))));
                 p.launches.Add(() => ops.Gating.Launch(s, layerSpec, rl, ids, w, 1));
             }
 
-            p.launches.AddRange(DecodeLaunches.Experts(ops, s, x, Norm(lw.PostNorm), eps, Units(lw.W1, lw.Experts * f, d), Units(lw.W3, lw.Experts * f, d),
-                Units(lw.W2, lw.Experts * d, f), ids, w, k, d, f, h));
+            var (u1, u3, u2) = ExpertUnits(lw, d, f);
+            p.launches.AddRange(DecodeLaunches.Experts(ops, s, x, Norm(lw.PostNorm), eps, u1, u3, u2, ids, w, k, d, f, h, lw.Glu));
         }
 
         p.layerEnd = p.launches.Count;
@@ -179,6 +178,24 @@ internal sealed class DecodePlan
         WeightType.F16 => NormWeights.Of(new F16Weights(g.F16)),
         WeightType.BF16 => NormWeights.Of(new BF16Weights(g.BF16)),
         _ => throw new InvalidOperationException($"DecodePlan: no norm weights of type {g.Type}"),
+    };
+
+    /// <summary>The experts' readers, one type for the three (one kernel instance reads them): float experts whose rows are
+    /// 16-byte units in up/gate (D wide) but not in down (F wide, e.g. F = 20 in BF16) are all read element by element.</summary>
+    private static (IRowUnits W1, IRowUnits W3, IRowUnits W2) ExpertUnits(LayerWeights lw, int d, int f)
+    {
+        IRowUnits u1 = Units(lw.W1, lw.Experts * f, d), u3 = Units(lw.W3, lw.Experts * f, d), u2 = Units(lw.W2, lw.Experts * d, f);
+        if ((u1.GetType() == u3.GetType() && u1.GetType() == u2.GetType()) || lw.W1.Dense is null || lw.W3.Dense is null || lw.W2.Dense is null)
+            return (u1, u3, u2);
+        return (Scalar(lw.W1.Dense, lw.Experts * f, d), Scalar(lw.W3.Dense, lw.Experts * f, d), Scalar(lw.W2.Dense, lw.Experts * d, f));
+    }
+
+    private static IRowUnits Scalar(DeviceTensor t, int rows, int cols) => t.Type switch
+    {
+        WeightType.F32 => RowUnits.Scalar(new F32Weights(t.F32), rows, cols),
+        WeightType.F16 => RowUnits.Scalar(new F16Weights(t.F16), rows, cols),
+        WeightType.BF16 => RowUnits.Scalar(new BF16Weights(t.BF16), rows, cols),
+        _ => throw new InvalidOperationException($"DecodePlan: no reader for weight type {t.Type}"),
     };
 
     /// <summary>The 16-byte-unit reader of a linear weight [rows, cols]: its packed scheme's, or a float one.</summary>
@@ -218,6 +235,7 @@ internal static class DecodeLaunches
         Q8Units => make.Make<Q8Units>(),
         Q4Units => make.Make<Q4Units>(),
         Fp8Units => make.Make<Fp8Units>(),
+        Mxfp4Units => make.Make<Mxfp4Units>(),
         _ => throw new InvalidOperationException($"DecodeLaunches: no decode kernels for reader {first.GetType().Name}"),
     };
 
@@ -243,11 +261,11 @@ internal static class DecodeLaunches
 
     /// <summary>The up-gate and down launches of the T = 1 MoE block (w1, w3 and w2 must share a reader type).</summary>
     public static IEnumerable<Action> Experts(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps,
-        IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h)
+        IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h, ExpertGlu glu)
     {
         if (w1.GetType() != w3.GetType() || w1.GetType() != w2.GetType())
             throw new InvalidOperationException($"DecodeLaunches: the experts' readers differ (w1 {w1.GetType().Name}, w3 {w3.GetType().Name}, w2 {w2.GetType().Name})");
-        return ForReader(w1, new ExpertsLaunch(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h));
+        return ForReader(w1, new ExpertsLaunch(ops, s, x, norm, eps, w1, w3, w2, ids, weights, k, d, f, h, glu));
     }
 
     private sealed record LinearLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps, bool Accumulate,
@@ -266,18 +284,19 @@ internal static class DecodeLaunches
     }
 
     private sealed record ExpertsLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps,
-        IRowUnits W1, IRowUnits W3, IRowUnits W2, ArrayView<int> Ids, ArrayView<float> Weights, int K, int D, int F, ArrayView<float> H) : IForReader
+        IRowUnits W1, IRowUnits W3, IRowUnits W2, ArrayView<int> Ids, ArrayView<float> Weights, int K, int D, int F, ArrayView<float> H,
+        ExpertGlu Glu) : IForReader
     {
         public Action[] Make<TU>()
             where TU : struct, IRowUnits
         {
             var kernel = Ops.DecodeExperts<TU>();
             TU u1 = (TU)W1, u3 = (TU)W3, u2 = (TU)W2;
-            var (s, x, norm, eps, ids, weights, k, d, f, h) = (S, X, Norm, Eps, Ids, Weights, K, D, F, H);
+            var (s, x, norm, eps, ids, weights, k, d, f, h, glu) = (S, X, Norm, Eps, Ids, Weights, K, D, F, H, Glu);
             return
             [
-                () => kernel.LaunchUpGate(s, x, norm, eps, u1, u3, ids, k, f, h),
-                () => kernel.LaunchDown(s, h, u2, ids, weights, k, d, x, x),
+                () => kernel.LaunchUpGate(s, x, norm, eps, u1, u3, ids, k, f, h, glu),
+                () => kernel.LaunchDown(s, h, u2, ids, weights, k, d, x, x, glu),
             ];
         }
     }

@@ -396,7 +396,7 @@ public sealed class InferenceSession : IDisposable
                 var w = _weights.View.SubView(0, (long)t * lw.Slots);
                 ops.Gating.Launch(s, spec, rl, ids, w, t, noiseLogits: _noise is null ? default : _noise.View.SubView(0, (long)t * _e),
                     bias: lw.Moe.ScoreBias is { } sb ? sb.F32 : default);
-                ops.Moe(s, ws, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x);
+                ops.Moe(s, ws, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x, lw.Glu);
             }
         }
 

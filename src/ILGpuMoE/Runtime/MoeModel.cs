@@ -16,6 +16,7 @@
 using ILGPU.Runtime;
 using ILGpuMoE.IO;
 using ILGpuMoE.Kernels.Dense;
+using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Model;
 using ILGpuMoE.Quant;
 
@@ -96,6 +97,9 @@ internal sealed record LayerWeights(DeviceTensor InputNorm, LinearWeight Wq, Lin
 
     /// <summary>MLA's extra weights (DeepSeek); null for grouped-query attention.</summary>
     public MlaWeights? Mla { get; init; }
+
+    /// <summary>The experts' activation and biases (gpt-oss's clamped GLU; SiLU without biases for every other family).</summary>
+    public ExpertGlu Glu { get; init; }
 
     /// <summary>A dense layer: every token visits all Experts chunks at weight 1, no router.</summary>
     public bool Dense => Gate is null;
@@ -215,8 +219,6 @@ public sealed class MoeModel : IDisposable
 
         var config = ModelConfig.Load(directory);
         // Read by the config, not run by the kernels yet: refuse rather than compute something else.
-        if (config.Block.SwigluLimit is not null)
-            throw new RuntimeInputException($"{directory}: {config.ModelType} with the clamped GLU is read but not run yet");
         if (options.Router is { } router)
         {
             try
@@ -519,6 +521,14 @@ public sealed class MoeModel : IDisposable
                     Moe = b.RouterBias || b.ExpertBias || b.ScoreCorrectionBias ? UploadMoeExtras(l) : MoeExtras.None,
                     Mla = mla,
                 };
+                if (b.SwigluLimit is { } limit)
+                {
+                    var e = lw.Moe;
+                    lw = lw with
+                    {
+                        Glu = ExpertGlu.GptOss((float)b.SwigluAlpha, (float)limit, e.GateBias?.F32 ?? default, e.UpBias?.F32 ?? default, e.DownBias?.F32 ?? default),
+                    };
+                }
             }
             else
             {

@@ -197,11 +197,11 @@ internal sealed class WeightOps : IDisposable
 
     /// <summary>output [T, D] = residual + MoE(x) for dense or quantized stacked experts (w1, w3 [E*F, D], w2 [E*D, F]).</summary>
     public void Moe(AcceleratorStream s, MoeWorkspace ws, ArrayView<float> x, ArrayView<int> ids, ArrayView<float> weights, int t,
-        LinearWeight w1, LinearWeight w3, LinearWeight w2, ArrayView<float> output, ArrayView<float> residual)
+        LinearWeight w1, LinearWeight w3, LinearWeight w2, ArrayView<float> output, ArrayView<float> residual, ExpertGlu glu = default)
     {
         if (w1.Dense is not null && w3.Dense is not null && w2.Dense is not null)
         {
-            Moe(s, ws, x, ids, weights, t, w1.Dense, w3.Dense, w2.Dense, output, residual);
+            Moe(s, ws, x, ids, weights, t, w1.Dense, w3.Dense, w2.Dense, output, residual, glu);
             return;
         }
 
@@ -209,7 +209,7 @@ internal sealed class WeightOps : IDisposable
             q2 = w2.Quant ?? throw QuantMoeKernels.Mixed();
 
         // The quantized block has no V1 form: its launcher picks the tiled (prefill) or GEMV (decode) grouped passes.
-        q1.LaunchMoe(_qmoe ??= new QuantMoeKernels(_accelerator), s, ws, x, ids, weights, t, q3, q2, output, residual);
+        q1.LaunchMoe(_qmoe ??= new QuantMoeKernels(_accelerator), s, ws, x, ids, weights, t, q3, q2, output, residual, glu);
     }
 
     /// <summary>y [T, N] = clamp(y + bias, -clip, clip) in place; bias null for none, clip +inf for none.</summary>
@@ -291,18 +291,18 @@ internal sealed class WeightOps : IDisposable
 
     /// <summary>output [T, D] = residual + MoE(x) for stacked experts w1, w3 [E, F, D], w2 [E, D, F] of one dtype.</summary>
     public void Moe(AcceleratorStream s, MoeWorkspace ws, ArrayView<float> x, ArrayView<int> ids, ArrayView<float> weights, int t,
-        DeviceTensor w1, DeviceTensor w3, DeviceTensor w2, ArrayView<float> output, ArrayView<float> residual)
+        DeviceTensor w1, DeviceTensor w3, DeviceTensor w2, ArrayView<float> output, ArrayView<float> residual, ExpertGlu glu = default)
     {
         switch (w1.Type)
         {
             case WeightType.F32:
-                F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual, _moeVersion);
+                F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual, _moeVersion, glu);
                 break;
             case WeightType.F16:
-                F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual, _moeVersion);
+                F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual, _moeVersion, glu);
                 break;
             case WeightType.BF16:
-                BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual, _moeVersion);
+                BF16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.BF16), new(w3.BF16), new(w2.BF16), output, residual, _moeVersion, glu);
                 break;
             default:
                 throw Unnamed(w1.Type);
