@@ -76,6 +76,14 @@ public static class InspectCommand
         Row("rope_theta", c.RopeTheta.ToString("R", CultureInfo.InvariantCulture));
         Row("max_position_embeddings", N(c.MaxPositionEmbeddings));
         Row("sliding_window", c.SlidingWindow is { } w ? N(w) : "none (full causal)");
+        if (c.RopeScaling is { } y)
+            Row("rope_scaling", FormattableString.Invariant($"yarn: factor {y.Factor}, original {y.OriginalMaxPositions}, beta {y.BetaFast}/{y.BetaSlow}, truncate {y.Truncate}, cos/sin x {y.CosSinFactor:G6}"));
+        if (c.Block.Mla is { } m)
+            Row("MLA", $"q_lora_rank {(m.QLoraRank > 0 ? N(m.QLoraRank) : "none (q_proj)")}, kv_lora_rank {m.KvLoraRank}, nope / rope / v head dims {m.QkNopeHeadDim} / {m.QkRopeHeadDim} / {m.VHeadDim}");
+        // What the runtime allocates per cached token (Runtime/MemoryPlan.cs): K and V per kv head, or MLA's latent + rope part.
+        Row("KV cache per token (all layers, F32)", c.Block.Mla is { } ml
+            ? $"{N(ILGpuMoE.Runtime.MemoryPlan.CacheBytes(c, 1))} bytes ({ml.CacheWidth} floats per layer: latent {ml.KvLoraRank} + rope {ml.QkRopeHeadDim}; expanded K and V would be {N((long)c.Heads * (ml.QkHeadDim + ml.VHeadDim) * c.Layers * 4)})"
+            : $"{N(ILGpuMoE.Runtime.MemoryPlan.CacheBytes(c, 1))} bytes");
         Row("tie_word_embeddings", c.TieWordEmbeddings ? "yes" : "no");
         Row("bos / eos", $"{c.BosTokenId?.ToString(CultureInfo.InvariantCulture) ?? "-"} / {(c.EosTokenIds.Count == 0 ? "-" : string.Join(",", c.EosTokenIds))}");
         if (c.Generation is { } g)

@@ -20,6 +20,7 @@ public static class CheckpointQuantizer
     {
         ArgumentNullException.ThrowIfNull(spec);
         var config = ModelConfig.Load(inDir);
+        RefuseStacked(config);
         if (QuantSource.Load(inDir) is { } already)
             throw new ArgumentException($"--model {inDir} is already quantized (quant_method '{already.Method}'); leave --scheme out to repack it into our layout");
         if (Path.GetFullPath(inDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))
@@ -53,6 +54,14 @@ public static class CheckpointQuantizer
         return Write(inDir, outDir, spec, groups, progress);
     }
 
+    // Our packed form stores one matrix per BASE.weight; gpt-oss keeps every expert of a layer in one stacked tensor (and
+    // its MXFP4 originals are already packed), so it is packed at load (--quant) instead.
+    private static void RefuseStacked(ModelConfig config)
+    {
+        if (config.Family.ExpertStorage == ExpertStorage.StackedGateUp)
+            throw new ArgumentException($"quantize: {config.ModelType} stores its experts stacked per layer (MXFP4 or BF16), which our packed form does not hold; load it with --quant instead");
+    }
+
     /// <summary>
     /// Repacks an AWQ / GPTQ / FP8 checkpoint (config.json's quantization_config) into our layout, values moved and never
     /// re-quantized (CheckpointRepack), so it loads without the repack and dequantizes to exactly what the source
@@ -62,6 +71,7 @@ public static class CheckpointQuantizer
     public static (QuantSpec Spec, long Bytes) Repack(string inDir, string outDir, Action<string, long, long>? progress = null)
     {
         var config = ModelConfig.Load(inDir);
+        RefuseStacked(config);
         var source = QuantSource.Load(inDir) ?? throw new ArgumentException($"--model {inDir} is not quantized (no quantization_config); give --scheme");
         var spec = source.RepackSpec;
         if (Path.GetFullPath(inDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))

@@ -24,8 +24,10 @@ public readonly record struct WeightBytes(long Total, long PerToken)
                 return spec.Bytes(rows, cols, n);
             }
 
-            string b = QuantSource.BaseOf(e.Name) + ".";
-            long stored = tensors.Where(t => t.Name.StartsWith(b, StringComparison.Ordinal)).Sum(t => t.ByteLength);
+            // BASE.weight and its packed parts BASE.qweight / .scales / ...; gpt-oss's MXFP4 experts are BASE_blocks / BASE_scales.
+            string b = QuantSource.BaseOf(e.Name);
+            long stored = tensors.Where(t => t.Name.StartsWith(b + ".", StringComparison.Ordinal) || t.Name == b
+                                             || t.Name == b + "_blocks" || t.Name == b + "_scales").Sum(t => t.ByteLength);
             return stored > 0 ? stored : e.ElementCount * 4;
         }
 

@@ -69,10 +69,14 @@ internal readonly record struct ExpertSlice(string Name, int Chunk, int Rows, in
         }
 
         var all = checkpoint.ReadFloat32(Name);
-        if (Chunk < 0)
-            return all;
+        return Chunk < 0 ? all : CutFloat32(all);
+    }
+
+    /// <summary>This chunk of the whole matrix <paramref name="whole"/> (F32, [W, D] or [D, W]), zero-padded to [Rows, Cols].</summary>
+    public float[] CutFloat32(float[] whole)
+    {
         var dst = new float[(long)Rows * Cols];
-        Copy(System.Runtime.InteropServices.MemoryMarshal.AsBytes(all.AsSpan()), System.Runtime.InteropServices.MemoryMarshal.AsBytes(dst.AsSpan()), sizeof(float));
+        Copy(System.Runtime.InteropServices.MemoryMarshal.AsBytes(whole.AsSpan()), System.Runtime.InteropServices.MemoryMarshal.AsBytes(dst.AsSpan()), sizeof(float));
         return dst;
     }
 

@@ -167,6 +167,10 @@ public sealed class InferenceSession : IDisposable
 
     public MoeModel Model => _model;
 
+    /// <summary>Bytes of KV cache this session allocated (K and V per layer, or MLA's compressed rows): the memory plan's
+    /// KvCacheBytes, which the tests hold it to.</summary>
+    public long CacheBytes => _kCache.Concat(_vCache).Concat(_latentCache).Sum(b => b.LengthInBytes);
+
     /// <summary>Kernels launched by the last forward step (host-counted, KernelLaunches); for a step replayed from a CUDA
     /// graph, the graph's node count.</summary>
     public long LastStepLaunches { get; private set; }

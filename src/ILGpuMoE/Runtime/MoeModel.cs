@@ -320,6 +320,11 @@ public sealed class MoeModel : IDisposable
         // upload, drop.
         QuantizedMatrix Pack(ExpertSlice part)
         {
+            // A shared expert exactly F wide is one chunk, the whole matrix (DeepSeek-V3's single shared expert): a packed
+            // checkpoint's is read as it is.
+            if (part is { Chunk: 0 } && part.Width == f && source is not null && !QuantSource.IsFloat(checkpoint, part.Name))
+                return source.Read(checkpoint, part.Name, part.Rows, part.Cols);
+
             if (part.Chunk >= 0)
             {
                 // A chunk is packed here, from float weights: --quant's, or a quantized checkpoint's shared expert or dense
@@ -368,6 +373,20 @@ public sealed class MoeModel : IDisposable
                 // A quantized checkpoint's float chunks are packed like the rest of its experts (the memory plan counts them so).
                 if (slices.All(x => Dense(x.Name)) && (source is null || slices.All(x => x.Chunk < 0)))
                     return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, slices)));
+
+                // A dense layer's MLP stored packed at its full width (DeepSeek-V3's FP8 first layers): its blocks do not follow
+                // the F-wide chunks, so it is decoded once on the host (exactly: code x scale in F32) and its chunks run in F32.
+                if (source is not null && slices.All(x => x.Chunk >= 0 && !x.Stacked) && slices.Select(x => x.Name).Distinct().Count() == 1
+                    && !QuantSource.IsFloat(checkpoint, slices[0].Name) && !c.IsMoeLayer(layer))
+                {
+                    var whole = slices[0];
+                    var (rows, cols) = ((int)shapes[whole.Name][0], (int)shapes[whole.Name][1]);
+                    var w = source.Read(checkpoint, whole.Name, rows, cols).ToFloat32();
+                    var t = DeviceTensor.Allocate(Accelerator, Kernels.WeightType.F32, slices.Length, whole.Rows, whole.Cols);
+                    for (int j = 0; j < slices.Length; j++)
+                        t.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(slices[j].CutFloat32(w).AsSpan()), (long)j * whole.Rows * whole.Cols);
+                    return Add(new LinearWeight(t));
+                }
 
                 // Experts are packed one by one (a per-expert FP8 block grid, per-row int scales) and stacked [E*N, K].
                 var packedParts = new QuantizedMatrix[slots];

@@ -82,6 +82,51 @@ public class FamilyCliTests
         Assert.That(line, Does.Contain("tensor 'model.layers.0.mlp.shared_expert_gate.weight' is missing"));
     }
 
+    // gpt-oss's MXFP4 blocks cut short (a block's 16 bytes become 8: [E, 2F, G, 8]), the checkpoint otherwise intact.
+    [Test]
+    public void MalformedMxfp4BlocksExit2NamingTheTensor()
+    {
+        string model = Path.Combine(_dir, "mxfp4-short");
+        CopyFixture("gpt-oss-tiny-mxfp4", model);
+        RewriteTensors(model, t => t.Name == "model.layers.1.mlp.experts.down_proj_blocks"
+            ? new SafeTensorsWriter.Entry(t.Name, t.DType, [t.Shape[0], t.Shape[1], t.Shape[2], 8], t.Data.Slice(0, t.Data.Length / 2))
+            : t);
+        var line = CliRun.Of("logits", "--model", model, "--tokens", "1,2", "--out", Path.Combine(_dir, "m.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("model.layers.1.mlp.experts.down_proj").And.Contain("MXFP4"));
+    }
+
+    [Test]
+    public void QuantizeRefusesGptOssStackedExperts()
+    {
+        var line = CliRun.Of("quantize", "--model", FamilyFixtureTests.Dir("gpt-oss-tiny-mxfp4"), "--out", Path.Combine(_dir, "q"), "--scheme", "int8").AssertBadInput();
+        Assert.That(line, Does.Contain("stacked").And.Contain("--quant"));
+    }
+
+    // DeepSeek-V3 whose kv_b_proj does not expand the latent it is given (kv_lora_rank 24 in config, 20 columns stored).
+    [Test]
+    public void InconsistentMlaShapesExit2NamingTheTensor()
+    {
+        string model = Path.Combine(_dir, "mla-bad");
+        CopyFixture("deepseek-v3-tiny", model);
+        RewriteTensors(model, t => t.Name == "model.layers.0.self_attn.kv_b_proj.weight"
+            ? new SafeTensorsWriter.Entry(t.Name, t.DType, [t.Shape[0], 20], t.Data.Slice(0, (int)(t.Shape[0] * 20 * 2)))
+            : t);
+        var line = CliRun.Of("logits", "--model", model, "--tokens", "1,2", "--out", Path.Combine(_dir, "d.safetensors"), "--device", "cpu").AssertBadInput();
+        Assert.That(line, Does.Contain("model.layers.0.self_attn.kv_b_proj.weight").And.Contain("[96, 20]"));
+    }
+
+    private static void RewriteTensors(string model, Func<SafeTensorsWriter.Entry, SafeTensorsWriter.Entry> edit)
+    {
+        string st = Path.Combine(model, "model.safetensors");
+        using (var file = SafeTensorsFile.Open(st))
+        {
+            var entries = file.Tensors.Select(t => edit(new SafeTensorsWriter.Entry(t.Name, t.DType, t.Shape, file.GetBytes(t.Name).ToArray()))).ToList();
+            SafeTensorsWriter.Write(st + ".tmp", entries);
+        }
+
+        File.Move(st + ".tmp", st, overwrite: true);
+    }
+
     private static void CopyFixture(string fixture, string to)
     {
         Directory.CreateDirectory(to);

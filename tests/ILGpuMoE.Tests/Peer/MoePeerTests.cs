@@ -103,13 +103,7 @@ public class MoePeerTests
             steps.AddRange(s.Step(tokens.AsSpan(t, 1)));
         Assert.That(steps, Is.EqualTo(ours));
 
-        // The runtime (our kernels on the CPU accelerator, V1 versions) on the same folder against llama.cpp.
-        using var runtime = MoeModel.Load(TestDevice.Accelerator, model, new ModelLoadOptions { MaxSeq = 32 });
-        using var session = runtime.NewSession();
-        float[] got = session.Prefill(tokens, allLogits: true);
-        TestContext.Out.WriteLine($"{o.Family}: max |runtime - llama.cpp| = {MaxDiff(got, peer):E2}");
-        Check.Close(peer, got, rtol: 0, atol: 1e-4, what: "runtime vs llama.cpp logits");
-        RuntimeTests.AssertArgmaxEqual(peer, got, o.Vocab, "runtime vs llama.cpp");
+        RuntimeAgrees(model, tokens, peer, o.Vocab, $"{o.Family}");
     }
 
     /// <summary>Our GGUF of each shared fixture gives llama.cpp logits within 1e-4 of the fixture's expected logits
@@ -163,7 +157,8 @@ public class MoePeerTests
     }
 
     /// <summary>Random gpt-oss (3 layers, window 3 on layers 0 and 2, 5 experts top-2) in both expert forms: llama.cpp
-    /// within 1e-4 of the oracle (YaRN truncate true, as llama.cpp runs it), every argmax equal.</summary>
+    /// within 1e-4 of the oracle (YaRN truncate true, as llama.cpp runs it), every argmax equal; the runtime within 1e-4 of
+    /// llama.cpp (llama.cpp's F32 experts; its native MXFP4 path rounds activations to Q8_0 and is not what we compare).</summary>
     [TestCase(false, 109)]
     [TestCase(true, 110)]
     public void GptOssOracleAndLlamaCppAgree(bool mxfp4, int seed)
@@ -185,11 +180,24 @@ public class MoePeerTests
             Assert.That(RefModelFixtureTests.ArgMax(peer.AsSpan(t * o.Vocab, o.Vocab)),
                 Is.EqualTo(RefModelFixtureTests.ArgMax(ours.AsSpan(t * o.Vocab, o.Vocab))), $"argmax of token {t}");
         }
+
+        RuntimeAgrees(model, tokens, peer, o.Vocab, $"gpt-oss {(mxfp4 ? "MXFP4" : "BF16")}");
+    }
+
+    // The runtime (our kernels on the CPU accelerator, V1 versions) on the same folder against llama.cpp.
+    private static void RuntimeAgrees(string model, int[] tokens, float[] peer, int vocab, string what)
+    {
+        using var runtime = MoeModel.Load(TestDevice.Accelerator, model, new ModelLoadOptions { MaxSeq = 32 });
+        using var session = runtime.NewSession();
+        float[] got = session.Prefill(tokens, allLogits: true);
+        TestContext.Out.WriteLine($"{what}: max |runtime - llama.cpp| = {MaxDiff(got, peer):E2}");
+        Check.Close(peer, got, rtol: 0, atol: 1e-4, what: "runtime vs llama.cpp logits");
+        RuntimeTests.AssertArgmaxEqual(peer, got, vocab, "runtime vs llama.cpp");
     }
 
     /// <summary>DeepSeek-V3 (MLA, dense first layer, grouped router with a non-zero correction bias, 2 shared experts)
     /// through MoeGguf's deepseek2 GGUF: llama.cpp within 1e-4 of the oracle, every argmax equal; without q LoRA at 27
-    /// layers, the only depth at which llama.cpp takes a direct q_proj. The runtime does not load this family yet.</summary>
+    /// layers, the only depth at which llama.cpp takes a direct q_proj; the runtime against llama.cpp on the first.</summary>
     [TestCase(24, 107)]
     [TestCase(null, 108)]
     public void DeepSeekOracleAndLlamaCppAgree(int? qLoraRank, int seed)
@@ -218,6 +226,11 @@ public class MoePeerTests
             Assert.That(RefModelFixtureTests.ArgMax(peer.AsSpan(t * o.Vocab, o.Vocab)),
                 Is.EqualTo(RefModelFixtureTests.ArgMax(ours.AsSpan(t * o.Vocab, o.Vocab))), $"argmax of token {t}");
         }
+
+        // The runtime on the 3-layer model (the 27-layer one would take minutes on the CPU accelerator; FamilyRuntimeTests
+        // runs a direct q_proj against the oracle).
+        if (qLoraRank is not null)
+            RuntimeAgrees(model, tokens, peer, o.Vocab, "DeepSeek-V3");
     }
 
     /// <summary>Measured: llama.cpp's qwen3moe always renormalises the top-k weights and its qwen2moe / olmoe never do,

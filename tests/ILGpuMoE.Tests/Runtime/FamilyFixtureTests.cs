@@ -44,6 +44,19 @@ public class FamilyFixtureTests
         return rows;
     }
 
+    // The memory plan's KV cache is what a session allocates: MLA's compressed rows (latent + rope, 32 floats per token and
+    // layer in deepseek-v3-tiny) or K and V per kv head.
+    [TestCaseSource(nameof(Fixtures))]
+    public void SessionAllocatesThePlannedCache(string fixture)
+    {
+        using var model = MoeModel.Load(TestDevice.Accelerator, Dir(fixture), new ModelLoadOptions { MaxSeq = 24 });
+        using var session = model.NewSession();
+        Assert.That(session.CacheBytes, Is.EqualTo(model.Plan.KvCacheBytes));
+        var c = model.Config;
+        long perToken = c.Block.Mla is { } m ? (long)m.CacheWidth * c.Layers * 4 : 2L * c.KvHeads * c.HeadDim * c.Layers * 4;
+        Assert.That(model.Plan.KvCacheBytes, Is.EqualTo(24 * perToken));
+    }
+
     [TestCaseSource(nameof(Cases))]
     public void PrefillThenDecodeMatchTheFixture(string fixture, KernelPolicy policy)
     {

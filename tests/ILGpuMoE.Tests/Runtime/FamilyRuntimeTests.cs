@@ -1,4 +1,6 @@
 using ILGpuMoE.IO;
+using ILGpuMoE.Model;
+using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Runtime;
 using ILGpuMoE.Testing;
@@ -102,6 +104,61 @@ public class FamilyRuntimeTests
         using var stepwise = model.NewSession();
         var rows = FamilyFixtureTests.DecodeTail(stepwise, tokens, tail);
         RuntimeTests.CloseLogged(want.AsSpan((tokens.Length - tail) * v).ToArray(), rows, rtol: 0, atol: tol, what: $"{policy}: decode steps vs oracle");
+    }
+
+    // DeepSeek-V3 as its FP8 release stores it: every linear weight and kv_b_proj as E4M3 + weight_scale_inv (128 x 128
+    // blocks; these small matrices are one partial block), quant_method "fp8". The single shared expert (F wide) loads as
+    // it is, the dense first layer's MLP is widened to F32 chunks, kv_b_proj to F32: the runtime equals the oracle on
+    // the dequantized weights.
+    [TestCaseSource(typeof(RuntimeTests), nameof(RuntimeTests.Policies))]
+    public void DeepseekFp8ReleaseMatchesTheOracleOnItsValues(KernelPolicy policy)
+    {
+        var o = new RandomMoeOptions
+        {
+            Family = RefFamily.DeepSeekV3, Hidden = 48, Layers = 2, Heads = 2, KvHeads = 2, Experts = 8, TopK = 2, Groups = 2, TopKGroups = 1,
+            MoeIntermediate = 16, DenseIntermediate = 40, QLoraRank = 20, KvLoraRank = 16, QkNopeHeadDim = 8, QkRopeHeadDim = 4, VHeadDim = 8,
+            DType = DType.BF16, Seed = 208,
+        };
+        string bf16 = Path.Combine(_dir, "ds-fp8-src"), dir = Path.Combine(_dir, $"ds-fp8-{policy}");
+        if (!Directory.Exists(bf16))
+            RandomMoe.Write(bf16, o);
+        var config = ModelConfig.Load(bf16);
+        var packed = ModelTensors.Expected(config).Where(e => e.IsLinear || e.Role == TensorRole.LatentExpansion).Select(e => e.Name).ToHashSet();
+        Directory.CreateDirectory(dir);
+        using (var src = Checkpoint.Open(bf16))
+        {
+            var entries = new List<SafeTensorsWriter.Entry>();
+            foreach (var t in src.Tensors)
+            {
+                if (packed.Contains(t.Name))
+                    entries.AddRange(QuantCheckpointTests.Fp8(QuantSource.BaseOf(t.Name), src.ReadFloat32(t.Name), (int)t.Shape[0], (int)t.Shape[1]));
+                else
+                    entries.Add(new SafeTensorsWriter.Entry(t.Name, t.DType, t.Shape, src.GetBytes(t.Name).ToArray()));
+            }
+
+            SafeTensorsWriter.Write(Path.Combine(dir, "model.safetensors"), entries);
+        }
+
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(bf16, "config.json")))!;
+        json["quantization_config"] = System.Text.Json.Nodes.JsonNode.Parse("{\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", \"activation_scheme\": \"dynamic\", \"weight_block_size\": [128, 128]}");
+        File.WriteAllText(Path.Combine(dir, "config.json"), json.ToJsonString());
+
+        float[] want;
+        using (var ck = Checkpoint.Open(dir))
+        {
+            float[] Read(string name) => ck.Get(name).DType == DType.F8_E4M3
+                ? RefQuant.DequantFp8Checkpoint(ck.GetBytes(name), ck.GetSpan<float>(QuantSource.BaseOf(name) + ".weight_scale_inv"), (int)ck.Get(name).Shape[0], (int)ck.Get(name).Shape[1])
+                : ck.ReadFloat32(name);
+            want = new RefModel(HfReferenceConfig.Load(dir), Read).Forward(Tokens(o));
+        }
+
+        using var model = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 32, Kernels = policy });
+        Assert.That(model.Layers[1].W1.TypeName, Does.StartWith("Fp8"), "routed and shared experts stay FP8");
+        Assert.That(model.Layers[0].W1.TypeName, Is.EqualTo("F32"), "the dense first layer's FP8 MLP runs as F32 chunks");
+        using var session = model.NewSession();
+        var got = session.Prefill(Tokens(o), allLogits: true);
+        RuntimeTests.CloseLogged(want, got, rtol: 0, atol: 1e-4, what: $"{policy}: FP8 DeepSeek vs oracle");
+        RuntimeTests.AssertArgmaxEqual(want, got, o.Vocab, "FP8 DeepSeek vs oracle");
     }
 
     [Test]

@@ -253,7 +253,7 @@ public class QuantCheckpointTests
     }
 
     // FP8: weight F8_E4M3 [out, in] and weight_scale_inv F32 [ceil(out/128), ceil(in/128)], w = e4m3 * scale_inv.
-    private static IEnumerable<SafeTensorsWriter.Entry> Fp8(string b, float[] w, int rows, int cols)
+    internal static IEnumerable<SafeTensorsWriter.Entry> Fp8(string b, float[] w, int rows, int cols)
     {
         const int blk = 128;
         int sr = (rows + blk - 1) / blk, sc = (cols + blk - 1) / blk;
