@@ -31,7 +31,7 @@ public static class EndToEndRun
     /// range, so truncate false is not expressible there: both sides then run the same model) and sliding even layers
     /// (llama.cpp's gpt-oss); on a GPU the checkpoint's MXFP4 experts (4.25 bits per value: the layers that fit) with the
     /// real YaRN block. DeepSeek-V3: MLA with its real ranks on a GPU (every layer MoE: first_k_dense_replace 0, so the
-    /// built layers are the MoE ones); on the CPU RandomMoe's small MLA with one dense first layer, groups 2 / top-1.
+    /// built layers are the MoE ones); on the CPU a small MLA (ranks 32) with one dense first layer, groups 2 / top-1.
     /// </summary>
     public static RandomMoeOptions ModelFor(ShapePreset p, bool gpu)
     {
@@ -57,7 +57,12 @@ public static class EndToEndRun
                 Yarn = new RefYarn(32, 4096, Truncate: true),
             },
             RefFamily.GptOss => o with { Mxfp4Experts = true, UseSlidingWindow = true, SlidingWindow = 128, MaxPositions = 131072 },
-            RefFamily.DeepSeekV3 when small => o with { Groups = 2, TopKGroups = 1, DenseIntermediate = 128 },
+            // MLA ranks and head dims of 32: every matrix's input dim is whole 32-blocks (llama.cpp's Q8_0/Q4_0, our int4-g32).
+            RefFamily.DeepSeekV3 when small => o with
+            {
+                Groups = 2, TopKGroups = 1, DenseIntermediate = 128, QLoraRank = 32, KvLoraRank = 32, QkNopeHeadDim = 32, QkRopeHeadDim = 16,
+                VHeadDim = 32,
+            },
             RefFamily.DeepSeekV3 => o with
             {
                 QLoraRank = 1536, KvLoraRank = 512, QkNopeHeadDim = 128, QkRopeHeadDim = 64, VHeadDim = 128, Groups = p.RouterGroups,
@@ -177,9 +182,12 @@ public static class EndToEndRun
                 }
 
                 // Quantized once into the cache (the quantize command's path); the runtime then loads packed weights.
+                // gpt-oss: the quantize command does not split its stacked [E, D, 2F] experts (QuantizeQ8 refuses the
+                // tensor), so the load quantizes them (--quant at load; its time is LoadSeconds, apart from the figures).
                 string model = hf;
                 double prep = hfPrep;
-                if (quant is not null)
+                bool atLoad = o.Family == RefFamily.GptOss;
+                if (quant is not null && !atLoad)
                 {
                     model = Path.Combine(models, quant.Name);
                     prep = Cached(model, d => ILGpuMoE.Quant.CheckpointQuantizer.Run(hf, d, quant), log);
@@ -187,7 +195,7 @@ public static class EndToEndRun
 
                 EndToEndResult ours;
                 using (watch?.Invoke(quant?.Name ?? name))
-                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, router: router) with { HostPrepSeconds = prep };
+                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, atLoad ? quant : null, router: router) with { HostPrepSeconds = prep };
                 rows.Add(ours);
                 onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;
