@@ -1,5 +1,5 @@
 // ilgpumoe bench: the kernel suite (and, where they exist, the end-to-end and peer parts) at a named preset.
-//   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR
+//   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe|gpt-oss-20b|... --out DIR
 //       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
 //       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first]
 //   ilgpumoe-bench host [BenchmarkDotNet arguments]     host-side paths (safetensors open/map, ...)
@@ -33,7 +33,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
     public RouterChoice? Router { get; init; }
 
     public const string Usage =
-        "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe --out DIR [--device auto|cuda|cpu] " +
+        "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe|gpt-oss-20b|gpt-oss-120b|... --out DIR [--device auto|cuda|cpu] " +
         "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first] [--router switch|noisy-topk] [--capacity-factor C] [--noise-seed S]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)

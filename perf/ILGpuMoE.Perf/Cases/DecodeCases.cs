@@ -1,8 +1,10 @@
 // Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear V1 as the fused q, k, v projection with its
 // RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts V1 as the MoE block of one token (up-gate
 // with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read.
-// Weight types: bf16 (the checkpoint type), int8 and int4 (G = 128, else the largest of 64, 32 dividing D and F; no
-// int4 case when none does). Minimum bytes: every weight byte the step needs read once (packed codes plus scales; the
+// Weight types: bf16 (the checkpoint type), int8, int4 (G = 128, else the largest of 64, 32 dividing D and F; no
+// int4 case when none does) and mxfp4 (gpt-oss's experts: E2M1 codes, an E8M0 scale per 32 values; only where D and F
+// are whole blocks of 32). gpt-oss presets (Family GptOss) run decode/experts with the clamped GLU and expert biases
+// (ExpertGlu.GptOss, checked against RefExpertGlu). Minimum bytes: every weight byte the step needs read once (packed codes plus scales; the
 // experts: only the K routed experts), x and the norm weights read once, outputs written once (the experts' h [K, F]
 // written and read once). The check recomputes a sample of output rows with RefOps / RefDecode on the host (the rows'
 // weights downloaded and widened or dequantized).
@@ -10,6 +12,7 @@ using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Reference;
@@ -46,7 +49,7 @@ internal sealed class DecodeWeights : IDisposable
 {
     private const int Int4Group = 128;
 
-    public static readonly string[] Types = ["bf16", "int8", "int4"];
+    public static readonly string[] Types = ["bf16", "int8", "int4", "mxfp4"];
 
     private readonly WeightBuffer? floats;
     private readonly DeviceQuantWeights? packed;
@@ -60,7 +63,7 @@ internal sealed class DecodeWeights : IDisposable
         if (type == "bf16")
             floats = d.Fill.Weights(d.Stream, WeightType.BF16, (long)matrices * rows * cols, 1f / MathF.Sqrt(cols));
         else
-            packed = new DeviceQuantWeights(d, new QuantShape(type == "int8" ? QuantScheme.Q8 : QuantScheme.Q4, matrices, rows, cols, groupSize));
+            packed = new DeviceQuantWeights(d, new QuantShape(SchemeOf(type), matrices, rows, cols, groupSize));
     }
 
     public string Type { get; }
@@ -74,6 +77,14 @@ internal sealed class DecodeWeights : IDisposable
     /// <summary>Bytes of one matrix: what a pass over it reads.</summary>
     public long BytesPerMatrix => packed?.Shape.BytesPerMatrix ?? 2L * Rows * Cols;
 
+    private static QuantScheme SchemeOf(string type) => type switch
+    {
+        "int8" => QuantScheme.Q8,
+        "int4" => QuantScheme.Q4,
+        "mxfp4" => QuantScheme.Mxfp4,
+        _ => throw new ArgumentException($"DecodeWeights: '{type}' is not a packed type"),
+    };
+
     /// <summary>int4's group: 128 where it divides both dims, else 64 or 32; 0 when none does (no int4 case).</summary>
     public static int GroupFor(int dim, int hidden) =>
         new[] { Int4Group, 64, 32 }.FirstOrDefault(g => dim % g == 0 && hidden % g == 0);
@@ -84,6 +95,7 @@ internal sealed class DecodeWeights : IDisposable
         "bf16" => dim % 8 == 0 && hidden % 8 == 0,
         "int8" => true,
         "int4" => GroupFor(dim, hidden) > 0,
+        "mxfp4" => dim % RefMxfp4.BlockSize == 0 && hidden % RefMxfp4.BlockSize == 0,
         _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
     };
 
@@ -96,6 +108,7 @@ internal sealed class DecodeWeights : IDisposable
         "bf16" => 2L * rows * cols,
         "int8" => new QuantShape(QuantScheme.Q8, 1, rows, cols).BytesPerMatrix,
         "int4" => new QuantShape(QuantScheme.Q4, 1, rows, cols, groupSize).BytesPerMatrix,
+        "mxfp4" => new QuantShape(QuantScheme.Mxfp4, 1, rows, cols).BytesPerMatrix,
         _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
     };
 
@@ -105,6 +118,7 @@ internal sealed class DecodeWeights : IDisposable
         "bf16" => binder.Bind(w => w.BF16),
         "int8" => binder.Bind(w => w.Q8),
         "int4" => binder.Bind(w => w.Q4),
+        "mxfp4" => binder.Bind(w => w.Mxfp4),
         _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
     };
 
@@ -113,6 +127,8 @@ internal sealed class DecodeWeights : IDisposable
     public Q8Units Q8 => RowUnits.Q8(packed!.Q8);
 
     public Q4Units Q4 => RowUnits.Q4(packed!.Q4);
+
+    public Mxfp4Units Mxfp4 => RowUnits.Mxfp4(packed!.Mxfp4);
 
     /// <summary>Rows of matrix m as the kernel reads them (bf16 widened, packed codes dequantized by RefQuant).</summary>
     public float[] HostRows(int m, int[] rows)
@@ -220,6 +236,13 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
     private WeightBuffer? g;
     private int[] chosen = [];
     private Action<AcceleratorStream, int>? run;
+    private MemoryBuffer1D<float, Stride1D.Dense>? gateBias, upBias, downBias;
+    private ExpertGlu glu;
+
+    // gpt-oss's swiglu_alpha and swiglu_limit (its config.json).
+    private const float GptOssAlpha = 1.702f, GptOssLimit = 7f;
+
+    private bool GptOss => p.Family == RefFamily.GptOss;
 
     public override string Family => KernelId.Family(DecodeExpertsVersion.V1);
 
@@ -229,7 +252,8 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
 
     public override int Tokens => 1;
 
-    public override string Shape => $"up-gate + down, K={p.TopK} of E={p.Experts}, [1, {p.Dim}] x [{p.Hidden}, {p.Dim}]^T x2, [{p.Dim}, {p.Hidden}]";
+    public override string Shape => $"up-gate + down, K={p.TopK} of E={p.Experts}, [1, {p.Dim}] x [{p.Hidden}, {p.Dim}]^T x2, [{p.Dim}, {p.Hidden}]"
+        + (GptOss ? ", gpt-oss GLU + biases" : "");
 
     public override double Flops => 2.0 * p.TopK * 3 * p.Hidden * p.Dim;
 
@@ -242,8 +266,10 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
         }
     }
 
-    // K experts' w1, w3, w2; x and g; h written and read; residual read, output written; ids and weights.
-    public override double MinBytes => p.TopK * ExpertBytes + 6.0 * p.Dim + 8.0 * p.TopK * p.Hidden + 8.0 * p.Dim + 8.0 * p.TopK;
+    // K experts' w1, w3, w2 (gpt-oss: and their biases); x and g; h written and read; residual read, output written; ids
+    // and weights.
+    public override double MinBytes => p.TopK * (ExpertBytes + (GptOss ? 4.0 * (2 * p.Hidden + p.Dim) : 0))
+        + 6.0 * p.Dim + 8.0 * p.TopK * p.Hidden + 8.0 * p.Dim + 8.0 * p.TopK;
 
     public override long SetBytes => (long)(p.TopK * ExpertBytes) + 4L * p.Dim;
 
@@ -264,6 +290,15 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
         residual = Floats(d, p.Dim);
         output = Floats(d, p.Dim);
         g = Weights(d, WeightType.BF16, p.Dim, 1f);
+        if (GptOss)
+        {
+            // As in QuantMoeBlockCase: gate/up biases in [-8, 8) reach the clamps at +-7 for some f.
+            gateBias = Floats(d, (long)p.Experts * p.Hidden, 8f);
+            upBias = Floats(d, (long)p.Experts * p.Hidden, 8f);
+            downBias = Floats(d, (long)p.Experts * p.Dim);
+            glu = ExpertGlu.GptOss(GptOssAlpha, GptOssLimit, gateBias.View, upBias.View, downBias.View);
+        }
+
         device = d;
         run = DecodeWeights.Bind(type, this);
     }
@@ -276,8 +311,8 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
         return (stream, set) =>
         {
             var r = readers[set];
-            k.LaunchUpGate(stream, sets[set].X.View, norm, Eps, r.W1, r.W3, ids!.View, p.TopK, p.Hidden, h!.View);
-            k.LaunchDown(stream, h!.View, r.W2, ids!.View, routeWeights!.View, p.TopK, p.Dim, residual!.View, output!.View);
+            k.LaunchUpGate(stream, sets[set].X.View, norm, Eps, r.W1, r.W3, ids!.View, p.TopK, p.Hidden, h!.View, glu);
+            k.LaunchDown(stream, h!.View, r.W2, ids!.View, routeWeights!.View, p.TopK, p.Dim, residual!.View, output!.View, glu);
         };
     }
 
@@ -294,20 +329,25 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
         var ds = Compare.SampleTokens(p.Dim, 64);
         var got = new List<float>();
         var want = new List<float>();
+        float[]? bg = gateBias?.GetAsArray1D(), bu = upBias?.GetAsArray1D(), b2 = downBias?.GetAsArray1D();
         // Up-gate on sampled f of each pair; down on sampled d from the kernel's own h (each launch checked alone).
         for (int k = 0; k < p.TopK; k++)
         {
             int e = chosen[k];
-            var gate = RefOps.MatMulT(xs, s.W1.HostRows(e, fs), 1, fs.Length, p.Dim);
-            var up = RefOps.MatMulT(xs, s.W3.HostRows(e, fs), 1, fs.Length, p.Dim);
-            want.AddRange(RefOps.SwiGlu(gate, up));
+            var w1 = s.W1.HostRows(e, fs);
+            var w3 = s.W3.HostRows(e, fs);
+            want.AddRange(GptOss
+                ? RefExpertGlu.UpGate(xs, w1, w3, Pick(bg!, e, p.Hidden, fs), Pick(bu!, e, p.Hidden, fs), p.Dim, fs.Length, GptOssAlpha, GptOssLimit)
+                : RefOps.SwiGlu(RefOps.MatMulT(xs, w1, 1, fs.Length, p.Dim), RefOps.MatMulT(xs, w3, 1, fs.Length, p.Dim)));
             got.AddRange(fs.Select(f => hGot[k * p.Hidden + f]));
         }
 
         var down = new double[ds.Length];
         for (int k = 0; k < p.TopK; k++)
         {
-            var part = RefOps.MatMulT(hGot.AsSpan(k * p.Hidden, p.Hidden), s.W2.HostRows(chosen[k], ds), 1, ds.Length, p.Hidden);
+            var part = GptOss
+                ? RefExpertGlu.Down(hGot.AsSpan(k * p.Hidden, p.Hidden), s.W2.HostRows(chosen[k], ds), Pick(b2!, chosen[k], p.Dim, ds), ds.Length, p.Hidden)
+                : RefOps.MatMulT(hGot.AsSpan(k * p.Hidden, p.Hidden), s.W2.HostRows(chosen[k], ds), 1, ds.Length, p.Hidden);
             for (int i = 0; i < ds.Length; i++)
                 down[i] += (double)wk[k] * part[i];
         }
@@ -318,4 +358,7 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
         got.AddRange(ds.Select(dd => outGot[dd]));
         return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Hidden), $"{fs.Length} h and {ds.Length} out rows per pair");
     }
+
+    // Entries idx of expert e's row of an [E, n] bias (the sampled rows' biases).
+    private static float[] Pick(float[] bias, int e, int n, int[] idx) => idx.Select(i => bias[(long)e * n + i]).ToArray();
 }

@@ -23,7 +23,7 @@ public sealed class QuantFamily : IBenchFamily
     {
         foreach (var s in Schemes)
             yield return new QuantMatMulCase(p, tokens, s);
-        foreach (var s in QuantMoeBlockCase.Schemes)
+        foreach (var s in QuantMoeBlockCase.SchemesOf(p))
             yield return new QuantMoeBlockCase(p, tokens, s);
     }
 }

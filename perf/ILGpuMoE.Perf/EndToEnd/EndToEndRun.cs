@@ -25,21 +25,52 @@ public static class EndToEndRun
     /// <summary>
     /// The model of the run, of the preset's family (RandomMoe). On the CPU (and for the tiny preset) a small random
     /// model whose dims suit llama.cpp's 32-wide quant blocks, which both sides run (OLMoE with as many kv heads as heads,
-    /// which llama.cpp's olmoe needs). On a GPU the preset's own shapes in BF16 with one layer: that is what the GPU
-    /// runner's one-minute step allows (writing and loading 2.8 GB of random experts per Mixtral layer).
+    /// which llama.cpp's olmoe needs). On a GPU the preset's own shapes in BF16 with EndToEndLayers layers (1 for most:
+    /// that is what the GPU runner's one-minute step allows, writing and loading 2.8 GB of random experts per Mixtral layer).
+    /// gpt-oss: the CPU model is a float checkpoint with YaRN truncate true (llama.cpp always rounds YaRN's correction
+    /// range, so truncate false is not expressible there: both sides then run the same model) and sliding even layers
+    /// (llama.cpp's gpt-oss); on a GPU the checkpoint's MXFP4 experts (4.25 bits per value: the layers that fit) with the
+    /// real YaRN block. DeepSeek-V3: MLA with its real ranks on a GPU (every layer MoE: first_k_dense_replace 0, so the
+    /// built layers are the MoE ones); on the CPU a small MLA (ranks 32) with one dense first layer, groups 2 / top-1.
     /// </summary>
-    public static RandomMoeOptions ModelFor(ShapePreset p, bool gpu) => !gpu || p.IsTiny
-        ? new()
+    public static RandomMoeOptions ModelFor(ShapePreset p, bool gpu)
+    {
+        var o = !gpu || p.IsTiny
+            ? new RandomMoeOptions
+            {
+                Family = p.Family, Hidden = 64, Layers = 2, Experts = 4, TopK = 2, MoeIntermediate = 128, Heads = 4,
+                KvHeads = p.Family is RefFamily.Olmoe or RefFamily.DeepSeekV3 ? 4 : 2, Vocab = 512, DType = DType.F32, Seed = 11,
+                SharedExpertIntermediate = 128,
+            }
+            : new RandomMoeOptions
+            {
+                Family = p.Family, Hidden = p.Dim, Layers = p.EndToEndLayers, Experts = p.Experts, TopK = p.TopK, MoeIntermediate = p.Hidden,
+                Heads = p.Heads, KvHeads = p.KvHeads, HeadDim = p.HeadDim, Vocab = p.Vocab, DType = DType.BF16, Seed = 11, RopeTheta = p.RopeTheta,
+                SharedExpertIntermediate = p.SharedExpert > 0 ? p.SharedExpert : 4 * p.Hidden,
+            };
+        bool small = !gpu || p.IsTiny;
+        return p.Family switch
         {
-            Family = p.Family, Hidden = 64, Layers = 2, Experts = 4, TopK = 2, MoeIntermediate = 128, Heads = 4,
-            KvHeads = p.Family == RefFamily.Olmoe ? 4 : 2, Vocab = 512, DType = DType.F32, Seed = 11, SharedExpertIntermediate = 128,
-        }
-        : new()
-        {
-            Family = p.Family, Hidden = p.Dim, Layers = 1, Experts = p.Experts, TopK = p.TopK, MoeIntermediate = p.Hidden, Heads = p.Heads,
-            KvHeads = p.KvHeads, HeadDim = p.HeadDim, Vocab = p.Vocab, DType = DType.BF16, Seed = 11, RopeTheta = p.RopeTheta,
-            SharedExpertIntermediate = p.SharedExpert > 0 ? p.SharedExpert : 4 * p.Hidden,
+            RefFamily.GptOss when small => o with
+            {
+                HeadDim = 16, UseSlidingWindow = true, SlidingWindow = 8, RopeTheta = 150000, MaxPositions = 131072,
+                Yarn = new RefYarn(32, 4096, Truncate: true),
+            },
+            RefFamily.GptOss => o with { Mxfp4Experts = true, UseSlidingWindow = true, SlidingWindow = 128, MaxPositions = 131072 },
+            // MLA ranks and head dims of 32: every matrix's input dim is whole 32-blocks (llama.cpp's Q8_0/Q4_0, our int4-g32).
+            RefFamily.DeepSeekV3 when small => o with
+            {
+                Groups = 2, TopKGroups = 1, DenseIntermediate = 128, QLoraRank = 32, KvLoraRank = 32, QkNopeHeadDim = 32, QkRopeHeadDim = 16,
+                VHeadDim = 32,
+            },
+            RefFamily.DeepSeekV3 => o with
+            {
+                QLoraRank = 1536, KvLoraRank = 512, QkNopeHeadDim = 128, QkRopeHeadDim = 64, VHeadDim = 128, Groups = p.RouterGroups,
+                TopKGroups = p.RouterTopKGroups, FirstKDenseReplace = 0, MaxPositions = 163840,
+            },
+            _ => o,
         };
+    }
 
     /// <summary>The cache folder when --cache is not given: $ILGPUMOE_BENCH_CACHE, else ilgpumoe-bench-cache in the temp folder.</summary>
     public static string DefaultCache =>
@@ -130,9 +161,19 @@ public static class EndToEndRun
             // llama.cpp's Q8_0, int4 with groups of 32 (Q4_0's group) against Q4_0, and fp8 on its own.
             var oursByScheme = new Dictionary<string, EndToEndResult>();
 #if HAS_RUNTIME
-            string baseScheme = o.DType == DType.BF16 ? "bf16" : "f32";
-            foreach (var (name, quant) in new[] { (baseScheme, (ILGpuMoE.Quant.QuantSpec?)null), ("int8", ILGpuMoE.Quant.QuantSpec.Parse("int8")),
-                         ("int4", ILGpuMoE.Quant.QuantSpec.Parse("int4-g32")), ("fp8", ILGpuMoE.Quant.QuantSpec.Parse("fp8-block128")) })
+            // gpt-oss: also --quant mxfp4 (its experts' form) on the float model; a checkpoint with MXFP4 experts (gpt-oss
+            // on a GPU) runs as it is, named mxfp4, and is not quantized again.
+            string baseScheme = o.Mxfp4Experts ? "mxfp4" : o.DType == DType.BF16 ? "bf16" : "f32";
+            var schemes = new List<(string, ILGpuMoE.Quant.QuantSpec?)> { (baseScheme, null) };
+            if (!o.Mxfp4Experts)
+            {
+                schemes.AddRange([("int8", ILGpuMoE.Quant.QuantSpec.Parse("int8")), ("int4", ILGpuMoE.Quant.QuantSpec.Parse("int4-g32")),
+                    ("fp8", ILGpuMoE.Quant.QuantSpec.Parse("fp8-block128"))]);
+                if (o.Family == RefFamily.GptOss)
+                    schemes.Add(("mxfp4", ILGpuMoE.Quant.QuantSpec.Parse("mxfp4")));
+            }
+
+            foreach (var (name, quant) in schemes)
             {
                 if (outOfTime?.Invoke() == true)
                 {
@@ -141,9 +182,12 @@ public static class EndToEndRun
                 }
 
                 // Quantized once into the cache (the quantize command's path); the runtime then loads packed weights.
+                // gpt-oss: the quantize command does not split its stacked [E, D, 2F] experts (QuantizeQ8 refuses the
+                // tensor), so the load quantizes them (--quant at load; its time is LoadSeconds, apart from the figures).
                 string model = hf;
                 double prep = hfPrep;
-                if (quant is not null)
+                bool atLoad = o.Family == RefFamily.GptOss;
+                if (quant is not null && !atLoad)
                 {
                     model = Path.Combine(models, quant.Name);
                     prep = Cached(model, d => ILGpuMoE.Quant.CheckpointQuantizer.Run(hf, d, quant), log);
@@ -151,7 +195,7 @@ public static class EndToEndRun
 
                 EndToEndResult ours;
                 using (watch?.Invoke(quant?.Name ?? name))
-                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, router: router) with { HostPrepSeconds = prep };
+                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, atLoad ? quant : null, router: router) with { HostPrepSeconds = prep };
                 rows.Add(ours);
                 onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;

@@ -23,6 +23,7 @@ public sealed class DeviceFill : IDisposable
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ulong, float> positiveF32;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<ushort>, ulong, float> positiveF16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<uint>, ulong, int, int, int> codes;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<byte>, ulong, int, int> exponents;
     private ulong nextSeed = 0x5EED_0000_0000_0001UL;
 
     public DeviceFill(Accelerator accelerator)
@@ -35,6 +36,7 @@ public sealed class DeviceFill : IDisposable
         positiveF32 = accelerator.LoadKernel<ArrayView<float>, ulong, float>(FillPositiveF32);
         positiveF16 = accelerator.LoadKernel<ArrayView<ushort>, ulong, float>(FillPositiveF16);
         codes = accelerator.LoadKernel<ArrayView<uint>, ulong, int, int, int>(FillCodes);
+        exponents = accelerator.LoadKernel<ArrayView<byte>, ulong, int, int>(FillExponents);
     }
 
     /// <summary>A fresh seed per call: two buffers never hold the same values.</summary>
@@ -82,8 +84,22 @@ public sealed class DeviceFill : IDisposable
     }
 
     /// <summary>
+    /// E8M0 scale bytes (MXFP4's block factor 2^(s - 127)) uniform in [center - spread, center + spread]: the blocks'
+    /// factors differ (a kernel that applied one block's scale to another fails the check) and stay finite.
+    /// </summary>
+    public MemoryBuffer1D<byte, Stride1D.Dense> Exponents(AcceleratorStream stream, long n, int center, int spread)
+    {
+        if (center - spread < 0 || center + spread > 254)
+            throw new ArgumentOutOfRangeException(nameof(center), $"E8M0 scales {center} +- {spread} leave 0..254");
+        var b = accelerator.Allocate1D<byte>(Math.Max(1, n));
+        exponents(stream, Config(n), b.View, NextSeed(), center, spread);
+        return b;
+    }
+
+    /// <summary>
     /// Packed code words [rows, rowWords] of a quantized matrix (DeviceQuant.cs): random bytes, int8 without -128,
-    /// FP8 without its NaN codes, zero past <paramref name="cols"/> in each row (int8/FP8); int4 words are all random.
+    /// FP8 without its NaN codes, zero past <paramref name="cols"/> in each row (int8/FP8); int4 and MXFP4 words are all
+    /// random (every nibble is a valid int4 or E2M1 code; MXFP4 rows are whole blocks, no padding).
     /// </summary>
     public MemoryBuffer1D<uint, Stride1D.Dense> PackedCodes(AcceleratorStream stream, Kernels.Quant.QuantScheme scheme, long rows, int rowWords, int cols)
     {
@@ -92,7 +108,7 @@ public sealed class DeviceFill : IDisposable
         {
             Kernels.Quant.QuantScheme.Q8 => CodesQ8,
             Kernels.Quant.QuantScheme.Fp8 => CodesFp8,
-            Kernels.Quant.QuantScheme.Q4 => CodesNibbles,
+            Kernels.Quant.QuantScheme.Q4 or Kernels.Quant.QuantScheme.Mxfp4 => CodesNibbles,
             _ => throw new ArgumentOutOfRangeException(nameof(scheme), scheme, "unknown quant scheme"),
         };
         var b = accelerator.Allocate1D<uint>(Math.Max(1, n));
@@ -161,6 +177,13 @@ public sealed class DeviceFill : IDisposable
         long stride = (long)Grid.DimX * Group.DimX;
         for (long i = Grid.GlobalIndex.X; i < data.Length; i += stride)
             halves[i] = (ILGPU.Half)((1f + 0.5f * Unit(seed, i)) * scale);
+    }
+
+    private static void FillExponents(ArrayView<byte> data, ulong seed, int center, int spread)
+    {
+        long stride = (long)Grid.DimX * Group.DimX;
+        for (long i = Grid.GlobalIndex.X; i < data.Length; i += stride)
+            data[i] = (byte)(center - spread + (int)(Mix(seed ^ (ulong)i) % (ulong)(2 * spread + 1)));
     }
 
     private static void FillCodes(ArrayView<uint> data, ulong seed, int rowWords, int cols, int mode)

@@ -6,11 +6,15 @@ namespace ILGpuMoE.Perf.Suite;
 
 /// <summary>
 /// One model's kernel shapes. Tokens is the sweep of tokens per step; KvLength the cache length S of the decode
-/// attention cases. Layers is how many layers the end-to-end part builds (as many as fit). CheckTokens caps the
+/// attention cases. Layers is the model's depth (the decode model and the notes' per-token figures); EndToEndLayers how
+/// many of them the end-to-end part builds on a GPU (as many as the GPU runner's step allows). CheckTokens caps the
 /// tokens the reference recomputes at large shapes (plain C#, double accumulation: it must stay seconds). Router is
 /// the gating mode its cases use (GatingFamily.Spec names the kinds a preset may have). Family and SharedExpert shape the
 /// end-to-end model (RandomMoe: the family's layer, a Qwen2-MoE shared expert of that width); the kernel cases do not
-/// include the family's extras (q/k norms, biases, the shared expert's chunks).
+/// include the family's extras (q/k norms, biases, the shared expert's chunks), except gpt-oss's clamped GLU with its
+/// expert biases, which the MoE cases run when Family is GptOss. QuantMoeSchemes: the quantized MoE block cases'
+/// schemes (null = every scheme of QuantMoeBlockCase.Schemes): a family's checkpoint form (gpt-oss MXFP4, DeepSeek-V3
+/// FP8 blocks) where it has one.
 /// </summary>
 public sealed record ShapePreset(
     string Name,
@@ -32,7 +36,9 @@ public sealed record ShapePreset(
     int CheckTokens = 3,
     string Note = "",
     RefFamily Family = RefFamily.Mixtral,
-    int SharedExpert = 0)
+    int SharedExpert = 0,
+    string[]? QuantMoeSchemes = null,
+    int EndToEndLayers = 1)
 {
     public int QDim => Heads * HeadDim;
 
@@ -58,12 +64,30 @@ public static class Presets
         Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 24, Router: RouterKind.SoftmaxTopK, RopeTheta: 1e6f,
         Note: "kernel cases: routed experts only; end to end with the shared expert", Family: RefFamily.Qwen2Moe, SharedExpert: 5632);
 
-    /// <summary>DeepSeek-V3-like MoE layer: 256 experts of F = 2048, top-8 in 4 of 8 groups. Attention here is plain GQA
-    /// with 128 heads of 128 (DeepSeek's MLA is not implemented), so its attention rows are only indicative.</summary>
+    /// <summary>DeepSeek-V3 (Hugging Face config): 256 routed experts of F = 2048, top-8 in 4 of 8 groups (sigmoid scores,
+    /// correction bias), FP8 128x128-block experts as the checkpoint ships them in the quant cases; 61 layers. Its
+    /// attention is MLA (the mla family's cases, Cases/MlaCases.cs, at 4K and 32K); the attention family's rows here are
+    /// plain GQA with 128 heads of 128, not DeepSeek's. End to end: RandomMoe's DeepSeek-V3 (MLA, shared expert).</summary>
     public static readonly ShapePreset DeepSeekV3Moe = new(
         "deepseek-v3-moe", Dim: 7168, Hidden: 2048, Experts: 256, TopK: 8, Heads: 128, KvHeads: 128, HeadDim: 128, Vocab: 129280,
-        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 4, Router: RouterKind.DeepSeekV3, RouterGroups: 8, RouterTopKGroups: 4,
-        RopeTheta: 10000f, CheckTokens: 2, Note: "MoE shapes; attention as GQA (no MLA)");
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 61, Router: RouterKind.DeepSeekV3, RouterGroups: 8, RouterTopKGroups: 4,
+        RopeTheta: 10000f, CheckTokens: 2, Note: "attention rows: GQA, not DeepSeek's MLA (--family mla)", Family: RefFamily.DeepSeekV3,
+        QuantMoeSchemes: ["fp8-block"]);
+
+    /// <summary>gpt-oss-20b (Hugging Face config): 32 experts of F = 2880, top-4 (softmax over the top-k logits), GQA 64/8
+    /// with head_dim 64, MXFP4 experts (the checkpoint's form) with the clamped GLU (alpha 1.702, limit 7) and expert
+    /// biases; 24 layers, 4 of them end to end.</summary>
+    public static readonly ShapePreset GptOss20B = new(
+        "gpt-oss-20b", Dim: 2880, Hidden: 2880, Experts: 32, TopK: 4, Heads: 64, KvHeads: 8, HeadDim: 64, Vocab: 201088,
+        Tokens: [1, 8, 64, 512, 4096], KvLength: 4096, Layers: 24, Router: RouterKind.Mixtral, RopeTheta: 150000f, CheckTokens: 2,
+        Note: "MXFP4 experts, clamped GLU + biases; 4 of 24 layers end to end", Family: RefFamily.GptOss, QuantMoeSchemes: ["mxfp4"],
+        EndToEndLayers: 4);
+
+    /// <summary>gpt-oss-120b: gpt-oss-20b's dims with 128 experts and 36 layers (2 of them end to end).</summary>
+    public static readonly ShapePreset GptOss120B = GptOss20B with
+    {
+        Name = "gpt-oss-120b", Experts = 128, Layers = 36, EndToEndLayers = 2, Note = "MXFP4 experts, clamped GLU + biases; 2 of 36 layers end to end",
+    };
 
     /// <summary>Qwen3-30B-A3B (Hugging Face config): 128 experts of F = 768, top-8 renormalised, GQA 32/4 with head_dim 128
     /// (q/k norm per head is not in the kernel cases).</summary>
@@ -95,7 +119,8 @@ public static class Presets
         "smoke", Dim: 520, Hidden: 1000, Experts: 8, TopK: 2, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 1000,
         Tokens: [1, 7, 65], KvLength: 300, Layers: 2, Router: RouterKind.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
 
-    public static IReadOnlyList<ShapePreset> All { get; } = [Mixtral8x7B, QwenMoeA27B, Qwen3_30B_A3B, Qwen3_235B_A22B, Olmoe1B7B, DeepSeekV3Moe, Tiny, Smoke];
+    public static IReadOnlyList<ShapePreset> All { get; } =
+        [Mixtral8x7B, QwenMoeA27B, Qwen3_30B_A3B, Qwen3_235B_A22B, Olmoe1B7B, DeepSeekV3Moe, GptOss20B, GptOss120B, Tiny, Smoke];
 
     /// <summary>The preset of that name; ArgumentException listing the names otherwise.</summary>
     public static ShapePreset Get(string name) =>
