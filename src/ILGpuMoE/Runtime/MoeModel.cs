@@ -142,6 +142,9 @@ public sealed class MoeModel : IDisposable
     /// <summary>Largest T of one forward step.</summary>
     public int MaxBatch => Plan.MaxBatch;
 
+    /// <summary>The stored type of layer l's experts ("BF16", "Fp8 128x128", "Mxfp4", ...): a dense layer's MLP chunks included.</summary>
+    public string ExpertWeightType(int layer) => Layers[layer].W1.TypeName;
+
     /// <summary>dtype of the expert weights (the bulk of the model), e.g. "BF16".</summary>
     public string WeightDType => Layers.Count > 0 ? Layers[0].W1.TypeName : Embedding.Type.ToString();
 

@@ -112,7 +112,7 @@ public class FamilyCliTests
             ? new SafeTensorsWriter.Entry(t.Name, t.DType, [t.Shape[0], 20], t.Data.Slice(0, (int)(t.Shape[0] * 20 * 2)))
             : t);
         var line = CliRun.Of("logits", "--model", model, "--tokens", "1,2", "--out", Path.Combine(_dir, "d.safetensors"), "--device", "cpu").AssertBadInput();
-        Assert.That(line, Does.Contain("model.layers.0.self_attn.kv_b_proj.weight").And.Contain("[96, 20]"));
+        Assert.That(line, Does.Contain("model.layers.0.self_attn.kv_b_proj.weight").And.Contain("[128, 20]"));
     }
 
     private static void RewriteTensors(string model, Func<SafeTensorsWriter.Entry, SafeTensorsWriter.Entry> edit)

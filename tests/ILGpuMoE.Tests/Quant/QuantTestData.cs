@@ -73,6 +73,7 @@ public static class QuantTestData
         Fp8Matrix f => RefQuant.DequantFp8(f.Words, f.Scales, f.Rows, f.Cols, f.MatrixRows, f.BlockN, f.BlockK),
         // The words are the checkpoint's 16-byte blocks as they are: the Hub layout RefMxfp4 dequantizes.
         Mxfp4Matrix x => RefMxfp4.Dequantize(System.Runtime.InteropServices.MemoryMarshal.AsBytes(x.Words.AsSpan()), x.Scales, x.Rows, x.Cols / RefMxfp4.BlockSize),
+        _ => throw new System.Diagnostics.UnreachableException($"RefDequant: no reference for {m.GetType().Name}"),
     };
 
     /// <summary>Runs the device's element reader (IWeights.Get) over every element: the kernels' dequantized W.</summary>
