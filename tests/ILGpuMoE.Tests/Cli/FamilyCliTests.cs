@@ -49,6 +49,26 @@ public class FamilyCliTests
         Assert.That(ids, Is.EqualTo(tokenizer.Encode("<|im_start|>user\na b c<|im_end|>\n<|im_start|>assistant\n", addBos: false)));
     }
 
+    // generate on the two newest families: gpt-oss with MXFP4 experts in its harmony chat format, DeepSeek-V3 (MLA).
+    [TestCase(RefFamily.GptOss, "<|start|>user<|message|>a b c<|end|><|start|>assistant")]
+    [TestCase(RefFamily.DeepSeekV3, "<｜User｜>a b c<｜Assistant｜>")]
+    public void GenerateRunsTheNewestFamilies(RefFamily family, string chatTail)
+    {
+        string model = Path.Combine(_dir, $"gen-{family}");
+        RandomMoe.Write(model, family == RefFamily.GptOss
+            ? new RandomMoeOptions { Family = family, Hidden = 64, HeadDim = 16, Experts = 4, TopK = 2, MoeIntermediate = 32, Mxfp4Experts = true, Seed = 402 }
+            : new RandomMoeOptions { Family = family, Hidden = 48, Heads = 2, KvHeads = 2, Experts = 8, TopK = 2, Groups = 2, TopKGroups = 1, Seed = 403 });
+        var run = CliRun.Of("generate", "--model", model, "--prompt", "a b c", "-n", "3", "--temperature", "0", "--chat", "--device", "cpu");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Out, Does.Contain("tokens generated"));
+        using var tokenizer = TextTokenizer.Load(model);
+        var config = ModelConfig.Load(model);
+        var (text, _) = config.Family.ChatPrompt("a b c");
+        Assert.That(text, Does.EndWith(chatTail));
+        var ids = Generator.Tokenize(tokenizer, "a b c", chat: true, vocab: config.VocabSize, config.Family);
+        Assert.That(ids, Is.Not.Empty);
+    }
+
     [Test]
     public void AnUnknownModelTypeExits2NamingTheSupportedOnes()
     {
