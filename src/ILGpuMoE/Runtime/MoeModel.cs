@@ -221,7 +221,6 @@ public sealed class MoeModel : IDisposable
         }
 
         var config = ModelConfig.Load(directory);
-        // Read by the config, not run by the kernels yet: refuse rather than compute something else.
         if (options.Router is { } router)
         {
             try
@@ -377,10 +376,11 @@ public sealed class MoeModel : IDisposable
                 if (slices.All(x => Dense(x.Name)) && (source is null || slices.All(x => x.Chunk < 0)))
                     return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, slices)));
 
-                // A dense layer's MLP stored packed at its full width (DeepSeek-V3's FP8 first layers): its blocks do not follow
-                // the F-wide chunks, so it is decoded once on the host (exactly: code x scale in F32) and its chunks run in F32.
-                if (source is not null && slices.All(x => x.Chunk >= 0 && !x.Stacked) && slices.Select(x => x.Name).Distinct().Count() == 1
-                    && !QuantSource.IsFloat(checkpoint, slices[0].Name) && !c.IsMoeLayer(layer))
+                // A dense layer's MLP stored FP8 at its full width (DeepSeek-V3's first layers): its blocks do not follow the
+                // F-wide chunks, so it is decoded once on the host (exactly: code x scale in F32) and its chunks run in F32.
+                // (Other packed full-width MLPs are refused in Pack, as before.)
+                if (source is { PlanSpec.Layout: Kernels.Quant.QuantScheme.Fp8 } && slices.All(x => x.Chunk >= 0 && !x.Stacked)
+                    && slices.Select(x => x.Name).Distinct().Count() == 1 && !QuantSource.IsFloat(checkpoint, slices[0].Name) && !c.IsMoeLayer(layer))
                 {
                     var whole = slices[0];
                     var (rows, cols) = ((int)shapes[whole.Name][0], (int)shapes[whole.Name][1]);
