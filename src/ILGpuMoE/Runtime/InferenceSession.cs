@@ -13,6 +13,9 @@
 //   ids, weights = gate(logits_r)                    [T, K'] each (softmax, top-k, renormalise or not; shared slots)
 //   x = x + sum_k weights * expert_k(h)              (permute, grouped GEMMs, combine with the residual)
 // A dense layer skips the router: its MLP is stacked as experts every token visits at weight 1 (MoeModel.cs).
+// DeepSeek's MLA layers replace the q/k/v block and the K/V cache with the compressed latent cache and the absorbed
+// attention (MlaAttention below); gpt-oss adds the sinks to the attention, its router bias after the router matmul and
+// the clamped GLU with expert biases inside the MoE kernels (LayerWeights.Glu).
 // then logits = rmsnorm(x) Wlm^T for every row (prefill with all logits) or only the last row (generation).
 //
 // Host syncs: none inside a step; the step ends by reading the logits back (and the routing ids when stats are on).
