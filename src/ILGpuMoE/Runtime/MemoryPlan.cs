@@ -39,10 +39,11 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
             // A quantized checkpoint's float shared expert / dense MLP is packed at load all the same (MoeModel.cs).
             bool storedFloat = keepFloatLinear && e.Role is not (TensorRole.SharedExpert or TensorRole.DenseMlp)
                                && byName.TryGetValue(e.Name, out var f) && f.DType is DType.F32 or DType.F16 or DType.BF16;
-            if (keepFloatLinear && e.Role == TensorRole.DenseMlp && byName.TryGetValue(e.Name, out var dm) && dm.DType is not (DType.F32 or DType.F16 or DType.BF16))
+            if (keepFloatLinear && quant?.Layout == Kernels.Quant.QuantScheme.Fp8 && e.Role == TensorRole.DenseMlp && byName.TryGetValue(e.Name, out var dm)
+                && dm.DType is not (DType.F32 or DType.F16 or DType.BF16))
             {
                 var (n, rows, cols) = e.Packed(c);
-                weights += n * rows * cols * 4; // a packed dense MLP runs as F32 chunks (MoeModel.cs)
+                weights += n * rows * cols * 4; // an FP8 dense MLP runs as F32 chunks (MoeModel.cs)
             }
             else if (quant is not null && !storedFloat && QuantSource.IsLinear(e))
             {
