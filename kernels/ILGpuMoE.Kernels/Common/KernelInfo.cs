@@ -74,6 +74,13 @@ public sealed class KernelInfoAttribute : Attribute
     public int MaxDynamicSharedBytes { get; init; }
 
     /// <summary>
+    /// The tensor-core instruction the kernel is built on, as SASS names it: "HMMA" (BF16/F16 mma.sync) or "IMMA"
+    /// (int8); empty for SIMT kernels. Such a kernel is loaded with its inline-asm operands promoted to registers
+    /// (kernels/ILGpuMoE.Kernels/TensorCore), and the SASS gate requires the instruction, no local memory and no spill.
+    /// </summary>
+    public string TensorCore { get; init; } = "";
+
+    /// <summary>
     /// Whether the runtime launches this entry in a decode step (T = 1) on CUDA, and what it streams: the manifest
     /// marks such kernels <c>"decode": true</c>, and the SASS check holds the <see cref="DecodeUse.Weights"/> ones to
     /// 128-bit global loads (issue: decode at the bandwidth roofline).
