@@ -21,7 +21,8 @@ public sealed class LoadedModel : IDisposable
     public MoeModel Model { get; }
 
     /// <summary>Checks the folder, opens the device, plans memory and uploads the weights.</summary>
-    public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq, QuantSpec? quant = null, Model.RouterChoice? router = null)
+    public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq, QuantSpec? quant = null, Model.RouterChoice? router = null,
+        KernelPolicy kernels = KernelPolicy.Auto)
     {
         if (!Directory.Exists(modelDir))
         {
@@ -38,7 +39,7 @@ public sealed class LoadedModel : IDisposable
         var device = DeviceSession.Open(choice, io.Err);
         try
         {
-            var options = new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router };
+            var options = new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router, Kernels = kernels };
             MoeModel model;
             bool terminal = ReferenceEquals(io.Err, Console.Error) && !Console.IsErrorRedirected;
             if (terminal)

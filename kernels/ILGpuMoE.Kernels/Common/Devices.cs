@@ -87,6 +87,11 @@ public static class Devices
         };
     }
 
+    /// <summary>Whether the device runs the tensor-core kernels natively: mma.sync m16n8k16 with BF16 inputs needs
+    /// sm_80 or later (kernels/ILGpuMoE.Kernels/TensorCore). Elsewhere they run only emulated (the CPU accelerator).</summary>
+    public static bool HasMma(Accelerator accelerator) =>
+        accelerator is CudaAccelerator { Architecture: { } arch } && arch >= CudaArchitecture.SM_80;
+
     /// <summary>One line describing a device: kind, name, memory, warp and group limits. The CPU accelerator reports a
     /// sentinel MemorySize (2^63 bytes), so for it the line shows the host memory the runtime may use instead.</summary>
     public static string Describe(Device d) =>

@@ -211,6 +211,18 @@ public static class EndToEndRun
                     onRow?.Invoke(graphed);
                     log($"ours {graphed.Scheme}: decode {graphed.DecodeTokensPerSecond:F1} tok/s ({graphed.Note})");
                 }
+
+                // Where Auto runs the prefill on tensor cores (CUDA, sm_80+), the float model once more on the SIMT kernels:
+                // the two prefill rates side by side in one run (issue 14).
+                if (quant is null && ILGpuMoE.Kernels.Devices.HasMma(device.Accelerator) && outOfTime?.Invoke() != true)
+                {
+                    EndToEndResult simt;
+                    using (watch?.Invoke(name + "-simt"))
+                        simt = OurEngine.Time(device, model, name + " simt", o.Layers, prompt, decode, router: router, kernels: ILGpuMoE.Runtime.KernelPolicy.Tuned) with { HostPrepSeconds = prep };
+                    rows.Add(simt);
+                    onRow?.Invoke(simt);
+                    log($"ours {simt.Scheme}: prefill {simt.PrefillTokensPerSecond:F1} tok/s (tensor cores: {ours.PrefillTokensPerSecond:F1})");
+                }
             }
 #else
             notes.Add("end to end, ours: the runtime (MoeModel, InferenceSession) is not in this build.");

@@ -14,10 +14,11 @@ public static class OurEngine
     /// Times prefill + decode of the checkpoint in <paramref name="modelDir"/> (float, or already packed in our layout:
     /// the load quantizes nothing). Load and warm-up are timed apart from the figures.
     /// </summary>
+    /// <param name="kernels">The kernel policy (Auto: on CUDA sm_80+, tensor cores for the prefill); the note names any other.</param>
     /// <param name="cudaGraph">Decode through a session that replays its decode step from a CUDA graph (SessionOptions);
     /// the row's scheme gets " + cuda graph" and its note says whether the graph was used.</param>
     public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
-        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null)
+        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null, KernelPolicy kernels = KernelPolicy.Auto)
     {
         var sw = Stopwatch.StartNew();
         using var model = MoeModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
@@ -26,6 +27,7 @@ public static class OurEngine
             MaxBatch = prompt.Length,
             Quant = quant,
             Router = router,
+            Kernels = kernels,
         });
         using var session = model.NewSession(new SessionOptions { CudaGraph = cudaGraph });
         device.Stream.Synchronize();
@@ -56,7 +58,7 @@ public static class OurEngine
         }
 
         double dec = sw.Elapsed.TotalSeconds;
-        string note = "random weights" + (session.DecodePath is { } path ? $"; decode {path}" : "")
+        string note = "random weights" + (kernels == KernelPolicy.Auto ? "" : $"; kernels {kernels}") + (session.DecodePath is { } path ? $"; decode {path}" : "")
                       + (session.CudaGraphStatus is { } g ? $"; cuda graph {g}" : "");
         return new EndToEndResult($"ilgpumoe ({device.Accelerator.AcceleratorType})", cudaGraph ? scheme + " + cuda graph" : scheme, layers, prompt.Length,
             decode.Length, prompt.Length / ttft, decode.Length / dec, ttft, note, warmup)

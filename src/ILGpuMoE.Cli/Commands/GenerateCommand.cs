@@ -19,7 +19,7 @@ namespace ILGpuMoE.Cli.Commands;
 public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
-        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = false, RouterChoice? Router = null);
+        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = false, RouterChoice? Router = null, string? Kernels = null);
 
     public static Command Create(CliIo io, Option<DeviceChoice> device)
     {
@@ -35,14 +35,15 @@ public static class GenerateCommand
         var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
         var quant = QuantOption.Create();
         var graph = new Option<bool>("--cuda-graph") { Description = "On CUDA, capture the decode step once as a CUDA graph and replay it per token" };
+        var kernels = KernelsOption.Create();
         var command = new Command("generate", "Generate text from a prompt, streaming tokens as they come")
         {
-            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant, graph,
+            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant, graph, kernels,
         };
         var router = new RouterOption();
         router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
-            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph), router.Parse(p))));
+            p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph), router.Parse(p), p.GetValue(kernels))));
         return command;
     }
 
@@ -61,6 +62,7 @@ public static class GenerateCommand
         }
 
         var quant = QuantOption.Parse(a.Quant);
+        var kernels = KernelsOption.Parse(a.Kernels);
         ITextTokenizer tokenizer;
         try
         {
@@ -75,7 +77,7 @@ public static class GenerateCommand
 
         using (tokenizer)
         {
-            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router);
+            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router, kernels);
             using var session = loaded.Model.NewSession(new SessionOptions { CudaGraph = a.CudaGraph });
             session.CollectRoutingStats = a.RoutingStats;
 

@@ -25,13 +25,14 @@ public static class LogitsCommand
         var steps = new Option<bool>("--decode-steps") { Description = "Process the tokens one per step (the decode kernels) instead of one prefill" };
         var graph = new Option<bool>("--cuda-graph") { Description = "With --decode-steps on CUDA: replay the decode step from a captured CUDA graph" };
         var router = new RouterOption();
+        var kernels = KernelsOption.Create();
         var command = new Command("logits", "Write the logits of every position of a token sequence (one prompt, empty cache) to a safetensors file")
         {
-            model, tokens, output, quant, steps, graph,
+            model, tokens, output, quant, steps, graph, kernels,
         };
         router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant),
-            p.GetValue(steps), p.GetValue(graph), router.Parse(p)));
+            p.GetValue(steps), p.GetValue(graph), router.Parse(p), p.GetValue(kernels)));
         return command;
     }
 
@@ -52,8 +53,9 @@ public static class LogitsCommand
     }
 
     public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null,
-        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null)
+        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null, string? kernelsName = null)
     {
+        var kernels = KernelsOption.Parse(kernelsName);
         if (cudaGraph && !decodeSteps)
             throw new CliUsageException("--cuda-graph replays the decode step: give --decode-steps too");
         var ids = ParseTokens(tokenText);
@@ -76,7 +78,7 @@ public static class LogitsCommand
         if (outDir is not null && !Directory.Exists(outDir))
             throw new CliUsageException($"--out {outPath}: folder {outDir} does not exist");
 
-        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router);
+        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router, kernels);
         using var session = loaded.Model.NewSession(new Runtime.SessionOptions { CudaGraph = cudaGraph });
         int v = loaded.Model.Config.VocabSize;
         float[] logits;

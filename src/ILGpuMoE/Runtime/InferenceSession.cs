@@ -178,6 +178,10 @@ public sealed class InferenceSession : IDisposable
     /// graph, the graph's node count.</summary>
     public long LastStepLaunches { get; private set; }
 
+    /// <summary>Of <see cref="LastStepLaunches"/>, the tensor-core kernels (mma.sync; KernelPolicy.TensorCore, or Auto
+    /// on sm_80+, for steps of more than one token).</summary>
+    public long LastStepTensorCoreLaunches { get; private set; }
+
     /// <summary>Launches of the last step inside its decoder layers, per layer (the embedding and the logits head excluded).</summary>
     public double LastStepLaunchesPerLayer { get; private set; }
 
@@ -276,7 +280,7 @@ public sealed class InferenceSession : IDisposable
         _tokens.View.SubView(0, t).CopyFromCPU(_stream, tokens);
         _positions.View.SubView(0, t).CopyFromCPU(_stream, positions);
 
-        long before = KernelLaunches.Count;
+        long before = KernelLaunches.Count, beforeMma = KernelLaunches.TensorCoreCount;
         LastStepReplayed = false;
         var plan = t == 1 && logitRows == 1 ? Plan() : null;
         if (plan is null)
@@ -304,6 +308,7 @@ public sealed class InferenceSession : IDisposable
         }
 
         LastStepLaunches = _graph is not null && LastStepReplayed ? _graph.Nodes : KernelLaunches.Count - before;
+        LastStepTensorCoreLaunches = KernelLaunches.TensorCoreCount - beforeMma;
         Position += t;
         if (CollectRoutingStats)
             ReadRouting(t);

@@ -25,14 +25,23 @@ namespace ILGpuMoE.Runtime;
 /// <summary>Which kernel versions the forward pass launches.</summary>
 public enum KernelPolicy
 {
-    /// <summary>Simple (V1) kernels on the CPU accelerator, the launchers' tuned picks on a GPU.</summary>
+    /// <summary>Simple (V1) kernels on the CPU accelerator; on CUDA the launchers' tuned picks, with the tensor-core
+    /// kernels for prefill and batched steps on devices that have mma.sync (sm_80 and later); Tuned elsewhere.</summary>
     Auto,
 
     /// <summary>Always the V1 kernels.</summary>
     Simple,
 
-    /// <summary>Always the GPU picks (tiled / GEMV / flash / split-K / grouped V2-V3), also on the CPU accelerator (tests).</summary>
+    /// <summary>Always the GPU's SIMT picks (tiled / GEMV / flash / split-K / grouped V2-V3), also on the CPU accelerator (tests).</summary>
     Tuned,
+
+    /// <summary>
+    /// Tuned, plus the tensor-core kernels (mma.sync, BF16/F16 weights; activations rounded to the weights' 16-bit type)
+    /// for every step of more than one token: the dense projections and lm_head, and the experts where the grouped GEMM
+    /// takes tiles. The router and every F32 weight stay on the SIMT kernels, and so do shapes the tensor-core launchers
+    /// refuse (a reduction dim not a multiple of 8, a view not 16-byte aligned). On the CPU accelerator they run emulated.
+    /// </summary>
+    TensorCore,
 }
 
 internal sealed class WeightOps : IDisposable
@@ -49,12 +58,16 @@ internal sealed class WeightOps : IDisposable
     {
         _accelerator = accelerator;
         _simple = policy == KernelPolicy.Simple || (policy == KernelPolicy.Auto && accelerator.AcceleratorType == AcceleratorType.CPU);
+        TensorCores = policy == KernelPolicy.TensorCore || (policy == KernelPolicy.Auto && Devices.HasMma(accelerator));
         _moeVersion = _simple ? GroupedGemmVersion.V1Simple : null;
         RopeKernels = RopeKernel.Create(accelerator);
         Append = KvCacheAppendKernel.Create(accelerator);
         Attention = AttentionKernel.Create(accelerator, _simple ? AttentionVersion.V1 : AttentionVersion.V2);
         Gating = GatingKernel.Create(accelerator);
     }
+
+    /// <summary>Whether steps of more than one token run the tensor-core kernels where they apply (KernelPolicy.TensorCore).</summary>
+    public bool TensorCores { get; }
 
     /// <summary>True when a decode step may run the fused T = 1 kernels (DecodePlan): the tuned policy.</summary>
     public bool FusedDecode => !_simple;

@@ -68,6 +68,8 @@ public class RuntimeCliTests
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2" }, "--out").SetName("Logits_NoOut");
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<out>", "--cuda-graph" }, "--decode-steps").SetName("Logits_GraphWithoutDecodeSteps");
         yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<out>", "--router", "expert-choice" }, "--router 'expert-choice'").SetName("Logits_UnknownRouter");
+        yield return new TestCaseData((object)new[] { "logits", "--model", fx, "--tokens", "1,2", "--out", "<out>", "--kernels", "wmma" }, "--kernels wmma").SetName("Logits_UnknownKernels");
+        yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--kernels", "fast" }, "tensor-core").SetName("Generate_UnknownKernels");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--router", "switch", "--capacity-factor", "-1" }, "--capacity-factor").SetName("Generate_NegativeCapacityFactor");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<demo>", "--prompt", "hi", "--noise-seed", "3" }, "--noise-seed").SetName("Generate_NoiseSeedWithoutRouter");
         yield return new TestCaseData((object)new[] { "generate", "--model", "<missing>", "--prompt", "hi" }, "no such model folder").SetName("Generate_MissingModel");
