@@ -8,7 +8,7 @@ using ILGPU.Runtime;
 
 namespace ILGpuMoE.Kernels;
 
-public static class KernelLaunches
+public static partial class KernelLaunches
 {
     [ThreadStatic]
     private static long count;

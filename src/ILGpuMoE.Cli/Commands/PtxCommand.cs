@@ -3,7 +3,8 @@
 // bytes, for tools/ptxas-check.sh). --lint runs PtxLint and prints one line per kernel; exit 1 when a check fails.
 // --sass compiles each kernel with ptxas for sm_90 and reads cuobjdump's SASS (SassReport): DIR/sass/<kernel>.sass,
 // DIR/sass.json and a table; --check-decode (implies --sass) exits 1 when a decode weights kernel's hot loop loads
-// less than half of its global bytes 128 bits wide. Without ptxas or cuobjdump: one line, exit 2.
+// less than half of its global bytes 128 bits wide. --sass also exits 1 when a tensor-core kernel ([KernelInfo]
+// TensorCore) lacks its instruction (HMMA / IMMA) or uses local memory. Without ptxas or cuobjdump: one line, exit 2.
 using System.CommandLine;
 using System.Text.Json;
 using ILGpuMoE.Ptx;
@@ -105,19 +106,38 @@ public static class PtxCommand
             return 1;
         }
 
+        // The tensor-core gate is part of every SASS report: its instruction, no local memory.
+        var tensorCore = reports.Where(r => r.TensorCore.Length > 0).ToList();
+        if (!Gate(io, tensorCore, r => r.TensorCoreFailure(), "tensor-core",
+                n => $"tensor-core: {tensorCore.Count} kernel(s), {n} without their instruction or with local memory",
+                n => $"ptx --sass: {n} tensor-core kernel(s) fail the SASS gate"))
+            return 1;
+
         if (!checkDecode)
             return CliErrors.Ok;
-        var failures = reports.Select(r => r.DecodeFailure()).OfType<string>().ToList();
         int weights = reports.Count(r => r.Decode == Kernels.DecodeUse.Weights);
-        foreach (var f in failures)
-            io.Out.WriteLine("decode-check FAIL " + f);
-        io.Out.WriteLine($"decode-check: {weights} decode weights kernel(s), {failures.Count} load under half their hot-loop bytes 128-bit");
-        if (failures.Count > 0)
-        {
-            io.Err.WriteLine($"ptx --check-decode: {failures.Count} decode weights kernel(s) fail the 128-bit load check: {string.Join(", ", reports.Where(r => r.DecodeFailure() is not null).Select(r => r.Name))}");
+        if (!Gate(io, reports, r => r.DecodeFailure(), "decode-check",
+                n => $"decode-check: {weights} decode weights kernel(s), {n} load under half their hot-loop bytes 128-bit",
+                n => $"ptx --check-decode: {n} decode weights kernel(s) fail the 128-bit load check"))
             return 1;
-        }
 
         return CliErrors.Ok;
+    }
+
+    /// <summary>
+    /// One SASS gate over <paramref name="reports"/>: a "TAG FAIL why" line per failing kernel and the summary line on
+    /// stdout; on a failure also one stderr line naming them all. True when every kernel passes.
+    /// </summary>
+    private static bool Gate(CliIo io, IReadOnlyList<SassKernelReport> reports, Func<SassKernelReport, string?> failure, string tag,
+        Func<int, string> summary, Func<int, string> error)
+    {
+        var failed = reports.Select(r => (r.Name, Why: failure(r))).Where(f => f.Why is not null).ToList();
+        foreach (var f in failed)
+            io.Out.WriteLine($"{tag} FAIL {f.Why}");
+        io.Out.WriteLine(summary(failed.Count));
+        if (failed.Count == 0)
+            return true;
+        io.Err.WriteLine($"{error(failed.Count)}: {string.Join(", ", failed.Select(f => f.Name))}");
+        return false;
     }
 }

@@ -3,6 +3,9 @@
 // Kernel researchers read the PTX; tools/ptxas-check.sh feeds it to `ptxas -arch=sm_90 -v` for registers, shared
 // memory and spills. ILGPU 1.5.3 writes `.target sm_80` even when SM_90 is asked (perf/notes/toolchain-facts.md); the ISA we ask for
 // (7.8 by default) is the newest that the ptxas of Debian's CUDA 11.8 reads.
+// Tensor-core kernels ([KernelInfo] TensorCore set) are exported as the GPU loads them: after the asm-operand pass
+// (kernels/ILGpuMoE.Kernels/TensorCore/PtxAsmOperands.cs, which KernelLaunches.LoadTensorCore runs too), so the SASS
+// gate judges the code that runs; their version names contain "mma", and so do their file names.
 using System.Reflection;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -14,6 +17,7 @@ using ILGPU.Runtime.Cuda;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Kernels.TensorCore;
 
 namespace ILGpuMoE.Ptx;
 
@@ -34,6 +38,14 @@ public sealed record PtxKernel(string Name, string Family, string Version, strin
     /// the most threads any launcher of ours puts in a group (every kernel test enforces it: the CPU accelerator's
     /// groups hold at most that many threads, so a launcher asking for more fails its own tests).</summary>
     public int CheckedBlockSize => BlockSize > 0 ? BlockSize : Devices.MaxGroupSize;
+
+    /// <summary>[KernelInfo] TensorCore: the SASS instruction ("HMMA", "IMMA") the SASS gate requires; null for SIMT kernels.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? TensorCore { get; init; }
+
+    /// <summary>For a tensor-core kernel: what the asm-operand pass did to its PTX (PtxAsmOperandsResult.Summary).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? AsmOperands { get; init; }
 
     /// <summary>[KernelInfo] Decode; the manifest writes it as "decode" and "decodeUse" (below).</summary>
     [JsonIgnore]
@@ -109,6 +121,14 @@ public static class PtxExporter
                     }
 
                     string file = baseName + ".ptx";
+                    if (TensorCoreNameProblem(info, baseName) is { } problem)
+                    {
+                        results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, $"{concrete.DeclaringType!.FullName}.{concrete.Name}",
+                            info.Launch, info.Summary, [], "", 0, problem));
+                        log?.Invoke($"FAIL  {baseName}: {problem}");
+                        continue;
+                    }
+
                     var parameters = concrete.GetParameters().Select(p => $"{TypeName(p.ParameterType)} {p.Name}").ToList();
                     string methodName = $"{concrete.DeclaringType!.FullName}.{concrete.Name}";
                     try
@@ -117,16 +137,26 @@ public static class PtxExporter
                             ? EntryPointDescription.FromImplicitlyGroupedKernel(concrete)
                             : EntryPointDescription.FromExplicitlyGroupedKernel(concrete);
                         var compiled = (PTXCompiledKernel)backend!.Compile(entry, KernelSpecialization.Empty);
-                        File.WriteAllText(Path.Combine(outDir, file), compiled.PTXAssembly);
-                        results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, methodName, info.Launch, info.Summary,
-                            parameters, file, compiled.PTXAssembly.Length, null)
+                        string ptx = compiled.PTXAssembly;
+                        string? pass = null;
+                        if (info.TensorCore.Length > 0)
                         {
+                            var promoted = PtxAsmOperands.Promote(ptx);
+                            (ptx, pass) = (promoted.Ptx, promoted.Summary);
+                        }
+
+                        File.WriteAllText(Path.Combine(outDir, file), ptx);
+                        results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, methodName, info.Launch, info.Summary,
+                            parameters, file, ptx.Length, null)
+                        {
+                            TensorCore = info.TensorCore.Length > 0 ? info.TensorCore : null,
+                            AsmOperands = pass,
                             WideViews = KernelParamLayout.Resolve(concrete, info.WideViews),
                             BlockSize = info.BlockSize,
                             MaxDynamicSharedBytes = info.MaxDynamicSharedBytes,
                             DecodeUse = info.Decode,
                         });
-                        log?.Invoke($"ok    {file} ({compiled.PTXAssembly.Length / 1024.0:F1} KiB)");
+                        log?.Invoke($"ok    {file} ({ptx.Length / 1024.0:F1} KiB)" + (pass is null ? "" : $": {pass}"));
                     }
 #pragma warning disable CA1031 // one failing kernel is reported in the manifest, the export goes on
                     catch (Exception e)
@@ -155,9 +185,10 @@ public static class PtxExporter
             ilgpu = typeof(Context).Assembly.GetName().Version?.ToString(),
             kernels = results,
         };
-        // For tools/ptxas-check.sh (bash, no JSON reader): name, threads per group, most dynamic shared bytes.
+        // For tools/ptxas-check.sh (bash, no JSON reader): name, threads per group, most dynamic shared bytes, how the
+        // block size is known, the tensor-core instruction ("-" for SIMT kernels).
         File.WriteAllLines(Path.Combine(outDir, "launch.tsv"),
-            results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.CheckedBlockSize}\t{k.MaxDynamicSharedBytes}\t{(k.BlockSize > 0 ? "declared" : "bound")}"));
+            results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.CheckedBlockSize}\t{k.MaxDynamicSharedBytes}\t{(k.BlockSize > 0 ? "declared" : "bound")}\t{k.TensorCore ?? "-"}"));
         File.WriteAllText(Path.Combine(outDir, "manifest.json"),
             JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }));
         return results;
@@ -192,6 +223,21 @@ public static class PtxExporter
             : WeightReaders.Float;
         foreach (var (name, type) in readers)
             yield return (name, method.MakeGenericMethod(Enumerable.Repeat(type, args.Length).ToArray()));
+    }
+
+    /// <summary>The instructions [KernelInfo] TensorCore may name: those the SASS gate looks for.</summary>
+    public static readonly IReadOnlyList<string> TensorCoreInstructions = ["HMMA", "IMMA"];
+
+    /// <summary>Null when a kernel's TensorCore marking is consistent: empty, or a known instruction with "mma" in the file name.</summary>
+    public static string? TensorCoreNameProblem(KernelInfoAttribute info, string baseName)
+    {
+        if (info.TensorCore.Length == 0)
+            return null;
+        if (!TensorCoreInstructions.Contains(info.TensorCore))
+            return $"[KernelInfo] TensorCore = \"{info.TensorCore}\" is not one of {string.Join(", ", TensorCoreInstructions)}";
+        return baseName.Contains("mma", StringComparison.Ordinal)
+            ? null
+            : $"tensor-core kernel {baseName}: its version name must contain \"mma\" (file names of tensor-core PTX do)";
     }
 
     private static bool IsImplicitlyGrouped(MethodInfo m)

@@ -4,7 +4,8 @@
 // global and shared loads and stores by width, and the hot loop (the loop whose own global loads, not those of loops
 // nested in it, carry the most bytes).
 // The decode gate holds every DecodeUse.Weights kernel to at least half of its hot loop's global-load bytes in
-// 128-bit loads. Parsing only: running ptxas and cuobjdump is SassTools' job.
+// 128-bit loads; the tensor-core gate holds every kernel whose [KernelInfo] names a TensorCore instruction to
+// containing it, with no local memory (stack, spills, LDL/STL). Parsing only: running ptxas and cuobjdump is SassTools' job.
 using System.Globalization;
 using System.Text.RegularExpressions;
 using ILGpuMoE.Kernels;
@@ -280,6 +281,34 @@ public sealed record SassKernelReport(string Name, DecodeUse Decode, int BlockSi
 {
     public Occupancy Occupancy { get; } = Occupancy.Sm90(Ptxas.Registers, BlockSize, Ptxas.StaticSharedBytes, DynamicSharedBytes);
 
+    /// <summary>[KernelInfo] TensorCore: the instruction ("HMMA", "IMMA") the kernel must contain; empty for SIMT kernels.</summary>
+    public string TensorCore { get; init; } = "";
+
+    /// <summary>How many SASS instructions are the kernel's tensor-core instruction (any modifiers: HMMA.16816.F32.BF16).</summary>
+    public int TensorCoreInstructions => TensorCore.Length == 0 ? 0 : Sass.Instructions.Count(i => i.Root == TensorCore);
+
+    /// <summary>
+    /// The tensor-core gate: null when it holds (or the kernel is SIMT), else why not. A tensor-core kernel must contain
+    /// its instruction, and use no local memory at all (no stack frame, no spill, no LDL/STL): local memory in such a
+    /// kernel means the asm-operand pass missed ILGPU's operand slots (kernels/ILGpuMoE.Kernels/TensorCore/PtxAsmOperands.cs)
+    /// or the fragments do not fit in registers.
+    /// </summary>
+    public string? TensorCoreFailure()
+    {
+        if (TensorCore.Length == 0)
+            return null;
+        var problems = new List<string>();
+        if (TensorCoreInstructions == 0)
+            problems.Add($"no {TensorCore} in the SASS");
+        if (Ptxas.StackBytes > 0)
+            problems.Add($"{Ptxas.StackBytes} bytes stack frame");
+        if (Ptxas.SpillStoreBytes + Ptxas.SpillLoadBytes > 0)
+            problems.Add($"{Ptxas.SpillStoreBytes + Ptxas.SpillLoadBytes} bytes of spills");
+        if (Sass.LocalAccesses > 0)
+            problems.Add($"{Sass.LocalAccesses} LDL/STL");
+        return problems.Count == 0 ? null : $"{Name}: {string.Join(", ", problems)} (a {TensorCore} kernel needs its instruction and no local memory)";
+    }
+
     /// <summary>Bytes the hot loop (or the whole kernel without one) loads from global memory in 128-bit loads.</summary>
     public int WideLoadBytes => Sass.HotLdg[128] * 16;
 
@@ -301,13 +330,14 @@ public sealed record SassKernelReport(string Name, DecodeUse Decode, int BlockSi
         return $"{Name}: {WideLoadBytes} of {ldg.Bytes} LDG bytes per thread in 128-bit loads ({100.0 * WideLoadBytes / ldg.Bytes:F0}% < 50%) in its {where}: LDG {ldg}";
     }
 
-    public static SassKernelReport Analyze(string name, DecodeUse decode, int blockSize, int dynamicSharedBytes, string ptxasOutput, string sass)
+    public static SassKernelReport Analyze(string name, DecodeUse decode, int blockSize, int dynamicSharedBytes, string ptxasOutput, string sass,
+        string tensorCore = "")
     {
         var functions = SassFunction.ParseAll(sass);
         // ILGPU writes one .entry per PTX file and inlines everything else, so cuobjdump lists one function.
         if (functions.Count != 1)
             throw new FormatException($"{name}: expected one function in the SASS, found {functions.Count}");
-        return new SassKernelReport(name, decode, blockSize, dynamicSharedBytes, PtxasFigures.Parse(ptxasOutput), functions[0]);
+        return new SassKernelReport(name, decode, blockSize, dynamicSharedBytes, PtxasFigures.Parse(ptxasOutput), functions[0]) { TensorCore = tensorCore };
     }
 
     /// <summary>The printed table's header: the columns of <see cref="ToRow"/>.</summary>
@@ -322,6 +352,8 @@ public sealed record SassKernelReport(string Name, DecodeUse Decode, int BlockSi
     {
         string decode = Decode == DecodeUse.None ? "-" : DecodeName(Decode);
         string loop = Sass.HotLoop is { } l ? $"{l.Instructions} instr, LDG {l.Ldg}" : "-";
+        if (TensorCore.Length > 0)
+            loop += $"; {TensorCore} x{TensorCoreInstructions}";
         string occupancy = $"{Occupancy.WarpsPerSm}/{Occupancy.MaxWarpsPerSm} {Occupancy.Limiter}";
         return $"{Name,-44} {decode,-6} {Ptxas.Registers,4} {Ptxas.StaticSharedBytes,6} {DynamicSharedBytes,6} {Ptxas.StackBytes,5} " +
                $"{Ptxas.SpillStoreBytes + Ptxas.SpillLoadBytes,5} {BlockSize,5} {occupancy,-15} {Sass.Ldg,-22} {Sass.Stg,-10} {Sass.Lds,-12} {Sass.Sts,-12} {loop}";
@@ -359,5 +391,8 @@ public sealed record SassKernelReport(string Name, DecodeUse Decode, int BlockSi
         hotLdgBytes = Sass.HotLdg.Bytes,
         hotWideLdgBytes = WideLoadBytes,
         decodeFailure = DecodeFailure(),
+        tensorCore = TensorCore.Length > 0 ? TensorCore : null,
+        tensorCoreInstructions = TensorCore.Length > 0 ? TensorCoreInstructions : (int?)null,
+        tensorCoreFailure = TensorCoreFailure(),
     };
 }

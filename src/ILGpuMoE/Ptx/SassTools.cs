@@ -94,7 +94,7 @@ public sealed partial record SassTools(string? Ptxas, string? Cuobjdump)
                 }
 
                 File.WriteAllText(Path.Combine(sassDir, k.Name + ".sass"), sass);
-                var report = SassKernelReport.Analyze(k.Name, k.DecodeUse, k.CheckedBlockSize, k.MaxDynamicSharedBytes, ptxasOut, sass);
+                var report = SassKernelReport.Analyze(k.Name, k.DecodeUse, k.CheckedBlockSize, k.MaxDynamicSharedBytes, ptxasOut, sass, k.TensorCore ?? "");
                 results.Add((k, report, null));
                 log?.Invoke($"sass  {k.Name}");
             }

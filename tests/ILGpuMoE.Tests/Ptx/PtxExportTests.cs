@@ -28,6 +28,17 @@ public class PtxExportTests
                 Assert.That(ptx, Does.Contain(".version 7.8"), k.Name);
             }
 
+            // Tensor-core kernels are exported after the asm-operand pass, named "mma", and listed with their instruction.
+            var tensorCore = kernels.Where(k => k.TensorCore is not null).ToList();
+            Assert.That(tensorCore.Select(k => k.Family), Does.Contain("tensor-core/peak"));
+            foreach (var k in tensorCore)
+            {
+                string ptx = File.ReadAllText(Path.Combine(dir, k.File));
+                Assert.That(k.File, Does.Contain("mma"), k.Name);
+                Assert.That(ptx, Does.Not.Contain(".local"), $"{k.Name}: {k.AsmOperands}");
+                Assert.That(k.AsmOperands, Does.StartWith("promoted "), k.Name);
+            }
+
             using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "manifest.json")));
             Assert.That(manifest.RootElement.GetProperty("kernels").GetArrayLength(), Is.EqualTo(kernels.Count));
             Assert.That(kernels.Select(k => k.File).Distinct().Count(), Is.EqualTo(kernels.Count), "file names must be unique");
