@@ -34,17 +34,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1> LoadTensorCore<T1>(this Accelerator accelerator, Action<T1> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1);
         };
     }
@@ -52,17 +61,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2> LoadTensorCore<T1, T2>(this Accelerator accelerator, Action<T1, T2> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2);
         };
     }
@@ -70,17 +88,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3> LoadTensorCore<T1, T2, T3>(this Accelerator accelerator, Action<T1, T2, T3> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3);
         };
     }
@@ -88,17 +115,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4> LoadTensorCore<T1, T2, T3, T4>(this Accelerator accelerator, Action<T1, T2, T3, T4> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4);
         };
     }
@@ -106,17 +142,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5> LoadTensorCore<T1, T2, T3, T4, T5>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5);
         };
     }
@@ -124,17 +169,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6> LoadTensorCore<T1, T2, T3, T4, T5, T6>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6);
         };
     }
@@ -142,17 +196,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7);
         };
     }
@@ -160,17 +223,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8);
         };
     }
@@ -178,17 +250,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8, T9>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9);
         };
     }
@@ -196,17 +277,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10);
         };
     }
@@ -214,17 +304,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11);
         };
     }
@@ -232,17 +331,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11,T12}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11,T12}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct where T12 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12);
         };
     }
@@ -250,17 +358,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11,T12,T13}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11,T12,T13}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct where T12 : struct where T13 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13);
         };
     }
@@ -268,17 +385,26 @@ public static partial class KernelLaunches
     /// <summary>
     /// A tensor-core kernel (explicitly grouped), each launch counted. On CUDA: ILGPU's PTX with the asm operands in
     /// registers (<see cref="TensorCoreLoader"/>), opted in to <paramref name="maxDynamicSharedBytes"/> of dynamic shared
-    /// memory when that exceeds 48 KB. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11,T12,T13,T14}"/> (the emulation).
+    /// memory when that exceeds 48 KB; counted in TensorCoreCount as well. Elsewhere: <see cref="LoadCounted{T1,T2,T3,T4,T5,T6,T7,T8,T9,T10,T11,T12,T13,T14}"/> (the emulation).
     /// </summary>
     public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14> LoadTensorCore<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14> kernel, int maxDynamicSharedBytes = 0)
         where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct where T12 : struct where T13 : struct where T14 : struct
     {
         if (accelerator is not CudaAccelerator cuda)
-            return accelerator.LoadCounted(kernel);
+        {
+            var emulated = accelerator.LoadCounted(kernel);
+            return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14) =>
+            {
+                tensorCoreCount++;
+                emulated(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14);
+            };
+        }
+
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14) =>
         {
             count++;
+            tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14);
         };
     }
