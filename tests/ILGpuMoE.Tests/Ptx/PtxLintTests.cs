@@ -178,7 +178,8 @@ public class PtxLintTests
                 "the kernel tests' accelerator enforces the group-size bound the PTX gate assumes");
             var launch = File.ReadAllLines(Path.Combine(dir, "launch.tsv")).Select(l => l.Split('\t')).ToList();
             Assert.That(launch.Select(f => f[0]), Is.EquivalentTo(kernels.Where(k => k.Error is null).Select(k => k.Name)));
-            Assert.That(launch.All(f => f.Length == 4 && int.Parse(f[1], System.Globalization.CultureInfo.InvariantCulture) > 0), "launch.tsv: name, block, dynamic shared, declared|bound");
+            Assert.That(launch.All(f => f.Length == 5 && int.Parse(f[1], System.Globalization.CultureInfo.InvariantCulture) > 0), "launch.tsv: name, block, dynamic shared, declared|bound, tensor core");
+            Assert.That(launch.Select(f => f[4]).Distinct(), Is.SubsetOf(new[] { "-", "HMMA", "IMMA" }).And.Contains("HMMA"));
         }
         finally
         {
