@@ -31,7 +31,7 @@ public sealed class PeakMma
     /// <summary>Independent mma chains per warp.</summary>
     public const int Chains = 8;
 
-    /// <summary>Threads per group of every launch: 8 warps.</summary>
+    /// <summary>Most threads per group (8 warps, the GPU launches); the CPU accelerator's checks use fewer.</summary>
     public const int GroupSize = 256;
 
     /// <summary>Words of A (16 x 16 BF16) and of W (8 x 16 BF16); floats each warp writes (16 x 8).</summary>
@@ -53,31 +53,35 @@ public sealed class PeakMma
 
     public static PeakMma Create(Accelerator accelerator) => new(accelerator);
 
-    /// <summary>FLOPs of a launch of <paramref name="groups"/> groups running <paramref name="iterations"/> rounds.</summary>
-    public static double Flops(int groups, int iterations) => (double)groups * (GroupSize / 32) * iterations * Chains * FlopsPerMma;
+    /// <summary>FLOPs of a launch of <paramref name="groups"/> groups of <paramref name="warpsPerGroup"/> warps running <paramref name="iterations"/> rounds.</summary>
+    public static double Flops(int groups, int iterations, int warpsPerGroup = GroupSize / 32) =>
+        (double)groups * warpsPerGroup * iterations * Chains * FlopsPerMma;
 
     /// <summary>
-    /// Runs <paramref name="groups"/> groups of 8 warps, each warp <paramref name="iterations"/> rounds of the 8 chains,
-    /// writing sums [groups * 8, 16, 8].
+    /// Runs <paramref name="groups"/> groups of <paramref name="warpsPerGroup"/> warps (1..8), each warp
+    /// <paramref name="iterations"/> rounds of the 8 chains, writing sums [groups * warpsPerGroup, 16, 8].
     /// </summary>
-    public void Launch(AcceleratorStream stream, ArrayView<uint> a, ArrayView<uint> w, ArrayView<float> sums, int groups, int iterations)
+    public void Launch(AcceleratorStream stream, ArrayView<uint> a, ArrayView<uint> w, ArrayView<float> sums, int groups, int iterations,
+        int warpsPerGroup = GroupSize / 32)
     {
         ArgumentNullException.ThrowIfNull(stream);
         if (groups <= 0)
             throw new ArgumentOutOfRangeException(nameof(groups), groups, $"{Name}: groups must be positive");
+        if (warpsPerGroup is < 1 or > GroupSize / 32)
+            throw new ArgumentOutOfRangeException(nameof(warpsPerGroup), warpsPerGroup, $"{Name}: 1 to {GroupSize / 32} warps per group");
         if (iterations < 0)
             throw new ArgumentOutOfRangeException(nameof(iterations), iterations, $"{Name}: iterations must not be negative");
         if (a.Length != AWords)
             throw new ArgumentException($"{Name}: a holds {a.Length} words, A [16, 16] BF16 needs {AWords}", nameof(a));
         if (w.Length != WWords)
             throw new ArgumentException($"{Name}: w holds {w.Length} words, W [8, 16] BF16 needs {WWords}", nameof(w));
-        long need = (long)groups * (GroupSize / 32) * SumsPerWarp;
+        long need = (long)groups * warpsPerGroup * SumsPerWarp;
         if (sums.Length != need)
-            throw new ArgumentException($"{Name}: sums holds {sums.Length} floats, {groups} groups of 8 warps write {need}", nameof(sums));
-        _v1(stream, new KernelConfig(groups, GroupSize), a, w, sums, iterations);
+            throw new ArgumentException($"{Name}: sums holds {sums.Length} floats, {groups} groups of {warpsPerGroup} warps write {need}", nameof(sums));
+        _v1(stream, new KernelConfig(groups, 32 * warpsPerGroup), a, w, sums, iterations);
     }
 
-    [KernelInfo(PeakMmaVersion.V1Mma, "grid G, group 256 (8 warps); every warp runs the same tile",
+    [KernelInfo(PeakMmaVersion.V1Mma, "grid G, group 32 W (W <= 8 warps, 8 on the GPU); every warp runs the same tile",
         Summary = "8 independent BF16 mma.sync m16n8k16 chains per warp on register fragments; writes the chains' sum",
         TensorCore = "HMMA", BlockSize = GroupSize)]
     public static void PeakMmaV1(ArrayView<uint> a, ArrayView<uint> w, ArrayView<float> sums, int iterations)

@@ -47,7 +47,8 @@ public static class Reports
         console.MarkupLine($"[bold]ilgpumoe bench[/] preset [bold]{Markup.Escape(r.Preset)}[/] on {Markup.Escape(r.Machine.Device)}");
         console.MarkupLine($"commit {Markup.Escape(r.Machine.Commit)} | {Markup.Escape(r.Machine.Host)} | {r.Machine.Cores} cores | {Markup.Escape(r.Machine.Runtime)}");
         if (r.Ceilings is { } c)
-            console.MarkupLine($"ceilings: copy [bold]{c.CopyGBPerSecond:F1} GB/s[/], matmul [bold]{c.MatmulTFlopPerSecond:G4} TFLOP/s[/] ({Markup.Escape(c.MatmulSource)})");
+            console.MarkupLine($"ceilings: copy [bold]{c.CopyGBPerSecond:F1} GB/s[/], matmul [bold]{c.MatmulTFlopPerSecond:G4} TFLOP/s[/] ({Markup.Escape(c.MatmulSource)})" +
+                (double.IsFinite(c.TensorCoreTFlopPerSecond) ? $", tensor cores [bold]{c.TensorCoreTFlopPerSecond:G4} TFLOP/s[/] ({Markup.Escape(c.TensorCoreSource)})" : ""));
 
         var table = new Table().Border(TableBorder.Simple);
         foreach (var h in new[] { "kernel", "ver", "type", "T", "shape", "GFLOP", "MB", "check", "prep s", "median ms", "GB/s", "TFLOP/s", "%bw", "%mm" })
@@ -111,7 +112,13 @@ public static class Reports
         s.AppendLine();
         s.AppendLine(CultureInfo.InvariantCulture, $"- started {r.StartedUtc:yyyy-MM-dd HH:mm} UTC, {r.WallSeconds:F1} s; commit `{r.Machine.Commit}`; {r.Machine.Host}, {r.Machine.Cores} cores, {r.Machine.Os}, {r.Machine.Runtime}");
         if (r.Ceilings is { } c)
-            s.AppendLine(CultureInfo.InvariantCulture, $"- ceilings measured in this run: device-to-device copy **{c.CopyGBPerSecond:F1} GB/s**; best matmul **{c.MatmulTFlopPerSecond:G4} TFLOP/s** ({c.MatmulSource})");
+        {
+            string tensor = double.IsFinite(c.TensorCoreTFlopPerSecond)
+                ? string.Create(CultureInfo.InvariantCulture, $"; tensor-core peak (mma.sync) **{c.TensorCoreTFlopPerSecond:G4} TFLOP/s** ({c.TensorCoreSource})")
+                : "";
+            s.AppendLine(CultureInfo.InvariantCulture, $"- ceilings measured in this run: device-to-device copy **{c.CopyGBPerSecond:F1} GB/s**; best matmul **{c.MatmulTFlopPerSecond:G4} TFLOP/s** ({c.MatmulSource}){tensor}");
+        }
+
         s.AppendLine(CultureInfo.InvariantCulture, $"- {r.Cases.Count} cases, {r.Wrong} wrong or failed; median times; GB/s and TFLOP/s from minimum bytes and FLOPs computed from the shapes");
         string restarts = r.DeviceRestarts > 0 ? $"; {r.DeviceRestarts} fresh accelerator(s) after CUDA faults" : "";
         s.AppendLine(CultureInfo.InvariantCulture, $"- state: **{r.State}**{restarts}; prep s = kernel compile + device setup + first launch, outside the timed figure");

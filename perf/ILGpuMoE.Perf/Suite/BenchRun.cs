@@ -9,6 +9,7 @@
 // SIGTERM (the runner's `timeout` giving up on a step) takes the same path with the case in flight named SIGTERM.
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using ILGpuMoE.Perf.Cases;
 
 namespace ILGpuMoE.Perf.Suite;
 
@@ -217,8 +218,9 @@ public sealed class BenchRun : IDisposable
     }
 
     /// <summary>
-    /// Percent of the two ceilings for every timed case: the copy bandwidth measured first, and the best matmul
-    /// throughput reached so far in this run (a ceiling case or any matmul-like case). Null ceilings when no copy was measured.
+    /// Percent of the ceilings for every timed case: the copy bandwidth measured first, the best matmul throughput
+    /// reached so far in this run (a ceiling case or any matmul-like case), and the best peak-mma throughput (the
+    /// tensor-core ceiling, NaN until one is timed). Null ceilings when no copy was measured.
     /// </summary>
     public static (IReadOnlyList<CaseResult> Cases, Ceilings? Ceilings) ApplyCeilings(IReadOnlyList<CaseResult> results, double copy, double copyBytes)
     {
@@ -232,6 +234,15 @@ public sealed class BenchRun : IDisposable
                 (best, source) = (r.Timing.TFlopPerSecond, $"{r.Family} {r.Version} {r.DType} {r.Shape}");
         }
 
+        // The tensor-core ceiling: the best timed peak-mma case (TensorCoreCases.cs), kept apart from the SIMT matmul one.
+        double tensorCore = double.NaN;
+        string tensorSource = "";
+        foreach (var r in results.Where(r => r.Family == TensorCoreFamily.PeakFamily && r.Timing is not null))
+        {
+            if (!(r.Timing!.TFlopPerSecond <= tensorCore))
+                (tensorCore, tensorSource) = (r.Timing.TFlopPerSecond, $"{r.Family} {r.Version} {r.DType} {r.Shape}");
+        }
+
         var updated = results.Select(r => r.Timing is { } t
             ? r with
             {
@@ -239,10 +250,11 @@ public sealed class BenchRun : IDisposable
                 {
                     PercentOfBandwidth = 100 * t.GBPerSecond / copy,
                     PercentOfCompute = best > 0 ? 100 * t.TFlopPerSecond / best : double.NaN,
+                    PercentOfTensorCore = tensorCore > 0 ? 100 * t.TFlopPerSecond / tensorCore : double.NaN,
                 },
             }
             : r).ToList();
-        return (updated, new Ceilings(copy, best, source, copyBytes));
+        return (updated, new Ceilings(copy, best, source, copyBytes) { TensorCoreTFlopPerSecond = tensorCore, TensorCoreSource = tensorSource });
     }
 
     public static MachineInfo Machine(BenchDevice device) => new(

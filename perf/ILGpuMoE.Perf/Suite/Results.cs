@@ -4,7 +4,11 @@ namespace ILGpuMoE.Perf.Suite;
 public sealed record CheckInfo(bool Passed, double MaxAbsError, double MaxRelError, long Compared, string Scope, string? Message);
 
 public sealed record TimingInfo(double MedianSeconds, double MinSeconds, double MaxSeconds, int Reps, int RotatedSets,
-    double GBPerSecond, double TFlopPerSecond, double PercentOfBandwidth, double PercentOfCompute);
+    double GBPerSecond, double TFlopPerSecond, double PercentOfBandwidth, double PercentOfCompute)
+{
+    /// <summary>% of the tensor-core ceiling measured in the same run (the peak-mma case); NaN when none was measured.</summary>
+    public double PercentOfTensorCore { get; init; } = double.NaN;
+}
 
 /// <summary>
 /// Where a case's time went before its timed runs, in seconds, kept apart from the timed figure. Setup: kernel objects
@@ -58,7 +62,14 @@ public static class CaseStatus
     public static bool IsFailure(string status) => status is Wrong or Error or Fault or Timeout;
 }
 
-public sealed record Ceilings(double CopyGBPerSecond, double MatmulTFlopPerSecond, string MatmulSource, double CopyBytes);
+public sealed record Ceilings(double CopyGBPerSecond, double MatmulTFlopPerSecond, string MatmulSource, double CopyBytes)
+{
+    /// <summary>The best peak-mma TFLOP/s of the run (perf/ILGpuMoE.Perf/Cases/TensorCoreCases.cs); NaN when none was timed.</summary>
+    public double TensorCoreTFlopPerSecond { get; init; } = double.NaN;
+
+    /// <summary>The case that set it ("tensor-core/peak v1-mma bf16 ...").</summary>
+    public string TensorCoreSource { get; init; } = "";
+}
 
 public sealed record MachineInfo(string Host, string Os, int Cores, string Runtime, string Commit, string Device, string DeviceKind);
 

@@ -37,6 +37,7 @@ public static class SuiteRunner
     /// <summary>Every registered kernel family; a family joins by being listed here.</summary>
     public static IReadOnlyList<IBenchFamily> Families { get; } =
     [
+        new TensorCoreFamily(), // first: its peak-mma ceiling is measured before the SIMT matmul ceiling and the sweep
         new DenseFamily(),
         new AttentionFamily(),
         new MlaFamily(),

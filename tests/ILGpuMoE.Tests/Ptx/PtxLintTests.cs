@@ -181,6 +181,7 @@ public class PtxLintTests
             Assert.That(launch.All(f => f.Length == 5 && int.Parse(f[1], System.Globalization.CultureInfo.InvariantCulture) > 0), "launch.tsv: name, block, dynamic shared, declared|bound, tensor-core instruction");
             Assert.That(launch.Where(f => f[4] != "-").Select(f => f[0]), Is.EquivalentTo(kernels.Where(k => k.Error is null && k.TensorCore is not null).Select(k => k.Name)),
                 "launch.tsv names the tensor-core instruction of exactly the tensor-core kernels");
+            Assert.That(launch.Select(f => f[4]).Distinct(), Is.SubsetOf(new[] { "-", "HMMA", "IMMA" }).And.Contains("HMMA"));
         }
         finally
         {

@@ -18,19 +18,19 @@ public class PeakMmaTests
         return (words, bits.Select(BF16.ToFloat).ToArray());
     }
 
-    [TestCase(1, 0)]
-    [TestCase(1, 2)]
-    [TestCase(2, 1)]
-    public void EveryWarpWritesTheChainsSum(int groups, int iterations)
+    [TestCase(1, 1, 0)]
+    [TestCase(1, 1, 3)]
+    [TestCase(2, 3, 1)]
+    public void EveryWarpWritesTheChainsSum(int groups, int warpsPerGroup, int iterations)
     {
         var acc = TestDevice.Accelerator;
         var (aWords, a) = Bf16Tile(71 + iterations, 256);
         var (wWords, w) = Bf16Tile(73 + groups, 128);
         using var aBuf = TestDevice.Upload(aWords);
         using var wBuf = TestDevice.Upload(wWords);
-        int warps = groups * PeakMma.GroupSize / 32;
+        int warps = groups * warpsPerGroup;
         using var sums = TestDevice.PoisonedFloats(warps * PeakMma.SumsPerWarp);
-        PeakMma.Create(acc).Launch(acc.DefaultStream, aBuf.View, wBuf.View, sums.View, groups, iterations);
+        PeakMma.Create(acc).Launch(acc.DefaultStream, aBuf.View, wBuf.View, sums.View, groups, iterations, warpsPerGroup);
         acc.Synchronize();
         var got = sums.GetAsArray1D();
 
@@ -39,7 +39,7 @@ public class PeakMmaTests
         double scale = PeakMma.Chains * (PeakMma.Chains + iterations * 16.0);
         for (int warp = 0; warp < warps; warp++)
             Check.Close(expected, got.AsSpan(warp * PeakMma.SumsPerWarp, PeakMma.SumsPerWarp), 1e-5, 1e-6 * scale, $"warp {warp}");
-        Assert.That(PeakMma.Flops(groups, iterations), Is.EqualTo(warps * iterations * 8 * 4096.0));
+        Assert.That(PeakMma.Flops(groups, iterations, warpsPerGroup), Is.EqualTo(warps * iterations * 8 * 4096.0));
     }
 
     [Test]
@@ -56,5 +56,6 @@ public class PeakMmaTests
         Assert.That(Assert.Throws<ArgumentException>(() => peak.Launch(s, w.View, w.View, sums.View, 1, 1))!.Message, Does.Contain("A [16, 16]"));
         Assert.That(Assert.Throws<ArgumentException>(() => peak.Launch(s, a.View, a.View, sums.View, 1, 1))!.Message, Does.Contain("W [8, 16]"));
         Assert.That(Assert.Throws<ArgumentException>(() => peak.Launch(s, a.View, w.View, sums.View, 2, 1))!.Message, Does.Contain("2 groups of 8 warps write 2048"));
+        Assert.That(Assert.Throws<ArgumentOutOfRangeException>(() => peak.Launch(s, a.View, w.View, sums.View, 1, 1, 9))!.Message, Does.Contain("1 to 8 warps"));
     }
 }

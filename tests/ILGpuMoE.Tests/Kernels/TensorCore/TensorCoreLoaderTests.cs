@@ -47,9 +47,9 @@ public class TensorCoreLoaderTests
         var peak = PeakMma.Create(acc);
         using var a = TestDevice.Upload(Enumerable.Range(0, PeakMma.AWords).Select(i => 0x3F803F80u).ToArray()); // 1.0 in both halves
         using var w = TestDevice.Upload(Enumerable.Range(0, PeakMma.WWords).Select(i => 0x40003F80u).ToArray()); // 1.0, 2.0
-        using var sums = TestDevice.PoisonedFloats(8 * PeakMma.SumsPerWarp);
+        using var sums = TestDevice.PoisonedFloats(2 * PeakMma.SumsPerWarp);
         long before = KernelLaunches.Count;
-        peak.Launch(acc.DefaultStream, a.View, w.View, sums.View, groups: 1, iterations: 1);
+        peak.Launch(acc.DefaultStream, a.View, w.View, sums.View, groups: 1, iterations: 1, warpsPerGroup: 2);
         acc.Synchronize();
         Assert.That(KernelLaunches.Count - before, Is.EqualTo(1));
         // Hand-worked: A = all ones, every W row alternates 1, 2 along k (8 ones, 8 twos): each dot is 24; one iteration of
