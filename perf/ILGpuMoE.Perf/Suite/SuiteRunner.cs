@@ -38,6 +38,7 @@ public static class SuiteRunner
     public static IReadOnlyList<IBenchFamily> Families { get; } =
     [
         new DenseFamily(),
+        new TensorCoreDenseFamily(),
         new AttentionFamily(),
         new MlaFamily(),
         new GatingFamily(),
