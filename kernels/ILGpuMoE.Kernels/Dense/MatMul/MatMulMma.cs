@@ -30,7 +30,7 @@
 // Dynamic shared memory: 2 x buffers + 3 W stages of 64 rows x 20 words = 25,600 bytes (< 48 KB: no opt-in needed).
 //
 // Why this tile (the issue's suggestion, kept): 64 x 64 with 4 warps keeps 32 accumulators per lane (about 100
-// registers, 5 groups per SM) and the CPU emulation cheap (every mma is 32 shuffles there). Its weakness is traffic:
+// registers: 4 groups per SM) and the CPU emulation cheap (every mma is 32 shuffles there). Its weakness is traffic:
 // per k-tile a group loads 64 x 32 F32 of x and 64 x 32 of W, 12 KB for 262K FLOP (0.047 B/FLOP), so the H200's
 // 989 TFLOP/s would need ~46 TB/s from L2; a 128 x 128 tile (8 warps, 64 x 32 each) halves that but needs 50 KB of
 // shared memory with 3 stages (over the 48 KB ILGPU can request) or 2 stages at 40 KB. That is the next version to
@@ -177,6 +177,18 @@ public static class MatMulMma
         public Pair P0, P1, P2, P3, P4, P5, P6, P7;
     }
 
+    /// <summary>A warp's 32 x 32 of y: 2 (m16) x 4 (n8) accumulator tiles, Cmn.</summary>
+    private struct WarpAcc
+    {
+        public Acc4 C00, C01, C02, C03, C10, C11, C12, C13;
+    }
+
+    /// <summary>Which of a warp's tiles past the first (m16 tile 1, n8 tiles 1..3) hold any row of T / column of N.</summary>
+    private struct Live
+    {
+        public bool M1, N1, N2, N3;
+    }
+
     [KernelInfo(MatMulVersion.V3Mma, "grid ceil(T/64)*ceil(Out/64) (rastered in groups of 16 token tiles), group 128 (4 warps, 2 x 2), 25600 B dynamic shared",
         TensorCore = "HMMA", BlockSize = MatMulMmaLayout.Threads, MaxDynamicSharedBytes = MatMulMmaLayout.SharedBytes,
         Summary = "mma.sync m16n8k16 tiles of 64 x 64, W by cp.async (3 stages), x rounded to W's 16-bit type via registers, F32 accumulation")]
@@ -184,7 +196,7 @@ public static class MatMulMma
         where TM : struct, IMmaType
     {
         const int bm = MatMulMmaLayout.BM, bn = MatMulMmaLayout.BN, bk = MatMulMmaLayout.BK;
-        const int tile = MatMulMmaLayout.TileWords, row16 = 16 * MatMulMmaLayout.RowWords;
+        const int tile = MatMulMmaLayout.TileWords;
         var s = SharedWords.Dynamic();
         var mma = default(TM);
         int tid = Group.IdxX;
@@ -215,8 +227,8 @@ public static class MatMulMma
         bool mt0 = wRow0 < tokens, mt1 = wRow0 + 16 < tokens;
         bool nt0 = wCol0 < outDim, nt1 = wCol0 + 8 < outDim, nt2 = wCol0 + 16 < outDim, nt3 = wCol0 + 24 < outDim;
         bool busy = mt0 && nt0;
-        Acc4 c00 = default, c01 = default, c02 = default, c03 = default;
-        Acc4 c10 = default, c11 = default, c12 = default, c13 = default;
+        var live = new Live { M1 = mt1, N1 = nt1, N2 = nt2, N3 = nt3 };
+        WarpAcc acc = default;
         for (int kt = 0; kt < kTiles; kt++)
         {
             CpAsync.Wait(MatMulMmaLayout.Stages - 2);
@@ -231,35 +243,13 @@ public static class MatMulMma
             if (more)
                 xr = LoadX(x, tid, m0, (kt + 1) * bk, tokens, inDim);
 
-            int xb = (kt & 1) * tile + aWord;
-            int wb = MatMulMmaLayout.WBase + kt % MatMulMmaLayout.Stages * tile + bWord;
-            for (int ks = 0; busy && ks < 2; ks++)
+            // The two k16 steps of the k-tile (8 words apart), written out: ptxas sees straight-line mma code.
+            if (busy)
             {
-                int k8 = ks << 3;
-                var a0 = Ldmatrix.X4(s, xb + k8);
-                var b0 = Ldmatrix.X4(s, wb + k8);
-                Frag4 a1 = default, b1 = default;
-                if (mt1)
-                    a1 = Ldmatrix.X4(s, xb + row16 + k8);
-                if (nt2)
-                    b1 = Ldmatrix.X4(s, wb + row16 + k8);
-                c00 = mma.Mma(c00, a0, b0.Lo);
-                if (nt1)
-                    c01 = mma.Mma(c01, a0, b0.Hi);
-                if (nt2)
-                    c02 = mma.Mma(c02, a0, b1.Lo);
-                if (nt3)
-                    c03 = mma.Mma(c03, a0, b1.Hi);
-                if (mt1)
-                {
-                    c10 = mma.Mma(c10, a1, b0.Lo);
-                    if (nt1)
-                        c11 = mma.Mma(c11, a1, b0.Hi);
-                    if (nt2)
-                        c12 = mma.Mma(c12, a1, b1.Lo);
-                    if (nt3)
-                        c13 = mma.Mma(c13, a1, b1.Hi);
-                }
+                int xb = (kt & 1) * tile + aWord;
+                int wb = MatMulMmaLayout.WBase + kt % MatMulMmaLayout.Stages * tile + bWord;
+                acc = Step(mma, acc, s, xb, wb, live);
+                acc = Step(mma, acc, s, xb + 8, wb + 8, live);
             }
 
             // The other x buffer was last read at kt-1, which every warp finished before this k-tile's barrier.
@@ -270,31 +260,69 @@ public static class MatMulMma
         // Lane (g, t) holds D[g][2t..2t+1] and D[g+8][2t..2t+1] of each m16 x n8 tile (the skipped ones are masked).
         int row = wRow0 + (lane >> 2);
         int col = wCol0 + ((lane & 3) << 1);
-        Store(y, c00, row, col, tokens, outDim, accumulate);
-        Store(y, c01, row, col + 8, tokens, outDim, accumulate);
-        Store(y, c02, row, col + 16, tokens, outDim, accumulate);
-        Store(y, c03, row, col + 24, tokens, outDim, accumulate);
-        Store(y, c10, row + 16, col, tokens, outDim, accumulate);
-        Store(y, c11, row + 16, col + 8, tokens, outDim, accumulate);
-        Store(y, c12, row + 16, col + 16, tokens, outDim, accumulate);
-        Store(y, c13, row + 16, col + 24, tokens, outDim, accumulate);
+        Store(y, acc.C00, row, col, tokens, outDim, accumulate);
+        Store(y, acc.C01, row, col + 8, tokens, outDim, accumulate);
+        Store(y, acc.C02, row, col + 16, tokens, outDim, accumulate);
+        Store(y, acc.C03, row, col + 24, tokens, outDim, accumulate);
+        Store(y, acc.C10, row + 16, col, tokens, outDim, accumulate);
+        Store(y, acc.C11, row + 16, col + 8, tokens, outDim, accumulate);
+        Store(y, acc.C12, row + 16, col + 16, tokens, outDim, accumulate);
+        Store(y, acc.C13, row + 16, col + 24, tokens, outDim, accumulate);
     }
 
-    /// <summary>This thread's two 16-byte copies of W tile k0 into a stage; rows past N and chunks past K zero-filled.</summary>
+    /// <summary>
+    /// One k16 step of a warp: ldmatrix.x4 of its two m16 x tiles (xb: this lane's row word) and its two n8 pairs of W
+    /// (wb), then up to 8 mma; the tiles past T / N (live) are skipped, loads and mmas alike.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static WarpAcc Step<TM>(TM mma, WarpAcc c, SharedWords s, int xb, int wb, Live live)
+        where TM : struct, IMmaType
+    {
+        const int row16 = 16 * MatMulMmaLayout.RowWords;
+        var a0 = Ldmatrix.X4(s, xb);
+        var b0 = Ldmatrix.X4(s, wb);
+        Frag4 a1 = default, b1 = default;
+        if (live.M1)
+            a1 = Ldmatrix.X4(s, xb + row16);
+        if (live.N2)
+            b1 = Ldmatrix.X4(s, wb + row16);
+        c.C00 = mma.Mma(c.C00, a0, b0.Lo);
+        if (live.N1)
+            c.C01 = mma.Mma(c.C01, a0, b0.Hi);
+        if (live.N2)
+            c.C02 = mma.Mma(c.C02, a0, b1.Lo);
+        if (live.N3)
+            c.C03 = mma.Mma(c.C03, a0, b1.Hi);
+        if (live.M1)
+        {
+            c.C10 = mma.Mma(c.C10, a1, b0.Lo);
+            if (live.N1)
+                c.C11 = mma.Mma(c.C11, a1, b0.Hi);
+            if (live.N2)
+                c.C12 = mma.Mma(c.C12, a1, b1.Lo);
+            if (live.N3)
+                c.C13 = mma.Mma(c.C13, a1, b1.Hi);
+        }
+
+        return c;
+    }
+
+    /// <summary>This thread's two (WCopies) 16-byte copies of W tile k0 into a stage; rows past N and chunks past K zero-filled.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void IssueW(SharedWords s, GlobalWords w, int stage, int k0, int tid, int n0, int outDim, int inDim)
     {
         int chunk = MatMulMmaLayout.WChunk(tid);
         int k = k0 + (chunk << 3);
         int dst = MatMulMmaLayout.WBase + stage * MatMulMmaLayout.TileWords + (chunk << 2);
-        long rowWords = inDim >> 1;
-        for (int p = 0; p < MatMulMmaLayout.WCopies; p++)
-        {
-            int r = MatMulMmaLayout.WRow(tid, p);
-            int n = n0 + r;
-            bool valid = n < outDim && k < inDim;
-            CpAsync.Copy16(s, dst + r * MatMulMmaLayout.RowWords, w, n * rowWords + (k >> 1), valid);
-        }
+        CopyW(s, w, dst, MatMulMmaLayout.WRow(tid, 0), k, n0, outDim, inDim);
+        CopyW(s, w, dst, MatMulMmaLayout.WRow(tid, 1), k, n0, outDim, inDim);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void CopyW(SharedWords s, GlobalWords w, int dst, int r, int k, int n0, int outDim, int inDim)
+    {
+        int n = n0 + r;
+        CpAsync.Copy16(s, dst + r * MatMulMmaLayout.RowWords, w, (long)n * (inDim >> 1) + (k >> 1), n < outDim && k < inDim);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
