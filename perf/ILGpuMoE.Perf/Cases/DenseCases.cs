@@ -116,6 +116,9 @@ public sealed class MatMulCase(ShapePreset p, int tokens, WeightType type, MatMu
         RunOnce(d);
         var sample = Compare.SampleTokens(tokens, p.CheckTokens);
         var x = Compare.Rows(sets[0].X.GetAsArray1D(), inDim, sample);
+        // V3-MMA multiplies x rounded to the weights' 16-bit type (MatMulMma.cs): the oracle rounds it the same way.
+        if (version == MatMulVersion.V3Mma)
+            x = type == WeightType.F16 ? RefRounding.ToF16(x) : RefRounding.ToBf16(x);
         // Large weights (lm_head at V = 129K): the reference recomputes a spread of output rows, not all of them.
         var outs = (long)outDim * inDim > (16L << 20) ? Compare.SampleTokens(outDim, 256) : Enumerable.Range(0, outDim).ToArray();
         var w = new float[(long)outs.Length * inDim];

@@ -39,6 +39,7 @@ public static class SuiteRunner
     [
         new TensorCoreFamily(), // first: its peak-mma ceiling is measured before the SIMT matmul ceiling and the sweep
         new DenseFamily(),
+        new TensorCoreDenseFamily(),
         new AttentionFamily(),
         new MlaFamily(),
         new GatingFamily(),

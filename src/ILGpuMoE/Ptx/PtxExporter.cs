@@ -196,7 +196,7 @@ public static class PtxExporter
 
     /// <summary>
     /// The concrete methods to compile: the method itself, or one instance per weight reader: the quantized readers
-    /// for a type parameter constrained to IQuantWeights, the float ones for IWeights (plus the quantized ones where
+    /// for a type parameter constrained to IQuantWeights, the mma input types for IMmaType, the float ones for IWeights (plus the quantized ones where
     /// [KernelInfo] QuantizedReaders says a launcher runs it on packed weights).
     /// </summary>
     private static IEnumerable<(string WeightType, MethodInfo Method)> Instantiate(MethodInfo method, KernelInfoAttribute info)
@@ -210,14 +210,17 @@ public static class PtxExporter
         var args = method.GetGenericArguments();
         bool quantOnly = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IQuantWeights)));
         bool units = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IRowUnits)));
+        bool mma = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IMmaType)));
         foreach (var arg in args)
         {
             var constraints = arg.GetGenericParameterConstraints();
-            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)) && !constraints.Contains(typeof(IRowUnits)))
+            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)) && !constraints.Contains(typeof(IRowUnits))
+                && !constraints.Contains(typeof(IMmaType)))
                 throw new InvalidOperationException($"{method.DeclaringType?.Name}.{method.Name}: generic parameter {arg.Name} is not constrained to IWeights");
         }
 
-        var readers = units ? WeightReaders.Units
+        var readers = mma ? WeightReaders.Mma
+            : units ? WeightReaders.Units
             : quantOnly ? WeightReaders.Quantized
             : info.QuantizedReaders ? WeightReaders.Float.Concat(WeightReaders.Quantized)
             : WeightReaders.Float;

@@ -14,12 +14,17 @@
 //         WideWeights.cs): one ld.v4 per lane per step instead of 8 scalar loads. One non-generic entry per dtype
 //         (the word decoding differs). Needs In to be a multiple of 8 (f16/bf16) or 4 (f32) and W's view to start
 //         on a 16-byte boundary; Launch uses it for T = 1 when that holds and GEMV-V1 otherwise.
+//   V3-MMA  tensor cores (MatMulMma.cs): 64 x 64 tiles of mma.sync m16n8k16, W by cp.async in 3 stages, x rounded to
+//         W's BF16/F16 on its way into shared memory, F32 accumulation. BF16 and F16 weights with In % 8 == 0 and W
+//         16-byte aligned (Launch throws otherwise); CUDA sm_80+ or the CPU accelerator's emulation. Never Choose's pick:
+//         the runtime's policy asks for it by name.
 //
 // accumulate = true gives the fused residual form y += x W^T (h = h + o_proj(attn)); with false y is only
 // written, never read (a NaN-poisoned y is fine). Launch picks GEMV(-V2 when eligible) for T = 1 and V2 otherwise.
 using System.Runtime.CompilerServices;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGpuMoE.Kernels.TensorCore;
 
 namespace ILGpuMoE.Kernels.Dense;
 
@@ -38,6 +43,9 @@ public enum MatMulVersion
 
     /// <summary>Warp per output row with 16-byte loads (T = 1; needs In and W's offset in whole 16-byte words).</summary>
     GemvV2 = 4,
+
+    /// <summary>Tensor cores: mma.sync 64 x 64 tiles (BF16/F16 weights, In % 8 == 0, W 16-byte aligned; MatMulMma.cs).</summary>
+    V3Mma = 5,
 }
 
 public static class MatMulKernel
@@ -200,6 +208,10 @@ public sealed class MatMulKernel<TW>
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _v2;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, TW, ArrayView<float>, int, int, int, int> _gemv;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Wide16>, ArrayView<float>, int, int, int, int>? _gemvWide;
+    private readonly bool _mmaSupported;
+
+    // Loaded on first use: most users of the family never launch it (F32 weights, T = 1, devices without tensor cores).
+    private readonly Lazy<Action<AcceleratorStream, KernelConfig, ArrayView<float>, GlobalWords, ArrayView<float>, int, int, int, int>>? _mma;
 
     internal MatMulKernel(Accelerator accelerator)
     {
@@ -213,7 +225,13 @@ public sealed class MatMulKernel<TW>
             : null;
         if (wide is not null)
             _gemvWide = accelerator.LoadCounted(wide);
+        _mmaSupported = MatMulMma.Supported(accelerator);
+        if (MatMulMma.For<TW>() is { } mma)
+            _mma = new(() => accelerator.LoadCounted(mma));
     }
+
+    /// <summary>Whether <see cref="MatMulVersion.V3Mma"/> can run these weights here (else Launch throws for it).</summary>
+    public bool SupportsMma(TW w, int inDim) => _mma is not null && _mmaSupported && MatMulMma.TryWords(w, inDim, out _) is not null;
 
     /// <summary>W as 16-byte words when GEMV-V2 can read it: In a multiple of 16 bytes and W 16-byte aligned.</summary>
     public static bool TryGetWide(TW w, int inDim, out ArrayView<Wide16> words)
@@ -275,6 +293,14 @@ public sealed class MatMulKernel<TW>
                 if (_gemvWide is null || !TryGetWide(w, inDim, out var words))
                     throw new ArgumentException($"{Name}: GEMV-V2 needs In*sizeof(weight) and W's offset to be multiples of 16 bytes (In={inDim}, {typeof(TW).Name})", nameof(w));
                 _gemvWide(stream, MatMulKernel.GemvConfig(tokens, outDim), x, words, y, tokens, outDim, inDim, acc);
+                break;
+            case MatMulVersion.V3Mma:
+                if (!_mmaSupported)
+                    throw new NotSupportedException($"{Name}: V3-MMA needs tensor cores (CUDA sm_80 or later) or the CPU accelerator's emulation");
+                // TryWords refuses every weight type but BF16 and F16, the two _mma exists for.
+                if (MatMulMma.TryWords(w, inDim, out string why) is not { } wordsOfW || _mma is null)
+                    throw new ArgumentException($"{Name}: V3-MMA {why}", nameof(w));
+                _mma.Value(stream, MatMulMma.Config(tokens, outDim), x, wordsOfW, y, tokens, outDim, inDim, acc);
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(version), version, $"{Name}: unknown version");
