@@ -9,8 +9,8 @@ namespace ILGpuMoE.Kernels;
 /// Marks a kernel entry point (a static method) for the PTX gate and the benchmark suite.
 /// Family is the folder-style name ("dense/rmsnorm", "moe/grouped-gemm"), Version is "v1", "v2", ...
 /// Launch says how the launcher shapes the grid ("grid T, group 256", ...). A generic kernel method may only
-/// have type parameters constrained to <see cref="IWeights"/>, <see cref="IQuantWeights"/> or <see cref="IRowUnits"/>: the
-/// PTX gate instantiates it once per weight reader (<see cref="WeightReaders"/>).
+/// have type parameters constrained to <see cref="IWeights"/>, <see cref="IQuantWeights"/>, <see cref="IRowUnits"/> or
+/// <see cref="TensorCore.IMmaType"/>: the PTX gate instantiates it once per weight reader or mma type (<see cref="WeightReaders"/>).
 /// Every family names its versions in a version enum marked [<see cref="KernelFamilyAttribute"/>] (one member while it
 /// has one version); its kernels take the enum member (<c>[KernelInfo(GroupedGemmVersion.V2Tiled, ...)]</c>), so the family and version
 /// strings of the PTX files, the manifest and the benchmark cases all come from that one member (<see cref="KernelId"/>).
@@ -172,5 +172,12 @@ public static class WeightReaders
         ("q4", typeof(Q4Units)),
         ("fp8", typeof(Fp8Units)),
         ("mxfp4", typeof(Mxfp4Units)),
+    ];
+
+    /// <summary>The 16-bit input types of the tensor-core kernels (<see cref="TensorCore.IMmaType"/>, TensorCore/Mma.cs).</summary>
+    public static readonly IReadOnlyList<(string Name, Type Type)> Mma =
+    [
+        ("bf16", typeof(TensorCore.Bf16Mma)),
+        ("f16", typeof(TensorCore.F16Mma)),
     ];
 }

@@ -14,6 +14,7 @@ using ILGPU.Runtime.Cuda;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Kernels.TensorCore;
 
 namespace ILGpuMoE.Ptx;
 
@@ -179,14 +180,17 @@ public static class PtxExporter
         var args = method.GetGenericArguments();
         bool quantOnly = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IQuantWeights)));
         bool units = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IRowUnits)));
+        bool mma = args.All(a => a.GetGenericParameterConstraints().Contains(typeof(IMmaType)));
         foreach (var arg in args)
         {
             var constraints = arg.GetGenericParameterConstraints();
-            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)) && !constraints.Contains(typeof(IRowUnits)))
+            if (!constraints.Contains(typeof(IWeights)) && !constraints.Contains(typeof(IQuantWeights)) && !constraints.Contains(typeof(IRowUnits))
+                && !constraints.Contains(typeof(IMmaType)))
                 throw new InvalidOperationException($"{method.DeclaringType?.Name}.{method.Name}: generic parameter {arg.Name} is not constrained to IWeights");
         }
 
-        var readers = units ? WeightReaders.Units
+        var readers = mma ? WeightReaders.Mma
+            : units ? WeightReaders.Units
             : quantOnly ? WeightReaders.Quantized
             : info.QuantizedReaders ? WeightReaders.Float.Concat(WeightReaders.Quantized)
             : WeightReaders.Float;
