@@ -44,6 +44,7 @@ public static class SuiteRunner
         new MlaFamily(),
         new GatingFamily(),
         new MoeFamily(),
+        new TensorCoreMoeFamily(),
         new QuantFamily(),
         new DecodeFamily(),
     ];

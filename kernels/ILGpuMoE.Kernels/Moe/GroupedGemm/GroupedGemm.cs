@@ -22,9 +22,12 @@
 //   V4  V3's shape for packed (quantized) experts only, reading 16-byte units with one scale lookup per unit
 //       (kernels/ILGpuMoE.Kernels/Quant/QuantGroupedGemm.cs): V3's per-element Get would cost a 64-bit division and a
 //       scale load per weight.
-// Launchers: GroupedGemmKernel<TW> below (V1-V3, float readers) and QuantGroupedGemmKernel<TQ> (V2, V4, packed
-// readers). The MoE block (MoeBlock.cs) picks the version through GroupedGemm.Choose and permutes with the tile
-// height GroupedGemm.TileRows(version) asks for.
+//   V5  tensor cores (GroupedGemmMma.cs): BF16/F16 experts, mma.sync m16n8k16 over 64-row x 64-output tiles of the
+//       schedule, 3-stage cp.async weights, activations rounded to the weights' 16-bit type on their way into shared
+//       memory, F32 accumulation. D and F multiples of 8, 16-byte aligned weights. Not chosen by Choose (yet).
+// Launchers: GroupedGemmKernel<TW> below (V1-V3, float readers), QuantGroupedGemmKernel<TQ> (V2, V4, packed
+// readers) and GroupedGemmMmaKernel<TM> (V5). The MoE block (MoeBlock.cs) picks the version through GroupedGemm.Choose
+// and permutes with the tile height GroupedGemm.TileRows(version) asks for.
 // Index arithmetic is 64-bit wherever it scales with E*F*D, P*F or T*D.
 using System.Diagnostics;
 using ILGPU;
@@ -48,6 +51,9 @@ public enum GroupedGemmVersion
 
     /// <summary>V3's decode form over 16-byte units of packed rows. Quantized experts only.</summary>
     V4PackedGemv = 4,
+
+    /// <summary>Tensor cores (mma.sync), 64x64 tiles (prefill). BF16 and F16 experts only.</summary>
+    V5Mma = 5,
 }
 
 /// <summary>The grouped GEMM family's choices, shared by the runtime, the tests and the benchmarks.</summary>
@@ -60,6 +66,7 @@ public static class GroupedGemm
         GroupedGemmVersion.V2Tiled => GroupedGemmKernels.TileM,
         GroupedGemmVersion.V3Gemv => GroupedGemmKernels.GemvRows,
         GroupedGemmVersion.V4PackedGemv => GroupedGemmKernels.GemvRows,
+        GroupedGemmVersion.V5Mma => GroupedGemmMmaKernels.TileM,
         _ => throw new ArgumentOutOfRangeException(nameof(version), version, "unknown grouped GEMM version"),
     };
 
@@ -79,6 +86,9 @@ public static class GroupedGemm
 
     /// <summary>The versions with kernels for packed (quantized) experts (QuantGroupedGemmKernel).</summary>
     public static IReadOnlyList<GroupedGemmVersion> PackedVersions { get; } = [GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V4PackedGemv];
+
+    /// <summary>The versions with tensor-core kernels for 16-bit experts (GroupedGemmMmaKernel).</summary>
+    public static IReadOnlyList<GroupedGemmVersion> MmaVersions { get; } = [GroupedGemmVersion.V5Mma];
 
     /// <summary>The version an experts step runs: requested if it is one of available, else an ArgumentException; null = Choose.</summary>
     public static GroupedGemmVersion Resolve(string where, GroupedGemmVersion? requested, IReadOnlyList<GroupedGemmVersion> available,
@@ -157,7 +167,7 @@ public static class GroupedGemmKernels
     }
 
     /// <summary>The (expert, first sorted row, rows) of this group's tile (grid x); Expert -1 for an unused slot.</summary>
-    private readonly struct GroupTile(int expert, int rowStart, int rows)
+    internal readonly struct GroupTile(int expert, int rowStart, int rows)
     {
         public readonly int Expert = expert;
         public readonly int RowStart = rowStart;
