@@ -401,7 +401,7 @@ public sealed class InferenceSession : IDisposable
                 var spec = Spec(lw, pos0);
                 int logits = spec.LogitsPerToken;
                 var rl = _routerLogits.View.SubView((long)l * _b * (_e + 1), (long)t * logits);
-                ops.MatMul(s, h, lw.Gate!, rl, t, logits, _d);
+                ops.MatMul(s, h, lw.Gate!, rl, t, logits, _d, tensorCore: false); // the router stays F32 (WeightOps.MatMul)
                 if (lw.Moe.RouterBias is { } rb)
                     ops.BiasClip(s, rl, rb, t, logits, float.PositiveInfinity);
                 var ids = _ids.View.SubView((long)l * _b * _slots, (long)t * lw.Slots);

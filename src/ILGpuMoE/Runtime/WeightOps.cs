@@ -18,6 +18,7 @@ using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Kernels.TensorCore;
 using ILGpuMoE.Quant;
 
 namespace ILGpuMoE.Runtime;
@@ -173,11 +174,11 @@ internal sealed class WeightOps : IDisposable
     /// already is in W's packed column order (<see cref="GatherInput"/> with a weight of the same order); no gather.
     /// </summary>
     public void MatMul(AcceleratorStream s, ArrayView<float> x, LinearWeight w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false,
-        ArrayView<float> gather = default, bool inputGathered = false)
+        ArrayView<float> gather = default, bool inputGathered = false, bool tensorCore = true)
     {
         if (w.Dense is not null)
         {
-            MatMul(s, x, w.Dense, y, t, outDim, inDim, accumulate);
+            MatMul(s, x, w.Dense, y, t, outDim, inDim, accumulate, tensorCore);
             return;
         }
 
@@ -281,22 +282,31 @@ internal sealed class WeightOps : IDisposable
         }
     }
 
-    /// <summary>y [T, Out] (+)= x [T, In] W^T for W [Out, In] (GEMV at T = 1, tiled otherwise).</summary>
-    public void MatMul(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false)
+    /// <summary>
+    /// y [T, Out] (+)= x [T, In] W^T for W [Out, In] (GEMV at T = 1, tiled otherwise; under <see cref="TensorCores"/> the
+    /// tensor-core GEMM for T &gt; 1 and 16-bit W where its launcher takes the shape). tensorCore: false keeps this product
+    /// on the SIMT kernels whatever the policy (the router: rounding its input could flip an expert choice).
+    /// </summary>
+    public void MatMul(AcceleratorStream s, ArrayView<float> x, DeviceTensor w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate = false,
+        bool tensorCore = true)
     {
+        bool mma = tensorCore && TensorCores && t > 1;
         switch (w.Type)
         {
-            case WeightType.F32: MatMul(F32.MatMul, s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate); break;
-            case WeightType.F16: MatMul(F16.MatMul, s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate); break;
-            case WeightType.BF16: MatMul(BF16.MatMul, s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate); break;
+            case WeightType.F32: MatMul(F32.MatMul, s, x, new F32Weights(w.F32), y, t, outDim, inDim, accumulate, mma: false); break;
+            case WeightType.F16: MatMul(F16.MatMul, s, x, new F16Weights(w.F16), y, t, outDim, inDim, accumulate, mma); break;
+            case WeightType.BF16: MatMul(BF16.MatMul, s, x, new BF16Weights(w.BF16), y, t, outDim, inDim, accumulate, mma); break;
             default: throw Unnamed(w.Type);
         }
     }
 
-    private void MatMul<TW>(MatMulKernel<TW> k, AcceleratorStream s, ArrayView<float> x, TW w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate)
+    private void MatMul<TW>(MatMulKernel<TW> k, AcceleratorStream s, ArrayView<float> x, TW w, ArrayView<float> y, int t, int outDim, int inDim, bool accumulate,
+        bool mma)
         where TW : struct, IWeights
     {
-        if (_simple)
+        if (mma && k.SupportsMma(w, inDim))
+            k.Launch(MatMulVersion.V3Mma, s, x, w, y, t, outDim, inDim, accumulate);
+        else if (_simple)
             k.Launch(MatMulVersion.V1, s, x, w, y, t, outDim, inDim, accumulate);
         else
             k.Launch(s, x, w, y, t, outDim, inDim, accumulate);
@@ -311,6 +321,14 @@ internal sealed class WeightOps : IDisposable
             case WeightType.F32:
                 F32.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F32), new(w3.F32), new(w2.F32), output, residual, _moeVersion, glu);
                 break;
+            case WeightType.F16 when MmaExperts(ws, t, w1.F16.Cast<ushort>(), w3.F16.Cast<ushort>(), w2.F16.Cast<ushort>()):
+                MoeBlockMma.Launch(s, ws, x, ids, weights, t,
+                    TensorCoreExperts.F16(_mmaF16 ??= GroupedGemmMmaKernel<F16Mma>.Create(_accelerator), new(w1.F16), new(w3.F16), new(w2.F16), glu), output, residual);
+                break;
+            case WeightType.BF16 when MmaExperts(ws, t, w1.BF16, w3.BF16, w2.BF16):
+                MoeBlockMma.Launch(s, ws, x, ids, weights, t,
+                    TensorCoreExperts.Bf16(_mmaBf16 ??= GroupedGemmMmaKernel<Bf16Mma>.Create(_accelerator), new(w1.BF16), new(w3.BF16), new(w2.BF16), glu), output, residual);
+                break;
             case WeightType.F16:
                 F16.Moe.Launch(s, ws, x, ids, weights, t, new(w1.F16), new(w3.F16), new(w2.F16), output, residual, _moeVersion, glu);
                 break;
@@ -321,6 +339,22 @@ internal sealed class WeightOps : IDisposable
                 throw Unnamed(w1.Type);
         }
     }
+
+    // The tensor-core experts step (moe/grouped-gemm V5Mma), loaded on first use.
+    private MoeBlock? _moeBlockMma;
+    private GroupedGemmMmaKernel<Bf16Mma>? _mmaBf16;
+    private GroupedGemmMmaKernel<F16Mma>? _mmaF16;
+
+    private MoeBlock MoeBlockMma => _moeBlockMma ??= MoeBlock.Create(_accelerator);
+
+    /// <summary>Whether this MoE step runs on the tensor-core experts: the policy says so, the step takes tiles (where the
+    /// SIMT path would run V2, not the T = 1 GEMV forms), D and F are multiples of 8 and every expert tensor starts on a
+    /// 16-byte boundary (cp.async); otherwise the SIMT experts run, with nothing refused.</summary>
+    private bool MmaExperts(MoeWorkspace ws, int t, ArrayView<ushort> w1, ArrayView<ushort> w3, ArrayView<ushort> w2) =>
+        TensorCores && !GroupedGemm.IsDecode(t, ws.TopK, ws.Experts) && GroupedGemmMmaKernel<Bf16Mma>.Supports(ws.Dim, ws.Hidden)
+        && Aligned16(w1) && Aligned16(w3) && Aligned16(w2);
+
+    private static bool Aligned16(ArrayView<ushort> v) => v.Length % 8 == 0 && GlobalWords.Of(v.Cast<uint>()).Aligned16;
 
     private static UnreachableException Unnamed(WeightType type) => new($"WeightOps: no kernels for weight type {type}");
 

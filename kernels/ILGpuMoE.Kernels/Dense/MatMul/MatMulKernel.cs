@@ -227,7 +227,7 @@ public sealed class MatMulKernel<TW>
             _gemvWide = accelerator.LoadCounted(wide);
         _mmaSupported = MatMulMma.Supported(accelerator);
         if (MatMulMma.For<TW>() is { } mma)
-            _mma = new(() => accelerator.LoadCounted(mma));
+            _mma = new(() => accelerator.LoadTensorCore(mma, MatMulMmaLayout.SharedBytes));
     }
 
     /// <summary>Whether <see cref="MatMulVersion.V3Mma"/> can run these weights here (else Launch throws for it).</summary>

@@ -363,9 +363,10 @@ public sealed class GroupedGemmMmaKernel<TM>
 
     private GroupedGemmMmaKernel(Accelerator a)
     {
-        upGate = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, GlobalWords, GlobalWords, ArrayView<float>, int, int, int, int, ExpertGlu>(
-            GroupedGemmMmaKernels.UpGateV5<TM>);
-        down = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, GlobalWords, ArrayView<float>, int, int, int, ExpertGlu>(GroupedGemmMmaKernels.DownV5<TM>);
+        upGate = a.LoadTensorCore<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, GlobalWords, GlobalWords, ArrayView<float>, int, int, int, int, ExpertGlu>(
+            GroupedGemmMmaKernels.UpGateV5<TM>, GroupedGemmMmaKernels.SharedWordCount * 4);
+        down = a.LoadTensorCore<ArrayView<float>, ArrayView<int>, ArrayView<int>, GlobalWords, ArrayView<float>, int, int, int, ExpertGlu>(
+            GroupedGemmMmaKernels.DownV5<TM>, GroupedGemmMmaKernels.SharedWordCount * 4);
     }
 
     public static GroupedGemmMmaKernel<TM> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
