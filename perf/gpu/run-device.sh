@@ -13,7 +13,8 @@
 #                     step through the decode plan, plainly and as a CUDA graph), each --quant scheme vs the CPU
 #                     accelerator, the README's generate command (fixtures.sh)
 #   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes, the decode cases first (--decode-first: T = 1 of
-#                     every kernel marked [KernelInfo(Decode = ...)], right after the copy ceiling)
+#                     every kernel marked [KernelInfo(Decode = ...)], right after the copy ceiling), then the
+#                     ceilings (the tensor-core peak-mma case first, perf/notes/tensor-cores.md), then the sweep
 #   4. e2e-mixtral    end to end on a random 1-layer Mixtral-shaped model (bf16, int8, int4, fp8)
 #   5. torch          the PyTorch baseline on the same shapes (python3 with torch, if the machine has it)
 #   6. qwen, deepseek the other presets' MoE shapes with the time left
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --out) out="${2:?--out needs a folder}"; shift 2;;
     --budget-s) budget="${2:?--budget-s needs seconds}"; shift 2;;
     --dry-run) dry=1; shift;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "run-device.sh: unknown argument '$1' (--out DIR [--budget-s SECONDS] [--dry-run])" >&2; exit 2;;
   esac
 done

@@ -40,6 +40,24 @@ public class TensorCoreLoaderTests
     }
 
     [Test]
+    public void EveryLoadCountedArityHasALoadTensorCore()
+    {
+        // The lead switches tensor-core launchers from LoadCounted to LoadTensorCore by name alone: same arities, same
+        // launcher type, one more optional parameter.
+        var methods = typeof(KernelLaunches).GetMethods(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Static);
+        var counted = methods.Where(m => m.Name == nameof(KernelLaunches.LoadCounted)).OrderBy(m => m.GetGenericArguments().Length).ToList();
+        var tensor = methods.Where(m => m.Name == nameof(KernelLaunches.LoadTensorCore)).OrderBy(m => m.GetGenericArguments().Length).ToList();
+        Assert.That(tensor.Select(m => m.GetGenericArguments().Length), Is.EqualTo(counted.Select(m => m.GetGenericArguments().Length)));
+        Assert.That(counted, Has.Count.EqualTo(14));
+        for (int i = 0; i < counted.Count; i++)
+        {
+            Assert.That(tensor[i].ReturnType.GetGenericTypeDefinition(), Is.EqualTo(counted[i].ReturnType.GetGenericTypeDefinition()));
+            var last = tensor[i].GetParameters()[^1];
+            Assert.That((last.Name, last.HasDefaultValue, last.DefaultValue), Is.EqualTo(("maxDynamicSharedBytes", true, (object)0)));
+        }
+    }
+
+    [Test]
     public void OnTheCpuAcceleratorItIsLoadCounted()
     {
         // PeakMma loads its kernel through LoadTensorCore: one launch counts one, as LoadCounted's launches do.
