@@ -451,11 +451,14 @@ public static class MatMulMma
         return GlobalWords.Of(halves.Cast<uint>());
     }
 
-    /// <summary>Whether the accelerator runs mma.sync BF16/F16: CUDA sm_80 and up, or the CPU accelerator's emulation.</summary>
+    /// <summary>
+    /// Whether the accelerator runs mma.sync BF16/F16: CUDA sm_80 and up, or the CPU accelerator's emulation, which
+    /// needs the GPU's shape (warp 32, groups of 128: Devices.CreateCpuDevice; ILGPU's default CPU device has warp 4).
+    /// </summary>
     public static bool Supported(Accelerator accelerator) => accelerator switch
     {
         CudaAccelerator cuda => cuda.Architecture is { } arch && arch >= CudaArchitecture.SM_80,
-        CPUAccelerator => true,
+        CPUAccelerator cpu => cpu.WarpSize == 32 && cpu.MaxNumThreadsPerGroup >= MatMulMmaLayout.Threads,
         _ => false,
     };
 }
