@@ -29,7 +29,7 @@
 //   - Epilogue: each lane writes (or adds to) its accumulators straight from registers, masked to T x N.
 // Dynamic shared memory: 2 x buffers + 3 W stages of 64 rows x 20 words = 25,600 bytes (< 48 KB: no opt-in needed).
 //
-// Why this tile (the suggestion, kept): 64 x 64 with 4 warps keeps 32 accumulators per lane (about 100
+// Why this tile (the suggestion, kept): 64 x 64 with 4 warps keeps 32 accumulators per lane (about 110
 // registers: 4 groups per SM) and the CPU emulation cheap (every mma is 32 shuffles there). Its weakness is traffic:
 // per k-tile a group loads 64 x 32 F32 of x and 64 x 32 of W, 12 KB for 262K FLOP (0.047 B/FLOP), so the H200's
 // 989 TFLOP/s would need ~46 TB/s from L2; a 128 x 128 tile (8 warps, 64 x 32 each) halves that but needs 50 KB of
@@ -101,7 +101,15 @@ public static class MatMulMmaLayout
     /// take a row and lanes 16-31 the row 4 below it, so a warp's 32 word stores hit 32 banks (20 x 4 = 80 = 16 mod 32).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int XRow(int tid, int i) => ((tid >> 5) << 4) + (i & 3) + ((i >> 2) << 3) + (((tid >> 4) & 1) << 2);
+    public static int XRow(int tid, int i) => XRowBase(tid) + XRowStep(i);
+
+    /// <summary>Thread tid's row at step 0: 16 per warp, 4 more for lanes 16-31.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int XRowBase(int tid) => ((tid >> 5) << 4) + (((tid >> 4) & 1) << 2);
+
+    /// <summary>The rows steps i = 0..7 add to the base: 0, 1, 2, 3, 8, 9, 10, 11 (constants once unrolled).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int XRowStep(int i) => (i & 3) + ((i >> 2) << 3);
 
     /// <summary>The word (pair of K values) of its row that thread tid loads and stores: 16 lanes cover a row's 16 words.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -215,7 +223,13 @@ public static class MatMulMma
             CpAsync.Commit();
         }
 
-        StoreX(mma, s, 0, tid, LoadX(x, tid, m0, 0, tokens, inDim));
+        // This thread's x: rows m0 + XRowBase + XRowStep(i), column pair XWord. The row base and how many of its 12 rows
+        // lie inside T are fixed for the launch; per k-tile only k moves.
+        int xRow0 = m0 + MatMulMmaLayout.XRowBase(tid);
+        int xCol = MatMulMmaLayout.XWord(tid) << 1;
+        long xAt = (long)xRow0 * inDim + xCol;
+        int rowsLeft = tokens - xRow0;
+        StoreX(mma, s, 0, tid, LoadX(x, xAt, rowsLeft, inDim, xCol < inDim));
 
         // This lane's ldmatrix rows within a buffer: warp (wm, wn) = (warp >> 1, warp & 1) owns rows 32 wm.. of x and
         // 32 wn.. of W.
@@ -241,7 +255,7 @@ public static class MatMulMma
             bool more = kt + 1 < kTiles;
             XRegs xr = default;
             if (more)
-                xr = LoadX(x, tid, m0, (kt + 1) * bk, tokens, inDim);
+                xr = LoadX(x, xAt + (kt + 1) * bk, rowsLeft, inDim, (kt + 1) * bk + xCol < inDim);
 
             // The two k16 steps of the k-tile (8 words apart), written out: ptxas sees straight-line mma code.
             if (busy)
@@ -326,30 +340,30 @@ public static class MatMulMma
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static XRegs LoadX(ArrayView<float> x, int tid, int m0, int k0, int tokens, int inDim) => new()
+    private static XRegs LoadX(ArrayView<float> x, long at, int rowsLeft, int inDim, bool kIn) => new()
     {
-        P0 = LoadPair(x, tid, 0, m0, k0, tokens, inDim),
-        P1 = LoadPair(x, tid, 1, m0, k0, tokens, inDim),
-        P2 = LoadPair(x, tid, 2, m0, k0, tokens, inDim),
-        P3 = LoadPair(x, tid, 3, m0, k0, tokens, inDim),
-        P4 = LoadPair(x, tid, 4, m0, k0, tokens, inDim),
-        P5 = LoadPair(x, tid, 5, m0, k0, tokens, inDim),
-        P6 = LoadPair(x, tid, 6, m0, k0, tokens, inDim),
-        P7 = LoadPair(x, tid, 7, m0, k0, tokens, inDim),
+        P0 = LoadPair(x, at, 0, rowsLeft, inDim, kIn),
+        P1 = LoadPair(x, at, 1, rowsLeft, inDim, kIn),
+        P2 = LoadPair(x, at, 2, rowsLeft, inDim, kIn),
+        P3 = LoadPair(x, at, 3, rowsLeft, inDim, kIn),
+        P4 = LoadPair(x, at, 4, rowsLeft, inDim, kIn),
+        P5 = LoadPair(x, at, 5, rowsLeft, inDim, kIn),
+        P6 = LoadPair(x, at, 6, rowsLeft, inDim, kIn),
+        P7 = LoadPair(x, at, 7, rowsLeft, inDim, kIn),
     };
 
-    /// <summary>x[m0 + row, k..k+1] of step i, zeros past T or K (K even: a pair is wholly in or out).</summary>
+    /// <summary>x[row + XRowStep(i), k..k+1] from at = the step-0 row's (row, k), zeros past T or K (K even: a pair is
+    /// wholly in or out).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Pair LoadPair(ArrayView<float> x, int tid, int i, int m0, int k0, int tokens, int inDim)
+    private static Pair LoadPair(ArrayView<float> x, long at, int i, int rowsLeft, int inDim, bool kIn)
     {
-        int t = m0 + MatMulMmaLayout.XRow(tid, i);
-        int k = k0 + (MatMulMmaLayout.XWord(tid) << 1);
+        int step = MatMulMmaLayout.XRowStep(i);
         var p = default(Pair);
-        if (t < tokens && k < inDim)
+        if (kIn && step < rowsLeft)
         {
-            long at = (long)t * inDim + k;
-            p.Lo = x[at];
-            p.Hi = x[at + 1];
+            long a = at + (long)step * inDim;
+            p.Lo = x[a];
+            p.Hi = x[a + 1];
         }
 
         return p;
@@ -437,11 +451,14 @@ public static class MatMulMma
         return GlobalWords.Of(halves.Cast<uint>());
     }
 
-    /// <summary>Whether the accelerator runs mma.sync BF16/F16: CUDA sm_80 and up, or the CPU accelerator's emulation.</summary>
+    /// <summary>
+    /// Whether the accelerator runs mma.sync BF16/F16: CUDA sm_80 and up, or the CPU accelerator's emulation, which
+    /// needs the GPU's shape (warp 32, groups of 128: Devices.CreateCpuDevice; ILGPU's default CPU device has warp 4).
+    /// </summary>
     public static bool Supported(Accelerator accelerator) => accelerator switch
     {
         CudaAccelerator cuda => cuda.Architecture is { } arch && arch >= CudaArchitecture.SM_80,
-        CPUAccelerator => true,
+        CPUAccelerator cpu => cpu.WarpSize == 32 && cpu.MaxNumThreadsPerGroup >= MatMulMmaLayout.Threads,
         _ => false,
     };
 }
