@@ -29,9 +29,9 @@
 //   - Epilogue: each lane writes (or adds to) its accumulators straight from registers, masked to T x N.
 // Dynamic shared memory: 2 x buffers + 3 W stages of 64 rows x 20 words = 25,600 bytes (< 48 KB: no opt-in needed).
 //
-// Why this tile (the suggestion, kept): 64 x 64 with 4 warps keeps 32 accumulators per lane (about 110
-// registers: 4 groups per SM) and the CPU emulation cheap (every mma is 32 shuffles there). Its weakness is traffic:
-// per k-tile a group loads 64 x 32 F32 of x and 64 x 32 of W, 12 KB for 262K FLOP (0.047 B/FLOP), so the H200's
+// Why this tile (the suggestion, kept): 64 x 64 with 4 warps keeps 32 accumulators per lane (86 registers
+// after the asm-operand pass: 5 groups per SM) and the CPU emulation cheap (every mma is 32 shuffles there). Its
+// weakness is traffic: per k-tile a group loads 64 x 32 F32 of x and 64 x 32 of W, 12 KB for 262K FLOP (0.047 B/FLOP), so the H200's
 // 989 TFLOP/s would need ~46 TB/s from L2; a 128 x 128 tile (8 warps, 64 x 32 each) halves that but needs 50 KB of
 // shared memory with 3 stages (over the 48 KB ILGPU can request) or 2 stages at 40 KB. That is the next version to
 // register once the H200 measures this one (perf/notes/tensor-cores-dense.md).
