@@ -38,13 +38,13 @@ public static class SuiteRunner
     public static IReadOnlyList<IBenchFamily> Families { get; } =
     [
         new TensorCoreFamily(), // first: its peak-mma ceiling is measured before the SIMT matmul ceiling and the sweep
+        new TensorCoreDenseFamily(), // then the tensor-core GEMMs (issue 14): fast cases, before the slower SIMT ones
+        new TensorCoreMoeFamily(),
         new DenseFamily(),
-        new TensorCoreDenseFamily(),
         new AttentionFamily(),
         new MlaFamily(),
         new GatingFamily(),
         new MoeFamily(),
-        new TensorCoreMoeFamily(),
         new QuantFamily(),
         new DecodeFamily(),
     ];

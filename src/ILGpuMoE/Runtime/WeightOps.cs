@@ -354,7 +354,8 @@ internal sealed class WeightOps : IDisposable
         TensorCores && !GroupedGemm.IsDecode(t, ws.TopK, ws.Experts) && GroupedGemmMmaKernel<Bf16Mma>.Supports(ws.Dim, ws.Hidden)
         && Aligned16(w1) && Aligned16(w3) && Aligned16(w2);
 
-    private static bool Aligned16(ArrayView<ushort> v) => v.Length % 8 == 0 && GlobalWords.Of(v.Cast<uint>()).Aligned16;
+    // The 16-bit view's own address: a view cast to uint words would hide a start 2 bytes into a word.
+    private static bool Aligned16(ArrayView<ushort> v) => v.Length > 0 && v.Length % 8 == 0 && (ulong)v.LoadEffectiveAddressAsPtr() % 16 == 0;
 
     private static UnreachableException Unnamed(WeightType type) => new($"WeightOps: no kernels for weight type {type}");
 

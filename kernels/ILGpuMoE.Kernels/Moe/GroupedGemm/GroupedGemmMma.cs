@@ -421,10 +421,11 @@ public sealed class GroupedGemmMmaKernel<TM>
     /// <summary>The 16-bit view as 32-bit words with its device address; refused unless 16-byte aligned (cp.async).</summary>
     private static GlobalWords Words(string where, string name, ArrayView<ushort> w)
     {
-        var words = GlobalWords.Of(w.Cast<uint>());
-        if (!words.Aligned16)
-            throw new ArgumentException($"{where}: {name} must start on a 16-byte boundary for cp.async (address 0x{words.Address:x})");
-        return words;
+        // Checked on the 16-bit view itself: its cast to uint words would drop a leading half word and look aligned.
+        ulong address = w.Length > 0 ? (ulong)w.LoadEffectiveAddressAsPtr() : 0;
+        if (address % 16 != 0 || w.Length % 2 != 0)
+            throw new ArgumentException($"{where}: {name} must start on a 16-byte boundary for cp.async (address 0x{address:x})");
+        return GlobalWords.Of(w.Cast<uint>());
     }
 
     private static KernelConfig Config(MoePermutation p, int pairs, int n, int outputsPerGroup) =>

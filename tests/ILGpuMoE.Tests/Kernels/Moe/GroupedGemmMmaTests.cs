@@ -215,6 +215,9 @@ public class GroupedGemmMmaTests
             Expect(() => Bf16Kernel.Value.LaunchUpGate(s, perm, x.View, T, K, 40, 56, off, good, ws.H.View), "w1");
             Expect(() => Bf16Kernel.Value.LaunchUpGate(s, perm, x.View, T, K, 40, 56, good, off, ws.H.View), "w3");
             Expect(() => F16Kernel.Value.LaunchDown(s, perm, ws.H.View, T, K, 40, 56, off, ws.Y.View), "w2");
+            // 2 bytes in: a cast of this view to 32-bit words would drop the leading half word and look aligned.
+            var half = w.View.SubView(1, E * 56 * 40);
+            Expect(() => Bf16Kernel.Value.LaunchUpGate(s, perm, x.View, T, K, 40, 56, half, good, ws.H.View), "w1");
             Expect(() => Bf16Kernel.Value.LaunchDown(s, perm, ws.H.View, T, K, 40, 56, good.SubView(0, E * 56 * 40 - 8), ws.Y.View), "w2");
             Expect(() => Bf16Kernel.Value.LaunchUpGate(s, ws.Permutation(64), x.View, T, K, 40, 56, good, good, ws.H.View.SubView(0, 10)), "h");
         }
