@@ -13,8 +13,9 @@ namespace ILGpuMoE.Tests.Runtime;
 /// tensor-core kernels round their activations to the weights' 16-bit type (the kernel tests hold each kernel to an
 /// oracle that rounds the same way at ~1e-5); here the whole model is held to the unrounded oracle, so the tolerance is
 /// that rounding's: one half-ulp (2^-9 BF16, 2^-12 F16 relative) per activation, through every projection of every layer.
-/// Measured figures are logged; every case also checks the tensor-core kernels really ran, and decode steps after the
-/// tensor-core prefill (SIMT GEMV reading the cache the prefill wrote).
+/// Measured figures are logged; every case also checks that the tensor-core kernels really ran and that the logits differ
+/// from the oracle's beyond fp32 rounding (else the activations were not rounded), and decode steps after a tensor-core
+/// prefill (SIMT GEMV reading the cache the prefill wrote).
 /// </summary>
 public class TensorCoreRuntimeTests
 {
@@ -26,25 +27,27 @@ public class TensorCoreRuntimeTests
     [OneTimeTearDown]
     public void Clean() => Directory.Delete(_dir, recursive: true);
 
-    // Every reduction dim a multiple of 8 (the tensor-core launchers' rule), 16 tokens so the experts take tiles
-    // (T * K > 4 E: GroupedGemm.IsDecode is false).
+    // Every reduction dim a multiple of 8 (the tensor-core launchers' rule), 10 tokens so the experts take tiles
+    // (T * K > 4 E: GroupedGemm.IsDecode is false). Tolerances: max |diff| measured 0.011 (Mixtral) and 0.018 (gpt-oss)
+    // in BF16, 0.0017 in F16, against 1.4e-6 for the same checkpoints on the SIMT kernels (FamilyRuntimeTests covers
+    // that policy); about 2x headroom in BF16 and 3.5x in F16.
     public static IEnumerable<TestCaseData> Cases()
     {
         yield return new TestCaseData(new RandomMoeOptions
         {
             Family = RefFamily.Mixtral, Hidden = 64, Layers = 2, Heads = 4, KvHeads = 2, Experts = 4, TopK = 2, MoeIntermediate = 32,
             DType = DType.BF16, Seed = 301,
-        }, 2e-2).SetName("Mixtral_Bf16");
+        }, 4e-2).SetName("Mixtral_Bf16");
         yield return new TestCaseData(new RandomMoeOptions
         {
             Family = RefFamily.Qwen3Moe, Hidden = 64, Layers = 2, Heads = 4, KvHeads = 2, HeadDim = 16, Experts = 8, TopK = 4, MoeIntermediate = 24,
             DenseIntermediate = 48, MlpOnlyLayers = [1], DType = DType.F16, Seed = 302,
-        }, 4e-3).SetName("Qwen3Moe_F16_DenseLayer");
+        }, 6e-3).SetName("Qwen3Moe_F16_DenseLayer");
         yield return new TestCaseData(new RandomMoeOptions
         {
             Family = RefFamily.GptOss, Hidden = 64, Layers = 2, Heads = 4, KvHeads = 2, HeadDim = 16, Experts = 4, TopK = 2, MoeIntermediate = 32,
             UseSlidingWindow = true, SlidingWindow = 5, SwigluLimit = 1.5, DType = DType.BF16, Seed = 303,
-        }, 2e-2).SetName("GptOss_Bf16_ClampedGlu");
+        }, 4e-2).SetName("GptOss_Bf16_ClampedGlu");
     }
 
     [TestCaseSource(nameof(Cases))]
@@ -53,7 +56,7 @@ public class TensorCoreRuntimeTests
         string dir = Path.Combine(_dir, $"m{o.Seed}");
         if (!Directory.Exists(dir))
             RandomMoe.Write(dir, o);
-        int[] tokens = Data.Ints((int)o.Seed, 16, 0, o.Vocab);
+        int[] tokens = Data.Ints((int)o.Seed, 10, 0, o.Vocab);
         var config = HfReferenceConfig.Load(dir);
         float[] want;
         using (var ck = Checkpoint.Open(dir))
@@ -63,19 +66,15 @@ public class TensorCoreRuntimeTests
         using var model = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.TensorCore });
         using var session = model.NewSession();
         var got = session.Prefill(tokens, allLogits: true);
-        Assert.That(session.LastStepTensorCoreLaunches, Is.GreaterThan(0), "the prefill ran no tensor-core kernel");
+        // Per layer q, k, v, o (dense V3Mma) and the MLP's up-gate and down (V5Mma: a dense MLP layer runs as a one-expert
+        // MoE), then lm_head; the router stays on the SIMT kernels.
+        Assert.That(session.LastStepTensorCoreLaunches, Is.EqualTo(6 * o.Layers + 1), "tensor-core launches of the prefill");
         RuntimeTests.CloseLogged(want, got, rtol: 0, atol: tol, what: $"{o.DType} tensor cores: runtime vs oracle");
         AssertArgmaxWhereClear(want, got, v, tol);
 
-        // The same checkpoint under the SIMT policy: F32 activations, the oracle's own tolerance (the 16-bit weights
-        // widen exactly). The gap between the two runs is the activations' rounding, and it is not zero.
-        using var simt = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.Tuned });
-        using var plain = simt.NewSession();
-        var exact = plain.Prefill(tokens, allLogits: true);
-        Assert.That(plain.LastStepTensorCoreLaunches, Is.Zero);
-        RuntimeTests.CloseLogged(want, exact, rtol: 0, atol: 1e-4, what: $"{o.DType} SIMT: runtime vs oracle");
+        // The activations' rounding shows: the logits are not the oracle's to fp32 accuracy.
         double gap = want.Zip(got, (a, b) => Math.Abs((double)a - b)).Max();
-        Assert.That(gap, Is.GreaterThan(0), "tensor-core logits equal to the oracle's bit for bit: the activations were not rounded");
+        Assert.That(gap, Is.GreaterThan(1e-4), "tensor-core logits as close to the oracle's as the SIMT kernels get: the activations were not rounded");
 
         // Decode after a tensor-core prefill of the first tokens: the GEMV steps read the cache that prefill wrote.
         const int tail = 3;
