@@ -43,6 +43,7 @@ public static class SuiteRunner
         new GatingFamily(),
         new MoeFamily(),
         new QuantFamily(),
+        new TensorCoreQuantFamily(),
         new DecodeFamily(),
     ];
 

@@ -22,6 +22,8 @@
 //   V4  V3's shape for packed (quantized) experts only, reading 16-byte units with one scale lookup per unit
 //       (kernels/ILGpuMoE.Kernels/Quant/QuantGroupedGemm.cs): V3's per-element Get would cost a 64-bit division and a
 //       scale load per weight.
+//   V6  tensor cores for packed experts only: 64-row tiles, packed weights by cp.async, decoded to BF16 in registers
+//       for mma.sync, scales folded in F32 (kernels/ILGpuMoE.Kernels/Quant/QuantGroupedGemmMma.cs).
 // Launchers: GroupedGemmKernel<TW> below (V1-V3, float readers) and QuantGroupedGemmKernel<TQ> (V2, V4, packed
 // readers). The MoE block (MoeBlock.cs) picks the version through GroupedGemm.Choose and permutes with the tile
 // height GroupedGemm.TileRows(version) asks for.
@@ -48,6 +50,9 @@ public enum GroupedGemmVersion
 
     /// <summary>V3's decode form over 16-byte units of packed rows. Quantized experts only.</summary>
     V4PackedGemv = 4,
+
+    /// <summary>Tensor cores (mma.sync BF16) over packed rows decoded in registers, 64-row tiles (prefill). Quantized experts only.</summary>
+    V6PackedMma = 6,
 }
 
 /// <summary>The grouped GEMM family's choices, shared by the runtime, the tests and the benchmarks.</summary>
@@ -60,6 +65,7 @@ public static class GroupedGemm
         GroupedGemmVersion.V2Tiled => GroupedGemmKernels.TileM,
         GroupedGemmVersion.V3Gemv => GroupedGemmKernels.GemvRows,
         GroupedGemmVersion.V4PackedGemv => GroupedGemmKernels.GemvRows,
+        GroupedGemmVersion.V6PackedMma => Quant.QuantGroupedGemmMmaKernels.TileM,
         _ => throw new ArgumentOutOfRangeException(nameof(version), version, "unknown grouped GEMM version"),
     };
 
@@ -78,7 +84,7 @@ public static class GroupedGemm
     public static IReadOnlyList<GroupedGemmVersion> FloatVersions { get; } = [GroupedGemmVersion.V1Simple, GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V3Gemv];
 
     /// <summary>The versions with kernels for packed (quantized) experts (QuantGroupedGemmKernel).</summary>
-    public static IReadOnlyList<GroupedGemmVersion> PackedVersions { get; } = [GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V4PackedGemv];
+    public static IReadOnlyList<GroupedGemmVersion> PackedVersions { get; } = [GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V4PackedGemv, GroupedGemmVersion.V6PackedMma];
 
     /// <summary>The version an experts step runs: requested if it is one of available, else an ArgumentException; null = Choose.</summary>
     public static GroupedGemmVersion Resolve(string where, GroupedGemmVersion? requested, IReadOnlyList<GroupedGemmVersion> available,
