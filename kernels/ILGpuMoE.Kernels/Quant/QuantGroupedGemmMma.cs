@@ -29,7 +29,8 @@
 //          of 32 (and narrower than K) is refused, since a K step would straddle two scales.
 //   MXFP4  per 32 values: every step.
 // So the only rounding besides F32 accumulation is the activations' (x and h to BF16): the oracle on the dequantized
-// weights with activations rounded the same way (src/ILGpuMoE.Reference/RefQuantExpertsMma.cs) matches to ~1e-5.
+// weights with activations rounded the same way (src/ILGpuMoE.Reference/RefGroupedExperts.cs, RefRoundTo.Bf16) matches
+// to ~1e-5.
 // Every scheme uses the BF16 mma (Bf16Mma): all its weight codes are exact in BF16 (int8 needs 8 significant bits,
 // int4 - zero 5, E4M3 4 bits and exponents 2^-9..2^8, 2 E2M1 <= 12) as they are in F16, but the activations must be
 // rounded to one of the two and BF16 keeps F32's range: hidden states and h reach thousands in real models and F16
@@ -101,10 +102,10 @@ public static class QuantGroupedGemmMmaKernels
     /// B row `row` in a stage starting at `stage`; the pair's values are at bits <see cref="BShift"/> of it.
     /// </summary>
     public static int BWord(int stage, int valuesPerWord, int row, int kk, int r, int t) =>
-        stage + row * BLd(valuesPerWord) + (16 * kk + 8 * r + 2 * t) / valuesPerWord;
+        stage + row * BLd(valuesPerWord) + ((16 * kk + 8 * r + 2 * t) >> (valuesPerWord == 8 ? 3 : 2));
 
     /// <summary>Bit offset of value k = 2t (and 2t+8, the same) in its word: 8t (nibbles) or 16 (t &amp; 1) (bytes).</summary>
-    public static int BShift(int valuesPerWord, int t) => (2 * t % valuesPerWord) * (32 / valuesPerWord);
+    public static int BShift(int valuesPerWord, int t) => valuesPerWord == 8 ? 8 * t : 16 * (t & 1);
 
     /// <summary>The shared word lane supplies to ldmatrix.x4 for the A fragment of m tile i, k16 half kk (buffer at a).</summary>
     public static int AFragWord(int a, int i, int kk, int lane) => a + (16 * i + (lane & 15)) * ALd + 8 * kk + 4 * (lane >> 4);
@@ -185,9 +186,8 @@ public static class QuantGroupedGemmMmaKernels
         int tid = Group.IdxX, warp = tid >> 5, lane = tid & 31, t = lane & 3, g = lane >> 2;
         int vpw = wLo.ValuesPerWord;
         int bLd = BLd(vpw);
-        int unitsPerStep = TileK / (4 * vpw); // 16-byte units of a row per K step: 1 (nibbles) or 2 (bytes)
+        int unitsPerStep = vpw == 8 ? 1 : 2; // 16-byte units of a row per K step (32 nibbles or 32 bytes)
         int unitsPerRow = wLo.RowWords >> 2;
-        int unitValues = 4 * vpw;
         int steps = (kDim + TileK - 1) / TileK;
 
         // This thread's cp.async: one 16-byte unit of B row cRow per step (nibbles: threads 0..63 only).
@@ -212,10 +212,17 @@ public static class QuantGroupedGemmMmaKernels
         // nLimit (zero B rows) would only add zeros. Few rows per expert (decode-like prefill) then costs 1/4 of the mmas.
         bool warpLive = local < nLimit;
         int mTiles = (rows + 15) >> 4;
+        // A rows 16 warp..16 warp + 15 are this warp's to load (ARow) and m tile `warp`'s: past the rows, neither happens.
+        bool aLive = warp < mTiles;
 
         Group.Barrier(); // the row indices
-        var ar = LoadA(s, a, kDim, 0, warp, lane);
-        StoreA(s, AOff, ar, warp, lane);
+        var ar = default(ARegs);
+        if (aLive)
+        {
+            ar = LoadA(s, a, kDim, 0, warp, lane);
+            StoreA(s, AOff, ar, warp, lane);
+        }
+
         IssueB(s, cFrom, cSrc, cDst, 0, cRowOk, unitsPerStep, cUnit, unitsPerRow, cRow < TileN);
         CpAsync.Commit();
         IssueB(s, cFrom, cSrc, cDst + TileN * bLd, 1, cRowOk && steps > 1, unitsPerStep, cUnit, unitsPerRow, cRow < TileN);
@@ -224,44 +231,56 @@ public static class QuantGroupedGemmMmaKernels
         var total = default(WarpAcc);
         var part = default(WarpAcc);
         int sinceFold = 0;
+        // The scale block's decode biases (zero points) of this lane's two B rows and the scales of its four
+        // accumulator columns: looked up once per block (a reader's lookup may divide, e.g. Q4's k / G).
+        UnitScale u0 = default, u1 = default;
+        float f0 = 0f, f1 = 0f, f2 = 0f, f3 = 0f;
+        int stage = 0; // st % Stages, kept as a counter: no division in the loop
         for (int st = 0; st < steps; st++)
         {
             CpAsync.Wait(1); // step st's B group has landed (st + 1's may still fly)
             Group.Barrier();  // ... for every thread; A(st) stored; every warp is done with step st - 1's buffers
-            int nextStage = (st + 2) % Stages;
+            int nextStage = stage == 0 ? 2 : stage - 1; // (st + 2) % 3
             IssueB(s, cFrom, cSrc, cDst + nextStage * TileN * bLd, st + 2, cRowOk && st + 2 < steps, unitsPerStep, cUnit, unitsPerRow, cRow < TileN);
             CpAsync.Commit(); // empty groups keep the count: wait(1) above always means "step st is in"
             bool more = st + 1 < steps;
-            if (more)
+            if (more && aLive)
                 ar = LoadA(s, a, kDim, (st + 1) * TileK, warp, lane); // in flight during the mmas
 
             int aBuf = AOff + (st & 1) * TileM * ALd;
-            int bStage = BOff + (st % Stages) * TileN * bLd;
-            int unit = st * TileK / unitValues;
+            int bStage = BOff + stage * TileN * bLd;
+            int unit = st * unitsPerStep; // the step's first 16-byte unit: its scale block
+            if (sinceFold == 0)
+            {
+                u0 = w.ScaleOf(dRow0, unit);
+                u1 = w.ScaleOf(dRow1, unit);
+                f0 = w.ScaleOf(sRow0, unit).Scale;
+                f1 = w.ScaleOf(sRow1, unit).Scale;
+                f2 = w.ScaleOf(sRow2, unit).Scale;
+                f3 = w.ScaleOf(sRow3, unit).Scale;
+            }
+
             if (warpLive)
             {
-                var u0 = w.ScaleOf(dRow0, unit);
-                var u1 = w.ScaleOf(dRow1, unit);
-                for (int kk = 0; kk < 2; kk++)
-                {
-                    var b0 = DecodeB(s, w, bStage, vpw, 16 * warp + g, kk, t, shift, u0);
-                    var b1 = DecodeB(s, w, bStage, vpw, 16 * warp + 8 + g, kk, t, shift, u1);
-                    part = WarpAcc.Mma(part, s, aBuf, kk, lane, mTiles, b0, b1);
-                }
+                // The two k16 halves of the step, written out (ILGPU does not unroll loops).
+                part = WarpAcc.Mma(part, s, aBuf, 0, lane, mTiles, DecodeB(s, w, bStage, vpw, 16 * warp + g, 0, t, shift, u0),
+                    DecodeB(s, w, bStage, vpw, 16 * warp + 8 + g, 0, t, shift, u1));
+                part = WarpAcc.Mma(part, s, aBuf, 1, lane, mTiles, DecodeB(s, w, bStage, vpw, 16 * warp + g, 1, t, shift, u0),
+                    DecodeB(s, w, bStage, vpw, 16 * warp + 8 + g, 1, t, shift, u1));
             }
 
             sinceFold++;
             if (sinceFold == foldSteps || !more)
             {
-                // The scale block ends here: its scale for this lane's four accumulator columns.
-                total = WarpAcc.Fold(total, part, w.ScaleOf(sRow0, unit).Scale, w.ScaleOf(sRow1, unit).Scale,
-                    w.ScaleOf(sRow2, unit).Scale, w.ScaleOf(sRow3, unit).Scale);
+                // The scale block ends here.
+                total = WarpAcc.Fold(total, part, f0, f1, f2, f3);
                 part = default;
                 sinceFold = 0;
             }
 
-            if (more)
+            if (more && aLive)
                 StoreA(s, AOff + ((st + 1) & 1) * TileM * ALd, ar, warp, lane);
+            stage = stage == Stages - 1 ? 0 : stage + 1;
         }
 
         CpAsync.Wait(0);
@@ -312,9 +331,10 @@ public static class QuantGroupedGemmMmaKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float LoadOne(ArrayView<float> a, int src, int kDim, int k)
     {
+        // Rows past the tile's (src -1) and columns past K load nothing; the index is clamped as well, so a load the
+        // compiler might hoist out of the branch stays inside the buffer.
         bool ok = src >= 0 && k < kDim;
-        float v = a[ok ? (long)src * kDim + k : 0]; // clamped: no speculated load leaves the buffer
-        return ok ? v : 0f;
+        return ok ? a[ok ? (long)src * kDim + k : 0] : 0f;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

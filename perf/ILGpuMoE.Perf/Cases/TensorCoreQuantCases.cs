@@ -5,10 +5,11 @@
 // side by side with the quant family's whole MoE block (V2 tiled SIMT) at the same T.
 // Token counts: every sweep value T > 1 (prefill), plus T = 32 E / K, 32 rows per expert (T = 128 for Mixtral),
 // the regime issue 14 wants int4 faster than BF16 in, added at the sweep's smallest T > 1 when the sweep lacks it. On
-// the CPU accelerator (emulated mma) only int4 runs: the check is the point there.
+// the CPU accelerator (emulated mma, ~32 warp shuffles each) only fp8-block runs, the check being the point there: int4
+// would pad the tiny preset's D = 40, F = 56 to G = 128 and cost 4x the emulation time.
 // FLOPs: 6 P F D (P = T K pairs). Minimum bytes: the packed bytes (codes + scales) of the experts the routing hits, read
 // once; x read, h written and read back, y written.
-// Check: a few sorted rows (first, middle, last) against RefQuantExpertsMma with BF16-rounded activations (x for h; the
+// Check: a few sorted rows (first, middle, last) against RefGroupedExperts with BF16-rounded activations (x for h; the
 // kernel's own h for y), the experts dequantized from the device's packed words: the same exact form the unit tests hold
 // to ~1e-5, with the tolerance widened for reductions of 4096-14336 terms.
 using ILGPU;
@@ -31,7 +32,7 @@ public sealed class TensorCoreQuantFamily : IBenchFamily
     {
         if (tokens < 2)
             yield break; // prefill only: decode stays on V4
-        var schemes = device.IsGpu ? Schemes : ["int4-g128"];
+        var schemes = device.IsGpu ? Schemes : ["fp8-block"];
         foreach (var s in schemes)
             yield return new TensorCoreQuantMoeCase(preset, tokens, s);
         int perExpert32 = 32 * preset.Experts / preset.TopK;
@@ -139,22 +140,30 @@ public sealed class TensorCoreQuantMoeCase(ShapePreset p, int tokens, string sch
         var sorted = perm!.SortedPairs.GetAsArray1D();
         int rows = perm.Offsets.GetAsArray1D()[p.Experts];
         int[] sample = p.IsSmall ? Enumerable.Range(0, rows).ToArray() : new[] { 0, rows / 2, rows - 1 }.Distinct().ToArray();
+        // The sampled rows as a permutation of their own: rows in sorted order, so their experts ascend; the experts
+        // they use renumbered 0..m-1 (only those are dequantized).
         var expert = sample.Select(r => routing.Ids[sorted[r]]).ToArray();
         var used = expert.Distinct().ToArray();
-        int Local(int e) => Array.IndexOf(used, e);
+        var counts = used.Select(e => expert.Count(x => x == e)).ToArray();
+        var offsets = new int[used.Length + 1];
+        for (int i = 0; i < used.Length; i++)
+            offsets[i + 1] = offsets[i] + counts[i];
+        var sub = new RefPermutation(counts, offsets, sample.Select(r => sorted[r]).ToArray());
         var q1 = used.Select(d1!.Dequantize).ToList();
         var q3 = used.Select(d3!.Dequantize).ToList();
         var q2 = used.Select(d2!.Dequantize).ToList();
         var x = xs[0].GetAsArray1D();
         var hGot = sample.SelectMany(r => Download(h!, (long)r * hidden, hidden)).ToArray();
         var yGot = sample.SelectMany(r => Download(y!, (long)r * dim, dim)).ToArray();
-        var local = expert.Select(Local).ToArray();
-        var source = sample.Select(r => sorted[r] / p.TopK).ToArray();
-        var hWant = RefQuantExpertsMma.UpGate(x, source, local, q1, q3, dim, hidden, ActivationRounding.Bf16);
-        var yWant = RefQuantExpertsMma.Down(hGot, local, q2, dim, hidden, ActivationRounding.Bf16);
+        var silu = RefExpertActivation.SiLU;
+        var hWant = RefGroupedExperts.UpGate(x, sub, tokens, p.TopK, q1, q3, silu, dim, hidden, RefRoundTo.Bf16);
+        var yWant = RefGroupedExperts.Down(hGot, sub, q2, silu, dim, hidden, RefRoundTo.Bf16);
         string scope = $"{sample.Length} of {rows} sorted rows";
-        var hc = Compare.Close(hGot, hWant, 1e-4, 1e-5 + 2e-7 * Math.Sqrt(dim), "h: " + scope);
-        return hc.Passed ? Compare.Close(yGot, yWant, 1e-4, 1e-5 + 2e-7 * Math.Sqrt(hidden), "y: " + scope) : hc;
+        // Absolute slack in units of the outputs' own size (the device's random experts make them small), so the check
+        // stays a relative one: 1e-4, plus accumulation-order noise growing with the reduction length.
+        double hScale = hWant.Max(v => Math.Abs((double)v)), yScale = yWant.Max(v => Math.Abs((double)v));
+        var hc = Compare.Close(hGot, hWant, 1e-4, hScale * (1e-6 + 2e-7 * Math.Sqrt(dim)), "h: " + scope);
+        return hc.Passed ? Compare.Close(yGot, yWant, 1e-4, yScale * (1e-6 + 2e-7 * Math.Sqrt(hidden)), "y: " + scope) : hc;
     }
 
     private static float[] Download(MemoryBuffer1D<float, Stride1D.Dense> buffer, long offset, int count)

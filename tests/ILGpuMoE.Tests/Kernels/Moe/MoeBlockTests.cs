@@ -221,7 +221,7 @@ public class MoeBlockTests
         acc.Synchronize();
         Assert.That(GroupedGemm.TileRows(version), Is.EqualTo(tileRows));
         Assert.That(ws.Last!.TileRows, Is.EqualTo(tileRows));
-        Assert.That(ws.Permutations.Select(q => q.TileRows), Is.EquivalentTo(new[] { 8, 32 }));
+        Assert.That(ws.Permutations.Select(q => q.TileRows), Is.EquivalentTo(new[] { 8, 32, 64 }));
     }
 
     [Test]
