@@ -244,7 +244,7 @@ public static class QuantGroupedGemmKernels
 
 /// <summary>
 /// Launcher of the grouped expert GEMMs for packed experts of one scheme (TQ is Q8Weights, Q4Weights or Fp8Weights):
-/// V2 (tiled) and V4 (decode). Same contract as <see cref="GroupedGemmKernel{TW}"/>: h [T*K, F] and y [T*K, D] in the
+/// V2 (tiled), V4 (decode) and V6 (tensor cores, QuantGroupedGemmMma.cs). Same contract as <see cref="GroupedGemmKernel{TW}"/>: h [T*K, F] and y [T*K, D] in the
 /// permutation's sorted order.
 /// </summary>
 public sealed class QuantGroupedGemmKernel<TQ>
@@ -253,6 +253,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int, ExpertGlu> upGateV2, upGateV4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int, ExpertGlu> downV2, downV4;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int> gather;
+    private readonly Lazy<QuantGroupedGemmMmaKernel<TQ>> mma; // V6PackedMma (QuantGroupedGemmMma.cs), compiled on first use
 
     private QuantGroupedGemmKernel(Accelerator a)
     {
@@ -261,6 +262,7 @@ public sealed class QuantGroupedGemmKernel<TQ>
         upGateV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<int>, TQ, TQ, ArrayView<float>, int, int, int, int, ExpertGlu>(QuantGroupedGemmKernels.UpGateV4);
         downV4 = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, TQ, ArrayView<float>, int, int, int, ExpertGlu>(QuantGroupedGemmKernels.DownV4);
         gather = a.LoadCounted<ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, int, int, int, int>(QuantGroupedGemmKernels.GatherExpertInputsV1);
+        mma = new(() => new QuantGroupedGemmMmaKernel<TQ>(a));
     }
 
     public static QuantGroupedGemmKernel<TQ> Create(Accelerator accelerator) => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
@@ -292,6 +294,9 @@ public sealed class QuantGroupedGemmKernel<TQ>
                 upGateV4(stream, GroupedGemm.TileConfig(p, pairs, hidden, QuantGroupedGemmKernels.Warps),
                     x, p.SortedPairs.View, p.Offsets.View, p.Tiles.View, w1, w3, h, topK, dim, hidden, p.TileRows, glu);
                 break;
+            case GroupedGemmVersion.V6PackedMma:
+                mma.Value.LaunchUpGate(stream, Where, p, pairs, x, topK, dim, hidden, w1, w3, h, glu);
+                break;
             default:
                 throw new UnreachableException($"{Where}: {version} passed Validate");
         }
@@ -316,6 +321,9 @@ public sealed class QuantGroupedGemmKernel<TQ>
             case GroupedGemmVersion.V4PackedGemv:
                 QuantLayout.CheckWide(Where, "w2", w2);
                 downV4(stream, GroupedGemm.TileConfig(p, pairs, dim, QuantGroupedGemmKernels.Warps), h, p.Offsets.View, p.Tiles.View, w2, y, dim, hidden, p.TileRows, glu);
+                break;
+            case GroupedGemmVersion.V6PackedMma:
+                mma.Value.LaunchDown(stream, Where, p, pairs, h, dim, hidden, w2, y, glu);
                 break;
             default:
                 throw new UnreachableException($"{Where}: {version} passed Validate");

@@ -46,6 +46,7 @@ public static class SuiteRunner
         new GatingFamily(),
         new MoeFamily(),
         new QuantFamily(),
+        new TensorCoreQuantFamily(),
         new DecodeFamily(),
     ];
 

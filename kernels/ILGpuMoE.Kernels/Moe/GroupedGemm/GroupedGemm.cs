@@ -25,7 +25,9 @@
 //   V5  tensor cores (GroupedGemmMma.cs): BF16/F16 experts, mma.sync m16n8k16 over 64-row x 64-output tiles of the
 //       schedule, 3-stage cp.async weights, activations rounded to the weights' 16-bit type on their way into shared
 //       memory, F32 accumulation. D and F multiples of 8, 16-byte aligned weights. Not chosen by Choose (yet).
-// Launchers: GroupedGemmKernel<TW> below (V1-V3, float readers), QuantGroupedGemmKernel<TQ> (V2, V4, packed
+//   V6  tensor cores for packed experts only: 64-row tiles, packed weights by cp.async, decoded to BF16 in registers
+//       for mma.sync, scales folded in F32 (kernels/ILGpuMoE.Kernels/Quant/QuantGroupedGemmMma.cs).
+// Launchers: GroupedGemmKernel<TW> below (V1-V3, float readers), QuantGroupedGemmKernel<TQ> (V2, V4, V6, packed
 // readers) and GroupedGemmMmaKernel<TM> (V5). The MoE block (MoeBlock.cs) picks the version through GroupedGemm.Choose
 // and permutes with the tile height GroupedGemm.TileRows(version) asks for.
 // Index arithmetic is 64-bit wherever it scales with E*F*D, P*F or T*D.
@@ -54,6 +56,9 @@ public enum GroupedGemmVersion
 
     /// <summary>Tensor cores (mma.sync), 64x64 tiles (prefill). BF16 and F16 experts only.</summary>
     V5Mma = 5,
+
+    /// <summary>Tensor cores (mma.sync BF16) over packed rows decoded in registers, 64-row tiles (prefill). Quantized experts only.</summary>
+    V6PackedMma = 6,
 }
 
 /// <summary>The grouped GEMM family's choices, shared by the runtime, the tests and the benchmarks.</summary>
@@ -67,6 +72,7 @@ public static class GroupedGemm
         GroupedGemmVersion.V3Gemv => GroupedGemmKernels.GemvRows,
         GroupedGemmVersion.V4PackedGemv => GroupedGemmKernels.GemvRows,
         GroupedGemmVersion.V5Mma => GroupedGemmMmaKernels.TileM,
+        GroupedGemmVersion.V6PackedMma => Quant.QuantGroupedGemmMmaKernels.TileM,
         _ => throw new ArgumentOutOfRangeException(nameof(version), version, "unknown grouped GEMM version"),
     };
 
@@ -85,7 +91,7 @@ public static class GroupedGemm
     public static IReadOnlyList<GroupedGemmVersion> FloatVersions { get; } = [GroupedGemmVersion.V1Simple, GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V3Gemv];
 
     /// <summary>The versions with kernels for packed (quantized) experts (QuantGroupedGemmKernel).</summary>
-    public static IReadOnlyList<GroupedGemmVersion> PackedVersions { get; } = [GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V4PackedGemv];
+    public static IReadOnlyList<GroupedGemmVersion> PackedVersions { get; } = [GroupedGemmVersion.V2Tiled, GroupedGemmVersion.V4PackedGemv, GroupedGemmVersion.V6PackedMma];
 
     /// <summary>The versions with tensor-core kernels for 16-bit experts (GroupedGemmMmaKernel).</summary>
     public static IReadOnlyList<GroupedGemmVersion> MmaVersions { get; } = [GroupedGemmVersion.V5Mma];
