@@ -456,6 +456,14 @@ public static class QuantGroupedGemmMmaKernels
 }
 
 /// <summary>Two F32 rounded to BF16 (RNE) and packed, low first: one cvt.rn.bf16x2.f32 on CUDA, Half16.PackBf16 elsewhere.</summary>
+/// <summary>What the runtime asks before it picks V6PackedMma (it keeps V2 where this says no).</summary>
+public static class QuantGroupedGemmMma
+{
+    /// <summary>Whether V6PackedMma takes a packed expert tensor of this reader with reduction dim inDim (its scales fold).</summary>
+    public static bool Supports<TQ>(TQ w, int inDim)
+        where TQ : struct, IQuantWeights => QuantGroupedGemmMmaKernel<TQ>.TryFoldSteps(w, inDim, out _);
+}
+
 public static class Bf16Pair
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -516,26 +524,26 @@ internal sealed class QuantGroupedGemmMmaKernel<TQ>
     /// K steps (of TileK) per scale block of the reader (the file header); int.MaxValue for one block per row. Throws
     /// ArgumentException for FP8 blocks narrower than the row whose width is no multiple of TileK.
     /// </summary>
-    public static int FoldSteps(string where, TQ w, int inDim)
+    public static int FoldSteps(string where, TQ w, int inDim) =>
+        TryFoldSteps(w, inDim, out int steps) ? steps
+        : w is Fp8Weights f8
+            ? throw new ArgumentException($"{where}: {GroupedGemmVersion.V6PackedMma} needs FP8 scale blocks whose width ({f8.BlockK}) is a multiple of {QuantGroupedGemmMmaKernels.TileK} or covers K = {inDim}")
+            : throw new ArgumentException($"{where}: {GroupedGemmVersion.V6PackedMma} has no scale folding for reader {typeof(TQ).Name}");
+
+    /// <summary>FoldSteps without the exception: false where V6PackedMma cannot fold this reader's scales.</summary>
+    public static bool TryFoldSteps(TQ w, int inDim, out int steps)
     {
         const int Step = QuantGroupedGemmMmaKernels.TileK;
-        switch (w)
+        steps = w switch
         {
-            case Q8Weights:
-                return int.MaxValue;
-            case Q4Weights q4:
-                return q4.GroupSize / Step; // QuantLayout.Check: a multiple of 32
-            case Fp8Weights f8 when f8.BlockK >= inDim:
-                return int.MaxValue;
-            case Fp8Weights f8 when f8.BlockK % Step == 0:
-                return f8.BlockK / Step;
-            case Fp8Weights f8:
-                throw new ArgumentException($"{where}: {GroupedGemmVersion.V6PackedMma} needs FP8 scale blocks whose width ({f8.BlockK}) is a multiple of {Step} or covers K = {inDim}");
-            case Mxfp4Weights:
-                return 1;
-            default:
-                throw new ArgumentException($"{where}: {GroupedGemmVersion.V6PackedMma} has no scale folding for reader {typeof(TQ).Name}");
-        }
+            Q8Weights => int.MaxValue,
+            Q4Weights q4 => q4.GroupSize / Step, // QuantLayout.Check: a multiple of 32
+            Fp8Weights f8 when f8.BlockK >= inDim => int.MaxValue,
+            Fp8Weights f8 when f8.BlockK % Step == 0 => f8.BlockK / Step,
+            Mxfp4Weights => 1,
+            _ => 0,
+        };
+        return steps > 0;
     }
 
     private static GlobalWords Words(string where, string tensor, TQ w)

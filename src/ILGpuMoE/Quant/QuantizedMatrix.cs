@@ -223,9 +223,11 @@ public abstract class DeviceQuantMatrix : IDisposable
 
     /// <summary>output [T, D] = residual + MoE(x) with this matrix as stacked w1 and <paramref name="w3"/>, <paramref name="w2"/>
     /// of the same layout (InvalidOperationException otherwise).</summary>
+    /// <param name="tensorCore">Run the tensor-core experts (moe/grouped-gemm V6PackedMma) where the step takes tiles and
+    /// the scheme's scales fold (QuantGroupedGemmMma.Supports); the SIMT choice otherwise.</param>
     internal abstract void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
         ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual,
-        ExpertGlu glu = default);
+        ExpertGlu glu = default, bool tensorCore = false);
 
     private protected TBuffer Own<TBuffer>(TBuffer buffer)
         where TBuffer : IDisposable
@@ -257,14 +259,17 @@ public abstract class DeviceQuantMatrix<TQ> : DeviceQuantMatrix
 
     internal sealed override void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
         ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual,
-        ExpertGlu glu = default)
+        ExpertGlu glu = default, bool tensorCore = false)
     {
         if (w3 is not DeviceQuantMatrix<TQ> q3 || w2 is not DeviceQuantMatrix<TQ> q2)
             throw QuantMoeKernels.Mixed();
+        bool mma = tensorCore && !GroupedGemm.IsDecode(tokens, workspace.TopK, workspace.Experts)
+                   && QuantGroupedGemmMma.Supports(Weights, workspace.Dim) && QuantGroupedGemmMma.Supports(q3.Weights, workspace.Dim)
+                   && QuantGroupedGemmMma.Supports(q2.Weights, workspace.Hidden);
         // GPTQ act-order experts: w1 carries the [E, D] input permutation w1 and w3 share (w2's is folded at load);
         // an empty view for every other matrix.
         kernels.For<TQ>().Launch(stream, workspace, x, ids, weights, tokens, Weights, q3.Weights, q2.Weights, output, residual,
-            inputPermutation: InputPermutation, glu: glu);
+            version: mma ? GroupedGemmVersion.V6PackedMma : null, inputPermutation: InputPermutation, glu: glu);
     }
 }
 

@@ -222,8 +222,9 @@ internal sealed class WeightOps : IDisposable
         DeviceQuantMatrix q1 = w1.Quant ?? throw QuantMoeKernels.Mixed(), q3 = w3.Quant ?? throw QuantMoeKernels.Mixed(),
             q2 = w2.Quant ?? throw QuantMoeKernels.Mixed();
 
-        // The quantized block has no V1 form: its launcher picks the tiled (prefill) or GEMV (decode) grouped passes.
-        q1.LaunchMoe(_qmoe ??= new QuantMoeKernels(_accelerator), s, ws, x, ids, weights, t, q3, q2, output, residual, glu);
+        // The quantized block has no V1 form: its launcher picks the tiled (prefill) or GEMV (decode) grouped passes, or
+        // under the tensor-core policy V6PackedMma where the step takes tiles.
+        q1.LaunchMoe(_qmoe ??= new QuantMoeKernels(_accelerator), s, ws, x, ids, weights, t, q3, q2, output, residual, glu, tensorCore: TensorCores);
     }
 
     /// <summary>y [T, N] = clamp(y + bias, -clip, clip) in place; bias null for none, clip +inf for none.</summary>

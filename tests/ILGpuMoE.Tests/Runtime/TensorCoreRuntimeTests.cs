@@ -83,6 +83,44 @@ public class TensorCoreRuntimeTests
         RuntimeTests.CloseLogged(want.AsSpan((tokens.Length - tail) * v).ToArray(), rows, rtol: 0, atol: tol, what: $"{o.DType} decode after a tensor-core prefill");
     }
 
+    /// <summary>
+    /// Experts packed at load (--quant int4-g32) run on moe/grouped-gemm V6PackedMma under the tensor-core policy: their
+    /// codes decode exactly, so against the same model on the SIMT kernels (held to the oracle on the dequantized weights
+    /// by QuantRuntimeTests) the only difference is the activations' BF16 rounding.
+    /// </summary>
+    [Test]
+    public void PackedExpertsRunOnTensorCores()
+    {
+        var o = new RandomMoeOptions
+        {
+            Family = RefFamily.Mixtral, Hidden = 64, Layers = 2, Heads = 4, KvHeads = 2, Experts = 4, TopK = 2, MoeIntermediate = 32,
+            DType = DType.BF16, Seed = 304,
+        };
+        string dir = Path.Combine(_dir, $"m{o.Seed}");
+        if (!Directory.Exists(dir))
+            RandomMoe.Write(dir, o);
+        int[] tokens = Data.Ints((int)o.Seed, 10, 0, o.Vocab);
+        var quant = ILGpuMoE.Quant.QuantSpec.Parse("int4-g32");
+        float[] Run(KernelPolicy policy, out long mma)
+        {
+            using var model = MoeModel.Load(TestDevice.Accelerator, dir, new ModelLoadOptions { MaxSeq = 32, Kernels = policy, Quant = quant });
+            using var session = model.NewSession();
+            var logits = session.Prefill(tokens, allLogits: true);
+            mma = session.LastStepTensorCoreLaunches;
+            return logits;
+        }
+
+        var simt = Run(KernelPolicy.Tuned, out long none);
+        var tc = Run(KernelPolicy.TensorCore, out long launches);
+        Assert.That(none, Is.Zero);
+        // The packed experts' up-gate and down per layer (V6PackedMma), and lm_head (BF16, dense V3Mma); the packed
+        // projections have no tensor-core form and stay on the SIMT kernels.
+        Assert.That(launches, Is.EqualTo(2 * o.Layers + 1), "tensor-core launches of the prefill");
+        RuntimeTests.CloseLogged(simt, tc, rtol: 0, atol: 4e-2, what: "int4-g32 experts: tensor cores vs SIMT");
+        Assert.That(simt.Zip(tc, (a, b) => Math.Abs((double)a - b)).Max(), Is.GreaterThan(1e-4), "the activations were not rounded");
+        AssertArgmaxWhereClear(simt, tc, o.Vocab, 4e-2);
+    }
+
     /// <summary>Argmax equal on every row whose oracle top-2 margin exceeds twice the tolerance (closer rows may
     /// legitimately swap under the activations' rounding).</summary>
     private static void AssertArgmaxWhereClear(float[] want, float[] got, int v, double tol)
