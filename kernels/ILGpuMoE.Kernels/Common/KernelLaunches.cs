@@ -19,11 +19,8 @@ public static partial class KernelLaunches
     /// <summary>Kernels launched on this thread since it started (read it before and after a step: the difference).</summary>
     public static long Count => count;
 
-    /// <summary>Of <see cref="Count"/>, the tensor-core kernels (loaded through the tensor-core loader, kernels/ILGpuMoE.Kernels/TensorCore).</summary>
+    /// <summary>Of <see cref="Count"/>, the tensor-core kernels (loaded through LoadTensorCore, TensorCore/TensorCoreLoader.cs).</summary>
     public static long TensorCoreCount => tensorCoreCount;
-
-    /// <summary>Counts one tensor-core launch (the tensor-core loader's delegates call it beside the plain count).</summary>
-    internal static void CountTensorCore() => tensorCoreCount++;
 
     /// <summary>ILGPU's LoadKernel, with each launch counted.</summary>
     public static Action<AcceleratorStream, KernelConfig, T1> LoadCounted<T1>(this Accelerator accelerator, Action<T1> kernel)

@@ -40,7 +40,8 @@ public enum KernelPolicy
     /// Tuned, plus the tensor-core kernels (mma.sync, BF16/F16 weights; activations rounded to the weights' 16-bit type)
     /// for every step of more than one token: the dense projections and lm_head, and the experts where the grouped GEMM
     /// takes tiles. The router and every F32 weight stay on the SIMT kernels, and so do shapes the tensor-core launchers
-    /// refuse (a reduction dim not a multiple of 8, a view not 16-byte aligned). On the CPU accelerator they run emulated.
+    /// refuse (a reduction dim not a multiple of 8, a view not 16-byte aligned). On the CPU accelerator they run emulated;
+    /// a GPU without mma.sync (before sm_80, OpenCL) runs Tuned.
     /// </summary>
     TensorCore,
 }
@@ -59,7 +60,10 @@ internal sealed class WeightOps : IDisposable
     {
         _accelerator = accelerator;
         _simple = policy == KernelPolicy.Simple || (policy == KernelPolicy.Auto && accelerator.AcceleratorType == AcceleratorType.CPU);
-        TensorCores = policy == KernelPolicy.TensorCore || (policy == KernelPolicy.Auto && Devices.HasMma(accelerator));
+        // Forced, they also run on the CPU accelerator (emulated: the tests); a GPU without mma.sync keeps the SIMT kernels.
+        TensorCores = Devices.HasMma(accelerator)
+            ? policy is KernelPolicy.TensorCore or KernelPolicy.Auto
+            : policy == KernelPolicy.TensorCore && accelerator.AcceleratorType == AcceleratorType.CPU;
         _moeVersion = _simple ? GroupedGemmVersion.V1Simple : null;
         RopeKernels = RopeKernel.Create(accelerator);
         Append = KvCacheAppendKernel.Create(accelerator);
