@@ -363,14 +363,14 @@ public static class QuantGroupedGemmMmaKernels
     private static void StoreA(SharedWords s, int buf, ARegs v, int warp, int lane)
     {
         int c = buf + (lane & 15);
-        s.View[c + ARow(warp, lane, 0) * ALd] = Bf16Pair.Pack(v.V0, v.V1);
-        s.View[c + ARow(warp, lane, 1) * ALd] = Bf16Pair.Pack(v.V2, v.V3);
-        s.View[c + ARow(warp, lane, 2) * ALd] = Bf16Pair.Pack(v.V4, v.V5);
-        s.View[c + ARow(warp, lane, 3) * ALd] = Bf16Pair.Pack(v.V6, v.V7);
-        s.View[c + ARow(warp, lane, 4) * ALd] = Bf16Pair.Pack(v.V8, v.V9);
-        s.View[c + ARow(warp, lane, 5) * ALd] = Bf16Pair.Pack(v.V10, v.V11);
-        s.View[c + ARow(warp, lane, 6) * ALd] = Bf16Pair.Pack(v.V12, v.V13);
-        s.View[c + ARow(warp, lane, 7) * ALd] = Bf16Pair.Pack(v.V14, v.V15);
+        s.View[c + ARow(warp, lane, 0) * ALd] = Half16.PackBf16(v.V0, v.V1);
+        s.View[c + ARow(warp, lane, 1) * ALd] = Half16.PackBf16(v.V2, v.V3);
+        s.View[c + ARow(warp, lane, 2) * ALd] = Half16.PackBf16(v.V4, v.V5);
+        s.View[c + ARow(warp, lane, 3) * ALd] = Half16.PackBf16(v.V6, v.V7);
+        s.View[c + ARow(warp, lane, 4) * ALd] = Half16.PackBf16(v.V8, v.V9);
+        s.View[c + ARow(warp, lane, 5) * ALd] = Half16.PackBf16(v.V10, v.V11);
+        s.View[c + ARow(warp, lane, 6) * ALd] = Half16.PackBf16(v.V12, v.V13);
+        s.View[c + ARow(warp, lane, 7) * ALd] = Half16.PackBf16(v.V14, v.V15);
     }
 
     /// <summary>A warp's accumulators: four 16-row m tiles (M0..M3) x two 8-wide n tiles (N0, N1).</summary>
@@ -464,23 +464,6 @@ public static class QuantGroupedGemmMma
         where TQ : struct, IQuantWeights => QuantGroupedGemmMmaKernel<TQ>.TryFoldSteps(w, inDim, out _);
 }
 
-public static class Bf16Pair
-{
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static uint Pack(float lo, float hi)
-    {
-        if (CudaAsm.IsSupported)
-        {
-            // cvt's first source goes to the upper half.
-            Output<uint> d = default;
-            Input<float> a = hi, b = lo;
-            CudaAsm.EmitRef("cvt.rn.bf16x2.f32 %0, %1, %2;", ref d, ref a, ref b);
-            return d.Value;
-        }
-
-        return Half16.PackBf16(lo, hi);
-    }
-}
 
 /// <summary>
 /// Launches of V6PackedMma for one packed scheme; QuantGroupedGemmKernel&lt;TQ&gt; validates the arguments first and
