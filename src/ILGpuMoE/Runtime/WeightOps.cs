@@ -357,10 +357,7 @@ internal sealed class WeightOps : IDisposable
     /// 16-byte boundary (cp.async); otherwise the SIMT experts run, with nothing refused.</summary>
     private bool MmaExperts(MoeWorkspace ws, int t, ArrayView<ushort> w1, ArrayView<ushort> w3, ArrayView<ushort> w2) =>
         TensorCores && !GroupedGemm.IsDecode(t, ws.TopK, ws.Experts) && GroupedGemmMmaKernel<Bf16Mma>.Supports(ws.Dim, ws.Hidden)
-        && Aligned16(w1) && Aligned16(w3) && Aligned16(w2);
-
-    // The 16-bit view's own address: a view cast to uint words would hide a start 2 bytes into a word.
-    private static bool Aligned16(ArrayView<ushort> v) => v.Length > 0 && v.Length % 8 == 0 && (ulong)v.LoadEffectiveAddressAsPtr() % 16 == 0;
+        && GroupedGemmMmaKernel<Bf16Mma>.Aligned(w1) && GroupedGemmMmaKernel<Bf16Mma>.Aligned(w3) && GroupedGemmMmaKernel<Bf16Mma>.Aligned(w2);
 
     private static UnreachableException Unnamed(WeightType type) => new($"WeightOps: no kernels for weight type {type}");
 

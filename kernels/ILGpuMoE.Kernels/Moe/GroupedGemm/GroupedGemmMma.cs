@@ -421,12 +421,14 @@ public sealed class GroupedGemmMmaKernel<TM>
     /// <summary>The 16-bit view as 32-bit words with its device address; refused unless 16-byte aligned (cp.async).</summary>
     private static GlobalWords Words(string where, string name, ArrayView<ushort> w)
     {
-        // Checked on the 16-bit view itself: its cast to uint words would drop a leading half word and look aligned.
-        ulong address = w.Length > 0 ? (ulong)w.LoadEffectiveAddressAsPtr() : 0;
-        if (address % 16 != 0 || w.Length % 2 != 0)
-            throw new ArgumentException($"{where}: {name} must start on a 16-byte boundary for cp.async (address 0x{address:x})");
+        if (!Aligned(w) || w.Length % 2 != 0)
+            throw new ArgumentException($"{where}: {name} must start on a 16-byte boundary for cp.async (address 0x{(w.Length > 0 ? (ulong)w.LoadEffectiveAddressAsPtr() : 0):x})");
         return GlobalWords.Of(w.Cast<uint>());
     }
+
+    /// <summary>Whether a 16-bit weight view starts on a 16-byte boundary (cp.async), checked on the 16-bit view itself:
+    /// its cast to uint words would drop a leading half word and look aligned. The runtime asks before it picks V5Mma.</summary>
+    public static bool Aligned(ArrayView<ushort> w) => w.Length > 0 && (ulong)w.LoadEffectiveAddressAsPtr() % 16 == 0;
 
     private static KernelConfig Config(MoePermutation p, int pairs, int n, int outputsPerGroup) =>
         new(new Index2D(MoePermuteKernel.MaxTiles(pairs, p.Experts, p.TileRows), (n + outputsPerGroup - 1) / outputsPerGroup),
