@@ -189,4 +189,54 @@ public static partial class KernelLaunches
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14);
         };
     }
+
+    /// <summary>
+    /// Groups of groupSize threads (no dynamic shared memory) of a loaded kernel that one multiprocessor holds at once,
+    /// by ILGPU's occupancy estimate (on CUDA the driver's, from the kernel's registers and shared memory), at least 1.
+    /// </summary>
+    private static int ResidentGroups<TDelegate>(Accelerator accelerator, TDelegate launch, int groupSize)
+        where TDelegate : Delegate =>
+        Math.Max(1, accelerator.EstimateMaxActiveGroupsPerMultiprocessor(launch.GetKernel(), groupSize, 0));
+
+    /// <summary>ILGPU's LoadKernel, with each launch counted, and the groups of <paramref name="groupSize"/> threads of it that
+    /// one multiprocessor holds at once (<see cref="ResidentGroups"/>): what a persistent launch sizes its grid by.</summary>
+    public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7> LoadCounted<T1, T2, T3, T4, T5, T6, T7>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7> kernel, int groupSize, out int residentGroups)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct
+    {
+        var launch = accelerator.LoadKernel(kernel);
+        residentGroups = ResidentGroups(accelerator, launch, groupSize);
+        return (s, c, p1, p2, p3, p4, p5, p6, p7) =>
+        {
+            count++;
+            launch(s, c, p1, p2, p3, p4, p5, p6, p7);
+        };
+    }
+
+    /// <summary>ILGPU's LoadKernel, with each launch counted, and the groups of <paramref name="groupSize"/> threads of it that
+    /// one multiprocessor holds at once (<see cref="ResidentGroups"/>): what a persistent launch sizes its grid by.</summary>
+    public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8> LoadCounted<T1, T2, T3, T4, T5, T6, T7, T8>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8> kernel, int groupSize, out int residentGroups)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct
+    {
+        var launch = accelerator.LoadKernel(kernel);
+        residentGroups = ResidentGroups(accelerator, launch, groupSize);
+        return (s, c, p1, p2, p3, p4, p5, p6, p7, p8) =>
+        {
+            count++;
+            launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8);
+        };
+    }
+
+    /// <summary>ILGPU's LoadKernel, with each launch counted, and the groups of <paramref name="groupSize"/> threads of it that
+    /// one multiprocessor holds at once (<see cref="ResidentGroups"/>): what a persistent launch sizes its grid by.</summary>
+    public static Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11> LoadCounted<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11>(this Accelerator accelerator, Action<T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11> kernel, int groupSize, out int residentGroups)
+        where T1 : struct where T2 : struct where T3 : struct where T4 : struct where T5 : struct where T6 : struct where T7 : struct where T8 : struct where T9 : struct where T10 : struct where T11 : struct
+    {
+        var launch = accelerator.LoadKernel(kernel);
+        residentGroups = ResidentGroups(accelerator, launch, groupSize);
+        return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11) =>
+        {
+            count++;
+            launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11);
+        };
+    }
 }

@@ -12,6 +12,9 @@
 //       conflicts (DecodeStaging.cs); lanes stream the rows' 16-byte units (RowUnits.cs), four loads in flight per
 //       lane, then the lanes' partials are added through shared memory (DecodeStaging.RowTotals). Every weight byte is read once; the norm prologue costs each group one read
 //       of x and g from L2 and one block reduction (RmsNormKernel V1's order: the same scale).
+//   V2  persistent groups (DecodePersistent.cs): the grid is at most the groups the device holds at once, each group
+//       loops over the launch's 16-row blocks (matrix 0's, then 1's, then 2's) with x normalised and staged once; 8
+//       loads in flight per lane (packed readers: 4, as V1); lane partials added per warp, no group barrier between blocks. Same epilogue.
 //
 // Shapes: T = 1; D = Cols of every matrix (model dim); Rows_m: q H*Dh, k/v Hkv*Dh, o D, router E; V, F, G, K unused.
 // y_m must not overlap x (other groups still read x while a group writes y).
@@ -27,6 +30,9 @@ public enum DecodeLinearVersion
 {
     /// <summary>Warp per two rows, x staged in padded shared memory, up to three matrices per launch.</summary>
     V1 = 1,
+
+    /// <summary>V1's work in persistent groups: x staged once per group, 8 loads in flight per lane (f32, 16-bit; packed: 4), per-warp totals.</summary>
+    V2 = 2,
 }
 
 /// <summary>One matrix of a decode/linear launch, the view its rows go to: y [W.Rows], and an optional bias [W.Rows]
@@ -76,6 +82,41 @@ public static class DecodeLinearKernels
             Rows(t.W2, t.Y2, t.Bias2, group - t.Groups0 - t.Groups1, x, g, eps, accumulate, clip, xs, slots);
     }
 
+    [KernelInfo(DecodeLinearVersion.V2, "grid min(blocks, SMs x resident groups), group 256 (8 warps x 2 rows), blocks of 16 rows over m <= 3",
+        Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["t.W0.Data:16", "t.W1.Data:16", "t.W2.Data:16"],
+        Summary = "T = 1 GEMV over up to 3 matrices in persistent groups: norm and staging once per group, 8 loads in flight per lane (f32, 16-bit; packed: 4), per-warp totals")]
+    public static void LinearV2<TU>(DecodeTargets<TU> t, ArrayView<float> x, NormWeights g, float eps, int accumulate, float clip, int blocks)
+        where TU : struct, IRowUnits
+    {
+        var xs = SharedMemory.Allocate<float>(DecodeStaging.TileSlots);
+        var slots = SharedMemory.Allocate<float>(BlockReduce.MaxWarps);
+        var red = SharedMemory.Allocate<float>(DecodeStaging.RedSlots);
+        // The matrices share x and their column count: matrix 0's reader stages it for all three.
+        float scale = DecodePersistent.Prologue(t.W0, x, g, eps, xs, slots);
+        for (int b = Grid.IdxX; b < blocks; b += Grid.DimX)
+        {
+            // Uniform per group: each arm reads one matrix, so each weight load has one origin.
+            if (b < t.Groups0)
+                RowsV2(t.W0, t.Y0, t.Bias0, b, x, g, scale, accumulate, clip, xs, red);
+            else if (b < t.Groups0 + t.Groups1)
+                RowsV2(t.W1, t.Y1, t.Bias1, b - t.Groups0, x, g, scale, accumulate, clip, xs, red);
+            else
+                RowsV2(t.W2, t.Y2, t.Bias2, b - t.Groups0 - t.Groups1, x, g, scale, accumulate, clip, xs, red);
+        }
+    }
+
+    private static void RowsV2<TU>(TU w, ArrayView<float> y, NormWeights bias, int block, ArrayView<float> x, NormWeights g, float scale,
+        int accumulate, float clip, ArrayView<float> xs, ArrayView<float> red)
+        where TU : struct, IRowUnits
+    {
+        int rows = w.Rows;
+        int r0 = block * DecodeStaging.RowsPerGroup + Warp.WarpIdx * DecodeStaging.RowsPerWarp;
+        bool live = r0 < rows;
+        int r1 = live ? IntrinsicMath.Min(r0 + 1, rows - 1) : 0;
+        var p = DecodeStaging.RowTotals(DecodePersistent.Dot(w, w.Row(live ? r0 : 0), w, w.Row(r1), live, x, g, scale, xs), red);
+        Store(y, bias, rows, r0, live, p, accumulate, clip);
+    }
+
     private static void Rows<TU>(TU w, ArrayView<float> y, NormWeights bias, int group, ArrayView<float> x, NormWeights g, float eps,
         int accumulate, float clip, ArrayView<float> xs, ArrayView<float> slots)
         where TU : struct, IRowUnits
@@ -87,6 +128,12 @@ public static class DecodeLinearKernels
         int r1 = live ? IntrinsicMath.Min(r0 + 1, rows - 1) : 0;
         float scale = g.Kind != NormWeights.KindNone ? DecodeStaging.NormScale(x, cols, eps, slots) : 1f;
         var p = DecodeStaging.RowTotals(DecodeStaging.DotRows(w, w.Row(live ? r0 : 0), w, w.Row(r1), live, x, cols, g, scale, xs), xs);
+        Store(y, bias, rows, r0, live, p, accumulate, clip);
+    }
+
+    // Lanes 0 and 1 write the warp's rows r0 and r0 + 1: bias, clip, then store or accumulate.
+    private static void Store(ArrayView<float> y, NormWeights bias, int rows, int r0, bool live, DotPair p, int accumulate, float clip)
+    {
         int lane = Warp.LaneIdx;
         if (live && lane < 2 && r0 + lane < rows)
         {
@@ -107,31 +154,44 @@ public static class DecodeLinearKernel
         where TU : struct, IRowUnits => new(accelerator ?? throw new ArgumentNullException(nameof(accelerator)));
 }
 
-/// <summary>decode/linear V1 for reader TU (RowUnits.cs): y_m (+)= (norm ? rmsnorm(x) * g : x) . W_m^T, m &lt; 3, one launch.</summary>
+/// <summary>decode/linear V1 and V2 for reader TU (RowUnits.cs): y_m (+)= (norm ? rmsnorm(x) * g : x) . W_m^T, m &lt; 3, one launch.</summary>
 public sealed class DecodeLinearKernel<TU>
     where TU : struct, IRowUnits
 {
     private const string Name = "DecodeLinear";
 
-    private readonly Action<AcceleratorStream, KernelConfig, DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float> _v1;
+    private readonly Accelerator _accelerator;
+    private Action<AcceleratorStream, KernelConfig, DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float>? _v1;
+    private Action<AcceleratorStream, KernelConfig, DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float, int>? _v2;
+    private int _v2Resident;
 
-    internal DecodeLinearKernel(Accelerator accelerator)
+    internal DecodeLinearKernel(Accelerator accelerator) => _accelerator = accelerator;
+
+    /// <summary>V2's grid limit on this device: multiprocessors x the groups of V2 one holds at once (loads V2).</summary>
+    public int PersistentGroups
     {
-        _v1 = accelerator.LoadCounted<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float>(DecodeLinearKernels.LinearV1);
+        get
+        {
+            LoadV2();
+            return _accelerator.NumMultiprocessors * _v2Resident;
+        }
     }
 
     /// <summary>
     /// y_m [Rows_m] = clamp(xs . W_m^T + bias_m, -clip, clip) for each given target (accumulate: y_m += that), xs =
     /// rmsnorm(x) * norm with eps when norm is not <see cref="NormWeights.None"/>, else x. x [D], D = Cols of every
     /// matrix; norm [D]; bias_m [Rows_m] when the target has one; clip &gt; 0, +inf (the default) for none. y_m must not
-    /// overlap x. Throws ArgumentException (one line) on a bad shape, eps or clip.
+    /// overlap x. version: V2 (the default) or V1; maxGroups caps V2's grid (0: <see cref="PersistentGroups"/>).
+    /// Throws ArgumentException (one line) on a bad shape, eps, clip, version or maxGroups.
     /// </summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> x, NormWeights norm, float eps,
         DecodeTarget<TU> t0, DecodeTarget<TU>? t1 = null, DecodeTarget<TU>? t2 = null, bool accumulate = false,
-        float clip = float.PositiveInfinity)
+        float clip = float.PositiveInfinity, DecodeLinearVersion version = DecodeLinearVersion.V2, int maxGroups = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
         BiasClipKernel.CheckClip(Name, clip);
+        if (maxGroups < 0)
+            throw new ArgumentException($"{Name}: maxGroups must be >= 0 (0: the device's resident groups), got {maxGroups}", nameof(maxGroups));
         int cols = t0.W.Cols;
         Check(t0, 0, cols);
         if (t1 is { } a)
@@ -156,8 +216,25 @@ public sealed class DecodeLinearKernel<TU>
             throw new ArgumentException($"{Name}: {total} groups are too many for one launch");
         // Absent targets repeat t0 with no groups: the kernel never reaches them.
         var targets = new DecodeTargets<TU>(t0, t1 ?? t0, t2 ?? t0, g0, g1);
-        _v1(stream, new KernelConfig((int)total, DecodeStaging.GroupSize), targets, x, norm, eps, accumulate ? 1 : 0, clip);
+        switch (version)
+        {
+            case DecodeLinearVersion.V1:
+                _v1 ??= _accelerator.LoadCounted<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float>(DecodeLinearKernels.LinearV1);
+                _v1(stream, new KernelConfig((int)total, DecodeStaging.GroupSize), targets, x, norm, eps, accumulate ? 1 : 0, clip);
+                break;
+            case DecodeLinearVersion.V2:
+                LoadV2();
+                int grid = DecodePersistent.Groups(total, maxGroups > 0 ? maxGroups : PersistentGroups);
+                _v2!(stream, new KernelConfig(grid, DecodeStaging.GroupSize), targets, x, norm, eps, accumulate ? 1 : 0, clip, (int)total);
+                break;
+            default:
+                throw new ArgumentException($"{Name}: unknown version {version}", nameof(version));
+        }
     }
+
+    private void LoadV2() =>
+        _v2 ??= _accelerator.LoadCounted<DecodeTargets<TU>, ArrayView<float>, NormWeights, float, int, float, int>(
+            DecodeLinearKernels.LinearV2, DecodeStaging.GroupSize, out _v2Resident);
 
     private static int Groups(DecodeTarget<TU> t) => (t.W.Rows + DecodeStaging.RowsPerGroup - 1) / DecodeStaging.RowsPerGroup;
 

@@ -200,27 +200,33 @@ public static class DecodeStaging
     }
 
     /// <summary>
-    /// The warp's two row totals from its lanes' partials, in every lane: the partials go to shared memory (xs, free
-    /// after DotRows' last barrier), one barrier, then each lane adds the 32 of each row in lane order (same-address
-    /// reads: a broadcast, no conflict). Why not a shuffle butterfly: one barrier instead of ten shuffle rounds, and on
-    /// the CPU accelerator that runs the tests every warp collective is emulated at the cost of a barrier. Every thread
-    /// of the group calls it.
+    /// The warp's two row totals from its lanes' partials, in every lane, in lane order (deterministic): the partials go to
+    /// the warp's own region of red (V1: xs, free after DotRows' last barrier; V2: a small array of its own, RedSlots),
+    /// a warp barrier, then each lane adds the 32 of each row in lane order (same-address reads: a broadcast, no
+    /// conflict), and a warp barrier before the region may be written again. Only the warp's lanes take part, so warps
+    /// may call it at different times (V2's warps walk their row blocks independently). Why not a shuffle butterfly:
+    /// one barrier instead of ten shuffle rounds, and on the CPU accelerator that runs the tests every warp collective
+    /// is emulated at the cost of a barrier.
     /// </summary>
-    internal static DotPair RowTotals(DotPair lane, ArrayView<float> xs)
+    internal static DotPair RowTotals(DotPair lane, ArrayView<float> red)
     {
         int b = Warp.WarpIdx * 2 * RedStride;
-        xs[b + Warp.LaneIdx] = lane.A;
-        xs[b + RedStride + Warp.LaneIdx] = lane.B;
-        Group.Barrier();
+        red[b + Warp.LaneIdx] = lane.A;
+        red[b + RedStride + Warp.LaneIdx] = lane.B;
+        Warp.Barrier();
         float ta = 0f, tb = 0f;
         for (int j = 0; j < 32; j++)
         {
-            ta += xs[b + j];
-            tb += xs[b + RedStride + j];
+            ta += red[b + j];
+            tb += red[b + RedStride + j];
         }
 
+        Warp.Barrier();
         return new DotPair(ta, tb);
     }
+
+    /// <summary>Shared floats of the per-warp RowTotals regions (two rows of 32 partials per warp, padded to 33).</summary>
+    public const int RedSlots = Warps * 2 * RedStride;
 
     private const int RedStride = 33;
 

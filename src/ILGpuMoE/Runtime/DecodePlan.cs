@@ -293,6 +293,8 @@ internal static class DecodeLaunches
             var kernel = Ops.DecodeExperts<TU>();
             TU u1 = (TU)W1, u3 = (TU)W3, u2 = (TU)W2;
             var (s, x, norm, eps, ids, weights, k, d, f, h, glu) = (S, X, Norm, Eps, Ids, Weights, K, D, F, H, Glu);
+            // No allocation once a graph captures the plan: down's split scratch is made now.
+            kernel.ReserveDown(s, k, f, d);
             return
             [
                 () => kernel.LaunchUpGate(s, x, norm, eps, u1, u3, ids, k, f, h, glu),

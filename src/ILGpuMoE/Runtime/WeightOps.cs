@@ -368,5 +368,8 @@ internal sealed class WeightOps : IDisposable
         _mla?.Dispose();
         Attention.Dispose();
         Gating.Dispose();
+        foreach (var k in _decodeExperts.Values)
+            ((IDisposable)k).Dispose();
+        _decodeExperts.Clear();
     }
 }

@@ -8,8 +8,9 @@ using ILGpuMoE.Tests.Common;
 namespace ILGpuMoE.Tests.Kernels.Decode;
 
 /// <summary>
-/// decode/experts V1: up-gate against RefDecode.ExpertsUpGate, and up-gate + down together against Mixtral's MoE block
-/// (RefMoe.MoeBlock on rmsnorm(x), plus the residual), on the values each reader holds.
+/// decode/experts V1 and V2: up-gate against RefDecode.ExpertsUpGate, and up-gate + down together against Mixtral's MoE
+/// block (RefMoe.MoeBlock on rmsnorm(x), plus the residual), on the values each reader holds. V2 runs with a grid cap
+/// (MaxGroups) small enough that its groups loop over several blocks and its down projection splits D into chunks.
 /// </summary>
 public class DecodeExpertsTests
 {
@@ -28,15 +29,22 @@ public class DecodeExpertsTests
     }
 
     private sealed record Case(int Experts, int[] Ids, float[] Weights, int Dim, int Hidden, WeightType NormType, bool InPlace, string What,
-        Stages Stages = Stages.Both);
+        Stages Stages = Stages.Both, DecodeExpertsVersion Version = DecodeExpertsVersion.V2)
+    {
+        /// <summary>V2's grid cap: 3 groups per pair, so up-gate's groups take several (k, 8 f) blocks each and down
+        /// splits D (32-row chunks) into up to 3 chunks per slice.</summary>
+        public int MaxGroups => 3 * Ids.Length;
+    }
 
     /// <summary>E = 3 (no power of two), K = 3: a dropped pair (its weight is not 0, so using it would show) and two
     /// pairs to the same expert; F and D odd for the 8 warps of a group (not multiples of 8 or 16).</summary>
     [Test]
-    public void MoeMatchesMixtralEveryReader([ValueSource(typeof(DecodeTestUnits), nameof(DecodeTestUnits.Kinds))] string kind)
+    public void MoeMatchesMixtralEveryReader([ValueSource(typeof(DecodeTestUnits), nameof(DecodeTestUnits.Kinds))] string kind,
+        [Values] DecodeExpertsVersion version)
     {
         int n = DecodeTestUnits.Cols(kind);
-        Run(kind, new Case(3, [2, -1, 2], [0.5f, 0.3f, 0.2f], n, n, (WeightType)(Array.IndexOf(DecodeTestUnits.Kinds, kind) % 3), false, kind));
+        Run(kind, new Case(3, [2, -1, 2], [0.5f, 0.3f, 0.2f], n, n, (WeightType)(Array.IndexOf(DecodeTestUnits.Kinds, kind) % 3), false,
+            $"{kind} {version}", Version: version));
     }
 
     /// <summary>K = 1, and K = 2 on distinct experts of E = 5; the output written over the residual in place.</summary>
@@ -67,15 +75,58 @@ public class DecodeExpertsTests
     }
 
     /// <summary>D and F of 4096 + 160: the up-gate's norm and staging and the down projection's h loop over two tiles.</summary>
-    [TestCase("bf16")]
-    [TestCase("q4-sym-g32")]
-    [TestCase("mxfp4")]
-    public void LongRowsLoopOverTiles(string kind)
+    [TestCase("bf16", DecodeExpertsVersion.V1)]
+    [TestCase("bf16", DecodeExpertsVersion.V2)]
+    [TestCase("q4-sym-g32", DecodeExpertsVersion.V2)]
+    [TestCase("mxfp4", DecodeExpertsVersion.V1)]
+    public void LongRowsLoopOverTiles(string kind, DecodeExpertsVersion version)
     {
         const int big = DecodeStaging.TileCols + 160;
         // Up-gate over a long D with a small F, then down over a long F with a small D (each as cheap as it can be).
-        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], big, 32, WeightType.F32, false, kind + " D long", Stages.UpGateOnly));
-        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], 32, big, WeightType.F32, false, kind + " F long", Stages.DownOnly));
+        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], big, 32, WeightType.F32, false, $"{kind} {version} D long", Stages.UpGateOnly, version));
+        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], 32, big, WeightType.F32, false, $"{kind} {version} F long", Stages.DownOnly, version));
+    }
+
+    /// <summary>
+    /// V2's down split: F = 4096 + 40 is two column tiles per pair, D = 104 is 1 to 4 chunks of 32 rows as the grid cap
+    /// goes 1, 8 and 1000; a dropped pair between two live ones. Each lane's partial of a tile does not depend on the
+    /// chunking and the combine adds tiles and pairs in a fixed order, so every cap gives the same bits, and so does the
+    /// same launch again (the counters went back to 0); all within 1e-5 of the oracle.
+    /// </summary>
+    [Test]
+    public void DownV2SplitKeepsTheBits()
+    {
+        const int e = 3, d = 104, f = DecodeStaging.TileCols + 40;
+        int[] ids = [2, -1, 0];
+        float[] wk = [0.5f, 0.3f, 0.2f];
+        var w2 = Data.RoundToBf16(Data.Gaussian(301, (long)e * d * f, 1 / Math.Sqrt(f)));
+        var hIn = Data.Uniform(302, (long)ids.Length * f, 2f);
+        var residual = Data.Uniform(303, d);
+        using var wb = TestDevice.Upload(w2.Select(BF16.FromFloat).ToArray());
+        using var hb = TestDevice.Upload(hIn);
+        using var idb = TestDevice.Upload(ids);
+        using var wkb = TestDevice.Upload(wk);
+        using var res = TestDevice.Upload(residual);
+        using var output = TestDevice.PoisonedFloats(d);
+        var s = TestDevice.Accelerator.DefaultStream;
+        var kernel = Kernel<BF16Units>();
+        var u2 = RowUnits.BF16(new BF16Weights(wb.View), e * d, f);
+        var want = RefDecode.ExpertsDown(hIn, ids, wk, w2, residual, e, d, f);
+        float[]? first = null;
+        foreach (int cap in new[] { 1, 8, 1000, 8 })
+        {
+            var (tiles, _, chunks) = kernel.Split(ids.Length, u2, d, cap);
+            Assert.That(tiles, Is.EqualTo(2), "two column tiles");
+            output.CopyFromCPU(Enumerable.Repeat(float.NaN, d).ToArray());
+            kernel.LaunchDown(s, hb.View, u2, idb.View, wkb.View, ids.Length, d, res.View, output.View, maxGroups: cap);
+            s.Synchronize();
+            var got = output.GetAsArray1D();
+            Check.Close(want, got, 1e-5, DecodeTestUnits.DotAtol(f), $"cap {cap} ({chunks} chunks)");
+            first ??= got;
+            Assert.That(got, Is.EqualTo(first), $"cap {cap} ({chunks} chunks) gives the bits of cap 1");
+        }
+
+        Assert.That(kernel.Split(ids.Length, u2, d, 1000).Chunks, Is.EqualTo(4), "a large cap splits D = 104 into 4 chunks");
     }
 
     private static void Run(string kind, Case c)
@@ -112,16 +163,16 @@ public class DecodeExpertsTests
             {
                 var hIn = Data.Uniform(seed + 7, (long)k * f, 2f);
                 h.CopyFromCPU(hIn);
-                kernel.LaunchDown(s, h.View, w[2], ids.View, weights.View, k, d, res.View, output.View);
+                kernel.LaunchDown(s, h.View, w[2], ids.View, weights.View, k, d, res.View, output.View, version: c.Version, maxGroups: c.MaxGroups);
                 s.Synchronize();
                 var wantDown = RefDecode.ExpertsDown(hIn, c.Ids, c.Weights, seen[2], residual, e, d, f);
                 Check.Close(wantDown, output.GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(f), c.What + " out");
                 return;
             }
 
-            kernel.LaunchUpGate(s, xb.View, norm, Eps, w[0], w[1], ids.View, k, f, h.View);
+            kernel.LaunchUpGate(s, xb.View, norm, Eps, w[0], w[1], ids.View, k, f, h.View, version: c.Version, maxGroups: c.MaxGroups);
             if (c.Stages == Stages.Both)
-                kernel.LaunchDown(s, h.View, w[2], ids.View, weights.View, k, d, res.View, output.View);
+                kernel.LaunchDown(s, h.View, w[2], ids.View, weights.View, k, d, res.View, output.View, version: c.Version, maxGroups: c.MaxGroups);
             s.Synchronize();
 
             var xs = RefOps.RmsNorm(x, g, 1, d, Eps);
@@ -167,6 +218,9 @@ public class DecodeExpertsTests
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View.SubView(0, 1), 2, d, y.View, y.View));
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, d, y.View, y.View.SubView(0, 8)));
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 0, d, y.View, y.View));
+        Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, x.View, NormWeights.None, 0f, w1, w1, ids.View, 2, f, h.View, maxGroups: -1));
+        Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, d, y.View, y.View, version: (DecodeExpertsVersion)7));
+        Assert.Throws<ArgumentException>(() => k.ReserveDown(s, 0, f, d));
         Assert.Throws<ArgumentException>(() => k.LaunchUpGate(s, h.View.SubView(0, d), NormWeights.None, 0f, w1, w1, ids.View, 2, f, h.View)); // h over x
         Assert.Throws<ArgumentException>(() => k.LaunchDown(s, h.View, w2, ids.View, weights.View, 2, d, y.View, h.View.SubView(f, d))); // output over h
     }

@@ -9,7 +9,9 @@ using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.Kernels.Decode;
 
-/// <summary>decode/linear V1 against RefOps.RmsNorm + RefOps.MatMulT on the values each reader holds.</summary>
+/// <summary>decode/linear V1 and V2 against RefOps.RmsNorm + RefOps.MatMulT on the values each reader holds (V2, the
+/// runtime's, in every test; V1 beside it for every reader, the V2 runs there with a grid cap of 2 so that each group
+/// loops over several row blocks and matrices).</summary>
 public class DecodeLinearTests
 {
     private const float Eps = 1e-5f;
@@ -48,7 +50,8 @@ public class DecodeLinearTests
     /// <summary>q, k, v in one launch: 45, 13 and 13 rows (none a multiple of 16; odd, so one warp's second row is
     /// past the end), the norm prologue with F32, F16 or BF16 weights by turns.</summary>
     [Test]
-    public void QkvWithNormEveryReader([ValueSource(typeof(DecodeTestUnits), nameof(DecodeTestUnits.Kinds))] string kind)
+    public void QkvWithNormEveryReader([ValueSource(typeof(DecodeTestUnits), nameof(DecodeTestUnits.Kinds))] string kind,
+        [Values] DecodeLinearVersion version)
     {
         int d = DecodeTestUnits.Cols(kind);
         int seed = Array.IndexOf(DecodeTestUnits.Kinds, kind);
@@ -58,10 +61,10 @@ public class DecodeLinearTests
         var x = Data.Uniform(7 + seed, d, 2f);
         var (norm, g, gb) = Norm(normType, Data.Uniform(11 + seed, d, 1.5f));
         using var _ = gb;
-        DecodeTestUnits.With(kind, mats, new QkvBody(x, norm, g, rows, $"{kind} norm {normType}"));
+        DecodeTestUnits.With(kind, mats, new QkvBody(x, norm, g, rows, version, $"{kind} {version} norm {normType}"));
     }
 
-    private sealed class QkvBody(float[] x, NormWeights norm, float[] g, int[] rows, string what) : IUnitsTest
+    private sealed class QkvBody(float[] x, NormWeights norm, float[] g, int[] rows, DecodeLinearVersion version, string what) : IUnitsTest
     {
         public void Run<TU>(TU[] w, float[][] seen)
             where TU : struct, IRowUnits
@@ -73,7 +76,7 @@ public class DecodeLinearTests
             try
             {
                 Kernel<TU>().Launch(TestDevice.Accelerator.DefaultStream, xb.View, norm, Eps,
-                    new(w[0], ys[0].View), new DecodeTarget<TU>(w[1], ys[1].View), new DecodeTarget<TU>(w[2], ys[2].View));
+                    new(w[0], ys[0].View), new DecodeTarget<TU>(w[1], ys[1].View), new DecodeTarget<TU>(w[2], ys[2].View), version: version, maxGroups: 2);
                 TestDevice.Accelerator.Synchronize();
                 for (int m = 0; m < 3; m++)
                     Check.Close(RefOps.MatMulT(xs, seen[m], 1, rows[m], d), ys[m].GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(d), $"{what} matrix {m}");
@@ -210,20 +213,21 @@ public class DecodeLinearTests
     }
 
     /// <summary>D = 4096 + 160: two staged tiles (the second partial), with the norm over the whole row.</summary>
-    [TestCase("bf16")]
-    [TestCase("q4-sym-g32")]
-    [TestCase("q8")]
-    public void InputLongerThanOneTile(string kind)
+    [TestCase("bf16", DecodeLinearVersion.V1)]
+    [TestCase("bf16", DecodeLinearVersion.V2)]
+    [TestCase("q4-sym-g32", DecodeLinearVersion.V2)]
+    [TestCase("q8", DecodeLinearVersion.V1)]
+    public void InputLongerThanOneTile(string kind, DecodeLinearVersion version)
     {
         const int d = DecodeStaging.TileCols + 160, rows = 5;
         var mats = new[] { new TestMatrix(Data.Gaussian(41, (long)rows * d, 0.05), rows, d), new TestMatrix(Data.Gaussian(42, 3L * d, 0.05), 3, d) };
         var x = Data.Uniform(43, d);
         var (norm, g, gb) = Norm(WeightType.BF16, Data.Uniform(44, d, 1.5f));
         using var _ = gb;
-        DecodeTestUnits.With(kind, mats, new TwoTargetsBody(x, norm, g, kind));
+        DecodeTestUnits.With(kind, mats, new TwoTargetsBody(x, norm, g, version, $"{kind} {version}"));
     }
 
-    private sealed class TwoTargetsBody(float[] x, NormWeights norm, float[] g, string what) : IUnitsTest
+    private sealed class TwoTargetsBody(float[] x, NormWeights norm, float[] g, DecodeLinearVersion version, string what) : IUnitsTest
     {
         public void Run<TU>(TU[] w, float[][] seen)
             where TU : struct, IRowUnits
@@ -232,7 +236,9 @@ public class DecodeLinearTests
             using var xb = TestDevice.Upload(x);
             using var y0 = TestDevice.PoisonedFloats(w[0].Rows);
             using var y1 = TestDevice.PoisonedFloats(w[1].Rows);
-            Kernel<TU>().Launch(TestDevice.Accelerator.DefaultStream, xb.View, norm, Eps, new(w[0], y0.View), new DecodeTarget<TU>(w[1], y1.View));
+            // V2 with one group: it restages the long x for each of its row blocks in turn.
+            Kernel<TU>().Launch(TestDevice.Accelerator.DefaultStream, xb.View, norm, Eps, new(w[0], y0.View), new DecodeTarget<TU>(w[1], y1.View),
+                version: version, maxGroups: 1);
             TestDevice.Accelerator.Synchronize();
             var xs = RefOps.RmsNorm(x, g, 1, d, Eps);
             Check.Close(RefOps.MatMulT(xs, seen[0], 1, w[0].Rows, d), y0.GetAsArray1D(), 1e-5, DecodeTestUnits.DotAtol(d), what + " target 0");
@@ -243,10 +249,10 @@ public class DecodeLinearTests
     /// <summary>
     /// The norm prologue computes RmsNormKernel V1's scale: through an identity matrix (every product but one is an
     /// exact 0) y is the staged rmsnorm(x) * g itself, compared with RmsNormKernel's output at D = 320 (both reduce
-    /// with 256 threads in the same order) within 1e-6 relative.
+    /// with 256 threads in the same order; V2's prologue from registers loaded at once) within 1e-6 relative.
     /// </summary>
     [Test]
-    public void NormPrologueMatchesRmsNormKernel()
+    public void NormPrologueMatchesRmsNormKernel([Values] DecodeLinearVersion version)
     {
         const int d = 320;
         var eye = new float[d * d];
@@ -260,7 +266,7 @@ public class DecodeLinearTests
         using var y = TestDevice.PoisonedFloats(d);
         using var want = TestDevice.PoisonedFloats(d);
         var s = TestDevice.Accelerator.DefaultStream;
-        Kernel<F32Units>().Launch(s, xb.View, norm, Eps, new(RowUnits.F32(new F32Weights(w.View), d, d), y.View));
+        Kernel<F32Units>().Launch(s, xb.View, norm, Eps, new(RowUnits.F32(new F32Weights(w.View), d, d), y.View), version: version);
         RmsNormKernel.Create<BF16Weights>(TestDevice.Accelerator).Launch(s, xb.View, new BF16Weights(norm.BF16), want.View, 1, d, Eps);
         s.Synchronize();
         Check.Close(want.GetAsArray1D(), y.GetAsArray1D(), 1e-6, 0, "decode/linear prologue vs RmsNormKernel");
@@ -324,6 +330,9 @@ public class DecodeLinearTests
         // The epilogue: a bias shorter than the rows, a clip that is not > 0.
         var shortBias = Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View, NormWeights.Of(new F32Weights(x.View.SubView(0, 39))))))!;
         Assert.That(shortBias.Message, Does.Contain("bias 0"));
+        Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View), maxGroups: -1));
+        Assert.That(Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View), version: (DecodeLinearVersion)9))!.Message,
+            Does.Contain("unknown version"));
         foreach (float clip in new[] { 0f, -1f, float.NaN, float.NegativeInfinity })
             Assert.Throws<ArgumentException>(() => k.Launch(s, x.View, NormWeights.None, 0f, new(w, y.View), clip: clip), $"clip {clip}");
 
