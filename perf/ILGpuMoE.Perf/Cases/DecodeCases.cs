@@ -1,6 +1,7 @@
-// Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear V1 as the fused q, k, v projection with its
-// RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts V1 as the MoE block of one token (up-gate
-// with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read.
+// Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear as the fused q, k, v projection with its
+// RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts as the MoE block of one token (up-gate
+// with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read. Both
+// versions of each, V2 (persistent groups, the runtime's) first, then V1 beside it in the same run.
 // Weight types: bf16 (the checkpoint type), int8, int4 (G = 128, else the largest of 64, 32 dividing D and F; no
 // int4 case when none does) and mxfp4 (gpt-oss's experts: E2M1 codes, an E8M0 scale per 32 values; only where D and F
 // are whole blocks of 32). gpt-oss presets (Family GptOss) run decode/experts with the clamped GLU and expert biases
@@ -31,8 +32,10 @@ public sealed class DecodeFamily : IBenchFamily
         {
             if (!DecodeWeights.Fits(type, p.Dim, p.Hidden))
                 continue;
-            yield return new DecodeQkvCase(p, type);
-            yield return new DecodeExpertsCase(p, type);
+            yield return new DecodeQkvCase(p, type, DecodeLinearVersion.V2);
+            yield return new DecodeExpertsCase(p, type, DecodeExpertsVersion.V2);
+            yield return new DecodeQkvCase(p, type, DecodeLinearVersion.V1);
+            yield return new DecodeExpertsCase(p, type, DecodeExpertsVersion.V1);
         }
     }
 }
@@ -154,8 +157,8 @@ internal sealed class DecodeWeights : IDisposable
     }
 }
 
-/// <summary>decode/linear V1: q, k, v = rmsnorm(x) * g . W^T in one launch.</summary>
-public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReaderBinder
+/// <summary>decode/linear (V1 or V2): q, k, v = rmsnorm(x) * g . W^T in one launch.</summary>
+public sealed class DecodeQkvCase(ShapePreset p, string type, DecodeLinearVersion version) : CaseBase, IReaderBinder
 {
     private BenchDevice? device;
     private const float Eps = 1e-5f;
@@ -165,9 +168,9 @@ public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReade
     private WeightBuffer? g;
     private Action<AcceleratorStream, int>? run;
 
-    public override string Family => KernelId.Family(DecodeLinearVersion.V1);
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => KernelId.Version(DecodeLinearVersion.V1);
+    public override string Version => KernelId.Version(version);
 
     public override string DType => DecodeWeights.Label(type, p.Dim, p.Hidden);
 
@@ -202,7 +205,7 @@ public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReade
         var readers = sets.Select(s => s.W.Select(reader).ToArray()).ToArray();
         var norm = NormWeights.Of(g!.BF16);
         return (stream, set) => k.Launch(stream, sets[set].X.View, norm, Eps, new(readers[set][0], ys[0].View),
-            new DecodeTarget<TU>(readers[set][1], ys[1].View), new DecodeTarget<TU>(readers[set][2], ys[2].View));
+            new DecodeTarget<TU>(readers[set][1], ys[1].View), new DecodeTarget<TU>(readers[set][2], ys[2].View), version: version);
     }
 
     public override void Run(AcceleratorStream stream, int set) => run!(stream, set);
@@ -225,8 +228,8 @@ public sealed class DecodeQkvCase(ShapePreset p, string type) : CaseBase, IReade
     }
 }
 
-/// <summary>decode/experts V1: up-gate (norm prologue) then down + combine + residual for one token's K experts.</summary>
-public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IReaderBinder
+/// <summary>decode/experts (V1 or V2): up-gate (norm prologue) then down + combine + residual for one token's K experts.</summary>
+public sealed class DecodeExpertsCase(ShapePreset p, string type, DecodeExpertsVersion version) : CaseBase, IReaderBinder
 {
     private BenchDevice? device;
     private const float Eps = 1e-5f;
@@ -244,9 +247,9 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
 
     private bool GptOss => p.Family == RefFamily.GptOss;
 
-    public override string Family => KernelId.Family(DecodeExpertsVersion.V1);
+    public override string Family => KernelId.Family(version);
 
-    public override string Version => KernelId.Version(DecodeExpertsVersion.V1);
+    public override string Version => KernelId.Version(version);
 
     public override string DType => DecodeWeights.Label(type, p.Dim, p.Hidden);
 
@@ -305,14 +308,16 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type) : CaseBase, IR
 
     Action<AcceleratorStream, int> IReaderBinder.Bind<TU>(Func<DecodeWeights, TU> reader)
     {
-        var k = DecodeExpertsKernel.Create<TU>(device!.Accelerator);
+        var k = Own(DecodeExpertsKernel.Create<TU>(device!.Accelerator));
         var readers = sets.Select(s => (W1: reader(s.W1), W3: reader(s.W3), W2: reader(s.W2))).ToArray();
+        // V2's down scratch made here, outside the timed launches.
+        k.ReserveDown(device.Stream, p.TopK, p.Hidden, p.Dim);
         var norm = NormWeights.Of(g!.BF16);
         return (stream, set) =>
         {
             var r = readers[set];
-            k.LaunchUpGate(stream, sets[set].X.View, norm, Eps, r.W1, r.W3, ids!.View, p.TopK, p.Hidden, h!.View, glu);
-            k.LaunchDown(stream, h!.View, r.W2, ids!.View, routeWeights!.View, p.TopK, p.Dim, residual!.View, output!.View, glu);
+            k.LaunchUpGate(stream, sets[set].X.View, norm, Eps, r.W1, r.W3, ids!.View, p.TopK, p.Hidden, h!.View, glu, version);
+            k.LaunchDown(stream, h!.View, r.W2, ids!.View, routeWeights!.View, p.TopK, p.Dim, residual!.View, output!.View, glu, version);
         };
     }
 

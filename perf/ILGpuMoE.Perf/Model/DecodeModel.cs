@@ -20,7 +20,20 @@
 // The first version of this model (before any decode kernel ran) had no group bound and 2 us launches; it predicted
 // 131 tok/s for Mixtral BF16. The H200 run of 2026-12-04 measured the kernels 1.4-7x slower than their bandwidth
 // bound, and the group bound with GroupOverheadUs and GroupStreamKBPerUs fitted to those six cases reproduces them
-// within 15 %, and the 1-layer end-to-end decode within 5 %: the constants below are that fit.
+// within 15 %, and the 1-layer end-to-end decode within 5 %: the constants below are that fit (decode kernels V1).
+//
+// The V2 kernels (kernels/ILGpuMoE.Kernels/Decode/DecodePersistent.cs) change the group bound's terms, each from a
+// reading of V1's SASS rather than a new fit (no V2 kernel has run on a GPU yet):
+//   - persistent grids: groups = min(blocks, SMs x resident groups), one wave; down: chunks x K*C slices sized to fill
+//     the device once (the launcher's split), plus CombineUs for the last group's pass over the partials;
+//   - the prologue: V1's 6.8 us is 32 dependent L2 round trips (its norm and staging loops load one value per
+//     iteration), about 0.21 us each; V2 loads x and g at once: V2PrologueUs (one trip, the block reduction, the
+//     staging barrier and a drain step), an assumption to measure;
+//   - the stream rate: the fit says a group's 16 KB in flight come back every 16 / 6.5 = 2.46 us; V2's f32/16-bit
+//     readers keep 8 loads in flight per lane (32 KB per group), the packed ones V1's 4 (16 KB), at the same 2.46 us;
+//   - the SASS of V2: instructions per unit and groups resident per SM per scheme (DecodeScheme's V2 fields).
+// A captured CUDA graph replays the step with GraphLaunchUs per launch (2 us, the first version's launch cost: an
+// assumption until a run measures replays).
 // Glossary: D model dim, F expert hidden dim, E experts, K per token, H / Hkv heads, Dh head dim, V vocab.
 using System.Globalization;
 
@@ -31,9 +44,18 @@ public sealed record DecodeShape(string Name, int Layers, int D, int Heads, int 
 
 /// <summary>
 /// A weight scheme: bytes per weight (scales included), the SASS inner loop's instructions per 16-byte unit, and the
-/// groups of 256 threads resident per SM at the decode kernels' registers (ptxas -v, sm_90).
+/// groups of 256 threads resident per SM at the decode kernels' registers (ptxas -v, sm_90), for V1 and for V2 (the
+/// fewest of decode/linear's and decode/experts' kernels), and V2's 16-byte loads in flight per lane (8 or 4).
 /// </summary>
-public sealed record DecodeScheme(string Name, double BytesPerWeight, double InstructionsPerUnit, int GroupsPerSm);
+public sealed record DecodeScheme(string Name, double BytesPerWeight, double InstructionsPerUnit, int GroupsPerSm,
+    double InstructionsPerUnitV2, int GroupsPerSmV2, int LoadsPerLaneV2);
+
+/// <summary>Which decode kernels the step launches: V1 (what the H200 runs measured) or V2 (the runtime's default).</summary>
+public enum DecodeKernels
+{
+    V1 = 1,
+    V2 = 2,
+}
 
 /// <summary>The machine and the kernels' constants (defaults: the H200 runs of 2026-12-04, see perf/NOTES.md).</summary>
 public sealed record DecodeMachine
@@ -65,6 +87,19 @@ public sealed record DecodeMachine
     /// <summary>Per step: token and position uploads, the logits download, the synchronisation.</summary>
     public double HostUs { get; init; } = 80;
 
+    /// <summary>V2's group prologue: x and g loaded at once (one L2 trip), the norm's reduction, the staging barrier and
+    /// the drain of the last step (assumed, not yet measured; V1's 32 dependent trips fitted 6.8 us).</summary>
+    public double V2PrologueUs { get; init; } = 1.5;
+
+    /// <summary>V2 down's combine: the fence, the chunk counter's atomic and the last group's read of the partials.</summary>
+    public double CombineUs { get; init; } = 1.0;
+
+    /// <summary>Per launch when a CUDA graph replays the step (assumed: the first version's 2 us).</summary>
+    public double GraphLaunchUs { get; init; } = 2;
+
+    /// <summary>V1's 16 KB in flight per group (8 warps x 32 lanes x 4 loads of 16 bytes) return every this long.</summary>
+    public double GroupStepUs => 16 / GroupStreamKBPerUs;
+
     /// <summary>Attention decode (v3-decode): fixed part and the rate of its K/V reads (fitted at S = 512 and 4096).</summary>
     public double AttentionFixedUs { get; init; } = 4;
 
@@ -75,7 +110,7 @@ public sealed record DecodeMachine
 public sealed record DecodeLaunch(string Kernel, double Bytes, int Groups, string Bound, double Microseconds);
 
 /// <summary>A predicted step: the launches of one layer, the ones outside the layers, the totals.</summary>
-public sealed record DecodePrediction(DecodeShape Shape, DecodeScheme Scheme, int Context, IReadOnlyList<DecodeLaunch> Layer,
+public sealed record DecodePrediction(DecodeShape Shape, DecodeScheme Scheme, DecodeKernels Kernels, bool Graph, int Context, IReadOnlyList<DecodeLaunch> Layer,
     IReadOnlyList<DecodeLaunch> Outside, double StepMicroseconds, double WeightBytes)
 {
     public double TokensPerSecond => 1e6 / StepMicroseconds;
@@ -96,86 +131,118 @@ public static class DecodeModel
 
     // Instructions per 16-byte unit: the hot loop of decode/linear's instance per reader in the SASS report
     // (`ilgpumoe ptx --sass`: 113, 324, 609 and 695 instructions per 4 units); groups per SM from its occupancy
-    // (bf16 40 of 64 warps, q8 32-40, q4 16, fp8 24-32).
-    public static readonly DecodeScheme Bf16 = new("bf16", 2, 113 / 4.0, 5);
-    public static readonly DecodeScheme Int8 = new("int8", 1 + 4.0 / 4096, 324 / 4.0, 4);
-    public static readonly DecodeScheme Fp8 = new("fp8-block128", 1 + 4.0 / (128 * 128), 695 / 4.0, 3);
-    public static readonly DecodeScheme Int4 = new("int4-g128", 0.5 + 2.0 / 128 + 1.0 / 128, 609 / 4.0, 2);
+    // (bf16 40 of 64 warps, q8 32-40, q4 16, fp8 24-32). V2, the largest loop of its three kernels: bf16 220 per 8
+    // units, q8 322, q4 614 and fp8 703 per 4; occupancy bf16 32 of 64 warps (53-54 registers), q8 24-32, q4 16
+    // (127-128 registers), fp8 24-32.
+    public static readonly DecodeScheme Bf16 = new("bf16", 2, 113 / 4.0, 5, 220 / 8.0, 4, 8);
+    public static readonly DecodeScheme Int8 = new("int8", 1 + 4.0 / 4096, 324 / 4.0, 4, 322 / 4.0, 3, 4);
+    public static readonly DecodeScheme Fp8 = new("fp8-block128", 1 + 4.0 / (128 * 128), 695 / 4.0, 3, 703 / 4.0, 3, 4);
+    public static readonly DecodeScheme Int4 = new("int4-g128", 0.5 + 2.0 / 128 + 1.0 / 128, 609 / 4.0, 2, 614 / 4.0, 2, 4);
 
     public static readonly IReadOnlyList<DecodeScheme> Schemes = [Bf16, Int8, Int4, Fp8];
 
     /// <summary>
     /// The step at <paramref name="context"/> cached positions, linear weights (attention q/k/v/o, experts) in
-    /// <paramref name="scheme"/>, router, embedding and lm_head in BF16, KV cache F32.
+    /// <paramref name="scheme"/>, router, embedding and lm_head in BF16, KV cache F32; the decode kernels of
+    /// <paramref name="kernels"/>, launched one by one or replayed from a CUDA graph.
     /// </summary>
-    public static DecodePrediction Predict(DecodeShape s, DecodeScheme scheme, DecodeMachine m, int context)
+    public static DecodePrediction Predict(DecodeShape s, DecodeScheme scheme, DecodeMachine m, int context,
+        DecodeKernels kernels = DecodeKernels.V2, bool graph = false)
     {
         ArgumentNullException.ThrowIfNull(s);
         ArgumentNullException.ThrowIfNull(scheme);
         ArgumentNullException.ThrowIfNull(m);
         ArgumentOutOfRangeException.ThrowIfLessThan(context, 1);
+        if (kernels is not (DecodeKernels.V1 or DecodeKernels.V2))
+            throw new ArgumentOutOfRangeException(nameof(kernels), kernels, "DecodeModel: unknown decode kernels");
+        bool v2 = kernels == DecodeKernels.V2;
         double w = scheme.BytesPerWeight;
+        double launchUs = graph ? m.GraphLaunchUs : m.LaunchUs;
         long qkvRows = (long)(s.Heads + 2 * s.KvHeads) * s.HeadDim;
-        const int RowsPerGroup = 16, KeysPerSplit = 64;
+        const int RowsPerBlock = 16, KeysPerSplit = 64;
 
-        // rows: output rows (16 per group); bytes: what the launch streams.
-        DecodeLaunch Weights(string kernel, double bytes, long rows, DecodeScheme sc)
+        // blocks: work blocks of 16 rows (up-gate: 8 f); V1 launches one group per block, V2 at most a resident grid.
+        // bytes: what the launch streams. extraUs: V2 down's combine.
+        DecodeLaunch Weights(string kernel, double bytes, long blocks, DecodeScheme sc, long fixedGroups = 0, double extraUs = 0)
         {
-            int groups = (int)Math.Min(int.MaxValue, (rows + RowsPerGroup - 1) / RowsPerGroup);
-            double waves = Math.Max(1, groups / ((double)m.Sms * sc.GroupsPerSm));
+            int resident = v2 ? sc.GroupsPerSmV2 : sc.GroupsPerSm;
+            long capacity = (long)m.Sms * resident;
+            long groups = fixedGroups > 0 ? fixedGroups : v2 ? Math.Min(blocks, capacity) : blocks;
+            double waves = Math.Max(1, groups / (double)capacity);
+            double ipu = v2 ? sc.InstructionsPerUnitV2 : sc.InstructionsPerUnit;
+            double overhead = v2 ? m.V2PrologueUs : m.GroupOverheadUs;
+            double inFlightKB = v2 ? 16.0 * sc.LoadsPerLaneV2 / 4 : 16.0;
+            double streamKBPerUs = inFlightKB / m.GroupStepUs;
             var bounds = new (string, double)[]
             {
                 ("bandwidth", bytes / (m.Efficiency * m.CopyGBps * 1e3)),
-                ("issue", bytes / (4.0 * 512 / sc.InstructionsPerUnit * m.ClockGHz * m.Sms * 1e3)),
-                ("groups", waves * (m.GroupOverheadUs + bytes / groups / (m.GroupStreamKBPerUs * 1e3))),
+                ("issue", bytes / (4.0 * 512 / ipu * m.ClockGHz * m.Sms * 1e3)),
+                ("groups", waves * (overhead + bytes / groups / (streamKBPerUs * 1e3)) + extraUs),
             };
             var (bound, us) = bounds.MaxBy(b => b.Item2);
-            return new DecodeLaunch(kernel, bytes, groups, bound, us + m.LaunchUs);
+            return new DecodeLaunch(kernel, bytes, (int)Math.Min(int.MaxValue, groups), bound, us + launchUs);
         }
 
-        DecodeLaunch Small(string kernel) => new(kernel, 0, 0, "small", m.SmallKernelUs + m.LaunchUs);
+        DecodeLaunch Small(string kernel) => new(kernel, 0, 0, "small", m.SmallKernelUs + launchUs);
+
+        static long Ceil(long a, long b) => (a + b - 1) / b;
+
+        // V2 down: K * C slices (C column tiles of 4096 per pair) x chunks of a multiple of 32 rows, about a resident grid.
+        DecodeLaunch Down(double bytes)
+        {
+            if (!v2)
+                return Weights("experts down (+ combine)", bytes, Ceil(s.D, RowsPerBlock), scheme);
+            long slices = (long)s.TopK * Ceil(s.F, 4096);
+            long target = (long)m.Sms * scheme.GroupsPerSmV2;
+            long want = Math.Clamp(target / slices, 1, Ceil(s.D, 32));
+            long chunkRows = Ceil(Ceil(s.D, want), 32) * 32;
+            long chunks = Ceil(s.D, chunkRows);
+            return Weights("experts down (+ combine)", bytes, 0, scheme, chunks * slices, m.CombineUs);
+        }
 
         double kvBytes = 2.0 * s.KvHeads * context * s.HeadDim * 4;
         var layer = new List<DecodeLaunch>
         {
-            Weights("rmsnorm + q/k/v", qkvRows * s.D * w, qkvRows, scheme),
+            Weights("rmsnorm + q/k/v", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme),
             Small("rope + kv append"),
             new("attention decode", kvBytes, s.KvHeads * ((context + KeysPerSplit - 1) / KeysPerSplit), "attention",
-                m.AttentionFixedUs + kvBytes / (m.AttentionGBps * 1e3) + m.LaunchUs),
-            Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, s.D, scheme),
-            Weights("rmsnorm + router", (double)s.Experts * s.D * Bf16.BytesPerWeight, s.Experts, Bf16),
+                m.AttentionFixedUs + kvBytes / (m.AttentionGBps * 1e3) + launchUs),
+            Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, Ceil(s.D, RowsPerBlock), scheme),
+            Weights("rmsnorm + router", (double)s.Experts * s.D * Bf16.BytesPerWeight, Ceil(s.Experts, RowsPerBlock), Bf16),
             Small("gating"),
-            // One launch of 2K rows per f: its groups are K * F / 8 (gate and up row of 8 f each).
-            Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, 2L * s.TopK * s.F, scheme),
-            // Rows d, each K pairs long: 16 rows per group stream 16 * K * F weights.
-            Weights("experts down (+ combine)", (double)s.TopK * s.D * s.F * w, s.D, scheme),
+            // Blocks of 8 f (the gate and up row of each): K * F / 8.
+            Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, s.TopK * Ceil(s.F, 8), scheme),
+            Down((double)s.TopK * s.D * s.F * w),
         };
         var outside = new List<DecodeLaunch>
         {
             Small("embedding"),
-            Weights("rmsnorm + lm_head", (double)s.Vocab * s.D * Bf16.BytesPerWeight, s.Vocab, Bf16),
+            Weights("rmsnorm + lm_head", (double)s.Vocab * s.D * Bf16.BytesPerWeight, Ceil(s.Vocab, RowsPerBlock), Bf16),
         };
         double step = layer.Sum(l => l.Microseconds) * s.Layers + outside.Sum(l => l.Microseconds) + m.HostUs;
         double weightBytes = layer.Where(l => l.Kernel != "attention decode").Sum(l => l.Bytes) * s.Layers + outside.Sum(l => l.Bytes);
-        return new DecodePrediction(s, scheme, context, layer, outside, step, weightBytes);
+        return new DecodePrediction(s, scheme, kernels, graph, context, layer, outside, step, weightBytes);
     }
 
-    /// <summary>The table `ilgpumoe-bench predict` prints: every shape x scheme, then steps launch by launch.</summary>
+    /// <summary>The table `ilgpumoe-bench predict` prints: every shape x scheme x kernels, then V2's steps launch by launch.</summary>
     public static string Report(DecodeMachine m, int context)
     {
         var c = CultureInfo.InvariantCulture;
         var s = new System.Text.StringBuilder();
-        s.AppendLine(c, $"decode model: copy {m.CopyGBps:F0} GB/s x {m.Efficiency:F2}, {m.Sms} SMs at {m.ClockGHz:F2} GHz, group {m.GroupOverheadUs:F1} us + " +
-                        $"{m.GroupStreamKBPerUs:F1} KB/us, launch {m.LaunchUs:F1} us, host {m.HostUs:F0} us per step, context {context}");
-        s.AppendLine("| model | scheme | GB per token | roofline tok/s | predicted tok/s | % of roofline | launches per layer |");
-        s.AppendLine("|---|---|---:|---:|---:|---:|---:|");
+        s.AppendLine(c, $"decode model: copy {m.CopyGBps:F0} GB/s x {m.Efficiency:F2}, {m.Sms} SMs at {m.ClockGHz:F2} GHz; V1 group {m.GroupOverheadUs:F1} us + " +
+                        $"{m.GroupStreamKBPerUs:F1} KB/us per 16 KB in flight; V2 prologue {m.V2PrologueUs:F1} us, combine {m.CombineUs:F1} us; " +
+                        $"launch {m.LaunchUs:F1} us (graph {m.GraphLaunchUs:F1} us), host {m.HostUs:F0} us per step, context {context}");
+        s.AppendLine("| model | scheme | GB per token | roofline tok/s | V1 tok/s | V2 tok/s | V2 + graph tok/s | V2 % of roofline | launches per layer |");
+        s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var shape in Shapes)
         {
             foreach (var scheme in Schemes)
             {
+                var v1 = Predict(shape, scheme, m, context, DecodeKernels.V1);
                 var p = Predict(shape, scheme, m, context);
-                s.AppendLine(c, $"| {shape.Name} | {scheme.Name} | {p.WeightBytes / 1e9:F2} | {p.RooflineTokensPerSecond(m):F0} | {p.TokensPerSecond:F0} | " +
-                                $"{100 * p.TokensPerSecond / p.RooflineTokensPerSecond(m):F0} | {p.LaunchesPerLayer} |");
+                var g = Predict(shape, scheme, m, context, graph: true);
+                s.AppendLine(c, $"| {shape.Name} | {scheme.Name} | {p.WeightBytes / 1e9:F2} | {p.RooflineTokensPerSecond(m):F0} | {v1.TokensPerSecond:F0} | " +
+                                $"{p.TokensPerSecond:F0} | {g.TokensPerSecond:F0} | {100 * p.TokensPerSecond / p.RooflineTokensPerSecond(m):F0} | {p.LaunchesPerLayer} |");
             }
         }
 
@@ -185,7 +252,7 @@ public static class DecodeModel
             {
                 var p = Predict(shape, scheme, m, context);
                 s.AppendLine();
-                s.AppendLine(c, $"{shape.Name} {scheme.Name}, one layer (x {shape.Layers}) and the launches outside the layers:");
+                s.AppendLine(c, $"{shape.Name} {scheme.Name}, V2, one layer (x {shape.Layers}) and the launches outside the layers:");
                 s.AppendLine("| launch | MB | groups | bound | us |");
                 s.AppendLine("|---|---:|---:|---|---:|");
                 foreach (var l in p.Layer.Concat(p.Outside))

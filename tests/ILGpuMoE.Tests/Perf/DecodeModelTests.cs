@@ -2,7 +2,8 @@ using ILGpuMoE.Perf.Model;
 
 namespace ILGpuMoE.Tests.Perf;
 
-/// <summary>The decode model's arithmetic on launches worked out by hand (perf/ILGpuMoE.Perf/Model/DecodeModel.cs).</summary>
+/// <summary>The decode model's arithmetic on launches worked out by hand (perf/ILGpuMoE.Perf/Model/DecodeModel.cs), for the
+/// V1 kernels (what the constants were fitted to) and the V2 kernels (persistent groups, the runtime's default).</summary>
 public class DecodeModelTests
 {
     private static readonly DecodeMachine H200 = new();
@@ -18,7 +19,7 @@ public class DecodeModelTests
         //   issue:     4 x 512 / (113 / 4) = 72.50 B per clock per SM x 1.98 GHz x 132 SMs = 18,947 B/ns -> 1.771 us
         //   groups:    256 / (132 x 5) < 1 wave -> 1 x (6.8 + 131,072 B / 6,500 B/us) = 6.8 + 20.165 = 26.965 us
         // -> 26.965 + 6.0 us of launch = 32.965 us.
-        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512), "o ");
+        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, DecodeKernels.V1), "o ");
         Assert.That(o.Groups, Is.EqualTo(256));
         Assert.That(o.Bound, Is.EqualTo("groups"));
         Assert.That(o.Microseconds, Is.EqualTo(32.965).Within(1e-3));
@@ -29,7 +30,7 @@ public class DecodeModelTests
     {
         // The same launch on a machine whose groups cost nothing: 8.820 + 6.0 = 14.820 us.
         var free = H200 with { GroupOverheadUs = 0, GroupStreamKBPerUs = 1e9 };
-        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, free, 512), "o ");
+        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, free, 512, DecodeKernels.V1), "o ");
         Assert.That(o.Bound, Is.EqualTo("bandwidth"));
         Assert.That(o.Microseconds, Is.EqualTo(14.820).Within(1e-3));
     }
@@ -40,7 +41,7 @@ public class DecodeModelTests
         // Mixtral experts up-gate in int4-g128: K=2 x F=14336 / 8 = 3584 groups, 2 resident per SM -> 3584 / 264 =
         // 13.576 waves; each group streams 16 rows x 4096 x 0.5234375 B = 34,304 B: 6.8 + 34,304 / 6,500 = 12.078 us;
         // 13.576 x 12.078 = 163.96 us, + 6.0 = 169.96 us.
-        var up = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Int4, H200, 512), "experts up-gate");
+        var up = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Int4, H200, 512, DecodeKernels.V1), "experts up-gate");
         Assert.That(up.Groups, Is.EqualTo(3584));
         Assert.That(up.Microseconds, Is.EqualTo(169.96).Within(0.01));
     }
@@ -59,6 +60,38 @@ public class DecodeModelTests
     }
 
     [Test]
-    public void ABadContextIsRefused() =>
+    public void V2PaysOnePrologueAndStreamsTwiceTheBytesInFlight()
+    {
+        // Mixtral o_proj in BF16 on V2: 256 blocks of 16 rows, 132 x 4 = 528 resident -> 256 groups, one wave; 32 KB in
+        // flight per group return every 16 / 6.5 = 2.4615 us -> 13.0 KB/us: 131,072 B / 13,000 B/us = 10.0825 us, plus
+        // the 1.5 us prologue = 11.5825 us (bandwidth 8.820 us; issue 4 x 512 / 27.5 = 74.47 B per clock per SM ->
+        // 1.724 us) -> + 6.0 us of launch = 17.5825 us; replayed from a graph, + 2.0 us = 13.5825 us.
+        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512), "o ");
+        Assert.That((o.Groups, o.Bound), Is.EqualTo((256, "groups")));
+        Assert.That(o.Microseconds, Is.EqualTo(17.5825).Within(1e-3));
+        var g = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, graph: true), "o ");
+        Assert.That(g.Microseconds, Is.EqualTo(13.5825).Within(1e-3));
+    }
+
+    [Test]
+    public void V2DownSplitsFIntoTilesAndDIntoChunks()
+    {
+        // Mixtral down in BF16 on V2: K = 2 pairs x ceil(14336 / 4096) = 4 tiles = 8 slices; 528 resident / 8 = 66
+        // chunks wanted -> ceil(4096 / 66) = 63 rows -> 64 (a multiple of 32) -> 64 chunks: 512 groups of
+        // 234,881,024 / 512 = 458,752 B: 458,752 / 13,000 + 1.5 + 1.0 (combine) = 37.79 us, under the bandwidth bound
+        // 234,881,024 / (0.9 x 4227e3) = 61.741 us -> + 6.0 = 67.741 us.
+        var down = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512), "experts down");
+        Assert.That((down.Groups, down.Bound), Is.EqualTo((512, "bandwidth")));
+        Assert.That(down.Microseconds, Is.EqualTo(67.741).Within(1e-3));
+        // V1: 256 groups of 16 rows, 2 x 14336 x 16 x 2 B = 917,504 B each: 6.8 + 917,504 / 6,500 = 147.954 us + 6.0.
+        var v1 = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, DecodeKernels.V1), "experts down");
+        Assert.That(v1.Microseconds, Is.EqualTo(153.954).Within(1e-3));
+    }
+
+    [Test]
+    public void ABadContextIsRefused()
+    {
         Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, (DecodeKernels)3));
+    }
 }

@@ -114,12 +114,12 @@ public class FamilyBenchTests
     [TestCase(5)]
     public void GptOssMxfp4Cases_MatchTheReference(int tokens)
     {
-        // The quantized MoE block (V4 at T = 1, V2 tiled at T = 5) and, at T = 1, decode/experts: MXFP4 experts with
-        // gpt-oss's clamped GLU and biases, checked against RefExpertGlu on RefMxfp4's dequantization.
+        // The quantized MoE block (V4 at T = 1, V2 tiled at T = 5) and, at T = 1, decode/experts V2 and V1: MXFP4 experts
+        // with gpt-oss's clamped GLU and biases, checked against RefExpertGlu on RefMxfp4's dequantization.
         using var device = BenchDevice.Open(DeviceChoice.Cpu);
         var cases = new QuantFamily().Cases(SmallGptOss, tokens, device).OfType<QuantMoeBlockCase>()
             .Concat(new DecodeFamily().Cases(SmallGptOss, tokens, device).Where(c => c.DType == "mxfp4" && c is DecodeExpertsCase)).ToList();
-        Assert.That(cases, Has.Count.EqualTo(tokens == 1 ? 2 : 1));
+        Assert.That(cases, Has.Count.EqualTo(tokens == 1 ? 3 : 1));
         foreach (var c in cases)
         {
             using (c)
