@@ -10,6 +10,8 @@
 //   7. decode/experts up-gate  hk = silu(W1[e_k] h2) * (W3[e_k] h2), h2 = rmsnorm(x) * g2 recomputed in the prologue
 //   8. decode/experts down     x += sum_k weights[k] * W2[e_k] hk (the combine and the residual in the epilogue)
 // At T = 1 there is no permutation: the one token's K expert ids are read directly (kernels/ILGpuMoE.Kernels/Decode).
+// decode/linear and decode/experts run their V2 (persistent groups, DecodePersistent.cs); down's split scratch is
+// reserved when the plan is built.
 // Around the layers: the embedding, and decode/linear with the final norm for the logits.
 //
 // Every launch argument is fixed when the plan is built (buffers, weights, shapes); what changes per token, the token id
