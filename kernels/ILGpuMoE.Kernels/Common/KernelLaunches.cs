@@ -16,6 +16,21 @@ public static partial class KernelLaunches
     [ThreadStatic]
     private static long tensorCoreCount;
 
+    /// <summary>
+    /// Throws ObjectDisposedException, naming it, when the accelerator or its ILGPU context was disposed: every counted
+    /// launch checks first, so a launcher used after its device is gone fails as .NET code does instead of reaching
+    /// ILGPU's runtime (where a launch on a disposed CPU accelerator ends the process with an assertion).
+    /// </summary>
+    public static void Guard(Accelerator accelerator, string? user = null)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        string who = user is null ? "" : user + ": ";
+        if (accelerator.Context.IsDisposed)
+            throw new ObjectDisposedException(nameof(Context), $"{who}the ILGPU context of accelerator '{accelerator.Name}' was disposed");
+        if (accelerator.IsDisposed)
+            throw new ObjectDisposedException(nameof(Accelerator), $"{who}the accelerator '{accelerator.Name}' was disposed");
+    }
+
     /// <summary>Kernels launched on this thread since it started (read it before and after a step: the difference).</summary>
     public static long Count => count;
 
@@ -29,6 +44,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1);
         };
@@ -41,6 +57,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2);
         };
@@ -53,6 +70,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3);
         };
@@ -65,6 +83,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4);
         };
@@ -77,6 +96,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5);
         };
@@ -89,6 +109,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6);
         };
@@ -101,6 +122,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7);
         };
@@ -113,6 +135,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8);
         };
@@ -125,6 +148,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9);
         };
@@ -137,6 +161,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10);
         };
@@ -149,6 +174,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11);
         };
@@ -161,6 +187,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12);
         };
@@ -173,6 +200,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13);
         };
@@ -185,6 +213,7 @@ public static partial class KernelLaunches
         var launch = accelerator.LoadKernel(kernel);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14);
         };
@@ -207,6 +236,7 @@ public static partial class KernelLaunches
         residentGroups = ResidentGroups(accelerator, launch, groupSize);
         return (s, c, p1, p2, p3, p4, p5, p6, p7) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7);
         };
@@ -221,6 +251,7 @@ public static partial class KernelLaunches
         residentGroups = ResidentGroups(accelerator, launch, groupSize);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8);
         };
@@ -235,6 +266,7 @@ public static partial class KernelLaunches
         residentGroups = ResidentGroups(accelerator, launch, groupSize);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11) =>
         {
+            Guard(accelerator);
             count++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11);
         };

@@ -52,6 +52,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1);
@@ -79,6 +80,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2);
@@ -106,6 +108,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3);
@@ -133,6 +136,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4);
@@ -160,6 +164,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5);
@@ -187,6 +192,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6);
@@ -214,6 +220,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7);
@@ -241,6 +248,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8);
@@ -268,6 +276,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9);
@@ -295,6 +304,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10);
@@ -322,6 +332,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11);
@@ -349,6 +360,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12);
@@ -376,6 +388,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13);
@@ -403,6 +416,7 @@ public static partial class KernelLaunches
         var launch = TensorCoreLoader.Load<Action<AcceleratorStream, KernelConfig, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14>>(cuda, kernel, maxDynamicSharedBytes);
         return (s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14) =>
         {
+            Guard(cuda);
             count++;
             tensorCoreCount++;
             launch(s, c, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14);

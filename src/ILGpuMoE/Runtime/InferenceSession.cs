@@ -73,6 +73,7 @@ public sealed class InferenceSession : IDisposable
     private CudaGraph? _graph;
     private bool _graphTried;
     private int _decodeSteps;
+    private bool _disposed;
 
     internal InferenceSession(MoeModel model, SessionOptions? options = null)
     {
@@ -231,6 +232,7 @@ public sealed class InferenceSession : IDisposable
     /// </summary>
     public float[] Prefill(ReadOnlySpan<int> tokens, bool allLogits)
     {
+        ThrowIfUnusable();
         if (tokens.IsEmpty)
             throw new RuntimeInputException("no tokens to process (the prompt is empty)");
         CheckTokens(tokens);
@@ -255,6 +257,14 @@ public sealed class InferenceSession : IDisposable
         }
 
         return result;
+    }
+
+    /// <summary>ObjectDisposedException naming what is gone: this session, its model, or their accelerator / context.</summary>
+    private void ThrowIfUnusable()
+    {
+        if (_disposed)
+            throw new ObjectDisposedException(nameof(InferenceSession), "InferenceSession: the session was disposed");
+        _model.ThrowIfUnusable(nameof(InferenceSession));
     }
 
     /// <summary>Appends one token; returns its logits [V].</summary>
@@ -545,8 +555,18 @@ public sealed class InferenceSession : IDisposable
         }
     }
 
+    /// <summary>
+    /// Frees the session's buffers (idempotent). After its model, accelerator or context was disposed the session only
+    /// marks itself disposed: ILGPU freed its buffers with the accelerator, and synchronising a disposed stream would
+    /// reach ILGPU's runtime.
+    /// </summary>
     public void Dispose()
     {
+        if (_disposed)
+            return;
+        _disposed = true;
+        if (_model.IsDisposed)
+            return;
         _stream.Synchronize();
         _graph?.Dispose();
         if (_ownStream)

@@ -570,10 +570,39 @@ public sealed class MoeModel : IDisposable
     }
 
     /// <summary>A fresh session (empty KV cache of <see cref="MaxSeq"/> positions).</summary>
-    public InferenceSession NewSession(SessionOptions? options = null) => new(this, options);
+    public InferenceSession NewSession(SessionOptions? options = null)
+    {
+        ThrowIfUnusable(nameof(NewSession));
+        return new(this, options);
+    }
 
+    /// <summary>True once the model, its accelerator or the accelerator's context was disposed.</summary>
+    public bool IsDisposed => _disposed || DeviceGone;
+
+    private bool _disposed;
+
+    private bool DeviceGone => Accelerator.IsDisposed || Accelerator.Context.IsDisposed;
+
+    /// <summary>
+    /// Throws ObjectDisposedException naming what is gone: this model, or the accelerator / context it lives on (a
+    /// session or call made after either was disposed would otherwise reach ILGPU's runtime with freed buffers).
+    /// </summary>
+    internal void ThrowIfUnusable(string user)
+    {
+        if (_disposed)
+            throw new ObjectDisposedException(nameof(MoeModel), $"{user}: the model ({Directory}) was disposed");
+        ILGpuMoE.Kernels.KernelLaunches.Guard(Accelerator, user);
+    }
+
+    /// <summary>Frees the weights (idempotent). After the accelerator or its context was disposed there is nothing left
+    /// to free (ILGPU freed the buffers with it): the model only marks itself disposed.</summary>
     public void Dispose()
     {
+        if (_disposed)
+            return;
+        _disposed = true;
+        if (DeviceGone)
+            return;
         Ops.Dispose();
         foreach (var t in _owned)
             t.Dispose();
