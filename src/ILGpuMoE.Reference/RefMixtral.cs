@@ -51,6 +51,7 @@ public sealed class RefMixtral
 
     private RefMixtralSession? _last;
 
+    /// <param name="config">The model's shape and options (config.json's fields).</param>
     /// <param name="weights">Returns the F32 values of a tensor by name (model.embed_tokens.weight,
     /// model.layers.N.self_attn.q_proj.weight, ..., lm_head.weight); lengths are checked against the config.</param>
     /// <param name="router">Another router mode on the same router weights (Switch, NoisyTopK with zero noise logits:

@@ -267,6 +267,7 @@ public sealed partial class RefModel
 
     private RefModelSession? _last;
 
+    /// <param name="config">The model's shape, family and options (config.json's fields).</param>
     /// <param name="weights">Returns the F32 values of a tensor by its Hugging Face name (see the file header);
     /// lengths are checked against the config, a null return is a missing tensor.</param>
     /// <param name="raw">Returns a tensor's stored bytes (null when missing); needed only for gpt-oss MXFP4 experts

@@ -25,7 +25,7 @@ public static class RopeScaling
 
     /// <summary>
     /// Reads rope_scaling / rope_parameters: null for plain RoPE (no block, or rope_type "default"), YaRN's numbers for
-    /// rope_type "yarn", a one-line error naming the key otherwise. <paramref name="familyDefault"/>: what the family's
+    /// rope_type "yarn", a one-line error naming the key otherwise. <paramref name="family"/> picks what the family's
     /// config class fills in when neither block is present (gpt-oss: <see cref="GptOssDefault"/>).
     /// </summary>
     internal static YarnScaling? Read(ConfigReader c, int maxPositions, ModelFamily family)

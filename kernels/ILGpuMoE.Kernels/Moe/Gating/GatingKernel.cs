@@ -75,7 +75,7 @@ public static class GatingKernels
     // ---- shared device helpers -------------------------------------------------------------------------------
 
     /// <summary>True when (va, ia) comes before (vb, ib): higher score first, then lower expert id.</summary>
-    /// (Non-short-circuit & and |: no branch, see "Lane-dependent values" in the header.)
+    // (Non-short-circuit & and |: no branch, see "Lane-dependent values" in the header.)
     internal static bool Before(float va, int ia, float vb, int ib) => (va > vb) | ((va == vb) & (ia < ib));
 
     /// <summary>

@@ -298,7 +298,7 @@ public sealed class MoePermuteKernel
 
     public const int MinChunk = 32;
 
-    /// <summary>Pairs per chunk: 32, doubled until the [E, chunks] scan of the single scan group stays <= 16384 entries.</summary>
+    /// <summary>Pairs per chunk: 32, doubled until the [E, chunks] scan of the single scan group stays &lt;= 16384 entries.</summary>
     public static int ChunkSize(int pairs, int experts)
     {
         int chunk = MinChunk;

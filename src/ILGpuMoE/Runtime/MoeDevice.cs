@@ -1,0 +1,53 @@
+// The device an application runs on: one ILGPU context and one accelerator, chosen as the CLI's --device does (auto:
+// CUDA, then OpenCL, then the CPU accelerator). What an embedding program opens before MoeModel.Load or a launcher's
+// Create; disposing it disposes the accelerator, then the context (a model or session used afterwards throws
+// ObjectDisposedException naming what is gone).
+using ILGPU;
+using ILGPU.Runtime;
+using ILGpuMoE.Kernels;
+
+namespace ILGpuMoE.Runtime;
+
+public sealed class MoeDevice : IDisposable
+{
+    private MoeDevice(Context context, Device device, Accelerator accelerator)
+    {
+        Context = context;
+        Device = device;
+        Accelerator = accelerator;
+    }
+
+    public Context Context { get; }
+
+    public Device Device { get; }
+
+    public Accelerator Accelerator { get; }
+
+    /// <summary>One line: backend, name, memory, warp, group and multiprocessor figures.</summary>
+    public string Description => Devices.Describe(Device);
+
+    /// <summary>
+    /// Opens <paramref name="choice"/> (auto: the best backend present). Throws InvalidOperationException with a
+    /// one-line message when the machine has no such device. profiling: ILGPU's profiling markers on streams.
+    /// </summary>
+    public static MoeDevice Open(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false)
+    {
+        var context = Devices.CreateContext(profiling, cpuOnly: choice == DeviceChoice.Cpu);
+        try
+        {
+            var device = Devices.Select(context, choice);
+            return new MoeDevice(context, device, device.CreateAccelerator(context));
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        Accelerator.Dispose();
+        Context.Dispose();
+    }
+}
