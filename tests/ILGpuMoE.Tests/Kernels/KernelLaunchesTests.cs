@@ -47,7 +47,7 @@ public class KernelLaunchesTests
         // A launcher that loads a kernel with ILGPU's LoadKernel launches uncounted, and "launches per token" would lie.
         // The two loaders themselves are exempt: LoadCounted (KernelLaunches.cs) and LoadTensorCore (TensorCoreLoader.cs,
         // which loads the patched PTX with LoadKernel and counts in the delegate it returns, as LoadCounted does).
-        var kernels = Path.Combine(RepoRoot(), "kernels");
+        var kernels = Path.Combine(Repo.Root(), "kernels");
         string[] loaders = ["KernelLaunches.cs", "TensorCoreLoader.cs"];
         var offenders = Directory.EnumerateFiles(kernels, "*.cs", SearchOption.AllDirectories)
             .Where(f => !f.Contains($"{Path.DirectorySeparatorChar}obj{Path.DirectorySeparatorChar}") && !loaders.Contains(Path.GetFileName(f)))
@@ -55,16 +55,5 @@ public class KernelLaunchesTests
             .Select(f => Path.GetRelativePath(kernels, f))
             .ToList();
         Assert.That(offenders, Is.Empty, "use accelerator.LoadCounted (Common/KernelLaunches.cs) or LoadTensorCore instead of LoadKernel");
-    }
-
-    private static string RepoRoot()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            if (File.Exists(Path.Combine(d.FullName, "ILGpuMoE.sln")))
-                return d.FullName;
-        }
-
-        throw new InvalidOperationException($"no ILGpuMoE.sln above {AppContext.BaseDirectory}");
     }
 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using ILGpuMoE.Tests.Common;
 
 namespace ILGpuMoE.Tests.Perf;
 
@@ -20,7 +21,7 @@ public class GpuRunnerDryRunTests
     {
         if (OperatingSystem.IsWindows())
             Assert.Ignore("the runner is a bash script for Linux GPU machines");
-        string root = RepoRoot();
+        string root = Repo.Root();
         string outDir = Directory.CreateTempSubdirectory("ilgpumoe-dry-run-").FullName;
         try
         {
@@ -85,16 +86,5 @@ public class GpuRunnerDryRunTests
         {
             Directory.Delete(outDir, recursive: true);
         }
-    }
-
-    private static string RepoRoot()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            if (File.Exists(Path.Combine(d.FullName, "ILGpuMoE.sln")))
-                return d.FullName;
-        }
-
-        throw new InvalidOperationException($"no ILGpuMoE.sln above {AppContext.BaseDirectory}");
     }
 }
