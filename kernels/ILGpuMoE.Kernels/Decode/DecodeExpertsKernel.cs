@@ -21,7 +21,8 @@
 //       up-gate: grid min(K * ceil(F / 8), SMs x resident), each group normalises and stages xs once and loops over
 //       V1's (k, 8 f) blocks.
 //       down: F split over groups. Slice s = (k, c) is column tile c (TileCols wide) of pair k; chunk r is ChunkRows
-//       rows of d (a multiple of 32: a chunk's partials start on a 128-byte line). Group (r, s) stages h[k, tile c]
+//       rows of d (a multiple of 32: with D a multiple of 32, as every family's is, no 128-byte line of partials is
+//       shared by two chunks, so no combining group reads a line another chunk's combine cached). Group (r, s) stages h[k, tile c]
 //       once and streams its rows' units of that tile into partials [K * C, D] (no weight yet), then fences and counts
 //       itself on chunk r's counter; the group that counts last combines the chunk: out[d] = residual[d] + sum over k in
 //       k order (dropped pairs skipped) of weight[k] * (sum over c in order of partials[k * C + c, d] + b2[e_k, d]), and

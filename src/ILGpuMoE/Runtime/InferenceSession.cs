@@ -556,16 +556,16 @@ public sealed class InferenceSession : IDisposable
     }
 
     /// <summary>
-    /// Frees the session's buffers (idempotent). After its model, accelerator or context was disposed the session only
-    /// marks itself disposed: ILGPU freed its buffers with the accelerator, and synchronising a disposed stream would
-    /// reach ILGPU's runtime.
+    /// Frees the session's buffers (idempotent; also after its model was disposed). After the accelerator or its context
+    /// was disposed the session only marks itself disposed: ILGPU freed its buffers with the accelerator, and
+    /// synchronising a disposed stream would reach ILGPU's runtime.
     /// </summary>
     public void Dispose()
     {
         if (_disposed)
             return;
         _disposed = true;
-        if (_model.IsDisposed)
+        if (_model.DeviceGone)
             return;
         _stream.Synchronize();
         _graph?.Dispose();

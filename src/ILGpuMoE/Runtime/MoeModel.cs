@@ -581,7 +581,8 @@ public sealed class MoeModel : IDisposable
 
     private bool _disposed;
 
-    private bool DeviceGone => Accelerator.IsDisposed || Accelerator.Context.IsDisposed;
+    /// <summary>True once the accelerator or its context was disposed (ILGPU freed every buffer on it).</summary>
+    internal bool DeviceGone => Accelerator.IsDisposed || Accelerator.Context.IsDisposed;
 
     /// <summary>
     /// Throws ObjectDisposedException naming what is gone: this model, or the accelerator / context it lives on (a
