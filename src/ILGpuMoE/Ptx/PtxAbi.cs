@@ -9,8 +9,9 @@
 // ArrayView<T> is 16 bytes aligned 8: the device address of element 0, then the length in elements (i64). A struct is
 // one .b8 array holding its fields in declaration order at natural alignment (KernelParamLayout). An implicitly
 // grouped kernel (first parameter Index1D/2D/3D) has no .param for that index: ILGPU passes the launch extent instead,
-// as a leading parameter of the index type (the bounds every thread checks); explicitly grouped kernels, all of ours,
-// have none. Describe checks all of this against the entry's .param list, so a layout rule that stops holding fails
+// as a leading parameter of the index type (".param .b32 _i_N" for Index1D, the bound every thread checks), which the
+// ABI calls "$kernelLength" (PtxExportTests checks it on a kernel of its own); explicitly grouped kernels, all of
+// ours, have none. Describe checks all of this against the entry's .param list, so a layout rule that stops holding fails
 // the export instead of writing a wrong manifest.
 using System.Globalization;
 using System.Reflection;

@@ -240,3 +240,31 @@ public partial class PtxExportTests
     [GeneratedRegex(@"ld\.param\.([bsuf])(8|16|32|64)\s+%\w+,\s*\[([\w$]+)(?:\+(\d+))?\]")]
     private static partial Regex ParamLoad();
 }
+
+/// <summary>
+/// ILGPU's hidden parameter: an implicitly grouped kernel (first parameter Index1D) gets no .param for its index but a
+/// leading one for the launch extent, which the ABI lists as "$kernelLength". None of our kernels is implicitly
+/// grouped; this one, compiled here, keeps the rule checked against ILGPU's PTX.
+/// </summary>
+public class PtxAbiImplicitKernelTests
+{
+    private static void Scale(ILGPU.Index1D i, ILGPU.ArrayView<float> x, float factor) => x[i] *= factor;
+
+    [Test]
+    public void ImplicitlyGroupedKernelLeadsWithItsExtent()
+    {
+        var method = typeof(PtxAbiImplicitKernelTests).GetMethod(nameof(Scale), System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic)!;
+        using var context = ILGPU.Context.Create(b => b.Default());
+        var arch = ILGPU.Runtime.Cuda.CudaArchitecture.SM_90;
+        var backend = new ILGPU.Backends.PTX.PTXBackend(context, new ILGPU.Runtime.Cuda.CudaCapabilityContext(arch), arch,
+            ILGPU.Runtime.Cuda.CudaInstructionSet.ISA_78, null!);
+        var compiled = (ILGPU.Backends.PTX.PTXCompiledKernel)backend.Compile(
+            ILGPU.Backends.EntryPoints.EntryPointDescription.FromImplicitlyGroupedKernel(method), ILGPU.Runtime.KernelSpecialization.Empty);
+
+        var abi = PtxAbi.Describe(method, implicitlyGrouped: true, compiled.PTXAssembly, "grid ceil(N/256), group 256", 0);
+        Assert.That(abi.Params.Select(p => (p.Name, p.Offset, p.Bytes)), Is.EqualTo(new[] { ("$kernelLength", 0, 4), ("x", 8, 16), ("factor", 24, 4) }),
+            compiled.PTXAssembly[..Math.Min(600, compiled.PTXAssembly.Length)]);
+        Assert.That(abi.ParamBytes, Is.EqualTo(32));
+        Assert.That(abi.Launch.Grid, Is.EqualTo(new[] { "ceil(N/256)" }));
+    }
+}
