@@ -241,19 +241,20 @@ public partial class PtxExportTests
     private static partial Regex ParamLoad();
 }
 
-/// <summary>
-/// ILGPU's hidden parameter: an implicitly grouped kernel (first parameter Index1D) gets no .param for its index but a
-/// leading one for the launch extent, which the ABI lists as "$kernelLength". None of our kernels is implicitly
-/// grouped; this one, compiled here, keeps the rule checked against ILGPU's PTX.
-/// </summary>
-public class PtxAbiImplicitKernelTests
+/// <summary>PtxAbi on kernels compiled here and on hand-written launch strings and PTX.</summary>
+public class PtxAbiTests
 {
     private static void Scale(ILGPU.Index1D i, ILGPU.ArrayView<float> x, float factor) => x[i] *= factor;
 
+    /// <summary>
+    /// ILGPU's hidden parameter: an implicitly grouped kernel (first parameter Index1D) gets no .param for its index but
+    /// a leading one for the launch extent, which the ABI lists as "$kernelLength". None of our kernels is implicitly
+    /// grouped; this one keeps the rule checked against ILGPU's PTX.
+    /// </summary>
     [Test]
     public void ImplicitlyGroupedKernelLeadsWithItsExtent()
     {
-        var method = typeof(PtxAbiImplicitKernelTests).GetMethod(nameof(Scale), System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic)!;
+        var method = typeof(PtxAbiTests).GetMethod(nameof(Scale), System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic)!;
         using var context = ILGPU.Context.Create(b => b.Default());
         var arch = ILGPU.Runtime.Cuda.CudaArchitecture.SM_90;
         var backend = new ILGPU.Backends.PTX.PTXBackend(context, new ILGPU.Runtime.Cuda.CudaCapabilityContext(arch), arch,
@@ -267,4 +268,40 @@ public class PtxAbiImplicitKernelTests
         Assert.That(abi.ParamBytes, Is.EqualTo(32));
         Assert.That(abi.Launch.Grid, Is.EqualTo(new[] { "ceil(N/256)" }));
     }
+
+    /// <summary>A PTX whose .param disagrees with the C# layout fails the description, naming the parameter.</summary>
+    [Test]
+    public void APtxThatDisagreesWithTheLayoutIsRefused()
+    {
+        var method = typeof(PtxAbiTests).GetMethod(nameof(Scale), System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic)!;
+        const string Ptx = ".version 7.8\n.target sm_80\n.address_size 64\n.visible .entry Kernel_Scale(\n\t.param .b32 _i_1,\n" +
+            "\t.param .align 4 .b8 _x_2[16],\n\t.param .f32 _factor_3\n)\n{\n\tret;\n}\n";
+        Assert.That(() => PtxAbi.Describe(method, true, Ptx, "grid 1, group 32", 0),
+            Throws.InvalidOperationException.With.Message.Contains("parameter x is 16 bytes aligned 8").And.Message.Contains("aligned 4"));
+        string withoutExtent = Ptx.Replace("\t.param .b32 _i_1,\n", "", StringComparison.Ordinal);
+        Assert.That(() => PtxAbi.Describe(method, true, withoutExtent, "grid 1, group 32", 0),
+            Throws.InvalidOperationException.With.Message.Contains("3 parameters by KernelParamLayout but 2 .param"));
+    }
+
+    /// <summary>Launch strings as [KernelInfo] writes them, and the shapes read from them (expected values by hand).</summary>
+    [TestCase("grid ceil(N/256), group 256", false, 0, new[] { "ceil(N/256)" }, "256", 256, "0")]
+    [TestCase("grid (tiles, ceil(F/32)), group 128 = 4 warps, 30976 B dynamic shared", true, 30976, new[] { "tiles", "ceil(F/32)" }, "128", 128, "30976")]
+    [TestCase("grid ceil(T/W), group 32*W (W = min(8, T) on GPU): one warp per token, dynamic shared W*(E+Groups) floats", true, 16384,
+        new[] { "ceil(T/W)" }, "32*W", null, "(W*(E+Groups))*4")]
+    [TestCase("grid T*Hkv*splits, group 32*min(H/Hkv, 8)", false, 0, new[] { "T*Hkv*splits" }, "32*min(H/Hkv, 8)", null, "0")]
+    [TestCase("grid ceil(T/64)*ceil(Out/64) (rastered in groups of 16 token tiles), group 128 (4 warps, 2 x 2)", false, 0,
+        new[] { "ceil(T/64)*ceil(Out/64)" }, "128", 128, "0")]
+    [TestCase("grid (tiles, ceil(D/64)), group 128 = 4 warps, dynamic shared", true, 19712, new[] { "tiles", "ceil(D/64)" }, "128", 128, "19712")]
+    public void LaunchShapes(string launch, bool dynamicShared, int maxDynamic, string[] grid, string group, int? threads, string shared)
+    {
+        var shape = PtxAbi.ParseLaunch(launch, dynamicShared, maxDynamic);
+        Assert.That(shape.Grid, Is.EqualTo(grid));
+        Assert.That(shape.Group, Is.EqualTo(group));
+        Assert.That(shape.GroupThreads, Is.EqualTo(threads));
+        Assert.That(shape.DynamicSharedBytes, Is.EqualTo(shared));
+    }
+
+    [Test]
+    public void ALaunchWithoutGridAndGroupIsRefused() =>
+        Assert.That(() => PtxAbi.ParseLaunch("one thread per row", false, 0), Throws.TypeOf<FormatException>().With.Message.Contains("grid ..., group ..."));
 }
