@@ -7,7 +7,7 @@
  * The kernel is dense-add-v1 (y = a + b over N floats, default N = 100003: not a multiple of the group, so the tail
  * guard runs). --no-gpu stops after the parameter buffer is filled and printed (what CI runs: no driver needed).
  * Exit 0 ok, 1 wrong result or a CUDA call failed, 2 bad input (files, or an ABI this sample does not know),
- * 3 no CUDA driver or device.
+ * 4 no CUDA driver or device (not 3: the GPU runner reads 3 as a timed-out case).
  *
  * abi.tsv, tab-separated (why not JSON: C has no JSON reader, and a line format needs none):
  *   kernel NAME ENTRY FILE PARAM_BYTES MIN_SM GROUP DYNAMIC_SHARED_BYTES
@@ -160,7 +160,7 @@ static int check(CUresult r, const char *call) {
 
 #define LOAD(var, type, symbol)                                                                  \
     type var = (type)dlsym(lib, symbol);                                                         \
-    if (!var) { fprintf(stderr, "ptx_launch: libcuda has no %s\n", symbol); return 3; }
+    if (!var) { fprintf(stderr, "ptx_launch: libcuda has no %s\n", symbol); return 4; }
 #define CHECK(call)                  \
     do {                             \
         if (check((call), #call)) {  \
@@ -204,7 +204,7 @@ int main(int argc, char **argv) {
 
     void *lib = dlopen("libcuda.so.1", RTLD_NOW);
     if (!lib) lib = dlopen("libcuda.so", RTLD_NOW);
-    if (!lib) { fprintf(stderr, "ptx_launch: no CUDA driver (libcuda.so.1): %s\n", dlerror()); free(ptx); return 3; }
+    if (!lib) { fprintf(stderr, "ptx_launch: no CUDA driver (libcuda.so.1): %s\n", dlerror()); free(ptx); return 4; }
     error_name = (cuGetErrorName_t)dlsym(lib, "cuGetErrorName");
     LOAD(cuInit, cuInit_t, "cuInit")
     LOAD(cuDeviceGetCount, cuDeviceGetCount_t, "cuDeviceGetCount")
@@ -225,7 +225,7 @@ int main(int argc, char **argv) {
     int devices = 0;
     if (cuInit(0) != CUDA_SUCCESS || cuDeviceGetCount(&devices) != CUDA_SUCCESS || devices == 0) {
         free(ptx);
-        return fail(3, "the CUDA driver reports no device");
+        return fail(4, "the CUDA driver reports no device");
     }
     CUdevice device;
     CUcontext context = NULL;
@@ -240,7 +240,7 @@ int main(int argc, char **argv) {
     CHECK(cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device));
     if (major * 10 + minor < abi.min_sm) {
         fprintf(stderr, "ptx_launch: device is sm_%d%d, the PTX needs sm_%d\n", major, minor, abi.min_sm);
-        rc = 3;
+        rc = 4;
         goto done;
     }
     CHECK(cuCtxCreate(&context, 0, device));
