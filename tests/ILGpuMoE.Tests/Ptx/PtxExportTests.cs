@@ -203,7 +203,7 @@ public partial class PtxExportTests
         if (cc is null)
             Assert.Ignore("no C compiler (cc, gcc, clang) on PATH");
         string exe = Path.Combine(_dir, "ptx_launch");
-        string source = Path.Combine(RepoPaths.Root(), "tools", "ptx-launch", "ptx_launch.c");
+        string source = Path.Combine(Repo.Root(), "tools", "ptx-launch", "ptx_launch.c");
         var (rc, output) = Run(cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe, source, "-ldl");
         Assert.That(rc, Is.Zero, output);
         (rc, output) = Run(exe, "--no-gpu", _dir);
