@@ -18,6 +18,9 @@ dotnet publish perf/ILGpuMoE.GpuBundle/ILGpuMoE.GpuBundle.csproj -c Release -r l
 # Only the executable travels; pdbs and stray native files the bundle already holds stay behind.
 find "$out/bin" -mindepth 1 ! -name ilgpumoe-gpu -exec rm -rf {} +
 cp perf/gpu/run-device.sh perf/gpu/torch_baseline.py perf/gpu/fixtures.sh perf/gpu/fixture_check.py "$out/"
+# The C sample of the PTX ABI, for run-device.sh's ptx-launch step (it opens libcuda itself: no CUDA needed here).
+cc -std=c11 -O2 -Wall -Wextra -Werror -o "$out/ptx_launch" tools/ptx-launch/ptx_launch.c -ldl \
+  || echo "prepare: no C compiler or tools/ptx-launch does not compile: the ptx-launch step will be skipped" >&2
 # The fixture step's data: the F32 fixtures (Mixtral's with llama.cpp's logits, one per other family) and the README's
 # demo model, 6 MB together.
 mkdir -p "$out/data"

@@ -12,6 +12,7 @@
 #   2b. fixtures      the whole runtime on CUDA: the F32 fixture vs llama.cpp's logits (one prefill, and one token per
 #                     step through the decode plan, plainly and as a CUDA graph), each --quant scheme vs the CPU
 #                     accelerator, the README's generate command (fixtures.sh)
+#   2c. ptx-launch    the exported PTX launched from C through the manifest's ABI (tools/ptx-launch)
 #   3. mixtral-8x7b   the kernel benches at Mixtral-8x7B shapes, the decode cases first (--decode-first: T = 1 of
 #                     every kernel marked [KernelInfo(Decode = ...)], right after the copy ceiling), then the
 #                     ceilings (the tensor-core peak-mma case first, perf/notes/tensor-cores.md), then the sweep
@@ -195,6 +196,14 @@ fixture="$here/data/mixtral-tiny-f32" demo="$here/data/mixtral-demo"
 [ -d "$demo" ] || demo="$here/../../models/mixtral-demo"
 step fixtures 200 bash "$here/fixtures.sh" "$bin" "$device" "$fixture" "$demo" "$out/fixtures"
 grep -E '^(ok|WRONG|ERROR) ' "$out/fixtures.log" 2>/dev/null | sed 's/^/  /' | tee -a "$summary" >/dev/null
+
+# 2c. The PTX ABI from C: export the PTX (manifest.json, abi.tsv) and launch dense-add-v1 with the driver API from the
+# C sample prepare.sh compiled (tools/ptx-launch), checked against a CPU loop. The export stays out of $out.
+current=ptx-launch
+if [ $dry -eq 1 ]; then say "ptx-launch: SKIPPED (dry run)";
+elif [ ! -x "$here/ptx_launch" ]; then say "ptx-launch: SKIPPED (no $here/ptx_launch: prepare.sh found no C compiler)";
+else step ptx-launch 90 bash -c '"$1" ptx --out "$2" > /dev/null && "$3" "$2"' _ "$bin" "${TMPDIR:-/tmp}/ilgpumoe-ptx-abi" "$here/ptx_launch"; fi
+grep -E '^ptx_launch: ' "$out/ptx-launch.log" 2>/dev/null | sed 's/^/  /' | tee -a "$summary" >/dev/null
 
 # 3. Kernel benches at Mixtral shapes (each case is checked at its own shape before it is timed).
 step mixtral-8x7b 180 "$bin" bench "${kernels[@]}" "${common[@]}" --no-e2e --out "$out/mixtral-8x7b"

@@ -28,6 +28,10 @@ public sealed record PtxKernel(string Name, string Family, string Version, strin
     /// <summary>[KernelInfo] WideViews, placed in the PTX parameters (see <see cref="KernelParamLayout"/>).</summary>
     public IReadOnlyList<WideViewDeclaration> WideViews { get; init; } = [];
 
+    /// <summary>The launch ABI (entry symbol, parameter buffer, launch shape, minimum sm): see <see cref="PtxAbi"/>.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public KernelAbi? Abi { get; init; }
+
     /// <summary>[KernelInfo] BlockSize: threads per group of the launcher's largest configuration (0 = undeclared).</summary>
     public int BlockSize { get; init; }
 
@@ -113,15 +117,12 @@ public static class PtxExporter
                     }
 
                     string baseName = FileName(info, wt);
-                    if (!used.Add(baseName))
-                    {
-                        // Two entry points share family and version (e.g. a prefill and a decode kernel): keep both.
-                        baseName = FileName(info, wt) + "-" + concrete.Name.ToLowerInvariant();
-                        used.Add(baseName);
-                    }
-
                     string file = baseName + ".ptx";
-                    if (TensorCoreNameProblem(info, baseName) is { } problem)
+                    // A file is named for the one entry it holds: two entries of a family and version need their own
+                    // [KernelInfo] Entry ("histogram", "scan"), never a name made up from the first one's.
+                    string? problem = used.Add(baseName) ? TensorCoreNameProblem(info, baseName)
+                        : $"{baseName} is already the name of another entry of {info.Family} {info.Version}: give each entry its own [KernelInfo] Entry";
+                    if (problem is not null)
                     {
                         results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, $"{concrete.DeclaringType!.FullName}.{concrete.Name}",
                             info.Launch, info.Summary, [], "", 0, problem));
@@ -145,6 +146,7 @@ public static class PtxExporter
                             (ptx, pass) = (promoted.Ptx, promoted.Summary);
                         }
 
+                        var abi = PtxAbi.Describe(concrete, IsImplicitlyGrouped(concrete), ptx, info.Launch, info.MaxDynamicSharedBytes);
                         File.WriteAllText(Path.Combine(outDir, file), ptx);
                         results.Add(new PtxKernel(baseName, info.Family, info.Version, wt, methodName, info.Launch, info.Summary,
                             parameters, file, ptx.Length, null)
@@ -155,6 +157,7 @@ public static class PtxExporter
                             BlockSize = info.BlockSize,
                             MaxDynamicSharedBytes = info.MaxDynamicSharedBytes,
                             DecodeUse = info.Decode,
+                            Abi = abi,
                         });
                         log?.Invoke($"ok    {file} ({ptx.Length / 1024.0:F1} KiB)" + (pass is null ? "" : $": {pass}"));
                     }
@@ -183,15 +186,48 @@ public static class PtxExporter
             arch = "sm_90",
             isa = set.ToString(),
             ilgpu = typeof(Context).Assembly.GetName().Version?.ToString(),
+            abiVersion = 1,
+            abiNotes = AbiNotes,
             kernels = results,
         };
         // For tools/ptxas-check.sh (bash, no JSON reader): name, threads per group, most dynamic shared bytes, how the
         // block size is known, the tensor-core instruction ("-" for SIMT kernels).
         File.WriteAllLines(Path.Combine(outDir, "launch.tsv"),
             results.Where(k => k.Error is null).Select(k => $"{k.Name}\t{k.CheckedBlockSize}\t{k.MaxDynamicSharedBytes}\t{(k.BlockSize > 0 ? "declared" : "bound")}\t{k.TensorCore ?? "-"}"));
+        File.WriteAllLines(Path.Combine(outDir, "abi.tsv"), AbiTsv(results));
         File.WriteAllText(Path.Combine(outDir, "manifest.json"),
             JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }));
         return results;
+    }
+
+    /// <summary>How to read "abi" (manifest.json repeats it, so the file explains itself).</summary>
+    public static readonly IReadOnlyList<string> AbiNotes =
+    [
+        "launch: cuModuleLoadData(file), cuModuleGetFunction(abi.entry), cuLaunchKernel with kernelParams = NULL and extra = " +
+            "{CU_LAUNCH_PARAM_BUFFER_POINTER, buffer, CU_LAUNCH_PARAM_BUFFER_SIZE, &abi.paramBytes, CU_LAUNCH_PARAM_END}",
+        "buffer: each of abi.params at its offset (C struct layout); a field's place is param offset + field offset",
+        "ArrayView<T>: 16 bytes, ptr = device address of element 0 (u64), length = elements (i64)",
+        "launch shape: grid and group are formulas of the dimensions named in \"launch\"; sharedMemBytes = abi.launch.dynamicSharedBytes",
+        "minSm: from the PTX .target; the PTX was generated for sm_90 (\"arch\") and its ISA is \"isa\"",
+        "abi.tsv: the same slots, one per line, for readers without JSON (tools/ptx-launch/ptx_launch.c)",
+    ];
+
+    /// <summary>
+    /// abi.tsv: per kernel a line "kernel NAME ENTRY FILE PARAM_BYTES MIN_SM GROUP DYNAMIC_SHARED" and one line per
+    /// scalar slot "slot NAME SLOT OFFSET BYTES TYPE" (offset in the whole buffer), tab-separated: what a C launcher
+    /// needs, with no JSON parser.
+    /// </summary>
+    private static IEnumerable<string> AbiTsv(IEnumerable<PtxKernel> kernels)
+    {
+        foreach (var k in kernels)
+        {
+            if (k.Abi is not { } abi)
+                continue;
+            yield return string.Join('\t', "kernel", k.Name, abi.Entry, k.File, abi.ParamBytes, abi.MinSm, abi.Launch.Group, abi.Launch.DynamicSharedBytes);
+            foreach (var p in abi.Params)
+                foreach (var f in p.Fields)
+                    yield return string.Join('\t', "slot", k.Name, f.Name, p.Offset + f.Offset, f.Bytes, f.Type);
+        }
     }
 
     /// <summary>
@@ -261,6 +297,6 @@ public static class PtxExporter
         return new string(chars.ToArray());
     }
 
-    private static string TypeName(Type t) =>
+    internal static string TypeName(Type t) =>
         t.IsGenericType ? $"{t.Name[..t.Name.IndexOf('`', StringComparison.Ordinal)]}<{string.Join(",", t.GetGenericArguments().Select(TypeName))}>" : t.Name;
 }
