@@ -84,6 +84,53 @@ public class FailEarlyTests
         AssertNothingWritten();
     }
 
+    [Test]
+    public void PendingOutputsMoveInOnCommitAndVanishOtherwise()
+    {
+        string root = Directory.CreateTempSubdirectory("ilgpumoe-pending-").FullName;
+        try
+        {
+            // A file: written to a sibling temporary, renamed over the target on commit.
+            string file = Path.Combine(root, "out.json");
+            File.WriteAllText(file, "old");
+            using (var pending = CliOutput.BeginFile(file))
+            {
+                Assert.That(Path.GetDirectoryName(pending.Path), Is.EqualTo(root));
+                File.WriteAllText(pending.Path, "new");
+                Assert.That(File.ReadAllText(file), Is.EqualTo("old"), "the target is untouched until commit");
+                pending.Commit(CancellationToken.None);
+            }
+
+            Assert.That(File.ReadAllText(file), Is.EqualTo("new"));
+
+            // A folder into an existing empty one; then one that is abandoned, and one whose commit meets a cancel.
+            string folder = Path.Combine(root, "dir");
+            Directory.CreateDirectory(folder);
+            using (var pending = CliOutput.BeginFolder(folder))
+            {
+                File.WriteAllText(Path.Combine(pending.Path, "a.txt"), "a");
+                pending.Commit(CancellationToken.None);
+            }
+
+            Assert.That(File.ReadAllText(Path.Combine(folder, "a.txt")), Is.EqualTo("a"));
+            using (var abandoned = CliOutput.BeginFolder(Path.Combine(root, "never")))
+                File.WriteAllText(Path.Combine(abandoned.Path, "half.bin"), "x");
+            using var cts = new CancellationTokenSource();
+            cts.Cancel();
+            using (var cancelled = CliOutput.BeginFile(Path.Combine(root, "cancelled.json")))
+            {
+                File.WriteAllText(cancelled.Path, "x");
+                Assert.Throws<OperationCanceledException>(() => cancelled.Commit(cts.Token));
+            }
+
+            Assert.That(Directory.EnumerateFileSystemEntries(root).Select(Path.GetFileName).Order(), Is.EqualTo(new[] { "dir", "out.json" }));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
     /// <summary>The CLI in-process with its cancel token already set: the first check inside the command's work stops it.</summary>
     private static CliRun Cancelled(params string[] args)
     {
