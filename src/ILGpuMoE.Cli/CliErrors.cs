@@ -2,7 +2,8 @@
 //   exit 0  success;
 //   exit 2  bad input (a file, a config, a checkpoint, a device, a CLI argument): exactly one line on stderr
 //           naming what and where, no stack trace;
-//   exit 1  anything unexpected (a bug): one line on stderr, plus the stack trace when ILGPUMOE_DEBUG=1.
+//   exit 1  anything unexpected (a bug): one line on stderr, plus the stack trace when ILGPUMOE_DEBUG=1;
+//   exit 130 cancelled (Ctrl-C / SIGTERM, CliSignals): the command threw OperationCanceledException; one line "cancelled".
 // Commands only throw typed exceptions; a new kind of bad input joins by being listed in IsBadInput.
 using System.Reflection;
 using ILGpuMoE.IO;
@@ -18,6 +19,8 @@ public static class CliErrors
     public const int Ok = 0;
     public const int Unexpected = 1;
     public const int BadInput = 2;
+    public const int Cancelled = 130;
+    public const string CancelledMessage = "cancelled";
     public const string DebugVariable = "ILGPUMOE_DEBUG";
 
     /// <summary>Runs <paramref name="body"/> under the policy above, writing errors to <paramref name="err"/> (stderr by default).</summary>
@@ -32,6 +35,12 @@ public static class CliErrors
         catch (Exception thrown)
         {
             var e = Unwrap(thrown);
+            if (e is OperationCanceledException)
+            {
+                err.WriteLine(CancelledMessage);
+                return Cancelled;
+            }
+
             if (IsBadInput(e))
             {
                 err.WriteLine($"error: {OneLine(e.Message)}");

@@ -4,25 +4,33 @@ namespace ILGpuMoE.Cli;
 
 /// <summary>
 /// Where a command writes: plain writers for stdout/stderr and a Spectre console over stdout for tables.
-/// Tests pass StringWriters; colours and ANSI codes appear only on a real terminal.
+/// Tests pass StringWriters; colours and ANSI codes appear only on a real terminal. <see cref="Cancel"/> is set by
+/// Ctrl-C / SIGTERM (CliSignals) in the real process; long commands check it between steps.
 /// </summary>
 public sealed class CliIo
 {
-    public CliIo(TextWriter output, TextWriter error)
+    public CliIo(TextWriter output, TextWriter error, CancellationToken cancel = default)
     {
         Out = output;
         Err = error;
-        var terminal = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
-        Ansi = AnsiConsole.Create(new AnsiConsoleSettings
+        Cancel = cancel;
+        Ansi = ConsoleOver(output, ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected);
+        ErrAnsi = ConsoleOver(error, ReferenceEquals(error, Console.Error) && !Console.IsErrorRedirected);
+    }
+
+    private static IAnsiConsole ConsoleOver(TextWriter writer, bool terminal)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
         {
-            Out = new AnsiConsoleOutput(output),
+            Out = new AnsiConsoleOutput(writer),
             Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
             ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
             Interactive = InteractionSupport.No,
         });
         // Redirected output (files, tests, CI logs) gets a width wide enough that table rows never wrap.
         if (!terminal)
-            Ansi.Profile.Width = 160;
+            console.Profile.Width = 160;
+        return console;
     }
 
     public TextWriter Out { get; }
@@ -32,5 +40,11 @@ public sealed class CliIo
     /// <summary>Spectre console writing to <see cref="Out"/>.</summary>
     public IAnsiConsole Ansi { get; }
 
-    public static CliIo Standard() => new(Console.Out, Console.Error);
+    /// <summary>Spectre console writing to <see cref="Err"/> (generate's statistics tables).</summary>
+    public IAnsiConsole ErrAnsi { get; }
+
+    /// <summary>Cancelled on the first SIGINT / SIGTERM.</summary>
+    public CancellationToken Cancel { get; }
+
+    public static CliIo Standard(CancellationToken cancel = default) => new(Console.Out, Console.Error, cancel);
 }

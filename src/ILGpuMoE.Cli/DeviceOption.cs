@@ -32,6 +32,27 @@ public static class DeviceOption
         DefaultValueFactory = _ => FromEnvironment(),
     };
 
+    /// <summary>
+    /// The one check of --device (or $ILGPUMOE_DEVICE) that Program runs before every command, including those that
+    /// use no device (inspect, quantize, ptx, bench's forwarder): a device the machine cannot serve is exit 2 with the
+    /// same line everywhere (DeviceSession.Select's), before any work. auto falls back to the CPU accelerator and cpu is
+    /// always there, so neither needs a context.
+    /// </summary>
+    public static void Validate(DeviceChoice choice)
+    {
+        switch (choice)
+        {
+            case DeviceChoice.Auto or DeviceChoice.Cpu:
+                return;
+            case DeviceChoice.Cuda or DeviceChoice.OpenCL:
+                using (var context = Devices.CreateContext())
+                    DeviceSession.Select(context, choice);
+                return;
+            default:
+                throw new System.Diagnostics.UnreachableException($"--device {choice}");
+        }
+    }
+
     /// <summary>The environment's default; a bad value is a usage error naming the variable.</summary>
     public static DeviceChoice FromEnvironment()
     {

@@ -55,6 +55,7 @@ public sealed class LoadedModel : IDisposable
                         {
                             Progress = new SyncProgress(p =>
                             {
+                                io.Cancel.ThrowIfCancellationRequested();
                                 task.MaxValue = Math.Max(1, p.BytesTotal);
                                 task.Value = p.BytesDone;
                             }),
@@ -64,7 +65,8 @@ public sealed class LoadedModel : IDisposable
             }
             else
             {
-                model = MoeModel.Load(device.Accelerator, modelDir, options);
+                // The progress reports (one per tensor) are where a Ctrl-C stops a long upload.
+                model = MoeModel.Load(device.Accelerator, modelDir, options with { Progress = new SyncProgress(_ => io.Cancel.ThrowIfCancellationRequested()) });
             }
 
             return new LoadedModel(device, model);

@@ -2,6 +2,7 @@
 // the error policy (CliErrors) around parsing and running them.
 using System.CommandLine;
 using ILGpuMoE.Cli.Commands;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Runtime;
 
 namespace ILGpuMoE.Cli;
@@ -11,7 +12,8 @@ public static class Program
     public static int Main(string[] args)
     {
         ProcessEnvironment.Apply();
-        return Run(args, CliIo.Standard());
+        using var signals = new CliSignals();
+        return Run(args, CliIo.Standard(signals.Token));
     }
 
     /// <summary>The whole CLI, in-process: tests call this with StringWriters.</summary>
@@ -23,13 +25,19 @@ public static class Program
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
             throw new CliUsageException($"{string.Join(" ", parse.Errors.Select(e => e.Message).Distinct())} (see ilgpumoe --help)");
-        return parse.Invoke(new InvocationConfiguration
+        // --device is checked once here for every command (help, and the root alone, need none).
+        if (parse.Action is not System.CommandLine.Help.HelpAction && parse.CommandResult.Command != root)
+            DeviceOption.Validate(parse.GetValue(root.Options.OfType<Option<DeviceChoice>>().Single()));
+        int code = parse.Invoke(new InvocationConfiguration
         {
             Output = io.Out,
             Error = io.Err,
             // Exceptions reach CliErrors, which owns the exit codes and the one-line messages.
             EnableDefaultExceptionHandler = false,
         });
+        // A signal during a command that had no step left to check it (inspect, devices) still ends as a cancel.
+        io.Cancel.ThrowIfCancellationRequested();
+        return code;
     }, io.Err);
 
     public static RootCommand BuildRoot(CliIo io)

@@ -12,8 +12,11 @@ public static class QuantOption
                       ". Embeddings, norms, router and lm_head keep their dtype.",
     };
 
-    /// <summary>null / "none" -> null; an unknown name is a usage error (exit 2) listing the schemes.</summary>
-    public static QuantSpec? Parse(string? name)
+    /// <summary>
+    /// null / "none" -> null; an unknown name is a usage error (exit 2) listing the schemes and naming
+    /// <paramref name="option"/> (quantize takes the same names as --scheme).
+    /// </summary>
+    public static QuantSpec? Parse(string? name, string option = "--quant")
     {
         try
         {
@@ -21,7 +24,11 @@ public static class QuantOption
         }
         catch (ArgumentException e)
         {
-            throw new CliUsageException(e.Message);
+            throw new CliUsageException(Rename(e.Message, option));
         }
     }
+
+    /// <summary>The library's scheme errors start with "--quant NAME"; under another option they name that one.</summary>
+    public static string Rename(string message, string option) =>
+        option != "--quant" && message.StartsWith("--quant ", StringComparison.Ordinal) ? option + message["--quant".Length..] : message;
 }

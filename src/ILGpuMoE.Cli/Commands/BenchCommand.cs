@@ -7,6 +7,8 @@
 //   2. next to ilgpumoe: ilgpumoe-bench (apphost) or ilgpumoe-bench.dll (a publish, the tests' bin folder);
 //   3. a source checkout above ilgpumoe's folder or the current folder: `dotnet run --project perf/ILGpuMoE.Perf -c Release`.
 // stdout/stderr are the child's own (inherited), so the table and the progress lines stream as they come.
+// --out is checked here before the child starts (CliOutput); Ctrl-C / SIGTERM ends the child's process tree and exits 130
+// (the bench's own folder is its to write: what a killed bench leaves there is perf's business).
 using System.CommandLine;
 using System.CommandLine.Parsing;
 using System.Diagnostics;
@@ -42,6 +44,8 @@ public static class BenchCommand
 
     public static int Run(CliIo io, string[] args)
     {
+        if (OutValue(args) is { } outDir)
+            CliOutput.CheckFolder("--out", outDir);
         var start = Locate() ?? throw new CliUsageException(
             $"bench: {BenchName} is neither next to ilgpumoe nor in a source checkout; build perf/ILGpuMoE.Perf, set {Variable}, " +
             $"or run `dotnet run --project {ProjectPath} -c Release -- {string.Join(' ', args)}`");
@@ -51,8 +55,24 @@ public static class BenchCommand
         io.Err.WriteLine($"bench: {start.FileName} {string.Join(' ', start.ArgumentList)}");
         io.Err.Flush();
         using var child = Process.Start(start) ?? throw new CliUsageException($"bench: could not start {start.FileName}");
-        child.WaitForExit();
+        using (io.Cancel.Register(() => child.Kill(entireProcessTree: true)))
+            child.WaitForExit();
+        io.Cancel.ThrowIfCancellationRequested();
         return child.ExitCode;
+    }
+
+    /// <summary>The value of --out / -o (or --out=DIR) among the forwarded arguments; the bench itself rejects a missing one.</summary>
+    public static string? OutValue(string[] args)
+    {
+        for (int i = 0; i < args.Length; i++)
+        {
+            if (args[i] is "--out" or "-o")
+                return i + 1 < args.Length ? args[i + 1] : null;
+            if (args[i].StartsWith("--out=", StringComparison.Ordinal))
+                return args[i]["--out=".Length..];
+        }
+
+        return null;
     }
 
     /// <summary>How to start the bench (arguments not yet added), or null when it cannot be found.</summary>

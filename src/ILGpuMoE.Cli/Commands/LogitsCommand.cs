@@ -55,6 +55,8 @@ public static class LogitsCommand
     public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null,
         bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null, string? kernelsName = null)
     {
+        // The output first: a path that cannot be written fails before anything is read or computed.
+        CliOutput.CheckFile("--out", outPath);
         var kernels = KernelsOption.Parse(kernelsName);
         if (cudaGraph && !decodeSteps)
             throw new CliUsageException("--cuda-graph replays the decode step: give --decode-steps too");
@@ -62,7 +64,7 @@ public static class LogitsCommand
         var quant = QuantOption.Parse(quantName);
         if (Directory.Exists(modelDir))
         {
-            // Cheap checks before any upload: the ids against the config's vocabulary, the output folder.
+            // Cheap checks before any upload: the ids against the config's vocabulary.
             var config = ModelConfig.Load(modelDir);
             for (int i = 0; i < ids.Length; i++)
             {
@@ -74,10 +76,6 @@ public static class LogitsCommand
                 throw new CliUsageException($"--tokens: {ids.Length} tokens exceed max_position_embeddings ({config.MaxPositionEmbeddings})");
         }
 
-        var outDir = Path.GetDirectoryName(Path.GetFullPath(outPath));
-        if (outDir is not null && !Directory.Exists(outDir))
-            throw new CliUsageException($"--out {outPath}: folder {outDir} does not exist");
-
         using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router, kernels);
         using var session = loaded.Model.NewSession(new Runtime.SessionOptions { CudaGraph = cudaGraph });
         int v = loaded.Model.Config.VocabSize;
@@ -86,13 +84,18 @@ public static class LogitsCommand
         {
             logits = new float[(long)ids.Length * v];
             for (int i = 0; i < ids.Length; i++)
+            {
+                io.Cancel.ThrowIfCancellationRequested();
                 session.Decode(ids[i]).CopyTo(logits.AsSpan(checked(i * v), v));
+            }
         }
         else
         {
             logits = session.Prefill(ids, allLogits: true);
         }
 
+        // A cancel during the forward pass writes nothing; SafeTensorsWriter itself writes a temporary and renames it.
+        io.Cancel.ThrowIfCancellationRequested();
         SafeTensorsWriter.Write(outPath,
         [
             SafeTensorsWriter.FromFloats("logits", [ids.Length, v], logits),

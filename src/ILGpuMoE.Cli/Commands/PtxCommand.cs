@@ -5,6 +5,8 @@
 // DIR/sass.json and a table; --check-decode (implies --sass) exits 1 when a decode weights kernel's hot loop loads
 // less than half of its global bytes 128 bits wide. --sass also exits 1 when a tensor-core kernel ([KernelInfo]
 // TensorCore) lacks its instruction (HMMA / IMMA) or uses local memory. Without ptxas or cuobjdump: one line, exit 2.
+// --out is checked first (CliOutput); everything is written into a temporary folder next to it and moved in when the
+// run completes (a failing check included), so an error or Ctrl-C (checked between kernels) leaves DIR as it was.
 using System.CommandLine;
 using System.Text.Json;
 using ILGpuMoE.Ptx;
@@ -30,6 +32,7 @@ public static class PtxCommand
     public static int Run(CliIo io, string outDir, bool lint = false, string localMemoryNotes = "perf/notes/local-memory.md",
         bool sass = false, bool checkDecode = false, string? cudaBin = null)
     {
+        var target = CliOutput.CheckFolder("--out", outDir);
         if (lint && !File.Exists(localMemoryNotes))
         {
             io.Err.WriteLine($"ptx: local-memory allow-list {localMemoryNotes} not found");
@@ -50,18 +53,30 @@ public static class PtxCommand
                 throw new CliUsageException($"ptx --sass: {why}");
         }
 
-        var kernels = PtxExporter.Export(outDir, log: io.Out.WriteLine);
+        using var pending = CliOutput.BeginFolder(target, merge: true);
+        int Done(int code)
+        {
+            pending.Commit(io.Cancel);
+            return code;
+        }
+
+        // The export logs once per kernel: a cancel thrown there stops it at the next kernel.
+        var kernels = PtxExporter.Export(pending.Path, log: line =>
+        {
+            io.Cancel.ThrowIfCancellationRequested();
+            io.Out.WriteLine(line);
+        });
         int failed = kernels.Count(k => k.Error is not null);
         io.Out.WriteLine($"{kernels.Count - failed} kernels compiled, {failed} failed -> {Path.GetFullPath(outDir)}");
         if (failed > 0)
         {
             io.Err.WriteLine($"ptx: {failed} kernel(s) failed to compile (see manifest.json)");
-            return 1;
+            return Done(1);
         }
 
         if (lint)
         {
-            var results = PtxLint.Run(outDir, kernels, PtxLint.ReadLocalMemoryNotes(localMemoryNotes));
+            var results = PtxLint.Run(pending.Path, kernels, PtxLint.ReadLocalMemoryNotes(localMemoryNotes));
             foreach (var r in results)
                 io.Out.WriteLine(r.ToString());
             int bad = results.Count(r => !r.Ok);
@@ -69,18 +84,18 @@ public static class PtxCommand
             if (bad > 0)
             {
                 io.Err.WriteLine($"ptx: lint failed for {bad} kernel(s)");
-                return 1;
+                return Done(1);
             }
         }
 
-        return tools is null ? CliErrors.Ok : RunSass(io, outDir, kernels, tools, checkDecode);
+        return Done(tools is null ? CliErrors.Ok : RunSass(io, pending.Path, kernels, tools, checkDecode, shownDir: outDir));
     }
 
     /// <summary>
     /// The SASS report of exported kernels (and the decode gate): writes DIR/sass/ and DIR/sass.json, prints the table;
     /// 0 when every kernel compiled (and, with <paramref name="checkDecode"/>, passed), else 1.
     /// </summary>
-    public static int RunSass(CliIo io, string outDir, IReadOnlyList<PtxKernel> kernels, SassTools tools, bool checkDecode)
+    public static int RunSass(CliIo io, string outDir, IReadOnlyList<PtxKernel> kernels, SassTools tools, bool checkDecode, string? shownDir = null)
     {
         var results = tools.Run(outDir, kernels);
         var reports = results.Where(r => r.Report is not null).Select(r => r.Report!).ToList();
@@ -99,7 +114,7 @@ public static class PtxCommand
         foreach (var (kernel, _, error) in errors)
             io.Out.WriteLine($"{kernel.Name,-44} FAIL {error}");
         int decode = reports.Count(r => r.Decode != Kernels.DecodeUse.None);
-        io.Out.WriteLine($"sass: {reports.Count} kernels ({decode} decode), {errors.Count} failed -> {Path.GetFullPath(Path.Combine(outDir, "sass"))}");
+        io.Out.WriteLine($"sass: {reports.Count} kernels ({decode} decode), {errors.Count} failed -> {Path.GetFullPath(Path.Combine(shownDir ?? outDir, "sass"))}");
         if (errors.Count > 0)
         {
             io.Err.WriteLine($"ptx --sass: {errors.Count} kernel(s) failed in ptxas or cuobjdump (see sass.json)");

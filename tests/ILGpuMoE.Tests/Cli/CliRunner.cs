@@ -20,6 +20,22 @@ public sealed record CliRun(int ExitCode, string Out, string Err, TimeSpan Elaps
     /// variables, which it gets only from <paramref name="environment"/>.</summary>
     public static CliRun InChild(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
+        var clock = Stopwatch.StartNew();
+        using var child = Process.Start(ChildStart(environment, args)) ?? throw new InvalidOperationException("could not start the CLI");
+        var output = child.StandardOutput.ReadToEndAsync();
+        var error = child.StandardError.ReadToEndAsync();
+        if (!child.WaitForExit(TimeSpan.FromSeconds(120)))
+        {
+            child.Kill(entireProcessTree: true);
+            Assert.Fail($"ilgpumoe {string.Join(' ', args)} did not finish in 120 s");
+        }
+
+        return new CliRun(child.ExitCode, output.Result, error.Result, clock.Elapsed);
+    }
+
+    /// <summary>How InChild starts the built CLI (stdout and stderr redirected), for a test that drives the process itself.</summary>
+    public static ProcessStartInfo ChildStart(IReadOnlyDictionary<string, string> environment, params string[] args)
+    {
         var start = new ProcessStartInfo(DotnetHost())
         {
             RedirectStandardOutput = true,
@@ -33,18 +49,7 @@ public sealed record CliRun(int ExitCode, string Out, string Err, TimeSpan Elaps
             start.Environment.Remove(name);
         foreach (var (name, value) in environment)
             start.Environment[name] = value;
-
-        var clock = Stopwatch.StartNew();
-        using var child = Process.Start(start) ?? throw new InvalidOperationException($"could not start {start.FileName}");
-        var output = child.StandardOutput.ReadToEndAsync();
-        var error = child.StandardError.ReadToEndAsync();
-        if (!child.WaitForExit(TimeSpan.FromSeconds(120)))
-        {
-            child.Kill(entireProcessTree: true);
-            Assert.Fail($"ilgpumoe {string.Join(' ', args)} did not finish in 120 s");
-        }
-
-        return new CliRun(child.ExitCode, output.Result, error.Result, clock.Elapsed);
+        return start;
     }
 
     /// <summary>The dotnet host running these tests (the test host is `dotnet testhost.dll`), else the one on PATH.</summary>

@@ -40,8 +40,8 @@ public class FamilyCliTests
         RandomMoe.Write(model, new RandomMoeOptions { Family = RefFamily.Qwen2Moe, Hidden = 48, Experts = 6, TopK = 2, Seed = 401 });
         var run = CliRun.Of("generate", "--model", model, "--prompt", "a b c", "-n", "3", "--temperature", "0", "--chat", "--routing-stats", "--device", "cpu");
         Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
-        Assert.That(run.Out, Does.Contain("tokens generated"));
-        Assert.That(run.Out, Does.Contain("routing (softmax top-2): tokens per expert"));
+        Assert.That(run.Err, Does.Contain("tokens generated"));
+        Assert.That(run.Err, Does.Contain("routing (softmax top-2): tokens per expert"));
 
         // The prompt the chat form gives: ChatML, no BOS, as Qwen's chat template renders one user turn.
         using var tokenizer = TextTokenizer.Load(model);
@@ -60,7 +60,7 @@ public class FamilyCliTests
             : new RandomMoeOptions { Family = family, Hidden = 48, Heads = 2, KvHeads = 2, Experts = 8, TopK = 2, Groups = 2, TopKGroups = 1, Seed = 403 });
         var run = CliRun.Of("generate", "--model", model, "--prompt", "a b c", "-n", "3", "--temperature", "0", "--chat", "--device", "cpu");
         Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
-        Assert.That(run.Out, Does.Contain("tokens generated"));
+        Assert.That(run.Err, Does.Contain("tokens generated"));
         using var tokenizer = TextTokenizer.Load(model);
         var config = ModelConfig.Load(model);
         var (text, _) = config.Family.ChatPrompt("a b c");

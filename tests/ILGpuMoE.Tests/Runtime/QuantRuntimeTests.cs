@@ -116,7 +116,7 @@ public class QuantRuntimeTests
     {
         var run = CliRun.Of("generate", "--model", ModelDir, "--prompt", "hello", "-n", "3", "--temperature", "0", "--device", "cpu", "--quant", "int4-g64");
         Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
-        Assert.That(run.Out, Does.Contain("tokens generated"));
+        Assert.That(run.Err, Does.Contain("tokens generated"));
     }
 
     [Test]
