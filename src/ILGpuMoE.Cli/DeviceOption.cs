@@ -67,37 +67,37 @@ public static class DeviceOption
     }
 }
 
-/// <summary>A context and an accelerator for one command run. `auto` reports its pick on stderr.</summary>
+/// <summary>
+/// A context and an accelerator for one command run: the library's MoeDevice (src/ILGpuMoE/Runtime/MoeDevice.cs), with
+/// a device the machine cannot serve as a usage error (exit 2) and `auto`'s pick reported on stderr.
+/// </summary>
 public sealed class DeviceSession : IDisposable
 {
-    private DeviceSession(Context context, Device device, Accelerator accelerator)
-    {
-        Context = context;
-        Device = device;
-        Accelerator = accelerator;
-    }
+    private readonly MoeDevice _device;
 
-    public Context Context { get; }
+    private DeviceSession(MoeDevice device) => _device = device;
 
-    public Device Device { get; }
+    public Context Context => _device.Context;
 
-    public Accelerator Accelerator { get; }
+    public Device Device => _device.Device;
+
+    public Accelerator Accelerator => _device.Accelerator;
 
     public static DeviceSession Open(DeviceChoice choice, TextWriter err, bool profiling = false)
     {
-        var context = Devices.CreateContext(profiling, cpuOnly: choice == DeviceChoice.Cpu);
+        MoeDevice device;
         try
         {
-            var device = Select(context, choice);
-            if (choice == DeviceChoice.Auto)
-                err.WriteLine($"device (auto): {Devices.Describe(device)}");
-            return new DeviceSession(context, device, device.CreateAccelerator(context));
+            device = MoeDevice.Open(choice, profiling);
         }
-        catch
+        catch (InvalidOperationException e)
         {
-            context.Dispose();
-            throw;
+            throw Usage(choice, e);
         }
+
+        if (choice == DeviceChoice.Auto)
+            err.WriteLine($"device (auto): {device.Description}");
+        return new DeviceSession(device);
     }
 
     /// <summary>Devices.Select with its "not there" failure turned into a usage error (exit 2).</summary>
@@ -109,13 +109,12 @@ public sealed class DeviceSession : IDisposable
         }
         catch (InvalidOperationException e)
         {
-            throw new CliUsageException($"--device {choice.ToString().ToLowerInvariant()}: {e.Message}");
+            throw Usage(choice, e);
         }
     }
 
-    public void Dispose()
-    {
-        Accelerator.Dispose();
-        Context.Dispose();
-    }
+    private static CliUsageException Usage(DeviceChoice choice, InvalidOperationException e) =>
+        new($"--device {choice.ToString().ToLowerInvariant()}: {e.Message}");
+
+    public void Dispose() => _device.Dispose();
 }
