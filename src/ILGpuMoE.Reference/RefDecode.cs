@@ -83,6 +83,18 @@ public static class RefDecode
         return y;
     }
 
+    /// <summary>
+    /// decode/router: logits [R] = rmsnorm(x) * norm . W^T + bias (RefDecode.Linear, no clip), then the token routed
+    /// under spec (RefMoe.Route; R = E, or E + 1 with a gated shared expert's row last). scoreBias [E] for DeepSeekV3.
+    /// </summary>
+    public static (float[] Logits, RefRouting Routing) Router(ReadOnlySpan<float> x, ReadOnlySpan<float> norm, float eps, ReadOnlySpan<float> w,
+        int rows, int cols, ReadOnlySpan<float> bias, RefRouterSpec spec, ReadOnlySpan<float> scoreBias = default)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        var logits = Linear(x, norm, eps, w, rows, cols, bias, float.PositiveInfinity);
+        return (logits, RefMoe.Route(spec, logits, 1, default, scoreBias));
+    }
+
     private static void CheckIds(ReadOnlySpan<int> ids, int experts)
     {
         for (int k = 0; k < ids.Length; k++)

@@ -1,7 +1,8 @@
 // Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear as the fused q, k, v projection with its
 // RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts as the MoE block of one token (up-gate
 // with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read. Both
-// versions of each, V2 (persistent groups, the runtime's) first, then V1 beside it in the same run.
+// versions of each, V2 (persistent groups, the runtime's) first, then V1 beside it in the same run; before them
+// decode/router (the router split over D with the gating in its last group, BF16 as checkpoints keep it).
 // Weight types: bf16 (the checkpoint type), int8, int4 (G = 128, else the largest of 64, 32 dividing D and F; no
 // int4 case when none does) and mxfp4 (gpt-oss's experts: E2M1 codes, an E8M0 scale per 32 values; only where D and F
 // are whole blocks of 32). gpt-oss presets (Family GptOss) run decode/experts with the clamped GLU and expert biases
@@ -14,6 +15,7 @@ using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Decode;
 using ILGpuMoE.Kernels.Moe;
+using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Kernels.Quant;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Reference;
@@ -28,6 +30,7 @@ public sealed class DecodeFamily : IBenchFamily
     {
         if (tokens != 1)
             yield break;
+        yield return new DecodeRouterCase(p);
         foreach (var type in DecodeWeights.Types)
         {
             if (!DecodeWeights.Fits(type, p.Dim, p.Hidden))
@@ -366,4 +369,67 @@ public sealed class DecodeExpertsCase(ShapePreset p, string type, DecodeExpertsV
 
     // Entries idx of expert e's row of an [E, n] bias (the sampled rows' biases).
     private static float[] Pick(float[] bias, int e, int n, int[] idx) => idx.Select(i => bias[(long)e * n + i]).ToArray();
+}
+
+/// <summary>decode/router V1: logits = rmsnorm(x) * g . Wg^T (BF16 [E, D]) split over D, then the token routed (the
+/// Mixtral router: softmax over the top K, renormalised) by the last group, in one launch.</summary>
+public sealed class DecodeRouterCase(ShapePreset p) : CaseBase
+{
+    private const float Eps = 1e-5f;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, WeightBuffer W)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? logits, weights;
+    private MemoryBuffer1D<int, Stride1D.Dense>? ids;
+    private WeightBuffer? g;
+    private DecodeRouterKernel<BF16Units>? kernel;
+
+    private RouterSpec Spec => RouterSpec.Mixtral(p.Experts, p.TopK);
+
+    public override string Family => KernelId.Family(DecodeRouterVersion.V1);
+
+    public override string Version => KernelId.Version(DecodeRouterVersion.V1);
+
+    public override string DType => "bf16";
+
+    public override int Tokens => 1;
+
+    public override string Shape => $"rmsnorm + router [1, {p.Dim}] x [{p.Experts}, {p.Dim}]^T + top-{p.TopK} of {p.Experts}";
+
+    public override double Flops => 2.0 * p.Experts * p.Dim;
+
+    // The router's weights, x and g read once, the logits, ids and weights written once.
+    public override double MinBytes => 2.0 * p.Experts * p.Dim + 6.0 * p.Dim + 4.0 * p.Experts + 8.0 * p.TopK;
+
+    public override long SetBytes => 2L * p.Experts * p.Dim + 4L * p.Dim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, p.Dim), Weights(d, WeightType.BF16, (long)p.Experts * p.Dim, 1f / MathF.Sqrt(p.Dim))));
+        logits = Floats(d, p.Experts);
+        ids = Own(d.Accelerator.Allocate1D<int>(p.TopK));
+        weights = Floats(d, p.TopK);
+        g = Weights(d, WeightType.BF16, p.Dim, 1f);
+        kernel = Own(DecodeRouterKernel.Create<BF16Units>(d.Accelerator));
+        // The split's scratch made here, outside the timed launches.
+        kernel.Reserve(d.Stream, Reader(0));
+    }
+
+    private BF16Units Reader(int set) => RowUnits.BF16(sets[set].W.BF16, p.Experts, p.Dim);
+
+    public override void Run(AcceleratorStream stream, int set) =>
+        kernel!.Launch(stream, Reader(set), sets[set].X.View, NormWeights.Of(g!.BF16), Eps, NormWeights.None, Spec, logits!.View, ids!.View, weights!.View);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var w = sets[0].W.Download();
+        var (wantLogits, routing) = RefDecode.Router(sets[0].X.GetAsArray1D(), g!.Download(), Eps, w, p.Experts, p.Dim, default,
+            new RefRouterSpec(RouterKind.Mixtral, p.Experts, p.TopK));
+        var got = logits!.GetAsArray1D();
+        var gotIds = ids!.GetAsArray1D();
+        if (!gotIds.SequenceEqual(routing.ExpertIds))
+            return CheckResult.Fail($"ids [{string.Join(", ", gotIds)}], the oracle's [{string.Join(", ", routing.ExpertIds)}]");
+        return Compare.Close([.. got, .. weights!.GetAsArray1D()], [.. wantLogits, .. routing.Weights], 1e-4, 2e-6 * Math.Sqrt(p.Dim),
+            $"{p.Experts} logits and {p.TopK} weights");
+    }
 }

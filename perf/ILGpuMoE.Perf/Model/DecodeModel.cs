@@ -32,6 +32,12 @@
 //   - the stream rate: the fit says a group's 16 KB in flight come back every 16 / 6.5 = 2.46 us; V2's f32/16-bit
 //     readers keep 8 loads in flight per lane (32 KB per group), the packed ones V1's 4 (16 KB), at the same 2.46 us;
 //   - the SASS of V2: instructions per unit and groups resident per SM per scheme (DecodeScheme's V2 fields).
+// The V3 step (the runtime's default since 2026-12-05) launches V2's weight kernels and fuses two pairs of launches:
+//   - decode/router (kernels/ILGpuMoE.Kernels/Decode/DecodeRouterKernel.cs): the router split over D across about one
+//     group per SM (chunks of 32 units x 16-row blocks), the last group's combine (CombineUs) and its routing with
+//     gating V2's warp code (GateUs, assumed): the router and moe/gating in one launch;
+//   - decode/qkv-rope (DecodeQkvRopeKernel.cs), for families without a q/k norm (Qwen3's per-head norm keeps
+//     attention/rope-append): the rotation and the KV append in the q/k/v launch's epilogue (RopeUs, assumed).
 // A captured CUDA graph replays the step with GraphLaunchUs per launch (2 us, the first version's launch cost: an
 // assumption until a run measures replays).
 // Glossary: D model dim, F expert hidden dim, E experts, K per token, H / Hkv heads, Dh head dim, V vocab.
@@ -40,7 +46,10 @@ using System.Globalization;
 namespace ILGpuMoE.Perf.Model;
 
 /// <summary>A model's shape for the decode model (the real checkpoints' numbers live in <see cref="DecodeModel.Shapes"/>).</summary>
-public sealed record DecodeShape(string Name, int Layers, int D, int Heads, int KvHeads, int HeadDim, int Experts, int TopK, int F, int Vocab);
+/// <summary>A model's shape for the decode model; HeadQkNorm: a per-head q/k norm before the rotation (Qwen3), which
+/// keeps RoPE and the KV append in their own launch.</summary>
+public sealed record DecodeShape(string Name, int Layers, int D, int Heads, int KvHeads, int HeadDim, int Experts, int TopK, int F, int Vocab,
+    bool HeadQkNorm = false);
 
 /// <summary>
 /// A weight scheme: bytes per weight (scales included), the SASS inner loop's instructions per 16-byte unit, and the
@@ -50,11 +59,14 @@ public sealed record DecodeShape(string Name, int Layers, int D, int Heads, int 
 public sealed record DecodeScheme(string Name, double BytesPerWeight, double InstructionsPerUnit, int GroupsPerSm,
     double InstructionsPerUnitV2, int GroupsPerSmV2, int LoadsPerLaneV2);
 
-/// <summary>Which decode kernels the step launches: V1 (what the H200 runs measured) or V2 (the runtime's default).</summary>
+/// <summary>Which decode kernels the step launches: V1 (what the H200 runs measured), V2 (persistent groups, 8 launches
+/// per layer) or V3 (V2 with decode/router and decode/qkv-rope: 6 launches per layer, 7 with a per-head q/k norm; the
+/// runtime's default).</summary>
 public enum DecodeKernels
 {
     V1 = 1,
     V2 = 2,
+    V3 = 3,
 }
 
 /// <summary>The machine and the kernels' constants (defaults: the H200 runs of 2026-12-04, see perf/NOTES.md).</summary>
@@ -94,6 +106,14 @@ public sealed record DecodeMachine
     /// <summary>V2 down's combine: the fence, the chunk counter's atomic and the last group's read of the partials.</summary>
     public double CombineUs { get; init; } = 1.0;
 
+    /// <summary>decode/router's routing in its last group: one warp's K arg-max passes over E scores (gating V2's code,
+    /// a few hundred instructions) after the combine (assumed).</summary>
+    public double GateUs { get; init; } = 1.0;
+
+    /// <summary>decode/qkv-rope's epilogue: the position read and the rotation table's row, one dependent L2 trip after
+    /// the dots (assumed).</summary>
+    public double RopeUs { get; init; } = 0.5;
+
     /// <summary>Per launch when a CUDA graph replays the step (assumed: the first version's 2 us).</summary>
     public double GraphLaunchUs { get; init; } = 2;
 
@@ -125,7 +145,7 @@ public static class DecodeModel
 {
     public static readonly DecodeShape Mixtral8x7B = new("Mixtral-8x7B", 32, 4096, 32, 8, 128, 8, 2, 14336, 32000);
 
-    public static readonly DecodeShape Qwen3A3B = new("Qwen3-30B-A3B", 48, 2048, 32, 4, 128, 128, 8, 768, 151936);
+    public static readonly DecodeShape Qwen3A3B = new("Qwen3-30B-A3B", 48, 2048, 32, 4, 128, 128, 8, 768, 151936, HeadQkNorm: true);
 
     public static readonly IReadOnlyList<DecodeShape> Shapes = [Mixtral8x7B, Qwen3A3B];
 
@@ -147,22 +167,23 @@ public static class DecodeModel
     /// <paramref name="kernels"/>, launched one by one or replayed from a CUDA graph.
     /// </summary>
     public static DecodePrediction Predict(DecodeShape s, DecodeScheme scheme, DecodeMachine m, int context,
-        DecodeKernels kernels = DecodeKernels.V2, bool graph = false)
+        DecodeKernels kernels = DecodeKernels.V3, bool graph = false)
     {
         ArgumentNullException.ThrowIfNull(s);
         ArgumentNullException.ThrowIfNull(scheme);
         ArgumentNullException.ThrowIfNull(m);
         ArgumentOutOfRangeException.ThrowIfLessThan(context, 1);
-        if (kernels is not (DecodeKernels.V1 or DecodeKernels.V2))
+        if (kernels is not (DecodeKernels.V1 or DecodeKernels.V2 or DecodeKernels.V3))
             throw new ArgumentOutOfRangeException(nameof(kernels), kernels, "DecodeModel: unknown decode kernels");
-        bool v2 = kernels == DecodeKernels.V2;
+        bool v2 = kernels >= DecodeKernels.V2, v3 = kernels == DecodeKernels.V3;
         double w = scheme.BytesPerWeight;
         double launchUs = graph ? m.GraphLaunchUs : m.LaunchUs;
         long qkvRows = (long)(s.Heads + 2 * s.KvHeads) * s.HeadDim;
         const int RowsPerBlock = 16, KeysPerSplit = 64;
 
         // blocks: work blocks of 16 rows (up-gate: 8 f); V1 launches one group per block, V2 at most a resident grid.
-        // bytes: what the launch streams. extraUs: V2 down's combine.
+        // bytes: what the launch streams. extraUs: a tail after the stream (V2 down's combine, V3's routing and rotation
+        // epilogues), added to whichever bound wins.
         DecodeLaunch Weights(string kernel, double bytes, long blocks, DecodeScheme sc, long fixedGroups = 0, double extraUs = 0)
         {
             int resident = v2 ? sc.GroupsPerSmV2 : sc.GroupsPerSm;
@@ -177,10 +198,10 @@ public static class DecodeModel
             {
                 ("bandwidth", bytes / (m.Efficiency * m.CopyGBps * 1e3)),
                 ("issue", bytes / (4.0 * 512 / ipu * m.ClockGHz * m.Sms * 1e3)),
-                ("groups", waves * (overhead + bytes / groups / (streamKBPerUs * 1e3)) + extraUs),
+                ("groups", waves * (overhead + bytes / groups / (streamKBPerUs * 1e3))),
             };
             var (bound, us) = bounds.MaxBy(b => b.Item2);
-            return new DecodeLaunch(kernel, bytes, (int)Math.Min(int.MaxValue, groups), bound, us + launchUs);
+            return new DecodeLaunch(kernel, bytes, (int)Math.Min(int.MaxValue, groups), bound, us + extraUs + launchUs);
         }
 
         DecodeLaunch Small(string kernel) => new(kernel, 0, 0, "small", m.SmallKernelUs + launchUs);
@@ -200,20 +221,40 @@ public static class DecodeModel
             return Weights("experts down (+ combine)", bytes, 0, scheme, chunks * slices, m.CombineUs);
         }
 
-        double kvBytes = 2.0 * s.KvHeads * context * s.HeadDim * 4;
-        var layer = new List<DecodeLaunch>
+        // V3's router (decode/router): 16-row blocks x column chunks of 32 units (BF16: 8 values a unit), about one
+        // group per SM; the last group combines and routes.
+        DecodeLaunch Router()
         {
-            Weights("rmsnorm + q/k/v", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme),
-            Small("rope + kv append"),
-            new("attention decode", kvBytes, s.KvHeads * ((context + KeysPerSplit - 1) / KeysPerSplit), "attention",
-                m.AttentionFixedUs + kvBytes / (m.AttentionGBps * 1e3) + launchUs),
-            Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, Ceil(s.D, RowsPerBlock), scheme),
-            Weights("rmsnorm + router", (double)s.Experts * s.D * Bf16.BytesPerWeight, Ceil(s.Experts, RowsPerBlock), Bf16),
-            Small("gating"),
-            // Blocks of 8 f (the gate and up row of each): K * F / 8.
-            Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, s.TopK * Ceil(s.F, 8), scheme),
-            Down((double)s.TopK * s.D * s.F * w),
-        };
+            double bytes = (double)s.Experts * s.D * Bf16.BytesPerWeight;
+            long blocks = Ceil(s.Experts, RowsPerBlock);
+            if (!v3)
+                return Weights("rmsnorm + router", bytes, blocks, Bf16);
+            long chunks = Math.Clamp(m.Sms / blocks, 1, Ceil(Ceil(s.D, 8), 32));
+            return Weights("rmsnorm + router + gating", bytes, 0, Bf16, chunks * blocks, m.CombineUs + m.GateUs);
+        }
+
+        double kvBytes = 2.0 * s.KvHeads * context * s.HeadDim * 4;
+        bool ropeInQkv = v3 && !s.HeadQkNorm;
+        var layer = new List<DecodeLaunch>();
+        if (ropeInQkv)
+        {
+            layer.Add(Weights("rmsnorm + q/k/v + rope + kv append", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme, extraUs: m.RopeUs));
+        }
+        else
+        {
+            layer.Add(Weights("rmsnorm + q/k/v", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme));
+            layer.Add(Small("rope + kv append"));
+        }
+
+        layer.Add(new("attention decode", kvBytes, s.KvHeads * ((context + KeysPerSplit - 1) / KeysPerSplit), "attention",
+            m.AttentionFixedUs + kvBytes / (m.AttentionGBps * 1e3) + launchUs));
+        layer.Add(Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, Ceil(s.D, RowsPerBlock), scheme));
+        layer.Add(Router());
+        if (!v3)
+            layer.Add(Small("gating"));
+        // Blocks of 8 f (the gate and up row of each): K * F / 8.
+        layer.Add(Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, s.TopK * Ceil(s.F, 8), scheme));
+        layer.Add(Down((double)s.TopK * s.D * s.F * w));
         var outside = new List<DecodeLaunch>
         {
             Small("embedding"),
@@ -231,18 +272,21 @@ public static class DecodeModel
         var s = new System.Text.StringBuilder();
         s.AppendLine(c, $"decode model: copy {m.CopyGBps:F0} GB/s x {m.Efficiency:F2}, {m.Sms} SMs at {m.ClockGHz:F2} GHz; V1 group {m.GroupOverheadUs:F1} us + " +
                         $"{m.GroupStreamKBPerUs:F1} KB/us per 16 KB in flight; V2 prologue {m.V2PrologueUs:F1} us, combine {m.CombineUs:F1} us; " +
-                        $"launch {m.LaunchUs:F1} us (graph {m.GraphLaunchUs:F1} us), host {m.HostUs:F0} us per step, context {context}");
-        s.AppendLine("| model | scheme | GB per token | roofline tok/s | V1 tok/s | V2 tok/s | V2 + graph tok/s | V2 % of roofline | launches per layer |");
-        s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+                        $"V3 routing {m.GateUs:F1} us, rotation {m.RopeUs:F1} us; launch {m.LaunchUs:F1} us (graph {m.GraphLaunchUs:F1} us), " +
+                        $"host {m.HostUs:F0} us per step, context {context}");
+        s.AppendLine("| model | scheme | GB per token | roofline tok/s | V1 tok/s | V2 tok/s | V3 tok/s | V3 + graph tok/s | V3 + graph % of roofline | launches per layer (V2 / V3) |");
+        s.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var shape in Shapes)
         {
             foreach (var scheme in Schemes)
             {
                 var v1 = Predict(shape, scheme, m, context, DecodeKernels.V1);
+                var v2 = Predict(shape, scheme, m, context, DecodeKernels.V2);
                 var p = Predict(shape, scheme, m, context);
                 var g = Predict(shape, scheme, m, context, graph: true);
                 s.AppendLine(c, $"| {shape.Name} | {scheme.Name} | {p.WeightBytes / 1e9:F2} | {p.RooflineTokensPerSecond(m):F0} | {v1.TokensPerSecond:F0} | " +
-                                $"{p.TokensPerSecond:F0} | {g.TokensPerSecond:F0} | {100 * p.TokensPerSecond / p.RooflineTokensPerSecond(m):F0} | {p.LaunchesPerLayer} |");
+                                $"{v2.TokensPerSecond:F0} | {p.TokensPerSecond:F0} | {g.TokensPerSecond:F0} | {100 * g.TokensPerSecond / g.RooflineTokensPerSecond(m):F0} | " +
+                                $"{v2.LaunchesPerLayer} / {p.LaunchesPerLayer} |");
             }
         }
 
@@ -252,7 +296,7 @@ public static class DecodeModel
             {
                 var p = Predict(shape, scheme, m, context);
                 s.AppendLine();
-                s.AppendLine(c, $"{shape.Name} {scheme.Name}, V2, one layer (x {shape.Layers}) and the launches outside the layers:");
+                s.AppendLine(c, $"{shape.Name} {scheme.Name}, V3, one layer (x {shape.Layers}) and the launches outside the layers:");
                 s.AppendLine("| launch | MB | groups | bound | us |");
                 s.AppendLine("|---|---:|---:|---|---:|");
                 foreach (var l in p.Layer.Concat(p.Outside))

@@ -1,5 +1,5 @@
 // ilgpumoe generate --model DIR --prompt TEXT [-n 128] [--temperature 0.7] [--top-k 50] [--top-p 0.9] [--seed 1] [--chat]
-//                   [--max-seq S] [--routing-stats] [--cuda-graph] [--router switch|noisy-topk] [--capacity-factor C] [--noise-seed S]
+//                   [--max-seq S] [--routing-stats] [--cuda-graph true|false] [--router switch|noisy-topk] [--capacity-factor C] [--noise-seed S]
 //                   [--stats-json FILE]
 // Streams the generated text, and only the text, to stdout as it comes (so `> out.txt` holds the answer). On stderr: a
 // status line once the model is loaded, then prefill tokens/s, decode tokens/s and time to first token, and the kernel
@@ -24,7 +24,7 @@ namespace ILGpuMoE.Cli.Commands;
 public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
-        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = false, RouterChoice? Router = null, string? Kernels = null,
+        bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = true, RouterChoice? Router = null, string? Kernels = null,
         string? StatsJson = null);
 
     public static Command Create(CliIo io, Option<DeviceChoice> device)
@@ -40,7 +40,11 @@ public static class GenerateCommand
         var stats = new Option<bool>("--routing-stats") { Description = "Print how many tokens each expert of each layer received" };
         var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
         var quant = QuantOption.Create();
-        var graph = new Option<bool>("--cuda-graph") { Description = "On CUDA, capture the decode step once as a CUDA graph and replay it per token" };
+        var graph = new Option<bool>("--cuda-graph")
+        {
+            Description = "On CUDA, capture the decode step once as a CUDA graph and replay it per token (default on; --cuda-graph false launches it kernel by kernel)",
+            DefaultValueFactory = _ => true,
+        };
         var kernels = KernelsOption.Create();
         var statsJson = new Option<string?>("--stats-json") { Description = "Write the statistics (and --routing-stats) to this JSON file instead of stderr" };
         var command = new Command("generate", "Generate text from a prompt, streaming tokens as they come (text on stdout, statistics on stderr)")

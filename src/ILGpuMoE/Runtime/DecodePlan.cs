@@ -1,14 +1,13 @@
 // The decode step (T = 1) on a GPU as a fixed list of launches, built once per session.
 //
-// Per layer, 8 launches (InferenceSession's plain step launches 18 at T = 1):
+// Per layer, 7 launches (InferenceSession's plain step launches 18 at T = 1):
 //   1. decode/linear        h = rmsnorm(x) * g staged in shared memory; q, k, v = h Wq^T, h Wk^T, h Wv^T (one launch)
 //   2. attention/rope-append rotate q and k at positions[0], write k and v into the cache row
 //   3. attention v3-decode  one launch, split-K over the cache with the combine done by the last group of a kv head
 //   4. decode/linear        x += a Wo^T
-//   5. decode/linear        logits_r = rmsnorm(x) * g2 Wg^T (the router)
-//   6. moe/gating           ids, weights [K]
-//   7. decode/experts up-gate  hk = silu(W1[e_k] h2) * (W3[e_k] h2), h2 = rmsnorm(x) * g2 recomputed in the prologue
-//   8. decode/experts down     x += sum_k weights[k] * W2[e_k] hk (the combine and the residual in the epilogue)
+//   5. decode/router        logits_r = rmsnorm(x) * g2 Wg^T split over D, then ids, weights [K] routed by its last group
+//   6. decode/experts up-gate  hk = silu(W1[e_k] h2) * (W3[e_k] h2), h2 = rmsnorm(x) * g2 recomputed in the prologue
+//   7. decode/experts down     x += sum_k weights[k] * W2[e_k] hk (the combine and the residual in the epilogue)
 // At T = 1 there is no permutation: the one token's K expert ids are read directly (kernels/ILGpuMoE.Kernels/Decode).
 // decode/linear and decode/experts run their V2 (persistent groups, DecodePersistent.cs); down's split scratch is
 // reserved when the plan is built.
@@ -21,7 +20,7 @@
 // The families' choices ride on these launches: q/k/v biases and clip_qkv in launch 1's epilogue (o's bias in launch
 // 4's), Qwen3's per-head q/k norm in launch 2, OLMoE's norm over the whole q / k projection as two rmsnorm launches
 // after launch 1 (then clip_qkv as its own launches, since it follows the norm), a shared expert's chunks as extra
-// slots of launches 6-8, and a dense layer as launches 7-8 alone, over its MLP's chunks with fixed ids and weights.
+// slots of launches 5-7, and a dense layer as launches 6-7 alone, over its MLP's chunks with fixed ids and weights.
 //
 // A model the fused kernels cannot read (GPTQ act-order weights, whose inputs are gathered first) or a router the plan
 // does not run (--router switch / noisy-topk) gets no plan: the session runs its plain step at T = 1 too, and Fallback
@@ -156,9 +155,17 @@ internal sealed class DecodePlan
                 var layerSpec = lw.SharedSlots > 0 ? spec.WithSharedSlots(lw.SharedSlots) : spec;
                 int logits = layerSpec.LogitsPerToken;
                 var rl = b.RouterLogits(l).SubView(0, logits);
-                p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, float.PositiveInfinity,
-                    (Units(lw.Gate!, logits, d), rl, Bias(lw.Moe.RouterBias))));
-                p.launches.Add(() => ops.Gating.Launch(s, layerSpec, rl, ids, w, 1));
+                var router = Units(lw.Gate!, logits, d);
+                if (DecodeRouterKernel.Routes(layerSpec))
+                {
+                    p.launches.AddRange(DecodeLaunches.Router(ops, s, x, Norm(lw.PostNorm), eps, router, Bias(lw.Moe.RouterBias), layerSpec, rl, ids, w));
+                }
+                else
+                {
+                    p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.PostNorm), eps, accumulate: false, float.PositiveInfinity,
+                        (router, rl, Bias(lw.Moe.RouterBias))));
+                    p.launches.Add(() => ops.Gating.Launch(s, layerSpec, rl, ids, w, 1));
+                }
             }
 
             var (u1, u3, u2) = ExpertUnits(lw, d, f);
@@ -261,6 +268,11 @@ internal static class DecodeLaunches
         return result;
     }
 
+    /// <summary>The router and its gating in one launch (decode/router): logits, then the token's ids and weights.</summary>
+    public static IEnumerable<Action> Router(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, IRowUnits w,
+        NormWeights bias, RouterSpec spec, ArrayView<float> logits, ArrayView<int> ids, ArrayView<float> weights) =>
+        ForReader(w, new RouterLaunch(ops, s, x, norm, eps, w, bias, spec, logits, ids, weights));
+
     /// <summary>The up-gate and down launches of the T = 1 MoE block (w1, w3 and w2 must share a reader type).</summary>
     public static IEnumerable<Action> Experts(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps,
         IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h, ExpertGlu glu)
@@ -282,6 +294,20 @@ internal static class DecodeLaunches
             DecodeTarget<TU>? t2 = T.Length > 2 ? new DecodeTarget<TU>((TU)T[2].W, T[2].Y, T[2].Bias) : null;
             var (s, x, norm, eps, accumulate, clip) = (S, X, Norm, Eps, Accumulate, Clip);
             return [() => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate, clip)];
+        }
+    }
+
+    private sealed record RouterLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps, IRowUnits W,
+        NormWeights Bias, RouterSpec Spec, ArrayView<float> Logits, ArrayView<int> Ids, ArrayView<float> Weights) : IForReader
+    {
+        public Action[] Make<TU>()
+            where TU : struct, IRowUnits
+        {
+            var kernel = Ops.DecodeRouter<TU>();
+            var (s, w, x, norm, eps, bias, spec, logits, ids, weights) = (S, (TU)W, X, Norm, Eps, Bias, Spec, Logits, Ids, Weights);
+            // No allocation once a graph captures the plan: the split's scratch is made now.
+            kernel.Reserve(s, w);
+            return [() => kernel.Launch(s, w, x, norm, eps, bias, spec, logits, ids, weights)];
         }
     }
 

@@ -22,8 +22,8 @@
 //
 // Decode (T = 1) with the tuned kernels runs a DecodePlan instead: the same math in 8 launches per layer (fused norms,
 // q/k/v in one launch, RoPE with the cache append, one-launch attention, no permutation, the combine in the down
-// projection). With SessionOptions.CudaGraph on CUDA, the plan is captured once as a CUDA graph (the second decode
-// step) and replayed after that; any failure to capture falls back to launching the plan.
+// projection). On CUDA (SessionOptions.CudaGraph, on by default), the plan is captured once as a CUDA graph (the second
+// decode step) and replayed after that; any failure to capture falls back to launching the plan.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
@@ -38,10 +38,12 @@ public sealed record SessionOptions
 {
     /// <summary>
     /// On CUDA, capture the decode step (T = 1) once as a CUDA graph and replay it per token (the session then owns a
-    /// stream: the legacy default stream cannot be captured). Off by default until a GPU run has checked it against the
-    /// plain path (perf/gpu/fixtures.sh does); ignored elsewhere (CudaGraphStatus says so).
+    /// stream: the legacy default stream cannot be captured). On by default: the H200 run of 2026-12-04 gave the same
+    /// logits from the graph as from the plain plan (perf/gpu/fixtures.sh), and replays spend less per launch than
+    /// launching the step's 6-9 kernels per layer one by one (perf/NOTES.md, "Decode at the roofline"). A capture that
+    /// fails falls back to the plain plan (CudaGraphStatus says why); off CUDA it is not used.
     /// </summary>
-    public bool CudaGraph { get; init; }
+    public bool CudaGraph { get; init; } = true;
 }
 
 public sealed class InferenceSession : IDisposable
@@ -87,6 +89,8 @@ public sealed class InferenceSession : IDisposable
         _stream = _ownStream ? a.CreateStream() : a.DefaultStream;
         if (options.CudaGraph && !_ownStream)
             CudaGraphStatus = $"not used: {a.AcceleratorType} is not a CUDA device";
+        else if (!options.CudaGraph && a.AcceleratorType == AcceleratorType.Cuda)
+            CudaGraphStatus = "off (SessionOptions.CudaGraph = false): the plan is launched kernel by kernel";
         _spec = c.Router.Kind switch
         {
             RouterKind.Mixtral => RouterSpec.Mixtral(c.Experts, c.TopK),

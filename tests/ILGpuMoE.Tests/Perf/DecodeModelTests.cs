@@ -3,7 +3,8 @@ using ILGpuMoE.Perf.Model;
 namespace ILGpuMoE.Tests.Perf;
 
 /// <summary>The decode model's arithmetic on launches worked out by hand (perf/ILGpuMoE.Perf/Model/DecodeModel.cs), for the
-/// V1 kernels (what the constants were fitted to) and the V2 kernels (persistent groups, the runtime's default).</summary>
+/// V1 kernels (what the constants were fitted to), the V2 kernels (persistent groups) and the V3 step (V2 with
+/// decode/router and decode/qkv-rope, the runtime's default).</summary>
 public class DecodeModelTests
 {
     private static readonly DecodeMachine H200 = new();
@@ -49,7 +50,7 @@ public class DecodeModelTests
     [Test]
     public void TheStepAddsItsLaunchesAndTheHost()
     {
-        var p = DecodeModel.Predict(DecodeModel.Qwen3A3B, DecodeModel.Int4, H200, 4096);
+        var p = DecodeModel.Predict(DecodeModel.Qwen3A3B, DecodeModel.Int4, H200, 4096, DecodeKernels.V2);
         double want = p.Layer.Sum(l => l.Microseconds) * 48 + p.Outside.Sum(l => l.Microseconds) + H200.HostUs;
         Assert.That(p.StepMicroseconds, Is.EqualTo(want).Within(1e-9));
         Assert.That(p.LaunchesPerLayer, Is.EqualTo(8));
@@ -66,10 +67,10 @@ public class DecodeModelTests
         // flight per group return every 16 / 6.5 = 2.4615 us -> 13.0 KB/us: 131,072 B / 13,000 B/us = 10.0825 us, plus
         // the 1.5 us prologue = 11.5825 us (bandwidth 8.820 us; issue 4 x 512 / 27.5 = 74.47 B per clock per SM ->
         // 1.724 us) -> + 6.0 us of launch = 17.5825 us; replayed from a graph, + 2.0 us = 13.5825 us.
-        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512), "o ");
+        var o = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, DecodeKernels.V2), "o ");
         Assert.That((o.Groups, o.Bound), Is.EqualTo((256, "groups")));
         Assert.That(o.Microseconds, Is.EqualTo(17.5825).Within(1e-3));
-        var g = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, graph: true), "o ");
+        var g = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, DecodeKernels.V2, graph: true), "o ");
         Assert.That(g.Microseconds, Is.EqualTo(13.5825).Within(1e-3));
     }
 
@@ -78,20 +79,41 @@ public class DecodeModelTests
     {
         // Mixtral down in BF16 on V2: K = 2 pairs x ceil(14336 / 4096) = 4 tiles = 8 slices; 528 resident / 8 = 66
         // chunks wanted -> ceil(4096 / 66) = 63 rows -> 64 (a multiple of 32) -> 64 chunks: 512 groups of
-        // 234,881,024 / 512 = 458,752 B: 458,752 / 13,000 + 1.5 + 1.0 (combine) = 37.79 us, under the bandwidth bound
-        // 234,881,024 / (0.9 x 4227e3) = 61.741 us -> + 6.0 = 67.741 us.
-        var down = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512), "experts down");
+        // 234,881,024 / 512 = 458,752 B: 458,752 / 13,000 + 1.5 = 36.79 us, under the bandwidth bound
+        // 234,881,024 / (0.9 x 4227e3) = 61.741 us; the combine's 1.0 us comes after it -> + 6.0 = 68.741 us.
+        var down = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, DecodeKernels.V2), "experts down");
         Assert.That((down.Groups, down.Bound), Is.EqualTo((512, "bandwidth")));
-        Assert.That(down.Microseconds, Is.EqualTo(67.741).Within(1e-3));
+        Assert.That(down.Microseconds, Is.EqualTo(68.741).Within(1e-3));
         // V1: 256 groups of 16 rows, 2 x 14336 x 16 x 2 B = 917,504 B each: 6.8 + 917,504 / 6,500 = 147.954 us + 6.0.
         var v1 = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, DecodeKernels.V1), "experts down");
         Assert.That(v1.Microseconds, Is.EqualTo(153.954).Within(1e-3));
     }
 
     [Test]
+    public void V3RoutesInTheRouterLaunchAndRotatesInTheQkvLaunch()
+    {
+        // Mixtral's router in BF16: 8 x 4096 x 2 B = 65,536 B; one 16-row block x min(132 / 1, 4096 / 8 / 32 = 16) = 16
+        // chunks = 16 groups of 4,096 B: 1.5 + 4,096 / 13,000 = 1.815 us (bandwidth 0.017 us), then the combine 1.0 and the
+        // routing 1.0 -> 3.815 + 6.0 = 9.815 us, where V2 spent 12.5 us on the router and 9.0 on gating.
+        var v3 = DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512);
+        var router = Launch(v3, "rmsnorm + router + gating");
+        Assert.That((router.Groups, router.Bound), Is.EqualTo((16, "groups")));
+        Assert.That(router.Microseconds, Is.EqualTo(9.815).Within(1e-3));
+        // q/k/v with the rotation: 6144 x 4096 x 2 B = 50,331,648 B at the bandwidth bound 13.230 us + 0.5 + 6.0 = 19.730 us.
+        var qkv = Launch(v3, "rmsnorm + q/k/v + rope");
+        Assert.That(qkv.Microseconds, Is.EqualTo(19.730).Within(1e-3));
+        Assert.That(v3.LaunchesPerLayer, Is.EqualTo(6));
+        Assert.That(v3.Layer.Select(l => l.Kernel), Has.None.EqualTo("gating").And.None.EqualTo("rope + kv append"));
+        // Qwen3's per-head q/k norm keeps the rotation in its own launch: 7 per layer.
+        var qwen = DecodeModel.Predict(DecodeModel.Qwen3A3B, DecodeModel.Bf16, H200, 512);
+        Assert.That(qwen.LaunchesPerLayer, Is.EqualTo(7));
+        Assert.That(qwen.Layer.Select(l => l.Kernel), Has.Some.EqualTo("rope + kv append"));
+    }
+
+    [Test]
     public void ABadContextIsRefused()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 0));
-        Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, (DecodeKernels)3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 512, (DecodeKernels)4));
     }
 }

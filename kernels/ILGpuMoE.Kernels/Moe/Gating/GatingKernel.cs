@@ -319,16 +319,28 @@ public static class GatingKernels
     public static void GatingV2(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
         ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int tokens)
     {
-        int lane = Warp.LaneIdx, warp = Warp.WarpIdx, warpSize = Warp.WarpSize;
-        int warpsPerGroup = Group.DimX / warpSize;
+        int warp = Warp.WarpIdx;
+        int warpsPerGroup = Group.DimX / Warp.WarpSize;
         int t = Grid.IdxX * warpsPerGroup + warp;
-        // A warp past the last token still reaches the warp barriers below (DeepSeek), so no early return before them.
-        bool active = t < tokens;
-
-        int experts = spec.Experts, k = spec.TopK;
         int groups = spec.Kind == RouterKind.DeepSeekV3 ? spec.Groups : 0;
         var shared = SharedMemory.GetDynamic<float>();
-        var scores = shared.SubView((long)warp * (experts + groups), experts);
+        // A warp past the last token still reaches the warp barriers in GateWarp (DeepSeek), so no early return here.
+        GateWarp(spec, logits, noiseLogits, bias, ids, weights, t, t < tokens, shared.SubView((long)warp * (spec.Experts + groups), spec.Experts + groups));
+    }
+
+    /// <summary>
+    /// V2's work for token t by the calling warp (every lane calls it; active false: a warp with no token, which still
+    /// takes DeepSeek's warp barriers). scratch [E + Groups] floats of shared memory the warp owns. Also the routing
+    /// epilogue of decode/router (kernels/ILGpuMoE.Kernels/Decode/DecodeRouterKernel.cs), whose last group routes the
+    /// token with one warp.
+    /// </summary>
+    internal static void GateWarp(RouterSpec spec, ArrayView<float> logits, ArrayView<float> noiseLogits,
+        ArrayView<float> bias, ArrayView<int> ids, ArrayView<float> weights, int t, bool active, ArrayView<float> scratch)
+    {
+        int lane = Warp.LaneIdx, warpSize = Warp.WarpSize;
+        int experts = spec.Experts, k = spec.TopK;
+        int groups = spec.Kind == RouterKind.DeepSeekV3 ? spec.Groups : 0;
+        var scores = scratch.SubView(0, experts);
 
         if (active)
         {
@@ -338,7 +350,7 @@ public static class GatingKernels
 
         if (groups > 0)
         {
-            var groupScores = shared.SubView((long)warp * (experts + groups) + experts, groups);
+            var groupScores = scratch.SubView(experts, groups);
             int size = experts / groups;
             Warp.Barrier();
             if (active)
