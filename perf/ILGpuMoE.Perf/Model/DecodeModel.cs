@@ -1,5 +1,5 @@
 // The decode model: a predicted batch-1 decode step, kernel by kernel, for the fused T = 1 path the runtime launches on
-// CUDA (InferenceSession's decode step: 8 launches per layer, DecodePlan.cs). `ilgpumoe-bench predict` prints it;
+// CUDA (InferenceSession's decode step: DecodePlan.cs, 6 launches per layer for Mixtral). `ilgpumoe-bench predict` prints it;
 // perf/NOTES.md ("Decode at the roofline") states the assumptions, the H200 measurements the constants were fitted to,
 // and how far each prediction was from them.
 //
