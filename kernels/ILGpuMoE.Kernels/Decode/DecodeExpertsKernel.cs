@@ -17,7 +17,7 @@
 //       is staged tile by tile (F = 14,336 is four tiles), each lane accumulates weight[k] * its partial dot products
 //       in registers, the lanes' sums are added once at the end (fixed order), and lanes 0/1 write residual + sum:
 //       deterministic, no atomics. residual may alias out (each element is read and written by the same lane).
-//   V2  persistent groups (DecodePersistent.cs), 8 loads in flight per lane (f32, 16-bit; packed: 4), per-warp totals.
+//   V2  persistent groups (DecodePersistent.cs), 8 loads in flight per lane (packed: pipelined), per-warp totals.
 //       up-gate: grid min(K * ceil(F / 8), SMs x resident), each group normalises and stages xs once and loops over
 //       V1's (k, 8 f) blocks.
 //       down: F split over groups. Slice s = (k, c) is column tile c (TileCols wide) of pair k; chunk r is ChunkRows
@@ -143,7 +143,7 @@ public static class DecodeExpertsKernels
     }
     [KernelInfo(DecodeExpertsVersion.V2, "grid min(K*ceil(F/8), SMs x resident groups), group 256 (8 warps: gate and up row of one f each)",
         Entry = "up-gate", Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["w1.Data:16", "w3.Data:16"],
-        Summary = "T = 1 experts up-gate in persistent groups: rmsnorm and staging once per group, 8 loads in flight per lane (f32, 16-bit; packed: 4), per-warp totals")]
+        Summary = "T = 1 experts up-gate in persistent groups: rmsnorm and staging once per group, 8 loads in flight per lane (packed: pipelined), per-warp totals")]
     public static void UpGateV2<TU>(TU w1, TU w3, ArrayView<int> ids, ArrayView<float> x, NormWeights g, float eps,
         ArrayView<float> h, int hidden, int blocksPerPair, int topK, ExpertGlu glu)
         where TU : struct, IRowUnits

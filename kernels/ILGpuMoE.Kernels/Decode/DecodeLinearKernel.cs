@@ -14,7 +14,7 @@
 //       of x and g from L2 and one block reduction (RmsNormKernel V1's order: the same scale).
 //   V2  persistent groups (DecodePersistent.cs): the grid is at most the groups the device holds at once, each group
 //       loops over the launch's 16-row blocks (matrix 0's, then 1's, then 2's) with x normalised and staged once; 8
-//       loads in flight per lane (packed readers: 4, as V1); lane partials added per warp, no group barrier between blocks. Same epilogue.
+//       loads in flight per lane (packed readers: pipelined); lane partials added per warp, no group barrier between blocks. Same epilogue.
 //
 // Shapes: T = 1; D = Cols of every matrix (model dim); Rows_m: q H*Dh, k/v Hkv*Dh, o D, router E; V, F, G, K unused.
 // y_m must not overlap x (other groups still read x while a group writes y).
@@ -31,7 +31,7 @@ public enum DecodeLinearVersion
     /// <summary>Warp per two rows, x staged in padded shared memory, up to three matrices per launch.</summary>
     V1 = 1,
 
-    /// <summary>V1's work in persistent groups: x staged once per group, 8 loads in flight per lane (f32, 16-bit; packed: 4), per-warp totals.</summary>
+    /// <summary>V1's work in persistent groups: x staged once per group, 8 loads in flight per lane (packed: pipelined), per-warp totals.</summary>
     V2 = 2,
 }
 
@@ -84,7 +84,7 @@ public static class DecodeLinearKernels
 
     [KernelInfo(DecodeLinearVersion.V2, "grid min(blocks, SMs x resident groups), group 256 (8 warps x 2 rows), blocks of 16 rows over m <= 3",
         Decode = DecodeUse.Weights, BlockSize = DecodeStaging.GroupSize, WideViews = ["t.W0.Data:16", "t.W1.Data:16", "t.W2.Data:16"],
-        Summary = "T = 1 GEMV over up to 3 matrices in persistent groups: norm and staging once per group, 8 loads in flight per lane (f32, 16-bit; packed: 4), per-warp totals")]
+        Summary = "T = 1 GEMV over up to 3 matrices in persistent groups: norm and staging once per group, 8 loads in flight per lane (packed: pipelined), per-warp totals")]
     public static void LinearV2<TU>(DecodeTargets<TU> t, ArrayView<float> x, NormWeights g, float eps, int accumulate, float clip, int blocks)
         where TU : struct, IRowUnits
     {

@@ -13,7 +13,9 @@
 //      router and up-gate) it is staged once; a longer x restages per block (V1's tile loop), correct but slower.
 //   2. The prologue loads each thread's 16 values of x (and g) at once (StageWide): one round trip instead of 32.
 //   3. Readers of f32 / 16-bit units keep 4 units of each of the warp's two rows in flight per lane (8 x 16 bytes, 4 KB
-//      per warp), twice V1's; the packed readers keep V1's 2 (see Units: more costs them occupancy, not bytes in flight).
+//      per warp), twice V1's; the packed readers load the next step's 2 units per row before decoding the current 2
+//      (software pipelining, PackedUnits: 8 x 16 bytes per lane at each step's start; unrolling the decode instead
+//      costs q4 its occupancy).
 //   4. The lanes' partials are added per warp in a small array of their own (DecodeStaging.RowTotals), so row blocks
 //      follow each other with no group barrier and xs stays staged.
 // The down projection's split of F over groups and its combine are in DecodeExpertsKernel.cs (DownV2).
@@ -166,44 +168,31 @@ public static class DecodePersistent
     /// <summary>
     /// Lane l takes units uBegin + l, + 32, ... of the staged tile (tile column (u - uBegin) * uv). Readers of 16-bit and
     /// f32 units (UnitValues &lt;= 8: a unit is a few instructions) issue eight independent 16-byte loads per step (four
-    /// units of each row) before the arithmetic that needs them; the packed readers (16 or 32 values per unit, 75-200
-    /// instructions a unit) four, as V1: at eight ptxas holds 4 x 32 decoded int4 values and q4 takes 232 registers (one
-    /// group per SM, no more bytes in flight per SM than V1's). Single units finish the row. The branch on UnitValues is
-    /// a constant of TU: each instance compiles one path.
+    /// units of each row) before the arithmetic that needs them, single units finishing the row. The packed readers (16
+    /// or 32 values per unit, 75-200 instructions a unit) take <see cref="PackedUnits"/>. The branch on UnitValues is a
+    /// constant of TU: each instance compiles one path.
     /// </summary>
     internal static DotPair Units<TU>(TU a, RowRef ra, TU b, RowRef rb, ArrayView<float> xs, int uBegin, int uEnd)
         where TU : struct, IRowUnits
     {
         int uv = a.UnitValues;
+        if (uv > 8)
+            return PackedUnits(a, ra, b, rb, xs, uBegin, uEnd);
         float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, b0 = 0f, b1 = 0f, b2 = 0f, b3 = 0f;
         int u = uBegin + Warp.LaneIdx;
         int k = Warp.LaneIdx * uv;
         int step = 32 * uv;
-        if (uv <= 8)
+        for (; u + 96 < uEnd; u += 128)
         {
-            for (; u + 96 < uEnd; u += 128)
-            {
-                a0 += a.DotUnit(ra, u, xs, k);
-                b0 += b.DotUnit(rb, u, xs, k);
-                a1 += a.DotUnit(ra, u + 32, xs, k + step);
-                b1 += b.DotUnit(rb, u + 32, xs, k + step);
-                a2 += a.DotUnit(ra, u + 64, xs, k + 2 * step);
-                b2 += b.DotUnit(rb, u + 64, xs, k + 2 * step);
-                a3 += a.DotUnit(ra, u + 96, xs, k + 3 * step);
-                b3 += b.DotUnit(rb, u + 96, xs, k + 3 * step);
-                k += 4 * step;
-            }
-        }
-        else
-        {
-            for (; u + 32 < uEnd; u += 64)
-            {
-                a0 += a.DotUnit(ra, u, xs, k);
-                b0 += b.DotUnit(rb, u, xs, k);
-                a1 += a.DotUnit(ra, u + 32, xs, k + step);
-                b1 += b.DotUnit(rb, u + 32, xs, k + step);
-                k += 2 * step;
-            }
+            a0 += a.DotUnit(ra, u, xs, k);
+            b0 += b.DotUnit(rb, u, xs, k);
+            a1 += a.DotUnit(ra, u + 32, xs, k + step);
+            b1 += b.DotUnit(rb, u + 32, xs, k + step);
+            a2 += a.DotUnit(ra, u + 64, xs, k + 2 * step);
+            b2 += b.DotUnit(rb, u + 64, xs, k + 2 * step);
+            a3 += a.DotUnit(ra, u + 96, xs, k + 3 * step);
+            b3 += b.DotUnit(rb, u + 96, xs, k + 3 * step);
+            k += 4 * step;
         }
 
         for (; u < uEnd; u += 32)
@@ -214,5 +203,67 @@ public static class DecodePersistent
         }
 
         return new DotPair((a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3));
+    }
+
+    /// <summary>
+    /// Units' loop for the packed readers, software pipelined: two units of each row per step, and the next step's four
+    /// raw units (words and scales, 20 registers: RowUnits.cs's Load) loaded before the current step's are decoded, so
+    /// 8 loads of 16 bytes are in flight per lane at each step's start (4 before 2026-12-05; V2 has not yet run on a
+    /// GPU). Unrolling the decode to 8 units per step instead took q4 to 232 registers (one group per SM, no more bytes
+    /// in flight per SM); pipelined, ptxas gives q4 96. Prologue: the first step's units (or the lane's single unit).
+    /// Loop: the loads of step j + 1, then the decode of step j. Epilogue: a last single unit, loaded by the loop's last
+    /// step (or by the prologue). The loop's loads take no branch: a unit past the end reads unit uEnd - 1 instead (every
+    /// such lane of the warp the same 16 bytes, one sector), never used; a branch around them costs a BSSY / BSYNC pair
+    /// and the address arithmetic per unit. Each accumulator adds the units of the plain loop before it in the same order
+    /// (a0 / b0: units u, u + 64, ..., then a last single unit; a1 / b1: u + 32, u + 96, ...), as V1's loop does too: the
+    /// same bits (DecodeLinearTests.PackedRowsAtOddUnitCounts checks V2 against V1; the plain loop's a2 + a3 = 0 added
+    /// to the result changed only a -0, which every caller adds to a +0 first).
+    /// </summary>
+    private static DotPair PackedUnits<TU>(TU a, RowRef ra, TU b, RowRef rb, ArrayView<float> xs, int uBegin, int uEnd)
+        where TU : struct, IRowUnits
+    {
+        float a0 = 0f, a1 = 0f, b0 = 0f, b1 = 0f;
+        int u = uBegin + Warp.LaneIdx;
+        int k = Warp.LaneIdx * a.UnitValues;
+        int step = 32 * a.UnitValues;
+        RawUnit ca0 = default, cb0 = default, ca1 = default, cb1 = default;
+        if (u < uEnd)
+        {
+            ca0 = a.Load(ra, u);
+            cb0 = b.Load(rb, u);
+        }
+
+        if (u + 32 < uEnd)
+        {
+            ca1 = a.Load(ra, u + 32);
+            cb1 = b.Load(rb, u + 32);
+        }
+
+        int last = uEnd - 1;
+        for (; u + 32 < uEnd; u += 64)
+        {
+            int n0 = IntrinsicMath.Min(u + 64, last), n1 = IntrinsicMath.Min(u + 96, last);
+            var na0 = a.Load(ra, n0);
+            var nb0 = b.Load(rb, n0);
+            var na1 = a.Load(ra, n1);
+            var nb1 = b.Load(rb, n1);
+            a0 += a.Dot(ra, ca0, xs, k);
+            b0 += b.Dot(rb, cb0, xs, k);
+            a1 += a.Dot(ra, ca1, xs, k + step);
+            b1 += b.Dot(rb, cb1, xs, k + step);
+            k += 2 * step;
+            ca0 = na0;
+            cb0 = nb0;
+            ca1 = na1;
+            cb1 = nb1;
+        }
+
+        if (u < uEnd)
+        {
+            a0 += a.Dot(ra, ca0, xs, k);
+            b0 += b.Dot(rb, cb0, xs, k);
+        }
+
+        return new DotPair(a0 + a1, b0 + b1);
     }
 }

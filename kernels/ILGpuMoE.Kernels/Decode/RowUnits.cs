@@ -13,11 +13,14 @@
 //                                         scale byte per unit, E2M1 decoded by bit moves (no table)
 // Shapes: D model dim, F expert hidden dim, E experts, G quant group size (T = 1, K, V unused here).
 //
-// Why the two-step interface (Row, then DotUnit): the per-row part of the addressing (row * units, the scale row, FP8's
-// expert and block-row divisions) is computed once per row outside the unit loop, so the loop holds no 64-bit
-// multiply and no integer divide. The per-unit scale index of Q4 (unit / units-per-group) and FP8 (unit /
-// units-per-block) is a multiply-high by a magic number precomputed on the host (UnitDivide), exact for the sizes the
-// factories accept. Each DotUnit is straight-line (no per-value branch) and the scale multiplies the unit's sum once.
+// Why the three-step interface (Row, then Load and Dot per unit): the per-row part of the addressing (row * units, the
+// scale row, FP8's expert and block-row divisions) is computed once per row outside the unit loop, so the loop holds no
+// 64-bit multiply and no integer divide. A unit's loads (Load: its 16-byte word and its scale, a RawUnit of 5
+// registers) are apart from its arithmetic (Dot), so a loop may issue the next units' loads before decoding the current
+// ones (software pipelining: DecodePersistent.PackedUnits); DotUnit is the two in a row. The
+// per-unit scale index of Q4 (unit / units-per-group) and FP8 (unit / units-per-block), computed in Load, is a
+// multiply-high by a magic number precomputed on the host (UnitDivide), exact for the sizes the factories accept. Each
+// Load and Dot is straight-line (no per-value branch) and the scale multiplies the unit's sum once.
 // Q8 and Q4 decode a value where it lies in its word (mask and OR into the mantissa of 2^23, one subtraction: value
 // times 256^i or 16^i, summed per position and rescaled per unit by an exact power of two), so most values cost one
 // LOP3, one FADD and one FFMA.
@@ -57,11 +60,26 @@ public interface IRowUnits
     /// <summary>The per-row addressing of row (0 &lt;= row &lt; Rows), computed once per row.</summary>
     RowRef Row(long row);
 
+    /// <summary>Loads unit (0 &lt;= unit &lt; UnitsPerRow) of the row: its word and its scale bits, no arithmetic on them.</summary>
+    RawUnit Load(RowRef row, int unit);
+
     /// <summary>
-    /// Scaled sum over the unit's values v of W[row, unit * UnitValues + v] * xs[DecodeStaging.Slot(k0 + v)]; k0 is the
-    /// unit's first column relative to the staged tile (a multiple of UnitValues).
+    /// Scaled sum over the unit's values v of W[row, unit * UnitValues + v] * xs[DecodeStaging.Slot(k0 + v)], raw being
+    /// <see cref="Load"/>'s result for that unit; k0 is the unit's first column relative to the staged tile (a multiple
+    /// of UnitValues).
     /// </summary>
-    float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0);
+    float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0);
+}
+
+/// <summary>
+/// A unit as loaded (<see cref="IRowUnits.Load"/>): its 16-byte word (ScalarUnits: its 4 values' bits) and a 32-bit side
+/// value, the bits of the unit's own scale for the readers that have one (Q4: F16 scale | zero &lt;&lt; 16; FP8: F32
+/// scale; MXFP4: E8M0 byte), else 0. One shape for every reader keeps the interface non-generic.
+/// </summary>
+public readonly struct RawUnit(Wide16 word, uint side)
+{
+    public readonly Wide16 Word = word;
+    public readonly uint Side = side;
 }
 
 /// <summary>
@@ -102,9 +120,11 @@ public readonly struct F32Units(ArrayView<Wide16> data, int rows, int cols) : IR
 
     public RowRef Row(long row) => new(Data.SubView(row * (NCols >> 2), NCols >> 2), 0, 0, 1f);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    public RawUnit Load(RowRef row, int unit) => new(row.Words[unit], 0);
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0)
     {
-        Wide16 w = row.Words[unit];
+        Wide16 w = raw.Word;
         var x = DecodeStaging.UnitSlots(xs, k0, 4);
         float s = Interop.IntAsFloat(w.A) * x[0];
         s += Interop.IntAsFloat(w.B) * x[1];
@@ -130,8 +150,10 @@ public readonly struct BF16Units(ArrayView<Wide16> data, int rows, int cols) : I
 
     public RowRef Row(long row) => new(Data.SubView(row * (NCols >> 3), NCols >> 3), 0, 0, 1f);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0) =>
-        HalfWords.Dot<BF16Pair>(row.Words[unit], DecodeStaging.UnitSlots(xs, k0, 8));
+    public RawUnit Load(RowRef row, int unit) => new(row.Words[unit], 0);
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0) =>
+        HalfWords.Dot<BF16Pair>(raw.Word, DecodeStaging.UnitSlots(xs, k0, 8));
 }
 
 public readonly struct F16Units(ArrayView<Wide16> data, int rows, int cols) : IRowUnits
@@ -150,8 +172,10 @@ public readonly struct F16Units(ArrayView<Wide16> data, int rows, int cols) : IR
 
     public RowRef Row(long row) => new(Data.SubView(row * (NCols >> 3), NCols >> 3), 0, 0, 1f);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0) =>
-        HalfWords.Dot<F16Pair>(row.Words[unit], DecodeStaging.UnitSlots(xs, k0, 8));
+    public RawUnit Load(RowRef row, int unit) => new(row.Words[unit], 0);
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0) =>
+        HalfWords.Dot<F16Pair>(raw.Word, DecodeStaging.UnitSlots(xs, k0, 8));
 }
 
 /// <summary>Widens the two 16-bit values of a word (low one first, memory order).</summary>
@@ -212,17 +236,27 @@ public readonly struct ScalarUnits<TW>(TW data, int rows, int cols) : IRowUnits
 
     public RowRef Row(long row) => new(default, row * NCols, 0, 1f);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    public RawUnit Load(RowRef row, int unit)
     {
         int c = unit << 2;
-        int s = DecodeStaging.Slot(k0);
         long b = row.Index + c;
         // The bound checks become predicated loads (no branch around arithmetic).
-        float w0 = c < NCols ? Data.Get(b) : 0f;
-        float w1 = c + 1 < NCols ? Data.Get(b + 1) : 0f;
-        float w2 = c + 2 < NCols ? Data.Get(b + 2) : 0f;
-        float w3 = c + 3 < NCols ? Data.Get(b + 3) : 0f;
-        return w0 * xs[s] + w1 * xs[s + 1] + w2 * xs[s + 2] + w3 * xs[s + 3];
+        var w = new Wide16
+        {
+            A = Interop.FloatAsInt(c < NCols ? Data.Get(b) : 0f),
+            B = Interop.FloatAsInt(c + 1 < NCols ? Data.Get(b + 1) : 0f),
+            C = Interop.FloatAsInt(c + 2 < NCols ? Data.Get(b + 2) : 0f),
+            D = Interop.FloatAsInt(c + 3 < NCols ? Data.Get(b + 3) : 0f),
+        };
+        return new(w, 0);
+    }
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0)
+    {
+        int s = DecodeStaging.Slot(k0);
+        Wide16 w = raw.Word;
+        return Interop.IntAsFloat(w.A) * xs[s] + Interop.IntAsFloat(w.B) * xs[s + 1] + Interop.IntAsFloat(w.C) * xs[s + 2]
+               + Interop.IntAsFloat(w.D) * xs[s + 3];
     }
 }
 
@@ -259,9 +293,11 @@ public readonly struct Q8Units : IRowUnits
 
     public RowRef Row(long row) => new(Data.SubView(row * NUnits, NUnits), 0, row, Scales[row]);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    public RawUnit Load(RowRef row, int unit) => new(row.Words[unit], 0);
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0)
     {
-        Wide16 w = row.Words[unit];
+        Wide16 w = raw.Word;
         var x = DecodeStaging.UnitSlots(xs, k0, 16);
         uint lo = MagicLo, hi = MagicLo ^ 0x8080u; // MagicBits | 0x8000
         var a = Word(w.D, x, 12, lo, hi, Word(w.C, x, 8, lo, hi, Word(w.B, x, 4, lo, hi, Word(w.A, x, 0, lo, hi, default))));
@@ -329,12 +365,19 @@ public readonly struct Q4Units : IRowUnits
 
     public RowRef Row(long row) => new(Data.SubView(row * NUnits, NUnits), 0, row * Groups, 1f);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    // Side: the group's F16 scale bits | its zero << 16 (8 without zeros).
+    public RawUnit Load(RowRef row, int unit)
     {
-        Wide16 w = row.Words[unit];
         long g = row.Scales + UnitDivide.Divide(unit, GroupMagic, GroupOneMask);
-        float scale = (float)Scales[g];
-        float z = HasZeros != 0 ? Zeros[g] : 8f;
+        uint z = HasZeros != 0 ? Zeros[g] : 8u;
+        return new(row.Words[unit], Interop.FloatAsInt(Scales[g]) | (z << 16));
+    }
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0)
+    {
+        Wide16 w = raw.Word;
+        float scale = (float)Interop.IntAsFloat((ushort)(raw.Side & 0xFFFFu));
+        float z = raw.Side >> 16;
         var x = DecodeStaging.UnitSlots(xs, k0, 32);
         var bias = new Nibbles(QuantLayout.Magic + z, QuantLayout.Magic + 16f * z, QuantLayout.Magic + 256f * z,
             QuantLayout.Magic + 4096f * z, QuantLayout.Magic + 65536f * z);
@@ -427,10 +470,14 @@ public readonly struct Fp8Units : IRowUnits
         return new(Data.SubView(row * NUnits, NUnits), 0, ((long)e * ScaleRows + r / BlockN) * ScaleCols, 1f);
     }
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    // Side: the block's F32 scale bits.
+    public RawUnit Load(RowRef row, int unit) =>
+        new(row.Words[unit], Interop.FloatAsInt(Scales[row.Scales + UnitDivide.Divide(unit, BlockMagic, BlockOneMask)]));
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0)
     {
-        Wide16 w = row.Words[unit];
-        float scale = Scales[row.Scales + UnitDivide.Divide(unit, BlockMagic, BlockOneMask)];
+        Wide16 w = raw.Word;
+        float scale = Interop.IntAsFloat(raw.Side);
         var x = DecodeStaging.UnitSlots(xs, k0, 16);
         float sum = Word(w.A, x, 0) + Word(w.B, x, 4) + (Word(w.C, x, 8) + Word(w.D, x, 12));
         // A NaN code (S.1111.111) in any byte makes the unit NaN, as Fp8.DecodeE4M3 times x would: adding 1 to the
@@ -482,10 +529,13 @@ public readonly struct Mxfp4Units : IRowUnits
 
     public RowRef Row(long row) => new(Data.SubView(row * NUnits, NUnits), 0, row * NUnits, 1f);
 
-    public float DotUnit(RowRef row, int unit, ArrayView<float> xs, int k0)
+    // Side: the unit's E8M0 scale byte.
+    public RawUnit Load(RowRef row, int unit) => new(row.Words[unit], Scales[row.Scales + unit]);
+
+    public float Dot(RowRef row, RawUnit raw, ArrayView<float> xs, int k0)
     {
-        Wide16 w = row.Words[unit];
-        float scale = Mxfp4.HalfScale(Scales[row.Scales + unit]);
+        Wide16 w = raw.Word;
+        float scale = Mxfp4.HalfScale(raw.Side);
         var x = DecodeStaging.UnitSlots(xs, k0, 32);
         // Four independent chains (one per word), added in a fixed order; 2 * E2M1 per code, 2^(s - 128) per unit.
         return (Word(w.A, x, 0) + Word(w.B, x, 8) + (Word(w.C, x, 16) + Word(w.D, x, 24))) * scale;
@@ -509,9 +559,14 @@ public readonly struct Mxfp4Units : IRowUnits
     }
 }
 
-/// <summary>Host factories of the readers: each checks the layout the reader needs and throws a one-line ArgumentException.</summary>
+/// <summary>Host factories of the readers (each checks the layout the reader needs and throws a one-line ArgumentException),
+/// and DotUnit.</summary>
 public static class RowUnits
 {
+    /// <summary>Load then Dot of one unit (the readers' straight path, where no loop pipelines the loads).</summary>
+    public static float DotUnit<TU>(this TU w, RowRef row, int unit, ArrayView<float> xs, int k0)
+        where TU : struct, IRowUnits => w.Dot(row, w.Load(row, unit), xs, k0);
+
     /// <summary>True when a float matrix [rows, cols] of T can be read as 16-byte units: cols * sizeof(T) a multiple of
     /// 16 and the view 16-byte aligned (else use <see cref="Scalar{TW}"/>).</summary>
     public static bool CanReadWide<T>(ArrayView<T> data, int cols)

@@ -88,6 +88,19 @@ public class DecodeExpertsTests
     }
 
     /// <summary>
+    /// V2's packed unit loop at odd row lengths, as DecodeLinearTests.PackedRowsAtOddUnitCounts (1 to 129 units, each
+    /// path of the pipeline): up-gate over D of that many units (F small), then down over F of as many (D small); E = 2,
+    /// K = 2, outputs NaN-poisoned, against the oracle.
+    /// </summary>
+    [Test]
+    public void PackedRowsAtOddUnitCounts([Values("q8", "q4-sym-g32", "mxfp4")] string kind, [Values(1, 2, 3, 31, 33, 65, 97, 129)] int units)
+    {
+        int n = DecodeLinearTests.PackedCols(kind, units), small = DecodeLinearTests.PackedCols(kind, 2);
+        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], n, small, WeightType.F32, false, $"{kind} {units} units D", Stages.UpGateOnly));
+        Run(kind, new Case(2, [1, 0], [0.6f, 0.4f], small, n, WeightType.F32, false, $"{kind} {units} units F", Stages.DownOnly));
+    }
+
+    /// <summary>
     /// V2's down split: F = 4096 + 40 is two column tiles per pair, D = 104 is 1 to 4 chunks of 32 rows as the grid cap
     /// goes 1, 8 and 1000; a dropped pair between two live ones. Each lane's partial of a tile does not depend on the
     /// chunking and the combine adds tiles and pairs in a fixed order, so every cap gives the same bits, and so does the

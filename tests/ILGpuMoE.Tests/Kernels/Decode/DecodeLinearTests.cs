@@ -212,6 +212,48 @@ public class DecodeLinearTests
         }
     }
 
+    /// <summary>Columns of a packed row of this many 16-byte units (q8: the last unit half padding).</summary>
+    internal static int PackedCols(string kind, int units) => kind == "q8" ? 16 * units - 8 : 32 * units;
+
+    /// <summary>
+    /// V2's packed unit loop (DecodePersistent.Units, software pipelined for q8, q4 and mxfp4) at row lengths that take
+    /// each of its paths (lane l reads units l, l + 32, ...): 1, 2 and 3 units (the prologue's single units, most lanes
+    /// idle), 31 and 33 (no full step, or one), 65 (a step, then a single unit loaded ahead), 97 and 129 (steps loaded
+    /// ahead of steps, the last loads past the row end; q4 and mxfp4 at 129 units are two tiles, the second starting at
+    /// unit 128). 7 rows (one warp's second row past the end), outputs NaN-poisoned, seeded random values; against the
+    /// oracle, and bit for bit against V1, whose loop adds the same units in the same order per lane.
+    /// </summary>
+    [Test]
+    public void PackedRowsAtOddUnitCounts([Values("q8", "q4-sym-g32", "mxfp4")] string kind, [Values(1, 2, 3, 31, 33, 65, 97, 129)] int units)
+    {
+        int d = PackedCols(kind, units);
+        const int rows = 7;
+        int seed = 60 + units;
+        var mats = new[] { new TestMatrix(Data.Gaussian(seed, (long)rows * d, 0.3), rows, d) };
+        var (norm, g, gb) = Norm(WeightType.BF16, Data.Uniform(seed + 1, d, 1.5f));
+        using var _ = gb;
+        DecodeTestUnits.With(kind, mats, new OddUnitsBody(Data.Uniform(seed + 2, d, 2f), norm, g, $"{kind} {units} units"));
+    }
+
+    private sealed class OddUnitsBody(float[] x, NormWeights norm, float[] g, string what) : IUnitsTest
+    {
+        public void Run<TU>(TU[] w, float[][] seen)
+            where TU : struct, IRowUnits
+        {
+            int d = x.Length, rows = w[0].Rows;
+            using var xb = TestDevice.Upload(x);
+            using var y1 = TestDevice.PoisonedFloats(rows);
+            using var y2 = TestDevice.PoisonedFloats(rows);
+            var s = TestDevice.Accelerator.DefaultStream;
+            Kernel<TU>().Launch(s, xb.View, norm, Eps, new(w[0], y1.View), version: DecodeLinearVersion.V1);
+            Kernel<TU>().Launch(s, xb.View, norm, Eps, new(w[0], y2.View), version: DecodeLinearVersion.V2, maxGroups: 1);
+            s.Synchronize();
+            var v2 = y2.GetAsArray1D();
+            Check.Close(RefOps.MatMulT(RefOps.RmsNorm(x, g, 1, d, Eps), seen[0], 1, rows, d), v2, 1e-5, DecodeTestUnits.DotAtol(d), what);
+            Assert.That(v2, Is.EqualTo(y1.GetAsArray1D()), what + ": V2 gives V1's bits");
+        }
+    }
+
     /// <summary>D = 4096 + 160: two staged tiles (the second partial), with the norm over the whole row.</summary>
     [TestCase("bf16", DecodeLinearVersion.V1)]
     [TestCase("bf16", DecodeLinearVersion.V2)]
