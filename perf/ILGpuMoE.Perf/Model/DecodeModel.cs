@@ -30,7 +30,8 @@
 //     iteration), about 0.21 us each; V2 loads x and g at once: V2PrologueUs (one trip, the block reduction, the
 //     staging barrier and a drain step), an assumption to measure;
 //   - the stream rate: the fit says a group's 16 KB in flight come back every 16 / 6.5 = 2.46 us; V2's f32/16-bit
-//     readers keep 8 loads in flight per lane (32 KB per group), the packed ones V1's 4 (16 KB), at the same 2.46 us;
+//     readers keep 8 loads in flight per lane (32 KB per group), the packed ones too since they load a step ahead, on
+//     rows of two steps or more (DecodeScheme.LoadsPerLane; 4 loads, 16 KB, on shorter rows), at the same 2.46 us;
 //   - the SASS of V2: instructions per unit and groups resident per SM per scheme (DecodeScheme's V2 fields).
 // The V3 step (the runtime's default since 2026-12-05) launches V2's weight kernels and fuses two pairs of launches:
 //   - decode/router (kernels/ILGpuMoE.Kernels/Decode/DecodeRouterKernel.cs): the router split over D across about one
@@ -57,7 +58,22 @@ public sealed record DecodeShape(string Name, int Layers, int D, int Heads, int 
 /// fewest of decode/linear's and decode/experts' kernels), and V2's 16-byte loads in flight per lane (8 or 4).
 /// </summary>
 public sealed record DecodeScheme(string Name, double BytesPerWeight, double InstructionsPerUnit, int GroupsPerSm,
-    double InstructionsPerUnitV2, int GroupsPerSmV2, int LoadsPerLaneV2);
+    double InstructionsPerUnitV2, int GroupsPerSmV2, int LoadsPerLaneV2, int UnitValues)
+{
+    /// <summary>
+    /// V2's 16-byte loads in flight per lane on rows of <paramref name="cols"/> columns. The packed readers (more than 8
+    /// values a unit) load a step ahead (DecodePersistent.PackedUnits: a step is 2 units of each of the warp's 2 rows per
+    /// lane, 64 units of a row per warp), so they keep LoadsPerLaneV2 in flight only on rows of 2 steps or more; a row of
+    /// one step (Qwen3-30B-A3B's q4 up-gate at D = 2048, its down at F = 768) has no next step to load: 4.
+    /// </summary>
+    public int LoadsPerLane(long cols)
+    {
+        if (UnitValues <= 8)
+            return LoadsPerLaneV2;
+        long units = (cols + UnitValues - 1) / UnitValues;
+        return units > 64 ? LoadsPerLaneV2 : 4;
+    }
+}
 
 /// <summary>Which decode kernels the step launches: V1 (what the H200 runs measured), V2 (persistent groups, 8 launches
 /// per layer) or V3 (V2 with decode/router and decode/qkv-rope: 6 launches per layer, 7 with a per-head q/k norm; the
@@ -151,13 +167,13 @@ public static class DecodeModel
 
     // Instructions per 16-byte unit: the hot loop of decode/linear's instance per reader in the SASS report
     // (`ilgpumoe ptx --sass`: 113, 324, 609 and 695 instructions per 4 units); groups per SM from its occupancy
-    // (bf16 40 of 64 warps, q8 32-40, q4 16, fp8 24-32). V2, the largest loop of its three kernels: bf16 220 per 8
-    // units, q8 322, q4 614 and fp8 703 per 4; occupancy bf16 32 of 64 warps (53-54 registers), q8 24-32, q4 16
-    // (127-128 registers), fp8 24-32.
-    public static readonly DecodeScheme Bf16 = new("bf16", 2, 113 / 4.0, 5, 220 / 8.0, 4, 8);
-    public static readonly DecodeScheme Int8 = new("int8", 1 + 4.0 / 4096, 324 / 4.0, 4, 322 / 4.0, 3, 4);
-    public static readonly DecodeScheme Fp8 = new("fp8-block128", 1 + 4.0 / (128 * 128), 695 / 4.0, 3, 703 / 4.0, 3, 4);
-    public static readonly DecodeScheme Int4 = new("int4-g128", 0.5 + 2.0 / 128 + 1.0 / 128, 609 / 4.0, 2, 614 / 4.0, 2, 4);
+    // (bf16 40 of 64 warps, q8 32-40, q4 16, fp8 24-32). V2, the largest inner unit loop of its three kernels: bf16 220
+    // per 8 units; since the packed readers load a step ahead (8 loads per lane), q8 79, q4 157 and fp8 150 per unit;
+    // occupancy, the fewest of the three: bf16 32 of 64 warps (53-54 registers), q8 24 (64-67), q4 16 (96), fp8 24 (68-80).
+    public static readonly DecodeScheme Bf16 = new("bf16", 2, 113 / 4.0, 5, 220 / 8.0, 4, 8, 8);
+    public static readonly DecodeScheme Int8 = new("int8", 1 + 4.0 / 4096, 324 / 4.0, 4, 79, 3, 8, 16);
+    public static readonly DecodeScheme Fp8 = new("fp8-block128", 1 + 4.0 / (128 * 128), 695 / 4.0, 3, 150, 3, 8, 16);
+    public static readonly DecodeScheme Int4 = new("int4-g128", 0.5 + 2.0 / 128 + 1.0 / 128, 609 / 4.0, 2, 157, 2, 8, 32);
 
     public static readonly IReadOnlyList<DecodeScheme> Schemes = [Bf16, Int8, Int4, Fp8];
 
@@ -184,7 +200,8 @@ public static class DecodeModel
         // blocks: work blocks of 16 rows (up-gate: 8 f); V1 launches one group per block, V2 at most a resident grid.
         // bytes: what the launch streams. extraUs: a tail after the stream (V2 down's combine, V3's routing and rotation
         // epilogues), added to whichever bound wins.
-        DecodeLaunch Weights(string kernel, double bytes, long blocks, DecodeScheme sc, long fixedGroups = 0, double extraUs = 0)
+        // cols: the row length a lane's unit loop walks (down: one column tile of F).
+        DecodeLaunch Weights(string kernel, double bytes, long blocks, DecodeScheme sc, long cols, long fixedGroups = 0, double extraUs = 0)
         {
             int resident = v2 ? sc.GroupsPerSmV2 : sc.GroupsPerSm;
             long capacity = (long)m.Sms * resident;
@@ -192,7 +209,7 @@ public static class DecodeModel
             double waves = Math.Max(1, groups / (double)capacity);
             double ipu = v2 ? sc.InstructionsPerUnitV2 : sc.InstructionsPerUnit;
             double overhead = v2 ? m.V2PrologueUs : m.GroupOverheadUs;
-            double inFlightKB = v2 ? 16.0 * sc.LoadsPerLaneV2 / 4 : 16.0;
+            double inFlightKB = v2 ? 16.0 * sc.LoadsPerLane(cols) / 4 : 16.0;
             double streamKBPerUs = inFlightKB / m.GroupStepUs;
             var bounds = new (string, double)[]
             {
@@ -212,13 +229,13 @@ public static class DecodeModel
         DecodeLaunch Down(double bytes)
         {
             if (!v2)
-                return Weights("experts down (+ combine)", bytes, Ceil(s.D, RowsPerBlock), scheme);
+                return Weights("experts down (+ combine)", bytes, Ceil(s.D, RowsPerBlock), scheme, s.F);
             long slices = (long)s.TopK * Ceil(s.F, 4096);
             long target = (long)m.Sms * scheme.GroupsPerSmV2;
             long want = Math.Clamp(target / slices, 1, Ceil(s.D, 32));
             long chunkRows = Ceil(Ceil(s.D, want), 32) * 32;
             long chunks = Ceil(s.D, chunkRows);
-            return Weights("experts down (+ combine)", bytes, 0, scheme, chunks * slices, m.CombineUs);
+            return Weights("experts down (+ combine)", bytes, 0, scheme, Math.Min(s.F, 4096), chunks * slices, m.CombineUs);
         }
 
         // V3's router (decode/router): 16-row blocks x column chunks of 32 units (BF16: 8 values a unit), about one
@@ -228,9 +245,9 @@ public static class DecodeModel
             double bytes = (double)s.Experts * s.D * Bf16.BytesPerWeight;
             long blocks = Ceil(s.Experts, RowsPerBlock);
             if (!v3)
-                return Weights("rmsnorm + router", bytes, blocks, Bf16);
+                return Weights("rmsnorm + router", bytes, blocks, Bf16, s.D);
             long chunks = Math.Clamp(m.Sms / blocks, 1, Ceil(Ceil(s.D, 8), 32));
-            return Weights("rmsnorm + router + gating", bytes, 0, Bf16, chunks * blocks, m.CombineUs + m.GateUs);
+            return Weights("rmsnorm + router + gating", bytes, 0, Bf16, s.D, chunks * blocks, m.CombineUs + m.GateUs);
         }
 
         double kvBytes = 2.0 * s.KvHeads * context * s.HeadDim * 4;
@@ -238,27 +255,27 @@ public static class DecodeModel
         var layer = new List<DecodeLaunch>();
         if (ropeInQkv)
         {
-            layer.Add(Weights("rmsnorm + q/k/v + rope + kv append", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme, extraUs: m.RopeUs));
+            layer.Add(Weights("rmsnorm + q/k/v + rope + kv append", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme, s.D, extraUs: m.RopeUs));
         }
         else
         {
-            layer.Add(Weights("rmsnorm + q/k/v", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme));
+            layer.Add(Weights("rmsnorm + q/k/v", qkvRows * s.D * w, Ceil(qkvRows, RowsPerBlock), scheme, s.D));
             layer.Add(Small("rope + kv append"));
         }
 
         layer.Add(new("attention decode", kvBytes, s.KvHeads * ((context + KeysPerSplit - 1) / KeysPerSplit), "attention",
             m.AttentionFixedUs + kvBytes / (m.AttentionGBps * 1e3) + launchUs));
-        layer.Add(Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, Ceil(s.D, RowsPerBlock), scheme));
+        layer.Add(Weights("o (+ residual)", (double)s.Heads * s.HeadDim * s.D * w, Ceil(s.D, RowsPerBlock), scheme, (long)s.Heads * s.HeadDim));
         layer.Add(Router());
         if (!v3)
             layer.Add(Small("gating"));
         // Blocks of 8 f (the gate and up row of each): K * F / 8.
-        layer.Add(Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, s.TopK * Ceil(s.F, 8), scheme));
+        layer.Add(Weights("experts up-gate", 2.0 * s.TopK * s.F * s.D * w, s.TopK * Ceil(s.F, 8), scheme, s.D));
         layer.Add(Down((double)s.TopK * s.D * s.F * w));
         var outside = new List<DecodeLaunch>
         {
             Small("embedding"),
-            Weights("rmsnorm + lm_head", (double)s.Vocab * s.D * Bf16.BytesPerWeight, Ceil(s.Vocab, RowsPerBlock), Bf16),
+            Weights("rmsnorm + lm_head", (double)s.Vocab * s.D * Bf16.BytesPerWeight, Ceil(s.Vocab, RowsPerBlock), Bf16, s.D),
         };
         double step = layer.Sum(l => l.Microseconds) * s.Layers + outside.Sum(l => l.Microseconds) + m.HostUs;
         double weightBytes = layer.Where(l => l.Kernel != "attention decode").Sum(l => l.Bytes) * s.Layers + outside.Sum(l => l.Bytes);

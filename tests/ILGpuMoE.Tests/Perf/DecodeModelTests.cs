@@ -111,6 +111,24 @@ public class DecodeModelTests
     }
 
     [Test]
+    public void PackedReadersKeepTwiceTheLoadsInFlightOnlyOnRowsOfTwoSteps()
+    {
+        // A step of the packed readers' loop is 64 units of a row per warp: q4 (32 values a unit) at D = 4096 has 128
+        // units, 2 steps: 8 loads per lane; at D = 2048 (Qwen3-30B-A3B's up-gate) 64 units, one step: 4. q8 (16 a
+        // unit) at 2048: 128 units, 8. BF16 keeps 8 whatever the row.
+        Assert.That(DecodeModel.Int4.LoadsPerLane(4096), Is.EqualTo(8));
+        Assert.That(DecodeModel.Int4.LoadsPerLane(2048), Is.EqualTo(4));
+        Assert.That(DecodeModel.Int8.LoadsPerLane(2048), Is.EqualTo(8));
+        Assert.That(DecodeModel.Bf16.LoadsPerLane(64), Is.EqualTo(8));
+        // Mixtral up-gate in int4 on V2: 3584 blocks, 132 x 2 = 264 groups, 122,945,536 B / 264 = 465,703 B each at 32 KB
+        // per 2.4615 us = 13,000 B/us: 1.5 + 35.823 = 37.323 us (issue bound 122,945,536 / (4 x 512 / 157 x 1.98 x 132
+        // B/ns) = 36.06 us; bandwidth 32.32 us) -> + 6.0 = 43.323 us.
+        var up = Launch(DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Int4, H200, 512, DecodeKernels.V2), "experts up-gate");
+        Assert.That((up.Groups, up.Bound), Is.EqualTo((264, "groups")));
+        Assert.That(up.Microseconds, Is.EqualTo(43.323).Within(1e-3));
+    }
+
+    [Test]
     public void ABadContextIsRefused()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => DecodeModel.Predict(DecodeModel.Mixtral8x7B, DecodeModel.Bf16, H200, 0));
