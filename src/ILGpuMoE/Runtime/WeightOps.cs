@@ -78,7 +78,7 @@ internal sealed class WeightOps : IDisposable
     public bool FusedDecode => !_simple;
 
     // The decode plan's kernels per reader type (kernels/ILGpuMoE.Kernels/Decode/RowUnits.cs), loaded on first use.
-    private readonly Dictionary<Type, object> _decodeLinear = [], _decodeExperts = [];
+    private readonly Dictionary<Type, object> _decodeLinear = [], _decodeExperts = [], _decodeQkvRope = [];
     private RopeAppendKernel? _ropeAppend;
 
     public RopeAppendKernel RopeAppend => _ropeAppend ??= RopeAppendKernel.Create(_accelerator);
@@ -97,6 +97,14 @@ internal sealed class WeightOps : IDisposable
         if (!_decodeExperts.TryGetValue(typeof(TU), out var k))
             _decodeExperts[typeof(TU)] = k = DecodeExpertsKernel.Create<TU>(_accelerator);
         return (DecodeExpertsKernel<TU>)k;
+    }
+
+    public DecodeQkvRopeKernel<TU> DecodeQkvRope<TU>()
+        where TU : struct, IRowUnits
+    {
+        if (!_decodeQkvRope.TryGetValue(typeof(TU), out var k))
+            _decodeQkvRope[typeof(TU)] = k = DecodeQkvRopeKernel.Create<TU>(_accelerator);
+        return (DecodeQkvRopeKernel<TU>)k;
     }
 
     public RopeKernel RopeKernels { get; }
@@ -371,5 +379,8 @@ internal sealed class WeightOps : IDisposable
         foreach (var k in _decodeExperts.Values)
             ((IDisposable)k).Dispose();
         _decodeExperts.Clear();
+        foreach (var k in _decodeQkvRope.Values)
+            ((IDisposable)k).Dispose();
+        _decodeQkvRope.Clear();
     }
 }
