@@ -80,62 +80,87 @@ public static class DecodeQkvRopeKernels
         int pos = c.Positions[0];
         for (int b = Grid.IdxX; b < blocks; b += Grid.DimX)
         {
-            // Uniform per group: each arm reads one matrix, so each weight load has one origin.
-            if (b < t.Groups0)
-                Pair(t.W0, t.Bias0, ToQ, b, x, g, scale, clip, xs, red, t.Y0, c, rope, pos);
-            else if (b < t.Groups0 + t.Groups1)
-                Pair(t.W1, t.Bias1, ToK, b - t.Groups0, x, g, scale, clip, xs, red, t.Y0, c, rope, pos);
+            // The block's matrix and its block index there (uniform per group).
+            int to = b < t.Groups0 ? ToQ : b < t.Groups0 + t.Groups1 ? ToK : ToV;
+            int block = to == ToQ ? b : to == ToK ? b - t.Groups0 : b - t.Groups0 - t.Groups1;
+            var pair = new RopePair(block, to == ToQ ? t.W0.Rows : to == ToK ? t.W1.Rows : t.W2.Rows, c.HeadDim, rope);
+            // Each arm reads one matrix, so each weight load has one origin; the epilogue below is one copy for the three
+            // (its bias and table loads, once, stay fewer bytes than the weight loop's, which the SASS gate takes as the hot loop).
+            DotPair p;
+            if (to == ToQ)
+                p = Dot(t.W0, pair, x, g, scale, xs);
+            else if (to == ToK)
+                p = Dot(t.W1, pair, x, g, scale, xs);
             else
-                Pair(t.W2, t.Bias2, ToV, b - t.Groups0 - t.Groups1, x, g, scale, clip, xs, red, t.Y0, c, rope, pos);
+                p = Dot(t.W2, pair, x, g, scale, xs);
+            p = DecodeStaging.RowTotals(p, red);
+            Store(to == ToQ ? t.Bias0 : to == ToK ? t.Bias1 : t.Bias2, to, pair, p, clip, t.Y0, c, rope, pos);
         }
     }
 
-    // The warp's slot of block `block` of matrix w (rows [heads * Dh]): its two rows dotted, then lane 0's epilogue.
-    // Every warp calls it (the dot restages x for rows longer than a tile, with group barriers).
-    private static void Pair<TU>(TU w, NormWeights bias, int to, int block, ArrayView<float> x, NormWeights g, float scale, float clip,
-        ArrayView<float> xs, ArrayView<float> red, ArrayView<float> q, QkvRopeCache c, RopeGeometry rope, int pos)
-        where TU : struct, IRowUnits
+    /// <summary>
+    /// The warp's slot of a 16-row block of a matrix of heads x Dh rows: slot s = block * 8 + warp is head s / (Dh/2),
+    /// pair i = s mod (Dh/2), head-relative rows (Lo, Hi): the rotary pair i for i &lt; d/2, else two of the unrotated dims
+    /// 2j, 2j + 1 (j = i - d/2) of [0, offset) ++ [offset + d, Dh), attention/rope-append V1's pairing. Live: the slot
+    /// is inside the matrix (else head 0, pair 0: rows that exist, never stored).
+    /// </summary>
+    private readonly struct RopePair
     {
-        int half = c.HeadDim / 2;
-        int s = block * DecodeStaging.Warps + Warp.WarpIdx;
-        bool live = s < w.Rows / 2;
-        int head = live ? s / half : 0;
-        int i = live ? s - head * half : 0;
-        int lo, hi;
-        if (i < rope.Half)
-        {
-            lo = rope.Lo(i);
-            hi = rope.Hi(i);
-        }
-        else
-        {
-            // Slot i past the rotary pairs: the unrotated dims 2j, 2j + 1 (j = i - d/2) of [0, offset) ++ [offset + d, Dh),
-            // attention/rope-append V1's pairing.
-            int e = 2 * (i - rope.Half);
-            lo = e < rope.Offset ? e : e + 2 * rope.Half;
-            hi = e + 1 < rope.Offset ? e + 1 : e + 1 + 2 * rope.Half;
-        }
+        public readonly bool Live;
+        public readonly int Head;
+        public readonly int I;
+        public readonly int Lo;
+        public readonly int Hi;
+        public readonly int R0;
 
-        int r0 = head * c.HeadDim;
-        var p = DecodeStaging.RowTotals(DecodePersistent.Dot(w, w.Row(r0 + lo), w, w.Row(r0 + hi), live, x, g, scale, xs), red);
-        if (!live || Warp.LaneIdx != 0)
+        public RopePair(int block, int rows, int headDim, RopeGeometry rope)
+        {
+            int half = headDim / 2;
+            int s = block * DecodeStaging.Warps + Warp.WarpIdx;
+            Live = s < rows / 2;
+            Head = Live ? s / half : 0;
+            I = Live ? s - Head * half : 0;
+            if (I < rope.Half)
+            {
+                Lo = rope.Lo(I);
+                Hi = rope.Hi(I);
+            }
+            else
+            {
+                int e = 2 * (I - rope.Half);
+                Lo = e < rope.Offset ? e : e + 2 * rope.Half;
+                Hi = e + 1 < rope.Offset ? e + 1 : e + 1 + 2 * rope.Half;
+            }
+
+            R0 = Head * headDim;
+        }
+    }
+
+    // The pair's two rows dotted with x (every warp calls it: the dot restages x for rows longer than a tile, with group
+    // barriers); this lane's partials.
+    private static DotPair Dot<TU>(TU w, RopePair pr, ArrayView<float> x, NormWeights g, float scale, ArrayView<float> xs)
+        where TU : struct, IRowUnits => DecodePersistent.Dot(w, w.Row(pr.R0 + pr.Lo), w, w.Row(pr.R0 + pr.Hi), pr.Live, x, g, scale, xs);
+
+    // Lane 0 of a live warp: decode/linear's epilogue (DecodeLinearKernels.Store: bias, then clip) on both rows, the
+    // rotation of pair i at pos for q and k (attention/rope-append V1's expressions), then q or the cache row.
+    private static void Store(NormWeights bias, int to, RopePair pr, DotPair p, float clip, ArrayView<float> q, QkvRopeCache c, RopeGeometry rope,
+        int pos)
+    {
+        if (!pr.Live || Warp.LaneIdx != 0)
             return;
-
-        // decode/linear's epilogue (DecodeLinearKernels.Store): bias, then clip.
         float a = p.A, b = p.B;
         if (bias.Kind != NormWeights.KindNone)
         {
-            a += bias.Get(r0 + lo);
-            b += bias.Get(r0 + hi);
+            a += bias.Get(pr.R0 + pr.Lo);
+            b += bias.Get(pr.R0 + pr.Hi);
         }
 
         a = BiasClipKernel.Clip(a, clip);
         b = BiasClipKernel.Clip(b, clip);
         bool inCache = pos >= 0 && pos < c.MaxSeq;
-        if (to != ToV && inCache && i < rope.Half)
+        if (to != ToV && inCache && pr.I < rope.Half)
         {
-            // attention/rope-append V1's rotation of pair i at pos.
-            RopeKernel.Angle(pos, c.InvFreq, i, rope.Factor, out float sin, out float cos);
+            RopeKernel.Angle(pos, c.InvFreq, pr.I, rope.Factor, out float sin, out float cos);
             RopeKernel.RotatePair(a, b, cos, sin, out float rLo, out float rHi);
             a = rLo;
             b = rHi;
@@ -143,17 +168,17 @@ public static class DecodeQkvRopeKernels
 
         if (to == ToQ)
         {
-            q[r0 + lo] = a;
-            q[r0 + hi] = b;
+            q[pr.R0 + pr.Lo] = a;
+            q[pr.R0 + pr.Hi] = b;
             return;
         }
 
         if (!inCache)
             return; // refused on the host; never write out of bounds
-        long dst = KvCacheLayout.Index(head, pos, 0, c.MaxSeq, c.HeadDim);
+        long dst = KvCacheLayout.Index(pr.Head, pos, 0, c.MaxSeq, c.HeadDim);
         var cache = to == ToK ? c.KCache : c.VCache;
-        cache[dst + lo] = a;
-        cache[dst + hi] = b;
+        cache[dst + pr.Lo] = a;
+        cache[dst + pr.Hi] = b;
     }
 }
 
