@@ -27,6 +27,41 @@ public static class RefDecode
     }
 
     /// <summary>
+    /// decode/qkv-rope: q, k, v = <see cref="Linear"/> of wq [H*Dh, D], wk and wv [Hkv*Dh, D] (norm, bias, clip as
+    /// there), then q's and k's heads rotated at pos by <see cref="RefRope.Apply"/> (invFreq [d/2] over dims [offset,
+    /// offset + d) of each head, rotate-half pairs, cos and sin times cosSinFactor), and k's and v's head h written to
+    /// row pos of copies of kCache, vCache [Hkv, maxSeq, Dh] (head h's row p at (h * maxSeq + p) * Dh; every other row
+    /// as given). Returns q [H*Dh] and the two caches.
+    /// </summary>
+    public static (float[] Q, float[] KCache, float[] VCache) QkvRope(ReadOnlySpan<float> x, ReadOnlySpan<float> norm, float eps, int cols,
+        (float[] W, float[] Bias) q, (float[] W, float[] Bias) k, (float[] W, float[] Bias) v, float clip, int heads, int kvHeads, int headDim,
+        int pos, double[] invFreq, int offset, double cosSinFactor, ReadOnlySpan<float> kCache, ReadOnlySpan<float> vCache, int maxSeq)
+    {
+        Require.Positive((cols, nameof(cols)), (heads, nameof(heads)), (kvHeads, nameof(kvHeads)), (headDim, nameof(headDim)), (maxSeq, nameof(maxSeq)));
+        if (pos < 0 || pos >= maxSeq)
+            throw new ArgumentException($"RefDecode.QkvRope: pos = {pos} is outside the cache [0, {maxSeq}).", nameof(pos));
+        long cache = (long)kvHeads * maxSeq * headDim;
+        Require.Length(kCache, cache, nameof(kCache), "[Hkv, maxSeq, Dh]");
+        Require.Length(vCache, cache, nameof(vCache), "[Hkv, maxSeq, Dh]");
+        int qRows = heads * headDim, kvRows = kvHeads * headDim;
+        int[] at = [pos];
+        var qy = Linear(x, norm, eps, q.W, qRows, cols, q.Bias, clip);
+        RefRope.Apply(qy, at, 1, heads, headDim, offset, invFreq, cosSinFactor, interleaved: false);
+        var ky = Linear(x, norm, eps, k.W, kvRows, cols, k.Bias, clip);
+        RefRope.Apply(ky, at, 1, kvHeads, headDim, offset, invFreq, cosSinFactor, interleaved: false);
+        var vy = Linear(x, norm, eps, v.W, kvRows, cols, v.Bias, clip);
+        float[] kc = kCache.ToArray(), vc = vCache.ToArray();
+        for (int h = 0; h < kvHeads; h++)
+        {
+            long row = ((long)h * maxSeq + pos) * headDim;
+            Array.Copy(ky, h * headDim, kc, row, headDim);
+            Array.Copy(vy, h * headDim, vc, row, headDim);
+        }
+
+        return (qy, kc, vc);
+    }
+
+    /// <summary>
     /// h [K, F]: h[k, f] = silu(w1[e_k*F + f] . x) * (w3[e_k*F + f] . x) with e_k = ids[k]; rows of a dropped pair
     /// (e_k = -1) are 0. x [D] (already normalised); w1, w3 [E*F, D] stacked.
     /// </summary>

@@ -1,5 +1,6 @@
 // Decode cases (kernels/ILGpuMoE.Kernels/Decode), T = 1 only: decode/linear as the fused q, k, v projection with its
-// RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), and decode/experts as the MoE block of one token (up-gate
+// RMSNorm prologue ([H*Dh + 2*Hkv*Dh, D] in one launch), decode/qkv-rope (the same with RoPE and the KV append in its
+// epilogue, V1 after decode/linear V2), and decode/experts as the MoE block of one token (up-gate
 // with the norm prologue, then down + combine + residual) over E stacked experts of which the token's K are read. Both
 // versions of each, V2 (persistent groups, the runtime's) first, then V1 beside it in the same run; before them
 // decode/router (the router split over D with the gating in its last group, BF16 as checkpoints keep it).
@@ -13,7 +14,9 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
+using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Kernels.Quant;
@@ -36,6 +39,7 @@ public sealed class DecodeFamily : IBenchFamily
             if (!DecodeWeights.Fits(type, p.Dim, p.Hidden))
                 continue;
             yield return new DecodeQkvCase(p, type, DecodeLinearVersion.V2);
+            yield return new DecodeQkvRopeCase(p, type);
             yield return new DecodeExpertsCase(p, type, DecodeExpertsVersion.V2);
             yield return new DecodeQkvCase(p, type, DecodeLinearVersion.V1);
             yield return new DecodeExpertsCase(p, type, DecodeExpertsVersion.V1);
@@ -104,6 +108,13 @@ internal sealed class DecodeWeights : IDisposable
         "mxfp4" => dim % RefMxfp4.BlockSize == 0 && hidden % RefMxfp4.BlockSize == 0,
         _ => throw new ArgumentException($"DecodeWeights: unknown type '{type}'"),
     };
+
+    /// <summary>One [rows_m, D] matrix of a type per entry of rows (a q, k, v case's weights; the caller owns them).</summary>
+    public static DecodeWeights[] Qkv(BenchDevice d, string type, ShapePreset p, int[] rows) =>
+        rows.Select(r => new DecodeWeights(d, type, 1, r, p.Dim, GroupFor(p.Dim, p.Hidden))).ToArray();
+
+    /// <summary>Bytes a pass over those matrices reads.</summary>
+    public static double Bytes(string type, ShapePreset p, int[] rows) => rows.Sum(r => (double)MatrixBytes(type, r, p.Dim, GroupFor(p.Dim, p.Hidden)));
 
     /// <summary>The case's dtype label: "bf16", "int8", "int4-g128".</summary>
     public static string Label(string type, int dim, int hidden) => type == "int4" ? $"int4-g{GroupFor(dim, hidden)}" : type;
@@ -185,15 +196,14 @@ public sealed class DecodeQkvCase(ShapePreset p, string type, DecodeLinearVersio
 
     public override double MinBytes => WeightBytes + 4.0 * p.Dim + 2.0 * p.Dim + 4.0 * rows.Sum();
 
-    private double WeightBytes => rows.Sum(r => (double)DecodeWeights.MatrixBytes(type, r, p.Dim, DecodeWeights.GroupFor(p.Dim, p.Hidden)));
+    private double WeightBytes => DecodeWeights.Bytes(type, p, rows);
 
     public override long SetBytes => (long)WeightBytes + 4L * p.Dim;
 
     public override void Setup(BenchDevice d, int setCount)
     {
-        int group = DecodeWeights.GroupFor(p.Dim, p.Hidden);
         for (int i = 0; i < setCount; i++)
-            sets.Add((Floats(d, p.Dim), rows.Select(r => Own(new DecodeWeights(d, type, 1, r, p.Dim, group))).ToArray()));
+            sets.Add((Floats(d, p.Dim), DecodeWeights.Qkv(d, type, p, rows).Select(Own).ToArray()));
         for (int m = 0; m < 3; m++)
             ys[m] = Floats(d, rows[m]);
         g = Weights(d, WeightType.BF16, p.Dim, 1f);
@@ -228,6 +238,102 @@ public sealed class DecodeQkvCase(ShapePreset p, string type, DecodeLinearVersio
         }
 
         return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Dim), $"{got.Count} of {rows.Sum()} q,k,v rows");
+    }
+}
+
+/// <summary>
+/// decode/qkv-rope V1: decode/linear V2's q, k, v with RoPE and the KV append in the epilogue, at position KvLength / 2 of
+/// a cache of KvLength rows (the decode step's layer with no q/k norm: what decode/linear V2 + attention/rope-append V1
+/// do in two launches, timed beside it in the same run). The check recomputes the first and last q head and kv head.
+/// </summary>
+public sealed class DecodeQkvRopeCase(ShapePreset p, string type) : CaseBase, IReaderBinder
+{
+    private const float Eps = 1e-5f;
+    private readonly int[] rows = [p.QDim, p.KvDim, p.KvDim];
+    private readonly int position = p.KvLength / 2;
+    private readonly List<(MemoryBuffer1D<float, Stride1D.Dense> X, DecodeWeights[] W)> sets = [];
+    private MemoryBuffer1D<float, Stride1D.Dense>? q, kCache, vCache;
+    private MemoryBuffer1D<int, Stride1D.Dense>? positions;
+    private WeightBuffer? g;
+    private BenchDevice? device;
+    private Action<AcceleratorStream, int>? run;
+
+    public override string Family => KernelId.Family(DecodeQkvRopeVersion.V1);
+
+    public override string Version => KernelId.Version(DecodeQkvRopeVersion.V1);
+
+    public override string DType => DecodeWeights.Label(type, p.Dim, p.Hidden);
+
+    public override int Tokens => 1;
+
+    public override string Shape => $"rmsnorm + q,k,v [1, {p.Dim}] x [{p.QDim}+{p.KvDim}+{p.KvDim}, {p.Dim}]^T + rope + append at {position} of {p.KvLength}";
+
+    public override double Flops => 2.0 * rows.Sum() * p.Dim;
+
+    // The weights once, x and g, q and the two cache rows written, the position and the inv_freq table.
+    public override double MinBytes => WeightBytes + 4.0 * p.Dim + 2.0 * p.Dim + 4.0 * rows.Sum() + 4 + 4.0 * p.HeadDim;
+
+    private double WeightBytes => DecodeWeights.Bytes(type, p, rows);
+
+    public override long SetBytes => (long)WeightBytes + 4L * p.Dim;
+
+    public override void Setup(BenchDevice d, int setCount)
+    {
+        for (int i = 0; i < setCount; i++)
+            sets.Add((Floats(d, p.Dim), DecodeWeights.Qkv(d, type, p, rows).Select(Own).ToArray()));
+        q = Floats(d, p.QDim);
+        long cache = KvCacheLayout.Elements(p.KvHeads, p.KvLength, p.HeadDim);
+        kCache = Floats(d, cache);
+        vCache = Floats(d, cache);
+        positions = Own(d.Accelerator.Allocate1D(new[] { position }));
+        g = Weights(d, WeightType.BF16, p.Dim, 1f);
+        device = d;
+        run = DecodeWeights.Bind(type, this);
+    }
+
+    Action<AcceleratorStream, int> IReaderBinder.Bind<TU>(Func<DecodeWeights, TU> reader)
+    {
+        var k = Own(DecodeQkvRopeKernel.Create<TU>(device!.Accelerator));
+        var spec = RopeSpec.Full(p.HeadDim, p.RopeTheta);
+        // The table uploaded and the kernel loaded here, outside the timed launches.
+        k.Prepare(spec);
+        var readers = sets.Select(s => s.W.Select(reader).ToArray()).ToArray();
+        var norm = NormWeights.Of(g!.BF16);
+        return (stream, set) => k.Launch(stream, sets[set].X.View, norm, Eps, new(readers[set][0], q!.View), readers[set][1], NormWeights.None,
+            readers[set][2], NormWeights.None, positions!.View, kCache!.View, vCache!.View, p.Heads, p.KvHeads, p.HeadDim, p.KvLength, spec);
+    }
+
+    public override void Run(AcceleratorStream stream, int set) => run!(stream, set);
+
+    public override CheckResult Check(BenchDevice d)
+    {
+        RunOnce(d);
+        var xs = RefOps.RmsNorm(sets[0].X.GetAsArray1D(), g!.Download(), 1, p.Dim, Eps);
+        var inv = RefRope.InvFreq(p.HeadDim, p.RopeTheta, null);
+        var (gotQ, gotK, gotV) = (q!.GetAsArray1D(), kCache!.GetAsArray1D(), vCache!.GetAsArray1D());
+        var got = new List<float>();
+        var want = new List<float>();
+        // Head h of matrix m: its Dh rows, rotated unless v, against the kernel's q or cache row.
+        void Head(int m, int h, float[] from, long at)
+        {
+            var r = Enumerable.Range(h * p.HeadDim, p.HeadDim).ToArray();
+            var y = RefOps.MatMulT(xs, sets[0].W[m].HostRows(0, r), 1, p.HeadDim, p.Dim);
+            if (m < 2)
+                RefRope.Apply(y, [position], 1, 1, p.HeadDim, 0, inv, 1.0, interleaved: false);
+            want.AddRange(y);
+            got.AddRange(from.AsSpan((int)at, p.HeadDim).ToArray());
+        }
+
+        foreach (int h in new[] { 0, p.Heads - 1 }.Distinct())
+            Head(0, h, gotQ, (long)h * p.HeadDim);
+        foreach (int h in new[] { 0, p.KvHeads - 1 }.Distinct())
+        {
+            long row = KvCacheLayout.Index(h, position, 0, p.KvLength, p.HeadDim);
+            Head(1, h, gotK, row);
+            Head(2, h, gotV, row);
+        }
+
+        return Compare.Close(got.ToArray(), want.ToArray(), 1e-4, 2e-6 * Math.Sqrt(p.Dim), $"{got.Count} of {rows.Sum()} q, k, v rows (first and last heads)");
     }
 }
 

@@ -1,8 +1,10 @@
 // The decode step (T = 1) on a GPU as a fixed list of launches, built once per session.
 //
-// Per layer, 7 launches (InferenceSession's plain step launches 18 at T = 1):
+// Per layer, 7 launches, or 6 (below; InferenceSession's plain step launches 18 at T = 1):
 //   1. decode/linear        h = rmsnorm(x) * g staged in shared memory; q, k, v = h Wq^T, h Wk^T, h Wv^T (one launch)
 //   2. attention/rope-append rotate q and k at positions[0], write k and v into the cache row
+//   (1 + 2 as one launch of decode/qkv-rope, 6 per layer, where no q/k norm comes between them: Mixtral, Qwen2-MoE,
+//   gpt-oss; its epilogue adds the biases, clips, rotates q and k and writes q and the cache rows)
 //   3. attention v3-decode  one launch, split-K over the cache with the combine done by the last group of a kv head
 //   4. decode/linear        x += a Wo^T
 //   5. decode/router        logits_r = rmsnorm(x) * g2 Wg^T split over D, then ids, weights [K] routed by its last group
@@ -30,6 +32,7 @@ using ILGPU.Runtime;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
 using ILGpuMoE.Kernels.Decode;
+using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Model;
@@ -115,9 +118,14 @@ internal sealed class DecodePlan
             var ex = lw.Extras;
             int k = lw.Slots;
             var h = b.H.SubView(0, (long)k * f);
-            // q, k, v with their biases; clip_qkv here only when no whole-projection norm must come first.
-            p.launches.AddRange(DecodeLaunches.Linear(ops, s, x, Norm(lw.InputNorm), eps, accumulate: false, wholeNorm ? float.PositiveInfinity : clip,
-                (Units(lw.Wq, qd, d), q, Bias(ex.BiasQ)), (Units(lw.Wk, kvd, d), kk, Bias(ex.BiasK)), (Units(lw.Wv, kvd, d), vv, Bias(ex.BiasV))));
+            // q, k, v, their biases and clip_qkv, the rotation and the append in one decode/qkv-rope launch where no q/k norm
+            // comes between (null where it does not apply); else q, k, v with their biases, clip_qkv here only when no
+            // whole-projection norm must come first, and rope-append below.
+            IRowUnits uq = Units(lw.Wq, qd, d), uk = Units(lw.Wk, kvd, d), uv = Units(lw.Wv, kvd, d);
+            var qkvRope = ex.QNorm is null && !wholeNorm ? DecodeLaunches.QkvRope(ops, s, x, Norm(lw.InputNorm), eps, clip, (uq, q, Bias(ex.BiasQ)),
+                (uk, Bias(ex.BiasK)), (uv, Bias(ex.BiasV)), pos, kc, vc, c.Heads, c.KvHeads, hd, seq, rope) : null;
+            p.launches.AddRange(qkvRope is not null ? [qkvRope] : DecodeLaunches.Linear(ops, s, x, Norm(lw.InputNorm), eps, accumulate: false,
+                wholeNorm ? float.PositiveInfinity : clip, (uq, q, Bias(ex.BiasQ)), (uk, kk, Bias(ex.BiasK)), (uv, vv, Bias(ex.BiasV))));
             if (wholeNorm)
             {
                 p.launches.Add(() => ops.RmsNorm(s, q, ex.QNorm!, q, 1, qd, eps));
@@ -133,7 +141,8 @@ internal sealed class DecodePlan
             // Qwen3's per-head q/k norm (F32 [Dh]) fused into the rotation.
             var (qn, kn) = wholeNorm || ex.QNorm is null ? (default(ArrayView<float>), default(ArrayView<float>)) : (ex.QNorm.F32, ex.KNorm!.F32);
             var ropeVersion = qn.IsValid ? RopeAppendVersion.V3WarpNorm : (RopeAppendVersion?)null;
-            p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, rope, qn, kn, eps, ropeVersion));
+            if (qkvRope is null)
+                p.launches.Add(() => ops.RopeAppend.Launch(s, q, kk, vv, pos, kc, vc, 1, c.Heads, c.KvHeads, hd, seq, rope, qn, kn, eps, ropeVersion));
             int window = c.WindowOf(l);
             var sinks = ex.Sinks is { } sk ? sk.F32 : default;
             p.launches.Add(() => ops.Attention.LaunchDecode(s, q, kc, vc, a, pos, c.Heads, c.KvHeads, hd, seq, window, sinks, scale));
@@ -273,6 +282,20 @@ internal static class DecodeLaunches
         NormWeights bias, RouterSpec spec, ArrayView<float> logits, ArrayView<int> ids, ArrayView<float> weights) =>
         ForReader(w, new RouterLaunch(ops, s, x, norm, eps, w, bias, spec, logits, ids, weights));
 
+    /// <summary>
+    /// decode/qkv-rope's one launch (q rotated into q, k rotated and v into the cache rows at pos), with its table uploaded
+    /// and its kernel loaded now; null where it does not apply (the readers of q, k, v differ, or the kernel refuses the
+    /// rotation: DecodeQkvRopeKernel.Refusal) and the caller keeps decode/linear + attention/rope-append.
+    /// </summary>
+    public static Action? QkvRope(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps, float clip,
+        (IRowUnits W, ArrayView<float> Y, NormWeights Bias) q, (IRowUnits W, NormWeights Bias) k, (IRowUnits W, NormWeights Bias) v,
+        ArrayView<int> pos, ArrayView<float> kCache, ArrayView<float> vCache, int heads, int kvHeads, int headDim, int maxSeq, RopeSpec rope)
+    {
+        if (q.W.GetType() != k.W.GetType() || q.W.GetType() != v.W.GetType() || DecodeQkvRopeKernel.Refusal(rope, headDim) is not null)
+            return null;
+        return ForReader(q.W, new QkvRopeLaunch(ops, s, x, norm, eps, clip, q, k, v, pos, kCache, vCache, heads, kvHeads, headDim, maxSeq, rope))[0];
+    }
+
     /// <summary>The up-gate and down launches of the T = 1 MoE block (w1, w3 and w2 must share a reader type).</summary>
     public static IEnumerable<Action> Experts(WeightOps ops, AcceleratorStream s, ArrayView<float> x, NormWeights norm, float eps,
         IRowUnits w1, IRowUnits w3, IRowUnits w2, ArrayView<int> ids, ArrayView<float> weights, int k, int d, int f, ArrayView<float> h, ExpertGlu glu)
@@ -294,6 +317,24 @@ internal static class DecodeLaunches
             DecodeTarget<TU>? t2 = T.Length > 2 ? new DecodeTarget<TU>((TU)T[2].W, T[2].Y, T[2].Bias) : null;
             var (s, x, norm, eps, accumulate, clip) = (S, X, Norm, Eps, Accumulate, Clip);
             return [() => kernel.Launch(s, x, norm, eps, t0, t1, t2, accumulate, clip)];
+        }
+    }
+
+    private sealed record QkvRopeLaunch(WeightOps Ops, AcceleratorStream S, ArrayView<float> X, NormWeights Norm, float Eps, float Clip,
+        (IRowUnits W, ArrayView<float> Y, NormWeights Bias) Q, (IRowUnits W, NormWeights Bias) K, (IRowUnits W, NormWeights Bias) V,
+        ArrayView<int> Pos, ArrayView<float> KCache, ArrayView<float> VCache, int Heads, int KvHeads, int HeadDim, int MaxSeq, RopeSpec Rope) : IForReader
+    {
+        public Action[] Make<TU>()
+            where TU : struct, IRowUnits
+        {
+            var kernel = Ops.DecodeQkvRope<TU>();
+            // No allocation or compilation once a graph captures the plan: the table and the kernel are made now.
+            kernel.Prepare(Rope);
+            var q = new DecodeTarget<TU>((TU)Q.W, Q.Y, Q.Bias);
+            TU wk = (TU)K.W, wv = (TU)V.W;
+            var (s, x, norm, eps, clip, bk, bv, pos, kc, vc) = (S, X, Norm, Eps, Clip, K.Bias, V.Bias, Pos, KCache, VCache);
+            var (heads, kvHeads, hd, seq, rope) = (Heads, KvHeads, HeadDim, MaxSeq, Rope);
+            return [() => kernel.Launch(s, x, norm, eps, q, wk, bk, wv, bv, pos, kc, vc, heads, kvHeads, hd, seq, rope, clip)];
         }
     }
 

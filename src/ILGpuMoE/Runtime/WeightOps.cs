@@ -78,7 +78,7 @@ internal sealed class WeightOps : IDisposable
     public bool FusedDecode => !_simple;
 
     // The decode plan's kernels per reader type (kernels/ILGpuMoE.Kernels/Decode/RowUnits.cs), loaded on first use.
-    private readonly Dictionary<Type, object> _decodeLinear = [], _decodeExperts = [], _decodeRouter = [];
+    private readonly Dictionary<Type, object> _decodeLinear = [], _decodeExperts = [], _decodeRouter = [], _decodeQkvRope = [];
     private RopeAppendKernel? _ropeAppend;
 
     public RopeAppendKernel RopeAppend => _ropeAppend ??= RopeAppendKernel.Create(_accelerator);
@@ -105,6 +105,14 @@ internal sealed class WeightOps : IDisposable
         if (!_decodeRouter.TryGetValue(typeof(TU), out var k))
             _decodeRouter[typeof(TU)] = k = DecodeRouterKernel.Create<TU>(_accelerator);
         return (DecodeRouterKernel<TU>)k;
+    }
+
+    public DecodeQkvRopeKernel<TU> DecodeQkvRope<TU>()
+        where TU : struct, IRowUnits
+    {
+        if (!_decodeQkvRope.TryGetValue(typeof(TU), out var k))
+            _decodeQkvRope[typeof(TU)] = k = DecodeQkvRopeKernel.Create<TU>(_accelerator);
+        return (DecodeQkvRopeKernel<TU>)k;
     }
 
     public RopeKernel RopeKernels { get; }
@@ -382,5 +390,8 @@ internal sealed class WeightOps : IDisposable
         foreach (var k in _decodeRouter.Values)
             ((IDisposable)k).Dispose();
         _decodeRouter.Clear();
+        foreach (var k in _decodeQkvRope.Values)
+            ((IDisposable)k).Dispose();
+        _decodeQkvRope.Clear();
     }
 }
