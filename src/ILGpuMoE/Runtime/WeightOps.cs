@@ -83,37 +83,27 @@ internal sealed class WeightOps : IDisposable
 
     public RopeAppendKernel RopeAppend => _ropeAppend ??= RopeAppendKernel.Create(_accelerator);
 
-    public DecodeLinearKernel<TU> DecodeLinear<TU>()
+    // One launcher per reader type TU in cache, made on first use.
+    private T PerReader<TU, T>(Dictionary<Type, object> cache, Func<Accelerator, T> create)
         where TU : struct, IRowUnits
+        where T : class
     {
-        if (!_decodeLinear.TryGetValue(typeof(TU), out var k))
-            _decodeLinear[typeof(TU)] = k = DecodeLinearKernel.Create<TU>(_accelerator);
-        return (DecodeLinearKernel<TU>)k;
+        if (!cache.TryGetValue(typeof(TU), out var k))
+            cache[typeof(TU)] = k = create(_accelerator);
+        return (T)k;
     }
+
+    public DecodeLinearKernel<TU> DecodeLinear<TU>()
+        where TU : struct, IRowUnits => PerReader<TU, DecodeLinearKernel<TU>>(_decodeLinear, DecodeLinearKernel.Create<TU>);
 
     public DecodeExpertsKernel<TU> DecodeExperts<TU>()
-        where TU : struct, IRowUnits
-    {
-        if (!_decodeExperts.TryGetValue(typeof(TU), out var k))
-            _decodeExperts[typeof(TU)] = k = DecodeExpertsKernel.Create<TU>(_accelerator);
-        return (DecodeExpertsKernel<TU>)k;
-    }
+        where TU : struct, IRowUnits => PerReader<TU, DecodeExpertsKernel<TU>>(_decodeExperts, DecodeExpertsKernel.Create<TU>);
 
     public DecodeRouterKernel<TU> DecodeRouter<TU>()
-        where TU : struct, IRowUnits
-    {
-        if (!_decodeRouter.TryGetValue(typeof(TU), out var k))
-            _decodeRouter[typeof(TU)] = k = DecodeRouterKernel.Create<TU>(_accelerator);
-        return (DecodeRouterKernel<TU>)k;
-    }
+        where TU : struct, IRowUnits => PerReader<TU, DecodeRouterKernel<TU>>(_decodeRouter, DecodeRouterKernel.Create<TU>);
 
     public DecodeQkvRopeKernel<TU> DecodeQkvRope<TU>()
-        where TU : struct, IRowUnits
-    {
-        if (!_decodeQkvRope.TryGetValue(typeof(TU), out var k))
-            _decodeQkvRope[typeof(TU)] = k = DecodeQkvRopeKernel.Create<TU>(_accelerator);
-        return (DecodeQkvRopeKernel<TU>)k;
-    }
+        where TU : struct, IRowUnits => PerReader<TU, DecodeQkvRopeKernel<TU>>(_decodeQkvRope, DecodeQkvRopeKernel.Create<TU>);
 
     public RopeKernel RopeKernels { get; }
 
