@@ -68,19 +68,19 @@ public abstract unsafe class CpuMatrix
     }
 
     /// <summary>A reader over float rows [rows, cols] (copied into pinned memory that lives as long as the reader).</summary>
-    public static CpuMatrix FromFloat32(ReadOnlySpan<float> w, int rows, int cols) => Pinned<float>.Of(w, rows, cols, p => new F32Rows((float*)p, rows, cols));
+    public static DenseRows FromFloat32(ReadOnlySpan<float> w, int rows, int cols) => Pinned<float>.Of(w, rows, cols, p => new F32Rows((float*)p, rows, cols));
 
     /// <summary>A reader over BF16 rows (raw 16-bit patterns), copied into pinned memory.</summary>
-    public static CpuMatrix FromBf16(ReadOnlySpan<ushort> w, int rows, int cols) => Pinned<ushort>.Of(w, rows, cols, p => new Bf16Rows((ushort*)p, rows, cols));
+    public static DenseRows FromBf16(ReadOnlySpan<ushort> w, int rows, int cols) => Pinned<ushort>.Of(w, rows, cols, p => new Bf16Rows((ushort*)p, rows, cols));
 
     /// <summary>A reader over F16 rows, copied into pinned memory.</summary>
-    public static CpuMatrix FromHalf(ReadOnlySpan<Half> w, int rows, int cols) => Pinned<Half>.Of(w, rows, cols, p => new F16Rows((Half*)p, rows, cols));
+    public static DenseRows FromHalf(ReadOnlySpan<Half> w, int rows, int cols) => Pinned<Half>.Of(w, rows, cols, p => new F16Rows((Half*)p, rows, cols));
 
     // The pinned copy is kept alive by the reader that points into it.
     private sealed class Pinned<T>
         where T : unmanaged
     {
-        public static CpuMatrix Of(ReadOnlySpan<T> w, int rows, int cols, Func<nint, DenseRows> make)
+        public static DenseRows Of(ReadOnlySpan<T> w, int rows, int cols, Func<nint, DenseRows> make)
         {
             if (w.Length != (long)rows * cols)
                 throw new ArgumentException($"CpuMatrix: {w.Length} values for [{rows}, {cols}]");
@@ -111,18 +111,18 @@ public abstract unsafe class CpuMatrix
 }
 
 /// <summary>Dense F32 / BF16 / F16 rows at a host address (CPU accelerator memory or a memory-mapped checkpoint).</summary>
-internal abstract unsafe class DenseRows : CpuMatrix
+public abstract unsafe class DenseRows : CpuMatrix
 {
-    protected DenseRows(int rows, int cols)
+    private protected DenseRows(int rows, int cols)
         : base(rows, cols)
     {
     }
 
     /// <summary>Whatever owns the memory the rows point into (a pinned array, the model's mapped checkpoint), kept alive with the reader.</summary>
-    public object? Keep { get; set; }
+    internal object? Keep { get; set; }
 
     /// <summary>Reads rows of F32 (4-byte), BF16 or F16 (2-byte) elements at <paramref name="data"/>, row-major.</summary>
-    public static DenseRows Of(ILGpuMoE.Kernels.WeightType type, nint data, int rows, int cols) => type switch
+    internal static DenseRows Of(ILGpuMoE.Kernels.WeightType type, nint data, int rows, int cols) => type switch
     {
         ILGpuMoE.Kernels.WeightType.F32 => new F32Rows((float*)data, rows, cols),
         ILGpuMoE.Kernels.WeightType.BF16 => new Bf16Rows((ushort*)data, rows, cols),
@@ -133,6 +133,13 @@ internal abstract unsafe class DenseRows : CpuMatrix
     /// <summary>Row r's values widened to float into <paramref name="row"/> (Cols floats): embedding lookups, MLA's
     /// per-head absorption.</summary>
     public abstract void ReadRow(int r, Span<float> row);
+
+    /// <summary>Every row, widened, into dst (Rows * Cols floats).</summary>
+    public void ReadRowsInto(Span<float> dst)
+    {
+        for (int r = 0; r < Rows; r++)
+            ReadRow(r, dst.Slice(r * Cols, Cols));
+    }
 }
 
 internal sealed unsafe class F32Rows(float* w, int rows, int cols) : DenseRows(rows, cols)

@@ -67,8 +67,10 @@ internal sealed class DecodePlan
     /// <summary>Why <paramref name="model"/> has no decode plan, or null when it can have one.</summary>
     public static string? Fallback(MoeModel model)
     {
+        if (model.Ops is not WeightOps)
+            return "the CPU backend runs the plain step (its ops are host code, no launches to fuse)";
         if (!model.Ops.FusedDecode)
-            return "the simple (V1) kernels are in use (the CPU accelerator's default, KernelPolicy.Simple)";
+            return "the simple (V1) kernels are in use (KernelPolicy.Simple)";
         var block = model.Config.Block;
         if (block.Mla is not null)
             return "MLA attention (DeepSeek) runs the plain step";
@@ -90,7 +92,7 @@ internal sealed class DecodePlan
     public static DecodePlan Build(MoeModel model, AcceleratorStream s, RouterSpec spec, DecodeBuffers b)
     {
         var c = model.Config;
-        var ops = model.Ops;
+        var ops = (WeightOps)model.Ops;
         int d = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, e = c.Experts, f = c.IntermediateSize, v = c.VocabSize;
         int hd = c.HeadDim, seq = model.MaxSeq;
         float eps = (float)c.RmsNormEps, scale = model.AttentionScale;

@@ -146,6 +146,12 @@ public sealed class DeviceTensor : IDisposable
 
     public ArrayView<ushort> BF16 => Type == WeightType.BF16 ? ((MemoryBuffer1D<ushort, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.BF16);
 
+    /// <summary>The host address of the elements: the CPU backend reads its tensors in place (CPU accelerator memory is
+    /// host memory). InvalidOperationException on a GPU tensor.</summary>
+    internal nint HostAddress => _buffer.AcceleratorType == AcceleratorType.CPU
+        ? _buffer.NativePtr
+        : throw new InvalidOperationException($"a {_buffer.AcceleratorType} tensor has no host address (the CPU backend needs the CPU accelerator's memory)");
+
     private InvalidOperationException Wrong(WeightType asked) => new($"tensor is {Type}, not {asked}");
 
     public void Dispose() => _buffer.Dispose();

@@ -420,8 +420,8 @@ public sealed class InferenceSession : IDisposable
                     ops.BiasClip(s, rl, rb, t, logits, float.PositiveInfinity);
                 var ids = _ids.View.SubView((long)l * _b * _slots, (long)t * lw.Slots);
                 var w = _weights.View.SubView(0, (long)t * lw.Slots);
-                ops.Gating.Launch(s, spec, rl, ids, w, t, noiseLogits: _noise is null ? default : _noise.View.SubView(0, (long)t * _e),
-                    bias: lw.Moe.ScoreBias is { } sb ? sb.F32 : default);
+                ops.Gating(s, spec, rl, ids, w, t, _noise is null ? default : _noise.View.SubView(0, (long)t * _e),
+                    lw.Moe.ScoreBias is { } sb ? sb.F32 : default);
                 ops.Moe(s, ws, h, ids, w, t, lw.W1, lw.W3, lw.W2, x, x, lw.Glu);
             }
         }
@@ -479,8 +479,8 @@ public sealed class InferenceSession : IDisposable
         }
 
         ops.Rope(s, q, k, pos, t, c.Heads, c.KvHeads, m.Rope, hd, hd, perHead ? ex.QNorm : null, perHead ? ex.KNorm : null, eps);
-        ops.Append.Launch(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
-        ops.Attention.Launch(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l),
+        ops.AppendKv(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
+        ops.Attention(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l),
             ex.Sinks is { } sinks ? sinks.F32 : default, m.AttentionScale);
     }
 
@@ -516,7 +516,7 @@ public sealed class InferenceSession : IDisposable
         var kRope = ckv.SubView(rank, ckv.Length - rank);
         ops.Rope(s, q.SubView(o.QkNopeHeadDim, q.Length - o.QkNopeHeadDim), kRope, pos, t, c.Heads, 1, m.Rope, qk, row, null, null, eps);
         var cache = _latentCache[l].View;
-        ops.Mla.Append(s, ckv, row, kRope, row, pos, cache, t, rank, rope, m.MaxSeq);
+        ops.MlaAppend(s, ckv, row, kRope, row, pos, cache, t, rank, rope, m.MaxSeq);
         var qAbs = _qAbs!.View.SubView(0, (long)t * c.Heads * row);
         var oLat = _oLat!.View.SubView(0, (long)t * c.Heads * rank);
         var kvB = lw.Wv.Dense!;

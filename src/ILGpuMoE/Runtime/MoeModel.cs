@@ -44,8 +44,11 @@ public sealed record ModelLoadOptions
 
     public IProgress<LoadProgress>? Progress { get; init; }
 
-    /// <summary>Kernel versions (Auto: V1 on the CPU accelerator, tuned on GPUs).</summary>
+    /// <summary>Kernel versions (Auto: V1 on the CPU accelerator, tuned on GPUs); KernelPolicy.Cpu: the CPU backend.</summary>
     public KernelPolicy Kernels { get; init; }
+
+    /// <summary>The CPU backend's workers (KernelPolicy.Cpu only); null: one per physical core (CpuThreads.DefaultCount).</summary>
+    public int? Threads { get; init; }
 
     /// <summary>
     /// --quant: pack the linear weights (attention q/k/v/o, experts w1/w2/w3) at load time, tensor by tensor; null
@@ -118,13 +121,13 @@ public sealed class MoeModel : IDisposable
     private readonly List<DeviceTensor> _owned = [];
     private readonly List<LinearWeight> _linear = [];
 
-    private MoeModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels)
+    private MoeModel(Accelerator accelerator, ModelConfig config, string directory, MemoryPlan plan, KernelPolicy kernels, int? threads)
     {
         Accelerator = accelerator;
         Config = config;
         Directory = directory;
         Plan = plan;
-        Ops = new WeightOps(accelerator, kernels);
+        Ops = kernels == KernelPolicy.Cpu ? new Cpu.CpuOps(new Cpu.CpuThreads(threads)) : new WeightOps(accelerator, kernels);
     }
 
     public Accelerator Accelerator { get; }
@@ -152,7 +155,10 @@ public sealed class MoeModel : IDisposable
     /// for quantized linear weights).</summary>
     public long DeviceWeightBytes => _owned.Sum(t => t.Bytes) + _linear.Sum(t => t.Bytes);
 
-    internal WeightOps Ops { get; }
+    internal IForwardOps Ops { get; }
+
+    /// <summary>"cpu (N threads)" for the CPU backend, else the accelerator's kind ("CUDA", "CPU" for the emulator).</summary>
+    public string Backend => Ops is Cpu.CpuOps c ? $"cpu ({c.Threads.Count} threads)" : Accelerator.AcceleratorType == AcceleratorType.CPU ? "cpu-emulator" : Accelerator.AcceleratorType.ToString();
 
     /// <summary>The rotation of every layer: the whole head in rotate-half pairs, or MLA's rope part (interleaved when
     /// rope_interleave), with YaRN's frequencies and cos/sin factor when rope_scaling says so.</summary>
@@ -197,7 +203,11 @@ public sealed class MoeModel : IDisposable
         using (checkpoint)
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
-            var model = new MoeModel(accelerator, config, directory, plan, options.Kernels);
+            if (options.Kernels == KernelPolicy.Cpu && accelerator.AcceleratorType != AcceleratorType.CPU)
+                throw new RuntimeInputException($"the CPU backend (KernelPolicy.Cpu) keeps its weights in host memory: it needs ILGPU's CPU accelerator, not {accelerator.AcceleratorType}");
+            if (options.Threads is { } n && (n < 1 || n > 4096))
+                throw new RuntimeInputException($"--threads must be in [1, 4096], got {n}");
+            var model = new MoeModel(accelerator, config, directory, plan, options.Kernels, options.Threads);
             try
             {
                 model.Upload(checkpoint!, options.Progress, options.Quant, source);

@@ -44,9 +44,16 @@ public enum KernelPolicy
     /// a GPU without mma.sync (before sm_80, OpenCL) runs Tuned.
     /// </summary>
     TensorCore,
+
+    /// <summary>
+    /// The CPU backend (src/ILGpuMoE/Cpu): no ILGPU kernel at all; SIMD host code over the same buffers, which must
+    /// live on ILGPU's CPU accelerator (host memory). What `--device cpu` runs; `--device cpu-emulator` runs the ILGPU
+    /// kernels on the CPU accelerator instead.
+    /// </summary>
+    Cpu,
 }
 
-internal sealed class WeightOps : IDisposable
+internal sealed class WeightOps : IForwardOps
 {
     private readonly Accelerator _accelerator;
     private Typed<F32Weights>? _f32;
@@ -151,6 +158,22 @@ internal sealed class WeightOps : IDisposable
         Mla.Attention(s, qAbs, cache, positions, oLat, t, heads, o.KvLoraRank, o.QkRopeHeadDim, maxSeq, scale, _simple ? MlaAttentionVersion.V1 : null);
 
     public KvCacheAppendKernel Append { get; }
+
+    public void AppendKv(AcceleratorStream s, ArrayView<float> k, ArrayView<float> v, ArrayView<float> kCache, ArrayView<float> vCache, int t, int kvHeads,
+        int headDim, int maxSeq, int pos0) =>
+        Append.Launch(s, k, v, kCache, vCache, t, kvHeads, headDim, maxSeq, pos0);
+
+    void IForwardOps.Attention(AcceleratorStream s, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> o, int t, int heads,
+        int kvHeads, int headDim, int maxSeq, int pos0, int window, ArrayView<float> sinks, float scale) =>
+        Attention.Launch(s, q, kCache, vCache, o, t, heads, kvHeads, headDim, maxSeq, pos0, window, sinks, scale);
+
+    void IForwardOps.Gating(AcceleratorStream s, RouterSpec spec, ArrayView<float> logits, ArrayView<int> ids, ArrayView<float> weights, int t,
+        ArrayView<float> noiseLogits, ArrayView<float> bias) =>
+        Gating.Launch(s, spec, logits, ids, weights, t, noiseLogits: noiseLogits, bias: bias);
+
+    public void MlaAppend(AcceleratorStream s, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride, ArrayView<int> positions,
+        ArrayView<float> cache, int t, int rank, int ropeDim, int maxSeq) =>
+        Mla.Append(s, latent, latentStride, kRope, ropeStride, positions, cache, t, rank, ropeDim, maxSeq);
 
     public AttentionKernel Attention { get; }
 

@@ -47,9 +47,10 @@ public class RuntimeTests
         }
     }
 
-    /// <summary>The kernel policies every parity test runs under: the V1 kernels the CPU runs by default, and the
-    /// versions a GPU runs (tiled matmul, flash prefill, split-K decode, grouped GEMM V2/V3) forced on the CPU accelerator.</summary>
-    public static readonly KernelPolicy[] Policies = [KernelPolicy.Simple, KernelPolicy.Tuned];
+    /// <summary>The kernel policies every parity test runs under: the V1 kernels the CPU accelerator runs by default, the
+    /// versions a GPU runs (tiled matmul, flash prefill, split-K decode, grouped GEMM V2/V3) forced on the CPU accelerator,
+    /// and the CPU backend (src/ILGpuMoE/Cpu: host SIMD code, no ILGPU kernel) on the same accelerator's memory.</summary>
+    public static readonly KernelPolicy[] Policies = [KernelPolicy.Simple, KernelPolicy.Tuned, KernelPolicy.Cpu];
 
     /// <summary>The runtime's F32 logits against llama.cpp's at F32: measured max |diff| 2e-6 or less (see the log line),
     /// so 2e-5 absolute leaves 10x headroom and still fails on a kernel that loses a rounding step.</summary>
@@ -106,6 +107,9 @@ public class RuntimeTests
         {
             Assert.That(session.DecodePath, Does.StartWith("plain"));
         }
+
+        if (policy == KernelPolicy.Cpu)
+            Assert.That(session.LastStepLaunches, Is.Zero, "the CPU backend launches no ILGPU kernel");
     }
 
     [Test]
