@@ -121,8 +121,8 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
         DeviceChoice choice;
         try
         {
-            // The tiny preset is meant for the CPU accelerator; the others for whatever `auto` finds.
-            choice = device is null && shape.IsTiny ? DeviceChoice.Cpu : Devices.Parse(device ?? ProcessEnvironment.DeviceText());
+            // The tiny preset is meant for the CPU accelerator (the kernels emulated); the others for whatever `auto` finds.
+            choice = device is null && shape.IsTiny ? DeviceChoice.CpuEmulator : Devices.Parse(device ?? ProcessEnvironment.DeviceText());
         }
         catch (ArgumentException e)
         {

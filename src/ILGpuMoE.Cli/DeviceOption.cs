@@ -10,11 +10,12 @@ namespace ILGpuMoE.Cli;
 
 public static class DeviceOption
 {
-    /// <summary>--device auto|cuda|opencl|cpu, recursive so every subcommand accepts it.</summary>
+    /// <summary>--device auto|cuda|opencl|cpu|cpu-emulator, recursive so every subcommand accepts it.</summary>
     public static Option<DeviceChoice> Create() => new("--device", "-d")
     {
-        Description = $"Device: auto|cuda|opencl|cpu (default: ${ProcessEnvironment.DeviceVariable}, else auto)",
-        HelpName = "auto|cuda|opencl|cpu",
+        Description = $"Device: auto|cuda|opencl|cpu|cpu-emulator (default: ${ProcessEnvironment.DeviceVariable}, else auto). " +
+                      "cpu: the CPU backend (SIMD host code); cpu-emulator: ILGPU's CPU accelerator running the GPU kernels (tests)",
+        HelpName = "auto|cuda|opencl|cpu|cpu-emulator",
         Recursive = true,
         CustomParser = result =>
         {
@@ -42,7 +43,7 @@ public static class DeviceOption
     {
         switch (choice)
         {
-            case DeviceChoice.Auto or DeviceChoice.Cpu:
+            case DeviceChoice.Auto or DeviceChoice.Cpu or DeviceChoice.CpuEmulator:
                 return;
             case DeviceChoice.Cuda or DeviceChoice.OpenCL:
                 using (var context = Devices.CreateContext())
@@ -83,7 +84,10 @@ public sealed class DeviceSession : IDisposable
 
     public Accelerator Accelerator => _device.Accelerator;
 
-    public static DeviceSession Open(DeviceChoice choice, TextWriter err, bool profiling = false)
+    public string Description => _device.Description;
+
+    /// <summary>Opens the device; announce: print auto's pick on stderr (LoadedModel prints its own line instead).</summary>
+    public static DeviceSession Open(DeviceChoice choice, TextWriter err, bool profiling = false, bool announce = true)
     {
         MoeDevice device;
         try
@@ -95,7 +99,7 @@ public sealed class DeviceSession : IDisposable
             throw Usage(choice, e);
         }
 
-        if (choice == DeviceChoice.Auto)
+        if (choice == DeviceChoice.Auto && announce)
             err.WriteLine($"device (auto): {device.Description}");
         return new DeviceSession(device);
     }

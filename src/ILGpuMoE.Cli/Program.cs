@@ -43,11 +43,12 @@ public static class Program
     public static RootCommand BuildRoot(CliIo io)
     {
         var device = DeviceOption.Create();
-        var root = new RootCommand("ILGpuMoE: Mixture-of-Experts inference on hand-written ILGPU kernels") { device };
+        var threads = ThreadsOption.Create();
+        var root = new RootCommand("ILGpuMoE: Mixture-of-Experts inference on hand-written ILGPU kernels") { device, threads };
         root.Add(DevicesCommand.Create(io, device));
         root.Add(InspectCommand.Create(io));
-        root.Add(LogitsCommand.Create(io, device));
-        root.Add(GenerateCommand.Create(io, device));
+        root.Add(LogitsCommand.Create(io, device, threads));
+        root.Add(GenerateCommand.Create(io, device, threads));
         root.Add(QuantizeCommand.Create(io));
         root.Add(PtxCommand.Create(io));
         root.Add(BenchCommand.Create(io));

@@ -17,7 +17,13 @@ public enum DeviceChoice
     Auto,
     Cuda,
     OpenCL,
+
+    /// <summary>The runtime's CPU backend (src/ILGpuMoE/Cpu: host SIMD code); its buffers live on ILGPU's CPU accelerator,
+    /// so for ILGPU it selects that device.</summary>
     Cpu,
+
+    /// <summary>ILGPU's CPU accelerator running the GPU kernels (emulated threads): how kernels are tested without a GPU.</summary>
+    CpuEmulator,
 }
 
 public static class Devices
@@ -39,14 +45,15 @@ public static class Devices
 
     public static CPUDevice CreateCpuDevice() => new(CpuWarpSize, CpuWarpsPerGroup, CpuMultiprocessors);
 
-    /// <summary>Parses auto|cuda|opencl|cpu (case-insensitive); throws ArgumentException otherwise.</summary>
+    /// <summary>Parses auto|cuda|opencl|cpu|cpu-emulator (case-insensitive); throws ArgumentException otherwise.</summary>
     public static DeviceChoice Parse(string? text) => (text ?? "auto").Trim().ToLowerInvariant() switch
     {
         "" or "auto" => DeviceChoice.Auto,
         "cuda" or "gpu" => DeviceChoice.Cuda,
         "opencl" or "cl" => DeviceChoice.OpenCL,
         "cpu" => DeviceChoice.Cpu,
-        _ => throw new ArgumentException($"unknown device '{text}' (expected auto, cuda, opencl or cpu)"),
+        "cpu-emulator" or "emulator" => DeviceChoice.CpuEmulator,
+        _ => throw new ArgumentException($"unknown device '{text}' (expected auto, cuda, opencl, cpu or cpu-emulator)"),
     };
 
     /// <summary>A context that can see every backend we use, with ILGPU.Algorithms enabled. Installs the driver
@@ -80,7 +87,7 @@ public static class Devices
             DeviceChoice.Cuda => Find(AcceleratorType.Cuda)
                                 ?? throw new InvalidOperationException($"no CUDA device is visible to ILGPU ({CudaDriver.Probe().Describe()})"),
             DeviceChoice.OpenCL => Find(AcceleratorType.OpenCL) ?? throw new InvalidOperationException("no usable OpenCL device is visible to ILGPU"),
-            DeviceChoice.Cpu => Find(AcceleratorType.CPU) ?? throw new InvalidOperationException("ILGPU's CPU accelerator is missing"),
+            DeviceChoice.Cpu or DeviceChoice.CpuEmulator => Find(AcceleratorType.CPU) ?? throw new InvalidOperationException("ILGPU's CPU accelerator is missing"),
             DeviceChoice.Auto => Find(AcceleratorType.Cuda) ?? Find(AcceleratorType.OpenCL) ?? Find(AcceleratorType.CPU)
                  ?? throw new InvalidOperationException("ILGPU sees no device"),
             _ => throw new UnreachableException($"device choice {(int)choice}"),

@@ -57,7 +57,7 @@ public sealed class BenchDevice : IDisposable
     /// <summary>Opens the chosen device with profiling enabled (markers are needed on the GPU).</summary>
     public static BenchDevice Open(DeviceChoice choice)
     {
-        var context = Devices.CreateContext(profiling: true, cpuOnly: choice == DeviceChoice.Cpu);
+        var context = Devices.CreateContext(profiling: true, cpuOnly: choice is DeviceChoice.Cpu or DeviceChoice.CpuEmulator);
         try
         {
             var device = Devices.Select(context, choice);

@@ -23,18 +23,41 @@ public static class DevicesCommand
         // An unusable --device fails before anything is printed: exit 2 with one line (it names the CUDA reason).
         var picked = choice == DeviceChoice.Auto ? null : DeviceSession.Select(context, choice);
 
-        var table = new Table().AddColumn("#").AddColumn("device").AddColumn("auto");
-        for (var i = 0; i < context.Devices.Length; i++)
+        // The CPU accelerator appears twice: as the CPU backend (--device cpu: host SIMD code, what auto runs on a machine
+        // without a GPU) and as the emulator of the GPU kernels (--device cpu-emulator).
+        string backend = LoadedModel.CpuBackendLine($"cpu ({ILGpuMoE.Cpu.CpuThreads.DefaultCount} threads by default)");
+        bool autoCpu = auto.AcceleratorType == ILGPU.Runtime.AcceleratorType.CPU;
+        var table = new Table().AddColumn("--device").AddColumn("device").AddColumn("auto");
+        foreach (var d in context.Devices)
         {
-            var d = context.Devices[i];
-            table.AddRow(i.ToString(), Markup.Escape(Devices.Describe(d)), ReferenceEquals(d, auto) ? "<-" : "");
+            bool cpu = d.AcceleratorType == ILGPU.Runtime.AcceleratorType.CPU;
+            if (cpu)
+                table.AddRow("cpu", Markup.Escape(backend), autoCpu ? "<-" : "");
+            string name = d.AcceleratorType switch
+            {
+                ILGPU.Runtime.AcceleratorType.CPU => "cpu-emulator",
+                ILGPU.Runtime.AcceleratorType.Cuda => "cuda",
+                ILGPU.Runtime.AcceleratorType.OpenCL => "opencl",
+                _ => "",
+            };
+            table.AddRow(name, Markup.Escape(Devices.Describe(d)), ReferenceEquals(d, auto) && !cpu ? "<-" : "");
         }
 
         io.Ansi.Write(table);
         io.Out.WriteLine(CudaDriver.Probe().Describe());
-        io.Out.WriteLine($"auto picks: {Devices.Describe(auto)}");
+        io.Out.WriteLine($"auto picks: {(autoCpu ? backend : Devices.Describe(auto))}");
         if (picked is not null)
-            io.Out.WriteLine($"--device {choice.ToString().ToLowerInvariant()} picks: {Devices.Describe(picked)}");
+            io.Out.WriteLine($"--device {Name(choice)} picks: {(choice == DeviceChoice.Cpu ? backend : Devices.Describe(picked))}");
         return CliErrors.Ok;
     }
+
+    private static string Name(DeviceChoice c) => c switch
+    {
+        DeviceChoice.Auto => "auto",
+        DeviceChoice.Cuda => "cuda",
+        DeviceChoice.OpenCL => "opencl",
+        DeviceChoice.Cpu => "cpu",
+        DeviceChoice.CpuEmulator => "cpu-emulator",
+        _ => throw new ArgumentException($"--device: unknown choice {c}"),
+    };
 }

@@ -25,9 +25,9 @@ public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
         bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = true, RouterChoice? Router = null, string? Kernels = null,
-        string? StatsJson = null);
+        string? StatsJson = null, int? Threads = null);
 
-    public static Command Create(CliIo io, Option<DeviceChoice> device)
+    public static Command Create(CliIo io, Option<DeviceChoice> device, Option<int?>? threads = null)
     {
         var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (config.json, safetensors, tokenizer.json or tokenizer.model)", Required = true };
         var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt text", Required = true };
@@ -55,7 +55,7 @@ public static class GenerateCommand
         router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
             p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph), router.Parse(p), p.GetValue(kernels),
-            p.GetValue(statsJson))));
+            p.GetValue(statsJson), threads is null ? null : p.GetValue(threads))));
         return command;
     }
 
@@ -90,7 +90,7 @@ public static class GenerateCommand
 
         using (tokenizer)
         {
-            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router, kernels);
+            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router, kernels, a.Threads);
             using var session = loaded.Model.NewSession(new SessionOptions { CudaGraph = a.CudaGraph });
             session.CollectRoutingStats = a.RoutingStats;
             // The status line, unless the prompt cannot fit the cache: then the prefill's one-line error (exit 2) stays alone.
@@ -98,7 +98,7 @@ public static class GenerateCommand
             int promptTokens = Generator.Tokenize(tokenizer, a.Prompt, a.Chat, config.VocabSize, config.Family).Count;
             if (a.MaxNewTokens == 0 || promptTokens <= loaded.Model.MaxSeq)
             {
-                io.Err.WriteLine($"loaded {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(a.Model)))} on {Devices.Describe(loaded.Device.Device)}; " +
+                io.Err.WriteLine($"loaded {Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(a.Model)))} on {loaded.Description}; " +
                                  $"prompt {promptTokens} tokens, generating up to {a.MaxNewTokens} (Ctrl+C stops)");
                 io.Err.Flush();
             }
@@ -203,6 +203,9 @@ public static class GenerateCommand
             string path = session.DecodePath is { } p ? $"; decode step {p}" : "";
             io.Err.WriteLine($"launches per token: {F(l.Mean, "F0")}{range}, {F(l.PerLayer)} per layer{graph}{path}");
         }
+
+        else if (model.IsCpuBackend && r.DecodeSteps > 0)
+            io.Err.WriteLine($"decode step: {session.DecodePath}");
 
         if (session.CudaGraphStatus is { } status)
             io.Err.WriteLine($"cuda graph: {status}");

@@ -16,7 +16,7 @@ namespace ILGpuMoE.Cli.Commands;
 
 public static class LogitsCommand
 {
-    public static Command Create(CliIo io, Option<DeviceChoice> device)
+    public static Command Create(CliIo io, Option<DeviceChoice> device, Option<int?>? threads = null)
     {
         var model = new Option<string>("--model", "-m") { Description = "Hugging Face model folder (config.json + safetensors)", Required = true };
         var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
@@ -32,7 +32,7 @@ public static class LogitsCommand
         };
         router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant),
-            p.GetValue(steps), p.GetValue(graph), router.Parse(p), p.GetValue(kernels)));
+            p.GetValue(steps), p.GetValue(graph), router.Parse(p), p.GetValue(kernels), threads is null ? null : p.GetValue(threads)));
         return command;
     }
 
@@ -53,7 +53,7 @@ public static class LogitsCommand
     }
 
     public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null,
-        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null, string? kernelsName = null)
+        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null, string? kernelsName = null, int? threads = null)
     {
         // The output first: a path that cannot be written fails before anything is read or computed.
         CliOutput.CheckFile("--out", outPath);
@@ -76,7 +76,7 @@ public static class LogitsCommand
                 throw new CliUsageException($"--tokens: {ids.Length} tokens exceed max_position_embeddings ({config.MaxPositionEmbeddings})");
         }
 
-        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router, kernels);
+        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router, kernels, threads);
         using var session = loaded.Model.NewSession(new Runtime.SessionOptions { CudaGraph = cudaGraph });
         int v = loaded.Model.Config.VocabSize;
         float[] logits;

@@ -10,6 +10,8 @@
 //   4. y = H_e W2[e]^T (+ b2) over the expert's D rows;
 //   5. the combine in slot order per token (the GPU's combine order), residual first.
 // Decode (T = 1) is the same code with one token per expert: step 3 streams the K' experts' F x D rows once.
+using System.Runtime.CompilerServices;
+
 namespace ILGpuMoE.Cpu;
 
 /// <summary>The MoE block's scratch, grown on demand and reused by every call of one session (not thread-safe).</summary>
@@ -32,6 +34,7 @@ public static unsafe class CpuExperts
     /// cpu/experts: output [T, D] = residual + MoE(x) (output may be residual, in place); see the file header. ids and
     /// weights are [T, slots]; experts = E' (routed + shared / dense chunks); w1/w3 rows E'*F, w2 rows E'*D.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(CpuThreads threads, CpuExpertScratch s, float* x, int* ids, float* weights, int t, int slots, int experts,
         CpuMatrix w1, CpuMatrix w3, CpuMatrix w2, CpuGlu glu, float* output, float* residual)
     {
@@ -84,7 +87,7 @@ public static unsafe class CpuExperts
         {
             float* xsp = px, gp = pg, up_ = pu, yp = py;
             int* st = pstart, ord = porder;
-            threads.Blocks(kept, d, 8, (a, b) =>
+            threads.Blocks(kept, d, 8, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
             {
                 for (int i = a; i < b; i++)
                 {
@@ -105,7 +108,7 @@ public static unsafe class CpuExperts
 
             // 3. Up and gate, then the activation, per (expert, block of F rows).
             var upTasks = Tasks(st, experts, f, threads);
-            threads.For(upTasks.Count, (long)d * 2 * Math.Max(1, kept / Math.Max(1, upTasks.Count)), task =>
+            threads.For(upTasks.Count, (long)d * 2 * Math.Max(1, kept / Math.Max(1, upTasks.Count)), [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
             {
                 var (e, r0, r1) = upTasks[task];
                 int n = st[e + 1] - st[e];
@@ -123,7 +126,7 @@ public static unsafe class CpuExperts
             // 4. Down per (expert, block of D rows), with the down bias.
             var downTasks = Tasks(st, experts, d, threads);
             var downBias = glu.DownBias;
-            threads.For(downTasks.Count, (long)f * Math.Max(1, kept / Math.Max(1, downTasks.Count)), task =>
+            threads.For(downTasks.Count, (long)f * Math.Max(1, kept / Math.Max(1, downTasks.Count)), [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
             {
                 var (e, r0, r1) = downTasks[task];
                 int n = st[e + 1] - st[e];
@@ -143,7 +146,7 @@ public static unsafe class CpuExperts
             fixed (int* pslot = slot)
             {
                 int* sl = pslot;
-                threads.Blocks(t, (long)slots * d, 1, (a, b) =>
+                threads.Blocks(t, (long)slots * d, 1, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
                 {
                     for (int i = a; i < b; i++)
                     {
@@ -165,6 +168,7 @@ public static unsafe class CpuExperts
 
     // (expert, first row, end row) tasks over the experts that have tokens: each expert's rows cut so that the tasks
     // number about 4 per worker (a decode step's K' experts split finely; a prefill's many tokens per expert less so).
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static List<(int Expert, int Row0, int Row1)> Tasks(int* start, int experts, int rows, CpuThreads threads)
     {
         int active = 0;

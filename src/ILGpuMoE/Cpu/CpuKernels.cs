@@ -74,6 +74,7 @@ public sealed unsafe class CpuGlu(bool gptOss = false, float alpha = 1f, float l
 public static unsafe class CpuKernels
 {
     /// <summary>cpu/matmul: y [T, Out] (+)= x [T, In] W^T, W [Out, In] (In = w.Cols; x in W's column order).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void MatMul(CpuThreads threads, CpuMatrix w, float* x, float* y, int t, int outDim, bool accumulate)
     {
         if (outDim > w.Rows)
@@ -82,14 +83,16 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>Rows [row0, row0 + n) of w against T rows of x (xStride apart) into y (yStride apart), blocks over the workers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void MatMulRows(CpuThreads threads, CpuMatrix w, int row0, int n, float* x, int xStride, int t, float* y, int yStride, bool accumulate)
     {
         if (t == 0 || n == 0)
             return;
-        threads.Blocks(n, (long)w.Cols * t, 16, (a, b) => w.Dot(row0 + a, b - a, x, xStride, t, y + a, yStride, accumulate));
+        threads.Blocks(n, (long)w.Cols * t, 16, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) => w.Dot(row0 + a, b - a, x, xStride, t, y + a, yStride, accumulate));
     }
 
     /// <summary>cpu/embedding: x [T, D] = table[tokens] (ids checked by the caller).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Embedding(DenseRows table, int* tokens, int t, float* x)
     {
         int d = table.Cols;
@@ -103,9 +106,10 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>cpu/rmsnorm: y = x * rsqrt(mean(x^2) + eps) * w over rows of D (x and y rows xStride / yStride apart; y may be x).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RmsNorm(CpuThreads threads, float* x, int xStride, float* w, float* y, int yStride, int t, int d, float eps)
     {
-        threads.Blocks(t, 4L * d, 1, (a, b) =>
+        threads.Blocks(t, 4L * d, 1, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (a, b) =>
         {
             for (int i = a; i < b; i++)
             {
@@ -119,6 +123,7 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>cpu/bias-clip: y [T, N] = clamp(y + bias, -clip, clip) (bias null for none, clip +inf for none).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void BiasClip(float* y, int t, int n, float* bias, float clip)
     {
         for (int i = 0; i < t; i++)
@@ -141,6 +146,7 @@ public static unsafe class CpuKernels
     /// cpu/rope: rotates in place the dims [Offset, Offset + d) of every head of q (H per token, qStride apart) and k
     /// (Hkv, kStride apart) at positions[t]; with qNorm / kNorm (F32 [Dh], Qwen3) each head is RMS-normalised first.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Rope(float* q, float* k, int* positions, int t, int heads, int kvHeads, RopeSpec spec, double[] invFreq,
         int qStride, int kStride, float* qNorm, float* kNorm, float eps)
     {
@@ -167,6 +173,7 @@ public static unsafe class CpuKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RotateHead(float* x, Pairs g, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, float* norm, int headDim, float eps)
     {
         if (norm != null)
@@ -196,6 +203,7 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>cpu/kv-append: k, v [T, Hkv, Dh] into kCache, vCache [Hkv, S, Dh] at positions pos0..pos0+T-1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AppendKv(float* k, float* v, float* kCache, float* vCache, int t, int kvHeads, int headDim, int maxSeq, int pos0)
     {
         if (pos0 < 0 || (long)pos0 + t > maxSeq)
@@ -224,50 +232,102 @@ public static unsafe class CpuKernels
 
     /// <summary>
     /// cpu/attention: o [T, H, Dh] for queries q [T, H, Dh] at positions pos0 + t over the cache [Hkv, S, Dh] (key j
-    /// visible iff j &lt;= pos and (window &lt;= 0 or pos - j &lt; window)); sinks: null or F32 [H].
+    /// visible iff j &lt;= pos and (window &lt;= 0 or pos - j &lt; window)); sinks: null or F32 [H]. One task per (token, kv
+    /// head): the G = H / Hkv query heads that share a kv head read each K and V row once, for all G (GQA's point).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Attention(CpuThreads threads, float* q, float* kCache, float* vCache, float* o, int t, int heads, int kvHeads, int headDim,
         int maxSeq, int pos0, int window, float* sinks, float scale)
     {
-        if (heads % kvHeads != 0)
+        if (kvHeads < 1 || heads % kvHeads != 0)
             throw new ArgumentException($"cpu/attention: {heads} heads do not divide into {kvHeads} kv heads");
+        if (pos0 < 0 || (long)pos0 + t > maxSeq)
+            throw new ArgumentOutOfRangeException(nameof(pos0), $"cpu/attention: positions [{pos0}, {(long)pos0 + t}) outside the cache of {maxSeq}");
         int group = heads / kvHeads;
-        threads.For(t * heads, (long)(pos0 + t) * headDim * 2, task =>
+        threads.For(t * kvHeads, (long)(pos0 + t) * headDim * 2 * group, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
         {
-            int i = task / heads, h = task % heads, kvh = h / group;
+            int i = task / kvHeads, kvh = task % kvHeads;
             int pos = pos0 + i;
             int first = window > 0 ? Math.Max(0, pos - window + 1) : 0;
             int n = pos - first + 1;
-            float* qh = q + (long)task * headDim;
             float* kh = kCache + ((long)kvh * maxSeq + first) * headDim;
             float* vh = vCache + ((long)kvh * maxSeq + first) * headDim;
-            var s = Scores(n).AsSpan(0, n);
-            var qs = new ReadOnlySpan<float>(qh, headDim);
-            for (int j = 0; j < n; j++)
-                s[j] = TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(kh + (long)j * headDim, headDim)) * scale;
-            float max = TensorPrimitives.Max(s);
-            float sink = sinks == null ? float.NegativeInfinity : sinks[h];
-            float m = Math.Max(max, sink);
-            TensorPrimitives.Subtract(s, m, s);
-            TensorPrimitives.Exp(s, s);
-            float denom = TensorPrimitives.Sum(s) + (sinks == null ? 0f : MathF.Exp(sink - m));
-            var oh = new Span<float>(o + (long)task * headDim, headDim);
-            oh.Clear();
-            for (int j = 0; j < n; j++)
-                Axpy(s[j], vh + (long)j * headDim, oh);
-            TensorPrimitives.Divide(oh, denom, oh);
+            float* q0 = q + ((long)i * heads + kvh * group) * headDim; // the group's G query heads, consecutive
+            float* o0 = o + ((long)i * heads + kvh * group) * headDim;
+            var all = Scores(n * group);
+            fixed (float* sc = all)
+            {
+                // Scores: s[g, j] = q_g . k_j * scale, each K row loaded once for the G heads.
+                for (int j = 0; j < n; j++)
+                {
+                    float* kj = kh + (long)j * headDim;
+                    for (int g = 0; g < group; g++)
+                        sc[(long)g * n + j] = Dot(q0 + (long)g * headDim, kj, headDim) * scale;
+                }
+
+                // Softmax per head, in float with the max subtracted; the sink logit joins max and denominator.
+                Span<float> inv = group <= 256 ? stackalloc float[group] : new float[group];
+                for (int g = 0; g < group; g++)
+                {
+                    var s = new Span<float>(sc + (long)g * n, n);
+                    float max = TensorPrimitives.Max(s);
+                    float sink = sinks == null ? float.NegativeInfinity : sinks[kvh * group + g];
+                    float m = Math.Max(max, sink);
+                    TensorPrimitives.Subtract(s, m, s);
+                    TensorPrimitives.Exp(s, s);
+                    inv[g] = 1f / (TensorPrimitives.Sum(s) + (sinks == null ? 0f : MathF.Exp(sink - m)));
+                    new Span<float>(o0 + (long)g * headDim, headDim).Clear();
+                }
+
+                // o_g = sum_j p[g, j] v_j, each V row loaded once for the G heads; then the 1 / denominator.
+                for (int j = 0; j < n; j++)
+                {
+                    float* vj = vh + (long)j * headDim;
+                    for (int g = 0; g < group; g++)
+                        Axpy(sc[(long)g * n + j], vj, o0 + (long)g * headDim, headDim);
+                }
+
+                for (int g = 0; g < group; g++)
+                {
+                    var og = new Span<float>(o0 + (long)g * headDim, headDim);
+                    TensorPrimitives.Multiply(og, inv[g], og);
+                }
+            }
         });
     }
 
-    /// <summary>y += a * x (x at a pointer: a cache row).</summary>
+    /// <summary>a . b over n floats: Vector256 FMAs and a scalar tail (short rows: no library call overhead).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Axpy(float a, float* x, Span<float> y) => TensorPrimitives.FusedMultiplyAdd(new ReadOnlySpan<float>(x, y.Length), a, y, y);
+    internal static float Dot(float* a, float* b, int n)
+    {
+        var acc = Vector256<float>.Zero;
+        int c = 0;
+        for (; c + 8 <= n; c += 8)
+            acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + c), Vector256.Load(b + c), acc);
+        float s = Vector256.Sum(acc);
+        for (; c < n; c++)
+            s += a[c] * b[c];
+        return s;
+    }
+
+    /// <summary>y += a * x over n floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Axpy(float a, float* x, float* y, int n)
+    {
+        var av = Vector256.Create(a);
+        int c = 0;
+        for (; c + 8 <= n; c += 8)
+            Vector256.FusedMultiplyAdd(av, Vector256.Load(x + c), Vector256.Load(y + c)).Store(y + c);
+        for (; c < n; c++)
+            y[c] += a * x[c];
+    }
 
     /// <summary>
     /// cpu/gating: logits [T, LogitsPerToken] -> ids, weights [T, SlotsPerToken] for every RouterKind (see the selection
     /// order and weights in kernels/ILGpuMoE.Kernels/Moe/Gating/GatingKernel.cs); noise [T, E] for NoisyTopK, bias [E] for
     /// DeepSeekV3. Returns the tokens Switch's capacity dropped (0 for the other modes).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int Gating(RouterSpec spec, float* logits, float* noise, float* bias, int* ids, float* weights, int t)
     {
         int experts = spec.Experts, k = spec.TopK, stride = spec.LogitsPerToken, slots = spec.SlotsPerToken;
@@ -375,6 +435,7 @@ public static unsafe class CpuKernels
     private static double Softplus(double x) => Math.Max(x, 0.0) + Math.Log(1.0 + Math.Exp(-Math.Abs(x)));
 
     // DeepSeek-V3: experts outside the TopKGroups best groups (group score: sum of its two best) get -inf.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void MaskGroups(RouterSpec spec, Span<float> scores, Span<float> groupScores)
     {
         int groups = spec.Groups, size = scores.Length / groups;
@@ -404,6 +465,7 @@ public static unsafe class CpuKernels
     }
 
     /// <summary>cpu/gather: xp [T, In] = x[:, perm] (act-order inputs: packed column c is input column perm[c]).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Gather(float* x, int* perm, float* xp, int t, int inDim)
     {
         for (int i = 0; i < t; i++)

@@ -58,6 +58,7 @@ public abstract unsafe class CpuMatrix
     /// y [T, count] (+)= x [T, Cols] W[row0 .. row0 + count)^T on the calling thread (the span form of the kernel's
     /// primitive, for tests and engines; the runtime splits row blocks over threads with CpuKernels.MatMul).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Dot(int row0, int count, ReadOnlySpan<float> x, int tokens, Span<float> y, bool accumulate)
     {
         CheckRows(row0, count);
@@ -135,6 +136,7 @@ public abstract unsafe class DenseRows : CpuMatrix
     public abstract void ReadRow(int r, Span<float> row);
 
     /// <summary>Every row, widened, into dst (Rows * Cols floats).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void ReadRowsInto(Span<float> dst)
     {
         for (int r = 0; r < Rows; r++)
@@ -148,6 +150,7 @@ internal sealed unsafe class F32Rows(float* w, int rows, int cols) : DenseRows(r
 
     public override void ReadRow(int r, Span<float> row) => new ReadOnlySpan<float>(w + (long)r * Cols, Cols).CopyTo(row);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -160,6 +163,7 @@ internal sealed unsafe class Bf16Rows(ushort* w, int rows, int cols) : DenseRows
 {
     public override string TypeName => "BF16";
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void ReadRow(int r, Span<float> row)
     {
         var src = w + (long)r * Cols;
@@ -167,6 +171,7 @@ internal sealed unsafe class Bf16Rows(ushort* w, int rows, int cols) : DenseRows
             row[c] = BitConverter.Int32BitsToSingle(src[c] << 16);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -184,6 +189,7 @@ internal sealed unsafe class F16Rows(Half* w, int rows, int cols) : DenseRows(ro
 
     public override void ReadRow(int r, Span<float> row) => TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(w + (long)r * Cols, Cols), row);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -204,6 +210,7 @@ internal sealed unsafe class F16Rows(Half* w, int rows, int cols) : DenseRows(ro
 internal static unsafe class RowDot
 {
     /// <summary>y[j * yStride] (+)= w . x_j for j &lt; tokens, w F32 of n values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void F32(float* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         int j = 0;
@@ -255,6 +262,7 @@ internal static unsafe class RowDot
     }
 
     /// <summary>The same for a BF16 row: 16 values per step, widened in registers.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Bf16(ushort* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         int j = 0;

@@ -7,6 +7,7 @@
 //   attention o_lat[t, h] = softmax(scale * q_abs[t, h] . cache[0..pos]) cache[0..pos, :R] (MQA over the latent).
 //   absorb-v  out[t, h*Dv + d] = W_UV[h][d] . o_lat[t, h]: W_UV[h] = the next Dv rows, one CpuMatrix dot per head.
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 
 namespace ILGpuMoE.Cpu;
 
@@ -19,6 +20,7 @@ public readonly record struct CpuMlaShape(int Rank, int RopeDim, int NopeDim, in
 public static unsafe class CpuMla
 {
     /// <summary>cpu/mla-append: c rows (cStride apart) and k_rope rows (kStride apart) to cache rows positions[t].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Append(float* c, int cStride, float* kRope, int kStride, int* positions, float* cache, int t, CpuMlaShape m, int maxSeq)
     {
         for (int i = 0; i < t; i++)
@@ -33,11 +35,12 @@ public static unsafe class CpuMla
     }
 
     /// <summary>cpu/mla-absorb-q: q_abs [T, H, Row] from q [T, H, Dn + Dr] and kv_b_proj [H * (Dn + Dv), R].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AbsorbQ(CpuThreads threads, float* q, DenseRows kvB, float* qAbs, int t, int heads, CpuMlaShape m)
     {
         Check(kvB, heads, m);
         int qk = m.NopeDim + m.RopeDim;
-        threads.For(t * heads, (long)m.NopeDim * m.Rank, task =>
+        threads.For(t * heads, (long)m.NopeDim * m.Rank, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
         {
             int h = task % heads;
             float* qh = q + (long)task * qk;
@@ -56,11 +59,12 @@ public static unsafe class CpuMla
     }
 
     /// <summary>cpu/mla: o_lat [T, H, R] from q_abs [T, H, Row] over the cache rows 0..positions[t].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Attention(CpuThreads threads, float* qAbs, float* cache, int* positions, float* oLat, int t, int heads, CpuMlaShape m, int maxSeq, float scale)
     {
         if (t == 0)
             return;
-        threads.For(t * heads, (long)(positions[t - 1] + 1) * m.Row * 2, task =>
+        threads.For(t * heads, (long)(positions[t - 1] + 1) * m.Row * 2, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
         {
             int pos = positions[task / heads];
             if ((uint)pos >= (uint)maxSeq)
@@ -83,13 +87,15 @@ public static unsafe class CpuMla
     }
 
     /// <summary>cpu/mla-absorb-v: output [T, H * Dv] = per head W_UV[h] o_lat[t, h].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void AbsorbV(CpuThreads threads, float* oLat, DenseRows kvB, float* output, int t, int heads, CpuMlaShape m)
     {
         Check(kvB, heads, m);
-        threads.For(heads, (long)t * m.VDim * m.Rank, h =>
+        threads.For(heads, (long)t * m.VDim * m.Rank, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (h) =>
             kvB.Dot(h * (m.NopeDim + m.VDim) + m.NopeDim, m.VDim, oLat + (long)h * m.Rank, heads * m.Rank, t, output + (long)h * m.VDim, heads * m.VDim, accumulate: false));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Check(DenseRows kvB, int heads, CpuMlaShape m)
     {
         if (kvB.Rows != heads * (m.NopeDim + m.VDim) || kvB.Cols != m.Rank)

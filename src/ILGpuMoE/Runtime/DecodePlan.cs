@@ -68,7 +68,7 @@ internal sealed class DecodePlan
     public static string? Fallback(MoeModel model)
     {
         if (model.Ops is not WeightOps)
-            return "the CPU backend runs the plain step (its ops are host code, no launches to fuse)";
+            return "the CPU backend (host code: no kernel launches to fuse)";
         if (!model.Ops.FusedDecode)
             return "the simple (V1) kernels are in use (KernelPolicy.Simple)";
         var block = model.Config.Block;

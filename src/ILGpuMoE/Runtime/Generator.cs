@@ -183,7 +183,8 @@ public static class Generator
         var decode = decodeStart == 0 ? TimeSpan.Zero : Stopwatch.GetElapsedTime(decodeStart);
         return new GenerationResult(prompt_, generated, text.ToString(), stop, ttft, prefill, decode) {
             DecodeSteps = decodeSteps,
-            DecodeLaunches = LaunchStats.Of(launches, replayed),
+            // The CPU backend launches no kernel: no launch statistics to report.
+            DecodeLaunches = session.Model.IsCpuBackend ? null : LaunchStats.Of(launches, replayed),
         };
     }
 }

@@ -87,7 +87,7 @@ public sealed class InferenceSession : IDisposable
         _graphWanted = options.CudaGraph;
         _ownStream = options.CudaGraph && a.AcceleratorType == AcceleratorType.Cuda;
         _stream = _ownStream ? a.CreateStream() : a.DefaultStream;
-        if (options.CudaGraph && !_ownStream)
+        if (options.CudaGraph && !_ownStream && !model.IsCpuBackend)
             CudaGraphStatus = $"not used: {a.AcceleratorType} is not a CUDA device";
         else if (!options.CudaGraph && a.AcceleratorType == AcceleratorType.Cuda)
             CudaGraphStatus = "off (SessionOptions.CudaGraph = false): the plan is launched kernel by kernel";

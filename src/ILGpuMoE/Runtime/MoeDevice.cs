@@ -32,7 +32,7 @@ public sealed class MoeDevice : IDisposable
     /// </summary>
     public static MoeDevice Open(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false)
     {
-        var context = Devices.CreateContext(profiling, cpuOnly: choice == DeviceChoice.Cpu);
+        var context = Devices.CreateContext(profiling, cpuOnly: choice is DeviceChoice.Cpu or DeviceChoice.CpuEmulator);
         try
         {
             var device = Devices.Select(context, choice);

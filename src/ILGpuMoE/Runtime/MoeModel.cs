@@ -157,6 +157,9 @@ public sealed class MoeModel : IDisposable
 
     internal IForwardOps Ops { get; }
 
+    /// <summary>True when the CPU backend runs this model (KernelPolicy.Cpu): no ILGPU kernel is launched.</summary>
+    public bool IsCpuBackend => Ops is Cpu.CpuOps;
+
     /// <summary>"cpu (N threads)" for the CPU backend, else the accelerator's kind ("CUDA", "CPU" for the emulator).</summary>
     public string Backend => Ops is Cpu.CpuOps c ? $"cpu ({c.Threads.Count} threads)" : Accelerator.AcceleratorType == AcceleratorType.CPU ? "cpu-emulator" : Accelerator.AcceleratorType.ToString();
 
