@@ -1,6 +1,6 @@
 // ilgpumoe bench: the kernel suite (and, where they exist, the end-to-end and peer parts) at a named preset.
 //   ilgpumoe-bench [bench] --preset tiny|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe|gpt-oss-20b|... --out DIR
-//       [--device auto|cuda|cpu] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
+//       [--device auto|cuda|cpu|cpu-emulator] [--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer]
 //       [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first]
 //   ilgpumoe-bench host [BenchmarkDotNet arguments]     host-side paths (safetensors open/map, ...)
 // Writes DIR/bench.json (every figure) and DIR/bench.md (summary) after every case (atomically: temp file + rename),
@@ -33,7 +33,7 @@ public sealed record BenchArgs(ShapePreset Preset, string OutDir, DeviceChoice D
     public RouterChoice? Router { get; init; }
 
     public const string Usage =
-        "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe|gpt-oss-20b|gpt-oss-120b|... --out DIR [--device auto|cuda|cpu] " +
+        "usage: ilgpumoe bench --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|deepseek-v3-moe|gpt-oss-20b|gpt-oss-120b|... --out DIR [--device auto|cuda|cpu|cpu-emulator] " +
         "[--tokens 1,8,64] [--family attention,dense,gating,moe,quant] [--check-only] [--no-peer] [--no-e2e] [--e2e-only] [--budget SECONDS] [--case-timeout-s SECONDS] [--cache DIR] [--decode-first] [--router switch|noisy-topk] [--capacity-factor C] [--noise-seed S]";
 
     public static BenchArgs Parse(IReadOnlyList<string> args)
@@ -253,10 +253,13 @@ public static class BenchCommand
         log($"device: {device.Description}");
         if (!faults.IsEmpty)
             log($"note   {FaultInjection.Variable} is set: the cases it names fail as a CUDA fault would");
-        if (!device.IsGpu)
+        bool backend = options.Device == DeviceChoice.Cpu;
+        if (backend)
+            run.Notes.Add("--device cpu: the CPU backend runs no ILGPU kernel, so only the end-to-end part runs (the kernel cases: --device cpu-emulator).");
+        else if (!device.IsGpu)
             run.Notes.Add("CPU accelerator: ILGPU emulates GPU threads on the host; its times say nothing about a GPU, only that the suite runs.");
         run.Save();
-        if (!options.EndToEndOnly)
+        if (!options.EndToEndOnly && !backend)
         {
             SuiteRunner.Run(run, new SuiteOptions
             {

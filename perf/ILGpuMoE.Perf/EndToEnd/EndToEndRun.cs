@@ -12,6 +12,7 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using ILGpuMoE.IO;
+using ILGpuMoE.Kernels;
 using ILGpuMoE.Model;
 using ILGpuMoE.Perf.Suite;
 using ILGpuMoE.Testing;
@@ -35,6 +36,16 @@ public static class EndToEndRun
     /// </summary>
     public static RandomMoeOptions ModelFor(ShapePreset p, bool gpu)
     {
+        if (p.CpuEndToEnd)
+        {
+            // The CPU backend's preset: its own shapes, F32 (what llama.cpp's F32 row runs), every layer.
+            return new RandomMoeOptions
+            {
+                Family = p.Family, Hidden = p.Dim, Layers = p.EndToEndLayers, Experts = p.Experts, TopK = p.TopK, MoeIntermediate = p.Hidden,
+                Heads = p.Heads, KvHeads = p.KvHeads, HeadDim = p.HeadDim, Vocab = p.Vocab, DType = DType.F32, Seed = 11, RopeTheta = p.RopeTheta,
+            };
+        }
+
         var o = !gpu || p.IsTiny
             ? new RandomMoeOptions
             {
@@ -111,7 +122,12 @@ public static class EndToEndRun
         var peers = new List<PeerResult>();
         var notes = new List<string>();
         var o = ModelFor(p, device.IsGpu);
-        int promptTokens = device.IsGpu ? 128 : 16, decodeTokens = device.IsGpu ? 32 : 8;
+        // The CPU backend's runs (--device cpu) get the GPU's prompt and a longer decode than the emulator's (which takes
+        // seconds per token): the figures are the point there.
+        bool backend = device.Choice == DeviceChoice.Cpu;
+        int promptTokens = device.IsGpu || backend ? 128 : 16, decodeTokens = device.IsGpu ? 32 : backend ? 64 : 8;
+        // Both engines get the same workers: the CPU backend's default (one per physical core).
+        int threads = ILGpuMoE.Cpu.CpuThreads.DefaultCount;
         string shape = $"random {o.Family} D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.MoeIntermediate} H={o.Heads}/{o.KvHeads} V={o.Vocab}" +
                        (o.Family == RefFamily.Qwen2Moe ? $" shared={o.SharedExpertIntermediate}" : "");
         var rng = new Random(5);
@@ -138,7 +154,6 @@ public static class EndToEndRun
                 string f32 = Path.Combine(dir, "model-f32.gguf");
                 Directory.CreateDirectory(dir);
                 MoeGguf.Convert(hf, f32);
-                int threads = Environment.ProcessorCount;
                 foreach (var (scheme, ourScheme) in new[] { ("f32", "f32"), ("q8_0", "int8"), ("q4_0", "int4") })
                 {
                     string gguf = f32;
@@ -195,7 +210,8 @@ public static class EndToEndRun
 
                 EndToEndResult ours;
                 using (watch?.Invoke(quant?.Name ?? name))
-                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, atLoad ? quant : null, router: router) with { HostPrepSeconds = prep };
+                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, atLoad ? quant : null, router: router,
+                        kernels: backend ? ILGpuMoE.Runtime.KernelPolicy.Cpu : ILGpuMoE.Runtime.KernelPolicy.Auto, threads: backend ? threads : null) with { HostPrepSeconds = prep };
                 rows.Add(ours);
                 onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;
@@ -233,6 +249,7 @@ public static class EndToEndRun
                 var mine = oursByScheme.GetValueOrDefault(ourScheme);
                 string note = mine is null
                     ? "ours: runtime not in this build"
+                    : backend ? $"ours on the CPU backend, {threads} threads each"
                     : $"ours on {device.Accelerator.AcceleratorType}" + (device.IsGpu ? "" : ": ILGPU's CPU accelerator emulates GPU threads");
                 peers.Add(new PeerResult("llama.cpp", $"prefill {ourScheme} vs {scheme}", shape, mine?.PrefillTokensPerSecond ?? double.NaN,
                     theirs.PrefillTokensPerSecond, "tok/s", (mine?.PrefillTokensPerSecond ?? double.NaN) / theirs.PrefillTokensPerSecond, note));

@@ -18,7 +18,7 @@ public static class OurEngine
     /// <param name="cudaGraph">Decode through a session that replays its decode step from a CUDA graph (SessionOptions);
     /// the row's scheme gets " + cuda graph" and its note says whether the graph was used.</param>
     public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
-        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null, KernelPolicy kernels = KernelPolicy.Auto)
+        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null, KernelPolicy kernels = KernelPolicy.Auto, int? threads = null)
     {
         var sw = Stopwatch.StartNew();
         using var model = MoeModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
@@ -28,6 +28,7 @@ public static class OurEngine
             Quant = quant,
             Router = router,
             Kernels = kernels,
+            Threads = threads,
         });
         using var session = model.NewSession(new SessionOptions { CudaGraph = cudaGraph });
         device.Stream.Synchronize();
@@ -60,7 +61,7 @@ public static class OurEngine
         double dec = sw.Elapsed.TotalSeconds;
         string note = "random weights" + (kernels == KernelPolicy.Auto ? "" : $"; kernels {kernels}") + (session.DecodePath is { } path ? $"; decode {path}" : "")
                       + (session.CudaGraphStatus is { } g ? $"; cuda graph {g}" : "");
-        return new EndToEndResult($"ilgpumoe ({device.Accelerator.AcceleratorType})", cudaGraph ? scheme + " + cuda graph" : scheme, layers, prompt.Length,
+        return new EndToEndResult(model.IsCpuBackend ? "ilgpumoe (CPU backend)" : $"ilgpumoe ({device.Accelerator.AcceleratorType})", cudaGraph ? scheme + " + cuda graph" : scheme, layers, prompt.Length,
             decode.Length, prompt.Length / ttft, decode.Length / dec, ttft, note, warmup)
         {
             LoadSeconds = load,

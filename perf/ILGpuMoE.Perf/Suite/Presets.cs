@@ -49,6 +49,10 @@ public sealed record ShapePreset(
 
     /// <summary>Small presets check every output (no token sampling).</summary>
     public bool IsSmall => IsTiny || Name == "smoke";
+
+    /// <summary>The end-to-end part builds this preset's own shapes (F32) on the CPU too, not the small CPU model: the
+    /// CPU backend's presets, compared with llama.cpp on the same weights.</summary>
+    public bool CpuEndToEnd { get; init; }
 }
 
 public static class Presets
@@ -119,8 +123,22 @@ public static class Presets
         "smoke", Dim: 520, Hidden: 1000, Experts: 8, TopK: 2, Heads: 8, KvHeads: 2, HeadDim: 64, Vocab: 1000,
         Tokens: [1, 7, 65], KvLength: 300, Layers: 2, Router: RouterKind.Mixtral, RopeTheta: 10000f, CheckTokens: int.MaxValue);
 
+    /// <summary>
+    /// The CPU backend's large preset (issue 16): a Mixtral-shaped random model of about 790M parameters (D = 1024,
+    /// 8 layers, E = 8, K = 2, F = 3584, GQA 16/4 of 64, V = 32000), F32, built whole on the CPU for the end-to-end part
+    /// against llama.cpp (F32, Q8_0, Q4_0) on the same weights and threads. Its kernel cases are the ILGPU kernels at
+    /// these shapes (a GPU's business); on the CPU run it with --e2e-only.
+    /// </summary>
+    public static readonly ShapePreset CpuMixtral = new(
+        "cpu-mixtral", Dim: 1024, Hidden: 3584, Experts: 8, TopK: 2, Heads: 16, KvHeads: 4, HeadDim: 64, Vocab: 32000,
+        Tokens: [1, 8, 64], KvLength: 512, Layers: 8, Router: RouterKind.Mixtral, RopeTheta: 1e6f, CheckTokens: 2,
+        Note: "CPU backend vs llama.cpp, ~790M parameters F32", EndToEndLayers: 8)
+    {
+        CpuEndToEnd = true,
+    };
+
     public static IReadOnlyList<ShapePreset> All { get; } =
-        [Mixtral8x7B, QwenMoeA27B, Qwen3_30B_A3B, Qwen3_235B_A22B, Olmoe1B7B, DeepSeekV3Moe, GptOss20B, GptOss120B, Tiny, Smoke];
+        [Mixtral8x7B, QwenMoeA27B, Qwen3_30B_A3B, Qwen3_235B_A22B, Olmoe1B7B, DeepSeekV3Moe, GptOss20B, GptOss120B, Tiny, Smoke, CpuMixtral];
 
     /// <summary>The preset of that name; ArgumentException listing the names otherwise.</summary>
     public static ShapePreset Get(string name) =>

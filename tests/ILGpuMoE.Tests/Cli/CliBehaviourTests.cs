@@ -34,7 +34,7 @@ public class CliBehaviourTests
         Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
         Assert.That(run.Out, Does.Contain("CPU").And.Contain("warp 32"));
         Assert.That(run.Out, Does.Contain("auto picks: "));
-        Assert.That(run.Out, Does.Contain("--device cpu picks: CPU"));
+        Assert.That(run.Out, Does.Contain("--device cpu picks: CPU backend"));
     }
 
     [Test]
