@@ -144,6 +144,30 @@ public abstract unsafe class DenseRows : CpuMatrix
     }
 }
 
+/// <summary>Expert matrices of one shape at separate addresses read as one stack [E * N, Cols] (zero-copy experts).</summary>
+internal sealed unsafe class StackedRows(DenseRows[] parts) : DenseRows(parts.Length * parts[0].Rows, parts[0].Cols)
+{
+    private readonly int _each = parts[0].Rows;
+
+    public override string TypeName => parts[0].TypeName;
+
+    public override void ReadRow(int r, Span<float> row) => parts[r / _each].ReadRow(r % _each, row);
+
+    internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    {
+        CheckRows(row0, count);
+        // A block may span experts: cut it at their boundaries.
+        while (count > 0)
+        {
+            int e = row0 / _each, r = row0 % _each, n = Math.Min(count, _each - r);
+            parts[e].Dot(r, n, x, xStride, tokens, y, yStride, accumulate);
+            row0 += n;
+            count -= n;
+            y += n;
+        }
+    }
+}
+
 internal sealed unsafe class F32Rows(float* w, int rows, int cols) : DenseRows(rows, cols)
 {
     public override string TypeName => "F32";

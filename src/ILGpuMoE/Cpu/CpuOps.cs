@@ -45,6 +45,13 @@ internal sealed unsafe class CpuOps(CpuThreads threads) : IForwardOps
         {
             var t = (DeviceTensor)key;
             long cols = t.Shape[^1], rows = t.Length / Math.Max(1, cols);
+            if (t.MappedParts is { Count: > 1 } parts)
+            {
+                // Experts stored as separate tensors, read where the checkpoint's map has them.
+                int each = checked((int)(rows / parts.Count));
+                return new StackedRows(parts.Select(p => DenseRows.Of(t.Type, p, each, checked((int)cols))).ToArray());
+            }
+
             return DenseRows.Of(t.Type, t.HostAddress, checked((int)rows), checked((int)cols));
         });
     }

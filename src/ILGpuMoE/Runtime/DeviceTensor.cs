@@ -2,6 +2,8 @@
 //
 // Upload goes straight from the memory-mapped safetensors span to the device buffer (one host copy at most, done by
 // ILGPU's CopyFromCPU), so a checkpoint is never materialised in managed memory as a whole.
+// The CPU backend does not even copy: a Mapped tensor is the checkpoint's own bytes (its address in the memory map, or
+// one address per expert for experts stored as separate tensors), valid while the model keeps the checkpoint open.
 using System.Diagnostics;
 using ILGPU;
 using ILGPU.Runtime;
@@ -13,7 +15,8 @@ namespace ILGpuMoE.Runtime;
 /// <summary>A 1-D device buffer of weights in F32, F16 or BF16, with its logical shape.</summary>
 public sealed class DeviceTensor : IDisposable
 {
-    private readonly MemoryBuffer _buffer;
+    private readonly MemoryBuffer? _buffer;
+    private readonly nint[]? _mapped; // the CPU backend's zero-copy form: one address per part ([E', ...] stacks: per expert)
 
     private DeviceTensor(MemoryBuffer buffer, WeightType type, long[] shape)
     {
@@ -23,13 +26,59 @@ public sealed class DeviceTensor : IDisposable
         Length = shape.Aggregate(1L, (a, b) => a * b);
     }
 
+    private DeviceTensor(nint[] parts, WeightType type, long[] shape)
+    {
+        _mapped = parts;
+        Type = type;
+        Shape = shape;
+        Length = shape.Aggregate(1L, (a, b) => a * b);
+    }
+
+    /// <summary>True for a tensor read in place from the memory-mapped checkpoint (the CPU backend): no device buffer.</summary>
+    public bool IsMapped => _mapped is not null;
+
+    /// <summary>The checkpoint tensor in place (CPU backend): its address in the map, no copy. The checkpoint must stay
+    /// open as long as the tensor is used.</summary>
+    internal static unsafe DeviceTensor Mapped(Checkpoint checkpoint, string name)
+    {
+        var info = checkpoint.Get(name);
+        var type = FromDType(info.DType, name);
+        return new DeviceTensor([Address(checkpoint.GetBytes(name))], type, info.Shape);
+    }
+
+    /// <summary>Whole expert tensors of one dtype and shape as one [E', out, in] tensor without copying: one address per
+    /// expert (CPU backend). Null when a part is not a whole tensor (a chunk, a slice of a stacked tensor): those are copied.</summary>
+    internal static DeviceTensor? MappedStack(Checkpoint checkpoint, IReadOnlyList<ExpertSlice> parts)
+    {
+        if (parts.Any(p => p.Chunk >= 0 || p.Stacked))
+            return null;
+        var first = checkpoint.Get(parts[0].Name);
+        var type = FromDType(first.DType, parts[0].Name);
+        var addresses = new nint[parts.Count];
+        for (int i = 0; i < parts.Count; i++)
+        {
+            var info = checkpoint.Get(parts[i].Name);
+            if (info.DType != first.DType || !info.Shape.SequenceEqual(first.Shape))
+                throw new InvalidDataException($"tensor {parts[i].Name}: {DTypes.ToName(info.DType)} [{string.Join(", ", info.Shape)}] differs from {parts[0].Name}'s {DTypes.ToName(first.DType)} [{string.Join(", ", first.Shape)}]; the experts of a layer are stacked in one dtype");
+            addresses[i] = Address(checkpoint.GetBytes(parts[i].Name));
+        }
+
+        return new DeviceTensor(addresses, type, [parts.Count, .. first.Shape]);
+    }
+
+    private static unsafe nint Address(ReadOnlySpan<byte> bytes) =>
+        (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(bytes));
+
+    /// <summary>Per part (expert) addresses of a mapped tensor; null for a buffer.</summary>
+    internal IReadOnlyList<nint>? MappedParts => _mapped;
+
     public WeightType Type { get; }
 
     public long[] Shape { get; }
 
     public long Length { get; }
 
-    public long Bytes => _buffer.LengthInBytes;
+    public long Bytes => _buffer?.LengthInBytes ?? Length * ElementSize(Type);
 
     public static int ElementSize(WeightType t) => t == WeightType.F32 ? 4 : 2;
 
@@ -140,19 +189,22 @@ public sealed class DeviceTensor : IDisposable
         }
     }
 
-    public ArrayView<float> F32 => Type == WeightType.F32 ? ((MemoryBuffer1D<float, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.F32);
+    public ArrayView<float> F32 => Type == WeightType.F32 ? ((MemoryBuffer1D<float, Stride1D.Dense>)Buffer).View : throw Wrong(WeightType.F32);
 
-    public ArrayView<ILGPU.Half> F16 => Type == WeightType.F16 ? ((MemoryBuffer1D<ILGPU.Half, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.F16);
+    public ArrayView<ILGPU.Half> F16 => Type == WeightType.F16 ? ((MemoryBuffer1D<ILGPU.Half, Stride1D.Dense>)Buffer).View : throw Wrong(WeightType.F16);
 
-    public ArrayView<ushort> BF16 => Type == WeightType.BF16 ? ((MemoryBuffer1D<ushort, Stride1D.Dense>)_buffer).View : throw Wrong(WeightType.BF16);
+    public ArrayView<ushort> BF16 => Type == WeightType.BF16 ? ((MemoryBuffer1D<ushort, Stride1D.Dense>)Buffer).View : throw Wrong(WeightType.BF16);
+
+    private MemoryBuffer Buffer => _buffer ?? throw new InvalidOperationException("a memory-mapped tensor (CPU backend) has no device view");
 
     /// <summary>The host address of the elements: the CPU backend reads its tensors in place (CPU accelerator memory is
     /// host memory). InvalidOperationException on a GPU tensor.</summary>
-    internal nint HostAddress => _buffer.AcceleratorType == AcceleratorType.CPU
-        ? _buffer.NativePtr
+    internal nint HostAddress => _mapped is { Length: 1 } one ? one[0]
+        : _mapped is not null ? throw new InvalidOperationException("a mapped stack of experts has one address per expert (MappedParts)")
+        : _buffer!.AcceleratorType == AcceleratorType.CPU ? _buffer.NativePtr
         : throw new InvalidOperationException($"a {_buffer.AcceleratorType} tensor has no host address (the CPU backend needs the CPU accelerator's memory)");
 
     private InvalidOperationException Wrong(WeightType asked) => new($"tensor is {Type}, not {asked}");
 
-    public void Dispose() => _buffer.Dispose();
+    public void Dispose() => _buffer?.Dispose();
 }

@@ -157,6 +157,10 @@ public sealed class MoeModel : IDisposable
 
     internal IForwardOps Ops { get; }
 
+    /// <summary>Of <see cref="DeviceWeightBytes"/>, the bytes read in place from the checkpoint's memory map (the CPU
+    /// backend's float tensors; 0 elsewhere): what was not copied at load.</summary>
+    public long MappedWeightBytes => _owned.Where(t => t.IsMapped).Sum(t => t.Bytes) + _linear.Where(l => l.Dense?.IsMapped == true).Sum(l => l.Bytes);
+
     /// <summary>True when the CPU backend runs this model (KernelPolicy.Cpu): no ILGPU kernel is launched.</summary>
     public bool IsCpuBackend => Ops is Cpu.CpuOps;
 
@@ -203,7 +207,9 @@ public sealed class MoeModel : IDisposable
         ArgumentNullException.ThrowIfNull(accelerator);
         options ??= new();
         var (config, checkpoint, plan, source) = Open(directory, options, keep: true);
-        using (checkpoint)
+        // The CPU backend reads float tensors in place from the memory map: the model then owns the open checkpoint.
+        bool mapped = options.Kernels == KernelPolicy.Cpu;
+        using (mapped ? null : checkpoint)
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
             if (options.Kernels == KernelPolicy.Cpu && accelerator.AcceleratorType != AcceleratorType.CPU)
@@ -213,12 +219,15 @@ public sealed class MoeModel : IDisposable
             var model = new MoeModel(accelerator, config, directory, plan, options.Kernels, options.Threads);
             try
             {
-                model.Upload(checkpoint!, options.Progress, options.Quant, source);
+                model._checkpoint = mapped ? checkpoint : null;
+                model.Upload(checkpoint!, options.Progress, options.Quant, source, mapped);
                 return model;
             }
             catch
             {
                 model.Dispose();
+                if (mapped)
+                    checkpoint!.Dispose();
                 throw;
             }
         }
@@ -293,7 +302,8 @@ public sealed class MoeModel : IDisposable
         }
     }
 
-    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source)
+    // mapped (CPU backend): float tensors stay in the checkpoint's memory map (DeviceTensor.Mapped), nothing is copied.
+    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source, bool mapped)
     {
         var c = Config;
         var n = c.Family.Names;
@@ -304,7 +314,7 @@ public sealed class MoeModel : IDisposable
         DeviceTensor One(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            var t = DeviceTensor.Upload(Accelerator, checkpoint, name);
+            var t = mapped ? DeviceTensor.Mapped(checkpoint, name) : DeviceTensor.Upload(Accelerator, checkpoint, name);
             _owned.Add(t);
             done += t.Bytes;
             return t;
@@ -369,7 +379,9 @@ public sealed class MoeModel : IDisposable
         LinearWeight Linear(string name)
         {
             progress?.Report(new LoadProgress(done, total, name));
-            return Add(Dense(name) ? new LinearWeight(DeviceTensor.Upload(Accelerator, checkpoint, name)) : new LinearWeight(Pack(ExpertSlice.Whole(name)).Upload(Accelerator)));
+            return Add(Dense(name)
+                ? new LinearWeight(mapped ? DeviceTensor.Mapped(checkpoint, name) : DeviceTensor.Upload(Accelerator, checkpoint, name))
+                : new LinearWeight(Pack(ExpertSlice.Whole(name)).Upload(Accelerator)));
         }
 
         // The stacked experts of a layer, down (w2) first: a GPTQ act-order down projection's input permutation is folded
@@ -387,7 +399,7 @@ public sealed class MoeModel : IDisposable
                 progress?.Report(new LoadProgress(done, total, n.Experts(layer, p)));
                 // A quantized checkpoint's float chunks are packed like the rest of its experts (the memory plan counts them so).
                 if (slices.All(x => Dense(x.Name)) && (source is null || slices.All(x => x.Chunk < 0)))
-                    return Add(new LinearWeight(DeviceTensor.UploadStacked(Accelerator, checkpoint, slices)));
+                    return Add(new LinearWeight((mapped ? DeviceTensor.MappedStack(checkpoint, slices) : null) ?? DeviceTensor.UploadStacked(Accelerator, checkpoint, slices)));
 
                 // A dense layer's MLP stored FP8 at its full width (DeepSeek-V3's first layers): its blocks do not follow the
                 // F-wide chunks, so it is decoded once on the host (exactly: code x scale in F32) and its chunks run in F32.
@@ -594,6 +606,9 @@ public sealed class MoeModel : IDisposable
 
     private bool _disposed;
 
+    // The CPU backend's open checkpoint: its mapped tensors point into it (disposed with the model).
+    private Checkpoint? _checkpoint;
+
     /// <summary>True once the accelerator or its context was disposed (ILGPU freed every buffer on it).</summary>
     internal bool DeviceGone => Accelerator.IsDisposed || Accelerator.Context.IsDisposed;
 
@@ -618,6 +633,7 @@ public sealed class MoeModel : IDisposable
         if (DeviceGone)
             return;
         Ops.Dispose();
+        _checkpoint?.Dispose();
         foreach (var t in _owned)
             t.Dispose();
         _owned.Clear();

@@ -35,6 +35,19 @@ public class CpuBackendTests
     }
 
     [Test]
+    public void FloatWeightsAreReadInPlaceFromTheMemoryMap()
+    {
+        using (var model = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.Cpu }))
+        {
+            // Mixtral's experts are separate tensors: they are read where they lie too (one address per expert).
+            Assert.That(model.MappedWeightBytes, Is.EqualTo(model.DeviceWeightBytes), "every float weight of the F32 fixture is mapped");
+        }
+
+        using var emulated = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, new ModelLoadOptions { MaxSeq = 32 });
+        Assert.That(emulated.MappedWeightBytes, Is.Zero, "the ILGPU kernels read device buffers");
+    }
+
+    [Test]
     public void LogitsAreTheSameBitsForAnyThreadCountAndRerun()
     {
         var one = Run(KernelPolicy.Cpu, threads: 1);
