@@ -1,6 +1,7 @@
 // ILGpuMoE used as a library, from its packages, as an application outside the repository uses it (run.sh packs the
 // repository, builds this against the packages and runs it; CI does so on the model that ships in models/):
-//   1. open a device (MoeDevice: auto picks CUDA, then OpenCL, then ILGPU's CPU accelerator);
+//   1. open a device (MoeDevice: auto picks CUDA, then OpenCL, then ILGPU's CPU accelerator, where the model runs on the
+//      CPU backend: device.Kernels);
 //   2. route T tokens over E experts (moe/gating, Mixtral's softmax top-k) and sort the (token, slot) pairs by expert
 //      (moe/permute), each checked against the reference oracle (ILGpuMoE.Reference);
 //   3. run an MoE block on those routes (permutation, grouped up-gate and down GEMMs, combine), checked the same way;
@@ -19,7 +20,7 @@ using ILGpuMoE.Runtime;
 
 if (args.Length is < 1 or > 2)
 {
-    Console.Error.WriteLine("usage: LibrarySample MODEL_DIR [auto|cuda|opencl|cpu]");
+    Console.Error.WriteLine("usage: LibrarySample MODEL_DIR [auto|cuda|opencl|cpu|cpu-emulator]");
     return 2;
 }
 
@@ -94,7 +95,7 @@ Report("MoE block", !got.Any(float.IsNaN) && worst <= 1e-4, $"[{T}, {D}] within 
 
 // 4. A model: load, prefill three tokens, decode four greedily; then a second session runs the same seven tokens as
 //    one prefill, and its logits of the last four positions must be the decode steps' (decode = forward).
-using var model = MoeModel.Load(acc, args[0], new ModelLoadOptions { MaxSeq = 32 });
+using var model = MoeModel.Load(acc, args[0], new ModelLoadOptions { MaxSeq = 32, Kernels = device.Kernels });
 int[] prompt = [1, 2, 3];
 int v = model.Config.VocabSize;
 var steps = new List<float[]>();

@@ -1,5 +1,5 @@
 // The device an application runs on: one ILGPU context and one accelerator, chosen as the CLI's --device does (auto:
-// CUDA, then OpenCL, then the CPU accelerator). What an embedding program opens before MoeModel.Load or a launcher's
+// CUDA, then OpenCL, then the CPU backend on ILGPU's CPU accelerator; Kernels says which ops to load the model with). What an embedding program opens before MoeModel.Load or a launcher's
 // Create; disposing it disposes the accelerator, then the context (a model or session used afterwards throws
 // ObjectDisposedException naming what is gone).
 using ILGPU;
@@ -10,12 +10,20 @@ namespace ILGpuMoE.Runtime;
 
 public sealed class MoeDevice : IDisposable
 {
-    private MoeDevice(Context context, Device device, Accelerator accelerator)
+    private MoeDevice(Context context, Device device, Accelerator accelerator, KernelPolicy kernels)
     {
         Context = context;
         Device = device;
         Accelerator = accelerator;
+        Kernels = kernels;
     }
+
+    /// <summary>
+    /// The kernel policy that goes with the choice: KernelPolicy.Cpu (the CPU backend) for DeviceChoice.Cpu and for Auto
+    /// on a machine without a GPU; Auto otherwise (the ILGPU kernels: CUDA, OpenCL, or DeviceChoice.CpuEmulator). Pass it
+    /// as ModelLoadOptions.Kernels.
+    /// </summary>
+    public KernelPolicy Kernels { get; }
 
     public Context Context { get; }
 
@@ -36,7 +44,8 @@ public sealed class MoeDevice : IDisposable
         try
         {
             var device = Devices.Select(context, choice);
-            return new MoeDevice(context, device, device.CreateAccelerator(context));
+            bool backend = choice == DeviceChoice.Cpu || (choice == DeviceChoice.Auto && device.AcceleratorType == AcceleratorType.CPU);
+            return new MoeDevice(context, device, device.CreateAccelerator(context), backend ? KernelPolicy.Cpu : KernelPolicy.Auto);
         }
         catch
         {
