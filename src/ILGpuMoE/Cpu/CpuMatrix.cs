@@ -10,10 +10,17 @@
 //             as F32: no portable in-register F16 widening, and F16 MoE checkpoints are rare.
 //   quantized readers on packed codes: CpuQuantRows.cs.
 //
-// Inner loop (F32/BF16): up to four input rows at a time share each loaded weight vector (4 FMAs per weight load);
-// 8 float lanes (Vector256: AVX2 on x64, two AdvSimd registers on ARM64), a scalar tail for Cols % 8. Sums are float
-// with FMA, widened only for the reduction of the lane sums: fp32 within ~1e-6 relative of the double reference at
-// the fixtures' sizes.
+// Inner loops (F32/BF16), 8 float lanes (Vector256: AVX2 on x64, two AdvSimd registers on ARM64), a scalar tail for
+// Cols % 8; sums are float with FMA, the lanes reduced at the end: fp32 within ~1e-6 relative of the double reference:
+//   RowDot.F32 / Bf16   one weight row against up to four input rows (decode, T = 1: the weights stream once, at
+//                       memory bandwidth; the FMAs are not the limit).
+//   Tile4x4             four weight rows against four input rows (prefill): 16 accumulators, 4 weight and 1 input
+//                       vector live, so each k step does 16 FMAs for 8 loads instead of RowDot's 4 for 5; compute-bound
+//                       steps run at about twice RowDot's rate. 21 vector registers: fits x64 with AVX-512's 32 (the
+//                       JIT's EVEX encoding); on 16-register machines the JIT spills a few accumulators to L1.
+// One summation order for every path: per (row, token) one vector accumulator over steps of 8 columns, its lanes summed,
+// then the scalar tail. Which path a row takes depends on where its block starts (so on the thread count), which is why
+// the paths must agree bit for bit: they do, so the logits are the same for any thread count.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -178,7 +185,14 @@ internal sealed unsafe class F32Rows(float* w, int rows, int cols) : DenseRows(r
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
-        for (int r = 0; r < count; r++)
+        int r = 0;
+        if (tokens >= 4)
+        {
+            for (; r + 4 <= count; r += 4)
+                Tiles.Rows4<F32Load, float>(w + (long)(row0 + r) * Cols, Cols, x, xStride, tokens, y + r, yStride, accumulate);
+        }
+
+        for (; r < count; r++)
             RowDot.F32(w + (long)(row0 + r) * Cols, Cols, x, xStride, tokens, y + r, yStride, accumulate);
     }
 }
@@ -199,8 +213,16 @@ internal sealed unsafe class Bf16Rows(ushort* w, int rows, int cols) : DenseRows
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
-        for (int r = 0; r < count; r++)
+        int r = 0;
+        if (tokens >= 4)
+        {
+            for (; r + 4 <= count; r += 4)
+                Tiles.Rows4<Bf16Load, ushort>(w + (long)(row0 + r) * Cols, Cols, x, xStride, tokens, y + r, yStride, accumulate);
+        }
+
+        for (; r < count; r++)
             RowDot.Bf16(w + (long)(row0 + r) * Cols, Cols, x, xStride, tokens, y + r, yStride, accumulate);
+
     }
 }
 
@@ -226,6 +248,140 @@ internal sealed unsafe class F16Rows(Half* w, int rows, int cols) : DenseRows(ro
                 ReadRow(row0 + r, new Span<float>(s, Cols));
                 RowDot.F32(s, Cols, x, xStride, tokens, y + r, yStride, accumulate);
             }
+        }
+    }
+}
+
+/// <summary>8 weights of one type widened to floats (the tile kernel's weight reader, specialised per type by the JIT).</summary>
+internal interface IWeightLoad<TW>
+    where TW : unmanaged
+{
+    static abstract unsafe Vector256<float> Load8(TW* p);
+
+    static abstract unsafe float Load1(TW* p);
+}
+
+internal readonly struct F32Load : IWeightLoad<float>
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> Load8(float* p) => Vector256.Load(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe float Load1(float* p) => *p;
+}
+
+internal readonly struct Bf16Load : IWeightLoad<ushort>
+{
+    // 8 BF16 zero-extended to 32 bits (vpmovzxwd), shifted into the high half: the F32 with the same bits.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe Vector256<float> Load8(ushort* p) => Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(p).ToVector256Unsafe()), 16).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static unsafe float Load1(ushort* p) => BitConverter.Int32BitsToSingle(*p << 16);
+}
+
+/// <summary>Tile4x4 (see the header): four weight rows against the input rows, four at a time.</summary>
+internal static unsafe class Tiles
+{
+    /// <summary>y[j * yStride + r] (+)= W[r] . x_j for r &lt; 4, j &lt; tokens (tokens % 4 left to RowDot-like single rows).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Rows4<TL, TW>(TW* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+        where TL : struct, IWeightLoad<TW>
+        where TW : unmanaged
+    {
+        TW* w0 = w, w1 = w + n, w2 = w + 2L * n, w3 = w + 3L * n;
+        int j = 0;
+        for (; j + 4 <= tokens; j += 4)
+        {
+            float* x0 = x + (long)j * xStride, x1 = x0 + xStride, x2 = x1 + xStride, x3 = x2 + xStride;
+            Vector256<float> a00 = default, a01 = default, a02 = default, a03 = default;
+            Vector256<float> a10 = default, a11 = default, a12 = default, a13 = default;
+            Vector256<float> a20 = default, a21 = default, a22 = default, a23 = default;
+            Vector256<float> a30 = default, a31 = default, a32 = default, a33 = default;
+            int c = 0;
+            for (; c + 8 <= n; c += 8)
+            {
+                var v0 = TL.Load8(w0 + c);
+                var v1 = TL.Load8(w1 + c);
+                var v2 = TL.Load8(w2 + c);
+                var v3 = TL.Load8(w3 + c);
+                var xv = Vector256.Load(x0 + c);
+                a00 = Vector256.FusedMultiplyAdd(v0, xv, a00);
+                a10 = Vector256.FusedMultiplyAdd(v1, xv, a10);
+                a20 = Vector256.FusedMultiplyAdd(v2, xv, a20);
+                a30 = Vector256.FusedMultiplyAdd(v3, xv, a30);
+                xv = Vector256.Load(x1 + c);
+                a01 = Vector256.FusedMultiplyAdd(v0, xv, a01);
+                a11 = Vector256.FusedMultiplyAdd(v1, xv, a11);
+                a21 = Vector256.FusedMultiplyAdd(v2, xv, a21);
+                a31 = Vector256.FusedMultiplyAdd(v3, xv, a31);
+                xv = Vector256.Load(x2 + c);
+                a02 = Vector256.FusedMultiplyAdd(v0, xv, a02);
+                a12 = Vector256.FusedMultiplyAdd(v1, xv, a12);
+                a22 = Vector256.FusedMultiplyAdd(v2, xv, a22);
+                a32 = Vector256.FusedMultiplyAdd(v3, xv, a32);
+                xv = Vector256.Load(x3 + c);
+                a03 = Vector256.FusedMultiplyAdd(v0, xv, a03);
+                a13 = Vector256.FusedMultiplyAdd(v1, xv, a13);
+                a23 = Vector256.FusedMultiplyAdd(v2, xv, a23);
+                a33 = Vector256.FusedMultiplyAdd(v3, xv, a33);
+            }
+
+            Finish<TL, TW>(w0, w1, w2, w3, c, n, x0, a00, a10, a20, a30, y + (long)j * yStride, accumulate);
+            Finish<TL, TW>(w0, w1, w2, w3, c, n, x1, a01, a11, a21, a31, y + (long)(j + 1) * yStride, accumulate);
+            Finish<TL, TW>(w0, w1, w2, w3, c, n, x2, a02, a12, a22, a32, y + (long)(j + 2) * yStride, accumulate);
+            Finish<TL, TW>(w0, w1, w2, w3, c, n, x3, a03, a13, a23, a33, y + (long)(j + 3) * yStride, accumulate);
+        }
+
+        // The last tokens % 4 rows: four weight rows against one input row, the same per-token order as above.
+        for (; j < tokens; j++)
+        {
+            float* x0 = x + (long)j * xStride;
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            int c = 0;
+            for (; c + 8 <= n; c += 8)
+            {
+                var xv = Vector256.Load(x0 + c);
+                a0 = Vector256.FusedMultiplyAdd(TL.Load8(w0 + c), xv, a0);
+                a1 = Vector256.FusedMultiplyAdd(TL.Load8(w1 + c), xv, a1);
+                a2 = Vector256.FusedMultiplyAdd(TL.Load8(w2 + c), xv, a2);
+                a3 = Vector256.FusedMultiplyAdd(TL.Load8(w3 + c), xv, a3);
+            }
+
+            Finish<TL, TW>(w0, w1, w2, w3, c, n, x0, a0, a1, a2, a3, y + (long)j * yStride, accumulate);
+        }
+    }
+
+    // Lane sums plus the scalar tail c..n of one input row against the four weight rows, stored to y[0..3].
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Finish<TL, TW>(TW* w0, TW* w1, TW* w2, TW* w3, int c, int n, float* x, Vector256<float> a0, Vector256<float> a1,
+        Vector256<float> a2, Vector256<float> a3, float* y, bool accumulate)
+        where TL : struct, IWeightLoad<TW>
+        where TW : unmanaged
+    {
+        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        for (; c < n; c++)
+        {
+            float xc = x[c];
+            s0 += TL.Load1(w0 + c) * xc;
+            s1 += TL.Load1(w1 + c) * xc;
+            s2 += TL.Load1(w2 + c) * xc;
+            s3 += TL.Load1(w3 + c) * xc;
+        }
+
+        if (accumulate)
+        {
+            y[0] += s0;
+            y[1] += s1;
+            y[2] += s2;
+            y[3] += s3;
+        }
+        else
+        {
+            y[0] = s0;
+            y[1] = s1;
+            y[2] = s2;
+            y[3] = s3;
         }
     }
 }
@@ -268,17 +424,11 @@ internal static unsafe class RowDot
         for (; j < tokens; j++)
         {
             float* x0 = x + (long)j * xStride;
-            Vector256<float> a0 = default, a1 = default;
+            Vector256<float> a0 = default;
             int c = 0;
-            for (; c + 16 <= n; c += 16)
-            {
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c), Vector256.Load(x0 + c), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 8), Vector256.Load(x0 + c + 8), a1);
-            }
-
             for (; c + 8 <= n; c += 8)
                 a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c), Vector256.Load(x0 + c), a0);
-            float s = Vector256.Sum(a0 + a1);
+            float s = Vector256.Sum(a0);
             for (; c < n; c++)
                 s += w[c] * x0[c];
             Store(y + (long)j * yStride, s, accumulate);
@@ -308,6 +458,16 @@ internal static unsafe class RowDot
                 a3 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x3 + c + 8), a3);
             }
 
+            if (c + 8 <= n)
+            {
+                var lo = Bf16Load.Load8(w + c);
+                a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + c), a0);
+                a1 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x1 + c), a1);
+                a2 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x2 + c), a2);
+                a3 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x3 + c), a3);
+                c += 8;
+            }
+
             float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
             for (; c < n; c++)
             {
@@ -324,16 +484,22 @@ internal static unsafe class RowDot
         for (; j < tokens; j++)
         {
             float* x0 = x + (long)j * xStride;
-            Vector256<float> a0 = default, a1 = default;
+            Vector256<float> a0 = default;
             int c = 0;
             for (; c + 16 <= n; c += 16)
             {
                 var (lo, hi) = Widen(Vector256.Load(w + c));
                 a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + c), a0);
-                a1 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + c + 8), a1);
+                a0 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + c + 8), a0);
             }
 
-            float s = Vector256.Sum(a0 + a1);
+            if (c + 8 <= n)
+            {
+                a0 = Vector256.FusedMultiplyAdd(Bf16Load.Load8(w + c), Vector256.Load(x0 + c), a0);
+                c += 8;
+            }
+
+            float s = Vector256.Sum(a0);
             for (; c < n; c++)
                 s += BitConverter.Int32BitsToSingle(w[c] << 16) * x0[c];
             Store(y + (long)j * yStride, s, accumulate);
