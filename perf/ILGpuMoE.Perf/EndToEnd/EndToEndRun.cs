@@ -128,6 +128,14 @@ public static class EndToEndRun
         int promptTokens = device.IsGpu || backend ? 128 : 16, decodeTokens = device.IsGpu ? 32 : backend ? 64 : 8;
         // Both engines get the same workers: the CPU backend's default (one per physical core).
         int threads = ILGpuMoE.Cpu.CpuThreads.DefaultCount;
+        double bandwidth = double.NaN;
+        if (backend)
+        {
+            bandwidth = HostBandwidth.Measure(new ILGpuMoE.Cpu.CpuThreads(threads));
+            log($"end to end: host memory read {bandwidth / 1e9:F1} GB/s with {threads} threads (the decode ceiling)");
+            notes.Add($"CPU backend: host memory read bandwidth {bandwidth / 1e9:F1} GB/s measured in this run with {threads} threads (1 GiB, best of 5)");
+            notes.Add($"CPU backend and llama.cpp: {threads} threads each, warmed up at the timed shapes, the fastest of 3 timed passes each");
+        }
         string shape = $"random {o.Family} D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.MoeIntermediate} H={o.Heads}/{o.KvHeads} V={o.Vocab}" +
                        (o.Family == RefFamily.Qwen2Moe ? $" shared={o.SharedExpertIntermediate}" : "");
         var rng = new Random(5);
@@ -163,7 +171,7 @@ public static class EndToEndRun
                         Peer.LlamaCppPeer.Quantize(f32, gguf, scheme);
                     }
 
-                    var t = Peer.LlamaCppPeer.Time(gguf, scheme, prompt, decode, threads);
+                    var t = Peer.LlamaCppPeer.Time(gguf, scheme, prompt, decode, threads, repeats: backend ? 3 : 1);
                     var theirs = new EndToEndResult("llama.cpp (LLamaSharp 0.30.0, CPU)", scheme, o.Layers, promptTokens, decodeTokens,
                         t.PrefillTokensPerSecond, t.DecodeTokensPerSecond, t.PrefillSeconds, $"{threads} threads, F32 KV cache");
                     rows.Add(theirs);
@@ -211,7 +219,17 @@ public static class EndToEndRun
                 EndToEndResult ours;
                 using (watch?.Invoke(quant?.Name ?? name))
                     ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, atLoad ? quant : null, router: router,
-                        kernels: backend ? ILGpuMoE.Runtime.KernelPolicy.Cpu : ILGpuMoE.Runtime.KernelPolicy.Auto, threads: backend ? threads : null) with { HostPrepSeconds = prep };
+                        kernels: backend ? ILGpuMoE.Runtime.KernelPolicy.Cpu : ILGpuMoE.Runtime.KernelPolicy.Auto, threads: backend ? threads : null,
+                        repeats: backend ? 3 : 1) with { HostPrepSeconds = prep };
+                if (backend)
+                {
+                    // What a decode token reads (attention, router, K experts, lm_head: WeightBytes) at the measured rate.
+                    using var ck = ILGpuMoE.IO.Checkpoint.Open(model);
+                    long perToken = ILGpuMoE.Quant.WeightBytes.Of(ModelConfig.Load(model), ck.Tensors, atLoad ? quant : null).PerToken;
+                    double gbs = perToken * ours.DecodeTokensPerSecond / 1e9;
+                    ours = ours with { Note = ours.Note + $"; decode reads {perToken / 1e6:F1} MB/token: {gbs:F1} GB/s, {100 * gbs * 1e9 / bandwidth:F0}% of the measured {bandwidth / 1e9:F1} GB/s" };
+                }
+
                 rows.Add(ours);
                 onRow?.Invoke(ours);
                 oursByScheme[name == baseScheme ? "f32" : name] = ours;

@@ -18,7 +18,8 @@ public static class OurEngine
     /// <param name="cudaGraph">Decode through a session that replays its decode step from a CUDA graph (SessionOptions);
     /// the row's scheme gets " + cuda graph" and its note says whether the graph was used.</param>
     public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
-        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null, KernelPolicy kernels = KernelPolicy.Auto, int? threads = null)
+        QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null, KernelPolicy kernels = KernelPolicy.Auto, int? threads = null,
+        int repeats = 1)
     {
         var sw = Stopwatch.StartNew();
         using var model = MoeModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
@@ -45,20 +46,30 @@ public static class OurEngine
         session.Reset();
         double warmup = sw.Elapsed.TotalSeconds;
 
-        sw.Restart();
-        session.Prefill(prompt, allLogits: false);
-        double ttft = sw.Elapsed.TotalSeconds;
-        sw.Restart();
+        // repeats > 1 (the CPU backend's runs on a shared machine): the fastest prefill and decode of that many passes,
+        // as the peer's figures are taken.
+        double ttft = double.PositiveInfinity, dec = double.PositiveInfinity;
         long launches = 0;
         double perLayer = 0;
-        foreach (int t in decode)
+        for (int r = 0; r < Math.Max(1, repeats); r++)
         {
-            session.Decode(t);
-            launches += session.LastStepLaunches;
-            perLayer += session.LastStepLaunchesPerLayer;
-        }
+            if (r > 0)
+                session.Reset();
+            sw.Restart();
+            session.Prefill(prompt, allLogits: false);
+            ttft = Math.Min(ttft, sw.Elapsed.TotalSeconds);
+            sw.Restart();
+            launches = 0;
+            perLayer = 0;
+            foreach (int t in decode)
+            {
+                session.Decode(t);
+                launches += session.LastStepLaunches;
+                perLayer += session.LastStepLaunchesPerLayer;
+            }
 
-        double dec = sw.Elapsed.TotalSeconds;
+            dec = Math.Min(dec, sw.Elapsed.TotalSeconds);
+        }
         string note = "random weights" + (kernels == KernelPolicy.Auto ? "" : $"; kernels {kernels}") + (session.DecodePath is { } path ? $"; decode {path}" : "")
                       + (session.CudaGraphStatus is { } g ? $"; cuda graph {g}" : "");
         return new EndToEndResult(model.IsCpuBackend ? "ilgpumoe (CPU backend)" : $"ilgpumoe ({device.Accelerator.AcceleratorType})", cudaGraph ? scheme + " + cuda graph" : scheme, layers, prompt.Length,
