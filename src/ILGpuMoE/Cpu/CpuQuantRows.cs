@@ -1,0 +1,475 @@
+// cpu/quant-rows: the CpuMatrix readers of the packed layouts (kernels/ILGpuMoE.Kernels/Quant/QuantLayout.cs), reading
+// a host QuantizedMatrix's arrays where they lie: y[j, r] (+)= sum_c x[j, c] * W[row0 + r, c], W never widened to a copy.
+//
+// Readers (one class per layout; each owns the host matrix, pins its arrays for the length of a call):
+//   Q8Rows     int8 bytes, one F32 scale per row: the row's code sum times its scale.
+//   Q4Rows     nibbles, F16 scale per group of G (a multiple of 32, or the whole row), zeros or z = 8.
+//   Fp8Rows    E4M3 bytes, F32 scale per BlockN x BlockK block (per tensor: one block); stacked experts each have their
+//              own block grid (expert e = row / MatrixRows).
+//   Mxfp4Rows  E2M1 nibbles, one E8M0 scale byte per 32 values.
+//
+// One loop (QuantRowDot.Row) serves all four: a row is cut into segments that share a scale (Q8: the row, Q4: a group,
+// FP8: a block, MXFP4: 32 values); inside a segment the codes are decoded 8 at a time into a Vector256<float>, exactly
+// (q - z for the int layouts, e4m3 or 2 * e2m1 for the float ones), and FMA-ed into one or two float accumulators per
+// input row; at the segment's end its partial sums are multiplied by the scale and added to the row's sums. Decoding is
+// in registers, no table in memory:
+//   Q8     sign-extend 8 bytes to int32 (vpmovsxbd from memory) and convert.
+//   Q4     broadcast a word, shift nibble i to the top (vpsllvd, 28 - 4i) and shift it back arithmetically: the signed
+//          value of (q ^ 8), i.e. q - 8 when the word was XOR-ed with 0x88888888 first; + (8 - z) with zeros; convert.
+//   FP8    sign-extend the bytes; (b << 20) & 0x87F00000 puts the sign at bit 31 and exponent and mantissa at the top of
+//          f32's (bits 23..26, 20..22), which read as f32 is e4m3 * 2^-120 (subnormals included: m * 2^-129 is f32's
+//          subnormal m << 20), times 2^120 exact; the one NaN code (S.1111.111) is OR-ed to all ones (a NaN).
+//   MXFP4  the nibble at the top as in Q4, arithmetic shift by 6 and mask 0x81C00000: sign at bit 31, exponent and
+//          mantissa at f32 bits 23..24 and 22, which read as f32 is 2 * e2m1 * 2^-127; times 2^127 exact. The block's
+//          factor is applied as 2^(s - 128) (Mxfp4.cs: finite for every s).
+// Every decoded code is an exact float, so the sum differs from the dequantized reference only by f32 rounding of the
+// sums (and the one rounding of the scale product): ~1e-6 relative.
+//
+// Tokens: up to four input rows share each decoded vector (the decode costs as much as the FMAs); a single input row
+// uses four accumulators (FMA latency), several use two each. The token count is a generic struct parameter so each
+// count compiles to straight code (no per-token loop). Variable shifts are AVX2's vpsllvd; elsewhere (ARM64) the same
+// shift is a multiply by 2^count, exact modulo 2^32. No integer dot product: x stays f32 (quantizing x to int8 per
+// block, as llama.cpp's Q8_0 x Q4_0 does, would change the numerics).
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using ILGpuMoE.Kernels.Quant;
+using ILGpuMoE.Quant;
+
+namespace ILGpuMoE.Cpu;
+
+/// <summary>CpuMatrix readers over packed quantized matrices (see the header).</summary>
+public static class CpuQuantRows
+{
+    /// <summary>A reader of <paramref name="m"/>'s packed rows in place (stacked experts: [E*N, Cols]).</summary>
+    public static CpuMatrix Of(QuantizedMatrix m)
+    {
+        ArgumentNullException.ThrowIfNull(m);
+        return m.Scheme switch
+        {
+            QuantScheme.Q8 => new Q8Rows((Q8Matrix)m),
+            QuantScheme.Q4 => new Q4Rows((Q4Matrix)m),
+            QuantScheme.Fp8 => new Fp8Rows((Fp8Matrix)m),
+            QuantScheme.Mxfp4 => new Mxfp4Rows((Mxfp4Matrix)m),
+            _ => throw new System.Diagnostics.UnreachableException($"CpuQuantRows: scheme {m.Scheme}"),
+        };
+    }
+}
+
+/// <summary>What every quantized reader shares: the host matrix, its type name and input permutation, a scale scratch.</summary>
+internal abstract unsafe class QuantRows(QuantizedMatrix host) : CpuMatrix(host.Rows, host.Cols)
+{
+    [ThreadStatic]
+    private static float[]? scratch;
+
+    public override string TypeName => host.TypeName;
+
+    public override int[]? InputPermutation => host.InputPermutation;
+
+    /// <summary>The calling thread's float scratch of at least <paramref name="n"/> entries (one row's scales).</summary>
+    protected static float[] Scratch(int n)
+    {
+        if (scratch is null || scratch.Length < n)
+            scratch = new float[Math.Max(n, 64)];
+        return scratch;
+    }
+}
+
+internal sealed unsafe class Q8Rows(Q8Matrix m) : QuantRows(m)
+{
+    internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    {
+        CheckRows(row0, count);
+        long rowBytes = (long)m.RowWords * 4;
+        fixed (uint* words = m.Words)
+        fixed (float* scales = m.Scales)
+        {
+            for (int r = 0; r < count; r++)
+            {
+                int n = row0 + r;
+                QuantRowDot.Row<Q8Codes>((byte*)words + n * rowBytes, Cols, Cols, scales + n, null, x, xStride, tokens, y + r, yStride, accumulate);
+            }
+        }
+    }
+}
+
+internal sealed unsafe class Q4Rows(Q4Matrix m) : QuantRows(m)
+{
+    internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    {
+        CheckRows(row0, count);
+        int g = m.GroupSize, groups = Cols / g;
+        long rowBytes = (long)m.RowWords * 4;
+        bool asym = m.Zeros.Length > 0;
+        var s = Scratch(groups);
+        fixed (uint* words = m.Words)
+        fixed (ushort* scales = m.Scales)
+        fixed (byte* zeros = m.Zeros)
+        fixed (float* sf = s)
+        {
+            for (int r = 0; r < count; r++)
+            {
+                long n = row0 + r;
+                // F16 scales widened for the row (vcvtph2ps), once for all its tokens.
+                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>((Half*)scales + n * groups, groups), new Span<float>(sf, groups));
+                byte* row = (byte*)words + n * rowBytes;
+                if (asym)
+                    QuantRowDot.Row<Q4AsymCodes>(row, Cols, g, sf, zeros + n * groups, x, xStride, tokens, y + r, yStride, accumulate);
+                else
+                    QuantRowDot.Row<Q4Codes>(row, Cols, g, sf, null, x, xStride, tokens, y + r, yStride, accumulate);
+            }
+        }
+    }
+}
+
+internal sealed unsafe class Fp8Rows(Fp8Matrix m) : QuantRows(m)
+{
+    internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    {
+        CheckRows(row0, count);
+        long rowBytes = (long)m.RowWords * 4;
+        int scaleRows = (m.MatrixRows + m.BlockN - 1) / m.BlockN, scaleCols = (Cols + m.BlockK - 1) / m.BlockK;
+        // BlockK >= Cols (per tensor) is one segment of Cols values.
+        int segment = Math.Min(m.BlockK, Cols);
+        fixed (uint* words = m.Words)
+        fixed (float* scales = m.Scales)
+        {
+            for (int r = 0; r < count; r++)
+            {
+                int n = row0 + r, e = n / m.MatrixRows, nr = n - e * m.MatrixRows;
+                float* rowScales = scales + ((long)e * scaleRows + nr / m.BlockN) * scaleCols;
+                QuantRowDot.Row<Fp8Codes>((byte*)words + n * rowBytes, Cols, segment, rowScales, null, x, xStride, tokens, y + r, yStride, accumulate);
+            }
+        }
+    }
+}
+
+internal sealed unsafe class Mxfp4Rows(Mxfp4Matrix m) : QuantRows(m)
+{
+    internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    {
+        CheckRows(row0, count);
+        int groups = Cols / Mxfp4.BlockValues;
+        long rowBytes = (long)m.RowWords * 4;
+        var s = Scratch(groups);
+        fixed (uint* words = m.Words)
+        fixed (byte* scales = m.Scales)
+        fixed (float* sf = s)
+        {
+            for (int r = 0; r < count; r++)
+            {
+                long n = row0 + r;
+                byte* rowScales = scales + n * groups;
+                for (int g = 0; g < groups; g++)
+                    sf[g] = HalfScale(rowScales[g]);
+                QuantRowDot.Row<Mxfp4Codes>((byte*)words + n * rowBytes, Cols, Mxfp4.BlockValues, sf, null, x, xStride, tokens, y + r, yStride, accumulate);
+            }
+        }
+    }
+
+    /// <summary>2^(s - 128) for an E8M0 byte (the codes carry the other factor 2): s - 1 in the exponent field for s &gt;= 2,
+    /// the subnormals 2^-128 and 2^-127 for s = 0, 1.</summary>
+    private static float HalfScale(uint s) => BitConverter.UInt32BitsToSingle(s >= 2 ? (s - 1) << 23 : 0x00200000u << (int)s);
+}
+
+/// <summary>How a layout's codes decode: 8 consecutive values of a row as floats (before the segment's scale), or one.</summary>
+internal unsafe interface ICodes
+{
+    /// <summary>Whether segments carry a zero point (Q4 asym): <see cref="Eight"/> and <see cref="One"/> then add 8 - z.</summary>
+    static abstract bool HasZeros { get; }
+
+    /// <summary>Values c .. c + 7 of the row at <paramref name="row"/> (c a multiple of 8).</summary>
+    static abstract Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset);
+
+    /// <summary>Value c of the row.</summary>
+    static abstract float One(byte* row, int c, int zeroOffset);
+}
+
+internal readonly unsafe struct Q8Codes : ICodes
+{
+    public static bool HasZeros => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) => Vector256.ConvertToSingle(CodeBits.SignExtend8(row + c));
+
+    public static float One(byte* row, int c, int zeroOffset) => (sbyte)row[c];
+}
+
+internal readonly unsafe struct Fp8Codes : ICodes
+{
+    public static bool HasZeros => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset)
+    {
+        var b = CodeBits.SignExtend8(row + c);
+        var bits = Vector256.ShiftLeft(b, 20) & Vector256.Create(unchecked((int)0x87F00000));
+        var nan = Vector256.Equals(b | Vector256.Create(~0x7F), Vector256.Create(-1));
+        return (bits.AsSingle() * Vector256.Create(CodeBits.TwoPow120)) | nan.AsSingle();
+    }
+
+    public static float One(byte* row, int c, int zeroOffset) => Fp8.DecodeE4M3(row[c]);
+}
+
+internal readonly unsafe struct Q4Codes : ICodes
+{
+    public static bool HasZeros => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) =>
+        Vector256.ConvertToSingle(CodeBits.NibblesMinus8(*(uint*)(row + (c >> 1))));
+
+    public static float One(byte* row, int c, int zeroOffset) => (int)((*(uint*)(row + ((c >> 3) << 2)) >> (4 * (c & 7))) & 0xF) - 8;
+}
+
+internal readonly unsafe struct Q4AsymCodes : ICodes
+{
+    public static bool HasZeros => true;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) =>
+        Vector256.ConvertToSingle(CodeBits.NibblesMinus8(*(uint*)(row + (c >> 1))) + zeroOffset);
+
+    public static float One(byte* row, int c, int zeroOffset) => Q4Codes.One(row, c, 0) + zeroOffset;
+}
+
+internal readonly unsafe struct Mxfp4Codes : ICodes
+{
+    public static bool HasZeros => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset)
+    {
+        var top = CodeBits.NibblesToTop(*(uint*)(row + (c >> 1))).AsInt32();
+        var bits = Vector256.ShiftRightArithmetic(top, 6) & Vector256.Create(unchecked((int)0x81C00000));
+        return bits.AsSingle() * Vector256.Create(CodeBits.TwoPow127);
+    }
+
+    public static float One(byte* row, int c, int zeroOffset)
+    {
+        int top = (int)(*(uint*)(row + ((c >> 3) << 2)) << (28 - 4 * (c & 7)));
+        return BitConverter.Int32BitsToSingle((top >> 6) & unchecked((int)0x81C00000)) * CodeBits.TwoPow127;
+    }
+}
+
+/// <summary>The in-register decoding steps the layouts share (header).</summary>
+internal static unsafe class CodeBits
+{
+    /// <summary>2^120 (the literal rounds to it exactly).</summary>
+    public const float TwoPow120 = 1.329227995784916E+36f;
+
+    /// <summary>2^127.</summary>
+    public const float TwoPow127 = 1.7014118346046923E+38f;
+
+    /// <summary>8 int8 values at p, sign-extended.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> SignExtend8(byte* p)
+    {
+        if (Avx2.IsSupported)
+            return Avx2.ConvertToVector256Int32((sbyte*)p);
+        var s16 = Vector128.WidenLower(Vector128.CreateScalar(*(ulong*)p).AsSByte());
+        return Vector256.Create(Vector128.WidenLower(s16), Vector128.WidenUpper(s16));
+    }
+
+    /// <summary>Lane i: the word shifted left by 28 - 4i (nibble i at the top, the nibbles below it under it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<uint> NibblesToTop(uint word)
+    {
+        // Lane i shifts by 28 - 4i; without a variable shift (ARM64's portable path) the same as a multiply by 2^(28 - 4i).
+        var w = Vector256.Create(word);
+        return Avx2.IsSupported
+            ? Avx2.ShiftLeftLogicalVariable(w, Vector256.Create(28u, 24, 20, 16, 12, 8, 4, 0))
+            : w * Vector256.Create(1u << 28, 1 << 24, 1 << 20, 1 << 16, 1 << 12, 1 << 8, 1 << 4, 1);
+    }
+
+    /// <summary>Lane i: q_i - 8 for the 8 nibbles of a Q4 word (the signed value of q ^ 8).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> NibblesMinus8(uint word) => Vector256.ShiftRightArithmetic(NibblesToTop(word ^ 0x88888888u).AsInt32(), 28);
+}
+
+/// <summary>Input rows per decoded vector: a compile-time count (1..4) for <see cref="QuantRowDot"/>.</summary>
+internal interface ITokenCount
+{
+    static abstract int N { get; }
+}
+
+internal readonly struct OneToken : ITokenCount
+{
+    public static int N => 1;
+}
+
+internal readonly struct TwoTokens : ITokenCount
+{
+    public static int N => 2;
+}
+
+internal readonly struct ThreeTokens : ITokenCount
+{
+    public static int N => 3;
+}
+
+internal readonly struct FourTokens : ITokenCount
+{
+    public static int N => 4;
+}
+
+/// <summary>One packed row against the input rows (see the header).</summary>
+internal static unsafe class QuantRowDot
+{
+    /// <summary>
+    /// y[j * yStride] (+)= sum_s scales[s] * sum_{c in segment s} code(c) * x[j * xStride + c] for j &lt; tokens; segments
+    /// of <paramref name="segment"/> values (a multiple of 8 except the last), zeros[s] the zero points where TCodes has them.
+    /// </summary>
+    public static void Row<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+        where TCodes : ICodes
+    {
+        int j = 0;
+        for (; j + 4 <= tokens; j += 4)
+            Tokens<TCodes, FourTokens>(row, cols, segment, scales, zeros, x + (long)j * xStride, xStride, y + (long)j * yStride, yStride, accumulate);
+        switch (tokens - j)
+        {
+            case 0:
+                break;
+            case 1:
+                Tokens<TCodes, OneToken>(row, cols, segment, scales, zeros, x + (long)j * xStride, xStride, y + (long)j * yStride, yStride, accumulate);
+                break;
+            case 2:
+                Tokens<TCodes, TwoTokens>(row, cols, segment, scales, zeros, x + (long)j * xStride, xStride, y + (long)j * yStride, yStride, accumulate);
+                break;
+            case 3:
+                Tokens<TCodes, ThreeTokens>(row, cols, segment, scales, zeros, x + (long)j * xStride, xStride, y + (long)j * yStride, yStride, accumulate);
+                break;
+            default:
+                throw new System.Diagnostics.UnreachableException($"QuantRowDot: {tokens - j} tokens left");
+        }
+    }
+
+    private static void Tokens<TCodes, TN>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, float* y, int yStride, bool accumulate)
+        where TCodes : ICodes
+        where TN : ITokenCount
+    {
+        int nt = TN.N;
+        float* x0 = x, x1 = x + (nt > 1 ? xStride : 0), x2 = x + (nt > 2 ? 2L * xStride : 0), x3 = x + (nt > 3 ? 3L * xStride : 0);
+        Vector256<float> r0 = default, r1 = default, r2 = default, r3 = default;
+        float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (int c0 = 0, s = 0; c0 < cols; c0 += segment, s++)
+        {
+            int c1 = Math.Min(cols, c0 + segment);
+            int zo = TCodes.HasZeros ? 8 - zeros[s] : 0;
+            var zv = Vector256.Create(zo);
+            // Token j's partial sums: a (j = 0; four when alone), b, d, e.
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            Vector256<float> b0 = default, b1 = default, d0 = default, d1 = default, e0 = default, e1 = default;
+            int c = c0;
+            for (; c + 32 <= c1; c += 32)
+            {
+                var v0 = TCodes.Eight(row, c, zv);
+                var v1 = TCodes.Eight(row, c + 8, zv);
+                var v2 = TCodes.Eight(row, c + 16, zv);
+                var v3 = TCodes.Eight(row, c + 24, zv);
+                if (nt == 1)
+                {
+                    a0 = Vector256.FusedMultiplyAdd(v0, Vector256.Load(x0 + c), a0);
+                    a1 = Vector256.FusedMultiplyAdd(v1, Vector256.Load(x0 + c + 8), a1);
+                    a2 = Vector256.FusedMultiplyAdd(v2, Vector256.Load(x0 + c + 16), a2);
+                    a3 = Vector256.FusedMultiplyAdd(v3, Vector256.Load(x0 + c + 24), a3);
+                    continue;
+                }
+
+                a0 = Vector256.FusedMultiplyAdd(v0, Vector256.Load(x0 + c), a0);
+                a1 = Vector256.FusedMultiplyAdd(v1, Vector256.Load(x0 + c + 8), a1);
+                b0 = Vector256.FusedMultiplyAdd(v0, Vector256.Load(x1 + c), b0);
+                b1 = Vector256.FusedMultiplyAdd(v1, Vector256.Load(x1 + c + 8), b1);
+                if (nt > 2)
+                {
+                    d0 = Vector256.FusedMultiplyAdd(v0, Vector256.Load(x2 + c), d0);
+                    d1 = Vector256.FusedMultiplyAdd(v1, Vector256.Load(x2 + c + 8), d1);
+                }
+
+                if (nt > 3)
+                {
+                    e0 = Vector256.FusedMultiplyAdd(v0, Vector256.Load(x3 + c), e0);
+                    e1 = Vector256.FusedMultiplyAdd(v1, Vector256.Load(x3 + c + 8), e1);
+                }
+
+                a0 = Vector256.FusedMultiplyAdd(v2, Vector256.Load(x0 + c + 16), a0);
+                a1 = Vector256.FusedMultiplyAdd(v3, Vector256.Load(x0 + c + 24), a1);
+                b0 = Vector256.FusedMultiplyAdd(v2, Vector256.Load(x1 + c + 16), b0);
+                b1 = Vector256.FusedMultiplyAdd(v3, Vector256.Load(x1 + c + 24), b1);
+                if (nt > 2)
+                {
+                    d0 = Vector256.FusedMultiplyAdd(v2, Vector256.Load(x2 + c + 16), d0);
+                    d1 = Vector256.FusedMultiplyAdd(v3, Vector256.Load(x2 + c + 24), d1);
+                }
+
+                if (nt > 3)
+                {
+                    e0 = Vector256.FusedMultiplyAdd(v2, Vector256.Load(x3 + c + 16), e0);
+                    e1 = Vector256.FusedMultiplyAdd(v3, Vector256.Load(x3 + c + 24), e1);
+                }
+            }
+
+            for (; c + 8 <= c1; c += 8)
+            {
+                var v = TCodes.Eight(row, c, zv);
+                a0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x0 + c), a0);
+                if (nt > 1)
+                    b0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x1 + c), b0);
+                if (nt > 2)
+                    d0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x2 + c), d0);
+                if (nt > 3)
+                    e0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x3 + c), e0);
+            }
+
+            float sc = scales[s];
+            var sv = Vector256.Create(sc);
+            r0 = Vector256.FusedMultiplyAdd(nt == 1 ? (a0 + a1) + (a2 + a3) : a0 + a1, sv, r0);
+            if (nt > 1)
+                r1 = Vector256.FusedMultiplyAdd(b0 + b1, sv, r1);
+            if (nt > 2)
+                r2 = Vector256.FusedMultiplyAdd(d0 + d1, sv, r2);
+            if (nt > 3)
+                r3 = Vector256.FusedMultiplyAdd(e0 + e1, sv, r3);
+
+            // The values past the last multiple of 8 (Q8 / FP8 rows of any Cols).
+            if (c < c1)
+            {
+                float u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+                for (; c < c1; c++)
+                {
+                    float w = TCodes.One(row, c, zo);
+                    u0 += w * x0[c];
+                    if (nt > 1)
+                        u1 += w * x1[c];
+                    if (nt > 2)
+                        u2 += w * x2[c];
+                    if (nt > 3)
+                        u3 += w * x3[c];
+                }
+
+                t0 += u0 * sc;
+                t1 += u1 * sc;
+                t2 += u2 * sc;
+                t3 += u3 * sc;
+            }
+        }
+
+        Put(y, Vector256.Sum(r0) + t0, accumulate);
+        if (nt > 1)
+            Put(y + yStride, Vector256.Sum(r1) + t1, accumulate);
+        if (nt > 2)
+            Put(y + 2L * yStride, Vector256.Sum(r2) + t2, accumulate);
+        if (nt > 3)
+            Put(y + 3L * yStride, Vector256.Sum(r3) + t3, accumulate);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Put(float* y, float v, bool accumulate)
+    {
+        if (accumulate)
+            *y += v;
+        else
+            *y = v;
+    }
+}
