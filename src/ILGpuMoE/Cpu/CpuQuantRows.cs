@@ -18,12 +18,17 @@
 //          value of (q ^ 8), i.e. q - 8 when the word was XOR-ed with 0x88888888 first; + (8 - z) with zeros; convert.
 //   FP8    sign-extend the bytes; (b << 20) & 0x87F00000 puts the sign at bit 31 and exponent and mantissa at the top of
 //          f32's (bits 23..26, 20..22), which read as f32 is e4m3 * 2^-120 (subnormals included: m * 2^-129 is f32's
-//          subnormal m << 20), times 2^120 exact; the one NaN code (S.1111.111) is OR-ed to all ones (a NaN).
-//   MXFP4  the nibble at the top as in Q4, arithmetic shift by 6 and mask 0x81C00000: sign at bit 31, exponent and
-//          mantissa at f32 bits 23..24 and 22, which read as f32 is 2 * e2m1 * 2^-127; times 2^127 exact. The block's
-//          factor is applied as 2^(s - 128) (Mxfp4.cs: finite for every s).
+//          subnormal m << 20), times 2^120 exact; the one NaN code (S.1111.111) is OR-ed to all ones (a NaN). E4M3's
+//          own subnormals (|w| below 2^-6 of a block's scale: rare in weights) take f32's slow subnormal multiply.
+//   MXFP4  the nibble at the top as in Q4; its magnitude bits index an 8-entry table of 2 * e2m1 (0, 1, 2, 3, 4, 6, 8,
+//          12; vpermps), its top bit is the sign. The block's factor is applied as 2^(s - 128) (Mxfp4.cs: finite for
+//          every s). Not the kernels' bit trick (2 * e2m1 * 2^-127, then times 2^127): its subnormal floats for the codes
+//          0 and 0.5 (a quarter of random codes) make the multiplies slow on the CPU (4.8 ms against 2.3 ms at 4096 x 4096).
 // Every decoded code is an exact float, so the sum differs from the dequantized reference only by f32 rounding of the
 // sums (and the one rounding of the scale product): ~1e-6 relative.
+//
+// Words are read as 16 bytes (4 Q4 / MXFP4 words, 32 values) at a time, broadcast to both halves of a vector and spread
+// one word per vector with an in-lane shuffle: no round trip through integer registers.
 //
 // Tokens: up to four input rows share each decoded vector (the decode costs as much as the FMAs); a single input row
 // uses four accumulators (FMA latency), several use two each. The token count is a generic struct parameter so each
@@ -173,22 +178,35 @@ internal sealed unsafe class Mxfp4Rows(Mxfp4Matrix m) : QuantRows(m)
     private static float HalfScale(uint s) => BitConverter.UInt32BitsToSingle(s >= 2 ? (s - 1) << 23 : 0x00200000u << (int)s);
 }
 
-/// <summary>How a layout's codes decode: 8 consecutive values of a row as floats (before the segment's scale), or one.</summary>
+/// <summary>How a layout's codes decode: 32 or 8 consecutive values of a row as floats (before the segment's scale), or one.</summary>
 internal unsafe interface ICodes
 {
-    /// <summary>Whether segments carry a zero point (Q4 asym): <see cref="Eight"/> and <see cref="One"/> then add 8 - z.</summary>
+    /// <summary>Whether segments carry a zero point (Q4 asym): the decoders then add 8 - z.</summary>
     static abstract bool HasZeros { get; }
 
-    /// <summary>Values c .. c + 7 of the row at <paramref name="row"/> (c a multiple of 8).</summary>
+    /// <summary>Values c .. c + 31 of the row at <paramref name="row"/> (c a multiple of 32), 8 per vector.</summary>
+    static abstract void Unit(byte* row, int c, Vector256<int> zeroOffset, out Vector256<float> v0, out Vector256<float> v1, out Vector256<float> v2, out Vector256<float> v3);
+
+    /// <summary>Values c .. c + 7 (c a multiple of 8).</summary>
     static abstract Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset);
 
-    /// <summary>Value c of the row.</summary>
+    /// <summary>Value c.</summary>
     static abstract float One(byte* row, int c, int zeroOffset);
 }
 
 internal readonly unsafe struct Q8Codes : ICodes
 {
     public static bool HasZeros => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Unit(byte* row, int c, Vector256<int> zeroOffset, out Vector256<float> v0, out Vector256<float> v1, out Vector256<float> v2, out Vector256<float> v3)
+    {
+        byte* p = row + c;
+        v0 = Vector256.ConvertToSingle(CodeBits.SignExtend8(p));
+        v1 = Vector256.ConvertToSingle(CodeBits.SignExtend8(p + 8));
+        v2 = Vector256.ConvertToSingle(CodeBits.SignExtend8(p + 16));
+        v3 = Vector256.ConvertToSingle(CodeBits.SignExtend8(p + 24));
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) => Vector256.ConvertToSingle(CodeBits.SignExtend8(row + c));
@@ -199,6 +217,15 @@ internal readonly unsafe struct Q8Codes : ICodes
 internal readonly unsafe struct Fp8Codes : ICodes
 {
     public static bool HasZeros => false;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Unit(byte* row, int c, Vector256<int> zeroOffset, out Vector256<float> v0, out Vector256<float> v1, out Vector256<float> v2, out Vector256<float> v3)
+    {
+        v0 = Eight(row, c, zeroOffset);
+        v1 = Eight(row, c + 8, zeroOffset);
+        v2 = Eight(row, c + 16, zeroOffset);
+        v3 = Eight(row, c + 24, zeroOffset);
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset)
@@ -217,8 +244,18 @@ internal readonly unsafe struct Q4Codes : ICodes
     public static bool HasZeros => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Unit(byte* row, int c, Vector256<int> zeroOffset, out Vector256<float> v0, out Vector256<float> v1, out Vector256<float> v2, out Vector256<float> v3)
+    {
+        CodeBits.Words4(row + (c >> 1), 0x88888888u, out var w0, out var w1, out var w2, out var w3);
+        v0 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w0));
+        v1 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w1));
+        v2 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w2));
+        v3 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w3));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) =>
-        Vector256.ConvertToSingle(CodeBits.NibblesMinus8(*(uint*)(row + (c >> 1))));
+        Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(Vector256.Create(*(uint*)(row + (c >> 1)) ^ 0x88888888u)));
 
     public static float One(byte* row, int c, int zeroOffset) => (int)((*(uint*)(row + ((c >> 3) << 2)) >> (4 * (c & 7))) & 0xF) - 8;
 }
@@ -228,8 +265,18 @@ internal readonly unsafe struct Q4AsymCodes : ICodes
     public static bool HasZeros => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Unit(byte* row, int c, Vector256<int> zeroOffset, out Vector256<float> v0, out Vector256<float> v1, out Vector256<float> v2, out Vector256<float> v3)
+    {
+        CodeBits.Words4(row + (c >> 1), 0x88888888u, out var w0, out var w1, out var w2, out var w3);
+        v0 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w0) + zeroOffset);
+        v1 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w1) + zeroOffset);
+        v2 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w2) + zeroOffset);
+        v3 = Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(w3) + zeroOffset);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) =>
-        Vector256.ConvertToSingle(CodeBits.NibblesMinus8(*(uint*)(row + (c >> 1))) + zeroOffset);
+        Vector256.ConvertToSingle(CodeBits.SignedTopNibbles(Vector256.Create(*(uint*)(row + (c >> 1)) ^ 0x88888888u)) + zeroOffset);
 
     public static float One(byte* row, int c, int zeroOffset) => Q4Codes.One(row, c, 0) + zeroOffset;
 }
@@ -239,17 +286,45 @@ internal readonly unsafe struct Mxfp4Codes : ICodes
     public static bool HasZeros => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset)
+    public static void Unit(byte* row, int c, Vector256<int> zeroOffset, out Vector256<float> v0, out Vector256<float> v1, out Vector256<float> v2, out Vector256<float> v3)
     {
-        var top = CodeBits.NibblesToTop(*(uint*)(row + (c >> 1))).AsInt32();
-        var bits = Vector256.ShiftRightArithmetic(top, 6) & Vector256.Create(unchecked((int)0x81C00000));
-        return bits.AsSingle() * Vector256.Create(CodeBits.TwoPow127);
+        CodeBits.Words4(row + (c >> 1), 0u, out var w0, out var w1, out var w2, out var w3);
+        v0 = Code2(w0);
+        v1 = Code2(w1);
+        v2 = Code2(w2);
+        v3 = Code2(w3);
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Eight(byte* row, int c, Vector256<int> zeroOffset) => Code2(Vector256.Create(*(uint*)(row + (c >> 1))));
 
     public static float One(byte* row, int c, int zeroOffset)
     {
-        int top = (int)(*(uint*)(row + ((c >> 3) << 2)) << (28 - 4 * (c & 7)));
-        return BitConverter.Int32BitsToSingle((top >> 6) & unchecked((int)0x81C00000)) * CodeBits.TwoPow127;
+        uint nibble = (*(uint*)(row + ((c >> 3) << 2)) >> (4 * (c & 7))) & 0xF;
+        float magnitude = (nibble & 7) switch
+        {
+            0 => 0f,
+            1 => 1f,
+            2 => 2f,
+            3 => 3f,
+            4 => 4f,
+            5 => 6f,
+            6 => 8f,
+            7 => 12f,
+            _ => throw new System.Diagnostics.UnreachableException(),
+        };
+        return (nibble & 8) != 0 ? -magnitude : magnitude;
+    }
+
+    /// <summary>2 * e2m1 of the 8 nibbles of a broadcast word (header).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Code2(Vector256<uint> word)
+    {
+        var top = CodeBits.NibblesToTop(word);
+        var magnitude = Vector256.ShiftRightLogical(top, 28); // the sign bit (bit 3) is ignored by the 8-entry lookup
+        var table = Vector256.Create(0f, 1, 2, 3, 4, 6, 8, 12);
+        var v = Avx2.IsSupported ? Avx2.PermuteVar8x32(table, magnitude.AsInt32()) : Vector256.Shuffle(table, (magnitude & Vector256.Create(7u)).AsInt32());
+        return v | (top & Vector256.Create(0x80000000u)).AsSingle();
     }
 }
 
@@ -258,9 +333,6 @@ internal static unsafe class CodeBits
 {
     /// <summary>2^120 (the literal rounds to it exactly).</summary>
     public const float TwoPow120 = 1.329227995784916E+36f;
-
-    /// <summary>2^127.</summary>
-    public const float TwoPow127 = 1.7014118346046923E+38f;
 
     /// <summary>8 int8 values at p, sign-extended.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -272,20 +344,43 @@ internal static unsafe class CodeBits
         return Vector256.Create(Vector128.WidenLower(s16), Vector128.WidenUpper(s16));
     }
 
-    /// <summary>Lane i: the word shifted left by 28 - 4i (nibble i at the top, the nibbles below it under it).</summary>
+    /// <summary>
+    /// The 4 words (16 bytes) at p, each XOR-ed with <paramref name="flip"/> and broadcast to all 8 lanes: one 16-byte load
+    /// into both halves (vbroadcasti128) and an in-lane shuffle (vpshufd) per word, no round trip through integer registers.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<uint> NibblesToTop(uint word)
+    public static void Words4(byte* p, uint flip, out Vector256<uint> w0, out Vector256<uint> w1, out Vector256<uint> w2, out Vector256<uint> w3)
     {
-        // Lane i shifts by 28 - 4i; without a variable shift (ARM64's portable path) the same as a multiply by 2^(28 - 4i).
-        var w = Vector256.Create(word);
+        if (Avx2.IsSupported)
+        {
+            var u = (Avx2.BroadcastVector128ToVector256((uint*)p) ^ Vector256.Create(flip)).AsInt32();
+            w0 = Avx2.Shuffle(u, 0x00).AsUInt32();
+            w1 = Avx2.Shuffle(u, 0x55).AsUInt32();
+            w2 = Avx2.Shuffle(u, 0xAA).AsUInt32();
+            w3 = Avx2.Shuffle(u, 0xFF).AsUInt32();
+            return;
+        }
+
+        uint* q = (uint*)p;
+        w0 = Vector256.Create(q[0] ^ flip);
+        w1 = Vector256.Create(q[1] ^ flip);
+        w2 = Vector256.Create(q[2] ^ flip);
+        w3 = Vector256.Create(q[3] ^ flip);
+    }
+
+    /// <summary>Lane i: the broadcast word shifted left by 28 - 4i (nibble i at the top, the nibbles below it under it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<uint> NibblesToTop(Vector256<uint> w)
+    {
+        // Without a variable shift (ARM64's portable path) the same as a multiply by 2^(28 - 4i), exact modulo 2^32.
         return Avx2.IsSupported
             ? Avx2.ShiftLeftLogicalVariable(w, Vector256.Create(28u, 24, 20, 16, 12, 8, 4, 0))
             : w * Vector256.Create(1u << 28, 1 << 24, 1 << 20, 1 << 16, 1 << 12, 1 << 8, 1 << 4, 1);
     }
 
-    /// <summary>Lane i: q_i - 8 for the 8 nibbles of a Q4 word (the signed value of q ^ 8).</summary>
+    /// <summary>Lane i: nibble i of the broadcast word as a signed 4-bit value (q - 8 when the word was XOR-ed with 0x88888888).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> NibblesMinus8(uint word) => Vector256.ShiftRightArithmetic(NibblesToTop(word ^ 0x88888888u).AsInt32(), 28);
+    public static Vector256<int> SignedTopNibbles(Vector256<uint> w) => Vector256.ShiftRightArithmetic(NibblesToTop(w).AsInt32(), 28);
 }
 
 /// <summary>Input rows per decoded vector: a compile-time count (1..4) for <see cref="QuantRowDot"/>.</summary>
@@ -319,7 +414,7 @@ internal static unsafe class QuantRowDot
 {
     /// <summary>
     /// y[j * yStride] (+)= sum_s scales[s] * sum_{c in segment s} code(c) * x[j * xStride + c] for j &lt; tokens; segments
-    /// of <paramref name="segment"/> values (a multiple of 8 except the last), zeros[s] the zero points where TCodes has them.
+    /// of <paramref name="segment"/> values (a multiple of 16, or all of Cols), zeros[s] the zero points where TCodes has them.
     /// </summary>
     public static void Row<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
         where TCodes : ICodes
@@ -352,22 +447,20 @@ internal static unsafe class QuantRowDot
         int nt = TN.N;
         float* x0 = x, x1 = x + (nt > 1 ? xStride : 0), x2 = x + (nt > 2 ? 2L * xStride : 0), x3 = x + (nt > 3 ? 3L * xStride : 0);
         Vector256<float> r0 = default, r1 = default, r2 = default, r3 = default;
-        float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-        for (int c0 = 0, s = 0; c0 < cols; c0 += segment, s++)
+        // Segments are multiples of 16 wide except a last (or only) one: all values below `full` go through the vectors,
+        // the < 8 after it (Q8 / FP8 rows of any Cols) through Tail, all inside the last segment.
+        int full = cols & ~7;
+        for (int c0 = 0, s = 0; c0 < full; c0 += segment, s++)
         {
-            int c1 = Math.Min(cols, c0 + segment);
-            int zo = TCodes.HasZeros ? 8 - zeros[s] : 0;
-            var zv = Vector256.Create(zo);
+            int c1 = Math.Min(full, c0 + segment);
+            var zv = Vector256.Create(TCodes.HasZeros ? 8 - zeros[s] : 0);
             // Token j's partial sums: a (j = 0; four when alone), b, d, e.
             Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
             Vector256<float> b0 = default, b1 = default, d0 = default, d1 = default, e0 = default, e1 = default;
             int c = c0;
             for (; c + 32 <= c1; c += 32)
             {
-                var v0 = TCodes.Eight(row, c, zv);
-                var v1 = TCodes.Eight(row, c + 8, zv);
-                var v2 = TCodes.Eight(row, c + 16, zv);
-                var v3 = TCodes.Eight(row, c + 24, zv);
+                TCodes.Unit(row, c, zv, out var v0, out var v1, out var v2, out var v3);
                 if (nt == 1)
                 {
                     a0 = Vector256.FusedMultiplyAdd(v0, Vector256.Load(x0 + c), a0);
@@ -410,7 +503,7 @@ internal static unsafe class QuantRowDot
                 }
             }
 
-            for (; c + 8 <= c1; c += 8)
+            for (; c < c1; c += 8)
             {
                 var v = TCodes.Eight(row, c, zv);
                 a0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x0 + c), a0);
@@ -422,8 +515,7 @@ internal static unsafe class QuantRowDot
                     e0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x3 + c), e0);
             }
 
-            float sc = scales[s];
-            var sv = Vector256.Create(sc);
+            var sv = Vector256.Create(scales[s]);
             r0 = Vector256.FusedMultiplyAdd(nt == 1 ? (a0 + a1) + (a2 + a3) : a0 + a1, sv, r0);
             if (nt > 1)
                 r1 = Vector256.FusedMultiplyAdd(b0 + b1, sv, r1);
@@ -431,37 +523,49 @@ internal static unsafe class QuantRowDot
                 r2 = Vector256.FusedMultiplyAdd(d0 + d1, sv, r2);
             if (nt > 3)
                 r3 = Vector256.FusedMultiplyAdd(e0 + e1, sv, r3);
-
-            // The values past the last multiple of 8 (Q8 / FP8 rows of any Cols).
-            if (c < c1)
-            {
-                float u0 = 0, u1 = 0, u2 = 0, u3 = 0;
-                for (; c < c1; c++)
-                {
-                    float w = TCodes.One(row, c, zo);
-                    u0 += w * x0[c];
-                    if (nt > 1)
-                        u1 += w * x1[c];
-                    if (nt > 2)
-                        u2 += w * x2[c];
-                    if (nt > 3)
-                        u3 += w * x3[c];
-                }
-
-                t0 += u0 * sc;
-                t1 += u1 * sc;
-                t2 += u2 * sc;
-                t3 += u3 * sc;
-            }
         }
 
-        Put(y, Vector256.Sum(r0) + t0, accumulate);
+        // The row sums are reduced before Tail's call: a vector live across a call is spilled, and the JIT would spill
+        // the accumulators inside the segment loop (a store and a reload on every segment's dependency chain).
+        float y0 = Vector256.Sum(r0), y1 = nt > 1 ? Vector256.Sum(r1) : 0, y2 = nt > 2 ? Vector256.Sum(r2) : 0, y3 = nt > 3 ? Vector256.Sum(r3) : 0;
+        if (full < cols)
+        {
+            int s = (cols - 1) / segment;
+            var t = Tail<TCodes>(row, full, cols, TCodes.HasZeros ? 8 - zeros[s] : 0, x, xStride, nt) * scales[s];
+            y0 += t.GetElement(0);
+            y1 += t.GetElement(1);
+            y2 += t.GetElement(2);
+            y3 += t.GetElement(3);
+        }
+
+        Put(y, y0, accumulate);
         if (nt > 1)
-            Put(y + yStride, Vector256.Sum(r1) + t1, accumulate);
+            Put(y + yStride, y1, accumulate);
         if (nt > 2)
-            Put(y + 2L * yStride, Vector256.Sum(r2) + t2, accumulate);
+            Put(y + 2L * yStride, y2, accumulate);
         if (nt > 3)
-            Put(y + 3L * yStride, Vector256.Sum(r3) + t3, accumulate);
+            Put(y + 3L * yStride, y3, accumulate);
+    }
+
+    /// <summary>Token j's sum over columns from .. cols - 1 (fewer than 8) in element j, unscaled; out of the hot loop's way.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static Vector128<float> Tail<TCodes>(byte* row, int from, int cols, int zeroOffset, float* x, int xStride, int tokens)
+        where TCodes : ICodes
+    {
+        var u = stackalloc float[4];
+        for (int j = 0; j < 4; j++)
+        {
+            float sum = 0;
+            if (j < tokens)
+            {
+                for (int c = from; c < cols; c++)
+                    sum += TCodes.One(row, c, zeroOffset) * x[(long)j * xStride + c];
+            }
+
+            u[j] = sum;
+        }
+
+        return Vector128.Load(u);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
