@@ -38,8 +38,9 @@
 // decoding on 16 values per instruction (Q4: two words per vector, one vpermd each), for segments and rows of whole
 // 32-value units (everything but Q8 / FP8 rows whose Cols is no multiple of 32 and FP8 blocks of 16, which take the
 // 8-lane path). Single-threaded at 4096 x 4096 and one input row on this machine's Zen 5 it reads 1.3x (Q4) to 1.5x
-// (Q8, FP8) the packed bytes per second of the 8-lane path. DOTNET_PreferredVectorBitWidth=256 turns it off (the
-// tests run both ways).
+// (Q8, FP8) the packed bytes per second of the 8-lane path. DOTNET_PreferredVectorBitWidth=256 turns it off: run the
+// tests that way too on an AVX-512 machine (and with DOTNET_EnableAVX2=0 for the portable path), as a plain run takes
+// the 8-lane path only for the shapes the 16-lane one leaves.
 
 // Tokens: up to four input rows share each decoded vector (the decode costs as much as the FMAs); a single input row
 // uses four accumulators (FMA latency), several use two each. The token count is a generic struct parameter so each
