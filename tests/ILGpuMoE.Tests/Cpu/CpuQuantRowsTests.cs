@@ -3,9 +3,8 @@
 // dequantization of the same packed arrays (RefQuant / RefMxfp4), within 1e-5 of sum |w x| (+ |y| when accumulating).
 // Shapes: Cols odd multiples of the group (96, 160, 192 = 3 x 64, 384 = 3 x 128) and, for the byte layouts, not a
 // multiple of 8 (the scalar tail) or of 32 (the 8-lane path where AVX-512 takes whole 32-value units); 1, 3 and 5
-// input rows (the 1-row path, the 3-row path, a 4-row block plus 1); the
-// whole matrix and a row window starting past 0 whose length is not a multiple of 4; y poisoned with NaN or holding
-// values to add to. Weights are spread over powers of two by group and row, so a scale read from the wrong group,
+// input rows (the 1-row path, the 3-row path, a 4-row block plus 1); the whole matrix and a row window starting past 0
+// whose length is not a multiple of 4; y poisoned with NaN or holding values to add to. Weights are spread over powers of two by group and row, so a scale read from the wrong group,
 // row or block is far off, and FP8 sees its subnormal codes. On an AVX-512 machine the 8-lane and portable decoders
 // run for all shapes only with DOTNET_PreferredVectorBitWidth=256 or DOTNET_EnableAVX2=0 set (CpuQuantRows.cs header).
 using System.Runtime.InteropServices;
