@@ -42,6 +42,9 @@
 // tests that way too on an AVX-512 machine (and with DOTNET_EnableAVX2=0 for the portable path), as a plain run takes
 // the 8-lane path only for the shapes the 16-lane one leaves.
 
+// Every method on the path is JIT'd fully optimized at its first call (AggressiveOptimization, as the other CPU kernels):
+// no tier-0 pass over the first tokens.
+//
 // Tokens: up to four input rows share each decoded vector (the decode costs as much as the FMAs); a single input row
 // uses four accumulators (FMA latency), several use two each. The token count is a generic struct parameter so each
 // count compiles to straight code (no per-token loop). Variable shifts are AVX2's vpsllvd; elsewhere (ARM64) the same
@@ -95,6 +98,7 @@ internal abstract unsafe class QuantRows(QuantizedMatrix host) : CpuMatrix(host.
 
 internal sealed unsafe class Q8Rows(Q8Matrix m) : QuantRows(m)
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -113,6 +117,7 @@ internal sealed unsafe class Q8Rows(Q8Matrix m) : QuantRows(m)
 
 internal sealed unsafe class Q4Rows(Q4Matrix m) : QuantRows(m)
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -142,6 +147,7 @@ internal sealed unsafe class Q4Rows(Q4Matrix m) : QuantRows(m)
 
 internal sealed unsafe class Fp8Rows(Fp8Matrix m) : QuantRows(m)
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -164,6 +170,7 @@ internal sealed unsafe class Fp8Rows(Fp8Matrix m) : QuantRows(m)
 
 internal sealed unsafe class Mxfp4Rows(Mxfp4Matrix m) : QuantRows(m)
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
@@ -535,6 +542,7 @@ internal static unsafe class QuantRowDot
     /// y[j * yStride] (+)= sum_s scales[s] * sum_{c in segment s} code(c) * x[j * xStride + c] for j &lt; tokens; segments
     /// of <paramref name="segment"/> values (a multiple of 16, or all of Cols), zeros[s] the zero points where TCodes has them.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Row<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
         where TCodes : ICodes
     {
@@ -572,6 +580,7 @@ internal static unsafe class QuantRowDot
     /// </summary>
     public static bool Wide => Vector512.IsHardwareAccelerated && Avx512F.IsSupported && Avx512BW.IsSupported;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RowWide<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
         where TCodes : ICodes
     {
@@ -601,6 +610,7 @@ internal static unsafe class QuantRowDot
     /// own: with the several-row loop in the same body the JIT stopped inlining the decoders and kept every accumulator
     /// on the stack (2.8 ms instead of 1 ms at 4096 x 4096).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void OneTokenWide<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, float* y, bool accumulate)
         where TCodes : ICodes
     {
@@ -636,6 +646,7 @@ internal static unsafe class QuantRowDot
 
     /// <summary><see cref="Tokens{TCodes, TN}"/> on 16 lanes for 2 to 4 input rows: 32-value units as two vectors, two
     /// accumulators per input row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TokensWide<TCodes, TN>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, float* y, int yStride, bool accumulate)
         where TCodes : ICodes
         where TN : ITokenCount
@@ -685,6 +696,7 @@ internal static unsafe class QuantRowDot
             Put(y + 3L * yStride, Vector512.Sum(r3), accumulate);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tokens<TCodes, TN>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, int xStride, float* y, int yStride, bool accumulate)
         where TCodes : ICodes
         where TN : ITokenCount
