@@ -69,12 +69,22 @@ public static class CpuQuantRows
         return m.Scheme switch
         {
             QuantScheme.Q8 => new Q8Rows((Q8Matrix)m),
-            QuantScheme.Q4 => new Q4Rows((Q4Matrix)m),
-            QuantScheme.Fp8 => new Fp8Rows((Fp8Matrix)m),
+            QuantScheme.Q4 => new Q4Rows(Checked((Q4Matrix)m)),
+            QuantScheme.Fp8 => new Fp8Rows(Checked((Fp8Matrix)m)),
             QuantScheme.Mxfp4 => new Mxfp4Rows((Mxfp4Matrix)m),
             _ => throw new System.Diagnostics.UnreachableException($"CpuQuantRows: scheme {m.Scheme}"),
         };
     }
+
+    // The layout rules the readers rely on (QuantLayout.Check's; the host builders keep them): a Q4 group is whole 32-value
+    // units, an FP8 block is whole 16-byte units or the whole row, so no 8-value step crosses a scale.
+    private static Q4Matrix Checked(Q4Matrix q) => q.GroupSize >= 32 && q.GroupSize % 32 == 0 && q.Cols % q.GroupSize == 0
+        ? q
+        : throw new ArgumentException($"CpuQuantRows: Q4 group size {q.GroupSize} must be a multiple of 32 dividing Cols = {q.Cols}");
+
+    private static Fp8Matrix Checked(Fp8Matrix f) => f.BlockN >= 1 && (f.BlockK % 16 == 0 || f.BlockK >= f.Cols) && f.BlockK >= 1 && f.Rows % f.MatrixRows == 0
+        ? f
+        : throw new ArgumentException($"CpuQuantRows: FP8 scale block [{f.BlockN}, {f.BlockK}] of [{f.Rows}, {f.Cols}] ({f.MatrixRows} rows a matrix) breaks the layout");
 }
 
 /// <summary>What every quantized reader shares: the host matrix, its type name and input permutation, a scale scratch.</summary>
