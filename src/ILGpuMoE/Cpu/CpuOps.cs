@@ -60,9 +60,8 @@ internal sealed unsafe class CpuOps(CpuThreads threads) : IForwardOps
         ? Rows(d)
         : _matrices.GetValue(w, key => Packed(((LinearWeight)key).Quant!.Host));
 
-    // Packed weights: the quantized readers (CpuQuantRows.cs) are not in yet.
-    private static CpuMatrix Packed(ILGpuMoE.Quant.QuantizedMatrix m) =>
-        throw new NotSupportedException($"the CPU backend does not read {m.TypeName} weights yet; run --device cpu-emulator");
+    // Packed weights: read in place by the quantized readers (CpuQuantRows.cs).
+    private static CpuMatrix Packed(ILGpuMoE.Quant.QuantizedMatrix m) => CpuQuantRows.Of(m);
 
     // Norm weights, biases, sinks: F32 copies, pinned (their addresses are handed to the kernels).
     private float* Vector(DeviceTensor w)
