@@ -90,7 +90,8 @@ public unsafe class CpuExpertsTests
         var bu = p.Bu is null ? null : MoeTestData.Stack(p.Bu);
         var b2 = p.B2 is null ? null : MoeTestData.Stack(p.B2);
         var ids = (int[])p.Routing.ExpertIds.Clone();
-        var weights = (float[])p.Routing.Weights.Clone();
+        // A dropped pair's weight is 0 from the router; NaN here, so that a kernel that read it (or its row) fails.
+        var weights = p.Routing.Weights.Select((w, i) => ids[i] < 0 ? float.NaN : w).ToArray();
         fixed (float* px = p.X, pw = weights, po = output, pr = residual, pbg = bg, pbu = bu, pb2 = b2)
         fixed (int* pi = ids)
         {
