@@ -294,4 +294,34 @@ public unsafe class CpuGatingTests
         Assert.Throws<ArgumentException>(() => Run(RouterSpec.Mixtral(8, 0), logits, 1), "K = 0");
         Assert.Throws<ArgumentException>(() => Run(new RouterSpec((RouterKind)9, 8, 2), logits, 1), "unknown kind");
     }
+
+    /// <summary>
+    /// Specs the oracle refuses (and the GPU launcher with it) are refused, not routed into something: Switch with K = 2
+    /// or a capacity factor of 0, shared slots on Switch / NoisyTopK, DeepSeek groups that do not divide E, more kept
+    /// groups than groups, K above the kept groups' experts.
+    /// </summary>
+    [Test]
+    public void RefusesSpecsTheOracleRefuses()
+    {
+        const int t = 2, experts = 8;
+        var specs = new[]
+        {
+            new RouterSpec(RouterKind.Switch, experts, 2),
+            RouterSpec.Switch(experts, 0),
+            RouterSpec.Switch(experts, 1.0).WithSharedSlots(1),
+            RouterSpec.NoisyTopK(experts, 2, 1).WithSharedSlots(1),
+            RouterSpec.DeepSeekV3(experts, 2, 3, 1),
+            RouterSpec.DeepSeekV3(experts, 2, 4, 5),
+            RouterSpec.DeepSeekV3(experts, 5, 4, 2),
+            RouterSpec.DeepSeekV3(experts, 2, 0, 1),
+        };
+        foreach (var spec in specs)
+        {
+            var logits = GatingTests.SeparatedLogits(1200, t, spec.LogitsPerToken);
+            var noise = Data.Gaussian(1201, t * experts);
+            var bias = Data.Uniform(1202, experts, 0.1f);
+            Assert.Throws<ArgumentException>(() => Want(spec, logits, t, noise, bias), $"oracle: {spec}");
+            Assert.Throws<ArgumentException>(() => Run(spec, logits, t, noise, bias), $"cpu/gating: {spec}");
+        }
+    }
 }
