@@ -295,6 +295,25 @@ public unsafe class CpuAttentionTests
         StillPoisoned(cache, "cache after refused appends");
     }
 
+    /// <summary>Queries past the cache (pos0 + T &gt; maxSeq) or before it would read other heads' rows or past the buffer: refused.</summary>
+    [Test]
+    public void AttentionRefusesPositionsOutsideTheCache([Values] bool threeWorkers)
+    {
+        const int heads = 4, kvHeads = 2, headDim = 16, maxSeq = 40;
+        var q = Data.Gaussian(1400, 8L * heads * headDim);
+        var cache = Data.Gaussian(1401, (long)kvHeads * maxSeq * headDim);
+        foreach (var (t, pos0) in new[] { (8, 33), (1, 40), (1, -1) })
+        {
+            var o = Nan((long)t * heads * headDim);
+            Assert.That(() =>
+            {
+                fixed (float* pq = q, pc = cache, po = o)
+                    CpuKernels.Attention(threeWorkers ? Three : One, pq, pc, pc, po, t, heads, kvHeads, headDim, maxSeq, pos0, 0, null, 0.25f);
+            }, Throws.InstanceOf<ArgumentOutOfRangeException>(), $"T={t} pos0={pos0}");
+            StillPoisoned(o, $"output of the refused T={t} pos0={pos0}");
+        }
+    }
+
     [Test]
     public void AttentionRefusesHeadsNotAMultipleOfKvHeads()
     {
