@@ -176,21 +176,25 @@ public unsafe class CpuMlaTests
         Check.BitEqual(one, Run(Three), "3 workers vs 1");
     }
 
+    /// <summary>A position outside the cache is refused with the same exception whatever the worker count (the wide
+    /// shape's tasks run in a Parallel.For with three workers), before any output is written.</summary>
     [Test]
-    public void LatentAttentionRefusesPositionsOutsideTheCache()
+    public void LatentAttentionRefusesPositionsOutsideTheCache([Values] bool wide, [Values] bool threeWorkers)
     {
-        var s = Shape(false);
-        const int maxSeq = 6;
+        var s = Shape(wide);
+        const int maxSeq = 12;
         var cache = Cache(80, s, maxSeq, maxSeq);
-        var qAbs = Data.Gaussian(81, (long)s.Heads * s.Row);
-        var oLat = Nan((long)s.Heads * s.Rank);
-        int[] positions = [maxSeq];
-        Assert.Throws<ArgumentOutOfRangeException>(() =>
+        int[] positions = [7, 8, 9, maxSeq, 10];
+        int t = positions.Length;
+        var qAbs = Data.Gaussian(81, (long)t * s.Heads * s.Row);
+        var oLat = Nan((long)t * s.Heads * s.Rank);
+        Assert.That(() =>
         {
             fixed (float* pq = qAbs, pc = cache, po = oLat)
             fixed (int* pp = positions)
-                CpuMla.Attention(One, pq, pc, pp, po, 1, s.Heads, Cpu(s), maxSeq, Scale(s));
-        });
+                CpuMla.Attention(threeWorkers ? Three : One, pq, pc, pp, po, t, s.Heads, Cpu(s), maxSeq, Scale(s));
+        }, Throws.InstanceOf<ArgumentOutOfRangeException>());
+        StillPoisoned(oLat, "output of the refused call");
     }
 
     // ---- the chain -----------------------------------------------------------------------------------------------
