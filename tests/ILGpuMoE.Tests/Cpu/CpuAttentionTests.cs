@@ -180,6 +180,7 @@ public unsafe class CpuAttentionTests
         new TestCaseData(1, 6, 2, 20, 9, 0, false, 0f).SetName("GQA decode at 9"),
         new TestCaseData(6, 6, 2, 20, 7, 3, false, 0f).SetName("sliding window 3"),
         new TestCaseData(1, 6, 2, 12, 11, 4, false, 0f).SetName("decode in a sliding window 4"),
+        new TestCaseData(5, 6, 2, 12, 1, 4, false, 0f).SetName("window 4 wider than the first positions"),
         new TestCaseData(3, 6, 2, 20, 4, 0, true, 0.37f).SetName("gpt-oss sinks with scale 0.37"),
         new TestCaseData(4, 6, 6, 9, 10, 4, true, 0f).SetName("MHA, Dh 9, window 4 and sinks"),
         new TestCaseData(6, 6, 2, 20, 40, 0, false, 0f).SetName("long prefill split over workers"),
@@ -276,6 +277,41 @@ public unsafe class CpuAttentionTests
             var b = without.AsSpan(h * headDim, headDim).ToArray();
             Assert.That(a, Is.Not.EqualTo(b), $"head {h}");
         }
+    }
+
+    /// <summary>gpt-oss' sinks at -inf take no mass: the output has the bits of the same call without sinks.</summary>
+    [Test]
+    public void MinusInfinitySinksGiveTheNoSinkBits()
+    {
+        const int t = 3, heads = 4, kvHeads = 2, headDim = 12, pos0 = 2, maxSeq = 6;
+        var k = Data.Gaussian(1150, (long)kvHeads * maxSeq * headDim);
+        var v = Data.Uniform(1151, (long)kvHeads * maxSeq * headDim);
+        var q = Data.Gaussian(1152, (long)t * heads * headDim);
+        var sinks = Enumerable.Repeat(float.NegativeInfinity, heads).ToArray();
+        var with = Nan(t * heads * headDim);
+        var without = Nan(t * heads * headDim);
+        fixed (float* pq = q, pk = k, pv = v, pw = with, pn = without, ps = sinks)
+        {
+            CpuKernels.Attention(One, pq, pk, pv, pw, t, heads, kvHeads, headDim, maxSeq, pos0, 3, ps, 0.3f);
+            CpuKernels.Attention(One, pq, pk, pv, pn, t, heads, kvHeads, headDim, maxSeq, pos0, 3, null, 0.3f);
+        }
+
+        Check.Close(RefOps.GeneralAttention(q, Interleave(k, kvHeads, maxSeq, headDim), Interleave(v, kvHeads, maxSeq, headDim),
+            Enumerable.Range(pos0, t).ToArray(), t, maxSeq, heads, kvHeads, headDim, headDim, 0.3f, 3, ReadOnlySpan<float>.Empty), without, Rtol, 2e-6, "no sinks");
+        Check.BitEqual(without, with, "-inf sinks vs none");
+    }
+
+    /// <summary>A cache image [Hkv, S, Dh] as the oracle's [S, Hkv, Dh].</summary>
+    private static float[] Interleave(float[] cache, int kvHeads, int s, int headDim)
+    {
+        var o = new float[cache.Length];
+        for (int h = 0; h < kvHeads; h++)
+        {
+            for (int j = 0; j < s; j++)
+                cache.AsSpan((h * s + j) * headDim, headDim).CopyTo(o.AsSpan((j * kvHeads + h) * headDim));
+        }
+
+        return o;
     }
 
     [Test]

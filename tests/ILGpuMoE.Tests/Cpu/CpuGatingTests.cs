@@ -282,6 +282,13 @@ public unsafe class CpuGatingTests
         AssertMatches(Want(spec, logits, 1, bias: bias), got, $"{spec}");
     }
 
+    [Test]
+    public void ZeroTokensRouteNothing()
+    {
+        foreach (var spec in new[] { RouterSpec.Switch(4, 1.0), RouterSpec.Mixtral(4, 2) })
+            Assert.That(Run(spec, [], 0).Dropped, Is.Zero, $"{spec}");
+    }
+
     // ---- bad input -----------------------------------------------------------------------------------------------
 
     [Test]
