@@ -2,11 +2,11 @@
 // values the reader holds, cpu/rmsnorm against RefOps.RmsNorm, cpu/bias-clip against RefOps.BiasClip, cpu/embedding
 // against RefOps.Embedding, cpu/gather against its definition xp[t, c] = x[t, perm[c]].
 //
-// Shapes are odd on purpose: In = 1, 7, 33, 100 leave every remainder of the 8- and 16-float loops; T = 1, 3, 4, 6 hit
-// the four-token block, its remainder and both together; Out = 37 and 517 cut into uneven row blocks. Each parallel
-// kernel runs under one worker and under three; the kernels promise the same bits (one task owns each output and sums
-// it in a fixed order), so the two results are compared bit for bit, and the three-worker shapes are big enough that
-// CpuThreads really splits them (above CpuThreads.InlineWork).
+// Shapes are odd on purpose: In = 1, 7, 12, 33, 45, 100 leave every kind of remainder of the 8- and 16-float loops;
+// T = 1, 3, 4, 6 hit the four-token block, its remainder and both together; Out = 37 and 517 cut into uneven row blocks.
+// Each parallel kernel runs under one worker and under three; the kernels promise the same bits (one task owns each
+// output and sums it in a fixed order), so the two results are compared bit for bit, and the three-worker shapes are big
+// enough that CpuThreads really splits them (above CpuThreads.InlineWork).
 using ILGpuMoE.Cpu;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Tests.Common;
@@ -20,7 +20,8 @@ public unsafe class CpuKernelsTests
 
     // ---- cpu/matmul ----------------------------------------------------------------------------------------------
 
-    private static readonly int[] Ins = [1, 7, 33, 100];
+    // 12 and 45 leave 8..15 floats after the 16-float steps (the single-token F32 loop's extra 8-float step; BF16's scalar tail of 8+).
+    private static readonly int[] Ins = [1, 7, 12, 33, 45, 100];
     private static readonly int[] Outs = [1, 5, 37];
     private static readonly int[] Ts = [1, 3, 4, 6];
 
