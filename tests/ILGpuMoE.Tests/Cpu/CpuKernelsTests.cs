@@ -3,7 +3,7 @@
 // against RefOps.Embedding, cpu/gather against its definition xp[t, c] = x[t, perm[c]].
 //
 // Shapes are odd on purpose: In = 1, 7, 12, 33, 45, 100 leave every kind of remainder of the 8- and 16-float loops;
-// T = 1, 3, 4, 6 hit the four-token block, its remainder and both together; Out = 37 and 517 cut into uneven row blocks.
+// T = 1, 3, 4, 6, 9 hit the four-token tile, its remainder and both together; Out = 37, 517, 530 cut into uneven blocks.
 // Each parallel kernel runs under one worker and under three; the kernels promise the same bits (one task owns each
 // output and sums it in a fixed order), so the two results are compared bit for bit, and the three-worker shapes are big
 // enough that CpuThreads really splits them (above CpuThreads.InlineWork).
@@ -23,7 +23,7 @@ public unsafe class CpuKernelsTests
     // 12 and 45 leave 8..15 floats after the 16-float steps (the single-token F32 loop's extra 8-float step; BF16's scalar tail of 8+).
     private static readonly int[] Ins = [1, 7, 12, 33, 45, 100];
     private static readonly int[] Outs = [1, 5, 37];
-    private static readonly int[] Ts = [1, 3, 4, 6];
+    private static readonly int[] Ts = [1, 3, 4, 6, 9];
 
     /// <summary>y [T, Out] (+)= x W^T with a NaN guard after y that must stay NaN; y0 null: y starts NaN.</summary>
     private static float[] MatMul(CpuThreads threads, CpuMatrix w, float[] x, int t, int outDim, float[]? y0)
