@@ -20,7 +20,7 @@ public unsafe class CpuKernelsTests
 
     // ---- cpu/matmul ----------------------------------------------------------------------------------------------
 
-    // 12 and 45 leave 8..15 floats after the 16-float steps (the single-token F32 loop's extra 8-float step; BF16's scalar tail of 8+).
+    // 12 and 45 leave 8..15 floats after the 16-float steps (the single-token F32 loop's extra 8-float step).
     private static readonly int[] Ins = [1, 7, 12, 33, 45, 100];
     private static readonly int[] Outs = [1, 5, 37];
     private static readonly int[] Ts = [1, 3, 4, 6, 9];
