@@ -6,11 +6,13 @@
 // The kernel writes output = residual + MoE(x), so the expectation is RefOps.Add(residual, oracle). Routings (Kernels/Moe/
 // MoeTestData.Routing): random, every token to the same experts, experts with no token, ids of -1 (Switch's drops, token
 // 0 entirely), one token (decode), and routings from RefMoe.Route with shared slots (experts E..E+m-1 stacked after the
-// routed ones: Qwen2's gated shared expert, DeepSeek's ungated one). Weights F32, BF16, F16; output NaN before the call,
-// or the residual itself (in place). One and three workers give the same bits; the largest case is big enough that
+// routed ones: Qwen2's gated shared expert, DeepSeek's ungated one). Weights F32, BF16, F16, and GPTQ act-order int4
+// (CpuQuantRows; each expert's input gathered through its own permutation); output NaN before the call, or the residual
+// itself (in place). One and three workers give the same bits; the largest case is big enough that
 // every step of the block is split over the three.
 using ILGpuMoE.Cpu;
 using ILGpuMoE.Kernels.Moe.Gating;
+using ILGpuMoE.Quant;
 using ILGpuMoE.Reference;
 using ILGpuMoE.Tests.Common;
 using ILGpuMoE.Tests.Kernels.Moe;
@@ -212,6 +214,63 @@ public unsafe class CpuExpertsTests
         Run(Three, scratch, big, rb, ExpertAct.SiLU, false);
         Check.BitEqual(fresh, Run(Three, scratch, small, rs, ExpertAct.SiLU, false), "small block after a big one");
         Check.Close(Want(small, rs, ExpertAct.SiLU), fresh, 1e-5, 1e-5, "small block");
+    }
+
+    /// <summary>
+    /// GPTQ act-order experts (int4 codes stored in group order, each expert its own permutation, w3 sharing w1's as the
+    /// loader arranges; down F32): the block gathers each token's input through its expert's permutation (step 2) before
+    /// up and gate. Against RefMoe.MoeBlock on the oracle's dequantization (RefQuant.DequantGptq, input column order).
+    /// </summary>
+    [Test]
+    public void ActOrderExpertsGatherThroughTheirPermutations()
+    {
+        const int t = 6, k = 2, experts = 4, d = 64, f = 16, g = 32;
+        var rng = new Random(800);
+        var routing = MoeTestData.Routing(800, t, k, experts, RoutingShape.Random);
+        var q1 = new QuantizedMatrix[experts];
+        var q3 = new QuantizedMatrix[experts];
+        var v1 = new float[experts][];
+        var v3 = new float[experts][];
+        for (int e = 0; e < experts; e++)
+        {
+            var gIdx = Enumerable.Range(0, d).Select(c => c % (d / g)).ToArray();
+            rng.Shuffle(gIdx);
+            (q1[e], v1[e]) = Gptq(rng, gIdx, d, f, g);
+            (q3[e], v3[e]) = Gptq(rng, gIdx, d, f, g);
+            Assert.That(q3[e].InputPermutation, Is.EqualTo(q1[e].InputPermutation), "w3 shares w1's permutation");
+        }
+
+        var w1 = CpuQuantRows.Of(QuantizedMatrix.Stack(q1));
+        var w3 = CpuQuantRows.Of(QuantizedMatrix.Stack(q3));
+        var perm = w1.InputPermutation;
+        Assert.That(perm, Is.Not.Null.And.Length.EqualTo(experts * d), "stacked [E, D] permutation");
+        Assert.That(Enumerable.Range(1, experts - 1).Any(e => !perm!.AsSpan(e * d, d).SequenceEqual(perm.AsSpan(0, d))), "the experts' permutations differ");
+
+        var p = Problem.Make(801, routing, experts, d, f, ExpertAct.SiLU);
+        var (w2, v2) = Dense(DenseType.F32, MoeTestData.Stack(p.W2), experts * d, f);
+        var r = new Readers(w1, w3, w2, v1, v3, v2.Chunk(d * f).ToArray());
+        var want = Want(p, r, ExpertAct.SiLU);
+        var scratch = new CpuExpertScratch();
+        var one = Run(One, scratch, p, r, ExpertAct.SiLU, inPlace: false);
+        Check.Close(want, one, 1e-5, 1e-5 * want.Max(Math.Abs), "act-order experts");
+        Check.BitEqual(one, Run(Three, scratch, p, r, ExpertAct.SiLU, inPlace: false), "3 workers vs 1");
+    }
+
+    /// <summary>A GPTQ int4 matrix [outDim, inDim] with random codes, zeros and F16 scales at gIdx, and the oracle's dequantization.</summary>
+    private static (QuantizedMatrix M, float[] Values) Gptq(Random rng, int[] gIdx, int inDim, int outDim, int g)
+    {
+        int groups = inDim / g;
+        var qweight = new int[inDim / 8 * outDim];
+        for (int i = 0; i < qweight.Length; i++)
+            qweight[i] = rng.Next(int.MinValue, int.MaxValue);
+        var qzeros = new int[groups * (outDim / 8)];
+        for (int i = 0; i < qzeros.Length; i++)
+            qzeros[i] = rng.Next(int.MinValue, int.MaxValue);
+        var scales = new ushort[groups * outDim];
+        for (int i = 0; i < scales.Length; i++)
+            scales[i] = BitConverter.HalfToUInt16Bits((Half)((rng.NextDouble() + 0.1) * 0.02));
+        return (CheckpointRepack.FromGptq(qweight, qzeros, scales, gIdx, inDim, outDim, g),
+            RefQuant.DequantGptq(qweight, qzeros, scales, gIdx, inDim, outDim, g));
     }
 
     [Test]
