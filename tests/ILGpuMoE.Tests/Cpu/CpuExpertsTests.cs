@@ -8,8 +8,8 @@
 // 0 entirely), one token (decode), and routings from RefMoe.Route with shared slots (experts E..E+m-1 stacked after the
 // routed ones: Qwen2's gated shared expert, DeepSeek's ungated one). Weights F32, BF16, F16, and GPTQ act-order int4
 // (CpuQuantRows; each expert's input gathered through its own permutation); output NaN before the call, or the residual
-// itself (in place). One and three workers give the same bits; the largest case is big enough that
-// every step of the block is split over the three.
+// itself (in place). One and three workers give the same bits; the largest case is big enough that every step of the
+// block is split over the three.
 using ILGpuMoE.Cpu;
 using ILGpuMoE.Kernels.Moe.Gating;
 using ILGpuMoE.Quant;
