@@ -330,9 +330,10 @@ public static unsafe class CpuKernels
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int Gating(RouterSpec spec, float* logits, float* noise, float* bias, int* ids, float* weights, int t)
     {
+        // The spec checks of the GPU launcher (and the oracle): a Switch with K > 1, DeepSeek groups that do not divide
+        // E or keep fewer than K experts, shared slots on Switch / NoisyTopK would otherwise route into something.
+        GatingKernel.ValidateSpec(spec);
         int experts = spec.Experts, k = spec.TopK, stride = spec.LogitsPerToken, slots = spec.SlotsPerToken;
-        if (experts < 1 || k < 1 || k > experts)
-            throw new ArgumentException($"cpu/gating: top-{k} of {experts} experts");
         if (spec.Kind == RouterKind.NoisyTopK && noise == null)
             throw new ArgumentException("cpu/gating: NoisyTopK needs its noise logits");
         if (spec.Kind == RouterKind.DeepSeekV3 && bias == null)

@@ -64,11 +64,16 @@ public static unsafe class CpuMla
     {
         if (t == 0)
             return;
+        // Checked before the loop: a throw inside a worker would surface as an AggregateException after other tasks wrote.
+        for (int i = 0; i < t; i++)
+        {
+            if ((uint)positions[i] >= (uint)maxSeq)
+                throw new ArgumentOutOfRangeException(nameof(positions), $"cpu/mla: position {positions[i]} outside the cache of {maxSeq}");
+        }
+
         threads.For(t * heads, (long)(positions[t - 1] + 1) * m.Row * 2, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
         {
             int pos = positions[task / heads];
-            if ((uint)pos >= (uint)maxSeq)
-                throw new ArgumentOutOfRangeException(nameof(positions), $"cpu/mla: position {pos} outside the cache of {maxSeq}");
             int n = pos + 1;
             var s = new float[n];
             var qs = new ReadOnlySpan<float>(qAbs + (long)task * m.Row, m.Row);
