@@ -108,7 +108,8 @@ public static unsafe class CpuExperts
 
             // 3. Up and gate, then the activation, per (expert, block of F rows).
             var upTasks = Tasks(st, experts, f, threads);
-            threads.For(upTasks.Count, (long)d * 2 * Math.Max(1, kept / Math.Max(1, upTasks.Count)), [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
+            // A task's work: its share of the pass's 2 * kept * F * D multiply-adds (the inline test must see the whole pass).
+            threads.For(upTasks.Count, 2L * kept * f * d / Math.Max(1, upTasks.Count), [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
             {
                 var (e, r0, r1) = upTasks[task];
                 int n = st[e + 1] - st[e];
@@ -126,7 +127,7 @@ public static unsafe class CpuExperts
             // 4. Down per (expert, block of D rows), with the down bias.
             var downTasks = Tasks(st, experts, d, threads);
             var downBias = glu.DownBias;
-            threads.For(downTasks.Count, (long)f * Math.Max(1, kept / Math.Max(1, downTasks.Count)), [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
+            threads.For(downTasks.Count, (long)kept * f * d / Math.Max(1, downTasks.Count), [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
             {
                 var (e, r0, r1) = downTasks[task];
                 int n = st[e + 1] - st[e];

@@ -18,9 +18,11 @@
 //                       vector live, so each k step does 16 FMAs for 8 loads instead of RowDot's 4 for 5; compute-bound
 //                       steps run at about twice RowDot's rate. 21 vector registers: fits x64 with AVX-512's 32 (the
 //                       JIT's EVEX encoding); on 16-register machines the JIT spills a few accumulators to L1.
-// One summation order for every path: per (row, token) one vector accumulator over steps of 8 columns, its lanes summed,
-// then the scalar tail. Which path a row takes depends on where its block starts (so on the thread count), which is why
-// the paths must agree bit for bit: they do, so the logits are the same for any thread count.
+// One summation order for every path of a step of 4+ tokens: per (row, token) one vector accumulator over steps of 8
+// columns, its lanes summed, then the scalar tail. Which path a row takes there depends on where its block starts (so
+// on the thread count), which is why Tile4x4 and RowDot must agree bit for bit: they do. Steps of 1-3 tokens (decode)
+// never tile, so RowDot runs four accumulators there (the latency of one FMA chain would cap a core's stream).
+// Either way the logits are the same for any thread count.
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -426,6 +428,22 @@ internal static unsafe class RowDot
             float* x0 = x + (long)j * xStride;
             Vector256<float> a0 = default;
             int c = 0;
+            if (tokens < 4)
+            {
+                // Decode (fewer than 4 tokens: no tile shares this order): four independent FMA chains, so the loop runs
+                // at the load rate, not at one FMA latency per 8 floats.
+                Vector256<float> a1 = default, a2 = default, a3 = default;
+                for (; c + 32 <= n; c += 32)
+                {
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c), Vector256.Load(x0 + c), a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 8), Vector256.Load(x0 + c + 8), a1);
+                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 16), Vector256.Load(x0 + c + 16), a2);
+                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 24), Vector256.Load(x0 + c + 24), a3);
+                }
+
+                a0 = (a0 + a1) + (a2 + a3);
+            }
+
             for (; c + 8 <= n; c += 8)
                 a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c), Vector256.Load(x0 + c), a0);
             float s = Vector256.Sum(a0);
@@ -486,6 +504,23 @@ internal static unsafe class RowDot
             float* x0 = x + (long)j * xStride;
             Vector256<float> a0 = default;
             int c = 0;
+            if (tokens < 4)
+            {
+                // Decode: four independent FMA chains (see F32).
+                Vector256<float> a1 = default, a2 = default, a3 = default;
+                for (; c + 32 <= n; c += 32)
+                {
+                    var (l0, h0) = Widen(Vector256.Load(w + c));
+                    var (l1, h1) = Widen(Vector256.Load(w + c + 16));
+                    a0 = Vector256.FusedMultiplyAdd(l0, Vector256.Load(x0 + c), a0);
+                    a1 = Vector256.FusedMultiplyAdd(h0, Vector256.Load(x0 + c + 8), a1);
+                    a2 = Vector256.FusedMultiplyAdd(l1, Vector256.Load(x0 + c + 16), a2);
+                    a3 = Vector256.FusedMultiplyAdd(h1, Vector256.Load(x0 + c + 24), a3);
+                }
+
+                a0 = (a0 + a1) + (a2 + a3);
+            }
+
             for (; c + 16 <= n; c += 16)
             {
                 var (lo, hi) = Widen(Vector256.Load(w + c));
