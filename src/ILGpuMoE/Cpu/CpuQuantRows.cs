@@ -50,6 +50,7 @@
 // count compiles to straight code (no per-token loop). Variable shifts are AVX2's vpsllvd; elsewhere (ARM64) the same
 // shift is a multiply by 2^count, exact modulo 2^32. No integer dot product: x stays f32 (quantizing x to int8 per
 // block, as llama.cpp's Q8_0 x Q4_0 does, would change the numerics).
+using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -97,12 +98,50 @@ internal abstract unsafe class QuantRows(QuantizedMatrix host) : CpuMatrix(host.
 
     public override int[]? InputPermutation => host.InputPermutation;
 
+    [ThreadStatic]
+    private static float[]? tile;
+
     /// <summary>The calling thread's float scratch of at least <paramref name="n"/> entries (one row's scales).</summary>
     protected static float[] Scratch(int n)
     {
         if (scratch is null || scratch.Length < n)
             scratch = new float[Math.Max(n, 64)];
         return scratch;
+    }
+
+    /// <summary>Steps of at least this many tokens decode each row once and run the F32 tiles (see <see cref="DotTiled"/>).</summary>
+    public const int TileTokens = 8;
+
+    /// <summary>Row n decoded exactly (code x scale, rounded to F32) into dst [Cols].</summary>
+    protected abstract void DecodeRow(int n, float* dst);
+
+    /// <summary>
+    /// Prefill form (tokens &gt;= <see cref="TileTokens"/>): four rows at a time decoded once into the thread's scratch
+    /// (4 x Cols floats, L1/L2-resident: a transient tile, not a copy of the weights) and multiplied by Tile4x4 against
+    /// every token, so the decode cost is shared by all the step's tokens instead of by four; the leftover rows through
+    /// RowDot.F32 in the same summation order (CpuMatrix.cs).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    protected void DotTiled(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    {
+        if (tile is null || tile.Length < 4 * Cols)
+            tile = GC.AllocateUninitializedArray<float>(4 * Cols, pinned: true);
+        fixed (float* b = tile)
+        {
+            int r = 0;
+            for (; r + 4 <= count; r += 4)
+            {
+                for (int i = 0; i < 4; i++)
+                    DecodeRow(row0 + r + i, b + (long)i * Cols);
+                Tiles.Rows4<F32Load, float>(b, Cols, x, xStride, tokens, y + r, yStride, accumulate);
+            }
+
+            for (; r < count; r++)
+            {
+                DecodeRow(row0 + r, b);
+                RowDot.F32(b, Cols, x, xStride, tokens, y + r, yStride, accumulate);
+            }
+        }
     }
 }
 
@@ -112,6 +151,12 @@ internal sealed unsafe class Q8Rows(Q8Matrix m) : QuantRows(m)
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
+        if (tokens >= TileTokens)
+        {
+            DotTiled(row0, count, x, xStride, tokens, y, yStride, accumulate);
+            return;
+        }
+
         long rowBytes = (long)m.RowWords * 4;
         fixed (uint* words = m.Words)
         fixed (float* scales = m.Scales)
@@ -123,14 +168,26 @@ internal sealed unsafe class Q8Rows(Q8Matrix m) : QuantRows(m)
             }
         }
     }
-}
 
+    protected override void DecodeRow(int n, float* dst)
+    {
+        fixed (uint* words = m.Words)
+        fixed (float* scales = m.Scales)
+            QuantRowDot.Decode<Q8Codes>((byte*)words + n * (long)m.RowWords * 4, Cols, Cols, scales + n, null, dst);
+    }
+}
 internal sealed unsafe class Q4Rows(Q4Matrix m) : QuantRows(m)
 {
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
+        if (tokens >= TileTokens)
+        {
+            DotTiled(row0, count, x, xStride, tokens, y, yStride, accumulate);
+            return;
+        }
+
         int g = m.GroupSize, groups = Cols / g;
         long rowBytes = (long)m.RowWords * 4;
         bool asym = m.Zeros.Length > 0;
@@ -153,14 +210,36 @@ internal sealed unsafe class Q4Rows(Q4Matrix m) : QuantRows(m)
             }
         }
     }
-}
 
+    protected override void DecodeRow(int n, float* dst)
+    {
+        int g = m.GroupSize, groups = Cols / g;
+        float* sf = stackalloc float[groups];
+        fixed (uint* words = m.Words)
+        fixed (ushort* scales = m.Scales)
+        fixed (byte* zeros = m.Zeros)
+        {
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>((Half*)scales + (long)n * groups, groups), new Span<float>(sf, groups));
+            byte* row = (byte*)words + n * (long)m.RowWords * 4;
+            if (m.Zeros.Length > 0)
+                QuantRowDot.Decode<Q4AsymCodes>(row, Cols, g, sf, zeros + (long)n * groups, dst);
+            else
+                QuantRowDot.Decode<Q4Codes>(row, Cols, g, sf, null, dst);
+        }
+    }
+}
 internal sealed unsafe class Fp8Rows(Fp8Matrix m) : QuantRows(m)
 {
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
+        if (tokens >= TileTokens)
+        {
+            DotTiled(row0, count, x, xStride, tokens, y, yStride, accumulate);
+            return;
+        }
+
         long rowBytes = (long)m.RowWords * 4;
         int scaleRows = (m.MatrixRows + m.BlockN - 1) / m.BlockN, scaleCols = (Cols + m.BlockK - 1) / m.BlockK;
         // BlockK >= Cols (per tensor) is one segment of Cols values.
@@ -176,14 +255,29 @@ internal sealed unsafe class Fp8Rows(Fp8Matrix m) : QuantRows(m)
             }
         }
     }
-}
 
+    protected override void DecodeRow(int n, float* dst)
+    {
+        int scaleRows = (m.MatrixRows + m.BlockN - 1) / m.BlockN, scaleCols = (Cols + m.BlockK - 1) / m.BlockK;
+        int e = n / m.MatrixRows, nr = n - e * m.MatrixRows;
+        fixed (uint* words = m.Words)
+        fixed (float* scales = m.Scales)
+            QuantRowDot.Decode<Fp8Codes>((byte*)words + n * (long)m.RowWords * 4, Cols, Math.Min(m.BlockK, Cols),
+                scales + ((long)e * scaleRows + nr / m.BlockN) * scaleCols, null, dst);
+    }
+}
 internal sealed unsafe class Mxfp4Rows(Mxfp4Matrix m) : QuantRows(m)
 {
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal override void Dot(int row0, int count, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
     {
         CheckRows(row0, count);
+        if (tokens >= TileTokens)
+        {
+            DotTiled(row0, count, x, xStride, tokens, y, yStride, accumulate);
+            return;
+        }
+
         int groups = Cols / Mxfp4.BlockValues;
         long rowBytes = (long)m.RowWords * 4;
         var s = Scratch(groups);
@@ -199,6 +293,19 @@ internal sealed unsafe class Mxfp4Rows(Mxfp4Matrix m) : QuantRows(m)
                     sf[g] = Mxfp4.HalfScale(rowScales[g]); // 2^(s - 128): the codes carry the other factor 2
                 QuantRowDot.Row<Mxfp4Codes>((byte*)words + n * rowBytes, Cols, Mxfp4.BlockValues, sf, null, x, xStride, tokens, y + r, yStride, accumulate);
             }
+        }
+    }
+
+    protected override void DecodeRow(int n, float* dst)
+    {
+        int groups = Cols / Mxfp4.BlockValues;
+        float* sf = stackalloc float[groups];
+        fixed (uint* words = m.Words)
+        fixed (byte* scales = m.Scales)
+        {
+            for (int g = 0; g < groups; g++)
+                sf[g] = Mxfp4.HalfScale(scales[(long)n * groups + g]);
+            QuantRowDot.Decode<Mxfp4Codes>((byte*)words + n * (long)m.RowWords * 4, Cols, Mxfp4.BlockValues, sf, null, dst);
         }
     }
 }
@@ -548,6 +655,29 @@ internal readonly struct FourTokens : ITokenCount
 /// <summary>One packed row against the input rows (see the header).</summary>
 internal static unsafe class QuantRowDot
 {
+    /// <summary>dst[c] = scales[s] * code(c) for a row of segments of <paramref name="segment"/> values (the exact values
+    /// the dot products use, rounded to F32 once): DotTiled's decode.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Decode<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* dst)
+        where TCodes : ICodes
+    {
+        int full = cols & ~7;
+        for (int c0 = 0, s = 0; c0 < full; c0 += segment, s++)
+        {
+            int c1 = Math.Min(full, c0 + segment);
+            var zv = Vector256.Create(TCodes.HasZeros ? 8 - zeros[s] : 0);
+            var sv = Vector256.Create(scales[s]);
+            for (int c = c0; c < c1; c += 8)
+                (TCodes.Eight(row, c, zv) * sv).Store(dst + c);
+        }
+
+        for (int c = full; c < cols; c++)
+        {
+            int s = c / segment;
+            dst[c] = TCodes.One(row, c, TCodes.HasZeros ? 8 - zeros[s] : 0) * scales[s];
+        }
+    }
+
     /// <summary>
     /// y[j * yStride] (+)= sum_s scales[s] * sum_{c in segment s} code(c) * x[j * xStride + c] for j &lt; tokens; segments
     /// of <paramref name="segment"/> values (a multiple of 16, or all of Cols), zeros[s] the zero points where TCodes has them.
@@ -624,6 +754,12 @@ internal static unsafe class QuantRowDot
     private static void OneTokenWide<TCodes>(byte* row, int cols, int segment, float* scales, byte* zeros, float* x, float* y, bool accumulate)
         where TCodes : ICodes
     {
+        if (segment < 128 && BitOperations.IsPow2(segment))
+        {
+            OneTokenWideSmallGroups<TCodes>(row, cols, BitOperations.Log2((uint)segment) - 5, scales, zeros, x, y, accumulate);
+            return;
+        }
+
         Vector512<float> r = default;
         for (int c0 = 0, s = 0; c0 < cols; c0 += segment, s++)
         {
@@ -652,6 +788,43 @@ internal static unsafe class QuantRowDot
         }
 
         Put(y, Vector512.Sum(r), accumulate);
+    }
+
+    /// <summary>
+    /// One input row on 16 lanes for segments of 32 or 64 values (int4 g32 / g64, MXFP4): each 32-value unit is scaled
+    /// by its segment's scale as it is decoded, so the four accumulators run across segments. Summing a segment and then
+    /// scaling it (the general path) chains one FMA per 32 values through the row's total, whose latency capped a core
+    /// at ~4 GB/s of g32 codes; this costs two multiplies per unit instead. unitShift: log2(segment / 32).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void OneTokenWideSmallGroups<TCodes>(byte* row, int cols, int unitShift, float* scales, byte* zeros, float* x, float* y, bool accumulate)
+        where TCodes : ICodes
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 64 <= cols; c += 64)
+        {
+            int s0 = (c >> 5) >> unitShift, s1 = ((c >> 5) + 1) >> unitShift;
+            TCodes.Unit512(row, c, Vector512.Create(TCodes.HasZeros ? 8 - zeros[s0] : 0), out var v0, out var v1);
+            TCodes.Unit512(row, c + 32, Vector512.Create(TCodes.HasZeros ? 8 - zeros[s1] : 0), out var v2, out var v3);
+            var k0 = Vector512.Create(scales[s0]);
+            var k1 = Vector512.Create(scales[s1]);
+            a0 = Vector512.FusedMultiplyAdd(v0 * k0, Vector512.Load(x + c), a0);
+            a1 = Vector512.FusedMultiplyAdd(v1 * k0, Vector512.Load(x + c + 16), a1);
+            a2 = Vector512.FusedMultiplyAdd(v2 * k1, Vector512.Load(x + c + 32), a2);
+            a3 = Vector512.FusedMultiplyAdd(v3 * k1, Vector512.Load(x + c + 48), a3);
+        }
+
+        if (c < cols)
+        {
+            int s0 = (c >> 5) >> unitShift;
+            TCodes.Unit512(row, c, Vector512.Create(TCodes.HasZeros ? 8 - zeros[s0] : 0), out var v0, out var v1);
+            var k0 = Vector512.Create(scales[s0]);
+            a0 = Vector512.FusedMultiplyAdd(v0 * k0, Vector512.Load(x + c), a0);
+            a1 = Vector512.FusedMultiplyAdd(v1 * k0, Vector512.Load(x + c + 16), a1);
+        }
+
+        Put(y, Vector512.Sum((a0 + a1) + (a2 + a3)), accumulate);
     }
 
     /// <summary><see cref="Tokens{TCodes, TN}"/> on 16 lanes for 2 to 4 input rows: 32-value units as two vectors, two

@@ -52,7 +52,8 @@ public class CpuQuantRowsTests
         Assert.That((reader.Rows, reader.Cols, reader.TypeName, reader.InputPermutation), Is.EqualTo((rows, cols, m.TypeName, (int[]?)null)));
         int window0 = 3, windowCount = rows - 6; // 31 of 37, 294 of 300: not a multiple of 4
         Assert.That(windowCount % 4, Is.Not.Zero);
-        foreach (int tokens in new[] { 1, 3, 5 })
+        // 9 and 13: the prefill form (QuantRows.TileTokens and up: rows decoded once, F32 tiles), with 1 and 5 tokens left.
+        foreach (int tokens in new[] { 1, 3, 5, 9, 13 })
         {
             foreach (bool accumulate in new[] { false, true })
             {
@@ -77,7 +78,7 @@ public class CpuQuantRowsTests
         // Expert 1's rows n .. 2n-1 are rows 0 .. n-1 of its own matrix: compare through a shifted oracle.
         var w = new float[(long)experts * n * cols];
         w1.CopyTo(w, (long)n * cols);
-        foreach (int tokens in new[] { 1, 5 })
+        foreach (int tokens in new[] { 1, 5, 9 })
         {
             foreach (bool accumulate in new[] { false, true })
             {
@@ -151,7 +152,7 @@ public class CpuQuantRowsTests
         }
 
         var reader = CpuQuantRows.Of(m);
-        foreach (int tokens in new[] { 1, 4 })
+        foreach (int tokens in new[] { 1, 4, 8 })
             Compare(reader, Oracle(m), cols, 0, rows, tokens, accumulate: false, $"{scheme} every code");
         if (!fp8)
             return;
