@@ -52,7 +52,9 @@ public sealed class BenchDevice : IDisposable
     /// <summary>Last-level cache the rotation must beat: the GPU's L2, or 8 MiB for the CPU accelerator.</summary>
     public long CacheBytes => Accelerator is CudaAccelerator cuda && cuda.L2CacheSize > 0 ? cuda.L2CacheSize : 8L << 20;
 
-    public string Description => Devices.Describe(Accelerator.Device);
+    public string Description => Choice == DeviceChoice.Cpu
+        ? $"CPU backend ({ILGpuMoE.Cpu.CpuThreads.DefaultCount} threads, {ILGpuMoE.Cpu.CpuFeatures.Describe()}) | host memory {Devices.HostMemory() / (1024.0 * 1024 * 1024):F1} GiB"
+        : Devices.Describe(Accelerator.Device);
 
     /// <summary>Opens the chosen device with profiling enabled (markers are needed on the GPU).</summary>
     public static BenchDevice Open(DeviceChoice choice)
