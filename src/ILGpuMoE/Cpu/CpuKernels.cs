@@ -9,9 +9,10 @@
 //   cpu/rope         rotate-half or interleaved pairs at each token's position, YaRN's frequencies and factor; with
 //                    Qwen3's per-head RMSNorm first. Angles in double (Math.SinCos), rounded once to float.
 //   cpu/kv-append    k, v [T, Hkv, Dh] into the cache [Hkv, S, Dh] at rows pos0..pos0+T-1.
-//   cpu/attention    per (token, head): scores over the visible keys (causal, sliding window), softmax in float with
-//                    the max subtracted (and gpt-oss's sink logit in max and denominator), then the weighted sum of V
-//                    rows. Two passes over a row of scores (no online rescaling: S floats of scratch per worker).
+//   cpu/attention    per (token, kv head), for its G query heads at once: scores over the visible keys (causal, sliding
+//                    window), each K row read once for the G heads; softmax in float with the max subtracted (and
+//                    gpt-oss's sink logit in max and denominator); then the weighted sum of V rows, each read once for the
+//                    G heads. Two passes over the scores (no online rescaling: G x S floats of scratch per worker).
 //   cpu/gating       every router mode of moe/gating (RouterSpec) with its selection order: descending score, ties to
 //                    the lower id; Switch's capacity drops in token order.
 //   cpu/experts      the MoE block: pairs (token, slot) sorted by expert (counting sort, token order kept), each

@@ -206,30 +206,31 @@ public sealed class MoeModel : IDisposable
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         options ??= new();
+        if (options.Kernels == KernelPolicy.Cpu && accelerator.AcceleratorType != AcceleratorType.CPU)
+            throw new RuntimeInputException($"the CPU backend (KernelPolicy.Cpu) keeps its weights in host memory: it needs ILGPU's CPU accelerator, not {accelerator.AcceleratorType}");
+        if (options.Threads is { } n && (n < 1 || n > 4096))
+            throw new RuntimeInputException($"--threads must be in [1, 4096], got {n}");
         var (config, checkpoint, plan, source) = Open(directory, options, keep: true);
-        // The CPU backend reads float tensors in place from the memory map: the model then owns the open checkpoint.
+        // The CPU backend reads float tensors in place from the memory map: the model then owns the open checkpoint (and
+        // disposes it with itself, also when the load fails below).
         bool mapped = options.Kernels == KernelPolicy.Cpu;
-        using (mapped ? null : checkpoint)
+        MoeModel? model = null;
+        try
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
-            if (options.Kernels == KernelPolicy.Cpu && accelerator.AcceleratorType != AcceleratorType.CPU)
-                throw new RuntimeInputException($"the CPU backend (KernelPolicy.Cpu) keeps its weights in host memory: it needs ILGPU's CPU accelerator, not {accelerator.AcceleratorType}");
-            if (options.Threads is { } n && (n < 1 || n > 4096))
-                throw new RuntimeInputException($"--threads must be in [1, 4096], got {n}");
-            var model = new MoeModel(accelerator, config, directory, plan, options.Kernels, options.Threads);
-            try
-            {
-                model._checkpoint = mapped ? checkpoint : null;
-                model.Upload(checkpoint!, options.Progress, options.Quant, source, mapped);
-                return model;
-            }
-            catch
-            {
+            model = new MoeModel(accelerator, config, directory, plan, options.Kernels, options.Threads) { _checkpoint = mapped ? checkpoint : null };
+            model.Upload(checkpoint!, options.Progress, options.Quant, source, mapped);
+            if (!mapped)
+                checkpoint!.Dispose();
+            return model;
+        }
+        catch
+        {
+            if (model is not null)
                 model.Dispose();
-                if (mapped)
-                    checkpoint!.Dispose();
-                throw;
-            }
+            if (model is null || !mapped)
+                checkpoint!.Dispose();
+            throw;
         }
     }
 
@@ -630,10 +631,11 @@ public sealed class MoeModel : IDisposable
         if (_disposed)
             return;
         _disposed = true;
+        // The CPU backend's memory map is the model's own, whatever became of the accelerator.
+        _checkpoint?.Dispose();
         if (DeviceGone)
             return;
         Ops.Dispose();
-        _checkpoint?.Dispose();
         foreach (var t in _owned)
             t.Dispose();
         _owned.Clear();
