@@ -77,7 +77,7 @@ on_signal() {
 trap on_signal TERM INT HUP
 
 if [ $dry -eq 1 ]; then
-  device=cpu
+  device=cpu-emulator
   say "DRY RUN on ILGPU's CPU accelerator (tiny preset): the steps and their order, not GPU figures"
 else
   device=cuda

@@ -16,7 +16,7 @@ public class BenchCheckTests
     public void TinyPresetCheckPhase_EveryCaseMatchesTheReference()
     {
         var log = new List<string>();
-        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu", "--check-only", "--tokens", "1,5"]);
+        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu-emulator", "--check-only", "--tokens", "1,5"]);
         var report = BenchCommand.Execute(args, log.Add);
 
         var families = report.Cases.Select(c => c.Family.Split('/')[0]).Distinct().ToList();
@@ -90,6 +90,6 @@ public class BenchCheckTests
         var m = Presets.Get("mixtral-8x7b");
         Assert.That((m.Dim, m.Hidden, m.Experts, m.TopK, m.Heads, m.KvHeads, m.Vocab), Is.EqualTo((4096, 14336, 8, 2, 32, 8, 32000)));
         Assert.That(m.Tokens, Is.EqualTo(new[] { 1, 8, 64, 512, 4096 }));
-        Assert.That(BenchArgs.Parse(["--preset", "tiny"]).Device, Is.EqualTo(DeviceChoice.Cpu), "tiny runs on the CPU accelerator by default");
+        Assert.That(BenchArgs.Parse(["--preset", "tiny"]).Device, Is.EqualTo(DeviceChoice.CpuEmulator), "tiny runs on the CPU accelerator by default");
     }
 }

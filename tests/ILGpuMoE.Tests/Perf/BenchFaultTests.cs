@@ -34,7 +34,7 @@ public class BenchFaultTests
         Environment.SetEnvironmentVariable(FaultInjection.Variable, "moe/gating/v2");
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(new StringWriter()) });
         var err = new StringWriter();
-        int rc = BenchCommand.Run(["--preset", "tiny", "--device", "cpu", "--family", "gating", "--tokens", "1,5", "--no-e2e", "--out", dir], console, err);
+        int rc = BenchCommand.Run(["--preset", "tiny", "--device", "cpu-emulator", "--family", "gating", "--tokens", "1,5", "--no-e2e", "--out", dir], console, err);
 
         Assert.That(rc, Is.EqualTo(1), err.ToString());
         using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "bench.json")));
@@ -79,7 +79,7 @@ public class BenchFaultTests
             RedirectStandardError = true,
             Environment = { [FaultInjection.Variable] = "moe/gating/v2=hang" },
         };
-        foreach (var a in new[] { "bench", "--preset", "tiny", "--device", "cpu", "--family", "gating", "--tokens", "1", "--check-only", "--case-timeout-s", "2", "--out", dir })
+        foreach (var a in new[] { "bench", "--preset", "tiny", "--device", "cpu-emulator", "--family", "gating", "--tokens", "1", "--check-only", "--case-timeout-s", "2", "--out", dir })
             start.ArgumentList.Add(a);
         using var p = Process.Start(start)!;
         var stderr = p.StandardError.ReadToEndAsync();
@@ -104,7 +104,7 @@ public class BenchFaultTests
     public void Report_IsSavedAfterEveryCase()
     {
         var saved = new List<(int Cases, string State)>();
-        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu", "--family", "gating", "--tokens", "1,5", "--check-only"]);
+        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu-emulator", "--family", "gating", "--tokens", "1,5", "--check-only"]);
         var report = BenchCommand.Execute(args, _ => { }, r => saved.Add((r.Cases.Count, r.State)));
 
         Assert.That(report.Cases, Has.Count.EqualTo(4));

@@ -17,7 +17,7 @@ public class DecodeFirstTests
 
     private static List<CaseResult> Run(Func<IBenchCase, bool>? first)
     {
-        using var device = BenchDevice.Open(DeviceChoice.Cpu);
+        using var device = BenchDevice.Open(DeviceChoice.CpuEmulator);
         var log = new List<string>();
         using var run = new BenchRun(device, Presets.Get("tiny"), log.Add);
         SuiteRunner.Run(run, new SuiteOptions
@@ -34,7 +34,7 @@ public class DecodeFirstTests
     /// <summary>The plain sweep's order: the dense family's cases per token count, as enumerated (none run).</summary>
     private static List<string> PlainOrder()
     {
-        using var device = BenchDevice.Open(DeviceChoice.Cpu);
+        using var device = BenchDevice.Open(DeviceChoice.CpuEmulator);
         var ids = new List<string>();
         foreach (int t in Tokens)
         {
@@ -70,7 +70,7 @@ public class DecodeFirstTests
     [Test]
     public void TheOptionUsesTheKernelInfoMarks()
     {
-        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu", "--check-only", "--tokens", "1", "--family", "gating", "--decode-first"]);
+        var args = BenchArgs.Parse(["--preset", "tiny", "--device", "cpu-emulator", "--check-only", "--tokens", "1", "--family", "gating", "--decode-first"]);
         Assert.That(args.DecodeFirst, Is.True);
         Assert.That(BenchArgs.Parse(["--preset", "tiny"]).DecodeFirst, Is.False);
         var marks = ILGpuMoE.Ptx.PtxExporter.FindKernels().Where(k => k.Info.Decode != DecodeUse.None).Select(k => (k.Info.Family, k.Info.Version)).ToHashSet();

@@ -21,7 +21,7 @@ public class DeviceQuantTests
         // K = 40 is not a multiple of 16 (int8/FP8 rows end in a padded unit); int4 needs K a multiple of G = 32.
         int cols = scheme == QuantScheme.Q4 ? 64 : 40;
         var shape = new QuantShape(scheme, Matrices: 3, Rows: 24, Cols: cols, GroupSize: 32, BlockN: 16, BlockK: 32);
-        using var device = BenchDevice.Open(DeviceChoice.Cpu);
+        using var device = BenchDevice.Open(DeviceChoice.CpuEmulator);
         using var w = new DeviceQuantWeights(device, shape);
         device.Stream.Synchronize();
 

@@ -53,7 +53,7 @@ public class FamilyBenchTests
     {
         // Listing builds the cases without touching the device (Setup allocates); nothing here is run.
         var p = Presets.Get(name);
-        using var device = BenchDevice.Open(DeviceChoice.Cpu);
+        using var device = BenchDevice.Open(DeviceChoice.CpuEmulator);
         var quant = p.Tokens.SelectMany(t => new QuantFamily().Cases(p, t, device)).ToList();
         var moe = quant.OfType<QuantMoeBlockCase>().ToList();
         string scheme = p.Family == RefFamily.GptOss ? "mxfp4" : "fp8-block";
@@ -89,7 +89,7 @@ public class FamilyBenchTests
     {
         const int Cols = 96, Rows = 24;
         var shape = new QuantShape(QuantScheme.Mxfp4, Matrices: 3, Rows: Rows, Cols: Cols);
-        using var device = BenchDevice.Open(DeviceChoice.Cpu);
+        using var device = BenchDevice.Open(DeviceChoice.CpuEmulator);
         using var w = new DeviceQuantWeights(device, shape);
         device.Stream.Synchronize();
 
@@ -116,7 +116,7 @@ public class FamilyBenchTests
     {
         // The quantized MoE block (V4 at T = 1, V2 tiled at T = 5) and, at T = 1, decode/experts V2 and V1: MXFP4 experts
         // with gpt-oss's clamped GLU and biases, checked against RefExpertGlu on RefMxfp4's dequantization.
-        using var device = BenchDevice.Open(DeviceChoice.Cpu);
+        using var device = BenchDevice.Open(DeviceChoice.CpuEmulator);
         var cases = new QuantFamily().Cases(SmallGptOss, tokens, device).OfType<QuantMoeBlockCase>()
             .Concat(new DecodeFamily().Cases(SmallGptOss, tokens, device).Where(c => c.DType == "mxfp4" && c is DecodeExpertsCase)).ToList();
         Assert.That(cases, Has.Count.EqualTo(tokens == 1 ? 3 : 1));

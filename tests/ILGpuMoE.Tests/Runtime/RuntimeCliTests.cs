@@ -46,7 +46,7 @@ public class RuntimeCliTests
         // One token per forward step (the decode path) gives the fixture's logits too; --cuda-graph off CUDA is ignored.
         var (tokens, want) = RuntimeTests.Expected();
         string outPath = Path.Combine(_dir, "logits-steps.safetensors");
-        var run = CliRun.Of("logits", "--model", RuntimeTests.FixtureDir, "--tokens", string.Join(",", tokens), "--out", outPath, "--device", "cpu",
+        var run = CliRun.Of("logits", "--model", RuntimeTests.FixtureDir, "--tokens", string.Join(",", tokens), "--out", outPath, "--device", "cpu-emulator",
             "--decode-steps", "--cuda-graph");
         Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
         Assert.That(run.Out, Does.Contain("decode steps: plain").And.Contain("cuda graph: not used"));
@@ -185,7 +185,7 @@ public class RuntimeCliTests
     [Test]
     public void GenerateCommandStreamsTextStatsAndRouting()
     {
-        string[] args = ["generate", "--model", DemoDir, "--prompt", "hello world", "-n", "3", "--temperature", "0.9", "--seed", "42", "--routing-stats", "--device", "cpu"];
+        string[] args = ["generate", "--model", DemoDir, "--prompt", "hello world", "-n", "3", "--temperature", "0.9", "--seed", "42", "--routing-stats", "--device", "cpu-emulator"];
         var a = CliRun.Of(args);
         Assert.That(a.ExitCode, Is.EqualTo(0), a.Err);
         // The text alone on stdout; statistics and the routing table on stderr.
