@@ -274,9 +274,17 @@ public static unsafe class CpuKernels
                     float max = TensorPrimitives.Max(s);
                     float sink = sinks == null ? float.NegativeInfinity : sinks[kvh * group + g];
                     float m = Math.Max(max, sink);
-                    TensorPrimitives.Subtract(s, m, s);
-                    TensorPrimitives.Exp(s, s);
-                    inv[g] = 1f / (TensorPrimitives.Sum(s) + (sinks == null ? 0f : MathF.Exp(sink - m)));
+                    // MathF.Exp per score: TensorPrimitives.Exp (System.Numerics.Tensors 10.0.12) took 6x longer on these
+                    // rows of normal-range scores (a tiny model's prefill attention: 3.1 ms against 0.49 ms).
+                    float sum = 0f;
+                    for (int j = 0; j < n; j++)
+                    {
+                        float e = MathF.Exp(s[j] - m);
+                        s[j] = e;
+                        sum += e;
+                    }
+
+                    inv[g] = 1f / (sum + (sinks == null ? 0f : MathF.Exp(sink - m)));
                     new Span<float>(o0 + (long)g * headDim, headDim).Clear();
                 }
 

@@ -80,9 +80,13 @@ public static unsafe class CpuMla
             for (int j = 0; j < n; j++)
                 s[j] = TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(cache + (long)j * m.Row, m.Row)) * scale;
             float max = TensorPrimitives.Max(s);
-            TensorPrimitives.Subtract(s, max, s);
-            TensorPrimitives.Exp(s, s);
-            float denom = TensorPrimitives.Sum(s);
+            // MathF.Exp per score, not TensorPrimitives.Exp: see cpu/attention (CpuKernels.cs).
+            float denom = 0f;
+            for (int j = 0; j < n; j++)
+            {
+                s[j] = MathF.Exp(s[j] - max);
+                denom += s[j];
+            }
             var o = new Span<float>(oLat + (long)task * m.Rank, m.Rank);
             o.Clear();
             for (int j = 0; j < n; j++)
