@@ -435,7 +435,8 @@ public static unsafe class CpuKernels
 
     private static float Score(RouterSpec spec, float* l, float* noise, float* bias, int token, int e) => spec.Kind switch
     {
-        RouterKind.NoisyTopK => (float)(l[e] + CpuNoise.Normal(spec.NoiseSeed, token, e) * Softplus(noise[e])),
+        // The gating kernel's own counter-based normal (host-callable), so the CPU backend draws the GPU's noise.
+        RouterKind.NoisyTopK => (float)(l[e] + GatingKernels.Normal(spec.NoiseSeed, token, e) * Softplus(noise[e])),
         RouterKind.DeepSeekV3 => Sigmoid(l[e]) + bias[e],
         RouterKind.Mixtral or RouterKind.SoftmaxTopK or RouterKind.Switch => l[e],
         _ => throw new ArgumentException($"cpu/gating: router {spec.Kind} is not known"),
@@ -484,34 +485,5 @@ public static unsafe class CpuKernels
             for (int c = 0; c < inDim; c++)
                 dst[c] = src[perm[c]];
         }
-    }
-}
-
-/// <summary>
-/// NoisyTopK's counter-based standard normal for (seed, token, expert): the same definition as the gating kernel
-/// (splitmix64 counters, Box-Muller in double), written again for the host so the CPU backend draws the same noise.
-/// </summary>
-internal static class CpuNoise
-{
-    private static ulong SplitMix64(ulong z)
-    {
-        unchecked
-        {
-            z += 0x9E3779B97F4A7C15UL;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-            return z ^ (z >> 31);
-        }
-    }
-
-    public static double Normal(ulong seed, int token, int expert)
-    {
-        ulong c = ((ulong)(uint)token << 32) | (uint)expert;
-        ulong a = SplitMix64(seed ^ SplitMix64(c));
-        ulong b = SplitMix64(a);
-        const double twoPowMinus53 = 1.0 / 9007199254740992.0;
-        double u1 = ((a >> 11) + 1) * twoPowMinus53;
-        double u2 = (b >> 11) * twoPowMinus53;
-        return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2);
     }
 }

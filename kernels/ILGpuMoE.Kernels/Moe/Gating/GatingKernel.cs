@@ -139,7 +139,7 @@ public static class GatingKernels
     /// <summary>The counter-based standard normal of NoisyTopK for (seed, token, expert), Box-Muller in double
     /// (the definition in BRIEF.md / RefNoise). DeviceMath, not Math.Log / Math.Cos: ILGPU's f64 versions are CORDIC
     /// routines with ref parameters that put a stack frame in .local memory.</summary>
-    internal static double Normal(ulong seed, int token, int expert)
+    public static double Normal(ulong seed, int token, int expert)
     {
         ulong c = ((ulong)(uint)token << 32) | (uint)expert;
         ulong a = SplitMix64(seed ^ SplitMix64(c));
