@@ -392,8 +392,18 @@ internal static unsafe class Tiles
 internal static unsafe class RowDot
 {
     /// <summary>y[j * yStride] (+)= w . x_j for j &lt; tokens, w F32 of n values.</summary>
+    public static void F32(float* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate) =>
+        Row<F32Load, float>(w, n, x, xStride, tokens, y, yStride, accumulate);
+
+    /// <summary>The same for a BF16 row, widened in registers.</summary>
+    public static void Bf16(ushort* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate) =>
+        Row<Bf16Load, ushort>(w, n, x, xStride, tokens, y, yStride, accumulate);
+
+    /// <summary>One weight row of any type TL reads against the tokens, four at a time (the header's order).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void F32(float* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+    private static void Row<TL, TW>(TW* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
+        where TL : struct, IWeightLoad<TW>
+        where TW : unmanaged
     {
         int j = 0;
         for (; j + 4 <= tokens; j += 4)
@@ -403,7 +413,7 @@ internal static unsafe class RowDot
             int c = 0;
             for (; c + 8 <= n; c += 8)
             {
-                var wv = Vector256.Load(w + c);
+                var wv = TL.Load8(w + c);
                 a0 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x0 + c), a0);
                 a1 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x1 + c), a1);
                 a2 = Vector256.FusedMultiplyAdd(wv, Vector256.Load(x2 + c), a2);
@@ -413,7 +423,7 @@ internal static unsafe class RowDot
             float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
             for (; c < n; c++)
             {
-                float wc = w[c];
+                float wc = TL.Load1(w + c);
                 s0 += wc * x0[c];
                 s1 += wc * x1[c];
                 s2 += wc * x2[c];
@@ -435,119 +445,22 @@ internal static unsafe class RowDot
                 Vector256<float> a1 = default, a2 = default, a3 = default;
                 for (; c + 32 <= n; c += 32)
                 {
-                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c), Vector256.Load(x0 + c), a0);
-                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 8), Vector256.Load(x0 + c + 8), a1);
-                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 16), Vector256.Load(x0 + c + 16), a2);
-                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c + 24), Vector256.Load(x0 + c + 24), a3);
+                    a0 = Vector256.FusedMultiplyAdd(TL.Load8(w + c), Vector256.Load(x0 + c), a0);
+                    a1 = Vector256.FusedMultiplyAdd(TL.Load8(w + c + 8), Vector256.Load(x0 + c + 8), a1);
+                    a2 = Vector256.FusedMultiplyAdd(TL.Load8(w + c + 16), Vector256.Load(x0 + c + 16), a2);
+                    a3 = Vector256.FusedMultiplyAdd(TL.Load8(w + c + 24), Vector256.Load(x0 + c + 24), a3);
                 }
 
                 a0 = (a0 + a1) + (a2 + a3);
             }
 
             for (; c + 8 <= n; c += 8)
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(w + c), Vector256.Load(x0 + c), a0);
+                a0 = Vector256.FusedMultiplyAdd(TL.Load8(w + c), Vector256.Load(x0 + c), a0);
             float s = Vector256.Sum(a0);
             for (; c < n; c++)
-                s += w[c] * x0[c];
+                s += TL.Load1(w + c) * x0[c];
             Store(y + (long)j * yStride, s, accumulate);
         }
-    }
-
-    /// <summary>The same for a BF16 row: 16 values per step, widened in registers.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Bf16(ushort* w, int n, float* x, int xStride, int tokens, float* y, int yStride, bool accumulate)
-    {
-        int j = 0;
-        for (; j + 4 <= tokens; j += 4)
-        {
-            float* x0 = x + (long)j * xStride, x1 = x0 + xStride, x2 = x1 + xStride, x3 = x2 + xStride;
-            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            int c = 0;
-            for (; c + 16 <= n; c += 16)
-            {
-                var (lo, hi) = Widen(Vector256.Load(w + c));
-                a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + c), a0);
-                a1 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x1 + c), a1);
-                a2 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x2 + c), a2);
-                a3 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x3 + c), a3);
-                a0 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + c + 8), a0);
-                a1 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x1 + c + 8), a1);
-                a2 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x2 + c + 8), a2);
-                a3 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x3 + c + 8), a3);
-            }
-
-            if (c + 8 <= n)
-            {
-                var lo = Bf16Load.Load8(w + c);
-                a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + c), a0);
-                a1 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x1 + c), a1);
-                a2 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x2 + c), a2);
-                a3 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x3 + c), a3);
-                c += 8;
-            }
-
-            float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-            for (; c < n; c++)
-            {
-                float wc = BitConverter.Int32BitsToSingle(w[c] << 16);
-                s0 += wc * x0[c];
-                s1 += wc * x1[c];
-                s2 += wc * x2[c];
-                s3 += wc * x3[c];
-            }
-
-            Store4(y + (long)j * yStride, yStride, s0, s1, s2, s3, accumulate);
-        }
-
-        for (; j < tokens; j++)
-        {
-            float* x0 = x + (long)j * xStride;
-            Vector256<float> a0 = default;
-            int c = 0;
-            if (tokens < 4)
-            {
-                // Decode: four independent FMA chains (see F32).
-                Vector256<float> a1 = default, a2 = default, a3 = default;
-                for (; c + 32 <= n; c += 32)
-                {
-                    var (l0, h0) = Widen(Vector256.Load(w + c));
-                    var (l1, h1) = Widen(Vector256.Load(w + c + 16));
-                    a0 = Vector256.FusedMultiplyAdd(l0, Vector256.Load(x0 + c), a0);
-                    a1 = Vector256.FusedMultiplyAdd(h0, Vector256.Load(x0 + c + 8), a1);
-                    a2 = Vector256.FusedMultiplyAdd(l1, Vector256.Load(x0 + c + 16), a2);
-                    a3 = Vector256.FusedMultiplyAdd(h1, Vector256.Load(x0 + c + 24), a3);
-                }
-
-                a0 = (a0 + a1) + (a2 + a3);
-            }
-
-            for (; c + 16 <= n; c += 16)
-            {
-                var (lo, hi) = Widen(Vector256.Load(w + c));
-                a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + c), a0);
-                a0 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + c + 8), a0);
-            }
-
-            if (c + 8 <= n)
-            {
-                a0 = Vector256.FusedMultiplyAdd(Bf16Load.Load8(w + c), Vector256.Load(x0 + c), a0);
-                c += 8;
-            }
-
-            float s = Vector256.Sum(a0);
-            for (; c < n; c++)
-                s += BitConverter.Int32BitsToSingle(w[c] << 16) * x0[c];
-            Store(y + (long)j * yStride, s, accumulate);
-        }
-    }
-
-    /// <summary>16 BF16 values as two float vectors (values 0-7, 8-15).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static (Vector256<float> Lo, Vector256<float> Hi) Widen(Vector256<ushort> v)
-    {
-        var lo = Vector256.ShiftLeft(Vector256.WidenLower(v), 16).AsSingle();
-        var hi = Vector256.ShiftLeft(Vector256.WidenUpper(v), 16).AsSingle();
-        return (lo, hi);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
