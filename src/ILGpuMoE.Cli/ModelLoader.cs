@@ -46,7 +46,7 @@ public sealed class LoadedModel : IDisposable
 
     /// <summary>Checks the folder, opens the device, plans memory and uploads the weights.</summary>
     public static LoadedModel Open(CliIo io, DeviceChoice choice, string modelDir, int? maxSeq, QuantSpec? quant = null, Model.RouterChoice? router = null,
-        KernelPolicy kernels = KernelPolicy.Auto, int? threads = null)
+        KernelPolicy kernels = KernelPolicy.Auto, int? threads = null, QuantSpec? lmHeadQuant = null)
     {
         if (threads is < 1 or > 4096)
             throw new CliUsageException($"--threads must be in [1, 4096], got {threads}");
@@ -61,14 +61,17 @@ public sealed class LoadedModel : IDisposable
             throw new CliUsageException($"--max-seq must be >= 1, got {maxSeq}");
 
         // Plan before touching the device: a wrong folder fails fast, without a context.
-        MoeModel.PlanFor(modelDir, new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router });
+        MoeModel.PlanFor(modelDir, new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router, LmHeadQuant = lmHeadQuant });
         var device = DeviceSession.Open(choice, io.Err, announce: false);
         try
         {
             var policy = PolicyFor(choice, device.Accelerator.AcceleratorType == ILGPU.Runtime.AcceleratorType.CPU, kernels, threads);
             if (choice == DeviceChoice.Auto)
                 io.Err.WriteLine($"device (auto): {(policy == KernelPolicy.Cpu ? CpuBackendLine($"cpu ({threads ?? Cpu.CpuThreads.DefaultCount} threads)") : device.Description)}");
-            var options = new ModelLoadOptions { MaxSeq = maxSeq, Quant = quant, Router = router, Kernels = policy, Threads = policy == KernelPolicy.Cpu ? threads : null };
+            var options = new ModelLoadOptions
+            {
+                MaxSeq = maxSeq, Quant = quant, Router = router, Kernels = policy, Threads = policy == KernelPolicy.Cpu ? threads : null, LmHeadQuant = lmHeadQuant,
+            };
             MoeModel model;
             bool terminal = ReferenceEquals(io.Err, Console.Error) && !Console.IsErrorRedirected;
             if (terminal)

@@ -1,4 +1,5 @@
-// --quant SCHEME of generate and logits: pack the linear weights at load time (see src/ILGpuMoE/Quant/QuantSpec.cs).
+// --quant SCHEME of generate and logits: pack the linear weights at load time (see src/ILGpuMoE/Quant/QuantSpec.cs);
+// --quant-lm-head SCHEME packs lm_head as well.
 using System.CommandLine;
 using ILGpuMoE.Quant;
 
@@ -10,6 +11,13 @@ public static class QuantOption
     {
         Description = "Quantize the linear weights (attention q/k/v/o, experts w1/w2/w3) at load time: " + string.Join(", ", QuantSpec.Names) +
                       ". Embeddings, norms, router and lm_head keep their dtype.",
+    };
+
+    /// <summary>--quant-lm-head SCHEME: pack lm_head too (ModelLoadOptions.LmHeadQuant).</summary>
+    public static Option<string?> CreateLmHead() => new("--quant-lm-head")
+    {
+        Description = "Quantize lm_head [V, D] at load time with this scheme (" + string.Join(", ", QuantSpec.Names) +
+                      "); it is read whole every decode step. Default none: lm_head keeps its dtype.",
     };
 
     /// <summary>

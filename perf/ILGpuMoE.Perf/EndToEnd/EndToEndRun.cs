@@ -23,6 +23,9 @@ namespace ILGpuMoE.Perf.EndToEnd;
 
 public static class EndToEndRun
 {
+    /// <summary>A scheme's row with lm_head packed in int8 too (--quant-lm-head int8).</summary>
+    private const string LmHeadSuffix = "+lm_head-int8";
+
     /// <summary>
     /// The model of the run, of the preset's family (RandomMoe). On the CPU (and for the tiny preset) a small random
     /// model whose dims suit llama.cpp's 32-wide quant blocks, which both sides run (OLMoE with as many kv heads as heads,
@@ -187,16 +190,25 @@ public static class EndToEndRun
             // gpt-oss: also --quant mxfp4 (its experts' form) on the float model; a checkpoint with MXFP4 experts (gpt-oss
             // on a GPU) runs as it is, named mxfp4, and is not quantized again.
             string baseScheme = o.Mxfp4Experts ? "mxfp4" : o.DType == DType.BF16 ? "bf16" : "f32";
-            var schemes = new List<(string, ILGpuMoE.Quant.QuantSpec?)> { (baseScheme, null) };
+            var schemes = new List<(string, ILGpuMoE.Quant.QuantSpec?, ILGpuMoE.Quant.QuantSpec?)> { (baseScheme, null, null) };
             if (!o.Mxfp4Experts)
             {
-                schemes.AddRange([("int8", ILGpuMoE.Quant.QuantSpec.Parse("int8")), ("int4", ILGpuMoE.Quant.QuantSpec.Parse("int4-g32")),
-                    ("fp8", ILGpuMoE.Quant.QuantSpec.Parse("fp8-block128"))]);
+                var int8 = ILGpuMoE.Quant.QuantSpec.Parse("int8");
+                schemes.AddRange([("int8", int8, null), ("int4", ILGpuMoE.Quant.QuantSpec.Parse("int4-g32"), null),
+                    ("fp8", ILGpuMoE.Quant.QuantSpec.Parse("fp8-block128"), null)]);
+                // The CPU backend against llama.cpp: its Q8_0 and Q4_0 files quantize the output matrix too (Q8_0 and Q6_K),
+                // so the rows that face them also pack lm_head (--quant-lm-head int8: 8 bits, no fewer bytes than theirs).
+                if (backend && peer)
+                {
+                    schemes.Insert(2, ("int8" + LmHeadSuffix, int8, int8));
+                    schemes.Insert(4, ("int4" + LmHeadSuffix, ILGpuMoE.Quant.QuantSpec.Parse("int4-g32"), int8));
+                }
+
                 if (o.Family == RefFamily.GptOss)
-                    schemes.Add(("mxfp4", ILGpuMoE.Quant.QuantSpec.Parse("mxfp4")));
+                    schemes.Add(("mxfp4", ILGpuMoE.Quant.QuantSpec.Parse("mxfp4"), null));
             }
 
-            foreach (var (name, quant) in schemes)
+            foreach (var (name, quant, lmHead) in schemes)
             {
                 if (outOfTime?.Invoke() == true)
                 {
@@ -218,14 +230,14 @@ public static class EndToEndRun
 
                 EndToEndResult ours;
                 using (watch?.Invoke(quant?.Name ?? name))
-                    ours = OurEngine.Time(device, model, quant?.Name ?? name, o.Layers, prompt, decode, atLoad ? quant : null, router: router,
-                        kernels: backend ? ILGpuMoE.Runtime.KernelPolicy.Cpu : ILGpuMoE.Runtime.KernelPolicy.Auto, threads: backend ? threads : null,
-                        repeats: backend ? 3 : 1) with { HostPrepSeconds = prep };
+                    ours = OurEngine.Time(device, model, (quant?.Name ?? name) + (lmHead is null ? "" : $" + lm_head {lmHead.Name}"), o.Layers, prompt, decode,
+                        atLoad ? quant : null, router: router, kernels: backend ? ILGpuMoE.Runtime.KernelPolicy.Cpu : ILGpuMoE.Runtime.KernelPolicy.Auto,
+                        threads: backend ? threads : null, repeats: backend ? 3 : 1, lmHeadQuant: lmHead) with { HostPrepSeconds = prep };
                 if (backend)
                 {
                     // What a decode token reads (attention, router, K experts, lm_head: WeightBytes) at the measured rate.
                     using var ck = ILGpuMoE.IO.Checkpoint.Open(model);
-                    long perToken = ILGpuMoE.Quant.WeightBytes.Of(ModelConfig.Load(model), ck.Tensors, atLoad ? quant : null).PerToken;
+                    long perToken = ILGpuMoE.Quant.WeightBytes.Of(ModelConfig.Load(model), ck.Tensors, atLoad ? quant : null, lmHead).PerToken;
                     double gbs = perToken * ours.DecodeTokensPerSecond / 1e9;
                     ours = ours with { Note = ours.Note + $"; decode reads {perToken / 1e6:F1} MB/token: {gbs:F1} GB/s, {100 * gbs * 1e9 / bandwidth:F0}% of the measured {bandwidth / 1e9:F1} GB/s" };
                 }
@@ -262,8 +274,10 @@ public static class EndToEndRun
             notes.Add("end to end, ours: the runtime (MoeModel, InferenceSession) is not in this build.");
 #endif
 
-            foreach (var (ourScheme, scheme, theirs) in theirsByScheme)
+            foreach (var (baseName, scheme, theirs) in theirsByScheme)
             {
+                // The row that packs lm_head like the peer's file does, where there is one.
+                string ourScheme = oursByScheme.ContainsKey(baseName + LmHeadSuffix) ? baseName + LmHeadSuffix : baseName;
                 var mine = oursByScheme.GetValueOrDefault(ourScheme);
                 string note = mine is null
                     ? "ours: runtime not in this build"

@@ -19,7 +19,7 @@ public static class OurEngine
     /// the row's scheme gets " + cuda graph" and its note says whether the graph was used.</param>
     public static EndToEndResult Time(BenchDevice device, string modelDir, string scheme, int layers, int[] prompt, int[] decode,
         QuantSpec? quant = null, bool cudaGraph = false, RouterChoice? router = null, KernelPolicy kernels = KernelPolicy.Auto, int? threads = null,
-        int repeats = 1)
+        int repeats = 1, QuantSpec? lmHeadQuant = null)
     {
         var sw = Stopwatch.StartNew();
         using var model = MoeModel.Load(device.Accelerator, modelDir, new ModelLoadOptions
@@ -30,6 +30,7 @@ public static class OurEngine
             Router = router,
             Kernels = kernels,
             Threads = threads,
+            LmHeadQuant = lmHeadQuant,
         });
         using var session = model.NewSession(new SessionOptions { CudaGraph = cudaGraph });
         device.Stream.Synchronize();

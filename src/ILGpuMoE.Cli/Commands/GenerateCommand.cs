@@ -25,7 +25,7 @@ public static class GenerateCommand
 {
     public sealed record Args(string Model, string Prompt, int MaxNewTokens, float Temperature, int TopK, float TopP, ulong Seed,
         bool Chat, bool RoutingStats, int? MaxSeq, string? Quant = null, bool CudaGraph = true, RouterChoice? Router = null, string? Kernels = null,
-        string? StatsJson = null, int? Threads = null);
+        string? StatsJson = null, int? Threads = null, string? QuantLmHead = null);
 
     public static Command Create(CliIo io, Option<DeviceChoice> device, Option<int?>? threads = null)
     {
@@ -40,6 +40,7 @@ public static class GenerateCommand
         var stats = new Option<bool>("--routing-stats") { Description = "Print how many tokens each expert of each layer received" };
         var maxSeq = new Option<int?>("--max-seq") { Description = $"KV cache length (default min(max_position_embeddings, {ModelLoadOptions.DefaultMaxSeqCap}))" };
         var quant = QuantOption.Create();
+        var quantLmHead = QuantOption.CreateLmHead();
         var graph = new Option<bool>("--cuda-graph")
         {
             Description = "On CUDA, capture the decode step once as a CUDA graph and replay it per token (default on; --cuda-graph false launches it kernel by kernel)",
@@ -49,13 +50,13 @@ public static class GenerateCommand
         var statsJson = new Option<string?>("--stats-json") { Description = "Write the statistics (and --routing-stats) to this JSON file instead of stderr" };
         var command = new Command("generate", "Generate text from a prompt, streaming tokens as they come (text on stdout, statistics on stderr)")
         {
-            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant, graph, kernels, statsJson,
+            model, prompt, n, temperature, topK, topP, seed, chat, stats, maxSeq, quant, quantLmHead, graph, kernels, statsJson,
         };
         var router = new RouterOption();
         router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), new Args(p.GetValue(model)!, p.GetValue(prompt)!, p.GetValue(n), p.GetValue(temperature),
             p.GetValue(topK), p.GetValue(topP), p.GetValue(seed), p.GetValue(chat), p.GetValue(stats), p.GetValue(maxSeq), p.GetValue(quant), p.GetValue(graph), router.Parse(p), p.GetValue(kernels),
-            p.GetValue(statsJson), threads is null ? null : p.GetValue(threads))));
+            p.GetValue(statsJson), threads is null ? null : p.GetValue(threads), p.GetValue(quantLmHead))));
         return command;
     }
 
@@ -75,6 +76,7 @@ public static class GenerateCommand
         }
 
         var quant = QuantOption.Parse(a.Quant);
+        var lmHeadQuant = QuantOption.Parse(a.QuantLmHead, "--quant-lm-head");
         var kernels = KernelsOption.Parse(a.Kernels);
         ITextTokenizer tokenizer;
         try
@@ -90,7 +92,7 @@ public static class GenerateCommand
 
         using (tokenizer)
         {
-            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router, kernels, a.Threads);
+            using var loaded = LoadedModel.Open(io, choice, a.Model, a.MaxSeq, quant, a.Router, kernels, a.Threads, lmHeadQuant);
             using var session = loaded.Model.NewSession(new SessionOptions { CudaGraph = a.CudaGraph });
             session.CollectRoutingStats = a.RoutingStats;
             // The status line, unless the prompt cannot fit the cache: then the prefill's one-line error (exit 2) stays alone.

@@ -22,17 +22,19 @@ public static class LogitsCommand
         var tokens = new Option<string>("--tokens") { Description = "Comma-separated token ids, e.g. 1,2,3", Required = true };
         var output = new Option<string>("--out", "-o") { Description = "Output safetensors file (tensor 'logits' F32 [T, V])", Required = true };
         var quant = QuantOption.Create();
+        var quantLmHead = QuantOption.CreateLmHead();
         var steps = new Option<bool>("--decode-steps") { Description = "Process the tokens one per step (the decode kernels) instead of one prefill" };
         var graph = new Option<bool>("--cuda-graph") { Description = "With --decode-steps on CUDA: replay the decode step from a captured CUDA graph" };
         var router = new RouterOption();
         var kernels = KernelsOption.Create();
         var command = new Command("logits", "Write the logits of every position of a token sequence (one prompt, empty cache) to a safetensors file")
         {
-            model, tokens, output, quant, steps, graph, kernels,
+            model, tokens, output, quant, quantLmHead, steps, graph, kernels,
         };
         router.AddTo(command);
         command.SetAction(p => Run(io, p.GetValue(device), p.GetValue(model)!, p.GetValue(tokens)!, p.GetValue(output)!, p.GetValue(quant),
-            p.GetValue(steps), p.GetValue(graph), router.Parse(p), p.GetValue(kernels), threads is null ? null : p.GetValue(threads)));
+            p.GetValue(steps), p.GetValue(graph), router.Parse(p), p.GetValue(kernels), threads is null ? null : p.GetValue(threads),
+            p.GetValue(quantLmHead)));
         return command;
     }
 
@@ -53,7 +55,7 @@ public static class LogitsCommand
     }
 
     public static int Run(CliIo io, DeviceChoice choice, string modelDir, string tokenText, string outPath, string? quantName = null,
-        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null, string? kernelsName = null, int? threads = null)
+        bool decodeSteps = false, bool cudaGraph = false, RouterChoice? router = null, string? kernelsName = null, int? threads = null, string? lmHeadQuantName = null)
     {
         // The output first: a path that cannot be written fails before anything is read or computed.
         CliOutput.CheckFile("--out", outPath);
@@ -62,6 +64,7 @@ public static class LogitsCommand
             throw new CliUsageException("--cuda-graph replays the decode step: give --decode-steps too");
         var ids = ParseTokens(tokenText);
         var quant = QuantOption.Parse(quantName);
+        var lmHeadQuant = QuantOption.Parse(lmHeadQuantName, "--quant-lm-head");
         if (Directory.Exists(modelDir))
         {
             // Cheap checks before any upload: the ids against the config's vocabulary.
@@ -76,7 +79,7 @@ public static class LogitsCommand
                 throw new CliUsageException($"--tokens: {ids.Length} tokens exceed max_position_embeddings ({config.MaxPositionEmbeddings})");
         }
 
-        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router, kernels, threads);
+        using var loaded = LoadedModel.Open(io, choice, modelDir, maxSeq: ids.Length, quant, router, kernels, threads, lmHeadQuant);
         using var session = loaded.Model.NewSession(new Runtime.SessionOptions { CudaGraph = cudaGraph });
         int v = loaded.Model.Config.VocabSize;
         float[] logits;

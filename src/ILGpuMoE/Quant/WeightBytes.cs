@@ -10,14 +10,17 @@ public readonly record struct WeightBytes(long Total, long PerToken)
 {
     /// <summary>
     /// Bytes as stored in <paramref name="tensors"/> (spec null) or with the linear weights packed by <paramref name="spec"/>.
-    /// A linear weight stored quantized (BASE.qweight, ...) counts every tensor under BASE.
+    /// A linear weight stored quantized (BASE.qweight, ...) counts every tensor under BASE. <paramref name="lmHeadSpec"/>
+    /// (--quant-lm-head): lm_head packed with it (a tied lm_head: a packed copy beside the embedding).
     /// </summary>
-    public static WeightBytes Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, QuantSpec? spec)
+    public static WeightBytes Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, QuantSpec? spec, QuantSpec? lmHeadSpec = null)
     {
         ArgumentNullException.ThrowIfNull(c);
         var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         long Bytes(ExpectedTensor e)
         {
+            if (lmHeadSpec is not null && e.Role == TensorRole.LmHead)
+                return lmHeadSpec.Bytes(c.VocabSize, c.HiddenSize);
             if (spec is not null && QuantSource.IsLinear(e))
             {
                 var (n, rows, cols) = e.Packed(c);
@@ -31,7 +34,15 @@ public readonly record struct WeightBytes(long Total, long PerToken)
             return stored > 0 ? stored : e.ElementCount * 4;
         }
 
-        long total = 0, perToken = 0;
+        long total = 0, perToken = 0, tiedHead = 0;
+        if (c.TieWordEmbeddings)
+        {
+            var embedding = ModelTensors.Expected(c).First(e => e.Role == TensorRole.Embedding);
+            tiedHead = lmHeadSpec?.Bytes(c.VocabSize, c.HiddenSize) ?? Bytes(embedding);
+            if (lmHeadSpec is not null)
+                total += tiedHead;
+        }
+
         foreach (var e in ModelTensors.Expected(c))
         {
             long b = Bytes(e);
@@ -40,7 +51,7 @@ public readonly record struct WeightBytes(long Total, long PerToken)
             {
                 TensorRole.Expert or TensorRole.ExpertBias => b * c.TopK / c.Experts, // K of E experts (equal sizes)
                 TensorRole.Embedding => b / Math.Max(1, c.VocabSize)       // one row gathered
-                                        + (c.TieWordEmbeddings ? b : 0),   // tied: it is also lm_head
+                                        + (c.TieWordEmbeddings ? tiedHead : 0), // tied: it is also lm_head
                 TensorRole.Attention or TensorRole.AttentionBias or TensorRole.LatentExpansion or TensorRole.Router or TensorRole.Norm or TensorRole.LmHead
                     or TensorRole.SharedExpert or TensorRole.DenseMlp => b, // read whole every step
                 _ => throw new System.Diagnostics.UnreachableException($"WeightBytes: tensor role {e.Role}"),

@@ -29,7 +29,7 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
     /// <paramref name="keepFloatLinear"/>, a quantized checkpoint's linear weights stored in a float dtype stay as stored).
     /// <paramref name="actOrder"/>: a GPTQ act-order checkpoint's device permutations and gather scratch.</summary>
     public static MemoryPlan Of(ModelConfig c, IReadOnlyList<TensorInfo> tensors, int maxSeq, int maxBatch, QuantSpec? quant = null, bool keepFloatLinear = false,
-        ActOrderLayout? actOrder = null)
+        ActOrderLayout? actOrder = null, QuantSpec? lmHeadQuant = null)
     {
         actOrder ??= ActOrderLayout.None;
         var byName = tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
@@ -58,6 +58,14 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
             {
                 weights += byName.TryGetValue(e.Name, out var t) ? t.ByteLength : e.ElementCount * 4;
             }
+        }
+
+        // --quant-lm-head: the packed lm_head replaces the float one; a tied lm_head is a packed copy beside the embedding.
+        if (lmHeadQuant is not null)
+        {
+            if (!c.TieWordEmbeddings)
+                weights -= byName.TryGetValue(c.Family.Names.LmHead, out var lm) ? lm.ByteLength : (long)c.VocabSize * c.HiddenSize * 4;
+            weights += lmHeadQuant.Bytes(c.VocabSize, c.HiddenSize);
         }
 
         long kv = CacheBytes(c, maxSeq);

@@ -56,6 +56,13 @@ public sealed record ModelLoadOptions
     /// </summary>
     public QuantSpec? Quant { get; init; }
 
+    /// <summary>
+    /// --quant-lm-head: pack lm_head [V, D] with this scheme at load time (a tied lm_head gets a packed copy; the
+    /// embedding rows stay in their dtype); null keeps it in its dtype. lm_head is read whole every decode step, so at
+    /// 4 bits per expert weight it is the largest single read of a small model (llama.cpp's Q4_0 files store it in 6 bits).
+    /// </summary>
+    public QuantSpec? LmHeadQuant { get; init; }
+
     /// <summary>--router: a router of the MoE literature in place of the model's own (RouterChoice); null keeps the model's.</summary>
     public RouterChoice? Router { get; init; }
 }
@@ -181,7 +188,8 @@ public sealed class MoeModel : IDisposable
 
     internal DeviceTensor FinalNorm { get; private set; } = null!;
 
-    internal DeviceTensor LmHead { get; private set; } = null!;
+    /// <summary>lm_head [V, D]: the checkpoint's (or the tied embedding) in its dtype, or packed (ModelLoadOptions.LmHeadQuant).</summary>
+    internal LinearWeight LmHead { get; private set; } = null!;
 
     internal IReadOnlyList<LayerWeights> Layers { get; private set; } = [];
 
@@ -219,7 +227,7 @@ public sealed class MoeModel : IDisposable
         {
             plan.EnsureFits(options.AvailableBytes ?? accelerator.MemorySize, accelerator.Name);
             model = new MoeModel(accelerator, config, directory, plan, options.Kernels, options.Threads) { _checkpoint = mapped ? checkpoint : null };
-            model.Upload(checkpoint!, options.Progress, options.Quant, source, mapped);
+            model.Upload(checkpoint!, options.Progress, options.Quant, source, mapped, options.LmHeadQuant);
             if (!mapped)
                 checkpoint!.Dispose();
             return model;
@@ -272,10 +280,12 @@ public sealed class MoeModel : IDisposable
                 throw new RuntimeInputException($"max batch must be >= 1, got {maxBatch}");
             if (options.Quant is { } quant)
                 Check(quant, config);
+            if (options.LmHeadQuant is { } lmQuant)
+                CheckLmHead(lmQuant, config);
 
             var actOrder = source is not null ? ActOrderLayout.Of(config, checkpoint, source) : null;
             var plan = MemoryPlan.Of(config, checkpoint.Tensors, maxSeq, maxBatch, options.Quant ?? source?.PlanSpec, keepFloatLinear: source is not null,
-                actOrder: actOrder);
+                actOrder: actOrder, lmHeadQuant: options.LmHeadQuant);
             if (!keep)
             {
                 checkpoint.Dispose();
@@ -303,8 +313,22 @@ public sealed class MoeModel : IDisposable
         }
     }
 
+    private static void CheckLmHead(QuantSpec quant, ModelConfig config)
+    {
+        try
+        {
+            quant.Check(config.Family.Names.LmHead, config.VocabSize, config.HiddenSize);
+            if (!quant.Fits(config.HiddenSize))
+                throw new ArgumentException($"--quant {quant.Name}: lm_head's {config.HiddenSize} input columns are not a whole number of its groups");
+        }
+        catch (ArgumentException e)
+        {
+            throw new RuntimeInputException(e.Message.StartsWith("--quant ", StringComparison.Ordinal) ? "--quant-lm-head" + e.Message["--quant".Length..] : e.Message);
+        }
+    }
+
     // mapped (CPU backend): float tensors stay in the checkpoint's memory map (DeviceTensor.Mapped), nothing is copied.
-    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source, bool mapped)
+    private void Upload(Checkpoint checkpoint, IProgress<LoadProgress>? progress, QuantSpec? quant, QuantSource? source, bool mapped, QuantSpec? lmHeadQuant)
     {
         var c = Config;
         var n = c.Family.Names;
@@ -590,7 +614,18 @@ public sealed class MoeModel : IDisposable
 
         Layers = layers;
         FinalNorm = One(n.FinalNorm);
-        LmHead = c.TieWordEmbeddings ? Embedding : One(n.LmHead);
+        string lmName = c.TieWordEmbeddings ? n.Embedding : n.LmHead;
+        if (lmHeadQuant is not null)
+        {
+            progress?.Report(new LoadProgress(done, total, lmName));
+            LmHead = Add(new LinearWeight(lmHeadQuant.Quantize(checkpoint.ReadFloat32(lmName), c.VocabSize, c.HiddenSize).Upload(Accelerator)));
+        }
+        else
+        {
+            // Dense: the tensor is owned (and disposed) as a tensor, not as a linear weight.
+            LmHead = new LinearWeight(c.TieWordEmbeddings ? Embedding : One(n.LmHead));
+        }
+
         Accelerator.Synchronize();
         progress?.Report(new LoadProgress(total, total, ""));
     }

@@ -92,6 +92,73 @@ public class QuantRuntimeTests
         RuntimeTests.AssertArgmaxEqual(want, got, Tiny.Vocab, scheme);
     }
 
+    // --quant-lm-head alone: float linear weights, lm_head packed; the oracle reads lm_head dequantized. Tied: the packed
+    // copy of the embedding is lm_head, while the embedding rows the step gathers stay exact.
+    public static IEnumerable<TestCaseData> LmHeadCases() =>
+        Schemes.SelectMany(s => RuntimeTests.Policies.Select(p => new TestCaseData(s, p, false)))
+            .Concat(RuntimeTests.Policies.Select(p => new TestCaseData("int8", p, true)));
+
+    [TestCaseSource(nameof(LmHeadCases))]
+    public void QuantizedLmHeadEqualsOracleOnDequantizedLmHead(string scheme, KernelPolicy policy, bool tied)
+    {
+        var spec = QuantSpec.Parse(scheme)!;
+        string dir = ModelDir;
+        if (tied)
+        {
+            dir = Path.Combine(_dir, "tied");
+            if (!Directory.Exists(dir))
+                RandomMixtral.Write(dir, Tiny with { TieEmbeddings = true, Seed = 73 });
+        }
+
+        var c = ModelConfig.Load(dir);
+        float[] lmHead;
+        RefMixtral oracle;
+        using (var ck = Checkpoint.Open(dir))
+        {
+            lmHead = Dequantize(spec.Quantize(ck.ReadFloat32(tied ? "model.embed_tokens.weight" : "lm_head.weight"), c.VocabSize, c.HiddenSize));
+            // Untied in the oracle: its lm_head is the dequantized matrix, its embedding the exact rows.
+            var cfg = new RefMixtralConfig(c.HiddenSize, c.IntermediateSize, c.Layers, c.Heads, c.KvHeads, c.HeadDim, (float)c.RmsNormEps,
+                (float)c.RopeTheta, c.SlidingWindow ?? 0, c.Experts, c.TopK, c.VocabSize, TieEmbeddings: false);
+            oracle = new RefMixtral(cfg, name => name == "lm_head.weight" ? lmHead : ck.ReadFloat32(name));
+        }
+
+        int[] tokens = Data.Ints(15, 9, 0, Tiny.Vocab);
+        var session0 = oracle.NewSession();
+        float[] want = [.. session0.Step(tokens.AsSpan(0, 8)), .. session0.Step(tokens.AsSpan(8, 1))];
+
+        var options = new ModelLoadOptions { MaxSeq = 16, LmHeadQuant = spec, Kernels = policy };
+        using var model = MoeModel.Load(TestDevice.Accelerator, dir, options);
+        Assert.That(model.DeviceWeightBytes, Is.EqualTo(model.Plan.WeightBytes), "memory plan counts the packed lm_head");
+        long floatHead = tied ? 0 : (long)c.VocabSize * c.HiddenSize * 2; // BF16, replaced; a tied one stays as the embedding
+        Assert.That(model.Plan.WeightBytes, Is.EqualTo(MoeModel.PlanFor(dir, options with { LmHeadQuant = null }).WeightBytes - floatHead + spec.Bytes(c.VocabSize, c.HiddenSize)));
+        using var session = model.NewSession();
+        float[] got = [.. session.Prefill(tokens.AsSpan(0, 8), allLogits: true), .. session.Decode(tokens[8])];
+        Assert.That(want.Max(Math.Abs), Is.GreaterThan(0.1f), "logits should not be near zero");
+        RuntimeTests.CloseLogged(want, got, rtol: 1e-4, atol: 1e-4, what: $"{policy}: --quant-lm-head {scheme}{(tied ? " (tied)" : "")} vs the oracle with the dequantized lm_head");
+        RuntimeTests.AssertArgmaxEqual(want, got, Tiny.Vocab, scheme);
+    }
+
+    [Test]
+    public void LmHeadSchemeThatCannotPackItIsOneLineUsageError()
+    {
+        string dir = Path.Combine(_dir, "odd-lm");
+        RandomMixtral.Write(dir, Tiny with { Hidden = 96, Ffn = 96, Seed = 74 });
+        var line = CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu",
+            "--quant-lm-head", "int4-g64").AssertBadInput();
+        Assert.That(line, Does.Contain("--quant-lm-head").And.Contain("lm_head"));
+        CliRun.Of("logits", "--model", dir, "--tokens", "1,2", "--out", Path.Combine(_dir, "x.safetensors"), "--device", "cpu",
+            "--quant-lm-head", "int9").AssertBadInput();
+    }
+
+    [Test]
+    public void GenerateWithQuantAndQuantLmHeadRuns()
+    {
+        var run = CliRun.Of("generate", "--model", ModelDir, "--prompt", "hello", "-n", "3", "--temperature", "0", "--device", "cpu", "--quant", "int4-g32",
+            "--quant-lm-head", "int8");
+        Assert.That(run.ExitCode, Is.EqualTo(0), run.Err);
+        Assert.That(run.Err, Does.Contain("tokens generated"));
+    }
+
     [Test]
     public void CliLogitsInt8StayCloseToFloat()
     {
