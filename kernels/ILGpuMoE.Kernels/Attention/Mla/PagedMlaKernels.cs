@@ -171,14 +171,16 @@ public sealed class PagedMlaKernel
 
     /// <summary>
     /// cache[slots[t], :] = [latent[t * latentStride .. + R] | kRope[t * ropeStride .. + Dr]] for t &lt; T (the contiguous
-    /// MlaAttentionKernel.Append with a slot for a position). cache [NumBlocks * BS, R + Dr]. The caller checks
-    /// 0 &lt;= slots[t] &lt; NumBlocks * BS on the host (the kernel skips a slot outside).
+    /// MlaAttentionKernel.Append with a slot for a position). cache [NumBlocks * BS, R + Dr]: the append needs only its
+    /// rows (cache.Length / (R + Dr)), not the block size. The caller checks 0 &lt;= slots[t] &lt; rows on the host (the
+    /// kernel skips a slot outside).
     /// </summary>
     public void Append(AcceleratorStream stream, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride,
-        ArrayView<int> slots, ArrayView<float> cache, int tokens, int rank, int ropeDim, int blockSize)
+        ArrayView<int> slots, ArrayView<float> cache, int tokens, int rank, int ropeDim)
     {
         const string who = Name + ".Append";
-        var p = Shape(who, stream, cache, tokens, 1, rank, ropeDim, blockSize);
+        // Blocks of one row: slot < NumBlocks * BS is then slot < rows.
+        var p = Shape(who, stream, cache, tokens, 1, rank, ropeDim, 1);
         if (latentStride < rank || ropeStride < ropeDim)
             throw new ArgumentException($"{who}: row strides ({latentStride}, {ropeStride}) must be at least R ({rank}) and Dr ({ropeDim})");
         MlaChecks.AtLeast(who, "latent [T, stride]", latent.Length, (long)(tokens - 1) * latentStride + rank);
