@@ -148,6 +148,9 @@ public class BatchEngineTests
             int kind = rng.Next(10);
             if (kind == 0)
                 r = r with { MaxTokens = 0 };            // refused
+            // At most ~40 in flight: a burst of 300 at once would mostly be refused as busy (the queue holds 64).
+            while (tasks.Count(x => !x.IsCompleted) >= 40)
+                await Task.Delay(5);
             var cts = kind == 1 ? new CancellationTokenSource(TimeSpan.FromMilliseconds(rng.Next(1, 30))) : new CancellationTokenSource();
             try
             {
