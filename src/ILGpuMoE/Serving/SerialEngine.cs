@@ -32,6 +32,9 @@ public sealed record SerialEngineOptions
     /// <summary>Count the tokens each expert receives (EngineStats.TokensPerExpert); one extra read per step.</summary>
     public bool RoutingStats { get; init; } = true;
 
+    /// <summary>How the session runs its steps (CUDA graph or not).</summary>
+    public SessionOptions Session { get; init; } = new();
+
     /// <summary>Positions per reported KV block (the cache is one contiguous sequence; see the file header).</summary>
     public int BlockSize { get; init; } = 16;
 
@@ -222,7 +225,7 @@ public sealed class SerialEngine : IGenerationEngine
         try
         {
             _model.Accelerator.Bind();
-            session = _model.NewSession();
+            session = _model.NewSession(_options.Session);
             session.CollectRoutingStats = _options.RoutingStats;
             Snapshot(session);
         }
