@@ -254,23 +254,30 @@ public sealed class SerialEngine : IGenerationEngine
                     _running = item;
                 }
 
+                FinishReason reason = FinishReason.Cancelled;
+                Exception? error = null;
                 try
                 {
-                    item.Complete(Run(session, item));
+                    reason = Run(session, item);
                 }
                 catch (Exception e)
                 {
-                    item.Fail(e);
+                    error = e;
                 }
-                finally
+
+                // The counters first, then the caller: whoever sees the request end sees its tokens counted and the
+                // engine free of it.
+                Snapshot(session);
+                lock (_lock)
                 {
-                    Snapshot(session);
-                    lock (_lock)
-                    {
-                        _running = null;
-                        _position = 0;
-                    }
+                    _running = null;
+                    _position = 0;
                 }
+
+                if (error is null)
+                    item.Complete(reason);
+                else
+                    item.Fail(error);
             }
         }
     }
