@@ -1,5 +1,7 @@
-// OpenAI's `stop`: generation ends where the text first contains one of the stop strings, and the returned text ends
-// just before it (the stop string itself is never returned). Matched on the decoded text, not on token ids: a stop string
+// OpenAI's `stop`: generation ends as soon as the text contains one of the stop strings, and the returned text ends
+// just before it (the stop string itself is never returned). "As soon as": the stop string that is complete first as
+// the text grows wins (of two ending at the same character, the longer); with ["b", "aba"] the text "xaba..." stops at
+// "xa", since "b" is complete before "aba" is. That rule gives the same cut however the text is split into pieces. Matched on the decoded text, not on token ids: a stop string
 // may start or end in the middle of a token, or span several.
 //
 // Streaming needs holdback: a piece of text that could be the beginning of a stop string (the text ends with a proper
@@ -38,13 +40,14 @@ public sealed class StopMatcher
             return piece;
         _held.Append(piece);
         string text = _held.ToString();
-        // The earliest stop string in the held text wins (OpenAI cuts at the first occurrence of any of them).
-        int cut = -1;
+        // The stop string that completes first wins (ties: the one that starts first), as the text grows: so the cut
+        // does not depend on how the text was split into pieces.
+        int cut = -1, cutEnd = int.MaxValue;
         foreach (var s in _stops)
         {
             int at = text.IndexOf(s, StringComparison.Ordinal);
-            if (at >= 0 && (cut < 0 || at < cut))
-                cut = at;
+            if (at >= 0 && (at + s.Length < cutEnd || (at + s.Length == cutEnd && at < cut)))
+                (cut, cutEnd) = (at, at + s.Length);
         }
 
         if (cut >= 0)
