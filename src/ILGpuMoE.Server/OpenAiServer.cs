@@ -5,6 +5,7 @@
 //   POST /v1/chat/completions            messages -> the family's chat format -> text ("chat.completion[.chunk]")
 //   GET  /health                         200 {"status":"ok"}; 503 while shutting down
 //   GET  /metrics                        Prometheus text (ServerMetrics.cs)
+//   anything else                        404 (405: a known path with another method), as an error object
 //
 // The engine sees token ids only: this layer tokenizes (ServedModel), renders chats (ModelFamily.ChatPrompt), turns
 // ids back into text as they come (StreamingDecoder: a UTF-8 character split over byte tokens is held until complete),
@@ -170,9 +171,20 @@ public sealed class OpenAiServer : IAsyncDisposable
         app.MapPost("/v1/chat/completions", ctx => Complete(ctx, chat: true));
         app.MapGet("/health", Health);
         app.MapGet("/metrics", MetricsText);
+        // Anything else gets an error object too: 405 for a known path with another method, else 404.
+        app.MapFallback(ctx =>
+        {
+            string path = ctx.Request.Path.Value ?? "";
+            bool known = path is "/v1/models" or "/v1/completions" or "/v1/chat/completions" or "/health" or "/metrics" || path.StartsWith("/v1/models/", StringComparison.Ordinal);
+            return known
+                ? WriteError(ctx, 405, $"{ctx.Request.Method} is not allowed on {path}", null)
+                : WriteError(ctx, 404, $"no such endpoint: {ctx.Request.Method} {path} (see /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics)", null);
+        });
     }
 
-    private static string EndpointLabel(HttpContext ctx) => ctx.GetEndpoint() is RouteEndpoint { RoutePattern.RawText: { } pattern } ? pattern : "other";
+    // The route's pattern ("/v1/completions", "/v1/models/{id}"); "other" for the fallback and anything unrouted.
+    private static string EndpointLabel(HttpContext ctx) =>
+        ctx.GetEndpoint() is RouteEndpoint { RoutePattern.RawText: { } pattern } && pattern.StartsWith('/') ? pattern : "other";
 
     private Task Health(HttpContext ctx) => WriteJson(ctx, Stopping ? 503 : 200, w =>
     {

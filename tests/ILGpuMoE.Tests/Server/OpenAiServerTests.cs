@@ -324,6 +324,44 @@ public class OpenAiServerTests
     }
 
     [Test]
+    public async Task AnUnknownPathIs404AndAWrongMethod405WithAnErrorObject()
+    {
+        var missing = await Get(Url, "/v1/embeddings");
+        Assert.That(missing.Status, Is.EqualTo(HttpStatusCode.NotFound));
+        Assert.That(missing.Body.GetProperty("error").GetProperty("message").GetString(), Does.Contain("/v1/embeddings"));
+        var wrong = await Get(Url, "/v1/completions");
+        Assert.That(wrong.Status, Is.EqualTo(HttpStatusCode.MethodNotAllowed));
+        Assert.That(wrong.Body.GetProperty("error").GetProperty("type").GetString(), Is.EqualTo("invalid_request_error"));
+    }
+
+    [Test]
+    public async Task ABodyPastTheLimitIs413()
+    {
+        await using var server = await OpenAiServer.StartAsync(_engine, ServedModel.For(Model, _model.Config, _tokenizer), new ServerOptions { Port = 0, MaxRequestBodyBytes = 1024 });
+        var reply = await Post(server.Address, "/v1/completions", Completion(new string('a', 4000), 2));
+        Assert.That(reply.Status, Is.EqualTo(HttpStatusCode.RequestEntityTooLarge), reply.Body.ToString());
+        Assert.That(reply.Body.GetProperty("error").GetProperty("message").GetString(), Is.Not.Empty);
+        Assert.That((await Post(server.Address, "/v1/completions", Completion("short", 2))).Status, Is.EqualTo(HttpStatusCode.OK));
+    }
+
+    [Test]
+    public async Task AnEngineFaultIs500OrAnErrorEventInAStream()
+    {
+        // A model of its own, disposed under its engine: every step then throws, a real fault with no mock.
+        var model = MoeModel.Load(TestDevice.Accelerator, Runtime.RuntimeCliTests.DemoDir, new ModelLoadOptions { MaxSeq = 64, Kernels = KernelPolicy.Cpu });
+        await using var engine = new SerialEngine(model);
+        await using var server = await OpenAiServer.StartAsync(engine, ServedModel.For(Model, model.Config, _tokenizer), new ServerOptions { Port = 0 });
+        model.Dispose();
+        var whole = await Post(server.Address, "/v1/completions", Completion("fault", 4));
+        Assert.That(whole.Status, Is.EqualTo(HttpStatusCode.InternalServerError), whole.Body.ToString());
+        Assert.That(whole.Body.GetProperty("error").GetProperty("type").GetString(), Is.EqualTo("server_error"));
+        var stream = await Stream(server.Address, "/v1/chat/completions", Chat("fault", 4, """, "stream": true"""));
+        Assert.That(stream.Done, Is.True, "the stream still ends with [DONE]");
+        Assert.That(stream.Events[^1].GetProperty("error").GetProperty("type").GetString(), Is.EqualTo("server_error"));
+        Assert.That(engine.Stats() is { Running: 0, Waiting: 0 }, Is.True, "the engine goes on");
+    }
+
+    [Test]
     public async Task StoppingTheServerEndsItsRunningStreams()
     {
         var server = await OpenAiServer.StartAsync(_engine, new ServedModel(Model, _tokenizer, _model.Config.Family, []), new ServerOptions { Port = 0 });
