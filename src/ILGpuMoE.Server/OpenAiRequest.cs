@@ -351,8 +351,8 @@ public sealed record OpenAiRequest
     {
         JsonValueKind.String or JsonValueKind.Number or JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null =>
             $"{Kind(e)} {Truncate(e.GetRawText())}",
-        JsonValueKind.Object or JsonValueKind.Array => Kind(e),
-        _ => Kind(e),
+        JsonValueKind.Object or JsonValueKind.Array or JsonValueKind.Undefined => Kind(e),
+        _ => throw new System.Diagnostics.UnreachableException($"JSON value kind {e.ValueKind}"),
     };
 
     private static string Kind(JsonElement e) => e.ValueKind switch
