@@ -508,6 +508,9 @@ public sealed class OpenAiServer : IAsyncDisposable
                 w.WriteString("finish_reason", finish);
             w.WriteEndObject();
             w.WriteEndArray();
+            // With include_usage every chunk carries "usage": null, and the extra last chunk the counts (as OpenAI).
+            if (request.IncludeUsage)
+                w.WriteNull("usage");
             w.WriteEndObject();
         });
 

@@ -127,6 +127,7 @@ public class OpenAiServerTests
         Assert.That(stream.Events.Select(e => e.GetProperty("id").GetString()).Distinct().Count(), Is.EqualTo(1), "one id for every chunk");
         if (chat)
             Assert.That(stream.Events[0].GetProperty("choices")[0].GetProperty("delta").GetProperty("role").GetString(), Is.EqualTo("assistant"));
+        Assert.That(stream.Events.SkipLast(1).Select(e => e.GetProperty("usage").ValueKind), Is.All.EqualTo(JsonValueKind.Null), "usage: null before the last chunk");
         var usage = stream.Events[^1];
         Assert.That(usage.GetProperty("choices").GetArrayLength(), Is.Zero, "the usage chunk has no choices");
         Assert.That(usage.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), Is.EqualTo(24));
