@@ -8,8 +8,7 @@
 //
 // --max-context is the context of one sequence (prompt + completion): the KV cache length the model is loaded with
 // (generate's --max-seq). --max-batch and --kv-blocks size the continuous-batching engine (sequences decoded together,
-// blocks of the paged KV cache); the serial engine, which runs one request at a time in one contiguous cache, takes
-// them as given and does not use them.
+// blocks of 16 positions in the paged KV cache).
 using System.CommandLine;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Model;
@@ -40,17 +39,43 @@ public static class ServeCommand
     public sealed record Args(string Model, string Host, int Port, ServeOptions Serve, string? Quant = null, RouterChoice? Router = null,
         string? Kernels = null, int? Threads = null);
 
-    /// <summary>The one place the server's engine is made: swap the engine here.</summary>
+    /// <summary>Positions per block of the serve engine's KV pool.</summary>
+    public const int KvBlockSize = 16;
+
+    /// <summary>Sequences decoded together when --max-batch is not given.</summary>
+    public const int DefaultMaxBatch = 16;
+
+    /// <summary>
+    /// The one place the server's engine is made: the continuous-batching engine (src/ILGpuMoE/Serving/BatchEngine.cs),
+    /// --max-batch sequences at once over a pool of --kv-blocks blocks; by default enough blocks for every running
+    /// sequence at the full context, or what the device has left beside the weights and the workspace (90% of it) when
+    /// that is less.
+    /// </summary>
     public static IGenerationEngine CreateEngine(MoeModel model, ServeOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
-        return new SerialEngine(model, new SerialEngineOptions { Session = new SessionOptions { CudaGraph = options.CudaGraph } });
+        int running = options.MaxBatch ?? DefaultMaxBatch;
+        if (running > model.MaxBatch)
+            throw new CliUsageException($"--max-batch {running}: a step holds at most {model.MaxBatch} tokens (one per running sequence); give at most that");
+        long perBlock = MemoryPlan.PagedCacheBytes(model.Config, 1, KvBlockSize);
+        long full = (long)running * ((model.MaxSeq + KvBlockSize - 1) / KvBlockSize);
+        long room = model.IsCpuBackend ? long.MaxValue : (model.Accelerator.MemorySize - model.DeviceWeightBytes - model.Plan.WorkspaceBytes) / 10 * 9;
+        long blocks = options.KvBlocks ?? Math.Clamp(Math.Min(full, room / perBlock), 1, int.MaxValue / 2 / KvBlockSize);
+        try
+        {
+            return new BatchEngine(model, new BatchEngineOptions { MaxRunning = running, Kv = new BatchOptions { BlockSize = KvBlockSize, Blocks = (int)blocks } });
+        }
+        catch (Exception e) when (e is RuntimeInputException or InsufficientDeviceMemoryException)
+        {
+            throw new CliUsageException($"--kv-blocks {blocks}: {e.Message}");
+        }
     }
 
     /// <summary>What the startup line says about the engine CreateEngine made.</summary>
     public static string DescribeEngine(IGenerationEngine engine) => engine switch
     {
+        BatchEngine b => $"continuous batching (up to {b.MaxRunning} sequences; KV pool {b.KvPool.Blocks} blocks of {b.KvPool.BlockSize})",
         SerialEngine => "serial (one request at a time)",
         _ => engine.GetType().Name,
     };

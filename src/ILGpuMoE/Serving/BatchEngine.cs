@@ -76,6 +76,9 @@ public sealed class BatchEngine : IGenerationEngine
 
     public int ContextLength => _session.MaxSequenceLength;
 
+    /// <summary>Most sequences running at once.</summary>
+    public int MaxRunning => _options.MaxRunning;
+
     /// <summary>Blocks in the KV pool and positions per block.</summary>
     public (int Blocks, int BlockSize) KvPool => (_session.Blocks, _session.BlockSize);
 

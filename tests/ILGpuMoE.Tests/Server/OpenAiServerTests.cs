@@ -15,18 +15,20 @@ namespace ILGpuMoE.Tests.Server;
 
 /// <summary>
 /// The OpenAI server (src/ILGpuMoE.Server) for real: Kestrel on 127.0.0.1 at a free port, HttpClient, the shipped demo
-/// model on the CPU backend behind a SerialEngine; no mocks. Two servers share the one engine: `_server` stops on the
+/// model on the CPU backend behind each engine (the continuous-batching one `serve` runs, and the serial one); no mocks. Two servers share the one engine: `_server` stops on the
 /// model's EOS as `serve` does; `_endless` has no stop token, so its generations run exactly max_tokens (for
 /// cancellation, shutdown and load, where a length must not depend on when the random model samples EOS).
 /// </summary>
 [NonParallelizable]
-public class OpenAiServerTests
+[TestFixture("batch")]
+[TestFixture("serial")]
+public class OpenAiServerTests(string engineKind)
 {
     private const int Context = 1024;
     private const string Model = "mixtral-demo";
     private MoeModel _model = null!;
     private ITextTokenizer _tokenizer = null!;
-    private SerialEngine _engine = null!;
+    private IGenerationEngine _engine = null!;
     private OpenAiServer _server = null!, _endless = null!;
 
     private Uri Url => _server.Address;
@@ -38,7 +40,7 @@ public class OpenAiServerTests
     {
         _model = MoeModel.Load(TestDevice.Accelerator, Runtime.RuntimeCliTests.DemoDir, new ModelLoadOptions { MaxSeq = Context, Kernels = KernelPolicy.Cpu });
         _tokenizer = TextTokenizer.Load(Runtime.RuntimeCliTests.DemoDir);
-        _engine = new SerialEngine(_model);
+        _engine = Engine(_model);
         var local = new ServerOptions { Port = 0 };
         _server = await OpenAiServer.StartAsync(_engine, ServedModel.For(Model, _model.Config, _tokenizer), local);
         _endless = await OpenAiServer.StartAsync(_engine, new ServedModel(Model, _tokenizer, _model.Config.Family, []), local);
@@ -53,6 +55,21 @@ public class OpenAiServerTests
         _tokenizer.Dispose();
         _model.Dispose();
     }
+
+    // The engine under test over a model; maxWaiting: its queue bound (busy beyond it).
+    private IGenerationEngine Engine(MoeModel model, int? maxWaiting = null) => engineKind switch
+    {
+        "batch" => new BatchEngine(model, new BatchEngineOptions { MaxWaiting = maxWaiting ?? 256, MaxRunning = maxWaiting is null ? 16 : 1 }),
+        "serial" => new SerialEngine(model, new SerialEngineOptions { MaxWaiting = maxWaiting ?? 256 }),
+        _ => throw new ArgumentException($"unknown engine kind {engineKind}"),
+    };
+
+    private int TotalBlocks => _engine switch
+    {
+        BatchEngine b => b.KvPool.Blocks,
+        SerialEngine s => s.KvBlocks,
+        _ => throw new InvalidOperationException($"unknown engine {_engine.GetType().Name}"),
+    };
 
     private static async Task WaitUntil(Func<bool> condition, string what, double seconds = 20)
     {
@@ -308,7 +325,7 @@ public class OpenAiServerTests
     public async Task ABusyEngineIs503WithRetryAfter()
     {
         // Its own engine with no waiting room (the shared engine is idle meanwhile: one engine steps the model at a time).
-        await using var engine = new SerialEngine(_model, new SerialEngineOptions { MaxWaiting = 0 });
+        await using var engine = Engine(_model, maxWaiting: 0);
         await using var server = await OpenAiServer.StartAsync(engine, new ServedModel(Model, _tokenizer, _model.Config.Family, []), new ServerOptions { Port = 0 });
         using var hangUp = new CancellationTokenSource();
         var running = Stream(server.Address, "/v1/completions", Completion("busy", 1000, """, "stream": true"""), stopAfter: 1000, hangUp.Token);
@@ -350,7 +367,7 @@ public class OpenAiServerTests
     {
         // A model of its own, disposed under its engine: every step then throws, a real fault with no mock.
         var model = MoeModel.Load(TestDevice.Accelerator, Runtime.RuntimeCliTests.DemoDir, new ModelLoadOptions { MaxSeq = 64, Kernels = KernelPolicy.Cpu });
-        await using var engine = new SerialEngine(model);
+        await using var engine = Engine(model);
         await using var server = await OpenAiServer.StartAsync(engine, ServedModel.For(Model, model.Config, _tokenizer), new ServerOptions { Port = 0 });
         model.Dispose();
         var whole = await Post(server.Address, "/v1/completions", Completion("fault", 4));
@@ -424,7 +441,7 @@ public class OpenAiServerTests
         Assert.That(One("ilgpumoe_generation_tokens_total"), Is.EqualTo(stats.GeneratedTokens).And.GreaterThan(0));
         Assert.That(One("ilgpumoe_generation_tokens_per_second"), Is.GreaterThanOrEqualTo(0));
         Assert.That((One("ilgpumoe_requests_running"), One("ilgpumoe_requests_waiting")), Is.EqualTo((0.0, 0.0)));
-        Assert.That(One("ilgpumoe_kv_blocks_used") + One("ilgpumoe_kv_blocks_free"), Is.EqualTo(_engine.KvBlocks));
+        Assert.That(One("ilgpumoe_kv_blocks_used") + One("ilgpumoe_kv_blocks_free"), Is.EqualTo(TotalBlocks));
         var experts = samples.Where(s => s.Name == "ilgpumoe_expert_tokens_total").ToList();
         Assert.That(experts, Has.Count.EqualTo(_model.Config.Layers * _model.Config.Router.Experts));
         for (int layer = 0; layer < _model.Config.Layers; layer++)
@@ -517,6 +534,6 @@ public class OpenAiServerTests
         Assert.That((after.Status, after.Usage("completion_tokens")), Is.EqualTo((HttpStatusCode.OK, 3)));
         var stats = _engine.Stats();
         Assert.That(stats is { Running: 0, Waiting: 0, KvBlocksUsed: 0 }, Is.True, $"idle: {stats}");
-        Assert.That(stats.KvBlocksFree, Is.EqualTo(_engine.KvBlocks), "every block free");
+        Assert.That(stats.KvBlocksFree, Is.EqualTo(TotalBlocks), "every block free");
     }
 }
