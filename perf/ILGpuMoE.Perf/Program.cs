@@ -1,6 +1,7 @@
 // ilgpumoe-bench: the benchmark executable. `ilgpumoe bench ...` forwards here (perf/NOTES.md says why it is a
 // separate executable); this project never calls the CLI. The first argument may be the verb: bench (default), host
-// (BenchmarkDotNet host paths), plot, or predict (the decode model, Model/DecodeModel.cs). The GPU machine's file (perf/ILGpuMoE.GpuBundle) sends these verbs here.
+// (BenchmarkDotNet host paths), plot, predict (the decode model, Model/DecodeModel.cs) or serve (the continuous-batching
+// engine under load, Serve/ServeBench.cs). The GPU machine's file (perf/ILGpuMoE.GpuBundle) sends these verbs here.
 using Spectre.Console;
 
 namespace ILGpuMoE.Perf;
@@ -12,9 +13,9 @@ public static class Program
         Runtime.ProcessEnvironment.Apply(); // ILGPUMOE_LIBCUDA, before the first context
         var rest = args.AsSpan();
         string verb = rest.Length > 0 && !rest[0].StartsWith('-') ? rest[0] : "bench";
-        if (verb is not ("bench" or "host" or "plot" or "predict"))
+        if (verb is not ("bench" or "host" or "plot" or "predict" or "serve"))
         {
-            Console.Error.WriteLine($"error: ilgpumoe-bench: unknown verb '{verb}' (bench, host, plot or predict; the other verbs are ilgpumoe's)");
+            Console.Error.WriteLine($"error: ilgpumoe-bench: unknown verb '{verb}' (bench, host, plot, predict or serve; the other verbs are ilgpumoe's)");
             return 2;
         }
 
@@ -26,6 +27,8 @@ public static class Program
                 return Plot(rest.ToArray());
             if (verb == "predict")
                 return Predict(rest.ToArray());
+            if (verb == "serve")
+                return Serve.ServeBench.Run(rest.ToArray(), Console.Error);
 #if GPU_PUBLISH
             if (verb == "host")
             {
@@ -37,6 +40,11 @@ public static class Program
 #else
             return verb == "host" ? HostBenchmarks.Run(rest.ToArray()) : BenchCommand.Run(rest.ToArray(), CreateConsole(), Console.Error);
 #endif
+        }
+        catch (BenchUsageException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
         }
         catch (Exception e)
         {

@@ -49,6 +49,7 @@ public static class Program
         root.Add(InspectCommand.Create(io));
         root.Add(LogitsCommand.Create(io, device, threads));
         root.Add(GenerateCommand.Create(io, device, threads));
+        root.Add(ServeCommand.Create(io, device, threads));
         root.Add(QuantizeCommand.Create(io));
         root.Add(PtxCommand.Create(io));
         root.Add(BenchCommand.Create(io));

@@ -42,7 +42,7 @@ public readonly record struct MlaShape(int Heads, int Rank, int RopeDim, int Nop
     }
 }
 
-public static class RefMlaAttention
+public static partial class RefMlaAttention
 {
     /// <summary>q_abs [T, H, R + Dr] = per head [W_UK[h]^T q_nope[h] | q_rope[h]] from q [T, H, Dn + Dr] and kv_b_proj [H*(Dn+Dv), R].</summary>
     public static float[] AbsorbQ(ReadOnlySpan<float> q, ReadOnlySpan<float> kvB, int tokens, MlaShape s)

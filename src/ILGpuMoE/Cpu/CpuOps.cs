@@ -176,6 +176,100 @@ internal sealed unsafe class CpuOps(CpuThreads threads) : IForwardOps
         return c;
     }
 
+    public void PagedAppendKv(AcceleratorStream s, ArrayView<float> k, ArrayView<float> v, ArrayView<float> kCache, ArrayView<float> vCache,
+        ArrayView<int> slots, int t, int kvHeads, int headDim, int blockSize)
+    {
+        const string who = "CpuOps.PagedAppendKv";
+        int blocks = PoolBlocks(who, kCache, vCache, kvHeads, headDim, blockSize);
+        Need(who, "k [T, Hkv, Dh]", k.Length, (long)t * kvHeads * headDim);
+        Need(who, "v [T, Hkv, Dh]", v.Length, (long)t * kvHeads * headDim);
+        Need(who, "slots [T]", slots.Length, t);
+        CpuPaged.AppendKv(P(k), P(v), P(kCache), P(vCache), P(slots), t, kvHeads, headDim, blockSize, blocks);
+    }
+
+    public void PagedAttention(AcceleratorStream s, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> o,
+        ArrayView<int> positions, ArrayView<int> seqOfToken, ArrayView<int> blockTables, int t, int heads, int kvHeads, int headDim, int blockSize,
+        int maxBlocks, int window, ArrayView<float> sinks, float scale)
+    {
+        const string who = "CpuOps.PagedAttention";
+        int blocks = PoolBlocks(who, kCache, vCache, kvHeads, headDim, blockSize);
+        Need(who, "q [T, H, Dh]", q.Length, (long)t * heads * headDim);
+        Need(who, "o [T, H, Dh]", o.Length, (long)t * heads * headDim);
+        int sequences = TableRows(who, positions, seqOfToken, blockTables, t, maxBlocks);
+        if (sinks.Length != 0 && sinks.Length != heads)
+            throw new ArgumentException($"{who}: sinks [H] has {sinks.Length} floats, needs {heads}", nameof(sinks));
+        CpuPaged.Attention(Threads, P(q), P(kCache), P(vCache), P(o), P(positions), P(seqOfToken), P(blockTables), t, heads, kvHeads, headDim, blockSize,
+            maxBlocks, sequences, blocks, window, P(sinks), scale);
+    }
+
+    public void PagedMlaAppend(AcceleratorStream s, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride, ArrayView<int> slots,
+        ArrayView<float> cache, int t, int rank, int ropeDim)
+    {
+        const string who = "CpuOps.PagedMlaAppend";
+        if (rank < 1 || ropeDim < 0 || latentStride < rank || ropeStride < ropeDim)
+            throw new ArgumentException($"{who}: R ({rank}) must be positive, Dr ({ropeDim}) non-negative, the strides ({latentStride}, {ropeStride}) at least R and Dr");
+        if (t > 0)
+        {
+            Need(who, "latent [T, stride]", latent.Length, (long)(t - 1) * latentStride + rank);
+            Need(who, "kRope [T, stride]", kRope.Length, ropeDim > 0 ? (long)(t - 1) * ropeStride + ropeDim : 0);
+        }
+
+        Need(who, "slots [T]", slots.Length, t);
+        long rows = cache.Length / (rank + ropeDim);
+        if (rows < 1 || rows > int.MaxValue)
+            throw new ArgumentException($"{who}: cache [rows, R + Dr] of {cache.Length} floats holds {rows} rows");
+        CpuPaged.MlaAppend(P(latent), latentStride, P(kRope), ropeStride, P(slots), P(cache), t, new CpuMlaShape(rank, ropeDim, 0, 0), (int)rows);
+    }
+
+    public void PagedMlaAttention(AcceleratorStream s, ArrayView<float> qAbs, ArrayView<float> cache, ArrayView<int> positions, ArrayView<int> seqOfToken,
+        ArrayView<int> blockTables, ArrayView<float> oLat, int t, int heads, MlaOptions o, int blockSize, int maxBlocks, float scale)
+    {
+        const string who = "CpuOps.PagedMlaAttention";
+        var m = Shape(o);
+        if (blockSize < 1)
+            throw new ArgumentException($"{who}: blockSize must be >= 1 (got {blockSize})");
+        long blocks = cache.Length / ((long)blockSize * m.Row);
+        if (blocks < 1 || blocks * blockSize > int.MaxValue)
+            throw new ArgumentException($"{who}: cache [NumBlocks * BS, R + Dr] of {cache.Length} floats holds {blocks} blocks of {blockSize}");
+        Need(who, "qAbs [T, H, R + Dr]", qAbs.Length, (long)t * heads * m.Row);
+        Need(who, "oLat [T, H, R]", oLat.Length, (long)t * heads * m.Rank);
+        int sequences = TableRows(who, positions, seqOfToken, blockTables, t, maxBlocks);
+        CpuPaged.MlaAttention(Threads, P(qAbs), P(cache), P(positions), P(seqOfToken), P(blockTables), P(oLat), t, heads, m, blockSize, maxBlocks,
+            sequences, (int)blocks, scale);
+    }
+
+    private static void Need(string who, string what, long length, long needed)
+    {
+        if (length < needed)
+            throw new ArgumentException($"{who}: {what} has {length} elements, needs {needed}");
+    }
+
+    /// <summary>Blocks of the pool kCache, vCache [NumBlocks, Hkv, BS, Dh] (vCache at least as many as kCache).</summary>
+    private static int PoolBlocks(string who, ArrayView<float> kCache, ArrayView<float> vCache, int kvHeads, int headDim, int blockSize)
+    {
+        if (kvHeads < 1 || headDim < 1 || blockSize < 1)
+            throw new ArgumentException($"{who}: Hkv ({kvHeads}), Dh ({headDim}) and blockSize ({blockSize}) must be positive");
+        long perBlock = (long)kvHeads * blockSize * headDim;
+        long blocks = kCache.Length / perBlock;
+        if (blocks < 1 || blocks * blockSize > int.MaxValue)
+            throw new ArgumentException($"{who}: kCache [NumBlocks, Hkv, BS, Dh] of {kCache.Length} floats holds {blocks} blocks of {perBlock}");
+        Need(who, "vCache [NumBlocks, Hkv, BS, Dh]", vCache.Length, blocks * perBlock);
+        return (int)blocks;
+    }
+
+    /// <summary>Checks positions, seqOfToken [T] and blockTables [S, maxBlocks]; returns S.</summary>
+    private static int TableRows(string who, ArrayView<int> positions, ArrayView<int> seqOfToken, ArrayView<int> blockTables, int t, int maxBlocks)
+    {
+        if (maxBlocks < 1)
+            throw new ArgumentException($"{who}: maxBlocks must be >= 1 (got {maxBlocks})");
+        Need(who, "positions [T]", positions.Length, t);
+        Need(who, "seqOfToken [T]", seqOfToken.Length, t);
+        long rows = blockTables.Length / maxBlocks;
+        if (rows < 1)
+            throw new ArgumentException($"{who}: blockTables [S, maxBlocks] has {blockTables.Length} ints, less than one row of {maxBlocks}");
+        return (int)Math.Min(rows, int.MaxValue);
+    }
+
     public void MlaAppend(AcceleratorStream s, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride, ArrayView<int> positions,
         ArrayView<float> cache, int t, int rank, int ropeDim, int maxSeq) =>
         CpuMla.Append(P(latent), latentStride, P(kRope), ropeStride, P(positions), P(cache), t, new CpuMlaShape(rank, ropeDim, 0, 0), maxSeq);

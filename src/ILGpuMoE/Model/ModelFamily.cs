@@ -166,7 +166,15 @@ public abstract class ModelFamily
     /// generate --chat: one user turn in the family's instruct format, ready for the assistant's reply, and whether the
     /// tokenizer adds BOS in front (the chat templates of the instruct checkpoints, rendered for one message).
     /// </summary>
-    public abstract (string Text, bool AddBos) ChatPrompt(string prompt);
+    public (string Text, bool AddBos) ChatPrompt(string prompt) => ChatPrompt([new ChatMessage(ChatRole.User, prompt)]);
+
+    /// <summary>
+    /// A conversation (system, user and assistant turns, in order) in the family's instruct format, ending with the
+    /// generation prompt (ready for the assistant's reply), and whether the tokenizer adds BOS in front. The family's
+    /// known format (ChatMessage.cs says why not tokenizer_config.json's Jinja template). Throws ArgumentException for
+    /// an empty conversation.
+    /// </summary>
+    public abstract (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages);
 
     public override string ToString() => ModelType;
 

@@ -54,6 +54,21 @@ internal interface IForwardOps : IDisposable
     void Attention(AcceleratorStream s, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> o, int t, int heads,
         int kvHeads, int headDim, int maxSeq, int pos0, int window, ArrayView<float> sinks, float scale);
 
+    /// <summary>
+    /// Paged cache (continuous batching; layout kernels/ILGpuMoE.Kernels/Attention/PagedAttentionKernel.cs): k, v
+    /// [T, Hkv, Dh] into kCache, vCache [NumBlocks, Hkv, BS, Dh] at slots[t] = block * BS + offset.
+    /// </summary>
+    void PagedAppendKv(AcceleratorStream s, ArrayView<float> k, ArrayView<float> v, ArrayView<float> kCache, ArrayView<float> vCache,
+        ArrayView<int> slots, int t, int kvHeads, int headDim, int blockSize);
+
+    /// <summary>
+    /// Paged attention of q [T, H, Dh] into o [T, H, Dh]: token t attends to the keys 0..positions[t] (window) of its
+    /// sequence, found through blockTables [S, maxBlocks] row seqOfToken[t]; sinks: F32 [H] or empty. Append first.
+    /// </summary>
+    void PagedAttention(AcceleratorStream s, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> o,
+        ArrayView<int> positions, ArrayView<int> seqOfToken, ArrayView<int> blockTables, int t, int heads, int kvHeads, int headDim, int blockSize,
+        int maxBlocks, int window, ArrayView<float> sinks, float scale);
+
     /// <summary>Router logits -> ids, weights [T, K'] (noise for NoisyTopK, bias for DeepSeekV3; empty otherwise).</summary>
     void Gating(AcceleratorStream s, RouterSpec spec, ArrayView<float> logits, ArrayView<int> ids, ArrayView<float> weights, int t,
         ArrayView<float> noiseLogits, ArrayView<float> bias);
@@ -65,6 +80,14 @@ internal interface IForwardOps : IDisposable
     /// <summary>MLA: the latent rows and k_rope into the compressed cache at positions[t].</summary>
     void MlaAppend(AcceleratorStream s, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride, ArrayView<int> positions,
         ArrayView<float> cache, int t, int rank, int ropeDim, int maxSeq);
+
+    /// <summary>Paged MLA: the latent rows and k_rope into the pool [NumBlocks * BS, R + Dr] at rows slots[t].</summary>
+    void PagedMlaAppend(AcceleratorStream s, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride, ArrayView<int> slots,
+        ArrayView<float> cache, int t, int rank, int ropeDim);
+
+    /// <summary>Paged MLA: o_lat [T, H, R] over each token's sequence rows 0..positions[t], found through blockTables [S, maxBlocks].</summary>
+    void PagedMlaAttention(AcceleratorStream s, ArrayView<float> qAbs, ArrayView<float> cache, ArrayView<int> positions, ArrayView<int> seqOfToken,
+        ArrayView<int> blockTables, ArrayView<float> oLat, int t, int heads, MlaOptions o, int blockSize, int maxBlocks, float scale);
 
     /// <summary>MLA: q_abs [T, H, R + Dr] from q and kv_b_proj.</summary>
     void MlaAbsorbQ(AcceleratorStream s, ArrayView<float> q, DeviceTensor kvB, ArrayView<float> qAbs, int t, int heads, MlaOptions o);

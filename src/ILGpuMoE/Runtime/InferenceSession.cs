@@ -18,6 +18,11 @@
 // the clamped GLU with expert biases inside the MoE kernels (LayerWeights.Glu).
 // then logits = rmsnorm(x) Wlm^T for every row (prefill with all logits) or only the last row (generation).
 //
+// Paged (BatchSession.cs): the same step over the tokens of several sequences at once. The caches are then a pool of
+// blocks ([NumBlocks, Hkv, BS, Dh] per layer, MLA [NumBlocks * BS, latent + rope]); each token carries its position, the
+// slot its K/V row goes to and the block-table row of its sequence, and attention reads through the tables
+// (kernels/ILGpuMoE.Kernels/Attention/PagedAttentionKernel.cs). Every other op is per token already.
+//
 // Host syncs: none inside a step; the step ends by reading the logits back (and the routing ids when stats are on).
 //
 // Decode (T = 1) with the tuned kernels runs a DecodePlan instead: the same math in 8 launches per layer (fused norms,
@@ -76,16 +81,22 @@ public sealed class InferenceSession : IDisposable
     private bool _graphTried;
     private int _decodeSteps;
     private bool _disposed;
+    // Paged mode (BatchSession): the pool's layout, and per step each token's cache slot and block-table row, and the
+    // block tables of the step's sequences [S, MaxBlocks].
+    private readonly PagedLayout? _paged;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense>? _slotOf, _seqOf, _tables;
+    private int _pagedSteps;
 
-    internal InferenceSession(MoeModel model, SessionOptions? options = null)
+    internal InferenceSession(MoeModel model, SessionOptions? options = null, PagedLayout? paged = null)
     {
         _model = model;
+        _paged = paged;
         var c = model.Config;
         var a = model.Accelerator;
         options ??= new();
         // A graph cannot capture CUDA's legacy default stream (ILGPU's DefaultStream): such a session owns a stream.
-        _graphWanted = options.CudaGraph;
-        _ownStream = options.CudaGraph && a.AcceleratorType == AcceleratorType.Cuda;
+        _graphWanted = options.CudaGraph && paged is null;
+        _ownStream = _graphWanted && a.AcceleratorType == AcceleratorType.Cuda;
         _stream = _ownStream ? a.CreateStream() : a.DefaultStream;
         if (options.CudaGraph && !_ownStream && !model.IsCpuBackend)
             CudaGraphStatus = $"not used: {a.AcceleratorType} is not a CUDA device";
@@ -133,7 +144,8 @@ public sealed class InferenceSession : IDisposable
         {
             // The latent cache replaces K and V (MemoryPlan.CacheBytes counts the same floats).
             _kCache = _vCache = [];
-            _latentCache = Enumerable.Range(0, c.Layers).Select(_ => a.Allocate1D<float>((long)model.MaxSeq * mla.CacheWidth)).ToArray();
+            long rows = paged is null ? model.MaxSeq : (long)paged.Blocks * paged.BlockSize;
+            _latentCache = Enumerable.Range(0, c.Layers).Select(_ => a.Allocate1D<float>(rows * mla.CacheWidth)).ToArray();
             if (mla.QLoraRank > 0)
                 _qa = a.Allocate1D<float>((long)_b * mla.QLoraRank);
             _ckv = a.Allocate1D<float>((long)_b * mla.CacheWidth);
@@ -142,7 +154,7 @@ public sealed class InferenceSession : IDisposable
         }
         else
         {
-            long cache = KvCacheLayout.Elements(c.KvHeads, model.MaxSeq, c.HeadDim);
+            long cache = paged is null ? KvCacheLayout.Elements(c.KvHeads, model.MaxSeq, c.HeadDim) : paged.CacheElements(c.KvHeads, c.HeadDim);
             _kCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
             _vCache = new MemoryBuffer1D<float, Stride1D.Dense>[c.Layers];
             for (int l = 0; l < c.Layers; l++)
@@ -164,6 +176,13 @@ public sealed class InferenceSession : IDisposable
             int m = dense.Slots;
             _denseIds = a.Allocate1D(Enumerable.Range(0, _b * m).Select(i => i % m).ToArray());
             _denseWeights = a.Allocate1D(Enumerable.Repeat(1f, _b * m).ToArray());
+        }
+
+        if (paged is not null)
+        {
+            _slotOf = a.Allocate1D<int>(_b);
+            _seqOf = a.Allocate1D<int>(_b);
+            _tables = a.Allocate1D<int>((long)_b * paged.MaxBlocks);
         }
 
         if (model.GatherColumns > 0)
@@ -237,6 +256,8 @@ public sealed class InferenceSession : IDisposable
     public float[] Prefill(ReadOnlySpan<int> tokens, bool allLogits)
     {
         ThrowIfUnusable();
+        if (_paged is not null)
+            throw new InvalidOperationException("a paged session runs BatchSession.Step, not Prefill / Decode");
         if (tokens.IsEmpty)
             throw new RuntimeInputException("no tokens to process (the prompt is empty)");
         CheckTokens(tokens);
@@ -299,7 +320,7 @@ public sealed class InferenceSession : IDisposable
         var plan = t == 1 && logitRows == 1 ? Plan() : null;
         if (plan is null)
         {
-            StepLaunches(t, logitRows);
+            StepLaunches(t, logitRows, Position);
         }
         else
         {
@@ -324,6 +345,42 @@ public sealed class InferenceSession : IDisposable
         LastStepLaunches = _graph is not null && LastStepReplayed ? _graph.Nodes : KernelLaunches.Count - before;
         LastStepTensorCoreLaunches = KernelLaunches.TensorCoreCount - beforeMma;
         Position += t;
+        if (CollectRoutingStats)
+            ReadRouting(t);
+    }
+
+    /// <summary>
+    /// Paged mode: one step over the T tokens of several sequences. Per token its id, position, cache slot and row of
+    /// <paramref name="tables"/> ([S, MaxBlocks]); <paramref name="logitRows"/> lists the tokens whose logits are wanted,
+    /// written to <paramref name="logits"/> [rows, V] in that order. The caller (BatchSession) checked every index.
+    /// </summary>
+    internal void StepPaged(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, ReadOnlySpan<int> slots, ReadOnlySpan<int> seqOf,
+        ReadOnlySpan<int> tables, ReadOnlySpan<int> logitRows, Span<float> logits)
+    {
+        ThrowIfUnusable();
+        int t = tokens.Length;
+        CheckTokens(tokens);
+        _tokens.View.SubView(0, t).CopyFromCPU(_stream, tokens);
+        _positions.View.SubView(0, t).CopyFromCPU(_stream, positions);
+        _slotOf!.View.SubView(0, t).CopyFromCPU(_stream, slots);
+        _seqOf!.View.SubView(0, t).CopyFromCPU(_stream, seqOf);
+        _tables!.View.SubView(0, tables.Length).CopyFromCPU(_stream, tables);
+        long before = KernelLaunches.Count;
+        StepLaunches(t, 0, _pagedSteps++);
+        var m = _model;
+        var x = _x.View.SubView(0, (long)t * _d);
+        var hs = _h.View.SubView(0, (long)logitRows.Length * _d);
+        // The wanted rows only (a prefill chunk's last token, each decoding sequence's one): one norm launch per row.
+        for (int i = 0; i < logitRows.Length; i++)
+            m.Ops.RmsNorm(_stream, x.SubView((long)logitRows[i] * _d, _d), m.FinalNorm, hs.SubView((long)i * _d, _d), 1, _d, (float)m.Config.RmsNormEps);
+        if (logitRows.Length > 0)
+        {
+            m.Ops.MatMul(_stream, hs, m.LmHead, _logits.View.SubView(0, (long)logitRows.Length * _v), logitRows.Length, _v, _d);
+            _logits.View.SubView(0, (long)logitRows.Length * _v).CopyToCPU(_stream, logits[..(logitRows.Length * _v)]);
+        }
+
+        _stream.Synchronize();
+        LastStepLaunches = KernelLaunches.Count - before;
         if (CollectRoutingStats)
             ReadRouting(t);
     }
@@ -369,13 +426,13 @@ public sealed class InferenceSession : IDisposable
         }
     }
 
-    private void StepLaunches(int t, int logitRows)
+    // pos0: the contiguous cache's first position of the step; in paged mode the step's count, which only seeds NoisyTopK.
+    private void StepLaunches(int t, int logitRows, int pos0)
     {
         var m = _model;
         var c = m.Config;
         var ops = m.Ops;
         var s = _stream;
-        int pos0 = Position;
         float eps = (float)c.RmsNormEps;
 
         var tok = _tokens.View.SubView(0, t);
@@ -447,6 +504,7 @@ public sealed class InferenceSession : IDisposable
         var s = _stream;
         var ex = lw.Extras;
         int pos0 = Position, hd = c.HeadDim, seq = m.MaxSeq;
+        var sinks = ex.Sinks is { } sk ? sk.F32 : default;
         float eps = (float)c.RmsNormEps;
         float clip = c.Block.ClipQkv is { } cq ? (float)cq : float.PositiveInfinity;
         // Act-order q/k/v of one input order: gather the normed rows once for all three.
@@ -479,9 +537,16 @@ public sealed class InferenceSession : IDisposable
         }
 
         ops.Rope(s, q, k, pos, t, c.Heads, c.KvHeads, m.Rope, hd, hd, perHead ? ex.QNorm : null, perHead ? ex.KNorm : null, eps);
+        if (_paged is { } pl)
+        {
+            ops.PagedAppendKv(s, k, v, _kCache[l].View, _vCache[l].View, _slotOf!.View.SubView(0, t), t, c.KvHeads, hd, pl.BlockSize);
+            ops.PagedAttention(s, q, _kCache[l].View, _vCache[l].View, a, pos, _seqOf!.View.SubView(0, t), _tables!.View, t, c.Heads, c.KvHeads, hd,
+                pl.BlockSize, pl.MaxBlocks, c.WindowOf(l), sinks, m.AttentionScale);
+            return;
+        }
+
         ops.AppendKv(s, k, v, _kCache[l].View, _vCache[l].View, t, c.KvHeads, hd, seq, pos0);
-        ops.Attention(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l),
-            ex.Sinks is { } sinks ? sinks.F32 : default, m.AttentionScale);
+        ops.Attention(s, q, _kCache[l].View, _vCache[l].View, a, t, c.Heads, c.KvHeads, hd, seq, pos0, c.WindowOf(l), sinks, m.AttentionScale);
     }
 
     // DeepSeek's MLA for layer l, absorbed (kernels/ILGpuMoE.Kernels/Attention/Mla): q through q_a / q_a_layernorm / q_b
@@ -516,12 +581,18 @@ public sealed class InferenceSession : IDisposable
         var kRope = ckv.SubView(rank, ckv.Length - rank);
         ops.Rope(s, q.SubView(o.QkNopeHeadDim, q.Length - o.QkNopeHeadDim), kRope, pos, t, c.Heads, 1, m.Rope, qk, row, null, null, eps);
         var cache = _latentCache[l].View;
-        ops.MlaAppend(s, ckv, row, kRope, row, pos, cache, t, rank, rope, m.MaxSeq);
+        if (_paged is null)
+            ops.MlaAppend(s, ckv, row, kRope, row, pos, cache, t, rank, rope, m.MaxSeq);
+        else
+            ops.PagedMlaAppend(s, ckv, row, kRope, row, _slotOf!.View.SubView(0, t), cache, t, rank, rope);
         var qAbs = _qAbs!.View.SubView(0, (long)t * c.Heads * row);
         var oLat = _oLat!.View.SubView(0, (long)t * c.Heads * rank);
         var kvB = lw.Wv.Dense!;
         ops.MlaAbsorbQ(s, q, kvB, qAbs, t, c.Heads, o);
-        ops.MlaAttention(s, qAbs, cache, pos, oLat, t, c.Heads, o, m.MaxSeq, m.AttentionScale);
+        if (_paged is { } pl)
+            ops.PagedMlaAttention(s, qAbs, cache, pos, _seqOf!.View.SubView(0, t), _tables!.View, oLat, t, c.Heads, o, pl.BlockSize, pl.MaxBlocks, m.AttentionScale);
+        else
+            ops.MlaAttention(s, qAbs, cache, pos, oLat, t, c.Heads, o, m.MaxSeq, m.AttentionScale);
         ops.MlaAbsorbV(s, oLat, kvB, a, t, c.Heads, o);
     }
 
@@ -589,5 +660,8 @@ public sealed class InferenceSession : IDisposable
         _denseWeights?.Dispose();
         _gather?.Dispose();
         _noise?.Dispose();
+        _slotOf?.Dispose();
+        _seqOf?.Dispose();
+        _tables?.Dispose();
     }
 }

@@ -79,6 +79,10 @@ public sealed record MemoryPlan(long WeightBytes, long KvCacheBytes, long Worksp
         ? (long)c.Layers * maxSeq * m.CacheWidth * sizeof(float)
         : 2L * c.Layers * c.KvHeads * maxSeq * c.HeadDim * sizeof(float);
 
+    /// <summary>A paged KV pool (BatchSession): <paramref name="blocks"/> blocks of <paramref name="blockSize"/> positions,
+    /// per position what <see cref="CacheBytes"/> holds per position.</summary>
+    public static long PagedCacheBytes(ModelConfig c, int blocks, int blockSize) => CacheBytes(c, 1) * blocks * blockSize;
+
     /// <summary>Activations of one step of T = maxBatch tokens, the MoE scratch, logits and the attention decode partials.</summary>
     public static long Workspace(ModelConfig c, int maxSeq, int maxBatch)
     {

@@ -637,6 +637,13 @@ public sealed class MoeModel : IDisposable
         return new(this, options);
     }
 
+    /// <summary>A batch session: sequences stepped together over a paged KV pool (BatchSession.cs).</summary>
+    public BatchSession NewBatchSession(BatchOptions? options = null)
+    {
+        ThrowIfUnusable(nameof(NewBatchSession));
+        return new(this, options);
+    }
+
     /// <summary>True once the model, its accelerator or the accelerator's context was disposed.</summary>
     public bool IsDisposed => _disposed || DeviceGone;
 

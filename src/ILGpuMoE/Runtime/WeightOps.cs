@@ -175,6 +175,31 @@ internal sealed class WeightOps : IForwardOps
         ArrayView<float> cache, int t, int rank, int ropeDim, int maxSeq) =>
         Mla.Append(s, latent, latentStride, kRope, ropeStride, positions, cache, t, rank, ropeDim, maxSeq);
 
+    // The paged cache (continuous batching), loaded on first use: V1 under the simple policy, else the warp-per-row decode kernel.
+    private PagedAttentionKernel? _paged;
+    private PagedMlaKernel? _pagedMla;
+
+    public PagedAttentionKernel Paged => _paged ??= PagedAttentionKernel.Create(_accelerator, _simple ? PagedAttentionVersion.V1 : PagedAttentionVersion.V2Decode);
+
+    public PagedMlaKernel PagedMla => _pagedMla ??= PagedMlaKernel.Create(_accelerator);
+
+    public void PagedAppendKv(AcceleratorStream s, ArrayView<float> k, ArrayView<float> v, ArrayView<float> kCache, ArrayView<float> vCache,
+        ArrayView<int> slots, int t, int kvHeads, int headDim, int blockSize) =>
+        Paged.Append(s, k, v, kCache, vCache, slots, t, kvHeads, headDim, blockSize);
+
+    public void PagedAttention(AcceleratorStream s, ArrayView<float> q, ArrayView<float> kCache, ArrayView<float> vCache, ArrayView<float> o,
+        ArrayView<int> positions, ArrayView<int> seqOfToken, ArrayView<int> blockTables, int t, int heads, int kvHeads, int headDim, int blockSize,
+        int maxBlocks, int window, ArrayView<float> sinks, float scale) =>
+        Paged.Launch(s, q, kCache, vCache, o, positions, seqOfToken, blockTables, t, heads, kvHeads, headDim, blockSize, maxBlocks, window, sinks, scale);
+
+    public void PagedMlaAppend(AcceleratorStream s, ArrayView<float> latent, int latentStride, ArrayView<float> kRope, int ropeStride, ArrayView<int> slots,
+        ArrayView<float> cache, int t, int rank, int ropeDim) =>
+        PagedMla.Append(s, latent, latentStride, kRope, ropeStride, slots, cache, t, rank, ropeDim);
+
+    public void PagedMlaAttention(AcceleratorStream s, ArrayView<float> qAbs, ArrayView<float> cache, ArrayView<int> positions, ArrayView<int> seqOfToken,
+        ArrayView<int> blockTables, ArrayView<float> oLat, int t, int heads, MlaOptions o, int blockSize, int maxBlocks, float scale) =>
+        PagedMla.Attention(s, qAbs, cache, positions, seqOfToken, blockTables, oLat, t, heads, o.KvLoraRank, o.QkRopeHeadDim, blockSize, maxBlocks, scale);
+
     public AttentionKernel Attention { get; }
 
     public GatingKernel Gating { get; }

@@ -1,5 +1,6 @@
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Kernels.Attention;
+using ILGpuMoE.Kernels.Attention.Mla;
 using ILGpuMoE.Kernels.Dense;
 using ILGpuMoE.Kernels.Moe;
 using ILGpuMoE.Kernels.Moe.Gating;
@@ -22,6 +23,10 @@ public class KernelIdTests
         (typeof(QuantGemvVersion), []),
         (typeof(QuantGemmVersion), []),
         (typeof(AttentionVersion), [AttentionVersion.V2]),
+        (typeof(PagedKvAppendVersion), []),
+        (typeof(PagedAttentionVersion), []),
+        (typeof(PagedMlaAppendVersion), []),
+        (typeof(PagedMlaAttentionVersion), []),
     ];
 
     // Hand-written: the kebab case of the member names.
@@ -29,6 +34,8 @@ public class KernelIdTests
     [TestCase(GroupedGemmVersion.V4PackedGemv, "moe/grouped-gemm", "v4-packed-gemv")]
     [TestCase(MatMulVersion.GemvV2, "dense/matmul", "gemv-v2")]
     [TestCase(AttentionVersion.V2Decode, "attention", "v2-decode")]
+    [TestCase(PagedAttentionVersion.V2Decode, "attention/paged", "v2-decode")]
+    [TestCase(PagedMlaAttentionVersion.V1, "attention/paged-mla", "v1")]
     public void NamesComeFromTheMember(Enum version, string family, string name)
     {
         Assert.That(KernelId.Family(version), Is.EqualTo(family));

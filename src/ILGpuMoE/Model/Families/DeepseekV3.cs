@@ -25,9 +25,29 @@ public sealed class DeepseekV3Family : ModelFamily
 
     public override TensorNames Names => DeepseekNames.Instance;
 
-    /// <summary>DeepSeek-V3's chat template for one user message with the generation prompt: BOS, then
-    /// "&lt;｜User｜&gt;prompt&lt;｜Assistant｜&gt;" (the full-width bars are part of the special tokens).</summary>
-    public override (string Text, bool AddBos) ChatPrompt(string prompt) => ($"<｜User｜>{prompt}<｜Assistant｜>", true);
+    /// <summary>
+    /// DeepSeek-V3's chat template with the generation prompt: BOS, the system turns' text (joined by "\n\n") first, as
+    /// the template gathers them, then "&lt;｜User｜&gt;text" and "&lt;｜Assistant｜&gt;text&lt;｜end▁of▁sentence｜&gt;" per turn,
+    /// then "&lt;｜Assistant｜&gt;" (the full-width bars are part of the special tokens). One user turn:
+    /// "&lt;｜User｜&gt;prompt&lt;｜Assistant｜&gt;".
+    /// </summary>
+    public override (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages)
+    {
+        ChatMessage.Check(messages);
+        var text = new System.Text.StringBuilder(string.Join("\n\n", messages.Where(m => m.Role == ChatRole.System).Select(m => m.Content)));
+        foreach (var m in messages)
+        {
+            text.Append(m.Role switch
+            {
+                ChatRole.System => "",
+                ChatRole.User => $"<｜User｜>{m.Content}",
+                ChatRole.Assistant => $"<｜Assistant｜>{m.Content}<｜end▁of▁sentence｜>",
+                _ => throw new ArgumentException($"chat role {m.Role}"),
+            });
+        }
+
+        return (text.Append("<｜Assistant｜>").ToString(), true);
+    }
 
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {

@@ -26,15 +26,35 @@ public sealed class GptOssFamily : ModelFamily
     internal override Kernels.Dense.YarnScaling? DefaultRopeScaling => RopeScaling.GptOssDefault;
 
     /// <summary>
-    /// The harmony format, as gpt-oss's chat template renders one user message with the generation prompt: the system
-    /// message it writes when none is given (identity, knowledge cutoff, today's date in UTC, reasoning effort medium,
-    /// the channels), then the user turn, then "&lt;|start|&gt;assistant". No BOS.
+    /// The harmony format, as gpt-oss's chat template renders the messages with the generation prompt: the system
+    /// message it writes (identity, knowledge cutoff, today's date in UTC, reasoning effort medium, the channels); the
+    /// system turns' text, joined by "\n\n", as one developer message "# Instructions\n\ntext" (the template's place for
+    /// them); then "&lt;|start|&gt;user&lt;|message|&gt;text&lt;|end|&gt;" and
+    /// "&lt;|start|&gt;assistant&lt;|channel|&gt;final&lt;|message|&gt;text&lt;|end|&gt;" per turn; then "&lt;|start|&gt;assistant". No BOS.
     /// </summary>
-    public override (string Text, bool AddBos) ChatPrompt(string prompt) =>
-        ("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n" +
-         $"Current date: {DateTime.UtcNow:yyyy-MM-dd}\n\nReasoning: medium\n\n" +
-         "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>" +
-         $"<|start|>user<|message|>{prompt}<|end|><|start|>assistant", false);
+    public override (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages)
+    {
+        ChatMessage.Check(messages);
+        var text = new System.Text.StringBuilder(
+            "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: 2024-06\n" +
+            $"Current date: {DateTime.UtcNow:yyyy-MM-dd}\n\nReasoning: medium\n\n" +
+            "# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>");
+        var system = messages.Where(m => m.Role == ChatRole.System).Select(m => m.Content).ToArray();
+        if (system.Length > 0)
+            text.Append("<|start|>developer<|message|># Instructions\n\n").Append(string.Join("\n\n", system)).Append("<|end|>");
+        foreach (var m in messages)
+        {
+            text.Append(m.Role switch
+            {
+                ChatRole.System => "",
+                ChatRole.User => $"<|start|>user<|message|>{m.Content}<|end|>",
+                ChatRole.Assistant => $"<|start|>assistant<|channel|>final<|message|>{m.Content}<|end|>",
+                _ => throw new ArgumentException($"chat role {m.Role}"),
+            });
+        }
+
+        return (text.Append("<|start|>assistant").ToString(), false);
+    }
 
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {

@@ -11,8 +11,27 @@ public sealed class MixtralFamily : ModelFamily
 
     public override TensorNames Names => MixtralNames.Instance;
 
-    /// <summary>Mistral-Instruct: BOS + "[INST] prompt [/INST]".</summary>
-    public override (string Text, bool AddBos) ChatPrompt(string prompt) => (Tokenizer.MistralChat.WrapText(prompt), true);
+    /// <summary>
+    /// Mistral-Instruct (the template of Mixtral-8x7B-Instruct and of models/mixtral-demo): BOS, then per user turn
+    /// "[INST] text [/INST]", per assistant turn "text&lt;/s&gt;". The template has no system turn: system text is joined
+    /// to the next user turn (ChatMessage.FoldSystemIntoUser). One user turn: BOS + "[INST] prompt [/INST]".
+    /// </summary>
+    public override (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages)
+    {
+        ChatMessage.Check(messages);
+        var text = new System.Text.StringBuilder();
+        foreach (var m in ChatMessage.FoldSystemIntoUser(messages))
+        {
+            text.Append(m.Role switch
+            {
+                ChatRole.User => Tokenizer.MistralChat.WrapText(m.Content),
+                ChatRole.Assistant => m.Content + "</s>",
+                _ => throw new ArgumentException($"chat role {m.Role} after folding the system turns"),
+            });
+        }
+
+        return (text.ToString(), true);
+    }
 
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {

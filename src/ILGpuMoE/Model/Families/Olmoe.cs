@@ -13,9 +13,29 @@ public sealed class OlmoeFamily : ModelFamily
 
     public override string Architecture => "OlmoeForCausalLM";
 
-    /// <summary>OLMoE-Instruct (Tülu format): "&lt;|endoftext|&gt;&lt;|user|&gt;\nprompt\n&lt;|assistant|&gt;\n"; its BOS is the
-    /// &lt;|endoftext|&gt; the template writes itself.</summary>
-    public override (string Text, bool AddBos) ChatPrompt(string prompt) => ($"<|endoftext|><|user|>\n{prompt}\n<|assistant|>\n", false);
+    /// <summary>
+    /// OLMoE-Instruct (Tülu format): "&lt;|endoftext|&gt;" (its BOS, which the template writes itself), then
+    /// "&lt;|system|&gt;\ntext\n", "&lt;|user|&gt;\ntext\n", "&lt;|assistant|&gt;\ntext&lt;|endoftext|&gt;" (+ "\n" unless last) per
+    /// turn, then "&lt;|assistant|&gt;\n". One user turn: "&lt;|endoftext|&gt;&lt;|user|&gt;\nprompt\n&lt;|assistant|&gt;\n".
+    /// </summary>
+    public override (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages)
+    {
+        ChatMessage.Check(messages);
+        var text = new System.Text.StringBuilder("<|endoftext|>");
+        for (int i = 0; i < messages.Count; i++)
+        {
+            var m = messages[i];
+            text.Append(m.Role switch
+            {
+                ChatRole.System => $"<|system|>\n{m.Content}\n",
+                ChatRole.User => $"<|user|>\n{m.Content}\n",
+                ChatRole.Assistant => $"<|assistant|>\n{m.Content}<|endoftext|>" + (i == messages.Count - 1 ? "" : "\n"),
+                _ => throw new ArgumentException($"chat role {m.Role}"),
+            });
+        }
+
+        return (text.Append("<|assistant|>\n").ToString(), false);
+    }
 
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {

@@ -17,10 +17,29 @@ public sealed class Qwen2MoeFamily : ModelFamily
 
     public override string Architecture => "Qwen2MoeForCausalLM";
 
-    /// <summary>ChatML, as Qwen's chat templates render one user message with the generation prompt (no BOS).</summary>
-    public override (string Text, bool AddBos) ChatPrompt(string prompt) => ChatMl(prompt);
+    /// <summary>ChatML, as Qwen's chat templates render the messages with the generation prompt (no BOS).</summary>
+    public override (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages) => ChatMl(messages);
 
-    internal static (string Text, bool AddBos) ChatMl(string prompt) => ($"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n", false);
+    /// <summary>ChatML: "&lt;|im_start|&gt;role\ncontent&lt;|im_end|&gt;\n" per turn, then "&lt;|im_start|&gt;assistant\n". No default
+    /// system turn is added (Qwen2.5's templates add one; the MoE checkpoints' do not).</summary>
+    internal static (string Text, bool AddBos) ChatMl(IReadOnlyList<ChatMessage> messages)
+    {
+        ChatMessage.Check(messages);
+        var text = new System.Text.StringBuilder();
+        foreach (var m in messages)
+        {
+            string role = m.Role switch
+            {
+                ChatRole.System => "system",
+                ChatRole.User => "user",
+                ChatRole.Assistant => "assistant",
+                _ => throw new ArgumentException($"chat role {m.Role}"),
+            };
+            text.Append("<|im_start|>").Append(role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        }
+
+        return (text.Append("<|im_start|>assistant\n").ToString(), false);
+    }
 
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {

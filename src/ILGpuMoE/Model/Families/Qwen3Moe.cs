@@ -16,8 +16,8 @@ public sealed class Qwen3MoeFamily : ModelFamily
 
     public override string Architecture => "Qwen3MoeForCausalLM";
 
-    /// <summary>ChatML, as Qwen's chat templates render one user message with the generation prompt (no BOS).</summary>
-    public override (string Text, bool AddBos) ChatPrompt(string prompt) => Qwen2MoeFamily.ChatMl(prompt);
+    /// <summary>ChatML, as Qwen's chat templates render the messages with the generation prompt (no BOS; Qwen2MoeFamily.ChatMl).</summary>
+    public override (string Text, bool AddBos) ChatPrompt(IReadOnlyList<ChatMessage> messages) => Qwen2MoeFamily.ChatMl(messages);
 
     internal override FamilyConfig Read(ConfigReader c, int layers)
     {
