@@ -1,4 +1,4 @@
-// ilgpumoe-gpu VERB ...: the GPU machine's single executable. bench, host and plot go to the bench
+// ilgpumoe-gpu VERB ...: the GPU machine's single executable. bench (`bench serve` too), host and plot go to the bench
 // (perf/ILGpuMoE.Perf/Program.cs); every other verb (devices, logits, generate, inspect, ...) and the root options
 // go to the CLI (src/ILGpuMoE.Cli/Program.cs). perf/gpu/run-device.sh and fixtures.sh are its callers.
 namespace ILGpuMoE.GpuBundle;

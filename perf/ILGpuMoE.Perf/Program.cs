@@ -21,6 +21,13 @@ public static class Program
 
         if (rest.Length > 0 && !rest[0].StartsWith('-'))
             rest = rest[1..];
+        // `bench serve ...` (as `ilgpumoe bench serve` and the GPU file's `bench serve` arrive) is the serve verb.
+        if (verb == "bench" && rest.Length > 0 && rest[0] == "serve")
+        {
+            verb = "serve";
+            rest = rest[1..];
+        }
+
         try
         {
             if (verb == "plot")

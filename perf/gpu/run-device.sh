@@ -174,12 +174,14 @@ if [ $dry -eq 1 ]; then
   e2e=(--preset tiny --no-peer)
   qwen=(--preset tiny --tokens 1 --family gating)
   deepseek=(--preset tiny --tokens 1 --family moe)
+  serve=(--preset tiny --concurrency 1,4 --requests 4 --prompt-tokens 4 --max-tokens 4)
 else
   smoke=(--preset smoke)
   kernels=(--preset mixtral-8x7b)
   e2e=(--preset mixtral-8x7b)
   qwen=(--preset qwen-moe-a2.7b --tokens 1,64,512 --family dense,gating,moe,quant)
   deepseek=(--preset deepseek-v3-moe --tokens 1,64,512 --family gating,moe)
+  serve=(--preset mixtral-8x7b --concurrency 1,4,16,32 --requests 64)
 fi
 # --decode-first: every bench step runs the T = 1 cases of decode-marked kernels before the rest (only the order
 # changes, not the steps' limits), so a step cut short by its limit still has the decode figures.
@@ -210,6 +212,11 @@ step mixtral-8x7b 180 "$bin" bench "${kernels[@]}" "${common[@]}" --no-e2e --out
 
 # 4. End to end (the random model and its quantized copies come from the cache when an earlier run made them).
 step e2e-mixtral-8x7b 120 "$bin" bench "${e2e[@]}" "${common[@]}" --e2e-only --cache "$cache" --out "$out/e2e-mixtral-8x7b"
+
+# 4b. Continuous batching: the engine under closed-loop load at 1, 4, 16 and 32 concurrent requests on the same random
+# Mixtral-shaped model (its one layer from the cache step 4 filled): tok/s, time to first token, inter-token latency.
+step serve-mixtral-8x7b 90 "$bin" bench serve "${serve[@]}" --device "$device" --cache "$cache" --out "$out/serve-mixtral-8x7b"
+[ -f "$out/serve-mixtral-8x7b/serve.md" ] && sed 's/^/  /' "$out/serve-mixtral-8x7b/serve.md" | tee -a "$summary" >/dev/null
 
 # 5. PyTorch on the same shapes: ours/theirs per kernel.
 current=torch

@@ -86,6 +86,14 @@ public static class EndToEndRun
         };
     }
 
+    /// <summary>The cache folder of a model's float checkpoint ("hf") and its quantized copies, keyed by every option of
+    /// the model (the record's text), so a changed shape or seed never reuses a stale folder.</summary>
+    public static string ModelsFolder(RandomMoeOptions o, string? cache)
+    {
+        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(o.ToString())))[..16].ToLowerInvariant();
+        return Path.Combine(cache ?? DefaultCache, $"e2e-{key}");
+    }
+
     /// <summary>The cache folder when --cache is not given: $ILGPUMOE_BENCH_CACHE, else ilgpumoe-bench-cache in the temp folder.</summary>
     public static string DefaultCache =>
         Environment.GetEnvironmentVariable("ILGPUMOE_BENCH_CACHE") is { Length: > 0 } dir ? dir : Path.Combine(Path.GetTempPath(), "ilgpumoe-bench-cache");
@@ -145,9 +153,7 @@ public static class EndToEndRun
         var prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
         var decode = Enumerable.Range(0, decodeTokens).Select(_ => rng.Next(3, o.Vocab)).ToArray();
         string dir = Path.Combine(Path.GetTempPath(), $"ilgpumoe-e2e-{Environment.ProcessId}");
-        // Keyed by every option of the model (the record's text), so a changed shape or seed never reuses a stale folder.
-        string key = Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(o.ToString())))[..16].ToLowerInvariant();
-        string models = Path.Combine(cache ?? DefaultCache, $"e2e-{key}");
+        string models = ModelsFolder(o, cache);
         try
         {
             string hf = Path.Combine(models, "hf");

@@ -78,11 +78,14 @@ public static class ServeBench
         }
 
         using var dev = BenchDevice.Open(choice);
+        string? name = null;
         if (preset is not null)
         {
             var p = Presets.Get(preset);
             var o = EndToEndRun.ModelFor(p, dev.IsGpu);
-            model = Path.Combine(cache ?? EndToEndRun.DefaultCache, $"serve-{p.Name}-{(dev.IsGpu ? "gpu" : "cpu")}");
+            // The end-to-end bench's folder for the same model: a GPU run that made it for its e2e step reuses it here.
+            model = Path.Combine(EndToEndRun.ModelsFolder(o, cache), "hf");
+            name = $"random {o.Family} D={o.Hidden} L={o.Layers} E={o.Experts} K={o.TopK} F={o.MoeIntermediate} ({p.Name})";
             EndToEndRun.Cached(model, d => RandomMoe.Write(d, o), log.WriteLine);
         }
 
@@ -96,7 +99,8 @@ public static class ServeBench
             Kernels = backend ? KernelPolicy.Cpu : KernelPolicy.Auto,
         });
         string on = backend ? $"the CPU backend ({ILGpuMoE.Cpu.CpuThreads.DefaultCount} threads)" : dev.Description;
-        string what = $"{Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(model!)))} on {on}; prompt {promptTokens}, " +
+        name ??= Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(model!)));
+        string what = $"{name} on {on}; prompt {promptTokens}, " +
                       $"max_tokens {maxTokens}, {requests} requests per level";
         log.WriteLine($"serve bench: {what}");
         var rows = new List<ServeRow>();

@@ -26,7 +26,7 @@ public static class BenchCommand
         var command = new Command("bench",
             "Kernel benchmarks (forwarded to ilgpumoe-bench): --preset tiny|smoke|mixtral-8x7b|qwen-moe-a2.7b|qwen3-30b-a3b|qwen3-235b-a22b|olmoe-1b-7b|gpt-oss-20b|gpt-oss-120b|deepseek-v3-moe --out DIR " +
             "[--device cpu|cpu-emulator|cuda] [--tokens 1,8] [--family dense,attention,gating,moe,quant] [--check-only] [--budget S] [--case-timeout-s S] " +
-            "(see perf/NOTES.md)")
+            "(see perf/NOTES.md); `bench serve --model DIR --out DIR [--concurrency 1,4,16,32]`: the continuous-batching engine under load")
         {
             TreatUnmatchedTokensAsErrors = false,
         };
