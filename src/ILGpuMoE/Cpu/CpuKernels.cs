@@ -251,58 +251,82 @@ public static unsafe class CpuKernels
             int pos = pos0 + i;
             int first = window > 0 ? Math.Max(0, pos - window + 1) : 0;
             int n = pos - first + 1;
-            float* kh = kCache + ((long)kvh * maxSeq + first) * headDim;
-            float* vh = vCache + ((long)kvh * maxSeq + first) * headDim;
             float* q0 = q + ((long)i * heads + kvh * group) * headDim; // the group's G query heads, consecutive
             float* o0 = o + ((long)i * heads + kvh * group) * headDim;
-            var all = Scores(n * group);
-            fixed (float* sc = all)
-            {
-                // Scores: s[g, j] = q_g . k_j * scale, each K row loaded once for the G heads.
-                for (int j = 0; j < n; j++)
-                {
-                    float* kj = kh + (long)j * headDim;
-                    for (int g = 0; g < group; g++)
-                        sc[(long)g * n + j] = Dot(q0 + (long)g * headDim, kj, headDim) * scale;
-                }
-
-                // Softmax per head, in float with the max subtracted; the sink logit joins max and denominator.
-                Span<float> inv = group <= 256 ? stackalloc float[group] : new float[group];
-                for (int g = 0; g < group; g++)
-                {
-                    var s = new Span<float>(sc + (long)g * n, n);
-                    float max = TensorPrimitives.Max(s);
-                    float sink = sinks == null ? float.NegativeInfinity : sinks[kvh * group + g];
-                    float m = Math.Max(max, sink);
-                    // MathF.Exp per score: TensorPrimitives.Exp (System.Numerics.Tensors 10.0.12) took 6x longer on these
-                    // rows of normal-range scores (a tiny model's prefill attention: 3.1 ms against 0.49 ms).
-                    float sum = 0f;
-                    for (int j = 0; j < n; j++)
-                    {
-                        float e = MathF.Exp(s[j] - m);
-                        s[j] = e;
-                        sum += e;
-                    }
-
-                    inv[g] = 1f / (sum + (sinks == null ? 0f : MathF.Exp(sink - m)));
-                    new Span<float>(o0 + (long)g * headDim, headDim).Clear();
-                }
-
-                // o_g = sum_j p[g, j] v_j, each V row loaded once for the G heads; then the 1 / denominator.
-                for (int j = 0; j < n; j++)
-                {
-                    float* vj = vh + (long)j * headDim;
-                    for (int g = 0; g < group; g++)
-                        Axpy(sc[(long)g * n + j], vj, o0 + (long)g * headDim, headDim);
-                }
-
-                for (int g = 0; g < group; g++)
-                {
-                    var og = new Span<float>(o0 + (long)g * headDim, headDim);
-                    TensorPrimitives.Multiply(og, inv[g], og);
-                }
-            }
+            var offsets = Rows(n);
+            for (int j = 0; j < n; j++)
+                offsets[j] = ((long)kvh * maxSeq + first + j) * headDim;
+            fixed (long* r = offsets)
+                AttendGroup(q0, o0, kCache, vCache, r, n, group, headDim, scale, sinks == null ? null : sinks + kvh * group);
         });
+    }
+
+    [ThreadStatic]
+    private static long[]? rowsScratch;
+
+    /// <summary>This worker's scratch for n row offsets.</summary>
+    internal static long[] Rows(int n)
+    {
+        if (rowsScratch is null || rowsScratch.Length < n)
+            rowsScratch = new long[Math.Max(n, 64)];
+        return rowsScratch;
+    }
+
+    /// <summary>
+    /// The attention of one (token, kv head): the G query heads at q0 [G, Dh] over the n visible keys, K row j at
+    /// kCache + rows[j] and V row j at vCache + rows[j] (a contiguous cache or a paged pool: only the offsets differ, so
+    /// both give the same bits), into o0 [G, Dh]; sinksG: null or the G heads' sink logits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void AttendGroup(float* q0, float* o0, float* kCache, float* vCache, long* rows, int n, int group, int headDim, float scale, float* sinksG)
+    {
+        var all = Scores(n * group);
+        fixed (float* sc = all)
+        {
+            // Scores: s[g, j] = q_g . k_j * scale, each K row loaded once for the G heads.
+            for (int j = 0; j < n; j++)
+            {
+                float* kj = kCache + rows[j];
+                for (int g = 0; g < group; g++)
+                    sc[(long)g * n + j] = Dot(q0 + (long)g * headDim, kj, headDim) * scale;
+            }
+
+            // Softmax per head, in float with the max subtracted; the sink logit joins max and denominator.
+            Span<float> inv = group <= 256 ? stackalloc float[group] : new float[group];
+            for (int g = 0; g < group; g++)
+            {
+                var s = new Span<float>(sc + (long)g * n, n);
+                float max = TensorPrimitives.Max(s);
+                float sink = sinksG == null ? float.NegativeInfinity : sinksG[g];
+                float m = Math.Max(max, sink);
+                // MathF.Exp per score: TensorPrimitives.Exp (System.Numerics.Tensors 10.0.12) took 6x longer on these
+                // rows of normal-range scores (a tiny model's prefill attention: 3.1 ms against 0.49 ms).
+                float sum = 0f;
+                for (int j = 0; j < n; j++)
+                {
+                    float e = MathF.Exp(s[j] - m);
+                    s[j] = e;
+                    sum += e;
+                }
+
+                inv[g] = 1f / (sum + (sinksG == null ? 0f : MathF.Exp(sink - m)));
+                new Span<float>(o0 + (long)g * headDim, headDim).Clear();
+            }
+
+            // o_g = sum_j p[g, j] v_j, each V row loaded once for the G heads; then the 1 / denominator.
+            for (int j = 0; j < n; j++)
+            {
+                float* vj = vCache + rows[j];
+                for (int g = 0; g < group; g++)
+                    Axpy(sc[(long)g * n + j], vj, o0 + (long)g * headDim, headDim);
+            }
+
+            for (int g = 0; g < group; g++)
+            {
+                var og = new Span<float>(o0 + (long)g * headDim, headDim);
+                TensorPrimitives.Multiply(og, inv[g], og);
+            }
+        }
     }
 
     /// <summary>a . b over n floats: Vector256 FMAs and a scalar tail (short rows: no library call overhead).</summary>

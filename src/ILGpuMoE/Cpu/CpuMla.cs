@@ -73,26 +73,45 @@ public static unsafe class CpuMla
 
         threads.For(t * heads, (long)(positions[t - 1] + 1) * m.Row * 2, [MethodImpl(MethodImplOptions.AggressiveOptimization)] (task) =>
         {
-            int pos = positions[task / heads];
-            int n = pos + 1;
-            var s = new float[n];
-            var qs = new ReadOnlySpan<float>(qAbs + (long)task * m.Row, m.Row);
+            int n = positions[task / heads] + 1;
+            var rows = CpuKernels.Rows(n);
             for (int j = 0; j < n; j++)
-                s[j] = TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(cache + (long)j * m.Row, m.Row)) * scale;
-            float max = TensorPrimitives.Max(s);
-            // MathF.Exp per score, not TensorPrimitives.Exp: see cpu/attention (CpuKernels.cs).
-            float denom = 0f;
-            for (int j = 0; j < n; j++)
-            {
-                s[j] = MathF.Exp(s[j] - max);
-                denom += s[j];
-            }
-            var o = new Span<float>(oLat + (long)task * m.Rank, m.Rank);
-            o.Clear();
-            for (int j = 0; j < n; j++)
-                TensorPrimitives.FusedMultiplyAdd(new ReadOnlySpan<float>(cache + (long)j * m.Row, m.Rank), s[j], o, o);
-            TensorPrimitives.Divide(o, denom, o);
+                rows[j] = (long)j * m.Row;
+            fixed (long* r = rows)
+                AttendLatent(qAbs + (long)task * m.Row, oLat + (long)task * m.Rank, cache, r, n, m, scale);
         });
+    }
+
+    [ThreadStatic]
+    private static float[]? scoresScratch;
+
+    /// <summary>
+    /// One (token, head) of the latent attention: q_abs row qs [Row] over the n cache rows at cache + rows[j] (the
+    /// contiguous cache or a paged pool: only the offsets differ, so both give the same bits), into o [R].
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void AttendLatent(float* qs, float* oLat, float* cache, long* rows, int n, CpuMlaShape m, float scale)
+    {
+        if (scoresScratch is null || scoresScratch.Length < n)
+            scoresScratch = new float[Math.Max(n, 256)];
+        var s = scoresScratch.AsSpan(0, n);
+        var q = new ReadOnlySpan<float>(qs, m.Row);
+        for (int j = 0; j < n; j++)
+            s[j] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(cache + rows[j], m.Row)) * scale;
+        float max = TensorPrimitives.Max(s);
+        // MathF.Exp per score, not TensorPrimitives.Exp: see cpu/attention (CpuKernels.cs).
+        float denom = 0f;
+        for (int j = 0; j < n; j++)
+        {
+            s[j] = MathF.Exp(s[j] - max);
+            denom += s[j];
+        }
+
+        var o = new Span<float>(oLat, m.Rank);
+        o.Clear();
+        for (int j = 0; j < n; j++)
+            TensorPrimitives.FusedMultiplyAdd(new ReadOnlySpan<float>(cache + rows[j], m.Rank), s[j], o, o);
+        TensorPrimitives.Divide(o, denom, o);
     }
 
     /// <summary>cpu/mla-absorb-v: output [T, H * Dv] = per head W_UV[h] o_lat[t, h].</summary>

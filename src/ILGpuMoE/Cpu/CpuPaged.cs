@@ -18,12 +18,6 @@ namespace ILGpuMoE.Cpu;
 
 public static unsafe class CpuPaged
 {
-    [ThreadStatic]
-    private static float[]? scoresScratch;
-
-    [ThreadStatic]
-    private static long[]? rowsScratch;
-
     /// <summary>cpu/paged-kv-append: k, v [T, Hkv, Dh] into kCache, vCache [numBlocks, Hkv, BS, Dh] at slots[t].</summary>
     public static void AppendKv(float* k, float* v, float* kCache, float* vCache, int* slots, int t, int kvHeads, int headDim, int blockSize, int numBlocks)
     {
@@ -63,60 +57,16 @@ public static unsafe class CpuPaged
             int* table = blockTables + (long)seqOfToken[i] * maxBlocks;
             float* q0 = q + ((long)i * heads + kvh * group) * headDim; // the group's G query heads, consecutive
             float* o0 = o + ((long)i * heads + kvh * group) * headDim;
-            if (scoresScratch is null || scoresScratch.Length < n * group)
-                scoresScratch = new float[Math.Max(n * group, 256)];
-            if (rowsScratch is null || rowsScratch.Length < n)
-                rowsScratch = new long[Math.Max(n, 64)];
-            var rows = rowsScratch;
+            var rows = CpuKernels.Rows(n);
             for (int j = 0; j < n; j++)
             {
                 int p = first + j;
                 rows[j] = (((long)table[p / blockSize] * kvHeads + kvh) * blockSize + p % blockSize) * headDim;
             }
 
-            fixed (float* sc = scoresScratch)
-            {
-                // Scores: s[g, j] = q_g . k_j * scale, each K row loaded once for the G heads.
-                for (int j = 0; j < n; j++)
-                {
-                    float* kj = kCache + rows[j];
-                    for (int g = 0; g < group; g++)
-                        sc[(long)g * n + j] = CpuKernels.Dot(q0 + (long)g * headDim, kj, headDim) * scale;
-                }
-
-                Span<float> inv = group <= 256 ? stackalloc float[group] : new float[group];
-                for (int g = 0; g < group; g++)
-                {
-                    var s = new Span<float>(sc + (long)g * n, n);
-                    float max = TensorPrimitives.Max(s);
-                    float sink = sinks == null ? float.NegativeInfinity : sinks[kvh * group + g];
-                    float m = Math.Max(max, sink);
-                    float sum = 0f;
-                    for (int j = 0; j < n; j++)
-                    {
-                        float e = MathF.Exp(s[j] - m);
-                        s[j] = e;
-                        sum += e;
-                    }
-
-                    inv[g] = 1f / (sum + (sinks == null ? 0f : MathF.Exp(sink - m)));
-                    new Span<float>(o0 + (long)g * headDim, headDim).Clear();
-                }
-
-                // o_g = sum_j p[g, j] v_j, each V row loaded once for the G heads; then the 1 / denominator.
-                for (int j = 0; j < n; j++)
-                {
-                    float* vj = vCache + rows[j];
-                    for (int g = 0; g < group; g++)
-                        CpuKernels.Axpy(sc[(long)g * n + j], vj, o0 + (long)g * headDim, headDim);
-                }
-
-                for (int g = 0; g < group; g++)
-                {
-                    var og = new Span<float>(o0 + (long)g * headDim, headDim);
-                    TensorPrimitives.Multiply(og, inv[g], og);
-                }
-            }
+            // The contiguous cache's attention core on these rows: the same bits as CpuKernels.Attention on the same keys.
+            fixed (long* r = rows)
+                CpuKernels.AttendGroup(q0, o0, kCache, vCache, r, n, group, headDim, scale, sinks == null ? null : sinks + kvh * group);
         });
     }
 
@@ -143,31 +93,14 @@ public static unsafe class CpuPaged
             int i = task / heads;
             int n = positions[i] + 1;
             int* table = blockTables + (long)seqOfToken[i] * maxBlocks;
-            if (scoresScratch is null || scoresScratch.Length < n)
-                scoresScratch = new float[Math.Max(n, 256)];
-            var s = scoresScratch.AsSpan(0, n);
-            var qs = new ReadOnlySpan<float>(qAbs + (long)task * m.Row, m.Row);
+            var rows = CpuKernels.Rows(n);
             for (int j = 0; j < n; j++)
-                s[j] = TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(Row(cache, table, j, blockSize, m.Row), m.Row)) * scale;
-            float max = TensorPrimitives.Max(s);
-            float denom = 0f;
-            for (int j = 0; j < n; j++)
-            {
-                s[j] = MathF.Exp(s[j] - max);
-                denom += s[j];
-            }
-
-            var o = new Span<float>(oLat + (long)task * m.Rank, m.Rank);
-            o.Clear();
-            for (int j = 0; j < n; j++)
-                TensorPrimitives.FusedMultiplyAdd(new ReadOnlySpan<float>(Row(cache, table, j, blockSize, m.Row), m.Rank), s[j], o, o);
-            TensorPrimitives.Divide(o, denom, o);
+                rows[j] = ((long)table[j / blockSize] * blockSize + j % blockSize) * m.Row;
+            // The contiguous cache's latent attention on these rows: the same bits as CpuMla.Attention on the same cache.
+            fixed (long* r = rows)
+                CpuMla.AttendLatent(qAbs + (long)task * m.Row, oLat + (long)task * m.Rank, cache, r, n, m, scale);
         });
     }
-
-    /// <summary>Pool row of position p of the sequence whose table row is table.</summary>
-    private static float* Row(float* cache, int* table, int p, int blockSize, int row) =>
-        cache + ((long)table[p / blockSize] * blockSize + p % blockSize) * row;
 
     private static void CheckSlots(int* slots, int t, int blockSize, int numBlocks, string who)
     {
