@@ -5,6 +5,7 @@
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Quant;
 using ILGpuMoE.Runtime;
+using ILGpuMoE.Tokenizer;
 using Spectre.Console;
 
 namespace ILGpuMoE.Cli;
@@ -42,6 +43,21 @@ public sealed class LoadedModel : IDisposable
         if (threads is < 1 or > 4096)
             throw new CliUsageException($"--threads must be in [1, 4096], got {threads}");
         return backend ? KernelPolicy.Cpu : kernels;
+    }
+
+    /// <summary>The model folder's tokenizer; a missing folder or a bad tokenizer is a usage error (one line, exit 2).</summary>
+    public static ITextTokenizer Tokenizer(string modelDir)
+    {
+        try
+        {
+            return Directory.Exists(modelDir)
+                ? TextTokenizer.Load(modelDir)
+                : throw new CliUsageException($"--model {modelDir}: no such model folder");
+        }
+        catch (TokenizerException e)
+        {
+            throw new CliUsageException(e.Message);
+        }
     }
 
     /// <summary>Checks the folder, opens the device, plans memory and uploads the weights.</summary>

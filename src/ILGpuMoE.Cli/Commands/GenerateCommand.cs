@@ -78,17 +78,7 @@ public static class GenerateCommand
         var quant = QuantOption.Parse(a.Quant);
         var lmHeadQuant = QuantOption.Parse(a.QuantLmHead, "--quant-lm-head");
         var kernels = KernelsOption.Parse(a.Kernels);
-        ITextTokenizer tokenizer;
-        try
-        {
-            tokenizer = Directory.Exists(a.Model)
-                ? TextTokenizer.Load(a.Model)
-                : throw new CliUsageException($"--model {a.Model}: no such model folder");
-        }
-        catch (TokenizerException e)
-        {
-            throw new CliUsageException(e.Message);
-        }
+        var tokenizer = LoadedModel.Tokenizer(a.Model);
 
         using (tokenizer)
         {
