@@ -13,7 +13,8 @@
 // retryable EngineRejectedException, HTTP 503 + Retry-After); a request that could never fit the pool or the context
 // is refused at once (HTTP 400).
 //
-// Threads: Submit, cancellation and Stats may come from any thread; only the loop's own thread touches the session.
+// Threads: Submit, cancellation and Stats may come from any thread; only the loop's own thread touches the session
+// (binding the accelerator first, as a CUDA context must be current on the thread that launches), and frees it.
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using ILGpuMoE.Runtime;
@@ -137,6 +138,8 @@ public sealed class BatchEngine : IGenerationEngine
 
     private void Loop()
     {
+        // CUDA: the model's context current on this thread, which steps (and at the end frees) the session.
+        _session.Model.Accelerator.Bind();
         while (!_stopping)
         {
             try
@@ -168,6 +171,7 @@ public sealed class BatchEngine : IGenerationEngine
             Finish(job, FinishReason.Cancelled);
         _waiting.Clear();
         _running.Clear();
+        _session.Dispose();
     }
 
     private void Take()
@@ -324,7 +328,6 @@ public sealed class BatchEngine : IGenerationEngine
             // A request submitted while the loop was ending.
             while (_incoming.TryDequeue(out var late))
                 Finish(late, FinishReason.Cancelled);
-            _session.Dispose();
             _wake.Dispose();
         }
 
