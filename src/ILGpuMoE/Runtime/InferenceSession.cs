@@ -615,8 +615,19 @@ public sealed class InferenceSession : IDisposable
             _lastIds = new int[_ids.Length];
         if (_lastLogits.Length != _routerLogits.Length)
             _lastLogits = new float[_routerLogits.Length];
-        _ids.View.CopyToCPU(_stream, _lastIds.AsSpan());
-        _routerLogits.View.CopyToCPU(_stream, _lastLogits.AsSpan());
+        // Only the step's rows of each MoE layer: the buffers hold MaxBatch rows per layer (a decode step of a large model
+        // would otherwise copy megabytes to read a few ids).
+        for (int l = 0; l < layers; l++)
+        {
+            var lw = _model.Layers[l];
+            if (lw.Dense)
+                continue;
+            int logits = Spec(lw, 0).LogitsPerToken;
+            long ids = (long)l * _b * _slots, scores = (long)l * _b * stride;
+            _ids.View.SubView(ids, (long)t * lw.Slots).CopyToCPU(_stream, _lastIds.AsSpan((int)ids, t * lw.Slots));
+            _routerLogits.View.SubView(scores, (long)t * logits).CopyToCPU(_stream, _lastLogits.AsSpan((int)scores, t * logits));
+        }
+
         _stream.Synchronize();
         _lastT = t;
         for (int l = 0; l < layers; l++)
