@@ -200,6 +200,9 @@ public abstract class DeviceQuantMatrix : IDisposable
             permutation = Own(accelerator.Allocate1D(host.InputPermutation));
     }
 
+    /// <summary>Host only (the CPU backend reads <see cref="Host"/>): no device buffer at all.</summary>
+    private protected DeviceQuantMatrix(QuantizedMatrix host) => Host = host;
+
     public QuantizedMatrix Host { get; }
 
     private protected ArrayView<uint> WordsView { get; }
@@ -243,6 +246,29 @@ public abstract class DeviceQuantMatrix : IDisposable
         owned.Clear();
         GC.SuppressFinalize(this);
     }
+}
+
+/// <summary>
+/// A packed matrix the CPU backend reads in host memory (src/ILGpuMoE/Cpu/CpuQuantRows.cs reads <see cref="DeviceQuantMatrix.Host"/>):
+/// nothing is copied to ILGPU buffers, so the packed weights are held once, not twice. Any ILGPU kernel launch on it
+/// is a bug of the caller and says so.
+/// </summary>
+public sealed class HostQuantMatrix(QuantizedMatrix host) : DeviceQuantMatrix(host)
+{
+    private InvalidOperationException NoDevice() =>
+        new($"{Host.TypeName} [{Host.Rows}, {Host.Cols}]: held in host memory for the CPU backend; no ILGPU kernel can read it");
+
+    internal override IRowUnits DecodeUnits() => throw NoDevice();
+
+    internal override void LaunchGemv(QuantGemvKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate) =>
+        throw NoDevice();
+
+    internal override void LaunchGemm(QuantGemmKernel kernel, AcceleratorStream stream, ArrayView<float> x, ArrayView<float> y, int tokens, bool accumulate) =>
+        throw NoDevice();
+
+    internal override void LaunchMoe(QuantMoeKernels kernels, AcceleratorStream stream, MoeWorkspace workspace, ArrayView<float> x, ArrayView<int> ids,
+        ArrayView<float> weights, int tokens, DeviceQuantMatrix w3, DeviceQuantMatrix w2, ArrayView<float> output, ArrayView<float> residual,
+        ExpertGlu glu = default, bool tensorCore = false) => throw NoDevice();
 }
 
 /// <summary>A device matrix whose kernels' view is <typeparamref name="TQ"/>; the MoE block is generic over it.</summary>

@@ -168,6 +168,10 @@ public sealed class MoeModel : IDisposable
     /// backend's float tensors; 0 elsewhere): what was not copied at load.</summary>
     public long MappedWeightBytes => _owned.Where(t => t.IsMapped).Sum(t => t.Bytes) + _linear.Where(l => l.Dense?.IsMapped == true).Sum(l => l.Bytes);
 
+    /// <summary>Of <see cref="DeviceWeightBytes"/>, the packed (--quant or quantized-checkpoint) bytes the CPU backend keeps in
+    /// host memory only (HostQuantMatrix; 0 elsewhere): packed weights are held once, not also in ILGPU buffers.</summary>
+    public long HostPackedWeightBytes => _linear.Where(l => l.Quant is HostQuantMatrix).Sum(l => l.Bytes);
+
     /// <summary>True when the CPU backend runs this model (KernelPolicy.Cpu): no ILGPU kernel is launched.</summary>
     public bool IsCpuBackend => Ops is Cpu.CpuOps;
 
@@ -359,6 +363,9 @@ public sealed class MoeModel : IDisposable
             return t;
         }
 
+        // A packed matrix goes to the device's buffers, or stays in host memory for the CPU backend (read there, once).
+        DeviceQuantMatrix Place(QuantizedMatrix m) => mapped ? new HostQuantMatrix(m) : m.Upload(Accelerator);
+
         LinearWeight Add(LinearWeight w)
         {
             _linear.Add(w);
@@ -406,7 +413,7 @@ public sealed class MoeModel : IDisposable
             progress?.Report(new LoadProgress(done, total, name));
             return Add(Dense(name)
                 ? new LinearWeight(mapped ? DeviceTensor.Mapped(checkpoint, name) : DeviceTensor.Upload(Accelerator, checkpoint, name))
-                : new LinearWeight(Pack(ExpertSlice.Whole(name)).Upload(Accelerator)));
+                : new LinearWeight(Place(Pack(ExpertSlice.Whole(name)))));
         }
 
         // The stacked experts of a layer, down (w2) first: a GPTQ act-order down projection's input permutation is folded
@@ -472,7 +479,7 @@ public sealed class MoeModel : IDisposable
                     packedParts[e] = p == MlpProjection.Up ? m.WithoutInputPermutation() : m;
                 }
 
-                return Add(new LinearWeight(QuantizedMatrix.Stack(packedParts).Upload(Accelerator)));
+                return Add(new LinearWeight(Place(QuantizedMatrix.Stack(packedParts))));
             }
 
             var w2 = Stacked(MlpProjection.Down);
@@ -618,7 +625,7 @@ public sealed class MoeModel : IDisposable
         if (lmHeadQuant is not null)
         {
             progress?.Report(new LoadProgress(done, total, lmName));
-            LmHead = Add(new LinearWeight(lmHeadQuant.Quantize(checkpoint.ReadFloat32(lmName), c.VocabSize, c.HiddenSize).Upload(Accelerator)));
+            LmHead = Add(new LinearWeight(Place(lmHeadQuant.Quantize(checkpoint.ReadFloat32(lmName), c.VocabSize, c.HiddenSize))));
         }
         else
         {

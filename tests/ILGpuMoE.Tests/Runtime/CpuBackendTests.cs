@@ -48,6 +48,24 @@ public class CpuBackendTests
     }
 
     [Test]
+    public void PackedWeightsAreHeldOnceInHostMemory()
+    {
+        var options = new ModelLoadOptions { MaxSeq = 32, Kernels = KernelPolicy.Cpu, Quant = ILGpuMoE.Quant.QuantSpec.Parse("int4-g32"),
+            LmHeadQuant = ILGpuMoE.Quant.QuantSpec.Parse("int8") };
+        using (var model = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, options))
+        {
+            // Everything is either mapped (embedding, norms, router) or packed in host memory (q/k/v/o, experts, lm_head).
+            Assert.That(model.HostPackedWeightBytes, Is.GreaterThan(0));
+            Assert.That(model.HostPackedWeightBytes + model.MappedWeightBytes, Is.EqualTo(model.DeviceWeightBytes), "no weight copied into ILGPU buffers");
+            using var session = model.NewSession();
+            Assert.That(session.Prefill([1, 2, 3], allLogits: false).All(float.IsFinite), Is.True);
+        }
+
+        using var emulated = MoeModel.Load(TestDevice.Accelerator, RuntimeTests.FixtureDir, options with { Kernels = KernelPolicy.Simple });
+        Assert.That(emulated.HostPackedWeightBytes, Is.Zero, "the ILGPU kernels read device buffers");
+    }
+
+    [Test]
     public void LogitsAreTheSameBitsForAnyThreadCountAndRerun()
     {
         var one = Run(KernelPolicy.Cpu, threads: 1);
