@@ -8,7 +8,8 @@
 //
 // --max-context is the context of one sequence (prompt + completion): the KV cache length the model is loaded with
 // (generate's --max-seq). --max-batch and --kv-blocks size the continuous-batching engine (sequences decoded together,
-// blocks of 16 positions in the paged KV cache).
+// blocks of 16 positions in the paged KV cache); --max-batch 1 serves one request at a time on the single-sequence path
+// (the fused decode plan and, on CUDA, its graph: --cuda-graph).
 using System.CommandLine;
 using ILGpuMoE.Kernels;
 using ILGpuMoE.Model;
@@ -49,13 +50,22 @@ public static class ServeCommand
     /// The one place the server's engine is made: the continuous-batching engine (src/ILGpuMoE/Serving/BatchEngine.cs),
     /// --max-batch sequences at once over a pool of --kv-blocks blocks; by default enough blocks for every running
     /// sequence at the full context, or what the device has left beside the weights and the workspace (90% of it) when
-    /// that is less.
+    /// that is less. --max-batch 1 is the serial engine instead (Serving/SerialEngine.cs): one sequence in a contiguous
+    /// cache, whose decode step is the fused plan, replayed from a CUDA graph on CUDA (--cuda-graph), the lowest
+    /// latency for one stream.
     /// </summary>
     public static IGenerationEngine CreateEngine(MoeModel model, ServeOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(options);
         int running = options.MaxBatch ?? DefaultMaxBatch;
+        if (running == 1)
+        {
+            if (options.KvBlocks is not null)
+                throw new CliUsageException("--kv-blocks sizes the paged pool of --max-batch 2 and up; --max-batch 1 runs one sequence in a contiguous cache");
+            return new SerialEngine(model, new SerialEngineOptions { Session = new SessionOptions { CudaGraph = options.CudaGraph } });
+        }
+
         if (running > model.MaxBatch)
             throw new CliUsageException($"--max-batch {running}: a step holds at most {model.MaxBatch} tokens (one per running sequence); give at most that");
         long perBlock = MemoryPlan.PagedCacheBytes(model.Config, 1, KvBlockSize);
@@ -92,7 +102,7 @@ public static class ServeCommand
         var kernels = KernelsOption.Create();
         var graph = new Option<bool>("--cuda-graph")
         {
-            Description = "On CUDA, capture the decode step once as a CUDA graph and replay it (default on)",
+            Description = "With --max-batch 1 on CUDA, capture the decode step once as a CUDA graph and replay it (default on)",
             DefaultValueFactory = _ => true,
         };
         var command = new Command("serve", "Serve a model over HTTP with the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)")

@@ -30,6 +30,31 @@ public class ServeCommandTests
     }
 
     [Test]
+    public void TheEngineFollowsMaxBatch()
+    {
+        using var model = ILGpuMoE.Runtime.MoeModel.Load(Common.TestDevice.Accelerator, Demo,
+            new ILGpuMoE.Runtime.ModelLoadOptions { MaxSeq = 64, Kernels = ILGpuMoE.Runtime.KernelPolicy.Cpu });
+        var create = ILGpuMoE.Cli.Commands.ServeCommand.CreateEngine;
+        var batch = create(model, new ILGpuMoE.Cli.Commands.ServeOptions(MaxBatch: 4, KvBlocks: 9));
+        try
+        {
+            Assert.That(batch, Is.TypeOf<ILGpuMoE.Serving.BatchEngine>());
+            Assert.That(((ILGpuMoE.Serving.BatchEngine)batch).KvPool, Is.EqualTo((9, 16)));
+        }
+        finally
+        {
+            batch.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+
+        var serial = create(model, new ILGpuMoE.Cli.Commands.ServeOptions(MaxBatch: 1));
+        Assert.That(serial, Is.TypeOf<ILGpuMoE.Serving.SerialEngine>(), "--max-batch 1: the single-sequence path");
+        serial.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        Assert.That(() => create(model, new ILGpuMoE.Cli.Commands.ServeOptions(MaxBatch: 1, KvBlocks: 8)), Throws.TypeOf<CliUsageException>().With.Message.Contains("--kv-blocks"));
+        Assert.That(() => create(model, new ILGpuMoE.Cli.Commands.ServeOptions(MaxBatch: 65)), Throws.TypeOf<CliUsageException>().With.Message.Contains("--max-batch"),
+            "more sequences than a step's 64 tokens");
+    }
+
+    [Test]
     public void AMissingModelFolderIsOneLineAndExit2() =>
         Assert.That(CliRun.Of("serve", "--model", Path.Combine(Path.GetTempPath(), "no-such-model-here"), "--device", "cpu").AssertBadInput(), Does.Contain("--model"));
 
